@@ -1,0 +1,233 @@
+//! The payloads of every message type (DESIGN.md sections 2 and 3).
+//!
+//! Requests ignore fields they do not know (a newer peer may add some); relayed data (presence
+//! `data`, room `data`, change records) is kept as raw JSON.
+
+use serde::{Deserialize, Serialize};
+
+use super::change::ChangeRecord;
+use super::hlc::Hlc;
+use super::json::RawJson;
+use crate::wire::ErrorCode;
+
+/// `pull_request`: the changes of `tables` after `since` (exclusive) or after `cursor`.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// Tables to pull.
+    pub tables: Vec<String>,
+    /// Only changes with an HLC greater than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Hlc>,
+    /// Only changes after this server position (DESIGN.md section 3, "Cursors").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// The pulling node; when present it must be the session's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// `pull_response`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PullResponse {
+    /// The changes, in HLC order.
+    pub changes: Vec<ChangeRecord>,
+    /// The newest HLC the store holds for the tables (or the request's `since`).
+    pub latest_hlc: Hlc,
+    /// The position to resume after (absent from servers without cursors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `push_request`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The changes to merge.
+    pub changes: Vec<ChangeRecord>,
+    /// The pushing node: must be the session's own.
+    pub node_id: String,
+}
+
+/// `push_response`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// How many of the pushed changes were new.
+    pub merged: u64,
+    /// The newest HLC the store holds for the pushed tables after the merge.
+    pub latest_hlc: Hlc,
+    /// The store's position after the merge (absent from servers without cursors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `subscribe`: add tables to the session's live set, replaying first when `since` or
+/// `cursor` is given.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Tables to add.
+    pub tables: Vec<String>,
+    /// Replay changes with an HLC greater than this first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Hlc>,
+    /// Replay changes after this server position first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `unsubscribe`.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    /// Tables to remove.
+    pub tables: Vec<String>,
+}
+
+/// `presence_update`: join or update a topic; `data: null` (or no data) leaves it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PresenceUpdate {
+    /// The topic.
+    pub topic: String,
+    /// The member's state; `None` leaves the topic.
+    #[serde(default)]
+    pub data: Option<RawJson>,
+}
+
+/// What happened in a [`PresenceEvent`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceEventKind {
+    /// A node entered the topic.
+    Join,
+    /// A member changed its state.
+    Update,
+    /// A member left (or disconnected, or expired).
+    Leave,
+}
+
+/// `presence_event`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    /// Join, update or leave.
+    #[serde(rename = "type")]
+    pub kind: PresenceEventKind,
+    /// The member.
+    pub node_id: String,
+    /// The topic.
+    pub topic: String,
+    /// The member's state (absent on leave).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
+}
+
+/// `presence_get`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PresenceGet {
+    /// The topic.
+    pub topic: String,
+}
+
+/// One member in a [`PresenceSnapshot`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PresenceState {
+    /// The member.
+    pub node_id: String,
+    /// The topic.
+    pub topic: String,
+    /// Its state.
+    pub data: RawJson,
+    /// When it last updated. syncmux servers send milliseconds of their clock; other servers
+    /// may send another form (the seed's Go server sends an RFC 3339 string), kept verbatim.
+    pub updated_at: RawJson,
+}
+
+/// `presence_snapshot`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PresenceSnapshot {
+    /// The topic.
+    pub topic: String,
+    /// Its members.
+    pub states: Vec<PresenceState>,
+}
+
+/// What a client asks of a room.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomAction {
+    /// Enter the room.
+    Join,
+    /// Leave the room.
+    Leave,
+    /// Send `data` to the other members.
+    Broadcast,
+}
+
+/// `room`, client → server.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RoomRequest {
+    /// Join, leave or broadcast.
+    pub action: RoomAction,
+    /// The room.
+    pub room: String,
+    /// The member's state on join, the message on broadcast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
+}
+
+/// What a [`RoomEvent`] reports.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomEventKind {
+    /// To a joiner: every member, itself included.
+    Members,
+    /// To the others: a node joined.
+    Join,
+    /// To the rest: a node left or disconnected.
+    Leave,
+    /// To the others: a member broadcast `data`.
+    Message,
+}
+
+/// One member of a room.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RoomMember {
+    /// The member.
+    pub node_id: String,
+    /// The state it joined with.
+    #[serde(default)]
+    pub data: Option<RawJson>,
+}
+
+/// `room`, server → client.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RoomEvent {
+    /// What happened.
+    pub event: RoomEventKind,
+    /// The room.
+    pub room: String,
+    /// The node it concerns (join, leave, message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The joiner's state, or the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<RawJson>,
+    /// Every member (members).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<RoomMember>>,
+}
+
+/// `error`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The payload of the `ack` of a `subscribe` that carried `since` or `cursor`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ResumeAck {
+    /// Whether the replay is complete; `false` tells the client to resynchronise.
+    pub recovered: bool,
+    /// The position the session's live stream continues from.
+    pub cursor: String,
+}

@@ -1,0 +1,18 @@
+//! Payload types (DESIGN.md section 3): HLC, change records, and the payload of every message.
+//!
+//! Parse a frame's payload with [`Frame::payload`](crate::wire::Frame::payload); serialise one
+//! with [`encode`](crate::wire::encode).
+
+mod change;
+mod hlc;
+mod json;
+mod messages;
+
+pub use change::ChangeRecord;
+pub use hlc::{Hlc, HlcParseError};
+pub use json::RawJson;
+pub use messages::{
+    ErrorPayload, PresenceEvent, PresenceEventKind, PresenceGet, PresenceSnapshot, PresenceState,
+    PresenceUpdate, PullRequest, PullResponse, PushRequest, PushResponse, ResumeAck, RoomAction,
+    RoomEvent, RoomEventKind, RoomMember, RoomRequest, Subscribe, Unsubscribe,
+};

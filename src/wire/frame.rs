@@ -1,0 +1,601 @@
+//! The envelope codec (DESIGN.md section 2).
+//!
+//! Decoding reads only the envelope — `type`, `id` / `request_id`, the top-level `cursor` —
+//! and keeps the payload as a zero-copy slice of the frame's bytes; the payload is parsed into
+//! a typed value only when someone asks for it ([`Frame::payload`]). Encoding writes the
+//! envelope and serialises the payload straight into one buffer, never through a
+//! `serde_json::Value`.
+
+use core::fmt;
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::{DecodeError, DecodeErrorKind, EncodeError, PayloadError};
+
+macro_rules! message_types {
+    ($($(#[$doc:meta])* $variant:ident => $wire:literal,)*) => {
+        /// The `type` of a frame: every message of DESIGN.md section 2.
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+        pub enum MessageType {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl MessageType {
+            /// Every message type, in the order of the table in DESIGN.md section 2.
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$variant,)*];
+
+            /// The wire name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(MessageType::$variant => $wire,)*
+                }
+            }
+
+            /// Parses a wire name; `None` for a name this version does not know.
+            pub fn from_wire(name: &str) -> Option<MessageType> {
+                match name {
+                    $($wire => Some(MessageType::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+message_types! {
+    /// Client → server: changes of some tables since an HLC or cursor.
+    PullRequest => "pull_request",
+    /// Server → client: the answer to a `pull_request`.
+    PullResponse => "pull_response",
+    /// Client → server: changes to merge.
+    PushRequest => "push_request",
+    /// Server → client: the answer to a `push_request`.
+    PushResponse => "push_response",
+    /// Client → server: add tables to the session's live set.
+    Subscribe => "subscribe",
+    /// Client → server: remove tables from the session's live set.
+    Unsubscribe => "unsubscribe",
+    /// Server → client: one live change.
+    Change => "change",
+    /// Server → client: a batch of live changes.
+    Changes => "changes",
+    /// Client → server: join, update or leave (`data: null`) a presence topic.
+    PresenceUpdate => "presence_update",
+    /// Server → client: a member of a topic joined, updated or left.
+    PresenceEvent => "presence_event",
+    /// Client → server: ask for a topic's members.
+    PresenceGet => "presence_get",
+    /// Server → client: the answer to a `presence_get`.
+    PresenceSnapshot => "presence_snapshot",
+    /// Both ways: room actions (client) and room events (server).
+    Room => "room",
+    /// Server → client: a typed error.
+    Error => "error",
+    /// Server → client: a request without a response payload took effect.
+    Ack => "ack",
+    /// Both ways: keepalive probe.
+    Ping => "ping",
+    /// Both ways: keepalive answer.
+    Pong => "pong",
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which envelope key carried a request id. A reply echoes the id under the same key
+/// (the seed's Go peers say `request_id`, everyone else `id`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum IdKey {
+    /// `"id"`.
+    #[default]
+    Id,
+    /// `"request_id"`.
+    RequestId,
+}
+
+impl IdKey {
+    /// The key as written on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IdKey::Id => "id",
+            IdKey::RequestId => "request_id",
+        }
+    }
+}
+
+/// A request id as it travels: its value and the key it came under.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct FrameId {
+    key: IdKey,
+    value: Box<str>,
+}
+
+impl FrameId {
+    /// An id sent under the `id` key.
+    pub fn new(value: impl Into<Box<str>>) -> Self {
+        FrameId {
+            key: IdKey::Id,
+            value: value.into(),
+        }
+    }
+
+    /// An id sent under the given key.
+    pub fn with_key(key: IdKey, value: impl Into<Box<str>>) -> Self {
+        FrameId {
+            key,
+            value: value.into(),
+        }
+    }
+
+    /// The key it came under.
+    pub fn key(&self) -> IdKey {
+        self.key
+    }
+
+    /// The id itself.
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for FrameId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.value)
+    }
+}
+
+/// Limits applied while decoding, before any payload is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodeLimits {
+    /// Longest frame accepted, in bytes; longer frames are refused before parsing with
+    /// `FRAME_TOO_LARGE`. Default 1 MiB (DESIGN.md section 5); 0 disables the check.
+    pub max_frame_len: usize,
+    /// Deepest nesting of arrays and objects accepted (the envelope object counts as 1).
+    /// Default 64; 0 leaves only serde_json's own limit of 128, which also keeps the stack safe.
+    pub max_depth: usize,
+}
+
+impl DecodeLimits {
+    /// The defaults: 1 MiB frames, depth 64.
+    pub const DEFAULT: DecodeLimits = DecodeLimits {
+        max_frame_len: 1 << 20,
+        max_depth: 64,
+    };
+
+    /// Limits with the given maximum frame length and the default depth.
+    pub const fn with_max_frame_len(max_frame_len: usize) -> Self {
+        DecodeLimits {
+            max_frame_len,
+            max_depth: DecodeLimits::DEFAULT.max_depth,
+        }
+    }
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits::DEFAULT
+    }
+}
+
+/// A decoded frame: the envelope, with the payload still raw JSON.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Frame {
+    kind: MessageType,
+    id: Option<FrameId>,
+    cursor: Option<Box<str>>,
+    /// The payload's JSON text, sliced out of the frame without copying; empty when absent.
+    payload: Bytes,
+}
+
+impl Frame {
+    /// The message type.
+    pub fn kind(&self) -> MessageType {
+        self.kind
+    }
+
+    /// The request id, with the key it came under.
+    pub fn id(&self) -> Option<&FrameId> {
+        self.id.as_ref()
+    }
+
+    /// Takes the id out of the frame.
+    pub fn take_id(&mut self) -> Option<FrameId> {
+        self.id.take()
+    }
+
+    /// The top-level `cursor` (set by the server on `change` / `changes`).
+    pub fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+
+    /// The payload's raw JSON text; `null` when the frame had none.
+    pub fn raw_payload(&self) -> &[u8] {
+        if self.payload.is_empty() {
+            b"null"
+        } else {
+            &self.payload
+        }
+    }
+
+    /// Whether the payload is absent or `null`.
+    pub fn payload_is_null(&self) -> bool {
+        self.raw_payload() == b"null"
+    }
+
+    /// Parses the payload into `T`. The error names the offending field by its path.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        parse_payload(self.raw_payload())
+    }
+}
+
+/// Parses JSON text into `T`, naming the offending field on failure.
+pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(payload_error)?;
+    de.end()
+        .map_err(|e| PayloadError::new(format!("payload: {e}")))?;
+    Ok(value)
+}
+
+fn payload_error(e: serde_path_to_error::Error<serde_json::Error>) -> PayloadError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    // serde_json appends " at line L column C"; the field path says more to a peer.
+    let mut message = inner.to_string();
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    if path == "." {
+        PayloadError::new(format!("payload: {message}"))
+    } else {
+        PayloadError::new(format!("payload.{path}: {message}"))
+    }
+}
+
+/// The envelope as serde sees it: every known key as borrowed raw JSON, so that reading it
+/// allocates nothing and a wrongly typed field can be reported precisely.
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    request_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cursor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Decodes one text frame.
+///
+/// Checks, in order: size (before any parsing), UTF-8, JSON object, nesting depth, the id
+/// (`id` / `request_id`), `type`, `cursor`. Failures after the id was read carry it.
+///
+/// ```
+/// use syncmux::wire::{decode, DecodeLimits, IdKey, MessageType};
+///
+/// let frame = decode(
+///     br#"{"type":"pull_request","request_id":"7","payload":{"tables":["docs"]}}"#[..].into(),
+///     &DecodeLimits::default(),
+/// )
+/// .unwrap();
+/// assert_eq!(frame.kind(), MessageType::PullRequest);
+/// assert_eq!(frame.id().unwrap().key(), IdKey::RequestId);
+/// assert_eq!(frame.raw_payload(), br#"{"tables":["docs"]}"#);
+/// ```
+pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError> {
+    let fail = |kind| DecodeError::new(kind, None);
+    if limits.max_frame_len != 0 && bytes.len() > limits.max_frame_len {
+        return Err(fail(DecodeErrorKind::TooLarge {
+            len: bytes.len(),
+            max: limits.max_frame_len,
+        }));
+    }
+    let text = match core::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(_) => {
+            // Report the id if the envelope is readable once the bad bytes are replaced.
+            let lossy = String::from_utf8_lossy(&bytes);
+            let id = serde_json::from_str::<RawEnvelope<'_>>(&lossy)
+                .ok()
+                .and_then(|env| read_id(&env).ok().flatten());
+            return Err(DecodeError::new(DecodeErrorKind::NotUtf8, id));
+        }
+    };
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => fail(DecodeErrorKind::NotObject),
+            Err(e) => fail(not_json(&e)),
+        });
+    }
+    let env: RawEnvelope<'_> = match serde_json::from_str(text) {
+        Ok(env) => env,
+        Err(e) => return Err(fail(not_json(&e))),
+    };
+    let id = read_id(&env).map_err(fail)?;
+    let fail = |kind| DecodeError::new(kind, id.clone());
+    if limits.max_depth != 0 && exceeds_depth(text.as_bytes(), limits.max_depth) {
+        return Err(fail(DecodeErrorKind::TooDeep {
+            max: limits.max_depth,
+        }));
+    }
+    let kind = match env.kind {
+        None => return Err(fail(DecodeErrorKind::MissingType)),
+        Some(raw) => match json_str(raw) {
+            Some(name) => match MessageType::from_wire(&name) {
+                Some(kind) => kind,
+                None => return Err(fail(DecodeErrorKind::UnknownType(name.into_owned()))),
+            },
+            None => return Err(fail(DecodeErrorKind::TypeNotString)),
+        },
+    };
+    let cursor = match env.cursor {
+        None => None,
+        Some(raw) => match json_str(raw) {
+            Some(cursor) => Some(cursor.into()),
+            None => return Err(fail(DecodeErrorKind::CursorNotString)),
+        },
+    };
+    let payload = match env.payload {
+        Some(raw) => bytes.slice_ref(raw.get().as_bytes()),
+        None => Bytes::new(),
+    };
+    Ok(Frame {
+        kind,
+        id,
+        cursor,
+        payload,
+    })
+}
+
+fn not_json(e: &serde_json::Error) -> DecodeErrorKind {
+    let mut message = e.to_string();
+    if message.starts_with("recursion limit exceeded") {
+        return DecodeErrorKind::TooDeep { max: 128 };
+    }
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    DecodeErrorKind::NotJson(message)
+}
+
+/// Reads `id` / `request_id` (a JSON `null` counts as absent).
+fn read_id(env: &RawEnvelope<'_>) -> Result<Option<FrameId>, DecodeErrorKind> {
+    let read = |raw: Option<&RawValue>, key: IdKey| match raw {
+        None => Ok(None),
+        Some(raw) => match json_str(raw) {
+            Some(value) => Ok(Some(FrameId::with_key(key, value))),
+            None => Err(DecodeErrorKind::IdNotString(key.as_str())),
+        },
+    };
+    let id = read(env.id, IdKey::Id)?;
+    let request_id = read(env.request_id, IdKey::RequestId)?;
+    match (id, request_id) {
+        (Some(id), Some(request_id)) if id.value != request_id.value => {
+            Err(DecodeErrorKind::IdConflict)
+        }
+        (Some(id), _) => Ok(Some(id)),
+        (None, request_id) => Ok(request_id),
+    }
+}
+
+/// The string a raw JSON value holds, unescaped; `None` if it is not a string.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<Cow<'_, str>>(text).ok()
+}
+
+/// Whether JSON text nests arrays and objects deeper than `max`.
+///
+/// Written by hand because serde_json's recursion limit is a fixed 128 and cannot be
+/// configured; this is one linear pass with no recursion, so no input can exhaust the stack.
+/// The input is already known to be valid JSON, so only strings need care.
+fn exceeds_depth(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i += 1;
+                while i < json.len() {
+                    match json[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Encodes a frame: `{"type":…,"id":…,"payload":…}`, with the id under the key it came with.
+///
+/// A payload that serialises to `null` is left out (absent means `null`).
+///
+/// ```
+/// use syncmux::wire::{encode, FrameId, IdKey, MessageType};
+///
+/// let id = FrameId::with_key(IdKey::RequestId, "7");
+/// let bytes = encode(MessageType::Ack, Some(&id), &()).unwrap();
+/// assert_eq!(&bytes[..], br#"{"type":"ack","request_id":"7"}"#);
+/// ```
+pub fn encode<P: Serialize + ?Sized>(
+    kind: MessageType,
+    id: Option<&FrameId>,
+    payload: &P,
+) -> Result<Bytes, EncodeError> {
+    encode_frame(kind, id, None, payload)
+}
+
+/// Encodes a `change` or `changes` frame with its top-level `cursor` (DESIGN.md section 3).
+///
+/// ```
+/// use syncmux::wire::{encode_with_cursor, MessageType};
+///
+/// let bytes = encode_with_cursor(MessageType::Changes, Some("3.17"), &[0u8; 0]).unwrap();
+/// assert_eq!(&bytes[..], br#"{"type":"changes","cursor":"3.17","payload":[]}"#);
+/// ```
+pub fn encode_with_cursor<P: Serialize + ?Sized>(
+    kind: MessageType,
+    cursor: Option<&str>,
+    payload: &P,
+) -> Result<Bytes, EncodeError> {
+    encode_frame(kind, None, cursor, payload)
+}
+
+fn encode_frame<P: Serialize + ?Sized>(
+    kind: MessageType,
+    id: Option<&FrameId>,
+    cursor: Option<&str>,
+    payload: &P,
+) -> Result<Bytes, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"type\":\"");
+    // Type names are plain ASCII identifiers: nothing to escape.
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.push(b'"');
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(id.key.as_str().as_bytes());
+        out.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut out, id.as_str())?;
+    }
+    if let Some(cursor) = cursor {
+        out.extend_from_slice(b",\"cursor\":");
+        serde_json::to_writer(&mut out, cursor)?;
+    }
+    let before_payload = out.len();
+    out.extend_from_slice(b",\"payload\":");
+    let payload_start = out.len();
+    serde_json::to_writer(&mut out, payload)?;
+    if &out[payload_start..] == b"null" {
+        out.truncate(before_payload);
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ErrorCode;
+
+    fn dec(s: &str) -> Result<Frame, DecodeError> {
+        decode(
+            Bytes::copy_from_slice(s.as_bytes()),
+            &DecodeLimits::default(),
+        )
+    }
+
+    #[test]
+    fn payload_is_a_zero_copy_slice() {
+        let bytes = Bytes::from_static(br#"{"type":"ping","payload":{"a":[1,2]}}"#);
+        let frame = decode(bytes.clone(), &DecodeLimits::default()).unwrap();
+        assert_eq!(frame.raw_payload(), br#"{"a":[1,2]}"#);
+        let start = frame.payload.as_ptr() as usize - bytes.as_ptr() as usize;
+        assert_eq!(start, 25);
+    }
+
+    #[test]
+    fn escaped_type_and_id_are_unescaped() {
+        let frame = dec(r#"{"type":"pull\u005frequest","id":"a\"b"}"#).unwrap();
+        assert_eq!(frame.kind(), MessageType::PullRequest);
+        assert_eq!(frame.id().unwrap().as_str(), "a\"b");
+        let out = encode(MessageType::Ack, frame.id(), &()).unwrap();
+        assert_eq!(&out[..], br#"{"type":"ack","id":"a\"b"}"#);
+    }
+
+    #[test]
+    fn errors_keep_the_id_when_readable() {
+        let err = dec(r#"{"id":"9","payload":1}"#).unwrap_err();
+        assert_eq!(err.kind(), &DecodeErrorKind::MissingType);
+        assert_eq!(err.id().unwrap().as_str(), "9");
+        let err = dec(r#"{"type":"nope","request_id":"x"}"#).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnknownType);
+        assert_eq!(err.id().unwrap().key(), IdKey::RequestId);
+        let err = decode(
+            Bytes::from_static(b"{\"type\":\"ping\",\"id\":\"5\",\"payload\":\"\xff\"}"),
+            &DecodeLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), &DecodeErrorKind::NotUtf8);
+        assert_eq!(err.id().unwrap().as_str(), "5");
+    }
+
+    #[test]
+    fn depth_is_limited_without_recursion() {
+        let deep = format!(
+            r#"{{"type":"ping","payload":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = dec(&deep).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidFrame);
+        assert!(matches!(err.kind(), DecodeErrorKind::TooDeep { .. }));
+        let ok = format!(
+            r#"{{"type":"ping","payload":"[[[[","x":{}{}}}"#,
+            "[".repeat(63),
+            "]".repeat(63)
+        );
+        dec(&ok).unwrap();
+        let too_deep = format!(
+            r#"{{"type":"ping","id":"d","x":{}{}}}"#,
+            "[".repeat(64),
+            "]".repeat(64)
+        );
+        let err = dec(&too_deep).unwrap_err();
+        assert_eq!(err.kind(), &DecodeErrorKind::TooDeep { max: 64 });
+        assert_eq!(err.id().unwrap().as_str(), "d");
+    }
+
+    #[test]
+    fn too_large_is_refused_before_parsing() {
+        let limits = DecodeLimits::with_max_frame_len(10);
+        let err = decode(Bytes::from_static(b"not even json at all"), &limits).unwrap_err();
+        assert_eq!(err.kind(), &DecodeErrorKind::TooLarge { len: 20, max: 10 });
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn payload_errors_name_the_field() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct P {
+            tables: Vec<String>,
+        }
+        let frame =
+            dec(r#"{"type":"pull_request","id":"1","payload":{"tables":["a",2]}}"#).unwrap();
+        let err = frame.payload::<P>().unwrap_err();
+        assert!(err.message().starts_with("payload.tables[1]: "), "{err}");
+        let frame = dec(r#"{"type":"pull_request","id":"1"}"#).unwrap();
+        let err = frame.payload::<P>().unwrap_err();
+        assert!(
+            err.message().starts_with("payload: invalid type: null"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! The wire layer: the envelope codec, the stable error and close codes, and the errors of
+//! decoding (DESIGN.md section 2).
+//!
+//! This is the only place that matches on the `type` string; everything above it dispatches
+//! on [`MessageType`].
+
+mod code;
+mod error;
+mod frame;
+
+pub use code::{CloseCode, ErrorCode};
+pub use error::{DecodeError, DecodeErrorKind, EncodeError, PayloadError};
+pub use frame::{
+    decode, encode, encode_with_cursor, DecodeLimits, Frame, FrameId, IdKey, MessageType,
+};
+
+pub(crate) use frame::parse_payload;
+
+/// The WebSocket subprotocol of this protocol version (DESIGN.md section 2).
+pub const SUBPROTOCOL: &str = "syncmux.v1";
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
