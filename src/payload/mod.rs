@@ -4,11 +4,13 @@
 //! with [`encode`](crate::wire::encode).
 
 mod change;
+mod cursor;
 mod hlc;
 mod json;
 mod messages;
 
 pub use change::ChangeRecord;
+pub use cursor::{Cursor, CursorParseError};
 pub use hlc::{Hlc, HlcParseError};
 pub use json::RawJson;
 pub use messages::{
