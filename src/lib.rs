@@ -16,6 +16,7 @@
 //!
 //! - [`wire`]: the envelope codec, error codes and close codes.
 //! - [`payload`]: HLCs, change records and the payload of every message type.
+//! - [`client`]: the client state machine.
 //!
 //! # Example
 //!
@@ -42,10 +43,12 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod client;
 pub mod payload;
 pub mod wire;
 
 mod rng;
 mod time;
 
+pub use client::{Client, ClientConfig, ClientEvent};
 pub use time::Instant;

@@ -1,0 +1,151 @@
+//! Requests in flight: correlation by id, and their deadlines in an ordered map.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::time::Instant;
+use crate::wire::MessageType;
+
+/// What a request asked for, which decides the reply it expects.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Pull,
+    Push,
+    Subscribe,
+    Unsubscribe,
+    PresenceUpdate,
+    PresenceGet,
+    Room,
+    Ping,
+}
+
+impl Kind {
+    /// The message type of a successful reply.
+    pub(crate) fn reply(self) -> MessageType {
+        match self {
+            Kind::Pull => MessageType::PullResponse,
+            Kind::Push => MessageType::PushResponse,
+            Kind::PresenceGet => MessageType::PresenceSnapshot,
+            Kind::Ping => MessageType::Pong,
+            Kind::Subscribe | Kind::Unsubscribe | Kind::PresenceUpdate | Kind::Room => {
+                MessageType::Ack
+            }
+        }
+    }
+
+    /// Pull and push may be sent twice: CRDT merges are idempotent (DESIGN.md section 4).
+    pub(crate) fn idempotent(self) -> bool {
+        matches!(self, Kind::Pull | Kind::Push)
+    }
+}
+
+/// Who waits for the outcome.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum Owner {
+    /// The application: the outcome becomes a `ClientEvent::Response`.
+    App,
+    /// The client itself, restoring a subscription of these tables after a reconnect.
+    RestoreTables(Vec<String>),
+    /// The client itself, restoring a presence topic or a room.
+    RestoreOther(String),
+}
+
+/// Where a request is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Status {
+    /// In the offline queue, never sent.
+    Queued,
+    /// Sent on the current connection.
+    Sent,
+    /// Sent on a connection that dropped; to be sent again after the reconnect.
+    Resend,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub(crate) kind: Kind,
+    pub(crate) owner: Owner,
+    /// The encoded frame, kept to send it (again) without re-encoding.
+    pub(crate) frame: Bytes,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) status: Status,
+}
+
+/// Pending requests by id. Ids grow, so the map's order is issue order; deadlines sit in an
+/// ordered set, so the earliest is found without a scan.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    map: BTreeMap<u64, Pending>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    app: usize,
+}
+
+impl Requests {
+    pub(crate) fn insert(&mut self, id: u64, pending: Pending) {
+        if let Some(deadline) = pending.deadline {
+            self.deadlines.insert((deadline, id));
+        }
+        if pending.owner == Owner::App {
+            self.app += 1;
+        }
+        if let Some(old) = self.map.insert(id, pending) {
+            // Ids are never reused; keep the counts right all the same.
+            self.forget(id, &old);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Pending> {
+        let pending = self.map.remove(&id)?;
+        self.forget(id, &pending);
+        Some(pending)
+    }
+
+    fn forget(&mut self, id: u64, pending: &Pending) {
+        if let Some(deadline) = pending.deadline {
+            self.deadlines.remove(&(deadline, id));
+        }
+        if pending.owner == Owner::App {
+            self.app -= 1;
+        }
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&Pending> {
+        self.map.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Pending> {
+        self.map.get_mut(&id)
+    }
+
+    /// Application requests pending (queued, sent or waiting to be re-sent).
+    pub(crate) fn app_len(&self) -> usize {
+        self.app
+    }
+
+    /// All pending requests, the client's own included.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the earliest request whose deadline is at or before `now`.
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(u64, Pending)> {
+        let &(at, id) = self.deadlines.first()?;
+        if at > now {
+            return None;
+        }
+        let pending = self
+            .remove(id)
+            .expect("invariant: every deadline has its request");
+        Some((id, pending))
+    }
+
+    /// Ids in issue order (a snapshot, so the caller may change the map meanwhile).
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        self.map.keys().copied().collect()
+    }
+}
