@@ -8,7 +8,7 @@ use super::requests::{Kind, Owner, Pending, Status};
 use super::timer::Timer;
 use super::{Client, RequestError};
 use crate::payload::{
-    ChangeRecord, ErrorPayload, PresenceEvent, PresenceSnapshot, PullResponse, PushResponse,
+    ChangeRecord, ErrorPayload, Hlc, PresenceEvent, PresenceSnapshot, PullResponse, PushResponse,
     RawJson, ResumeAck, RoomEvent,
 };
 use crate::time::Instant;
@@ -173,12 +173,21 @@ impl Client {
         if !self.has_event_room(now) {
             return;
         }
-        let mut subscriptions: Vec<RequestId> = Vec::new();
+        // The newest HLC of each table in the batch first, so the tracker clones one HLC per
+        // table rather than one per record (a batch usually holds a few tables).
+        let mut newest: Vec<(&str, &Hlc)> = Vec::new();
         for record in &changes {
-            if let Some(table) = self.tracked.tables.get(&record.table) {
-                subscriptions.push(table.by);
+            match newest.iter_mut().find(|(table, _)| *table == record.table) {
+                Some((_, hlc)) => *hlc = (*hlc).max(&record.hlc),
+                None => newest.push((&record.table, &record.hlc)),
             }
-            self.tracked.observe_hlc(&record.table, &record.hlc);
+        }
+        let mut subscriptions: Vec<RequestId> = Vec::new();
+        for (table, hlc) in newest {
+            if let Some(subscribed) = self.tracked.tables.get(table) {
+                subscriptions.push(subscribed.by);
+            }
+            self.tracked.observe_hlc(table, hlc);
         }
         subscriptions.sort_unstable();
         subscriptions.dedup();
