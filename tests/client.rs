@@ -111,6 +111,19 @@ fn a_hundred_requests_in_flight_answered_out_of_order() {
         (1..=100).collect::<Vec<_>>()
     );
     assert_eq!(client.stats().requests, 0);
+    // Ids that only parse to a pending number are not ours.
+    let id = client.ping(t(1), RawJson::null()).unwrap();
+    recv(
+        &mut client,
+        t(1),
+        &format!(r#"{{"type":"pong","id":"0{id}"}}"#),
+    );
+    recv(
+        &mut client,
+        t(1),
+        &format!(r#"{{"type":"pong","id":"+{id}"}}"#),
+    );
+    assert_eq!(drain_events(&mut client), []);
     // A duplicate reply for a finished request is ignored.
     recv(&mut client, t(1), &pull_response(7));
     assert_eq!(drain_events(&mut client), []);

@@ -88,12 +88,7 @@ impl Client {
 
     /// The id of a request that was sent on this connection and waits for its answer.
     fn sent_request(&self, wire_id: &str) -> Option<u64> {
-        // Our ids are plain decimal numbers; anything else is not ours.
-        if wire_id.is_empty() || wire_id.len() > 20 || !wire_id.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
-        let id = wire_id.parse().ok()?;
+        let id = parse_wire_id(wire_id)?;
         let pending = self.requests.get(id)?;
         (pending.status == Status::Sent).then_some(id)
     }
@@ -101,9 +96,8 @@ impl Client {
     fn reply(&mut self, frame: &Frame) {
         let Some(wire_id) = frame.id() else { return };
         if frame.kind() == MessageType::Pong
-            && self
-                .keepalive
-                .is_some_and(|k| k.to_string() == wire_id.as_str())
+            && self.keepalive.is_some()
+            && self.keepalive == parse_wire_id(wire_id.as_str())
         {
             self.keepalive = None;
             self.healthy();
@@ -281,6 +275,16 @@ impl Client {
             }
         }
     }
+}
+
+/// Our ids are decimal numbers from 1, written without leading zeros; any other string
+/// (`"01"`, `"+1"`, `"x1"`) is not one of ours.
+fn parse_wire_id(wire_id: &str) -> Option<u64> {
+    let digits = wire_id.bytes().all(|b| b.is_ascii_digit());
+    if !digits || wire_id.is_empty() || wire_id.starts_with('0') {
+        return None;
+    }
+    wire_id.parse().ok()
 }
 
 /// Reads a reply as the type its request expects.
