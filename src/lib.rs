@@ -43,9 +43,11 @@
 #![warn(unreachable_pub)]
 
 pub mod payload;
+pub mod store;
 pub mod wire;
 
 mod rng;
 mod time;
 
+pub use store::MemoryStore;
 pub use time::Instant;
