@@ -459,3 +459,28 @@ fn records_come_back_exactly_as_pushed() {
         .unwrap()
         .ends_with(r#""x-trace":{"span":[1e400]}}"#));
 }
+
+#[test]
+fn a_borrowed_pull_lends_the_same_changes_as_an_owned_one() {
+    let mut store = store(3);
+    let _ = store.push(
+        (1..=5)
+            .map(|ts| lww("t", &ts.to_string(), 6 - ts, "v"))
+            .collect(),
+    );
+    let names = tables(&["t", "u"]);
+    let since = Hlc::new(2, 0, "n1");
+    for cursor in [None, Some(at(2)), Some(at(1)), Some(Cursor::new(1, 3))] {
+        for since in [None, Some(&since)] {
+            let borrowed = store.pull_borrowed(&names, since, cursor.as_ref());
+            assert_eq!(
+                borrowed.clone().cloned(),
+                store.pull(&names, since, cursor.as_ref())
+            );
+            assert!(borrowed
+                .changes
+                .iter()
+                .all(|(c, r)| r.table == "t" && c.seq >= 3));
+        }
+    }
+}

@@ -209,6 +209,7 @@ proptest! {
             log.extend(store.push(batch).accepted);
             for (tables, since) in &pulls {
                 let pulled = store.pull(tables, since.as_ref(), None);
+                prop_assert_eq!(&store.pull_borrowed(tables, since.as_ref(), None).cloned(), &pulled);
                 prop_assert!(pulled.complete);
                 prop_assert_eq!(pulled.changes, after_since(&log, tables, since.as_ref()));
                 let newest =

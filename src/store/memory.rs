@@ -29,10 +29,12 @@ pub struct StoreConfig {
 ///
 /// See the [module documentation](super) for the rules and an example.
 ///
-/// Records are stored as pushed and cloned out by pulls: callers need owned records (the
-/// server moves them into payloads), so sharing them behind `Arc` would add an allocation and
-/// a reference count per change without saving the clone. A pull costs O(log n + k) plus the
-/// clones of the k records it returns.
+/// Records are stored as pushed. [`pull`](MemoryStore::pull) clones the records it returns,
+/// which is most of its cost (a record is several small allocations);
+/// [`pull_borrowed`](MemoryStore::pull_borrowed) lends them instead, for a caller that only
+/// serialises them. Keeping records behind `Arc` would make owned pulls cheaper but cost an
+/// allocation and a reference count per change and an `Arc` in every caller's types, while
+/// the borrowing pull already avoids the copy where it matters.
 pub struct MemoryStore {
     epoch: u64,
     retention: usize,
@@ -61,13 +63,14 @@ pub struct PushOutcome {
     pub head: Cursor,
 }
 
-/// What [`MemoryStore::pull`] found.
+/// What [`MemoryStore::pull`] found: owned records by default, borrowed ones from
+/// [`MemoryStore::pull_borrowed`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct PullOutcome {
+pub struct PullOutcome<R = ChangeRecord> {
     /// The changes with their positions: in position order after a cursor, in HLC order
     /// otherwise.
-    pub changes: Vec<(Cursor, ChangeRecord)>,
+    pub changes: Vec<(Cursor, R)>,
     /// The newest HLC held for the requested tables, or the request's `since` when there is
     /// none, or `Hlc::default()`.
     pub latest_hlc: Hlc,
@@ -150,7 +153,8 @@ impl MemoryStore {
     }
 
     /// The changes of `tables` after `cursor`, or else after `since`, or else all of them
-    /// (module docs, "Pull"). Unknown tables hold nothing; a table named twice counts once.
+    /// (module docs, "Pull"), in O(log n + k) plus the clones of the k records. Unknown tables
+    /// hold nothing; a table named twice counts once.
     #[must_use]
     pub fn pull(
         &self,
@@ -158,6 +162,18 @@ impl MemoryStore {
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
     ) -> PullOutcome {
+        self.pull_borrowed(tables, since, cursor).cloned()
+    }
+
+    /// [`pull`](MemoryStore::pull) without the clones: the records are borrowed from the
+    /// store, in O(log n + k).
+    #[must_use]
+    pub fn pull_borrowed(
+        &self,
+        tables: &[String],
+        since: Option<&Hlc>,
+        cursor: Option<&Cursor>,
+    ) -> PullOutcome<&ChangeRecord> {
         let mut names: Vec<&String> = tables.iter().collect();
         names.sort_unstable();
         names.dedup();
@@ -214,10 +230,9 @@ impl MemoryStore {
     }
 
     /// The retained change at `seq`, with its position.
-    fn at(&self, seq: u64) -> (Cursor, ChangeRecord) {
+    fn at(&self, seq: u64) -> (Cursor, &ChangeRecord) {
         let index = usize::try_from(seq - self.first_seq).expect("invariant: seq is retained");
-        let record = self.log[index].clone();
-        (Cursor::new(self.epoch, seq), record)
+        (Cursor::new(self.epoch, seq), &self.log[index])
     }
 
     /// The newest HLC accepted for `names` among the tables still held.
@@ -247,6 +262,22 @@ impl MemoryStore {
                 let table = self.tables.remove(&name).expect("invariant: just found");
                 self.forgotten = self.forgotten.take().max(table.evicted);
             }
+        }
+    }
+}
+
+impl PullOutcome<&ChangeRecord> {
+    /// The same outcome with owned records.
+    pub fn cloned(self) -> PullOutcome {
+        PullOutcome {
+            changes: self
+                .changes
+                .into_iter()
+                .map(|(c, r)| (c, r.clone()))
+                .collect(),
+            latest_hlc: self.latest_hlc,
+            head: self.head,
+            complete: self.complete,
         }
     }
 }
