@@ -75,6 +75,16 @@ fn pull(c: &mut Criterion) {
     group.bench_function("after hlc, borrowed", |b| {
         b.iter(|| store.pull_borrowed(black_box(&tables), Some(black_box(&since)), None))
     });
+    // The same pulls from a log 100 times smaller: O(log n + k) means nearly the same time.
+    let small = filled(LOG / 100, 0);
+    let small_cursor = Cursor::new(0, LOG / 100 - PULL);
+    let small_since = record(LOG / 100 - PULL - 1).hlc;
+    group.bench_function("after cursor, borrowed, 10k log", |b| {
+        b.iter(|| small.pull_borrowed(black_box(&tables), None, Some(black_box(&small_cursor))))
+    });
+    group.bench_function("after hlc, borrowed, 10k log", |b| {
+        b.iter(|| small.pull_borrowed(black_box(&tables), Some(black_box(&small_since)), None))
+    });
     group.bench_function("one table, after cursor", |b| {
         b.iter(|| store.pull(black_box(&tables[..1]), None, Some(black_box(&cursor))))
     });
