@@ -305,11 +305,12 @@ fn a_cursor_the_store_cannot_serve_falls_back_to_since_and_says_so() {
 #[test]
 fn retention_bounds_the_log_and_a_cut_cursor_or_since_is_incomplete() {
     let mut store = store(3);
-    let _ = store.push(
+    let pushed = store.push(
         (1..=5)
             .map(|ts| lww("t", &ts.to_string(), ts, "v"))
             .collect(),
     );
+    assert_eq!(pushed.accepted.len(), 5, "evicted at once, still accepted");
     assert_eq!((store.len(), store.head()), (3, at(5)));
     let names = tables(&["t"]);
 
