@@ -45,10 +45,12 @@
 
 pub mod client;
 pub mod payload;
+pub mod store;
 pub mod wire;
 
 mod rng;
 mod time;
 
 pub use client::{Client, ClientConfig, ClientEvent};
+pub use store::MemoryStore;
 pub use time::Instant;

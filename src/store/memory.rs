@@ -1,0 +1,316 @@
+//! [`MemoryStore`]: the change log, its positions and its pulls.
+
+use core::cmp::Reverse;
+use core::fmt;
+use core::ops::Bound;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use super::table::Table;
+use crate::payload::{ChangeRecord, Cursor, Hlc};
+
+/// Configuration of a [`MemoryStore`].
+///
+/// Every value of every field is meaningful, so there is nothing to validate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// The epoch of this store's history, the first half of every cursor it hands out.
+    ///
+    /// It must differ from the epoch of every earlier history that clients may hold cursors
+    /// of: an adapter picks a fresh one per process start (for example from the wall clock,
+    /// which the core never reads). Default: 0, fine for tests and examples only.
+    pub epoch: u64,
+    /// The maximum number of changes kept; the oldest positions are evicted first.
+    /// Default: 0, unbounded.
+    pub retention: usize,
+}
+
+/// An embedded in-memory change log: positions, merge, and pulls after a cursor or an HLC.
+///
+/// See the [module documentation](super) for the rules and an example.
+///
+/// Records are stored as pushed. [`pull`](MemoryStore::pull) clones the records it returns,
+/// which is most of its cost (a record is several small allocations);
+/// [`pull_borrowed`](MemoryStore::pull_borrowed) lends them instead, for a caller that only
+/// serialises them. Keeping records behind `Arc` would make owned pulls cheaper but cost an
+/// allocation and a reference count per change and an `Arc` in every caller's types, while
+/// the borrowing pull already avoids the copy where it matters.
+pub struct MemoryStore {
+    epoch: u64,
+    retention: usize,
+    /// The retained changes by position: `log[i]` is at seq `first_seq + i`.
+    log: VecDeque<ChangeRecord>,
+    /// The seq of the oldest retained change, or `head + 1` when none is retained.
+    first_seq: u64,
+    /// The indexes of every table holding a retained change (by name, for a defined order).
+    tables: BTreeMap<String, Table>,
+    /// The newest HLC evicted from tables that were dropped when their last change was: it
+    /// stands for every table the store no longer knows, so no pull claims completeness
+    /// falsely.
+    forgotten: Option<Hlc>,
+}
+
+/// What [`MemoryStore::push`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PushOutcome {
+    /// The changes that were new, with their positions, in position order. Only these are
+    /// routed to subscribers and counted as `merged`.
+    pub accepted: Vec<(Cursor, ChangeRecord)>,
+    /// The newest HLC held for the pushed tables after the merge, or `Hlc::default()`.
+    pub latest_hlc: Hlc,
+    /// The position of the newest accepted change in the store.
+    pub head: Cursor,
+}
+
+/// What [`MemoryStore::pull`] found: owned records by default, borrowed ones from
+/// [`MemoryStore::pull_borrowed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PullOutcome<R = ChangeRecord> {
+    /// The changes with their positions: in position order after a cursor, in HLC order
+    /// otherwise.
+    pub changes: Vec<(Cursor, R)>,
+    /// The newest HLC held for the requested tables, or the request's `since` when there is
+    /// none, or `Hlc::default()`.
+    pub latest_hlc: Hlc,
+    /// The position of the newest accepted change in the store: where to resume.
+    pub head: Cursor,
+    /// Whether `changes` holds everything the request asked for. `false` when the cursor
+    /// could not be served or retention evicted changes the request would have returned: the
+    /// client must resynchronise.
+    pub complete: bool,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new(config: StoreConfig) -> MemoryStore {
+        MemoryStore {
+            epoch: config.epoch,
+            retention: config.retention,
+            log: VecDeque::new(),
+            first_seq: 1,
+            tables: BTreeMap::new(),
+            forgotten: None,
+        }
+    }
+
+    /// The epoch of this store's history.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The position of the newest accepted change; `Cursor::new(epoch, 0)` before the first.
+    pub fn head(&self) -> Cursor {
+        Cursor::new(self.epoch, self.head_seq())
+    }
+
+    /// The number of changes retained.
+    pub fn len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Whether no change is retained.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+
+    /// Merges `changes` (module docs, "Merge"), giving each new one the next position, then
+    /// applies the retention. A push larger than the retention evicts some of its own
+    /// changes; they are still reported as accepted.
+    pub fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome {
+        let mut accepted = Vec::new();
+        let mut pushed_tables: Vec<String> = Vec::new();
+        for record in changes {
+            if pushed_tables.last() != Some(&record.table) {
+                pushed_tables.push(record.table.clone());
+            }
+            let seq = self.head_seq() + 1;
+            let table = match self.tables.get_mut(&record.table) {
+                Some(table) => table,
+                None => {
+                    let table = Table::new(self.forgotten.clone());
+                    self.tables.entry(record.table.clone()).or_insert(table)
+                }
+            };
+            if !table.admit(&record, seq) {
+                continue;
+            }
+            accepted.push((Cursor::new(self.epoch, seq), record.clone()));
+            self.log.push_back(record);
+            self.evict_beyond_retention();
+        }
+        pushed_tables.sort_unstable();
+        pushed_tables.dedup();
+        PushOutcome {
+            accepted,
+            latest_hlc: self
+                .latest(pushed_tables.iter())
+                .cloned()
+                .unwrap_or_default(),
+            head: self.head(),
+        }
+    }
+
+    /// The changes of `tables` after `cursor`, or else after `since`, or else all of them
+    /// (module docs, "Pull"), in O(log n + k) plus the clones of the k records. Unknown tables
+    /// hold nothing; a table named twice counts once.
+    #[must_use]
+    pub fn pull(
+        &self,
+        tables: &[String],
+        since: Option<&Hlc>,
+        cursor: Option<&Cursor>,
+    ) -> PullOutcome {
+        self.pull_borrowed(tables, since, cursor).cloned()
+    }
+
+    /// [`pull`](MemoryStore::pull) without the clones: the records are borrowed from the
+    /// store, in O(log n + k).
+    #[must_use]
+    pub fn pull_borrowed(
+        &self,
+        tables: &[String],
+        since: Option<&Hlc>,
+        cursor: Option<&Cursor>,
+    ) -> PullOutcome<&ChangeRecord> {
+        let mut names: Vec<&String> = tables.iter().collect();
+        names.sort_unstable();
+        names.dedup();
+        let held: Vec<&Table> = names.iter().filter_map(|n| self.tables.get(*n)).collect();
+        let latest_hlc = self.latest(names.iter().copied()).or(since);
+        let latest_hlc = latest_hlc.cloned().unwrap_or_default();
+
+        if let Some(after) = cursor.filter(|c| self.serves(c)) {
+            let ranges = held.iter().map(|table| {
+                let start = table.seqs.partition_point(|&seq| seq <= after.seq);
+                table.seqs.range(start..).copied()
+            });
+            let changes = merge(ranges).map(|seq| self.at(seq)).collect();
+            return PullOutcome {
+                changes,
+                latest_hlc,
+                head: self.head(),
+                complete: true,
+            };
+        }
+
+        // After `since` (exclusive): (since, u64::MAX) is above every (since, seq).
+        let lower = since.map_or(Bound::Unbounded, |h| Bound::Excluded((h.clone(), u64::MAX)));
+        let ranges = held.iter().map(|table| {
+            let range = table.by_hlc.range((lower.clone(), Bound::Unbounded));
+            range.map(|(hlc, seq)| (hlc, *seq))
+        });
+        let changes = merge(ranges).map(|(_, seq)| self.at(seq)).collect();
+        let evicted_after_since = names.iter().any(|name| {
+            let evicted = match self.tables.get(*name) {
+                Some(table) => table.evicted.as_ref(),
+                None => self.forgotten.as_ref(),
+            };
+            evicted.is_some_and(|evicted| since.is_none_or(|since| evicted > since))
+        });
+        PullOutcome {
+            changes,
+            latest_hlc,
+            head: self.head(),
+            complete: cursor.is_none() && !evicted_after_since,
+        }
+    }
+
+    fn head_seq(&self) -> u64 {
+        self.first_seq + self.log.len() as u64 - 1
+    }
+
+    /// Whether the changes after `cursor` are all still here: same epoch, not beyond the
+    /// head, and nothing after it evicted.
+    fn serves(&self, cursor: &Cursor) -> bool {
+        cursor.epoch == self.epoch
+            && cursor.seq <= self.head_seq()
+            && cursor.seq >= self.first_seq - 1
+    }
+
+    /// The retained change at `seq`, with its position.
+    fn at(&self, seq: u64) -> (Cursor, &ChangeRecord) {
+        let index = usize::try_from(seq - self.first_seq).expect("invariant: seq is retained");
+        (Cursor::new(self.epoch, seq), &self.log[index])
+    }
+
+    /// The newest HLC accepted for `names` among the tables still held.
+    fn latest<'a>(&self, names: impl Iterator<Item = &'a String>) -> Option<&Hlc> {
+        names
+            .filter_map(|name| self.tables.get(name))
+            .map(|table| &table.latest)
+            .max()
+    }
+
+    /// Evicts the oldest positions until the retention holds, dropping tables left empty.
+    fn evict_beyond_retention(&mut self) {
+        while self.retention != 0 && self.log.len() > self.retention {
+            let mut record = self
+                .log
+                .pop_front()
+                .expect("invariant: len > retention > 0");
+            let seq = self.first_seq;
+            self.first_seq += 1;
+            let name = core::mem::take(&mut record.table);
+            let table = self
+                .tables
+                .get_mut(&name)
+                .expect("invariant: a retained change's table is held");
+            table.evict(record, seq);
+            if table.seqs.is_empty() {
+                let table = self.tables.remove(&name).expect("invariant: just found");
+                self.forgotten = self.forgotten.take().max(table.evicted);
+            }
+        }
+    }
+}
+
+impl PullOutcome<&ChangeRecord> {
+    /// The same outcome with owned records.
+    pub fn cloned(self) -> PullOutcome {
+        PullOutcome {
+            changes: self
+                .changes
+                .into_iter()
+                .map(|(c, r)| (c, r.clone()))
+                .collect(),
+            latest_hlc: self.latest_hlc,
+            head: self.head,
+            complete: self.complete,
+        }
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("head", &self.head())
+            .field("len", &self.log.len())
+            .field("tables", &self.tables.len())
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Merges ascending iterators into one ascending iterator, in O(log t) per item for t inputs.
+///
+/// Written here because a heap-based k-way merge is a dozen lines, not worth a dependency of
+/// the core.
+fn merge<T: Ord, I: Iterator<Item = T>>(
+    inputs: impl Iterator<Item = I>,
+) -> impl Iterator<Item = T> {
+    let mut inputs: Vec<I> = inputs.collect();
+    let mut heads: BinaryHeap<Reverse<(T, usize)>> = inputs
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, input)| input.next().map(|item| Reverse((item, i))))
+        .collect();
+    core::iter::from_fn(move || {
+        let Reverse((item, i)) = heads.pop()?;
+        if let Some(next) = inputs[i].next() {
+            heads.push(Reverse((next, i)));
+        }
+        Some(item)
+    })
+}
