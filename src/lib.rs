@@ -16,6 +16,7 @@
 //!
 //! - [`wire`]: the envelope codec, error codes and close codes.
 //! - [`payload`]: HLCs, change records and the payload of every message type.
+//! - [`server`]: the server state machine: sessions, the routing hub, limits and auth hooks.
 //!
 //! # Example
 //!
@@ -43,9 +44,11 @@
 #![warn(unreachable_pub)]
 
 pub mod payload;
+pub mod server;
 pub mod wire;
 
 mod rng;
 mod time;
 
+pub use server::{Server, ServerConfig, ServerEvent};
 pub use time::Instant;
