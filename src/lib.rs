@@ -17,6 +17,9 @@
 //! - [`wire`]: the envelope codec, error codes and close codes.
 //! - [`payload`]: HLCs, change records and the payload of every message type.
 //! - [`client`]: the client state machine.
+//! - [`server`]: the server state machine: sessions, the routing hub, limits and auth hooks.
+//! - [`store`]: `MemoryStore`, the embedded change log with positions.
+//! - [`driver`]: pairs a `Server` with a `MemoryStore`.
 //!
 //! # Example
 //!
@@ -45,6 +48,8 @@
 
 pub mod client;
 pub mod payload;
+pub mod driver;
+pub mod server;
 pub mod store;
 pub mod wire;
 
@@ -53,4 +58,5 @@ mod time;
 
 pub use client::{Client, ClientConfig, ClientEvent};
 pub use store::MemoryStore;
+pub use server::{Server, ServerConfig, ServerEvent};
 pub use time::Instant;
