@@ -47,8 +47,8 @@
 #![warn(unreachable_pub)]
 
 pub mod client;
-pub mod payload;
 pub mod driver;
+pub mod payload;
 pub mod server;
 pub mod store;
 pub mod wire;
@@ -57,6 +57,6 @@ mod rng;
 mod time;
 
 pub use client::{Client, ClientConfig, ClientEvent};
-pub use store::MemoryStore;
 pub use server::{Server, ServerConfig, ServerEvent};
+pub use store::MemoryStore;
 pub use time::Instant;
