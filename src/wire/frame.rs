@@ -401,35 +401,113 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 /// Whether JSON text nests arrays and objects deeper than `max`.
 ///
 /// Written by hand because serde_json's recursion limit is a fixed 128 and cannot be
-/// configured; this is one linear pass with no recursion, so no input can exhaust the stack.
-/// The input is already known to be valid JSON, so only strings need care.
+/// configured (and its skipping of raw values, which decoding uses, does not count depth).
+/// It is one linear pass with no recursion, so no input can exhaust the stack. The input is
+/// already known to be valid JSON, so the only question per byte is whether it is a bracket
+/// outside a string.
+///
+/// It runs on every frame after serde_json's validating pass, so it is kept cheap: it reads
+/// eight bytes at a time and finds quotes, backslashes and brackets with word arithmetic
+/// (no `unsafe`, no SIMD intrinsics); string contents are masked out with a prefix XOR of the
+/// unescaped quotes, and only the brackets left over, which are sparse, are visited one by one.
+/// A change batch is mostly quotes and string bytes, too dense for `memchr` to pay off.
 fn exceeds_depth(json: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < json.len() {
-        match json[i] {
-            b'"' => {
-                i += 1;
-                while i < json.len() {
-                    match json[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
+    let mut scan = DepthScan {
+        depth: 0,
+        max,
+        in_string: false,
+        escape_next: false,
+    };
+    let mut words = json.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("invariant: chunks of 8"));
+        if scan.word(word) {
+            return true;
+        }
+    }
+    let tail = words.remainder();
+    if tail.is_empty() {
+        return false;
+    }
+    // Pad with spaces: outside a string they mean nothing, inside one they are plain bytes.
+    let mut last = [b' '; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    scan.word(u64::from_le_bytes(last))
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of every byte of `word` that equals `byte` (exact: no carries between bytes).
+#[inline(always)]
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    !(((x & !HIGHS) + !HIGHS) | x) & HIGHS
+}
+
+/// The state of [`exceeds_depth`] between eight-byte words.
+struct DepthScan {
+    depth: usize,
+    max: usize,
+    /// The previous word ended inside a string.
+    in_string: bool,
+    /// The previous word ended with a backslash that escapes this word's first byte.
+    escape_next: bool,
+}
+
+impl DepthScan {
+    /// Feeds one word (bytes in little-endian order); true once the depth exceeds the maximum.
+    #[inline(always)]
+    fn word(&mut self, word: u64) -> bool {
+        let quotes = bytes_equal(word, b'"');
+        let backslashes = bytes_equal(word, b'\\');
+        // '[' | 0x20 == '{' and ']' | 0x20 == '}', and no other bytes map onto those.
+        let folded = word | (ONES * 0x20);
+        let opens = bytes_equal(folded, b'{');
+        let closes = bytes_equal(folded, b'}');
+        if quotes | backslashes | opens | closes == 0 && !self.escape_next {
+            // Nothing here changes the state: string bytes, digits, punctuation.
+            return false;
+        }
+        // Escaped bytes: walk the backslashes in order (they are rare); an escaped backslash
+        // escapes nothing.
+        let mut escaped = if self.escape_next { 0x80 } else { 0 };
+        self.escape_next = false;
+        let mut pending = backslashes & !escaped;
+        while pending != 0 {
+            let bit = pending & pending.wrapping_neg();
+            let next = bit << 8;
+            if next == 0 {
+                self.escape_next = true;
             }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
+            escaped |= next;
+            pending &= !(bit | next);
+        }
+        // Inside-string mask: bit of byte k set when an odd number of unescaped quotes sits at
+        // bytes 0..=k (prefix XOR over the bytes' high bits), flipped if we entered inside one.
+        let mut inside = quotes & !escaped;
+        inside ^= inside << 8;
+        inside ^= inside << 16;
+        inside ^= inside << 32;
+        if self.in_string {
+            inside = !inside & HIGHS;
+        }
+        self.in_string = inside >> 63 == 1;
+        let mut brackets = (opens | closes) & !inside;
+        while brackets != 0 {
+            let bit = brackets & brackets.wrapping_neg();
+            if opens & bit != 0 {
+                self.depth += 1;
+                if self.depth > self.max {
                     return true;
                 }
+            } else {
+                self.depth = self.depth.saturating_sub(1);
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+            brackets &= !bit;
         }
-        i += 1;
+        false
     }
-    false
 }
 
 /// Encodes a frame: `{"type":…,"id":…,"payload":…}`, with the id under the key it came with.
@@ -570,6 +648,90 @@ mod tests {
         let err = dec(&too_deep).unwrap_err();
         assert_eq!(err.kind(), &DecodeErrorKind::TooDeep { max: 64 });
         assert_eq!(err.id().unwrap().as_str(), "d");
+    }
+
+    /// The obvious byte-at-a-time scan, as the oracle for the word-at-a-time one.
+    fn exceeds_depth_reference(json: &[u8], max: usize) -> bool {
+        let (mut depth, mut i) = (0usize, 0);
+        while i < json.len() {
+            match json[i] {
+                b'"' => {
+                    i += 1;
+                    while i < json.len() && json[i] != b'"' {
+                        i += if json[i] == b'\\' { 2 } else { 1 };
+                    }
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Text made of brackets, commas and complete strings full of escapes, so that quotes,
+    /// backslashes and brackets land on every offset within a word. (Backslashes appear only
+    /// inside strings, as in any valid JSON; brackets need not balance.)
+    fn depth_text() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(&b"["[..]),
+            Just(&b"]"[..]),
+            Just(&b"{"[..]),
+            Just(&b"}"[..]),
+            Just(&b","[..]),
+            Just(&b"\"\""[..]),
+            Just(&b"\"\\\\\""[..]),
+            Just(&b"\"a\\\"b\""[..]),
+            Just(&b"\"\\\\\\\\\\\"\""[..]),
+            Just(&b"\"[{\\\"}]\""[..]),
+            Just(&b"\"\\u00e9\\n]\""[..]),
+            Just("\"\u{e9} ab\"".as_bytes()),
+        ];
+        proptest::collection::vec(piece, 0..80).prop_map(|p| p.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+        #[test]
+        fn word_depth_scan_agrees_with_the_byte_scan(text in depth_text(), max in 0usize..12) {
+            proptest::prop_assert_eq!(
+                exceeds_depth(&text, max),
+                exceeds_depth_reference(&text, max)
+            );
+        }
+
+        #[test]
+        fn word_depth_scan_agrees_on_valid_json(value in arbitrary_json(), max in 0usize..8) {
+            let text = serde_json::to_vec(&value).unwrap();
+            proptest::prop_assert_eq!(
+                exceeds_depth(&text, max),
+                exceeds_depth_reference(&text, max)
+            );
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[\\\\\"\\[\\]{}a-z\u{e9}]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(10, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[\\\\\"{}a-z]{0,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 
     #[test]
