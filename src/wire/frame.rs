@@ -159,7 +159,9 @@ pub struct DecodeLimits {
     /// `FRAME_TOO_LARGE`. Default 1 MiB (DESIGN.md section 5); 0 disables the check.
     pub max_frame_len: usize,
     /// Deepest nesting of arrays and objects accepted (the envelope object counts as 1).
-    /// Default 64; 0 leaves only serde_json's own limit of 128, which also keeps the stack safe.
+    /// Default 64. 0 turns the check off: decoding stays stack-safe at any depth (it never
+    /// recurses into the payload), and parsing a payload into a typed value then stops at
+    /// serde_json's own limit of 128.
     pub max_depth: usize,
 }
 
@@ -186,7 +188,10 @@ impl Default for DecodeLimits {
 }
 
 /// A decoded frame: the envelope, with the payload still raw JSON.
-#[derive(Clone, PartialEq, Eq, Debug)]
+///
+/// Two frames are equal when they have the same type, id (and id key), cursor and payload
+/// text; an absent payload equals `null`, as on the wire (DESIGN.md section 2).
+#[derive(Clone, Debug)]
 pub struct Frame {
     kind: MessageType,
     id: Option<FrameId>,
@@ -194,6 +199,17 @@ pub struct Frame {
     /// The payload's JSON text, sliced out of the frame without copying; empty when absent.
     payload: Bytes,
 }
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.id == other.id
+            && self.cursor == other.cursor
+            && self.raw_payload() == other.raw_payload()
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     /// The message type.
@@ -304,23 +320,22 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError>
     let text = match core::str::from_utf8(&bytes) {
         Ok(text) => text,
         Err(_) => {
-            // Report the id if the envelope is readable once the bad bytes are replaced.
-            let lossy = String::from_utf8_lossy(&bytes);
-            let id = serde_json::from_str::<RawEnvelope<'_>>(&lossy)
-                .ok()
-                .and_then(|env| read_id(&env).ok().flatten());
+            // Report the id if it can be read once the bad bytes are replaced.
+            let id = salvage_id(&String::from_utf8_lossy(&bytes));
             return Err(DecodeError::new(DecodeErrorKind::NotUtf8, id));
         }
     };
     if text.trim_start().as_bytes().first() != Some(&b'{') {
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => fail(DecodeErrorKind::NotObject),
-            Err(e) => fail(not_json(&e)),
+            Err(e) => fail(not_json(&e, limits)),
         });
     }
     let env: RawEnvelope<'_> = match serde_json::from_str(text) {
         Ok(env) => env,
-        Err(e) => return Err(fail(not_json(&e))),
+        Err(e) => {
+            return Err(DecodeError::new(not_json(&e, limits), salvage_id(text)));
+        }
     };
     let id = read_id(&env).map_err(fail)?;
     let fail = |kind| DecodeError::new(kind, id.clone());
@@ -339,12 +354,15 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError>
             None => return Err(fail(DecodeErrorKind::TypeNotString)),
         },
     };
-    let cursor = match env.cursor {
+    // `cursor` is part of the envelope of `change` / `changes` only (DESIGN.md section 3);
+    // on any other type it is an unknown top-level field, and those are ignored (section 2).
+    let cursor = match env.cursor.map(json_str) {
         None => None,
-        Some(raw) => match json_str(raw) {
-            Some(cursor) => Some(cursor.into()),
-            None => return Err(fail(DecodeErrorKind::CursorNotString)),
-        },
+        Some(Some(cursor)) => Some(cursor.into()),
+        Some(None) if matches!(kind, MessageType::Change | MessageType::Changes) => {
+            return Err(fail(DecodeErrorKind::CursorNotString));
+        }
+        Some(None) => None,
     };
     let payload = match env.payload {
         Some(raw) => bytes.slice_ref(raw.get().as_bytes()),
@@ -358,15 +376,73 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError>
     })
 }
 
-fn not_json(e: &serde_json::Error) -> DecodeErrorKind {
+fn not_json(e: &serde_json::Error, limits: &DecodeLimits) -> DecodeErrorKind {
     let mut message = e.to_string();
+    // serde_json has no error category for its own nesting limit (128), only this message.
     if message.starts_with("recursion limit exceeded") {
-        return DecodeErrorKind::TooDeep { max: 128 };
+        let max = match limits.max_depth {
+            0 => SERDE_JSON_MAX_DEPTH,
+            max => max.min(SERDE_JSON_MAX_DEPTH),
+        };
+        return DecodeErrorKind::TooDeep { max };
     }
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
     }
     DecodeErrorKind::NotJson(message)
+}
+
+/// serde_json's fixed recursion limit.
+const SERDE_JSON_MAX_DEPTH: usize = 128;
+
+/// Reads `id` / `request_id` from a frame that failed to parse as a whole (truncated, trailing
+/// garbage, a duplicate key, ...), so that the `INVALID_FRAME` answer can still echo the id
+/// (DESIGN.md section 2): the object's keys are read in order until the parse fails, and the
+/// ids seen before that point count, under the same rules as in a valid frame.
+fn salvage_id(text: &str) -> Option<FrameId> {
+    let mut env = RawEnvelope {
+        kind: None,
+        id: None,
+        request_id: None,
+        cursor: None,
+        payload: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    // The parse is expected to fail; only what it read before failing matters.
+    let _ = serde::de::DeserializeSeed::deserialize(SalvageIds(&mut env), &mut de);
+    read_id(&env).ok().flatten()
+}
+
+/// Records `id` and `request_id` into an envelope as they are read (see [`salvage_id`]).
+struct SalvageIds<'s, 'a>(&'s mut RawEnvelope<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for SalvageIds<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SalvageIds<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a frame object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "id" => self.0.id = map.next_value()?,
+                "request_id" => self.0.request_id = map.next_value()?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads `id` / `request_id` (a JSON `null` counts as absent).
@@ -622,6 +698,36 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind(), &DecodeErrorKind::NotUtf8);
         assert_eq!(err.id().unwrap().as_str(), "5");
+    }
+
+    #[test]
+    fn broken_frames_still_report_an_id_read_before_the_break() {
+        let err = dec(r#"{"type":"push_request","id":"7","payload":{"changes":["#).unwrap_err();
+        assert!(matches!(err.kind(), DecodeErrorKind::NotJson(_)));
+        assert_eq!(err.id(), Some(&FrameId::new("7")));
+        let err = dec(r#"{"request_id":"8","type":"ping","type":"pong"}"#).unwrap_err();
+        assert_eq!(err.id(), Some(&FrameId::with_key(IdKey::RequestId, "8")));
+        // Under the rules of a valid frame: conflicting ids report none.
+        let err = dec(r#"{"id":"1","request_id":"2","type":"#).unwrap_err();
+        assert_eq!(err.id(), None);
+    }
+
+    #[test]
+    fn cursor_is_envelope_only_on_change_frames() {
+        assert_eq!(dec(r#"{"type":"ping","cursor":5}"#).unwrap().cursor(), None);
+        let err = dec(r#"{"type":"change","cursor":5,"payload":{}}"#).unwrap_err();
+        assert_eq!(err.kind(), &DecodeErrorKind::CursorNotString);
+    }
+
+    #[test]
+    fn absent_and_null_payloads_are_equal() {
+        let absent = dec(r#"{"type":"ack","id":"1"}"#).unwrap();
+        let null = dec(r#"{"type":"ack","id":"1","payload":null}"#).unwrap();
+        assert_eq!(absent, null);
+        assert_ne!(
+            absent,
+            dec(r#"{"type":"ack","id":"1","payload":0}"#).unwrap()
+        );
     }
 
     #[test]
