@@ -399,6 +399,8 @@ impl Client {
             cursor: None,
         };
         let id = self.request(now, Kind::Subscribe, MessageType::Subscribe, &payload)?;
+        self.requests
+            .settle_tables(id.0, &payload.tables, payload.since.is_some());
         self.tracked
             .subscribe(&payload.tables, payload.since.as_ref(), id, sent);
         Ok(id)
@@ -620,6 +622,8 @@ impl Client {
                 frame,
                 deadline,
                 status,
+                tables: Vec::new(),
+                resumes: false,
             },
         );
         self.dial_if_idle();
@@ -644,21 +648,14 @@ impl Client {
     }
 
     /// Sends what the last connection had established, before anything else (DESIGN.md
-    /// section 4): subscriptions (grouped by `since`, all from the newest cursor), presence
+    /// section 4): subscriptions (grouped by their resume cursor and `since`), presence
     /// topics with their last data, rooms with their join data.
     fn restore(&mut self) {
-        let cursor = self.tracked.cursor.clone();
-        let groups: Vec<(Option<Hlc>, Vec<String>)> = self
-            .tracked
-            .subscription_groups()
-            .into_iter()
-            .map(|(since, tables)| (since.cloned(), tables))
-            .collect();
-        for (since, tables) in groups {
+        for ((cursor, since), tables) in self.tracked.resume_groups() {
             let payload = Subscribe {
                 tables,
                 since,
-                cursor: cursor.clone(),
+                cursor,
             };
             self.send_internal(
                 Kind::Subscribe,
@@ -718,12 +715,19 @@ impl Client {
         let id = self.take_id();
         let frame = encode_request(ty, id, payload);
         self.transmits.push_back(Transmit::Frame(frame.clone()));
+        let tables = match &owner {
+            Owner::RestoreTables(tables) => tables.clone(),
+            _ => Vec::new(),
+        };
+        let resumes = kind == Kind::Subscribe;
         let pending = Pending {
             kind,
             owner,
             frame,
             deadline: None,
             status: Status::Sent,
+            tables,
+            resumes,
         };
         self.requests.insert(id, pending);
     }

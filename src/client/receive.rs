@@ -176,8 +176,12 @@ impl Client {
                 None => newest.push((&record.table, &record.hlc)),
             }
         }
+        let cursor = frame.cursor().map(str::to_owned);
         let mut subscriptions: Vec<RequestId> = Vec::new();
         for (table, hlc) in newest {
+            if let Some(cursor) = &cursor {
+                self.tracked.observe_table_change(table, cursor);
+            }
             if let Some(subscribed) = self.tracked.tables.get(table) {
                 subscriptions.push(subscribed.by);
             }
@@ -185,8 +189,9 @@ impl Client {
         }
         subscriptions.sort_unstable();
         subscriptions.dedup();
-        let cursor = frame.cursor().map(str::to_owned);
-        if let Some(cursor) = &cursor {
+        // While a replay may still be on its way, the stream is not in one order for every
+        // table (DESIGN.md section 3): its position moves on only between replays.
+        if let (Some(cursor), false) = (&cursor, self.requests.resuming()) {
             self.tracked.observe_cursor(cursor);
         }
         self.events.push_back(ClientEvent::Changes {
@@ -194,6 +199,16 @@ impl Client {
             changes,
             cursor,
         });
+    }
+
+    /// A pull or push response carries the store's head when it was answered. The server
+    /// routes every change before that head to this session before the response (one queue
+    /// per session, pushes answered in store order), so between replays it is a stream
+    /// position too; it gives a quiet subscriber a place to resume from.
+    fn observe_response_cursor(&mut self, cursor: Option<&str>) {
+        if let (Some(cursor), false) = (cursor, self.requests.resuming()) {
+            self.tracked.observe_cursor(cursor);
+        }
     }
 
     /// Queues data from the server, unless the application is not keeping up.
@@ -233,8 +248,14 @@ impl Client {
                 for record in &pull.changes {
                     self.tracked.observe_hlc(&record.table, &record.hlc);
                 }
+                self.observe_response_cursor(pull.cursor.as_deref());
             }
-            Ok(Response::Ack(Some(ack))) => self.tracked.observe_cursor(&ack.cursor),
+            Ok(Response::Push(push)) => self.observe_response_cursor(push.cursor.as_deref()),
+            // The head only covers the replayed tables: live changes of the others that
+            // were held behind the replay may still follow, so the stream position stays.
+            Ok(Response::Ack(ack)) if pending.kind == Kind::Subscribe => self
+                .tracked
+                .settle(&pending.tables, ack.as_ref().map(|a| a.cursor.as_str())),
             Err(RequestError::Server { .. }) if pending.kind.reply() == MessageType::Ack => {
                 // Refused: what it would have established does not exist on the server.
                 self.tracked.roll_back(request);

@@ -70,6 +70,10 @@ pub(crate) struct Pending {
     pub(crate) frame: Bytes,
     pub(crate) deadline: Option<Instant>,
     pub(crate) status: Status,
+    /// For a subscribe: its tables, which its ack settles.
+    pub(crate) tables: Vec<String>,
+    /// A subscribe with `since` or `cursor`: the server replays before its ack.
+    pub(crate) resumes: bool,
 }
 
 /// Pending requests by id. Ids grow, so the map's order is issue order; deadlines sit in an
@@ -79,6 +83,7 @@ pub(crate) struct Requests {
     map: BTreeMap<u64, Pending>,
     deadlines: BTreeSet<(Instant, u64)>,
     app: usize,
+    resuming: usize,
 }
 
 impl Requests {
@@ -88,6 +93,9 @@ impl Requests {
         }
         if pending.owner == Owner::App {
             self.app += 1;
+        }
+        if pending.resumes {
+            self.resuming += 1;
         }
         if let Some(old) = self.map.insert(id, pending) {
             // Ids are never reused; keep the counts right all the same.
@@ -107,6 +115,9 @@ impl Requests {
         }
         if pending.owner == Owner::App {
             self.app -= 1;
+        }
+        if pending.resumes {
+            self.resuming -= 1;
         }
     }
 
@@ -145,6 +156,23 @@ impl Requests {
     }
 
     /// Ids in issue order (a snapshot, so the caller may change the map meanwhile).
+    /// Records which tables subscribe `id` settles, and whether the server replays first.
+    pub(crate) fn settle_tables(&mut self, id: u64, tables: &[String], resumes: bool) {
+        if let Some(pending) = self.map.get_mut(&id) {
+            pending.tables = tables.to_vec();
+            if resumes && !pending.resumes {
+                pending.resumes = true;
+                self.resuming += 1;
+            }
+        }
+    }
+
+    /// Whether a subscribe with `since` or `cursor` awaits its ack: its replay may still be
+    /// on the way, so stream positions seen meanwhile do not yet cover every table.
+    pub(crate) fn resuming(&self) -> bool {
+        self.resuming > 0
+    }
+
     pub(crate) fn ids(&self) -> Vec<u64> {
         self.map.keys().copied().collect()
     }

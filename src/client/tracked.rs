@@ -16,6 +16,13 @@ pub(crate) struct Table {
     pub(crate) by: RequestId,
     /// The newest HLC seen for it (or the `since` it was subscribed with).
     pub(crate) since: Option<Hlc>,
+    /// Whether its subscribe was acknowledged: its changes now arrive in stream order, so
+    /// the session's stream position covers it. Until then (its replay may be cut off
+    /// half-way) it resumes from `cursor`, the position its subscribe asked for.
+    pub(crate) live: bool,
+    /// The position it is known complete to: what its subscribe resumed from, then the head
+    /// its replay reached.
+    pub(crate) cursor: Option<String>,
     /// Whether a subscribe for it has gone out; one still in the offline queue is not
     /// restored (the queued frame will subscribe it).
     pub(crate) sent: bool,
@@ -57,6 +64,8 @@ impl Tracked {
                         Table {
                             by,
                             since: since.cloned(),
+                            live: false,
+                            cursor: None,
                             sent,
                         },
                     );
@@ -79,18 +88,57 @@ impl Tracked {
         }
     }
 
+    /// A change of `table` at stream position `cursor` arrived. A live table's changes come
+    /// in position order. So do those of a table whose resume replay is under way, when the
+    /// server could serve its cursor (same epoch). Either way a cut resumes from here rather
+    /// than receiving the same changes twice.
+    pub(crate) fn observe_table_change(&mut self, table: &str, cursor: &str) {
+        let Some(table) = self.tables.get_mut(table) else {
+            return;
+        };
+        if table.live {
+            advance(&mut table.cursor, cursor);
+            return;
+        }
+        let from = table
+            .cursor
+            .as_deref()
+            .and_then(|c| c.parse::<Cursor>().ok());
+        match (from, cursor.parse::<Cursor>()) {
+            (Some(from), Ok(at)) if from.epoch == at.epoch => advance(&mut table.cursor, cursor),
+            _ => {}
+        }
+    }
+
+    /// A subscribe of `tables` was acknowledged; a resume ack says how far its replay went.
+    pub(crate) fn settle(&mut self, tables: &[String], head: Option<&str>) {
+        if let Some(head) = head {
+            // A head of another epoch: the server's history did not continue, so the old
+            // stream position means nothing any more (the ack said `recovered: false`).
+            let epoch = |c: &str| c.parse::<Cursor>().ok().map(|c| c.epoch);
+            if self
+                .cursor
+                .as_deref()
+                .is_some_and(|g| epoch(g) != epoch(head))
+            {
+                self.cursor = Some(head.to_owned());
+            }
+        }
+        for name in tables {
+            if let Some(table) = self.tables.get_mut(name) {
+                table.live = true;
+                if let Some(head) = head {
+                    advance(&mut table.cursor, head);
+                }
+            }
+        }
+    }
+
     /// Takes a stream position. Cursors are opaque to clients, but a syncmux cursor is
     /// `"<epoch>.<seq>"`: within one epoch keep the larger (a reordered or replayed frame
     /// must not move the resume point back); otherwise the newest arrival wins.
     pub(crate) fn observe_cursor(&mut self, cursor: &str) {
-        if let Some(old) = &self.cursor {
-            if let (Ok(old), Ok(new)) = (old.parse::<Cursor>(), cursor.parse::<Cursor>()) {
-                if old.epoch == new.epoch && new.seq <= old.seq {
-                    return;
-                }
-            }
-        }
-        self.cursor = Some(cursor.to_owned());
+        advance(&mut self.cursor, cursor);
     }
 
     /// The subscribe, presence or room request `by` went out from the offline queue.
@@ -111,17 +159,50 @@ impl Tracked {
         self.rooms.retain(|_, m| m.by != by);
     }
 
-    /// After a disconnect every restorable entry is restored, whatever it was.
-    pub(crate) fn subscription_groups(&self) -> BTreeMap<Option<&Hlc>, Vec<String>> {
-        let mut groups: BTreeMap<Option<&Hlc>, Vec<String>> = BTreeMap::new();
-        for (name, table) in self.tables.iter().filter(|(_, t)| t.sent) {
+    /// After a disconnect every restorable entry is restored, whatever it was: the tables,
+    /// grouped by where they resume. A live table resumes from the stream position (or the
+    /// head of its own replay, if further); one whose subscribe was never acknowledged from
+    /// where that subscribe asked. Every restored table then awaits its new ack.
+    pub(crate) fn resume_groups(&mut self) -> BTreeMap<ResumePoint, Vec<String>> {
+        let mut groups: BTreeMap<ResumePoint, Vec<String>> = BTreeMap::new();
+        for (name, table) in self.tables.iter_mut().filter(|(_, t)| t.sent) {
+            if table.live {
+                if let Some(stream) = &self.cursor {
+                    advance(&mut table.cursor, stream);
+                }
+                table.live = false;
+            }
+            let since = match (&table.cursor, &table.since) {
+                // No position and no HLC: nothing shows what the session missed while it
+                // was away, so the whole retained history is replayed (no gap beats less
+                // traffic; a subscriber that pulled or pushed once has a position).
+                (None, None) => Some(Hlc::new(i64::MIN, 0, "")),
+                (_, since) => since.clone(),
+            };
             groups
-                .entry(table.since.as_ref())
+                .entry((table.cursor.clone(), since))
                 .or_default()
                 .push(name.clone());
         }
         groups
     }
+}
+
+/// Where a subscription resumes: its cursor and its `since`.
+pub(crate) type ResumePoint = (Option<String>, Option<Hlc>);
+
+/// Moves a position on. Cursors are opaque to clients, but a syncmux cursor is
+/// `"<epoch>.<seq>"`: within one epoch keep the larger (a reordered or replayed frame must not
+/// move the resume point back); otherwise the newest arrival wins.
+fn advance(slot: &mut Option<String>, cursor: &str) {
+    if let Some(old) = slot {
+        if let (Ok(old), Ok(new)) = (old.parse::<Cursor>(), cursor.parse::<Cursor>()) {
+            if old.epoch == new.epoch && new.seq <= old.seq {
+                return;
+            }
+        }
+    }
+    *slot = Some(cursor.to_owned());
 }
 
 fn raise(slot: &mut Option<Hlc>, candidate: Option<&Hlc>) {

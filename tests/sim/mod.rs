@@ -1,0 +1,506 @@
+//! A deterministic, seeded simulation of many `Client`s and one `Server` + `MemoryStore`.
+//!
+//! Virtual time jumps to the earliest deadline (a client or server timer, a frame due on a
+//! link, an application answer due). Each connection is a pair of FIFO links with seeded
+//! latency, so frames on one connection stay in order while connections race each other, as
+//! over TCP. The application (the test) answers pull, push and replay events after seeded
+//! delays, so answers come back out of order. `drive_bounded` turns a livelock into a failure.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use syncmux::client::{ClientEvent, Transmit};
+use syncmux::payload::ChangeRecord;
+use syncmux::server::{
+    Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId,
+};
+use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::wire::CloseCode;
+use syncmux::{Client, ClientConfig, Instant, Server, ServerConfig, ServerEvent};
+
+/// SplitMix64: the test's own seeded generator.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.range(0, 99) < percent
+    }
+}
+
+/// How the simulated network and application behave.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// One-way latency of a frame, milliseconds, drawn per frame.
+    pub latency_ms: (u64, u64),
+    /// How long the application takes to answer a pull, push or replay, milliseconds.
+    pub answer_ms: (u64, u64),
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            latency_ms: (1, 40),
+            answer_ms: (0, 30),
+        }
+    }
+}
+
+enum Down {
+    Frame(Bytes),
+    Close(CloseCode, String),
+}
+
+struct Conn {
+    session: SessionId,
+    up: VecDeque<(Instant, Bytes)>,
+    down: VecDeque<(Instant, Down)>,
+}
+
+/// One simulated client and what it has seen.
+pub struct Node {
+    pub client: Client,
+    conn: Option<Conn>,
+    pub events: Vec<ClientEvent>,
+    /// Every change delivered to the application by `Changes` events, in order.
+    pub received: Vec<ChangeRecord>,
+    pub connects: u32,
+}
+
+impl Node {
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+    pub fn session(&self) -> Option<SessionId> {
+        self.conn.as_ref().map(|c| c.session)
+    }
+}
+
+/// The whole simulated world.
+pub struct Net {
+    pub now: Instant,
+    pub server: Server,
+    pub store: MemoryStore,
+    pub nodes: Vec<Node>,
+    pub rng: Rng,
+    pub config: NetConfig,
+    answers: Vec<(Instant, u64, ServerEvent)>,
+    answer_seq: u64,
+    /// Whether answers are held back (to stage interleavings by hand).
+    pub hold_answers: bool,
+    sessions: BTreeMap<SessionId, usize>,
+    pub steps: u64,
+}
+
+pub const URL: &str = "ws://sim.test/sync/ws";
+
+impl Net {
+    pub fn new(seed: u64, server: ServerConfig, config: NetConfig) -> Net {
+        let mut server = server;
+        server.seed = seed;
+        Net {
+            now: Instant::from_millis(1_000),
+            server: Server::new(server).unwrap(),
+            store: MemoryStore::new(StoreConfig::default()),
+            nodes: Vec::new(),
+            rng: Rng::new(seed),
+            config,
+            answers: Vec::new(),
+            answer_seq: 0,
+            hold_answers: false,
+            sessions: BTreeMap::new(),
+            steps: 0,
+        }
+    }
+
+    /// Adds a client with a config based on `ClientConfig::new(URL, node_id)`.
+    pub fn add_client(&mut self, node_id: &str, tweak: impl FnOnce(&mut ClientConfig)) -> usize {
+        let mut config = ClientConfig::new(URL, node_id);
+        config.seed = self.rng.next_u64();
+        tweak(&mut config);
+        self.nodes.push(Node {
+            client: Client::new(config).unwrap(),
+            conn: None,
+            events: Vec::new(),
+            received: Vec::new(),
+            connects: 0,
+        });
+        self.nodes.len() - 1
+    }
+
+    fn latency(&mut self) -> Duration {
+        let (lo, hi) = self.config.latency_ms;
+        Duration::from_millis(self.rng.range(lo, hi))
+    }
+
+    /// Drains every output of every machine until nothing moves.
+    pub fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(t) = self.nodes[i].client.poll_transmit() {
+                    moved = true;
+                    self.client_transmit(i, t);
+                }
+                while let Some(ev) = self.nodes[i].client.poll_event() {
+                    moved = true;
+                    if let ClientEvent::Changes { changes, .. } = &ev {
+                        self.nodes[i].received.extend(changes.iter().cloned());
+                    }
+                    self.nodes[i].events.push(ev);
+                }
+            }
+            while let Some(t) = self.server.poll_transmit() {
+                moved = true;
+                self.server_transmit(t);
+            }
+            while let Some(ev) = self.server.poll_event() {
+                moved = true;
+                match ev {
+                    ServerEvent::Pull { .. }
+                    | ServerEvent::Push { .. }
+                    | ServerEvent::Replay { .. } => {
+                        let (lo, hi) = self.config.answer_ms;
+                        let due = self.now + Duration::from_millis(self.rng.range(lo, hi));
+                        self.answer_seq += 1;
+                        self.answers.push((due, self.answer_seq, ev));
+                    }
+                    _ => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn client_transmit(&mut self, i: usize, t: Transmit) {
+        match t {
+            Transmit::Dial(dial) => {
+                let rest = dial.url.strip_prefix("ws://sim.test").unwrap_or(&dial.url);
+                let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+                let mut hs = Handshake::new(path, query);
+                for (name, value) in &dial.headers {
+                    hs = hs.header(*name, value.clone());
+                }
+                for p in &dial.protocols {
+                    hs = hs.protocol(*p);
+                }
+                match self.server.handle_handshake(self.now, &hs) {
+                    HandshakeOutcome::Accept {
+                        session, protocol, ..
+                    } => {
+                        self.sessions.insert(session, i);
+                        self.nodes[i].conn = Some(Conn {
+                            session,
+                            up: VecDeque::new(),
+                            down: VecDeque::new(),
+                        });
+                        self.nodes[i].connects += 1;
+                        let now = self.now;
+                        self.nodes[i]
+                            .client
+                            .handle_connected(now, protocol.as_deref());
+                    }
+                    HandshakeOutcome::Reject { status, reason } => {
+                        let now = self.now;
+                        self.nodes[i].client.handle_disconnected(
+                            now,
+                            None,
+                            &format!("HTTP {status}: {reason}"),
+                        );
+                    }
+                    other => panic!("unexpected handshake outcome {other:?}"),
+                }
+            }
+            Transmit::Frame(bytes) => {
+                let lat = self.latency();
+                let now = self.now;
+                if let Some(conn) = self.nodes[i].conn.as_mut() {
+                    let at = fifo_time(conn.up.back().map(|x| x.0), now + lat);
+                    conn.up.push_back((at, bytes));
+                }
+            }
+            Transmit::Close { .. } => {
+                if let Some(conn) = self.nodes[i].conn.take() {
+                    self.sessions.remove(&conn.session);
+                    self.server.handle_closed(self.now, conn.session);
+                }
+            }
+            other => panic!("unexpected client transmit {other:?}"),
+        }
+    }
+
+    fn server_transmit(&mut self, t: ServerTransmit) {
+        let session = t.session();
+        let Some(&i) = self.sessions.get(&session) else {
+            return; // the connection is gone: the bytes are lost with it
+        };
+        let lat = self.latency();
+        let now = self.now;
+        let Some(conn) = self.nodes[i].conn.as_mut() else {
+            return;
+        };
+        let at = fifo_time(conn.down.back().map(|x| x.0), now + lat);
+        match t {
+            ServerTransmit::Frame { bytes, .. } => conn.down.push_back((at, Down::Frame(bytes))),
+            ServerTransmit::Close { code, reason, .. } => {
+                conn.down.push_back((at, Down::Close(code, reason)))
+            }
+            other => panic!("unexpected server transmit {other:?}"),
+        }
+    }
+
+    /// Cuts node `i`'s connection abruptly: frames in flight are lost both ways.
+    pub fn cut(&mut self, i: usize) {
+        if let Some(conn) = self.nodes[i].conn.take() {
+            self.sessions.remove(&conn.session);
+            self.server.handle_closed(self.now, conn.session);
+            let now = self.now;
+            self.nodes[i]
+                .client
+                .handle_disconnected(now, Some(CloseCode::ABNORMAL), "cut");
+        }
+        self.pump();
+    }
+
+    /// The earliest moment anything is due.
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut take = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for node in &self.nodes {
+            if let Some(t) = node.client.poll_timeout() {
+                take(t);
+            }
+            if let Some(conn) = &node.conn {
+                if let Some((t, _)) = conn.up.front() {
+                    take(*t);
+                }
+                if let Some((t, _)) = conn.down.front() {
+                    take(*t);
+                }
+            }
+        }
+        if let Some(t) = self.server.poll_timeout() {
+            take(t);
+        }
+        if !self.hold_answers {
+            for (t, _, _) in &self.answers {
+                take(*t);
+            }
+        }
+        next
+    }
+
+    /// Advances to the next deadline (never past `limit`) and runs everything due then.
+    /// Returns false when nothing is due before `limit`.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        self.pump();
+        let Some(next) = self.next_deadline() else {
+            return false;
+        };
+        if next > limit {
+            return false;
+        }
+        self.now = self.now.max(next);
+        self.steps += 1;
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            self.deliver(i, now);
+        }
+        if !self.hold_answers {
+            self.answer_due(now);
+        }
+        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+            self.server.handle_timeout(now);
+        }
+        for node in &mut self.nodes {
+            if node.client.poll_timeout().is_some_and(|t| t <= now) {
+                node.client.handle_timeout(now);
+            }
+        }
+        self.pump();
+        true
+    }
+
+    fn deliver(&mut self, i: usize, now: Instant) {
+        while let Some(conn) = self.nodes[i].conn.as_mut() {
+            let session = conn.session;
+            if conn.up.front().is_some_and(|(t, _)| *t <= now) {
+                let (_, bytes) = conn.up.pop_front().unwrap();
+                trace(now, i, "->", &bytes);
+                self.server.handle_message(now, session, bytes);
+                continue;
+            }
+            if conn.down.front().is_some_and(|(t, _)| *t <= now) {
+                let (_, down) = conn.down.pop_front().unwrap();
+                match down {
+                    Down::Frame(bytes) => {
+                        trace(now, i, "<-", &bytes);
+                        self.server.handle_sent(now, session, bytes.len());
+                        self.nodes[i].client.handle_message(now, bytes);
+                    }
+                    Down::Close(code, reason) => {
+                        self.nodes[i].conn = None;
+                        self.sessions.remove(&session);
+                        self.nodes[i]
+                            .client
+                            .handle_disconnected(now, Some(code), &reason);
+                    }
+                }
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// Answers every application event that is due, in due order.
+    pub fn answer_due(&mut self, now: Instant) {
+        self.answers.sort_by_key(|(t, seq, _)| (*t, *seq));
+        let due = self.answers.partition_point(|(t, _, _)| *t <= now);
+        let ready: Vec<_> = self.answers.drain(..due).collect();
+        for (_, _, ev) in ready {
+            self.answer(ev);
+        }
+    }
+
+    /// Answers every held application event now, in the given order of their kinds.
+    pub fn answer_all(&mut self) {
+        let ready: Vec<_> = self.answers.drain(..).collect();
+        for (_, _, ev) in ready {
+            self.answer(ev);
+        }
+        self.pump();
+    }
+
+    /// Answers held events that match `pick`, leaving the rest held.
+    pub fn answer_where(&mut self, pick: impl Fn(&ServerEvent) -> bool) {
+        let (ready, rest): (Vec<_>, Vec<_>) = self.answers.drain(..).partition(|(_, _, e)| pick(e));
+        self.answers = rest;
+        for (_, _, ev) in ready {
+            self.answer(ev);
+        }
+        self.pump();
+    }
+
+    pub fn pending_answers(&self) -> usize {
+        self.answers.len()
+    }
+
+    fn answer(&mut self, ev: ServerEvent) {
+        let now = self.now;
+        match ev {
+            ServerEvent::Pull {
+                request,
+                tables,
+                since,
+                cursor,
+                ..
+            } => {
+                let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
+                let answer = PullAnswer {
+                    changes: out.changes,
+                    latest_hlc: out.latest_hlc,
+                    head: out.head,
+                    complete: out.complete,
+                };
+                self.server.answer_pull(now, request, Ok(answer));
+            }
+            ServerEvent::Replay {
+                request,
+                tables,
+                since,
+                cursor,
+                ..
+            } => {
+                let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
+                let answer = PullAnswer {
+                    changes: out.changes,
+                    latest_hlc: out.latest_hlc,
+                    head: out.head,
+                    complete: out.complete,
+                };
+                self.server.answer_replay(now, request, Ok(answer));
+            }
+            ServerEvent::Push {
+                request, changes, ..
+            } => {
+                let out = self.store.push(changes);
+                let answer = PushAnswer {
+                    accepted: out.accepted,
+                    latest_hlc: out.latest_hlc,
+                    head: out.head,
+                };
+                self.server.answer_push(now, request, Ok(answer));
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs until `now + span`, failing if it takes more than `max_steps` steps (a livelock).
+    pub fn run_for(&mut self, span: Duration, max_steps: u64) {
+        let limit = self.now + span;
+        let start = self.steps;
+        while self.step(limit) {
+            assert!(
+                self.steps - start <= max_steps,
+                "livelock: more than {max_steps} steps within {span:?}"
+            );
+        }
+        self.now = self.now.max(limit);
+        self.pump();
+    }
+
+    /// Runs until `done` holds, failing after `span` of virtual time or `max_steps` steps.
+    pub fn drive_bounded(
+        &mut self,
+        span: Duration,
+        max_steps: u64,
+        mut done: impl FnMut(&Net) -> bool,
+    ) {
+        let limit = self.now + span;
+        let start = self.steps;
+        self.pump();
+        while !done(self) {
+            assert!(
+                self.step(limit),
+                "condition not reached within {span:?} of virtual time"
+            );
+            assert!(
+                self.steps - start <= max_steps,
+                "livelock: {max_steps} steps"
+            );
+        }
+    }
+}
+
+fn trace(now: Instant, node: usize, dir: &str, bytes: &[u8]) {
+    if std::env::var_os("SIM_TRACE").is_some() {
+        let text = String::from_utf8_lossy(bytes);
+        let cut: String = text.chars().take(300).collect();
+        eprintln!("{:>8}ms node {node} {dir} {cut}", now.as_millis());
+    }
+}
+
+fn fifo_time(last: Option<Instant>, at: Instant) -> Instant {
+    last.map_or(at, |l| l.max(at))
+}
