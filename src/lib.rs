@@ -43,6 +43,8 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub mod adapters;
 pub mod client;
 pub mod payload;
 pub mod store;
