@@ -17,6 +17,9 @@
 //! - [`wire`]: the envelope codec, error codes and close codes.
 //! - [`payload`]: HLCs, change records and the payload of every message type.
 //! - [`client`]: the client state machine.
+//! - [`server`]: the server state machine: sessions, the routing hub, limits and auth hooks.
+//! - [`store`]: `MemoryStore`, the embedded change log with positions.
+//! - [`driver`]: pairs a `Server` with a `MemoryStore`.
 //!
 //! # Example
 //!
@@ -46,7 +49,9 @@
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub mod adapters;
 pub mod client;
+pub mod driver;
 pub mod payload;
+pub mod server;
 pub mod store;
 pub mod wire;
 
@@ -54,5 +59,6 @@ mod rng;
 mod time;
 
 pub use client::{Client, ClientConfig, ClientEvent};
+pub use server::{Server, ServerConfig, ServerEvent};
 pub use store::MemoryStore;
 pub use time::Instant;

@@ -44,7 +44,7 @@ pub struct ChangeRecord {
     pub node_id: String,
     /// The new value, for register-like types.
     pub value: Option<RawJson>,
-    /// Whether the field (or row) is deleted.
+    /// Whether the field (or row) is deleted. A `null` on input reads as absent.
     pub tombstone: Option<bool>,
     /// The counter increment, for counters.
     pub counter_delta: Option<RawJson>,
@@ -156,7 +156,12 @@ impl<'de> Visitor<'de> for ChangeVisitor {
                 "hlc" => set(&mut hlc, "hlc", map.next_value::<Hlc>()?)?,
                 "node_id" => set(&mut node_id, "node_id", map.next_value::<String>()?)?,
                 "value" => set(&mut value, "value", map.next_value::<RawJson>()?)?,
-                "tombstone" => set(&mut tombstone, "tombstone", map.next_value::<bool>()?)?,
+                // `null` means absent, as it does to the seed's Go and TypeScript peers.
+                "tombstone" => set(
+                    &mut tombstone,
+                    "tombstone",
+                    map.next_value::<Option<bool>>()?,
+                )?,
                 "counter_delta" => set(
                     &mut counter_delta,
                     "counter_delta",
@@ -176,11 +181,30 @@ impl<'de> Visitor<'de> for ChangeVisitor {
             hlc: hlc.ok_or_else(|| missing("hlc"))?,
             node_id: node_id.ok_or_else(|| missing("node_id"))?,
             value,
-            tombstone,
+            tombstone: tombstone.flatten(),
             counter_delta,
             set_op,
             list_op,
             extra,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_tombstone_reads_as_absent_and_a_wrong_one_is_refused() {
+        let json = r#"{"table":"t","pk":"1","field":"f","crdt_type":"lww","hlc":"1:0:a","node_id":"a","tombstone":null}"#;
+        let record: ChangeRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(record.tombstone, None);
+        let json = json.replace("null", "1");
+        assert!(serde_json::from_str::<ChangeRecord>(&json).is_err());
+        let json = json.replace(r#""tombstone":1"#, r#""tombstone":true,"tombstone":null"#);
+        assert!(
+            serde_json::from_str::<ChangeRecord>(&json).is_err(),
+            "duplicate"
+        );
     }
 }

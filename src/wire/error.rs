@@ -87,9 +87,20 @@ pub enum DecodeErrorKind {
     /// A top-level `cursor` that is not a string.
     #[error("\"cursor\" must be a string")]
     CursorNotString,
-    /// A `type` this protocol version does not know.
-    #[error("unknown message type {0:?}")]
+    /// A `type` this protocol version does not know (the name as sent; the message quotes
+    /// at most its first 64 characters, since a server echoes it to the peer).
+    #[error("unknown message type {:?}", shortened(.0))]
     UnknownType(String),
+}
+
+/// At most the first 64 characters of `name`, with "..." when cut: a peer's text that ends up
+/// in an error message must not make the answer as large as the offending frame.
+fn shortened(name: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match name.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+        None => name.to_owned(),
+    }
 }
 
 impl DecodeErrorKind {

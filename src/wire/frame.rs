@@ -159,7 +159,9 @@ pub struct DecodeLimits {
     /// `FRAME_TOO_LARGE`. Default 1 MiB (DESIGN.md section 5); 0 disables the check.
     pub max_frame_len: usize,
     /// Deepest nesting of arrays and objects accepted (the envelope object counts as 1).
-    /// Default 64; 0 leaves only serde_json's own limit of 128, which also keeps the stack safe.
+    /// Default 64. 0 turns the check off: decoding stays stack-safe at any depth (it never
+    /// recurses into the payload), and parsing a payload into a typed value then stops at
+    /// serde_json's own limit of 128.
     pub max_depth: usize,
 }
 
@@ -186,7 +188,10 @@ impl Default for DecodeLimits {
 }
 
 /// A decoded frame: the envelope, with the payload still raw JSON.
-#[derive(Clone, PartialEq, Eq, Debug)]
+///
+/// Two frames are equal when they have the same type, id (and id key), cursor and payload
+/// text; an absent payload equals `null`, as on the wire (DESIGN.md section 2).
+#[derive(Clone, Debug)]
 pub struct Frame {
     kind: MessageType,
     id: Option<FrameId>,
@@ -194,6 +199,17 @@ pub struct Frame {
     /// The payload's JSON text, sliced out of the frame without copying; empty when absent.
     payload: Bytes,
 }
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.id == other.id
+            && self.cursor == other.cursor
+            && self.raw_payload() == other.raw_payload()
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     /// The message type.
@@ -304,23 +320,22 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError>
     let text = match core::str::from_utf8(&bytes) {
         Ok(text) => text,
         Err(_) => {
-            // Report the id if the envelope is readable once the bad bytes are replaced.
-            let lossy = String::from_utf8_lossy(&bytes);
-            let id = serde_json::from_str::<RawEnvelope<'_>>(&lossy)
-                .ok()
-                .and_then(|env| read_id(&env).ok().flatten());
+            // Report the id if it can be read once the bad bytes are replaced.
+            let id = salvage_id(&String::from_utf8_lossy(&bytes));
             return Err(DecodeError::new(DecodeErrorKind::NotUtf8, id));
         }
     };
     if text.trim_start().as_bytes().first() != Some(&b'{') {
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => fail(DecodeErrorKind::NotObject),
-            Err(e) => fail(not_json(&e)),
+            Err(e) => fail(not_json(&e, limits)),
         });
     }
     let env: RawEnvelope<'_> = match serde_json::from_str(text) {
         Ok(env) => env,
-        Err(e) => return Err(fail(not_json(&e))),
+        Err(e) => {
+            return Err(DecodeError::new(not_json(&e, limits), salvage_id(text)));
+        }
     };
     let id = read_id(&env).map_err(fail)?;
     let fail = |kind| DecodeError::new(kind, id.clone());
@@ -339,12 +354,15 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError>
             None => return Err(fail(DecodeErrorKind::TypeNotString)),
         },
     };
-    let cursor = match env.cursor {
+    // `cursor` is part of the envelope of `change` / `changes` only (DESIGN.md section 3);
+    // on any other type it is an unknown top-level field, and those are ignored (section 2).
+    let cursor = match env.cursor.map(json_str) {
         None => None,
-        Some(raw) => match json_str(raw) {
-            Some(cursor) => Some(cursor.into()),
-            None => return Err(fail(DecodeErrorKind::CursorNotString)),
-        },
+        Some(Some(cursor)) => Some(cursor.into()),
+        Some(None) if matches!(kind, MessageType::Change | MessageType::Changes) => {
+            return Err(fail(DecodeErrorKind::CursorNotString));
+        }
+        Some(None) => None,
     };
     let payload = match env.payload {
         Some(raw) => bytes.slice_ref(raw.get().as_bytes()),
@@ -358,15 +376,73 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError>
     })
 }
 
-fn not_json(e: &serde_json::Error) -> DecodeErrorKind {
+fn not_json(e: &serde_json::Error, limits: &DecodeLimits) -> DecodeErrorKind {
     let mut message = e.to_string();
+    // serde_json has no error category for its own nesting limit (128), only this message.
     if message.starts_with("recursion limit exceeded") {
-        return DecodeErrorKind::TooDeep { max: 128 };
+        let max = match limits.max_depth {
+            0 => SERDE_JSON_MAX_DEPTH,
+            max => max.min(SERDE_JSON_MAX_DEPTH),
+        };
+        return DecodeErrorKind::TooDeep { max };
     }
     if let Some(at) = message.rfind(" at line ") {
         message.truncate(at);
     }
     DecodeErrorKind::NotJson(message)
+}
+
+/// serde_json's fixed recursion limit.
+const SERDE_JSON_MAX_DEPTH: usize = 128;
+
+/// Reads `id` / `request_id` from a frame that failed to parse as a whole (truncated, trailing
+/// garbage, a duplicate key, ...), so that the `INVALID_FRAME` answer can still echo the id
+/// (DESIGN.md section 2): the object's keys are read in order until the parse fails, and the
+/// ids seen before that point count, under the same rules as in a valid frame.
+fn salvage_id(text: &str) -> Option<FrameId> {
+    let mut env = RawEnvelope {
+        kind: None,
+        id: None,
+        request_id: None,
+        cursor: None,
+        payload: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    // The parse is expected to fail; only what it read before failing matters.
+    let _ = serde::de::DeserializeSeed::deserialize(SalvageIds(&mut env), &mut de);
+    read_id(&env).ok().flatten()
+}
+
+/// Records `id` and `request_id` into an envelope as they are read (see [`salvage_id`]).
+struct SalvageIds<'s, 'a>(&'s mut RawEnvelope<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for SalvageIds<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SalvageIds<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a frame object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "id" => self.0.id = map.next_value()?,
+                "request_id" => self.0.request_id = map.next_value()?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads `id` / `request_id` (a JSON `null` counts as absent).
@@ -401,35 +477,113 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 /// Whether JSON text nests arrays and objects deeper than `max`.
 ///
 /// Written by hand because serde_json's recursion limit is a fixed 128 and cannot be
-/// configured; this is one linear pass with no recursion, so no input can exhaust the stack.
-/// The input is already known to be valid JSON, so only strings need care.
+/// configured (and its skipping of raw values, which decoding uses, does not count depth).
+/// It is one linear pass with no recursion, so no input can exhaust the stack. The input is
+/// already known to be valid JSON, so the only question per byte is whether it is a bracket
+/// outside a string.
+///
+/// It runs on every frame after serde_json's validating pass, so it is kept cheap: it reads
+/// eight bytes at a time and finds quotes, backslashes and brackets with word arithmetic
+/// (no `unsafe`, no SIMD intrinsics); string contents are masked out with a prefix XOR of the
+/// unescaped quotes, and only the brackets left over, which are sparse, are visited one by one.
+/// A change batch is mostly quotes and string bytes, too dense for `memchr` to pay off.
 fn exceeds_depth(json: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < json.len() {
-        match json[i] {
-            b'"' => {
-                i += 1;
-                while i < json.len() {
-                    match json[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
+    let mut scan = DepthScan {
+        depth: 0,
+        max,
+        in_string: false,
+        escape_next: false,
+    };
+    let mut words = json.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("invariant: chunks of 8"));
+        if scan.word(word) {
+            return true;
+        }
+    }
+    let tail = words.remainder();
+    if tail.is_empty() {
+        return false;
+    }
+    // Pad with spaces: outside a string they mean nothing, inside one they are plain bytes.
+    let mut last = [b' '; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    scan.word(u64::from_le_bytes(last))
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of every byte of `word` that equals `byte` (exact: no carries between bytes).
+#[inline(always)]
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    !(((x & !HIGHS) + !HIGHS) | x) & HIGHS
+}
+
+/// The state of [`exceeds_depth`] between eight-byte words.
+struct DepthScan {
+    depth: usize,
+    max: usize,
+    /// The previous word ended inside a string.
+    in_string: bool,
+    /// The previous word ended with a backslash that escapes this word's first byte.
+    escape_next: bool,
+}
+
+impl DepthScan {
+    /// Feeds one word (bytes in little-endian order); true once the depth exceeds the maximum.
+    #[inline(always)]
+    fn word(&mut self, word: u64) -> bool {
+        let quotes = bytes_equal(word, b'"');
+        let backslashes = bytes_equal(word, b'\\');
+        // '[' | 0x20 == '{' and ']' | 0x20 == '}', and no other bytes map onto those.
+        let folded = word | (ONES * 0x20);
+        let opens = bytes_equal(folded, b'{');
+        let closes = bytes_equal(folded, b'}');
+        if quotes | backslashes | opens | closes == 0 && !self.escape_next {
+            // Nothing here changes the state: string bytes, digits, punctuation.
+            return false;
+        }
+        // Escaped bytes: walk the backslashes in order (they are rare); an escaped backslash
+        // escapes nothing.
+        let mut escaped = if self.escape_next { 0x80 } else { 0 };
+        self.escape_next = false;
+        let mut pending = backslashes & !escaped;
+        while pending != 0 {
+            let bit = pending & pending.wrapping_neg();
+            let next = bit << 8;
+            if next == 0 {
+                self.escape_next = true;
             }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
+            escaped |= next;
+            pending &= !(bit | next);
+        }
+        // Inside-string mask: bit of byte k set when an odd number of unescaped quotes sits at
+        // bytes 0..=k (prefix XOR over the bytes' high bits), flipped if we entered inside one.
+        let mut inside = quotes & !escaped;
+        inside ^= inside << 8;
+        inside ^= inside << 16;
+        inside ^= inside << 32;
+        if self.in_string {
+            inside = !inside & HIGHS;
+        }
+        self.in_string = inside >> 63 == 1;
+        let mut brackets = (opens | closes) & !inside;
+        while brackets != 0 {
+            let bit = brackets & brackets.wrapping_neg();
+            if opens & bit != 0 {
+                self.depth += 1;
+                if self.depth > self.max {
                     return true;
                 }
+            } else {
+                self.depth = self.depth.saturating_sub(1);
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+            brackets &= !bit;
         }
-        i += 1;
+        false
     }
-    false
 }
 
 /// Encodes a frame: `{"type":…,"id":…,"payload":…}`, with the id under the key it came with.
@@ -547,6 +701,36 @@ mod tests {
     }
 
     #[test]
+    fn broken_frames_still_report_an_id_read_before_the_break() {
+        let err = dec(r#"{"type":"push_request","id":"7","payload":{"changes":["#).unwrap_err();
+        assert!(matches!(err.kind(), DecodeErrorKind::NotJson(_)));
+        assert_eq!(err.id(), Some(&FrameId::new("7")));
+        let err = dec(r#"{"request_id":"8","type":"ping","type":"pong"}"#).unwrap_err();
+        assert_eq!(err.id(), Some(&FrameId::with_key(IdKey::RequestId, "8")));
+        // Under the rules of a valid frame: conflicting ids report none.
+        let err = dec(r#"{"id":"1","request_id":"2","type":"#).unwrap_err();
+        assert_eq!(err.id(), None);
+    }
+
+    #[test]
+    fn cursor_is_envelope_only_on_change_frames() {
+        assert_eq!(dec(r#"{"type":"ping","cursor":5}"#).unwrap().cursor(), None);
+        let err = dec(r#"{"type":"change","cursor":5,"payload":{}}"#).unwrap_err();
+        assert_eq!(err.kind(), &DecodeErrorKind::CursorNotString);
+    }
+
+    #[test]
+    fn absent_and_null_payloads_are_equal() {
+        let absent = dec(r#"{"type":"ack","id":"1"}"#).unwrap();
+        let null = dec(r#"{"type":"ack","id":"1","payload":null}"#).unwrap();
+        assert_eq!(absent, null);
+        assert_ne!(
+            absent,
+            dec(r#"{"type":"ack","id":"1","payload":0}"#).unwrap()
+        );
+    }
+
+    #[test]
     fn depth_is_limited_without_recursion() {
         let deep = format!(
             r#"{{"type":"ping","payload":{}{}}}"#,
@@ -570,6 +754,90 @@ mod tests {
         let err = dec(&too_deep).unwrap_err();
         assert_eq!(err.kind(), &DecodeErrorKind::TooDeep { max: 64 });
         assert_eq!(err.id().unwrap().as_str(), "d");
+    }
+
+    /// The obvious byte-at-a-time scan, as the oracle for the word-at-a-time one.
+    fn exceeds_depth_reference(json: &[u8], max: usize) -> bool {
+        let (mut depth, mut i) = (0usize, 0);
+        while i < json.len() {
+            match json[i] {
+                b'"' => {
+                    i += 1;
+                    while i < json.len() && json[i] != b'"' {
+                        i += if json[i] == b'\\' { 2 } else { 1 };
+                    }
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Text made of brackets, commas and complete strings full of escapes, so that quotes,
+    /// backslashes and brackets land on every offset within a word. (Backslashes appear only
+    /// inside strings, as in any valid JSON; brackets need not balance.)
+    fn depth_text() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(&b"["[..]),
+            Just(&b"]"[..]),
+            Just(&b"{"[..]),
+            Just(&b"}"[..]),
+            Just(&b","[..]),
+            Just(&b"\"\""[..]),
+            Just(&b"\"\\\\\""[..]),
+            Just(&b"\"a\\\"b\""[..]),
+            Just(&b"\"\\\\\\\\\\\"\""[..]),
+            Just(&b"\"[{\\\"}]\""[..]),
+            Just(&b"\"\\u00e9\\n]\""[..]),
+            Just("\"\u{e9} ab\"".as_bytes()),
+        ];
+        proptest::collection::vec(piece, 0..80).prop_map(|p| p.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+        #[test]
+        fn word_depth_scan_agrees_with_the_byte_scan(text in depth_text(), max in 0usize..12) {
+            proptest::prop_assert_eq!(
+                exceeds_depth(&text, max),
+                exceeds_depth_reference(&text, max)
+            );
+        }
+
+        #[test]
+        fn word_depth_scan_agrees_on_valid_json(value in arbitrary_json(), max in 0usize..8) {
+            let text = serde_json::to_vec(&value).unwrap();
+            proptest::prop_assert_eq!(
+                exceeds_depth(&text, max),
+                exceeds_depth_reference(&text, max)
+            );
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[\\\\\"\\[\\]{}a-z\u{e9}]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(10, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[\\\\\"{}a-z]{0,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 
     #[test]

@@ -1,0 +1,212 @@
+//! A [`Server`] paired with a [`MemoryStore`]: one call per input runs both.
+//!
+//! The server never imports the store and the store never imports the server (DESIGN.md
+//! section 1); this driver is the small piece between them. It forwards every input to the
+//! server, answers the pull, push and replay events at once from the store, and passes every
+//! other event through. An adapter (or a test) drives a `Driver` exactly as it would drive a
+//! `Server`: after each input, drain [`poll_transmit`](Driver::poll_transmit) and
+//! [`poll_event`](Driver::poll_event), then wait for [`poll_timeout`](Driver::poll_timeout).
+//!
+//! ```
+//! use bytes::Bytes;
+//! use syncmux::driver::Driver;
+//! use syncmux::server::{Handshake, HandshakeOutcome, ServerTransmit};
+//! use syncmux::store::{MemoryStore, StoreConfig};
+//! use syncmux::{Instant, Server, ServerConfig};
+//!
+//! let server = Server::new(ServerConfig::default())?;
+//! let mut driver = Driver::new(server, MemoryStore::new(StoreConfig::default()));
+//! let now = Instant::ZERO;
+//! let HandshakeOutcome::Accept { session, .. } =
+//!     driver.handle_handshake(now, &Handshake::new("/", "node_id=a"))
+//! else {
+//!     panic!("refused")
+//! };
+//! let push = r#"{"type":"push_request","id":"1","payload":{"node_id":"a","changes":[
+//!     {"table":"docs","pk":"1","field":"t","crdt_type":"lww","hlc":"5:0:a","node_id":"a","value":1}]}}"#;
+//! driver.handle_message(now, session, Bytes::from(push));
+//! let Some(ServerTransmit::Frame { bytes, .. }) = driver.poll_transmit() else {
+//!     panic!("no answer")
+//! };
+//! assert!(bytes.starts_with(br#"{"type":"push_response","id":"1","payload":{"merged":1"#));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::server::{
+    Handshake, HandshakeOutcome, PullAnswer, PushAnswer, Server, ServerEvent, ServerTransmit,
+    SessionId,
+};
+use crate::store::MemoryStore;
+use crate::time::Instant;
+use crate::wire::CloseCode;
+
+/// A server whose pulls, pushes and replays are answered by an embedded store.
+pub struct Driver {
+    server: Server,
+    store: MemoryStore,
+    events: VecDeque<ServerEvent>,
+}
+
+impl core::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Driver")
+            .field("server", &self.server)
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Pairs a server with a store.
+    pub fn new(server: Server, store: MemoryStore) -> Self {
+        Driver {
+            server,
+            store,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The server.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The store.
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// The store, for seeding or inspection.
+    pub fn store_mut(&mut self) -> &mut MemoryStore {
+        &mut self.store
+    }
+
+    /// See [`Server::handle_handshake`].
+    pub fn handle_handshake(&mut self, now: Instant, handshake: &Handshake) -> HandshakeOutcome {
+        let outcome = self.server.handle_handshake(now, handshake);
+        self.pump(now);
+        outcome
+    }
+
+    /// See [`Server::handle_message`].
+    pub fn handle_message(&mut self, now: Instant, session: SessionId, bytes: Bytes) {
+        self.server.handle_message(now, session, bytes);
+        self.pump(now);
+    }
+
+    /// See [`Server::handle_binary`].
+    pub fn handle_binary(&mut self, now: Instant, session: SessionId, len: usize) {
+        self.server.handle_binary(now, session, len);
+        self.pump(now);
+    }
+
+    /// See [`Server::handle_closed`].
+    pub fn handle_closed(&mut self, now: Instant, session: SessionId) {
+        self.server.handle_closed(now, session);
+        self.pump(now);
+    }
+
+    /// See [`Server::handle_sent`].
+    pub fn handle_sent(&mut self, now: Instant, session: SessionId, bytes: usize) {
+        self.server.handle_sent(now, session, bytes);
+    }
+
+    /// See [`Server::handle_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.server.handle_timeout(now);
+        self.pump(now);
+    }
+
+    /// See [`Server::close_session`].
+    pub fn close_session(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        self.server.close_session(now, session, code, reason);
+        self.pump(now);
+    }
+
+    /// See [`Server::shutdown`].
+    pub fn shutdown(&mut self, now: Instant) {
+        self.server.shutdown(now);
+        self.pump(now);
+    }
+
+    /// See [`Server::poll_transmit`].
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<ServerTransmit> {
+        self.server.poll_transmit()
+    }
+
+    /// The server's events other than pull, push and replay (which the store answered).
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// See [`Server::poll_timeout`].
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.server.poll_timeout()
+    }
+
+    /// Answers every store-facing event at once, in order, so pushes are answered in the
+    /// order the store accepts them (sessions then see changes in cursor order).
+    fn pump(&mut self, now: Instant) {
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                ServerEvent::Pull {
+                    request,
+                    tables,
+                    since,
+                    cursor,
+                    ..
+                } => {
+                    let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
+                    let answer = PullAnswer {
+                        changes: out.changes,
+                        latest_hlc: out.latest_hlc,
+                        head: out.head,
+                        complete: out.complete,
+                    };
+                    self.server.answer_pull(now, request, Ok(answer));
+                }
+                ServerEvent::Replay {
+                    request,
+                    tables,
+                    since,
+                    cursor,
+                    ..
+                } => {
+                    let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
+                    let answer = PullAnswer {
+                        changes: out.changes,
+                        latest_hlc: out.latest_hlc,
+                        head: out.head,
+                        complete: out.complete,
+                    };
+                    self.server.answer_replay(now, request, Ok(answer));
+                }
+                ServerEvent::Push {
+                    request, changes, ..
+                } => {
+                    let out = self.store.push(changes);
+                    let answer = PushAnswer {
+                        accepted: out.accepted,
+                        latest_hlc: out.latest_hlc,
+                        head: out.head,
+                    };
+                    self.server.answer_push(now, request, Ok(answer));
+                }
+                other => self.events.push_back(other),
+            }
+        }
+    }
+}

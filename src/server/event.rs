@@ -1,0 +1,197 @@
+//! What the server hands out: handles, events for the application, its answers, and frames.
+
+use core::fmt;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::payload::{ChangeRecord, Cursor, Hlc};
+use crate::wire::CloseCode;
+
+/// One session (one WebSocket connection). Never reused: a slot freed by a closed session
+/// comes back with a new generation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct SessionId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}.{}", self.index, self.generation)
+    }
+}
+
+macro_rules! request_ids {
+    ($($(#[$doc:meta])* $name:ident,)*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+        pub struct $name(pub(crate) u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    )*};
+}
+
+request_ids! {
+    /// A pull the application must answer with [`Server::answer_pull`](super::Server::answer_pull).
+    PullId,
+    /// A push the application must answer with [`Server::answer_push`](super::Server::answer_push).
+    PushId,
+    /// A replay the application must answer with
+    /// [`Server::answer_replay`](super::Server::answer_replay).
+    ReplayId,
+}
+
+/// Something the application should know or do. Drain with
+/// [`Server::poll_event`](super::Server::poll_event) after every input.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A handshake was accepted and the session is open.
+    SessionOpened {
+        /// The session.
+        session: SessionId,
+        /// Its node id.
+        node_id: String,
+    },
+    /// A session ended; its requests still unanswered are dropped (answering them is a
+    /// no-op).
+    SessionClosed {
+        /// The session.
+        session: SessionId,
+        /// Its node id.
+        node_id: String,
+        /// The close code the server sent, or `None` when the peer or transport ended it.
+        code: Option<CloseCode>,
+    },
+    /// Answer with the changes of `tables` after `cursor` (or, without a usable cursor, after
+    /// `since`): [`Server::answer_pull`](super::Server::answer_pull).
+    Pull {
+        /// The handle to answer.
+        request: PullId,
+        /// The session asking.
+        session: SessionId,
+        /// Its node id.
+        node_id: String,
+        /// The tables.
+        tables: Vec<String>,
+        /// Only changes with a greater HLC.
+        since: Option<Hlc>,
+        /// Only changes after this position.
+        cursor: Option<Cursor>,
+    },
+    /// Merge `changes` and answer with the new ones:
+    /// [`Server::answer_push`](super::Server::answer_push).
+    Push {
+        /// The handle to answer.
+        request: PushId,
+        /// The session pushing.
+        session: SessionId,
+        /// Its node id.
+        node_id: String,
+        /// The changes to merge.
+        changes: Vec<ChangeRecord>,
+    },
+    /// A subscribe asked for a replay; answer with the changes as for a pull:
+    /// [`Server::answer_replay`](super::Server::answer_replay). Live changes of the session
+    /// wait until then.
+    Replay {
+        /// The handle to answer.
+        request: ReplayId,
+        /// The session subscribing.
+        session: SessionId,
+        /// The tables.
+        tables: Vec<String>,
+        /// Only changes with a greater HLC.
+        since: Option<Hlc>,
+        /// Only changes after this position.
+        cursor: Option<Cursor>,
+    },
+}
+
+/// The answer to a [`ServerEvent::Pull`] or [`ServerEvent::Replay`], as a store reads it.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct PullAnswer {
+    /// The changes, each with its position.
+    pub changes: Vec<(Cursor, ChangeRecord)>,
+    /// The newest HLC the store holds for the tables (or the request's `since`).
+    pub latest_hlc: Hlc,
+    /// The store's head: every change at or before it was visible to this read.
+    pub head: Cursor,
+    /// Whether the answer holds every change after the request's cursor; `false` when the
+    /// store could not serve the cursor and fell back to `since` (the subscribe's ack then
+    /// says `recovered: false`).
+    pub complete: bool,
+}
+
+/// The answer to a [`ServerEvent::Replay`]: the same shape as a pull's.
+pub type ReplayAnswer = PullAnswer;
+
+/// The answer to a [`ServerEvent::Push`].
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct PushAnswer {
+    /// The changes that were new, each with its position, in position order. Only these
+    /// are routed to the other subscribers, so a re-sent push delivers nothing twice.
+    pub accepted: Vec<(Cursor, ChangeRecord)>,
+    /// The newest HLC the store holds for the pushed tables after the merge.
+    pub latest_hlc: Hlc,
+    /// The store's head after the merge.
+    pub head: Cursor,
+}
+
+/// The application could not handle a request; the session gets `HANDLER_ERROR` with this
+/// message.
+#[derive(Clone, PartialEq, Eq, Debug, Error)]
+#[error("{message}")]
+pub struct AppError {
+    /// What the client is told.
+    pub message: String,
+}
+
+impl AppError {
+    /// An error with a message for the client.
+    pub fn new(message: impl Into<String>) -> Self {
+        AppError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Something for the adapter to do on a session's socket. Drain with
+/// [`Server::poll_transmit`](super::Server::poll_transmit).
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ServerTransmit {
+    /// Send one text frame, then report its length with
+    /// [`Server::handle_sent`](super::Server::handle_sent) once written.
+    Frame {
+        /// The session.
+        session: SessionId,
+        /// The frame (UTF-8 JSON), possibly shared with other sessions.
+        bytes: Bytes,
+    },
+    /// Close the socket with this code. The session is gone; nothing more comes for it.
+    Close {
+        /// The session.
+        session: SessionId,
+        /// The close code.
+        code: CloseCode,
+        /// The close reason.
+        reason: String,
+    },
+}
+
+impl ServerTransmit {
+    /// The session concerned.
+    pub fn session(&self) -> SessionId {
+        match self {
+            ServerTransmit::Frame { session, .. } | ServerTransmit::Close { session, .. } => {
+                *session
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The application's answers, and routing accepted changes to subscribers: each frame is
+//! encoded once and shared, each session gets its changes in cursor order, and live changes
+//! wait behind a pending replay with no gap and no duplicate (DESIGN.md sections 2 and 3).
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::event::{AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayAnswer, ReplayId};
+use super::out::{changes_frame, error_frame, frame, PullResponseOut, Records};
+use super::session::{Batch, Held, Sent, Sessions};
+use super::{PendingKind, Server, SessionId};
+use crate::payload::{ChangeRecord, Cursor, PushResponse, ResumeAck};
+use crate::time::Instant;
+use crate::wire::{ErrorCode, MessageType};
+
+impl Server {
+    /// Answers a [`ServerEvent::Pull`](super::ServerEvent::Pull). An error becomes
+    /// `HANDLER_ERROR`; an answer for a closed session or an unknown id is dropped.
+    pub fn answer_pull(
+        &mut self,
+        now: Instant,
+        request: PullId,
+        answer: Result<PullAnswer, AppError>,
+    ) {
+        self.clamp(now);
+        let Some(pending) = self.take_pending(request.0, |k| matches!(k, PendingKind::Pull)) else {
+            return;
+        };
+        let bytes = match &answer {
+            Ok(a) => frame(
+                MessageType::PullResponse,
+                pending.id.as_ref(),
+                &PullResponseOut {
+                    changes: Records(&a.changes),
+                    latest_hlc: &a.latest_hlc,
+                    cursor: a.head.to_string(),
+                },
+            ),
+            Err(e) => error_frame(
+                pending.id.as_ref(),
+                ErrorCode::HandlerError,
+                e.message.clone(),
+            ),
+        };
+        self.send(pending.session, bytes);
+        self.settle();
+    }
+
+    /// Answers a [`ServerEvent::Push`](super::ServerEvent::Push): the pusher gets its
+    /// `push_response`, and the accepted changes go to every other subscriber of their
+    /// tables. Answer pushes in the order the store accepted them, so that sessions receive
+    /// changes in cursor order. The changes are routed even if the pusher has gone.
+    pub fn answer_push(
+        &mut self,
+        now: Instant,
+        request: PushId,
+        answer: Result<PushAnswer, AppError>,
+    ) {
+        self.clamp(now);
+        let pending = self.take_pending(request.0, |k| matches!(k, PendingKind::Push));
+        let pusher = pending.as_ref().map(|p| p.session);
+        if let Some(pending) = &pending {
+            let bytes = match &answer {
+                Ok(a) => frame(
+                    MessageType::PushResponse,
+                    pending.id.as_ref(),
+                    &PushResponse {
+                        merged: a.accepted.len() as u64,
+                        latest_hlc: a.latest_hlc.clone(),
+                        cursor: Some(a.head.to_string()),
+                    },
+                ),
+                Err(e) => error_frame(
+                    pending.id.as_ref(),
+                    ErrorCode::HandlerError,
+                    e.message.clone(),
+                ),
+            };
+            self.send(pending.session, bytes);
+        }
+        if let Ok(answer) = answer {
+            self.route(pusher, answer.accepted);
+        }
+        self.settle();
+    }
+
+    /// Answers a [`ServerEvent::Replay`](super::ServerEvent::Replay): the replayed changes
+    /// are queued, then the subscribe's `ack` (`{recovered, cursor}`), then the live changes
+    /// held meanwhile that the replay did not already hold. An error becomes
+    /// `HANDLER_ERROR` and undoes the subscribe's new tables.
+    pub fn answer_replay(
+        &mut self,
+        now: Instant,
+        request: ReplayId,
+        answer: Result<ReplayAnswer, AppError>,
+    ) {
+        self.clamp(now);
+        let Some(pending) =
+            self.take_pending(request.0, |k| matches!(k, PendingKind::Replay { .. }))
+        else {
+            return;
+        };
+        let PendingKind::Replay { tables, added } = pending.kind else {
+            return;
+        };
+        let session = pending.session;
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.replays_pending = s.replays_pending.saturating_sub(1);
+        }
+        match answer {
+            Ok(answer) => {
+                let per_frame = match self.config.max_changes_per_frame {
+                    0 => usize::MAX,
+                    n => n,
+                };
+                for chunk in answer.changes.chunks(per_frame) {
+                    let records: Vec<&ChangeRecord> = chunk.iter().map(|(_, r)| r).collect();
+                    let last = chunk.iter().map(|(c, _)| *c).max().unwrap_or_default();
+                    self.send(session, changes_frame(&records, last));
+                }
+                if let Some(id) = &pending.id {
+                    let ack = ResumeAck {
+                        recovered: answer.complete,
+                        cursor: answer.head.to_string(),
+                    };
+                    self.send(session, frame(MessageType::Ack, Some(id), &ack));
+                }
+                if let Some(s) = self.sessions.get_mut(session) {
+                    for table in tables {
+                        match s.replayed.iter_mut().find(|(t, _)| *t == table) {
+                            Some((_, head)) => *head = (*head).max(answer.head),
+                            None => s.replayed.push((table, answer.head)),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let message = e.message;
+                let bytes = error_frame(pending.id.as_ref(), ErrorCode::HandlerError, message);
+                self.send(session, bytes);
+                for table in added {
+                    if let Some(s) = self.sessions.get_mut(session) {
+                        if s.tables.remove(&*table) {
+                            self.hub.unsubscribe(&table, session);
+                        }
+                    }
+                }
+            }
+        }
+        self.release_held(session);
+        self.settle();
+    }
+
+    /// Removes a pending request if it is of the expected kind, and its in-flight entry.
+    fn take_pending(
+        &mut self,
+        key: u64,
+        is: impl Fn(&PendingKind) -> bool,
+    ) -> Option<super::Pending> {
+        if !self.pending.get(&key).is_some_and(|p| is(&p.kind)) {
+            return None;
+        }
+        let pending = self.pending.remove(&key)?;
+        if let Some(s) = self.sessions.get_mut(pending.session) {
+            s.in_flight.retain(|r| r.key != key);
+        }
+        Some(pending)
+    }
+
+    /// Routes accepted changes to the subscribers of their tables, except the pusher.
+    fn route(&mut self, pusher: Option<SessionId>, accepted: Vec<(Cursor, ChangeRecord)>) {
+        if accepted.is_empty() {
+            return;
+        }
+        let batch: Batch = accepted.into();
+        // Runs of consecutive records of one table, in cursor order.
+        let mut runs: Vec<(Range<usize>, &str)> = Vec::new();
+        for (i, (_, record)) in batch.iter().enumerate() {
+            match runs.last_mut() {
+                Some((range, table)) if *table == record.table => range.end = i + 1,
+                _ => runs.push((i..i + 1, &record.table)),
+            }
+        }
+        let mut tables: Vec<&str> = runs.iter().map(|(_, t)| *t).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        let Server {
+            hub,
+            sessions,
+            doomed,
+            ..
+        } = self;
+        let mut deliver = |sessions: &mut Sessions, session, bytes, range| {
+            if sessions.route(session, bytes, &batch, range) == Sent::Overflow {
+                doomed.push_back(session);
+            }
+        };
+        let whole = 0..batch.len();
+        if let [table] = tables[..] {
+            // The common case: one table, one frame shared by every subscriber.
+            let Some(subscribers) = hub.subscribers(table) else {
+                return;
+            };
+            let bytes = encode(&batch, whole.clone());
+            for &session in subscribers {
+                if Some(session) != pusher {
+                    deliver(sessions, session, bytes.clone(), whole.clone());
+                }
+            }
+            return;
+        }
+        // Several tables: a session that has them all shares one frame of the whole batch;
+        // the others get the runs of their tables, each run encoded once.
+        let mut recipients = BTreeSet::new();
+        for table in &tables {
+            if let Some(subscribers) = hub.subscribers(table) {
+                recipients.extend(subscribers.iter().filter(|s| Some(**s) != pusher));
+            }
+        }
+        let mut full: Option<Bytes> = None;
+        let mut run_frames: Vec<Option<Bytes>> = vec![None; runs.len()];
+        for session in recipients {
+            let Some(subscribed) = sessions.get(session).map(|s| &s.tables) else {
+                continue;
+            };
+            let has = |t: &str| subscribed.contains(t);
+            if tables.iter().all(|t| has(t)) {
+                let bytes = full.get_or_insert_with(|| encode(&batch, whole.clone()));
+                deliver(sessions, session, bytes.clone(), whole.clone());
+                continue;
+            }
+            let mine: Vec<usize> = (0..runs.len()).filter(|i| has(runs[*i].1)).collect();
+            for i in mine {
+                let range = runs[i].0.clone();
+                let bytes = run_frames[i].get_or_insert_with(|| encode(&batch, range.clone()));
+                deliver(sessions, session, bytes.clone(), range);
+            }
+        }
+    }
+
+    /// Once no replay is pending, delivers the held live changes that the replays did not
+    /// already hold (cursor at or before a replayed table's head) and whose table the session
+    /// still subscribes to.
+    fn release_held(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        if s.replays_pending > 0 || s.closing.is_some() {
+            return;
+        }
+        let held = s.take_held();
+        let replayed = core::mem::take(&mut s.replayed);
+        for Held {
+            frame,
+            batch,
+            range,
+        } in held
+        {
+            let Some(s) = self.sessions.get(session) else {
+                return;
+            };
+            let fresh = |(cursor, record): &&(Cursor, ChangeRecord)| {
+                s.tables.contains(record.table.as_str())
+                    && !replayed
+                        .iter()
+                        .any(|(t, head)| **t == *record.table && cursor <= head)
+            };
+            let keep: Vec<&(Cursor, ChangeRecord)> =
+                batch[range.clone()].iter().filter(fresh).collect();
+            if keep.len() == range.len() {
+                self.send(session, frame);
+            } else if !keep.is_empty() {
+                let last = keep.iter().map(|(c, _)| *c).max().unwrap_or_default();
+                let records: Vec<&ChangeRecord> = keep.iter().map(|(_, r)| r).collect();
+                self.send(session, changes_frame(&records, last));
+            }
+        }
+    }
+}
+
+/// Encodes records `range` of a batch as one `change` / `changes` frame.
+fn encode(batch: &[(Cursor, ChangeRecord)], range: Range<usize>) -> Bytes {
+    let slice = &batch[range];
+    let records: Vec<&ChangeRecord> = slice.iter().map(|(_, r)| r).collect();
+    let last = slice.iter().map(|(c, _)| *c).max().unwrap_or_default();
+    changes_frame(&records, last)
+}

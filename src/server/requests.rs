@@ -1,0 +1,484 @@
+//! What each client message does (DESIGN.md sections 2 and 3).
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::config::{Access, Resource};
+use super::event::{PullId, PushId, ReplayId, ServerEvent, SessionId};
+use super::hub::{Member, Presence};
+use super::out::{self, RequestError};
+use super::session::InFlight;
+use super::{Pending, PendingKind, Server};
+use crate::payload::{
+    Cursor, PresenceEvent, PresenceEventKind, PresenceGet, PresenceSnapshot, PresenceState,
+    PresenceUpdate, PullRequest, PushRequest, RawJson, RoomAction, RoomEvent, RoomEventKind,
+    RoomMember, RoomRequest, Subscribe, Unsubscribe,
+};
+use crate::time::Instant;
+use crate::wire::{Frame, FrameId, MessageType, PayloadError};
+
+type Result<T = ()> = core::result::Result<T, RequestError>;
+
+impl Server {
+    /// Runs one admitted, decoded frame.
+    pub(super) fn dispatch(&mut self, now: Instant, session: SessionId, frame: Frame) -> Result {
+        match frame.kind() {
+            MessageType::Ping => {
+                self.pong(session, &frame);
+                Ok(())
+            }
+            // A pong to no ping of ours: counted by the rate limit, otherwise nothing to do.
+            MessageType::Pong => Ok(()),
+            MessageType::PullRequest => self.on_pull(session, &frame),
+            MessageType::PushRequest => self.on_push(session, &frame),
+            MessageType::Subscribe => self.on_subscribe(session, &frame),
+            MessageType::Unsubscribe => self.on_unsubscribe(session, &frame),
+            MessageType::PresenceUpdate => self.on_presence_update(now, session, &frame),
+            MessageType::PresenceGet => self.on_presence_get(session, &frame),
+            MessageType::Room => self.on_room(session, &frame),
+            kind @ (MessageType::PullResponse
+            | MessageType::PushResponse
+            | MessageType::Change
+            | MessageType::Changes
+            | MessageType::PresenceEvent
+            | MessageType::PresenceSnapshot
+            | MessageType::Error
+            | MessageType::Ack) => Err(RequestError::ServerOnly(kind)),
+        }
+    }
+
+    fn pong(&mut self, session: SessionId, ping: &Frame) {
+        // The payload was validated by decoding; borrow it as raw JSON, no copy.
+        let payload: Option<&RawValue> = serde_json::from_slice(ping.raw_payload()).ok();
+        self.send(session, out::frame(MessageType::Pong, ping.id(), &payload));
+    }
+
+    fn authorize(&self, session: SessionId, resource: Resource<'_>) -> Result {
+        let Some(hook) = &self.config.authorize else {
+            return Ok(());
+        };
+        let node_id = self.sessions.get(session).map_or("", |s| &*s.node_id);
+        if hook(&Access {
+            session,
+            node_id,
+            resource,
+        }) {
+            return Ok(());
+        }
+        Err(RequestError::Forbidden(match resource {
+            Resource::ReadTable(t) => format!("read table {t:?}"),
+            Resource::WriteTable(t) => format!("write table {t:?}"),
+            Resource::Topic(t) => format!("presence topic {t:?}"),
+            Resource::Room(r) => format!("room {r:?}"),
+        }))
+    }
+
+    fn check_node(&self, session: SessionId, node_id: Option<&str>) -> Result {
+        match (node_id, self.sessions.get(session)) {
+            (Some(n), Some(s)) if n != &*s.node_id => Err(RequestError::NodeId(n.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a request id still in flight on the session, or one request too many.
+    fn check_in_flight(&self, session: SessionId, id: Option<&FrameId>) -> Result {
+        let Some(s) = self.sessions.get(session) else {
+            return Ok(());
+        };
+        if let Some(id) = id {
+            if s.in_flight
+                .iter()
+                .any(|r| r.id.as_deref() == Some(id.as_str()))
+            {
+                return Err(RequestError::DuplicateId(id.as_str().to_owned()));
+            }
+        }
+        let max = self.config.max_in_flight;
+        if max != 0 && s.in_flight.len() >= max {
+            return Err(RequestError::InFlight);
+        }
+        Ok(())
+    }
+
+    /// Records a request handed to the application; returns its key.
+    fn register(&mut self, session: SessionId, id: Option<FrameId>, kind: PendingKind) -> u64 {
+        self.next_request += 1;
+        let key = self.next_request;
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.in_flight.push(InFlight {
+                key,
+                id: id.as_ref().map(|i| i.as_str().into()),
+            });
+        }
+        self.pending.insert(key, Pending { session, id, kind });
+        key
+    }
+
+    fn on_pull(&mut self, session: SessionId, frame: &Frame) -> Result {
+        let id = frame
+            .id()
+            .ok_or(RequestError::MissingId(MessageType::PullRequest))?;
+        self.check_in_flight(session, Some(id))?;
+        let req: PullRequest = frame.payload()?;
+        self.check_node(session, req.node_id.as_deref())?;
+        let cursor = parse_cursor(req.cursor.as_deref())?;
+        for table in &req.tables {
+            self.authorize(session, Resource::ReadTable(table))?;
+        }
+        let key = self.register(session, Some(id.clone()), PendingKind::Pull);
+        let node_id = self.node_of(session);
+        self.events.push_back(ServerEvent::Pull {
+            request: PullId(key),
+            session,
+            node_id,
+            tables: req.tables,
+            since: req.since,
+            cursor,
+        });
+        Ok(())
+    }
+
+    fn on_push(&mut self, session: SessionId, frame: &Frame) -> Result {
+        let id = frame
+            .id()
+            .ok_or(RequestError::MissingId(MessageType::PushRequest))?;
+        self.check_in_flight(session, Some(id))?;
+        let req: PushRequest = frame.payload()?;
+        self.check_node(session, Some(&req.node_id))?;
+        let mut tables: Vec<&str> = req.changes.iter().map(|c| c.table.as_str()).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        for table in tables {
+            self.authorize(session, Resource::WriteTable(table))?;
+        }
+        let key = self.register(session, Some(id.clone()), PendingKind::Push);
+        self.events.push_back(ServerEvent::Push {
+            request: PushId(key),
+            session,
+            node_id: req.node_id,
+            changes: req.changes,
+        });
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, session: SessionId, frame: &Frame) -> Result {
+        let mut req: Subscribe = frame.payload()?;
+        let cursor = parse_cursor(req.cursor.as_deref())?;
+        dedup_in_order(&mut req.tables);
+        for table in &req.tables {
+            self.authorize(session, Resource::ReadTable(table))?;
+        }
+        let replay = req.since.is_some() || cursor.is_some();
+        if replay {
+            self.check_in_flight(session, frame.id())?;
+        }
+        let Some(s) = self.sessions.get(session) else {
+            return Ok(());
+        };
+        let added: Vec<Arc<str>> = req
+            .tables
+            .iter()
+            .filter(|t| !s.tables.contains(t.as_str()))
+            .map(|t| self.hub.table_key(t))
+            .collect();
+        let max = self.config.max_subscriptions;
+        if max != 0 && s.tables.len() + added.len() > max {
+            return Err(RequestError::Subscriptions(max));
+        }
+        for table in &added {
+            self.hub.subscribe(table, session);
+        }
+        let Some(s) = self.sessions.get_mut(session) else {
+            return Ok(());
+        };
+        s.tables.extend(added.iter().cloned());
+        if !replay {
+            self.ack(session, frame.id());
+            return Ok(());
+        }
+        // Live changes for this session wait from now until the replay is answered.
+        s.replays_pending += 1;
+        let tables = req.tables.iter().map(|t| self.hub.table_key(t)).collect();
+        let key = self.register(
+            session,
+            frame.id().cloned(),
+            PendingKind::Replay { tables, added },
+        );
+        self.events.push_back(ServerEvent::Replay {
+            request: ReplayId(key),
+            session,
+            tables: req.tables,
+            since: req.since,
+            cursor,
+        });
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, session: SessionId, frame: &Frame) -> Result {
+        let req: Unsubscribe = frame.payload()?;
+        for table in &req.tables {
+            if let Some(s) = self.sessions.get_mut(session) {
+                if s.tables.remove(table.as_str()) {
+                    self.hub.unsubscribe(table, session);
+                }
+            }
+        }
+        self.ack(session, frame.id());
+        Ok(())
+    }
+
+    fn on_presence_update(&mut self, now: Instant, session: SessionId, frame: &Frame) -> Result {
+        if !self.config.presence {
+            return Err(RequestError::PresenceDisabled);
+        }
+        let req: PresenceUpdate = frame.payload()?;
+        self.authorize(session, Resource::Topic(&req.topic))?;
+        let Some(s) = self.sessions.get(session) else {
+            return Ok(());
+        };
+        let member = s.topics.iter().any(|t| **t == *req.topic);
+        let node = s.node_id.clone();
+        match req.data.filter(|d| !d.is_null()) {
+            None => {
+                if member {
+                    if let Some(s) = self.sessions.get_mut(session) {
+                        s.topics.retain(|t| **t != *req.topic);
+                    }
+                    self.presence_leave(&req.topic, session, &node, true);
+                }
+            }
+            Some(data) => {
+                let max = self.config.max_topics;
+                if !member && max != 0 && s.topics.len() >= max {
+                    return Err(RequestError::Topics(max));
+                }
+                let topic = self.hub.topic_key(&req.topic);
+                let entry = Presence {
+                    node_id: node.clone(),
+                    data: data.clone(),
+                    updated_at: now.as_millis(),
+                };
+                self.hub.set_presence(&topic, session, entry);
+                if !member {
+                    if let Some(s) = self.sessions.get_mut(session) {
+                        s.topics.push(topic.clone());
+                    }
+                }
+                let kind = if member {
+                    PresenceEventKind::Update
+                } else {
+                    PresenceEventKind::Join
+                };
+                let event = PresenceEvent {
+                    kind,
+                    node_id: node.to_string(),
+                    topic: req.topic,
+                    data: Some(data),
+                };
+                let bytes = out::frame(MessageType::PresenceEvent, None, &event);
+                let members: Vec<SessionId> = self.presence_members(&topic);
+                for member in members {
+                    self.send(member, bytes.clone());
+                }
+            }
+        }
+        self.ack(session, frame.id());
+        Ok(())
+    }
+
+    /// Removes a session from a topic and tells the rest (and the session itself, when it
+    /// left on its own).
+    pub(super) fn presence_leave(
+        &mut self,
+        topic: &str,
+        session: SessionId,
+        node: &Arc<str>,
+        tell_self: bool,
+    ) {
+        if !self.hub.leave_topic(topic, session) {
+            return;
+        }
+        let event = PresenceEvent {
+            kind: PresenceEventKind::Leave,
+            node_id: node.to_string(),
+            topic: topic.to_owned(),
+            data: None,
+        };
+        let bytes = out::frame(MessageType::PresenceEvent, None, &event);
+        let mut members = self.presence_members(topic);
+        if tell_self {
+            members.push(session);
+        }
+        for member in members {
+            self.send(member, bytes.clone());
+        }
+    }
+
+    fn on_presence_get(&mut self, session: SessionId, frame: &Frame) -> Result {
+        let id = frame
+            .id()
+            .ok_or(RequestError::MissingId(MessageType::PresenceGet))?;
+        if !self.config.presence {
+            return Err(RequestError::PresenceDisabled);
+        }
+        let req: PresenceGet = frame.payload()?;
+        self.authorize(session, Resource::Topic(&req.topic))?;
+        let states = self
+            .hub
+            .topic(&req.topic)
+            .into_iter()
+            .flatten()
+            .map(|(_, p)| PresenceState {
+                node_id: p.node_id.to_string(),
+                topic: req.topic.clone(),
+                data: p.data.clone(),
+                updated_at: RawJson::from_serialize(&p.updated_at)
+                    .expect("invariant: an integer serialises"),
+            })
+            .collect();
+        let snapshot = PresenceSnapshot {
+            topic: req.topic,
+            states,
+        };
+        let bytes = out::frame(MessageType::PresenceSnapshot, Some(id), &snapshot);
+        self.send(session, bytes);
+        Ok(())
+    }
+
+    fn on_room(&mut self, session: SessionId, frame: &Frame) -> Result {
+        let req: RoomRequest = frame.payload()?;
+        self.authorize(session, Resource::Room(&req.room))?;
+        let Some(s) = self.sessions.get(session) else {
+            return Ok(());
+        };
+        let member = s.rooms.iter().any(|r| **r == *req.room);
+        let node = s.node_id.clone();
+        match req.action {
+            RoomAction::Join => {
+                let size = self.hub.room(&req.room).map_or(0, |m| m.len());
+                let (max_size, max_rooms) = (self.config.max_room_size, self.config.max_rooms);
+                if !member && max_size != 0 && size >= max_size {
+                    return Err(RequestError::RoomFull(req.room));
+                }
+                if !member && max_rooms != 0 && s.rooms.len() >= max_rooms {
+                    return Err(RequestError::Rooms(max_rooms));
+                }
+                let room = self.hub.room_key(&req.room);
+                let entry = Member {
+                    node_id: node.clone(),
+                    data: req.data.clone(),
+                };
+                self.hub.join_room(&room, session, entry);
+                if !member {
+                    if let Some(s) = self.sessions.get_mut(session) {
+                        s.rooms.push(room.clone());
+                    }
+                }
+                let members = self
+                    .hub
+                    .room(&room)
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, m)| RoomMember {
+                        node_id: m.node_id.to_string(),
+                        data: m.data.clone(),
+                    })
+                    .collect();
+                let to_joiner = RoomEvent {
+                    event: RoomEventKind::Members,
+                    room: req.room.clone(),
+                    node_id: None,
+                    data: None,
+                    members: Some(members),
+                };
+                self.send(session, frame_of(&to_joiner));
+                if !member {
+                    let joined = RoomEvent {
+                        event: RoomEventKind::Join,
+                        room: req.room,
+                        node_id: Some(node.to_string()),
+                        data: req.data,
+                        members: None,
+                    };
+                    self.room_send_others(&room, session, frame_of(&joined));
+                }
+            }
+            RoomAction::Leave => {
+                if !member {
+                    return Err(RequestError::NotAMember(req.room));
+                }
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.rooms.retain(|r| **r != *req.room);
+                }
+                self.room_leave(&req.room, session, &node);
+            }
+            RoomAction::Broadcast => {
+                if !member {
+                    return Err(RequestError::NotAMember(req.room));
+                }
+                let message = RoomEvent {
+                    event: RoomEventKind::Message,
+                    room: req.room.clone(),
+                    node_id: Some(node.to_string()),
+                    data: req.data,
+                    members: None,
+                };
+                self.room_send_others(&req.room, session, frame_of(&message));
+            }
+        }
+        self.ack(session, frame.id());
+        Ok(())
+    }
+
+    /// Removes a session from a room and tells the rest.
+    pub(super) fn room_leave(&mut self, room: &str, session: SessionId, node: &Arc<str>) {
+        if !self.hub.leave_room(room, session) {
+            return;
+        }
+        let left = RoomEvent {
+            event: RoomEventKind::Leave,
+            room: room.to_owned(),
+            node_id: Some(node.to_string()),
+            data: None,
+            members: None,
+        };
+        self.room_send_others(room, session, frame_of(&left));
+    }
+
+    fn room_send_others(&mut self, room: &str, except: SessionId, bytes: bytes::Bytes) {
+        let others: Vec<SessionId> = self
+            .room_members(room)
+            .into_iter()
+            .filter(|m| *m != except)
+            .collect();
+        for other in others {
+            self.send(other, bytes.clone());
+        }
+    }
+
+    fn node_of(&self, session: SessionId) -> String {
+        self.sessions
+            .get(session)
+            .map(|s| s.node_id.to_string())
+            .unwrap_or_default()
+    }
+}
+
+fn frame_of(event: &RoomEvent) -> bytes::Bytes {
+    out::frame(MessageType::Room, None, event)
+}
+
+fn parse_cursor(cursor: Option<&str>) -> Result<Option<Cursor>> {
+    cursor
+        .map(|c| {
+            c.parse::<Cursor>()
+                .map_err(|e| PayloadError::new(format!("payload.cursor: {e}")).into())
+        })
+        .transpose()
+}
+
+fn dedup_in_order(tables: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    tables.retain(|t| seen.insert(t.clone()));
+}

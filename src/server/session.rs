@@ -1,0 +1,417 @@
+//! Per-connection state, the slab that holds it, and each session's bounded outbound queue.
+
+use core::time::Duration;
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::event::SessionId;
+use crate::payload::{ChangeRecord, Cursor};
+use crate::time::Instant;
+use crate::wire::CloseCode;
+
+/// A routed batch of accepted changes, shared by every session it reaches.
+pub(crate) type Batch = Arc<[(Cursor, ChangeRecord)]>;
+
+/// Live changes held back behind a pending replay: the shared frame, and which records of
+/// the batch it holds (so they can be filtered against the replay when released).
+pub(crate) struct Held {
+    pub(crate) frame: Bytes,
+    pub(crate) batch: Batch,
+    pub(crate) range: Range<usize>,
+}
+
+/// One request in flight on a session.
+pub(crate) struct InFlight {
+    /// The server-wide request key.
+    pub(crate) key: u64,
+    /// The client's id, for `DUPLICATE_ID`.
+    pub(crate) id: Option<Box<str>>,
+}
+
+/// One WebSocket connection.
+pub(crate) struct Session {
+    pub(crate) node_id: Arc<str>,
+    /// Whether `SessionOpened` was emitted (a version-mismatch session never opens).
+    pub(crate) opened: bool,
+    /// Set once the session is being closed: nothing more is accepted or routed to it; the
+    /// close goes out after the queue drains.
+    pub(crate) closing: Option<(CloseCode, Box<str>)>,
+    out: VecDeque<Bytes>,
+    queued_bytes: usize,
+    unacked_bytes: usize,
+    held_bytes: usize,
+    /// Whether the session is in the ready list.
+    ready: bool,
+    /// Last frame received (refreshes idle timeout and presence TTL).
+    pub(crate) last_rx: Instant,
+    /// Last server ping sent.
+    pub(crate) last_ping: Instant,
+    /// The id counter of server pings, and the one awaiting its pong.
+    pub(crate) ping_seq: u32,
+    pub(crate) ping_outstanding: Option<u32>,
+    /// The deadline this session has in the timer table.
+    pub(crate) wake: Option<Instant>,
+    pub(crate) bucket: Bucket,
+    pub(crate) oversized: u32,
+    pub(crate) invalid: u32,
+    pub(crate) in_flight: Vec<InFlight>,
+    pub(crate) tables: BTreeSet<Arc<str>>,
+    pub(crate) topics: Vec<Arc<str>>,
+    pub(crate) rooms: Vec<Arc<str>>,
+    /// Replays not yet answered; while non-zero, live changes are held.
+    pub(crate) replays_pending: u32,
+    pub(crate) held: VecDeque<Held>,
+    /// The heads of replays answered while others were still pending, per table.
+    pub(crate) replayed: Vec<(Arc<str>, Cursor)>,
+}
+
+impl Session {
+    pub(crate) fn new(node_id: Arc<str>, now: Instant, burst: u32, window: Duration) -> Self {
+        Session {
+            node_id,
+            opened: false,
+            closing: None,
+            out: VecDeque::new(),
+            queued_bytes: 0,
+            unacked_bytes: 0,
+            held_bytes: 0,
+            ready: false,
+            last_rx: now,
+            last_ping: now,
+            ping_seq: 0,
+            ping_outstanding: None,
+            wake: None,
+            bucket: Bucket::new(now, burst, window),
+            oversized: 0,
+            invalid: 0,
+            in_flight: Vec::new(),
+            tables: BTreeSet::new(),
+            topics: Vec::new(),
+            rooms: Vec::new(),
+            replays_pending: 0,
+            held: VecDeque::new(),
+            replayed: Vec::new(),
+        }
+    }
+
+    /// Bytes counted against the outbound bound.
+    pub(crate) fn outbound_bytes(&self) -> usize {
+        self.queued_bytes + self.unacked_bytes + self.held_bytes
+    }
+
+    /// Drops everything queued or held (a slow consumer resumes from its cursor).
+    fn drop_output(&mut self) {
+        self.out.clear();
+        self.held.clear();
+        self.queued_bytes = 0;
+        self.held_bytes = 0;
+    }
+
+    /// Takes the held changes out (for release after the replays).
+    pub(crate) fn take_held(&mut self) -> VecDeque<Held> {
+        self.held_bytes = 0;
+        core::mem::take(&mut self.held)
+    }
+}
+
+/// A token bucket: burst N, refilled N per window (DESIGN.md section 2, "Rate limit").
+///
+/// The level is kept in units of `1 / window_nanos` tokens, so refilling is exact integer
+/// arithmetic: `elapsed_nanos * N` units, one message costs `window_nanos` units.
+pub(crate) struct Bucket {
+    level: u128,
+    stamp: Instant,
+    /// Start of the current abuse window and messages refused within it.
+    window_start: Instant,
+    pub(crate) refused: u32,
+}
+
+impl Bucket {
+    fn new(now: Instant, burst: u32, window: Duration) -> Self {
+        Bucket {
+            level: u128::from(burst) * window.as_nanos(),
+            stamp: now,
+            window_start: now,
+            refused: 0,
+        }
+    }
+
+    /// Takes one token; `false` when the bucket is empty (and counts the refusal).
+    pub(crate) fn take(&mut self, now: Instant, burst: u32, window: Duration) -> bool {
+        if burst == 0 {
+            return true;
+        }
+        let cost = window.as_nanos();
+        let capacity = u128::from(burst) * cost;
+        let elapsed = u128::from((now - self.stamp).as_nanos() as u64);
+        self.level = capacity.min(self.level + elapsed * u128::from(burst));
+        self.stamp = now;
+        if self.level >= cost {
+            self.level -= cost;
+            return true;
+        }
+        if now - self.window_start >= window {
+            self.window_start = now;
+            self.refused = 0;
+        }
+        self.refused = self.refused.saturating_add(1);
+        false
+    }
+}
+
+/// What happened to a frame offered to a session.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Sent {
+    /// Queued (or held).
+    Queued,
+    /// The session is closing or gone; the frame was dropped.
+    Dropped,
+    /// The frame would have exceeded the outbound bound: the session is now closing with
+    /// 4503 and must be detached from the hub.
+    Overflow,
+}
+
+struct Slot {
+    generation: u32,
+    session: Option<Box<Session>>,
+}
+
+/// Every session, in a slab indexed by [`SessionId`], with the ready list that orders output.
+pub(crate) struct Sessions {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Sessions with output to hand out, in the order they became ready.
+    ready: VecDeque<SessionId>,
+    max_outbound: usize,
+}
+
+impl Sessions {
+    pub(crate) fn new(max_outbound: usize) -> Self {
+        Sessions {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            ready: VecDeque::new(),
+            max_outbound,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    pub(crate) fn insert(&mut self, session: Session) -> SessionId {
+        self.live += 1;
+        let session = Some(Box::new(session));
+        match self.free.pop() {
+            Some(index) => {
+                let slot = &mut self.slots[index as usize];
+                slot.session = session;
+                SessionId {
+                    index,
+                    generation: slot.generation,
+                }
+            }
+            None => {
+                let index = u32::try_from(self.slots.len())
+                    .expect("invariant: max_sessions keeps the slab below u32::MAX");
+                self.slots.push(Slot {
+                    generation: 0,
+                    session,
+                });
+                SessionId {
+                    index,
+                    generation: 0,
+                }
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, id: SessionId) -> Option<&Session> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.session.as_deref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.session.as_deref_mut()
+    }
+
+    /// An open (not closing) session.
+    pub(crate) fn open_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        self.get_mut(id).filter(|s| s.closing.is_none())
+    }
+
+    pub(crate) fn remove(&mut self, id: SessionId) -> Option<Box<Session>> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let session = slot.session.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id.index);
+        self.live -= 1;
+        Some(session)
+    }
+
+    /// Every live session id, in slot order.
+    pub(crate) fn ids(&self) -> Vec<SessionId> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.session.is_some())
+            .map(|(index, slot)| SessionId {
+                index: index as u32,
+                generation: slot.generation,
+            })
+            .collect()
+    }
+
+    fn mark_ready(ready: &mut VecDeque<SessionId>, id: SessionId, session: &mut Session) {
+        if !session.ready {
+            session.ready = true;
+            ready.push_back(id);
+        }
+    }
+
+    /// Queues a frame for an open session, under the outbound bound.
+    pub(crate) fn send(&mut self, id: SessionId, frame: Bytes) -> Sent {
+        let max = self.max_outbound;
+        let Some((session, ready)) = self.get_mut_split(id) else {
+            return Sent::Dropped;
+        };
+        if session.closing.is_some() {
+            return Sent::Dropped;
+        }
+        if max != 0 && session.outbound_bytes() + frame.len() > max {
+            Self::overflow(ready, id, session);
+            return Sent::Overflow;
+        }
+        session.queued_bytes += frame.len();
+        session.out.push_back(frame);
+        Self::mark_ready(ready, id, session);
+        Sent::Queued
+    }
+
+    /// Queues a routed live change, or holds it while the session waits for a replay
+    /// (under the same bound). One slot lookup: this is the fan-out hot path.
+    pub(crate) fn route(
+        &mut self,
+        id: SessionId,
+        frame: Bytes,
+        batch: &Batch,
+        range: Range<usize>,
+    ) -> Sent {
+        let max = self.max_outbound;
+        let Some((session, ready)) = self.get_mut_split(id) else {
+            return Sent::Dropped;
+        };
+        if session.closing.is_some() {
+            return Sent::Dropped;
+        }
+        if max != 0 && session.outbound_bytes() + frame.len() > max {
+            Self::overflow(ready, id, session);
+            return Sent::Overflow;
+        }
+        if session.replays_pending > 0 {
+            session.held_bytes += frame.len();
+            session.held.push_back(Held {
+                frame,
+                batch: batch.clone(),
+                range,
+            });
+        } else {
+            session.queued_bytes += frame.len();
+            session.out.push_back(frame);
+            Self::mark_ready(ready, id, session);
+        }
+        Sent::Queued
+    }
+
+    fn overflow(ready: &mut VecDeque<SessionId>, id: SessionId, session: &mut Session) {
+        session.drop_output();
+        session.closing = Some((CloseCode::SLOW_CONSUMER, "slow consumer".into()));
+        Self::mark_ready(ready, id, session);
+    }
+
+    fn get_mut_split(&mut self, id: SessionId) -> Option<(&mut Session, &mut VecDeque<SessionId>)> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        Some((slot.session.as_deref_mut()?, &mut self.ready))
+    }
+
+    /// Starts closing a session: after its queue drains (or at once, without `flush`), the
+    /// close is handed out. Returns `false` if it was already closing or is gone.
+    pub(crate) fn begin_close(
+        &mut self,
+        id: SessionId,
+        code: CloseCode,
+        reason: &str,
+        flush: bool,
+    ) -> bool {
+        let Some((session, ready)) = self.get_mut_split(id) else {
+            return false;
+        };
+        if session.closing.is_some() {
+            return false;
+        }
+        if !flush {
+            session.drop_output();
+        }
+        session.held.clear();
+        session.held_bytes = 0;
+        session.closing = Some((code, reason.into()));
+        Self::mark_ready(ready, id, session);
+        true
+    }
+
+    /// The adapter wrote `n` bytes of this session's frames.
+    pub(crate) fn sent(&mut self, id: SessionId, n: usize) {
+        if let Some(session) = self.get_mut(id) {
+            session.unacked_bytes = session.unacked_bytes.saturating_sub(n);
+        }
+    }
+
+    /// The next frame or close, round-robin over ready sessions. A close frees the slot.
+    pub(crate) fn poll(&mut self) -> Option<Output> {
+        while let Some(id) = self.ready.pop_front() {
+            let Some((session, ready)) = self.get_mut_split(id) else {
+                continue;
+            };
+            if let Some(frame) = session.out.pop_front() {
+                session.queued_bytes -= frame.len();
+                session.unacked_bytes += frame.len();
+                if session.out.is_empty() && session.closing.is_none() {
+                    session.ready = false;
+                } else {
+                    ready.push_back(id);
+                }
+                return Some(Output::Frame(id, frame));
+            }
+            session.ready = false;
+            if let Some((code, reason)) = session.closing.take() {
+                self.remove(id);
+                return Some(Output::Close(id, code, reason));
+            }
+        }
+        None
+    }
+}
+
+/// One output of [`Sessions::poll`].
+pub(crate) enum Output {
+    Frame(SessionId, Bytes),
+    Close(SessionId, CloseCode, Box<str>),
+}

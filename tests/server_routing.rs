@@ -1,0 +1,479 @@
+//! Pull, push and replay answers; routing accepted changes with encode-once fan-out; the
+//! replay hold-back (no gap, no duplicate).
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+mod server_util;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use server_util::*;
+use syncmux::payload::{Cursor, Hlc};
+use syncmux::server::{AppError, PullAnswer, PushAnswer, ServerTransmit};
+use syncmux::ServerEvent;
+
+fn subscribe(h: &mut Harness, s: syncmux::server::SessionId, tables: &[&str]) {
+    let msg = json!({"type":"subscribe","id":"sub","payload":{"tables":tables}});
+    h.send(s, &msg.to_string());
+    assert_eq!(h.take(s), vec![json!({"type":"ack","id":"sub"})]);
+}
+
+fn cursors(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "change" || f["type"] == "changes")
+        .map(|f| f["cursor"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The pks of every change record in the frames, in order.
+fn pks(frames: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in frames {
+        match f["type"].as_str().unwrap() {
+            "change" => out.push(f["payload"]["pk"].as_str().unwrap().to_owned()),
+            "changes" => out.extend(
+                f["payload"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["pk"].as_str().unwrap().to_owned()),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn an_accepted_push_reaches_the_other_subscribers_once_encoded() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let subs: Vec<_> = (0..3).map(|i| h.open(&format!("s{i}"))).collect();
+    let other = h.open("other");
+    subscribe(&mut h, pusher, &["docs"]);
+    for s in &subs {
+        subscribe(&mut h, *s, &["docs"]);
+    }
+    subscribe(&mut h, other, &["notes"]);
+    h.server.handle_message(
+        h.now,
+        pusher,
+        Bytes::from(push_json("p1", "p", &[record_json("docs", "1", 5, "p")])),
+    );
+    let ServerEvent::Push {
+        request, changes, ..
+    } = h.server.poll_event().unwrap()
+    else {
+        panic!()
+    };
+    let answer = PushAnswer {
+        accepted: vec![(Cursor::new(1, 7), changes[0].clone())],
+        latest_hlc: Hlc::new(5, 0, "p"),
+        head: Cursor::new(1, 7),
+    };
+    h.server.answer_push(h.now, request, Ok(answer));
+    let mut shared = Vec::new();
+    while let Some(t) = h.server.poll_transmit() {
+        let ServerTransmit::Frame { session, bytes } = t else {
+            panic!()
+        };
+        if session == pusher {
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(
+                v,
+                json!({"type":"push_response","id":"p1","payload":{"merged":1,
+                    "latest_hlc":{"ts":5,"c":0,"node":"p"},"cursor":"1.7"}})
+            );
+        } else {
+            assert!(subs.contains(&session), "{session} is not subscribed");
+            shared.push(bytes);
+        }
+    }
+    assert_eq!(shared.len(), 3);
+    // Encoded once: every recipient holds the same buffer.
+    assert!(shared.iter().all(|b| b.as_ptr() == shared[0].as_ptr()));
+    let v: Value = serde_json::from_slice(&shared[0]).unwrap();
+    assert_eq!(v["type"], "change");
+    assert_eq!(v["cursor"], "1.7");
+    assert_eq!(v["payload"]["pk"], "1");
+}
+
+#[test]
+fn a_batch_is_one_changes_frame_and_multi_table_batches_keep_cursor_order() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let both = h.open("both");
+    let docs = h.open("docs");
+    subscribe(&mut h, both, &["docs", "notes"]);
+    subscribe(&mut h, docs, &["docs"]);
+    let records = [
+        record_json("docs", "d1", 1, "p"),
+        record_json("notes", "n1", 2, "p"),
+        record_json("docs", "d2", 3, "p"),
+    ];
+    h.send(pusher, &push_json("p1", "p", &records));
+    let mut next = 0;
+    h.accept_pushes(&mut next);
+    let got = h.take(both);
+    assert_eq!(types(&got), ["changes"]);
+    assert_eq!(got[0]["cursor"], "1.3");
+    assert_eq!(pks(&got), ["d1", "n1", "d2"]);
+    let got = h.take(docs);
+    assert_eq!(pks(&got), ["d1", "d2"]);
+    assert_eq!(cursors(&got), ["1.1", "1.3"]);
+}
+
+#[test]
+fn only_new_changes_are_routed() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let sub = h.open("s");
+    subscribe(&mut h, sub, &["docs"]);
+    h.send(
+        pusher,
+        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
+    );
+    let Some(ServerEvent::Push { request, .. }) = h.take_events().pop() else {
+        panic!()
+    };
+    let answer = PushAnswer {
+        accepted: vec![],
+        latest_hlc: Hlc::new(1, 0, "p"),
+        head: Cursor::new(1, 4),
+    };
+    h.server.answer_push(h.now, request, Ok(answer));
+    h.drain();
+    assert_eq!(h.take(pusher)[0]["payload"]["merged"], 0);
+    assert!(h.take(sub).is_empty());
+}
+
+#[test]
+fn handler_errors_are_reported_and_nothing_is_routed() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let sub = h.open("s");
+    subscribe(&mut h, sub, &["docs"]);
+    h.send(
+        pusher,
+        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
+    );
+    h.send(
+        pusher,
+        r#"{"type":"pull_request","request_id":"q1","payload":{"tables":["docs"]}}"#,
+    );
+    let events = h.take_events();
+    let ServerEvent::Push { request: push, .. } = events[0].clone() else {
+        panic!()
+    };
+    let ServerEvent::Pull { request: pull, .. } = events[1].clone() else {
+        panic!()
+    };
+    h.server
+        .answer_pull(h.now, pull, Err(AppError::new("store offline")));
+    h.server
+        .answer_push(h.now, push, Err(AppError::new("disk full")));
+    h.drain();
+    let frames = h.take(pusher);
+    assert_eq!(
+        frames[0],
+        json!({"type":"error","request_id":"q1","payload":{"code":"HANDLER_ERROR","message":"store offline"}})
+    );
+    assert_eq!(error_code(&frames[1]), "HANDLER_ERROR");
+    assert_eq!(frames[1]["id"], "p1");
+    assert!(h.take(sub).is_empty());
+}
+
+#[test]
+fn pulls_are_events_answered_out_of_order() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    h.send(
+        a,
+        r#"{"type":"pull_request","id":"1","payload":{"tables":["docs"],"since":"5:0:x","cursor":"1.3","node_id":"a"}}"#,
+    );
+    h.send(
+        a,
+        r#"{"type":"pull_request","request_id":"2","payload":{"tables":["notes"]}}"#,
+    );
+    let events = h.take_events();
+    let ServerEvent::Pull {
+        request: first,
+        tables,
+        since,
+        cursor,
+        node_id,
+        ..
+    } = events[0].clone()
+    else {
+        panic!()
+    };
+    assert_eq!(tables, ["docs"]);
+    assert_eq!(since, Some(Hlc::new(5, 0, "x")));
+    assert_eq!(cursor, Some(Cursor::new(1, 3)));
+    assert_eq!(node_id, "a");
+    let ServerEvent::Pull {
+        request: second, ..
+    } = events[1].clone()
+    else {
+        panic!()
+    };
+    h.server
+        .answer_pull(h.now, second, Ok(PullAnswer::default()));
+    let answer = PullAnswer {
+        changes: vec![(Cursor::new(1, 4), record("docs", "k", 6, "b"))],
+        latest_hlc: Hlc::new(6, 0, "b"),
+        head: Cursor::new(1, 9),
+        complete: true,
+    };
+    h.server.answer_pull(h.now, first, Ok(answer));
+    // Answering twice, or after the fact, does nothing.
+    h.server
+        .answer_pull(h.now, first, Ok(PullAnswer::default()));
+    h.drain();
+    let frames = h.take(a);
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0]["request_id"], "2");
+    assert_eq!(frames[1]["id"], "1");
+    assert_eq!(frames[1]["payload"]["cursor"], "1.9");
+    assert_eq!(frames[1]["payload"]["latest_hlc"]["ts"], 6);
+    assert_eq!(frames[1]["payload"]["changes"][0]["pk"], "k");
+    let parsed: syncmux::payload::PullResponse =
+        serde_json::from_value(frames[1]["payload"].clone()).unwrap();
+    assert_eq!(parsed.changes.len(), 1);
+}
+
+#[test]
+fn a_bad_cursor_is_an_invalid_payload_naming_the_field() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    h.send(
+        a,
+        r#"{"type":"pull_request","id":"1","payload":{"tables":["docs"],"cursor":"x"}}"#,
+    );
+    let f = &h.take(a)[0];
+    assert_eq!(error_code(f), "INVALID_PAYLOAD");
+    assert!(f["payload"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("payload.cursor"));
+}
+
+/// The interleaving that matters: a push accepted between a subscribe-with-since and its
+/// replay answer is delivered once, after the replay, whether or not the replay holds it.
+#[test]
+fn live_changes_wait_behind_a_replay_with_no_gap_and_no_duplicate() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let late = h.open("late");
+    h.send(
+        late,
+        r#"{"type":"subscribe","id":"r","payload":{"tables":["docs"],"cursor":"1.2"}}"#,
+    );
+    let Some(ServerEvent::Replay {
+        request,
+        tables,
+        cursor,
+        ..
+    }) = h.take_events().pop()
+    else {
+        panic!()
+    };
+    assert_eq!(tables, ["docs"]);
+    assert_eq!(cursor, Some(Cursor::new(1, 2)));
+    // Two pushes accepted before the replay is answered: cursors 3 and 4.
+    let mut next = 2;
+    h.send(
+        pusher,
+        &push_json("a", "p", &[record_json("docs", "c3", 3, "p")]),
+    );
+    h.accept_pushes(&mut next);
+    h.send(
+        pusher,
+        &push_json("b", "p", &[record_json("docs", "c4", 4, "p")]),
+    );
+    h.accept_pushes(&mut next);
+    assert!(h.take(late).is_empty(), "held until the replay");
+    // The store read happened between them: the replay holds 3 (head 3), not 4.
+    let answer = PullAnswer {
+        changes: vec![(Cursor::new(1, 3), record("docs", "c3", 3, "p"))],
+        latest_hlc: Hlc::new(3, 0, "p"),
+        head: Cursor::new(1, 3),
+        complete: true,
+    };
+    h.server.answer_replay(h.now, request, Ok(answer));
+    h.drain();
+    let frames = h.take(late);
+    assert_eq!(types(&frames), ["change", "ack", "change"]);
+    assert_eq!(pks(&frames), ["c3", "c4"]);
+    assert_eq!(
+        frames[1],
+        json!({"type":"ack","id":"r","payload":{"recovered":true,"cursor":"1.3"}})
+    );
+    // And live from now on.
+    h.send(
+        pusher,
+        &push_json("c", "p", &[record_json("docs", "c5", 5, "p")]),
+    );
+    h.accept_pushes(&mut next);
+    assert_eq!(pks(&h.take(late)), ["c5"]);
+}
+
+#[test]
+fn held_batches_straddling_the_replay_head_are_trimmed() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let late = h.open("late");
+    h.send(
+        late,
+        r#"{"type":"subscribe","payload":{"tables":["docs"],"since":"0:0:x"}}"#,
+    );
+    let Some(ServerEvent::Replay { request, .. }) = h.take_events().pop() else {
+        panic!()
+    };
+    let mut next = 0;
+    let records = [
+        record_json("docs", "a", 1, "p"),
+        record_json("docs", "b", 2, "p"),
+    ];
+    h.send(pusher, &push_json("x", "p", &records));
+    h.accept_pushes(&mut next);
+    let answer = PullAnswer {
+        changes: vec![(Cursor::new(1, 1), record("docs", "a", 1, "p"))],
+        latest_hlc: Hlc::new(1, 0, "p"),
+        head: Cursor::new(1, 1),
+        complete: false,
+    };
+    h.server.answer_replay(h.now, request, Ok(answer));
+    h.drain();
+    let frames = h.take(late);
+    // No id on the subscribe: no ack.
+    assert_eq!(types(&frames), ["change", "change"]);
+    assert_eq!(pks(&frames), ["a", "b"]);
+    assert_eq!(cursors(&frames), ["1.1", "1.2"]);
+}
+
+#[test]
+fn a_resume_the_store_cannot_serve_is_acked_unrecovered() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    h.send(
+        a,
+        r#"{"type":"subscribe","id":"r","payload":{"tables":["docs"],"cursor":"0.5"}}"#,
+    );
+    let Some(ServerEvent::Replay { request, .. }) = h.take_events().pop() else {
+        panic!()
+    };
+    let answer = PullAnswer {
+        head: Cursor::new(2, 10),
+        complete: false,
+        ..PullAnswer::default()
+    };
+    h.server.answer_replay(h.now, request, Ok(answer));
+    h.drain();
+    assert_eq!(
+        h.take(a),
+        vec![json!({"type":"ack","id":"r","payload":{"recovered":false,"cursor":"2.10"}})]
+    );
+}
+
+#[test]
+fn a_failed_replay_undoes_the_subscribe() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    subscribe(&mut h, a, &["notes"]);
+    h.send(
+        a,
+        r#"{"type":"subscribe","id":"r","payload":{"tables":["docs","notes"],"since":"1:0:x"}}"#,
+    );
+    assert_eq!(h.server.subscriptions(a), ["docs", "notes"]);
+    let Some(ServerEvent::Replay { request, .. }) = h.take_events().pop() else {
+        panic!()
+    };
+    h.server
+        .answer_replay(h.now, request, Err(AppError::new("nope")));
+    h.drain();
+    assert_eq!(error_code(&h.take(a)[0]), "HANDLER_ERROR");
+    assert_eq!(h.server.subscriptions(a), ["notes"]);
+}
+
+#[test]
+fn answers_for_closed_sessions_are_dropped_but_accepted_changes_still_route() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let sub = h.open("s");
+    subscribe(&mut h, sub, &["docs"]);
+    h.send(
+        pusher,
+        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
+    );
+    h.send(
+        pusher,
+        r#"{"type":"pull_request","id":"q","payload":{"tables":["docs"]}}"#,
+    );
+    h.server.handle_closed(h.now, pusher);
+    h.drain();
+    assert_eq!(h.server.pending_requests(), 0);
+    let mut next = 0;
+    let events = h.take_events();
+    let pull = events.iter().find_map(|e| match e {
+        ServerEvent::Pull { request, .. } => Some(*request),
+        _ => None,
+    });
+    h.events = events;
+    h.accept_pushes(&mut next);
+    h.server
+        .answer_pull(h.now, pull.unwrap(), Ok(PullAnswer::default()));
+    h.drain();
+    assert!(h.take(pusher).is_empty());
+    assert_eq!(pks(&h.take(sub)), ["1"]);
+}
+
+#[test]
+fn unsubscribe_stops_delivery_and_acks() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let sub = h.open("s");
+    subscribe(&mut h, sub, &["docs"]);
+    h.send(
+        sub,
+        r#"{"type":"unsubscribe","id":"u","payload":{"tables":["docs"]}}"#,
+    );
+    assert_eq!(h.take(sub), vec![json!({"type":"ack","id":"u"})]);
+    h.send(
+        pusher,
+        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
+    );
+    let mut next = 0;
+    h.accept_pushes(&mut next);
+    assert!(h.take(sub).is_empty());
+    // A subscribe without an id takes effect silently.
+    h.send(sub, r#"{"type":"subscribe","payload":{"tables":["docs"]}}"#);
+    assert!(h.take(sub).is_empty());
+    assert_eq!(h.server.subscriptions(sub), ["docs"]);
+}
+
+#[test]
+fn sessions_receive_changes_in_cursor_order() {
+    let mut h = Harness::new(config());
+    let pushers: Vec<_> = (0..3).map(|i| h.open(&format!("p{i}"))).collect();
+    let sub = h.open("s");
+    subscribe(&mut h, sub, &["a", "b"]);
+    let mut next = 0;
+    for round in 0..5 {
+        for (i, p) in pushers.iter().enumerate() {
+            let table = if (round + i) % 2 == 0 { "a" } else { "b" };
+            let recs = [
+                record_json(table, "x", round as i64, "p"),
+                record_json("a", "y", round as i64, "p"),
+            ];
+            h.send(*p, &push_json(&format!("{round}"), &format!("p{i}"), &recs));
+        }
+        h.accept_pushes(&mut next);
+    }
+    let seen: Vec<u64> = cursors(&h.take(sub))
+        .iter()
+        .map(|c| c.parse::<Cursor>().unwrap().seq)
+        .collect();
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(*seen.last().unwrap(), next);
+}
