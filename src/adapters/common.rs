@@ -6,13 +6,16 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Request;
-use tungstenite::http::HeaderValue;
+use tungstenite::handshake::server::{ErrorResponse, Response};
+use tungstenite::http::{HeaderValue, StatusCode};
 use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
+use super::server::{AcceptedSession, SyncServer};
 use crate::client::DialRequest;
+use crate::server::Handshake;
 use crate::wire::CloseCode;
 
 /// Where a dial goes: the parts of the URL the socket and TLS need.
@@ -53,6 +56,61 @@ pub(crate) fn client_request(dial: &DialRequest) -> Result<(Request, Target), St
         headers.insert(*name, value);
     }
     Ok((request, Target { host, port, tls }))
+}
+
+/// The state machine's view of an upgrade request.
+pub(crate) fn handshake_of(request: &Request) -> Handshake {
+    let uri = request.uri();
+    let mut handshake = Handshake::new(uri.path(), uri.query().unwrap_or(""));
+    for (name, value) in request.headers() {
+        let Ok(value) = value.to_str() else { continue };
+        if name == "sec-websocket-protocol" {
+            let offered = value.split(',').map(str::trim).filter(|p| !p.is_empty());
+            handshake.protocols.extend(offered.map(str::to_owned));
+        } else if name == "origin" {
+            handshake.origin = Some(value.to_owned());
+        }
+        handshake
+            .headers
+            .push((name.as_str().to_owned(), value.to_owned()));
+    }
+    handshake
+}
+
+// tungstenite's callback signature fixes the error type.
+#[allow(clippy::result_large_err)]
+/// Runs the state machine's decision inside tungstenite's upgrade callback: a rejection
+/// answers with its HTTP status before upgrading; an acceptance selects its subprotocol.
+pub(crate) fn decide(
+    server: &SyncServer,
+    request: &Request,
+    mut response: Response,
+    accepted: &mut Option<AcceptedSession>,
+) -> Result<Response, ErrorResponse> {
+    match server.handshake(&handshake_of(request)) {
+        Ok(session) => {
+            if let Some(protocol) = session.protocol() {
+                if let Ok(value) = HeaderValue::from_str(protocol) {
+                    response
+                        .headers_mut()
+                        .insert("Sec-WebSocket-Protocol", value);
+                }
+            }
+            *accepted = Some(session);
+            Ok(response)
+        }
+        Err(rejection) => {
+            tracing::info!(
+                status = rejection.status,
+                reason = rejection.reason,
+                "handshake refused"
+            );
+            let mut error = ErrorResponse::new(Some(rejection.reason));
+            *error.status_mut() =
+                StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Err(error)
+        }
+    }
 }
 
 /// The subprotocol a handshake response selected.
@@ -102,6 +160,46 @@ fn truncate_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+/// A rustls server config from PEM files (certificate chain and private key), with `ring`.
+pub fn server_tls(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: rustls::pki_types::pem::Error| {
+        rustls::Error::General(format!("{what}: {e}"))
+    };
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("private key", e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// A rustls client config that trusts exactly these PEM certificates (for a private CA or
+/// a self-signed test certificate), with `ring`.
+pub fn client_tls_trusting(cert_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cert_pem) {
+        let cert = cert.map_err(|e| rustls::Error::General(format!("certificate: {e}")))?;
+        roots.add(cert)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// rustls with the `ring` provider and the webpki roots, made once per process.

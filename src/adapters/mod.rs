@@ -30,6 +30,7 @@
 mod client;
 mod clock;
 mod common;
+mod server;
 #[cfg(feature = "smol")]
 pub mod smol;
 #[cfg(feature = "tokio")]
@@ -37,3 +38,5 @@ pub mod tokio;
 
 pub use client::{ClientEvents, ClientOptions, SyncClient};
 pub use clock::Clock;
+pub use common::{client_tls_trusting, server_tls};
+pub use server::{AcceptedSession, Rejection, ServerOptions, SyncServer};
