@@ -46,6 +46,8 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub mod adapters;
 pub mod client;
 pub mod driver;
 pub mod payload;

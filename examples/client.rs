@@ -1,0 +1,236 @@
+//! A command-line sync client: one JSON object per line on stdout.
+//!
+//! ```text
+//! client --url URL --node-id ID [--token T] [--reconnect-delay MS] [--max-reconnect-delay MS]
+//!        [--ping-interval MS] [--request-timeout MS] COMMAND
+//! COMMAND: pull [--since HLC] TABLE... | push FILE|- | subscribe [--since HLC] TABLE...
+//!        | presence TOPIC JSON | room ROOM [MESSAGE]
+//! ```
+//!
+//! `subscribe`, `presence` and `room` (without a message) keep running and print what
+//! arrives, across server restarts, until Ctrl-C. Errors print their code and message and
+//! exit non-zero. Flags are parsed by hand, as in the server example.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::json;
+use syncmux::adapters::{self, ClientEvents, SyncClient};
+use syncmux::client::{ClientEvent, CloseReason, RequestError};
+use syncmux::payload::{ChangeRecord, Hlc, RawJson};
+use syncmux::ClientConfig;
+
+const USAGE: &str = "usage: client --url URL --node-id ID [--token T] [--reconnect-delay MS] \
+[--max-reconnect-delay MS] [--ping-interval MS] [--request-timeout MS] \
+(pull [--since HLC] TABLE... | push FILE|- | subscribe [--since HLC] TABLE... \
+| presence TOPIC JSON | room ROOM [MESSAGE])";
+
+enum Command {
+    Pull(Option<Hlc>, Vec<String>),
+    Push(String),
+    Subscribe(Option<Hlc>, Vec<String>),
+    Presence(String, String),
+    Room(String, Option<String>),
+}
+
+fn parse(argv: Vec<String>) -> Result<(ClientConfig, Command), String> {
+    let mut it = argv.into_iter().peekable();
+    let (mut url, mut node, mut config) = (None, None, ClientConfig::default());
+    while let Some(flag) = it.next_if(|a| a.starts_with("--")) {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let ms = || {
+            value
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("{flag}: {value:?} is not milliseconds"))
+        };
+        match flag.as_str() {
+            "--url" => url = Some(value.clone()),
+            "--node-id" => node = Some(value.clone()),
+            "--token" => config.token = Some(value.clone()),
+            "--reconnect-delay" => config.reconnect_delay = ms()?,
+            "--max-reconnect-delay" => config.max_reconnect_delay = ms()?,
+            "--ping-interval" => config.ping_interval = ms()?,
+            "--request-timeout" => config.request_timeout = ms()?,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    config.url = url.ok_or("--url is required")?;
+    config.node_id = node.ok_or("--node-id is required")?;
+    if config.healthy_after > config.reconnect_delay {
+        config.healthy_after = config.reconnect_delay;
+    }
+    let sub = it.next().ok_or("a command is required")?;
+    let mut since = None;
+    if it.next_if(|a| a == "--since").is_some() {
+        let hlc = it.next().ok_or("--since needs an HLC")?;
+        since = Some(hlc.parse().map_err(|e| format!("--since: {e}"))?);
+    }
+    let rest: Vec<String> = it.collect();
+    let command = match (sub.as_str(), rest.as_slice()) {
+        ("pull", [_, ..]) => Command::Pull(since, rest),
+        ("subscribe", [_, ..]) => Command::Subscribe(since, rest),
+        ("push", [file]) => Command::Push(file.clone()),
+        ("presence", [topic, data]) => Command::Presence(topic.clone(), data.clone()),
+        ("room", [room]) => Command::Room(room.clone(), None),
+        ("room", [room, message]) => Command::Room(room.clone(), Some(message.clone())),
+        _ => return Err(format!("bad command {sub} {}", rest.join(" "))),
+    };
+    Ok((config, command))
+}
+
+fn line(value: serde_json::Value) {
+    println!("{value}");
+}
+
+fn fail(e: &RequestError) -> ExitCode {
+    line(json!({"error": {"code": e.code().as_str(), "message": e.to_string()}}));
+    ExitCode::FAILURE
+}
+
+fn json_arg(text: &str) -> Result<RawJson, RequestError> {
+    RawJson::from_string(text.to_owned()).map_err(|e| RequestError::InvalidResponse {
+        message: format!("argument is not JSON: {e}"),
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let (config, command) = match parse(std::env::args().skip(1).collect()) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            eprintln!("error: {why}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let (client, events) = match adapters::tokio::connect(config) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&client, events, command).await {
+        Ok(()) => {
+            client.close().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(
+    client: &SyncClient,
+    events: ClientEvents,
+    command: Command,
+) -> Result<(), RequestError> {
+    let value = |v: &dyn erased::Json| v.json();
+    match command {
+        Command::Pull(since, tables) => line(value(&client.pull(tables, since).await?)),
+        Command::Push(file) => {
+            let mut text = String::new();
+            let read = if file == "-" {
+                std::io::stdin().read_to_string(&mut text).map(drop)
+            } else {
+                std::fs::read_to_string(&file).map(|t| text = t)
+            };
+            read.map_err(|e| RequestError::InvalidResponse {
+                message: format!("{file}: {e}"),
+            })?;
+            let changes: Vec<ChangeRecord> =
+                serde_json::from_str(&text).map_err(|e| RequestError::InvalidResponse {
+                    message: format!("{file}: not a JSON array of change records: {e}"),
+                })?;
+            line(value(&client.push(changes).await?));
+        }
+        Command::Subscribe(since, tables) => {
+            let ack = client.subscribe(tables, since).await?;
+            line(
+                json!({"subscribed": true, "resume": ack.map(|a| json!({"recovered": a.recovered, "cursor": a.cursor}))}),
+            );
+            return follow(events).await;
+        }
+        Command::Presence(topic, data) => {
+            client
+                .update_presence(topic.clone(), json_arg(&data)?)
+                .await?;
+            line(value(&client.get_presence(topic).await?));
+            return follow(events).await;
+        }
+        Command::Room(room, message) => {
+            client.join_room(room.clone(), None).await?;
+            match message {
+                Some(text) => {
+                    let data = RawJson::from_serialize(&text).map_err(|e| {
+                        RequestError::InvalidResponse {
+                            message: e.to_string(),
+                        }
+                    })?;
+                    client.broadcast(room.clone(), data).await?;
+                    line(json!({"sent": text, "room": room}));
+                }
+                None => return follow(events).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints events until Ctrl-C or until the client closes for good.
+async fn follow(mut events: ClientEvents) -> Result<(), RequestError> {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(event) = event else {
+            return Err(RequestError::Closed);
+        };
+        match event {
+            ClientEvent::Connected => line(json!({"event": "connected"})),
+            ClientEvent::Disconnected { code, reason } => {
+                line(json!({"event": "disconnected", "code": code.map(|c| c.0), "reason": reason}))
+            }
+            ClientEvent::Reconnecting { attempt, delay } => line(
+                json!({"event": "reconnecting", "attempt": attempt, "delay_ms": delay.as_millis() as u64}),
+            ),
+            ClientEvent::Changes {
+                changes, cursor, ..
+            } => {
+                for change in changes {
+                    line(json!({"change": change, "cursor": cursor}));
+                }
+            }
+            ClientEvent::Presence(p) => line(json!({"presence": p})),
+            ClientEvent::Room(r) => line(json!({"room": r})),
+            ClientEvent::ResyncNeeded { tables } => {
+                line(json!({"event": "resync_needed", "tables": tables}))
+            }
+            ClientEvent::Error { code, message } => {
+                line(json!({"event": "error", "code": code.as_str(), "message": message}))
+            }
+            ClientEvent::Closed { reason } => {
+                let (code, message) = match reason {
+                    CloseReason::Server { code, reason } => (code.0.to_string(), reason),
+                    other => ("CLOSED".to_owned(), format!("{other:?}")),
+                };
+                line(json!({"event": "closed", "code": code, "message": message}));
+                return Err(RequestError::Closed);
+            }
+            other => line(json!({"event": format!("{other:?}")})),
+        }
+    }
+}
+
+/// Responses print as their JSON form.
+mod erased {
+    pub(crate) trait Json {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}

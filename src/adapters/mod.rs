@@ -1,0 +1,42 @@
+//! Runtime adapters (DESIGN.md section 1, layer 6): features `tokio` and `smol`.
+//!
+//! The adapters own sockets, timers and tasks, and nothing else: every protocol decision
+//! (when to dial, what to send, when to close, with which code) comes out of the state
+//! machines' `poll_*` outputs. One task owns a [`Client`](crate::Client); the application
+//! reaches it through bounded channels with a cloneable [`SyncClient`] handle (requests are
+//! futures) and reads its events from a [`ClientEvents`] stream.
+//!
+//! Native clients dial `ws://` and `wss://`; TLS is rustls with the `ring` provider and the
+//! webpki roots (nothing to build with cmake, no system certificate store needed), or a
+//! [`rustls::ClientConfig`] of your own in [`ClientOptions::tls`].
+//!
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use syncmux::adapters::tokio::connect;
+//! use syncmux::ClientConfig;
+//!
+//! let (client, mut events) = connect(ClientConfig::new("ws://127.0.0.1:8787/sync/ws", "node-1"))?;
+//! let pulled = client.pull(["documents"], None).await?;
+//! println!("{} changes, cursor {:?}", pulled.changes.len(), pulled.cursor);
+//! client.subscribe(["documents"], None).await?;
+//! while let Some(event) = events.recv().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod clock;
+mod common;
+mod server;
+#[cfg(feature = "smol")]
+pub mod smol;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+pub use client::{ClientEvents, ClientOptions, SyncClient};
+pub use clock::Clock;
+pub use common::{client_tls_trusting, server_tls};
+pub use server::{AcceptedSession, Rejection, ServerOptions, SyncServer};

@@ -1,0 +1,157 @@
+//! The smol adapter (feature `smol`): async-tungstenite over smol's sockets, futures-rustls
+//! for `wss://`. Tasks run on smol's global executor.
+
+use std::sync::Arc;
+
+use async_tungstenite::WebSocketStream;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use smol::io::{AsyncRead, AsyncWrite};
+
+use super::client::{self, Dialing, Runtime};
+use super::common;
+use super::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
+use crate::client::{ClientConfig, ConfigError, DialRequest};
+use crate::driver::Driver;
+use tungstenite::handshake::server::{Request, Response};
+
+/// Any byte stream a WebSocket runs over (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A client WebSocket of this adapter.
+pub type ClientSocket = WebSocketStream<Box<dyn Io>>;
+
+/// Starts a client task on smol's global executor and connects.
+pub fn connect(config: ClientConfig) -> Result<(SyncClient, ClientEvents), ConfigError> {
+    connect_with(config, ClientOptions::default())
+}
+
+/// [`connect`] with adapter options (TLS roots, channel capacities, jitter seed).
+pub fn connect_with(
+    config: ClientConfig,
+    options: ClientOptions,
+) -> Result<(SyncClient, ClientEvents), ConfigError> {
+    client::start::<Smol>(config, options)
+}
+
+pub(crate) struct Smol;
+
+impl Runtime for Smol {
+    type Ws = ClientSocket;
+
+    fn dial(
+        dial: DialRequest,
+        tls: Arc<rustls::ClientConfig>,
+        max_frame_len: usize,
+    ) -> Dialing<ClientSocket> {
+        async move {
+            let (request, target) = common::client_request(&dial)?;
+            let tcp = smol::net::TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
+            // Frames are small and latency matters more than packet count.
+            let _ = tcp.set_nodelay(true);
+            let io: Box<dyn Io> = if target.tls {
+                let name = common::server_name(&target.host)?;
+                let stream = futures_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {}: {e}", target.host))?;
+                Box::new(stream)
+            } else {
+                Box::new(tcp)
+            };
+            let config = Some(common::ws_config(max_frame_len));
+            let (ws, response) = async_tungstenite::client_async_with_config(request, io, config)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            Ok((ws, common::selected_protocol(&response)))
+        }
+        .boxed()
+    }
+
+    fn sleep_until(at: std::time::Instant) -> BoxFuture<'static, ()> {
+        async move {
+            smol::Timer::at(at).await;
+        }
+        .boxed()
+    }
+
+    fn spawn(task: BoxFuture<'static, ()>) {
+        smol::spawn(task).detach();
+    }
+}
+
+/// Starts a server around `driver` on smol's global executor (its timer task); accept
+/// connections with [`serve`] or [`accept`], or drive upgraded sockets with
+/// [`SyncServer::handshake`] and [`AcceptedSession::run`](super::AcceptedSession::run).
+pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
+    let (server, timer) = SyncServer::new(driver, options);
+    let sleep = |at: std::time::Instant| {
+        Box::pin(async move {
+            smol::Timer::at(at).await;
+        })
+    };
+    smol::spawn(timer.run(sleep)).detach();
+    server
+}
+
+/// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
+/// serves `wss://`.
+pub async fn serve(
+    server: SyncServer,
+    listener: smol::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let tls = tls.map(futures_rustls::TlsAcceptor::from);
+    loop {
+        let stopped = async {
+            server.stopped().await;
+            None
+        };
+        let accepted = smol::future::or(async { Some(listener.accept().await) }, stopped).await;
+        let (tcp, peer) = match accepted {
+            None => return,
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: the listener itself is fine.
+                tracing::warn!(error = %e, "accept failed");
+                smol::future::yield_now().await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let server = server.clone();
+        let tls = tls.clone();
+        smol::spawn(async move {
+            tracing::debug!(%peer, "connection");
+            let io: Box<dyn Io> = match tls {
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(stream) => Box::new(stream),
+                    Err(e) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                },
+                None => Box::new(tcp),
+            };
+            accept(&server, io).await;
+        })
+        .detach();
+    }
+}
+
+/// Runs the WebSocket handshake on `io` through the state machine, then the session.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
+    let mut accepted = None;
+    let callback = |req: &Request, resp: Response| common::decide(server, req, resp, &mut accepted);
+    let config = Some(common::ws_config(server.options().max_ws_frame_len));
+    match async_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
+        Ok(ws) => {
+            if let Some(session) = accepted {
+                session.run(ws).await;
+            }
+        }
+        // A refused handshake lands here too, after its HTTP answer went out.
+        Err(e) => tracing::debug!(error = %e, "handshake ended"),
+    }
+}

@@ -1,0 +1,147 @@
+//! The tokio adapter (feature `tokio`): tokio-tungstenite over tokio's sockets, tokio-rustls
+//! for `wss://`.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+
+use super::client::{self, Dialing, Runtime};
+use super::common;
+use super::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
+use crate::client::{ClientConfig, ConfigError, DialRequest};
+use crate::driver::Driver;
+use tungstenite::handshake::server::{Request, Response};
+
+/// Any byte stream a WebSocket runs over (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A client WebSocket of this adapter.
+pub type ClientSocket = WebSocketStream<Box<dyn Io>>;
+
+/// Starts a client task on the current tokio runtime and connects. Must be called inside a
+/// runtime.
+pub fn connect(config: ClientConfig) -> Result<(SyncClient, ClientEvents), ConfigError> {
+    connect_with(config, ClientOptions::default())
+}
+
+/// [`connect`] with adapter options (TLS roots, channel capacities, jitter seed).
+pub fn connect_with(
+    config: ClientConfig,
+    options: ClientOptions,
+) -> Result<(SyncClient, ClientEvents), ConfigError> {
+    client::start::<Tokio>(config, options)
+}
+
+pub(crate) struct Tokio;
+
+impl Runtime for Tokio {
+    type Ws = ClientSocket;
+
+    fn dial(
+        dial: DialRequest,
+        tls: Arc<rustls::ClientConfig>,
+        max_frame_len: usize,
+    ) -> Dialing<ClientSocket> {
+        async move {
+            let (request, target) = common::client_request(&dial)?;
+            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
+            // Frames are small and latency matters more than packet count.
+            let _ = tcp.set_nodelay(true);
+            let io: Box<dyn Io> = if target.tls {
+                let name = common::server_name(&target.host)?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {}: {e}", target.host))?;
+                Box::new(stream)
+            } else {
+                Box::new(tcp)
+            };
+            let config = Some(common::ws_config(max_frame_len));
+            let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, config)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            Ok((ws, common::selected_protocol(&response)))
+        }
+        .boxed()
+    }
+
+    fn sleep_until(at: std::time::Instant) -> BoxFuture<'static, ()> {
+        tokio::time::sleep_until(at.into()).boxed()
+    }
+
+    fn spawn(task: BoxFuture<'static, ()>) {
+        drop(tokio::spawn(task));
+    }
+}
+
+/// Starts a server around `driver` on the current tokio runtime (its timer task); accept
+/// connections with [`serve`] or [`accept`], or mount it in an HTTP server with
+/// [`SyncServer::handshake`] and [`AcceptedSession::run`](super::AcceptedSession::run).
+pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
+    let (server, timer) = SyncServer::new(driver, options);
+    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
+    server
+}
+
+/// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
+/// serves `wss://`.
+pub async fn serve(
+    server: SyncServer,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = server.stopped() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: the listener itself is fine.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let server = server.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            tracing::debug!(%peer, "connection");
+            let io: Box<dyn Io> = match tls {
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(stream) => Box::new(stream),
+                    Err(e) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                },
+                None => Box::new(tcp),
+            };
+            accept(&server, io).await;
+        });
+    }
+}
+
+/// Runs the WebSocket handshake on `io` through the state machine, then the session.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
+    let mut accepted = None;
+    let callback = |req: &Request, resp: Response| common::decide(server, req, resp, &mut accepted);
+    let config = Some(common::ws_config(server.options().max_ws_frame_len));
+    match tokio_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
+        Ok(ws) => {
+            if let Some(session) = accepted {
+                session.run(ws).await;
+            }
+        }
+        // A refused handshake lands here too, after its HTTP answer went out.
+        Err(e) => tracing::debug!(error = %e, "handshake ended"),
+    }
+}
