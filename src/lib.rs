@@ -17,6 +17,8 @@
 //! - [`wire`]: the envelope codec, error codes and close codes.
 //! - [`payload`]: HLCs, change records and the payload of every message type.
 //! - [`client`]: the client state machine.
+//! - [`adapters`]: bindings to runtimes, one cargo feature each (`wasm`: a JavaScript
+//!   `SyncClient` over the browser WebSocket).
 //!
 //! # Example
 //!
@@ -43,6 +45,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod adapters;
 pub mod client;
 pub mod payload;
 pub mod store;
