@@ -24,6 +24,7 @@ use super::convert;
 use super::host::{self, Timer};
 use crate::client::Transmit;
 use crate::client::{Client, ClientEvent, ClientState, DialRequest, RequestError, RequestId};
+use crate::time::Instant;
 use crate::wire::CloseCode;
 
 /// The events JavaScript can listen to, by their names in `on(name, handler)`.
@@ -175,9 +176,16 @@ impl Driver {
     /// Runs a request command; its promise settles with the request's one outcome.
     pub(super) fn request(
         self: &Rc<Self>,
-        command: impl FnOnce(&mut Client) -> Result<RequestId, RequestError>,
+        command: impl FnOnce(&mut Client, Instant) -> Result<RequestId, RequestError>,
     ) -> Promise {
-        let issued = command(&mut self.state.borrow_mut().client);
+        let issued = command(&mut self.state.borrow_mut().client, host::now());
+        self.settle_later(issued)
+    }
+
+    /// The promise of a command just issued; then the pump. Not generic, so that the dozen
+    /// commands share one copy of it (the `.wasm` size matters to browsers).
+    #[inline(never)]
+    fn settle_later(self: &Rc<Self>, issued: Result<RequestId, RequestError>) -> Promise {
         let promise = match issued {
             Ok(id) => {
                 let (promise, settle) = promise();
@@ -302,6 +310,7 @@ impl Driver {
     // ----- outputs -----------------------------------------------------------------------------
 
     /// Drains the client after an input: transports and timer first, then events.
+    #[inline(never)]
     pub(super) fn pump(self: &Rc<Self>) {
         self.drive();
         if self.dispatching.replace(true) {

@@ -182,7 +182,7 @@ impl SyncClient {
             (Ok(tables), Ok(since)) => (tables, since),
             (Err(e), _) | (_, Err(e)) => return reject(&e),
         };
-        self.driver.request(|c| c.pull(host::now(), tables, since))
+        self.driver.request(|c, now| c.pull(now, tables, since))
     }
 
     /// Pushes change records as this node.
@@ -195,7 +195,7 @@ impl SyncClient {
             Ok(changes) => changes,
             Err(e) => return reject(&format!("changes: {e}")),
         };
-        self.driver.request(|c| c.push(host::now(), changes))
+        self.driver.request(|c, now| c.push(now, changes))
     }
 
     /// Subscribes to the live changes of `tables`, replaying those after `since` first. The
@@ -211,7 +211,7 @@ impl SyncClient {
             (Err(e), _) | (_, Err(e)) => return reject(&e),
         };
         self.driver
-            .request(|c| c.subscribe(host::now(), tables, since))
+            .request(|c, now| c.subscribe(now, tables, since))
     }
 
     /// Unsubscribes from `tables`.
@@ -221,7 +221,7 @@ impl SyncClient {
         #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
     ) -> Promise {
         match convert::tables(&tables) {
-            Ok(tables) => self.driver.request(|c| c.unsubscribe(host::now(), tables)),
+            Ok(tables) => self.driver.request(|c, now| c.unsubscribe(now, tables)),
             Err(e) => reject(&e),
         }
     }
@@ -232,7 +232,7 @@ impl SyncClient {
         match convert::raw_json(&data) {
             Ok(data) => self
                 .driver
-                .request(|c| c.update_presence(host::now(), topic, data)),
+                .request(|c, now| c.update_presence(now, topic, data)),
             Err(e) => reject(&format!("data: {e}")),
         }
     }
@@ -240,23 +240,20 @@ impl SyncClient {
     /// Leaves `topic`.
     #[wasm_bindgen(js_name = leavePresence, unchecked_return_type = "Promise<Ack>")]
     pub fn leave_presence(&self, topic: String) -> Promise {
-        self.driver
-            .request(|c| c.leave_presence(host::now(), topic))
+        self.driver.request(|c, now| c.leave_presence(now, topic))
     }
 
     /// The members of `topic`.
     #[wasm_bindgen(js_name = getPresence, unchecked_return_type = "Promise<PresenceSnapshot>")]
     pub fn get_presence(&self, topic: String) -> Promise {
-        self.driver.request(|c| c.get_presence(host::now(), topic))
+        self.driver.request(|c, now| c.get_presence(now, topic))
     }
 
     /// Joins `room`, with optional `data` shown to the other members.
     #[wasm_bindgen(js_name = joinRoom, unchecked_return_type = "Promise<Ack>")]
     pub fn join_room(&self, room: String, data: JsValue) -> Promise {
         match convert::optional_json(&data) {
-            Ok(data) => self
-                .driver
-                .request(|c| c.join_room(host::now(), room, data)),
+            Ok(data) => self.driver.request(|c, now| c.join_room(now, room, data)),
             Err(e) => reject(&format!("data: {e}")),
         }
     }
@@ -264,16 +261,14 @@ impl SyncClient {
     /// Leaves `room`.
     #[wasm_bindgen(js_name = leaveRoom, unchecked_return_type = "Promise<Ack>")]
     pub fn leave_room(&self, room: String) -> Promise {
-        self.driver.request(|c| c.leave_room(host::now(), room))
+        self.driver.request(|c, now| c.leave_room(now, room))
     }
 
     /// Sends `data` to the other members of `room`.
     #[wasm_bindgen(unchecked_return_type = "Promise<Ack>")]
     pub fn broadcast(&self, room: String, data: JsValue) -> Promise {
         match convert::raw_json(&data) {
-            Ok(data) => self
-                .driver
-                .request(|c| c.broadcast(host::now(), room, data)),
+            Ok(data) => self.driver.request(|c, now| c.broadcast(now, room, data)),
             Err(e) => reject(&format!("data: {e}")),
         }
     }
@@ -282,7 +277,7 @@ impl SyncClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<any>")]
     pub fn ping(&self, payload: JsValue) -> Promise {
         match convert::raw_json(&payload) {
-            Ok(payload) => self.driver.request(|c| c.ping(host::now(), payload)),
+            Ok(payload) => self.driver.request(|c, now| c.ping(now, payload)),
             Err(e) => reject(&format!("payload: {e}")),
         }
     }
