@@ -92,7 +92,13 @@ function visibleItems() {
   return items.sort((a, b) => (newer(a.at, b.at) ? 1 : -1));
 }
 
+let rendering = false;
 function render() {
+  rendering = true;
+  try { renderNow(); } finally { rendering = false; }
+}
+
+function renderNow() {
   const list = $("items");
   const items = visibleItems();
   $("empty").hidden = items.length > 0;
@@ -113,6 +119,7 @@ function render() {
       input.value = item.text;
       input.onkeydown = (e) => { if (e.key === "Enter") input.blur(); if (e.key === "Escape") { input.value = item.text; input.blur(); } };
       input.onblur = () => {
+        if (rendering) return; // a re-render replaced the input; the edit goes on
         if (input.value.trim() && input.value !== item.text) change(item.pk, "text", input.value.trim());
         editing = null; announce(); render();
       };

@@ -13,13 +13,13 @@ cargo build --example browser --features wasm --target wasm32-unknown-unknown \
     --profile wasm-release
 wasm=target/wasm32-unknown-unknown/wasm-release/examples/browser.wasm
 out=examples/browser/pkg
-wasm-bindgen --target web --out-dir "$out" --out-name syncmux "$wasm"
 if command -v wasm-opt >/dev/null; then
-    # The features this rustc emits by default (bulk memory, sign extension, ...) must be
-    # enabled for wasm-opt to accept the module.
-    wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-        --enable-mutable-globals --enable-reference-types --enable-multivalue \
-        "$out/syncmux_bg.wasm" -o "$out/syncmux_bg.wasm"
+    # Before wasm-bindgen, not after: binaryen releases older than about 116 (Debian 12 has
+    # 108) break the externref table of wasm-bindgen's output. Features come from the
+    # module's target_features section.
+    wasm-opt -Oz "$wasm" -o "$wasm.opt"
+    wasm="$wasm.opt"
 fi
+wasm-bindgen --target web --out-dir "$out" --out-name syncmux "$wasm"
 bytes=$(wc -c <"$out/syncmux_bg.wasm")
 echo "built $out/syncmux_bg.wasm: $bytes bytes ($((bytes / 1024)) KiB)"

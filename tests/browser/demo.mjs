@@ -82,8 +82,9 @@ class Page {
 export async function checkDemo(pageUrl, outDir) {
   const driver = await startDriver();
   try {
-    const a = await Page.open(driver.base, `${pageUrl}?node=demo-alice&name=Alice`);
-    const b = await Page.open(driver.base, `${pageUrl}?node=demo-bob&name=Bob`);
+    const join = pageUrl.includes("?") ? "&" : "?";
+    const a = await Page.open(driver.base, `${pageUrl}${join}node=demo-alice&name=Alice`);
+    const b = await Page.open(driver.base, `${pageUrl}${join}node=demo-bob&name=Bob`);
     for (const p of [a, b]) await p.until(`document.body.dataset.ready === "true"`, "the page to connect");
 
     // Each page shows the other's presence.
@@ -102,7 +103,8 @@ export async function checkDemo(pageUrl, outDir) {
       "Bob's editing badge in Alice's page");
     await a.eval(`document.getElementById("new-item").value = "Call the plumber";
                   document.getElementById("add").click();`);
-    await b.until(`document.querySelectorAll("#items li").length === 2`, "both items in Bob's page");
+    await b.until(`[...document.querySelectorAll("#items .text")].some((e) => e.textContent === "Call the plumber")`,
+      "Alice's second item in Bob's page");
 
     await a.screenshot(path.join(outDir, "browser-demo-a.png"));
     await b.screenshot(path.join(outDir, "browser-demo-b.png"));
