@@ -20,6 +20,8 @@
 //! - [`server`]: the server state machine: sessions, the routing hub, limits and auth hooks.
 //! - [`store`]: `MemoryStore`, the embedded change log with positions.
 //! - [`driver`]: pairs a `Server` with a `MemoryStore`.
+//! - [`adapters`]: bindings to runtimes, one cargo feature each (`wasm`: a JavaScript
+//!   `SyncClient` over the browser WebSocket).
 //!
 //! # Example
 //!
@@ -46,7 +48,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
-#[cfg(any(feature = "tokio", feature = "smol"))]
+#[cfg(any(feature = "adapters", all(feature = "wasm", target_arch = "wasm32")))]
 pub mod adapters;
 pub mod client;
 pub mod driver;

@@ -1,14 +1,15 @@
-//! Runtime adapters (DESIGN.md section 1, layer 6): features `tokio` and `smol`.
+//! Runtime adapters (DESIGN.md section 1, layer 6): features `tokio`, `smol` and `wasm`
+//! (the browser, compiled for wasm32 only: a JavaScript `SyncClient`).
 //!
 //! The adapters own sockets, timers and tasks, and nothing else: every protocol decision
 //! (when to dial, what to send, when to close, with which code) comes out of the state
 //! machines' `poll_*` outputs. One task owns a [`Client`](crate::Client); the application
-//! reaches it through bounded channels with a cloneable [`SyncClient`] handle (requests are
-//! futures) and reads its events from a [`ClientEvents`] stream.
+//! reaches it through bounded channels with a cloneable `SyncClient` handle (requests are
+//! futures) and reads its events from a `ClientEvents` stream.
 //!
 //! Native clients dial `ws://` and `wss://`; TLS is rustls with the `ring` provider and the
 //! webpki roots (nothing to build with cmake, no system certificate store needed), or a
-//! [`rustls::ClientConfig`] of your own in [`ClientOptions::tls`].
+//! `rustls::ClientConfig` of your own in `ClientOptions::tls`.
 //!
 //! ```no_run
 //! # #[cfg(feature = "tokio")]
@@ -27,16 +28,27 @@
 //! # }
 //! ```
 
+#[cfg(feature = "adapters")]
 mod client;
+#[cfg(feature = "adapters")]
 mod clock;
+#[cfg(feature = "adapters")]
 mod common;
+#[cfg(feature = "adapters")]
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+#[cfg(all(feature = "wasm", target_arch = "wasm32"))]
+pub mod wasm;
+
+#[cfg(feature = "adapters")]
 pub use client::{ClientEvents, ClientOptions, SyncClient};
+#[cfg(feature = "adapters")]
 pub use clock::Clock;
+#[cfg(feature = "adapters")]
 pub use common::{client_tls_trusting, server_tls};
+#[cfg(feature = "adapters")]
 pub use server::{AcceptedSession, Rejection, ServerOptions, SyncServer};

@@ -1,0 +1,97 @@
+#!/usr/bin/env node
+// Browser tests against the real example server (run by .ci/run):
+//
+//     node tests/browser/run.mjs
+//
+// 1. builds and starts `examples/server.rs` on port 0 (serving the demo with --static), reads
+//    the address it prints, and starts a native `examples/client.rs` that answers every change
+//    pushed to table `ctl` by pushing a record, from node `native-cli`, to the table named by
+//    that change's pk (how tests/browser.rs gets a change pushed by a native client);
+// 2. runs tests/browser.rs with wasm-bindgen-test in headless Chromium (chromedriver), the
+//    server URL baked in at compile time as SYNCMUX_TEST_URL;
+// 3. builds the demo (examples/browser/build.sh) and checks it end to end with two headless
+//    Chromium sessions driven over WebDriver (tests/browser/demo.mjs), which writes
+//    target/browser-demo-*.png.
+//
+// No dependencies beyond Node 18+, cargo, chromium, chromedriver and wasm-bindgen-cli.
+import { spawn, spawnSync } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { checkDemo } from "./demo.mjs";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const MAX_FRAME = 65536; // tests/browser.rs relies on it
+const children = [];
+process.on("exit", () => children.forEach((c) => c.kill()));
+
+function run(cmd, args, env = {}) {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit", env: { ...process.env, ...env } });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status})`);
+}
+
+function start(cmd, args, input) {
+  const child = spawn(cmd, args, { cwd: root, stdio: [input ? "pipe" : "ignore", "pipe", "inherit"] });
+  children.push(child);
+  return child;
+}
+
+/** The first stdout line matching `re`, or a failure when the process exits first. */
+function waitFor(child, re) {
+  return new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.on("line", (line) => {
+      const m = line.match(re);
+      if (m) resolve(m);
+    });
+    child.on("exit", (code) => reject(new Error(`process exited (${code}) before printing ${re}`)));
+  });
+}
+
+const bin = (name) => path.join(root, "target/debug/examples", name);
+
+run("cargo", ["build", "--features", "tokio", "--example", "server", "--example", "client"]);
+const server = start(bin("server"), [
+  "--listen", "127.0.0.1:0",
+  "--max-frame", String(MAX_FRAME),
+  "--static", path.join(root, "examples/browser"),
+]);
+const [, url] = await waitFor(server, /listening on (ws:\/\/\S+)/);
+console.log(`server at ${url}`);
+
+// The native helper: subscribe to `ctl`, answer each change with a push to its pk's table.
+const watcher = start(bin("client"), ["--url", url, "--node-id", "native-cli", "subscribe", "ctl"]);
+createInterface({ input: watcher.stdout }).on("line", (line) => {
+  let msg;
+  try { msg = JSON.parse(line); } catch { return; }
+  for (const change of findChanges(msg)) {
+    const record = {
+      table: change.pk, pk: "1", field: "v", crdt_type: "lww",
+      hlc: `${BigInt(Date.now()) * 1000000n}:0:native-cli`, node_id: "native-cli", value: "from native",
+    };
+    const push = start(bin("client"), ["--url", url, "--node-id", "native-cli", "push", "-"], true);
+    push.stdin.end(JSON.stringify([record]));
+  }
+});
+await waitFor(watcher, /connected|subscribe|ack/i).catch(() => {});
+
+function* findChanges(value) {
+  if (Array.isArray(value)) for (const v of value) yield* findChanges(v);
+  else if (value && typeof value === "object") {
+    if (value.table === "ctl" && typeof value.pk === "string") yield value;
+    else for (const v of Object.values(value)) yield* findChanges(v);
+  }
+}
+
+run("cargo", ["test", "--target", "wasm32-unknown-unknown", "--features", "wasm", "--test", "browser"], {
+  SYNCMUX_TEST_URL: url,
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER: "wasm-bindgen-test-runner",
+  CHROMEDRIVER: process.env.CHROMEDRIVER ?? "/usr/bin/chromedriver",
+  WASM_BINDGEN_TEST_WEBDRIVER_JSON: path.join(root, "tests/browser/webdriver.json"),
+});
+
+run(path.join(root, "examples/browser/build.sh"), []);
+const page = url.replace(/^ws/, "http").replace(/\/sync\/ws$/, "/");
+await checkDemo(page, path.join(root, "target"));
+console.log("browser tests passed");
+process.exit(0);
