@@ -40,7 +40,7 @@ use crate::server::{
     Handshake, HandshakeOutcome, PullAnswer, PushAnswer, Server, ServerEvent, ServerTransmit,
     SessionId,
 };
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, PullOutcome, PushOutcome};
 use crate::time::Instant;
 use crate::wire::CloseCode;
 
@@ -170,13 +170,7 @@ impl Driver {
                     ..
                 } => {
                     let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                    let answer = PullAnswer {
-                        changes: out.changes,
-                        latest_hlc: out.latest_hlc,
-                        head: out.head,
-                        complete: out.complete,
-                    };
-                    self.server.answer_pull(now, request, Ok(answer));
+                    self.server.answer_pull(now, request, Ok(out.into()));
                 }
                 ServerEvent::Replay {
                     request,
@@ -186,27 +180,39 @@ impl Driver {
                     ..
                 } => {
                     let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                    let answer = PullAnswer {
-                        changes: out.changes,
-                        latest_hlc: out.latest_hlc,
-                        head: out.head,
-                        complete: out.complete,
-                    };
-                    self.server.answer_replay(now, request, Ok(answer));
+                    self.server.answer_replay(now, request, Ok(out.into()));
                 }
                 ServerEvent::Push {
                     request, changes, ..
                 } => {
                     let out = self.store.push(changes);
-                    let answer = PushAnswer {
-                        accepted: out.accepted,
-                        latest_hlc: out.latest_hlc,
-                        head: out.head,
-                    };
-                    self.server.answer_push(now, request, Ok(answer));
+                    self.server.answer_push(now, request, Ok(out.into()));
                 }
                 other => self.events.push_back(other),
             }
+        }
+    }
+}
+
+/// A store's pull is the answer to a pull or replay event.
+impl From<PullOutcome> for PullAnswer {
+    fn from(out: PullOutcome) -> PullAnswer {
+        PullAnswer {
+            changes: out.changes,
+            latest_hlc: out.latest_hlc,
+            head: out.head,
+            complete: out.complete,
+        }
+    }
+}
+
+/// A store's push is the answer to a push event.
+impl From<PushOutcome> for PushAnswer {
+    fn from(out: PushOutcome) -> PushAnswer {
+        PushAnswer {
+            accepted: out.accepted,
+            latest_hlc: out.latest_hlc,
+            head: out.head,
         }
     }
 }
