@@ -25,24 +25,70 @@
 //!
 //! # Example
 //!
-//! Decode a request, read its typed payload, and answer it under the same id key:
+//! A client and a server (with the embedded store) in one process, frames carried by hand —
+//! exactly what an adapter does with a socket in between. Time is whatever the caller says.
 //!
 //! ```
-//! use syncmux::payload::{Hlc, PullRequest, PullResponse};
-//! use syncmux::wire::{decode, encode, DecodeLimits, MessageType};
+//! use syncmux::client::{ClientEvent, Response, Transmit};
+//! use syncmux::driver::Driver;
+//! use syncmux::payload::{ChangeRecord, Hlc, RawJson};
+//! use syncmux::server::{Handshake, HandshakeOutcome, ServerTransmit};
+//! use syncmux::store::{MemoryStore, StoreConfig};
+//! use syncmux::{Client, ClientConfig, Instant, Server, ServerConfig};
 //!
-//! let request = br#"{"type":"pull_request","request_id":"r1",
-//!                    "payload":{"tables":["documents"],"since":"1706000000000000000:0:node-1"}}"#;
-//! let frame = decode(request[..].into(), &DecodeLimits::default())?;
-//! assert_eq!(frame.kind(), MessageType::PullRequest);
-//! let pull: PullRequest = frame.payload()?;
-//! assert_eq!(pull.since, Some(Hlc::new(1706000000000000000, 0, "node-1")));
+//! let mut server = Driver::new(
+//!     Server::new(ServerConfig::default())?,
+//!     MemoryStore::new(StoreConfig::default()),
+//! );
+//! let mut client = Client::new(ClientConfig::new("ws://localhost/sync/ws", "alice"))?;
+//! let now = Instant::ZERO;
 //!
-//! let answer = PullResponse { changes: vec![], latest_hlc: pull.since.unwrap(), cursor: None };
-//! let reply = encode(MessageType::PullResponse, frame.id(), &answer)?;
-//! assert!(reply.starts_with(br#"{"type":"pull_response","request_id":"r1","payload":"#));
+//! // The application asks; the first command makes the client dial.
+//! let change = ChangeRecord::new("docs", "1", "title", "lww", Hlc::new(5, 0, "alice"), "alice")
+//!     .with_value(RawJson::from_serialize("Hello")?);
+//! let push = client.push(now, vec![change])?;
+//! let pull = client.pull(now, ["docs"], None)?;
+//!
+//! // The adapter's part: the dial becomes a handshake, then frames go both ways.
+//! let Some(Transmit::Dial(dial)) = client.poll_transmit() else { unreachable!() };
+//! let query = dial.url.split_once('?').map_or("", |(_, q)| q);
+//! let mut handshake = Handshake::new("/sync/ws", query);
+//! for protocol in &dial.protocols {
+//!     handshake = handshake.protocol(*protocol);
+//! }
+//! let HandshakeOutcome::Accept { session, protocol, .. } = server.handle_handshake(now, &handshake)
+//! else {
+//!     unreachable!()
+//! };
+//! client.handle_connected(now, protocol.as_deref());
+//! while let Some(Transmit::Frame(frame)) = client.poll_transmit() {
+//!     server.handle_message(now, session, frame);
+//! }
+//! while let Some(ServerTransmit::Frame { session, bytes }) = server.poll_transmit() {
+//!     server.handle_sent(now, session, bytes.len()); // the socket took it
+//!     client.handle_message(now, bytes);
+//! }
+//!
+//! // Every request ends in exactly one outcome, delivered as an event.
+//! let mut merged = None;
+//! let mut pulled = None;
+//! while let Some(event) = client.poll_event() {
+//!     match event {
+//!         ClientEvent::Response { id, outcome: Ok(Response::Push(p)) } if id == push => {
+//!             merged = Some(p.merged)
+//!         }
+//!         ClientEvent::Response { id, outcome: Ok(Response::Pull(p)) } if id == pull => {
+//!             pulled = Some(p.changes.len())
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!((merged, pulled), (Some(1), Some(1)));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! After each input, drain `poll_transmit` and `poll_event`, then sleep until
+//! `poll_timeout` and call `handle_timeout`: that loop is the whole integration.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
