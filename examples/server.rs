@@ -32,6 +32,9 @@ const USAGE: &str = "usage: server [--listen ADDR] [--token T] [--rate-limit N/S
 [--max-frame BYTES] [--ping-interval MS] [--idle-timeout MS] [--presence-ttl MS] [--room-max N] \
 [--tls-cert PEM --tls-key PEM] [--static DIR]   (0 disables a limit or timer)";
 
+/// Where the WebSocket is served.
+const WS_PATH: &str = "/sync/ws";
+
 struct Args {
     listen: String,
     config: ServerConfig,
@@ -47,7 +50,7 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut config = ServerConfig::default();
-    config.path = Some("/sync/ws".to_owned());
+    config.path = Some(WS_PATH.to_owned());
     let mut listen = "127.0.0.1:8787".to_owned();
     let (mut cert, mut key) = (None, None);
     let mut static_dir = None;
@@ -162,7 +165,7 @@ async fn run(args: Args) -> Result<(), String> {
     let serving = match args.static_dir {
         None => tokio::spawn(adapters::tokio::serve(server.clone(), listener, tls)),
         Some(dir) => {
-            let files = static_files::Files::new(dir, "/sync/ws");
+            let files = static_files::Files::new(dir, WS_PATH);
             tokio::spawn(static_files::serve(server.clone(), listener, tls, files))
         }
     };
@@ -190,6 +193,7 @@ mod static_files {
     use std::io::Cursor;
     use std::path::{Component, Path, PathBuf};
     use std::sync::Arc;
+    use std::time::Duration;
 
     use syncmux::adapters::tokio::Io;
     use syncmux::adapters::{self, SyncServer};
@@ -197,6 +201,8 @@ mod static_files {
 
     /// A request head longer than this is refused (`431`).
     const MAX_HEAD: usize = 8 * 1024;
+    /// A connection that has not sent a whole request head by then is dropped.
+    const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// What may be served, by extension; any other file is a 404, so that a directory's
     /// sources (`lib.rs`, `build.sh`) stay private.
@@ -332,14 +338,23 @@ mod static_files {
     {
         let (mut reader, mut writer) = tokio::io::split(io);
         let mut buf = Vec::with_capacity(1024);
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            if buf.len() >= MAX_HEAD {
+        let read_head = async {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                if buf.len() >= MAX_HEAD || reader.read_buf(&mut buf).await? == 0 {
+                    return Ok(false);
+                }
+            }
+            Ok::<_, std::io::Error>(true)
+        };
+        match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) if buf.len() >= MAX_HEAD => {
                 let answer = head(431, "Request Header Fields Too Large", "text/plain", 0, "");
                 return writer.write_all(&answer).await;
             }
-            if reader.read_buf(&mut buf).await? == 0 {
-                return Ok(()); // closed before a whole head
-            }
+            // Closed, timed out or failed before a whole head: nothing to answer.
+            Ok(Ok(false)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
         }
         let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
         let line = String::from_utf8_lossy(line);
@@ -473,6 +488,10 @@ mod tests {
         }
         let (status, _, _) = get(addr, "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
         assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        // A head that never ends within 8 KiB (exactly 8 KiB sent, so that all of it is read).
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(8192 - 19));
+        let (status, _, _) = get(addr, &endless).await;
+        assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
 
         // The upgrade goes through the state machine: it selects the subprotocol and the
         // session answers a ping.
