@@ -252,7 +252,8 @@ impl Frame {
     }
 }
 
-/// Parses JSON text into `T`, naming the offending field on failure.
+/// Parses JSON text into `T`, naming the offending field by its path on failure.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let value = serde_path_to_error::deserialize(&mut de).map_err(payload_error)?;
@@ -261,6 +262,15 @@ pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, Paylo
     Ok(value)
 }
 
+/// Parses JSON text into `T`. On wasm32 without the field path: tracking it puts a second copy
+/// of every payload's deserializer in the browser client's `.wasm` (some 20 KiB). serde_json's
+/// own message still names a missing or unknown field, and otherwise gives the column.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+    serde_json::from_slice(json).map_err(|e| PayloadError::new(format!("payload: {e}")))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn payload_error(e: serde_path_to_error::Error<serde_json::Error>) -> PayloadError {
     let path = e.path().to_string();
     let inner = e.into_inner();

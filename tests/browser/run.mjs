@@ -14,7 +14,7 @@
 //    target/browser-demo-*.png.
 //
 // No dependencies beyond Node 18+, cargo, chromium, chromedriver and wasm-bindgen-cli.
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -25,9 +25,15 @@ const MAX_FRAME = 65536; // tests/browser.rs relies on it
 const children = [];
 process.on("exit", () => children.forEach((c) => c.kill()));
 
+/** Runs a command to completion. Not spawnSync: the native helper below answers from this
+ *  process's event loop while the browser tests run. */
 function run(cmd, args, env = {}) {
-  const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit", env: { ...process.env, ...env } });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status})`);
+  const child = spawn(cmd, args, { cwd: root, stdio: "inherit", env: { ...process.env, ...env } });
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("exit", (code) =>
+      code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(" ")} failed (${code})`)));
+  });
 }
 
 function start(cmd, args, input) {
@@ -50,7 +56,7 @@ function waitFor(child, re) {
 
 const bin = (name) => path.join(root, "target/debug/examples", name);
 
-run("cargo", ["build", "--features", "tokio", "--example", "server", "--example", "client"]);
+await run("cargo", ["build", "--features", "tokio", "--example", "server", "--example", "client"]);
 const server = start(bin("server"), [
   "--listen", "127.0.0.1:0",
   "--max-frame", String(MAX_FRAME),
@@ -83,14 +89,14 @@ function* findChanges(value) {
   }
 }
 
-run("cargo", ["test", "--target", "wasm32-unknown-unknown", "--features", "wasm", "--test", "browser"], {
+await run("cargo", ["test", "--target", "wasm32-unknown-unknown", "--features", "wasm", "--test", "browser"], {
   SYNCMUX_TEST_URL: url,
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER: "wasm-bindgen-test-runner",
   CHROMEDRIVER: process.env.CHROMEDRIVER ?? "/usr/bin/chromedriver",
   WASM_BINDGEN_TEST_WEBDRIVER_JSON: path.join(root, "tests/browser/webdriver.json"),
 });
 
-run(path.join(root, "examples/browser/build.sh"), []);
+await run(path.join(root, "examples/browser/build.sh"), []);
 const page = url.replace(/^ws/, "http").replace(/\/sync\/ws$/, "/");
 await checkDemo(page, path.join(root, "target"));
 console.log("browser tests passed");
