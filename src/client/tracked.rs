@@ -47,10 +47,14 @@ pub(crate) struct Tracked {
 }
 
 impl Tracked {
+    /// Tracks a subscribe of `tables` after `since` and `cursor`: a new table is known
+    /// complete to the cursor the application gave (it resumes from there if cut before the
+    /// ack).
     pub(crate) fn subscribe(
         &mut self,
         tables: &[String],
         since: Option<&Hlc>,
+        cursor: Option<&str>,
         by: RequestId,
         sent: bool,
     ) {
@@ -65,7 +69,7 @@ impl Tracked {
                             by,
                             since: since.cloned(),
                             live: false,
-                            cursor: None,
+                            cursor: cursor.map(str::to_owned),
                             sent,
                         },
                     );
@@ -163,7 +167,14 @@ impl Tracked {
     /// grouped by where they resume. A live table resumes from the stream position (or the
     /// head of its own replay, if further); one whose subscribe was never acknowledged from
     /// where that subscribe asked. Every restored table then awaits its new ack.
-    pub(crate) fn resume_groups(&mut self) -> BTreeMap<ResumePoint, Vec<String>> {
+    ///
+    /// Without `with_cursor` the groups carry no cursor and resume as if none had been seen
+    /// (by HLC alone, from the start of the history when there is no HLC either); the
+    /// positions are still tracked.
+    pub(crate) fn resume_groups(
+        &mut self,
+        with_cursor: bool,
+    ) -> BTreeMap<ResumePoint, Vec<String>> {
         let mut groups: BTreeMap<ResumePoint, Vec<String>> = BTreeMap::new();
         for (name, table) in self.tables.iter_mut().filter(|(_, t)| t.sent) {
             if table.live {
@@ -172,7 +183,8 @@ impl Tracked {
                 }
                 table.live = false;
             }
-            let since = match (&table.cursor, &table.since) {
+            let cursor = table.cursor.clone().filter(|_| with_cursor);
+            let since = match (&cursor, &table.since) {
                 // No position and no HLC: nothing shows what the session missed while it
                 // was away, so the whole retained history is replayed (no gap beats less
                 // traffic; a subscriber that pulled or pushed once has a position).
@@ -180,7 +192,7 @@ impl Tracked {
                 (_, since) => since.clone(),
             };
             groups
-                .entry((table.cursor.clone(), since))
+                .entry((cursor, since))
                 .or_default()
                 .push(name.clone());
         }
