@@ -93,9 +93,12 @@ impl Tracked {
     }
 
     /// A change of `table` at stream position `cursor` arrived. A live table's changes come
-    /// in position order. So do those of a table whose resume replay is under way, when the
-    /// server could serve its cursor (same epoch). Either way a cut resumes from here rather
-    /// than receiving the same changes twice.
+    /// in position order. So do those of a table whose resume replay is under way (DESIGN.md
+    /// section 3: a session receives changes in cursor order), when the server could serve
+    /// its cursor (same epoch), or when it had none and resumed by `since` alone. Either way
+    /// a cut resumes from here rather than receiving the same changes twice, or, worse,
+    /// from the newest HLC of a replay cut short, which skips any change with an older HLC
+    /// that was positioned after the replay was read.
     pub(crate) fn observe_table_change(&mut self, table: &str, cursor: &str) {
         let Some(table) = self.tables.get_mut(table) else {
             return;
@@ -104,12 +107,14 @@ impl Tracked {
             advance(&mut table.cursor, cursor);
             return;
         }
-        let from = table
-            .cursor
-            .as_deref()
-            .and_then(|c| c.parse::<Cursor>().ok());
-        match (from, cursor.parse::<Cursor>()) {
-            (Some(from), Ok(at)) if from.epoch == at.epoch => advance(&mut table.cursor, cursor),
+        let Some(from) = table.cursor.as_deref() else {
+            if cursor.parse::<Cursor>().is_ok() {
+                table.cursor = Some(cursor.to_owned());
+            }
+            return;
+        };
+        match (from.parse::<Cursor>(), cursor.parse::<Cursor>()) {
+            (Ok(from), Ok(at)) if from.epoch == at.epoch => advance(&mut table.cursor, cursor),
             _ => {}
         }
     }
