@@ -511,6 +511,9 @@ mod sockets {
             .await
             .unwrap();
         until(&mut events, &mut got, |_, got| got.len() == 2).await;
+        // The position an application would keep: the head after the first batch.
+        let kept = sub.pull(["docs"], None).await.unwrap().cursor.unwrap();
+        assert_eq!(kept, "3.2");
 
         proxy.cut();
         until(&mut events, &mut got, |e, _| {
@@ -536,10 +539,35 @@ mod sockets {
             got.last().is_some_and(|c| c.pk == "6")
         })
         .await;
+        app_resumes_after(direct, kept).await;
         sub.close().await;
         writer.close().await;
         server.shutdown();
         got
+    }
+
+    /// Through the adapter's handle, an application resumes from a cursor it kept: a pull
+    /// after it and a subscribe after it give exactly what came later, old HLCs included.
+    async fn app_resumes_after(addr: SocketAddr, kept: String) {
+        let (app, mut events) = adapters::tokio::connect(client_config(addr, "app", true)).unwrap();
+        let pulled = app
+            .pull_after(["docs"], None, Some(kept.clone()))
+            .await
+            .unwrap();
+        let pks: Vec<&str> = pulled.changes.iter().map(|c| c.pk.as_str()).collect();
+        assert_eq!(pks, ["3", "4", "5", "6"]);
+        assert_eq!(pulled.cursor.as_deref(), Some("3.6"));
+        let ack = app
+            .subscribe_after(["docs"], None, Some(kept))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ack.recovered);
+        assert_eq!(ack.cursor, "3.6");
+        let mut got = Vec::new();
+        until(&mut events, &mut got, |_, got| got.len() >= 4).await;
+        assert_eq!(counts(&got), once(&[3, 4, 5, 6]));
+        app.close().await;
     }
 
     fn counts(got: &[ChangeRecord]) -> std::collections::BTreeMap<String, usize> {
