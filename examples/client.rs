@@ -4,7 +4,8 @@
 //! client --url URL --node-id ID [--token T] [--reconnect-delay MS] [--max-reconnect-delay MS]
 //!        [--ping-interval MS] [--request-timeout MS] COMMAND
 //! COMMAND: pull [--since HLC] [--cursor C] TABLE... | push FILE|-
-//!        | subscribe [--since HLC] [--cursor C] TABLE... | presence TOPIC JSON | room ROOM [MESSAGE]
+//!        | subscribe [--since HLC] [--cursor C] TABLE...
+//!        | presence TOPIC JSON | room ROOM [MESSAGE]
 //! ```
 //!
 //! `subscribe`, `presence` and `room` (without a message) keep running and print what
@@ -13,8 +14,8 @@
 //! of its lines); a `pull` prints the response with its `cursor`. Pass one back with
 //! `--cursor` to get exactly what came after it, late changes with old HLCs included
 //! (DESIGN.md section 3, "Cursors"); `--since` is the fallback for a server that cannot serve
-//! the cursor, which a subscribe reports with `"recovered": false`. Errors print their code and message and
-//! exit non-zero. Flags are parsed by hand, as in the server example.
+//! the cursor, which a subscribe reports with `"recovered": false`. Errors print their code
+//! and message and exit non-zero. Flags are parsed by hand, as in the server example.
 
 use std::io::Read;
 use std::process::ExitCode;

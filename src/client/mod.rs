@@ -435,8 +435,8 @@ impl Client {
     /// `recovered` is false when the server fell back (the application resynchronises), and
     /// whose `cursor` is where the replay ended.
     ///
-    /// Until the ack, a reconnect resumes these tables from `cursor`; afterwards, as for
-    /// [`Client::subscribe`], from the newest position seen.
+    /// Until the ack, a reconnect resumes the tables this request adds from `cursor`;
+    /// afterwards, as for [`Client::subscribe`], from the newest position seen.
     pub fn subscribe_after<I, T>(
         &mut self,
         now: Instant,
