@@ -3,13 +3,19 @@
 //! ```text
 //! client --url URL --node-id ID [--token T] [--reconnect-delay MS] [--max-reconnect-delay MS]
 //!        [--ping-interval MS] [--request-timeout MS] COMMAND
-//! COMMAND: pull [--since HLC] TABLE... | push FILE|- | subscribe [--since HLC] TABLE...
+//! COMMAND: pull [--since HLC] [--cursor C] TABLE... | push FILE|-
+//!        | subscribe [--since HLC] [--cursor C] TABLE...
 //!        | presence TOPIC JSON | room ROOM [MESSAGE]
 //! ```
 //!
 //! `subscribe`, `presence` and `room` (without a message) keep running and print what
-//! arrives, across server restarts, until Ctrl-C. Errors print their code and message and
-//! exit non-zero. Flags are parsed by hand, as in the server example.
+//! arrives, across server restarts, until Ctrl-C. Each change line carries the `cursor` of
+//! the frame that brought it (for a batch, the position of its last change, printed on each
+//! of its lines); a `pull` prints the response with its `cursor`. Pass one back with
+//! `--cursor` to get exactly what came after it, late changes with old HLCs included
+//! (DESIGN.md section 3, "Cursors"); `--since` is the fallback for a server that cannot serve
+//! the cursor, which a subscribe reports with `"recovered": false`. Errors print their code
+//! and message and exit non-zero. Flags are parsed by hand, as in the server example.
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -23,13 +29,20 @@ use syncmux::ClientConfig;
 
 const USAGE: &str = "usage: client --url URL --node-id ID [--token T] [--reconnect-delay MS] \
 [--max-reconnect-delay MS] [--ping-interval MS] [--request-timeout MS] \
-(pull [--since HLC] TABLE... | push FILE|- | subscribe [--since HLC] TABLE... \
-| presence TOPIC JSON | room ROOM [MESSAGE])";
+(pull [--since HLC] [--cursor C] TABLE... | push FILE|- \
+| subscribe [--since HLC] [--cursor C] TABLE... | presence TOPIC JSON | room ROOM [MESSAGE])";
+
+/// Where a pull or subscribe starts: after an HLC, after a server cursor, or both.
+#[derive(Default)]
+struct After {
+    since: Option<Hlc>,
+    cursor: Option<String>,
+}
 
 enum Command {
-    Pull(Option<Hlc>, Vec<String>),
+    Pull(After, Vec<String>),
     Push(String),
-    Subscribe(Option<Hlc>, Vec<String>),
+    Subscribe(After, Vec<String>),
     Presence(String, String),
     Room(String, Option<String>),
 }
@@ -62,15 +75,19 @@ fn parse(argv: Vec<String>) -> Result<(ClientConfig, Command), String> {
         config.healthy_after = config.reconnect_delay;
     }
     let sub = it.next().ok_or("a command is required")?;
-    let mut since = None;
-    if it.next_if(|a| a == "--since").is_some() {
-        let hlc = it.next().ok_or("--since needs an HLC")?;
-        since = Some(hlc.parse().map_err(|e| format!("--since: {e}"))?);
+    let mut after = After::default();
+    while let Some(flag) = it.next_if(|a| a == "--since" || a == "--cursor") {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if flag == "--since" {
+            after.since = Some(value.parse().map_err(|e| format!("--since: {e}"))?);
+        } else {
+            after.cursor = Some(value);
+        }
     }
     let rest: Vec<String> = it.collect();
     let command = match (sub.as_str(), rest.as_slice()) {
-        ("pull", [_, ..]) => Command::Pull(since, rest),
-        ("subscribe", [_, ..]) => Command::Subscribe(since, rest),
+        ("pull", [_, ..]) => Command::Pull(after, rest),
+        ("subscribe", [_, ..]) => Command::Subscribe(after, rest),
         ("push", [file]) => Command::Push(file.clone()),
         ("presence", [topic, data]) => Command::Presence(topic.clone(), data.clone()),
         ("room", [room]) => Command::Room(room.clone(), None),
@@ -127,7 +144,10 @@ async fn run(
 ) -> Result<(), RequestError> {
     let value = |v: &dyn erased::Json| v.json();
     match command {
-        Command::Pull(since, tables) => line(value(&client.pull(tables, since).await?)),
+        Command::Pull(after, tables) => {
+            let pulled = client.pull_after(tables, after.since, after.cursor).await?;
+            line(value(&pulled));
+        }
         Command::Push(file) => {
             let mut text = String::new();
             let read = if file == "-" {
@@ -144,8 +164,10 @@ async fn run(
                 })?;
             line(value(&client.push(changes).await?));
         }
-        Command::Subscribe(since, tables) => {
-            let ack = client.subscribe(tables, since).await?;
+        Command::Subscribe(after, tables) => {
+            let ack = client
+                .subscribe_after(tables, after.since, after.cursor)
+                .await?;
             line(
                 json!({"subscribed": true, "resume": ack.map(|a| json!({"recovered": a.recovered, "cursor": a.cursor}))}),
             );

@@ -346,8 +346,23 @@ impl SyncClient {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
+        self.pull_after(tables, since, None)
+    }
+
+    /// Pulls the changes of `tables` after the server position `cursor` (falling back to
+    /// `since` where the server cannot serve it); see [`Client::pull_after`].
+    pub fn pull_after<I, T>(
+        &self,
+        tables: I,
+        since: Option<Hlc>,
+        cursor: Option<String>,
+    ) -> impl Future<Output = Result<PullResponse, RequestError>> + Send
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
         let tables = strings(tables);
-        let answer = self.request(move |c, now| c.pull(now, tables, since));
+        let answer = self.request(move |c, now| c.pull_after(now, tables, since, cursor));
         async move {
             match answer.await? {
                 Response::Pull(pull) => Ok(pull),
@@ -381,8 +396,24 @@ impl SyncClient {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
+        self.subscribe_after(tables, since, None)
+    }
+
+    /// Subscribes to `tables`, replaying first the changes after the server position
+    /// `cursor` (or after `since` where the server cannot serve it; the ack then says
+    /// `recovered: false`); see [`Client::subscribe_after`].
+    pub fn subscribe_after<I, T>(
+        &self,
+        tables: I,
+        since: Option<Hlc>,
+        cursor: Option<String>,
+    ) -> impl Future<Output = Result<Option<ResumeAck>, RequestError>> + Send
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
         let tables = strings(tables);
-        let answer = self.request(move |c, now| c.subscribe(now, tables, since));
+        let answer = self.request(move |c, now| c.subscribe_after(now, tables, since, cursor));
         async move { ack(answer.await?) }
     }
 

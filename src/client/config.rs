@@ -47,6 +47,12 @@ pub struct ClientConfig {
     /// Re-send pending pulls and pushes after a reconnect (they are idempotent) instead of
     /// failing them with `DISCONNECTED`. Default true.
     pub resend_idempotent: bool,
+    /// Resume subscriptions after a reconnect from the newest server cursor seen (DESIGN.md
+    /// section 3, "Cursors"), next to the newest HLC. Off, they resume from the HLC alone, as
+    /// a client of the seed protocol does: a change that reached the server late with an old
+    /// HLC while this client was away is then never replayed to it. Turn it off only for a
+    /// server that refuses cursors. Default true.
+    pub resume_with_cursor: bool,
     /// Most application requests pending at once (sent, queued offline, or waiting to be
     /// re-sent). Over it a command fails at once with `TooManyInFlight`. Default 256.
     pub max_in_flight: usize,
@@ -135,6 +141,7 @@ impl Default for ClientConfig {
             pong_timeout: Duration::from_millis(10_000),
             request_timeout: Duration::from_millis(30_000),
             resend_idempotent: true,
+            resume_with_cursor: true,
             max_in_flight: 256,
             max_offline_queue: 256,
             max_queued_events: 4096,
@@ -184,6 +191,7 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.request_timeout, Duration::from_secs(30));
         assert_eq!(c.healthy_after, c.reconnect_delay);
+        assert!(c.resume_with_cursor);
         assert_eq!(c.validate(), Ok(()));
     }
 

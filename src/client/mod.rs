@@ -338,7 +338,7 @@ impl Client {
     }
 
     /// Pulls the changes of `tables` after `since` (exclusive). Re-sent after a reconnect
-    /// unless `resend_idempotent` is off.
+    /// unless `resend_idempotent` is off. See [`Client::pull_after`] to pull after a cursor.
     pub fn pull<I, T>(
         &mut self,
         now: Instant,
@@ -349,10 +349,47 @@ impl Client {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
+        self.pull_after(now, tables, since, None)
+    }
+
+    /// Pulls the changes of `tables` after the server position `cursor` (DESIGN.md section
+    /// 3, "Cursors"), for example the [`PullResponse::cursor`](crate::payload::PullResponse)
+    /// of an earlier pull or the `cursor` of a [`ClientEvent::Changes`]. With a cursor the
+    /// server can serve, the answer holds exactly the changes after it, late changes with old
+    /// HLCs included; with one it cannot (another epoch: the server restarted), it falls back
+    /// to `since` (sent along for that case, and for servers without cursors).
+    ///
+    /// ```
+    /// use syncmux::client::{Client, ClientConfig, Transmit};
+    /// use syncmux::Instant;
+    ///
+    /// let mut client = Client::new(ClientConfig::new("ws://sync.example/ws", "n1"))?;
+    /// client.connect(Instant::ZERO);
+    /// let _dial = client.poll_transmit();
+    /// client.handle_connected(Instant::ZERO, Some("syncmux.v1"));
+    /// client.pull_after(Instant::ZERO, ["docs"], None, Some("7.41".to_owned()))?;
+    /// let Some(Transmit::Frame(frame)) = client.poll_transmit() else { panic!() };
+    /// assert_eq!(
+    ///     &frame[..],
+    ///     br#"{"type":"pull_request","id":"1","payload":{"tables":["docs"],"cursor":"7.41","node_id":"n1"}}"#
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pull_after<I, T>(
+        &mut self,
+        now: Instant,
+        tables: I,
+        since: Option<Hlc>,
+        cursor: Option<String>,
+    ) -> Result<RequestId, RequestError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
         let payload = PullRequest {
             tables: strings(tables),
             since,
-            cursor: None,
+            cursor,
             node_id: Some(self.config.node_id.clone()),
         };
         self.request(now, Kind::Pull, MessageType::PullRequest, &payload)
@@ -376,12 +413,36 @@ impl Client {
     ///
     /// The client remembers the subscription: after a reconnect it subscribes again from the
     /// newest cursor (or, per table, the newest HLC) it has seen. A refusal by the server
-    /// forgets the tables this request added.
+    /// forgets the tables this request added. See [`Client::subscribe_after`] to start after
+    /// a cursor.
     pub fn subscribe<I, T>(
         &mut self,
         now: Instant,
         tables: I,
         since: Option<Hlc>,
+    ) -> Result<RequestId, RequestError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.subscribe_after(now, tables, since, None)
+    }
+
+    /// Subscribes to the live changes of `tables`, replaying first those after the server
+    /// position `cursor` (DESIGN.md section 3, "Cursors") — or, from a server that cannot
+    /// serve it, those after `since`. The ack says which:
+    /// [`Response::Ack`] carries a [`ResumeAck`](crate::payload::ResumeAck) whose
+    /// `recovered` is false when the server fell back (the application resynchronises), and
+    /// whose `cursor` is where the replay ended.
+    ///
+    /// Until the ack, a reconnect resumes the tables this request adds from `cursor`;
+    /// afterwards, as for [`Client::subscribe`], from the newest position seen.
+    pub fn subscribe_after<I, T>(
+        &mut self,
+        now: Instant,
+        tables: I,
+        since: Option<Hlc>,
+        cursor: Option<String>,
     ) -> Result<RequestId, RequestError>
     where
         I: IntoIterator<Item = T>,
@@ -396,13 +457,18 @@ impl Client {
         let payload = Subscribe {
             tables,
             since,
-            cursor: None,
+            cursor,
         };
         let id = self.request(now, Kind::Subscribe, MessageType::Subscribe, &payload)?;
-        self.requests
-            .settle_tables(id.0, &payload.tables, payload.since.is_some());
-        self.tracked
-            .subscribe(&payload.tables, payload.since.as_ref(), id, sent);
+        let resumes = payload.since.is_some() || payload.cursor.is_some();
+        self.requests.settle_tables(id.0, &payload.tables, resumes);
+        self.tracked.subscribe(
+            &payload.tables,
+            payload.since.as_ref(),
+            payload.cursor.as_deref(),
+            id,
+            sent,
+        );
         Ok(id)
     }
 
@@ -651,7 +717,8 @@ impl Client {
     /// section 4): subscriptions (grouped by their resume cursor and `since`), presence
     /// topics with their last data, rooms with their join data.
     fn restore(&mut self) {
-        for ((cursor, since), tables) in self.tracked.resume_groups() {
+        let with_cursor = self.config.resume_with_cursor;
+        for ((cursor, since), tables) in self.tracked.resume_groups(with_cursor) {
             let payload = Subscribe {
                 tables,
                 since,

@@ -47,10 +47,14 @@ pub(crate) struct Tracked {
 }
 
 impl Tracked {
+    /// Tracks a subscribe of `tables` after `since` and `cursor`: a new table is known
+    /// complete to the cursor the application gave (it resumes from there if cut before the
+    /// ack).
     pub(crate) fn subscribe(
         &mut self,
         tables: &[String],
         since: Option<&Hlc>,
+        cursor: Option<&str>,
         by: RequestId,
         sent: bool,
     ) {
@@ -65,7 +69,7 @@ impl Tracked {
                             by,
                             since: since.cloned(),
                             live: false,
-                            cursor: None,
+                            cursor: cursor.map(str::to_owned),
                             sent,
                         },
                     );
@@ -89,9 +93,12 @@ impl Tracked {
     }
 
     /// A change of `table` at stream position `cursor` arrived. A live table's changes come
-    /// in position order. So do those of a table whose resume replay is under way, when the
-    /// server could serve its cursor (same epoch). Either way a cut resumes from here rather
-    /// than receiving the same changes twice.
+    /// in position order. So do those of a table whose resume replay is under way (DESIGN.md
+    /// section 3: a session receives changes in cursor order), when the server could serve
+    /// its cursor (same epoch), or when it had none and resumed by `since` alone. Either way
+    /// a cut resumes from here rather than receiving the same changes twice, or, worse,
+    /// from the newest HLC of a replay cut short, which skips any change with an older HLC
+    /// that was positioned after the replay was read.
     pub(crate) fn observe_table_change(&mut self, table: &str, cursor: &str) {
         let Some(table) = self.tables.get_mut(table) else {
             return;
@@ -100,12 +107,14 @@ impl Tracked {
             advance(&mut table.cursor, cursor);
             return;
         }
-        let from = table
-            .cursor
-            .as_deref()
-            .and_then(|c| c.parse::<Cursor>().ok());
-        match (from, cursor.parse::<Cursor>()) {
-            (Some(from), Ok(at)) if from.epoch == at.epoch => advance(&mut table.cursor, cursor),
+        let Some(from) = table.cursor.as_deref() else {
+            if cursor.parse::<Cursor>().is_ok() {
+                table.cursor = Some(cursor.to_owned());
+            }
+            return;
+        };
+        match (from.parse::<Cursor>(), cursor.parse::<Cursor>()) {
+            (Ok(from), Ok(at)) if from.epoch == at.epoch => advance(&mut table.cursor, cursor),
             _ => {}
         }
     }
@@ -163,7 +172,14 @@ impl Tracked {
     /// grouped by where they resume. A live table resumes from the stream position (or the
     /// head of its own replay, if further); one whose subscribe was never acknowledged from
     /// where that subscribe asked. Every restored table then awaits its new ack.
-    pub(crate) fn resume_groups(&mut self) -> BTreeMap<ResumePoint, Vec<String>> {
+    ///
+    /// Without `with_cursor` the groups carry no cursor and resume as if none had been seen
+    /// (by HLC alone, from the start of the history when there is no HLC either); the
+    /// positions are still tracked.
+    pub(crate) fn resume_groups(
+        &mut self,
+        with_cursor: bool,
+    ) -> BTreeMap<ResumePoint, Vec<String>> {
         let mut groups: BTreeMap<ResumePoint, Vec<String>> = BTreeMap::new();
         for (name, table) in self.tables.iter_mut().filter(|(_, t)| t.sent) {
             if table.live {
@@ -172,7 +188,8 @@ impl Tracked {
                 }
                 table.live = false;
             }
-            let since = match (&table.cursor, &table.since) {
+            let cursor = table.cursor.clone().filter(|_| with_cursor);
+            let since = match (&cursor, &table.since) {
                 // No position and no HLC: nothing shows what the session missed while it
                 // was away, so the whole retained history is replayed (no gap beats less
                 // traffic; a subscriber that pulled or pushed once has a position).
@@ -180,7 +197,7 @@ impl Tracked {
                 (_, since) => since.clone(),
             };
             groups
-                .entry((table.cursor.clone(), since))
+                .entry((cursor, since))
                 .or_default()
                 .push(name.clone());
         }

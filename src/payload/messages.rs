@@ -29,7 +29,8 @@ pub struct PullRequest {
 /// `pull_response`.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct PullResponse {
-    /// The changes, in HLC order.
+    /// The changes: in position order after a cursor the server could serve, in HLC order
+    /// otherwise.
     pub changes: Vec<ChangeRecord>,
     /// The newest HLC the store holds for the tables (or the request's `since`).
     pub latest_hlc: Hlc,

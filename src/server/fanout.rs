@@ -110,7 +110,13 @@ impl Server {
             s.replays_pending = s.replays_pending.saturating_sub(1);
         }
         match answer {
-            Ok(answer) => {
+            Ok(mut answer) => {
+                // A session receives changes in cursor order (DESIGN.md section 3), replays by
+                // `since` included (a store answers those in HLC order): then the cursor of
+                // each replay frame covers every replayed change before it, and a client cut
+                // off half-way resumes from there without gap or duplicate. Already sorted
+                // (a replay after a cursor), this costs one pass.
+                answer.changes.sort_by_key(|(cursor, _)| *cursor);
                 let per_frame = match self.config.max_changes_per_frame {
                     0 => usize::MAX,
                     n => n,
