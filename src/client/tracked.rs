@@ -41,8 +41,9 @@ pub(crate) struct Tracked {
     pub(crate) tables: BTreeMap<String, Table>,
     pub(crate) topics: BTreeMap<String, Membership>,
     pub(crate) rooms: BTreeMap<String, Membership>,
-    /// The position of the last change this session's stream delivered (from `change` /
-    /// `changes` frames and resume acks).
+    /// The session's stream position: the newest cursor of a `change` / `changes` frame or
+    /// a pull / push response received while no resume replay was under way (a replay
+    /// covers only its own tables), or the head of a new epoch.
     pub(crate) cursor: Option<String>,
 }
 
