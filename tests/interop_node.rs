@@ -1,5 +1,6 @@
 //! Interop with a third-party client (issue 6): Node's `ws` package drives the example server
-//! through push, pull, subscribe, presence and a malformed frame (`tests/node/interop.mjs`).
+//! through push, pull, subscribe, presence and a malformed frame (`tests/node/interop.mjs`),
+//! and the same against the sync endpoint mounted in axum (`examples/axum.rs`).
 //!
 //! Needs `node` and `npm install --prefix tests/node --no-audit --no-fund` (`.ci/run` does
 //! it). Without them the test fails under CI (`CI` set) and is skipped loudly otherwise.
@@ -36,10 +37,10 @@ fn missing_tools() -> Option<String> {
     None
 }
 
-/// The example server's binary next to this test's (`target/debug/examples/server`), built
-/// with this test's features. `cargo test` builds the examples already, so this is usually
-/// a no-op that only proves the binary is fresh.
-fn server_binary() -> PathBuf {
+/// The binary of the example `name` next to this test's (`target/debug/examples/NAME`),
+/// built with this test's features. `cargo test` builds the examples already, so this is
+/// usually a no-op that only proves the binary is fresh.
+fn example_binary(name: &str) -> PathBuf {
     let mut features = vec!["tokio"];
     if cfg!(feature = "smol") {
         features.push("smol");
@@ -66,17 +67,17 @@ fn server_binary() -> PathBuf {
     }
     let status = cargo
         .current_dir(root())
-        .args(["build", "--example", "server", "--features"])
+        .args(["build", "--example", name, "--features"])
         .arg(features.join(","))
         .status()
         .expect("run cargo");
-    assert!(status.success(), "building the example server failed");
-    // target/debug/deps/interop_node-HASH -> target/debug/examples/server
+    assert!(status.success(), "building the example {name} failed");
+    // target/debug/deps/interop_node-HASH -> target/debug/examples/NAME
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let binary = profile_dir
         .join("examples")
-        .join(format!("server{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(binary.exists(), "no {}", binary.display());
     binary
 }
@@ -91,8 +92,8 @@ impl Drop for Killed {
     }
 }
 
-#[test]
-fn node_ws_client_drives_the_example_server() {
+/// Starts the example `name` on port 0 and runs `tests/node/interop.mjs` against it.
+fn drive(name: &str) {
     if let Some(why) = missing_tools() {
         if std::env::var_os("CI").is_some() {
             panic!("interop test cannot run under CI: {why}");
@@ -105,12 +106,12 @@ fn node_ws_client_drives_the_example_server() {
         return;
     }
     let mut server = Killed(
-        Command::new(server_binary())
+        Command::new(example_binary(name))
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start the example server"),
+            .expect("start the example"),
     );
     let mut line = String::new();
     BufReader::new(server.0.stdout.take().unwrap())
@@ -128,5 +129,18 @@ fn node_ws_client_drives_the_example_server() {
         .arg(&url)
         .status()
         .expect("run node");
-    assert!(status.success(), "tests/node/interop.mjs failed: {status}");
+    assert!(
+        status.success(),
+        "tests/node/interop.mjs against {name} failed: {status}"
+    );
+}
+
+#[test]
+fn node_ws_client_drives_the_example_server() {
+    drive("server");
+}
+
+#[test]
+fn node_ws_client_drives_the_axum_example() {
+    drive("axum");
 }
