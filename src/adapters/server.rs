@@ -98,7 +98,10 @@ impl Hub {
                 match transmit {
                     ServerTransmit::Frame { session, bytes } => {
                         if let Some(outlet) = self.outlets.get(&session) {
-                            if outlet.frames.try_send(bytes).is_err() {
+                            // Only the hub sends, under the lock: the check is exact.
+                            if outlet.frames.len() >= self.max_queued_frames
+                                || outlet.frames.try_send(bytes).is_err()
+                            {
                                 slow.push(session);
                             }
                         }
@@ -236,7 +239,10 @@ impl SyncServer {
                 node_id,
                 protocol,
             } => {
-                let (frames_tx, frames) = async_channel::bounded(hub.max_queued_frames);
+                // Bounded by `max_queued_frames` in `Hub::drain`, not by the channel: a
+                // bounded channel allocates (and touches) every slot up front, 40 KiB per
+                // idle session at the default bound; this one grows in small blocks.
+                let (frames_tx, frames) = async_channel::unbounded();
                 let (close_tx, close) = async_channel::bounded(1);
                 let outlet = Outlet {
                     frames: frames_tx,
@@ -473,5 +479,45 @@ impl TimerTask {
             hub.driver.handle_timeout(now);
             hub.drain();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Server;
+    use crate::store::{MemoryStore, StoreConfig};
+    use crate::ServerConfig;
+
+    /// A session whose queue holds `max_queued_frames` unsent frames is closed with 4503 on
+    /// the next one, and its queue keeps only what fitted.
+    #[test]
+    fn a_full_outbound_queue_closes_the_session_with_4503() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let options = ServerOptions {
+            max_queued_frames: 2,
+            ..ServerOptions::default()
+        };
+        // No runtime: the timer task never runs and the session's task never drains.
+        let (server, _timer) = SyncServer::new(driver, options);
+        let accepted = server
+            .handshake(&Handshake::new("/", "node_id=slow"))
+            .expect("accepted");
+        let session = accepted.session();
+        for id in 0..2 {
+            let ping = Bytes::from(format!(r#"{{"type":"ping","id":"{id}"}}"#));
+            server.input(|d, now| d.handle_message(now, session, ping));
+            assert!(accepted.close.is_empty(), "closed after {id} frames");
+        }
+        assert_eq!(accepted.frames.len(), 2);
+        let ping = Bytes::from_static(br#"{"type":"ping","id":"2"}"#);
+        server.input(|d, now| d.handle_message(now, session, ping));
+        let (code, _) = accepted.close.try_recv().expect("closed");
+        assert_eq!(code, CloseCode::SLOW_CONSUMER);
+        assert_eq!(accepted.frames.len(), 2, "nothing queued past the bound");
+        assert_eq!(server.session_count(), 0);
     }
 }
