@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -76,10 +77,16 @@ async fn dial(url: &str) -> Ws {
         .expect("host");
     let tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
-    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
         .await
         .expect("handshake");
     ws
+}
+
+/// The adapters' read buffer for the bare sockets too: tungstenite zeroes its whole read
+/// buffer on every read, so its 128 KiB default would slow the baseline, not the adapters.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
 fn text(s: impl Into<Bytes>) -> Message {
@@ -129,7 +136,9 @@ async fn echo_server(answer: Bytes) -> String {
             tcp.set_nodelay(true).expect("nodelay");
             let answer = answer.clone();
             tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("accept");
+                let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config()))
+                    .await
+                    .expect("accept");
                 while let Some(Ok(message)) = ws.next().await {
                     if message.is_text() && ws.send(text(answer.clone())).await.is_err() {
                         return;
@@ -291,6 +300,26 @@ fn fan_out(c: &mut Criterion, rt: &Runtime, fan: &mut FanOut) {
 
 /// The median of five interleaved runs of each, so that drift hits all alike.
 fn summary(rt: &Runtime, pulls: &mut Pulls, fan: &mut FanOut) {
+    println!("\n== e2e summary ==");
+    pull_summary("2 worker threads", rt, pulls);
+    // One thread: no cross-thread wake-ups, so what remains is the work each path does.
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut single_pulls = single.block_on(Pulls::new());
+    pull_summary("current thread", &single, &mut single_pulls);
+    let mut fans: Vec<Duration> = (0..5).map(|_| rt.block_on(fan.run(50))).collect();
+    fans.sort();
+    let per_change = fans[2].as_secs_f64() / 50.0;
+    println!(
+        "fan-out to {FAN_OUT} connections: {:.0} µs per change, {:.0} deliveries/s",
+        per_change * 1e6,
+        FAN_OUT as f64 / per_change
+    );
+}
+
+fn pull_summary(runtime: &str, rt: &Runtime, pulls: &mut Pulls) {
     const N: u64 = 2_000;
     let (mut echo, mut raw, mut client) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -303,24 +332,16 @@ fn summary(rt: &Runtime, pulls: &mut Pulls, fan: &mut FanOut) {
         v[v.len() / 2].as_secs_f64() / N as f64 * 1e6
     };
     let (echo, raw, client) = (median(&mut echo), median(&mut raw), median(&mut client));
-    println!("\n== e2e summary ==");
     println!(
-        "pull round trip ({ROWS} changes, response {} bytes): echo {echo:.1} µs, \
+        "[{runtime}] pull round trip ({ROWS} changes, response {} bytes): echo {echo:.1} µs, \
          bare client -> adapter {raw:.1} µs, SyncClient -> adapter {client:.1} µs",
         pulls.response_len
     );
     println!(
-        "ratio to echo: server adapter {:.2}, client and server adapters {:.2} (goal <= 1.3)",
+        "[{runtime}] ratio to echo: server adapter {:.2}, client and server adapters {:.2} \
+         (goal <= 1.3)",
         raw / echo,
         client / echo
-    );
-    let mut fans: Vec<Duration> = (0..5).map(|_| rt.block_on(fan.run(50))).collect();
-    fans.sort();
-    let per_change = fans[2].as_secs_f64() / 50.0;
-    println!(
-        "fan-out to {FAN_OUT} connections: {:.0} µs per change, {:.0} deliveries/s",
-        per_change * 1e6,
-        FAN_OUT as f64 / per_change
     );
 }
 
