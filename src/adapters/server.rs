@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tungstenite::Message;
 
 use super::clock::Clock;
@@ -360,9 +360,14 @@ impl AcceptedSession {
                     return;
                 }
                 Step::Close(code, reason) => {
-                    // Best effort: the state machine already forgot the session.
-                    let _ = ws.send(common::close_message(code, &reason)).await;
-                    let _ = ws.close().await;
+                    // Best effort, and never waiting: the state machine already forgot the
+                    // session, so a peer that stopped reading (a slow consumer) would keep
+                    // this task, its socket and its buffers alive outside every limit. A
+                    // socket with room takes the close frame at once.
+                    let close = common::close_message(code, &reason);
+                    if let Some(Ok(())) = ws.send(close).now_or_never() {
+                        let _ = ws.close().now_or_never();
+                    }
                     return;
                 }
             }
@@ -488,6 +493,7 @@ mod tests {
     use crate::server::Server;
     use crate::store::{MemoryStore, StoreConfig};
     use crate::ServerConfig;
+    use core::future::Future;
 
     /// A session whose queue holds `max_queued_frames` unsent frames is closed with 4503 on
     /// the next one, and its queue keeps only what fitted.
@@ -518,6 +524,58 @@ mod tests {
         let (code, _) = accepted.close.try_recv().expect("closed");
         assert_eq!(code, CloseCode::SLOW_CONSUMER);
         assert_eq!(accepted.frames.len(), 2, "nothing queued past the bound");
+        assert_eq!(server.session_count(), 0);
+    }
+
+    /// A socket that takes nothing and says nothing: a peer that stopped reading.
+    struct Stuck;
+
+    impl Stream for Stuck {
+        type Item = Result<Message, String>;
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Pending
+        }
+    }
+
+    impl Sink<Message> for Stuck {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), String> {
+            Err("not ready".to_owned())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+    }
+
+    /// A session closed while its peer does not read ends its task at once (it does not
+    /// wait forever to send the close frame).
+    #[test]
+    fn a_session_closed_on_a_stuck_socket_ends() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let accepted = server
+            .handshake(&Handshake::new("/", "node_id=stuck"))
+            .expect("accepted");
+        let session = accepted.session();
+        let ping = Bytes::from_static(br#"{"type":"ping","id":"1"}"#);
+        server.input(|d, now| d.handle_message(now, session, ping));
+        let mut run = Box::pin(accepted.run(Stuck));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(
+            run.as_mut().poll(&mut cx).is_pending(),
+            "the pong cannot go out"
+        );
+        server.shutdown();
+        assert!(run.as_mut().poll(&mut cx).is_ready(), "the task ended");
         assert_eq!(server.session_count(), 0);
     }
 }
