@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use futures_util::{stream, SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 const USAGE: &str = "usage: idle_conns --url ws://HOST:PORT/PATH [--count N]";
@@ -67,7 +68,9 @@ async fn run(url: &str, count: usize) -> Result<(), String> {
                 let tcp = TcpStream::connect(&addr)
                     .await
                     .map_err(|e| format!("connection {i}: {e}"))?;
-                let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+                // tungstenite's default 128 KiB read buffer would cost this side 1.3 GB.
+                let config = WebSocketConfig::default().read_buffer_size(4096);
+                let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
                     .await
                     .map_err(|e| format!("handshake {i}: {e}"))?;
                 tokio::spawn(idle(ws));
