@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tungstenite::Message;
 
 use super::clock::Clock;
@@ -98,7 +98,10 @@ impl Hub {
                 match transmit {
                     ServerTransmit::Frame { session, bytes } => {
                         if let Some(outlet) = self.outlets.get(&session) {
-                            if outlet.frames.try_send(bytes).is_err() {
+                            // Only the hub sends, under the lock: the check is exact.
+                            if outlet.frames.len() >= self.max_queued_frames
+                                || outlet.frames.try_send(bytes).is_err()
+                            {
                                 slow.push(session);
                             }
                         }
@@ -236,7 +239,10 @@ impl SyncServer {
                 node_id,
                 protocol,
             } => {
-                let (frames_tx, frames) = async_channel::bounded(hub.max_queued_frames);
+                // Bounded by `max_queued_frames` in `Hub::drain`, not by the channel: a
+                // bounded channel allocates (and touches) every slot up front, 40 KiB per
+                // idle session at the default bound; this one grows in small blocks.
+                let (frames_tx, frames) = async_channel::unbounded();
                 let (close_tx, close) = async_channel::bounded(1);
                 let outlet = Outlet {
                     frames: frames_tx,
@@ -354,9 +360,14 @@ impl AcceptedSession {
                     return;
                 }
                 Step::Close(code, reason) => {
-                    // Best effort: the state machine already forgot the session.
-                    let _ = ws.send(common::close_message(code, &reason)).await;
-                    let _ = ws.close().await;
+                    // Best effort, and never waiting: the state machine already forgot the
+                    // session, so a peer that stopped reading (a slow consumer) would keep
+                    // this task, its socket and its buffers alive outside every limit. A
+                    // socket with room takes the close frame at once.
+                    let close = common::close_message(code, &reason);
+                    if let Some(Ok(())) = ws.send(close).now_or_never() {
+                        let _ = ws.close().now_or_never();
+                    }
                     return;
                 }
             }
@@ -473,5 +484,98 @@ impl TimerTask {
             hub.driver.handle_timeout(now);
             hub.drain();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Server;
+    use crate::store::{MemoryStore, StoreConfig};
+    use crate::ServerConfig;
+    use core::future::Future;
+
+    /// A session whose queue holds `max_queued_frames` unsent frames is closed with 4503 on
+    /// the next one, and its queue keeps only what fitted.
+    #[test]
+    fn a_full_outbound_queue_closes_the_session_with_4503() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let options = ServerOptions {
+            max_queued_frames: 2,
+            ..ServerOptions::default()
+        };
+        // No runtime: the timer task never runs and the session's task never drains.
+        let (server, _timer) = SyncServer::new(driver, options);
+        let accepted = server
+            .handshake(&Handshake::new("/", "node_id=slow"))
+            .expect("accepted");
+        let session = accepted.session();
+        for id in 0..2 {
+            let ping = Bytes::from(format!(r#"{{"type":"ping","id":"{id}"}}"#));
+            server.input(|d, now| d.handle_message(now, session, ping));
+            assert!(accepted.close.is_empty(), "closed after {id} frames");
+        }
+        assert_eq!(accepted.frames.len(), 2);
+        let ping = Bytes::from_static(br#"{"type":"ping","id":"2"}"#);
+        server.input(|d, now| d.handle_message(now, session, ping));
+        let (code, _) = accepted.close.try_recv().expect("closed");
+        assert_eq!(code, CloseCode::SLOW_CONSUMER);
+        assert_eq!(accepted.frames.len(), 2, "nothing queued past the bound");
+        assert_eq!(server.session_count(), 0);
+    }
+
+    /// A socket that takes nothing and says nothing: a peer that stopped reading.
+    struct Stuck;
+
+    impl Stream for Stuck {
+        type Item = Result<Message, String>;
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Pending
+        }
+    }
+
+    impl Sink<Message> for Stuck {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), String> {
+            Err("not ready".to_owned())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+    }
+
+    /// A session closed while its peer does not read ends its task at once (it does not
+    /// wait forever to send the close frame).
+    #[test]
+    fn a_session_closed_on_a_stuck_socket_ends() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let accepted = server
+            .handshake(&Handshake::new("/", "node_id=stuck"))
+            .expect("accepted");
+        let session = accepted.session();
+        let ping = Bytes::from_static(br#"{"type":"ping","id":"1"}"#);
+        server.input(|d, now| d.handle_message(now, session, ping));
+        let mut run = Box::pin(accepted.run(Stuck));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(
+            run.as_mut().poll(&mut cx).is_pending(),
+            "the pong cannot go out"
+        );
+        server.shutdown();
+        assert!(run.as_mut().poll(&mut cx).is_ready(), "the task ended");
+        assert_eq!(server.session_count(), 0);
     }
 }
