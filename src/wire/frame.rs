@@ -253,13 +253,21 @@ impl Frame {
 }
 
 /// Parses JSON text into `T`, naming the offending field by its path on failure.
+///
+/// Tracking the path costs about as much as the parse itself, so it is paid only on the
+/// error path: a payload that fails is parsed a second time, with the path tracked.
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+    let plain = match serde_json::from_slice(json) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
     let mut de = serde_json::Deserializer::from_slice(json);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(payload_error)?;
-    de.end()
-        .map_err(|e| PayloadError::new(format!("payload: {e}")))?;
-    Ok(value)
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) => Err(payload_error(e)),
+        // The value parsed, so what failed is what follows it.
+        Ok(_) => Err(PayloadError::new(format!("payload: {plain}"))),
+    }
 }
 
 /// Parses JSON text into `T`. On wasm32 without the field path: tracking it puts a second copy
