@@ -58,7 +58,7 @@ fn server_config() -> ServerConfig {
     config.rate_limit_burst = 0; // the workload is bursty on purpose
                                  // Small enough that a stalled link overflows it: the session is closed with 4503 and
                                  // resumes from its cursor.
-    config.max_outbound_bytes = 6 * 1024;
+    config.max_outbound_bytes = 4 * 1024;
     config.max_changes_per_frame = 8;
     config
 }
@@ -107,7 +107,20 @@ fn acks(net: &Net, i: usize) -> usize {
         .count()
 }
 
-fn simulate(seed: u64) {
+/// How often each disruption happened over a run of seeds (printed, so a change that makes
+/// the workload stop reaching one is visible).
+#[derive(Default, Debug)]
+struct Coverage {
+    slow_consumer_closes: usize,
+    idle_closes: usize,
+    kicks: usize,
+    cuts: usize,
+    replays_resumed: usize,
+    late_old_hlc_pushes: usize,
+}
+
+fn simulate(seed: u64) -> Coverage {
+    let mut cov = Coverage::default();
     let mut net = Net::new(
         seed,
         server_config(),
@@ -160,6 +173,7 @@ fn simulate(seed: u64) {
                     .map(|_| {
                         let table = TABLES[net.rng.range(0, 3) as usize];
                         let ts = if net.rng.chance(20) {
+                            cov.late_old_hlc_pushes += 1;
                             net.rng.range(1, 1000) as i64
                         } else {
                             1_000_000 + round as i64 * 10
@@ -178,6 +192,17 @@ fn simulate(seed: u64) {
                     let since = Some(Hlc::new(0, 0, ""));
                     if let Ok(by) = net.nodes[who].client.subscribe(now, [table], since) {
                         want[who].tables.insert(table.to_owned(), by);
+                        // No disruption until its ack: a replay from `since` comes in HLC
+                        // order, so a client cut off half-way resumes from the newest HLC
+                        // it saw and can miss late old-HLC changes held behind the replay
+                        // (the documented limitation of a since-only resume; seed 255
+                        // finds it when this wait is removed).
+                        net.drive_bounded(Duration::from_secs(120), 200_000, |net| {
+                            net.nodes[who]
+                                .events
+                                .iter()
+                                .any(|e| matches!(e, ClientEvent::Response { id, .. } if *id == by))
+                        });
                     }
                 }
             }
@@ -214,16 +239,20 @@ fn simulate(seed: u64) {
                 }
             }
             // The network drops the connection.
-            83..=88 => net.cut(who),
+            83..=88 => {
+                cov.cuts += usize::from(net.nodes[who].is_connected());
+                net.cut(who);
+            }
             // The application closes the session (codes a client retries after).
             89..=91 => {
                 let code = [CloseCode(1000), CloseCode(4500), CloseCode(4503)]
                     [net.rng.range(0, 2) as usize];
+                cov.kicks += usize::from(net.nodes[who].is_connected());
                 net.kick(who, code, "kicked");
             }
             // The client stops reading for a while: a slow consumer.
             92..=96 => {
-                let span = Duration::from_millis(net.rng.range(500, 5_000));
+                let span = Duration::from_millis(net.rng.range(1_000, 10_000));
                 net.stall(who, span);
             }
             // Every clock jumps: timers fall due together (pings, pong timeouts, request
@@ -234,7 +263,7 @@ fn simulate(seed: u64) {
             // issue 8); jumps past the idle timeout close the session, and the reconnect
             // restores presence.
             _ => {
-                let span = if net.rng.chance(50) {
+                let span = if net.rng.chance(70) {
                     Duration::from_secs(net.rng.range(5, 25))
                 } else {
                     Duration::from_secs(net.rng.range(91, 200))
@@ -250,8 +279,25 @@ fn simulate(seed: u64) {
 
     for (i, w) in want.iter_mut().enumerate() {
         w.settle(&net.nodes[i].events);
+        for e in &net.nodes[i].events {
+            match e {
+                ClientEvent::Disconnected {
+                    code: Some(c),
+                    reason,
+                } => {
+                    cov.slow_consumer_closes += usize::from(reason == "slow consumer");
+                    cov.idle_closes += usize::from(*c == CloseCode(4408));
+                }
+                ClientEvent::Response {
+                    outcome: Ok(Response::Ack(Some(ack))),
+                    ..
+                } => cov.replays_resumed += usize::from(ack.recovered),
+                _ => {}
+            }
+        }
     }
     check(&net, seed, &want);
+    cov
 }
 
 fn check(net: &Net, seed: u64, want: &[Want]) {
@@ -355,28 +401,45 @@ fn check(net: &Net, seed: u64, want: &[Want]) {
 }
 
 /// Runs one seed; a failure names the seed and the command that replays it.
-fn run_seed(seed: u64) {
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| simulate(seed))) {
-        eprintln!(
-            "sim_network failed at seed {seed}; replay it with: \
+fn run_seed(seed: u64) -> Coverage {
+    match catch_unwind(AssertUnwindSafe(|| simulate(seed))) {
+        Ok(cov) => cov,
+        Err(panic) => {
+            eprintln!(
+                "sim_network failed at seed {seed}; replay it with: \
              SIM_SEED={seed} cargo test --test sim_network"
-        );
-        resume_unwind(panic);
+            );
+            resume_unwind(panic)
+        }
     }
 }
 
 #[test]
 fn the_network_heals_and_everyone_agrees() {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        return run_seed(seed);
+        let cov = run_seed(seed);
+        eprintln!("seed {seed}: {cov:?}");
+        return;
     }
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
+    let mut total = Coverage::default();
     for seed in 0..seeds {
-        run_seed(seed);
+        let cov = run_seed(seed);
+        total.slow_consumer_closes += cov.slow_consumer_closes;
+        total.idle_closes += cov.idle_closes;
+        total.kicks += cov.kicks;
+        total.cuts += cov.cuts;
+        total.replays_resumed += cov.replays_resumed;
+        total.late_old_hlc_pushes += cov.late_old_hlc_pushes;
     }
+    eprintln!("{seeds} seeds: {total:?}");
+    assert!(
+        seeds < 50 || (total.slow_consumer_closes > 0 && total.idle_closes > 0),
+        "the workload no longer reaches slow-consumer or idle closes: {total:?}"
+    );
 }
 
 /// The same seed gives the same run: the replay of a failing seed is exact.
