@@ -133,9 +133,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         .iter()
         .find(|(k, _)| k.starts_with("e2e/") && k.contains("raw"))
         .map(|(_, v)| *v);
+    let e2e_ratio = match ratio(e2e, raw) {
+        Some(r) => Some(format!("{r:.2}x")),
+        None if !Path::new("benches/e2e.rs").exists() => Some("n/a (no e2e bench)".to_owned()),
+        None => None,
+    };
     t.row(
         "e2e round trip / raw WebSocket echo",
-        ratio(e2e, raw).map(|r| format!("{r:.2}x")),
+        e2e_ratio,
         "only with an e2e bench (feature tokio)",
     );
     t.row(
