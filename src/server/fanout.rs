@@ -124,14 +124,14 @@ impl Server {
                 for chunk in answer.changes.chunks(per_frame) {
                     let records: Vec<&ChangeRecord> = chunk.iter().map(|(_, r)| r).collect();
                     let last = chunk.iter().map(|(c, _)| *c).max().unwrap_or_default();
-                    self.send(session, changes_frame(&records, last));
+                    self.send_paced(session, changes_frame(&records, last));
                 }
                 if let Some(id) = &pending.id {
                     let ack = ResumeAck {
                         recovered: answer.complete,
                         cursor: answer.head.to_string(),
                     };
-                    self.send(session, frame(MessageType::Ack, Some(id), &ack));
+                    self.send_paced(session, frame(MessageType::Ack, Some(id), &ack));
                 }
                 if let Some(s) = self.sessions.get_mut(session) {
                     for table in tables {
@@ -249,11 +249,11 @@ impl Server {
     /// Once no replay is pending, delivers the held live changes that the replays did not
     /// already hold (cursor at or before a replayed table's head) and whose table the session
     /// still subscribes to.
-    fn release_held(&mut self, session: SessionId) {
+    pub(super) fn release_held(&mut self, session: SessionId) {
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
-        if s.replays_pending > 0 || s.closing.is_some() {
+        if s.holding() || s.closing.is_some() {
             return;
         }
         let held = s.take_held();

@@ -97,7 +97,7 @@ pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
 use handshake::{negotiate, valid_node_id, Version};
 use hub::Hub;
 use out::{error_frame, frame};
-use session::{Output, Sent, Session, Sessions};
+use session::{Fed, Output, Sent, Session, Sessions};
 
 use crate::rng::Jitter;
 use crate::time::Instant;
@@ -416,10 +416,12 @@ impl Server {
     }
 
     /// The adapter wrote `bytes` bytes of this session's frames: they no longer count
-    /// against its outbound bound.
+    /// against its outbound bound, and a replay paced by the bound continues.
     pub fn handle_sent(&mut self, now: Instant, session: SessionId, bytes: usize) {
         self.clamp(now);
         self.sessions.sent(session, bytes);
+        let fed = self.sessions.feed(session);
+        self.after_feed(session, fed);
     }
 
     /// Time passed: runs every timer due at `now` (idle timeouts, presence expiry, pings).
@@ -505,6 +507,26 @@ impl Server {
     fn send(&mut self, session: SessionId, bytes: Bytes) {
         if self.sessions.send(session, bytes) == Sent::Overflow {
             self.doomed.push_back(session);
+        }
+    }
+
+    /// Queues a replay frame as the outbound bound allows (see `Session::backlog`).
+    fn send_paced(&mut self, session: SessionId, bytes: Bytes) {
+        let fed = self.sessions.send_paced(session, bytes);
+        if fed == Fed::Overflow {
+            self.doomed.push_back(session);
+        }
+    }
+
+    /// Once a paced replay is through, the live changes held behind it follow.
+    fn after_feed(&mut self, session: SessionId, fed: Fed) {
+        match fed {
+            Fed::Drained => self.release_held(session),
+            Fed::Idle | Fed::Waiting => {}
+            Fed::Overflow => {
+                self.doomed.push_back(session);
+                self.settle();
+            }
         }
     }
 

@@ -63,6 +63,12 @@ pub(crate) struct Session {
     pub(crate) rooms: Vec<Arc<str>>,
     /// Replays not yet answered; while non-zero, live changes are held.
     pub(crate) replays_pending: u32,
+    /// Frames of answered replays (and their acks) not yet queued: they enter the queue as
+    /// the adapter reports frames written, so a backlog larger than the outbound bound
+    /// still gets through (a resume would otherwise be closed as a slow consumer, resume
+    /// again, and loop). Bounded by the application's answers; live changes stay held
+    /// until it is empty.
+    backlog: VecDeque<Bytes>,
     pub(crate) held: VecDeque<Held>,
     /// The heads of replays answered while others were still pending, per table.
     pub(crate) replayed: Vec<(Arc<str>, Cursor)>,
@@ -92,6 +98,7 @@ impl Session {
             topics: Vec::new(),
             rooms: Vec::new(),
             replays_pending: 0,
+            backlog: VecDeque::new(),
             held: VecDeque::new(),
             replayed: Vec::new(),
         }
@@ -102,9 +109,15 @@ impl Session {
         self.queued_bytes + self.unacked_bytes + self.held_bytes
     }
 
+    /// Whether live changes must wait: a replay is pending or its frames are still paced.
+    pub(crate) fn holding(&self) -> bool {
+        self.replays_pending > 0 || !self.backlog.is_empty()
+    }
+
     /// Drops everything queued or held (a slow consumer resumes from its cursor).
     fn drop_output(&mut self) {
         self.out.clear();
+        self.backlog.clear();
         self.held.clear();
         self.queued_bytes = 0;
         self.held_bytes = 0;
@@ -171,6 +184,19 @@ pub(crate) enum Sent {
     Dropped,
     /// The frame would have exceeded the outbound bound: the session is now closing with
     /// 4503 and must be detached from the hub.
+    Overflow,
+}
+
+/// Where a session's replay backlog stands after [`Sessions::feed`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Fed {
+    /// Nothing was waiting (or the session is closing or gone).
+    Idle,
+    /// The last waiting frames entered the queue.
+    Drained,
+    /// Frames wait for the adapter to report writes.
+    Waiting,
+    /// The session overflowed: it is closing with 4503 and must be detached.
     Overflow,
 }
 
@@ -323,7 +349,7 @@ impl Sessions {
             Self::overflow(ready, id, session);
             return Sent::Overflow;
         }
-        if session.replays_pending > 0 {
+        if session.holding() {
             session.held_bytes += frame.len();
             session.held.push_back(Held {
                 frame,
@@ -370,6 +396,7 @@ impl Sessions {
         if !flush {
             session.drop_output();
         }
+        session.backlog.clear();
         session.held.clear();
         session.held_bytes = 0;
         session.closing = Some((code, reason.into()));
@@ -382,6 +409,46 @@ impl Sessions {
         if let Some(session) = self.get_mut(id) {
             session.unacked_bytes = session.unacked_bytes.saturating_sub(n);
         }
+    }
+
+    /// Adds a replay frame to the session's backlog and queues what fits.
+    pub(crate) fn send_paced(&mut self, id: SessionId, frame: Bytes) -> Fed {
+        match self.get_mut(id) {
+            Some(session) if session.closing.is_none() => session.backlog.push_back(frame),
+            _ => return Fed::Idle,
+        }
+        self.feed(id)
+    }
+
+    /// Moves backlog frames into the queue while they fit under the outbound bound. When
+    /// nothing is queued or unwritten and the next frame still does not fit (live changes
+    /// held behind the replay filled the bound, or one frame is larger than it), the
+    /// session is a slow consumer.
+    pub(crate) fn feed(&mut self, id: SessionId) -> Fed {
+        let max = self.max_outbound;
+        let Some((session, ready)) = self.get_mut_split(id) else {
+            return Fed::Idle;
+        };
+        if session.closing.is_some() || session.backlog.is_empty() {
+            return Fed::Idle;
+        }
+        while let Some(len) = session.backlog.front().map(Bytes::len) {
+            if max != 0 && session.outbound_bytes() + len > max {
+                if session.queued_bytes + session.unacked_bytes == 0 {
+                    Self::overflow(ready, id, session);
+                    return Fed::Overflow;
+                }
+                return Fed::Waiting;
+            }
+            let frame = session
+                .backlog
+                .pop_front()
+                .expect("invariant: front() was Some");
+            session.queued_bytes += len;
+            session.out.push_back(frame);
+            Self::mark_ready(ready, id, session);
+        }
+        Fed::Drained
     }
 
     /// The next frame or close, round-robin over ready sessions. A close frees the slot.

@@ -74,6 +74,9 @@ struct Conn {
     session: SessionId,
     up: VecDeque<(Instant, Bytes)>,
     down: VecDeque<(Instant, Down)>,
+    /// The client reads nothing before this moment (a slow consumer): frames wait on the
+    /// link, so the server hears late that they were written (`handle_sent`).
+    stalled_until: Option<Instant>,
 }
 
 /// One simulated client and what it has seen.
@@ -214,6 +217,7 @@ impl Net {
                             session,
                             up: VecDeque::new(),
                             down: VecDeque::new(),
+                            stalled_until: None,
                         });
                         self.nodes[i].connects += 1;
                         let now = self.now;
@@ -283,6 +287,33 @@ impl Net {
         self.pump();
     }
 
+    /// Node `i` stops reading for `span`: the server's frames pile up on the link and their
+    /// bytes stay counted against the session's outbound bound until delivered.
+    pub fn stall(&mut self, i: usize, span: Duration) {
+        let now = self.now;
+        if let Some(conn) = self.nodes[i].conn.as_mut() {
+            conn.stalled_until = Some(now + span);
+        }
+    }
+
+    /// The application closes node `i`'s session (`Server::close_session`): its queued
+    /// frames go out, then the close.
+    pub fn kick(&mut self, i: usize, code: CloseCode, reason: &str) {
+        if let Some(session) = self.nodes[i].session() {
+            let now = self.now;
+            self.server.close_session(now, session, code, reason);
+        }
+        self.pump();
+    }
+
+    /// Every clock jumps forward by `span` at once (a suspended machine, a stalled process):
+    /// everything that fell due in between runs at the same moment.
+    pub fn jump(&mut self, span: Duration) {
+        self.now += span;
+        let now = self.now;
+        self.step(now);
+    }
+
     /// The earliest moment anything is due.
     fn next_deadline(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
@@ -296,7 +327,7 @@ impl Net {
                     take(*t);
                 }
                 if let Some((t, _)) = conn.down.front() {
-                    take(*t);
+                    take(conn.stalled_until.map_or(*t, |s| s.max(*t)));
                 }
             }
         }
@@ -351,7 +382,8 @@ impl Net {
                 self.server.handle_message(now, session, bytes);
                 continue;
             }
-            if conn.down.front().is_some_and(|(t, _)| *t <= now) {
+            let readable = conn.stalled_until.is_none_or(|s| s <= now);
+            if readable && conn.down.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, down) = conn.down.pop_front().unwrap();
                 match down {
                     Down::Frame(bytes) => {
@@ -362,6 +394,8 @@ impl Net {
                     Down::Close(code, reason) => {
                         self.nodes[i].conn = None;
                         self.sessions.remove(&session);
+                        // The adapter finishes the close and reports the socket gone.
+                        self.server.handle_closed(now, session);
                         self.nodes[i]
                             .client
                             .handle_disconnected(now, Some(code), &reason);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the criterion benches with short measurement times and prints a table of the headline
+# figures (codec vs serde_json::Value, per-delivery fan-out cost, idle-session independence,
+# e2e vs raw echo when there is an e2e bench, heap per idle session).
+#
+#   scripts/bench-report.sh            # about 5 minutes on 2 cores
+#   BENCH_TIME=3 scripts/bench-report.sh   # longer measurements, steadier figures
+#
+# Criterion keeps its results in target/criterion/; the benches' printed summary lines go to
+# target/bench-report.log; examples/bench_report.rs reads both and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+time_s="${BENCH_TIME:-1}"
+args=(--warm-up-time 0.5 --measurement-time "$time_s" --sample-size 20)
+log=target/bench-report.log
+mkdir -p target
+: > "$log"
+
+for bench in wire client store server; do
+    echo "=== cargo bench --bench $bench" >&2
+    cargo bench --bench "$bench" -- "${args[@]}" | tee -a "$log"
+done
+if [ -f benches/e2e.rs ]; then
+    echo "=== cargo bench --bench e2e --features tokio" >&2
+    cargo bench --features tokio --bench e2e -- "${args[@]}" | tee -a "$log"
+fi
+
+echo
+cargo run --quiet --release --example bench_report -- target/criterion "$log"
