@@ -698,12 +698,7 @@ mod by_hand {
 
         fn answer(&mut self, ev: ServerEvent) {
             let now = self.now;
-            let answer = |out: syncmux::store::PullOutcome| PullAnswer {
-                changes: out.changes,
-                latest_hlc: out.latest_hlc,
-                head: out.head,
-                complete: out.complete,
-            };
+            let answer = |out: syncmux::store::PullOutcome| -> PullAnswer { out.into() };
             match ev {
                 ServerEvent::Replay {
                     request,

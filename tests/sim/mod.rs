@@ -13,9 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use syncmux::client::{ClientEvent, Transmit};
 use syncmux::payload::ChangeRecord;
-use syncmux::server::{
-    Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId,
-};
+use syncmux::server::{Handshake, HandshakeOutcome, ServerTransmit, SessionId};
 use syncmux::store::{MemoryStore, StoreConfig};
 use syncmux::wire::CloseCode;
 use syncmux::{Client, ClientConfig, Instant, Server, ServerConfig, ServerEvent};
@@ -451,13 +449,7 @@ impl Net {
                 ..
             } => {
                 let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                let answer = PullAnswer {
-                    changes: out.changes,
-                    latest_hlc: out.latest_hlc,
-                    head: out.head,
-                    complete: out.complete,
-                };
-                self.server.answer_pull(now, request, Ok(answer));
+                self.server.answer_pull(now, request, Ok(out.into()));
             }
             ServerEvent::Replay {
                 request,
@@ -467,24 +459,13 @@ impl Net {
                 ..
             } => {
                 let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                let answer = PullAnswer {
-                    changes: out.changes,
-                    latest_hlc: out.latest_hlc,
-                    head: out.head,
-                    complete: out.complete,
-                };
-                self.server.answer_replay(now, request, Ok(answer));
+                self.server.answer_replay(now, request, Ok(out.into()));
             }
             ServerEvent::Push {
                 request, changes, ..
             } => {
                 let out = self.store.push(changes);
-                let answer = PushAnswer {
-                    accepted: out.accepted,
-                    latest_hlc: out.latest_hlc,
-                    head: out.head,
-                };
-                self.server.answer_push(now, request, Ok(answer));
+                self.server.answer_push(now, request, Ok(out.into()));
             }
             _ => {}
         }
