@@ -477,3 +477,133 @@ fn sessions_receive_changes_in_cursor_order() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     assert_eq!(*seen.last().unwrap(), next);
 }
+
+/// Takes the next push event (the harness collects events as it drains).
+fn next_push(h: &mut Harness) -> (syncmux::server::PushId, Vec<syncmux::payload::ChangeRecord>) {
+    let mut events = h.take_events();
+    let at = events
+        .iter()
+        .position(|e| matches!(e, ServerEvent::Push { .. }))
+        .expect("a push event");
+    let ServerEvent::Push {
+        request, changes, ..
+    } = events.remove(at)
+    else {
+        unreachable!()
+    };
+    for e in events {
+        h.events.push(e);
+    }
+    (request, changes)
+}
+
+fn accept(
+    changes: Vec<syncmux::payload::ChangeRecord>,
+    first_seq: u64,
+) -> Result<PushAnswer, AppError> {
+    let accepted: Vec<(Cursor, _)> = changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (Cursor::new(1, first_seq + i as u64), c))
+        .collect();
+    let head = accepted.last().map(|(c, _)| *c).unwrap_or_default();
+    Ok(PushAnswer {
+        accepted,
+        latest_hlc: Hlc::default(),
+        head,
+    })
+}
+
+#[test]
+fn pushes_answered_out_of_order_still_reach_subscribers_in_cursor_order() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let sub = h.open("s");
+    subscribe(&mut h, sub, &["docs"]);
+    h.send(
+        pusher,
+        &push_json("1", "p", &[record_json("docs", "a", 5, "p")]),
+    );
+    let (first, a) = next_push(&mut h);
+    h.send(
+        pusher,
+        &push_json("2", "p", &[record_json("docs", "b", 6, "p")]),
+    );
+    let (second, b) = next_push(&mut h);
+
+    // The store took `a` at 1 and `b` at 2, but the application answers `b` first: it waits.
+    h.server.answer_push(h.now, second, accept(b, 2));
+    h.drain();
+    assert!(
+        cursors(&h.take(sub)).is_empty(),
+        "position 2 must wait for 1"
+    );
+    h.server.answer_push(h.now, first, accept(a, 1));
+    h.drain();
+    assert_eq!(cursors(&h.take(sub)), ["1.1", "1.2"]);
+}
+
+#[test]
+fn a_gap_no_answer_can_fill_is_not_waited_for() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let sub = h.open("s");
+    subscribe(&mut h, sub, &["docs"]);
+    h.send(
+        pusher,
+        &push_json("1", "p", &[record_json("docs", "a", 5, "p")]),
+    );
+    let (first, a) = next_push(&mut h);
+    h.server.answer_push(h.now, first, accept(a, 1));
+    h.drain();
+    assert_eq!(cursors(&h.take(sub)), ["1.1"]);
+    // Positions 2..=9 went to another writer of the store; with no push left unanswered,
+    // position 10 goes out at once.
+    h.send(
+        pusher,
+        &push_json("2", "p", &[record_json("docs", "b", 6, "p")]),
+    );
+    let (second, b) = next_push(&mut h);
+    h.server.answer_push(h.now, second, accept(b, 10));
+    h.drain();
+    assert_eq!(cursors(&h.take(sub)), ["1.10"]);
+}
+
+#[test]
+fn a_change_routed_after_a_replay_that_held_it_is_not_sent_twice() {
+    let mut h = Harness::new(config());
+    let pusher = h.open("p");
+    let sub = h.open("s");
+    h.send(
+        pusher,
+        &push_json("1", "p", &[record_json("docs", "a", 5, "p")]),
+    );
+    let (late, a) = next_push(&mut h);
+    // The store has taken `a` at 1, but its answer is slow. Meanwhile the subscriber resumes
+    // and its replay (read from the store) already holds `a`.
+    let msg = json!({"type":"subscribe","id":"r","payload":{"tables":["docs"],"cursor":"1.0"}});
+    h.send(sub, &msg.to_string());
+    let replay = h
+        .take_events()
+        .into_iter()
+        .find_map(|e| match e {
+            ServerEvent::Replay { request, .. } => Some(request),
+            _ => None,
+        })
+        .expect("a replay event");
+    let answer = PullAnswer {
+        changes: vec![(Cursor::new(1, 1), a.clone()[0].clone())],
+        latest_hlc: Hlc::default(),
+        head: Cursor::new(1, 1),
+        complete: true,
+    };
+    h.server.answer_replay(h.now, replay, Ok(answer));
+    h.drain();
+    assert_eq!(pks(&h.take(sub)), ["a"]);
+    h.server.answer_push(h.now, late, accept(a, 1));
+    h.drain();
+    assert!(
+        pks(&h.take(sub)).is_empty(),
+        "`a` came with the replay already"
+    );
+}

@@ -203,7 +203,7 @@ impl Client {
 
     /// A pull or push response carries the store's head when it was answered. The server
     /// routes every change before that head to this session before the response (one queue
-    /// per session, pushes answered in store order), so between replays it is a stream
+    /// per session, the server routes in cursor order), so between replays it is a stream
     /// position too; it gives a quiet subscriber a place to resume from.
     fn observe_response_cursor(&mut self, cursor: Option<&str>) {
         if let (Some(cursor), false) = (cursor, self.requests.resuming()) {

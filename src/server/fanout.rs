@@ -50,8 +50,10 @@ impl Server {
 
     /// Answers a [`ServerEvent::Push`](super::ServerEvent::Push): the pusher gets its
     /// `push_response`, and the accepted changes go to every other subscriber of their
-    /// tables. Answer pushes in the order the store accepted them, so that sessions receive
-    /// changes in cursor order. The changes are routed even if the pusher has gone.
+    /// tables, in cursor order: answers may come in any order (a real backend is
+    /// asynchronous), and a batch that comes before its predecessors waits until they are
+    /// answered or no push is left unanswered. The changes are routed even if the pusher has
+    /// gone.
     pub fn answer_push(
         &mut self,
         now: Instant,
@@ -80,8 +82,12 @@ impl Server {
             };
             self.send(pending.session, bytes);
         }
+        self.reorder.answered(request.0);
         if let Ok(answer) = answer {
-            self.route(pusher, answer.accepted);
+            self.reorder.hold(pusher, answer.accepted);
+        }
+        while let Some((pusher, batch)) = self.reorder.next() {
+            self.route(pusher, batch);
         }
         self.settle();
     }
@@ -140,6 +146,8 @@ impl Server {
                             None => s.replayed.push((table, answer.head)),
                         }
                     }
+                    let subscribed = &s.tables;
+                    s.replayed.retain(|(t, _)| subscribed.contains(t));
                 }
             }
             Err(e) => {
@@ -198,8 +206,30 @@ impl Server {
             doomed,
             ..
         } = self;
-        let mut deliver = |sessions: &mut Sessions, session, bytes, range| {
-            if sessions.route(session, bytes, &batch, range) == Sent::Overflow {
+        let mut deliver = |sessions: &mut Sessions, session, bytes, range: Range<usize>| {
+            // A replay already gave this session what its store held up to the replay's head;
+            // a change accepted before that head but routed after it (its push was answered
+            // late) is not sent twice.
+            let replayed = sessions.get(session).map(|s| &s.replayed);
+            let covered = |(cursor, record): &(Cursor, ChangeRecord)| {
+                replayed.is_some_and(|r| r.iter().any(|(t, h)| **t == *record.table && cursor <= h))
+            };
+            let sent = if batch[range.clone()].iter().any(covered) {
+                let rest: Vec<(Cursor, ChangeRecord)> = batch[range]
+                    .iter()
+                    .filter(|c| !covered(c))
+                    .cloned()
+                    .collect();
+                if rest.is_empty() {
+                    return;
+                }
+                let rest: Batch = rest.into();
+                let whole = 0..rest.len();
+                sessions.route(session, encode(&rest, whole.clone()), &rest, whole)
+            } else {
+                sessions.route(session, bytes, &batch, range)
+            };
+            if sent == Sent::Overflow {
                 doomed.push_back(session);
             }
         };
@@ -257,7 +287,8 @@ impl Server {
             return;
         }
         let held = s.take_held();
-        let replayed = core::mem::take(&mut s.replayed);
+        // Kept afterwards too: see `route`.
+        let replayed = s.replayed.clone();
         for Held {
             frame,
             batch,
@@ -283,6 +314,66 @@ impl Server {
                 self.send(session, changes_frame(&records, last));
             }
         }
+    }
+}
+
+/// An accepted batch, with the session that pushed it (which does not get it back).
+type Accepted = (Option<SessionId>, Vec<(Cursor, ChangeRecord)>);
+
+/// Accepted batches waiting to be routed in cursor order.
+///
+/// The store numbers accepted changes one by one, so a batch whose first position follows
+/// the last routed one goes out at once; one that comes early waits for the answers still
+/// outstanding. When no push is left unanswered, nothing can fill a gap any more (positions
+/// taken by another writer of the store), and everything waiting goes out in order. Bounded:
+/// past [`Reorder::MAX_WAITING`] batches, the oldest go out regardless.
+#[derive(Default)]
+pub(crate) struct Reorder {
+    /// Push requests handed to the application and not answered yet.
+    outstanding: BTreeSet<u64>,
+    /// Batches answered early, by their first position.
+    waiting: std::collections::BTreeMap<Cursor, Accepted>,
+    /// The position of the last change routed.
+    routed: Option<Cursor>,
+}
+
+impl Reorder {
+    /// How many early batches may wait for their predecessors.
+    pub(crate) const MAX_WAITING: usize = 1024;
+
+    pub(crate) fn asked(&mut self, request: u64) {
+        self.outstanding.insert(request);
+    }
+
+    pub(crate) fn answered(&mut self, request: u64) {
+        self.outstanding.remove(&request);
+    }
+
+    fn hold(&mut self, pusher: Option<SessionId>, mut batch: Vec<(Cursor, ChangeRecord)>) {
+        batch.sort_by_key(|(cursor, _)| *cursor);
+        if let Some((first, _)) = batch.first() {
+            self.waiting.insert(*first, (pusher, batch));
+        }
+    }
+
+    /// The next batch to route, if its turn has come.
+    fn next(&mut self) -> Option<Accepted> {
+        let (first, _) = self.waiting.first_key_value()?;
+        let follows = match self.routed {
+            Some(last) if last.epoch == first.epoch => first.seq == last.seq + 1,
+            // A new epoch starts at 1; the first batch a server sees follows whatever the
+            // store held before it started.
+            Some(_) => first.seq == 1,
+            None => false,
+        };
+        let turn =
+            follows || self.outstanding.is_empty() || self.waiting.len() > Reorder::MAX_WAITING;
+        if !turn {
+            return None;
+        }
+        let (_, (pusher, batch)) = self.waiting.pop_first()?;
+        self.routed = batch.last().map(|(cursor, _)| *cursor).or(self.routed);
+        Some((pusher, batch))
     }
 }
 

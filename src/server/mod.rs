@@ -133,6 +133,9 @@ pub struct Server {
     timers: BTreeSet<(Instant, SessionId)>,
     events: VecDeque<ServerEvent>,
     pending: BTreeMap<u64, Pending>,
+    /// Live routing in cursor order (DESIGN.md section 3) when pushes are answered out of
+    /// order: see [`Reorder`](fanout::Reorder).
+    reorder: fanout::Reorder,
     next_request: u64,
     next_node: u64,
     node_prefix: u32,
@@ -167,6 +170,7 @@ impl Server {
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             pending: BTreeMap::new(),
+            reorder: fanout::Reorder::default(),
             next_request: 0,
             next_node: 0,
             node_prefix,
@@ -571,6 +575,8 @@ impl Server {
         }
         for request in in_flight {
             self.pending.remove(&request.key);
+            // An answer may still come; it no longer holds back the pushes after it.
+            self.reorder.answered(request.key);
         }
         if let Some(at) = wake {
             self.timers.remove(&(at, session));

@@ -153,6 +153,7 @@ impl Server {
             self.authorize(session, Resource::WriteTable(table))?;
         }
         let key = self.register(session, Some(id.clone()), PendingKind::Push);
+        self.reorder.asked(key);
         self.events.push_back(ServerEvent::Push {
             request: PushId(key),
             session,
