@@ -520,27 +520,30 @@ fn pushes_answered_out_of_order_still_reach_subscribers_in_cursor_order() {
     let pusher = h.open("p");
     let sub = h.open("s");
     subscribe(&mut h, sub, &["docs"]);
-    h.send(
-        pusher,
-        &push_json("1", "p", &[record_json("docs", "a", 5, "p")]),
-    );
-    let (first, a) = next_push(&mut h);
-    h.send(
-        pusher,
-        &push_json("2", "p", &[record_json("docs", "b", 6, "p")]),
-    );
-    let (second, b) = next_push(&mut h);
+    let push = |h: &mut Harness, id: &str, pk: &str| {
+        h.send(
+            pusher,
+            &push_json(id, "p", &[record_json("docs", pk, 5, "p")]),
+        );
+        next_push(h)
+    };
+    let (zeroth, z) = push(&mut h, "0", "z");
+    h.server.answer_push(h.now, zeroth, accept(z, 1));
+    h.drain();
+    assert_eq!(cursors(&h.take(sub)), ["1.1"]);
+    let (first, a) = push(&mut h, "1", "a");
+    let (second, b) = push(&mut h, "2", "b");
 
-    // The store took `a` at 1 and `b` at 2, but the application answers `b` first: it waits.
-    h.server.answer_push(h.now, second, accept(b, 2));
+    // The store took `a` at 2 and `b` at 3, but the application answers `b` first: it waits.
+    h.server.answer_push(h.now, second, accept(b, 3));
     h.drain();
     assert!(
         cursors(&h.take(sub)).is_empty(),
-        "position 2 must wait for 1"
+        "position 3 must wait for 2"
     );
-    h.server.answer_push(h.now, first, accept(a, 1));
+    h.server.answer_push(h.now, first, accept(a, 2));
     h.drain();
-    assert_eq!(cursors(&h.take(sub)), ["1.1", "1.2"]);
+    assert_eq!(cursors(&h.take(sub)), ["1.2", "1.3"]);
 }
 
 #[test]

@@ -360,11 +360,12 @@ impl Reorder {
     fn next(&mut self) -> Option<Accepted> {
         let (first, _) = self.waiting.first_key_value()?;
         let follows = match self.routed {
-            Some(last) if last.epoch == first.epoch => first.seq == last.seq + 1,
-            // A new epoch starts at 1; the first batch a server sees follows whatever the
-            // store held before it started.
+            // At or before what went out already: waiting cannot put it in order any more.
+            Some(last) if last.epoch == first.epoch => first.seq <= last.seq + 1,
+            // A new epoch starts at 1.
             Some(_) => first.seq == 1,
-            None => false,
+            // The first batch this server sees follows whatever the store held before.
+            None => true,
         };
         let turn =
             follows || self.outstanding.is_empty() || self.waiting.len() > Reorder::MAX_WAITING;
