@@ -201,16 +201,6 @@ impl Client {
         });
     }
 
-    /// A pull or push response carries the store's head when it was answered. The server
-    /// routes every change before that head to this session before the response (one queue
-    /// per session, the server routes in cursor order), so between replays it is a stream
-    /// position too; it gives a quiet subscriber a place to resume from.
-    fn observe_response_cursor(&mut self, cursor: Option<&str>) {
-        if let (Some(cursor), false) = (cursor, self.requests.resuming()) {
-            self.tracked.observe_cursor(cursor);
-        }
-    }
-
     /// Queues data from the server, unless the application is not keeping up.
     fn data_event(&mut self, now: Instant, event: ClientEvent) {
         if self.has_event_room(now) {
@@ -248,10 +238,12 @@ impl Client {
                 for record in &pull.changes {
                     self.tracked.observe_hlc(&record.table, &record.hlc);
                 }
-                self.observe_response_cursor(pull.cursor.as_deref());
             }
-            Ok(Response::Push(push)) => self.observe_response_cursor(push.cursor.as_deref()),
-            // The head only covers the replayed tables: live changes of the others that
+            // A pull or push response's cursor is the store's head, which may be ahead of
+            // what has been routed to this session (pushes still being answered): it is the
+            // application's to use (`pull_after`), never a stream position.
+            //
+            // A resume ack's head only covers the replayed tables: live changes of the others that
             // were held behind the replay may still follow, so the stream position stays.
             Ok(Response::Ack(ack)) if pending.kind == Kind::Subscribe => self
                 .tracked
