@@ -106,6 +106,21 @@ async fn connect_push_pull() {
     // `since` is exclusive: nothing after the newest.
     let after = ok(c.pull(json(r#"["wasm_items"]"#), latest.as_str().into())).await;
     assert_eq!(js_sys::Array::from(&get(&after, "changes")).length(), 0);
+    // After a cursor: exactly what came later, even with an older HLC.
+    let cursor = text(&pulled, "cursor");
+    let late = r#"[{"table":"wasm_items","pk":"2","field":"title","crdt_type":"lww","hlc":"1:0:offline","node_id":"offline","value":"late"}]"#;
+    ok(c.push(json(late))).await;
+    let resumed = ok(c.pull_after(
+        "wasm_items".into(),
+        cursor.as_str().into(),
+        JsValue::UNDEFINED,
+    ))
+    .await;
+    let changes = js_sys::Array::from(&get(&resumed, "changes"));
+    assert_eq!(changes.length(), 1);
+    assert_eq!(text(&changes.get(0), "value"), "late");
+    let bad = c.pull_after("wasm_items".into(), JsValue::from(7), JsValue::UNDEFINED);
+    assert!(wasm_bindgen_futures::JsFuture::from(bad).await.is_err());
     c.disconnect();
     assert_eq!(c.state(), "closed");
 }

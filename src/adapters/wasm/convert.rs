@@ -169,6 +169,29 @@ pub(super) fn since(value: &JsValue) -> Result<Option<Hlc>, String> {
     from_js(value).map(Some).map_err(|e| format!("since: {e}"))
 }
 
+/// An optional server position (`cursor`): a string, or `undefined` / `null` for none.
+pub(super) fn cursor(value: &JsValue) -> Result<Option<String>, String> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    value
+        .as_string()
+        .map(Some)
+        .ok_or_else(|| "cursor: expected a string".to_owned())
+}
+
+/// The arguments of `pullAfter` / `subscribeAfter`: tables, cursor, optional `since`.
+pub(super) type After = (Vec<String>, Option<String>, Option<Hlc>);
+
+/// Reads the arguments of `pullAfter` / `subscribeAfter`.
+pub(super) fn after(tables: &JsValue, cursor: &JsValue, since: &JsValue) -> Result<After, String> {
+    Ok((
+        self::tables(tables)?,
+        self::cursor(cursor)?,
+        self::since(since)?,
+    ))
+}
+
 /// A Rust value as a JavaScript one.
 pub(super) fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
     let text = serde_json::to_string(value).expect("invariant: payload types always serialise");

@@ -185,6 +185,42 @@ impl SyncClient {
         self.driver.request(|c, now| c.pull(now, tables, since))
     }
 
+    /// Pulls the changes of `tables` after the server position `cursor` (the `cursor` of an
+    /// earlier pull or `change` event): exactly what came after it, late changes with old
+    /// HLCs included; from a server that cannot serve it, the changes after `since`.
+    #[wasm_bindgen(js_name = pullAfter, unchecked_return_type = "Promise<PullResponse>")]
+    pub fn pull_after(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "string")] cursor: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Hlc | undefined")] since: JsValue,
+    ) -> Promise {
+        let (tables, cursor, since) = match convert::after(&tables, &cursor, &since) {
+            Ok(args) => args,
+            Err(e) => return reject(&e),
+        };
+        self.driver
+            .request(|c, now| c.pull_after(now, tables, since, cursor))
+    }
+
+    /// Subscribes to the live changes of `tables`, replaying first those after the server
+    /// position `cursor`. The ack says `recovered: false` when the server could not serve
+    /// it (the application resynchronises).
+    #[wasm_bindgen(js_name = subscribeAfter, unchecked_return_type = "Promise<Ack>")]
+    pub fn subscribe_after(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "string")] cursor: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Hlc | undefined")] since: JsValue,
+    ) -> Promise {
+        let (tables, cursor, since) = match convert::after(&tables, &cursor, &since) {
+            Ok(args) => args,
+            Err(e) => return reject(&e),
+        };
+        self.driver
+            .request(|c, now| c.subscribe_after(now, tables, since, cursor))
+    }
+
     /// Pushes change records as this node.
     #[wasm_bindgen(unchecked_return_type = "Promise<PushResponse>")]
     pub fn push(
