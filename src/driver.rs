@@ -169,8 +169,10 @@ impl Driver {
                     cursor,
                     ..
                 } => {
-                    let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                    self.server.answer_pull(now, request, Ok(out.into()));
+                    let out = self
+                        .store
+                        .pull_borrowed(&tables, since.as_ref(), cursor.as_ref());
+                    self.server.answer_pull_with(now, request, Ok(out.into()));
                 }
                 ServerEvent::Replay {
                     request,
@@ -179,8 +181,10 @@ impl Driver {
                     cursor,
                     ..
                 } => {
-                    let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                    self.server.answer_replay(now, request, Ok(out.into()));
+                    let out = self
+                        .store
+                        .pull_borrowed(&tables, since.as_ref(), cursor.as_ref());
+                    self.server.answer_replay_with(now, request, Ok(out.into()));
                 }
                 ServerEvent::Push {
                     request, changes, ..
@@ -194,9 +198,9 @@ impl Driver {
     }
 }
 
-/// A store's pull is the answer to a pull or replay event.
-impl From<PullOutcome> for PullAnswer {
-    fn from(out: PullOutcome) -> PullAnswer {
+/// A store's pull is the answer to a pull or replay event (with owned or borrowed records).
+impl<R> From<PullOutcome<R>> for PullAnswer<R> {
+    fn from(out: PullOutcome<R>) -> PullAnswer<R> {
         PullAnswer {
             changes: out.changes,
             latest_hlc: out.latest_hlc,

@@ -114,10 +114,13 @@ pub enum ServerEvent {
 }
 
 /// The answer to a [`ServerEvent::Pull`] or [`ServerEvent::Replay`], as a store reads it.
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
-pub struct PullAnswer {
+///
+/// Owned records by default; the embedded [`Driver`](crate::driver::Driver) answers with
+/// records borrowed from its store, so a pull copies nothing before it is encoded.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PullAnswer<R = ChangeRecord> {
     /// The changes, each with its position.
-    pub changes: Vec<(Cursor, ChangeRecord)>,
+    pub changes: Vec<(Cursor, R)>,
     /// The newest HLC the store holds for the tables (or the request's `since`).
     pub latest_hlc: Hlc,
     /// The store's head: every change at or before it was visible to this read.
@@ -128,8 +131,19 @@ pub struct PullAnswer {
     pub complete: bool,
 }
 
+impl<R> Default for PullAnswer<R> {
+    fn default() -> Self {
+        PullAnswer {
+            changes: Vec::new(),
+            latest_hlc: Hlc::default(),
+            head: Cursor::default(),
+            complete: false,
+        }
+    }
+}
+
 /// The answer to a [`ServerEvent::Replay`]: the same shape as a pull's.
-pub type ReplayAnswer = PullAnswer;
+pub type ReplayAnswer<R = ChangeRecord> = PullAnswer<R>;
 
 /// The answer to a [`ServerEvent::Push`].
 #[derive(Clone, PartialEq, Eq, Debug, Default)]

@@ -2,6 +2,7 @@
 //! encoded once and shared, each session gets its changes in cursor order, and live changes
 //! wait behind a pending replay with no gap and no duplicate (DESIGN.md sections 2 and 3).
 
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::ops::Range;
 
@@ -23,6 +24,16 @@ impl Server {
         now: Instant,
         request: PullId,
         answer: Result<PullAnswer, AppError>,
+    ) {
+        self.answer_pull_with(now, request, answer);
+    }
+
+    /// [`answer_pull`](Server::answer_pull) with owned or borrowed records.
+    pub(crate) fn answer_pull_with<R: Borrow<ChangeRecord>>(
+        &mut self,
+        now: Instant,
+        request: PullId,
+        answer: Result<PullAnswer<R>, AppError>,
     ) {
         self.clamp(now);
         let Some(pending) = self.take_pending(request.0, |k| matches!(k, PendingKind::Pull)) else {
@@ -102,6 +113,16 @@ impl Server {
         request: ReplayId,
         answer: Result<ReplayAnswer, AppError>,
     ) {
+        self.answer_replay_with(now, request, answer);
+    }
+
+    /// [`answer_replay`](Server::answer_replay) with owned or borrowed records.
+    pub(crate) fn answer_replay_with<R: Borrow<ChangeRecord>>(
+        &mut self,
+        now: Instant,
+        request: ReplayId,
+        answer: Result<ReplayAnswer<R>, AppError>,
+    ) {
         self.clamp(now);
         let Some(pending) =
             self.take_pending(request.0, |k| matches!(k, PendingKind::Replay { .. }))
@@ -128,7 +149,8 @@ impl Server {
                     n => n,
                 };
                 for chunk in answer.changes.chunks(per_frame) {
-                    let records: Vec<&ChangeRecord> = chunk.iter().map(|(_, r)| r).collect();
+                    let records: Vec<&ChangeRecord> =
+                        chunk.iter().map(|(_, r)| r.borrow()).collect();
                     let last = chunk.iter().map(|(c, _)| *c).max().unwrap_or_default();
                     self.send_paced(session, changes_frame(&records, last));
                 }

@@ -1,5 +1,7 @@
 //! Encoding what the server sends, and the one mapping from request errors to wire codes.
 
+use std::borrow::Borrow;
+
 use bytes::Bytes;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use thiserror::Error;
@@ -34,13 +36,13 @@ pub(crate) fn changes_frame(records: &[&ChangeRecord], cursor: Cursor) -> Bytes 
 }
 
 /// Change records with their positions, serialised as the records alone.
-pub(crate) struct Records<'a>(pub(crate) &'a [(Cursor, ChangeRecord)]);
+pub(crate) struct Records<'a, R>(pub(crate) &'a [(Cursor, R)]);
 
-impl Serialize for Records<'_> {
+impl<R: Borrow<ChangeRecord>> Serialize for Records<'_, R> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
         for (_, record) in self.0 {
-            seq.serialize_element(record)?;
+            seq.serialize_element(record.borrow())?;
         }
         seq.end()
     }
@@ -49,8 +51,9 @@ impl Serialize for Records<'_> {
 /// `pull_response`, written straight from the answer (the wire shape of
 /// [`PullResponse`](crate::payload::PullResponse), without copying the records).
 #[derive(serde::Serialize)]
-pub(crate) struct PullResponseOut<'a> {
-    pub(crate) changes: Records<'a>,
+#[serde(bound = "")]
+pub(crate) struct PullResponseOut<'a, R: Borrow<ChangeRecord>> {
+    pub(crate) changes: Records<'a, R>,
     pub(crate) latest_hlc: &'a Hlc,
     pub(crate) cursor: String,
 }
