@@ -171,7 +171,7 @@ impl Driver {
                 } => {
                     let out = self
                         .store
-                        .pull_borrowed(&tables, since.as_ref(), cursor.as_ref());
+                        .pull_stored(&tables, since.as_ref(), cursor.as_ref());
                     self.server.answer_pull_with(now, request, Ok(out.into()));
                 }
                 ServerEvent::Replay {
@@ -183,7 +183,7 @@ impl Driver {
                 } => {
                     let out = self
                         .store
-                        .pull_borrowed(&tables, since.as_ref(), cursor.as_ref());
+                        .pull_stored(&tables, since.as_ref(), cursor.as_ref());
                     self.server.answer_replay_with(now, request, Ok(out.into()));
                 }
                 ServerEvent::Push {

@@ -2,11 +2,11 @@
 //! encoded once and shared, each session gets its changes in cursor order, and live changes
 //! wait behind a pending replay with no gap and no duplicate (DESIGN.md sections 2 and 3).
 
-use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::ops::Range;
 
 use bytes::Bytes;
+use serde::Serialize;
 
 use super::event::{AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayAnswer, ReplayId};
 use super::out::{changes_frame, error_frame, frame, PullResponseOut, Records};
@@ -28,8 +28,9 @@ impl Server {
         self.answer_pull_with(now, request, answer);
     }
 
-    /// [`answer_pull`](Server::answer_pull) with owned or borrowed records.
-    pub(crate) fn answer_pull_with<R: Borrow<ChangeRecord>>(
+    /// [`answer_pull`](Server::answer_pull) with records of any form that serialises as one
+    /// (owned, borrowed, or already encoded).
+    pub(crate) fn answer_pull_with<R: Serialize>(
         &mut self,
         now: Instant,
         request: PullId,
@@ -116,8 +117,9 @@ impl Server {
         self.answer_replay_with(now, request, answer);
     }
 
-    /// [`answer_replay`](Server::answer_replay) with owned or borrowed records.
-    pub(crate) fn answer_replay_with<R: Borrow<ChangeRecord>>(
+    /// [`answer_replay`](Server::answer_replay) with records of any form that serialises as
+    /// one (owned, borrowed, or already encoded).
+    pub(crate) fn answer_replay_with<R: Serialize>(
         &mut self,
         now: Instant,
         request: ReplayId,
@@ -149,8 +151,7 @@ impl Server {
                     n => n,
                 };
                 for chunk in answer.changes.chunks(per_frame) {
-                    let records: Vec<&ChangeRecord> =
-                        chunk.iter().map(|(_, r)| r.borrow()).collect();
+                    let records: Vec<&R> = chunk.iter().map(|(_, r)| r).collect();
                     let last = chunk.iter().map(|(c, _)| *c).max().unwrap_or_default();
                     self.send_paced(session, changes_frame(&records, last));
                 }

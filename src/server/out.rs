@@ -1,12 +1,10 @@
 //! Encoding what the server sends, and the one mapping from request errors to wire codes.
 
-use std::borrow::Borrow;
-
 use bytes::Bytes;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 use thiserror::Error;
 
-use crate::payload::{ChangeRecord, Cursor, ErrorPayload, Hlc};
+use crate::payload::{Cursor, ErrorPayload, Hlc};
 use crate::wire::{encode, encode_with_cursor, ErrorCode, FrameId, MessageType, PayloadError};
 
 /// Encodes a server frame. Every payload the server sends is built from payload types whose
@@ -26,7 +24,7 @@ pub(crate) fn error_frame(id: Option<&FrameId>, code: ErrorCode, message: String
 
 /// A `change` frame (one record) or a `changes` frame (several), with the top-level cursor
 /// of its last position (DESIGN.md section 3).
-pub(crate) fn changes_frame(records: &[&ChangeRecord], cursor: Cursor) -> Bytes {
+pub(crate) fn changes_frame<R: Serialize>(records: &[&R], cursor: Cursor) -> Bytes {
     let cursor = cursor.to_string();
     let encoded = match records {
         [one] => encode_with_cursor(MessageType::Change, Some(&cursor), one),
@@ -38,11 +36,11 @@ pub(crate) fn changes_frame(records: &[&ChangeRecord], cursor: Cursor) -> Bytes 
 /// Change records with their positions, serialised as the records alone.
 pub(crate) struct Records<'a, R>(pub(crate) &'a [(Cursor, R)]);
 
-impl<R: Borrow<ChangeRecord>> Serialize for Records<'_, R> {
+impl<R: Serialize> Serialize for Records<'_, R> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
         for (_, record) in self.0 {
-            seq.serialize_element(record.borrow())?;
+            seq.serialize_element(record)?;
         }
         seq.end()
     }
@@ -52,7 +50,7 @@ impl<R: Borrow<ChangeRecord>> Serialize for Records<'_, R> {
 /// [`PullResponse`](crate::payload::PullResponse), without copying the records).
 #[derive(serde::Serialize)]
 #[serde(bound = "")]
-pub(crate) struct PullResponseOut<'a, R: Borrow<ChangeRecord>> {
+pub(crate) struct PullResponseOut<'a, R: Serialize> {
     pub(crate) changes: Records<'a, R>,
     pub(crate) latest_hlc: &'a Hlc,
     pub(crate) cursor: String,
