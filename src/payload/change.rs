@@ -1,14 +1,13 @@
 //! The change record (DESIGN.md section 3).
 
 use core::fmt;
-use std::borrow::Cow;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::hlc::{set, Hlc};
-use super::json::RawJson;
+use super::json::{Key, RawJson};
 
 /// One change to one field of one row, as CRDT and OT applications exchange them.
 ///
@@ -147,7 +146,7 @@ impl<'de> Visitor<'de> for ChangeVisitor {
         let (mut value, mut tombstone, mut counter_delta, mut set_op, mut list_op) =
             (None, None, None, None, None);
         let mut extra = Vec::new();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "table" => set(&mut table, "table", map.next_value::<String>()?)?,
                 "pk" => set(&mut pk, "pk", map.next_value::<String>()?)?,

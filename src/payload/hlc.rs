@@ -109,7 +109,7 @@ impl<'de> Visitor<'de> for HlcVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hlc, A::Error> {
         let (mut ts, mut c, mut node) = (None, None, None);
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(super::json::Key(key)) = map.next_key()? {
             match &*key {
                 "ts" => set(&mut ts, "ts", map.next_value::<i64>()?)?,
                 "c" => set(&mut c, "c", map.next_value::<u32>()?)?,
