@@ -7,6 +7,8 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::json::Key;
+
 /// A hybrid logical clock timestamp: `{"ts": <int64 ns>, "c": <uint32>, "node": <string>}`.
 ///
 /// Ordered by `ts`, then `c`, then `node` (the derived order, by field order). On input the
@@ -109,7 +111,7 @@ impl<'de> Visitor<'de> for HlcVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hlc, A::Error> {
         let (mut ts, mut c, mut node) = (None, None, None);
-        while let Some(super::json::Key(key)) = map.next_key()? {
+        while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "ts" => set(&mut ts, "ts", map.next_value::<i64>()?)?,
                 "c" => set(&mut c, "c", map.next_value::<u32>()?)?,

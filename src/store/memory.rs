@@ -334,16 +334,7 @@ impl<R> PullOutcome<R> {
 impl PullOutcome<&ChangeRecord> {
     /// The same outcome with owned records.
     pub fn cloned(self) -> PullOutcome {
-        PullOutcome {
-            changes: self
-                .changes
-                .into_iter()
-                .map(|(c, r)| (c, r.clone()))
-                .collect(),
-            latest_hlc: self.latest_hlc,
-            head: self.head,
-            complete: self.complete,
-        }
+        self.map(ChangeRecord::clone)
     }
 }
 
