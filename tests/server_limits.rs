@@ -394,3 +394,26 @@ fn input_for_unknown_sessions_is_ignored() {
     let b: SessionId = h.open("b");
     assert_ne!(a, b, "slots are reused with a new generation");
 }
+
+/// A number beyond f64 is still JSON: a pong passes it on byte for byte (found by the server
+/// fuzz target, whose check parsed frames into `serde_json::Value`, which refuses it).
+#[test]
+fn a_pong_echoes_numbers_beyond_f64_byte_for_byte() {
+    let mut server = Server::new(config()).unwrap();
+    let hs = syncmux::server::Handshake::new("/", "node_id=a").protocol("syncmux.v1");
+    let syncmux::server::HandshakeOutcome::Accept { session, .. } =
+        server.handle_handshake(Instant::ZERO, &hs)
+    else {
+        panic!("refused")
+    };
+    while server.poll_transmit().is_some() {}
+    let ping = r#"{"type":"ping","id":"n","payload":[9999999999999999.9999E999999,-1e-999999]}"#;
+    server.handle_message(Instant::ZERO, session, Bytes::from_static(ping.as_bytes()));
+    let Some(syncmux::server::ServerTransmit::Frame { bytes, .. }) = server.poll_transmit() else {
+        panic!("no pong")
+    };
+    assert_eq!(
+        &bytes[..],
+        br#"{"type":"pong","id":"n","payload":[9999999999999999.9999E999999,-1e-999999]}"#
+    );
+}
