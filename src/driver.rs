@@ -179,8 +179,15 @@ impl Driver {
                     tables,
                     since,
                     cursor,
+                    head_only,
                     ..
                 } => {
+                    // Without a replay, the answer is where the stream stands: after the head.
+                    let cursor = if head_only {
+                        Some(self.store.head())
+                    } else {
+                        cursor
+                    };
                     let out = self
                         .store
                         .pull_stored(&tables, since.as_ref(), cursor.as_ref());

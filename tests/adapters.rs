@@ -95,7 +95,10 @@ async fn scenario(url: String, connect: Connect) {
     let (bob, mut bob_events) = connect(config(&url, "bob"));
 
     // Subscribe, then a push by another node arrives live with its cursor.
-    assert_eq!(bob.subscribe(["docs"], None).await.unwrap(), None);
+    // Its ack says where bob's stream starts: the store's head, nothing replayed.
+    let ack = bob.subscribe(["docs"], None).await.unwrap().unwrap();
+    assert!(ack.recovered);
+    assert!(ack.cursor.ends_with(".0"), "{ack:?}");
     let pushed = alice.push(vec![record("1", 10, "alice")]).await.unwrap();
     assert_eq!(pushed.merged, 1);
     let (changes, cursor) = next(&mut bob_events, |e| match e {

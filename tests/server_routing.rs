@@ -14,14 +14,17 @@ use syncmux::ServerEvent;
 fn subscribe(h: &mut Harness, s: syncmux::server::SessionId, tables: &[&str]) {
     let msg = json!({"type":"subscribe","id":"sub","payload":{"tables":tables}});
     h.send(s, &msg.to_string());
-    assert_eq!(h.take(s), vec![json!({"type":"ack","id":"sub"})]);
+    // Every subscribe's ack says where the stream stands (DESIGN.md section 2).
+    let head = h.head.unwrap().to_string();
+    let ack = json!({"type":"ack","id":"sub","payload":{"recovered":true,"cursor":head}});
+    assert_eq!(h.take(s), vec![ack]);
 }
 
 fn cursors(frames: &[Value]) -> Vec<String> {
     frames
         .iter()
         .filter(|f| f["type"] == "change" || f["type"] == "changes")
-        .map(|f| f["cursor"].as_str().unwrap().to_owned())
+        .filter_map(|f| Some(f.get("cursor")?.as_str().unwrap().to_owned()))
         .collect()
 }
 
@@ -242,20 +245,198 @@ fn pulls_are_events_answered_out_of_order() {
     assert_eq!(parsed.changes.len(), 1);
 }
 
+/// A cursor is opaque to clients (DESIGN.md section 3): any string the store cannot serve
+/// (another store's format, garbage) is a fallback with `recovered: false`, never an error.
 #[test]
-fn a_bad_cursor_is_an_invalid_payload_naming_the_field() {
+fn a_cursor_that_is_not_ours_falls_back_and_says_so() {
     let mut h = Harness::new(config());
+    let a = h.open("a");
+    for garbage in ["x", "no-such-epoch.3", "1.2.3", ""] {
+        let pull = json!({"type":"pull_request","id":"1",
+            "payload":{"tables":["docs"],"cursor":garbage,"since":"4:0:n"}});
+        h.send(a, &pull.to_string());
+        let Some(ServerEvent::Pull {
+            request,
+            cursor,
+            since,
+            ..
+        }) = h.take_events().pop()
+        else {
+            panic!("{garbage:?}: no pull event")
+        };
+        // The application sees a pull by `since` alone ...
+        assert_eq!((cursor, since), (None, Some(Hlc::new(4, 0, "n"))));
+        let answer = PullAnswer {
+            head: Cursor::new(1, 9),
+            complete: true,
+            ..PullAnswer::default()
+        };
+        h.server.answer_pull(h.now, request, Ok(answer));
+        h.drain();
+        // ... and the client learns that its cursor was not served.
+        let f = &h.take(a)[0];
+        assert_eq!(f["type"], "pull_response", "{garbage:?}");
+        assert_eq!(f["payload"]["recovered"], false, "{garbage:?}");
+        assert_eq!(f["payload"]["cursor"], "1.9");
+
+        let sub =
+            json!({"type":"subscribe","id":"s","payload":{"tables":["docs"],"cursor":garbage}});
+        h.send(a, &sub.to_string());
+        let Some(ServerEvent::Replay {
+            request,
+            cursor,
+            head_only,
+            ..
+        }) = h.take_events().pop()
+        else {
+            panic!("{garbage:?}: no replay event")
+        };
+        assert_eq!((cursor, head_only), (None, false));
+        let answer = PullAnswer {
+            head: Cursor::new(1, 9),
+            complete: true,
+            ..PullAnswer::default()
+        };
+        h.server.answer_replay(h.now, request, Ok(answer));
+        h.drain();
+        assert_eq!(
+            h.take(a),
+            [json!({"type":"ack","id":"s","payload":{"recovered":false,"cursor":"1.9"}})],
+            "{garbage:?}"
+        );
+    }
+}
+
+/// Only a cursor that is not a string is refused, naming the field.
+#[test]
+fn a_cursor_that_is_not_a_string_is_an_invalid_payload() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    for msg in [
+        r#"{"type":"pull_request","id":"1","payload":{"tables":["docs"],"cursor":7}}"#,
+        r#"{"type":"subscribe","id":"2","payload":{"tables":["docs"],"cursor":{"seq":1}}}"#,
+    ] {
+        h.send(a, msg);
+        let f = &h.take(a)[0];
+        assert_eq!(error_code(f), "INVALID_PAYLOAD", "{msg}");
+        assert!(f["payload"]["message"].as_str().unwrap().contains("cursor"));
+    }
+    assert_eq!(h.server.subscriptions(a), Vec::<String>::new());
+}
+
+/// A pull that named a cursor the store served says `recovered: true`; one without a cursor
+/// carries no `recovered` at all (the seed's clients know nothing of it).
+#[test]
+fn only_a_pull_that_named_a_cursor_says_whether_it_recovered() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    let cases = [
+        (r#"{"tables":["docs"],"cursor":"1.2"}"#, true, Some(true)),
+        (r#"{"tables":["docs"],"cursor":"1.2"}"#, false, Some(false)),
+        (r#"{"tables":["docs"],"since":"1:0:x"}"#, true, None),
+        (r#"{"tables":["docs"]}"#, true, None),
+    ];
+    for (payload, complete, recovered) in cases {
+        h.send(
+            a,
+            &format!(r#"{{"type":"pull_request","id":"p","payload":{payload}}}"#),
+        );
+        let Some(ServerEvent::Pull { request, .. }) = h.take_events().pop() else {
+            panic!()
+        };
+        let answer = PullAnswer {
+            head: Cursor::new(1, 2),
+            complete,
+            ..PullAnswer::default()
+        };
+        h.server.answer_pull(h.now, request, Ok(answer));
+        h.drain();
+        let f = &h.take(a)[0];
+        assert_eq!(
+            f["payload"].get("recovered").and_then(Value::as_bool),
+            recovered,
+            "{payload}"
+        );
+    }
+}
+
+/// A replay that answers `since` alone goes out in the store's HLC order with no per-frame
+/// cursor (its frames are not resume points), a frame never ends inside a run of equal HLCs,
+/// and the ack carries the head the replay was cut at (DESIGN.md section 3, "Replay order").
+#[test]
+fn a_replay_by_since_is_in_hlc_order_without_frame_cursors() {
+    let mut c = config();
+    c.max_changes_per_frame = 2;
+    let mut h = Harness::new(c);
     let a = h.open("a");
     h.send(
         a,
-        r#"{"type":"pull_request","id":"1","payload":{"tables":["docs"],"cursor":"x"}}"#,
+        r#"{"type":"subscribe","id":"r","payload":{"tables":["docs"],"since":"1:0:x"}}"#,
     );
-    let f = &h.take(a)[0];
-    assert_eq!(error_code(f), "INVALID_PAYLOAD");
-    assert!(f["payload"]["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("payload.cursor"));
+    let Some(ServerEvent::Replay {
+        request, head_only, ..
+    }) = h.take_events().pop()
+    else {
+        panic!()
+    };
+    assert!(!head_only);
+    // Positions out of HLC order (late pushes with old HLCs), and three changes at HLC 5.
+    let at = |seq, pk: &str, ts| (Cursor::new(1, seq), record("docs", pk, ts, "p"));
+    let answer = PullAnswer {
+        changes: vec![
+            at(7, "r3", 3),
+            at(2, "r4", 4),
+            at(5, "e1", 5),
+            at(3, "e2", 5),
+            at(9, "e3", 5),
+            at(1, "r6", 6),
+        ],
+        latest_hlc: Hlc::new(6, 0, "p"),
+        head: Cursor::new(1, 9),
+        complete: true,
+    };
+    h.server.answer_replay(h.now, request, Ok(answer));
+    h.drain();
+    let frames = h.take(a);
+    assert_eq!(types(&frames), ["changes", "changes", "change", "ack"]);
+    assert_eq!(pks(&frames), ["r3", "r4", "e1", "e2", "e3", "r6"]);
+    assert!(
+        frames.iter().all(|f| f.get("cursor").is_none()),
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames[3],
+        json!({"type":"ack","id":"r","payload":{"recovered":true,"cursor":"1.9"}})
+    );
+}
+
+/// A replay after a cursor the store served stays in cursor order, each frame with the
+/// cursor of its last change.
+#[test]
+fn a_replay_after_a_served_cursor_is_in_cursor_order_with_frame_cursors() {
+    let mut c = config();
+    c.max_changes_per_frame = 2;
+    let mut h = Harness::new(c);
+    let a = h.open("a");
+    h.send(
+        a,
+        r#"{"type":"subscribe","id":"r","payload":{"tables":["docs"],"cursor":"1.1"}}"#,
+    );
+    let Some(ServerEvent::Replay { request, .. }) = h.take_events().pop() else {
+        panic!()
+    };
+    let at = |seq, pk: &str, ts| (Cursor::new(1, seq), record("docs", pk, ts, "p"));
+    let answer = PullAnswer {
+        changes: vec![at(2, "b", 9), at(3, "c", 1), at(4, "d", 5)],
+        latest_hlc: Hlc::new(9, 0, "p"),
+        head: Cursor::new(1, 4),
+        complete: true,
+    };
+    h.server.answer_replay(h.now, request, Ok(answer));
+    h.drain();
+    let frames = h.take(a);
+    assert_eq!(pks(&frames), ["b", "c", "d"]);
+    assert_eq!(cursors(&frames), ["1.3", "1.4"]);
 }
 
 /// The interleaving that matters: a push accepted between a subscribe-with-since and its
@@ -346,10 +527,11 @@ fn held_batches_straddling_the_replay_head_are_trimmed() {
     h.server.answer_replay(h.now, request, Ok(answer));
     h.drain();
     let frames = h.take(late);
-    // No id on the subscribe: no ack.
+    // No id on the subscribe: no ack. The replay by `since` has no frame cursor; the live
+    // change after its head has its own.
     assert_eq!(types(&frames), ["change", "change"]);
     assert_eq!(pks(&frames), ["a", "b"]);
-    assert_eq!(cursors(&frames), ["1.1", "1.2"]);
+    assert_eq!(cursors(&frames), ["1.2"]);
 }
 
 #[test]

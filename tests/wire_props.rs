@@ -198,13 +198,20 @@ fn payload() -> impl Strategy<Value = Payload> {
                 node_id
             })
         ),
-        (changes(), hlc(), cursor()).prop_map(|(changes, latest_hlc, cursor)| {
-            Payload::PullResponse(PullResponse {
-                changes,
-                latest_hlc,
-                cursor,
-            })
-        }),
+        (
+            changes(),
+            hlc(),
+            cursor(),
+            proptest::option::of(any::<bool>())
+        )
+            .prop_map(|(changes, latest_hlc, cursor, recovered)| {
+                Payload::PullResponse(PullResponse {
+                    changes,
+                    latest_hlc,
+                    cursor,
+                    recovered,
+                })
+            }),
         (changes(), text())
             .prop_map(|(changes, node_id)| Payload::Push(PushRequest { changes, node_id })),
         (any::<u64>(), hlc(), cursor()).prop_map(|(merged, latest_hlc, cursor)| {

@@ -428,8 +428,15 @@ impl Run {
                 tables,
                 since,
                 cursor,
+                head_only,
                 ..
             } => {
+                // A subscribe without a resume: only where the stream starts.
+                let cursor = if head_only {
+                    Some(self.store.head())
+                } else {
+                    cursor
+                };
                 let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
                 let answer = PullAnswer {
                     changes: out.changes,

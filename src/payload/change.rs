@@ -189,6 +189,24 @@ impl<'de> Visitor<'de> for ChangeVisitor {
     }
 }
 
+/// A record as the server's replays see it: whatever form a store answers with (owned,
+/// borrowed, or with its encoding kept), the HLC that orders it.
+pub(crate) trait HasHlc {
+    fn hlc(&self) -> &Hlc;
+}
+
+impl HasHlc for ChangeRecord {
+    fn hlc(&self) -> &Hlc {
+        &self.hlc
+    }
+}
+
+impl<T: HasHlc + ?Sized> HasHlc for &T {
+    fn hlc(&self) -> &Hlc {
+        (**self).hlc()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

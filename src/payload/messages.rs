@@ -37,6 +37,10 @@ pub struct PullResponse {
     /// The position to resume after (absent from servers without cursors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Present when the pull named a `cursor`: whether the server could serve it. `false`
+    /// means it fell back to `since` (or to everything), and the client should resynchronise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
 }
 
 /// `push_request`.
@@ -224,10 +228,12 @@ pub struct ErrorPayload {
     pub message: String,
 }
 
-/// The payload of the `ack` of a `subscribe` that carried `since` or `cursor`.
+/// The payload of the `ack` of every `subscribe`: where the session's stream stands once the
+/// subscription took effect (DESIGN.md section 3).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ResumeAck {
-    /// Whether the replay is complete; `false` tells the client to resynchronise.
+    /// Whether the replay is complete; `false` tells the client to resynchronise. `true` for a
+    /// subscribe that asked for no replay.
     pub recovered: bool,
     /// The position the session's live stream continues from.
     pub cursor: String,

@@ -10,6 +10,7 @@ mod json;
 mod messages;
 
 pub use change::ChangeRecord;
+pub(crate) use change::HasHlc;
 pub use cursor::{Cursor, CursorParseError};
 pub use hlc::{Hlc, HlcParseError};
 pub use json::RawJson;

@@ -68,8 +68,9 @@ pub enum ServerEvent {
         /// The close code the server sent, or `None` when the peer or transport ended it.
         code: Option<CloseCode>,
     },
-    /// Answer with the changes of `tables` after `cursor` (or, without a usable cursor, after
-    /// `since`): [`Server::answer_pull`](super::Server::answer_pull).
+    /// Answer with the changes of `tables` after `cursor` in position order (or, without a
+    /// usable cursor, after `since` in HLC order):
+    /// [`Server::answer_pull`](super::Server::answer_pull).
     Pull {
         /// The handle to answer.
         request: PullId,
@@ -96,9 +97,10 @@ pub enum ServerEvent {
         /// The changes to merge.
         changes: Vec<ChangeRecord>,
     },
-    /// A subscribe asked for a replay; answer with the changes as for a pull:
-    /// [`Server::answer_replay`](super::Server::answer_replay). Live changes of the session
-    /// wait until then.
+    /// A subscribe took effect; answer with the changes to replay, as for a pull, and the
+    /// store's head: [`Server::answer_replay`](super::Server::answer_replay). Live changes
+    /// of the session wait until then. The subscribe's `ack` tells the client where its
+    /// stream stands (the head), so every subscribe that carried an id comes here.
     Replay {
         /// The handle to answer.
         request: ReplayId,
@@ -106,10 +108,13 @@ pub enum ServerEvent {
         session: SessionId,
         /// The tables.
         tables: Vec<String>,
-        /// Only changes with a greater HLC.
+        /// Only changes with a greater HLC, **in HLC order** (without a usable `cursor`).
         since: Option<Hlc>,
-        /// Only changes after this position.
+        /// Only changes after this position, in position order; when the store cannot
+        /// serve it, fall back to `since` and answer `complete: false`.
         cursor: Option<Cursor>,
+        /// The subscribe asked for no replay: answer with no changes, only the head.
+        head_only: bool,
     },
 }
 
@@ -119,15 +124,17 @@ pub enum ServerEvent {
 /// records borrowed from its store, so a pull copies nothing before it is encoded.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PullAnswer<R = ChangeRecord> {
-    /// The changes, each with its position.
+    /// The changes, each with its position: in position order after a cursor the store
+    /// served, in HLC order otherwise (a replay by `since` goes out in this order, so that
+    /// every prefix of it is complete below its newest HLC).
     pub changes: Vec<(Cursor, R)>,
     /// The newest HLC the store holds for the tables (or the request's `since`).
     pub latest_hlc: Hlc,
     /// The store's head: every change at or before it was visible to this read.
     pub head: Cursor,
-    /// Whether the answer holds every change after the request's cursor; `false` when the
-    /// store could not serve the cursor and fell back to `since` (the subscribe's ack then
-    /// says `recovered: false`).
+    /// Whether the answer holds everything asked for; `false` when the store could not
+    /// serve the cursor and fell back to `since`, or when retention evicted changes after
+    /// `since` (the subscribe's ack, or the pull's response, then says `recovered: false`).
     pub complete: bool,
 }
 

@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::event::{AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayAnswer, ReplayId};
 use super::out::{changes_frame, error_frame, frame, PullResponseOut, Records};
 use super::session::{Batch, Held, Sent, Sessions};
-use super::{PendingKind, Server, SessionId};
-use crate::payload::{ChangeRecord, Cursor, PushResponse, ResumeAck};
+use super::{PendingKind, Resume, Server, SessionId};
+use crate::payload::{ChangeRecord, Cursor, HasHlc, PushResponse, ResumeAck};
 use crate::time::Instant;
 use crate::wire::{ErrorCode, MessageType};
 
@@ -37,7 +37,11 @@ impl Server {
         answer: Result<PullAnswer<R>, AppError>,
     ) {
         self.clamp(now);
-        let Some(pending) = self.take_pending(request.0, |k| matches!(k, PendingKind::Pull)) else {
+        let Some(pending) = self.take_pending(request.0, |k| matches!(k, PendingKind::Pull { .. }))
+        else {
+            return;
+        };
+        let PendingKind::Pull { from } = pending.kind else {
             return;
         };
         let bytes = match &answer {
@@ -48,6 +52,12 @@ impl Server {
                     changes: Records(&a.changes),
                     latest_hlc: &a.latest_hlc,
                     cursor: a.head.to_string(),
+                    // Only a pull that named a cursor learns whether it was served.
+                    recovered: match from {
+                        Resume::Cursor => Some(a.complete),
+                        Resume::Unservable => Some(false),
+                        Resume::Head | Resume::Since => None,
+                    },
                 },
             ),
             Err(e) => error_frame(
@@ -119,7 +129,7 @@ impl Server {
 
     /// [`answer_replay`](Server::answer_replay) with records of any form that serialises as
     /// one (owned, borrowed, or already encoded).
-    pub(crate) fn answer_replay_with<R: Serialize>(
+    pub(crate) fn answer_replay_with<R: Serialize + HasHlc>(
         &mut self,
         now: Instant,
         request: ReplayId,
@@ -131,7 +141,12 @@ impl Server {
         else {
             return;
         };
-        let PendingKind::Replay { tables, added } = pending.kind else {
+        let PendingKind::Replay {
+            tables,
+            added,
+            from,
+        } = pending.kind
+        else {
             return;
         };
         let session = pending.session;
@@ -140,24 +155,46 @@ impl Server {
         }
         match answer {
             Ok(mut answer) => {
-                // A session receives changes in cursor order (DESIGN.md section 3), replays by
-                // `since` included (a store answers those in HLC order): then the cursor of
-                // each replay frame covers every replayed change before it, and a client cut
-                // off half-way resumes from there without gap or duplicate. Already sorted
-                // (a replay after a cursor), this costs one pass.
-                answer.changes.sort_by_key(|(cursor, _)| *cursor);
+                if from == Resume::Head {
+                    // Nothing was asked for; a store that replays anyway must not make the
+                    // session see history twice.
+                    answer.changes.clear();
+                }
                 let per_frame = match self.config.max_changes_per_frame {
                     0 => usize::MAX,
                     n => n,
                 };
-                for chunk in answer.changes.chunks(per_frame) {
-                    let records: Vec<&R> = chunk.iter().map(|(_, r)| r).collect();
-                    let last = chunk.iter().map(|(c, _)| *c).max().unwrap_or_default();
-                    self.send_paced(session, changes_frame(&records, last));
+                if from == Resume::Cursor && answer.complete {
+                    // After a served cursor: in cursor order, each frame with the cursor of
+                    // its last change, so a client cut off half-way resumes from there
+                    // without gap or duplicate. Already sorted, this costs one pass.
+                    answer.changes.sort_by_key(|(cursor, _)| *cursor);
+                    for chunk in answer.changes.chunks(per_frame) {
+                        let records: Vec<&R> = chunk.iter().map(|(_, r)| r).collect();
+                        let last = chunk.iter().map(|(c, _)| *c).max();
+                        self.send_paced(session, changes_frame(&records, last));
+                    }
+                } else {
+                    // By `since` alone (a fallback included): in the store's HLC order and
+                    // without per-frame cursors, which would not be resume points. Every
+                    // prefix is complete below its newest HLC, so a seed client resuming
+                    // from the newest HLC it has seen loses nothing; a frame never ends
+                    // inside a run of equal HLCs (`since` is exclusive).
+                    let mut rest = &answer.changes[..];
+                    while !rest.is_empty() {
+                        let mut end = per_frame.min(rest.len());
+                        while end < rest.len() && rest[end].1.hlc() == rest[end - 1].1.hlc() {
+                            end += 1;
+                        }
+                        let (chunk, tail) = rest.split_at(end);
+                        let records: Vec<&R> = chunk.iter().map(|(_, r)| r).collect();
+                        self.send_paced(session, changes_frame(&records, None));
+                        rest = tail;
+                    }
                 }
                 if let Some(id) = &pending.id {
                     let ack = ResumeAck {
-                        recovered: answer.complete,
+                        recovered: answer.complete && from != Resume::Unservable,
                         cursor: answer.head.to_string(),
                     };
                     self.send_paced(session, frame(MessageType::Ack, Some(id), &ack));
@@ -332,7 +369,7 @@ impl Server {
             if keep.len() == range.len() {
                 self.send(session, frame);
             } else if !keep.is_empty() {
-                let last = keep.iter().map(|(c, _)| *c).max().unwrap_or_default();
+                let last = keep.iter().map(|(c, _)| *c).max();
                 let records: Vec<&ChangeRecord> = keep.iter().map(|(_, r)| r).collect();
                 self.send(session, changes_frame(&records, last));
             }
@@ -405,6 +442,6 @@ impl Reorder {
 fn encode(batch: &[(Cursor, ChangeRecord)], range: Range<usize>) -> Bytes {
     let slice = &batch[range];
     let records: Vec<&ChangeRecord> = slice.iter().map(|(_, r)| r).collect();
-    let last = slice.iter().map(|(c, _)| *c).max().unwrap_or_default();
+    let last = slice.iter().map(|(c, _)| *c).max();
     changes_frame(&records, last)
 }

@@ -26,7 +26,7 @@
 //! ```
 //! use bytes::Bytes;
 //! use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-//! use syncmux::server::{Handshake, HandshakeOutcome, PushAnswer, ServerTransmit};
+//! use syncmux::server::{Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit};
 //! use syncmux::{Instant, Server, ServerConfig, ServerEvent};
 //!
 //! let mut server = Server::new(ServerConfig::default())?;
@@ -49,13 +49,22 @@
 //!     {"table":"docs","pk":"1","field":"title","crdt_type":"lww","hlc":"5:0:alice","node_id":"alice","value":"Hi"}]}}"#;
 //! server.handle_message(now, alice, Bytes::from(push));
 //!
-//! // The application (here: by hand) answers the push.
+//! // The application (here: by hand, its store empty so far) answers: the subscribe with
+//! // where the stream stands, the push with the position it gave the change.
 //! while let Some(event) = server.poll_event() {
-//!     if let ServerEvent::Push { request, changes, .. } = event {
-//!         let accepted = vec![(Cursor::new(1, 1), changes[0].clone())];
-//!         let head = Cursor::new(1, 1);
-//!         let latest_hlc = Hlc::new(5, 0, "alice");
-//!         server.answer_push(now, request, Ok(PushAnswer { accepted, latest_hlc, head }));
+//!     match event {
+//!         ServerEvent::Replay { request, .. } => {
+//!             let head = Cursor::new(1, 0);
+//!             let answer = PullAnswer { head, complete: true, ..PullAnswer::default() };
+//!             server.answer_replay(now, request, Ok(answer));
+//!         }
+//!         ServerEvent::Push { request, changes, .. } => {
+//!             let accepted = vec![(Cursor::new(1, 1), changes[0].clone())];
+//!             let head = Cursor::new(1, 1);
+//!             let latest_hlc = Hlc::new(5, 0, "alice");
+//!             server.answer_push(now, request, Ok(PushAnswer { accepted, latest_hlc, head }));
+//!         }
+//!         _ => {}
 //!     }
 //! }
 //!
@@ -68,7 +77,7 @@
 //!         }
 //!     }
 //! }
-//! assert_eq!(to_bob[0], r#"{"type":"ack","id":"s1"}"#);
+//! assert_eq!(to_bob[0], r#"{"type":"ack","id":"s1","payload":{"recovered":true,"cursor":"1.0"}}"#);
 //! assert!(to_bob[1].starts_with(r#"{"type":"change","cursor":"1.1","payload":{"table":"docs""#));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -111,14 +120,33 @@ struct Pending {
 }
 
 enum PendingKind {
-    Pull,
+    Pull {
+        /// What the pull said of its position.
+        from: Resume,
+    },
     Push,
     Replay {
         /// Every table of the subscribe (their held changes are filtered by the replay).
         tables: Vec<Arc<str>>,
         /// The tables this subscribe added (dropped again if the replay fails).
         added: Vec<Arc<str>>,
+        /// What the subscribe said of its position.
+        from: Resume,
     },
+}
+
+/// Where a pull or subscribe asked to start, as far as the answer's shape depends on it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Resume {
+    /// Neither `since` nor `cursor`: a subscribe starts at the head (no replay).
+    Head,
+    /// `since` alone: the answer is in HLC order, not a sequence of resume points.
+    Since,
+    /// A cursor the store may serve (it says in `complete` whether it did).
+    Cursor,
+    /// A string cursor that is not one of ours (another store, garbage): answered like a
+    /// stale one, a fallback to `since` with `recovered: false` (DESIGN.md section 3).
+    Unservable,
 }
 
 /// The server state machine. See the [module documentation](self).

@@ -23,12 +23,13 @@ pub(crate) fn error_frame(id: Option<&FrameId>, code: ErrorCode, message: String
 }
 
 /// A `change` frame (one record) or a `changes` frame (several), with the top-level cursor
-/// of its last position (DESIGN.md section 3).
-pub(crate) fn changes_frame<R: Serialize>(records: &[&R], cursor: Cursor) -> Bytes {
-    let cursor = cursor.to_string();
+/// of its last position, or none inside a replay by `since` (DESIGN.md section 3).
+pub(crate) fn changes_frame<R: Serialize>(records: &[&R], cursor: Option<Cursor>) -> Bytes {
+    let cursor = cursor.map(|c| c.to_string());
+    let cursor = cursor.as_deref();
     let encoded = match records {
-        [one] => encode_with_cursor(MessageType::Change, Some(&cursor), one),
-        many => encode_with_cursor(MessageType::Changes, Some(&cursor), many),
+        [one] => encode_with_cursor(MessageType::Change, cursor, one),
+        many => encode_with_cursor(MessageType::Changes, cursor, many),
     };
     encoded.expect("invariant: change records always serialise")
 }
@@ -54,6 +55,8 @@ pub(crate) struct PullResponseOut<'a, R: Serialize> {
     pub(crate) changes: Records<'a, R>,
     pub(crate) latest_hlc: &'a Hlc,
     pub(crate) cursor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) recovered: Option<bool>,
 }
 
 /// Why a request was refused. Each maps to one wire code in [`RequestError::code`].

@@ -9,14 +9,14 @@ use super::event::{PullId, PushId, ReplayId, ServerEvent, SessionId};
 use super::hub::{Member, Presence};
 use super::out::{self, RequestError};
 use super::session::InFlight;
-use super::{Pending, PendingKind, Server};
+use super::{Pending, PendingKind, Resume, Server};
 use crate::payload::{
     Cursor, PresenceEvent, PresenceEventKind, PresenceGet, PresenceSnapshot, PresenceState,
     PresenceUpdate, PullRequest, PushRequest, RawJson, RoomAction, RoomEvent, RoomEventKind,
     RoomMember, RoomRequest, Subscribe, Unsubscribe,
 };
 use crate::time::Instant;
-use crate::wire::{Frame, FrameId, MessageType, PayloadError};
+use crate::wire::{Frame, FrameId, MessageType};
 
 type Result<T = ()> = core::result::Result<T, RequestError>;
 
@@ -122,11 +122,11 @@ impl Server {
         self.check_in_flight(session, Some(id))?;
         let req: PullRequest = frame.payload()?;
         self.check_node(session, req.node_id.as_deref())?;
-        let cursor = parse_cursor(req.cursor.as_deref())?;
+        let (from, cursor) = resume_point(req.since.is_some(), req.cursor.as_deref());
         for table in &req.tables {
             self.authorize(session, Resource::ReadTable(table))?;
         }
-        let key = self.register(session, Some(id.clone()), PendingKind::Pull);
+        let key = self.register(session, Some(id.clone()), PendingKind::Pull { from });
         let node_id = self.node_of(session);
         self.events.push_back(ServerEvent::Pull {
             request: PullId(key),
@@ -165,13 +165,16 @@ impl Server {
 
     fn on_subscribe(&mut self, session: SessionId, frame: &Frame) -> Result {
         let mut req: Subscribe = frame.payload()?;
-        let cursor = parse_cursor(req.cursor.as_deref())?;
+        let (from, cursor) = resume_point(req.since.is_some(), req.cursor.as_deref());
         dedup_in_order(&mut req.tables);
         for table in &req.tables {
             self.authorize(session, Resource::ReadTable(table))?;
         }
-        let replay = req.since.is_some() || cursor.is_some();
-        if replay {
+        // Every subscribe with an id is acknowledged with where the stream stands, which
+        // only the store knows (DESIGN.md section 2, `ack`); one without an id and without a
+        // resume asks nothing of it.
+        let ask_store = from != Resume::Head || frame.id().is_some();
+        if ask_store {
             self.check_in_flight(session, frame.id())?;
         }
         let Some(s) = self.sessions.get(session) else {
@@ -194,8 +197,7 @@ impl Server {
             return Ok(());
         };
         s.tables.extend(added.iter().cloned());
-        if !replay {
-            self.ack(session, frame.id());
+        if !ask_store {
             return Ok(());
         }
         // Live changes for this session wait from now until the replay is answered.
@@ -204,7 +206,11 @@ impl Server {
         let key = self.register(
             session,
             frame.id().cloned(),
-            PendingKind::Replay { tables, added },
+            PendingKind::Replay {
+                tables,
+                added,
+                from,
+            },
         );
         self.events.push_back(ServerEvent::Replay {
             request: ReplayId(key),
@@ -212,6 +218,7 @@ impl Server {
             tables: req.tables,
             since: req.since,
             cursor,
+            head_only: from == Resume::Head,
         });
         Ok(())
     }
@@ -470,13 +477,16 @@ fn frame_of(event: &RoomEvent) -> bytes::Bytes {
     out::frame(MessageType::Room, None, event)
 }
 
-fn parse_cursor(cursor: Option<&str>) -> Result<Option<Cursor>> {
-    cursor
-        .map(|c| {
-            c.parse::<Cursor>()
-                .map_err(|e| PayloadError::new(format!("payload.cursor: {e}")).into())
-        })
-        .transpose()
+/// Where a pull or subscribe starts, and the cursor to hand the application. A cursor is
+/// opaque to clients: one that does not parse is one no store of ours can serve, so it is
+/// dropped here and the answer says `recovered: false`, never an error (DESIGN.md section 3).
+fn resume_point(since: bool, cursor: Option<&str>) -> (Resume, Option<Cursor>) {
+    match cursor.map(str::parse::<Cursor>) {
+        Some(Ok(cursor)) => (Resume::Cursor, Some(cursor)),
+        Some(Err(_)) => (Resume::Unservable, None),
+        None if since => (Resume::Since, None),
+        None => (Resume::Head, None),
+    }
 }
 
 fn dedup_in_order(tables: &mut Vec<String>) {

@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::table::Table;
-use crate::payload::{ChangeRecord, Cursor, Hlc};
+use crate::payload::{ChangeRecord, Cursor, HasHlc, Hlc};
 
 /// Configuration of a [`MemoryStore`].
 ///
@@ -82,6 +82,12 @@ impl Stored {
             serde_json::value::to_raw_value(&self.record)
                 .expect("invariant: change records always serialise")
         })
+    }
+}
+
+impl HasHlc for Stored {
+    fn hlc(&self) -> &Hlc {
+        &self.record.hlc
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-use syncmux::server::{Handshake, HandshakeOutcome, PushAnswer, ServerTransmit, SessionId};
+use syncmux::server::{
+    Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId,
+};
 use syncmux::{Instant, Server, ServerConfig, ServerEvent};
 
 pub struct Harness {
@@ -18,6 +20,9 @@ pub struct Harness {
     pub events: Vec<ServerEvent>,
     /// Whether drained frames are reported written at once.
     pub auto_sent: bool,
+    /// The store head that subscribes without a replay are answered with, at once, when
+    /// drained (`None`: left in `events` for the test to answer).
+    pub head: Option<Cursor>,
 }
 
 impl Harness {
@@ -29,6 +34,7 @@ impl Harness {
             closes: BTreeMap::new(),
             events: Vec::new(),
             auto_sent: true,
+            head: Some(Cursor::new(1, 0)),
         }
     }
 
@@ -80,8 +86,30 @@ impl Harness {
                 other => panic!("unexpected transmit {other:?}"),
             }
         }
+        let mut answered = false;
         while let Some(e) = self.server.poll_event() {
-            self.events.push(e);
+            match (e, self.head) {
+                (
+                    ServerEvent::Replay {
+                        request,
+                        head_only: true,
+                        ..
+                    },
+                    Some(head),
+                ) => {
+                    let answer = PullAnswer {
+                        head,
+                        complete: true,
+                        ..PullAnswer::default()
+                    };
+                    self.server.answer_replay(self.now, request, Ok(answer));
+                    answered = true;
+                }
+                (e, _) => self.events.push(e),
+            }
+        }
+        if answered {
+            self.drain();
         }
     }
 
@@ -138,6 +166,9 @@ impl Harness {
                     latest_hlc,
                     head: Cursor::new(1, *next),
                 };
+                if self.head.is_some() {
+                    self.head = Some(Cursor::new(1, *next));
+                }
                 self.server.answer_push(self.now, request, Ok(answer));
                 self.drain();
             } else {

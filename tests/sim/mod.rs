@@ -456,8 +456,15 @@ impl Net {
                 tables,
                 since,
                 cursor,
+                head_only,
                 ..
             } => {
+                // No replay asked: the answer is only where the stream starts.
+                let cursor = if head_only {
+                    Some(self.store.head())
+                } else {
+                    cursor
+                };
                 let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
                 self.server.answer_replay(now, request, Ok(out.into()));
             }

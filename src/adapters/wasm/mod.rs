@@ -76,7 +76,7 @@ export interface ChangeRecord {
   [extra: string]: any;
 }
 
-export interface PullResponse { changes: ChangeRecord[]; latest_hlc: string; cursor?: string }
+export interface PullResponse { changes: ChangeRecord[]; latest_hlc: string; cursor?: string; recovered?: boolean }
 export interface PushResponse { merged: number; latest_hlc: string; cursor?: string }
 /** The answer to a `subscribe` that resumed from `since`; `null` for other acknowledgements. */
 export type Ack = null | { recovered: boolean; cursor: string };
