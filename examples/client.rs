@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `subscribe`, `presence` and `room` (without a message) keep running and print what
-//! arrives, across server restarts, until Ctrl-C. Each change line carries the `cursor` of
+//! arrives, across server restarts and servers that drop the connection before answering,
+//! until Ctrl-C; only a refusal by the server (or a close that ends reconnecting) stops them. Each change line carries the `cursor` of
 //! the frame that brought it (for a batch, the position of its last change, printed on each
 //! of its lines); a `pull` prints the response with its `cursor`. Pass one back with
 //! `--cursor` to get exactly what came after it, late changes with old HLCs included
@@ -17,7 +18,9 @@
 //! the cursor, which a subscribe reports with `"recovered": false`. Errors print their code
 //! and message and exit non-zero. Flags are parsed by hand, as in the server example.
 
+use std::future::Future;
 use std::io::Read;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -165,45 +168,76 @@ async fn run(
             line(value(&client.push(changes).await?));
         }
         Command::Subscribe(after, tables) => {
-            let ack = client
-                .subscribe_after(tables, after.since, after.cursor)
-                .await?;
-            line(
-                json!({"subscribed": true, "resume": ack.map(|a| json!({"recovered": a.recovered, "cursor": a.cursor}))}),
-            );
-            return follow(events).await;
+            let subscribed = async move {
+                let ack = client
+                    .subscribe_after(tables, after.since, after.cursor)
+                    .await?;
+                let resume = ack.map(|a| json!({"recovered": a.recovered, "cursor": a.cursor}));
+                Ok(json!({"subscribed": true, "resume": resume}))
+            };
+            return follow(events, Box::pin(subscribed)).await;
         }
         Command::Presence(topic, data) => {
-            client
-                .update_presence(topic.clone(), json_arg(&data)?)
-                .await?;
-            line(value(&client.get_presence(topic).await?));
-            return follow(events).await;
+            let data = json_arg(&data)?;
+            let joined = async move {
+                client.update_presence(topic.clone(), data).await?;
+                Ok(value(&client.get_presence(topic).await?))
+            };
+            return follow(events, Box::pin(joined)).await;
         }
-        Command::Room(room, message) => {
+        Command::Room(room, None) => {
+            let joined = async move {
+                client.join_room(room.clone(), None).await?;
+                Ok(json!({"joined": room}))
+            };
+            return follow(events, Box::pin(joined)).await;
+        }
+        Command::Room(room, Some(text)) => {
             client.join_room(room.clone(), None).await?;
-            match message {
-                Some(text) => {
-                    let data = RawJson::from_serialize(&text).map_err(|e| {
-                        RequestError::InvalidResponse {
-                            message: e.to_string(),
-                        }
-                    })?;
-                    client.broadcast(room.clone(), data).await?;
-                    line(json!({"sent": text, "room": room}));
-                }
-                None => return follow(events).await,
-            }
+            let data =
+                RawJson::from_serialize(&text).map_err(|e| RequestError::InvalidResponse {
+                    message: e.to_string(),
+                })?;
+            client.broadcast(room.clone(), data).await?;
+            line(json!({"sent": text, "room": room}));
         }
     }
     Ok(())
 }
 
-/// Prints events until Ctrl-C or until the client closes for good.
-async fn follow(mut events: ClientEvents) -> Result<(), RequestError> {
+/// Prints events until Ctrl-C or until the client closes for good, and the outcome of the
+/// command that started following (a subscribe, a presence join, a room join) once it has
+/// one.
+///
+/// A follower follows until it is told to stop: the command is printed when the server
+/// answers it, however many reconnects that takes. A refusal by the server ends the client
+/// (it cannot succeed by retrying); a timeout or a disconnect is printed and following goes
+/// on, because the client restores the subscription (presence, room) after every reconnect.
+async fn follow(
+    mut events: ClientEvents,
+    command: Pin<Box<dyn Future<Output = Result<serde_json::Value, RequestError>> + '_>>,
+) -> Result<(), RequestError> {
+    let mut command = Some(command);
     loop {
+        let pending = async {
+            match command.as_mut() {
+                Some(command) => command.await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             event = events.recv() => event,
+            outcome = pending => {
+                command = None;
+                match outcome {
+                    Ok(value) => line(value),
+                    Err(e @ RequestError::Server { .. }) => return Err(e),
+                    Err(e) => line(
+                        json!({"event": "error", "code": e.code().as_str(), "message": e.to_string()}),
+                    ),
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let Some(event) = event else {

@@ -593,8 +593,8 @@ fn after_a_reconnect_state_is_restored_before_resends_and_queued_commands() {
     let mut config = config();
     config.ping_interval = Duration::ZERO;
     let mut client = open(config, t(0));
-    client.subscribe(t(0), ["a", "b", "c"], None).unwrap(); // 1
-    client
+    let sub1 = client.subscribe(t(0), ["a", "b", "c"], None).unwrap(); // 1
+    let sub2 = client
         .subscribe(t(0), ["d"], Some(Hlc::new(1, 0, "x")))
         .unwrap(); // 2
     client
@@ -638,16 +638,32 @@ fn after_a_reconnect_state_is_restored_before_resends_and_queued_commands() {
             r#"{"type":"room","id":"6","payload":{"action":"broadcast","room":"lobby","data":1}}"#.to_owned(),
         ]
     );
-    // Restore acks are the client's own business: no response events for them.
+    // Restore acks are the client's own business, except that they complete the
+    // application's requests that were in flight at the disconnect: subscribe 2 (table d,
+    // restored by 7) and subscribe 1 (tables a, b, c: restored by 8 and 9), once all of
+    // their restores are answered. Presence 3 and room 4 wait for 10 and 11.
     recv(&mut client, delay, r#"{"type":"ack","id":"7"}"#);
     recv(&mut client, delay, r#"{"type":"ack","id":"8"}"#);
+    assert_eq!(
+        drain_events(&mut client),
+        [
+            ClientEvent::Connected,
+            ClientEvent::Response {
+                id: sub2,
+                outcome: Ok(Response::Ack(None))
+            },
+        ]
+    );
     recv(&mut client, delay, r#"{"type":"ack","id":"9"}"#);
     recv(&mut client, delay, r#"{"type":"ack","id":"6"}"#);
     let events = drain_events(&mut client);
     assert_eq!(
         events,
         [
-            ClientEvent::Connected,
+            ClientEvent::Response {
+                id: sub1,
+                outcome: Ok(Response::Ack(None))
+            },
             ClientEvent::Response {
                 id: broadcast,
                 outcome: Ok(Response::Ack(None))
@@ -727,11 +743,9 @@ fn a_refused_subscription_is_not_restored() {
     client.handle_connected(at, None);
     assert_eq!(
         frames(&mut client),
-        // Never acknowledged, no position and no HLC: nothing shows what it missed, so it
-        // replays the whole history.
-        [
-            r#"{"type":"subscribe","id":"4","payload":{"tables":["open"],"since":{"ts":-9223372036854775808,"c":0,"node":""}}}"#
-        ]
+        // Never acknowledged and it asked for no replay: it took effect nowhere, so it is
+        // sent again as it was (and its ack will say where its stream starts).
+        [r#"{"type":"subscribe","id":"4","payload":{"tables":["open"]}}"#]
     );
 }
 
@@ -880,8 +894,8 @@ fn a_full_event_queue_drops_the_connection_without_losing_changes() {
     let events = drain_events(&mut client);
     assert_eq!(
         events.len(),
-        5,
-        "2 changes, disconnected, the subscribe's outcome, reconnecting: {events:?}"
+        4,
+        "2 changes, disconnected, reconnecting (the subscribe waits for its restore): {events:?}"
     );
     assert!(matches!(
         events[2],
@@ -1030,4 +1044,121 @@ fn garbage_and_binary_frames_are_reported_and_answer_their_request_when_they_can
         recovered: true,
         cursor: String::new(),
     };
+}
+
+/// Subscribe, unsubscribe, presence and room commands in flight when the connection drops
+/// stay pending and complete with their restore after the reconnect (DESIGN.md section 4),
+/// or with the restore's refusal, or their timeout; a broadcast, which cannot be re-sent
+/// safely, fails with `DISCONNECTED`.
+#[test]
+fn restorable_commands_in_flight_at_a_disconnect_complete_with_their_restore() {
+    let mut config = config();
+    config.ping_interval = Duration::ZERO;
+    let mut client = open(config, t(0));
+    let gone = client.subscribe(t(0), ["gone"], None).unwrap(); // 1
+    recv(
+        &mut client,
+        t(0),
+        r#"{"type":"ack","id":"1","payload":{"recovered":true,"cursor":"1.0"}}"#,
+    );
+    let _ = drain_events(&mut client);
+    let sub = client.subscribe(t(1), ["docs"], None).unwrap(); // 2
+    let unsub = client.unsubscribe(t(1), ["gone"]).unwrap(); // 3
+    let presence = client.update_presence(t(1), "doc", raw("1")).unwrap(); // 4
+    let room = client.join_room(t(1), "lobby", None).unwrap(); // 5
+    let said = client.broadcast(t(1), "lobby", raw("2")).unwrap(); // 6
+    let _ = frames(&mut client);
+    client.handle_disconnected(t(2), None, "gone");
+    let events = drain_events(&mut client);
+    let outcomes: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Response { .. }))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [&ClientEvent::Response {
+            id: said,
+            outcome: Err(RequestError::Disconnected)
+        }],
+        "only the broadcast fails"
+    );
+    let _ = gone;
+
+    let at = client.poll_timeout().unwrap();
+    client.handle_timeout(at);
+    let _ = drain(&mut client);
+    client.handle_connected(at, None);
+    // The unsubscribe is done: the restore leaves "gone" out.
+    assert_eq!(
+        frames(&mut client),
+        [
+            r#"{"type":"subscribe","id":"7","payload":{"tables":["docs"]}}"#,
+            r#"{"type":"presence_update","id":"8","payload":{"topic":"doc","data":1}}"#,
+            r#"{"type":"room","id":"9","payload":{"action":"join","room":"lobby"}}"#,
+        ]
+    );
+    assert_eq!(
+        drain_events(&mut client),
+        [
+            ClientEvent::Connected,
+            ClientEvent::Response {
+                id: unsub,
+                outcome: Ok(Response::Ack(None))
+            }
+        ]
+    );
+    // The subscribe completes with its restore's ack, the presence update with its
+    // restore's refusal.
+    recv(
+        &mut client,
+        at,
+        r#"{"type":"ack","id":"7","payload":{"recovered":true,"cursor":"1.5"}}"#,
+    );
+    recv(
+        &mut client,
+        at,
+        r#"{"type":"error","id":"8","payload":{"code":"FORBIDDEN","message":"no"}}"#,
+    );
+    let events = drain_events(&mut client);
+    assert!(events.contains(&ClientEvent::Response {
+        id: sub,
+        outcome: Ok(Response::Ack(Some(ResumeAck {
+            recovered: true,
+            cursor: "1.5".into()
+        })))
+    }));
+    assert!(events.contains(&ClientEvent::Response {
+        id: presence,
+        outcome: Err(RequestError::Server {
+            code: ErrorCode::Forbidden,
+            message: "no".into()
+        })
+    }));
+    // The room join's restore is never answered: the request's own deadline ends it.
+    let deadline = t(1) + Duration::from_secs(30);
+    client.handle_timeout(deadline);
+    assert!(drain_events(&mut client).contains(&ClientEvent::Response {
+        id: room,
+        outcome: Err(RequestError::Timeout)
+    }));
+    assert_eq!(client.stats().requests, 0);
+}
+
+/// Closing for good ends a command that waits for its restore with `DISCONNECTED`.
+#[test]
+fn closing_ends_commands_waiting_for_their_restore() {
+    let mut config = config();
+    config.ping_interval = Duration::ZERO;
+    let mut client = open(config, t(0));
+    let sub = client.subscribe(t(0), ["docs"], None).unwrap();
+    let _ = frames(&mut client);
+    client.handle_disconnected(t(1), None, "gone");
+    assert!(!drain_events(&mut client)
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Response { .. })));
+    client.close(t(2));
+    assert!(drain_events(&mut client).contains(&ClientEvent::Response {
+        id: sub,
+        outcome: Err(RequestError::Disconnected)
+    }));
 }

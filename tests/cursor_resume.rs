@@ -504,7 +504,8 @@ mod sockets {
             adapters::tokio::connect(client_config(direct, "writer", true)).unwrap();
         let (sub, mut events) =
             adapters::tokio::connect(client_config(proxy.addr, "sub", with_cursor)).unwrap();
-        assert_eq!(sub.subscribe(["docs"], None).await.unwrap(), None);
+        let ack = sub.subscribe(["docs"], None).await.unwrap().unwrap();
+        assert_eq!(ack.cursor, "3.0");
         let mut got = Vec::new();
         writer
             .push(vec![change(1, "writer", 1_000), change(2, "writer", 2_000)])
@@ -618,6 +619,8 @@ mod by_hand {
         pub(super) down: VecDeque<Bytes>,
         pub(super) received: Vec<ChangeRecord>,
         pub(super) events: Vec<ClientEvent>,
+        /// Every frame the client sent, as text.
+        pub(super) sent: Vec<String>,
     }
 
     impl Link {
@@ -631,6 +634,7 @@ mod by_hand {
                 down: VecDeque::new(),
                 received: Vec::new(),
                 events: Vec::new(),
+                sent: Vec::new(),
             }
         }
 
@@ -645,6 +649,7 @@ mod by_hand {
                         Transmit::Dial(dial) => self.accept(&dial.url, &dial.protocols),
                         Transmit::Frame(bytes) => {
                             let session = self.session.expect("frame while connected");
+                            self.sent.push(String::from_utf8(bytes.to_vec()).unwrap());
                             self.server.handle_message(self.now, session, bytes);
                         }
                         Transmit::Close { .. } => self.drop_session(),
@@ -705,8 +710,15 @@ mod by_hand {
                     tables,
                     since,
                     cursor,
+                    head_only,
                     ..
                 } => {
+                    // No replay asked: the answer is only where the stream starts.
+                    let cursor = if head_only {
+                        Some(self.store.head())
+                    } else {
+                        cursor
+                    };
                     let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
                     self.server.answer_replay(now, request, Ok(answer(out)));
                 }
@@ -765,12 +777,13 @@ mod by_hand {
     }
 }
 
-/// A subscriber with no position yet resumes by `since` alone (from the start of the
-/// history), and the connection drops half-way through that replay, while a late old-HLC
-/// change is positioned after it. The replay comes in cursor order, one change per frame, so
-/// the position of the last frame received is where the next resume starts: no gap, no
-/// duplicate. (Resuming from the newest HLC received instead would skip the late change and
-/// the replay's older rest; a replay in HLC order would make that position skip the rest.)
+/// A subscriber that received nothing yet still has a position: its subscribe's ack said
+/// where its stream starts (DESIGN.md section 2, `ack`). Changes are positioned while it is
+/// away, in an HLC order unlike their position order, and the connection drops half-way
+/// through the replay after the reconnect, while a late old-HLC change is positioned after
+/// it. The resume is by cursor each time, the replay in cursor order with a cursor per frame,
+/// so the position of the last frame received is where the next resume starts: no gap, no
+/// duplicate.
 #[test]
 fn replay_by_since_cut_half_way_resumes_from_its_last_position() {
     let mut server = ServerConfig::default();
@@ -785,7 +798,6 @@ fn replay_by_since_cut_half_way_resumes_from_its_last_position() {
     let now = link.now;
     link.client.subscribe(now, ["docs"], None).unwrap();
     link.deliver_all();
-    assert!(link.client.cursor().is_none(), "no position yet");
     link.cut();
 
     // Positioned 1, 2, 3, while the HLC order is 2, 3, 1.
@@ -810,4 +822,72 @@ fn replay_by_since_cut_half_way_resumes_from_its_last_position() {
         .events
         .iter()
         .any(|e| matches!(e, ClientEvent::ResyncNeeded { .. })));
+}
+
+/// The crate's own client with a replay by `since` alone (DESIGN.md section 3, "Replay
+/// order"): the frames carry no cursor, so cut off before the ack it resumes from the newest
+/// HLC it received (the replay is in HLC order: everything below it arrived), and once
+/// acknowledged it keeps the ack's head as the table's position and resumes from there.
+#[test]
+fn a_replay_by_since_resumes_from_its_newest_hlc_until_acked_then_from_the_ack() {
+    let mut server = ServerConfig::default();
+    server.max_changes_per_frame = 1;
+    let mut config = syncmux::ClientConfig::new("ws://sim.test/sync", "sub");
+    config.ping_interval = Duration::ZERO;
+    let mut link = by_hand::Link::new(
+        syncmux::Client::new(config).unwrap(),
+        syncmux::Server::new(server).unwrap(),
+        MemoryStore::new(StoreConfig::default()),
+    );
+    // Positioned 1..4, in HLC order 2, 4, 3, 1.
+    let history = vec![
+        change(1, "a", 4_000),
+        change(2, "b", 1_000),
+        change(3, "c", 3_000),
+        change(4, "d", 2_000),
+    ];
+    assert_eq!(link.store.push(history).accepted.len(), 4);
+    let now = link.now;
+    link.client
+        .subscribe(now, ["docs"], Some(Hlc::new(0, 0, "")))
+        .unwrap();
+    link.settle();
+    assert_eq!(link.down.len(), 5, "four replay frames and the ack");
+    link.deliver(2);
+    let pks: Vec<&str> = link.received.iter().map(|c| c.pk.as_str()).collect();
+    assert_eq!(pks, ["2", "4"], "HLC order");
+    link.cut();
+
+    // Resumed from the newest HLC received, without a cursor (it has none for this table).
+    link.reconnect();
+    let sent = link.sent.split_off(0);
+    assert_eq!(
+        sent.last().map(String::as_str),
+        Some(
+            r#"{"type":"subscribe","id":"2","payload":{"tables":["docs"],"since":{"ts":2000,"c":0,"node":"d"}}}"#
+        )
+    );
+    link.deliver_all();
+    let pks: Vec<&str> = link.received.iter().map(|c| c.pk.as_str()).collect();
+    assert_eq!(pks, ["2", "4", "3", "1"], "every change once");
+    // The restore answered the application's subscribe, in flight at the cut.
+    assert!(link.events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Response { outcome: Ok(Response::Ack(Some(ResumeAck { recovered: true, cursor }))), .. }
+            if cursor == "0.4"
+    )));
+
+    // Acknowledged: the table's position is the ack's head, so the next resume is by cursor
+    // and gets a late old-HLC change that `since` could not see.
+    link.cut();
+    assert_eq!(link.store.push(vec![change(5, "e", 10)]).accepted.len(), 1);
+    link.reconnect();
+    let sent = link.sent.split_off(0);
+    assert!(
+        sent.last().unwrap().contains(r#""cursor":"0.4""#),
+        "{sent:?}"
+    );
+    link.deliver_all();
+    let pks: Vec<&str> = link.received.iter().map(|c| c.pk.as_str()).collect();
+    assert_eq!(pks, ["2", "4", "3", "1", "5"]);
 }

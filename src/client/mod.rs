@@ -82,13 +82,13 @@ pub use event::{
 };
 
 use backoff::Backoff;
-use requests::{Kind, Owner, Pending, Requests, Status};
+use requests::{Effect, Kind, Owner, Pending, Requests, Status};
 use timer::{Timer, Timers};
 use tracked::{Membership, Tracked};
 
 use crate::payload::{
-    ChangeRecord, Hlc, PresenceGet, PresenceUpdate, PullRequest, PushRequest, RawJson, RoomAction,
-    RoomRequest, Subscribe, Unsubscribe,
+    ChangeRecord, Hlc, PresenceGet, PresenceUpdate, PullRequest, PushRequest, RawJson, ResumeAck,
+    RoomAction, RoomRequest, Subscribe, Unsubscribe,
 };
 use crate::time::Instant;
 use crate::wire::{encode, CloseCode, FrameId, MessageType, SUBPROTOCOL};
@@ -262,6 +262,7 @@ impl Client {
                 .set(Timer::Ping, now + self.config.ping_interval);
         }
         self.restore();
+        self.link_restoring();
         self.resend_and_flush();
     }
 
@@ -462,6 +463,8 @@ impl Client {
         let id = self.request(now, Kind::Subscribe, MessageType::Subscribe, &payload)?;
         let resumes = payload.since.is_some() || payload.cursor.is_some();
         self.requests.settle_tables(id.0, &payload.tables, resumes);
+        let effect = Effect::Tables(payload.tables.clone());
+        self.requests.set_effect(id.0, effect);
         self.tracked.subscribe(
             &payload.tables,
             payload.since.as_ref(),
@@ -482,6 +485,7 @@ impl Client {
             tables: strings(tables),
         };
         let id = self.request(now, Kind::Unsubscribe, MessageType::Unsubscribe, &payload)?;
+        self.requests.set_effect(id.0, Effect::Removal);
         for table in &payload.tables {
             self.tracked.tables.remove(table);
         }
@@ -515,6 +519,8 @@ impl Client {
             MessageType::PresenceUpdate,
             &payload,
         )?;
+        let effect = Effect::Topic(payload.topic.clone());
+        self.requests.set_effect(id.0, effect);
         let member = Membership {
             by: id,
             data: payload.data,
@@ -540,6 +546,7 @@ impl Client {
             MessageType::PresenceUpdate,
             &payload,
         )?;
+        self.requests.set_effect(id.0, Effect::Removal);
         self.tracked.topics.remove(&payload.topic);
         Ok(id)
     }
@@ -575,6 +582,8 @@ impl Client {
             data,
         };
         let id = self.request(now, Kind::Room, MessageType::Room, &payload)?;
+        self.requests
+            .set_effect(id.0, Effect::Room(payload.room.clone()));
         let member = Membership {
             by: id,
             data: payload.data,
@@ -596,6 +605,7 @@ impl Client {
             data: None,
         };
         let id = self.request(now, Kind::Room, MessageType::Room, &payload)?;
+        self.requests.set_effect(id.0, Effect::Removal);
         self.tracked.rooms.remove(&payload.room);
         Ok(id)
     }
@@ -680,18 +690,9 @@ impl Client {
             self.offline.push_back(id);
             Status::Queued
         };
-        self.requests.insert(
-            id,
-            Pending {
-                kind,
-                owner: Owner::App,
-                frame,
-                deadline,
-                status,
-                tables: Vec::new(),
-                resumes: false,
-            },
-        );
+        let mut pending = Pending::new(kind, Owner::App, frame, status);
+        pending.deadline = deadline;
+        self.requests.insert(id, pending);
         self.dial_if_idle();
         Ok(RequestId(id))
     }
@@ -769,6 +770,104 @@ impl Client {
         }
     }
 
+    /// Ties each application request that a dropped connection left
+    /// [`Restoring`](Status::Restoring) to the restore requests that re-establish its effect;
+    /// it completes when they are all answered (or fails with the first refusal). One that
+    /// removed something is done now: the restore left it out.
+    fn link_restoring(&mut self) {
+        for id in self.requests.ids() {
+            let Some(pending) = self.requests.get(id) else {
+                continue;
+            };
+            if pending.status != Status::Restoring {
+                continue;
+            }
+            let effect = pending.effect.clone();
+            let restores: Vec<u64> = self
+                .requests
+                .ids()
+                .into_iter()
+                .filter(|r| {
+                    let Some(restore) = self.requests.get(*r) else {
+                        return false;
+                    };
+                    match (&effect, &restore.owner) {
+                        (Effect::Tables(tables), Owner::RestoreTables(restored)) => {
+                            tables.iter().any(|t| restored.contains(t))
+                        }
+                        (Effect::Topic(topic), Owner::RestoreOther(name)) => {
+                            restore.kind == Kind::PresenceUpdate && name == topic
+                        }
+                        (Effect::Room(room), Owner::RestoreOther(name)) => {
+                            restore.kind == Kind::Room && name == room
+                        }
+                        _ => false,
+                    }
+                })
+                .collect();
+            if restores.is_empty() {
+                // Nothing left to restore (a removal, or what it established is gone).
+                self.finish_restoring(id, Ok(Response::Ack(None)));
+                continue;
+            }
+            for restore in &restores {
+                if let Some(restore) = self.requests.get_mut(*restore) {
+                    restore.waiters.push(id);
+                }
+            }
+            if let Some(pending) = self.requests.get_mut(id) {
+                pending.awaiting = restores.len();
+            }
+        }
+    }
+
+    /// A restore request ended: the application's requests waiting for it move on.
+    pub(super) fn restore_answered(
+        &mut self,
+        waiters: Vec<u64>,
+        outcome: &Result<Response, RequestError>,
+    ) {
+        for id in waiters {
+            let Some(pending) = self.requests.get_mut(id) else {
+                continue; // it timed out meanwhile
+            };
+            if pending.status != Status::Restoring {
+                continue;
+            }
+            match outcome {
+                Ok(Response::Ack(ack)) => {
+                    if let Some(ack) = ack {
+                        // Several restores (tables resuming from different points): the
+                        // request recovered if all of them did.
+                        let recovered = pending.restored.as_ref().is_none_or(|r| r.recovered);
+                        pending.restored = Some(ResumeAck {
+                            recovered: recovered && ack.recovered,
+                            cursor: ack.cursor.clone(),
+                        });
+                    }
+                    pending.awaiting = pending.awaiting.saturating_sub(1);
+                    if pending.awaiting == 0 {
+                        let ack = pending.restored.take();
+                        self.finish_restoring(id, Ok(Response::Ack(ack)));
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => self.finish_restoring(id, Err(err.clone())),
+            }
+        }
+    }
+
+    /// Ends an application request through its restore: the restore already did the
+    /// bookkeeping, so only the application hears of it.
+    fn finish_restoring(&mut self, id: u64, outcome: Result<Response, RequestError>) {
+        if self.requests.remove(id).is_some() {
+            self.events.push_back(ClientEvent::Response {
+                id: RequestId(id),
+                outcome,
+            });
+        }
+    }
+
     /// Sends one of the client's own requests. They bypass the transmit bound: there are at
     /// most `max_subscriptions + max_presence_topics + max_rooms` of them per connection, and
     /// they have no deadline (a connection that drops forgets them).
@@ -786,16 +885,9 @@ impl Client {
             Owner::RestoreTables(tables) => tables.clone(),
             _ => Vec::new(),
         };
-        let resumes = kind == Kind::Subscribe;
-        let pending = Pending {
-            kind,
-            owner,
-            frame,
-            deadline: None,
-            status: Status::Sent,
-            tables,
-            resumes,
-        };
+        let mut pending = Pending::new(kind, owner, frame, Status::Sent);
+        pending.tables = tables;
+        pending.resumes = kind == Kind::Subscribe;
         self.requests.insert(id, pending);
     }
 
@@ -872,11 +964,17 @@ impl Client {
             if pending.status == Status::Queued {
                 continue;
             }
-            let resend = pending.owner == Owner::App
-                && pending.kind.idempotent()
-                && self.config.resend_idempotent;
-            if resend {
+            let app = pending.owner == Owner::App;
+            if app && pending.kind.idempotent() && self.config.resend_idempotent {
                 pending.status = Status::Resend;
+            } else if app && pending.effect != Effect::None {
+                // Its restore after the reconnect completes it (DESIGN.md section 4).
+                pending.status = Status::Restoring;
+                pending.awaiting = 0;
+                pending.restored = None;
+            } else if pending.owner != Owner::App {
+                // The restore of a dead connection: the next connection restores afresh.
+                self.requests.remove(id);
             } else if let Some(pending) = self.requests.remove(id) {
                 self.complete(id, pending, Err(RequestError::Disconnected));
             }

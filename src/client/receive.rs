@@ -233,6 +233,9 @@ impl Client {
         outcome: Result<Response, RequestError>,
     ) {
         let request = RequestId(id);
+        if !pending.waiters.is_empty() {
+            self.restore_answered(pending.waiters.clone(), &outcome);
+        }
         match &outcome {
             Ok(Response::Pull(pull)) => {
                 for record in &pull.changes {

@@ -51,6 +51,28 @@ pub(crate) enum Owner {
     RestoreOther(String),
 }
 
+/// What an application's request establishes on the server, which decides what a dropped
+/// connection does to it (DESIGN.md section 4): the restore after the reconnect
+/// re-establishes subscriptions, presence and rooms, so a request that establishes one of
+/// them completes with that restore instead of failing.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub(crate) enum Effect {
+    /// Nothing the restore re-establishes: a pull or push (re-sent instead), a presence get,
+    /// a ping or a room broadcast (fail with `DISCONNECTED`: the client cannot know whether
+    /// the server saw them, and sending a message twice is not harmless).
+    #[default]
+    None,
+    /// Subscribes these tables: done when their restore is acknowledged.
+    Tables(Vec<String>),
+    /// Joins or updates this presence topic: done when its restore is acknowledged.
+    Topic(String),
+    /// Joins this room: done when its restore is acknowledged.
+    Room(String),
+    /// Removes something (unsubscribe, presence leave, room leave): the restore leaves it
+    /// out, so it is done once the new connection is open.
+    Removal,
+}
+
 /// Where a request is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Status {
@@ -60,6 +82,9 @@ pub(crate) enum Status {
     Sent,
     /// Sent on a connection that dropped; to be sent again after the reconnect.
     Resend,
+    /// Sent on a connection that dropped; completes when the restore after the reconnect
+    /// re-establishes its [`Effect`].
+    Restoring,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +99,33 @@ pub(crate) struct Pending {
     pub(crate) tables: Vec<String>,
     /// A subscribe with `since` or `cursor`: the server replays before its ack.
     pub(crate) resumes: bool,
+    /// An application's request: what the restore after a reconnect re-establishes for it.
+    pub(crate) effect: Effect,
+    /// An application's request in [`Status::Restoring`]: how many restore requests it
+    /// still waits for, and the resume ack they gave so far (for a subscribe).
+    pub(crate) awaiting: usize,
+    pub(crate) restored: Option<crate::payload::ResumeAck>,
+    /// A restore request: the application's requests waiting for it.
+    pub(crate) waiters: Vec<u64>,
+}
+
+impl Pending {
+    /// A request in its first state, with nothing restored or waited for.
+    pub(crate) fn new(kind: Kind, owner: Owner, frame: Bytes, status: Status) -> Pending {
+        Pending {
+            kind,
+            owner,
+            frame,
+            deadline: None,
+            status,
+            tables: Vec::new(),
+            resumes: false,
+            effect: Effect::None,
+            awaiting: 0,
+            restored: None,
+            waiters: Vec::new(),
+        }
+    }
 }
 
 /// Pending requests by id. Ids grow, so the map's order is issue order; deadlines sit in an
@@ -164,6 +216,13 @@ impl Requests {
                 pending.resumes = true;
                 self.resuming += 1;
             }
+        }
+    }
+
+    /// Records what application request `id` establishes.
+    pub(crate) fn set_effect(&mut self, id: u64, effect: Effect) {
+        if let Some(pending) = self.map.get_mut(&id) {
+            pending.effect = effect;
         }
     }
 

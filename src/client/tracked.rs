@@ -183,6 +183,7 @@ impl Tracked {
     ) -> BTreeMap<ResumePoint, Vec<String>> {
         let mut groups: BTreeMap<ResumePoint, Vec<String>> = BTreeMap::new();
         for (name, table) in self.tables.iter_mut().filter(|(_, t)| t.sent) {
+            let was_live = table.live;
             if table.live {
                 if let Some(stream) = &self.cursor {
                     advance(&mut table.cursor, stream);
@@ -190,13 +191,16 @@ impl Tracked {
                 table.live = false;
             }
             let cursor = table.cursor.clone().filter(|_| with_cursor);
-            let since = match (&cursor, &table.since) {
-                // No position and no HLC: nothing shows what the session missed while it
-                // was away, so the whole retained history is replayed (no gap beats less
-                // traffic; a subscriber that pulled or pushed once has a position).
-                (None, None) => Some(Hlc::new(i64::MIN, 0, "")),
-                (_, since) => since.clone(),
-            };
+            if cursor.is_none() && table.since.is_none() && was_live {
+                // Subscribed, but no position and no HLC (a server that acknowledges without
+                // a cursor): nothing shows what the session missed while it was away, so the
+                // whole retained history is replayed, from now on until a position is known
+                // (no gap beats less traffic).
+                table.since = Some(Hlc::new(i64::MIN, 0, ""));
+            }
+            // A subscribe that asked for no replay and was never acknowledged took effect
+            // nowhere: it is sent again as it was, and starts where its new ack says.
+            let since = table.since.clone();
             groups
                 .entry((cursor, since))
                 .or_default()
