@@ -129,6 +129,24 @@ impl CloseCode {
     /// 4503: slow consumer.
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4503);
 
+    /// Every code this version names, in numeric order (open, as [`ErrorCode::KNOWN`]: a peer
+    /// may close with others). `docs/protocol.md` documents each one, which
+    /// `tests/protocol_doc.rs` checks through this list: a new constant belongs here too.
+    pub const KNOWN: &'static [CloseCode] = &[
+        CloseCode::NORMAL,
+        CloseCode::GOING_AWAY,
+        CloseCode::ABNORMAL,
+        CloseCode::FRAME_TOO_LARGE,
+        CloseCode::INVALID_FRAMES,
+        CloseCode::UNAUTHORIZED,
+        CloseCode::FORBIDDEN,
+        CloseCode::IDLE_TIMEOUT,
+        CloseCode::VERSION_MISMATCH,
+        CloseCode::RATE_LIMIT_ABUSE,
+        CloseCode::INTERNAL,
+        CloseCode::SLOW_CONSUMER,
+    ];
+
     /// Whether retrying cannot help: 4401, 4403 and 4426 stop a client's reconnect loop
     /// (DESIGN.md section 4).
     pub fn is_terminal(self) -> bool {
