@@ -124,6 +124,22 @@ pub(crate) fn selected_protocol<B>(response: &tungstenite::http::Response<B>) ->
 /// still arrives whole: tungstenite reserves its full length once it has read the header.
 pub(crate) const READ_BUFFER_LEN: usize = 8 * 1024;
 
+/// tungstenite's default largest frame, which the server's read limit never goes below.
+const WS_DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// The WebSocket layer's read limit on a server whose state machine takes frames of up to
+/// `max_frame_len` bytes: derived from it, so one number is configured (DESIGN.md section 5).
+/// It is above that number (twice it, and never below tungstenite's default 16 MiB), so an
+/// oversized frame still reaches the state machine and gets its answer (`FRAME_TOO_LARGE`,
+/// 1009 on a repeat) rather than a dropped connection; a frame beyond even that is refused
+/// before it is buffered. 0 (no limit) stays no limit, all the way down.
+pub(crate) fn ws_read_limit(max_frame_len: usize) -> usize {
+    if max_frame_len == 0 {
+        return 0;
+    }
+    max_frame_len.saturating_mul(2).max(WS_DEFAULT_MAX_FRAME)
+}
+
 /// tungstenite's limits for a peer whose frames may be `max_len` bytes long (0: no limit).
 pub(crate) fn ws_config(max_len: usize) -> WebSocketConfig {
     let max = (max_len > 0).then_some(max_len);
@@ -251,6 +267,19 @@ mod tests {
         assert_eq!(h["X-Node-Id"], "n1");
         let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None)).unwrap();
         assert_eq!((target.port, target.tls), (80, false));
+    }
+
+    #[test]
+    fn the_read_limit_follows_the_frame_limit() {
+        assert_eq!(ws_read_limit(0), 0, "0 disables all the way down");
+        assert_eq!(ws_read_limit(1 << 20), 16 << 20);
+        assert_eq!(ws_read_limit(20 << 20), 40 << 20);
+        assert_eq!(ws_read_limit(usize::MAX), usize::MAX);
+        let config = ws_config(ws_read_limit(0));
+        assert_eq!(
+            (config.max_message_size, config.max_frame_size),
+            (None, None)
+        );
     }
 
     #[test]
