@@ -26,9 +26,12 @@ pub(crate) struct Target {
     pub(crate) tls: bool,
 }
 
-/// The handshake request of a dial (subprotocols and headers of [`DialRequest`]) and where
-/// to open the socket.
-pub(crate) fn client_request(dial: &DialRequest) -> Result<(Request, Target), String> {
+/// The handshake request of a dial (subprotocols and headers of [`DialRequest`], then the
+/// `extra` subprotocols) and where to open the socket.
+pub(crate) fn client_request(
+    dial: &DialRequest,
+    extra: &[String],
+) -> Result<(Request, Target), String> {
     let mut request = dial
         .url
         .as_str()
@@ -48,7 +51,11 @@ pub(crate) fn client_request(dial: &DialRequest) -> Result<(Request, Target), St
         .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let headers = request.headers_mut();
-    let protocols = dial.protocols.join(", ");
+    let offered = dial.protocols.iter().copied();
+    let protocols = offered
+        .chain(extra.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(", ");
     let value = HeaderValue::from_str(&protocols).map_err(|e| e.to_string())?;
     headers.insert("Sec-WebSocket-Protocol", value);
     for (name, value) in &dial.headers {
@@ -256,16 +263,17 @@ mod tests {
     #[test]
     fn request_carries_protocols_and_headers() {
         let dial = DialRequest::new("wss://[::1]:9/sync/ws", "n1", Some("tok"));
-        let (request, target) = client_request(&dial).unwrap();
+        let extra = ["chat".to_owned()];
+        let (request, target) = client_request(&dial, &extra).unwrap();
         assert_eq!(
             (target.host.as_str(), target.port, target.tls),
             ("::1", 9, true)
         );
         let h = request.headers();
-        assert_eq!(h["Sec-WebSocket-Protocol"], "syncmux.v1");
+        assert_eq!(h["Sec-WebSocket-Protocol"], "syncmux.v1, chat");
         assert_eq!(h["Authorization"], "Bearer tok");
         assert_eq!(h["X-Node-Id"], "n1");
-        let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None)).unwrap();
+        let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None), &[]).unwrap();
         assert_eq!((target.port, target.tls), (80, false));
     }
 

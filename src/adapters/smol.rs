@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use smol::io::{AsyncRead, AsyncWrite};
 
-use super::client::{self, Dialing, Runtime};
+use super::client::{self, Dialer, Dialing, Runtime};
 use super::common;
 use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, ConfigError, DialRequest};
@@ -41,13 +41,9 @@ pub(crate) struct Smol;
 impl Runtime for Smol {
     type Ws = ClientSocket;
 
-    fn dial(
-        dial: DialRequest,
-        tls: Arc<rustls::ClientConfig>,
-        max_frame_len: usize,
-    ) -> Dialing<ClientSocket> {
+    fn dial(dial: DialRequest, dialer: Arc<Dialer>) -> Dialing<ClientSocket> {
         async move {
-            let (request, target) = common::client_request(&dial)?;
+            let (request, target) = common::client_request(&dial, &dialer.protocols)?;
             let tcp = smol::net::TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
@@ -55,7 +51,7 @@ impl Runtime for Smol {
             let _ = tcp.set_nodelay(true);
             let io: Box<dyn Io> = if target.tls {
                 let name = common::server_name(&target.host)?;
-                let stream = futures_rustls::TlsConnector::from(tls)
+                let stream = futures_rustls::TlsConnector::from(dialer.tls.clone())
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS with {}: {e}", target.host))?;
@@ -63,7 +59,7 @@ impl Runtime for Smol {
             } else {
                 Box::new(tcp)
             };
-            let config = Some(common::ws_config(max_frame_len));
+            let config = Some(common::ws_config(dialer.max_frame_len));
             let (ws, response) = async_tungstenite::client_async_with_config(request, io, config)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;

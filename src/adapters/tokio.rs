@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 
-use super::client::{self, Dialing, Runtime};
+use super::client::{self, Dialer, Dialing, Runtime};
 use super::common;
 use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, ConfigError, DialRequest};
@@ -42,13 +42,9 @@ pub(crate) struct Tokio;
 impl Runtime for Tokio {
     type Ws = ClientSocket;
 
-    fn dial(
-        dial: DialRequest,
-        tls: Arc<rustls::ClientConfig>,
-        max_frame_len: usize,
-    ) -> Dialing<ClientSocket> {
+    fn dial(dial: DialRequest, dialer: Arc<Dialer>) -> Dialing<ClientSocket> {
         async move {
-            let (request, target) = common::client_request(&dial)?;
+            let (request, target) = common::client_request(&dial, &dialer.protocols)?;
             let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
@@ -56,7 +52,7 @@ impl Runtime for Tokio {
             let _ = tcp.set_nodelay(true);
             let io: Box<dyn Io> = if target.tls {
                 let name = common::server_name(&target.host)?;
-                let stream = tokio_rustls::TlsConnector::from(tls)
+                let stream = tokio_rustls::TlsConnector::from(dialer.tls.clone())
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS with {}: {e}", target.host))?;
@@ -64,7 +60,7 @@ impl Runtime for Tokio {
             } else {
                 Box::new(tcp)
             };
-            let config = Some(common::ws_config(max_frame_len));
+            let config = Some(common::ws_config(dialer.max_frame_len));
             let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, config)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
