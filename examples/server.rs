@@ -2,14 +2,20 @@
 //!
 //! ```text
 //! cargo run --release --features tokio --example server -- [--listen 127.0.0.1:8787]
-//!     [--token T] [--rate-limit N/SECS] [--max-frame BYTES] [--ping-interval MS]
-//!     [--idle-timeout MS] [--presence-ttl MS] [--room-max N] [--tls-cert PEM --tls-key PEM]
-//!     [--static DIR]
+//!     [--token T] [--rate-limit N/SECS|0] [--max-frame BYTES] [--ping-interval MS]
+//!     [--idle-timeout MS] [--presence-ttl MS] [--room-max N] [--handshake-timeout MS]
+//!     [--max-connections N] [--tls-cert PEM --tls-key PEM] [--static DIR]
 //! ```
 //!
 //! Serves `ws://ADDR/sync/ws` (`wss://` with a certificate), prints `listening on URL` once
 //! ready (with the real port when given port 0), logs with `tracing` (`RUST_LOG` filters),
 //! and on Ctrl-C closes every session with 1001. A flag of 0 disables that limit or timer.
+//!
+//! `--handshake-timeout` (default 10 000) bounds a connection's whole handshake, TLS
+//! included: one that sends nothing, or half a request, is dropped after it.
+//! `--max-connections` (default 100 000) is the most sessions at once; beyond it an upgrade
+//! gets HTTP 503. `--max-frame` (default 1 MiB) is the one frame limit, the WebSocket
+//! layer's included.
 //!
 //! With `--static DIR`, plain HTTP `GET`s on the same listener get DIR's files (`index.html`
 //! at `/`), so `--static examples/browser` serves the browser demo; the WebSocket upgrade on
@@ -28,9 +34,10 @@ use syncmux::server::{AuthDecision, AuthRequest};
 use syncmux::store::{MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
 
-const USAGE: &str = "usage: server [--listen ADDR] [--token T] [--rate-limit N/SECS] \
+const USAGE: &str = "usage: server [--listen ADDR] [--token T] [--rate-limit N/SECS|0] \
 [--max-frame BYTES] [--ping-interval MS] [--idle-timeout MS] [--presence-ttl MS] [--room-max N] \
-[--tls-cert PEM --tls-key PEM] [--static DIR]   (0 disables a limit or timer)";
+[--handshake-timeout MS] [--max-connections N] [--tls-cert PEM --tls-key PEM] [--static DIR]   \
+(0 disables a limit or timer)";
 
 /// Where the WebSocket is served.
 const WS_PATH: &str = "/sync/ws";
@@ -38,6 +45,7 @@ const WS_PATH: &str = "/sync/ws";
 struct Args {
     listen: String,
     config: ServerConfig,
+    options: ServerOptions,
     tls: Option<(String, String)>,
     static_dir: Option<std::path::PathBuf>,
 }
@@ -51,6 +59,7 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut config = ServerConfig::default();
     config.path = Some(WS_PATH.to_owned());
+    let mut options = ServerOptions::default();
     let mut listen = "127.0.0.1:8787".to_owned();
     let (mut cert, mut key) = (None, None);
     let mut static_dir = None;
@@ -72,10 +81,12 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     }
                 }));
             }
+            // 0 alone disables rate limiting, as for every other limit.
+            "--rate-limit" if value == "0" => config.rate_limit_burst = 0,
             "--rate-limit" => {
                 let (n, secs) = value
                     .split_once('/')
-                    .ok_or_else(|| format!("--rate-limit: {value:?} is not N/SECS"))?;
+                    .ok_or_else(|| format!("--rate-limit: {value:?} is not N/SECS or 0"))?;
                 config.rate_limit_burst = number(&flag, n)?;
                 config.rate_limit_window = Duration::from_secs(number(&flag, secs)?);
             }
@@ -84,6 +95,8 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--idle-timeout" => config.idle_timeout = ms(&value)?,
             "--presence-ttl" => config.presence_ttl = ms(&value)?,
             "--room-max" => config.max_room_size = number(&flag, &value)?,
+            "--handshake-timeout" => options.handshake_timeout = ms(&value)?,
+            "--max-connections" => config.max_sessions = number(&flag, &value)?,
             "--tls-cert" => cert = Some(value),
             "--tls-key" => key = Some(value),
             "--static" => static_dir = Some(value.into()),
@@ -98,6 +111,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(Args {
         listen,
         config,
+        options,
         tls,
         static_dir,
     })
@@ -152,10 +166,7 @@ async fn run(args: Args) -> Result<(), String> {
     // A fresh epoch per start: cursors of an earlier run are then recognised as stale.
     let mut store = StoreConfig::default();
     store.epoch = clock.now().as_millis();
-    let server = adapters::tokio::start(
-        Driver::new(server, MemoryStore::new(store)),
-        ServerOptions::default(),
-    );
+    let server = adapters::tokio::start(Driver::new(server, MemoryStore::new(store)), args.options);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -193,16 +204,14 @@ mod static_files {
     use std::io::Cursor;
     use std::path::{Component, Path, PathBuf};
     use std::sync::Arc;
-    use std::time::Duration;
 
     use syncmux::adapters::tokio::Io;
     use syncmux::adapters::{self, SyncServer};
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+    use tokio::sync::Semaphore;
 
     /// A request head longer than this is refused (`431`).
     const MAX_HEAD: usize = 8 * 1024;
-    /// A connection that has not sent a whole request head by then is dropped.
-    const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// What may be served, by extension; any other file is a 404, so that a directory's
     /// sources (`lib.rs`, `build.sh`) stay private.
@@ -298,6 +307,10 @@ mod static_files {
     }
 
     /// [`adapters::tokio::serve`] with the static files beside it; runs until aborted.
+    ///
+    /// The server's handshake limits hold here too: TLS and the request head must arrive
+    /// within its `handshake_timeout` (the upgrade then has its own, in `accept`), and at
+    /// most `max_handshakes` connections are before their request head at once.
     pub(crate) async fn serve(
         server: SyncServer,
         listener: tokio::net::TcpListener,
@@ -305,7 +318,16 @@ mod static_files {
         files: Arc<Files>,
     ) {
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let max = server.options().max_handshakes;
+        let heads = Arc::new(Semaphore::new(if max == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            max
+        }));
         loop {
+            let Ok(permit) = heads.clone().acquire_owned().await else {
+                return; // never closed
+            };
             let tcp = match listener.accept().await {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
@@ -317,44 +339,83 @@ mod static_files {
             let _ = tcp.set_nodelay(true);
             let (server, tls, files) = (server.clone(), tls.clone(), files.clone());
             tokio::spawn(async move {
-                let io: Box<dyn Io> = match tls {
-                    Some(tls) => match tls.accept(tcp).await {
-                        Ok(stream) => Box::new(stream),
-                        Err(e) => return tracing::info!(error = %e, "TLS handshake failed"),
-                    },
-                    None => Box::new(tcp),
+                let head = async {
+                    let io: Box<dyn Io> = match tls {
+                        Some(tls) => match tls.accept(tcp).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(e) => {
+                                tracing::info!(error = %e, "TLS handshake failed");
+                                return None;
+                            }
+                        },
+                        None => Box::new(tcp),
+                    };
+                    Some(read_head(io).await)
                 };
-                if let Err(e) = route(&server, io, &files).await {
+                let deadline = server.options().handshake_timeout;
+                let head = if deadline.is_zero() {
+                    head.await
+                } else {
+                    // Timed out: dropped, like a connection `accept` gives up on.
+                    tokio::time::timeout(deadline, head).await.ok().flatten()
+                };
+                drop(permit);
+                let routed = match head {
+                    Some(Ok(head)) => route(&server, head, &files).await,
+                    Some(Err(e)) => Err(e),
+                    None => Ok(()),
+                };
+                if let Err(e) = routed {
                     tracing::debug!(error = %e, "HTTP connection ended");
                 }
             });
         }
     }
 
-    /// Reads one request head and sends the connection where it belongs.
-    async fn route<S>(server: &SyncServer, io: S, files: &Files) -> std::io::Result<()>
+    /// A connection and what it sent up to the end of its request head (or until it closed,
+    /// or sent more than [`MAX_HEAD`] without ending it).
+    struct Head<S> {
+        reader: ReadHalf<S>,
+        writer: WriteHalf<S>,
+        buf: Vec<u8>,
+    }
+
+    fn complete(buf: &[u8]) -> bool {
+        buf.windows(4).any(|w| w == b"\r\n\r\n")
+    }
+
+    async fn read_head<S: AsyncRead + AsyncWrite>(io: S) -> std::io::Result<Head<S>> {
+        let (mut reader, writer) = tokio::io::split(io);
+        let mut buf = Vec::with_capacity(1024);
+        while !complete(&buf) {
+            if buf.len() >= MAX_HEAD || reader.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok(Head {
+            reader,
+            writer,
+            buf,
+        })
+    }
+
+    /// Sends a connection whose head was read where it belongs.
+    async fn route<S>(server: &SyncServer, request: Head<S>, files: &Files) -> std::io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (mut reader, mut writer) = tokio::io::split(io);
-        let mut buf = Vec::with_capacity(1024);
-        let read_head = async {
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                if buf.len() >= MAX_HEAD || reader.read_buf(&mut buf).await? == 0 {
-                    return Ok(false);
-                }
-            }
-            Ok::<_, std::io::Error>(true)
-        };
-        match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) if buf.len() >= MAX_HEAD => {
+        let Head {
+            reader,
+            mut writer,
+            buf,
+        } = request;
+        if !complete(&buf) {
+            if buf.len() >= MAX_HEAD {
                 let answer = head(431, "Request Header Fields Too Large", "text/plain", 0, "");
                 return writer.write_all(&answer).await;
             }
-            // Closed, timed out or failed before a whole head: nothing to answer.
-            Ok(Ok(false)) | Err(_) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
+            // Closed before a whole head: nothing to answer.
+            return Ok(());
         }
         let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
         let line = String::from_utf8_lossy(line);
@@ -379,6 +440,42 @@ mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn args(flags: &[&str]) -> Result<Args, String> {
+        parse(flags.iter().map(|f| (*f).to_owned()))
+    }
+
+    #[test]
+    fn zero_disables_the_rate_limit() {
+        let parsed = args(&["--rate-limit", "0"]).unwrap();
+        assert_eq!(parsed.config.rate_limit_burst, 0);
+        assert!(Server::new(parsed.config).is_ok());
+        let parsed = args(&["--rate-limit", "10/5"]).unwrap();
+        assert_eq!(parsed.config.rate_limit_burst, 10);
+        assert_eq!(parsed.config.rate_limit_window, Duration::from_secs(5));
+        assert!(args(&["--rate-limit", "10"]).is_err());
+    }
+
+    #[test]
+    fn handshake_and_connection_flags() {
+        let parsed = args(&[]).unwrap();
+        assert_eq!(parsed.options.handshake_timeout, Duration::from_secs(10));
+        let parsed = args(&[
+            "--handshake-timeout",
+            "250",
+            "--max-connections",
+            "2",
+            "--max-frame",
+            "33554432",
+        ])
+        .unwrap();
+        assert_eq!(parsed.options.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(parsed.config.max_sessions, 2);
+        assert_eq!(parsed.config.max_frame_len, 32 << 20);
+        let parsed = args(&["--handshake-timeout", "0", "--max-connections", "0"]).unwrap();
+        assert!(parsed.options.handshake_timeout.is_zero());
+        assert_eq!(parsed.config.max_sessions, 0);
+    }
 
     fn files() -> Arc<Files> {
         Files::new(PathBuf::from("/srv/demo"), "/sync/ws")
@@ -522,5 +619,32 @@ mod tests {
         serving.abort();
         server.shutdown();
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// With `--static`, a connection that never sends its request head is dropped after the
+    /// handshake deadline too (it used to get a fixed 10 s).
+    #[tokio::test]
+    async fn the_static_path_drops_a_silent_connection_at_the_handshake_deadline() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).unwrap(),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let mut options = ServerOptions::default();
+        options.handshake_timeout = Duration::from_millis(200);
+        let server = adapters::tokio::start(driver, options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let files = Files::new(std::env::temp_dir(), "/sync/ws");
+        let serving = tokio::spawn(static_files::serve(server.clone(), listener, None, files));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        silent.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        // Generous next to the 200 ms deadline, well under the old fixed 10 s.
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "still open or answered: {read:?}"
+        );
+        serving.abort();
     }
 }

@@ -26,9 +26,12 @@ pub(crate) struct Target {
     pub(crate) tls: bool,
 }
 
-/// The handshake request of a dial (subprotocols and headers of [`DialRequest`]) and where
-/// to open the socket.
-pub(crate) fn client_request(dial: &DialRequest) -> Result<(Request, Target), String> {
+/// The handshake request of a dial (subprotocols and headers of [`DialRequest`], then the
+/// `extra` subprotocols) and where to open the socket.
+pub(crate) fn client_request(
+    dial: &DialRequest,
+    extra: &[String],
+) -> Result<(Request, Target), String> {
     let mut request = dial
         .url
         .as_str()
@@ -48,7 +51,11 @@ pub(crate) fn client_request(dial: &DialRequest) -> Result<(Request, Target), St
         .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let headers = request.headers_mut();
-    let protocols = dial.protocols.join(", ");
+    let offered = dial.protocols.iter().copied();
+    let protocols = offered
+        .chain(extra.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(", ");
     let value = HeaderValue::from_str(&protocols).map_err(|e| e.to_string())?;
     headers.insert("Sec-WebSocket-Protocol", value);
     for (name, value) in &dial.headers {
@@ -123,6 +130,22 @@ pub(crate) fn selected_protocol<B>(response: &tungstenite::http::Response<B>) ->
 /// per connection: 10 000 idle sessions cost 1.3 GB of it alone. A frame longer than this
 /// still arrives whole: tungstenite reserves its full length once it has read the header.
 pub(crate) const READ_BUFFER_LEN: usize = 8 * 1024;
+
+/// tungstenite's default largest frame, which the server's read limit never goes below.
+const WS_DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// The WebSocket layer's read limit on a server whose state machine takes frames of up to
+/// `max_frame_len` bytes: derived from it, so one number is configured (DESIGN.md section 5).
+/// It is above that number (twice it, and never below tungstenite's default 16 MiB), so an
+/// oversized frame still reaches the state machine and gets its answer (`FRAME_TOO_LARGE`,
+/// 1009 on a repeat) rather than a dropped connection; a frame beyond even that is refused
+/// before it is buffered. 0 (no limit) stays no limit, all the way down.
+pub(crate) fn ws_read_limit(max_frame_len: usize) -> usize {
+    if max_frame_len == 0 {
+        return 0;
+    }
+    max_frame_len.saturating_mul(2).max(WS_DEFAULT_MAX_FRAME)
+}
 
 /// tungstenite's limits for a peer whose frames may be `max_len` bytes long (0: no limit).
 pub(crate) fn ws_config(max_len: usize) -> WebSocketConfig {
@@ -240,17 +263,31 @@ mod tests {
     #[test]
     fn request_carries_protocols_and_headers() {
         let dial = DialRequest::new("wss://[::1]:9/sync/ws", "n1", Some("tok"));
-        let (request, target) = client_request(&dial).unwrap();
+        let extra = ["chat".to_owned()];
+        let (request, target) = client_request(&dial, &extra).unwrap();
         assert_eq!(
             (target.host.as_str(), target.port, target.tls),
             ("::1", 9, true)
         );
         let h = request.headers();
-        assert_eq!(h["Sec-WebSocket-Protocol"], "syncmux.v1");
+        assert_eq!(h["Sec-WebSocket-Protocol"], "syncmux.v1, chat");
         assert_eq!(h["Authorization"], "Bearer tok");
         assert_eq!(h["X-Node-Id"], "n1");
-        let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None)).unwrap();
+        let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None), &[]).unwrap();
         assert_eq!((target.port, target.tls), (80, false));
+    }
+
+    #[test]
+    fn the_read_limit_follows_the_frame_limit() {
+        assert_eq!(ws_read_limit(0), 0, "0 disables all the way down");
+        assert_eq!(ws_read_limit(1 << 20), 16 << 20);
+        assert_eq!(ws_read_limit(20 << 20), 40 << 20);
+        assert_eq!(ws_read_limit(usize::MAX), usize::MAX);
+        let config = ws_config(ws_read_limit(0));
+        assert_eq!(
+            (config.max_message_size, config.max_frame_size),
+            (None, None)
+        );
     }
 
     #[test]

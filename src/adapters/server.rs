@@ -6,14 +6,20 @@
 //! status before upgrading and to select its subprotocol). The lock is held only while one
 //! input runs and its outputs are handed to the sessions' queues, never across an `.await`.
 //!
-//! Back pressure: each session's frames go through its own bounded queue to its own task,
-//! so a slow socket stalls nobody else. A session's task reports what it wrote
-//! ([`Server::handle_sent`](crate::Server::handle_sent)), so the state machine's outbound
-//! bound applies (over it: close 4503); a queue that fills up first has the same outcome.
+//! Back pressure: each session's frames go through its own queue to its own task, so a slow
+//! socket stalls nobody else. A session's task reports what it wrote
+//! ([`Server::handle_sent`](crate::Server::handle_sent)), so every frame in the queue counts
+//! against the state machine's outbound bound
+//! ([`ServerConfig::max_outbound_bytes`](crate::ServerConfig::max_outbound_bytes)), the one
+//! rule for slow consumers: over it the session is closed with 4503.
+//!
+//! Nothing outlives a session: its queues leave the hub when the state machine closes it or
+//! when its [`AcceptedSession`] is dropped (its task ended, whoever ended it).
 
 use core::fmt;
 use core::pin::Pin;
 use core::task::{Context, Poll};
+use core::time::Duration;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,24 +34,29 @@ use crate::server::{Handshake, HandshakeOutcome, ServerEvent, ServerTransmit, Se
 use crate::time::Instant;
 use crate::wire::CloseCode;
 
-/// Options of the server adapter (the protocol's options are the
-/// [`ServerConfig`](crate::ServerConfig) inside the driver).
+/// Options of the server adapter: how it treats connections before they are sessions. The
+/// protocol's options, frame size and outbound bound included, are the
+/// [`ServerConfig`](crate::ServerConfig) inside the driver; the maximum number of sessions
+/// (beyond it an upgrade gets HTTP 503) is its `max_sessions`.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerOptions {
-    /// Frames queued for one session's socket. A session whose queue is full is closed with
-    /// 4503, like one over the state machine's outbound bound. Default 1024.
-    pub max_queued_frames: usize,
-    /// Largest frame read from a client (tungstenite's limit; the state machine has its own).
-    /// Default 16 MiB; 0: no limit.
-    pub max_ws_frame_len: usize,
+    /// Deadline of a connection's whole handshake: TLS and the WebSocket upgrade for a
+    /// connection taken by `serve`, the upgrade for one given to `accept`. A connection that
+    /// has not finished by then is dropped, so a peer that sends nothing, or half a request,
+    /// holds no socket for long. Default 10 s; zero disables it.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once. At the bound, `serve` stops accepting (new
+    /// connections wait in the listener's backlog) and `accept` waits for a slot. Default
+    /// 1024; 0: no bound.
+    pub max_handshakes: usize,
 }
 
 impl Default for ServerOptions {
     fn default() -> ServerOptions {
         ServerOptions {
-            max_queued_frames: 1024,
-            max_ws_frame_len: 16 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
         }
     }
 }
@@ -58,12 +69,37 @@ pub struct SyncServer {
     /// Closed on shutdown: accept loops stop.
     stop: async_channel::Receiver<()>,
     options: Arc<ServerOptions>,
+    /// Handshakes in progress, one token each (a semaphore); `None` without a bound.
+    handshakes: Option<HandshakeSlots>,
+    /// The WebSocket layer's read limit, derived from the state machine's frame limit.
+    ws_frame_limit: usize,
+}
+
+/// A counting semaphore of handshake slots: a slot is a token in the channel, so taking one
+/// waits while the channel is full.
+#[derive(Clone)]
+struct HandshakeSlots {
+    take: async_channel::Sender<()>,
+    give_back: async_channel::Receiver<()>,
+}
+
+/// One handshake slot, given back when dropped.
+pub(crate) struct HandshakeSlot(Option<async_channel::Receiver<()>>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Some(slots) = &self.0 {
+            // The token this slot put in; always there, as only slots take tokens out.
+            let _ = slots.try_recv();
+        }
+    }
 }
 
 impl fmt::Debug for SyncServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncServer")
             .field("sessions", &self.session_count())
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +118,6 @@ pub(crate) struct Hub {
     armed: Option<Instant>,
     wake: async_channel::Sender<()>,
     stop: Option<async_channel::Sender<()>>,
-    max_queued_frames: usize,
 }
 
 impl Hub {
@@ -92,42 +127,27 @@ impl Hub {
 
     /// Hands every output of the last input to the sessions' queues, then re-arms the timer.
     fn drain(&mut self) {
-        let mut slow = Vec::new();
-        loop {
-            while let Some(transmit) = self.driver.poll_transmit() {
-                match transmit {
-                    ServerTransmit::Frame { session, bytes } => {
-                        if let Some(outlet) = self.outlets.get(&session) {
-                            // Only the hub sends, under the lock: the check is exact.
-                            if outlet.frames.len() >= self.max_queued_frames
-                                || outlet.frames.try_send(bytes).is_err()
-                            {
-                                slow.push(session);
-                            }
-                        }
-                    }
-                    ServerTransmit::Close {
-                        session,
-                        code,
-                        reason,
-                    } => {
-                        if let Some(outlet) = self.outlets.remove(&session) {
-                            // Capacity 1 and sent once: never full.
-                            let _ = outlet.close.try_send((code, reason));
-                        }
+        while let Some(transmit) = self.driver.poll_transmit() {
+            match transmit {
+                ServerTransmit::Frame { session, bytes } => {
+                    if let Some(outlet) = self.outlets.get(&session) {
+                        // Unbounded, but every frame in it counts against the state
+                        // machine's outbound bound until the session's task reports it
+                        // written. Closed only once the task is gone, and then the outlet
+                        // is gone too.
+                        let _ = outlet.frames.try_send(bytes);
                     }
                 }
-            }
-            if slow.is_empty() {
-                break;
-            }
-            let now = self.now();
-            slow.sort();
-            slow.dedup();
-            for session in slow.drain(..) {
-                let reason = "outbound queue full";
-                self.driver
-                    .close_session(now, session, CloseCode::SLOW_CONSUMER, reason);
+                ServerTransmit::Close {
+                    session,
+                    code,
+                    reason,
+                } => {
+                    if let Some(outlet) = self.outlets.remove(&session) {
+                        // Capacity 1 and sent once: never full.
+                        let _ = outlet.close.try_send((code, reason));
+                    }
+                }
             }
         }
         while let Some(event) = self.driver.poll_event() {
@@ -175,7 +195,6 @@ pub struct AcceptedSession {
     protocol: Option<String>,
     frames: Pin<Box<async_channel::Receiver<Bytes>>>,
     close: Pin<Box<async_channel::Receiver<(CloseCode, String)>>>,
-    ran: bool,
 }
 
 impl fmt::Debug for AcceptedSession {
@@ -192,6 +211,11 @@ impl SyncServer {
     pub(crate) fn new(driver: Driver, options: ServerOptions) -> (SyncServer, TimerTask) {
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let (stop_tx, stop_rx) = async_channel::bounded(1);
+        let ws_frame_limit = common::ws_read_limit(driver.server().config().max_frame_len);
+        let handshakes = (options.max_handshakes > 0).then(|| {
+            let (take, give_back) = async_channel::bounded(options.max_handshakes);
+            HandshakeSlots { take, give_back }
+        });
         let hub = Hub {
             driver,
             clock: Clock::new(),
@@ -199,12 +223,13 @@ impl SyncServer {
             armed: None,
             wake: wake_tx,
             stop: Some(stop_tx),
-            max_queued_frames: options.max_queued_frames.max(1),
         };
         let server = SyncServer {
             shared: Arc::new(Mutex::new(hub)),
             stop: stop_rx,
             options: Arc::new(options),
+            handshakes,
+            ws_frame_limit,
         };
         let timer = TimerTask {
             shared: Arc::downgrade(&server.shared),
@@ -218,8 +243,27 @@ impl SyncServer {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn options(&self) -> &ServerOptions {
+    /// The adapter's options.
+    pub fn options(&self) -> &ServerOptions {
         &self.options
+    }
+
+    /// The largest message the WebSocket layer reads (0: no limit); see
+    /// [`common::ws_read_limit`].
+    pub(crate) fn ws_frame_limit(&self) -> usize {
+        self.ws_frame_limit
+    }
+
+    /// Waits for one of the `max_handshakes` slots; hold it until the handshake is over.
+    pub(crate) async fn handshake_slot(&self) -> HandshakeSlot {
+        match &self.handshakes {
+            None => HandshakeSlot(None),
+            Some(slots) => {
+                // Never closed: this server holds the other end.
+                let _ = slots.take.send(()).await;
+                HandshakeSlot(Some(slots.give_back.clone()))
+            }
+        }
     }
 
     /// Completes once [`SyncServer::shutdown`] was called (accept loops select on it).
@@ -239,9 +283,9 @@ impl SyncServer {
                 node_id,
                 protocol,
             } => {
-                // Bounded by `max_queued_frames` in `Hub::drain`, not by the channel: a
-                // bounded channel allocates (and touches) every slot up front, 40 KiB per
-                // idle session at the default bound; this one grows in small blocks.
+                // Bounded by the state machine's outbound bytes, not by the channel: a
+                // bounded channel allocates (and touches) every slot up front; this one
+                // grows in small blocks.
                 let (frames_tx, frames) = async_channel::unbounded();
                 let (close_tx, close) = async_channel::bounded(1);
                 let outlet = Outlet {
@@ -256,7 +300,6 @@ impl SyncServer {
                     protocol,
                     frames: Box::pin(frames),
                     close: Box::pin(close),
-                    ran: false,
                 })
             }
             HandshakeOutcome::Reject { status, reason } => Err(Rejection { status, reason }),
@@ -275,9 +318,27 @@ impl SyncServer {
         hub.stop = None;
     }
 
-    /// Sessions open (or closing).
+    /// Sessions open (or closing), as the state machine counts them.
     pub fn session_count(&self) -> usize {
         self.lock().driver.server().session_count()
+    }
+
+    /// Sessions the adapter holds queues for (its per-session map). A session's queues go
+    /// when the state machine closes it or when its task ends, so once every task has
+    /// settled this is never above [`session_count`](Self::session_count): for metrics and
+    /// leak checks.
+    pub fn outlet_count(&self) -> usize {
+        self.lock().outlets.len()
+    }
+
+    /// The session's socket is gone, whoever ended it: the state machine forgets it (a
+    /// no-op if it already did) and so does the hub.
+    fn closed(&self, session: SessionId) {
+        let mut hub = self.lock();
+        let now = hub.now();
+        hub.driver.handle_closed(now, session);
+        hub.outlets.remove(&session);
+        hub.drain();
     }
 
     /// Runs `f` on the driver (for metrics, or the store), then hands its outputs out.
@@ -322,14 +383,14 @@ impl AcceptedSession {
     }
 
     /// Drives the session on its upgraded socket until it closes. Reads and writes in one
-    /// task: frames are written as the socket takes them while reading goes on.
+    /// task: frames are written as the socket takes them while reading goes on. However it
+    /// ends (or if this future is dropped), the session is released.
     pub async fn run<W, E>(mut self, mut ws: W)
     where
         W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: fmt::Display,
         <W as Sink<Message>>::Error: fmt::Display,
     {
-        self.ran = true;
         let session = self.session;
         let mut unflushed = 0usize;
         loop {
@@ -347,8 +408,10 @@ impl AcceptedSession {
                         .input(|d, now| d.handle_binary(now, session, len));
                 }
                 Step::Message(Message::Close(_)) => {
-                    let _ = ws.close().await;
-                    self.server.input(|d, now| d.handle_closed(now, session));
+                    // Released first: a peer that stops reading cannot hold it while the
+                    // close answer waits for room.
+                    self.server.closed(session);
+                    let _ = ws.close().now_or_never();
                     return;
                 }
                 // tungstenite answers pings itself.
@@ -356,7 +419,6 @@ impl AcceptedSession {
                 Step::Sent(n) => self.server.input(|d, now| d.handle_sent(now, session, n)),
                 Step::Gone(why) => {
                     tracing::debug!(%session, why, "socket gone");
-                    self.server.input(|d, now| d.handle_closed(now, session));
                     return;
                 }
                 Step::Close(code, reason) => {
@@ -433,10 +495,8 @@ impl AcceptedSession {
 
 impl Drop for AcceptedSession {
     fn drop(&mut self) {
-        if !self.ran {
-            let session = self.session;
-            self.server.input(|d, now| d.handle_closed(now, session));
-        }
+        // Ran to its end, dropped mid-way, or never run: the session is over either way.
+        self.server.closed(self.session);
     }
 }
 
@@ -495,36 +555,44 @@ mod tests {
     use crate::ServerConfig;
     use core::future::Future;
 
-    /// A session whose queue holds `max_queued_frames` unsent frames is closed with 4503 on
-    /// the next one, and its queue keeps only what fitted.
+    /// The one rule for a slow consumer is the state machine's outbound byte budget: 2000
+    /// small frames under it stay queued (the adapter used to close at 1024 frames, whatever
+    /// their size), and the frame that goes over it closes the session with 4503.
     #[test]
-    fn a_full_outbound_queue_closes_the_session_with_4503() {
+    fn small_frames_are_bounded_by_the_outbound_byte_budget_alone() {
+        let config = ServerConfig {
+            rate_limit_burst: 0,
+            max_outbound_bytes: 64 * 1024,
+            ..ServerConfig::default()
+        };
         let driver = Driver::new(
-            Server::new(ServerConfig::default()).expect("valid config"),
+            Server::new(config).expect("valid config"),
             MemoryStore::new(StoreConfig::default()),
         );
-        let options = ServerOptions {
-            max_queued_frames: 2,
-            ..ServerOptions::default()
-        };
         // No runtime: the timer task never runs and the session's task never drains.
-        let (server, _timer) = SyncServer::new(driver, options);
+        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
         let accepted = server
             .handshake(&Handshake::new("/", "node_id=slow"))
             .expect("accepted");
         let session = accepted.session();
-        for id in 0..2 {
-            let ping = Bytes::from(format!(r#"{{"type":"ping","id":"{id}"}}"#));
-            server.input(|d, now| d.handle_message(now, session, ping));
-            assert!(accepted.close.is_empty(), "closed after {id} frames");
+        let ping = |id: usize| Bytes::from(format!(r#"{{"type":"ping","id":"{id}"}}"#));
+        for id in 0..2000 {
+            server.input(|d, now| d.handle_message(now, session, ping(id)));
         }
-        assert_eq!(accepted.frames.len(), 2);
-        let ping = Bytes::from_static(br#"{"type":"ping","id":"2"}"#);
-        server.input(|d, now| d.handle_message(now, session, ping));
+        assert!(accepted.close.is_empty(), "closed under the byte budget");
+        assert_eq!(accepted.frames.len(), 2000);
+        let queued = server.with_driver(|d, _| d.server().outbound_bytes(session));
+        assert!(queued.is_some_and(|b| b < 64 * 1024), "{queued:?}");
+        let mut id = 2000;
+        while accepted.close.is_empty() {
+            server.input(|d, now| d.handle_message(now, session, ping(id)));
+            id += 1;
+            assert!(id < 10_000, "never closed");
+        }
         let (code, _) = accepted.close.try_recv().expect("closed");
         assert_eq!(code, CloseCode::SLOW_CONSUMER);
-        assert_eq!(accepted.frames.len(), 2, "nothing queued past the bound");
         assert_eq!(server.session_count(), 0);
+        assert_eq!(server.outlet_count(), 0);
     }
 
     /// A socket that takes nothing and says nothing: a peer that stopped reading.

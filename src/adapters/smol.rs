@@ -1,6 +1,7 @@
 //! The smol adapter (feature `smol`): async-tungstenite over smol's sockets, futures-rustls
 //! for `wss://`. Tasks run on smol's global executor.
 
+use core::future::Future;
 use std::sync::Arc;
 
 use async_tungstenite::WebSocketStream;
@@ -8,9 +9,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use smol::io::{AsyncRead, AsyncWrite};
 
-use super::client::{self, Dialing, Runtime};
+use super::client::{self, Dialer, Dialing, Runtime};
 use super::common;
-use super::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
+use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, ConfigError, DialRequest};
 use crate::driver::Driver;
 use tungstenite::handshake::server::{Request, Response};
@@ -40,13 +41,9 @@ pub(crate) struct Smol;
 impl Runtime for Smol {
     type Ws = ClientSocket;
 
-    fn dial(
-        dial: DialRequest,
-        tls: Arc<rustls::ClientConfig>,
-        max_frame_len: usize,
-    ) -> Dialing<ClientSocket> {
+    fn dial(dial: DialRequest, dialer: Arc<Dialer>) -> Dialing<ClientSocket> {
         async move {
-            let (request, target) = common::client_request(&dial)?;
+            let (request, target) = common::client_request(&dial, &dialer.protocols)?;
             let tcp = smol::net::TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
@@ -54,7 +51,7 @@ impl Runtime for Smol {
             let _ = tcp.set_nodelay(true);
             let io: Box<dyn Io> = if target.tls {
                 let name = common::server_name(&target.host)?;
-                let stream = futures_rustls::TlsConnector::from(tls)
+                let stream = futures_rustls::TlsConnector::from(dialer.tls.clone())
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS with {}: {e}", target.host))?;
@@ -62,7 +59,7 @@ impl Runtime for Smol {
             } else {
                 Box::new(tcp)
             };
-            let config = Some(common::ws_config(max_frame_len));
+            let config = Some(common::ws_config(dialer.max_frame_len));
             let (ws, response) = async_tungstenite::client_async_with_config(request, io, config)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
@@ -99,6 +96,10 @@ pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
 
 /// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
 /// serves `wss://`.
+///
+/// Each connection's whole handshake (TLS, then the upgrade) must end within
+/// [`ServerOptions::handshake_timeout`]; at most [`ServerOptions::max_handshakes`] are under
+/// way at once (at the bound, no connection is accepted until one ends).
 pub async fn serve(
     server: SyncServer,
     listener: smol::net::TcpListener,
@@ -106,6 +107,15 @@ pub async fn serve(
 ) {
     let tls = tls.map(futures_rustls::TlsAcceptor::from);
     loop {
+        let stopped = async {
+            server.stopped().await;
+            None
+        };
+        let Some(slot) =
+            smol::future::or(async { Some(server.handshake_slot().await) }, stopped).await
+        else {
+            return;
+        };
         let stopped = async {
             server.stopped().await;
             None
@@ -126,32 +136,71 @@ pub async fn serve(
         let tls = tls.clone();
         smol::spawn(async move {
             tracing::debug!(%peer, "connection");
-            let io: Box<dyn Io> = match tls {
-                Some(tls) => match tls.accept(tcp).await {
-                    Ok(stream) => Box::new(stream),
-                    Err(e) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                },
-                None => Box::new(tcp),
+            let handshake = async {
+                let io: Box<dyn Io> = match tls {
+                    Some(tls) => match tls.accept(tcp).await {
+                        Ok(stream) => Box::new(stream),
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return None;
+                        }
+                    },
+                    None => Box::new(tcp),
+                };
+                upgrade(&server, io).await
             };
-            accept(&server, io).await;
+            let upgraded = within_deadline(&server, handshake).await.flatten();
+            drop(slot);
+            if let Some((session, ws)) = upgraded {
+                session.run(ws).await;
+            }
         })
         .detach();
     }
 }
 
-/// Runs the WebSocket handshake on `io` through the state machine, then the session.
-#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+/// Runs the WebSocket handshake on `io` through the state machine, then the session. The
+/// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
+/// must end within [`ServerOptions::handshake_timeout`].
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
+    let slot = server.handshake_slot().await;
+    let upgraded = within_deadline(server, upgrade(server, io)).await.flatten();
+    drop(slot);
+    if let Some((session, ws)) = upgraded {
+        session.run(ws).await;
+    }
+}
+
+/// `handshake`, given up (`None`) once the server's handshake deadline passes.
+async fn within_deadline<F: Future>(server: &SyncServer, handshake: F) -> Option<F::Output> {
+    let deadline = server.options().handshake_timeout;
+    if deadline.is_zero() {
+        return Some(handshake.await);
+    }
+    let expired = async {
+        smol::Timer::after(deadline).await;
+        tracing::debug!(?deadline, "handshake timed out");
+        None
+    };
+    smol::future::or(async { Some(handshake.await) }, expired).await
+}
+
+/// The WebSocket upgrade, decided by the state machine: the accepted session and its socket,
+/// or `None` (refused, or the peer went away; a session accepted by then is released).
+#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &SyncServer,
+    io: S,
+) -> Option<(AcceptedSession, WebSocketStream<S>)> {
     let mut accepted = None;
     let callback = |req: &Request, resp: Response| common::decide(server, req, resp, &mut accepted);
-    let config = Some(common::ws_config(server.options().max_ws_frame_len));
+    let config = Some(common::ws_config(server.ws_frame_limit()));
     match async_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
-        Ok(ws) => {
-            if let Some(session) = accepted {
-                session.run(ws).await;
-            }
-        }
+        Ok(ws) => accepted.map(|session| (session, ws)),
         // A refused handshake lands here too, after its HTTP answer went out.
-        Err(e) => tracing::debug!(error = %e, "handshake ended"),
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake ended");
+            None
+        }
     }
 }

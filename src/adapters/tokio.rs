@@ -1,6 +1,7 @@
 //! The tokio adapter (feature `tokio`): tokio-tungstenite over tokio's sockets, tokio-rustls
 //! for `wss://`.
 
+use core::future::Future;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -8,9 +9,9 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 
-use super::client::{self, Dialing, Runtime};
+use super::client::{self, Dialer, Dialing, Runtime};
 use super::common;
-use super::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
+use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, ConfigError, DialRequest};
 use crate::driver::Driver;
 use tungstenite::handshake::server::{Request, Response};
@@ -41,13 +42,9 @@ pub(crate) struct Tokio;
 impl Runtime for Tokio {
     type Ws = ClientSocket;
 
-    fn dial(
-        dial: DialRequest,
-        tls: Arc<rustls::ClientConfig>,
-        max_frame_len: usize,
-    ) -> Dialing<ClientSocket> {
+    fn dial(dial: DialRequest, dialer: Arc<Dialer>) -> Dialing<ClientSocket> {
         async move {
-            let (request, target) = common::client_request(&dial)?;
+            let (request, target) = common::client_request(&dial, &dialer.protocols)?;
             let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
@@ -55,7 +52,7 @@ impl Runtime for Tokio {
             let _ = tcp.set_nodelay(true);
             let io: Box<dyn Io> = if target.tls {
                 let name = common::server_name(&target.host)?;
-                let stream = tokio_rustls::TlsConnector::from(tls)
+                let stream = tokio_rustls::TlsConnector::from(dialer.tls.clone())
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS with {}: {e}", target.host))?;
@@ -63,7 +60,7 @@ impl Runtime for Tokio {
             } else {
                 Box::new(tcp)
             };
-            let config = Some(common::ws_config(max_frame_len));
+            let config = Some(common::ws_config(dialer.max_frame_len));
             let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, config)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
@@ -92,6 +89,10 @@ pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
 
 /// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
 /// serves `wss://`.
+///
+/// Each connection's whole handshake (TLS, then the upgrade) must end within
+/// [`ServerOptions::handshake_timeout`]; at most [`ServerOptions::max_handshakes`] are under
+/// way at once (at the bound, no connection is accepted until one ends).
 pub async fn serve(
     server: SyncServer,
     listener: tokio::net::TcpListener,
@@ -99,6 +100,10 @@ pub async fn serve(
 ) {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
+        let slot = tokio::select! {
+            slot = server.handshake_slot() => slot,
+            () = server.stopped() => return,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = server.stopped() => return,
@@ -117,31 +122,69 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             tracing::debug!(%peer, "connection");
-            let io: Box<dyn Io> = match tls {
-                Some(tls) => match tls.accept(tcp).await {
-                    Ok(stream) => Box::new(stream),
-                    Err(e) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                },
-                None => Box::new(tcp),
+            let handshake = async {
+                let io: Box<dyn Io> = match tls {
+                    Some(tls) => match tls.accept(tcp).await {
+                        Ok(stream) => Box::new(stream),
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return None;
+                        }
+                    },
+                    None => Box::new(tcp),
+                };
+                upgrade(&server, io).await
             };
-            accept(&server, io).await;
+            let upgraded = within_deadline(&server, handshake).await.flatten();
+            drop(slot);
+            if let Some((session, ws)) = upgraded {
+                session.run(ws).await;
+            }
         });
     }
 }
 
-/// Runs the WebSocket handshake on `io` through the state machine, then the session.
-#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+/// Runs the WebSocket handshake on `io` through the state machine, then the session. The
+/// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
+/// must end within [`ServerOptions::handshake_timeout`].
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
+    let slot = server.handshake_slot().await;
+    let upgraded = within_deadline(server, upgrade(server, io)).await.flatten();
+    drop(slot);
+    if let Some((session, ws)) = upgraded {
+        session.run(ws).await;
+    }
+}
+
+/// `handshake`, given up (`None`) once the server's handshake deadline passes.
+async fn within_deadline<F: Future>(server: &SyncServer, handshake: F) -> Option<F::Output> {
+    let deadline = server.options().handshake_timeout;
+    if deadline.is_zero() {
+        return Some(handshake.await);
+    }
+    let outcome = tokio::time::timeout(deadline, handshake).await.ok();
+    if outcome.is_none() {
+        tracing::debug!(?deadline, "handshake timed out");
+    }
+    outcome
+}
+
+/// The WebSocket upgrade, decided by the state machine: the accepted session and its socket,
+/// or `None` (refused, or the peer went away; a session accepted by then is released).
+#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &SyncServer,
+    io: S,
+) -> Option<(AcceptedSession, WebSocketStream<S>)> {
     let mut accepted = None;
     let callback = |req: &Request, resp: Response| common::decide(server, req, resp, &mut accepted);
-    let config = Some(common::ws_config(server.options().max_ws_frame_len));
+    let config = Some(common::ws_config(server.ws_frame_limit()));
     match tokio_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
-        Ok(ws) => {
-            if let Some(session) = accepted {
-                session.run(ws).await;
-            }
-        }
+        Ok(ws) => accepted.map(|session| (session, ws)),
         // A refused handshake lands here too, after its HTTP answer went out.
-        Err(e) => tracing::debug!(error = %e, "handshake ended"),
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake ended");
+            None
+        }
     }
 }
