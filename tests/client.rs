@@ -1162,3 +1162,48 @@ fn closing_ends_commands_waiting_for_their_restore() {
         outcome: Err(RequestError::Disconnected)
     }));
 }
+
+/// An application that reads no events while the client reconnects again and again does not
+/// make lifecycle events pile up: the newest are kept, a bounded number.
+#[test]
+fn unread_lifecycle_events_stay_bounded() {
+    let mut config = config();
+    config.ping_interval = Duration::ZERO;
+    let mut client = open(config, t(0));
+    let mut now = t(0);
+    for _ in 0..500 {
+        client.handle_disconnected(now, None, "gone");
+        now = client.poll_timeout().unwrap();
+        client.handle_timeout(now);
+        let _ = drain(&mut client);
+        client.handle_connected(now, None);
+    }
+    let events = drain_events(&mut client);
+    assert!(events.len() <= 32, "{} events kept", events.len());
+    // The newest say where the connection stands.
+    assert_eq!(events.last(), Some(&ClientEvent::Connected));
+}
+
+/// A ping that cannot be queued (the adapter takes no frames: the socket is stuck) still
+/// starts the pong timeout, so a dead peer behind a full queue is detected.
+#[test]
+fn a_stuck_transmit_queue_does_not_hide_a_dead_peer() {
+    let mut config = config();
+    config.max_queued_transmits = 2;
+    config.ping_interval = Duration::from_secs(30);
+    config.pong_timeout = Duration::from_secs(10);
+    let mut client = open(config, t(0));
+    client.pull(t(0), ["a"], None).unwrap();
+    client.pull(t(0), ["b"], None).unwrap();
+    // Nothing is drained: the queue stays full when the ping is due.
+    client.handle_timeout(t(30));
+    assert_eq!(client.poll_timeout(), Some(t(40)));
+    client.handle_timeout(t(40));
+    assert!(drain_events(&mut client).iter().any(|e| matches!(
+        e,
+        ClientEvent::Disconnected {
+            code: Some(CloseCode::IDLE_TIMEOUT),
+            ..
+        }
+    )));
+}

@@ -63,8 +63,9 @@ pub struct ClientConfig {
     /// Most events queued for [`poll_event`](super::Client::poll_event). Data from the server
     /// (changes, presence, rooms, unsolicited errors) that finds the queue full is not taken:
     /// the client closes the connection (4503, slow consumer) and later resumes from the last
-    /// position it delivered, so nothing is lost. Request outcomes and lifecycle events always
-    /// fit (they are bounded by `max_in_flight`). Default 4096.
+    /// position it delivered, so nothing is lost. Request outcomes always fit (they are
+    /// bounded by `max_in_flight`), and so do lifecycle events (the newest 32 unread are
+    /// kept). Default 4096.
     pub max_queued_events: usize,
     /// Most frames queued for [`poll_transmit`](super::Client::poll_transmit). A command that
     /// finds it full fails with `QueueFull`; an answer to a server ping is dropped (the

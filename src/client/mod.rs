@@ -250,7 +250,7 @@ impl Client {
             return;
         }
         self.state = ClientState::Open;
-        self.events.push_back(ClientEvent::Connected);
+        self.lifecycle(ClientEvent::Connected);
         if self.config.healthy_after.is_zero() {
             self.backoff.reset();
         } else {
@@ -327,7 +327,7 @@ impl Client {
                     reason: reason.clone(),
                 });
                 if self.state == ClientState::Open {
-                    self.events.push_back(ClientEvent::Disconnected {
+                    self.lifecycle(ClientEvent::Disconnected {
                         code: Some(CloseCode::NORMAL),
                         reason,
                     });
@@ -922,6 +922,12 @@ impl Client {
         }
         self.timers
             .set(Timer::Ping, now + self.config.ping_interval);
+        // Whatever happens to the ping, the server must be heard from within the pong
+        // timeout: a full transmit queue (the socket takes nothing) is how a dead peer often
+        // looks, and must not hide it.
+        if self.timers.get(Timer::Pong).is_none() {
+            self.timers.set(Timer::Pong, now + self.config.pong_timeout);
+        }
         // A full transmit queue means the adapter is not draining: skip this ping; the next
         // one will try again.
         if self.transmits.len() >= self.config.max_queued_transmits {
@@ -931,9 +937,27 @@ impl Client {
         self.keepalive = Some(id);
         self.transmits
             .push_back(Transmit::Frame(encode_request(MessageType::Ping, id, &())));
-        if self.timers.get(Timer::Pong).is_none() {
-            self.timers.set(Timer::Pong, now + self.config.pong_timeout);
+    }
+
+    /// Queues a connection lifecycle event. They always fit, but an application that reads
+    /// no events while the client reconnects again and again must not make them pile up
+    /// without bound: past [`MAX_LIFECYCLE_EVENTS`] unread, the oldest goes (the newest
+    /// say where the connection stands now).
+    fn lifecycle(&mut self, event: ClientEvent) {
+        let is_lifecycle = |e: &ClientEvent| {
+            matches!(
+                e,
+                ClientEvent::Connected
+                    | ClientEvent::Disconnected { .. }
+                    | ClientEvent::Reconnecting { .. }
+            )
+        };
+        if self.events.iter().filter(|e| is_lifecycle(e)).count() >= MAX_LIFECYCLE_EVENTS {
+            if let Some(oldest) = self.events.iter().position(is_lifecycle) {
+                self.events.remove(oldest);
+            }
         }
+        self.events.push_back(event);
     }
 
     /// The client itself ends the connection (dead peer, slow application).
@@ -952,7 +976,7 @@ impl Client {
         self.transmits.retain(|t| !matches!(t, Transmit::Frame(_)));
         self.timers.stop_all();
         self.keepalive = None;
-        self.events.push_back(ClientEvent::Disconnected {
+        self.lifecycle(ClientEvent::Disconnected {
             code,
             reason: reason.clone(),
         });
@@ -998,8 +1022,7 @@ impl Client {
         let (attempt, delay) = self.backoff.next_delay();
         self.state = ClientState::WaitingToReconnect;
         self.timers.set(Timer::Reconnect, now + delay);
-        self.events
-            .push_back(ClientEvent::Reconnecting { attempt, delay });
+        self.lifecycle(ClientEvent::Reconnecting { attempt, delay });
     }
 
     /// Stops for good: every request still pending fails with `DISCONNECTED`.
@@ -1025,6 +1048,9 @@ impl Client {
         }
     }
 }
+
+/// How many connected / disconnected / reconnecting events may wait unread.
+const MAX_LIFECYCLE_EVENTS: usize = 32;
 
 fn strings<I: IntoIterator<Item = T>, T: Into<String>>(items: I) -> Vec<String> {
     items.into_iter().map(Into::into).collect()
