@@ -23,7 +23,7 @@ use syncmux::server::{
     AppError, Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId,
 };
 use syncmux::store::{MemoryStore, StoreConfig};
-use syncmux::wire::{decode, CloseCode, DecodeLimits};
+use syncmux::wire::{decode, CloseCode, DecodeLimits, MessageType};
 use syncmux::{Instant, Server, ServerConfig, ServerEvent};
 
 const TABLES: [&str; 3] = ["a", "b", "c"];
@@ -204,7 +204,7 @@ impl Run {
                     p["since"] = json!(format!("{ts}:0:n"));
                 }
                 if let Some((e, seq)) = cursor {
-                    p["cursor"] = json!(format!("{}.{seq}", e % 2));
+                    p["cursor"] = json!(cursor_text(e, seq));
                 }
                 json!({"type": "subscribe", "id": self.id(id), "payload": p})
             }
@@ -244,7 +244,7 @@ impl Run {
                     p["since"] = json!({"ts": ts, "c": 0, "node": "n"});
                 }
                 if let Some((e, seq)) = cursor {
-                    p["cursor"] = json!(format!("{}.{seq}", e % 2));
+                    p["cursor"] = json!(cursor_text(e, seq));
                 }
                 json!({"type": "pull_request", "id": self.id(true), "payload": p})
             }
@@ -483,8 +483,15 @@ impl Run {
                     // A frame any syncmux peer decodes. Not `serde_json::Value`: it refuses
                     // numbers beyond f64 (`1E999`), which are JSON and which a pong or a relay
                     // must pass on byte for byte.
-                    if let Err(e) = decode(bytes.clone(), &unlimited()) {
-                        panic!("server frame does not decode ({e}): {bytes:?}");
+                    let frame = match decode(bytes.clone(), &unlimited()) {
+                        Ok(frame) => frame,
+                        Err(e) => panic!("server frame does not decode ({e}): {bytes:?}"),
+                    };
+                    // A cursor is opaque: any string the store cannot serve falls back, it is
+                    // never refused (DESIGN.md section 3).
+                    if frame.kind() == MessageType::Error {
+                        let text = String::from_utf8_lossy(frame.raw_payload());
+                        assert!(!text.contains("cursor"), "a cursor was refused: {text}");
                     }
                     if session.stalled {
                         session.unsent += bytes.len();
@@ -605,4 +612,15 @@ fn unlimited() -> DecodeLimits {
     limits.max_frame_len = 0;
     limits.max_depth = 0;
     limits
+}
+
+/// A cursor of one of two epochs, or (for a third of the values of `e`) a string that is not
+/// a cursor of ours at all.
+fn cursor_text(e: u8, seq: u8) -> String {
+    match e % 3 {
+        2 => {
+            ["x", "", "1.2.3", "-1.5", "9999999999999999999999.1"][usize::from(seq % 5)].to_owned()
+        }
+        epoch => format!("{epoch}.{seq}"),
+    }
 }
