@@ -8,10 +8,10 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use syncmux::client::{Client, ClientConfig, ClientEvent, Transmit};
-use syncmux::payload::{ChangeRecord, PullRequest, PullResponse};
+use syncmux::payload::{ChangeRecord, PullRequest, PullResponse, Subscribe};
 use syncmux::wire::{decode, encode, DecodeLimits, FrameId, MessageType};
 use syncmux::Instant;
+use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -60,9 +60,9 @@ fn round_trip(c: &mut Criterion) {
         let mut client = open_client();
         b.iter(|| {
             let id = client
-                .pull(Instant::ZERO, ["docs"], None)
+                .pull(Instant::ZERO, PullRequest::new(["docs"]))
                 .expect("accepted");
-            let Some(Transmit::Frame(frame)) = client.poll_transmit() else {
+            let Some(ClientTransmit::Frame(frame)) = client.poll_transmit() else {
                 panic!("no frame")
             };
             black_box(frame);
@@ -101,7 +101,7 @@ fn routing(c: &mut Criterion) {
     group.bench_function("client", |b| {
         let mut client = open_client();
         client
-            .subscribe(Instant::ZERO, ["t0", "t1", "t2", "t3"], None)
+            .subscribe(Instant::ZERO, Subscribe::new(["t0", "t1", "t2", "t3"]))
             .expect("accepted");
         while client.poll_transmit().is_some() {}
         b.iter(|| {
@@ -131,7 +131,7 @@ fn heap(_: &mut Criterion) {
     let ((), in_flight) = net_bytes(|| {
         for _ in 0..N {
             client
-                .pull(Instant::ZERO, ["docs"], None)
+                .pull(Instant::ZERO, PullRequest::new(["docs"]))
                 .expect("accepted");
             // The adapter sends the frame; the client keeps its own handle for a resend.
             while client.poll_transmit().is_some() {}

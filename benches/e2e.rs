@@ -27,11 +27,11 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use futures_util::{SinkExt, StreamExt};
 use syncmux::adapters::{self, ServerOptions, SyncClient, SyncServer};
-use syncmux::driver::Driver;
-use syncmux::payload::PullResponse;
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::payload::{PullRequest, PullResponse};
 use syncmux::wire::{decode, DecodeLimits};
+use syncmux::Driver;
 use syncmux::{ClientConfig, Server, ServerConfig};
+use syncmux::{MemoryStore, StoreConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
@@ -173,7 +173,7 @@ impl Pulls {
         drop(events);
         assert_eq!(
             client
-                .pull(["docs"], None)
+                .pull(PullRequest::new(["docs"]))
                 .await
                 .expect("pull")
                 .changes
@@ -220,7 +220,12 @@ impl Pulls {
     async fn client(&mut self, n: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..n {
-            black_box(self.client.pull(["docs"], None).await.expect("pull"));
+            black_box(
+                self.client
+                    .pull(PullRequest::new(["docs"]))
+                    .await
+                    .expect("pull"),
+            );
         }
         start.elapsed()
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use syncmux::payload::Cursor;
-use syncmux::server::{Handshake, HandshakeOutcome, PushAnswer, ServerTransmit, SessionId};
+use syncmux::{Handshake, HandshakeOutcome, PushAnswer, ServerTransmit, SessionId};
 use syncmux::{Instant, Server, ServerConfig, ServerEvent};
 
 #[global_allocator]

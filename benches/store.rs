@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::{MemoryStore, StoreConfig};
 
 const LOG: u64 = 1_000_000;
 const TABLES: u64 = 4;

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use syncmux::adapters::{self, ClientEvents, SyncClient};
-use syncmux::client::{ClientEvent, CloseReason, RequestError};
-use syncmux::payload::{ChangeRecord, Hlc, RawJson};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::ClientConfig;
+use syncmux::{ClientEvent, CloseReason, RequestError};
 
 const USAGE: &str = "usage: client --url URL --node-id ID [--token T] [--reconnect-delay MS] \
 [--max-reconnect-delay MS] [--ping-interval MS] [--request-timeout MS] \
@@ -39,7 +39,7 @@ const USAGE: &str = "usage: client --url URL --node-id ID [--token T] [--reconne
 #[derive(Default)]
 struct After {
     since: Option<Hlc>,
-    cursor: Option<String>,
+    cursor: Option<Cursor>,
 }
 
 enum Command {
@@ -84,7 +84,7 @@ fn parse(argv: Vec<String>) -> Result<(ClientConfig, Command), String> {
         if flag == "--since" {
             after.since = Some(value.parse().map_err(|e| format!("--since: {e}"))?);
         } else {
-            after.cursor = Some(value);
+            after.cursor = Some(value.parse().map_err(|e| format!("--cursor: {e}"))?);
         }
     }
     let rest: Vec<String> = it.collect();
@@ -148,7 +148,10 @@ async fn run(
     let value = |v: &dyn erased::Json| v.json();
     match command {
         Command::Pull(after, tables) => {
-            let pulled = client.pull_after(tables, after.since, after.cursor).await?;
+            let pull = PullRequest::new(tables)
+                .since(after.since)
+                .after(after.cursor);
+            let pulled = client.pull(pull).await?;
             line(value(&pulled));
         }
         Command::Push(file) => {
@@ -169,9 +172,10 @@ async fn run(
         }
         Command::Subscribe(after, tables) => {
             let subscribed = async move {
-                let ack = client
-                    .subscribe_after(tables, after.since, after.cursor)
-                    .await?;
+                let subscribe = Subscribe::new(tables)
+                    .since(after.since)
+                    .after(after.cursor);
+                let ack = client.subscribe(subscribe).await?;
                 let resume = ack.map(|a| json!({"recovered": a.recovered, "cursor": a.cursor}));
                 Ok(json!({"subscribed": true, "resume": resume}))
             };

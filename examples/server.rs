@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use syncmux::adapters::{self, Clock, ServerOptions};
-use syncmux::driver::Driver;
-use syncmux::server::{AuthDecision, AuthRequest};
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::Driver;
+use syncmux::{AuthDecision, AuthRequest};
+use syncmux::{MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
 
 const USAGE: &str = "usage: server [--listen ADDR] [--token T] [--rate-limit N/SECS|0] \

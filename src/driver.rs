@@ -1,37 +1,3 @@
-//! A [`Server`] paired with a [`MemoryStore`]: one call per input runs both.
-//!
-//! The server never imports the store and the store never imports the server (DESIGN.md
-//! section 1); this driver is the small piece between them. It forwards every input to the
-//! server, answers the pull, push and replay events at once from the store, and passes every
-//! other event through. An adapter (or a test) drives a `Driver` exactly as it would drive a
-//! `Server`: after each input, drain [`poll_transmit`](Driver::poll_transmit) and
-//! [`poll_event`](Driver::poll_event), then wait for [`poll_timeout`](Driver::poll_timeout).
-//!
-//! ```
-//! use bytes::Bytes;
-//! use syncmux::driver::Driver;
-//! use syncmux::server::{Handshake, HandshakeOutcome, ServerTransmit};
-//! use syncmux::store::{MemoryStore, StoreConfig};
-//! use syncmux::{Instant, Server, ServerConfig};
-//!
-//! let server = Server::new(ServerConfig::default())?;
-//! let mut driver = Driver::new(server, MemoryStore::new(StoreConfig::default()));
-//! let now = Instant::ZERO;
-//! let HandshakeOutcome::Accept { session, .. } =
-//!     driver.handle_handshake(now, &Handshake::new("/", "node_id=a"))
-//! else {
-//!     panic!("refused")
-//! };
-//! let push = r#"{"type":"push_request","id":"1","payload":{"node_id":"a","changes":[
-//!     {"table":"docs","pk":"1","field":"t","crdt_type":"lww","hlc":"5:0:a","node_id":"a","value":1}]}}"#;
-//! driver.handle_message(now, session, Bytes::from(push));
-//! let Some(ServerTransmit::Frame { bytes, .. }) = driver.poll_transmit() else {
-//!     panic!("no answer")
-//! };
-//! assert!(bytes.starts_with(br#"{"type":"push_response","id":"1","payload":{"merged":1"#));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-
 use std::collections::VecDeque;
 
 use bytes::Bytes;
@@ -44,7 +10,39 @@ use crate::store::{MemoryStore, PullOutcome, PushOutcome};
 use crate::time::Instant;
 use crate::wire::CloseCode;
 
-/// A server whose pulls, pushes and replays are answered by an embedded store.
+/// A [`Server`] paired with a [`MemoryStore`]: one call per input runs both.
+///
+/// The server never imports the store and the store never imports the server (DESIGN.md
+/// section 1); this driver is the small piece between them. It forwards every input to the
+/// server, answers the pull, push and replay events at once from the store, and passes every
+/// other event through. An adapter (or a test) drives a `Driver` exactly as it would drive a
+/// `Server`: after each input, drain [`poll_transmit`](Driver::poll_transmit) and
+/// [`poll_event`](Driver::poll_event), then wait for [`poll_timeout`](Driver::poll_timeout).
+///
+/// ```
+/// use bytes::Bytes;
+/// use syncmux::Driver;
+/// use syncmux::{Handshake, HandshakeOutcome, ServerTransmit};
+/// use syncmux::{MemoryStore, StoreConfig};
+/// use syncmux::{Instant, Server, ServerConfig};
+///
+/// let server = Server::new(ServerConfig::default())?;
+/// let mut driver = Driver::new(server, MemoryStore::new(StoreConfig::default()));
+/// let now = Instant::ZERO;
+/// let HandshakeOutcome::Accept { session, .. } =
+///     driver.handle_handshake(now, &Handshake::new("/", "node_id=a"))
+/// else {
+///     panic!("refused")
+/// };
+/// let push = r#"{"type":"push_request","id":"1","payload":{"node_id":"a","changes":[
+///     {"table":"docs","pk":"1","field":"t","crdt_type":"lww","hlc":"5:0:a","node_id":"a","value":1}]}}"#;
+/// driver.handle_message(now, session, Bytes::from(push));
+/// let Some(ServerTransmit::Frame { bytes, .. }) = driver.poll_transmit() else {
+///     panic!("no answer")
+/// };
+/// assert!(bytes.starts_with(br#"{"type":"push_response","id":"1","payload":{"merged":1"#));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Driver {
     server: Server,
     store: MemoryStore,
@@ -80,6 +78,11 @@ impl Driver {
         &self.store
     }
 
+    /// The server, for the adapters' own settings.
+    pub(crate) fn server_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
     /// The store, for seeding or inspection.
     pub fn store_mut(&mut self) -> &mut MemoryStore {
         &mut self.store
@@ -104,9 +107,9 @@ impl Driver {
         self.pump(now);
     }
 
-    /// See [`Server::handle_closed`].
-    pub fn handle_closed(&mut self, now: Instant, session: SessionId) {
-        self.server.handle_closed(now, session);
+    /// See [`Server::handle_disconnected`].
+    pub fn handle_disconnected(&mut self, now: Instant, session: SessionId) {
+        self.server.handle_disconnected(now, session);
         self.pump(now);
     }
 

@@ -1,8 +1,8 @@
 //! syncmux: a sans-IO client and server for a multiplexed real-time sync protocol.
 //!
 //! CRDT and OT applications use one WebSocket to pull and push changes, stream live changes to
-//! subscribers, share presence and talk in rooms. syncmux implements that protocol (see
-//! `DESIGN.md`) as pure state machines: they take in bytes and clock ticks and give back frames,
+//! subscribers, share presence and talk in rooms. syncmux implements that protocol (specified
+//! in `docs/protocol.md`) as pure state machines: they take in bytes and clock ticks and give back frames,
 //! timers and events. They do no networking and read no clock or OS randomness, so they run
 //! anywhere — tokio, smol, the browser, or another language's event loop — and every run can be
 //! replayed exactly.
@@ -12,29 +12,17 @@
 //!               ◀── poll_event ──              ◀── handle_message ──        ◀──
 //! ```
 //!
-//! # Layers
-//!
-//! - [`wire`]: the envelope codec, error codes and close codes.
-//! - [`payload`]: HLCs, change records and the payload of every message type.
-//! - [`client`]: the client state machine.
-//! - [`server`]: the server state machine: sessions, the routing hub, limits and auth hooks.
-//! - [`store`]: `MemoryStore`, the embedded change log with positions.
-//! - [`driver`]: pairs a `Server` with a `MemoryStore`.
-//! - [`adapters`]: bindings to runtimes, one cargo feature each (`wasm`: a JavaScript
-//!   `SyncClient` over the browser WebSocket).
-//!
 //! # Example
 //!
 //! A client and a server (with the embedded store) in one process, frames carried by hand —
 //! exactly what an adapter does with a socket in between. Time is whatever the caller says.
 //!
 //! ```
-//! use syncmux::client::{ClientEvent, Response, Transmit};
-//! use syncmux::driver::Driver;
-//! use syncmux::payload::{ChangeRecord, Hlc, RawJson};
-//! use syncmux::server::{Handshake, HandshakeOutcome, ServerTransmit};
-//! use syncmux::store::{MemoryStore, StoreConfig};
-//! use syncmux::{Client, ClientConfig, Instant, Server, ServerConfig};
+//! use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson};
+//! use syncmux::{
+//!     Client, ClientConfig, ClientEvent, ClientTransmit, Driver, Handshake, HandshakeOutcome,
+//!     Instant, MemoryStore, Response, Server, ServerConfig, ServerTransmit, StoreConfig,
+//! };
 //!
 //! let mut server = Driver::new(
 //!     Server::new(ServerConfig::default())?,
@@ -47,10 +35,10 @@
 //! let change = ChangeRecord::new("docs", "1", "title", "lww", Hlc::new(5, 0, "alice"), "alice")
 //!     .with_value(RawJson::from_serialize("Hello")?);
 //! let push = client.push(now, vec![change])?;
-//! let pull = client.pull(now, ["docs"], None)?;
+//! let pull = client.pull(now, PullRequest::new(["docs"]))?;
 //!
 //! // The adapter's part: the dial becomes a handshake, then frames go both ways.
-//! let Some(Transmit::Dial(dial)) = client.poll_transmit() else { unreachable!() };
+//! let Some(ClientTransmit::Connect(dial)) = client.poll_transmit() else { unreachable!() };
 //! let query = dial.url.split_once('?').map_or("", |(_, q)| q);
 //! let mut handshake = Handshake::new("/sync/ws", query);
 //! for protocol in &dial.protocols {
@@ -61,7 +49,7 @@
 //!     unreachable!()
 //! };
 //! client.handle_connected(now, protocol.as_deref());
-//! while let Some(Transmit::Frame(frame)) = client.poll_transmit() {
+//! while let Some(ClientTransmit::Frame(frame)) = client.poll_transmit() {
 //!     server.handle_message(now, session, frame);
 //! }
 //! while let Some(ServerTransmit::Frame { session, bytes }) = server.poll_transmit() {
@@ -89,6 +77,42 @@
 //!
 //! After each input, drain `poll_transmit` and `poll_event`, then sleep until
 //! `poll_timeout` and call `handle_timeout`: that loop is the whole integration.
+//!
+//! # The API on one page
+//!
+//! Both state machines have the same shape: inputs are `handle_*` methods that take the
+//! current [`Instant`] first, commands return a handle at once, and outputs come out of
+//! `poll_*` methods, which the caller drains after every input. A `now` that goes backwards
+//! is clamped; a `handle_timeout` with nothing due does nothing.
+//!
+//! | | [`Client`] ([`ClientConfig`]) | [`Server`] ([`ServerConfig`]) |
+//! |---|---|---|
+//! | connection | [`handle_connected`](Client::handle_connected), [`handle_disconnected`](Client::handle_disconnected) | [`handle_handshake`](Server::handle_handshake) → [`HandshakeOutcome`], [`handle_disconnected`](Server::handle_disconnected) |
+//! | frames in | [`handle_message`](Client::handle_message), [`handle_binary`](Client::handle_binary) | [`handle_message`](Server::handle_message), [`handle_binary`](Server::handle_binary), [`handle_sent`](Server::handle_sent) |
+//! | time | [`handle_timeout`](Client::handle_timeout), [`poll_timeout`](Client::poll_timeout) | [`handle_timeout`](Server::handle_timeout), [`poll_timeout`](Server::poll_timeout) |
+//! | to do | [`poll_transmit`](Client::poll_transmit) → [`ClientTransmit`]: connect, send a frame, close | [`poll_transmit`](Server::poll_transmit) → [`ServerTransmit`]: send a frame, close a session |
+//! | to know | [`poll_event`](Client::poll_event) → [`ClientEvent`] | [`poll_event`](Server::poll_event) → [`ServerEvent`] |
+//! | commands | [`pull`](Client::pull), [`push`](Client::push), [`subscribe`](Client::subscribe), [`unsubscribe`](Client::unsubscribe), presence, rooms, [`ping`](Client::ping) → [`RequestId`]; the outcome is a [`ClientEvent::Response`] | [`answer_pull`](Server::answer_pull), [`answer_push`](Server::answer_push), [`answer_replay`](Server::answer_replay) answer the [`ServerEvent`]s that need the application; [`close_session`](Server::close_session), [`shutdown`](Server::shutdown) |
+//!
+//! - **Requests** are built from the [`payload`] types: [`PullRequest`](payload::PullRequest)
+//!   and [`Subscribe`](payload::Subscribe) say where to start (`since` an HLC, `after` a
+//!   [`Cursor`](payload::Cursor)). Every request ends in exactly one outcome: a [`Response`]
+//!   or a [`RequestError`].
+//! - **The store**: [`MemoryStore`] is the embedded change log; [`Driver`] is a [`Server`]
+//!   whose pulls, pushes and replays it answers, driven exactly like a `Server`. Another
+//!   backend answers the server's events itself, in any order and at any time.
+//! - **Back pressure**: each session's outbound bytes are bounded
+//!   ([`ServerConfig::max_outbound_bytes`]); a consumer too slow to keep up is closed with
+//!   4503 and resumes from its cursor. An embedder that reports writes with
+//!   [`handle_sent`](Server::handle_sent) (set [`ServerConfig::reports_writes`]) counts what
+//!   its sockets have not taken yet; otherwise a frame counts as written once polled.
+//! - **Errors**: [`ConfigError`] for configurations that cannot work; wire codes are
+//!   [`ErrorCode`] and [`CloseCode`].
+//! - **Modules**: [`payload`] holds the data types (HLCs, change records, every message's
+//!   payload); [`wire`] the envelope codec; [`adapters`] (cargo features `tokio`, `smol`,
+//!   `wasm`) the bindings to runtimes, sockets and the browser.
+//!
+//! The protocol itself is specified in `docs/protocol.md` in the repository.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -96,17 +120,28 @@
 
 #[cfg(any(feature = "adapters", all(feature = "wasm", target_arch = "wasm32")))]
 pub mod adapters;
-pub mod client;
-pub mod driver;
 pub mod payload;
-pub mod server;
-pub mod store;
 pub mod wire;
 
+mod client;
+mod config;
+mod driver;
 mod rng;
+mod server;
+mod store;
 mod time;
 
-pub use client::{Client, ClientConfig, ClientEvent};
-pub use server::{Server, ServerConfig, ServerEvent};
-pub use store::MemoryStore;
+pub use client::{
+    Client, ClientConfig, ClientEvent, ClientState, ClientStats, ClientTransmit, CloseReason,
+    DialRequest, RequestError, RequestId, Response,
+};
+pub use config::ConfigError;
+pub use driver::Driver;
+pub use server::{
+    Access, AppError, AuthDecision, AuthFn, AuthRequest, AuthorizeFn, Handshake, HandshakeOutcome,
+    PullAnswer, PullId, PushAnswer, PushId, ReplayId, Resource, Server, ServerConfig, ServerEvent,
+    ServerTransmit, SessionId,
+};
+pub use store::{MemoryStore, PullOutcome, PushOutcome, StoreConfig};
 pub use time::Instant;
+pub use wire::{CloseCode, ErrorCode};

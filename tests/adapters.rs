@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use syncmux::adapters::{self, ClientEvents, ServerOptions, SyncClient, SyncServer};
-use syncmux::client::{ClientEvent, ClientState};
-use syncmux::driver::Driver;
-use syncmux::payload::{ChangeRecord, RawJson, RoomEventKind};
-use syncmux::server::{AuthDecision, Resource};
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::payload::{ChangeRecord, Cursor, PullRequest, RawJson, RoomEventKind, Subscribe};
+use syncmux::Driver;
+use syncmux::{AuthDecision, Resource};
 use syncmux::{ClientConfig, Server, ServerConfig};
+use syncmux::{ClientEvent, ClientState};
+use syncmux::{MemoryStore, StoreConfig};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -25,14 +25,14 @@ fn driver() -> Driver {
     config.path = Some("/sync/ws".to_owned());
     config.max_room_size = 2;
     // Token "secret" required; "secret" also may not read the table "private".
-    config.auth = Some(Arc::new(|req: &syncmux::server::AuthRequest<'_>| {
+    config.auth = Some(Arc::new(|req: &syncmux::AuthRequest<'_>| {
         if req.token == Some("secret") {
             AuthDecision::allow(None)
         } else {
             AuthDecision::deny(401, "bad token")
         }
     }));
-    config.authorize = Some(Arc::new(|access: &syncmux::server::Access<'_>| {
+    config.authorize = Some(Arc::new(|access: &syncmux::Access<'_>| {
         access.resource != Resource::ReadTable("private")
     }));
     let server = Server::new(config).unwrap();
@@ -96,9 +96,13 @@ async fn scenario(url: String, connect: Connect) {
 
     // Subscribe, then a push by another node arrives live with its cursor.
     // Its ack says where bob's stream starts: the store's head, nothing replayed.
-    let ack = bob.subscribe(["docs"], None).await.unwrap().unwrap();
+    let ack = bob
+        .subscribe(Subscribe::new(["docs"]))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(ack.recovered);
-    assert!(ack.cursor.ends_with(".0"), "{ack:?}");
+    assert_eq!(ack.cursor.seq, 0, "{ack:?}");
     let pushed = alice.push(vec![record("1", 10, "alice")]).await.unwrap();
     assert_eq!(pushed.merged, 1);
     let (changes, cursor) = next(&mut bob_events, |e| match e {
@@ -109,12 +113,12 @@ async fn scenario(url: String, connect: Connect) {
     })
     .await;
     assert_eq!(changes, vec![record("1", 10, "alice")]);
-    assert_eq!(cursor.as_deref(), Some("7.1"));
+    assert_eq!(cursor, Some(Cursor::new(7, 1)));
 
     // Pull.
-    let pulled = alice.pull(["docs"], None).await.unwrap();
+    let pulled = alice.pull(PullRequest::new(["docs"])).await.unwrap();
     assert_eq!(pulled.changes.len(), 1);
-    assert_eq!(pulled.cursor.as_deref(), Some("7.1"));
+    assert_eq!(pulled.cursor, Some(Cursor::new(7, 1)));
 
     // Presence: the snapshot names the member; the sender gets its own event too.
     let data = RawJson::from_string(r#"{"cursor":3}"#.to_owned()).unwrap();
@@ -146,7 +150,7 @@ async fn scenario(url: String, connect: Connect) {
     let (carol, _carol_events) = connect(config(&url, "carol"));
     let full = carol.join_room("room", None).await.unwrap_err();
     assert_eq!(full.code().as_str(), "ROOM_FULL");
-    let forbidden = carol.pull(["private"], None).await.unwrap_err();
+    let forbidden = carol.pull(PullRequest::new(["private"])).await.unwrap_err();
     assert_eq!(forbidden.code().as_str(), "FORBIDDEN");
 
     // Ping / pong.

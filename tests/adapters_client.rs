@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use syncmux::adapters::{self, SyncClient};
-use syncmux::client::{ClientEvent, ClientState, CloseReason};
+use syncmux::payload::{Cursor, PullRequest};
 use syncmux::wire::CloseCode;
 use syncmux::ClientConfig;
+use syncmux::{ClientEvent, ClientState, CloseReason};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
@@ -60,8 +61,11 @@ async fn canned_peer() -> String {
 }
 
 async fn exercise(client: SyncClient, mut events: adapters::ClientEvents) {
-    let (a, b) = tokio::join!(client.pull(["docs"], None), client.pull(["notes"], None));
-    assert_eq!(a.unwrap().cursor.as_deref(), Some("1.0"));
+    let (a, b) = tokio::join!(
+        client.pull(PullRequest::new(["docs"])),
+        client.pull(PullRequest::new(["notes"]))
+    );
+    assert_eq!(a.unwrap().cursor, Some(Cursor::new(1, 0)));
     assert_eq!(b.unwrap().latest_hlc.ts, 7);
     assert_eq!(events.recv().await, Some(ClientEvent::Connected));
     assert_eq!(client.state().await, ClientState::Open);

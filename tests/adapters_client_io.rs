@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use syncmux::adapters::{self, ClientEvents, ClientOptions, SyncClient};
-use syncmux::client::ClientEvent;
 use syncmux::payload::{ChangeRecord, RawJson};
 use syncmux::wire::CloseCode;
 use syncmux::ClientConfig;
+use syncmux::ClientEvent;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use syncmux::adapters::{self, ServerOptions, SyncServer};
-use syncmux::driver::Driver;
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::Driver;
+use syncmux::{MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

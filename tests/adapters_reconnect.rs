@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use syncmux::adapters::{self, ClientEvents, ServerOptions};
-use syncmux::client::ClientEvent;
-use syncmux::driver::Driver;
-use syncmux::payload::ChangeRecord;
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::payload::{ChangeRecord, PullRequest, Subscribe};
+use syncmux::ClientEvent;
+use syncmux::Driver;
 use syncmux::{ClientConfig, Server, ServerConfig};
+use syncmux::{MemoryStore, StoreConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -132,7 +132,10 @@ async fn subscriber_recovers_every_change_exactly_once_across_cuts() {
             adapters::tokio::connect(ClientConfig::new(format!("ws://{addr}/sync/ws"), "pusher"))
                 .unwrap();
 
-        subscriber.subscribe(["docs"], None).await.unwrap();
+        subscriber
+            .subscribe(Subscribe::new(["docs"]))
+            .await
+            .unwrap();
         let mut pk = 0;
         let mut connected_at_cut = 0;
         for round in 0..ROUNDS {
@@ -170,7 +173,7 @@ async fn subscriber_recovers_every_change_exactly_once_across_cuts() {
             .unwrap()
             .clone();
 
-        let log = pusher.pull(["docs"], None).await.unwrap();
+        let log = pusher.pull(PullRequest::new(["docs"])).await.unwrap();
         assert_eq!(log.changes.len() as u64, pk, "the store holds every push");
         let expected: BTreeMap<String, u32> =
             log.changes.iter().map(|c| (c.pk.clone(), 1)).collect();

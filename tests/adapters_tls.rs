@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use syncmux::adapters::{self, ClientOptions, ServerOptions};
-use syncmux::driver::Driver;
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::payload::PullRequest;
+use syncmux::Driver;
 use syncmux::{ClientConfig, Server, ServerConfig};
+use syncmux::{MemoryStore, StoreConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_round_trip_with_a_generated_certificate() {
@@ -34,12 +35,12 @@ async fn wss_round_trip_with_a_generated_certificate() {
     let (smol_client, _events) =
         adapters::smol::connect_with(ClientConfig::new(&url, "b"), options).unwrap();
     let guard = Duration::from_secs(20);
-    let pulled = tokio::time::timeout(guard, tokio_client.pull(["docs"], None))
+    let pulled = tokio::time::timeout(guard, tokio_client.pull(PullRequest::new(["docs"])))
         .await
         .unwrap()
         .unwrap();
     assert!(pulled.changes.is_empty());
-    let pulled = tokio::time::timeout(guard, smol_client.pull(["docs"], None))
+    let pulled = tokio::time::timeout(guard, smol_client.pull(PullRequest::new(["docs"])))
         .await
         .unwrap()
         .unwrap();

@@ -6,7 +6,7 @@
 #![cfg(all(feature = "wasm", target_arch = "wasm32"))]
 
 use js_sys::{Function, Promise, Reflect, JSON};
-use syncmux::adapters::wasm::SyncClient;
+use syncmux::adapters::wasm::BrowserClient as SyncClient;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
@@ -110,16 +110,12 @@ async fn connect_push_pull() {
     let cursor = text(&pulled, "cursor");
     let late = r#"[{"table":"wasm_items","pk":"2","field":"title","crdt_type":"lww","hlc":"1:0:offline","node_id":"offline","value":"late"}]"#;
     ok(c.push(json(late))).await;
-    let resumed = ok(c.pull_after(
-        "wasm_items".into(),
-        cursor.as_str().into(),
-        JsValue::UNDEFINED,
-    ))
-    .await;
+    let from = json(&format!(r#"{{"cursor":"{cursor}"}}"#));
+    let resumed = ok(c.pull("wasm_items".into(), from)).await;
     let changes = js_sys::Array::from(&get(&resumed, "changes"));
     assert_eq!(changes.length(), 1);
     assert_eq!(text(&changes.get(0), "value"), "late");
-    let bad = c.pull_after("wasm_items".into(), JsValue::from(7), JsValue::UNDEFINED);
+    let bad = c.pull("wasm_items".into(), json(r#"{"cursor":7}"#));
     assert!(wasm_bindgen_futures::JsFuture::from(bad).await.is_err());
     c.disconnect();
     assert_eq!(c.state(), "closed");

@@ -6,12 +6,13 @@ mod client_support;
 use std::time::Duration;
 
 use client_support::*;
-use syncmux::client::{
-    Client, ClientEvent, ClientState, CloseReason, RequestError, RequestId, Response, Transmit,
-};
-use syncmux::payload::{Hlc, RawJson, ResumeAck};
+use syncmux::payload::{Cursor, Hlc, PullRequest, RawJson, ResumeAck, Subscribe};
 use syncmux::wire::{CloseCode, ErrorCode};
 use syncmux::Instant;
+use syncmux::{
+    Client, ClientEvent, ClientState, ClientTransmit, CloseReason, RequestError, RequestId,
+    Response,
+};
 
 fn raw(json: &str) -> RawJson {
     RawJson::from_string(json.to_owned()).expect("test JSON is valid")
@@ -38,7 +39,7 @@ fn a_command_while_idle_dials_with_identity_auth_and_subprotocol() {
     assert_eq!(client.state(), ClientState::Idle);
     let id = client.ping(t(0), raw("1")).unwrap();
     assert_eq!(client.state(), ClientState::Connecting);
-    let Some(Transmit::Dial(dial)) = client.poll_transmit() else {
+    let Some(ClientTransmit::Connect(dial)) = client.poll_transmit() else {
         panic!()
     };
     assert_eq!(dial.url, "ws://sync.test/ws?node_id=n1");
@@ -76,7 +77,11 @@ fn a_command_while_idle_dials_with_identity_auth_and_subprotocol() {
 fn a_hundred_requests_in_flight_answered_out_of_order() {
     let mut client = open(config(), t(0));
     let ids: Vec<RequestId> = (0..100)
-        .map(|i| client.pull(t(0), [format!("t{i}")], None).unwrap())
+        .map(|i| {
+            client
+                .pull(t(0), PullRequest::new([format!("t{i}")]))
+                .unwrap()
+        })
         .collect();
     let sent = frames(&mut client);
     assert_eq!(sent.len(), 100);
@@ -206,7 +211,7 @@ fn an_error_frame_becomes_a_typed_error() {
         }]
     );
     // A reply of the wrong type fails the request.
-    let id = client.pull(t(2), ["a"], None).unwrap();
+    let id = client.pull(t(2), PullRequest::new(["a"])).unwrap();
     recv(&mut client, t(2), r#"{"type":"ack","id":"2"}"#);
     assert_eq!(
         drain_events(&mut client),
@@ -259,7 +264,7 @@ fn error_codes_of_request_errors_are_pinned() {
 #[test]
 fn a_disconnect_resends_a_pending_pull_and_fails_a_pending_presence_get() {
     let mut client = open(config(), t(0));
-    let pull = client.pull(t(0), ["docs"], None).unwrap();
+    let pull = client.pull(t(0), PullRequest::new(["docs"])).unwrap();
     let get = client.get_presence(t(0), "doc").unwrap();
     let sent = frames(&mut client);
     client.handle_disconnected(t(1), Some(CloseCode(1006)), "reset");
@@ -284,7 +289,10 @@ fn a_disconnect_resends_a_pending_pull_and_fails_a_pending_presence_get() {
     assert_eq!(events.len(), 3);
     assert_eq!(client.state(), ClientState::WaitingToReconnect);
     fire(&mut client, t(1) + delay);
-    assert!(matches!(drain(&mut client)[..], [Transmit::Dial(_)]));
+    assert!(matches!(
+        drain(&mut client)[..],
+        [ClientTransmit::Connect(_)]
+    ));
     client.handle_connected(t(9), Some("syncmux.v1"));
     assert_eq!(frames(&mut client), [sent[0].clone()]);
     recv(&mut client, t(9), &pull_response(pull.get()));
@@ -298,7 +306,7 @@ fn resending_idempotent_requests_can_be_turned_off() {
     let mut config = config();
     config.resend_idempotent = false;
     let mut client = open(config, t(0));
-    let pull = client.pull(t(0), ["docs"], None).unwrap();
+    let pull = client.pull(t(0), PullRequest::new(["docs"])).unwrap();
     client.handle_disconnected(t(1), None, "gone");
     let events = drain_events(&mut client);
     assert_eq!(
@@ -319,7 +327,7 @@ fn fail_dial(client: &mut Client, now: &mut Instant) -> (u32, Duration) {
     };
     *now += delay;
     fire(client, *now);
-    assert!(matches!(drain(client)[..], [Transmit::Dial(_)]));
+    assert!(matches!(drain(client)[..], [ClientTransmit::Connect(_)]));
     (attempt, delay)
 }
 
@@ -395,7 +403,7 @@ fn max_attempts_closes_for_good() {
     config.max_reconnect_attempts = Some(2);
     let mut client = Client::new(config).unwrap();
     let mut now = t(0);
-    let id = client.pull(now, ["a"], None).unwrap(); // queued, waits through the attempts
+    let id = client.pull(now, PullRequest::new(["a"])).unwrap(); // queued, waits through the attempts
     let _ = drain(&mut client);
     fail_dial(&mut client, &mut now);
     fail_dial(&mut client, &mut now);
@@ -419,7 +427,10 @@ fn max_attempts_closes_for_good() {
     assert_eq!(client.poll_timeout(), None);
     // An explicit connect starts afresh.
     client.connect(now);
-    assert!(matches!(drain(&mut client)[..], [Transmit::Dial(_)]));
+    assert!(matches!(
+        drain(&mut client)[..],
+        [ClientTransmit::Connect(_)]
+    ));
     assert_eq!(client.reconnect_attempt(), 0);
 }
 
@@ -443,7 +454,7 @@ fn keepalive_pings_and_a_silent_server_is_dropped_after_the_pong_timeout() {
     let reason = "no frame from the server within the pong timeout".to_owned();
     assert_eq!(
         drain(&mut client),
-        [Transmit::Close {
+        [ClientTransmit::Close {
             code: CloseCode::IDLE_TIMEOUT,
             reason: reason.clone()
         }]
@@ -493,9 +504,9 @@ fn change(table: &str, ts: i64) -> String {
 #[test]
 fn changes_are_tagged_with_their_subscriptions_and_tracked_per_table() {
     let mut client = open(config(), t(0));
-    let s1 = client.subscribe(t(0), ["a", "b"], None).unwrap();
+    let s1 = client.subscribe(t(0), Subscribe::new(["a", "b"])).unwrap();
     let s2 = client
-        .subscribe(t(0), ["c"], Some(Hlc::new(1, 0, "x")))
+        .subscribe(t(0), Subscribe::new(["c"]).since(Hlc::new(1, 0, "x")))
         .unwrap();
     assert_eq!(
         frames(&mut client),
@@ -538,7 +549,7 @@ fn changes_are_tagged_with_their_subscriptions_and_tracked_per_table() {
     };
     assert_eq!(subscriptions, &[s1, s2]);
     assert_eq!(changes.len(), 3);
-    assert_eq!(cursor.as_deref(), Some("3.7"));
+    assert_eq!(*cursor, Some(Cursor::new(3, 7)));
     let ClientEvent::Changes {
         subscriptions,
         cursor,
@@ -585,7 +596,7 @@ fn changes_are_tagged_with_their_subscriptions_and_tracked_per_table() {
             change("b", 6)
         ),
     );
-    assert_eq!(client.cursor(), Some("3.8"));
+    assert_eq!(client.cursor(), Some(Cursor::new(3, 8)));
 }
 
 #[test]
@@ -593,9 +604,11 @@ fn after_a_reconnect_state_is_restored_before_resends_and_queued_commands() {
     let mut config = config();
     config.ping_interval = Duration::ZERO;
     let mut client = open(config, t(0));
-    let sub1 = client.subscribe(t(0), ["a", "b", "c"], None).unwrap(); // 1
+    let sub1 = client
+        .subscribe(t(0), Subscribe::new(["a", "b", "c"]))
+        .unwrap(); // 1
     let sub2 = client
-        .subscribe(t(0), ["d"], Some(Hlc::new(1, 0, "x")))
+        .subscribe(t(0), Subscribe::new(["d"]).since(Hlc::new(1, 0, "x")))
         .unwrap(); // 2
     client
         .update_presence(t(0), "doc", raw(r#"{"cursor":3}"#))
@@ -613,7 +626,7 @@ fn after_a_reconnect_state_is_restored_before_resends_and_queued_commands() {
             change("c", 5)
         ),
     );
-    let pull = client.pull(t(1), ["e"], None).unwrap(); // 5
+    let pull = client.pull(t(1), PullRequest::new(["e"])).unwrap(); // 5
     let pull_frame = frames(&mut client).pop().unwrap();
     let _ = drain_events(&mut client);
 
@@ -713,7 +726,7 @@ fn after_a_reconnect_state_is_restored_before_resends_and_queued_commands() {
             tables: vec!["a".into(), "c".into()]
         }
     );
-    assert_eq!(client.cursor(), Some("3.0"));
+    assert_eq!(client.cursor(), Some(Cursor::new(3, 0)));
     let _ = pull;
 }
 
@@ -722,8 +735,8 @@ fn a_refused_subscription_is_not_restored() {
     let mut config = config();
     config.ping_interval = Duration::ZERO;
     let mut client = open(config, t(0));
-    client.subscribe(t(0), ["secret"], None).unwrap();
-    client.subscribe(t(0), ["open"], None).unwrap();
+    client.subscribe(t(0), Subscribe::new(["secret"])).unwrap();
+    client.subscribe(t(0), Subscribe::new(["open"])).unwrap();
     recv(
         &mut client,
         t(0),
@@ -760,7 +773,10 @@ fn the_offline_queue_is_bounded_and_flushed_in_order() {
         client.broadcast(t(0), "r", raw("1")),
         Err(RequestError::QueueFull { max: 2 })
     );
-    assert!(matches!(drain(&mut client)[..], [Transmit::Dial(_)]));
+    assert!(matches!(
+        drain(&mut client)[..],
+        [ClientTransmit::Connect(_)]
+    ));
     assert_eq!(client.stats().offline_queue, 2);
     client.handle_connected(t(1), None);
     assert_eq!(
@@ -777,16 +793,19 @@ fn the_offline_queue_is_bounded_and_flushed_in_order() {
     config.max_offline_queue = 0;
     let mut client = Client::new(config).unwrap();
     assert_eq!(
-        client.pull(t(0), ["a"], None),
+        client.pull(t(0), PullRequest::new(["a"])),
         Err(RequestError::NotConnected)
     );
-    assert!(matches!(drain(&mut client)[..], [Transmit::Dial(_)]));
+    assert!(matches!(
+        drain(&mut client)[..],
+        [ClientTransmit::Connect(_)]
+    ));
 }
 
 #[test]
 fn a_queued_request_can_time_out_before_the_connection_opens() {
     let mut client = Client::new(config()).unwrap();
-    let id = client.subscribe(t(0), ["a"], None).unwrap();
+    let id = client.subscribe(t(0), Subscribe::new(["a"])).unwrap();
     let _ = drain(&mut client);
     client.handle_timeout(t(30));
     assert_eq!(
@@ -814,7 +833,7 @@ fn in_flight_and_tracking_bounds_refuse_at_once() {
     config.max_presence_topics = 1;
     config.max_rooms = 1;
     let mut client = open(config, t(0));
-    client.subscribe(t(0), ["a", "b"], None).unwrap();
+    client.subscribe(t(0), Subscribe::new(["a", "b"])).unwrap();
     client.update_presence(t(0), "p", raw("1")).unwrap();
     assert_eq!(
         client.ping(t(0), raw("1")),
@@ -823,11 +842,11 @@ fn in_flight_and_tracking_bounds_refuse_at_once() {
     recv(&mut client, t(0), r#"{"type":"ack","id":"1"}"#);
     recv(&mut client, t(0), r#"{"type":"ack","id":"2"}"#);
     assert_eq!(
-        client.subscribe(t(0), ["c"], None),
+        client.subscribe(t(0), Subscribe::new(["c"])),
         Err(RequestError::TooManySubscriptions { max: 2 })
     );
     assert!(
-        client.subscribe(t(0), ["a"], None).is_ok(),
+        client.subscribe(t(0), Subscribe::new(["a"])).is_ok(),
         "already subscribed tables are free"
     );
     assert_eq!(
@@ -869,7 +888,7 @@ fn a_full_event_queue_drops_the_connection_without_losing_changes() {
     let mut config = config();
     config.max_queued_events = 2;
     let mut client = open(config, t(0));
-    client.subscribe(t(0), ["a"], None).unwrap();
+    client.subscribe(t(0), Subscribe::new(["a"])).unwrap();
     let _ = frames(&mut client);
     for ts in 1..=3 {
         recv(
@@ -883,13 +902,13 @@ fn a_full_event_queue_drops_the_connection_without_losing_changes() {
     }
     assert_eq!(
         drain(&mut client),
-        [Transmit::Close {
+        [ClientTransmit::Close {
             code: CloseCode::SLOW_CONSUMER,
             reason: "event queue full".into()
         }]
     );
     // Only the delivered changes moved the resume point.
-    assert_eq!(client.cursor(), Some("1.2"));
+    assert_eq!(client.cursor(), Some(Cursor::new(1, 2)));
     assert_eq!(client.newest_hlc("a"), Some(&Hlc::new(2, 0, "x")));
     let events = drain_events(&mut client);
     assert_eq!(
@@ -937,7 +956,10 @@ fn close_4426_stops_retrying_and_says_why() {
     );
     assert_eq!(client.state(), ClientState::Closed);
     assert_eq!(client.poll_timeout(), None);
-    assert_eq!(client.pull(t(2), ["a"], None), Err(RequestError::Closed));
+    assert_eq!(
+        client.pull(t(2), PullRequest::new(["a"])),
+        Err(RequestError::Closed)
+    );
     // The frame never polled was for the dead connection: dropped, not sent later.
     assert_eq!(drain(&mut client), []);
 }
@@ -950,7 +972,7 @@ fn a_server_that_selects_another_subprotocol_is_refused() {
     client.handle_connected(t(0), Some("syncmux.v2"));
     assert!(matches!(
         &drain(&mut client)[..],
-        [Transmit::Close {
+        [ClientTransmit::Close {
             code: CloseCode::VERSION_MISMATCH,
             ..
         }]
@@ -968,12 +990,12 @@ fn a_server_that_selects_another_subprotocol_is_refused() {
 #[test]
 fn close_fails_everything_pending_and_closes_with_1000() {
     let mut client = open(config(), t(0));
-    let a = client.pull(t(0), ["a"], None).unwrap();
+    let a = client.pull(t(0), PullRequest::new(["a"])).unwrap();
     client.close(t(1));
     assert_eq!(client.state(), ClientState::Closed);
     assert_eq!(
         drain(&mut client),
-        [Transmit::Close {
+        [ClientTransmit::Close {
             code: CloseCode::NORMAL,
             reason: "closed by the application".into()
         }]
@@ -1014,7 +1036,7 @@ fn time_that_goes_backwards_is_clamped() {
 #[test]
 fn garbage_and_binary_frames_are_reported_and_answer_their_request_when_they_can() {
     let mut client = open(config(), t(0));
-    let id = client.pull(t(0), ["a"], None).unwrap();
+    let id = client.pull(t(0), PullRequest::new(["a"])).unwrap();
     recv(&mut client, t(0), "not json");
     client.handle_binary(t(0));
     recv(
@@ -1042,7 +1064,7 @@ fn garbage_and_binary_frames_are_reported_and_answer_their_request_when_they_can
     );
     let _ = ResumeAck {
         recovered: true,
-        cursor: String::new(),
+        cursor: Cursor::default(),
     };
 }
 
@@ -1055,14 +1077,14 @@ fn restorable_commands_in_flight_at_a_disconnect_complete_with_their_restore() {
     let mut config = config();
     config.ping_interval = Duration::ZERO;
     let mut client = open(config, t(0));
-    let gone = client.subscribe(t(0), ["gone"], None).unwrap(); // 1
+    let gone = client.subscribe(t(0), Subscribe::new(["gone"])).unwrap(); // 1
     recv(
         &mut client,
         t(0),
         r#"{"type":"ack","id":"1","payload":{"recovered":true,"cursor":"1.0"}}"#,
     );
     let _ = drain_events(&mut client);
-    let sub = client.subscribe(t(1), ["docs"], None).unwrap(); // 2
+    let sub = client.subscribe(t(1), Subscribe::new(["docs"])).unwrap(); // 2
     let unsub = client.unsubscribe(t(1), ["gone"]).unwrap(); // 3
     let presence = client.update_presence(t(1), "doc", raw("1")).unwrap(); // 4
     let room = client.join_room(t(1), "lobby", None).unwrap(); // 5
@@ -1124,7 +1146,7 @@ fn restorable_commands_in_flight_at_a_disconnect_complete_with_their_restore() {
         id: sub,
         outcome: Ok(Response::Ack(Some(ResumeAck {
             recovered: true,
-            cursor: "1.5".into()
+            cursor: Cursor::new(1, 5)
         })))
     }));
     assert!(events.contains(&ClientEvent::Response {
@@ -1150,7 +1172,7 @@ fn closing_ends_commands_waiting_for_their_restore() {
     let mut config = config();
     config.ping_interval = Duration::ZERO;
     let mut client = open(config, t(0));
-    let sub = client.subscribe(t(0), ["docs"], None).unwrap();
+    let sub = client.subscribe(t(0), Subscribe::new(["docs"])).unwrap();
     let _ = frames(&mut client);
     client.handle_disconnected(t(1), None, "gone");
     assert!(!drain_events(&mut client)
@@ -1193,8 +1215,8 @@ fn a_stuck_transmit_queue_does_not_hide_a_dead_peer() {
     config.ping_interval = Duration::from_secs(30);
     config.pong_timeout = Duration::from_secs(10);
     let mut client = open(config, t(0));
-    client.pull(t(0), ["a"], None).unwrap();
-    client.pull(t(0), ["b"], None).unwrap();
+    client.pull(t(0), PullRequest::new(["a"])).unwrap();
+    client.pull(t(0), PullRequest::new(["b"])).unwrap();
     // Nothing is drained: the queue stays full when the ping is due.
     client.handle_timeout(t(30));
     assert_eq!(client.poll_timeout(), Some(t(40)));

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use syncmux::client::{Client, ClientConfig, ClientEvent, Transmit};
-use syncmux::payload::{Hlc, RawJson};
+use syncmux::payload::{Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::wire::CloseCode;
 use syncmux::Instant;
+use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -110,9 +110,12 @@ impl Run {
         let t = TABLES[usize::from(table)];
         let data = RawJson::from_string(format!("{kind}")).expect("a number");
         let result = match kind % 12 {
-            0 => c.pull(now, [t], None),
+            0 => c.pull(now, PullRequest::new([t])),
             1 => c.push(now, vec![]),
-            2 => c.subscribe(now, [t], Some(Hlc::new(i64::from(kind), 0, "x"))),
+            2 => c.subscribe(
+                now,
+                Subscribe::new([t]).since(Hlc::new(i64::from(kind), 0, "x")),
+            ),
             3 => c.unsubscribe(now, [t]),
             4 => c.update_presence(now, t, data),
             5 => c.leave_presence(now, t),
@@ -121,7 +124,7 @@ impl Run {
             8 => c.leave_room(now, t),
             9 => c.broadcast(now, t, data),
             10 => c.ping(now, data),
-            _ => c.subscribe(now, TABLES, None),
+            _ => c.subscribe(now, Subscribe::new(TABLES)),
         };
         if let Ok(id) = &result {
             assert!(
@@ -202,7 +205,7 @@ impl Run {
 
     fn drain(&mut self) {
         while let Some(t) = self.client.poll_transmit() {
-            if let Transmit::Frame(bytes) = &t {
+            if let ClientTransmit::Frame(bytes) = &t {
                 let v: serde_json::Value =
                     serde_json::from_slice(bytes).expect("the client sends JSON");
                 if let (Some(id), Some(ty)) = (v["id"].as_str(), v["type"].as_str()) {

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sim::{Net, NetConfig};
-use syncmux::client::{ClientEvent, Response};
-use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson, Subscribe};
 use syncmux::ServerConfig;
+use syncmux::{ClientEvent, Response};
+use syncmux::{MemoryStore, StoreConfig};
 
 const TABLES: [&str; 3] = ["docs", "tasks", "notes"];
 const PUSHERS: usize = 2;
@@ -195,7 +195,9 @@ fn start(seed: u64, per_frame: usize) -> Net {
     let now = net.now;
     for (k, tables) in SUBSCRIBED.iter().enumerate() {
         let client = &mut net.nodes[PUSHERS + k].client;
-        client.subscribe(now, tables.iter().copied(), None).unwrap();
+        client
+            .subscribe(now, Subscribe::new(tables.iter().copied()))
+            .unwrap();
     }
     net.drive_bounded(Duration::from_secs(10), 10_000, |net| {
         net.nodes[PUSHERS..].iter().all(|n| {

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sim::{Net, NetConfig};
-use syncmux::client::{ClientEvent, Response};
-use syncmux::payload::{ChangeRecord, Hlc, RawJson, ResumeAck};
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, ResumeAck, Subscribe};
 use syncmux::ServerConfig;
+use syncmux::{ClientEvent, Response};
+use syncmux::{MemoryStore, StoreConfig};
 
 fn change(pk: u64, node: &str, ts: i64) -> ChangeRecord {
     ChangeRecord::new(
@@ -86,7 +86,10 @@ fn late_old_hlcs(with_cursor: bool) -> (Net, usize, usize) {
     let live = add_subscriber(&mut net, "live", with_cursor);
     let now = net.now;
     for i in [cut, live] {
-        net.nodes[i].client.subscribe(now, ["docs"], None).unwrap();
+        net.nodes[i]
+            .client
+            .subscribe(now, Subscribe::new(["docs"]))
+            .unwrap();
     }
     net.run_for(Duration::from_millis(200), 1_000);
 
@@ -167,17 +170,24 @@ fn app_pulls_and_subscribes_after_a_cursor() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(kept, "0.2");
+    assert_eq!(kept, Cursor::new(0, 2));
     let app = net.add_client("app", |_| {});
     let now = net.now;
     let client = &mut net.nodes[app].client;
     let newest = Some(Hlc::new(2_000, 0, "writer"));
     let by_cursor = client
-        .pull_after(now, ["docs"], newest.clone(), Some(kept.clone()))
+        .pull(
+            now,
+            PullRequest::new(["docs"])
+                .since(newest.clone())
+                .after(kept.clone()),
+        )
         .unwrap();
-    let by_since = client.pull(now, ["docs"], newest.clone()).unwrap();
+    let by_since = client
+        .pull(now, PullRequest::new(["docs"]).since(newest.clone()))
+        .unwrap();
     let sub = client
-        .subscribe_after(now, ["docs"], newest, Some(kept))
+        .subscribe(now, Subscribe::new(["docs"]).since(newest).after(kept))
         .unwrap();
     net.run_for(Duration::from_secs(1), 1_000);
 
@@ -200,13 +210,13 @@ fn app_pulls_and_subscribes_after_a_cursor() {
         }
     }
     assert_eq!(pulls[&by_cursor].0, ["3", "4", "5"]);
-    assert_eq!(pulls[&by_cursor].1.as_deref(), Some("0.5"));
+    assert_eq!(pulls[&by_cursor].1, Some(Cursor::new(0, 5)));
     assert_eq!(pulls[&by_since].0, ["4"], "since alone misses the old HLCs");
     assert_eq!(
         ack,
         Some(ResumeAck {
             recovered: true,
-            cursor: "0.5".to_owned()
+            cursor: Cursor::new(0, 5)
         })
     );
     assert_eq!(received(&net, app), once(&[3, 4, 5]), "the replay");
@@ -223,7 +233,7 @@ fn store_restart_gives_resync_needed_never_a_silent_gap() {
     let now = net.now;
     net.nodes[sub]
         .client
-        .subscribe(now, ["docs"], None)
+        .subscribe(now, Subscribe::new(["docs"]))
         .unwrap();
     net.run_for(Duration::from_millis(200), 1_000);
     let first = vec![change(1, "writer", 1_000), change(2, "writer", 2_000)];
@@ -231,7 +241,7 @@ fn store_restart_gives_resync_needed_never_a_silent_gap() {
     net.drive_bounded(Duration::from_secs(5), 1_000, |net| {
         net.nodes[sub].received.len() == 2
     });
-    assert_eq!(net.nodes[sub].client.cursor(), Some("0.2"));
+    assert_eq!(net.nodes[sub].client.cursor(), Some(Cursor::new(0, 2)));
 
     // The store restarts with a new epoch while the subscriber is away; it is reloaded (say,
     // from a backup) with the old changes and a late old-HLC one the subscriber never saw.
@@ -255,7 +265,11 @@ fn store_restart_gives_resync_needed_never_a_silent_gap() {
         .collect();
     assert_eq!(resync, [&vec!["docs".to_owned()]], "the gap is announced");
     assert!(!received(&net, sub).contains_key("3"));
-    assert_eq!(net.nodes[sub].client.cursor(), Some("1.3"), "new epoch");
+    assert_eq!(
+        net.nodes[sub].client.cursor(),
+        Some(Cursor::new(1, 3)),
+        "new epoch"
+    );
 
     // The application resynchronised (not modelled); later resumes are in the new epoch and
     // complete again: a late old-HLC change pushed while it is away arrives.
@@ -277,7 +291,7 @@ fn store_restart_with_since_alone_is_a_silent_gap() {
     let now = net.now;
     net.nodes[sub]
         .client
-        .subscribe(now, ["docs"], None)
+        .subscribe(now, Subscribe::new(["docs"]))
         .unwrap();
     net.run_for(Duration::from_millis(200), 1_000);
     let first = vec![change(1, "writer", 1_000), change(2, "writer", 2_000)];
@@ -311,7 +325,7 @@ fn cursor_cut_by_retention_gives_resync_needed() {
     let now = net.now;
     net.nodes[sub]
         .client
-        .subscribe(now, ["docs"], None)
+        .subscribe(now, Subscribe::new(["docs"]))
         .unwrap();
     net.run_for(Duration::from_millis(200), 1_000);
     push(&mut net, writer, vec![change(1, "writer", 1_000)]);
@@ -343,7 +357,7 @@ fn subscribe_after_a_stale_cursor_is_not_recovered() {
     let now = net.now;
     let id = net.nodes[app]
         .client
-        .subscribe_after(now, ["docs"], None, Some("41.7".to_owned()))
+        .subscribe(now, Subscribe::new(["docs"]).after(Cursor::new(41, 7)))
         .unwrap();
     net.run_for(Duration::from_secs(1), 1_000);
     let ack = net.nodes[app].events.iter().find_map(|e| match e {
@@ -357,7 +371,7 @@ fn subscribe_after_a_stale_cursor_is_not_recovered() {
         ack,
         Some(Some(ResumeAck {
             recovered: false,
-            cursor: "0.1".to_owned()
+            cursor: Cursor::new(0, 1)
         }))
     );
     assert_eq!(received(&net, app), once(&[1]), "fell back to everything");
@@ -373,7 +387,7 @@ fn subscribe_after_cut_before_its_ack_resumes_from_its_cursor() {
     let now = net.now;
     net.nodes[app]
         .client
-        .subscribe_after(now, ["docs"], None, Some("0.2".to_owned()))
+        .subscribe(now, Subscribe::new(["docs"]).after(Cursor::new(0, 2)))
         .unwrap();
     net.drive_bounded(Duration::from_secs(1), 1_000, |net| {
         net.pending_answers() == 1
@@ -398,11 +412,11 @@ mod sockets {
 
     use futures_util::StreamExt;
     use syncmux::adapters::{self, ClientEvents, ServerOptions};
-    use syncmux::client::ClientEvent;
-    use syncmux::driver::Driver;
-    use syncmux::payload::ChangeRecord;
-    use syncmux::store::{MemoryStore, StoreConfig};
+    use syncmux::payload::{ChangeRecord, Cursor, PullRequest, Subscribe};
+    use syncmux::ClientEvent;
+    use syncmux::Driver;
     use syncmux::{ClientConfig, Server, ServerConfig};
+    use syncmux::{MemoryStore, StoreConfig};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::task::AbortHandle;
 
@@ -504,8 +518,12 @@ mod sockets {
             adapters::tokio::connect(client_config(direct, "writer", true)).unwrap();
         let (sub, mut events) =
             adapters::tokio::connect(client_config(proxy.addr, "sub", with_cursor)).unwrap();
-        let ack = sub.subscribe(["docs"], None).await.unwrap().unwrap();
-        assert_eq!(ack.cursor, "3.0");
+        let ack = sub
+            .subscribe(Subscribe::new(["docs"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack.cursor, Cursor::new(3, 0));
         let mut got = Vec::new();
         writer
             .push(vec![change(1, "writer", 1_000), change(2, "writer", 2_000)])
@@ -513,8 +531,13 @@ mod sockets {
             .unwrap();
         until(&mut events, &mut got, |_, got| got.len() == 2).await;
         // The position an application would keep: the head after the first batch.
-        let kept = sub.pull(["docs"], None).await.unwrap().cursor.unwrap();
-        assert_eq!(kept, "3.2");
+        let kept = sub
+            .pull(PullRequest::new(["docs"]))
+            .await
+            .unwrap()
+            .cursor
+            .unwrap();
+        assert_eq!(kept, Cursor::new(3, 2));
 
         proxy.cut();
         until(&mut events, &mut got, |e, _| {
@@ -549,22 +572,22 @@ mod sockets {
 
     /// Through the adapter's handle, an application resumes from a cursor it kept: a pull
     /// after it and a subscribe after it give exactly what came later, old HLCs included.
-    async fn app_resumes_after(addr: SocketAddr, kept: String) {
+    async fn app_resumes_after(addr: SocketAddr, kept: Cursor) {
         let (app, mut events) = adapters::tokio::connect(client_config(addr, "app", true)).unwrap();
         let pulled = app
-            .pull_after(["docs"], None, Some(kept.clone()))
+            .pull(PullRequest::new(["docs"]).after(kept.clone()))
             .await
             .unwrap();
         let pks: Vec<&str> = pulled.changes.iter().map(|c| c.pk.as_str()).collect();
         assert_eq!(pks, ["3", "4", "5", "6"]);
-        assert_eq!(pulled.cursor.as_deref(), Some("3.6"));
+        assert_eq!(pulled.cursor, Some(Cursor::new(3, 6)));
         let ack = app
-            .subscribe_after(["docs"], None, Some(kept))
+            .subscribe(Subscribe::new(["docs"]).after(kept))
             .await
             .unwrap()
             .unwrap();
         assert!(ack.recovered);
-        assert_eq!(ack.cursor, "3.6");
+        assert_eq!(ack.cursor, Cursor::new(3, 6));
         let mut got = Vec::new();
         until(&mut events, &mut got, |_, got| got.len() >= 4).await;
         assert_eq!(counts(&got), once(&[3, 4, 5, 6]));
@@ -602,12 +625,12 @@ mod by_hand {
     use std::collections::VecDeque;
 
     use bytes::Bytes;
-    use syncmux::client::{ClientEvent, Transmit};
     use syncmux::payload::ChangeRecord;
-    use syncmux::server::{Handshake, HandshakeOutcome, PullAnswer, ServerTransmit, SessionId};
-    use syncmux::store::MemoryStore;
     use syncmux::wire::CloseCode;
+    use syncmux::MemoryStore;
     use syncmux::{Client, Instant, Server, ServerEvent};
+    use syncmux::{ClientEvent, ClientTransmit};
+    use syncmux::{Handshake, HandshakeOutcome, PullAnswer, ServerTransmit, SessionId};
 
     pub(super) struct Link {
         pub(super) now: Instant,
@@ -646,13 +669,13 @@ mod by_hand {
                 while let Some(t) = self.client.poll_transmit() {
                     moved = true;
                     match t {
-                        Transmit::Dial(dial) => self.accept(&dial.url, &dial.protocols),
-                        Transmit::Frame(bytes) => {
+                        ClientTransmit::Connect(dial) => self.accept(&dial.url, &dial.protocols),
+                        ClientTransmit::Frame(bytes) => {
                             let session = self.session.expect("frame while connected");
                             self.sent.push(String::from_utf8(bytes.to_vec()).unwrap());
                             self.server.handle_message(self.now, session, bytes);
                         }
-                        Transmit::Close { .. } => self.drop_session(),
+                        ClientTransmit::Close { .. } => self.drop_session(),
                         other => panic!("unexpected {other:?}"),
                     }
                 }
@@ -703,7 +726,7 @@ mod by_hand {
 
         fn answer(&mut self, ev: ServerEvent) {
             let now = self.now;
-            let answer = |out: syncmux::store::PullOutcome| -> PullAnswer { out.into() };
+            let answer = |out: syncmux::PullOutcome| -> PullAnswer { out.into() };
             match ev {
                 ServerEvent::Replay {
                     request,
@@ -755,7 +778,7 @@ mod by_hand {
         fn drop_session(&mut self) {
             self.down.clear();
             if let Some(session) = self.session.take() {
-                self.server.handle_closed(self.now, session);
+                self.server.handle_disconnected(self.now, session);
             }
         }
 
@@ -796,7 +819,9 @@ fn replay_by_since_cut_half_way_resumes_from_its_last_position() {
         MemoryStore::new(StoreConfig::default()),
     );
     let now = link.now;
-    link.client.subscribe(now, ["docs"], None).unwrap();
+    link.client
+        .subscribe(now, Subscribe::new(["docs"]))
+        .unwrap();
     link.deliver_all();
     link.cut();
 
@@ -849,7 +874,7 @@ fn a_replay_by_since_resumes_from_its_newest_hlc_until_acked_then_from_the_ack()
     assert_eq!(link.store.push(history).accepted.len(), 4);
     let now = link.now;
     link.client
-        .subscribe(now, ["docs"], Some(Hlc::new(0, 0, "")))
+        .subscribe(now, Subscribe::new(["docs"]).since(Hlc::new(0, 0, "")))
         .unwrap();
     link.settle();
     assert_eq!(link.down.len(), 5, "four replay frames and the ack");
@@ -874,7 +899,7 @@ fn a_replay_by_since_resumes_from_its_newest_hlc_until_acked_then_from_the_ack()
     assert!(link.events.iter().any(|e| matches!(
         e,
         ClientEvent::Response { outcome: Ok(Response::Ack(Some(ResumeAck { recovered: true, cursor }))), .. }
-            if cursor == "0.4"
+            if *cursor == Cursor::new(0, 4)
     )));
 
     // Acknowledged: the table's position is the ack's head, so the next resume is by cursor

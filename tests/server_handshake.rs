@@ -4,10 +4,10 @@
 mod server_util;
 
 use server_util::*;
-use syncmux::server::{AuthDecision, Handshake, HandshakeOutcome, Resource};
 use syncmux::ServerEvent;
+use syncmux::{AuthDecision, Handshake, HandshakeOutcome, Resource};
 
-fn accept(outcome: HandshakeOutcome) -> (syncmux::server::SessionId, String, Option<String>) {
+fn accept(outcome: HandshakeOutcome) -> (syncmux::SessionId, String, Option<String>) {
     match outcome {
         HandshakeOutcome::Accept {
             session,
@@ -149,7 +149,7 @@ fn path_and_capacity() {
     assert_eq!(status(h.handshake(&Handshake::new("/other", ""))), 404);
     let (first, _, _) = accept(h.handshake(&Handshake::new("/sync", "")));
     assert_eq!(status(h.handshake(&Handshake::new("/sync", ""))), 503);
-    h.server.handle_closed(h.now, first);
+    h.server.handle_disconnected(h.now, first);
     accept(h.handshake(&Handshake::new("/sync", "")));
 }
 

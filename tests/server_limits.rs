@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use server_util::*;
-use syncmux::server::{ConfigError, SessionId};
-use syncmux::{Instant, Server, ServerConfig, ServerEvent};
+use syncmux::payload::Cursor;
+use syncmux::{ConfigError, Instant, PullAnswer, Server, ServerConfig, ServerEvent, SessionId};
 
 fn pull(id: &str) -> String {
     format!(r#"{{"type":"pull_request","id":"{id}","payload":{{"tables":["docs"]}}}}"#)
@@ -384,11 +384,11 @@ fn configs_are_validated() {
 fn input_for_unknown_sessions_is_ignored() {
     let mut h = Harness::new(config());
     let a = h.open("a");
-    h.server.handle_closed(h.now, a);
+    h.server.handle_disconnected(h.now, a);
     h.drain();
     h.send(a, r#"{"type":"ping"}"#);
     h.server.handle_sent(h.now, a, 10);
-    h.server.handle_closed(h.now, a);
+    h.server.handle_disconnected(h.now, a);
     h.drain();
     assert!(h.take(a).is_empty());
     let b: SessionId = h.open("b");
@@ -400,8 +400,8 @@ fn input_for_unknown_sessions_is_ignored() {
 #[test]
 fn a_pong_echoes_numbers_beyond_f64_byte_for_byte() {
     let mut server = Server::new(config()).unwrap();
-    let hs = syncmux::server::Handshake::new("/", "node_id=a").protocol("syncmux.v1");
-    let syncmux::server::HandshakeOutcome::Accept { session, .. } =
+    let hs = syncmux::Handshake::new("/", "node_id=a").protocol("syncmux.v1");
+    let syncmux::HandshakeOutcome::Accept { session, .. } =
         server.handle_handshake(Instant::ZERO, &hs)
     else {
         panic!("refused")
@@ -409,11 +409,76 @@ fn a_pong_echoes_numbers_beyond_f64_byte_for_byte() {
     while server.poll_transmit().is_some() {}
     let ping = r#"{"type":"ping","id":"n","payload":[9999999999999999.9999E999999,-1e-999999]}"#;
     server.handle_message(Instant::ZERO, session, Bytes::from_static(ping.as_bytes()));
-    let Some(syncmux::server::ServerTransmit::Frame { bytes, .. }) = server.poll_transmit() else {
+    let Some(syncmux::ServerTransmit::Frame { bytes, .. }) = server.poll_transmit() else {
         panic!("no pong")
     };
     assert_eq!(
         &bytes[..],
         br#"{"type":"pong","id":"n","payload":[9999999999999999.9999E999999,-1e-999999]}"#
     );
+}
+
+/// The safe default: an embedder that does not report writes (`reports_writes` off) is never
+/// closed for not calling `handle_sent`; a frame counts as written once polled, and a replay
+/// paced by the outbound bound still goes out whole.
+#[test]
+fn an_embedder_that_never_reports_writes_is_never_a_slow_consumer() {
+    let mut c = config();
+    c.reports_writes = false;
+    c.max_outbound_bytes = 400;
+    c.max_changes_per_frame = 1;
+    let mut h = Harness::new(c);
+    h.auto_sent = false;
+    let sub = h.open("sub");
+    let pusher = h.open("p");
+    h.send(sub, r#"{"type":"subscribe","payload":{"tables":["docs"]}}"#);
+    let mut next = 0;
+    for i in 0..50 {
+        let push = push_json(&format!("{i}"), "p", &[record_json("docs", "k", i, "p")]);
+        h.send(pusher, &push);
+        h.accept_pushes(&mut next);
+    }
+    assert!(h.closes.is_empty(), "{:?}", h.closes);
+    assert_eq!(pks_of(&h.take(sub)).len(), 50);
+    // A replay of 50 one-change frames, ten times the bound.
+    h.send(
+        sub,
+        r#"{"type":"subscribe","id":"r","payload":{"tables":["docs"],"since":"0:0:x"}}"#,
+    );
+    let Some(ServerEvent::Replay { request, .. }) = h.take_events().pop() else {
+        panic!("no replay")
+    };
+    let changes = (0..50)
+        .map(|i| {
+            (
+                Cursor::new(1, i + 1),
+                record("docs", &format!("r{i}"), i as i64, "p"),
+            )
+        })
+        .collect();
+    let answer = PullAnswer {
+        changes,
+        head: Cursor::new(1, 50),
+        complete: true,
+        ..PullAnswer::default()
+    };
+    h.server.answer_replay(h.now, request, Ok(answer));
+    h.drain();
+    assert!(h.closes.is_empty(), "{:?}", h.closes);
+    let frames = h.take(sub);
+    assert_eq!(pks_of(&frames).len(), 50);
+    assert_eq!(frames.last().unwrap()["type"], "ack");
+}
+
+/// The pk of every change record in `frames`.
+fn pks_of(frames: &[serde_json::Value]) -> Vec<String> {
+    frames
+        .iter()
+        .flat_map(|f| match f["type"].as_str() {
+            Some("change") => vec![f["payload"].clone()],
+            Some("changes") => f["payload"].as_array().unwrap().clone(),
+            _ => vec![],
+        })
+        .map(|r| r["pk"].as_str().unwrap().to_owned())
+        .collect()
 }

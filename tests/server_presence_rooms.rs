@@ -118,7 +118,7 @@ fn disconnect_and_expiry_leave() {
         h.send(s, &presence("doc", "1"));
     }
     h.take(a);
-    h.server.handle_closed(h.now, b);
+    h.server.handle_disconnected(h.now, b);
     h.drain();
     assert_eq!(h.take(a)[0]["payload"]["type"], "leave");
     // `a` keeps talking, `quiet` does not: only `quiet` expires.
@@ -223,7 +223,7 @@ fn leave_and_disconnect_tell_the_rest() {
         vec![json!({"type":"room","payload":{"event":"leave","room":"lobby","node_id":"b"}})]
     );
     assert_eq!(types(&h.take(b)), ["room", "ack", "room", "ack"]);
-    h.server.handle_closed(h.now, c);
+    h.server.handle_disconnected(h.now, c);
     h.drain();
     assert_eq!(h.take(a)[0]["payload"]["event"], "leave");
     assert_eq!(h.server.room_members("lobby"), vec![a]);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-use syncmux::server::{
+use syncmux::{
     AppError, Handshake, HandshakeOutcome, PullAnswer, PullId, PushAnswer, PushId, ReplayId,
     ServerTransmit, SessionId,
 };
@@ -153,6 +153,7 @@ struct Sim {
 impl Sim {
     fn new() -> Self {
         let mut config = ServerConfig::default();
+        config.reports_writes = true;
         config.max_outbound_bytes = MAX_OUTBOUND;
         config.rate_limit_burst = 1000;
         config.max_invalid_frames = 5;
@@ -367,7 +368,8 @@ impl Sim {
             }
             Op::Close { s } => {
                 let i = s % self.clients.len();
-                self.server.handle_closed(self.now, self.clients[i].id);
+                self.server
+                    .handle_disconnected(self.now, self.clients[i].id);
             }
             Op::Open => self.open(),
             Op::Stall { s, on } => {

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use server_util::*;
 use syncmux::payload::{Cursor, Hlc};
-use syncmux::server::{AppError, PullAnswer, PushAnswer, ServerTransmit};
 use syncmux::ServerEvent;
+use syncmux::{AppError, PullAnswer, PushAnswer, ServerTransmit};
 
-fn subscribe(h: &mut Harness, s: syncmux::server::SessionId, tables: &[&str]) {
+fn subscribe(h: &mut Harness, s: syncmux::SessionId, tables: &[&str]) {
     let msg = json!({"type":"subscribe","id":"sub","payload":{"tables":tables}});
     h.send(s, &msg.to_string());
     // Every subscribe's ack says where the stream stands (DESIGN.md section 2).
@@ -592,7 +592,7 @@ fn answers_for_closed_sessions_are_dropped_but_accepted_changes_still_route() {
         pusher,
         r#"{"type":"pull_request","id":"q","payload":{"tables":["docs"]}}"#,
     );
-    h.server.handle_closed(h.now, pusher);
+    h.server.handle_disconnected(h.now, pusher);
     h.drain();
     assert_eq!(h.server.pending_requests(), 0);
     let mut next = 0;
@@ -661,7 +661,7 @@ fn sessions_receive_changes_in_cursor_order() {
 }
 
 /// Takes the next push event (the harness collects events as it drains).
-fn next_push(h: &mut Harness) -> (syncmux::server::PushId, Vec<syncmux::payload::ChangeRecord>) {
+fn next_push(h: &mut Harness) -> (syncmux::PushId, Vec<syncmux::payload::ChangeRecord>) {
     let mut events = h.take_events();
     let at = events
         .iter()

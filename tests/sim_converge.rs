@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use sim::{Net, NetConfig};
-use syncmux::client::{ClientEvent, Response};
-use syncmux::payload::{ChangeRecord, Hlc, RawJson};
-use syncmux::server::SessionId;
+use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
+use syncmux::SessionId;
+use syncmux::{ClientEvent, Response};
 use syncmux::{ServerConfig, ServerEvent};
 
 const TABLES: [&str; 3] = ["docs", "tasks", "notes"];
@@ -69,7 +69,9 @@ fn converge(seed: u64) {
         let tables: Vec<String> = (0..2).map(|k| TABLES[(i + k) % 3].to_owned()).collect();
         let now = net.now;
         let client = &mut net.nodes[i].client;
-        client.subscribe(now, tables.clone(), None).unwrap();
+        client
+            .subscribe(now, Subscribe::new(tables.clone()))
+            .unwrap();
         client
             .update_presence(now, "doc:1", RawJson::from_serialize(&i).unwrap())
             .unwrap();
@@ -77,7 +79,7 @@ fn converge(seed: u64) {
         // The usual start: subscribe, then pull the current state. The pull's cursor gives
         // the client a stream position before any change reaches it (see the client docs:
         // a subscriber with no position at all replays from `since` alone).
-        client.pull(now, tables.clone(), None).unwrap();
+        client.pull(now, PullRequest::new(tables.clone())).unwrap();
         subscribed.push(tables);
     }
     // Wait for every subscription to be acknowledged.
@@ -243,7 +245,10 @@ fn push_between_subscribe_since_and_its_replay() {
     let now = net.now;
     net.nodes[reader]
         .client
-        .subscribe(now, ["docs"], Some(Hlc::new(10, 0, "writer")))
+        .subscribe(
+            now,
+            Subscribe::new(["docs"]).since(Hlc::new(10, 0, "writer")),
+        )
         .unwrap();
     net.drive_bounded(Duration::from_secs(5), 1_000, |net| {
         net.pending_answers() == 1

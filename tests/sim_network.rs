@@ -20,11 +20,11 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use sim::{Net, NetConfig};
-use syncmux::client::{ClientEvent, RequestError, RequestId, Response};
-use syncmux::payload::{ChangeRecord, Hlc, RawJson};
-use syncmux::server::SessionId;
+use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::wire::CloseCode;
 use syncmux::ServerConfig;
+use syncmux::SessionId;
+use syncmux::{ClientEvent, RequestError, RequestId, Response};
 
 const TABLES: [&str; 4] = ["docs", "tasks", "notes", "tags"];
 const TOPICS: [&str; 2] = ["doc:1", "doc:2"];
@@ -58,6 +58,7 @@ fn change(table: &str, pk: u64, node: &str, ts: i64) -> ChangeRecord {
 
 fn server_config() -> ServerConfig {
     let mut config = ServerConfig::default();
+    config.reports_writes = true; // slow consumers stall their writes
     config.rate_limit_burst = 0; // the workload is bursty on purpose
                                  // Small enough that a stalled link overflows it: the session is closed with 4503 and
                                  // resumes from its cursor.
@@ -181,8 +182,10 @@ fn simulate(seed: u64, cursors: bool) -> Coverage {
         }
         let now = net.now;
         let client = &mut net.nodes[i].client;
-        let by = client.subscribe(now, tables.clone(), None).unwrap();
-        client.pull(now, tables.clone(), None).unwrap();
+        let by = client
+            .subscribe(now, Subscribe::new(tables.clone()))
+            .unwrap();
+        client.pull(now, PullRequest::new(tables.clone())).unwrap();
         w.tables.extend(tables.into_iter().map(|t| (t, by)));
     }
     net.drive_bounded(Duration::from_secs(10), 20_000, |net| {
@@ -220,7 +223,10 @@ fn simulate(seed: u64, cursors: bool) -> Coverage {
                 if !want[who].tables.contains_key(table) {
                     let since = Some(Hlc::new(0, 0, ""));
                     let issued = net.nodes[who].events.len();
-                    if let Ok(by) = net.nodes[who].client.subscribe(now, [table], since) {
+                    if let Ok(by) = net.nodes[who]
+                        .client
+                        .subscribe(now, Subscribe::new([table]).since(since))
+                    {
                         want[who].tables.insert(table.to_owned(), by);
                         want[who].since_only.insert(by, (table.to_owned(), issued));
                     }
@@ -501,7 +507,10 @@ fn a_seed_replays_exactly() {
         for i in 0..3 {
             net.add_client(&format!("node-{i}"), |_| {});
             let now = net.now;
-            net.nodes[i].client.subscribe(now, ["docs"], None).unwrap();
+            net.nodes[i]
+                .client
+                .subscribe(now, Subscribe::new(["docs"]))
+                .unwrap();
         }
         for round in 0..20 {
             let who = net.rng.range(0, 2) as usize;

@@ -10,8 +10,8 @@ mod sim;
 use std::time::Duration;
 
 use sim::{Net, NetConfig};
-use syncmux::client::ClientEvent;
-use syncmux::payload::{ChangeRecord, Hlc, RawJson};
+use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
+use syncmux::ClientEvent;
 use syncmux::ServerConfig;
 
 fn change(pk: u64) -> ChangeRecord {
@@ -29,6 +29,7 @@ fn change(pk: u64) -> ChangeRecord {
 #[test]
 fn a_backlog_larger_than_the_outbound_bound_resumes_without_looping() {
     let mut config = ServerConfig::default();
+    config.reports_writes = true; // slow consumers stall their writes
     config.rate_limit_burst = 0;
     config.max_outbound_bytes = 2_000;
     config.max_changes_per_frame = 2;
@@ -45,9 +46,12 @@ fn a_backlog_larger_than_the_outbound_bound_resumes_without_looping() {
     let now = net.now;
     net.nodes[reader]
         .client
-        .subscribe(now, ["docs"], None)
+        .subscribe(now, Subscribe::new(["docs"]))
         .unwrap();
-    net.nodes[reader].client.pull(now, ["docs"], None).unwrap();
+    net.nodes[reader]
+        .client
+        .pull(now, PullRequest::new(["docs"]))
+        .unwrap();
     net.run_for(Duration::from_secs(1), 10_000);
 
     // The reader stops reading while 60 changes (about 15 KB) are pushed.

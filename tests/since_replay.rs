@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use syncmux::driver::Driver;
 use syncmux::payload::{ChangeRecord, Hlc, RawJson};
-use syncmux::server::{Handshake, HandshakeOutcome, ServerTransmit, SessionId};
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::Driver;
+use syncmux::{Handshake, HandshakeOutcome, ServerTransmit, SessionId};
 use syncmux::{Instant, Server, ServerConfig};
+use syncmux::{MemoryStore, StoreConfig};
 
 fn change(pk: &str, ts: i64, node: &str) -> ChangeRecord {
     ChangeRecord::new("docs", pk, "title", "lww", Hlc::new(ts, 0, node), node)
@@ -110,7 +110,7 @@ fn a_seed_client_cut_at_every_frame_boundary_gets_every_change_once() {
                         since = since.max(record.hlc.clone());
                     }
                 }
-                driver.handle_closed(Instant::ZERO, session);
+                driver.handle_disconnected(Instant::ZERO, session);
                 if delivered.iter().any(|f| f["type"] == "ack") {
                     break;
                 }

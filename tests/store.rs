@@ -1,7 +1,7 @@
 //! The rules of `MemoryStore` (src/store/mod.rs), one test per rule.
 
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
-use syncmux::store::{MemoryStore, PullOutcome, StoreConfig};
+use syncmux::{MemoryStore, PullOutcome, StoreConfig};
 
 const EPOCH: u64 = 7;
 

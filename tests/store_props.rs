@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::{MemoryStore, StoreConfig};
 
 const EPOCH: u64 = 3;
 const TABLES: [&str; 3] = ["a", "b", "c"];

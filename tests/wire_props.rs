@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use syncmux::payload::{
-    ChangeRecord, ErrorPayload, Hlc, PresenceEvent, PresenceEventKind, PresenceGet,
+    ChangeRecord, Cursor, ErrorPayload, Hlc, PresenceEvent, PresenceEventKind, PresenceGet,
     PresenceSnapshot, PresenceState, PresenceUpdate, PullRequest, PullResponse, PushRequest,
     PushResponse, RawJson, ResumeAck, RoomAction, RoomEvent, RoomEventKind, RoomMember,
     RoomRequest, Subscribe, Unsubscribe,
@@ -188,6 +188,8 @@ enum Payload {
 
 fn payload() -> impl Strategy<Value = Payload> {
     let cursor = || prop::option::of(text());
+    // Positions in answers are typed; requests carry any string (cursors are opaque).
+    let position = || (any::<u64>(), any::<u64>()).prop_map(|(e, s)| Cursor::new(e, s));
     let data = || prop::option::of(raw_json());
     prop_oneof![
         (tables(), prop::option::of(hlc()), cursor(), cursor()).prop_map(
@@ -201,7 +203,7 @@ fn payload() -> impl Strategy<Value = Payload> {
         (
             changes(),
             hlc(),
-            cursor(),
+            prop::option::of(position()),
             proptest::option::of(any::<bool>())
         )
             .prop_map(|(changes, latest_hlc, cursor, recovered)| {
@@ -214,13 +216,15 @@ fn payload() -> impl Strategy<Value = Payload> {
             }),
         (changes(), text())
             .prop_map(|(changes, node_id)| Payload::Push(PushRequest { changes, node_id })),
-        (any::<u64>(), hlc(), cursor()).prop_map(|(merged, latest_hlc, cursor)| {
-            Payload::PushResponse(PushResponse {
-                merged,
-                latest_hlc,
-                cursor,
-            })
-        }),
+        (any::<u64>(), hlc(), prop::option::of(position())).prop_map(
+            |(merged, latest_hlc, cursor)| {
+                Payload::PushResponse(PushResponse {
+                    merged,
+                    latest_hlc,
+                    cursor,
+                })
+            }
+        ),
         (tables(), prop::option::of(hlc()), cursor()).prop_map(|(tables, since, cursor)| {
             Payload::Subscribe(Subscribe {
                 tables,
@@ -320,7 +324,8 @@ fn payload() -> impl Strategy<Value = Payload> {
         (error_code(), text())
             .prop_map(|(code, message)| Payload::Error(ErrorPayload { code, message })),
         prop::option::of(
-            (any::<bool>(), text()).prop_map(|(recovered, cursor)| ResumeAck { recovered, cursor })
+            (any::<bool>(), position())
+                .prop_map(|(recovered, cursor)| ResumeAck { recovered, cursor })
         )
         .prop_map(Payload::Ack),
         raw_json().prop_map(Payload::Ping),

@@ -5,4 +5,4 @@
 //! On other targets it is empty: the adapter exists only on `wasm32`.
 
 #[cfg(target_arch = "wasm32")]
-pub use syncmux::adapters::wasm::SyncClient;
+pub use syncmux::adapters::wasm::BrowserClient;

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use syncmux::client::{Client, ClientConfig, ClientEvent, Transmit};
-use syncmux::payload::{Hlc, RawJson};
+use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
+use syncmux::payload::{Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::wire::{decode, CloseCode, DecodeLimits};
 use syncmux::Instant;
 
@@ -115,9 +115,9 @@ impl Run {
         let t = TABLES[usize::from(table % 4)];
         let data = RawJson::from_string(kind.to_string()).expect("a number is JSON");
         let result = match kind % 12 {
-            0 => c.pull(now, [t], None),
+            0 => c.pull(now, PullRequest::new([t])),
             1 => c.push(now, vec![]),
-            2 => c.subscribe(now, [t], Some(Hlc::new(i64::from(kind), 0, "x"))),
+            2 => c.subscribe(now, Subscribe::new([t]).since(Hlc::new(i64::from(kind), 0, "x"))),
             3 => c.unsubscribe(now, [t]),
             4 => c.update_presence(now, t, data),
             5 => c.leave_presence(now, t),
@@ -126,7 +126,7 @@ impl Run {
             8 => c.leave_room(now, t),
             9 => c.broadcast(now, t, data),
             10 => c.ping(now, data),
-            _ => c.subscribe(now, TABLES, None),
+            _ => c.subscribe(now, Subscribe::new(TABLES)),
         };
         if let Ok(id) = result {
             assert!(
@@ -201,7 +201,7 @@ impl Run {
 
     fn drain(&mut self) {
         while let Some(t) = self.client.poll_transmit() {
-            if let Transmit::Frame(bytes) = &t {
+            if let ClientTransmit::Frame(bytes) = &t {
                 // Decoded as a peer would: `serde_json::Value` refuses numbers beyond f64,
                 // which are JSON and which a pong echoes byte for byte.
                 let mut limits = DecodeLimits::DEFAULT;

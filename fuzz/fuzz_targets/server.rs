@@ -19,10 +19,10 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use syncmux::payload::{ChangeRecord, Hlc};
-use syncmux::server::{
+use syncmux::{
     AppError, Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId,
 };
-use syncmux::store::{MemoryStore, StoreConfig};
+use syncmux::{MemoryStore, StoreConfig};
 use syncmux::wire::{decode, CloseCode, DecodeLimits, MessageType};
 use syncmux::{Instant, Server, ServerConfig, ServerEvent};
 
@@ -148,6 +148,7 @@ struct Run {
 
 fn config(input: &Input) -> ServerConfig {
     let mut c = ServerConfig::default();
+    c.reports_writes = true; // stalled sessions report nothing
     c.path = Some("/sync".to_owned());
     c.max_sessions = 6;
     c.max_frame_len = 4096;
@@ -355,7 +356,7 @@ impl Run {
             }
             Op::Closed { s } => {
                 let Some(id) = self.session(s) else { return };
-                self.server.handle_closed(now, id);
+                self.server.handle_disconnected(now, id);
                 self.forget(id);
             }
             Op::Kick { s, code } => {
@@ -599,7 +600,7 @@ fuzz_target!(|input: Input| {
     run.check();
     for id in ids {
         assert!(!run.server.is_open(id), "shutdown closes {id:?}");
-        run.server.handle_closed(run.now, id);
+        run.server.handle_disconnected(run.now, id);
     }
     run.drain();
     assert_eq!(run.server.session_count(), 0);

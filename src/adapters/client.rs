@@ -23,11 +23,13 @@ use tungstenite::Message;
 use super::clock::Clock;
 use super::common;
 use crate::client::{
-    Client, ClientConfig, ClientEvent, ClientState, ConfigError, DialRequest, RequestError,
-    RequestId, Response, Transmit,
+    Client, ClientConfig, ClientEvent, ClientState, ClientTransmit, DialRequest, RequestError,
+    RequestId, Response,
 };
+use crate::config::ConfigError;
 use crate::payload::{
-    ChangeRecord, Hlc, PresenceSnapshot, PullResponse, PushResponse, RawJson, ResumeAck,
+    ChangeRecord, PresenceSnapshot, PullRequest, PullResponse, PushResponse, RawJson, ResumeAck,
+    Subscribe,
 };
 use crate::time::Instant;
 use crate::wire::CloseCode;
@@ -156,7 +158,7 @@ enum Input<W> {
     /// Writing to the socket failed.
     WriteFailed(tungstenite::Error),
     /// A transmit that is not a frame turned up while frames were being written.
-    Transmit(Transmit),
+    Transmit(ClientTransmit),
     /// The application read events: there is room for more.
     EventRoom,
 }
@@ -228,7 +230,7 @@ async fn run<R: Runtime>(
     let mut timer: Option<(Instant, BoxFuture<'static, ()>)> = None;
     let mut waiters: BTreeMap<RequestId, Reply> = BTreeMap::new();
     let mut commands_open = true;
-    let mut pending: Option<Transmit> = None;
+    let mut pending: Option<ClientTransmit> = None;
     client.connect(clock.now());
     loop {
         // Frames of the open connection wait in the client until the socket takes them (in
@@ -239,14 +241,14 @@ async fn run<R: Runtime>(
             writer = Writer::default();
             while let Some(transmit) = pending.take().or_else(|| client.poll_transmit()) {
                 match transmit {
-                    Transmit::Dial(dial) => {
+                    ClientTransmit::Connect(dial) => {
                         if let Some(socket) = ws.take() {
                             close_in_background::<R>(socket, CloseCode::NORMAL, "", &clock);
                         }
                         dialing = Some(R::dial(dial, dialer.clone()));
                     }
-                    Transmit::Frame(_) => {}
-                    Transmit::Close { code, reason } => {
+                    ClientTransmit::Frame(_) => {}
+                    ClientTransmit::Close { code, reason } => {
                         dialing = None;
                         if let Some(socket) = ws.take() {
                             // The client already counts the connection as gone.
@@ -424,7 +426,7 @@ fn write<W>(
     client: &mut Client,
     socket: &mut W,
     writer: &mut Writer,
-) -> Result<Option<Transmit>, tungstenite::Error>
+) -> Result<Option<ClientTransmit>, tungstenite::Error>
 where
     W: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
@@ -432,7 +434,7 @@ where
         let bytes = match writer.held.take() {
             Some(bytes) => bytes,
             None => match client.poll_transmit() {
-                Some(Transmit::Frame(bytes)) => bytes,
+                Some(ClientTransmit::Frame(bytes)) => bytes,
                 Some(other) => return Ok(Some(other)),
                 None => break,
             },
@@ -510,33 +512,12 @@ impl SyncClient {
         }
     }
 
-    /// Pulls the changes of `tables` after `since`.
-    pub fn pull<I, T>(
+    /// Pulls what `pull` asks for; see [`Client::pull`].
+    pub fn pull(
         &self,
-        tables: I,
-        since: Option<Hlc>,
-    ) -> impl Future<Output = Result<PullResponse, RequestError>> + Send
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.pull_after(tables, since, None)
-    }
-
-    /// Pulls the changes of `tables` after the server position `cursor` (falling back to
-    /// `since` where the server cannot serve it); see [`Client::pull_after`].
-    pub fn pull_after<I, T>(
-        &self,
-        tables: I,
-        since: Option<Hlc>,
-        cursor: Option<String>,
-    ) -> impl Future<Output = Result<PullResponse, RequestError>> + Send
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        let tables = strings(tables);
-        let answer = self.request(move |c, now| c.pull_after(now, tables, since, cursor));
+        pull: PullRequest,
+    ) -> impl Future<Output = Result<PullResponse, RequestError>> + Send {
+        let answer = self.request(move |c, now| c.pull(now, pull));
         async move {
             match answer.await? {
                 Response::Pull(pull) => Ok(pull),
@@ -559,35 +540,14 @@ impl SyncClient {
         }
     }
 
-    /// Subscribes to `tables` (replaying the changes after `since` first); live changes
-    /// arrive as [`ClientEvent::Changes`]. Restored after every reconnect.
-    pub fn subscribe<I, T>(
+    /// Subscribes to the tables of `subscribe` (replaying first what it asks for); live
+    /// changes arrive as [`ClientEvent::Changes`]. Restored after every reconnect; see
+    /// [`Client::subscribe`].
+    pub fn subscribe(
         &self,
-        tables: I,
-        since: Option<Hlc>,
-    ) -> impl Future<Output = Result<Option<ResumeAck>, RequestError>> + Send
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.subscribe_after(tables, since, None)
-    }
-
-    /// Subscribes to `tables`, replaying first the changes after the server position
-    /// `cursor` (or after `since` where the server cannot serve it; the ack then says
-    /// `recovered: false`); see [`Client::subscribe_after`].
-    pub fn subscribe_after<I, T>(
-        &self,
-        tables: I,
-        since: Option<Hlc>,
-        cursor: Option<String>,
-    ) -> impl Future<Output = Result<Option<ResumeAck>, RequestError>> + Send
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        let tables = strings(tables);
-        let answer = self.request(move |c, now| c.subscribe_after(now, tables, since, cursor));
+        subscribe: Subscribe,
+    ) -> impl Future<Output = Result<Option<ResumeAck>, RequestError>> + Send {
+        let answer = self.request(move |c, now| c.subscribe(now, subscribe));
         async move { ack(answer.await?) }
     }
 

@@ -15,12 +15,13 @@
 //! # #[cfg(feature = "tokio")]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use syncmux::adapters::tokio::connect;
+//! use syncmux::payload::{PullRequest, Subscribe};
 //! use syncmux::ClientConfig;
 //!
 //! let (client, mut events) = connect(ClientConfig::new("ws://127.0.0.1:8787/sync/ws", "node-1"))?;
-//! let pulled = client.pull(["documents"], None).await?;
+//! let pulled = client.pull(PullRequest::new(["documents"])).await?;
 //! println!("{} changes, cursor {:?}", pulled.changes.len(), pulled.cursor);
-//! client.subscribe(["documents"], None).await?;
+//! client.subscribe(Subscribe::new(["documents"])).await?;
 //! while let Some(event) = events.recv().await {
 //!     println!("{event:?}");
 //! }

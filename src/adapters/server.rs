@@ -208,7 +208,10 @@ impl fmt::Debug for AcceptedSession {
 }
 
 impl SyncServer {
-    pub(crate) fn new(driver: Driver, options: ServerOptions) -> (SyncServer, TimerTask) {
+    pub(crate) fn new(mut driver: Driver, options: ServerOptions) -> (SyncServer, TimerTask) {
+        // Every write is reported (`handle_sent`), so a socket that stops taking bytes makes
+        // its session a slow consumer rather than an unbounded buffer.
+        driver.server_mut().report_writes();
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let (stop_tx, stop_rx) = async_channel::bounded(1);
         let ws_frame_limit = common::ws_read_limit(driver.server().config().max_frame_len);
@@ -336,7 +339,7 @@ impl SyncServer {
     fn closed(&self, session: SessionId) {
         let mut hub = self.lock();
         let now = hub.now();
-        hub.driver.handle_closed(now, session);
+        hub.driver.handle_disconnected(now, session);
         hub.outlets.remove(&session);
         hub.drain();
     }

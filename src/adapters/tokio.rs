@@ -12,7 +12,8 @@ use tokio_tungstenite::WebSocketStream;
 use super::client::{self, Dialer, Dialing, Runtime};
 use super::common;
 use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
-use crate::client::{ClientConfig, ConfigError, DialRequest};
+use crate::client::{ClientConfig, DialRequest};
+use crate::config::ConfigError;
 use crate::driver::Driver;
 use tungstenite::handshake::server::{Request, Response};
 

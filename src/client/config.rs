@@ -2,8 +2,7 @@
 
 use core::time::Duration;
 
-use thiserror::Error;
-
+use crate::config::ConfigError;
 use crate::wire::DecodeLimits;
 
 /// How a [`Client`](super::Client) connects, times out, backs off and bounds its memory.
@@ -154,30 +153,6 @@ impl Default for ClientConfig {
             seed: 0,
         }
     }
-}
-
-/// Why a [`ClientConfig`] was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The URL is not `ws://` or `wss://`.
-    #[error("url {0:?} must start with ws:// or wss://")]
-    Url(String),
-    /// No node id.
-    #[error("node_id must not be empty")]
-    EmptyNodeId,
-    /// A zero reconnect delay would reconnect in a tight loop.
-    #[error("reconnect_delay must be positive")]
-    ZeroReconnectDelay,
-    /// `max_reconnect_delay < reconnect_delay`.
-    #[error("max_reconnect_delay must be at least reconnect_delay")]
-    MaxDelayBelowDelay,
-    /// Keepalive is on but the pong timeout is zero.
-    #[error("pong_timeout must be positive when ping_interval is")]
-    ZeroPongTimeout,
-    /// A bound that must be at least 1 is zero.
-    #[error("{0} must be at least 1")]
-    ZeroBound(&'static str),
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use bytes::Bytes;
 
 use super::error::RequestError;
 use crate::payload::{
-    ChangeRecord, PresenceEvent, PresenceSnapshot, PullResponse, PushResponse, RawJson, ResumeAck,
-    RoomEvent,
+    ChangeRecord, Cursor, PresenceEvent, PresenceSnapshot, PullResponse, PushResponse, RawJson,
+    ResumeAck, RoomEvent,
 };
 use crate::wire::{CloseCode, ErrorCode, SUBPROTOCOL};
 
@@ -36,7 +36,7 @@ impl fmt::Display for RequestId {
 pub enum ClientState {
     /// Created, never asked to connect.
     Idle,
-    /// A dial is under way (a [`Transmit::Dial`] went out).
+    /// A dial is under way (a [`ClientTransmit::Connect`] went out).
     Connecting,
     /// The transport is open.
     Open,
@@ -46,16 +46,16 @@ pub enum ClientState {
     Closed,
 }
 
-/// What the adapter must do with the transport.
+/// What the adapter must do with the transport: open it, send a frame on it, or close it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub enum Transmit {
+pub enum ClientTransmit {
     /// Open a WebSocket as described, then report [`handle_connected`] or, if it fails,
     /// [`handle_disconnected`].
     ///
     /// [`handle_connected`]: super::Client::handle_connected
     /// [`handle_disconnected`]: super::Client::handle_disconnected
-    Dial(DialRequest),
+    Connect(DialRequest),
     /// Send this text frame.
     Frame(Bytes),
     /// Close the transport with this code and reason. The client already counts the
@@ -227,8 +227,9 @@ pub enum ClientEvent {
         subscriptions: Vec<RequestId>,
         /// The records, in the order the server sent them.
         changes: Vec<ChangeRecord>,
-        /// The server position of the last record, when the server has cursors.
-        cursor: Option<String>,
+        /// The server position of the last record, when the server has cursors (a replay
+        /// by `since` alone has none: its frames are not resume points).
+        cursor: Option<Cursor>,
     },
     /// A presence member joined, updated or left.
     Presence(PresenceEvent),

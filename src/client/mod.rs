@@ -1,66 +1,3 @@
-//! The client state machine (DESIGN.md section 4): connection lifecycle, request correlation,
-//! subscriptions, presence and rooms restored after a reconnect, keepalive and backoff.
-//!
-//! A [`Client`] does no I/O and reads no clock. Its interface is:
-//!
-//! - **inputs**, each taking `now` first: [`handle_connected`](Client::handle_connected),
-//!   [`handle_message`](Client::handle_message), [`handle_binary`](Client::handle_binary),
-//!   [`handle_disconnected`](Client::handle_disconnected) (also for a failed dial) and
-//!   [`handle_timeout`](Client::handle_timeout);
-//! - **commands**, which return a [`RequestId`] at once (or a [`RequestError`] when refused
-//!   locally): [`pull`](Client::pull), [`push`](Client::push),
-//!   [`subscribe`](Client::subscribe), ..., plus [`connect`](Client::connect) and
-//!   [`close`](Client::close). A command issued while idle starts the connection;
-//! - **outputs**, drained by polling: [`poll_transmit`](Client::poll_transmit) (dial, send a
-//!   frame, close), [`poll_timeout`](Client::poll_timeout) (when to call `handle_timeout`
-//!   next) and [`poll_event`](Client::poll_event).
-//!
-//! **The contract: after every input or command, drain `poll_transmit` and `poll_event`
-//! until they return `None`, then read `poll_timeout`.** Every request ends in exactly one
-//! [`ClientEvent::Response`]: the server's answer, its error frame, `TIMEOUT`, or
-//! `DISCONNECTED`. A `now` earlier than one already seen is taken as the latest seen.
-//!
-//! # Example
-//!
-//! A client pulls a table; the "server" is a hand-made frame.
-//!
-//! ```
-//! use bytes::Bytes;
-//! use syncmux::client::{Client, ClientConfig, ClientEvent, Response, Transmit};
-//! use syncmux::Instant;
-//!
-//! let mut client = Client::new(ClientConfig::new("wss://sync.example/ws", "node-1"))?;
-//! let now = Instant::ZERO;
-//!
-//! // The first command starts the connection; the pull waits for it in the offline queue.
-//! let id = client.pull(now, ["documents"], None)?;
-//! let Some(Transmit::Dial(dial)) = client.poll_transmit() else { panic!("expected a dial") };
-//! assert_eq!(dial.url, "wss://sync.example/ws?node_id=node-1");
-//! assert_eq!(dial.protocols, ["syncmux.v1"]);
-//!
-//! // The adapter opened the socket: the queued pull goes out.
-//! client.handle_connected(now, Some("syncmux.v1"));
-//! let Some(Transmit::Frame(frame)) = client.poll_transmit() else { panic!("expected a frame") };
-//! assert_eq!(
-//!     &frame[..],
-//!     br#"{"type":"pull_request","id":"1","payload":{"tables":["documents"],"node_id":"node-1"}}"#
-//! );
-//! assert_eq!(client.poll_event(), Some(ClientEvent::Connected));
-//!
-//! // The server answers.
-//! client.handle_message(now, Bytes::from_static(
-//!     br#"{"type":"pull_response","id":"1","payload":{"changes":[],"latest_hlc":"5:0:srv","cursor":"1.0"}}"#,
-//! ));
-//! match client.poll_event() {
-//!     Some(ClientEvent::Response { id: got, outcome: Ok(Response::Pull(pull)) }) => {
-//!         assert_eq!(got, id);
-//!         assert_eq!(pull.cursor.as_deref(), Some("1.0"));
-//!     }
-//!     other => panic!("unexpected {other:?}"),
-//! }
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-
 mod backoff;
 mod config;
 mod error;
@@ -75,10 +12,11 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use serde::Serialize;
 
-pub use config::{ClientConfig, ConfigError};
+use crate::config::ConfigError;
+pub use config::ClientConfig;
 pub use error::RequestError;
 pub use event::{
-    ClientEvent, ClientState, CloseReason, DialRequest, RequestId, Response, Transmit,
+    ClientEvent, ClientState, ClientTransmit, CloseReason, DialRequest, RequestId, Response,
 };
 
 use backoff::Backoff;
@@ -87,8 +25,8 @@ use timer::{Timer, Timers};
 use tracked::{Membership, Tracked};
 
 use crate::payload::{
-    ChangeRecord, Hlc, PresenceGet, PresenceUpdate, PullRequest, PushRequest, RawJson, ResumeAck,
-    RoomAction, RoomRequest, Subscribe, Unsubscribe,
+    ChangeRecord, Cursor, Hlc, PresenceGet, PresenceUpdate, PullRequest, PushRequest, RawJson,
+    ResumeAck, RoomAction, RoomRequest, Subscribe, Unsubscribe,
 };
 use crate::time::Instant;
 use crate::wire::{encode, CloseCode, FrameId, MessageType, SUBPROTOCOL};
@@ -115,7 +53,68 @@ pub struct ClientStats {
     pub rooms: usize,
 }
 
-/// The sans-IO client. See the [module documentation](self) for the contract.
+/// The client state machine (DESIGN.md section 4): connection lifecycle, request correlation,
+/// subscriptions, presence and rooms restored after a reconnect, keepalive and backoff.
+///
+/// A [`Client`] does no I/O and reads no clock. Its interface is:
+///
+/// - **inputs**, each taking `now` first: [`handle_connected`](Client::handle_connected),
+///   [`handle_message`](Client::handle_message), [`handle_binary`](Client::handle_binary),
+///   [`handle_disconnected`](Client::handle_disconnected) (also for a failed dial) and
+///   [`handle_timeout`](Client::handle_timeout);
+/// - **commands**, which return a [`RequestId`] at once (or a [`RequestError`] when refused
+///   locally): [`pull`](Client::pull), [`push`](Client::push),
+///   [`subscribe`](Client::subscribe), ..., plus [`connect`](Client::connect) and
+///   [`close`](Client::close). A command issued while idle starts the connection;
+/// - **outputs**, drained by polling: [`poll_transmit`](Client::poll_transmit) (dial, send a
+///   frame, close), [`poll_timeout`](Client::poll_timeout) (when to call `handle_timeout`
+///   next) and [`poll_event`](Client::poll_event).
+///
+/// **The contract: after every input or command, drain `poll_transmit` and `poll_event`
+/// until they return `None`, then read `poll_timeout`.** Every request ends in exactly one
+/// [`ClientEvent::Response`]: the server's answer, its error frame, `TIMEOUT`, or
+/// `DISCONNECTED`. A `now` earlier than one already seen is taken as the latest seen.
+///
+/// # Example
+///
+/// A client pulls a table; the "server" is a hand-made frame.
+///
+/// ```
+/// use bytes::Bytes;
+/// use syncmux::payload::{Cursor, PullRequest};
+/// use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit, Instant, Response};
+///
+/// let mut client = Client::new(ClientConfig::new("wss://sync.example/ws", "node-1"))?;
+/// let now = Instant::ZERO;
+///
+/// // The first command starts the connection; the pull waits for it in the offline queue.
+/// let id = client.pull(now, PullRequest::new(["documents"]))?;
+/// let Some(ClientTransmit::Connect(dial)) = client.poll_transmit() else { panic!("expected a dial") };
+/// assert_eq!(dial.url, "wss://sync.example/ws?node_id=node-1");
+/// assert_eq!(dial.protocols, ["syncmux.v1"]);
+///
+/// // The adapter opened the socket: the queued pull goes out.
+/// client.handle_connected(now, Some("syncmux.v1"));
+/// let Some(ClientTransmit::Frame(frame)) = client.poll_transmit() else { panic!("expected a frame") };
+/// assert_eq!(
+///     &frame[..],
+///     br#"{"type":"pull_request","id":"1","payload":{"tables":["documents"],"node_id":"node-1"}}"#
+/// );
+/// assert_eq!(client.poll_event(), Some(ClientEvent::Connected));
+///
+/// // The server answers.
+/// client.handle_message(now, Bytes::from_static(
+///     br#"{"type":"pull_response","id":"1","payload":{"changes":[],"latest_hlc":"5:0:srv","cursor":"1.0"}}"#,
+/// ));
+/// match client.poll_event() {
+///     Some(ClientEvent::Response { id: got, outcome: Ok(Response::Pull(pull)) }) => {
+///         assert_eq!(got, id);
+///         assert_eq!(pull.cursor, Some(Cursor::new(1, 0)));
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
@@ -131,7 +130,7 @@ pub struct Client {
     timers: Timers,
     /// The id of the keepalive ping awaiting its pong.
     keepalive: Option<u64>,
-    transmits: VecDeque<Transmit>,
+    transmits: VecDeque<ClientTransmit>,
     events: VecDeque<ClientEvent>,
 }
 
@@ -176,9 +175,10 @@ impl Client {
         self.backoff.attempt()
     }
 
-    /// The newest stream cursor seen (the resume point of subscriptions).
-    pub fn cursor(&self) -> Option<&str> {
-        self.tracked.cursor.as_deref()
+    /// The newest stream position seen (where subscriptions resume), when the server has
+    /// cursors.
+    pub fn cursor(&self) -> Option<Cursor> {
+        self.tracked.cursor.as_deref().and_then(|c| c.parse().ok())
     }
 
     /// The newest HLC seen for a subscribed table.
@@ -210,7 +210,7 @@ impl Client {
 
     /// The next transport action: dial, send a frame, or close.
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self) -> Option<ClientTransmit> {
         self.transmits.pop_front()
     }
 
@@ -240,7 +240,7 @@ impl Client {
         }
         if let Some(selected) = selected_protocol.filter(|p| *p != SUBPROTOCOL) {
             let reason = format!("server selected subprotocol {selected:?}, not {SUBPROTOCOL}");
-            self.transmits.push_back(Transmit::Close {
+            self.transmits.push_back(ClientTransmit::Close {
                 code: CloseCode::VERSION_MISMATCH,
                 reason,
             });
@@ -320,9 +320,10 @@ impl Client {
         match self.state {
             ClientState::Closed => return,
             ClientState::Open | ClientState::Connecting => {
-                self.transmits.retain(|t| !matches!(t, Transmit::Frame(_)));
+                self.transmits
+                    .retain(|t| !matches!(t, ClientTransmit::Frame(_)));
                 let reason = "closed by the application".to_owned();
-                self.transmits.push_back(Transmit::Close {
+                self.transmits.push_back(ClientTransmit::Close {
                     code: CloseCode::NORMAL,
                     reason: reason.clone(),
                 });
@@ -338,60 +339,31 @@ impl Client {
         self.close_for_good(CloseReason::Local);
     }
 
-    /// Pulls the changes of `tables` after `since` (exclusive). Re-sent after a reconnect
-    /// unless `resend_idempotent` is off. See [`Client::pull_after`] to pull after a cursor.
-    pub fn pull<I, T>(
-        &mut self,
-        now: Instant,
-        tables: I,
-        since: Option<Hlc>,
-    ) -> Result<RequestId, RequestError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.pull_after(now, tables, since, None)
-    }
-
-    /// Pulls the changes of `tables` after the server position `cursor` (DESIGN.md section
-    /// 3, "Cursors"), for example the [`PullResponse::cursor`](crate::payload::PullResponse)
-    /// of an earlier pull or the `cursor` of a [`ClientEvent::Changes`]. With a cursor the
-    /// server can serve, the answer holds exactly the changes after it, late changes with old
-    /// HLCs included; with one it cannot (another epoch: the server restarted), it falls back
-    /// to `since` (sent along for that case, and for servers without cursors).
+    /// Pulls what `pull` asks for: the changes of its tables after its cursor (exactly what
+    /// came after it, late changes with old HLCs included, when the server can serve it), or
+    /// after its `since`, or all of them. Re-sent after a reconnect unless
+    /// `resend_idempotent` is off. The pull always names this client's node.
     ///
     /// ```
-    /// use syncmux::client::{Client, ClientConfig, Transmit};
-    /// use syncmux::Instant;
+    /// use syncmux::payload::{Cursor, PullRequest};
+    /// use syncmux::{Client, ClientConfig, ClientTransmit, Instant};
     ///
     /// let mut client = Client::new(ClientConfig::new("ws://sync.example/ws", "n1"))?;
     /// client.connect(Instant::ZERO);
     /// let _dial = client.poll_transmit();
     /// client.handle_connected(Instant::ZERO, Some("syncmux.v1"));
-    /// client.pull_after(Instant::ZERO, ["docs"], None, Some("7.41".to_owned()))?;
-    /// let Some(Transmit::Frame(frame)) = client.poll_transmit() else { panic!() };
+    /// client.pull(Instant::ZERO, PullRequest::new(["docs"]).after(Cursor::new(7, 41)))?;
+    /// let Some(ClientTransmit::Frame(frame)) = client.poll_transmit() else { panic!() };
     /// assert_eq!(
     ///     &frame[..],
     ///     br#"{"type":"pull_request","id":"1","payload":{"tables":["docs"],"cursor":"7.41","node_id":"n1"}}"#
     /// );
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn pull_after<I, T>(
-        &mut self,
-        now: Instant,
-        tables: I,
-        since: Option<Hlc>,
-        cursor: Option<String>,
-    ) -> Result<RequestId, RequestError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
+    pub fn pull(&mut self, now: Instant, pull: PullRequest) -> Result<RequestId, RequestError> {
         let payload = PullRequest {
-            tables: strings(tables),
-            since,
-            cursor,
             node_id: Some(self.config.node_id.clone()),
+            ..pull
         };
         self.request(now, Kind::Pull, MessageType::PullRequest, &payload)
     }
@@ -410,56 +382,27 @@ impl Client {
         self.request(now, Kind::Push, MessageType::PushRequest, &payload)
     }
 
-    /// Subscribes to the live changes of `tables`, replaying those after `since` first.
+    /// Subscribes to the live changes of the tables of `subscribe`, replaying first what
+    /// came after its cursor (in cursor order) or after its `since` (in HLC order). The ack
+    /// says where the live stream starts: [`Response::Ack`] carries a
+    /// [`ResumeAck`](crate::payload::ResumeAck) whose `recovered` is false when the server
+    /// could not serve the cursor and fell back (the application resynchronises).
     ///
     /// The client remembers the subscription: after a reconnect it subscribes again from the
-    /// newest cursor (or, per table, the newest HLC) it has seen. A refusal by the server
-    /// forgets the tables this request added. See [`Client::subscribe_after`] to start after
-    /// a cursor.
-    pub fn subscribe<I, T>(
+    /// newest position (or, per table, the newest HLC) it has seen; until the ack, a table
+    /// this request adds resumes from where the request asked. A refusal by the server
+    /// forgets the tables this request added.
+    pub fn subscribe(
         &mut self,
         now: Instant,
-        tables: I,
-        since: Option<Hlc>,
-    ) -> Result<RequestId, RequestError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.subscribe_after(now, tables, since, None)
-    }
-
-    /// Subscribes to the live changes of `tables`, replaying first those after the server
-    /// position `cursor` (DESIGN.md section 3, "Cursors") — or, from a server that cannot
-    /// serve it, those after `since`. The ack says which:
-    /// [`Response::Ack`] carries a [`ResumeAck`](crate::payload::ResumeAck) whose
-    /// `recovered` is false when the server fell back (the application resynchronises), and
-    /// whose `cursor` is where the replay ended.
-    ///
-    /// Until the ack, a reconnect resumes the tables this request adds from `cursor`;
-    /// afterwards, as for [`Client::subscribe`], from the newest position seen.
-    pub fn subscribe_after<I, T>(
-        &mut self,
-        now: Instant,
-        tables: I,
-        since: Option<Hlc>,
-        cursor: Option<String>,
-    ) -> Result<RequestId, RequestError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        let tables = strings(tables);
+        subscribe: Subscribe,
+    ) -> Result<RequestId, RequestError> {
         let max = self.config.max_subscriptions;
-        if self.tracked.tables.len() + self.tracked.new_tables(&tables) > max {
+        if self.tracked.tables.len() + self.tracked.new_tables(&subscribe.tables) > max {
             return Err(RequestError::TooManySubscriptions { max });
         }
         let sent = self.state == ClientState::Open;
-        let payload = Subscribe {
-            tables,
-            since,
-            cursor,
-        };
+        let payload = subscribe;
         let id = self.request(now, Kind::Subscribe, MessageType::Subscribe, &payload)?;
         let resumes = payload.since.is_some() || payload.cursor.is_some();
         self.requests.settle_tables(id.0, &payload.tables, resumes);
@@ -684,7 +627,8 @@ impl Client {
         let deadline =
             (!self.config.request_timeout.is_zero()).then(|| now + self.config.request_timeout);
         let status = if open {
-            self.transmits.push_back(Transmit::Frame(frame.clone()));
+            self.transmits
+                .push_back(ClientTransmit::Frame(frame.clone()));
             Status::Sent
         } else {
             self.offline.push_back(id);
@@ -711,7 +655,7 @@ impl Client {
             &self.config.node_id,
             self.config.token.as_deref(),
         );
-        self.transmits.push_back(Transmit::Dial(dial));
+        self.transmits.push_back(ClientTransmit::Connect(dial));
     }
 
     /// Sends what the last connection had established, before anything else (DESIGN.md
@@ -880,7 +824,8 @@ impl Client {
     ) {
         let id = self.take_id();
         let frame = encode_request(ty, id, payload);
-        self.transmits.push_back(Transmit::Frame(frame.clone()));
+        self.transmits
+            .push_back(ClientTransmit::Frame(frame.clone()));
         let tables = match &owner {
             Owner::RestoreTables(tables) => tables.clone(),
             _ => Vec::new(),
@@ -902,7 +847,7 @@ impl Client {
             if pending.status == Status::Resend {
                 pending.status = Status::Sent;
                 let frame = pending.frame.clone();
-                self.transmits.push_back(Transmit::Frame(frame));
+                self.transmits.push_back(ClientTransmit::Frame(frame));
             }
         }
         while let Some(id) = self.offline.pop_front() {
@@ -911,7 +856,7 @@ impl Client {
             };
             pending.status = Status::Sent;
             let frame = pending.frame.clone();
-            self.transmits.push_back(Transmit::Frame(frame));
+            self.transmits.push_back(ClientTransmit::Frame(frame));
             self.tracked.mark_sent(RequestId(id));
         }
     }
@@ -936,7 +881,11 @@ impl Client {
         let id = self.take_id();
         self.keepalive = Some(id);
         self.transmits
-            .push_back(Transmit::Frame(encode_request(MessageType::Ping, id, &())));
+            .push_back(ClientTransmit::Frame(encode_request(
+                MessageType::Ping,
+                id,
+                &(),
+            )));
     }
 
     /// Queues a connection lifecycle event. They always fit, but an application that reads
@@ -962,8 +911,9 @@ impl Client {
 
     /// The client itself ends the connection (dead peer, slow application).
     fn drop_connection(&mut self, now: Instant, code: CloseCode, reason: &str) {
-        self.transmits.retain(|t| !matches!(t, Transmit::Frame(_)));
-        self.transmits.push_back(Transmit::Close {
+        self.transmits
+            .retain(|t| !matches!(t, ClientTransmit::Frame(_)));
+        self.transmits.push_back(ClientTransmit::Close {
             code,
             reason: reason.to_owned(),
         });
@@ -973,7 +923,8 @@ impl Client {
     fn on_disconnect(&mut self, now: Instant, code: Option<CloseCode>, reason: String) {
         // Frames not yet sent were for the dead connection: what must survive is re-sent
         // from the request map after the reconnect.
-        self.transmits.retain(|t| !matches!(t, Transmit::Frame(_)));
+        self.transmits
+            .retain(|t| !matches!(t, ClientTransmit::Frame(_)));
         self.timers.stop_all();
         self.keepalive = None;
         self.lifecycle(ClientEvent::Disconnected {

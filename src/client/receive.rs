@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::event::{ClientEvent, ClientState, RequestId, Response, Transmit};
+use super::event::{ClientEvent, ClientState, ClientTransmit, RequestId, Response};
 use super::requests::{Kind, Owner, Pending, Status};
 use super::timer::Timer;
 use super::{Client, RequestError};
@@ -148,7 +148,7 @@ impl Client {
             return; // unreachable for a decoded frame; nothing sensible to echo otherwise
         };
         if let Ok(pong) = encode(MessageType::Pong, frame.id(), payload) {
-            self.transmits.push_back(Transmit::Frame(pong));
+            self.transmits.push_back(ClientTransmit::Frame(pong));
         }
     }
 
@@ -197,7 +197,7 @@ impl Client {
         self.events.push_back(ClientEvent::Changes {
             subscriptions,
             changes,
-            cursor,
+            cursor: cursor.and_then(|c| c.parse().ok()),
         });
     }
 
@@ -248,9 +248,10 @@ impl Client {
             //
             // A resume ack's head only covers the replayed tables: live changes of the others that
             // were held behind the replay may still follow, so the stream position stays.
-            Ok(Response::Ack(ack)) if pending.kind == Kind::Subscribe => self
-                .tracked
-                .settle(&pending.tables, ack.as_ref().map(|a| a.cursor.as_str())),
+            Ok(Response::Ack(ack)) if pending.kind == Kind::Subscribe => {
+                let head = ack.as_ref().map(|a| a.cursor.to_string());
+                self.tracked.settle(&pending.tables, head.as_deref());
+            }
             Err(RequestError::Server { .. }) if pending.kind.reply() == MessageType::Ack => {
                 // Refused: what it would have established does not exist on the server.
                 self.tracked.roll_back(request);

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::change::ChangeRecord;
+use super::cursor::Cursor;
 use super::hlc::Hlc;
 use super::json::RawJson;
 use crate::wire::ErrorCode;
@@ -26,6 +27,38 @@ pub struct PullRequest {
     pub node_id: Option<String>,
 }
 
+impl PullRequest {
+    /// A pull of everything `tables` hold; narrow it with [`since`](PullRequest::since) and
+    /// [`after`](PullRequest::after).
+    ///
+    /// ```
+    /// use syncmux::payload::{Cursor, Hlc, PullRequest};
+    ///
+    /// let pull = PullRequest::new(["docs"]).after(Cursor::new(7, 41)).since(Hlc::new(5, 0, "a"));
+    /// assert_eq!(pull.cursor.as_deref(), Some("7.41"));
+    /// ```
+    pub fn new<I: IntoIterator<Item = T>, T: Into<String>>(tables: I) -> PullRequest {
+        PullRequest {
+            tables: tables.into_iter().map(Into::into).collect(),
+            ..PullRequest::default()
+        }
+    }
+
+    /// Only changes with an HLC greater than `since` (or, with a cursor, the fallback for a
+    /// server that cannot serve it).
+    pub fn since(mut self, since: impl Into<Option<Hlc>>) -> PullRequest {
+        self.since = since.into();
+        self
+    }
+
+    /// Exactly the changes after the server position `cursor` (DESIGN.md section 3,
+    /// "Cursors"), late changes with old HLCs included.
+    pub fn after(mut self, cursor: impl Into<Option<Cursor>>) -> PullRequest {
+        self.cursor = cursor.into().map(|c| c.to_string());
+        self
+    }
+}
+
 /// `pull_response`.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct PullResponse {
@@ -34,9 +67,14 @@ pub struct PullResponse {
     pub changes: Vec<ChangeRecord>,
     /// The newest HLC the store holds for the tables (or the request's `since`).
     pub latest_hlc: Hlc,
-    /// The position to resume after (absent from servers without cursors).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
+    /// The store's head when it read: pull after it next time (absent from servers without
+    /// cursors, and from servers whose cursors are not syncmux positions).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_cursor"
+    )]
+    pub cursor: Option<Cursor>,
     /// Present when the pull named a `cursor`: whether the server could serve it. `false`
     /// means it fell back to `since` (or to everything), and the client should resynchronise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,9 +97,14 @@ pub struct PushResponse {
     pub merged: u64,
     /// The newest HLC the store holds for the pushed tables after the merge.
     pub latest_hlc: Hlc,
-    /// The store's position after the merge (absent from servers without cursors).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
+    /// The store's position after the merge (absent from servers without cursors, and from
+    /// servers whose cursors are not syncmux positions).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_cursor"
+    )]
+    pub cursor: Option<Cursor>,
 }
 
 /// `subscribe`: add tables to the session's live set, replaying first when `since` or
@@ -76,6 +119,38 @@ pub struct Subscribe {
     /// Replay changes after this server position first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+}
+
+impl Subscribe {
+    /// A subscription to the live changes of `tables` from now on; replay first with
+    /// [`since`](Subscribe::since) or [`after`](Subscribe::after).
+    ///
+    /// ```
+    /// use syncmux::payload::{Cursor, Subscribe};
+    ///
+    /// let subscribe = Subscribe::new(["docs", "notes"]).after(Cursor::new(7, 41));
+    /// assert_eq!(subscribe.tables, ["docs", "notes"]);
+    /// ```
+    pub fn new<I: IntoIterator<Item = T>, T: Into<String>>(tables: I) -> Subscribe {
+        Subscribe {
+            tables: tables.into_iter().map(Into::into).collect(),
+            ..Subscribe::default()
+        }
+    }
+
+    /// Replay the changes with an HLC greater than `since` first (in HLC order), or, with a
+    /// cursor, fall back to them when the server cannot serve it.
+    pub fn since(mut self, since: impl Into<Option<Hlc>>) -> Subscribe {
+        self.since = since.into();
+        self
+    }
+
+    /// Replay exactly the changes after the server position `cursor` first (in cursor
+    /// order), late changes with old HLCs included.
+    pub fn after(mut self, cursor: impl Into<Option<Cursor>>) -> Subscribe {
+        self.cursor = cursor.into().map(|c| c.to_string());
+        self
+    }
 }
 
 /// `unsubscribe`.
@@ -236,5 +311,12 @@ pub struct ResumeAck {
     /// subscribe that asked for no replay.
     pub recovered: bool,
     /// The position the session's live stream continues from.
-    pub cursor: String,
+    pub cursor: Cursor,
+}
+
+/// A cursor in a server's answer, or none when it is not one of ours: cursors are opaque to
+/// clients, so a server with another format must not make its answers unreadable.
+fn lenient_cursor<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cursor>, D::Error> {
+    let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+    Ok(text.and_then(|t| t.parse().ok()))
 }

@@ -4,10 +4,9 @@ use core::fmt;
 use core::time::Duration;
 use std::sync::Arc;
 
-use thiserror::Error;
-
 use super::handshake::{AuthDecision, AuthRequest};
 use super::SessionId;
+use crate::config::ConfigError;
 
 /// The handshake's auth decision: from the token (if any), the node id the client asked for
 /// and the whole handshake, allow (optionally naming or confirming the node id) or deny.
@@ -46,7 +45,7 @@ pub struct Access<'a> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use syncmux::server::{AuthDecision, ServerConfig};
+/// use syncmux::{AuthDecision, ServerConfig};
 ///
 /// let mut config = ServerConfig::default();
 /// config.rate_limit_burst = 20;
@@ -95,10 +94,18 @@ pub struct ServerConfig {
     pub max_rooms: usize,
     /// Members a room may have (`ROOM_FULL`). Default 1000.
     pub max_room_size: usize,
-    /// Outbound bytes per session, queued plus handed out and not yet reported written
-    /// (plus live changes held back behind a replay). Over it the session is closed with 4503
-    /// (it loses nothing: it resumes from its cursor). Default 8 MiB.
+    /// Outbound bytes per session: queued, plus handed out and not yet reported written when
+    /// [`reports_writes`](ServerConfig::reports_writes) is on, plus live changes held back
+    /// behind a replay. Over it the session is closed with 4503 (it loses nothing: it
+    /// resumes from its cursor). Default 8 MiB.
     pub max_outbound_bytes: usize,
+    /// Whether the embedder reports what its sockets have written with
+    /// [`Server::handle_sent`](crate::Server::handle_sent). On, a frame counts against
+    /// `max_outbound_bytes` until reported, so a socket that stops taking bytes makes its
+    /// session a slow consumer; the native adapters turn it on. Off (the default), a frame
+    /// counts as written once [`poll_transmit`](crate::Server::poll_transmit) hands it out,
+    /// so an embedder that never calls `handle_sent` is never closed for it.
+    pub reports_writes: bool,
     /// Most change records in one replay frame; longer replays are split. Default 500.
     pub max_changes_per_frame: usize,
     /// Token bucket size N: the burst, and the messages refilled per window. Default 100.
@@ -170,6 +177,7 @@ impl Default for ServerConfig {
             max_rooms: 64,
             max_room_size: 1000,
             max_outbound_bytes: 8 << 20,
+            reports_writes: false,
             max_changes_per_frame: 500,
             rate_limit_burst: 100,
             rate_limit_window: Duration::from_secs(60),
@@ -199,6 +207,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_rooms", &self.max_rooms)
             .field("max_room_size", &self.max_room_size)
             .field("max_outbound_bytes", &self.max_outbound_bytes)
+            .field("reports_writes", &self.reports_writes)
             .field("max_changes_per_frame", &self.max_changes_per_frame)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("rate_limit_window", &self.rate_limit_window)
@@ -208,21 +217,4 @@ impl fmt::Debug for ServerConfig {
             .field("seed", &self.seed)
             .finish()
     }
-}
-
-/// A configuration that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A rate limit with a zero window would never refill.
-    #[error("rate_limit_window must be non-zero when rate_limit_burst is set")]
-    RateLimitWindow,
-    /// Pings must come before the idle timeout, or no pong could ever keep a session alive.
-    #[error("ping_interval ({ping:?}) must be shorter than idle_timeout ({idle:?})")]
-    PingAfterIdle {
-        /// The ping interval.
-        ping: Duration,
-        /// The idle timeout.
-        idle: Duration,
-    },
 }

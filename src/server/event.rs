@@ -149,9 +149,6 @@ impl<R> Default for PullAnswer<R> {
     }
 }
 
-/// The answer to a [`ServerEvent::Replay`]: the same shape as a pull's.
-pub type ReplayAnswer<R = ChangeRecord> = PullAnswer<R>;
-
 /// The answer to a [`ServerEvent::Push`].
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct PushAnswer {

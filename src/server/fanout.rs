@@ -8,7 +8,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::event::{AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayAnswer, ReplayId};
+use super::event::{AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayId};
 use super::out::{changes_frame, error_frame, frame, PullResponseOut, Records};
 use super::session::{Batch, Held, Sent, Sessions};
 use super::{PendingKind, Resume, Server, SessionId};
@@ -93,7 +93,7 @@ impl Server {
                     &PushResponse {
                         merged: a.accepted.len() as u64,
                         latest_hlc: a.latest_hlc.clone(),
-                        cursor: Some(a.head.to_string()),
+                        cursor: Some(a.head),
                     },
                 ),
                 Err(e) => error_frame(
@@ -122,7 +122,7 @@ impl Server {
         &mut self,
         now: Instant,
         request: ReplayId,
-        answer: Result<ReplayAnswer, AppError>,
+        answer: Result<PullAnswer, AppError>,
     ) {
         self.answer_replay_with(now, request, answer);
     }
@@ -133,7 +133,7 @@ impl Server {
         &mut self,
         now: Instant,
         request: ReplayId,
-        answer: Result<ReplayAnswer<R>, AppError>,
+        answer: Result<PullAnswer<R>, AppError>,
     ) {
         self.clamp(now);
         let Some(pending) =
@@ -195,7 +195,7 @@ impl Server {
                 if let Some(id) = &pending.id {
                     let ack = ResumeAck {
                         recovered: answer.complete && from != Resume::Unservable,
-                        cursor: answer.head.to_string(),
+                        cursor: answer.head,
                     };
                     self.send_paced(session, frame(MessageType::Ack, Some(id), &ack));
                 }

@@ -1,87 +1,3 @@
-//! The server: one pure state machine for every session of a process (DESIGN.md sections 2,
-//! 3 and 5).
-//!
-//! A [`Server`] decides handshakes, reads each session's frames, and keeps a hub that indexes
-//! sessions by table, presence topic and room, so routing a change, a presence event or a
-//! room message costs work proportional to its recipients, never to all sessions. It does no
-//! I/O and reads no clock: an adapter feeds it inputs (`handle_*`, each taking `now`) and
-//! drains its outputs (`poll_*`). Pull, push and replay are [`ServerEvent`]s that the
-//! application answers later (`answer_*`), in any order; the driver (`syncmux::driver`)
-//! answers them from a `MemoryStore`.
-//!
-//! # Contract
-//!
-//! After every input (a `handle_*`, an `answer_*` or a command), drain
-//! [`poll_transmit`](Server::poll_transmit) and [`poll_event`](Server::poll_event), then wait
-//! until [`poll_timeout`](Server::poll_timeout) (or the next input) and call
-//! [`handle_timeout`](Server::handle_timeout). Report every frame written with
-//! [`handle_sent`](Server::handle_sent): until then its bytes count against the session's
-//! outbound bound, and a session over it is closed with 4503 (it resumes from its cursor).
-//!
-//! # Example
-//!
-//! Two sessions; one subscribes, the other pushes; the application accepts the push and the
-//! subscriber gets the change:
-//!
-//! ```
-//! use bytes::Bytes;
-//! use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-//! use syncmux::server::{Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit};
-//! use syncmux::{Instant, Server, ServerConfig, ServerEvent};
-//!
-//! let mut server = Server::new(ServerConfig::default())?;
-//! let now = Instant::ZERO;
-//! let mut open = |server: &mut Server, node: &str| {
-//!     let handshake = Handshake::new("/sync", format!("node_id={node}")).protocol("syncmux.v1");
-//!     match server.handle_handshake(now, &handshake) {
-//!         HandshakeOutcome::Accept { session, protocol, .. } => {
-//!             assert_eq!(protocol.as_deref(), Some("syncmux.v1"));
-//!             session
-//!         }
-//!         other => panic!("{other:?}"),
-//!     }
-//! };
-//! let (alice, bob) = (open(&mut server, "alice"), open(&mut server, "bob"));
-//!
-//! let subscribe = r#"{"type":"subscribe","id":"s1","payload":{"tables":["docs"]}}"#;
-//! server.handle_message(now, bob, Bytes::from(subscribe));
-//! let push = r#"{"type":"push_request","id":"p1","payload":{"node_id":"alice","changes":[
-//!     {"table":"docs","pk":"1","field":"title","crdt_type":"lww","hlc":"5:0:alice","node_id":"alice","value":"Hi"}]}}"#;
-//! server.handle_message(now, alice, Bytes::from(push));
-//!
-//! // The application (here: by hand, its store empty so far) answers: the subscribe with
-//! // where the stream stands, the push with the position it gave the change.
-//! while let Some(event) = server.poll_event() {
-//!     match event {
-//!         ServerEvent::Replay { request, .. } => {
-//!             let head = Cursor::new(1, 0);
-//!             let answer = PullAnswer { head, complete: true, ..PullAnswer::default() };
-//!             server.answer_replay(now, request, Ok(answer));
-//!         }
-//!         ServerEvent::Push { request, changes, .. } => {
-//!             let accepted = vec![(Cursor::new(1, 1), changes[0].clone())];
-//!             let head = Cursor::new(1, 1);
-//!             let latest_hlc = Hlc::new(5, 0, "alice");
-//!             server.answer_push(now, request, Ok(PushAnswer { accepted, latest_hlc, head }));
-//!         }
-//!         _ => {}
-//!     }
-//! }
-//!
-//! let mut to_bob = Vec::new();
-//! while let Some(transmit) = server.poll_transmit() {
-//!     if let ServerTransmit::Frame { session, bytes } = transmit {
-//!         server.handle_sent(now, session, bytes.len());
-//!         if session == bob {
-//!             to_bob.push(String::from_utf8(bytes.to_vec())?);
-//!         }
-//!     }
-//! }
-//! assert_eq!(to_bob[0], r#"{"type":"ack","id":"s1","payload":{"recovered":true,"cursor":"1.0"}}"#);
-//! assert!(to_bob[1].starts_with(r#"{"type":"change","cursor":"1.1","payload":{"table":"docs""#));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-
 mod config;
 mod event;
 mod fanout;
@@ -96,10 +12,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use config::{Access, AuthFn, AuthorizeFn, ConfigError, Resource, ServerConfig};
+use crate::config::ConfigError;
+pub use config::{Access, AuthFn, AuthorizeFn, Resource, ServerConfig};
 pub use event::{
-    AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayAnswer, ReplayId, ServerEvent,
-    ServerTransmit, SessionId,
+    AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayId, ServerEvent, ServerTransmit,
+    SessionId,
 };
 pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
 
@@ -149,7 +66,89 @@ enum Resume {
     Unservable,
 }
 
-/// The server state machine. See the [module documentation](self).
+/// The server: one pure state machine for every session of a process (DESIGN.md sections 2,
+/// 3 and 5).
+///
+/// A [`Server`] decides handshakes, reads each session's frames, and keeps a hub that indexes
+/// sessions by table, presence topic and room, so routing a change, a presence event or a
+/// room message costs work proportional to its recipients, never to all sessions. It does no
+/// I/O and reads no clock: an adapter feeds it inputs (`handle_*`, each taking `now`) and
+/// drains its outputs (`poll_*`). Pull, push and replay are [`ServerEvent`]s that the
+/// application answers later (`answer_*`), in any order; the driver (`syncmux::driver`)
+/// answers them from a `MemoryStore`.
+///
+/// # Contract
+///
+/// After every input (a `handle_*`, an `answer_*` or a command), drain
+/// [`poll_transmit`](Server::poll_transmit) and [`poll_event`](Server::poll_event), then wait
+/// until [`poll_timeout`](Server::poll_timeout) (or the next input) and call
+/// [`handle_timeout`](Server::handle_timeout). Report every frame written with
+/// [`handle_sent`](Server::handle_sent): until then its bytes count against the session's
+/// outbound bound, and a session over it is closed with 4503 (it resumes from its cursor).
+///
+/// # Example
+///
+/// Two sessions; one subscribes, the other pushes; the application accepts the push and the
+/// subscriber gets the change:
+///
+/// ```
+/// use bytes::Bytes;
+/// use syncmux::payload::{ChangeRecord, Cursor, Hlc};
+/// use syncmux::{Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit};
+/// use syncmux::{Instant, Server, ServerConfig, ServerEvent};
+///
+/// let mut server = Server::new(ServerConfig::default())?;
+/// let now = Instant::ZERO;
+/// let mut open = |server: &mut Server, node: &str| {
+///     let handshake = Handshake::new("/sync", format!("node_id={node}")).protocol("syncmux.v1");
+///     match server.handle_handshake(now, &handshake) {
+///         HandshakeOutcome::Accept { session, protocol, .. } => {
+///             assert_eq!(protocol.as_deref(), Some("syncmux.v1"));
+///             session
+///         }
+///         other => panic!("{other:?}"),
+///     }
+/// };
+/// let (alice, bob) = (open(&mut server, "alice"), open(&mut server, "bob"));
+///
+/// let subscribe = r#"{"type":"subscribe","id":"s1","payload":{"tables":["docs"]}}"#;
+/// server.handle_message(now, bob, Bytes::from(subscribe));
+/// let push = r#"{"type":"push_request","id":"p1","payload":{"node_id":"alice","changes":[
+///     {"table":"docs","pk":"1","field":"title","crdt_type":"lww","hlc":"5:0:alice","node_id":"alice","value":"Hi"}]}}"#;
+/// server.handle_message(now, alice, Bytes::from(push));
+///
+/// // The application (here: by hand, its store empty so far) answers: the subscribe with
+/// // where the stream stands, the push with the position it gave the change.
+/// while let Some(event) = server.poll_event() {
+///     match event {
+///         ServerEvent::Replay { request, .. } => {
+///             let head = Cursor::new(1, 0);
+///             let answer = PullAnswer { head, complete: true, ..PullAnswer::default() };
+///             server.answer_replay(now, request, Ok(answer));
+///         }
+///         ServerEvent::Push { request, changes, .. } => {
+///             let accepted = vec![(Cursor::new(1, 1), changes[0].clone())];
+///             let head = Cursor::new(1, 1);
+///             let latest_hlc = Hlc::new(5, 0, "alice");
+///             server.answer_push(now, request, Ok(PushAnswer { accepted, latest_hlc, head }));
+///         }
+///         _ => {}
+///     }
+/// }
+///
+/// let mut to_bob = Vec::new();
+/// while let Some(transmit) = server.poll_transmit() {
+///     if let ServerTransmit::Frame { session, bytes } = transmit {
+///         server.handle_sent(now, session, bytes.len());
+///         if session == bob {
+///             to_bob.push(String::from_utf8(bytes.to_vec())?);
+///         }
+///     }
+/// }
+/// assert_eq!(to_bob[0], r#"{"type":"ack","id":"s1","payload":{"recovered":true,"cursor":"1.0"}}"#);
+/// assert!(to_bob[1].starts_with(r#"{"type":"change","cursor":"1.1","payload":{"table":"docs""#));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Server {
     config: ServerConfig,
     decode_limits: DecodeLimits,
@@ -191,7 +190,7 @@ impl Server {
         let node_prefix = rng.in_range(0..=u64::from(u32::MAX)) as u32;
         Ok(Server {
             decode_limits: DecodeLimits::with_max_frame_len(config.max_frame_len),
-            sessions: Sessions::new(config.max_outbound_bytes),
+            sessions: Sessions::new(config.max_outbound_bytes, config.reports_writes),
             hub,
             config,
             now: Instant::ZERO,
@@ -435,7 +434,7 @@ impl Server {
 
     /// The session's socket closed (by the peer or the transport). Its presence and rooms
     /// are left, its pending requests dropped. A no-op for a session the server closed.
-    pub fn handle_closed(&mut self, now: Instant, session: SessionId) {
+    pub fn handle_disconnected(&mut self, now: Instant, session: SessionId) {
         self.clamp(now);
         let Some(s) = self.sessions.get(session) else {
             return;
@@ -448,7 +447,9 @@ impl Server {
     }
 
     /// The adapter wrote `bytes` bytes of this session's frames: they no longer count
-    /// against its outbound bound, and a replay paced by the bound continues.
+    /// against its outbound bound, and a replay paced by the bound continues. Only with
+    /// [`ServerConfig::reports_writes`] on; otherwise a no-op (frames count as written once
+    /// polled).
     pub fn handle_sent(&mut self, now: Instant, session: SessionId, bytes: usize) {
         self.clamp(now);
         self.sessions.sent(session, bytes);
@@ -506,13 +507,27 @@ impl Server {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ServerTransmit> {
         Some(match self.sessions.poll()? {
-            Output::Frame(session, bytes) => ServerTransmit::Frame { session, bytes },
+            Output::Frame(session, bytes) => {
+                if !self.config.reports_writes {
+                    // Counted as written: a paced replay goes on at once.
+                    let fed = self.sessions.feed(session);
+                    self.after_feed(session, fed);
+                }
+                ServerTransmit::Frame { session, bytes }
+            }
             Output::Close(session, code, reason) => ServerTransmit::Close {
                 session,
                 code,
                 reason: reason.into(),
             },
         })
+    }
+
+    /// Counts frames until reported written from now on (an adapter that calls
+    /// `handle_sent` for every write turns [`ServerConfig::reports_writes`] on itself).
+    pub(crate) fn report_writes(&mut self) {
+        self.config.reports_writes = true;
+        self.sessions.count_unsent();
     }
 
     /// The next event for the application.

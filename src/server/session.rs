@@ -213,16 +213,19 @@ pub(crate) struct Sessions {
     /// Sessions with output to hand out, in the order they became ready.
     ready: VecDeque<SessionId>,
     max_outbound: usize,
+    /// Whether frames handed out count until reported written (`ServerConfig::reports_writes`).
+    counts_unsent: bool,
 }
 
 impl Sessions {
-    pub(crate) fn new(max_outbound: usize) -> Self {
+    pub(crate) fn new(max_outbound: usize, counts_unsent: bool) -> Self {
         Sessions {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
             ready: VecDeque::new(),
             max_outbound,
+            counts_unsent,
         }
     }
 
@@ -404,6 +407,11 @@ impl Sessions {
         true
     }
 
+    /// Frames handed out count until reported written from now on.
+    pub(crate) fn count_unsent(&mut self) {
+        self.counts_unsent = true;
+    }
+
     /// The adapter wrote `n` bytes of this session's frames.
     pub(crate) fn sent(&mut self, id: SessionId, n: usize) {
         if let Some(session) = self.get_mut(id) {
@@ -453,13 +461,16 @@ impl Sessions {
 
     /// The next frame or close, round-robin over ready sessions. A close frees the slot.
     pub(crate) fn poll(&mut self) -> Option<Output> {
+        let counts_unsent = self.counts_unsent;
         while let Some(id) = self.ready.pop_front() {
             let Some((session, ready)) = self.get_mut_split(id) else {
                 continue;
             };
             if let Some(frame) = session.out.pop_front() {
                 session.queued_bytes -= frame.len();
-                session.unacked_bytes += frame.len();
+                if counts_unsent {
+                    session.unacked_bytes += frame.len();
+                }
                 if session.out.is_empty() && session.closing.is_none() {
                     session.ready = false;
                 } else {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncmux::client::{Client, ClientConfig, ClientEvent, Transmit};
 use syncmux::Instant;
+use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
 
 pub const URL: &str = "ws://sync.test/ws";
 pub const NODE: &str = "n1";
@@ -29,14 +29,17 @@ pub fn ms(millis: u64) -> Instant {
 pub fn open(config: ClientConfig, now: Instant) -> Client {
     let mut client = Client::new(config).expect("valid config");
     client.connect(now);
-    assert!(matches!(client.poll_transmit(), Some(Transmit::Dial(_))));
+    assert!(matches!(
+        client.poll_transmit(),
+        Some(ClientTransmit::Connect(_))
+    ));
     client.handle_connected(now, Some("syncmux.v1"));
     assert_eq!(drain_events(&mut client), [ClientEvent::Connected]);
-    assert_eq!(drain(&mut client), Vec::<Transmit>::new());
+    assert_eq!(drain(&mut client), Vec::<ClientTransmit>::new());
     client
 }
 
-pub fn drain(client: &mut Client) -> Vec<Transmit> {
+pub fn drain(client: &mut Client) -> Vec<ClientTransmit> {
     std::iter::from_fn(|| client.poll_transmit()).collect()
 }
 
@@ -45,7 +48,9 @@ pub fn frames(client: &mut Client) -> Vec<String> {
     drain(client)
         .into_iter()
         .map(|t| match t {
-            Transmit::Frame(bytes) => String::from_utf8(bytes.to_vec()).expect("frames are UTF-8"),
+            ClientTransmit::Frame(bytes) => {
+                String::from_utf8(bytes.to_vec()).expect("frames are UTF-8")
+            }
             other => panic!("expected a frame, got {other:?}"),
         })
         .collect()

@@ -7,9 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-use syncmux::server::{
-    Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId,
-};
+use syncmux::{Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId};
 use syncmux::{Instant, Server, ServerConfig, ServerEvent};
 
 pub struct Harness {
@@ -179,7 +177,10 @@ impl Harness {
 }
 
 pub fn config() -> ServerConfig {
-    ServerConfig::default()
+    let mut config = ServerConfig::default();
+    // The harness reports writes (`auto_sent`), or stalls them to make slow consumers.
+    config.reports_writes = true;
+    config
 }
 
 pub fn record(table: &str, pk: &str, ts: i64, node: &str) -> ChangeRecord {

@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncmux::client::{ClientEvent, Transmit};
 use syncmux::payload::ChangeRecord;
-use syncmux::server::{Handshake, HandshakeOutcome, ServerTransmit, SessionId};
-use syncmux::store::{MemoryStore, StoreConfig};
 use syncmux::wire::CloseCode;
 use syncmux::{Client, ClientConfig, Instant, Server, ServerConfig, ServerEvent};
+use syncmux::{ClientEvent, ClientTransmit};
+use syncmux::{Handshake, HandshakeOutcome, ServerTransmit, SessionId};
+use syncmux::{MemoryStore, StoreConfig};
 
 /// SplitMix64: the test's own seeded generator.
 #[derive(Clone, Debug)]
@@ -194,9 +194,9 @@ impl Net {
         }
     }
 
-    fn client_transmit(&mut self, i: usize, t: Transmit) {
+    fn client_transmit(&mut self, i: usize, t: ClientTransmit) {
         match t {
-            Transmit::Dial(dial) => {
+            ClientTransmit::Connect(dial) => {
                 let rest = dial.url.strip_prefix("ws://sim.test").unwrap_or(&dial.url);
                 let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
                 let mut hs = Handshake::new(path, query);
@@ -234,7 +234,7 @@ impl Net {
                     other => panic!("unexpected handshake outcome {other:?}"),
                 }
             }
-            Transmit::Frame(bytes) => {
+            ClientTransmit::Frame(bytes) => {
                 let lat = self.latency();
                 let now = self.now;
                 if let Some(conn) = self.nodes[i].conn.as_mut() {
@@ -242,10 +242,10 @@ impl Net {
                     conn.up.push_back((at, bytes));
                 }
             }
-            Transmit::Close { .. } => {
+            ClientTransmit::Close { .. } => {
                 if let Some(conn) = self.nodes[i].conn.take() {
                     self.sessions.remove(&conn.session);
-                    self.server.handle_closed(self.now, conn.session);
+                    self.server.handle_disconnected(self.now, conn.session);
                 }
             }
             other => panic!("unexpected client transmit {other:?}"),
@@ -276,7 +276,7 @@ impl Net {
     pub fn cut(&mut self, i: usize) {
         if let Some(conn) = self.nodes[i].conn.take() {
             self.sessions.remove(&conn.session);
-            self.server.handle_closed(self.now, conn.session);
+            self.server.handle_disconnected(self.now, conn.session);
             let now = self.now;
             self.nodes[i]
                 .client
@@ -393,7 +393,7 @@ impl Net {
                         self.nodes[i].conn = None;
                         self.sessions.remove(&session);
                         // The adapter finishes the close and reports the socket gone.
-                        self.server.handle_closed(now, session);
+                        self.server.handle_disconnected(now, session);
                         self.nodes[i]
                             .client
                             .handle_disconnected(now, Some(code), &reason);

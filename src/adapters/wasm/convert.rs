@@ -14,7 +14,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::client::{ClientConfig, CloseReason, RequestError, Response};
-use crate::payload::{ChangeRecord, Hlc, RawJson};
+use crate::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use crate::wire::ErrorCode;
 
 /// The options object of `new SyncClient(url, options)`, in milliseconds like the seed's
@@ -170,26 +170,28 @@ pub(super) fn since(value: &JsValue) -> Result<Option<Hlc>, String> {
 }
 
 /// An optional server position (`cursor`): a string, or `undefined` / `null` for none.
-pub(super) fn cursor(value: &JsValue) -> Result<Option<String>, String> {
+fn cursor(value: &JsValue) -> Result<Option<Cursor>, String> {
     if value.is_undefined() || value.is_null() {
         return Ok(None);
     }
-    value
+    let text = value
         .as_string()
-        .map(Some)
-        .ok_or_else(|| "cursor: expected a string".to_owned())
+        .ok_or_else(|| "cursor: expected a string".to_owned())?;
+    text.parse().map(Some).map_err(|e| format!("cursor: {e}"))
 }
 
-/// The arguments of `pullAfter` / `subscribeAfter`: tables, cursor, optional `since`.
-pub(super) type After = (Vec<String>, Option<String>, Option<Hlc>);
-
-/// Reads the arguments of `pullAfter` / `subscribeAfter`.
-pub(super) fn after(tables: &JsValue, cursor: &JsValue, since: &JsValue) -> Result<After, String> {
-    Ok((
-        self::tables(tables)?,
-        self::cursor(cursor)?,
-        self::since(since)?,
-    ))
+/// Where a pull or subscribe starts: `undefined` (a pull of everything, a subscribe from
+/// now), `{ since?: Hlc, cursor?: string }`, or an HLC alone (as `since`).
+pub(super) fn start(value: &JsValue) -> Result<(Option<Hlc>, Option<Cursor>), String> {
+    if value.is_undefined() || value.is_null() || value.is_string() {
+        return Ok((since(value)?, None));
+    }
+    let field = |name: &str| Reflect::get(value, &JsValue::from_str(name)).unwrap_or_default();
+    let (since_field, cursor_field) = (field("since"), field("cursor"));
+    if since_field.is_undefined() && cursor_field.is_undefined() && !field("ts").is_undefined() {
+        return Ok((since(value)?, None)); // an HLC object
+    }
+    Ok((since(&since_field)?, cursor(&cursor_field)?))
 }
 
 /// A Rust value as a JavaScript one.

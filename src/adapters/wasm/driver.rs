@@ -1,7 +1,7 @@
 //! The pump: binds one [`Client`] to a browser `WebSocket` and one `setTimeout`.
 //!
 //! Every input (a socket event, the timer, a command from JavaScript) is followed by
-//! [`Driver::pump`], which keeps the core's contract (`client` module docs): drain
+//! [`BrowserDriver::pump`], which keeps the core's contract (`client` module docs): drain
 //! `poll_transmit` (acting on each), re-arm the one timer at `poll_timeout`, then drain
 //! `poll_event` into promises and listeners. Nothing else happens here: every protocol decision
 //! is the core's.
@@ -22,7 +22,7 @@ use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
 use super::convert;
 use super::host::{self, Timer};
-use crate::client::Transmit;
+use crate::client::ClientTransmit;
 use crate::client::{Client, ClientEvent, ClientState, DialRequest, RequestError, RequestId};
 use crate::time::Instant;
 use crate::wire::CloseCode;
@@ -95,7 +95,7 @@ struct Callbacks {
 }
 
 impl Callbacks {
-    fn new(driver: &Weak<Driver>) -> Callbacks {
+    fn new(driver: &Weak<BrowserDriver>) -> Callbacks {
         let d = driver.clone();
         let open = Closure::new(move |event: Event| {
             if let Some(driver) = d.upgrade() {
@@ -144,16 +144,16 @@ struct State {
 }
 
 /// One client bound to the browser.
-pub(super) struct Driver {
+pub(super) struct BrowserDriver {
     state: RefCell<State>,
-    /// Whether the event loop of [`Driver::pump`] is running further up the stack.
+    /// Whether the event loop of [`BrowserDriver::pump`] is running further up the stack.
     dispatching: Cell<bool>,
     callbacks: Callbacks,
 }
 
-impl Driver {
-    pub(super) fn new(client: Client, extra_protocols: Vec<String>) -> Rc<Driver> {
-        Rc::new_cyclic(|weak| Driver {
+impl BrowserDriver {
+    pub(super) fn new(client: Client, extra_protocols: Vec<String>) -> Rc<BrowserDriver> {
+        Rc::new_cyclic(|weak| BrowserDriver {
             state: RefCell::new(State {
                 client,
                 extra_protocols,
@@ -331,8 +331,8 @@ impl Driver {
         let state = &mut *state;
         while let Some(transmit) = state.client.poll_transmit() {
             match transmit {
-                Transmit::Dial(dial) => self.dial(state, &dial),
-                Transmit::Frame(frame) => {
+                ClientTransmit::Connect(dial) => self.dial(state, &dial),
+                ClientTransmit::Frame(frame) => {
                     if let Some(socket) = &state.socket {
                         let text = core::str::from_utf8(&frame)
                             .expect("invariant: the client encodes frames as JSON text");
@@ -341,7 +341,7 @@ impl Driver {
                         let _ = socket.send_with_str(text);
                     }
                 }
-                Transmit::Close { code, reason } => {
+                ClientTransmit::Close { code, reason } => {
                     if let Some(socket) = state.socket.take() {
                         detach(&socket);
                         close(&socket, code, &reason);
@@ -470,7 +470,7 @@ impl Driver {
     }
 }
 
-impl Drop for Driver {
+impl Drop for BrowserDriver {
     /// JavaScript freed the client: close the socket, stop the timer.
     fn drop(&mut self) {
         let state = self.state.get_mut();

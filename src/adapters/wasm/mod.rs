@@ -38,9 +38,9 @@ use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
 
 use crate::client::{Client, ClientState};
-use crate::payload::ChangeRecord;
+use crate::payload::{ChangeRecord, PullRequest, Subscribe};
 use convert::Options;
-use driver::{Driver, EventKind};
+use driver::{BrowserDriver, EventKind};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPESCRIPT: &'static str = r#"
@@ -78,8 +78,11 @@ export interface ChangeRecord {
 
 export interface PullResponse { changes: ChangeRecord[]; latest_hlc: string; cursor?: string; recovered?: boolean }
 export interface PushResponse { merged: number; latest_hlc: string; cursor?: string }
-/** The answer to a `subscribe` that resumed from `since`; `null` for other acknowledgements. */
+/** The answer to a `subscribe` (where its live stream starts); `null` for other acknowledgements. */
 export type Ack = null | { recovered: boolean; cursor: string };
+/** Where a pull or subscribe starts: after a server position (`cursor`, from an earlier pull,
+ *  ack or `change` event), with `since` as the fallback, or after an HLC alone. */
+export interface From { since?: Hlc; cursor?: string }
 export interface PresenceEvent { type: "join" | "update" | "leave"; node_id: string; topic: string; data?: any }
 export interface PresenceSnapshot {
   topic: string;
@@ -110,24 +113,24 @@ export interface SyncClientEvents {
 
 /// The JavaScript client (`new SyncClient(url, options)`).
 #[wasm_bindgen(js_name = SyncClient)]
-pub struct SyncClient {
-    driver: Rc<Driver>,
+pub struct BrowserClient {
+    driver: Rc<BrowserDriver>,
 }
 
 #[wasm_bindgen(js_class = SyncClient)]
-impl SyncClient {
+impl BrowserClient {
     /// A client for the server at `url` (`ws://` or `wss://`). It connects on `connect()` or
     /// on its first operation. Throws a `TypeError` on bad options.
     #[wasm_bindgen(constructor)]
     pub fn new(
         url: String,
         #[wasm_bindgen(unchecked_param_type = "SyncClientOptions | undefined")] options: JsValue,
-    ) -> Result<SyncClient, JsValue> {
+    ) -> Result<BrowserClient, JsValue> {
         let options = Options::from_js(&options)?;
         let config = options.config(url, host::random_u64())?;
         let client = Client::new(config).map_err(|e| JsValue::from_str(&e.to_string()))?;
-        Ok(SyncClient {
-            driver: Driver::new(client, options.protocols),
+        Ok(BrowserClient {
+            driver: BrowserDriver::new(client, options.protocols),
         })
     }
 
@@ -171,54 +174,21 @@ impl SyncClient {
         self.driver.with_client(|c| c.config().node_id.clone())
     }
 
-    /// Pulls the changes of `tables` after `since` (exclusive).
+    /// Pulls the changes of `tables`: all of them, or those after `from.cursor` (exactly
+    /// what came after that server position, late changes with old HLCs included; from a
+    /// server that cannot serve it, those after `from.since`), or after `from.since`.
     #[wasm_bindgen(unchecked_return_type = "Promise<PullResponse>")]
     pub fn pull(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Hlc | undefined")] since: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
     ) -> Promise {
-        let (tables, since) = match (convert::tables(&tables), convert::since(&since)) {
-            (Ok(tables), Ok(since)) => (tables, since),
+        let (tables, (since, cursor)) = match (convert::tables(&tables), convert::start(&from)) {
+            (Ok(tables), Ok(start)) => (tables, start),
             (Err(e), _) | (_, Err(e)) => return reject(&e),
         };
-        self.driver.request(|c, now| c.pull(now, tables, since))
-    }
-
-    /// Pulls the changes of `tables` after the server position `cursor` (the `cursor` of an
-    /// earlier pull or `change` event): exactly what came after it, late changes with old
-    /// HLCs included; from a server that cannot serve it, the changes after `since`.
-    #[wasm_bindgen(js_name = pullAfter, unchecked_return_type = "Promise<PullResponse>")]
-    pub fn pull_after(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "string")] cursor: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Hlc | undefined")] since: JsValue,
-    ) -> Promise {
-        let (tables, cursor, since) = match convert::after(&tables, &cursor, &since) {
-            Ok(args) => args,
-            Err(e) => return reject(&e),
-        };
-        self.driver
-            .request(|c, now| c.pull_after(now, tables, since, cursor))
-    }
-
-    /// Subscribes to the live changes of `tables`, replaying first those after the server
-    /// position `cursor`. The ack says `recovered: false` when the server could not serve
-    /// it (the application resynchronises).
-    #[wasm_bindgen(js_name = subscribeAfter, unchecked_return_type = "Promise<Ack>")]
-    pub fn subscribe_after(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "string")] cursor: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Hlc | undefined")] since: JsValue,
-    ) -> Promise {
-        let (tables, cursor, since) = match convert::after(&tables, &cursor, &since) {
-            Ok(args) => args,
-            Err(e) => return reject(&e),
-        };
-        self.driver
-            .request(|c, now| c.subscribe_after(now, tables, since, cursor))
+        let pull = PullRequest::new(tables).since(since).after(cursor);
+        self.driver.request(|c, now| c.pull(now, pull))
     }
 
     /// Pushes change records as this node.
@@ -234,20 +204,22 @@ impl SyncClient {
         self.driver.request(|c, now| c.push(now, changes))
     }
 
-    /// Subscribes to the live changes of `tables`, replaying those after `since` first. The
-    /// subscription is restored after every reconnect.
+    /// Subscribes to the live changes of `tables`, replaying first those after
+    /// `from.cursor` (the ack says `recovered: false` when the server could not serve it:
+    /// the application resynchronises) or after `from.since`. The ack says where the live
+    /// stream starts; the subscription is restored after every reconnect.
     #[wasm_bindgen(unchecked_return_type = "Promise<Ack>")]
     pub fn subscribe(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Hlc | undefined")] since: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
     ) -> Promise {
-        let (tables, since) = match (convert::tables(&tables), convert::since(&since)) {
-            (Ok(tables), Ok(since)) => (tables, since),
+        let (tables, (since, cursor)) = match (convert::tables(&tables), convert::start(&from)) {
+            (Ok(tables), Ok(start)) => (tables, start),
             (Err(e), _) | (_, Err(e)) => return reject(&e),
         };
-        self.driver
-            .request(|c, now| c.subscribe(now, tables, since))
+        let subscribe = Subscribe::new(tables).since(since).after(cursor);
+        self.driver.request(|c, now| c.subscribe(now, subscribe))
     }
 
     /// Unsubscribes from `tables`.

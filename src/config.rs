@@ -1,0 +1,41 @@
+//! The one error of configuring a [`Client`](crate::Client) or a [`Server`](crate::Server).
+
+use core::time::Duration;
+
+use thiserror::Error;
+
+/// A configuration that cannot work: [`Client::new`](crate::Client::new) and
+/// [`Server::new`](crate::Server::new) check theirs before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The URL is not `ws://` or `wss://`.
+    #[error("url {0:?} must start with ws:// or wss://")]
+    Url(String),
+    /// No node id.
+    #[error("node_id must not be empty")]
+    EmptyNodeId,
+    /// A zero reconnect delay would reconnect in a tight loop.
+    #[error("reconnect_delay must be positive")]
+    ZeroReconnectDelay,
+    /// `max_reconnect_delay < reconnect_delay`.
+    #[error("max_reconnect_delay must be at least reconnect_delay")]
+    MaxDelayBelowDelay,
+    /// Keepalive is on but the pong timeout is zero.
+    #[error("pong_timeout must be positive when ping_interval is")]
+    ZeroPongTimeout,
+    /// A bound that must be at least 1 is zero.
+    #[error("{0} must be at least 1")]
+    ZeroBound(&'static str),
+    /// A rate limit with a zero window would never refill.
+    #[error("rate_limit_window must be non-zero when rate_limit_burst is set")]
+    RateLimitWindow,
+    /// Pings must come before the idle timeout, or no pong could ever keep a session alive.
+    #[error("ping_interval ({ping:?}) must be shorter than idle_timeout ({idle:?})")]
+    PingAfterIdle {
+        /// The ping interval.
+        ping: Duration,
+        /// The idle timeout.
+        idle: Duration,
+    },
+}
