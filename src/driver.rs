@@ -79,6 +79,7 @@ impl Driver {
     }
 
     /// The server, for the adapters' own settings.
+    #[cfg(feature = "adapters")]
     pub(crate) fn server_mut(&mut self) -> &mut Server {
         &mut self.server
     }

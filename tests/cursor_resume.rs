@@ -166,7 +166,7 @@ fn app_pulls_and_subscribes_after_a_cursor() {
         .find_map(|e| match e {
             ClientEvent::Changes {
                 changes, cursor, ..
-            } if changes.last().unwrap().pk == "2" => cursor.clone(),
+            } if changes.last().unwrap().pk == "2" => *cursor,
             _ => None,
         })
         .unwrap();
@@ -180,7 +180,7 @@ fn app_pulls_and_subscribes_after_a_cursor() {
             now,
             PullRequest::new(["docs"])
                 .since(newest.clone())
-                .after(kept.clone()),
+                .after(kept),
         )
         .unwrap();
     let by_since = client
@@ -200,7 +200,7 @@ fn app_pulls_and_subscribes_after_a_cursor() {
                 outcome: Ok(Response::Pull(p)),
             } => {
                 let pks: Vec<String> = p.changes.iter().map(|c| c.pk.clone()).collect();
-                pulls.insert(*id, (pks, p.cursor.clone()));
+                pulls.insert(*id, (pks, p.cursor));
             }
             ClientEvent::Response {
                 id,
@@ -575,7 +575,7 @@ mod sockets {
     async fn app_resumes_after(addr: SocketAddr, kept: Cursor) {
         let (app, mut events) = adapters::tokio::connect(client_config(addr, "app", true)).unwrap();
         let pulled = app
-            .pull(PullRequest::new(["docs"]).after(kept.clone()))
+            .pull(PullRequest::new(["docs"]).after(kept))
             .await
             .unwrap();
         let pks: Vec<&str> = pulled.changes.iter().map(|c| c.pk.as_str()).collect();

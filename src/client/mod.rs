@@ -786,7 +786,7 @@ impl Client {
                         let recovered = pending.restored.as_ref().is_none_or(|r| r.recovered);
                         pending.restored = Some(ResumeAck {
                             recovered: recovered && ack.recovered,
-                            cursor: ack.cursor.clone(),
+                            cursor: ack.cursor,
                         });
                     }
                     pending.awaiting = pending.awaiting.saturating_sub(1);

@@ -525,6 +525,7 @@ impl Server {
 
     /// Counts frames until reported written from now on (an adapter that calls
     /// `handle_sent` for every write turns [`ServerConfig::reports_writes`] on itself).
+    #[cfg(feature = "adapters")]
     pub(crate) fn report_writes(&mut self) {
         self.config.reports_writes = true;
         self.sessions.count_unsent();

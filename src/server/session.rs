@@ -408,6 +408,7 @@ impl Sessions {
     }
 
     /// Frames handed out count until reported written from now on.
+    #[cfg(feature = "adapters")]
     pub(crate) fn count_unsent(&mut self) {
         self.counts_unsent = true;
     }

@@ -441,7 +441,7 @@ impl BrowserDriver {
                 changes, cursor, ..
             } => {
                 let value = convert::object("changes", &convert::changes(&changes));
-                let cursor = cursor.map_or(JsValue::NULL, |c| JsValue::from_str(&c));
+                let cursor = cursor.map_or(JsValue::NULL, |c| JsValue::from_str(&c.to_string()));
                 js_sys::Reflect::set(&value, &"cursor".into(), &cursor)
                     .expect("invariant: value is a plain object");
                 (EventKind::Change, vec![value])
