@@ -1038,13 +1038,17 @@ fn garbage_and_binary_frames_are_reported_and_answer_their_request_when_they_can
     let mut client = open(config(), t(0));
     let id = client.pull(t(0), PullRequest::new(["a"])).unwrap();
     recv(&mut client, t(0), "not json");
-    client.handle_binary(t(0));
+    client.handle_binary(t(0), 3);
     recv(
         &mut client,
         t(0),
         r#"{"type":"pull_response","id":"1","payload":{"changes":7}}"#,
     );
     let events = drain_events(&mut client);
+    assert!(
+        matches!(&events[1], ClientEvent::Error { code: ErrorCode::InvalidFrame, message } if message.contains("(3 bytes)")),
+        "{events:?}"
+    );
     assert!(matches!(
         &events[0],
         ClientEvent::Error {
@@ -1228,4 +1232,25 @@ fn a_stuck_transmit_queue_does_not_hide_a_dead_peer() {
             ..
         }
     )));
+}
+
+/// Which close codes end reconnecting is the client's policy, in its config.
+#[test]
+fn terminal_close_codes_are_configurable() {
+    for (terminal, code, stops) in [
+        (None, 4401, true),
+        (Some(vec![CloseCode::INTERNAL]), 4500, true),
+        (Some(vec![CloseCode::INTERNAL]), 4401, false),
+    ] {
+        let mut config = config();
+        if let Some(codes) = terminal {
+            config.terminal_close_codes = codes;
+        }
+        let mut client = open(config, t(0));
+        client.handle_disconnected(t(1), Some(CloseCode(code)), "bye");
+        let closed = drain_events(&mut client)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Closed { .. }));
+        assert_eq!(closed, stops, "{code}");
+    }
 }

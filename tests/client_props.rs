@@ -195,7 +195,7 @@ impl Run {
             5 => r#"{"type":"error","payload":{"code":"INTERNAL","message":"boom"}}"#.to_owned(),
             6 => "\u{0}garbage{".to_owned(),
             7 => {
-                self.client.handle_binary(self.now);
+                self.client.handle_binary(self.now, 1);
                 return;
             }
             _ => format!(r#"{{"type":"changes","payload":[{{"table":"{t}"}}]}}"#),

@@ -178,9 +178,7 @@ fn app_pulls_and_subscribes_after_a_cursor() {
     let by_cursor = client
         .pull(
             now,
-            PullRequest::new(["docs"])
-                .since(newest.clone())
-                .after(kept),
+            PullRequest::new(["docs"]).since(newest.clone()).after(kept),
         )
         .unwrap();
     let by_since = client

@@ -105,6 +105,28 @@ fn snapshot_lists_members_with_millisecond_timestamps() {
     assert_eq!(h.take(a)[0]["payload"]["states"], json!([]));
 }
 
+/// `updated_at` is wall time when the embedder gives it: the core's instants are monotonic
+/// and say nothing of the calendar.
+#[test]
+fn updated_at_is_wall_time_once_the_server_has_it() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    h.advance(Duration::from_millis(700));
+    h.server.set_wall_clock(h.now, 1_700_000_000_000);
+    h.advance(Duration::from_millis(1500));
+    h.send(a, &presence("doc", "1"));
+    h.send(
+        a,
+        r#"{"type":"presence_get","id":"g","payload":{"topic":"doc"}}"#,
+    );
+    let frames = h.take(a);
+    let snapshot = frames.last().unwrap();
+    assert_eq!(
+        snapshot["payload"]["states"][0]["updated_at"],
+        1_700_000_001_500_u64
+    );
+}
+
 #[test]
 fn disconnect_and_expiry_leave() {
     let mut c = config();

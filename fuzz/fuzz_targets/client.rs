@@ -282,7 +282,7 @@ impl Run {
                 text,
             } => self.server(kind, table, cursor, &text),
             Op::Garbage(bytes) => self.recv(Bytes::from(bytes)),
-            Op::Binary => self.client.handle_binary(self.now),
+            Op::Binary => self.client.handle_binary(self.now, 4),
             Op::Advance { ms, scale } => {
                 self.now += Duration::from_millis(u64::from(ms) * u64::from(scale % 8 + 1));
                 self.client.handle_timeout(self.now);

@@ -306,7 +306,7 @@ async fn run<R: Runtime>(
             }
             Input::Message(Some(Ok(message))) => match message {
                 Message::Text(text) => client.handle_message(now, text.into()),
-                Message::Binary(_) => client.handle_binary(now),
+                Message::Binary(data) => client.handle_binary(now, data.len()),
                 Message::Close(frame) => {
                     let (code, reason) = common::close_code(frame.as_ref());
                     ws = None;

@@ -34,6 +34,15 @@ impl Clock {
         Instant::from_nanos(self.origin_nanos) + self.origin.elapsed()
     }
 
+    /// Milliseconds since the Unix epoch, from the system's wall clock.
+    #[allow(clippy::disallowed_methods)] // the adapter's clock is the one allowed reader
+    pub fn unix_millis(&self) -> u64 {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// The runtime instant of a core deadline (for a timer).
     pub fn to_std(&self, at: Instant) -> std::time::Instant {
         let offset = at.saturating_duration_since(Instant::from_nanos(self.origin_nanos));

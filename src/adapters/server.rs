@@ -65,7 +65,7 @@ impl Default for ServerOptions {
 /// application. Made by `adapters::tokio::start` or `adapters::smol::start`.
 #[derive(Clone)]
 pub struct SyncServer {
-    shared: Arc<Mutex<Hub>>,
+    shared: Arc<Mutex<Shared>>,
     /// Closed on shutdown: accept loops stop.
     stop: async_channel::Receiver<()>,
     options: Arc<ServerOptions>,
@@ -110,7 +110,9 @@ struct Outlet {
     close: async_channel::Sender<(CloseCode, String)>,
 }
 
-pub(crate) struct Hub {
+/// What every task of one server shares behind its lock: the state machine (with its
+/// store), the clock, and each session's outlet.
+pub(crate) struct Shared {
     driver: Driver,
     clock: Clock,
     outlets: HashMap<SessionId, Outlet>,
@@ -120,7 +122,7 @@ pub(crate) struct Hub {
     stop: Option<async_channel::Sender<()>>,
 }
 
-impl Hub {
+impl Shared {
     fn now(&self) -> Instant {
         self.clock.now()
     }
@@ -212,6 +214,11 @@ impl SyncServer {
         // Every write is reported (`handle_sent`), so a socket that stops taking bytes makes
         // its session a slow consumer rather than an unbounded buffer.
         driver.server_mut().report_writes();
+        let clock = Clock::new();
+        // Presence `updated_at` is wall time.
+        driver
+            .server_mut()
+            .set_wall_clock(clock.now(), clock.unix_millis());
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let (stop_tx, stop_rx) = async_channel::bounded(1);
         let ws_frame_limit = common::ws_read_limit(driver.server().config().max_frame_len);
@@ -219,9 +226,9 @@ impl SyncServer {
             let (take, give_back) = async_channel::bounded(options.max_handshakes);
             HandshakeSlots { take, give_back }
         });
-        let hub = Hub {
+        let hub = Shared {
             driver,
-            clock: Clock::new(),
+            clock,
             outlets: HashMap::new(),
             armed: None,
             wake: wake_tx,
@@ -241,7 +248,7 @@ impl SyncServer {
         (server, timer)
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Hub> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panic while holding the lock is a bug already reported; keep serving.
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -506,7 +513,7 @@ impl Drop for AcceptedSession {
 /// The timer task: sleeps until the state machine's next deadline (re-armed when an input
 /// brings it forward), runs `handle_timeout`, and ends when the server is dropped.
 pub(crate) struct TimerTask {
-    shared: std::sync::Weak<Mutex<Hub>>,
+    shared: std::sync::Weak<Mutex<Shared>>,
     wake: Pin<Box<async_channel::Receiver<()>>>,
 }
 

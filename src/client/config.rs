@@ -3,7 +3,7 @@
 use core::time::Duration;
 
 use crate::config::ConfigError;
-use crate::wire::DecodeLimits;
+use crate::wire::{CloseCode, DecodeLimits};
 
 /// How a [`Client`](super::Client) connects, times out, backs off and bounds its memory.
 ///
@@ -32,6 +32,10 @@ pub struct ClientConfig {
     /// Stop reconnecting (and close for good) after this many failed attempts in a row.
     /// Default: no limit.
     pub max_reconnect_attempts: Option<u32>,
+    /// Close codes after which retrying cannot help: the client stops reconnecting and
+    /// closes for good, with an event that says why. Default: 4401 (unauthorized), 4403
+    /// (forbidden) and 4426 (protocol version mismatch).
+    pub terminal_close_codes: Vec<CloseCode>,
     /// A connection that stays open this long is healthy: the attempt counter resets.
     /// Default: the reconnect delay, 5 s.
     pub healthy_after: Duration,
@@ -136,6 +140,11 @@ impl Default for ClientConfig {
             reconnect_delay,
             max_reconnect_delay: Duration::from_millis(30_000),
             max_reconnect_attempts: None,
+            terminal_close_codes: vec![
+                CloseCode::UNAUTHORIZED,
+                CloseCode::FORBIDDEN,
+                CloseCode::VERSION_MISMATCH,
+            ],
             healthy_after: reconnect_delay,
             ping_interval: Duration::from_millis(30_000),
             pong_timeout: Duration::from_millis(10_000),

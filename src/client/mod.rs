@@ -955,7 +955,7 @@ impl Client {
             }
         }
         match code {
-            Some(code) if code.is_terminal() => {
+            Some(code) if self.config.terminal_close_codes.contains(&code) => {
                 self.close_for_good(CloseReason::Server { code, reason });
             }
             _ => self.schedule_reconnect(now),

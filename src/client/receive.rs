@@ -29,15 +29,21 @@ impl Client {
         }
     }
 
-    /// A binary frame arrived: the protocol carries text only, so it is reported as an
-    /// [`ClientEvent::Error`] (`INVALID_FRAME`); it still proves the connection alive.
-    pub fn handle_binary(&mut self, now: Instant) {
+    /// A binary frame of `len` bytes arrived: the protocol carries text only, so it is
+    /// reported as an [`ClientEvent::Error`] (`INVALID_FRAME`); it still proves the
+    /// connection alive.
+    pub fn handle_binary(&mut self, now: Instant, len: usize) {
         let now = self.clamp(now);
         if self.state != ClientState::Open {
             return;
         }
         self.timers.stop(Timer::Pong);
-        self.undecodable(now, &DecodeError::binary());
+        let err = DecodeError::binary();
+        let event = ClientEvent::Error {
+            code: err.code(),
+            message: format!("{err} ({len} bytes)"),
+        };
+        self.data_event(now, event);
     }
 
     fn undecodable(&mut self, now: Instant, err: &DecodeError) {

@@ -168,6 +168,8 @@ pub struct Server {
     node_prefix: u32,
     /// Sessions that overflowed their outbound bound and must be detached from the hub.
     doomed: VecDeque<SessionId>,
+    /// Wall time at an instant, when the embedder gave it (`set_wall_clock`).
+    wall_clock: Option<(Instant, u64)>,
     shut_down: bool,
 }
 
@@ -202,6 +204,7 @@ impl Server {
             next_node: 0,
             node_prefix,
             doomed: VecDeque::new(),
+            wall_clock: None,
             shut_down: false,
         })
     }
@@ -521,6 +524,27 @@ impl Server {
                 reason: reason.into(),
             },
         })
+    }
+
+    /// Gives the server wall time: at `now`, it is `unix_millis` milliseconds since the Unix
+    /// epoch. The core's [`Instant`] is monotonic and says nothing of the calendar, so wall
+    /// time is an input of its own, used where the protocol means it: presence
+    /// `updated_at`. Without it, `updated_at` counts milliseconds of the server's own clock.
+    /// Call it again to follow a wall clock that was adjusted.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_millis: u64) {
+        let now = self.clamp(now);
+        self.wall_clock = Some((now, unix_millis));
+    }
+
+    /// Milliseconds of wall time at `now` (see [`set_wall_clock`](Server::set_wall_clock)).
+    pub(crate) fn wall_millis(&self, now: Instant) -> u64 {
+        match self.wall_clock {
+            Some((at, millis)) => {
+                let since = now.saturating_duration_since(at).as_millis();
+                millis.saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
+            }
+            None => now.as_millis(),
+        }
     }
 
     /// Counts frames until reported written from now on (an adapter that calls

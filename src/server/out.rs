@@ -59,9 +59,9 @@ pub(crate) struct PullResponseOut<'a, R: Serialize> {
     pub(crate) recovered: Option<bool>,
 }
 
-/// Why a request was refused. Each maps to one wire code in [`RequestError::code`].
+/// Why a request was refused. Each maps to one wire code in [`Refusal::code`].
 #[derive(Debug, Error)]
-pub(crate) enum RequestError {
+pub(crate) enum Refusal {
     #[error("{}", .0.message())]
     Payload(#[from] PayloadError),
     #[error("{0} requires an id")]
@@ -90,21 +90,21 @@ pub(crate) enum RequestError {
     NotAMember(String),
 }
 
-impl RequestError {
+impl Refusal {
     /// The wire code. Exhaustive on purpose: a new variant must choose its code here.
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
-            RequestError::Payload(_) => ErrorCode::InvalidPayload,
-            RequestError::MissingId(_) | RequestError::ServerOnly(_) => ErrorCode::InvalidFrame,
-            RequestError::DuplicateId(_) => ErrorCode::DuplicateId,
-            RequestError::InFlight
-            | RequestError::Subscriptions(_)
-            | RequestError::Topics(_)
-            | RequestError::Rooms(_) => ErrorCode::RateLimited,
-            RequestError::NodeId(_) | RequestError::Forbidden(_) => ErrorCode::Forbidden,
-            RequestError::PresenceDisabled => ErrorCode::PresenceDisabled,
-            RequestError::RoomFull(_) => ErrorCode::RoomFull,
-            RequestError::NotAMember(_) => ErrorCode::NotAMember,
+            Refusal::Payload(_) => ErrorCode::InvalidPayload,
+            Refusal::MissingId(_) | Refusal::ServerOnly(_) => ErrorCode::InvalidFrame,
+            Refusal::DuplicateId(_) => ErrorCode::DuplicateId,
+            Refusal::InFlight
+            | Refusal::Subscriptions(_)
+            | Refusal::Topics(_)
+            | Refusal::Rooms(_) => ErrorCode::RateLimited,
+            Refusal::NodeId(_) | Refusal::Forbidden(_) => ErrorCode::Forbidden,
+            Refusal::PresenceDisabled => ErrorCode::PresenceDisabled,
+            Refusal::RoomFull(_) => ErrorCode::RoomFull,
+            Refusal::NotAMember(_) => ErrorCode::NotAMember,
         }
     }
 
@@ -123,32 +123,32 @@ mod tests {
 
     #[test]
     fn codes_are_pinned() {
-        let cases: Vec<(RequestError, &str)> = vec![
+        let cases: Vec<(Refusal, &str)> = vec![
             (PayloadError::new("x".into()).into(), "INVALID_PAYLOAD"),
             (
-                RequestError::MissingId(MessageType::PullRequest),
+                Refusal::MissingId(MessageType::PullRequest),
                 "INVALID_FRAME",
             ),
             (
-                RequestError::ServerOnly(MessageType::Change),
+                Refusal::ServerOnly(MessageType::Change),
                 "INVALID_FRAME",
             ),
-            (RequestError::DuplicateId("a".into()), "DUPLICATE_ID"),
-            (RequestError::InFlight, "RATE_LIMITED"),
-            (RequestError::Subscriptions(1), "RATE_LIMITED"),
-            (RequestError::Topics(1), "RATE_LIMITED"),
-            (RequestError::Rooms(1), "RATE_LIMITED"),
-            (RequestError::NodeId("n".into()), "FORBIDDEN"),
-            (RequestError::Forbidden("t".into()), "FORBIDDEN"),
-            (RequestError::PresenceDisabled, "PRESENCE_DISABLED"),
-            (RequestError::RoomFull("r".into()), "ROOM_FULL"),
-            (RequestError::NotAMember("r".into()), "NOT_A_MEMBER"),
+            (Refusal::DuplicateId("a".into()), "DUPLICATE_ID"),
+            (Refusal::InFlight, "RATE_LIMITED"),
+            (Refusal::Subscriptions(1), "RATE_LIMITED"),
+            (Refusal::Topics(1), "RATE_LIMITED"),
+            (Refusal::Rooms(1), "RATE_LIMITED"),
+            (Refusal::NodeId("n".into()), "FORBIDDEN"),
+            (Refusal::Forbidden("t".into()), "FORBIDDEN"),
+            (Refusal::PresenceDisabled, "PRESENCE_DISABLED"),
+            (Refusal::RoomFull("r".into()), "ROOM_FULL"),
+            (Refusal::NotAMember("r".into()), "NOT_A_MEMBER"),
         ];
         for (err, code) in cases {
             assert_eq!(err.code().as_str(), code, "{err}");
         }
         assert_eq!(
-            RequestError::InFlight.to_string(),
+            Refusal::InFlight.to_string(),
             "too many requests in flight"
         );
     }

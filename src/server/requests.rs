@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use super::config::{Access, Resource};
 use super::event::{PullId, PushId, ReplayId, ServerEvent, SessionId};
 use super::hub::{Member, Presence};
-use super::out::{self, RequestError};
+use super::out::{self, Refusal};
 use super::session::InFlight;
 use super::{Pending, PendingKind, Resume, Server};
 use crate::payload::{
@@ -18,7 +18,7 @@ use crate::payload::{
 use crate::time::Instant;
 use crate::wire::{Frame, FrameId, MessageType};
 
-type Result<T = ()> = core::result::Result<T, RequestError>;
+type Result<T = ()> = core::result::Result<T, Refusal>;
 
 impl Server {
     /// Runs one admitted, decoded frame.
@@ -44,7 +44,7 @@ impl Server {
             | MessageType::PresenceEvent
             | MessageType::PresenceSnapshot
             | MessageType::Error
-            | MessageType::Ack) => Err(RequestError::ServerOnly(kind)),
+            | MessageType::Ack) => Err(Refusal::ServerOnly(kind)),
         }
     }
 
@@ -66,7 +66,7 @@ impl Server {
         }) {
             return Ok(());
         }
-        Err(RequestError::Forbidden(match resource {
+        Err(Refusal::Forbidden(match resource {
             Resource::ReadTable(t) => format!("read table {t:?}"),
             Resource::WriteTable(t) => format!("write table {t:?}"),
             Resource::Topic(t) => format!("presence topic {t:?}"),
@@ -76,7 +76,7 @@ impl Server {
 
     fn check_node(&self, session: SessionId, node_id: Option<&str>) -> Result {
         match (node_id, self.sessions.get(session)) {
-            (Some(n), Some(s)) if n != &*s.node_id => Err(RequestError::NodeId(n.to_owned())),
+            (Some(n), Some(s)) if n != &*s.node_id => Err(Refusal::NodeId(n.to_owned())),
             _ => Ok(()),
         }
     }
@@ -91,12 +91,12 @@ impl Server {
                 .iter()
                 .any(|r| r.id.as_deref() == Some(id.as_str()))
             {
-                return Err(RequestError::DuplicateId(id.as_str().to_owned()));
+                return Err(Refusal::DuplicateId(id.as_str().to_owned()));
             }
         }
         let max = self.config.max_in_flight;
         if max != 0 && s.in_flight.len() >= max {
-            return Err(RequestError::InFlight);
+            return Err(Refusal::InFlight);
         }
         Ok(())
     }
@@ -118,7 +118,7 @@ impl Server {
     fn on_pull(&mut self, session: SessionId, frame: &Frame) -> Result {
         let id = frame
             .id()
-            .ok_or(RequestError::MissingId(MessageType::PullRequest))?;
+            .ok_or(Refusal::MissingId(MessageType::PullRequest))?;
         self.check_in_flight(session, Some(id))?;
         let req: PullRequest = frame.payload()?;
         self.check_node(session, req.node_id.as_deref())?;
@@ -142,7 +142,7 @@ impl Server {
     fn on_push(&mut self, session: SessionId, frame: &Frame) -> Result {
         let id = frame
             .id()
-            .ok_or(RequestError::MissingId(MessageType::PushRequest))?;
+            .ok_or(Refusal::MissingId(MessageType::PushRequest))?;
         self.check_in_flight(session, Some(id))?;
         let req: PushRequest = frame.payload()?;
         self.check_node(session, Some(&req.node_id))?;
@@ -188,7 +188,7 @@ impl Server {
             .collect();
         let max = self.config.max_subscriptions;
         if max != 0 && s.tables.len() + added.len() > max {
-            return Err(RequestError::Subscriptions(max));
+            return Err(Refusal::Subscriptions(max));
         }
         for table in &added {
             self.hub.subscribe(table, session);
@@ -238,7 +238,7 @@ impl Server {
 
     fn on_presence_update(&mut self, now: Instant, session: SessionId, frame: &Frame) -> Result {
         if !self.config.presence {
-            return Err(RequestError::PresenceDisabled);
+            return Err(Refusal::PresenceDisabled);
         }
         let req: PresenceUpdate = frame.payload()?;
         self.authorize(session, Resource::Topic(&req.topic))?;
@@ -259,13 +259,13 @@ impl Server {
             Some(data) => {
                 let max = self.config.max_topics;
                 if !member && max != 0 && s.topics.len() >= max {
-                    return Err(RequestError::Topics(max));
+                    return Err(Refusal::Topics(max));
                 }
                 let topic = self.hub.topic_key(&req.topic);
                 let entry = Presence {
                     node_id: node.clone(),
                     data: data.clone(),
-                    updated_at: now.as_millis(),
+                    updated_at: self.wall_millis(now),
                 };
                 self.hub.set_presence(&topic, session, entry);
                 if !member {
@@ -326,9 +326,9 @@ impl Server {
     fn on_presence_get(&mut self, session: SessionId, frame: &Frame) -> Result {
         let id = frame
             .id()
-            .ok_or(RequestError::MissingId(MessageType::PresenceGet))?;
+            .ok_or(Refusal::MissingId(MessageType::PresenceGet))?;
         if !self.config.presence {
-            return Err(RequestError::PresenceDisabled);
+            return Err(Refusal::PresenceDisabled);
         }
         let req: PresenceGet = frame.payload()?;
         self.authorize(session, Resource::Topic(&req.topic))?;
@@ -367,10 +367,10 @@ impl Server {
                 let size = self.hub.room(&req.room).map_or(0, |m| m.len());
                 let (max_size, max_rooms) = (self.config.max_room_size, self.config.max_rooms);
                 if !member && max_size != 0 && size >= max_size {
-                    return Err(RequestError::RoomFull(req.room));
+                    return Err(Refusal::RoomFull(req.room));
                 }
                 if !member && max_rooms != 0 && s.rooms.len() >= max_rooms {
-                    return Err(RequestError::Rooms(max_rooms));
+                    return Err(Refusal::Rooms(max_rooms));
                 }
                 let room = self.hub.room_key(&req.room);
                 let entry = Member {
@@ -414,7 +414,7 @@ impl Server {
             }
             RoomAction::Leave => {
                 if !member {
-                    return Err(RequestError::NotAMember(req.room));
+                    return Err(Refusal::NotAMember(req.room));
                 }
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.rooms.retain(|r| **r != *req.room);
@@ -423,7 +423,7 @@ impl Server {
             }
             RoomAction::Broadcast => {
                 if !member {
-                    return Err(RequestError::NotAMember(req.room));
+                    return Err(Refusal::NotAMember(req.room));
                 }
                 let message = RoomEvent {
                     event: RoomEventKind::Message,

@@ -146,15 +146,6 @@ impl CloseCode {
         CloseCode::INTERNAL,
         CloseCode::SLOW_CONSUMER,
     ];
-
-    /// Whether retrying cannot help: 4401, 4403 and 4426 stop a client's reconnect loop
-    /// (DESIGN.md section 4).
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            CloseCode::UNAUTHORIZED | CloseCode::FORBIDDEN | CloseCode::VERSION_MISMATCH
-        )
-    }
 }
 
 impl fmt::Display for CloseCode {
@@ -182,13 +173,5 @@ mod tests {
         let other = ErrorCode::from_wire("QUOTA_EXCEEDED");
         assert_eq!(other, ErrorCode::Other("QUOTA_EXCEEDED".into()));
         assert_eq!(other.as_str(), "QUOTA_EXCEEDED");
-    }
-
-    #[test]
-    fn terminal_close_codes() {
-        let terminal: Vec<u16> = (0..=u16::MAX)
-            .filter(|c| CloseCode(*c).is_terminal())
-            .collect();
-        assert_eq!(terminal, [4401, 4403, 4426]);
     }
 }

@@ -273,7 +273,9 @@ impl BrowserDriver {
             match event.data().as_string() {
                 Some(text) => state.client.handle_message(host::now(), Bytes::from(text)),
                 // The protocol is text only; the core decides what a binary frame means.
-                None => state.client.handle_binary(host::now()),
+                None => state
+                    .client
+                    .handle_binary(host::now(), binary_len(&event.data())),
             }
         }
         self.pump();
@@ -504,4 +506,17 @@ fn close(socket: &WebSocket, code: CloseCode, reason: &str) {
     {
         let _ = socket.close();
     }
+}
+
+/// The length of a binary message's data (an `ArrayBuffer` or a `Blob`; 0 if neither).
+fn binary_len(data: &JsValue) -> usize {
+    let len = js_sys::Reflect::get(data, &JsValue::from_str("byteLength"))
+        .ok()
+        .and_then(|v| v.as_f64())
+        .or_else(|| {
+            js_sys::Reflect::get(data, &JsValue::from_str("size"))
+                .ok()
+                .and_then(|v| v.as_f64())
+        });
+    len.map_or(0, |n| n as usize)
 }
