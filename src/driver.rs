@@ -165,47 +165,59 @@ impl Driver {
     /// order the store accepts them (sessions then see changes in cursor order).
     fn pump(&mut self, now: Instant) {
         while let Some(event) = self.server.poll_event() {
-            match event {
-                ServerEvent::Pull {
-                    request,
-                    tables,
-                    since,
-                    cursor,
-                    ..
-                } => {
-                    let out = self
-                        .store
-                        .pull_stored(&tables, since.as_ref(), cursor.as_ref());
-                    self.server.answer_pull_with(now, request, Ok(out.into()));
-                }
-                ServerEvent::Replay {
-                    request,
-                    tables,
-                    since,
-                    cursor,
-                    head_only,
-                    ..
-                } => {
-                    // Without a replay, the answer is where the stream stands: after the head.
-                    let cursor = if head_only {
-                        Some(self.store.head())
-                    } else {
-                        cursor
-                    };
-                    let out = self
-                        .store
-                        .pull_stored(&tables, since.as_ref(), cursor.as_ref());
-                    self.server.answer_replay_with(now, request, Ok(out.into()));
-                }
-                ServerEvent::Push {
-                    request, changes, ..
-                } => {
-                    let out = self.store.push(changes);
-                    self.server.answer_push(now, request, Ok(out.into()));
-                }
-                other => self.events.push_back(other),
+            if let Some(other) = self.store.answer(&mut self.server, now, event) {
+                self.events.push_back(other);
             }
         }
+    }
+}
+
+impl MemoryStore {
+    /// Answers `event` from this store at once when it asks the store (a pull, a push or a
+    /// replay) and gives it back otherwise. This is what a [`Driver`] does with every event;
+    /// call it yourself to hold some events back or answer them out of order (a test
+    /// harness, a simulation), or to drive a [`Server`] you own.
+    ///
+    /// Records go out borrowed and with their kept encodings, as in a `Driver`.
+    pub fn answer(
+        &mut self,
+        server: &mut Server,
+        now: Instant,
+        event: ServerEvent,
+    ) -> Option<ServerEvent> {
+        match event {
+            ServerEvent::Pull {
+                request,
+                tables,
+                since,
+                cursor,
+                ..
+            } => {
+                let out = self.pull_stored(&tables, since.as_ref(), cursor.as_ref());
+                server.answer_pull_with(now, request, Ok(out.into()));
+            }
+            ServerEvent::Replay {
+                request,
+                tables,
+                since,
+                cursor,
+                head_only,
+                ..
+            } => {
+                // Without a replay, the answer is where the stream stands: after the head.
+                let cursor = if head_only { Some(self.head()) } else { cursor };
+                let out = self.pull_stored(&tables, since.as_ref(), cursor.as_ref());
+                server.answer_replay_with(now, request, Ok(out.into()));
+            }
+            ServerEvent::Push {
+                request, changes, ..
+            } => {
+                let out = self.push(changes);
+                server.answer_push(now, request, Ok(out.into()));
+            }
+            other => return Some(other),
+        }
+        None
     }
 }
 

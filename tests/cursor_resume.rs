@@ -12,21 +12,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sim::{Net, NetConfig};
-use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, ResumeAck, Subscribe};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, ResumeAck, Subscribe};
 use syncmux::ServerConfig;
 use syncmux::{ClientEvent, Response};
 use syncmux::{MemoryStore, StoreConfig};
 
 fn change(pk: u64, node: &str, ts: i64) -> ChangeRecord {
-    ChangeRecord::new(
-        "docs",
-        pk.to_string(),
-        "title",
-        "lww",
-        Hlc::new(ts, 0, node),
-        node,
-    )
-    .with_value(RawJson::from_serialize(&format!("{node}@{ts}")).unwrap())
+    sim::change("docs", pk, node, ts)
 }
 
 /// How many times each pk reached node `i`'s application.
@@ -628,7 +620,7 @@ mod by_hand {
     use syncmux::MemoryStore;
     use syncmux::{Client, Instant, Server, ServerEvent};
     use syncmux::{ClientEvent, ClientTransmit};
-    use syncmux::{Handshake, HandshakeOutcome, PullAnswer, ServerTransmit, SessionId};
+    use syncmux::{Handshake, HandshakeOutcome, ServerTransmit, SessionId};
 
     pub(super) struct Link {
         pub(super) now: Instant,
@@ -723,38 +715,7 @@ mod by_hand {
         }
 
         fn answer(&mut self, ev: ServerEvent) {
-            let now = self.now;
-            let answer = |out: syncmux::PullOutcome| -> PullAnswer { out.into() };
-            match ev {
-                ServerEvent::Replay {
-                    request,
-                    tables,
-                    since,
-                    cursor,
-                    head_only,
-                    ..
-                } => {
-                    // No replay asked: the answer is only where the stream starts.
-                    let cursor = if head_only {
-                        Some(self.store.head())
-                    } else {
-                        cursor
-                    };
-                    let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                    self.server.answer_replay(now, request, Ok(answer(out)));
-                }
-                ServerEvent::Pull {
-                    request,
-                    tables,
-                    since,
-                    cursor,
-                    ..
-                } => {
-                    let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                    self.server.answer_pull(now, request, Ok(answer(out)));
-                }
-                _ => {}
-            }
+            let _ = self.store.answer(&mut self.server, self.now, ev);
         }
 
         /// Delivers the next `n` frames from the server.

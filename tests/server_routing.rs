@@ -11,15 +11,6 @@ use syncmux::payload::{Cursor, Hlc};
 use syncmux::ServerEvent;
 use syncmux::{AppError, PullAnswer, PushAnswer, ServerTransmit};
 
-fn subscribe(h: &mut Harness, s: syncmux::SessionId, tables: &[&str]) {
-    let msg = json!({"type":"subscribe","id":"sub","payload":{"tables":tables}});
-    h.send(s, &msg.to_string());
-    // Every subscribe's ack says where the stream stands (DESIGN.md section 2).
-    let head = h.head.unwrap().to_string();
-    let ack = json!({"type":"ack","id":"sub","payload":{"recovered":true,"cursor":head}});
-    assert_eq!(h.take(s), vec![ack]);
-}
-
 fn cursors(frames: &[Value]) -> Vec<String> {
     frames
         .iter()
@@ -53,11 +44,11 @@ fn an_accepted_push_reaches_the_other_subscribers_once_encoded() {
     let pusher = h.open("p");
     let subs: Vec<_> = (0..3).map(|i| h.open(&format!("s{i}"))).collect();
     let other = h.open("other");
-    subscribe(&mut h, pusher, &["docs"]);
+    h.subscribe(pusher, &["docs"]);
     for s in &subs {
-        subscribe(&mut h, *s, &["docs"]);
+        h.subscribe(*s, &["docs"]);
     }
-    subscribe(&mut h, other, &["notes"]);
+    h.subscribe(other, &["notes"]);
     h.server.handle_message(
         h.now,
         pusher,
@@ -107,8 +98,8 @@ fn a_batch_is_one_changes_frame_and_multi_table_batches_keep_cursor_order() {
     let pusher = h.open("p");
     let both = h.open("both");
     let docs = h.open("docs");
-    subscribe(&mut h, both, &["docs", "notes"]);
-    subscribe(&mut h, docs, &["docs"]);
+    h.subscribe(both, &["docs", "notes"]);
+    h.subscribe(docs, &["docs"]);
     let records = [
         record_json("docs", "d1", 1, "p"),
         record_json("notes", "n1", 2, "p"),
@@ -129,13 +120,8 @@ fn a_batch_is_one_changes_frame_and_multi_table_batches_keep_cursor_order() {
 #[test]
 fn only_new_changes_are_routed() {
     let mut h = Harness::new(config());
-    let pusher = h.open("p");
-    let sub = h.open("s");
-    subscribe(&mut h, sub, &["docs"]);
-    h.send(
-        pusher,
-        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
-    );
+    let (pusher, sub) = h.pusher_and_subscriber(&["docs"]);
+    h.push(pusher, "p1", "p", &[record_json("docs", "1", 1, "p")]);
     let Some(ServerEvent::Push { request, .. }) = h.take_events().pop() else {
         panic!()
     };
@@ -153,13 +139,8 @@ fn only_new_changes_are_routed() {
 #[test]
 fn handler_errors_are_reported_and_nothing_is_routed() {
     let mut h = Harness::new(config());
-    let pusher = h.open("p");
-    let sub = h.open("s");
-    subscribe(&mut h, sub, &["docs"]);
-    h.send(
-        pusher,
-        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
-    );
+    let (pusher, sub) = h.pusher_and_subscriber(&["docs"]);
+    h.push(pusher, "p1", "p", &[record_json("docs", "1", 1, "p")]);
     h.send(
         pusher,
         r#"{"type":"pull_request","request_id":"q1","payload":{"tables":["docs"]}}"#,
@@ -463,15 +444,9 @@ fn live_changes_wait_behind_a_replay_with_no_gap_and_no_duplicate() {
     assert_eq!(cursor, Some(Cursor::new(1, 2)));
     // Two pushes accepted before the replay is answered: cursors 3 and 4.
     let mut next = 2;
-    h.send(
-        pusher,
-        &push_json("a", "p", &[record_json("docs", "c3", 3, "p")]),
-    );
+    h.push(pusher, "a", "p", &[record_json("docs", "c3", 3, "p")]);
     h.accept_pushes(&mut next);
-    h.send(
-        pusher,
-        &push_json("b", "p", &[record_json("docs", "c4", 4, "p")]),
-    );
+    h.push(pusher, "b", "p", &[record_json("docs", "c4", 4, "p")]);
     h.accept_pushes(&mut next);
     assert!(h.take(late).is_empty(), "held until the replay");
     // The store read happened between them: the replay holds 3 (head 3), not 4.
@@ -491,10 +466,7 @@ fn live_changes_wait_behind_a_replay_with_no_gap_and_no_duplicate() {
         json!({"type":"ack","id":"r","payload":{"recovered":true,"cursor":"1.3"}})
     );
     // And live from now on.
-    h.send(
-        pusher,
-        &push_json("c", "p", &[record_json("docs", "c5", 5, "p")]),
-    );
+    h.push(pusher, "c", "p", &[record_json("docs", "c5", 5, "p")]);
     h.accept_pushes(&mut next);
     assert_eq!(pks(&h.take(late)), ["c5"]);
 }
@@ -562,7 +534,7 @@ fn a_resume_the_store_cannot_serve_is_acked_unrecovered() {
 fn a_failed_replay_undoes_the_subscribe() {
     let mut h = Harness::new(config());
     let a = h.open("a");
-    subscribe(&mut h, a, &["notes"]);
+    h.subscribe(a, &["notes"]);
     h.send(
         a,
         r#"{"type":"subscribe","id":"r","payload":{"tables":["docs","notes"],"since":"1:0:x"}}"#,
@@ -581,13 +553,8 @@ fn a_failed_replay_undoes_the_subscribe() {
 #[test]
 fn answers_for_closed_sessions_are_dropped_but_accepted_changes_still_route() {
     let mut h = Harness::new(config());
-    let pusher = h.open("p");
-    let sub = h.open("s");
-    subscribe(&mut h, sub, &["docs"]);
-    h.send(
-        pusher,
-        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
-    );
+    let (pusher, sub) = h.pusher_and_subscriber(&["docs"]);
+    h.push(pusher, "p1", "p", &[record_json("docs", "1", 1, "p")]);
     h.send(
         pusher,
         r#"{"type":"pull_request","id":"q","payload":{"tables":["docs"]}}"#,
@@ -613,18 +580,13 @@ fn answers_for_closed_sessions_are_dropped_but_accepted_changes_still_route() {
 #[test]
 fn unsubscribe_stops_delivery_and_acks() {
     let mut h = Harness::new(config());
-    let pusher = h.open("p");
-    let sub = h.open("s");
-    subscribe(&mut h, sub, &["docs"]);
+    let (pusher, sub) = h.pusher_and_subscriber(&["docs"]);
     h.send(
         sub,
         r#"{"type":"unsubscribe","id":"u","payload":{"tables":["docs"]}}"#,
     );
     assert_eq!(h.take(sub), vec![json!({"type":"ack","id":"u"})]);
-    h.send(
-        pusher,
-        &push_json("p1", "p", &[record_json("docs", "1", 1, "p")]),
-    );
+    h.push(pusher, "p1", "p", &[record_json("docs", "1", 1, "p")]);
     let mut next = 0;
     h.accept_pushes(&mut next);
     assert!(h.take(sub).is_empty());
@@ -639,7 +601,7 @@ fn sessions_receive_changes_in_cursor_order() {
     let mut h = Harness::new(config());
     let pushers: Vec<_> = (0..3).map(|i| h.open(&format!("p{i}"))).collect();
     let sub = h.open("s");
-    subscribe(&mut h, sub, &["a", "b"]);
+    h.subscribe(sub, &["a", "b"]);
     let mut next = 0;
     for round in 0..5 {
         for (i, p) in pushers.iter().enumerate() {
@@ -699,14 +661,9 @@ fn accept(
 #[test]
 fn pushes_answered_out_of_order_still_reach_subscribers_in_cursor_order() {
     let mut h = Harness::new(config());
-    let pusher = h.open("p");
-    let sub = h.open("s");
-    subscribe(&mut h, sub, &["docs"]);
+    let (pusher, sub) = h.pusher_and_subscriber(&["docs"]);
     let push = |h: &mut Harness, id: &str, pk: &str| {
-        h.send(
-            pusher,
-            &push_json(id, "p", &[record_json("docs", pk, 5, "p")]),
-        );
+        h.push(pusher, id, "p", &[record_json("docs", pk, 5, "p")]);
         next_push(h)
     };
     let (zeroth, z) = push(&mut h, "0", "z");
@@ -731,23 +688,15 @@ fn pushes_answered_out_of_order_still_reach_subscribers_in_cursor_order() {
 #[test]
 fn a_gap_no_answer_can_fill_is_not_waited_for() {
     let mut h = Harness::new(config());
-    let pusher = h.open("p");
-    let sub = h.open("s");
-    subscribe(&mut h, sub, &["docs"]);
-    h.send(
-        pusher,
-        &push_json("1", "p", &[record_json("docs", "a", 5, "p")]),
-    );
+    let (pusher, sub) = h.pusher_and_subscriber(&["docs"]);
+    h.push(pusher, "1", "p", &[record_json("docs", "a", 5, "p")]);
     let (first, a) = next_push(&mut h);
     h.server.answer_push(h.now, first, accept(a, 1));
     h.drain();
     assert_eq!(cursors(&h.take(sub)), ["1.1"]);
     // Positions 2..=9 went to another writer of the store; with no push left unanswered,
     // position 10 goes out at once.
-    h.send(
-        pusher,
-        &push_json("2", "p", &[record_json("docs", "b", 6, "p")]),
-    );
+    h.push(pusher, "2", "p", &[record_json("docs", "b", 6, "p")]);
     let (second, b) = next_push(&mut h);
     h.server.answer_push(h.now, second, accept(b, 10));
     h.drain();
@@ -759,10 +708,7 @@ fn a_change_routed_after_a_replay_that_held_it_is_not_sent_twice() {
     let mut h = Harness::new(config());
     let pusher = h.open("p");
     let sub = h.open("s");
-    h.send(
-        pusher,
-        &push_json("1", "p", &[record_json("docs", "a", 5, "p")]),
-    );
+    h.push(pusher, "1", "p", &[record_json("docs", "a", 5, "p")]);
     let (late, a) = next_push(&mut h);
     // The store has taken `a` at 1, but its answer is slow. Meanwhile the subscriber resumes
     // and its replay (read from the store) already holds `a`.

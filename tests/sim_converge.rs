@@ -9,25 +9,13 @@ mod sim;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use sim::{Net, NetConfig};
+use sim::{change, Net, NetConfig};
 use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::SessionId;
 use syncmux::{ClientEvent, Response};
 use syncmux::{ServerConfig, ServerEvent};
 
 const TABLES: [&str; 3] = ["docs", "tasks", "notes"];
-
-fn change(table: &str, pk: u64, node: &str, ts: i64) -> ChangeRecord {
-    ChangeRecord::new(
-        table,
-        pk.to_string(),
-        "title",
-        "lww",
-        Hlc::new(ts, 0, node),
-        node,
-    )
-    .with_value(RawJson::from_serialize(&format!("{node}@{ts}")).unwrap())
-}
 
 fn key(c: &ChangeRecord) -> (String, String, String, Hlc) {
     (

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use sim::{Net, NetConfig};
+use sim::{change, Net, NetConfig};
 use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::wire::CloseCode;
 use syncmux::ServerConfig;
@@ -42,18 +42,6 @@ fn key(c: &ChangeRecord) -> Key {
         c.field.clone(),
         c.hlc.clone(),
     )
-}
-
-fn change(table: &str, pk: u64, node: &str, ts: i64) -> ChangeRecord {
-    ChangeRecord::new(
-        table,
-        pk.to_string(),
-        "title",
-        "lww",
-        Hlc::new(ts, 0, node),
-        node,
-    )
-    .with_value(RawJson::from_serialize(&format!("{node}@{ts}")).unwrap())
 }
 
 fn server_config() -> ServerConfig {

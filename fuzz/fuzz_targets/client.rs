@@ -16,10 +16,10 @@ use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
 use syncmux::payload::{Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::wire::{decode, CloseCode, DecodeLimits};
 use syncmux::Instant;
+use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -117,7 +117,10 @@ impl Run {
         let result = match kind % 12 {
             0 => c.pull(now, PullRequest::new([t])),
             1 => c.push(now, vec![]),
-            2 => c.subscribe(now, Subscribe::new([t]).since(Hlc::new(i64::from(kind), 0, "x"))),
+            2 => c.subscribe(
+                now,
+                Subscribe::new([t]).since(Hlc::new(i64::from(kind), 0, "x")),
+            ),
             3 => c.unsubscribe(now, [t]),
             4 => c.update_presence(now, t, data),
             5 => c.leave_presence(now, t),

@@ -19,12 +19,10 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use syncmux::payload::{ChangeRecord, Hlc};
-use syncmux::{
-    AppError, Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId,
-};
-use syncmux::{MemoryStore, StoreConfig};
 use syncmux::wire::{decode, CloseCode, DecodeLimits, MessageType};
+use syncmux::{AppError, Handshake, HandshakeOutcome, ServerTransmit, SessionId};
 use syncmux::{Instant, Server, ServerConfig, ServerEvent};
+use syncmux::{MemoryStore, StoreConfig};
 
 const TABLES: [&str; 3] = ["a", "b", "c"];
 const NAMES: [&str; 2] = ["x", "y"];
@@ -405,63 +403,17 @@ impl Run {
 
     fn answer(&mut self, event: ServerEvent, fail: bool) {
         let now = self.now;
+        if !fail {
+            let _ = self.store.answer(&mut self.server, now, event);
+            return;
+        }
         let err = || AppError::new("the application failed");
         match event {
-            ServerEvent::Pull {
-                request,
-                tables,
-                since,
-                cursor,
-                ..
-            } => {
-                let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                let answer = PullAnswer {
-                    changes: out.changes,
-                    latest_hlc: out.latest_hlc,
-                    head: out.head,
-                    complete: out.complete,
-                };
-                self.server
-                    .answer_pull(now, request, if fail { Err(err()) } else { Ok(answer) });
+            ServerEvent::Pull { request, .. } => self.server.answer_pull(now, request, Err(err())),
+            ServerEvent::Replay { request, .. } => {
+                self.server.answer_replay(now, request, Err(err()))
             }
-            ServerEvent::Replay {
-                request,
-                tables,
-                since,
-                cursor,
-                head_only,
-                ..
-            } => {
-                // A subscribe without a resume: only where the stream starts.
-                let cursor = if head_only {
-                    Some(self.store.head())
-                } else {
-                    cursor
-                };
-                let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                let answer = PullAnswer {
-                    changes: out.changes,
-                    latest_hlc: out.latest_hlc,
-                    head: out.head,
-                    complete: out.complete,
-                };
-                self.server
-                    .answer_replay(now, request, if fail { Err(err()) } else { Ok(answer) });
-            }
-            ServerEvent::Push {
-                request, changes, ..
-            } => {
-                if fail {
-                    return self.server.answer_push(now, request, Err(err()));
-                }
-                let out = self.store.push(changes);
-                let answer = PushAnswer {
-                    accepted: out.accepted,
-                    latest_hlc: out.latest_hlc,
-                    head: out.head,
-                };
-                self.server.answer_push(now, request, Ok(answer));
-            }
+            ServerEvent::Push { request, .. } => self.server.answer_push(now, request, Err(err())),
             _ => {}
         }
     }

@@ -129,10 +129,7 @@ mod tests {
                 Refusal::MissingId(MessageType::PullRequest),
                 "INVALID_FRAME",
             ),
-            (
-                Refusal::ServerOnly(MessageType::Change),
-                "INVALID_FRAME",
-            ),
+            (Refusal::ServerOnly(MessageType::Change), "INVALID_FRAME"),
             (Refusal::DuplicateId("a".into()), "DUPLICATE_ID"),
             (Refusal::InFlight, "RATE_LIMITED"),
             (Refusal::Subscriptions(1), "RATE_LIMITED"),
@@ -147,9 +144,6 @@ mod tests {
         for (err, code) in cases {
             assert_eq!(err.code().as_str(), code, "{err}");
         }
-        assert_eq!(
-            Refusal::InFlight.to_string(),
-            "too many requests in flight"
-        );
+        assert_eq!(Refusal::InFlight.to_string(), "too many requests in flight");
     }
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-use syncmux::{Handshake, HandshakeOutcome, PullAnswer, PushAnswer, ServerTransmit, SessionId};
-use syncmux::{Instant, Server, ServerConfig, ServerEvent};
+use syncmux::{
+    Handshake, HandshakeOutcome, Instant, PullAnswer, PushAnswer, PushId, Server, ServerConfig,
+    ServerEvent, ServerTransmit, SessionId,
+};
 
 pub struct Harness {
     pub server: Server,
@@ -109,6 +111,49 @@ impl Harness {
         if answered {
             self.drain();
         }
+    }
+
+    /// `node`'s push of `records` (see [`record_json`]) with request id `id`.
+    pub fn push(&mut self, session: SessionId, id: &str, node: &str, records: &[String]) {
+        self.send(session, &push_json(id, node, records));
+    }
+
+    /// Subscribes `session` to `tables` (request id `sub`) and checks the ack: every
+    /// subscribe's ack says where the stream stands (DESIGN.md section 2).
+    pub fn subscribe(&mut self, session: SessionId, tables: &[&str]) {
+        let msg = serde_json::json!({"type":"subscribe","id":"sub","payload":{"tables":tables}});
+        self.send(session, &msg.to_string());
+        let head = self
+            .head
+            .expect("subscribes answered by the harness")
+            .to_string();
+        let ack = serde_json::json!(
+            {"type":"ack","id":"sub","payload":{"recovered":true,"cursor":head}}
+        );
+        assert_eq!(self.take(session), vec![ack]);
+    }
+
+    /// A pusher (node `p`) and a subscriber (node `s`) of `tables`.
+    pub fn pusher_and_subscriber(&mut self, tables: &[&str]) -> (SessionId, SessionId) {
+        let pusher = self.open("p");
+        let sub = self.open("s");
+        self.subscribe(sub, tables);
+        (pusher, sub)
+    }
+
+    /// The push requests handed to the application (other events stay).
+    pub fn take_pushes(&mut self) -> Vec<(PushId, Vec<ChangeRecord>)> {
+        let mut pushes = Vec::new();
+        self.events.retain(|e| match e {
+            ServerEvent::Push {
+                request, changes, ..
+            } => {
+                pushes.push((*request, changes.clone()));
+                false
+            }
+            _ => true,
+        });
+        pushes
     }
 
     /// Frames received by `session` since the last call.

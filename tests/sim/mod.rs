@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncmux::payload::ChangeRecord;
+use syncmux::payload::{ChangeRecord, Hlc, RawJson};
 use syncmux::wire::CloseCode;
 use syncmux::{Client, ClientConfig, Instant, Server, ServerConfig, ServerEvent};
 use syncmux::{ClientEvent, ClientTransmit};
@@ -439,43 +439,7 @@ impl Net {
     }
 
     fn answer(&mut self, ev: ServerEvent) {
-        let now = self.now;
-        match ev {
-            ServerEvent::Pull {
-                request,
-                tables,
-                since,
-                cursor,
-                ..
-            } => {
-                let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                self.server.answer_pull(now, request, Ok(out.into()));
-            }
-            ServerEvent::Replay {
-                request,
-                tables,
-                since,
-                cursor,
-                head_only,
-                ..
-            } => {
-                // No replay asked: the answer is only where the stream starts.
-                let cursor = if head_only {
-                    Some(self.store.head())
-                } else {
-                    cursor
-                };
-                let out = self.store.pull(&tables, since.as_ref(), cursor.as_ref());
-                self.server.answer_replay(now, request, Ok(out.into()));
-            }
-            ServerEvent::Push {
-                request, changes, ..
-            } => {
-                let out = self.store.push(changes);
-                self.server.answer_push(now, request, Ok(out.into()));
-            }
-            _ => {}
-        }
+        let _ = self.store.answer(&mut self.server, self.now, ev);
     }
 
     /// Runs until `now + span`, failing if it takes more than `max_steps` steps (a livelock).
@@ -525,4 +489,18 @@ fn trace(now: Instant, node: usize, dir: &str, bytes: &[u8]) {
 
 fn fifo_time(last: Option<Instant>, at: Instant) -> Instant {
     last.map_or(at, |l| l.max(at))
+}
+
+/// An `lww` change of `table`'s field `title` at `pk`, made by `node` at `ts`, whose value
+/// names them (`"node@ts"`).
+pub fn change(table: &str, pk: u64, node: &str, ts: i64) -> ChangeRecord {
+    ChangeRecord::new(
+        table,
+        pk.to_string(),
+        "title",
+        "lww",
+        Hlc::new(ts, 0, node),
+        node,
+    )
+    .with_value(RawJson::from_serialize(&format!("{node}@{ts}")).expect("a string serialises"))
 }
