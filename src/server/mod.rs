@@ -90,6 +90,7 @@ mod hub;
 mod out;
 mod requests;
 mod session;
+mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -102,6 +103,7 @@ pub use event::{
     ServerTransmit, SessionId,
 };
 pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
+pub use stats::ServerStats;
 
 use handshake::{negotiate, valid_node_id, Version};
 use hub::Hub;
@@ -170,6 +172,7 @@ pub struct Server {
     /// Sessions that overflowed their outbound bound and must be detached from the hub.
     doomed: VecDeque<SessionId>,
     shut_down: bool,
+    stats: ServerStats,
 }
 
 impl core::fmt::Debug for Server {
@@ -204,6 +207,7 @@ impl Server {
             node_prefix,
             doomed: VecDeque::new(),
             shut_down: false,
+            stats: ServerStats::default(),
         })
     }
 
@@ -398,6 +402,7 @@ impl Server {
                     }
                 }
                 Ok(frame) => {
+                    self.stats.frame_in(frame.kind());
                     if !self.is_our_pong(session, &frame) && self.admit(now, session, frame.id()) {
                         let id = frame.id().cloned();
                         if let Err(e) = self.dispatch(now, session, frame) {
@@ -505,14 +510,16 @@ impl Server {
     /// The next frame to send or socket to close, round-robin over sessions.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ServerTransmit> {
-        Some(match self.sessions.poll()? {
+        let transmit = match self.sessions.poll()? {
             Output::Frame(session, bytes) => ServerTransmit::Frame { session, bytes },
             Output::Close(session, code, reason) => ServerTransmit::Close {
                 session,
                 code,
                 reason: reason.into(),
             },
-        })
+        };
+        self.stats.transmitted(&transmit);
+        Some(transmit)
     }
 
     /// The next event for the application.
@@ -635,6 +642,7 @@ impl Server {
             return true;
         }
         let refused = s.bucket.refused;
+        self.stats.rate_limited += 1;
         self.send(
             session,
             error_frame(id, ErrorCode::RateLimited, "rate limit exceeded".into()),
