@@ -35,6 +35,8 @@ mod clock;
 #[cfg(feature = "adapters")]
 mod common;
 #[cfg(feature = "adapters")]
+pub mod metrics;
+#[cfg(feature = "adapters")]
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;
