@@ -417,6 +417,7 @@ mod metrics_http {
             )?;
             let builder = buckets(builder, names::STORE_SECONDS, names::STORE_SECONDS_BUCKETS)?;
             let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+            names::describe();
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;

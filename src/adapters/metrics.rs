@@ -24,7 +24,9 @@
 
 use core::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 
 use crate::server::ServerStats;
 use crate::wire::{CloseCode, MessageType};
@@ -62,6 +64,37 @@ pub const REPLAY_CHANGES_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 100.0, 1_000.0, 10_
 pub const STORE_SECONDS_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
 ];
+
+/// Gives every metric its help text and unit, in the recorder installed now (call it once,
+/// after installing an exporter's recorder).
+pub fn describe() {
+    describe_gauge!(SESSIONS_OPEN, "Sessions open now.");
+    describe_counter!(SESSIONS_OPENED, "Sessions opened.");
+    describe_counter!(
+        HANDSHAKES,
+        "WebSocket handshakes decided: accepted, or rejected with an HTTP status."
+    );
+    describe_counter!(FRAMES_IN, "Text frames received that decoded, by type.");
+    describe_counter!(FRAMES_OUT, "Frames sent, by type.");
+    describe_counter!(
+        DELIVERIES,
+        "Live change frames queued for subscribers (one per recipient)."
+    );
+    describe_counter!(ERROR_FRAMES, "Error frames sent, by code.");
+    describe_counter!(CLOSES, "Sessions the server closed, by close code.");
+    describe_counter!(PEER_CLOSES, "Sessions their peer or transport ended.");
+    describe_counter!(RATE_LIMITED, "Messages refused by the rate limit.");
+    describe_counter!(
+        SLOW_CONSUMER_CLOSES,
+        "Sessions closed as slow consumers (4503)."
+    );
+    describe_histogram!(REPLAY_CHANGES, "Change records per subscribe replay.");
+    describe_histogram!(
+        STORE_SECONDS,
+        Unit::Seconds,
+        "Time the store took to answer, by operation."
+    );
+}
 
 /// Copies the state machine's counters into the facade.
 pub(crate) fn publish(stats: &ServerStats, sessions_open: usize) {
