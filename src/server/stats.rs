@@ -13,13 +13,17 @@ use super::Server;
 use crate::payload::ErrorPayload;
 use crate::wire::{decode, CloseCode, DecodeLimits, ErrorCode, MessageType};
 
+const TYPES: usize = MessageType::ALL.len();
+
 /// Counters since the server was made; they only grow. Returned by
 /// [`Server::stats`](super::Server::stats).
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ServerStats {
-    frames_in: BTreeMap<MessageType, u64>,
-    frames_out: BTreeMap<MessageType, u64>,
+    /// By `MessageType as usize` (its place in `MessageType::ALL`): counted per frame, on
+    /// the fan-out path too, so an index rather than a map.
+    frames_in: [u64; TYPES],
+    frames_out: [u64; TYPES],
     errors: Vec<(ErrorCode, u64)>,
     closes: BTreeMap<CloseCode, u64>,
     /// Messages refused by a session's rate limit (each answered `RATE_LIMITED`).
@@ -37,22 +41,22 @@ impl ServerStats {
     /// Text frames received that decoded, by type (the rest are answered with error frames,
     /// counted in [`errors`](Self::errors)).
     pub fn frames_in(&self) -> impl Iterator<Item = (MessageType, u64)> + '_ {
-        self.frames_in.iter().map(|(k, n)| (*k, *n))
+        counted(&self.frames_in)
     }
 
     /// Decoded frames received of one type.
     pub fn frames_in_of(&self, kind: MessageType) -> u64 {
-        self.frames_in.get(&kind).copied().unwrap_or(0)
+        self.frames_in[kind as usize]
     }
 
     /// Frames handed out by [`poll_transmit`](super::Server::poll_transmit), by type.
     pub fn frames_out(&self) -> impl Iterator<Item = (MessageType, u64)> + '_ {
-        self.frames_out.iter().map(|(k, n)| (*k, *n))
+        counted(&self.frames_out)
     }
 
     /// Frames handed out of one type.
     pub fn frames_out_of(&self, kind: MessageType) -> u64 {
-        self.frames_out.get(&kind).copied().unwrap_or(0)
+        self.frames_out[kind as usize]
     }
 
     /// Error frames handed out, by code, in code order.
@@ -72,7 +76,7 @@ impl ServerStats {
     }
 
     pub(crate) fn frame_in(&mut self, kind: MessageType) {
-        *self.frames_in.entry(kind).or_default() += 1;
+        self.frames_in[kind as usize] += 1;
     }
 
     pub(crate) fn replayed(&mut self, changes: usize) {
@@ -85,7 +89,7 @@ impl ServerStats {
         match transmit {
             ServerTransmit::Frame { bytes, .. } => {
                 let Some(kind) = kind_of(bytes) else { return };
-                *self.frames_out.entry(kind).or_default() += 1;
+                self.frames_out[kind as usize] += 1;
                 if kind == MessageType::Error {
                     // Rare: decoding the frame again costs nothing that matters here, and
                     // keeps the queues free of anything but bytes.
@@ -106,6 +110,15 @@ impl ServerStats {
             ServerTransmit::Close { code, .. } => *self.closes.entry(*code).or_default() += 1,
         }
     }
+}
+
+/// The types counted at least once, in `MessageType::ALL` order.
+fn counted(by_type: &[u64; TYPES]) -> impl Iterator<Item = (MessageType, u64)> + '_ {
+    MessageType::ALL
+        .iter()
+        .zip(by_type)
+        .filter(|(_, n)| **n > 0)
+        .map(|(kind, n)| (*kind, *n))
 }
 
 /// The type of a frame the server encoded: `wire::encode` always writes `{"type":"NAME"`
@@ -138,6 +151,9 @@ mod tests {
             assert_eq!(kind_of(&bytes), Some(*kind), "{bytes:?}");
         }
         assert_eq!(kind_of(b"{\"type\":\"nope\"}"), None);
+        for (i, kind) in MessageType::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?} indexes its counters");
+        }
         assert_eq!(kind_of(b""), None);
     }
 
