@@ -432,7 +432,7 @@ impl Client {
     /// Subscribes to the live changes of `tables`, replaying first those after the server
     /// position `cursor` (DESIGN.md section 3, "Cursors") — or, from a server that cannot
     /// serve it, those after `since`. The ack says which:
-    /// [`Response::Ack`] carries a [`ResumeAck`](crate::payload::ResumeAck) whose
+    /// [`Response::Ack`] carries a [`ResumeAck`] whose
     /// `recovered` is false when the server fell back (the application resynchronises), and
     /// whose `cursor` is where the replay ended.
     ///
