@@ -16,7 +16,11 @@
 //! `--cursor` to get exactly what came after it, late changes with old HLCs included
 //! (DESIGN.md section 3, "Cursors"); `--since` is the fallback for a server that cannot serve
 //! the cursor, which a subscribe reports with `"recovered": false`. Errors print their code
-//! and message and exit non-zero. Flags are parsed by hand, as in the server example.
+//! and message and exit non-zero.
+//!
+//! Flags are parsed by clap, each also read from an environment variable (`SYNCMUX_URL`,
+//! `SYNCMUX_NODE_ID`, `SYNCMUX_TOKEN`, ...; `--help` names each); an invalid value exits with
+//! code 2 and a message.
 
 use std::future::Future;
 use std::io::Read;
@@ -24,16 +28,103 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::json;
 use syncmux::adapters::{self, ClientEvents, SyncClient};
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::ClientConfig;
 use syncmux::{ClientEvent, CloseReason, RequestError};
 
-const USAGE: &str = "usage: client --url URL --node-id ID [--token T] [--reconnect-delay MS] \
-[--max-reconnect-delay MS] [--ping-interval MS] [--request-timeout MS] \
-(pull [--since HLC] [--cursor C] TABLE... | push FILE|- \
-| subscribe [--since HLC] [--cursor C] TABLE... | presence TOPIC JSON | room ROOM [MESSAGE])";
+/// A command-line syncmux client: one JSON object per line on stdout.
+///
+/// Every flag can also be set by the environment variable named in its help; a flag given on
+/// the command line wins.
+#[derive(Parser, Debug)]
+#[command(name = "client", version)]
+struct Cli {
+    /// The server's WebSocket URL (`ws://` or `wss://`).
+    #[arg(long, env = "SYNCMUX_URL")]
+    url: String,
+    /// This client's node id (also the HLC node of what it pushes).
+    #[arg(long, env = "SYNCMUX_NODE_ID", value_name = "ID")]
+    node_id: String,
+    /// The server's token.
+    #[arg(long, env = "SYNCMUX_TOKEN", value_name = "T", hide_env_values = true)]
+    token: Option<String>,
+    /// First delay before reconnecting, in milliseconds (doubles up to
+    /// --max-reconnect-delay) [default: the library's].
+    #[arg(long, env = "SYNCMUX_RECONNECT_DELAY", value_name = "MS", value_parser = millis)]
+    reconnect_delay: Option<Duration>,
+    /// Longest delay between reconnects, in milliseconds [default: the library's].
+    #[arg(long, env = "SYNCMUX_MAX_RECONNECT_DELAY", value_name = "MS", value_parser = millis)]
+    max_reconnect_delay: Option<Duration>,
+    /// Ping a silent server this often, in milliseconds [default: the library's].
+    #[arg(long, env = "SYNCMUX_PING_INTERVAL", value_name = "MS", value_parser = millis)]
+    ping_interval: Option<Duration>,
+    /// Give up on a request after this long, in milliseconds [default: the library's].
+    #[arg(long, env = "SYNCMUX_REQUEST_TIMEOUT", value_name = "MS", value_parser = millis)]
+    request_timeout: Option<Duration>,
+    #[command(subcommand)]
+    command: Sub,
+}
+
+/// Where a pull or subscribe starts.
+#[derive(Args, Debug)]
+struct Start {
+    /// Only changes after this HLC (`ts:counter:node`); the fallback when the cursor cannot
+    /// be served.
+    #[arg(long, value_name = "HLC")]
+    since: Option<Hlc>,
+    /// Exactly the changes after this cursor (as printed by an earlier pull or change).
+    #[arg(long, value_name = "C")]
+    cursor: Option<Cursor>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Print the changes of TABLEs (all, or after --since / --cursor) with the cursor.
+    Pull {
+        #[command(flatten)]
+        from: Start,
+        /// Tables to pull.
+        #[arg(required = true, value_name = "TABLE")]
+        tables: Vec<String>,
+    },
+    /// Push a JSON array of change records from FILE (`-`: standard input).
+    Push {
+        /// The file, or `-` for standard input.
+        file: String,
+    },
+    /// Follow TABLEs: print each change with its cursor, across reconnects, until Ctrl-C.
+    Subscribe {
+        #[command(flatten)]
+        from: Start,
+        /// Tables to follow.
+        #[arg(required = true, value_name = "TABLE")]
+        tables: Vec<String>,
+    },
+    /// Join a presence TOPIC with JSON data; print the snapshot, then events until Ctrl-C.
+    Presence {
+        /// The topic.
+        topic: String,
+        /// This client's presence data (JSON).
+        json: String,
+    },
+    /// Join ROOM and say MESSAGE, or (without one) print what the room says until Ctrl-C.
+    Room {
+        /// The room.
+        room: String,
+        /// What to say.
+        message: Option<String>,
+    },
+}
+
+fn millis(value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{value:?} is not a whole number of milliseconds"))
+}
 
 /// Where a pull or subscribe starts: after an HLC, after a server cursor, or both.
 #[derive(Default)]
@@ -50,54 +141,33 @@ enum Command {
     Room(String, Option<String>),
 }
 
-fn parse(argv: Vec<String>) -> Result<(ClientConfig, Command), String> {
-    let mut it = argv.into_iter().peekable();
-    let (mut url, mut node, mut config) = (None, None, ClientConfig::default());
-    while let Some(flag) = it.next_if(|a| a.starts_with("--")) {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let ms = || {
-            value
-                .parse()
-                .map(Duration::from_millis)
-                .map_err(|_| format!("{flag}: {value:?} is not milliseconds"))
+impl Cli {
+    fn into_parts(self) -> (ClientConfig, Command) {
+        let mut config = ClientConfig::default();
+        config.url = self.url;
+        config.node_id = self.node_id;
+        config.token = self.token;
+        let set = |field: &mut Duration, value: Option<Duration>| *field = value.unwrap_or(*field);
+        set(&mut config.reconnect_delay, self.reconnect_delay);
+        set(&mut config.max_reconnect_delay, self.max_reconnect_delay);
+        set(&mut config.ping_interval, self.ping_interval);
+        set(&mut config.request_timeout, self.request_timeout);
+        if config.healthy_after > config.reconnect_delay {
+            config.healthy_after = config.reconnect_delay;
+        }
+        let after = |from: Start| After {
+            since: from.since,
+            cursor: from.cursor,
         };
-        match flag.as_str() {
-            "--url" => url = Some(value.clone()),
-            "--node-id" => node = Some(value.clone()),
-            "--token" => config.token = Some(value.clone()),
-            "--reconnect-delay" => config.reconnect_delay = ms()?,
-            "--max-reconnect-delay" => config.max_reconnect_delay = ms()?,
-            "--ping-interval" => config.ping_interval = ms()?,
-            "--request-timeout" => config.request_timeout = ms()?,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
+        let command = match self.command {
+            Sub::Pull { from, tables } => Command::Pull(after(from), tables),
+            Sub::Push { file } => Command::Push(file),
+            Sub::Subscribe { from, tables } => Command::Subscribe(after(from), tables),
+            Sub::Presence { topic, json } => Command::Presence(topic, json),
+            Sub::Room { room, message } => Command::Room(room, message),
+        };
+        (config, command)
     }
-    config.url = url.ok_or("--url is required")?;
-    config.node_id = node.ok_or("--node-id is required")?;
-    if config.healthy_after > config.reconnect_delay {
-        config.healthy_after = config.reconnect_delay;
-    }
-    let sub = it.next().ok_or("a command is required")?;
-    let mut after = After::default();
-    while let Some(flag) = it.next_if(|a| a == "--since" || a == "--cursor") {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        if flag == "--since" {
-            after.since = Some(value.parse().map_err(|e| format!("--since: {e}"))?);
-        } else {
-            after.cursor = Some(value.parse().map_err(|e| format!("--cursor: {e}"))?);
-        }
-    }
-    let rest: Vec<String> = it.collect();
-    let command = match (sub.as_str(), rest.as_slice()) {
-        ("pull", [_, ..]) => Command::Pull(after, rest),
-        ("subscribe", [_, ..]) => Command::Subscribe(after, rest),
-        ("push", [file]) => Command::Push(file.clone()),
-        ("presence", [topic, data]) => Command::Presence(topic.clone(), data.clone()),
-        ("room", [room]) => Command::Room(room.clone(), None),
-        ("room", [room, message]) => Command::Room(room.clone(), Some(message.clone())),
-        _ => return Err(format!("bad command {sub} {}", rest.join(" "))),
-    };
-    Ok((config, command))
 }
 
 fn line(value: serde_json::Value) {
@@ -117,19 +187,14 @@ fn json_arg(text: &str) -> Result<RawJson, RequestError> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let (config, command) = match parse(std::env::args().skip(1).collect()) {
-        Ok(parsed) => parsed,
-        Err(why) => {
-            eprintln!("error: {why}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let (config, command) = Cli::parse().into_parts();
     let (client, events) = match adapters::tokio::connect(config) {
         Ok(pair) => pair,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        // A configuration the client refuses (a malformed URL, ...): exit code 2, as for
+        // every value clap refuses.
+        Err(e) => Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit(),
     };
     match run(&client, events, command).await {
         Ok(()) => {

@@ -4,7 +4,8 @@
 // "text" and "done"; deleting writes a tombstone. Every change is a change record pushed to
 // the server and streamed to every page that subscribed. Presence topic "list" carries
 // { name, color, editing } for each page.
-import init, { SyncClient } from "./pkg/syncmux.js";
+// The npm package built by build.sh; index.html maps the bare specifier with an import map.
+import init, { SyncClient } from "syncmux";
 
 const TABLE = "items";
 const TOPIC = "list";

@@ -36,6 +36,8 @@ mod clock;
 #[cfg(feature = "adapters")]
 mod common;
 #[cfg(feature = "adapters")]
+pub mod metrics;
+#[cfg(feature = "adapters")]
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;

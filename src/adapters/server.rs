@@ -21,6 +21,7 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -29,8 +30,11 @@ use tungstenite::Message;
 
 use super::clock::Clock;
 use super::common;
+use super::metrics;
 use crate::driver::Driver;
-use crate::server::{Handshake, HandshakeOutcome, ServerEvent, ServerTransmit, SessionId};
+use crate::server::{
+    Handshake, HandshakeOutcome, ServerEvent, ServerStats, ServerTransmit, SessionId,
+};
 use crate::time::Instant;
 use crate::wire::CloseCode;
 
@@ -73,6 +77,34 @@ pub struct SyncServer {
     handshakes: Option<HandshakeSlots>,
     /// The WebSocket layer's read limit, derived from the state machine's frame limit.
     ws_frame_limit: usize,
+    /// Sessions whose task has not ended, for [`SyncServer::drained`].
+    running: Arc<Running>,
+}
+
+/// A count of running session tasks, and a wake-up for whoever waits for it to reach zero.
+struct Running {
+    count: AtomicUsize,
+    /// Capacity 1: a token left here by the last session to end wakes the waiter.
+    idle_tx: async_channel::Sender<()>,
+    idle_rx: async_channel::Receiver<()>,
+}
+
+/// Held by an [`AcceptedSession`]: one running session.
+struct RunningGuard(Arc<Running>);
+
+impl RunningGuard {
+    fn new(running: &Arc<Running>) -> RunningGuard {
+        running.count.fetch_add(1, Ordering::SeqCst);
+        RunningGuard(running.clone())
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.0.idle_tx.try_send(());
+        }
+    }
 }
 
 /// A counting semaphore of handshake slots: a slot is a token in the channel, so taking one
@@ -155,6 +187,7 @@ impl Shared {
         while let Some(event) = self.driver.poll_event() {
             match event {
                 ServerEvent::SessionOpened { session, node_id } => {
+                    metrics::session_opened();
                     tracing::info!(%session, node_id, "session opened");
                 }
                 ServerEvent::SessionClosed {
@@ -162,6 +195,9 @@ impl Shared {
                     node_id,
                     code,
                 } => {
+                    if code.is_none() {
+                        metrics::peer_closed();
+                    }
                     let code = code.map(|c| c.0);
                     tracing::info!(%session, node_id, ?code, "session closed");
                 }
@@ -197,6 +233,8 @@ pub struct AcceptedSession {
     protocol: Option<String>,
     frames: Pin<Box<async_channel::Receiver<Bytes>>>,
     close: Pin<Box<async_channel::Receiver<(CloseCode, String)>>>,
+    /// Dropped after [`Drop for AcceptedSession`](AcceptedSession) released the session.
+    _running: RunningGuard,
 }
 
 impl fmt::Debug for AcceptedSession {
@@ -234,12 +272,19 @@ impl SyncServer {
             wake: wake_tx,
             stop: Some(stop_tx),
         };
+        let (idle_tx, idle_rx) = async_channel::bounded(1);
+        let running = Arc::new(Running {
+            count: AtomicUsize::new(0),
+            idle_tx,
+            idle_rx,
+        });
         let server = SyncServer {
             shared: Arc::new(Mutex::new(hub)),
             stop: stop_rx,
             options: Arc::new(options),
             handshakes,
             ws_frame_limit,
+            running,
         };
         let timer = TimerTask {
             shared: Arc::downgrade(&server.shared),
@@ -310,11 +355,14 @@ impl SyncServer {
                     protocol,
                     frames: Box::pin(frames),
                     close: Box::pin(close),
+                    _running: RunningGuard::new(&self.running),
                 })
             }
             HandshakeOutcome::Reject { status, reason } => Err(Rejection { status, reason }),
         };
         hub.drain();
+        drop(hub);
+        metrics::handshake(accepted.as_ref().err().map(|r| r.status));
         accepted
     }
 
@@ -339,6 +387,53 @@ impl SyncServer {
     /// leak checks.
     pub fn outlet_count(&self) -> usize {
         self.lock().outlets.len()
+    }
+
+    /// Completes once every session's task has ended: after [`shutdown`](Self::shutdown),
+    /// once each close frame went out (or its socket could not take it) and every socket
+    /// was dropped. Bound the wait with a timeout of the runtime's.
+    pub async fn drained(&self) {
+        while self.running.count.load(Ordering::SeqCst) > 0 {
+            // Never closed: `self` holds the sender.
+            let _ = self.running.idle_rx.recv().await;
+        }
+    }
+
+    /// Sessions whose task is running (it may be sending its close frame).
+    pub fn running_sessions(&self) -> usize {
+        self.running.count.load(Ordering::SeqCst)
+    }
+
+    /// The state machine's counters (a copy): see [`ServerStats`].
+    pub fn stats(&self) -> ServerStats {
+        self.lock().driver.server().stats().clone()
+    }
+
+    /// Copies the state machine's counters and the open sessions into the [`metrics`]
+    /// facade (see [`adapters::metrics`](super::metrics) for every metric); an exporter calls
+    /// it before it renders. The other metrics are recorded as they happen.
+    pub fn publish_metrics(&self) {
+        let (stats, open) = {
+            let hub = self.lock();
+            let server = hub.driver.server();
+            (server.stats().clone(), server.session_count())
+        };
+        metrics::publish(&stats, open);
+    }
+
+    /// A text frame from a session, timed: the driver answers pulls, pushes and replays
+    /// inside the input, so its duration is the store's time (see
+    /// [`STORE_SECONDS`](metrics::STORE_SECONDS)).
+    fn message(&self, session: SessionId, bytes: Bytes) {
+        let mut hub = self.lock();
+        let now = hub.now();
+        let before = metrics::StoreWork::of(hub.driver.server().stats());
+        hub.driver.handle_message(now, session, bytes);
+        let took = hub.now().saturating_duration_since(now);
+        hub.drain();
+        let after = metrics::StoreWork::of(hub.driver.server().stats());
+        drop(hub);
+        after.record_since(before, took);
     }
 
     /// The session's socket is gone, whoever ended it: the state machine forgets it (a
@@ -408,9 +503,7 @@ impl AcceptedSession {
                 core::future::poll_fn(|cx| self.poll_step(cx, &mut ws, &mut unflushed)).await;
             match step {
                 Step::Message(Message::Text(text)) => {
-                    let bytes = Bytes::from(text);
-                    self.server
-                        .input(|d, now| d.handle_message(now, session, bytes));
+                    self.server.message(session, Bytes::from(text));
                 }
                 Step::Message(Message::Binary(data)) => {
                     let len = data.len();

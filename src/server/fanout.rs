@@ -160,6 +160,7 @@ impl Server {
                     // session see history twice.
                     answer.changes.clear();
                 }
+                self.stats.replayed(answer.changes.len());
                 let per_frame = match self.config.max_changes_per_frame {
                     0 => usize::MAX,
                     n => n,
@@ -264,6 +265,7 @@ impl Server {
             hub,
             sessions,
             doomed,
+            stats,
             ..
         } = self;
         let mut deliver = |sessions: &mut Sessions, session, bytes, range: Range<usize>| {
@@ -292,6 +294,7 @@ impl Server {
             if sent == Sent::Overflow {
                 doomed.push_back(session);
             }
+            stats.deliveries += u64::from(sent == Sent::Queued);
         };
         let whole = 0..batch.len();
         if let [table] = tables[..] {

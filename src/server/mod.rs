@@ -6,6 +6,7 @@ mod hub;
 mod out;
 mod requests;
 mod session;
+mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub use event::{
     SessionId,
 };
 pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
+pub use stats::ServerStats;
 
 use handshake::{negotiate, valid_node_id, Version};
 use hub::Hub;
@@ -171,6 +173,7 @@ pub struct Server {
     /// Wall time at an instant, when the embedder gave it (`set_wall_clock`).
     wall_clock: Option<(Instant, u64)>,
     shut_down: bool,
+    stats: ServerStats,
 }
 
 impl core::fmt::Debug for Server {
@@ -206,6 +209,7 @@ impl Server {
             doomed: VecDeque::new(),
             wall_clock: None,
             shut_down: false,
+            stats: ServerStats::default(),
         })
     }
 
@@ -400,6 +404,7 @@ impl Server {
                     }
                 }
                 Ok(frame) => {
+                    self.stats.frame_in(frame.kind());
                     if !self.is_our_pong(session, &frame) && self.admit(now, session, frame.id()) {
                         let id = frame.id().cloned();
                         if let Err(e) = self.dispatch(now, session, frame) {
@@ -509,7 +514,7 @@ impl Server {
     /// The next frame to send or socket to close, round-robin over sessions.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ServerTransmit> {
-        Some(match self.sessions.poll()? {
+        let transmit = match self.sessions.poll()? {
             Output::Frame(session, bytes) => {
                 if !self.config.reports_writes {
                     // Counted as written: a paced replay goes on at once.
@@ -523,7 +528,9 @@ impl Server {
                 code,
                 reason: reason.into(),
             },
-        })
+        };
+        self.stats.transmitted(&transmit);
+        Some(transmit)
     }
 
     /// Gives the server wall time: at `now`, it is `unix_millis` milliseconds since the Unix
@@ -675,6 +682,7 @@ impl Server {
             return true;
         }
         let refused = s.bucket.refused;
+        self.stats.rate_limited += 1;
         self.send(
             session,
             error_frame(id, ErrorCode::RateLimited, "rate limit exceeded".into()),

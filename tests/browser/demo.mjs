@@ -86,6 +86,13 @@ export async function checkDemo(pageUrl, outDir) {
     const a = await Page.open(driver.base, `${pageUrl}${join}node=demo-alice&name=Alice`);
     const b = await Page.open(driver.base, `${pageUrl}${join}node=demo-bob&name=Bob`);
     for (const p of [a, b]) await p.until(`document.body.dataset.ready === "true"`, "the page to connect");
+    // The page runs the client from the installed npm package, the .wasm served as such.
+    const loaded = await a.eval(`return performance.getEntriesByType("resource").map((e) => e.name);`);
+    for (const file of ["node_modules/syncmux/syncmux.js", "node_modules/syncmux/syncmux_bg.wasm"]) {
+      if (!loaded.some((name) => name.endsWith(file))) throw new Error(`the page did not load ${file}: ${loaded}`);
+    }
+    const wasmType = await a.eval(`return (await fetch("node_modules/syncmux/syncmux_bg.wasm")).headers.get("content-type");`);
+    if (wasmType !== "application/wasm") throw new Error(`the .wasm is served as ${wasmType}`);
 
     // Each page shows the other's presence.
     await a.until(`!!document.querySelector('#people li[data-node="demo-bob"]')`, "Bob in Alice's page");

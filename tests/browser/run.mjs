@@ -18,6 +18,7 @@ import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
+import { existsSync, readFileSync } from "node:fs";
 import { checkDemo } from "./demo.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -81,6 +82,24 @@ createInterface({ input: watcher.stdout }).on("line", (line) => {
 });
 await waitFor(watcher, /connected|subscribe|ack/i).catch(() => {});
 
+/** build.sh made an npm package (named syncmux, the crate's version, an ES module with its
+ *  types and .wasm) and installed it where the demo page imports it from. */
+function checkPackage() {
+  const cargo = readFileSync(path.join(root, "Cargo.toml"), "utf8");
+  const version = cargo.match(/^version = "(.*)"$/m)[1];
+  for (const dir of ["examples/browser/pkg", "examples/browser/node_modules/syncmux"]) {
+    const pkg = JSON.parse(readFileSync(path.join(root, dir, "package.json"), "utf8"));
+    const want = { name: "syncmux", version, type: "module", main: "syncmux.js", types: "syncmux.d.ts" };
+    for (const [key, value] of Object.entries(want)) {
+      if (pkg[key] !== value) throw new Error(`${dir}/package.json: ${key} is ${pkg[key]}, not ${value}`);
+    }
+    for (const file of pkg.files) {
+      if (!existsSync(path.join(root, dir, file))) throw new Error(`${dir}: ${file} is missing`);
+    }
+  }
+  console.log(`npm package syncmux ${version} built and installed`);
+}
+
 function* findChanges(value) {
   if (Array.isArray(value)) for (const v of value) yield* findChanges(v);
   else if (value && typeof value === "object") {
@@ -97,6 +116,7 @@ await run("cargo", ["test", "--target", "wasm32-unknown-unknown", "--features", 
 });
 
 await run(path.join(root, "examples/browser/build.sh"), []);
+checkPackage();
 const page = url.replace(/^ws/, "http").replace(/\/sync\/ws$/, "/");
 await checkDemo(page, path.join(root, "target"));
 console.log("browser tests passed");

@@ -5,7 +5,8 @@
 //! reads the same:
 //!
 //! ```js
-//! import init, { SyncClient } from "./pkg/syncmux.js";
+//! // npm install examples/browser/pkg   (the package examples/browser/build.sh builds)
+//! import init, { SyncClient } from "syncmux";
 //! await init();
 //! const client = new SyncClient("wss://sync.example/sync/ws", { nodeId: "browser-1" });
 //! client.on("change", ({ changes }) => store.apply(changes));

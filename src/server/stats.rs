@@ -1,0 +1,196 @@
+//! Plain counters of what a [`Server`](super::Server) did, for an adapter to export (issue
+//! 16). The core takes no metrics crate: it counts, and the adapter turns
+//! [`Server::stats`](super::Server::stats) into metrics when they are scraped.
+//!
+//! Counted where every frame already passes: frames in once decoded, frames out and closes
+//! as [`poll_transmit`](super::Server::poll_transmit) hands them out (so a frame dropped by
+//! a closing session is not counted), deliveries where fan-out queues them.
+
+use std::collections::BTreeMap;
+
+use super::event::ServerTransmit;
+use super::Server;
+use crate::payload::ErrorPayload;
+use crate::wire::{decode, CloseCode, DecodeLimits, ErrorCode, MessageType};
+
+const TYPES: usize = MessageType::ALL.len();
+
+/// Counters since the server was made; they only grow. Returned by
+/// [`Server::stats`](super::Server::stats).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// By `MessageType as usize` (its place in `MessageType::ALL`): counted per frame, on
+    /// the fan-out path too, so an index rather than a map.
+    frames_in: [u64; TYPES],
+    frames_out: [u64; TYPES],
+    errors: Vec<(ErrorCode, u64)>,
+    closes: BTreeMap<CloseCode, u64>,
+    /// Messages refused by a session's rate limit (each answered `RATE_LIMITED`).
+    pub rate_limited: u64,
+    /// Live change frames queued for subscribers by fan-out (one per recipient; replays
+    /// not included).
+    pub deliveries: u64,
+    /// Subscribe replays answered (a subscribe without `since` or `cursor` included).
+    pub replays: u64,
+    /// Change records in those replays, in all.
+    pub replayed_changes: u64,
+}
+
+impl ServerStats {
+    /// Text frames received that decoded, by type (the rest are answered with error frames,
+    /// counted in [`errors`](Self::errors)).
+    pub fn frames_in(&self) -> impl Iterator<Item = (MessageType, u64)> + '_ {
+        counted(&self.frames_in)
+    }
+
+    /// Decoded frames received of one type.
+    pub fn frames_in_of(&self, kind: MessageType) -> u64 {
+        self.frames_in[kind as usize]
+    }
+
+    /// Frames handed out by [`poll_transmit`](super::Server::poll_transmit), by type.
+    pub fn frames_out(&self) -> impl Iterator<Item = (MessageType, u64)> + '_ {
+        counted(&self.frames_out)
+    }
+
+    /// Frames handed out of one type.
+    pub fn frames_out_of(&self, kind: MessageType) -> u64 {
+        self.frames_out[kind as usize]
+    }
+
+    /// Error frames handed out, by code, in code order.
+    pub fn errors(&self) -> impl Iterator<Item = (&ErrorCode, u64)> + '_ {
+        self.errors.iter().map(|(k, n)| (k, *n))
+    }
+
+    /// Sessions closed by the server (the close handed out), by close code. Sessions whose
+    /// peer or transport ended them are not here: the server sends them no close.
+    pub fn closes(&self) -> impl Iterator<Item = (CloseCode, u64)> + '_ {
+        self.closes.iter().map(|(k, n)| (*k, *n))
+    }
+
+    /// Sessions closed by the server with one code.
+    pub fn closes_of(&self, code: CloseCode) -> u64 {
+        self.closes.get(&code).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn frame_in(&mut self, kind: MessageType) {
+        self.frames_in[kind as usize] += 1;
+    }
+
+    pub(crate) fn replayed(&mut self, changes: usize) {
+        self.replays += 1;
+        self.replayed_changes += changes as u64;
+    }
+
+    /// Counts what `poll_transmit` hands out.
+    pub(crate) fn transmitted(&mut self, transmit: &ServerTransmit) {
+        match transmit {
+            ServerTransmit::Frame { bytes, .. } => {
+                let Some(kind) = kind_of(bytes) else { return };
+                self.frames_out[kind as usize] += 1;
+                if kind == MessageType::Error {
+                    // Rare: decoding the frame again costs nothing that matters here, and
+                    // keeps the queues free of anything but bytes.
+                    let limits = DecodeLimits::with_max_frame_len(0);
+                    let code = decode(bytes.clone(), &limits)
+                        .ok()
+                        .and_then(|f| f.payload::<ErrorPayload>().ok())
+                        .map_or(ErrorCode::Internal, |p| p.code);
+                    match self.errors.iter_mut().find(|(c, _)| *c == code) {
+                        Some((_, n)) => *n += 1,
+                        None => {
+                            self.errors.push((code, 1));
+                            self.errors.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+                        }
+                    }
+                }
+            }
+            ServerTransmit::Close { code, .. } => *self.closes.entry(*code).or_default() += 1,
+        }
+    }
+}
+
+/// The types counted at least once, in `MessageType::ALL` order.
+fn counted(by_type: &[u64; TYPES]) -> impl Iterator<Item = (MessageType, u64)> + '_ {
+    MessageType::ALL
+        .iter()
+        .zip(by_type)
+        .filter(|(_, n)| **n > 0)
+        .map(|(kind, n)| (*kind, *n))
+}
+
+/// The type of a frame the server encoded: `wire::encode` always writes `{"type":"NAME"`
+/// first.
+fn kind_of(bytes: &[u8]) -> Option<MessageType> {
+    let rest = bytes.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    MessageType::from_wire(core::str::from_utf8(&rest[..end]).ok()?)
+}
+
+impl Server {
+    /// What the server did so far: frames in and out by type, error frames by code, closes
+    /// by code, rate-limited messages, deliveries and replays (see [`ServerStats`]).
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{Handshake, HandshakeOutcome, ServerConfig};
+    use crate::time::Instant;
+    use bytes::Bytes;
+
+    #[test]
+    fn every_frame_type_is_read_back_from_its_encoding() {
+        for kind in MessageType::ALL {
+            let bytes = crate::wire::encode(*kind, None, &()).expect("encodes");
+            assert_eq!(kind_of(&bytes), Some(*kind), "{bytes:?}");
+        }
+        assert_eq!(kind_of(b"{\"type\":\"nope\"}"), None);
+        for (i, kind) in MessageType::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?} indexes its counters");
+        }
+        assert_eq!(kind_of(b""), None);
+    }
+
+    #[test]
+    fn frames_errors_rate_limits_and_closes_are_counted() {
+        let config = ServerConfig {
+            rate_limit_burst: 2,
+            ..ServerConfig::default()
+        };
+        let mut server = Server::new(config).expect("valid");
+        let now = Instant::ZERO;
+        let HandshakeOutcome::Accept { session, .. } =
+            server.handle_handshake(now, &Handshake::new("/", "node_id=a"))
+        else {
+            panic!("refused")
+        };
+        server.handle_message(
+            now,
+            session,
+            Bytes::from_static(br#"{"type":"ping","id":"1"}"#),
+        );
+        server.handle_message(now, session, Bytes::from_static(b"not json"));
+        server.handle_message(
+            now,
+            session,
+            Bytes::from_static(br#"{"type":"ping","id":"2"}"#),
+        );
+        server.close_session(now, session, CloseCode::NORMAL, "bye");
+        while server.poll_transmit().is_some() {}
+        let stats = server.stats();
+        // Received and decoded, the rate-limited one included.
+        assert_eq!(stats.frames_in_of(MessageType::Ping), 2);
+        assert_eq!(stats.frames_out_of(MessageType::Pong), 1);
+        assert_eq!(stats.frames_out_of(MessageType::Error), 2);
+        let errors: Vec<_> = stats.errors().map(|(c, n)| (c.as_str(), n)).collect();
+        assert_eq!(errors, [("INVALID_FRAME", 1), ("RATE_LIMITED", 1)]);
+        assert_eq!(stats.rate_limited, 1);
+        assert_eq!(stats.closes_of(CloseCode::NORMAL), 1);
+    }
+}
