@@ -140,7 +140,7 @@ pub use driver::Driver;
 pub use server::{
     Access, AppError, AuthDecision, AuthFn, AuthRequest, AuthorizeFn, Handshake, HandshakeOutcome,
     PullAnswer, PullId, PushAnswer, PushId, ReplayId, Resource, Server, ServerConfig, ServerEvent,
-    ServerTransmit, SessionId,
+    ServerStats, ServerTransmit, SessionId,
 };
 pub use store::{MemoryStore, PullOutcome, PushOutcome, StoreConfig};
 pub use time::Instant;
