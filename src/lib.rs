@@ -20,6 +20,8 @@
 //! - [`server`]: the server state machine: sessions, the routing hub, limits and auth hooks.
 //! - [`store`]: `MemoryStore`, the embedded change log with positions.
 //! - [`driver`]: pairs a `Server` with a `MemoryStore`.
+//! - [`ot`]: the OT profile: open-ot's text type, a document server and a client, over the
+//!   wire of `@open-ot/transport-websocket`.
 //! - [`adapters`]: bindings to runtimes, one cargo feature each (`wasm`: a JavaScript
 //!   `SyncClient` over the browser WebSocket).
 //!
@@ -98,6 +100,7 @@
 pub mod adapters;
 pub mod client;
 pub mod driver;
+pub mod ot;
 pub mod payload;
 pub mod server;
 pub mod store;
