@@ -327,7 +327,9 @@ impl OtClient {
                 doc_id,
                 op,
             } => match self.awaiting.pop_front() {
-                Some(Reply::Snapshot) if doc_id.as_deref().unwrap_or(DEFAULT_DOC_ID) == self.doc => {
+                Some(Reply::Snapshot)
+                    if doc_id.as_deref().unwrap_or(DEFAULT_DOC_ID) == self.doc =>
+                {
                     self.on_snapshot(revision, text, op)
                 }
                 _ => self.fetch(ResyncReason::BadFrame),
@@ -467,7 +469,11 @@ impl OtClient {
             });
             return;
         }
-        let Some(base) = self.pending.as_ref().and_then(|p| p.op.apply(&self.base).ok()) else {
+        let Some(base) = self
+            .pending
+            .as_ref()
+            .and_then(|p| p.op.apply(&self.base).ok())
+        else {
             self.fetch(ResyncReason::DoesNotApply);
             return;
         };
@@ -565,8 +571,7 @@ impl OtClient {
     fn fetch(&mut self, reason: ResyncReason) {
         self.live = false;
         self.event(OtClientEvent::Resyncing { reason });
-        if !self.connected || self.retry_at.is_some() || self.awaiting.contains(&Reply::Snapshot)
-        {
+        if !self.connected || self.retry_at.is_some() || self.awaiting.contains(&Reply::Snapshot) {
             return;
         }
         self.request_snapshot();

@@ -259,7 +259,10 @@ mod tests {
             doc.submit(TextOp::new().retain(1), doc.revision(), None, LIMITS)
                 .unwrap();
         }
-        assert_eq!((doc.revision(), doc.history_len(), doc.oldest_base()), (5, 3, 2));
+        assert_eq!(
+            (doc.revision(), doc.history_len(), doc.oldest_base()),
+            (5, 3, 2)
+        );
         assert_eq!(
             doc.submit(TextOp::new(), 1, None, LIMITS).unwrap_err(),
             Refused::TooOld {

@@ -363,7 +363,10 @@ impl OtServer {
     /// UTF-8 JSON).
     pub fn handle_message(&mut self, now: Instant, session: OtSessionId, bytes: Bytes) {
         let now = self.clamp(now);
-        let (limit, window) = (self.config.rate_limit_messages, self.config.rate_limit_window);
+        let (limit, window) = (
+            self.config.rate_limit_messages,
+            self.config.rate_limit_window,
+        );
         let Some(s) = self.sessions.open_mut(session) else {
             return;
         };

@@ -26,7 +26,9 @@ pub(crate) enum State {
     Open,
     /// Its close (or termination) is queued; nothing more is accepted or routed to it.
     /// `flush`: its frames queued before the close still go out.
-    Closing { flush: bool },
+    Closing {
+        flush: bool,
+    },
 }
 
 pub(crate) struct Session {

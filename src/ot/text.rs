@@ -505,11 +505,7 @@ fn advance(bytes: &[u8], mut pos: usize, n: u64) -> Result<usize, Stop> {
         // A run of ASCII is one unit per byte: skip it without decoding.
         let span = usize::try_from(left).unwrap_or(usize::MAX);
         let rest = bytes.get(pos..).unwrap_or_default();
-        let run = rest
-            .iter()
-            .take(span)
-            .take_while(|b| b.is_ascii())
-            .count();
+        let run = rest.iter().take(span).take_while(|b| b.is_ascii()).count();
         pos += run;
         left -= run as u64;
         if left == 0 {
@@ -631,15 +627,24 @@ mod tests {
         assert_eq!(op(r#"[{"i":"Hi "}]"#).apply("there").unwrap(), "Hi there");
         assert_eq!(op(r#"[{"r":1},{"d":2}]"#).apply("abcd").unwrap(), "ad");
         assert_eq!(
-            op(r#"[{"r":2},{"r":3}]"#).apply("abcd").unwrap_err().to_string(),
+            op(r#"[{"r":2},{"r":3}]"#)
+                .apply("abcd")
+                .unwrap_err()
+                .to_string(),
             "Operation goes past the end of the string. Index: 0, Retain: 5, Snapshot Length: 4"
         );
         assert_eq!(
-            op(r#"[{"r":1},{"d":9}]"#).apply("😀").unwrap_err().to_string(),
+            op(r#"[{"r":1},{"d":9}]"#)
+                .apply("😀")
+                .unwrap_err()
+                .to_string(),
             "Operation splits a surrogate pair. Index: 1"
         );
         assert_eq!(
-            op(r#"[{"r":2},{"d":9}]"#).apply("😀é").unwrap_err().to_string(),
+            op(r#"[{"r":2},{"d":9}]"#)
+                .apply("😀é")
+                .unwrap_err()
+                .to_string(),
             "Operation goes past the end of the string. Index: 2, Delete: 9, Snapshot Length: 3"
         );
         assert_eq!(op(r#"[{"r":2},{"d":1}]"#).apply("😀é").unwrap(), "😀");
@@ -670,14 +675,25 @@ mod tests {
         let a = TextOp::new().insert("a");
         let b = TextOp::new().insert("b");
         // (b's insert still becomes a retain after a's: open-ot keeps trailing retains.)
-        assert_eq!(a.transform(&b, Side::Left), TextOp::new().insert("a").retain(1));
-        assert_eq!(a.transform(&b, Side::Right), TextOp::new().retain(1).insert("a"));
+        assert_eq!(
+            a.transform(&b, Side::Left),
+            TextOp::new().insert("a").retain(1)
+        );
+        assert_eq!(
+            a.transform(&b, Side::Right),
+            TextOp::new().retain(1).insert("a")
+        );
         // Past its end an op retains: the other's retains come back as a trailing retain.
         let del = TextOp::new().retain(1).delete(2);
         let ins = TextOp::new().retain(2).insert("xy").retain(3);
         assert_eq!(
             del.transform(&ins, Side::Left),
-            TextOp::new().retain(1).delete(1).retain(2).delete(1).retain(2)
+            TextOp::new()
+                .retain(1)
+                .delete(1)
+                .retain(2)
+                .delete(1)
+                .retain(2)
         );
         assert_eq!(
             ins.transform(&del, Side::Right),
@@ -708,7 +724,11 @@ mod tests {
             ("xx", "x"),
             ("", "new"),
         ] {
-            assert_eq!(TextOp::diff(old, new).apply(old).unwrap(), new, "{old} -> {new}");
+            assert_eq!(
+                TextOp::diff(old, new).apply(old).unwrap(),
+                new,
+                "{old} -> {new}"
+            );
         }
         assert_eq!(
             TextOp::diff("a😀b", "a😁b"),
