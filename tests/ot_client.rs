@@ -482,3 +482,42 @@ fn a_late_copy_from_the_old_connection_is_not_applied_twice() {
     assert_eq!(text.matches('A').count(), 1, "{text}");
     assert_eq!((a.text(), b.text()), (text.as_str(), text.as_str()));
 }
+
+#[test]
+fn the_retry_delay_stops_growing_at_its_maximum() {
+    let mut config = OtClientConfig::new("c1");
+    config.retry_delay = Duration::from_secs(1);
+    config.max_retry_delay = Duration::from_secs(5);
+    let mut c = client(config);
+    let mut now = Instant::ZERO;
+    c.handle_connected(now);
+    sent(&mut c);
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        recv(
+            &mut c,
+            r#"{"type":"error","message":"Too many documents (max 1)"}"#,
+        );
+        let at = c.poll_timeout().unwrap();
+        delays.push((at - now).as_secs());
+        now = at;
+        c.handle_timeout(now);
+        assert_eq!(sent(&mut c), [r#"{"type":"snapshot"}"#]);
+    }
+    assert_eq!(delays, [1, 2, 4, 5, 5]);
+}
+
+#[test]
+fn configurations_that_cannot_work_are_refused() {
+    use syncmux::ot::OtConfigError;
+    for id in ["", "a\u{7}b", &"x".repeat(41)] {
+        assert_eq!(
+            OtClient::new(OtClientConfig::new(id)).unwrap_err(),
+            OtConfigError::ClientId
+        );
+    }
+    assert_eq!(
+        OtClient::new(OtClientConfig::new("c").with_doc_id("")).unwrap_err(),
+        OtConfigError::EmptyDocId
+    );
+}

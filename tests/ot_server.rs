@@ -731,3 +731,40 @@ fn a_closed_session_gets_nothing_more() {
     assert_eq!(h.text("doc-1"), "x");
     assert_eq!(h.server.session_count(), 0);
 }
+
+#[test]
+fn the_history_is_bounded_in_bytes_too() {
+    let mut config = OtServerConfig::default();
+    config.max_history = 0;
+    config.max_history_bytes = 1000;
+    let mut h = Harness::new(config);
+    let a = h.open();
+    for r in 0..20 {
+        let text = "x".repeat(100);
+        h.send(
+            a,
+            &format!(r#"{{"type":"op","op":[{{"i":"{text}"}}],"revision":{r}}}"#),
+        );
+    }
+    h.frames();
+    // Each op is 100 bytes of text plus its component: at most 9 fit in 1000 bytes.
+    let kept = h.server.document("doc-1").unwrap().history_len();
+    assert!((1..10).contains(&kept), "{kept}");
+    h.send(a, r#"{"type":"op","op":[],"revision":5}"#);
+    let reply = h.reply(a);
+    assert!(reply.contains("older than the history kept"), "{reply}");
+}
+
+#[test]
+fn configurations_that_cannot_work_are_refused() {
+    let mut config = OtServerConfig::default();
+    config.rate_limit_window = Duration::ZERO;
+    assert_eq!(
+        OtServer::new(config).unwrap_err(),
+        syncmux::ot::OtConfigError::RateLimitWindow
+    );
+    let mut config = OtServerConfig::default();
+    config.rate_limit_messages = 0;
+    config.rate_limit_window = Duration::ZERO;
+    assert!(OtServer::new(config).is_ok());
+}
