@@ -109,8 +109,10 @@
 //! - **Errors**: [`ConfigError`] for configurations that cannot work; wire codes are
 //!   [`ErrorCode`] and [`CloseCode`].
 //! - **Modules**: [`payload`] holds the data types (HLCs, change records, every message's
-//!   payload); [`wire`] the envelope codec; [`adapters`] (cargo features `tokio`, `smol`,
-//!   `wasm`) the bindings to runtimes, sockets and the browser.
+//!   payload); [`wire`] the envelope codec; [`ot`] the OT profile (open-ot's text type, a
+//!   document server and a client over the wire of `@open-ot/transport-websocket`);
+//!   [`adapters`] (cargo features `tokio`, `smol`, `wasm`) the bindings to runtimes, sockets
+//!   and the browser.
 //!
 //! The protocol itself is specified in `docs/protocol.md` in the repository.
 
@@ -120,6 +122,7 @@
 
 #[cfg(any(feature = "adapters", all(feature = "wasm", target_arch = "wasm32")))]
 pub mod adapters;
+pub mod ot;
 pub mod payload;
 pub mod wire;
 

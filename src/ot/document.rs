@@ -1,0 +1,310 @@
+//! One document on the server: its text, head revision and recent history, and the OT step
+//! that turns an incoming op into the next revision.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::session::OtSessionId;
+use super::text::{utf16_len, Component, OpError, Side, TextOp};
+use super::wire::OpStatus;
+
+/// The bounds a document keeps to (from `OtServerConfig`; 0 disables each).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_history: usize,
+    pub(crate) max_history_bytes: usize,
+    pub(crate) max_document_len: u64,
+}
+
+/// A logged op.
+struct Entry {
+    op: Arc<TextOp>,
+    op_id: Option<Box<str>>,
+    /// What it counts against `max_history_bytes`.
+    bytes: usize,
+}
+
+/// What became of an op.
+#[derive(Debug)]
+pub(crate) enum Submitted {
+    /// It is revision `revision`, as `op` (transformed to apply to the text before it).
+    Applied { revision: u64, op: Arc<TextOp> },
+    /// An op with the same `opId` was already logged after the op's revision: it is not
+    /// applied again.
+    Duplicate { revision: u64 },
+}
+
+/// Why an op was refused. The `Display` text is the error frame's message.
+#[derive(Clone, PartialEq, Eq, Debug, Error)]
+pub(crate) enum Refused {
+    /// Made on a revision the document has not reached (open-ot's message).
+    #[error("Invalid revision: {revision} > {head}")]
+    Future { revision: u64, head: u64 },
+    /// Made on a revision older than the history kept: it cannot be transformed.
+    #[error(
+        "Revision {revision} is older than the history kept (it starts at revision \
+         {oldest}): fetch a snapshot"
+    )]
+    TooOld { revision: u64, oldest: u64 },
+    /// It does not fit the text (transformed to the head revision).
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// It would make the document longer than allowed.
+    #[error("Document too large: {len} UTF-16 code units (max {max})")]
+    TooLong { len: u64, max: u64 },
+}
+
+/// A document: created empty at revision 0 on first use.
+pub(crate) struct Document {
+    text: String,
+    /// `text`'s length in UTF-16 code units, kept rather than recounted per op.
+    len: u64,
+    revision: u64,
+    /// The ops that produced revisions `revision - history.len() + 1 ..= revision`.
+    history: VecDeque<Entry>,
+    history_bytes: usize,
+    /// The sessions that receive the document's ops, in a stable order.
+    pub(crate) members: BTreeSet<OtSessionId>,
+}
+
+impl Document {
+    pub(crate) fn new() -> Self {
+        Document {
+            text: String::new(),
+            len: 0,
+            revision: 0,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            members: BTreeSet::new(),
+        }
+    }
+
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub(crate) fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// The oldest revision an op may be made on and still be transformed: the history holds
+    /// every op after it.
+    pub(crate) fn oldest_base(&self) -> u64 {
+        self.revision - self.history.len() as u64
+    }
+
+    /// Turns an op made at `revision` into the next revision: transformed against the logged
+    /// ops after `revision`, oldest first, the incoming op on side `right` (so the logged
+    /// op's insert comes first at a tie, as open-ot's server does), then applied. Unlike
+    /// open-ot's server we apply every op, so nothing that does not fit is ever logged.
+    pub(crate) fn submit(
+        &mut self,
+        op: TextOp,
+        revision: u64,
+        op_id: Option<&str>,
+        limits: Limits,
+    ) -> Result<Submitted, Refused> {
+        if revision > self.revision {
+            return Err(Refused::Future {
+                revision,
+                head: self.revision,
+            });
+        }
+        let oldest = self.oldest_base();
+        if revision < oldest {
+            return Err(Refused::TooOld { revision, oldest });
+        }
+        let skip = usize::try_from(revision - oldest).unwrap_or(usize::MAX);
+        let mut op = op;
+        for (i, entry) in self.history.iter().enumerate().skip(skip) {
+            // An op logged after this one's revision with the same id is this op, sent again
+            // (the client lost the connection before the ack).
+            if op_id.is_some() && entry.op_id.as_deref() == op_id {
+                return Ok(Submitted::Duplicate {
+                    revision: oldest + i as u64 + 1,
+                });
+            }
+            op = op.transform(&entry.op, Side::Right);
+        }
+        let text = op.apply(&self.text)?;
+        let len = self.len + inserted(&op) - deleted(&op);
+        if limits.max_document_len != 0 && len > limits.max_document_len {
+            return Err(Refused::TooLong {
+                len,
+                max: limits.max_document_len,
+            });
+        }
+        debug_assert_eq!(len, utf16_len(&text));
+        self.text = text;
+        self.len = len;
+        self.revision += 1;
+        let op = Arc::new(op);
+        self.log(op.clone(), op_id, limits);
+        Ok(Submitted::Applied {
+            revision: self.revision,
+            op,
+        })
+    }
+
+    /// Where the op with this id stands, for a snapshot request naming it; `revision` is the
+    /// revision the op was made on, if the client said.
+    pub(crate) fn op_status(&self, op_id: &str, revision: Option<u64>) -> OpStatus {
+        let oldest = self.oldest_base();
+        if let Some(i) = self
+            .history
+            .iter()
+            .position(|e| e.op_id.as_deref() == Some(op_id))
+        {
+            return OpStatus::Applied {
+                revision: oldest + i as u64 + 1,
+            };
+        }
+        // Not found: certain only if every op after the revision it was made on is kept.
+        match revision {
+            Some(r) if r >= oldest => OpStatus::Absent,
+            _ if oldest == 0 => OpStatus::Absent,
+            _ => OpStatus::Unknown,
+        }
+    }
+
+    fn log(&mut self, op: Arc<TextOp>, op_id: Option<&str>, limits: Limits) {
+        let bytes = op
+            .components()
+            .iter()
+            .map(|c| {
+                core::mem::size_of::<Component>()
+                    + match c {
+                        Component::Insert(s) => s.len(),
+                        _ => 0,
+                    }
+            })
+            .sum::<usize>()
+            + op_id.map_or(0, str::len);
+        self.history.push_back(Entry {
+            op,
+            op_id: op_id.map(Box::from),
+            bytes,
+        });
+        self.history_bytes += bytes;
+        let over = |d: &Document| {
+            (limits.max_history != 0 && d.history.len() > limits.max_history)
+                || (limits.max_history_bytes != 0 && d.history_bytes > limits.max_history_bytes)
+        };
+        while over(self) {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.bytes,
+                None => break,
+            }
+        }
+    }
+}
+
+fn inserted(op: &TextOp) -> u64 {
+    op.components()
+        .iter()
+        .map(|c| match c {
+            Component::Insert(s) => utf16_len(s),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn deleted(op: &TextOp) -> u64 {
+    op.components()
+        .iter()
+        .map(|c| match c {
+            Component::Delete(n) => *n,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_history: 3,
+        max_history_bytes: 0,
+        max_document_len: 10,
+    };
+
+    fn applied(s: Result<Submitted, Refused>) -> u64 {
+        match s {
+            Ok(Submitted::Applied { revision, .. }) => revision,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_ops_are_transformed_and_old_ones_refused() {
+        let mut doc = Document::new();
+        assert_eq!(
+            applied(doc.submit(TextOp::new().insert("ab"), 0, None, LIMITS)),
+            1
+        );
+        // Made at 0 too: transformed past "ab" (the logged insert comes first at a tie).
+        assert_eq!(
+            applied(doc.submit(TextOp::new().insert("x"), 0, None, LIMITS)),
+            2
+        );
+        assert_eq!(doc.text(), "abx");
+        for _ in 0..3 {
+            doc.submit(TextOp::new().retain(1), doc.revision(), None, LIMITS)
+                .unwrap();
+        }
+        assert_eq!(
+            (doc.revision(), doc.history_len(), doc.oldest_base()),
+            (5, 3, 2)
+        );
+        assert_eq!(
+            doc.submit(TextOp::new(), 1, None, LIMITS).unwrap_err(),
+            Refused::TooOld {
+                revision: 1,
+                oldest: 2
+            }
+        );
+        assert_eq!(
+            doc.submit(TextOp::new(), 6, None, LIMITS)
+                .unwrap_err()
+                .to_string(),
+            "Invalid revision: 6 > 5"
+        );
+        assert_eq!(
+            doc.submit(TextOp::new().insert("12345678"), 5, None, LIMITS)
+                .unwrap_err(),
+            Refused::TooLong { len: 11, max: 10 }
+        );
+        assert_eq!(doc.text(), "abx");
+    }
+
+    #[test]
+    fn an_op_id_is_applied_once() {
+        let mut doc = Document::new();
+        let op = TextOp::new().insert("a");
+        assert_eq!(applied(doc.submit(op.clone(), 0, Some("c-1"), LIMITS)), 1);
+        assert!(matches!(
+            doc.submit(op.clone(), 0, Some("c-1"), LIMITS),
+            Ok(Submitted::Duplicate { revision: 1 })
+        ));
+        // The same id made after it was logged is another op (ids are the client's affair).
+        assert_eq!(applied(doc.submit(op, 1, Some("c-1"), LIMITS)), 2);
+        assert_eq!(
+            doc.op_status("c-1", Some(0)),
+            OpStatus::Applied { revision: 1 }
+        );
+        assert_eq!(doc.op_status("c-9", Some(0)), OpStatus::Absent);
+        for _ in 0..3 {
+            doc.submit(TextOp::new(), doc.revision(), None, LIMITS)
+                .unwrap();
+        }
+        assert_eq!(doc.op_status("c-9", Some(0)), OpStatus::Unknown);
+        assert_eq!(doc.op_status("c-9", Some(2)), OpStatus::Absent);
+    }
+}

@@ -1,0 +1,540 @@
+//! The frames of the OT endpoint: the wire of `@open-ot/transport-websocket` 0.3.0
+//! (DESIGN.md section 7), one JSON text frame per message, with no envelope id.
+//!
+//! | frame | direction | fields |
+//! |---|---|---|
+//! | `op` | client → server | `op`, `revision`, `docId`?, `opId`? |
+//! | `snapshot` | client → server | `docId`?, `opId`?, `revision`? (extension) |
+//! | `ack` | server → sender | `revision`, `docId`? |
+//! | `op` | server → the document's other clients | `op`, `revision`, `docId`? |
+//! | `error` | server → sender | `message`, `docId`? |
+//! | `snapshot` | server → sender | `revision`, `text`, `docId`?, `opStatus`?, `opRevision`? (extension) |
+//!
+//! A frame without `docId` concerns the document `doc-1`. Replies (`ack`, `error`,
+//! `snapshot`) carry the `docId` of the request, when it named one; broadcast ops carry the
+//! document's id unless it is `doc-1`, so the seed's single-document clients see exactly
+//! the frames of the original server.
+//!
+//! # Extensions
+//!
+//! Clients of the seed never send these, so they cannot confuse them; every added field is
+//! one such clients ignore.
+//!
+//! - `{"type":"snapshot","docId"?}` asks for a document's text and head revision, answered
+//!   by `{"type":"snapshot","revision":V,"text":"...","docId"?}`. It joins the connection
+//!   to the document, like an op, so the document's ops after `V` follow without a gap.
+//! - `opId`, a string of at most 64 bytes that the client makes unique, makes an op
+//!   idempotent: an op whose `opId` matches an op logged after its `revision` is not applied
+//!   again, only acked with the revision that op got. A snapshot request naming an `opId`
+//!   (and the revision the op was made at) is answered with `opStatus`: `"applied"` (with
+//!   `opRevision`), `"absent"` (the history since that revision does not hold it) or
+//!   `"unknown"` (that history is no longer kept). With both, a client that lost its
+//!   connection while an op was unacknowledged learns whether to send it again, and a copy
+//!   still in flight on the old connection cannot be applied twice.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use super::text::{OpError, TextOp};
+
+/// The document a frame without `docId` is about.
+pub const DEFAULT_DOC_ID: &str = "doc-1";
+
+/// The longest `opId` accepted, in bytes.
+pub const MAX_OP_ID_LEN: usize = 64;
+
+/// A frame from a client.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// Apply `op`, made on the document at `revision`.
+    Op {
+        /// The document; `None` is `doc-1`.
+        doc_id: Option<String>,
+        /// The operation.
+        op: TextOp,
+        /// The revision of the document the op was made on.
+        revision: u64,
+        /// The idempotency key (extension).
+        op_id: Option<String>,
+    },
+    /// Send the document's text and revision (extension).
+    Snapshot {
+        /// The document; `None` is `doc-1`.
+        doc_id: Option<String>,
+        /// An op whose fate the client wants to know.
+        op_id: Option<String>,
+        /// The revision that op was made on.
+        revision: Option<u64>,
+    },
+}
+
+/// A frame from the server.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// The sender's op was applied as revision `revision`.
+    Ack {
+        /// The document's new head revision.
+        revision: u64,
+        /// The request's `docId`.
+        doc_id: Option<String>,
+    },
+    /// Another client's op, transformed, became revision `revision`.
+    Op {
+        /// The op as applied.
+        op: TextOp,
+        /// The revision it produced.
+        revision: u64,
+        /// The document; `None` is `doc-1`.
+        doc_id: Option<String>,
+    },
+    /// The request failed; the connection stays open.
+    Error {
+        /// What went wrong.
+        message: String,
+        /// The request's `docId`, when it could be read.
+        doc_id: Option<String>,
+    },
+    /// A document's text at `revision` (extension).
+    Snapshot {
+        /// The head revision.
+        revision: u64,
+        /// The text at that revision.
+        text: String,
+        /// The request's `docId`.
+        doc_id: Option<String>,
+        /// The fate of the op the request asked about, if it named one.
+        op: Option<OpStatus>,
+    },
+}
+
+/// Whether the op a snapshot request named was applied.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum OpStatus {
+    /// It was, as this revision.
+    Applied {
+        /// The revision it produced.
+        revision: u64,
+    },
+    /// It was not: the history since the revision it was made on is kept, and does not
+    /// hold it.
+    Absent,
+    /// The server no longer keeps the history since the revision it was made on.
+    Unknown,
+}
+
+/// A frame that could not be read. The `Display` text is the error frame's message.
+#[derive(Clone, PartialEq, Eq, Debug, Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Not UTF-8 JSON.
+    #[error("Invalid JSON: {0}")]
+    Json(String),
+    /// JSON, but not an object with a string `type`.
+    #[error("Message must be a JSON object with a string type")]
+    NotAMessage,
+    /// A `type` this endpoint does not know.
+    #[error("Unknown message type: {0}")]
+    UnknownType(String),
+    /// A field has the wrong type or value.
+    #[error("Invalid {field}: {expected}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// The op is not a text op (open-ot's messages).
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+impl ClientMessage {
+    /// Reads a client's frame.
+    pub fn decode(bytes: &[u8]) -> Result<ClientMessage, WireError> {
+        decode_client(bytes).map_err(|(error, _)| error)
+    }
+
+    /// The frame's bytes.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            ClientMessage::Op {
+                doc_id,
+                op,
+                revision,
+                op_id,
+            } => to_bytes(&OpOut {
+                kind: "op",
+                op,
+                revision: *revision,
+                doc_id: doc_id.as_deref(),
+                op_id: op_id.as_deref(),
+            }),
+            ClientMessage::Snapshot {
+                doc_id,
+                op_id,
+                revision,
+            } => to_bytes(&SnapshotRequestOut {
+                kind: "snapshot",
+                doc_id: doc_id.as_deref(),
+                op_id: op_id.as_deref(),
+                revision: *revision,
+            }),
+        }
+    }
+}
+
+impl ServerMessage {
+    /// Reads a server's frame.
+    pub fn decode(bytes: &[u8]) -> Result<ServerMessage, WireError> {
+        let (kind, mut map) = object(bytes)?;
+        let doc_id = doc_id(&map)?;
+        let revision = |map: &Map<String, Value>| {
+            map.get("revision")
+                .and_then(Value::as_u64)
+                .ok_or(WireError::Field {
+                    field: "revision",
+                    expected: "must be a non-negative integer",
+                })
+        };
+        match kind.as_str() {
+            "ack" => Ok(ServerMessage::Ack {
+                revision: revision(&map)?,
+                doc_id,
+            }),
+            "op" => Ok(ServerMessage::Op {
+                revision: revision(&map)?,
+                op: TextOp::from_json(map.remove("op").unwrap_or(Value::Null))?,
+                doc_id,
+            }),
+            "error" => match map.remove("message") {
+                Some(Value::String(message)) => Ok(ServerMessage::Error { message, doc_id }),
+                _ => Err(WireError::Field {
+                    field: "message",
+                    expected: "must be a string",
+                }),
+            },
+            "snapshot" => {
+                let revision = revision(&map)?;
+                let op = match map.get("opStatus").and_then(Value::as_str) {
+                    None => None,
+                    Some("applied") => Some(OpStatus::Applied {
+                        revision: map.get("opRevision").and_then(Value::as_u64).ok_or(
+                            WireError::Field {
+                                field: "opRevision",
+                                expected: "must be a non-negative integer",
+                            },
+                        )?,
+                    }),
+                    Some("absent") => Some(OpStatus::Absent),
+                    Some(_) => Some(OpStatus::Unknown),
+                };
+                let Some(Value::String(text)) = map.remove("text") else {
+                    return Err(WireError::Field {
+                        field: "text",
+                        expected: "must be a string",
+                    });
+                };
+                Ok(ServerMessage::Snapshot {
+                    revision,
+                    text,
+                    doc_id,
+                    op,
+                })
+            }
+            other => Err(WireError::UnknownType(other.chars().take(32).collect())),
+        }
+    }
+
+    /// The frame's bytes.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            ServerMessage::Ack { revision, doc_id } => encode_ack(*revision, doc_id.as_deref()),
+            ServerMessage::Op {
+                op,
+                revision,
+                doc_id,
+            } => encode_op(op, *revision, doc_id.as_deref()),
+            ServerMessage::Error { message, doc_id } => encode_error(message, doc_id.as_deref()),
+            ServerMessage::Snapshot {
+                revision,
+                text,
+                doc_id,
+                op,
+            } => encode_snapshot(*revision, text, doc_id.as_deref(), *op),
+        }
+    }
+}
+
+/// Reads a client's frame; on failure, with the `docId` it named when that could be read,
+/// for the error frame to echo.
+pub(crate) fn decode_client(bytes: &[u8]) -> Result<ClientMessage, (WireError, Option<String>)> {
+    let (kind, mut map) = object(bytes).map_err(|e| (e, None))?;
+    let doc_id = doc_id(&map).map_err(|e| (e, None))?;
+    let read = |map: &mut Map<String, Value>| match kind.as_str() {
+        "op" => {
+            let revision = map
+                .get("revision")
+                .and_then(Value::as_u64)
+                .ok_or(WireError::Field {
+                    field: "revision",
+                    expected: "must be a non-negative integer",
+                })?;
+            let op_id = op_id(map)?;
+            let op = TextOp::from_json(map.remove("op").unwrap_or(Value::Null))?;
+            Ok(ClientMessage::Op {
+                doc_id: None,
+                op,
+                revision,
+                op_id,
+            })
+        }
+        "snapshot" => {
+            let revision = match map.get("revision") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or(WireError::Field {
+                    field: "revision",
+                    expected: "must be a non-negative integer",
+                })?),
+            };
+            Ok(ClientMessage::Snapshot {
+                doc_id: None,
+                op_id: op_id(map)?,
+                revision,
+            })
+        }
+        // The type is the peer's text: quote a bounded part of it.
+        _ => Err(WireError::UnknownType(kind.chars().take(32).collect())),
+    };
+    match read(&mut map) {
+        Err(error) => Err((error, doc_id)),
+        Ok(mut message) => {
+            match &mut message {
+                ClientMessage::Op { doc_id: d, .. } | ClientMessage::Snapshot { doc_id: d, .. } => {
+                    *d = doc_id;
+                }
+            }
+            Ok(message)
+        }
+    }
+}
+
+/// `{"type":"ack","revision":V}`, with the request's `docId`.
+pub(crate) fn encode_ack(revision: u64, doc_id: Option<&str>) -> Bytes {
+    to_bytes(&AckOut {
+        kind: "ack",
+        revision,
+        doc_id,
+    })
+}
+
+/// `{"type":"op","op":[...],"revision":V}`: encoded once per op, shared by every recipient.
+pub(crate) fn encode_op(op: &TextOp, revision: u64, doc_id: Option<&str>) -> Bytes {
+    to_bytes(&OpOut {
+        kind: "op",
+        op,
+        revision,
+        doc_id,
+        op_id: None,
+    })
+}
+
+/// `{"type":"error","message":"..."}`.
+pub(crate) fn encode_error(message: &str, doc_id: Option<&str>) -> Bytes {
+    to_bytes(&ErrorOut {
+        kind: "error",
+        message,
+        doc_id,
+    })
+}
+
+/// `{"type":"snapshot","revision":V,"text":"..."}` and the extension fields.
+pub(crate) fn encode_snapshot(
+    revision: u64,
+    text: &str,
+    doc_id: Option<&str>,
+    op: Option<OpStatus>,
+) -> Bytes {
+    let (op_status, op_revision) = match op {
+        None => (None, None),
+        Some(OpStatus::Applied { revision }) => (Some("applied"), Some(revision)),
+        Some(OpStatus::Absent) => (Some("absent"), None),
+        Some(OpStatus::Unknown) => (Some("unknown"), None),
+    };
+    to_bytes(&SnapshotOut {
+        kind: "snapshot",
+        revision,
+        text,
+        doc_id,
+        op_status,
+        op_revision,
+    })
+}
+
+/// Parses a frame into its `type` and fields.
+fn object(bytes: &[u8]) -> Result<(String, Map<String, Value>), WireError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))?;
+    let Value::Object(mut map) = value else {
+        return Err(WireError::NotAMessage);
+    };
+    match map.remove("type") {
+        Some(Value::String(kind)) => Ok((kind, map)),
+        _ => Err(WireError::NotAMessage),
+    }
+}
+
+/// `docId`: absent, `null` and `""` all mean `doc-1` (the seed reads `msg.docId || "doc-1"`).
+fn doc_id(map: &Map<String, Value>) -> Result<Option<String>, WireError> {
+    match map.get("docId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(WireError::Field {
+            field: "docId",
+            expected: "must be a string",
+        }),
+    }
+}
+
+fn op_id(map: &Map<String, Value>) -> Result<Option<String>, WireError> {
+    match map.get("opId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_OP_ID_LEN => Ok(Some(s.clone())),
+        Some(_) => Err(WireError::Field {
+            field: "opId",
+            expected: "must be a non-empty string of at most 64 bytes",
+        }),
+    }
+}
+
+fn to_bytes(value: &impl Serialize) -> Bytes {
+    // Every frame is a struct of strings, numbers and a TextOp: serialising cannot fail.
+    Bytes::from(serde_json::to_vec(value).expect("invariant: OT frames serialise to JSON"))
+}
+
+#[derive(Serialize)]
+struct AckOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    revision: u64,
+    #[serde(rename = "docId", skip_serializing_if = "Option::is_none")]
+    doc_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct OpOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    op: &'a TextOp,
+    revision: u64,
+    #[serde(rename = "docId", skip_serializing_if = "Option::is_none")]
+    doc_id: Option<&'a str>,
+    #[serde(rename = "opId", skip_serializing_if = "Option::is_none")]
+    op_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+    #[serde(rename = "docId", skip_serializing_if = "Option::is_none")]
+    doc_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SnapshotRequestOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "docId", skip_serializing_if = "Option::is_none")]
+    doc_id: Option<&'a str>,
+    #[serde(rename = "opId", skip_serializing_if = "Option::is_none")]
+    op_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    revision: u64,
+    text: &'a str,
+    #[serde(rename = "docId", skip_serializing_if = "Option::is_none")]
+    doc_id: Option<&'a str>,
+    #[serde(rename = "opStatus", skip_serializing_if = "Option::is_none")]
+    op_status: Option<&'static str>,
+    #[serde(rename = "opRevision", skip_serializing_if = "Option::is_none")]
+    op_revision: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_of_the_seed() {
+        let op = TextOp::new().insert("Hello");
+        assert_eq!(&encode_ack(1, None)[..], br#"{"type":"ack","revision":1}"#);
+        assert_eq!(
+            &encode_op(&op, 6, Some("d"))[..],
+            br#"{"type":"op","op":[{"i":"Hello"}],"revision":6,"docId":"d"}"#
+        );
+        assert_eq!(
+            &encode_error("Rate limit exceeded", None)[..],
+            br#"{"type":"error","message":"Rate limit exceeded"}"#
+        );
+        assert_eq!(
+            ClientMessage::decode(br#"{"type":"op","op":[{"i":"Hello"}],"revision":5}"#),
+            Ok(ClientMessage::Op {
+                doc_id: None,
+                op,
+                revision: 5,
+                op_id: None
+            })
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        let messages = [
+            ServerMessage::Ack {
+                revision: 3,
+                doc_id: Some("a".into()),
+            },
+            ServerMessage::Op {
+                op: TextOp::new().retain(1).delete(2),
+                revision: 9,
+                doc_id: None,
+            },
+            ServerMessage::Error {
+                message: "nope".into(),
+                doc_id: None,
+            },
+            ServerMessage::Snapshot {
+                revision: 4,
+                text: "hi 😀".into(),
+                doc_id: Some("x".into()),
+                op: Some(OpStatus::Applied { revision: 2 }),
+            },
+            ServerMessage::Snapshot {
+                revision: 0,
+                text: String::new(),
+                doc_id: None,
+                op: Some(OpStatus::Unknown),
+            },
+        ];
+        for m in messages {
+            assert_eq!(ServerMessage::decode(&m.encode()), Ok(m));
+        }
+        let request = ClientMessage::Snapshot {
+            doc_id: Some("x".into()),
+            op_id: Some("c-1".into()),
+            revision: Some(7),
+        };
+        assert_eq!(ClientMessage::decode(&request.encode()), Ok(request));
+    }
+}
