@@ -1,6 +1,6 @@
 //! The envelope codec against a full `serde_json::Value` parse of the same bytes.
 //!
-//! Decoding reads only the envelope and keeps the payload raw (DESIGN.md section 1), so it
+//! Decoding reads only the envelope and keeps the payload raw (the crate docs), so it
 //! should beat parsing the whole frame into a `Value` by a wide margin on a large batch; each
 //! group measures that baseline in the same run so the ratio can be read off directly.
 //!

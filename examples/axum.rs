@@ -133,7 +133,7 @@ async fn sync_ws(
     upgrade.on_upgrade(move |socket| run_session(session, socket))
 }
 
-/// The state machine's view of the upgrade request (DESIGN.md section 2).
+/// The state machine's view of the upgrade request (docs/protocol.md section 4).
 fn handshake(uri: &Uri, headers: &HeaderMap) -> Handshake {
     let mut handshake = Handshake::new(uri.path(), uri.query().unwrap_or(""));
     for (name, value) in headers {

@@ -14,7 +14,7 @@
 //! the frame that brought it (for a batch, the position of its last change, printed on each
 //! of its lines); a `pull` prints the response with its `cursor`. Pass one back with
 //! `--cursor` to get exactly what came after it, late changes with old HLCs included
-//! (DESIGN.md section 3, "Cursors"); `--since` is the fallback for a server that cannot serve
+//! (docs/protocol.md section 7, "Cursors, resume and replay order"); `--since` is the fallback for a server that cannot serve
 //! the cursor, which a subscribe reports with `"recovered": false`. Errors print their code
 //! and message and exit non-zero.
 //!

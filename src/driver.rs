@@ -12,8 +12,8 @@ use crate::wire::CloseCode;
 
 /// A [`Server`] paired with a [`MemoryStore`]: one call per input runs both.
 ///
-/// The server never imports the store and the store never imports the server (DESIGN.md
-/// section 1); this driver is the small piece between them. It forwards every input to the
+/// The server never imports the store and the store never imports the server (see the
+/// crate docs); this driver is the small piece between them. It forwards every input to the
 /// server, answers the pull, push and replay events at once from the store, and passes every
 /// other event through. An adapter (or a test) drives a `Driver` exactly as it would drive a
 /// `Server`: after each input, drain [`poll_transmit`](Driver::poll_transmit) and

@@ -1,6 +1,6 @@
 //! Seedable randomness for jitter and keyed hashing.
 //!
-//! The core reads no OS entropy (DESIGN.md section 1): every random choice comes from a
+//! The core reads no OS entropy (the crate docs): every random choice comes from a
 //! generator seeded by the configuration, so the same seed and inputs replay exactly.
 
 use core::hash::BuildHasher;

@@ -1,6 +1,6 @@
 //! A crate-owned monotonic instant.
 //!
-//! The core never reads a clock (DESIGN.md section 1): every input carries `now`. We cannot use
+//! The core never reads a clock (the crate docs): every input carries `now`. We cannot use
 //! `std::time::Instant` for it because `Instant::now()` panics on `wasm32-unknown-unknown` and
 //! because tests need to build instants out of thin air to drive virtual time. An [`Instant`] is
 //! a count of nanoseconds since an origin that the caller chooses (an adapter picks the moment

@@ -1,5 +1,5 @@
 //! Deterministic virtual-time tests of the client state machine, one per behaviour of
-//! DESIGN.md section 4: hand-made server frames in, exact frames, deadlines and events out.
+//! docs/protocol.md section 11: hand-made server frames in, exact frames, deadlines and events out.
 
 mod client_support;
 
@@ -1073,7 +1073,7 @@ fn garbage_and_binary_frames_are_reported_and_answer_their_request_when_they_can
 }
 
 /// Subscribe, unsubscribe, presence and room commands in flight when the connection drops
-/// stay pending and complete with their restore after the reconnect (DESIGN.md section 4),
+/// stay pending and complete with their restore after the reconnect (docs/protocol.md section 11),
 /// or with the restore's refusal, or their timeout; a broadcast, which cannot be re-sent
 /// safely, fails with `DISCONNECTED`.
 #[test]

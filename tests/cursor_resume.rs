@@ -1,4 +1,4 @@
-//! Gapless resume with server cursors (issue 9, DESIGN.md section 3 "Cursors") over the
+//! Gapless resume with server cursors (issue 9, docs/protocol.md section 7, "Cursors, resume and replay order") over the
 //! in-memory simulation: a subscriber cut off while a node pushes changes with old HLCs and
 //! new ones gets every change exactly once after resuming; resuming by `since` alone (as a
 //! client of the seed protocol does) loses the old-HLC ones; a store restart or a retention
@@ -760,7 +760,7 @@ mod by_hand {
 }
 
 /// A subscriber that received nothing yet still has a position: its subscribe's ack said
-/// where its stream starts (DESIGN.md section 2, `ack`). Changes are positioned while it is
+/// where its stream starts (docs/protocol.md section 6.7, `ack`). Changes are positioned while it is
 /// away, in an HLC order unlike their position order, and the connection drops half-way
 /// through the replay after the reconnect, while a late old-HLC change is positioned after
 /// it. The resume is by cursor each time, the replay in cursor order with a cursor per frame,
@@ -808,7 +808,7 @@ fn replay_by_since_cut_half_way_resumes_from_its_last_position() {
         .any(|e| matches!(e, ClientEvent::ResyncNeeded { .. })));
 }
 
-/// The crate's own client with a replay by `since` alone (DESIGN.md section 3, "Replay
+/// The crate's own client with a replay by `since` alone (docs/protocol.md section 5, "Replay
 /// order"): the frames carry no cursor, so cut off before the ack it resumes from the newest
 /// HLC it received (the replay is in HLC order: everything below it arrived), and once
 /// acknowledged it keeps the ack's head as the table's position and resumes from there.

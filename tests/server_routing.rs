@@ -226,7 +226,7 @@ fn pulls_are_events_answered_out_of_order() {
     assert_eq!(parsed.changes.len(), 1);
 }
 
-/// A cursor is opaque to clients (DESIGN.md section 3): any string the store cannot serve
+/// A cursor is opaque to clients (docs/protocol.md section 5): any string the store cannot serve
 /// (another store's format, garbage) is a fallback with `recovered: false`, never an error.
 #[test]
 fn a_cursor_that_is_not_ours_falls_back_and_says_so() {
@@ -343,7 +343,7 @@ fn only_a_pull_that_named_a_cursor_says_whether_it_recovered() {
 
 /// A replay that answers `since` alone goes out in the store's HLC order with no per-frame
 /// cursor (its frames are not resume points), a frame never ends inside a run of equal HLCs,
-/// and the ack carries the head the replay was cut at (DESIGN.md section 3, "Replay order").
+/// and the ack carries the head the replay was cut at (docs/protocol.md section 7.4, "Replay order").
 #[test]
 fn a_replay_by_since_is_in_hlc_order_without_frame_cursors() {
     let mut c = config();

@@ -65,7 +65,7 @@ struct Want {
     /// events when it was issued.
     since_only: BTreeMap<RequestId, (String, usize)>,
     /// Of those, the ones whose subscribe was cut off before its ack. A replay by `since`
-    /// alone is in HLC order and has no resume points (DESIGN.md section 3): the client
+    /// alone is in HLC order and has no resume points (docs/protocol.md section 5): the client
     /// resumes from the newest HLC it got, which loses nothing of the store's history then
     /// but cannot see a late change with an older HLC accepted meanwhile (the limit of
     /// `since` that cursors exist for). Such changes may be missing there; no other may.
@@ -90,7 +90,7 @@ impl Want {
             }
         }
         // A subscribe in flight at a disconnect stays pending and completes with its
-        // restore (DESIGN.md section 4): it was cut if a disconnect came before its outcome.
+        // restore (docs/protocol.md section 11): it was cut if a disconnect came before its outcome.
         for (id, (table, start)) in &self.since_only {
             let later = &events[*start..];
             let end = later

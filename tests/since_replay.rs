@@ -1,5 +1,5 @@
 //! A client of the seed protocol resumes by `since` alone, from the newest HLC it has seen
-//! (DESIGN.md section 3, "Replay order"): a replay that answers `since` goes out in HLC
+//! (docs/protocol.md section 7.4, "Replay order"): a replay that answers `since` goes out in HLC
 //! order, so wherever the connection is cut, between any two frames, the resume gets exactly
 //! the changes it had not received.
 

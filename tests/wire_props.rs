@@ -1,4 +1,4 @@
-//! Properties of the envelope codec and the payload types (DESIGN.md sections 2–3).
+//! Properties of the envelope codec and the payload types (docs/protocol.md sections 4 to 7).
 
 use std::cmp::Ordering;
 use std::fmt::Debug;
@@ -163,7 +163,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
-/// A payload of every shape DESIGN.md section 2 lists, with the message type it travels in.
+/// A payload of every shape docs/protocol.md section 6 lists, with the message type it travels in.
 #[derive(Debug, Clone)]
 enum Payload {
     Pull(PullRequest),

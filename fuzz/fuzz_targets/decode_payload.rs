@@ -5,7 +5,7 @@
 //! as a frame, the bytes themselves are taken as a payload. Every payload type is tried on every
 //! payload, not only the one its `type` names, so each type sees every shape.
 //!
-//! Documented normalisations (DESIGN.md sections 2 and 3): an HLC is always written in object
+//! Documented normalisations (docs/protocol.md sections 4 to 7): an HLC is always written in object
 //! form; a `null` tombstone or presence `data` reads as absent; a string HLC's numbers lose a
 //! leading `+` or zeros. So the check is on values: `decode(encode(v)) == v`, and encoding is
 //! a fixed point (`encode(decode(encode(v))) == encode(v)`).

@@ -441,7 +441,7 @@ impl Run {
                         Err(e) => panic!("server frame does not decode ({e}): {bytes:?}"),
                     };
                     // A cursor is opaque: any string the store cannot serve falls back, it is
-                    // never refused (DESIGN.md section 3).
+                    // never refused (docs/protocol.md section 5).
                     if frame.kind() == MessageType::Error {
                         let text = String::from_utf8_lossy(frame.raw_payload());
                         assert!(!text.contains("cursor"), "a cursor was refused: {text}");

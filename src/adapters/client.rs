@@ -186,7 +186,7 @@ struct Outbox {
 impl Outbox {
     /// Hands the client's events on: request outcomes to their futures, the rest to the
     /// application's queue while it has room. What does not fit stays in the client's queue,
-    /// where its own bound applies (DESIGN.md section 4).
+    /// where its own bound applies (docs/protocol.md section 11).
     fn pass(&mut self, client: &mut Client, waiters: &mut BTreeMap<RequestId, Reply>) {
         self.full = false;
         loop {
@@ -463,7 +463,7 @@ where
 /// The application's handle on a client task. Cheap to clone; the task closes the
 /// connection (1000) and ends when every handle is dropped.
 ///
-/// Each request method returns a future of its one outcome (DESIGN.md section 4): the
+/// Each request method returns a future of its one outcome (docs/protocol.md section 11): the
 /// server's answer, its error frame, a timeout, or a disconnect. A command the task can no
 /// longer take fails with [`RequestError::Closed`].
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! Runtime adapters (DESIGN.md section 1, layer 6): features `tokio`, `smol` and `wasm`
+//! Runtime adapters (the crate docs (layers)): features `tokio`, `smol` and `wasm`
 //! (the browser, compiled for wasm32 only: a JavaScript `SyncClient`).
 //!
 //! The adapters own sockets, timers and tasks, and nothing else: every protocol decision

@@ -326,7 +326,7 @@ impl SyncServer {
         let _ = self.stop.recv().await;
     }
 
-    /// Decides a handshake (DESIGN.md section 2). On acceptance the session exists at once
+    /// Decides a handshake (docs/protocol.md section 4). On acceptance the session exists at once
     /// (its first frames, if any, are queued for it).
     pub fn handshake(&self, handshake: &Handshake) -> Result<AcceptedSession, Rejection> {
         let mut hub = self.lock();

@@ -1,4 +1,4 @@
-//! Reconnect backoff with equal jitter (DESIGN.md section 4).
+//! Reconnect backoff with equal jitter (docs/protocol.md section 11).
 
 use core::time::Duration;
 

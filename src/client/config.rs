@@ -1,4 +1,4 @@
-//! Client configuration (DESIGN.md section 4).
+//! Client configuration (docs/protocol.md section 11).
 
 use core::time::Duration;
 
@@ -7,7 +7,7 @@ use crate::wire::{CloseCode, DecodeLimits};
 
 /// How a [`Client`](super::Client) connects, times out, backs off and bounds its memory.
 ///
-/// `Default` gives the values of DESIGN.md section 4 (the seed's: reconnect 5 s, maximum
+/// `Default` gives the values of docs/protocol.md section 11 (the seed's: reconnect 5 s, maximum
 /// reconnect delay 30 s, ping every 30 s) with an empty `url` and `node_id`; use
 /// [`ClientConfig::new`] to set those. Check a hand-edited config with
 /// [`ClientConfig::validate`] ([`Client::new`](super::Client::new) does).
@@ -50,8 +50,8 @@ pub struct ClientConfig {
     /// Re-send pending pulls and pushes after a reconnect (they are idempotent) instead of
     /// failing them with `DISCONNECTED`. Default true.
     pub resend_idempotent: bool,
-    /// Resume subscriptions after a reconnect from the newest server cursor seen (DESIGN.md
-    /// section 3, "Cursors"), next to the newest HLC. Off, they resume from the HLC alone, as
+    /// Resume subscriptions after a reconnect from the newest server cursor seen (docs/protocol.md
+    /// section 7, "Cursors"), next to the newest HLC. Off, they resume from the HLC alone, as
     /// a client of the seed protocol does: a change that reached the server late with an old
     /// HLC while this client was away is then never replayed to it. Turn it off only for a
     /// server that refuses cursors. Default true.

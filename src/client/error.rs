@@ -69,7 +69,7 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// The wire code that names this error (DESIGN.md section 2): the server's own code for
+    /// The wire code that names this error (docs/protocol.md section 4): the server's own code for
     /// [`RequestError::Server`], `TIMEOUT` and `DISCONNECTED` for requests the server never
     /// answered. Exhaustive on purpose: a new variant must choose its code here.
     pub fn code(&self) -> ErrorCode {

@@ -30,7 +30,7 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// Where the connection stands (DESIGN.md section 4).
+/// Where the connection stands (docs/protocol.md section 11).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[non_exhaustive]
 pub enum ClientState {
@@ -68,7 +68,7 @@ pub enum ClientTransmit {
     },
 }
 
-/// How to open the WebSocket (DESIGN.md section 2, "Version", "Auth" and "Identity").
+/// How to open the WebSocket (docs/protocol.md section 3, "Opening a connection").
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct DialRequest {
     /// The server URL with the `node_id` query parameter added.

@@ -53,7 +53,7 @@ pub struct ClientStats {
     pub rooms: usize,
 }
 
-/// The client state machine (DESIGN.md section 4): connection lifecycle, request correlation,
+/// The client state machine (docs/protocol.md section 11): connection lifecycle, request correlation,
 /// subscriptions, presence and rooms restored after a reconnect, keepalive and backoff.
 ///
 /// A [`Client`] does no I/O and reads no clock. Its interface is:
@@ -658,8 +658,8 @@ impl Client {
         self.transmits.push_back(ClientTransmit::Connect(dial));
     }
 
-    /// Sends what the last connection had established, before anything else (DESIGN.md
-    /// section 4): subscriptions (grouped by their resume cursor and `since`), presence
+    /// Sends what the last connection had established, before anything else (docs/protocol.md
+    /// section 11): subscriptions (grouped by their resume cursor and `since`), presence
     /// topics with their last data, rooms with their join data.
     fn restore(&mut self) {
         let with_cursor = self.config.resume_with_cursor;
@@ -943,7 +943,7 @@ impl Client {
             if app && pending.kind.idempotent() && self.config.resend_idempotent {
                 pending.status = Status::Resend;
             } else if app && pending.effect != Effect::None {
-                // Its restore after the reconnect completes it (DESIGN.md section 4).
+                // Its restore after the reconnect completes it (docs/protocol.md section 11).
                 pending.status = Status::Restoring;
                 pending.awaiting = 0;
                 pending.restored = None;

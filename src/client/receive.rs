@@ -1,4 +1,4 @@
-//! Frames from the server: correlation, routing, keepalive answers (DESIGN.md section 2).
+//! Frames from the server: correlation, routing, keepalive answers (docs/protocol.md section 4).
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -196,7 +196,7 @@ impl Client {
         subscriptions.sort_unstable();
         subscriptions.dedup();
         // While a replay may still be on its way, the stream is not in one order for every
-        // table (DESIGN.md section 3): its position moves on only between replays.
+        // table (docs/protocol.md section 5): its position moves on only between replays.
         if let (Some(cursor), false) = (&cursor, self.requests.resuming()) {
             self.tracked.observe_cursor(cursor);
         }
@@ -216,7 +216,7 @@ impl Client {
 
     /// Whether one more data event fits. When it does not, the client drops the connection
     /// as a slow consumer (4503): it reconnects after a backoff and resumes from the last
-    /// position it delivered, so the application loses nothing (DESIGN.md section 5 does the
+    /// position it delivered, so the application loses nothing (docs/protocol.md section 10 does the
     /// same on the server side).
     fn has_event_room(&mut self, now: Instant) -> bool {
         if self.events.len() < self.config.max_queued_events {

@@ -34,7 +34,7 @@ impl Kind {
         }
     }
 
-    /// Pull and push may be sent twice: CRDT merges are idempotent (DESIGN.md section 4).
+    /// Pull and push may be sent twice: CRDT merges are idempotent (docs/protocol.md section 11).
     pub(crate) fn idempotent(self) -> bool {
         matches!(self, Kind::Pull | Kind::Push)
     }
@@ -52,7 +52,7 @@ pub(crate) enum Owner {
 }
 
 /// What an application's request establishes on the server, which decides what a dropped
-/// connection does to it (DESIGN.md section 4): the restore after the reconnect
+/// connection does to it (docs/protocol.md section 11): the restore after the reconnect
 /// re-establishes subscriptions, presence and rooms, so a request that establishes one of
 /// them completes with that restore instead of failing.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]

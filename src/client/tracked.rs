@@ -1,5 +1,5 @@
 //! What the client restores after a reconnect: subscribed tables with the newest HLC seen for
-//! each, the newest stream cursor, presence topics and rooms (DESIGN.md section 4).
+//! each, the newest stream cursor, presence topics and rooms (docs/protocol.md section 11).
 //!
 //! Ordered maps: the restore frames come out in the same order for the same history, whatever
 //! the hasher (STYLE.md: output never depends on `HashMap` order).
@@ -94,8 +94,8 @@ impl Tracked {
     }
 
     /// A change of `table` at stream position `cursor` arrived. A live table's changes come
-    /// in position order. So do those of a table whose resume replay is under way (DESIGN.md
-    /// section 3: a session receives changes in cursor order), when the server could serve
+    /// in position order. So do those of a table whose resume replay is under way (docs/protocol.md
+    /// section 7: a session receives changes in cursor order), when the server could serve
     /// its cursor (same epoch), or when it had none and resumed by `since` alone. Either way
     /// a cut resumes from here rather than receiving the same changes twice, or, worse,
     /// from the newest HLC of a replay cut short, which skips any change with an older HLC

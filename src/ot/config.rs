@@ -1,4 +1,4 @@
-//! Configuration of the OT server and client (DESIGN.md section 7).
+//! Configuration of the OT server and client (docs/protocol.md (the OT profile)).
 
 use core::fmt;
 use core::time::Duration;

@@ -1,5 +1,5 @@
 //! The OT document server: one pure state machine for every connection of the OT endpoint
-//! (DESIGN.md section 7).
+//! (docs/protocol.md (the OT profile)).
 //!
 //! It keeps every document's text, head revision and recent history, transforms each
 //! incoming op against the ops logged since its revision, applies it, acks the sender and
@@ -587,7 +587,7 @@ impl OtServer {
             Ok(Submitted::Duplicate { revision }) => self.send(session, encode_ack(revision, echo)),
             Ok(Submitted::Applied { revision, op }) => {
                 self.send(session, encode_ack(revision, echo));
-                // Encoded once, shared by every recipient (DESIGN.md section 1).
+                // Encoded once, shared by every recipient (the crate docs).
                 let named = (*key != *DEFAULT_DOC_ID).then_some(&*key);
                 let frame = encode_op(&op, revision, named);
                 for &member in &recipients {

@@ -1,4 +1,4 @@
-//! The change record (DESIGN.md section 3).
+//! The change record (docs/protocol.md section 5).
 
 use core::fmt;
 

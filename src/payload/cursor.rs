@@ -1,4 +1,4 @@
-//! Server positions for gapless resume (DESIGN.md section 3, "Cursors").
+//! Server positions for gapless resume (docs/protocol.md section 7, "Cursors, resume and replay order").
 
 use core::fmt;
 use core::str::FromStr;

@@ -1,4 +1,4 @@
-//! The hybrid logical clock (DESIGN.md section 3).
+//! The hybrid logical clock (docs/protocol.md section 5).
 
 use core::fmt;
 use core::str::FromStr;

@@ -1,4 +1,4 @@
-//! The payloads of every message type (DESIGN.md sections 2 and 3).
+//! The payloads of every message type (docs/protocol.md sections 4 to 7).
 //!
 //! Requests ignore fields they do not know (a newer peer may add some); relayed data (presence
 //! `data`, room `data`, change records) is kept as raw JSON.
@@ -19,7 +19,7 @@ pub struct PullRequest {
     /// Only changes with an HLC greater than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Hlc>,
-    /// Only changes after this server position (DESIGN.md section 3, "Cursors").
+    /// Only changes after this server position (docs/protocol.md section 7, "Cursors, resume and replay order").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// The pulling node; when present it must be the session's own.
@@ -51,7 +51,7 @@ impl PullRequest {
         self
     }
 
-    /// Exactly the changes after the server position `cursor` (DESIGN.md section 3,
+    /// Exactly the changes after the server position `cursor` (docs/protocol.md section 5,
     /// "Cursors"), late changes with old HLCs included.
     pub fn after(mut self, cursor: impl Into<Option<Cursor>>) -> PullRequest {
         self.cursor = cursor.into().map(|c| c.to_string());
@@ -304,7 +304,7 @@ pub struct ErrorPayload {
 }
 
 /// The payload of the `ack` of every `subscribe`: where the session's stream stands once the
-/// subscription took effect (DESIGN.md section 3).
+/// subscription took effect (docs/protocol.md section 5).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ResumeAck {
     /// Whether the replay is complete; `false` tells the client to resynchronise. `true` for a

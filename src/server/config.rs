@@ -1,4 +1,4 @@
-//! Server configuration: limits, timers and the auth hooks (DESIGN.md sections 2 and 5).
+//! Server configuration: limits, timers and the auth hooks (docs/protocol.md sections 4 and 10).
 
 use core::fmt;
 use core::time::Duration;
@@ -41,7 +41,7 @@ pub struct Access<'a> {
 }
 
 /// Everything a [`Server`](super::Server) can be told. `Default` gives the values of
-/// DESIGN.md section 5; for every limit and timer, 0 disables it.
+/// docs/protocol.md section 10; for every limit and timer, 0 disables it.
 ///
 /// ```
 /// use std::time::Duration;

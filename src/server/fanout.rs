@@ -1,6 +1,6 @@
 //! The application's answers, and routing accepted changes to subscribers: each frame is
 //! encoded once and shared, each session gets its changes in cursor order, and live changes
-//! wait behind a pending replay with no gap and no duplicate (DESIGN.md sections 2 and 3).
+//! wait behind a pending replay with no gap and no duplicate (docs/protocol.md sections 4 to 7).
 
 use std::collections::BTreeSet;
 use std::ops::Range;

@@ -1,4 +1,4 @@
-//! The WebSocket handshake as the server sees it (DESIGN.md section 2: version, auth,
+//! The WebSocket handshake as the server sees it (docs/protocol.md section 3: version, auth,
 //! identity), and the pure parts of deciding it.
 
 use std::borrow::Cow;
@@ -198,7 +198,7 @@ pub(crate) enum Version {
     Mismatch { protocol: String, got: String },
 }
 
-/// Picks the version from the offered subprotocols (DESIGN.md section 2, "Version").
+/// Picks the version from the offered subprotocols (docs/protocol.md section 3.1, "Protocol version").
 pub(crate) fn negotiate(offered: &[String]) -> Version {
     let mut offered = offered
         .iter()

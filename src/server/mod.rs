@@ -64,11 +64,11 @@ enum Resume {
     /// A cursor the store may serve (it says in `complete` whether it did).
     Cursor,
     /// A string cursor that is not one of ours (another store, garbage): answered like a
-    /// stale one, a fallback to `since` with `recovered: false` (DESIGN.md section 3).
+    /// stale one, a fallback to `since` with `recovered: false` (docs/protocol.md section 5).
     Unservable,
 }
 
-/// The server: one pure state machine for every session of a process (DESIGN.md sections 2,
+/// The server: one pure state machine for every session of a process (docs/protocol.md sections 4,
 /// 3 and 5).
 ///
 /// A [`Server`] decides handshakes, reads each session's frames, and keeps a hub that indexes
@@ -162,7 +162,7 @@ pub struct Server {
     timers: BTreeSet<(Instant, SessionId)>,
     events: VecDeque<ServerEvent>,
     pending: BTreeMap<u64, Pending>,
-    /// Live routing in cursor order (DESIGN.md section 3) when pushes are answered out of
+    /// Live routing in cursor order (docs/protocol.md section 5) when pushes are answered out of
     /// order: see [`Reorder`](fanout::Reorder).
     reorder: fanout::Reorder,
     next_request: u64,
@@ -274,7 +274,7 @@ impl Server {
 
     // ---- inputs -------------------------------------------------------------------------
 
-    /// Decides a WebSocket handshake (DESIGN.md section 2: path, origin, auth, node id,
+    /// Decides a WebSocket handshake (docs/protocol.md section 3: path, origin, auth, node id,
     /// version). An accepted session is open at once; drain
     /// [`poll_transmit`](Self::poll_transmit) after answering the upgrade.
     pub fn handle_handshake(&mut self, now: Instant, handshake: &Handshake) -> HandshakeOutcome {
@@ -360,7 +360,7 @@ impl Server {
                 }
             }
             Version::Mismatch { protocol, got } => {
-                // Complete the upgrade so a browser sees why (DESIGN.md section 2, "Version").
+                // Complete the upgrade so a browser sees why (docs/protocol.md section 3.1, "Protocol version").
                 let message = format!("protocol version 1 required, got {got}");
                 self.send(
                     id,
@@ -794,7 +794,7 @@ impl Server {
     }
 
     /// Whether the frame is the pong to the server's outstanding ping (exempt from the rate
-    /// limit, DESIGN.md section 2).
+    /// limit, docs/protocol.md section 4).
     fn is_our_pong(&mut self, session: SessionId, frame: &crate::wire::Frame) -> bool {
         if frame.kind() != MessageType::Pong {
             return false;

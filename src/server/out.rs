@@ -23,7 +23,7 @@ pub(crate) fn error_frame(id: Option<&FrameId>, code: ErrorCode, message: String
 }
 
 /// A `change` frame (one record) or a `changes` frame (several), with the top-level cursor
-/// of its last position, or none inside a replay by `since` (DESIGN.md section 3).
+/// of its last position, or none inside a replay by `since` (docs/protocol.md section 5).
 pub(crate) fn changes_frame<R: Serialize>(records: &[&R], cursor: Option<Cursor>) -> Bytes {
     let cursor = cursor.map(|c| c.to_string());
     let cursor = cursor.as_deref();

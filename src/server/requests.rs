@@ -1,4 +1,4 @@
-//! What each client message does (DESIGN.md sections 2 and 3).
+//! What each client message does (docs/protocol.md sections 4 to 7).
 
 use std::sync::Arc;
 
@@ -171,7 +171,7 @@ impl Server {
             self.authorize(session, Resource::ReadTable(table))?;
         }
         // Every subscribe with an id is acknowledged with where the stream stands, which
-        // only the store knows (DESIGN.md section 2, `ack`); one without an id and without a
+        // only the store knows (docs/protocol.md section 6.7, `ack`); one without an id and without a
         // resume asks nothing of it.
         let ask_store = from != Resume::Head || frame.id().is_some();
         if ask_store {
@@ -479,7 +479,7 @@ fn frame_of(event: &RoomEvent) -> bytes::Bytes {
 
 /// Where a pull or subscribe starts, and the cursor to hand the application. A cursor is
 /// opaque to clients: one that does not parse is one no store of ours can serve, so it is
-/// dropped here and the answer says `recovered: false`, never an error (DESIGN.md section 3).
+/// dropped here and the answer says `recovered: false`, never an error (docs/protocol.md section 5).
 fn resume_point(since: bool, cursor: Option<&str>) -> (Resume, Option<Cursor>) {
     match cursor.map(str::parse::<Cursor>) {
         Some(Ok(cursor)) => (Resume::Cursor, Some(cursor)),

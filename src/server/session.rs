@@ -130,7 +130,7 @@ impl Session {
     }
 }
 
-/// A token bucket: burst N, refilled N per window (DESIGN.md section 2, "Rate limit").
+/// A token bucket: burst N, refilled N per window (docs/protocol.md section 10.1, "Rate limit").
 ///
 /// The level is kept in units of `1 / window_nanos` tokens, so refilling is exact integer
 /// arithmetic: `elapsed_nanos * N` units, one message costs `window_nanos` units.

@@ -29,7 +29,7 @@ pub struct StoreConfig {
     pub retention: usize,
 }
 
-/// The embedded change store (DESIGN.md section 1, layer 5): [`MemoryStore`], the default
+/// The embedded change store (the crate docs (layers)): [`MemoryStore`], the default
 /// backend of the example server.
 ///
 /// The store knows payload types only: it never imports the server or the client; a small
@@ -41,7 +41,7 @@ pub struct StoreConfig {
 /// Every accepted change gets the next position, a [`Cursor`](crate::payload::Cursor)
 /// `epoch.seq` whose `seq` grows by one per accepted change, from 1. The epoch names one
 /// continuous history: the adapter picks a fresh one per process start, so a cursor from
-/// before a restart is never read as a position in the new history (DESIGN.md section 3,
+/// before a restart is never read as a position in the new history (docs/protocol.md section 5,
 /// "Cursors").
 ///
 /// # Merge

@@ -1,5 +1,5 @@
 //! Stable wire codes: the `code` strings of `error` frames and the WebSocket close codes
-//! (DESIGN.md section 2). These are wire values, kept apart from the crate's Rust error types;
+//! (docs/protocol.md section 4). These are wire values, kept apart from the crate's Rust error types;
 //! each layer maps its errors onto them in one function.
 
 use core::fmt;
@@ -21,7 +21,7 @@ macro_rules! error_codes {
         }
 
         impl ErrorCode {
-            /// Every code this version knows, in the order of DESIGN.md section 2.
+            /// Every code this version knows, in the order of docs/protocol.md section 4.
             pub const KNOWN: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
 
             /// The stable wire string.
@@ -99,7 +99,7 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
-/// A WebSocket close code (DESIGN.md section 2). Open: any `u16` is kept.
+/// A WebSocket close code (docs/protocol.md section 4). Open: any `u16` is kept.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct CloseCode(pub u16);
 

@@ -104,7 +104,7 @@ fn shortened(name: &str) -> String {
 }
 
 impl DecodeErrorKind {
-    /// The wire code for this failure (DESIGN.md section 2). Exhaustive on purpose: a new
+    /// The wire code for this failure (docs/protocol.md section 4). Exhaustive on purpose: a new
     /// variant must choose its code here.
     pub fn code(&self) -> ErrorCode {
         match self {

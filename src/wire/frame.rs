@@ -1,4 +1,4 @@
-//! The envelope codec (DESIGN.md section 2).
+//! The envelope codec (docs/protocol.md section 4).
 //!
 //! Decoding reads only the envelope — `type`, `id` / `request_id`, the top-level `cursor` —
 //! and keeps the payload as a zero-copy slice of the frame's bytes; the payload is parsed into
@@ -18,14 +18,14 @@ use super::error::{DecodeError, DecodeErrorKind, EncodeError, PayloadError};
 
 macro_rules! message_types {
     ($($(#[$doc:meta])* $variant:ident => $wire:literal,)*) => {
-        /// The `type` of a frame: every message of DESIGN.md section 2.
+        /// The `type` of a frame: every message of docs/protocol.md section 4.
         #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
         pub enum MessageType {
             $($(#[$doc])* $variant,)*
         }
 
         impl MessageType {
-            /// Every message type, in the order of the table in DESIGN.md section 2.
+            /// Every message type, in the order of the table in docs/protocol.md section 4.
             pub const ALL: &'static [MessageType] = &[$(MessageType::$variant,)*];
 
             /// The wire name.
@@ -156,7 +156,7 @@ impl fmt::Display for FrameId {
 #[non_exhaustive]
 pub struct DecodeLimits {
     /// Longest frame accepted, in bytes; longer frames are refused before parsing with
-    /// `FRAME_TOO_LARGE`. Default 1 MiB (DESIGN.md section 5); 0 disables the check.
+    /// `FRAME_TOO_LARGE`. Default 1 MiB (docs/protocol.md section 10); 0 disables the check.
     pub max_frame_len: usize,
     /// Deepest nesting of arrays and objects accepted (the envelope object counts as 1).
     /// Default 64. 0 turns the check off: decoding stays stack-safe at any depth (it never
@@ -190,7 +190,7 @@ impl Default for DecodeLimits {
 /// A decoded frame: the envelope, with the payload still raw JSON.
 ///
 /// Two frames are equal when they have the same type, id (and id key), cursor and payload
-/// text; an absent payload equals `null`, as on the wire (DESIGN.md section 2).
+/// text; an absent payload equals `null`, as on the wire (docs/protocol.md section 4).
 #[derive(Clone, Debug)]
 pub struct Frame {
     kind: MessageType,
@@ -383,7 +383,7 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError>
             None => return Err(fail(DecodeErrorKind::TypeNotString)),
         },
     };
-    // `cursor` is part of the envelope of `change` / `changes` only (DESIGN.md section 3);
+    // `cursor` is part of the envelope of `change` / `changes` only (docs/protocol.md section 5);
     // on any other type it is an unknown top-level field, and those are ignored (section 2).
     let cursor = match env.cursor.map(json_str) {
         None => None,
@@ -426,7 +426,7 @@ const SERDE_JSON_MAX_DEPTH: usize = 128;
 
 /// Reads `id` / `request_id` from a frame that failed to parse as a whole (truncated, trailing
 /// garbage, a duplicate key, ...), so that the `INVALID_FRAME` answer can still echo the id
-/// (DESIGN.md section 2): the object's keys are read in order until the parse fails, and the
+/// (docs/protocol.md section 4): the object's keys are read in order until the parse fails, and the
 /// ids seen before that point count, under the same rules as in a valid frame.
 fn salvage_id(text: &str) -> Option<FrameId> {
     let mut env = RawEnvelope {
@@ -634,7 +634,7 @@ pub fn encode<P: Serialize + ?Sized>(
     encode_frame(kind, id, None, payload)
 }
 
-/// Encodes a `change` or `changes` frame with its top-level `cursor` (DESIGN.md section 3).
+/// Encodes a `change` or `changes` frame with its top-level `cursor` (docs/protocol.md section 5).
 ///
 /// ```
 /// use syncmux::wire::{encode_with_cursor, MessageType};

@@ -1,5 +1,5 @@
 //! The wire layer: the envelope codec, the stable error and close codes, and the errors of
-//! decoding (DESIGN.md section 2).
+//! decoding (docs/protocol.md section 4).
 //!
 //! This is the only place that matches on the `type` string; everything above it dispatches
 //! on [`MessageType`].
@@ -16,7 +16,7 @@ pub use frame::{
 
 pub(crate) use frame::parse_payload;
 
-/// The WebSocket subprotocol of this protocol version (DESIGN.md section 2).
+/// The WebSocket subprotocol of this protocol version (docs/protocol.md section 4).
 pub const SUBPROTOCOL: &str = "syncmux.v1";
 
 /// The protocol version this crate speaks.

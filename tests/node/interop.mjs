@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Interop with a third-party client: drives a running syncmux server with Node's `ws`
-// package, speaking the wire contract (DESIGN.md section 2) as a plain JSON client would.
+// package, speaking the wire contract (docs/protocol.md section 4) as a plain JSON client would.
 //
 //     npm install --prefix tests/node --no-audit --no-fund
 //     node tests/node/interop.mjs ws://127.0.0.1:8787/sync/ws
@@ -92,7 +92,7 @@ const record = (pk, ts, node) => ({
   hlc: { ts, c: 0, node },
   node_id: node,
   value: `v-${pk}`,
-  // Unknown fields pass through the server untouched (DESIGN.md section 3).
+  // Unknown fields pass through the server untouched (docs/protocol.md section 5).
   x_client: { tag: "node-ws" },
 });
 

@@ -119,7 +119,7 @@ impl Harness {
     }
 
     /// Subscribes `session` to `tables` (request id `sub`) and checks the ack: every
-    /// subscribe's ack says where the stream stands (DESIGN.md section 2).
+    /// subscribe's ack says where the stream stands (docs/protocol.md section 4).
     pub fn subscribe(&mut self, session: SessionId, tables: &[&str]) {
         let msg = serde_json::json!({"type":"subscribe","id":"sub","payload":{"tables":tables}});
         self.send(session, &msg.to_string());

@@ -4,7 +4,7 @@
 //!
 //! One exception: HLC timestamps are 64-bit nanoseconds, which a JavaScript number cannot hold
 //! exactly, so HLCs handed to JavaScript take their string form `"<ts>:<c>:<node>"`
-//! (DESIGN.md section 3 accepts it on input).
+//! (docs/protocol.md section 5 accepts it on input).
 
 use core::time::Duration;
 
@@ -243,7 +243,7 @@ pub(super) fn response(response: Response) -> JsValue {
     }
 }
 
-/// A `SyncError`: an `Error` with the wire `code` (DESIGN.md section 2) and the message.
+/// A `SyncError`: an `Error` with the wire `code` (docs/protocol.md section 4) and the message.
 pub(super) fn sync_error(code: &ErrorCode, message: &str) -> JsValue {
     let error = Error::new(message);
     error.set_name("SyncError");

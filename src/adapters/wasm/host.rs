@@ -1,5 +1,5 @@
 //! The browser services the adapter reads: the clock, entropy and timers. These are the only
-//! places the crate touches real time or randomness in the browser (DESIGN.md section 1).
+//! places the crate touches real time or randomness in the browser (the crate docs).
 //!
 //! They are bound as globals rather than through `window`, so the client also runs in a Web
 //! Worker.

@@ -70,7 +70,7 @@ export interface SyncClientOptions {
 /** A hybrid logical clock, as `"<ts>:<c>:<node>"` (or an object, whose `ts` must fit a double). */
 export type Hlc = string | { ts: number; c: number; node: string };
 
-/** A change record (DESIGN.md section 3). Unknown fields pass through. */
+/** A change record (docs/protocol.md section 5). Unknown fields pass through. */
 export interface ChangeRecord {
   table: string; pk: string; field: string; crdt_type: string; hlc: Hlc; node_id: string;
   value?: any; tombstone?: boolean; counter_delta?: any; set_op?: any; list_op?: any;
