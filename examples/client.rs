@@ -14,9 +14,9 @@
 //! the frame that brought it (for a batch, the position of its last change, printed on each
 //! of its lines); a `pull` prints the response with its `cursor`. Pass one back with
 //! `--cursor` to get exactly what came after it, late changes with old HLCs included
-//! (docs/protocol.md section 7, "Cursors, resume and replay order"); `--since` is the fallback for a server that cannot serve
-//! the cursor, which a subscribe reports with `"recovered": false`. Errors print their code
-//! and message and exit non-zero.
+//! (docs/protocol.md section 7, "Cursors, resume and replay order"); `--since` is the fallback for
+//! a server that cannot serve the cursor, which a subscribe reports with `"recovered": false`.
+//! Errors print their code and message and exit non-zero.
 //!
 //! Flags are parsed by clap, each also read from an environment variable (`SYNCMUX_URL`,
 //! `SYNCMUX_NODE_ID`, `SYNCMUX_TOKEN`, ...; `--help` names each); an invalid value exits with

@@ -1,8 +1,8 @@
-//! Gapless resume with server cursors (issue 9, docs/protocol.md section 7, "Cursors, resume and replay order") over the
-//! in-memory simulation: a subscriber cut off while a node pushes changes with old HLCs and
-//! new ones gets every change exactly once after resuming; resuming by `since` alone (as a
-//! client of the seed protocol does) loses the old-HLC ones; a store restart or a retention
-//! cut is never a silent gap.
+//! Gapless resume with server cursors (issue 9, docs/protocol.md section 7, "Cursors, resume and
+//! replay order") over the in-memory simulation: a subscriber cut off while a node pushes changes
+//! with old HLCs and new ones gets every change exactly once after resuming; resuming by `since`
+//! alone (as a client of the seed protocol does) loses the old-HLC ones; a store restart or a
+//! retention cut is never a silent gap.
 
 #![allow(clippy::unwrap_used)]
 
@@ -760,8 +760,8 @@ mod by_hand {
 }
 
 /// A subscriber that received nothing yet still has a position: its subscribe's ack said
-/// where its stream starts (docs/protocol.md section 6.7, `ack`). Changes are positioned while it is
-/// away, in an HLC order unlike their position order, and the connection drops half-way
+/// where its stream starts (docs/protocol.md section 6.7, `ack`). Changes are positioned while it
+/// is away, in an HLC order unlike their position order, and the connection drops half-way
 /// through the replay after the reconnect, while a late old-HLC change is positioned after
 /// it. The resume is by cursor each time, the replay in cursor order with a cursor per frame,
 /// so the position of the last frame received is where the next resume starts: no gap, no

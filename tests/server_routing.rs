@@ -343,7 +343,8 @@ fn only_a_pull_that_named_a_cursor_says_whether_it_recovered() {
 
 /// A replay that answers `since` alone goes out in the store's HLC order with no per-frame
 /// cursor (its frames are not resume points), a frame never ends inside a run of equal HLCs,
-/// and the ack carries the head the replay was cut at (docs/protocol.md section 7.4, "Replay order").
+/// and the ack carries the head the replay was cut at (docs/protocol.md section 7.4, "Replay
+/// order").
 #[test]
 fn a_replay_by_since_is_in_hlc_order_without_frame_cursors() {
     let mut c = config();

@@ -90,7 +90,8 @@ impl Want {
             }
         }
         // A subscribe in flight at a disconnect stays pending and completes with its
-        // restore (docs/protocol.md section 11): it was cut if a disconnect came before its outcome.
+        // restore (docs/protocol.md section 11): it was cut if a disconnect came before its
+        // outcome.
         for (id, (table, start)) in &self.since_only {
             let later = &events[*start..];
             let end = later

@@ -135,8 +135,8 @@ pub(crate) const READ_BUFFER_LEN: usize = 8 * 1024;
 const WS_DEFAULT_MAX_FRAME: usize = 16 << 20;
 
 /// The WebSocket layer's read limit on a server whose state machine takes frames of up to
-/// `max_frame_len` bytes: derived from it, so one number is configured (docs/protocol.md section 10).
-/// It is above that number (twice it, and never below tungstenite's default 16 MiB), so an
+/// `max_frame_len` bytes: derived from it, so one number is configured (docs/protocol.md section
+/// 10). It is above that number (twice it, and never below tungstenite's default 16 MiB), so an
 /// oversized frame still reaches the state machine and gets its answer (`FRAME_TOO_LARGE`,
 /// 1009 on a repeat) rather than a dropped connection; a frame beyond even that is refused
 /// before it is buffered. 0 (no limit) stays no limit, all the way down.

@@ -53,8 +53,9 @@ pub struct ClientStats {
     pub rooms: usize,
 }
 
-/// The client state machine (docs/protocol.md section 11): connection lifecycle, request correlation,
-/// subscriptions, presence and rooms restored after a reconnect, keepalive and backoff.
+/// The client state machine (docs/protocol.md section 11): connection lifecycle, request
+/// correlation, subscriptions, presence and rooms restored after a reconnect, keepalive and
+/// backoff.
 ///
 /// A [`Client`] does no I/O and reads no clock. Its interface is:
 ///

@@ -216,8 +216,8 @@ impl Client {
 
     /// Whether one more data event fits. When it does not, the client drops the connection
     /// as a slow consumer (4503): it reconnects after a backoff and resumes from the last
-    /// position it delivered, so the application loses nothing (docs/protocol.md section 10 does the
-    /// same on the server side).
+    /// position it delivered, so the application loses nothing (docs/protocol.md section 10 does
+    /// the same on the server side).
     fn has_event_room(&mut self, now: Instant) -> bool {
         if self.events.len() < self.config.max_queued_events {
             return true;

@@ -1,4 +1,4 @@
-//! Configuration of the OT server and client (docs/protocol.md (the OT profile)).
+//! Configuration of the OT server and client (the wire of `@open-ot/transport-websocket`).
 
 use core::fmt;
 use core::time::Duration;

@@ -1,4 +1,4 @@
-//! The OT profile (docs/protocol.md (the OT profile)): operational transformation of plain text over the
+//! The OT profile: operational transformation of plain text over the
 //! wire of the npm `@open-ot/transport-websocket` client, sans-IO.
 //!
 //! - [`TextOp`]: open-ot's `text` type — apply, transform, compose — with UTF-16 lengths.

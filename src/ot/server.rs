@@ -1,5 +1,5 @@
 //! The OT document server: one pure state machine for every connection of the OT endpoint
-//! (docs/protocol.md (the OT profile)).
+//! (the wire of `@open-ot/transport-websocket`).
 //!
 //! It keeps every document's text, head revision and recent history, transforms each
 //! incoming op against the ops logged since its revision, applies it, acks the sender and

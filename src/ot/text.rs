@@ -1,4 +1,4 @@
-//! The `text` OT type of open-ot (docs/protocol.md (the OT profile)): apply, transform, compose, diff.
+//! The `text` OT type of open-ot: apply, transform, compose, diff.
 //!
 //! An op is a list of components: insert a string, retain `n`, delete `n`. Lengths count
 //! UTF-16 code units, as a JavaScript string's `length` does, because the peers that speak

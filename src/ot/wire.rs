@@ -1,5 +1,5 @@
-//! The frames of the OT endpoint: the wire of `@open-ot/transport-websocket` 0.3.0
-//! (docs/protocol.md (the OT profile)), one JSON text frame per message, with no envelope id.
+//! The frames of the OT endpoint: the wire of `@open-ot/transport-websocket` 0.3.0, one JSON
+//! text frame per message, with no envelope id.
 //!
 //! | frame | direction | fields |
 //! |---|---|---|

@@ -1,4 +1,5 @@
-//! Server positions for gapless resume (docs/protocol.md section 7, "Cursors, resume and replay order").
+//! Server positions for gapless resume (docs/protocol.md section 7, "Cursors, resume and replay
+//! order").
 
 use core::fmt;
 use core::str::FromStr;

@@ -19,7 +19,8 @@ pub struct PullRequest {
     /// Only changes with an HLC greater than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Hlc>,
-    /// Only changes after this server position (docs/protocol.md section 7, "Cursors, resume and replay order").
+    /// Only changes after this server position (docs/protocol.md section 7, "Cursors, resume and
+    /// replay order").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// The pulling node; when present it must be the session's own.

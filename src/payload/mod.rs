@@ -1,4 +1,5 @@
-//! Payload types (docs/protocol.md section 5): HLC, change records, and the payload of every message.
+//! Payload types (docs/protocol.md section 5): HLC, change records, and the payload of every
+//! message.
 //!
 //! Parse a frame's payload with [`Frame::payload`](crate::wire::Frame::payload); serialise one
 //! with [`encode`](crate::wire::encode).

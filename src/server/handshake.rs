@@ -198,7 +198,8 @@ pub(crate) enum Version {
     Mismatch { protocol: String, got: String },
 }
 
-/// Picks the version from the offered subprotocols (docs/protocol.md section 3.1, "Protocol version").
+/// Picks the version from the offered subprotocols (docs/protocol.md section 3.1, "Protocol
+/// version").
 pub(crate) fn negotiate(offered: &[String]) -> Version {
     let mut offered = offered
         .iter()

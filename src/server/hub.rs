@@ -1,5 +1,6 @@
 //! The hub: who subscribes to which table, who is present in which topic, who is in which
-//! room. Routing looks up exactly the sessions concerned (docs/protocol.md section 10), never scans.
+//! room. Routing looks up exactly the sessions concerned (docs/protocol.md section 10), never
+//! scans.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

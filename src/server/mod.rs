@@ -360,7 +360,8 @@ impl Server {
                 }
             }
             Version::Mismatch { protocol, got } => {
-                // Complete the upgrade so a browser sees why (docs/protocol.md section 3.1, "Protocol version").
+                // Complete the upgrade so a browser sees why (docs/protocol.md section 3.1,
+                // "Protocol version").
                 let message = format!("protocol version 1 required, got {got}");
                 self.send(
                     id,

@@ -171,8 +171,8 @@ impl Server {
             self.authorize(session, Resource::ReadTable(table))?;
         }
         // Every subscribe with an id is acknowledged with where the stream stands, which
-        // only the store knows (docs/protocol.md section 6.7, `ack`); one without an id and without a
-        // resume asks nothing of it.
+        // only the store knows (docs/protocol.md section 6.7, `ack`); one without an id and without
+        // a resume asks nothing of it.
         let ask_store = from != Resume::Head || frame.id().is_some();
         if ask_store {
             self.check_in_flight(session, frame.id())?;
@@ -479,7 +479,8 @@ fn frame_of(event: &RoomEvent) -> bytes::Bytes {
 
 /// Where a pull or subscribe starts, and the cursor to hand the application. A cursor is
 /// opaque to clients: one that does not parse is one no store of ours can serve, so it is
-/// dropped here and the answer says `recovered: false`, never an error (docs/protocol.md section 5).
+/// dropped here and the answer says `recovered: false`, never an error (docs/protocol.md section
+/// 5).
 fn resume_point(since: bool, cursor: Option<&str>) -> (Resume, Option<Cursor>) {
     match cursor.map(str::parse::<Cursor>) {
         Some(Ok(cursor)) => (Resume::Cursor, Some(cursor)),

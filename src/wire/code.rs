@@ -1,6 +1,6 @@
 //! Stable wire codes: the `code` strings of `error` frames and the WebSocket close codes
-//! (docs/protocol.md section 4). These are wire values, kept apart from the crate's Rust error types;
-//! each layer maps its errors onto them in one function.
+//! (docs/protocol.md section 4). These are wire values, kept apart from the crate's Rust error
+//! types; each layer maps its errors onto them in one function.
 
 use core::fmt;
 

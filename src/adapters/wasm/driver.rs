@@ -373,7 +373,8 @@ impl BrowserDriver {
             .map(|p| JsValue::from_str(p))
             .chain(state.extra_protocols.iter().map(|p| JsValue::from_str(p)))
             .collect();
-        // Browsers cannot set handshake headers: the token rides in the query (docs/protocol.md section 3.2).
+        // Browsers cannot set handshake headers: the token rides in the query (docs/protocol.md
+        // section 3.2).
         match WebSocket::new_with_str_sequence(&dial.url_with_token(), &protocols) {
             Ok(socket) => {
                 let cb = &self.callbacks;
