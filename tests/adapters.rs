@@ -181,6 +181,19 @@ async fn smol_client_with_tokio_server() {
     guard(scenario(url, smol_client)).await;
 }
 
+/// The smol adapters alone, on smol's executor with no tokio runtime anywhere.
+#[test]
+fn smol_client_with_smol_server() {
+    smol::block_on(async {
+        let (_server, url) = smol_server();
+        let timeout = async {
+            smol::Timer::after(GUARD).await;
+            panic!("the scenario took longer than {GUARD:?}");
+        };
+        smol::future::or(scenario(url, smol_client), timeout).await;
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_client_with_smol_server() {
     let (_server, url) = smol_server();
