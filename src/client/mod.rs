@@ -366,7 +366,7 @@ impl Client {
             node_id: Some(self.config.node_id.clone()),
             ..pull
         };
-        self.request(now, Kind::Pull, MessageType::PullRequest, &payload)
+        self.request(now, Kind::Pull, &payload, Effect::None)
     }
 
     /// Pushes `changes` as this node (the config's `node_id`). Re-sent after a reconnect
@@ -380,7 +380,7 @@ impl Client {
             changes,
             node_id: self.config.node_id.clone(),
         };
-        self.request(now, Kind::Push, MessageType::PushRequest, &payload)
+        self.request(now, Kind::Push, &payload, Effect::None)
     }
 
     /// Subscribes to the live changes of the tables of `subscribe`, replaying first what
@@ -404,11 +404,10 @@ impl Client {
         }
         let sent = self.state == ClientState::Open;
         let payload = subscribe;
-        let id = self.request(now, Kind::Subscribe, MessageType::Subscribe, &payload)?;
+        let effect = Effect::Tables(payload.tables.clone());
+        let id = self.request(now, Kind::Subscribe, &payload, effect)?;
         let resumes = payload.since.is_some() || payload.cursor.is_some();
         self.requests.settle_tables(id.0, &payload.tables, resumes);
-        let effect = Effect::Tables(payload.tables.clone());
-        self.requests.set_effect(id.0, effect);
         self.tracked.subscribe(
             &payload.tables,
             payload.since.as_ref(),
@@ -428,8 +427,7 @@ impl Client {
         let payload = Unsubscribe {
             tables: strings(tables),
         };
-        let id = self.request(now, Kind::Unsubscribe, MessageType::Unsubscribe, &payload)?;
-        self.requests.set_effect(id.0, Effect::Removal);
+        let id = self.request(now, Kind::Unsubscribe, &payload, Effect::Removal)?;
         for table in &payload.tables {
             self.tracked.tables.remove(table);
         }
@@ -457,14 +455,8 @@ impl Client {
             topic,
             data: Some(data),
         };
-        let id = self.request(
-            now,
-            Kind::PresenceUpdate,
-            MessageType::PresenceUpdate,
-            &payload,
-        )?;
         let effect = Effect::Topic(payload.topic.clone());
-        self.requests.set_effect(id.0, effect);
+        let id = self.request(now, Kind::PresenceUpdate, &payload, effect)?;
         let member = Membership {
             by: id,
             data: payload.data,
@@ -484,13 +476,7 @@ impl Client {
             topic: topic.into(),
             data: None,
         };
-        let id = self.request(
-            now,
-            Kind::PresenceUpdate,
-            MessageType::PresenceUpdate,
-            &payload,
-        )?;
-        self.requests.set_effect(id.0, Effect::Removal);
+        let id = self.request(now, Kind::PresenceUpdate, &payload, Effect::Removal)?;
         self.tracked.topics.remove(&payload.topic);
         Ok(id)
     }
@@ -504,7 +490,7 @@ impl Client {
         let payload = PresenceGet {
             topic: topic.into(),
         };
-        self.request(now, Kind::PresenceGet, MessageType::PresenceGet, &payload)
+        self.request(now, Kind::PresenceGet, &payload, Effect::None)
     }
 
     /// Joins `room` with `data`; rejoined with the same data after a reconnect.
@@ -525,9 +511,8 @@ impl Client {
             room,
             data,
         };
-        let id = self.request(now, Kind::Room, MessageType::Room, &payload)?;
-        self.requests
-            .set_effect(id.0, Effect::Room(payload.room.clone()));
+        let effect = Effect::Room(payload.room.clone());
+        let id = self.request(now, Kind::Room, &payload, effect)?;
         let member = Membership {
             by: id,
             data: payload.data,
@@ -548,8 +533,7 @@ impl Client {
             room: room.into(),
             data: None,
         };
-        let id = self.request(now, Kind::Room, MessageType::Room, &payload)?;
-        self.requests.set_effect(id.0, Effect::Removal);
+        let id = self.request(now, Kind::Room, &payload, Effect::Removal)?;
         self.tracked.rooms.remove(&payload.room);
         Ok(id)
     }
@@ -566,12 +550,12 @@ impl Client {
             room: room.into(),
             data: Some(data),
         };
-        self.request(now, Kind::Room, MessageType::Room, &payload)
+        self.request(now, Kind::Room, &payload, Effect::None)
     }
 
     /// Pings the server; the outcome is [`Response::Pong`] with the echoed payload.
     pub fn ping(&mut self, now: Instant, payload: RawJson) -> Result<RequestId, RequestError> {
-        self.request(now, Kind::Ping, MessageType::Ping, &payload)
+        self.request(now, Kind::Ping, &payload, Effect::None)
     }
 
     // ----- internals -----------------------------------------------------------------------
@@ -593,8 +577,8 @@ impl Client {
         &mut self,
         now: Instant,
         kind: Kind,
-        ty: MessageType,
         payload: &P,
+        effect: Effect,
     ) -> Result<RequestId, RequestError> {
         let now = self.clamp(now);
         let open = match self.state {
@@ -624,7 +608,7 @@ impl Client {
             }
         }
         let id = self.take_id();
-        let frame = encode_request(ty, id, payload);
+        let frame = encode_request(kind.message(), id, payload);
         let deadline =
             (!self.config.request_timeout.is_zero()).then(|| now + self.config.request_timeout);
         let status = if open {
@@ -637,6 +621,7 @@ impl Client {
         };
         let mut pending = Pending::new(kind, Owner::App, frame, status);
         pending.deadline = deadline;
+        pending.effect = effect;
         self.requests.insert(id, pending);
         self.dial_if_idle();
         Ok(RequestId(id))
@@ -672,7 +657,6 @@ impl Client {
             };
             self.send_internal(
                 Kind::Subscribe,
-                MessageType::Subscribe,
                 &payload,
                 Owner::RestoreTables(payload.tables.clone()),
             );
@@ -688,7 +672,6 @@ impl Client {
             let payload = PresenceUpdate { topic, data };
             self.send_internal(
                 Kind::PresenceUpdate,
-                MessageType::PresenceUpdate,
                 &payload,
                 Owner::RestoreOther(payload.topic.clone()),
             );
@@ -708,7 +691,6 @@ impl Client {
             };
             self.send_internal(
                 Kind::Room,
-                MessageType::Room,
                 &payload,
                 Owner::RestoreOther(payload.room.clone()),
             );
@@ -816,15 +798,9 @@ impl Client {
     /// Sends one of the client's own requests. They bypass the transmit bound: there are at
     /// most `max_subscriptions + max_presence_topics + max_rooms` of them per connection, and
     /// they have no deadline (a connection that drops forgets them).
-    fn send_internal<P: Serialize>(
-        &mut self,
-        kind: Kind,
-        ty: MessageType,
-        payload: &P,
-        owner: Owner,
-    ) {
+    fn send_internal<P: Serialize>(&mut self, kind: Kind, payload: &P, owner: Owner) {
         let id = self.take_id();
-        let frame = encode_request(ty, id, payload);
+        let frame = encode_request(kind.message(), id, payload);
         self.transmits
             .push_back(ClientTransmit::Frame(frame.clone()));
         let tables = match &owner {

@@ -34,6 +34,20 @@ impl Kind {
         }
     }
 
+    /// The message type of the request itself.
+    pub(crate) fn message(self) -> MessageType {
+        match self {
+            Kind::Pull => MessageType::PullRequest,
+            Kind::Push => MessageType::PushRequest,
+            Kind::Subscribe => MessageType::Subscribe,
+            Kind::Unsubscribe => MessageType::Unsubscribe,
+            Kind::PresenceUpdate => MessageType::PresenceUpdate,
+            Kind::PresenceGet => MessageType::PresenceGet,
+            Kind::Room => MessageType::Room,
+            Kind::Ping => MessageType::Ping,
+        }
+    }
+
     /// Pull and push may be sent twice: CRDT merges are idempotent (docs/protocol.md section 11).
     pub(crate) fn idempotent(self) -> bool {
         matches!(self, Kind::Pull | Kind::Push)
@@ -216,13 +230,6 @@ impl Requests {
                 pending.resumes = true;
                 self.resuming += 1;
             }
-        }
-    }
-
-    /// Records what application request `id` establishes.
-    pub(crate) fn set_effect(&mut self, id: u64, effect: Effect) {
-        if let Some(pending) = self.map.get_mut(&id) {
-            pending.effect = effect;
         }
     }
 

@@ -180,18 +180,23 @@ fn cursor(value: &JsValue) -> Result<Option<Cursor>, String> {
     text.parse().map(Some).map_err(|e| format!("cursor: {e}"))
 }
 
-/// Where a pull or subscribe starts: `undefined` (a pull of everything, a subscribe from
-/// now), `{ since?: Hlc, cursor?: string }`, or an HLC alone (as `since`).
-pub(super) fn start(value: &JsValue) -> Result<(Option<Hlc>, Option<Cursor>), String> {
-    if value.is_undefined() || value.is_null() || value.is_string() {
-        return Ok((since(value)?, None));
+/// The tables of a pull or subscribe and where it starts.
+pub(super) type Start = (Vec<String>, Option<Hlc>, Option<Cursor>);
+
+/// Reads the arguments of `pull` and `subscribe`: the tables, then where to start:
+/// `undefined` (a pull of everything, a subscribe from now), `{ since?: Hlc, cursor?: string }`,
+/// or an HLC alone (as `since`).
+pub(super) fn start(tables: &JsValue, from: &JsValue) -> Result<Start, String> {
+    let tables = self::tables(tables)?;
+    if from.is_undefined() || from.is_null() || from.is_string() {
+        return Ok((tables, since(from)?, None));
     }
-    let field = |name: &str| Reflect::get(value, &JsValue::from_str(name)).unwrap_or_default();
+    let field = |name: &str| Reflect::get(from, &JsValue::from_str(name)).unwrap_or_default();
     let (since_field, cursor_field) = (field("since"), field("cursor"));
     if since_field.is_undefined() && cursor_field.is_undefined() && !field("ts").is_undefined() {
-        return Ok((since(value)?, None)); // an HLC object
+        return Ok((tables, since(from)?, None)); // an HLC object
     }
-    Ok((since(&since_field)?, cursor(&cursor_field)?))
+    Ok((tables, since(&since_field)?, cursor(&cursor_field)?))
 }
 
 /// A Rust value as a JavaScript one.

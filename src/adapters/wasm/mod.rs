@@ -184,9 +184,9 @@ impl BrowserClient {
         #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
         #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
     ) -> Promise {
-        let (tables, (since, cursor)) = match (convert::tables(&tables), convert::start(&from)) {
-            (Ok(tables), Ok(start)) => (tables, start),
-            (Err(e), _) | (_, Err(e)) => return reject(&e),
+        let (tables, since, cursor) = match convert::start(&tables, &from) {
+            Ok(start) => start,
+            Err(e) => return reject(&e),
         };
         let pull = PullRequest::new(tables).since(since).after(cursor);
         self.driver.request(|c, now| c.pull(now, pull))
@@ -215,9 +215,9 @@ impl BrowserClient {
         #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
         #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
     ) -> Promise {
-        let (tables, (since, cursor)) = match (convert::tables(&tables), convert::start(&from)) {
-            (Ok(tables), Ok(start)) => (tables, start),
-            (Err(e), _) | (_, Err(e)) => return reject(&e),
+        let (tables, since, cursor) = match convert::start(&tables, &from) {
+            Ok(start) => start,
+            Err(e) => return reject(&e),
         };
         let subscribe = Subscribe::new(tables).since(since).after(cursor);
         self.driver.request(|c, now| c.subscribe(now, subscribe))
