@@ -6,7 +6,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::payload::{ChangeRecord, Cursor, Hlc};
-use crate::wire::CloseCode;
+use crate::wire::{CloseCode, ErrorCode};
 
 /// One session (one WebSocket connection). Never reused: a slot freed by a closed session
 /// comes back with a new generation.
@@ -161,21 +161,38 @@ pub struct PushAnswer {
     pub head: Cursor,
 }
 
-/// The application could not handle a request; the session gets `HANDLER_ERROR` with this
-/// message.
+/// The application could not handle a request; the session gets an `error` frame with this
+/// message: `HANDLER_ERROR`, or `UNAVAILABLE` for [`AppError::unavailable`].
 #[derive(Clone, PartialEq, Eq, Debug, Error)]
 #[error("{message}")]
 pub struct AppError {
     /// What the client is told.
     pub message: String,
+    /// The error frame's code.
+    code: ErrorCode,
 }
 
 impl AppError {
-    /// An error with a message for the client.
+    /// An error with a message for the client (`HANDLER_ERROR`).
     pub fn new(message: impl Into<String>) -> Self {
         AppError {
             message: message.into(),
+            code: ErrorCode::HandlerError,
         }
+    }
+
+    /// The backend (a shared store) cannot be reached for now; the client may retry the
+    /// request later, and its session stays open (`UNAVAILABLE`).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        AppError {
+            message: message.into(),
+            code: ErrorCode::Unavailable,
+        }
+    }
+
+    /// The code of the error frame the session gets.
+    pub fn code(&self) -> &ErrorCode {
+        &self.code
     }
 }
 

@@ -14,7 +14,7 @@ use super::session::{Batch, Held, Sent, Sessions};
 use super::{PendingKind, Resume, Server, SessionId};
 use crate::payload::{ChangeRecord, Cursor, HasHlc, PushResponse, ResumeAck};
 use crate::time::Instant;
-use crate::wire::{ErrorCode, MessageType};
+use crate::wire::MessageType;
 
 impl Server {
     /// Answers a [`ServerEvent::Pull`](super::ServerEvent::Pull). An error becomes
@@ -60,11 +60,7 @@ impl Server {
                     },
                 },
             ),
-            Err(e) => error_frame(
-                pending.id.as_ref(),
-                ErrorCode::HandlerError,
-                e.message.clone(),
-            ),
+            Err(e) => error_frame(pending.id.as_ref(), e.code().clone(), e.message.clone()),
         };
         self.send(pending.session, bytes);
         self.settle();
@@ -82,6 +78,92 @@ impl Server {
         request: PushId,
         answer: Result<PushAnswer, AppError>,
     ) {
+        self.answer_push_routing(now, request, answer, true);
+    }
+
+    /// Answers a [`ServerEvent::Push`](super::ServerEvent::Push) whose accepted changes
+    /// reach the subscribers another way: from a log shared by several servers, which each
+    /// server follows and feeds to [`handle_accepted`](Server::handle_accepted), its own
+    /// pushes included (DESIGN.md section 6). Only the pusher's `push_response` goes out
+    /// here; routing the answer as well would deliver its changes twice.
+    ///
+    /// Use it for every push of a server that follows a log; [`answer_push`] for a store
+    /// that only this server writes.
+    ///
+    /// [`answer_push`]: Server::answer_push
+    pub fn answer_push_unrouted(
+        &mut self,
+        now: Instant,
+        request: PushId,
+        answer: Result<PushAnswer, AppError>,
+    ) {
+        self.answer_push_routing(now, request, answer, false);
+    }
+
+    /// Changes a log shared by several servers accepted, as this server follows the log:
+    /// routed at once to the subscribers of their tables, each frame with its cursor, except
+    /// to `pushed_by`, the session of this server that pushed them (it has its
+    /// `push_response`; `None` for another server's changes). Live changes of a session
+    /// whose replay is pending wait for it, and a change its replay already held is not sent
+    /// again, as with [`answer_push`](Server::answer_push).
+    ///
+    /// Feed every entry of the log exactly once and in log order, one call per run of
+    /// entries from one push (or one call per entry); answer this server's pushes with
+    /// [`answer_push_unrouted`](Server::answer_push_unrouted). A change with an older
+    /// cursor than one already fed is routed all the same: the caller owns the order.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use syncmux::payload::{ChangeRecord, Cursor, Hlc};
+    /// use syncmux::{Handshake, HandshakeOutcome, Instant, PullAnswer, Server, ServerConfig};
+    /// use syncmux::{ServerEvent, ServerTransmit};
+    ///
+    /// let mut server = Server::new(ServerConfig::default())?;
+    /// let now = Instant::ZERO;
+    /// let HandshakeOutcome::Accept { session, .. } =
+    ///     server.handle_handshake(now, &Handshake::new("/", "node_id=bob"))
+    /// else {
+    ///     panic!("refused")
+    /// };
+    /// let subscribe = r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#;
+    /// server.handle_message(now, session, Bytes::from(subscribe));
+    /// while let Some(event) = server.poll_event() {
+    ///     if let ServerEvent::Replay { request, .. } = event {
+    ///         let answer = PullAnswer { head: Cursor::new(9, 4), complete: true, ..PullAnswer::default() };
+    ///         server.answer_replay(now, request, Ok(answer));
+    ///     }
+    /// }
+    /// // Another server accepted a change at 9.5; this one read it from the shared log.
+    /// let record = ChangeRecord::new("docs", "1", "title", "lww", Hlc::new(5, 0, "alice"), "alice");
+    /// server.handle_accepted(now, vec![(Cursor::new(9, 5), record)], None);
+    /// let mut frames = Vec::new();
+    /// while let Some(ServerTransmit::Frame { bytes, .. }) = server.poll_transmit() {
+    ///     frames.push(String::from_utf8(bytes.to_vec())?);
+    /// }
+    /// assert!(frames[1].starts_with(r#"{"type":"change","cursor":"9.5""#));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn handle_accepted(
+        &mut self,
+        now: Instant,
+        mut changes: Vec<(Cursor, ChangeRecord)>,
+        pushed_by: Option<SessionId>,
+    ) {
+        self.clamp(now);
+        changes.sort_by_key(|(cursor, _)| *cursor);
+        self.reorder
+            .routed_through(changes.last().map(|(cursor, _)| *cursor));
+        self.route(pushed_by, changes);
+        self.settle();
+    }
+
+    fn answer_push_routing(
+        &mut self,
+        now: Instant,
+        request: PushId,
+        answer: Result<PushAnswer, AppError>,
+        routed: bool,
+    ) {
         self.clamp(now);
         let pending = self.take_pending(request.0, |k| matches!(k, PendingKind::Push));
         let pusher = pending.as_ref().map(|p| p.session);
@@ -96,16 +178,12 @@ impl Server {
                         cursor: Some(a.head),
                     },
                 ),
-                Err(e) => error_frame(
-                    pending.id.as_ref(),
-                    ErrorCode::HandlerError,
-                    e.message.clone(),
-                ),
+                Err(e) => error_frame(pending.id.as_ref(), e.code().clone(), e.message.clone()),
             };
             self.send(pending.session, bytes);
         }
         self.reorder.answered(request.0);
-        if let Ok(answer) = answer {
+        if let (Ok(answer), true) = (answer, routed) {
             self.reorder.hold(pusher, answer.accepted);
         }
         while let Some((pusher, batch)) = self.reorder.next() {
@@ -212,8 +290,8 @@ impl Server {
                 }
             }
             Err(e) => {
-                let message = e.message;
-                let bytes = error_frame(pending.id.as_ref(), ErrorCode::HandlerError, message);
+                let code = e.code().clone();
+                let bytes = error_frame(pending.id.as_ref(), code, e.message);
                 self.send(session, bytes);
                 for table in added {
                     if let Some(s) = self.sessions.get_mut(session) {
@@ -274,7 +352,10 @@ impl Server {
             // late) is not sent twice.
             let replayed = sessions.get(session).map(|s| &s.replayed);
             let covered = |(cursor, record): &(Cursor, ChangeRecord)| {
-                replayed.is_some_and(|r| r.iter().any(|(t, h)| **t == *record.table && cursor <= h))
+                replayed.is_some_and(|r| {
+                    r.iter()
+                        .any(|(t, h)| **t == *record.table && within(cursor, h))
+                })
             };
             let sent = if batch[range.clone()].iter().any(covered) {
                 let rest: Vec<(Cursor, ChangeRecord)> = batch[range]
@@ -365,7 +446,7 @@ impl Server {
                 s.tables.contains(record.table.as_str())
                     && !replayed
                         .iter()
-                        .any(|(t, head)| **t == *record.table && cursor <= head)
+                        .any(|(t, head)| **t == *record.table && within(cursor, head))
             };
             let keep: Vec<&(Cursor, ChangeRecord)> =
                 batch[range.clone()].iter().filter(fresh).collect();
@@ -412,6 +493,13 @@ impl Reorder {
         self.outstanding.remove(&request);
     }
 
+    /// Changes up to `last` were routed by other means (a followed log).
+    fn routed_through(&mut self, last: Option<Cursor>) {
+        if last.is_some() {
+            self.routed = last;
+        }
+    }
+
     fn hold(&mut self, pusher: Option<SessionId>, mut batch: Vec<(Cursor, ChangeRecord)>) {
         batch.sort_by_key(|(cursor, _)| *cursor);
         if let Some((first, _)) = batch.first() {
@@ -439,6 +527,12 @@ impl Reorder {
         self.routed = batch.last().map(|(cursor, _)| *cursor).or(self.routed);
         Some((pusher, batch))
     }
+}
+
+/// Whether a change at `cursor` is one a replay up to `head` held: same history (a log that
+/// lost its data starts a new epoch, whose changes no replay of the old one held), not after.
+fn within(cursor: &Cursor, head: &Cursor) -> bool {
+    cursor.epoch == head.epoch && cursor.seq <= head.seq
 }
 
 /// Encodes records `range` of a batch as one `change` / `changes` frame.

@@ -70,6 +70,8 @@ error_codes! {
     DuplicateId => "DUPLICATE_ID",
     /// The application failed to handle the request.
     HandlerError => "HANDLER_ERROR",
+    /// The server's backend (a shared store) cannot be reached for now; retry later.
+    Unavailable => "UNAVAILABLE",
     /// The session did not drain its outbound queue in time.
     SlowConsumer => "SLOW_CONSUMER",
     /// A bug or an unexpected condition on the server.
