@@ -47,6 +47,8 @@ pub struct Driver {
     server: Server,
     store: MemoryStore,
     events: VecDeque<ServerEvent>,
+    /// Store-facing events pass through to `poll_event`, for an async backend.
+    deferring: bool,
 }
 
 impl core::fmt::Debug for Driver {
@@ -65,7 +67,25 @@ impl Driver {
             server,
             store,
             events: VecDeque::new(),
+            deferring: false,
         }
+    }
+
+    /// A driver whose store answers nothing: every event goes to `poll_event`, for an async
+    /// backend (`adapters::Backend`) to answer later.
+    #[cfg(feature = "adapters")]
+    pub(crate) fn deferring(server: Server) -> Self {
+        let mut driver = Driver::new(server, MemoryStore::new(crate::StoreConfig::default()));
+        driver.deferring = true;
+        driver
+    }
+
+    /// Runs `f` on the server (an answer, an input of the adapter's own), then answers what
+    /// it asked of the store.
+    #[cfg(feature = "adapters")]
+    pub(crate) fn with_server(&mut self, now: Instant, f: impl FnOnce(&mut Server)) {
+        f(&mut self.server);
+        self.pump(now);
     }
 
     /// The server.
@@ -165,7 +185,9 @@ impl Driver {
     /// order the store accepts them (sessions then see changes in cursor order).
     fn pump(&mut self, now: Instant) {
         while let Some(event) = self.server.poll_event() {
-            if let Some(other) = self.store.answer(&mut self.server, now, event) {
+            if self.deferring {
+                self.events.push_back(event);
+            } else if let Some(other) = self.store.answer(&mut self.server, now, event) {
                 self.events.push_back(other);
             }
         }

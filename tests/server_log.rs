@@ -3,7 +3,7 @@
 //! subscriber on each server gets every change exactly once, in log order, with its cursor;
 //! the pusher never gets its own change back. Sans-IO: the "log" is a `MemoryStore` the test
 //! writes and reads by hand, as a Redis backend would.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
 mod server_util;
 
@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use server_util::*;
 use syncmux::payload::{ChangeRecord, Cursor};
 use syncmux::{AppError, MemoryStore, PullAnswer, ServerEvent, SessionId, StoreConfig};
+
+/// Entries of the log pushed by one session (or by another server).
+type Run = (Option<SessionId>, Vec<(Cursor, ChangeRecord)>);
 
 /// One server of the cluster and how far it has followed the log.
 struct Node {
@@ -118,7 +121,7 @@ impl Cluster {
             .log
             .pull(&tables, None, Some(&Cursor::new(1, node.followed)));
         assert!(read.complete);
-        let mut runs: Vec<(Option<SessionId>, Vec<(Cursor, ChangeRecord)>)> = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         for (cursor, record) in read.changes {
             let origin = self.origins[cursor.seq as usize - 1];
             let pushed_by = origin.filter(|(node, _)| *node == n).map(|(_, s)| s);

@@ -30,6 +30,8 @@
 //! ```
 
 #[cfg(feature = "adapters")]
+mod backend;
+#[cfg(feature = "adapters")]
 mod client;
 #[cfg(feature = "adapters")]
 mod clock;
@@ -37,6 +39,8 @@ mod clock;
 mod common;
 #[cfg(feature = "adapters")]
 pub mod metrics;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "adapters")]
 mod server;
 #[cfg(feature = "smol")]
@@ -47,6 +51,8 @@ pub mod tokio;
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
 pub mod wasm;
 
+#[cfg(feature = "adapters")]
+pub use backend::{Backend, BackendFuture, LogSink, Push, Read};
 #[cfg(feature = "adapters")]
 pub use client::{ClientEvents, ClientOptions, SyncClient};
 #[cfg(feature = "adapters")]

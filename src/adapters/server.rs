@@ -28,10 +28,12 @@ use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tungstenite::Message;
 
+use super::backend::{Backend, Link, Spawn};
 use super::clock::Clock;
 use super::common;
 use super::metrics;
 use crate::driver::Driver;
+use crate::payload::Cursor;
 use crate::server::{
     Handshake, HandshakeOutcome, ServerEvent, ServerStats, ServerTransmit, SessionId,
 };
@@ -152,11 +154,29 @@ pub(crate) struct Shared {
     armed: Option<Instant>,
     wake: async_channel::Sender<()>,
     stop: Option<async_channel::Sender<()>>,
+    /// An async backend answering the store-facing events (`None`: the driver's store
+    /// answers them inline).
+    backend: Option<Link>,
 }
 
 impl Shared {
     fn now(&self) -> Instant {
         self.clock.now()
+    }
+
+    /// Runs `f` on the driver now (a backend's answer, the log's entries), then hands its
+    /// outputs out.
+    pub(crate) fn apply(&mut self, f: impl FnOnce(&mut Driver, Instant)) {
+        let now = self.now();
+        f(&mut self.driver, now);
+        self.drain();
+    }
+
+    /// Where the backend's follower stands in the shared log.
+    pub(crate) fn followed(&mut self, position: Cursor) {
+        if let Some(link) = &mut self.backend {
+            link.set_followed(position);
+        }
     }
 
     /// Hands every output of the last input to the sessions' queues, then re-arms the timer.
@@ -184,6 +204,7 @@ impl Shared {
                 }
             }
         }
+        let mut again = false;
         while let Some(event) = self.driver.poll_event() {
             match event {
                 ServerEvent::SessionOpened { session, node_id } => {
@@ -201,8 +222,17 @@ impl Shared {
                     let code = code.map(|c| c.0);
                     tracing::info!(%session, node_id, ?code, "session closed");
                 }
-                other => tracing::debug!(?other, "server event"),
+                other => match &mut self.backend {
+                    Some(link) if Link::wants(&other) => {
+                        again |= link.dispatch(&mut self.driver, self.clock.now(), other);
+                    }
+                    _ => tracing::debug!(?other, "server event"),
+                },
             }
+        }
+        if again {
+            // A backend answered at once: its frames go out now.
+            return self.drain();
         }
         let next = self.driver.poll_timeout();
         if next != self.armed && (self.armed.is_none() || next < self.armed) {
@@ -271,6 +301,7 @@ impl SyncServer {
             armed: None,
             wake: wake_tx,
             stop: Some(stop_tx),
+            backend: None,
         };
         let (idle_tx, idle_rx) = async_channel::bounded(1);
         let running = Arc::new(Running {
@@ -290,6 +321,24 @@ impl SyncServer {
             shared: Arc::downgrade(&server.shared),
             wake: Box::pin(wake_rx),
         };
+        (server, timer)
+    }
+
+    /// A server whose pulls, pushes and replays `backend` answers (see
+    /// [`Backend`](super::Backend)), its tasks spawned with `spawn`.
+    pub(crate) fn with_backend(
+        server: crate::Server,
+        backend: Arc<dyn Backend>,
+        spawn: Spawn,
+        options: ServerOptions,
+    ) -> (SyncServer, TimerTask) {
+        let driver = Driver::deferring(server);
+        let (server, timer) = SyncServer::new(driver, options);
+        let (link, follow) = Link::new(backend, spawn, &server.shared);
+        server.lock().backend = Some(link);
+        if let Some(follow) = follow {
+            spawn(follow);
+        }
         (server, timer)
     }
 

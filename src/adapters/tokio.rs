@@ -88,6 +88,21 @@ pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
     server
 }
 
+/// Starts a server whose pulls, pushes and replays `backend` answers, asynchronously (for
+/// example [`RedisBackend`](super::redis::RedisBackend), feature `redis`), on the current
+/// tokio runtime: its timer task, one task per request, and the backend's log follower.
+/// Serve it like one from [`start`].
+pub fn start_with_backend(
+    server: crate::Server,
+    backend: Arc<dyn super::Backend>,
+    options: ServerOptions,
+) -> SyncServer {
+    let spawn = |task| drop(tokio::spawn(task));
+    let (server, timer) = SyncServer::with_backend(server, backend, spawn, options);
+    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
+    server
+}
+
 /// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
 /// serves `wss://`.
 ///

@@ -1,0 +1,305 @@
+//! The async backend seam (DESIGN.md section 6): a store the native server adapters drive
+//! without blocking, answered later and in any order.
+//!
+//! An embedded store ([`MemoryStore`](crate::MemoryStore)) answers inside the input that
+//! asked, through the [`Driver`](crate::Driver), and keeps doing so: no task, no channel, no
+//! copy. A [`Backend`] is the other way, for a store behind the network: the adapter hands
+//! it each pull, push and replay as a future, spawned on the runtime, and applies the answer
+//! to the state machine when it comes ([`Server::answer_pull`](crate::Server::answer_pull)
+//! and its siblings, which accept answers in any order).
+//!
+//! A backend whose log is shared by several servers (Redis) also **follows** the log: every
+//! server reads every entry, its own included, and hands it to a [`LogSink`], which routes it
+//! to the subscribers ([`Server::handle_accepted`](crate::Server::handle_accepted)). Its
+//! pushes are then answered without routing
+//! ([`Server::answer_push_unrouted`](crate::Server::answer_push_unrouted)), so each change
+//! reaches each subscriber once, in log order, on every server. A subscribe that asks for no
+//! replay is answered at once with where the server has followed the log to: everything
+//! after that reaches the session live.
+
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+
+use super::server::Shared;
+use crate::driver::Driver;
+use crate::payload::{ChangeRecord, Cursor, Hlc};
+use crate::server::{AppError, PullAnswer, PushAnswer, ServerEvent, SessionId};
+use crate::time::Instant;
+
+/// A boxed future a backend answers with.
+pub type BackendFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A pull or a replay for a [`Backend`] to read: the changes of `tables` after `cursor` in
+/// position order (`complete: false` when it cannot serve the cursor, falling back to
+/// `since`), or after `since` in HLC order, or all of them; with the head it read at.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct Read {
+    /// The tables.
+    pub tables: Vec<String>,
+    /// Only changes with a greater HLC.
+    pub since: Option<Hlc>,
+    /// Only changes after this position.
+    pub cursor: Option<Cursor>,
+    /// A subscribe that asked for no replay: only the head matters (and `complete: true`).
+    /// Never asked of a backend that follows a log.
+    pub head_only: bool,
+}
+
+impl Read {
+    /// A read of everything retained for `tables`.
+    pub fn new(tables: Vec<String>) -> Read {
+        Read {
+            tables,
+            since: None,
+            cursor: None,
+            head_only: false,
+        }
+    }
+}
+
+/// A push for a [`Backend`] to merge.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct Push {
+    /// The session pushing: a backend that follows a log records it with the entries, and
+    /// hands it back with them to [`LogSink::accepted`] on this server.
+    pub session: SessionId,
+    /// Its node id.
+    pub node_id: String,
+    /// The changes to merge.
+    pub changes: Vec<ChangeRecord>,
+}
+
+/// A store that answers later (DESIGN.md section 6): the seam the native server adapters
+/// drive (`adapters::tokio::start_with_backend`).
+///
+/// Each method returns at once with a future the adapter spawns; futures run concurrently
+/// and may finish in any order. An error answers the request with an `error` frame
+/// ([`AppError::unavailable`] for a store that cannot be reached: `UNAVAILABLE`); the
+/// session stays open.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads for a pull or a replay.
+    fn read(&self, read: Read) -> BackendFuture<Result<PullAnswer, AppError>>;
+
+    /// Merges a push and answers with the changes that were new, each at its position.
+    fn push(&self, push: Push) -> BackendFuture<Result<PushAnswer, AppError>>;
+
+    /// Follows a log shared with other servers, handing every entry to `log` in log order,
+    /// until `log` says the server is gone. `None` (the default) for a store only this
+    /// server writes: its pushes' answers are then routed as they come.
+    fn follow(&self, log: LogSink) -> Option<BackendFuture<()>> {
+        let _ = log;
+        None
+    }
+}
+
+/// A backend's answer, applied to the driver under the adapter's lock.
+type Answer = Box<dyn FnOnce(&mut Driver, Instant) + Send>;
+
+/// Spawns a task on the adapter's runtime.
+pub(crate) type Spawn = fn(BackendFuture<()>);
+
+/// A server's link to its backend, kept beside the state machine under the adapter's lock.
+pub(crate) struct Link {
+    backend: Arc<dyn Backend>,
+    spawn: Spawn,
+    shared: Weak<Mutex<Shared>>,
+    /// Whether the backend follows a log (its pushes are answered unrouted).
+    follows: bool,
+    /// Where this server has followed the log to.
+    followed: Cursor,
+}
+
+impl Link {
+    /// Links `backend` to the server behind `shared`, with the follower of its log if it
+    /// has one: spawn that once the link is in place.
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        spawn: Spawn,
+        shared: &Arc<Mutex<Shared>>,
+    ) -> (Link, Option<BackendFuture<()>>) {
+        let sink = LogSink {
+            shared: Arc::downgrade(shared),
+        };
+        let follow = backend.follow(sink);
+        let link = Link {
+            backend,
+            spawn,
+            shared: Arc::downgrade(shared),
+            follows: follow.is_some(),
+            followed: Cursor::default(),
+        };
+        (link, follow)
+    }
+
+    /// Records where the follower stands.
+    pub(crate) fn set_followed(&mut self, position: Cursor) {
+        self.followed = position;
+    }
+
+    /// Whether the event is one for the backend (a pull, a push or a replay).
+    pub(crate) fn wants(event: &ServerEvent) -> bool {
+        matches!(
+            event,
+            ServerEvent::Pull { .. } | ServerEvent::Push { .. } | ServerEvent::Replay { .. }
+        )
+    }
+
+    /// Hands a pull, push or replay to the backend. A subscribe without replay on a followed
+    /// log is answered at once (then `true`: drain again).
+    pub(crate) fn dispatch(
+        &mut self,
+        driver: &mut Driver,
+        now: Instant,
+        event: ServerEvent,
+    ) -> bool {
+        let shared = self.shared.clone();
+        let answer = move |f: Answer| {
+            if let Some(shared) = shared.upgrade() {
+                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+                shared.apply(f);
+            }
+        };
+        match event {
+            ServerEvent::Replay {
+                request,
+                head_only: true,
+                ..
+            } if self.follows => {
+                let head = self.followed;
+                let answer = PullAnswer {
+                    head,
+                    complete: true,
+                    ..PullAnswer::default()
+                };
+                driver.with_server(now, |s| s.answer_replay(now, request, Ok(answer)));
+                return true;
+            }
+            ServerEvent::Replay {
+                request,
+                tables,
+                since,
+                cursor,
+                head_only,
+                ..
+            } => {
+                let read = self.backend.read(Read {
+                    tables,
+                    since,
+                    cursor,
+                    head_only,
+                });
+                (self.spawn)(Box::pin(async move {
+                    let out = read.await;
+                    answer(Box::new(move |d, now| {
+                        d.with_server(now, |s| s.answer_replay(now, request, out));
+                    }));
+                }));
+            }
+            ServerEvent::Pull {
+                request,
+                tables,
+                since,
+                cursor,
+                ..
+            } => {
+                let read = self.backend.read(Read {
+                    tables,
+                    since,
+                    cursor,
+                    head_only: false,
+                });
+                (self.spawn)(Box::pin(async move {
+                    let out = read.await;
+                    answer(Box::new(move |d, now| {
+                        d.with_server(now, |s| s.answer_pull(now, request, out));
+                    }));
+                }));
+            }
+            ServerEvent::Push {
+                request,
+                session,
+                node_id,
+                changes,
+            } => {
+                let push = self.backend.push(Push {
+                    session,
+                    node_id,
+                    changes,
+                });
+                let routed = !self.follows;
+                (self.spawn)(Box::pin(async move {
+                    let out = push.await;
+                    answer(Box::new(move |d, now| {
+                        d.with_server(now, |s| match routed {
+                            true => s.answer_push(now, request, out),
+                            false => s.answer_push_unrouted(now, request, out),
+                        });
+                    }));
+                }));
+            }
+            other => tracing::debug!(?other, "not a backend's event"),
+        }
+        false
+    }
+}
+
+/// Where a [`Backend`]'s follower hands the entries of the shared log: the server routes
+/// each to the subscribers of its table ([`Server::handle_accepted`]). Cheap to clone; every
+/// method returns `false` once the server is gone, when the follower should stop.
+///
+/// [`Server::handle_accepted`]: crate::Server::handle_accepted
+#[derive(Clone)]
+pub struct LogSink {
+    shared: Weak<Mutex<Shared>>,
+}
+
+impl fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogSink").finish_non_exhaustive()
+    }
+}
+
+impl LogSink {
+    /// The follower stands at `position` without routing anything: where it started (the
+    /// log's head), or the start of a new epoch (the log lost its data). A subscribe that
+    /// asks for no replay starts at the last position handed over.
+    pub fn at(&self, position: Cursor) -> bool {
+        self.with(|shared| shared.followed(position))
+    }
+
+    /// Entries after the last ones handed over, in log order: routed to the subscribers of
+    /// their tables on this server, except to `pushed_by` (the session of this server that
+    /// pushed them, as [`Push::session`] said; `None` for another server's entries).
+    pub fn accepted(
+        &self,
+        changes: Vec<(Cursor, ChangeRecord)>,
+        pushed_by: Option<SessionId>,
+    ) -> bool {
+        self.with(|shared| {
+            if let Some((last, _)) = changes.last() {
+                shared.followed(*last);
+            }
+            shared.apply(move |d: &mut Driver, now| {
+                d.with_server(now, |s| s.handle_accepted(now, changes, pushed_by));
+            });
+        })
+    }
+
+    /// Whether the server is gone (the follower should stop).
+    pub fn is_closed(&self) -> bool {
+        self.shared.strong_count() == 0
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Shared)) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut shared);
+        true
+    }
+}
