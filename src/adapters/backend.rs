@@ -44,7 +44,8 @@ pub struct Read {
     /// Only changes after this position.
     pub cursor: Option<Cursor>,
     /// A subscribe that asked for no replay: only the head matters (and `complete: true`).
-    /// Never asked of a backend that follows a log.
+    /// Asked of a backend that follows a log only until its follower said where it stands
+    /// ([`LogSink::at`]); after that, such a subscribe starts where the follower stands.
     pub head_only: bool,
 }
 
@@ -109,8 +110,8 @@ pub(crate) struct Link {
     shared: Weak<Mutex<Shared>>,
     /// Whether the backend follows a log (its pushes are answered unrouted).
     follows: bool,
-    /// Where this server has followed the log to.
-    followed: Cursor,
+    /// Where this server has followed the log to, once its follower has said.
+    followed: Option<Cursor>,
 }
 
 impl Link {
@@ -130,14 +131,14 @@ impl Link {
             spawn,
             shared: Arc::downgrade(shared),
             follows: follow.is_some(),
-            followed: Cursor::default(),
+            followed: None,
         };
         (link, follow)
     }
 
     /// Records where the follower stands.
     pub(crate) fn set_followed(&mut self, position: Cursor) {
-        self.followed = position;
+        self.followed = Some(position);
     }
 
     /// Whether the event is one for the backend (a pull, a push or a replay).
@@ -163,13 +164,15 @@ impl Link {
                 shared.apply(f);
             }
         };
-        match event {
-            ServerEvent::Replay {
-                request,
-                head_only: true,
-                ..
-            } if self.follows => {
-                let head = self.followed;
+        match (event, self.followed.filter(|_| self.follows)) {
+            (
+                ServerEvent::Replay {
+                    request,
+                    head_only: true,
+                    ..
+                },
+                Some(head),
+            ) => {
                 let answer = PullAnswer {
                     head,
                     complete: true,
@@ -178,14 +181,17 @@ impl Link {
                 driver.with_server(now, |s| s.answer_replay(now, request, Ok(answer)));
                 return true;
             }
-            ServerEvent::Replay {
-                request,
-                tables,
-                since,
-                cursor,
-                head_only,
-                ..
-            } => {
+            (
+                ServerEvent::Replay {
+                    request,
+                    tables,
+                    since,
+                    cursor,
+                    head_only,
+                    ..
+                },
+                _,
+            ) => {
                 let read = self.backend.read(Read {
                     tables,
                     since,
@@ -199,13 +205,16 @@ impl Link {
                     }));
                 }));
             }
-            ServerEvent::Pull {
-                request,
-                tables,
-                since,
-                cursor,
-                ..
-            } => {
+            (
+                ServerEvent::Pull {
+                    request,
+                    tables,
+                    since,
+                    cursor,
+                    ..
+                },
+                _,
+            ) => {
                 let read = self.backend.read(Read {
                     tables,
                     since,
@@ -219,12 +228,15 @@ impl Link {
                     }));
                 }));
             }
-            ServerEvent::Push {
-                request,
-                session,
-                node_id,
-                changes,
-            } => {
+            (
+                ServerEvent::Push {
+                    request,
+                    session,
+                    node_id,
+                    changes,
+                },
+                _,
+            ) => {
                 let push = self.backend.push(Push {
                     session,
                     node_id,
@@ -241,7 +253,7 @@ impl Link {
                     }));
                 }));
             }
-            other => tracing::debug!(?other, "not a backend's event"),
+            (other, _) => tracing::debug!(?other, "not a backend's event"),
         }
         false
     }

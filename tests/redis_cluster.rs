@@ -1,0 +1,386 @@
+//! Several servers on one Redis (see `redis_util`), with real WebSocket clients: to their
+//! clients they are one server (DESIGN.md section 6).
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+mod redis_util;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_util::RedisServer;
+use syncmux::adapters::redis::{RedisBackend, RedisConfig};
+use syncmux::adapters::{self, ClientEvents, ServerOptions, SyncClient, SyncServer};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
+use syncmux::{ClientConfig, ClientEvent, ErrorCode, RequestError, Server, ServerConfig};
+
+/// Every wait in these tests ends by then, or the test fails.
+const GUARD: Duration = Duration::from_secs(30);
+
+/// One server of the cluster and its URL.
+struct Node {
+    server: SyncServer,
+    url: String,
+}
+
+async fn node(redis: &RedisServer, prefix: &str) -> Node {
+    let mut config = RedisConfig::new(redis.url());
+    config.prefix = prefix.to_owned();
+    // Check the log's epoch often: the restart test waits for it.
+    config.block = Duration::from_millis(200);
+    config.request_timeout = Duration::from_secs(2);
+    let backend = RedisBackend::connect(config).await.unwrap();
+    let mut server = ServerConfig::default();
+    server.path = Some("/sync/ws".to_owned());
+    server.rate_limit_burst = 0;
+    let server = Server::new(server).unwrap();
+    let server =
+        adapters::tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/sync/ws", listener.local_addr().unwrap());
+    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    Node { server, url }
+}
+
+fn client(node: &Node, id: &str) -> (SyncClient, ClientEvents) {
+    let mut config = ClientConfig::new(&node.url, id);
+    config.request_timeout = Duration::from_secs(10);
+    adapters::tokio::connect(config).unwrap()
+}
+
+fn record(pk: &str, field: &str, ts: i64, node: &str) -> ChangeRecord {
+    ChangeRecord::new("docs", pk, field, "lww", Hlc::new(ts, 0, node), node)
+        .with_value(RawJson::from_serialize(&format!("{node}@{ts}")).unwrap())
+}
+
+/// The changes a client receives, with the cursor each frame carried, until `n` arrived.
+async fn receive(events: &mut ClientEvents, n: usize) -> Vec<(Option<Cursor>, ChangeRecord)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while got.len() < n {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} changes arrived", got.len()))
+            .expect("client ended");
+        if let ClientEvent::Changes {
+            changes, cursor, ..
+        } = event
+        {
+            let last = changes.len() - 1;
+            for (i, c) in changes.into_iter().enumerate() {
+                got.push(((i == last).then_some(cursor).flatten(), c));
+            }
+        }
+    }
+    got
+}
+
+/// Nothing more arrives within a short while (what the server sent has been delivered: the
+/// client reads its socket in order, so a ping answered after it means it came first).
+async fn nothing_more(client: &SyncClient, events: &mut ClientEvents) {
+    client
+        .ping(RawJson::from_serialize(&0).unwrap())
+        .await
+        .unwrap();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(300), events.recv()).await
+    {
+        assert!(
+            !matches!(event, ClientEvent::Changes { .. }),
+            "unexpected {event:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_change_pushed_on_one_server_reaches_subscribers_on_the_others_not_its_pusher() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = [
+        node(&redis, "x").await,
+        node(&redis, "x").await,
+        node(&redis, "x").await,
+    ];
+    let (alice, mut alice_events) = client(&nodes[0], "alice");
+    let mut subs = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (c, e) = client(n, &format!("sub{i}"));
+        let ack = c
+            .subscribe(Subscribe::new(["docs"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ack.recovered);
+        subs.push((c, e));
+    }
+    alice.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let pushed = alice
+        .push(vec![record("1", "t", 10, "alice")])
+        .await
+        .unwrap();
+    assert_eq!(pushed.merged, 1);
+    let at = pushed.cursor.unwrap();
+    for (_, events) in &mut subs {
+        let got = receive(events, 1).await;
+        assert_eq!(got, vec![(Some(at), record("1", "t", 10, "alice"))]);
+    }
+    nothing_more(&alice, &mut alice_events).await;
+    for (c, events) in &mut subs {
+        nothing_more(c, events).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = [
+        node(&redis, "c").await,
+        node(&redis, "c").await,
+        node(&redis, "c").await,
+    ];
+    let mut subs = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let (c, e) = client(n, &format!("sub{i}-{j}"));
+            c.subscribe(Subscribe::new(["docs"])).await.unwrap();
+            subs.push((c, e));
+        }
+    }
+    const PUSHERS: usize = 6;
+    const PUSHES: usize = 25;
+    let mut tasks = Vec::new();
+    for p in 0..PUSHERS {
+        let (c, _events) = client(&nodes[p % nodes.len()], &format!("p{p}"));
+        tasks.push(tokio::spawn(async move {
+            let _keep = _events;
+            for k in 0..PUSHES {
+                let pk = format!("{p}-{k}");
+                let pushed = c.push(vec![record(&pk, "t", k as i64 + 1, &format!("p{p}"))]);
+                assert_eq!(pushed.await.unwrap().merged, 1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = PUSHERS * PUSHES;
+    let mut orders = Vec::new();
+    for (c, events) in &mut subs {
+        let got = receive(events, total).await;
+        nothing_more(c, events).await;
+        let pks: Vec<String> = got.iter().map(|(_, r)| r.pk.clone()).collect();
+        let mut unique = pks.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), total, "a change twice");
+        // Cursors only go up, without a gap.
+        let cursors: Vec<u64> = got.iter().filter_map(|(c, _)| c.map(|c| c.seq)).collect();
+        assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+        assert_eq!(cursors.last(), Some(&(total as u64)));
+        orders.push(pks);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "orders differ");
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_server_from_its_cursor() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "r").await, node(&redis, "r").await);
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&a, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    for k in 0..3 {
+        writer
+            .push(vec![record(&k.to_string(), "t", 1, "writer")])
+            .await
+            .unwrap();
+    }
+    let got = receive(&mut reader_events, 3).await;
+    let resume = got.last().unwrap().0.unwrap();
+    reader.close().await;
+    // Late: an edit made long ago (old HLC) reaches the log after the cursor.
+    for k in 3..6 {
+        writer
+            .push(vec![record(&k.to_string(), "t", 100 - k, "writer")])
+            .await
+            .unwrap();
+    }
+    let (reader, mut reader_events) = client(&b, "reader");
+    let ack = reader
+        .subscribe(Subscribe::new(["docs"]).after(resume))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ack.recovered);
+    assert_eq!(ack.cursor, Cursor::new(resume.epoch, 6));
+    let got = receive(&mut reader_events, 3).await;
+    let pks: Vec<&str> = got.iter().map(|(_, r)| r.pk.as_str()).collect();
+    assert_eq!(pks, ["3", "4", "5"]);
+    nothing_more(&reader, &mut reader_events).await;
+    // A pull from a cursor on the third server: the same.
+    let pulled = reader
+        .pull(PullRequest::new(["docs"]).after(resume))
+        .await
+        .unwrap();
+    assert_eq!(pulled.recovered, Some(true));
+    assert_eq!(pulled.changes.len(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_conflicting_writes_end_with_the_same_winner_everywhere() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = [node(&redis, "w").await, node(&redis, "w").await];
+    let mut tasks = Vec::new();
+    for p in 0..4 {
+        let (c, events) = client(&nodes[p % 2], &format!("w{p}"));
+        tasks.push(tokio::spawn(async move {
+            let _keep = events;
+            for k in 0..20 {
+                // Everyone writes the same field; HLCs interleave across writers.
+                let ts = (k * 7 + p * 3) as i64 % 50;
+                c.push(vec![record("doc", "title", ts, &format!("w{p}"))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut winners = Vec::new();
+    for n in &nodes {
+        let (c, _e) = client(n, "check");
+        let pulled = c.pull(PullRequest::new(["docs"])).await.unwrap();
+        // Apply last-writer-wins over what the log holds.
+        let mut fields: BTreeMap<(String, String), ChangeRecord> = BTreeMap::new();
+        for r in pulled.changes {
+            let key = (r.pk.clone(), r.field.clone());
+            if fields.get(&key).is_none_or(|w| w.hlc < r.hlc) {
+                fields.insert(key, r);
+            }
+        }
+        winners.push(fields);
+    }
+    assert_eq!(winners[0], winners[1]);
+    let winner = &winners[0][&("doc".to_owned(), "title".to_owned())];
+    // The greatest HLC written: ts 49 by the greatest node among those that wrote it.
+    assert_eq!(winner.hlc.ts, 49);
+}
+
+#[tokio::test]
+async fn redis_lost_and_back_empty_gives_a_new_epoch_and_the_servers_keep_working() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "e").await, node(&redis, "e").await);
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&b, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let before = writer
+        .push(vec![record("1", "t", 1, "writer")])
+        .await
+        .unwrap();
+    receive(&mut reader_events, 1).await;
+    let old = before.cursor.unwrap();
+
+    redis.kill();
+    // Redis is gone: requests fail with UNAVAILABLE, and the sessions stay open.
+    let err = writer
+        .push(vec![record("2", "t", 2, "writer")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RequestError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = reader.pull(PullRequest::new(["docs"])).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RequestError::Server {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(a.server.session_count(), 1);
+    assert_eq!(b.server.session_count(), 1);
+
+    redis.restart_empty();
+    // Back, empty: a new epoch. Retried until the request connection is up again.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let pushed = loop {
+        match writer.push(vec![record("3", "t", 3, "writer")]).await {
+            Ok(p) => break p,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new = pushed.cursor.unwrap();
+    assert_ne!(new.epoch, old.epoch);
+    assert_eq!(new.seq, 1);
+    // The other server follows the new epoch: the live subscriber gets it.
+    let got = receive(&mut reader_events, 1).await;
+    assert_eq!(got, vec![(Some(new), record("3", "t", 3, "writer"))]);
+    // A client resuming from the old epoch is told it may have missed changes.
+    let (late, mut late_events) = client(&b, "late");
+    let ack = late
+        .subscribe(Subscribe::new(["docs"]).after(old))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!ack.recovered);
+    assert_eq!(ack.cursor, new);
+    let replayed = receive(&mut late_events, 1).await;
+    assert_eq!(replayed[0].1, record("3", "t", 3, "writer"));
+}
+
+#[tokio::test]
+async fn followers_resume_where_they_stopped_when_the_connection_comes_back() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "k").await, node(&redis, "k").await);
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&b, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    writer
+        .push(vec![record("0", "t", 1, "writer")])
+        .await
+        .unwrap();
+    receive(&mut reader_events, 1).await;
+    // Every connection to Redis is cut (the data stays): the followers reconnect and read
+    // on after the last entry they routed, so the pushes made meanwhile all arrive.
+    for k in 1..=5 {
+        let _ = redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            match writer
+                .push(vec![record(&k.to_string(), "t", 1, "writer")])
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e:?}"),
+            }
+        }
+    }
+    let got = receive(&mut reader_events, 5).await;
+    let pks: Vec<&str> = got.iter().map(|(_, r)| r.pk.as_str()).collect();
+    assert_eq!(pks, ["1", "2", "3", "4", "5"]);
+    nothing_more(&reader, &mut reader_events).await;
+}
