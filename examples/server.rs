@@ -9,8 +9,14 @@
 //! ```
 //!
 //! Every flag can also come from an environment variable (`SYNCMUX_LISTEN`,
-//! `SYNCMUX_TOKEN`, ...; `--help` names each); a flag wins over its variable. `SYNCMUX_REDIS`
-//! is reserved for a future store. An invalid value is refused with a message and exit code 2.
+//! `SYNCMUX_TOKEN`, ...; `--help` names each); a flag wins over its variable. An invalid value
+//! is refused with a message and exit code 2.
+//!
+//! `--redis URL` (built with `--features tokio,redis`) keeps the change log in Redis instead
+//! of memory, so that several servers on one Redis behave as one (see
+//! `syncmux::adapters::redis`): start each with the same `--redis` and `--redis-prefix`. A
+//! Redis that cannot be reached at start-up is an error (exit 1); one lost later fails
+//! requests with `UNAVAILABLE` until it is back.
 //!
 //! Serves `ws://ADDR/sync/ws` (`wss://` with a certificate) and prints
 //! `listening on URL` once ready (with the real port when given port 0); with `--metrics`,
@@ -18,9 +24,11 @@
 //! filters), as text or as JSON lines (`--log-format json`).
 //!
 //! On SIGINT or SIGTERM it stops accepting, closes every session with 1001, waits for each
-//! session's close to go out (at most `--shutdown-timeout`) and exits 0. The store answers
-//! every request inside the input that brought it (the driver is synchronous), so whatever
-//! it accepted was answered before the shutdown took the lock.
+//! session's close to go out (at most `--shutdown-timeout`) and exits 0. The in-memory store
+//! answers every request inside the input that brought it (the driver is synchronous), so
+//! whatever it accepted was answered before the shutdown took the lock. With Redis, a push
+//! still on its way may be merged without its answer going out: the client re-sends it after
+//! reconnecting, and merging is idempotent.
 //!
 //! `--static DIR` serves DIR's files (tower-http's `ServeDir` on hyper) on the WebSocket's
 //! own listener, `index.html` at `/`, so `--static examples/browser` serves the browser
@@ -34,6 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
+#[cfg(feature = "redis")]
+use syncmux::adapters::redis::{RedisBackend, RedisConfig};
 use syncmux::adapters::{self, Clock, ServerOptions, SyncServer};
 use syncmux::{AuthDecision, AuthRequest, Driver, MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
@@ -127,6 +137,34 @@ struct Cli {
         default_value = "5000"
     )]
     shutdown_timeout: Duration,
+    /// Keep the change log in the Redis at URL (`redis://HOST:PORT`), shared with every
+    /// server started with the same URL and prefix, instead of in memory. Needs a build with
+    /// `--features tokio,redis`.
+    #[arg(long, env = "SYNCMUX_REDIS", value_name = "URL")]
+    redis: Option<String>,
+    /// With --redis: the keys' prefix (`{PREFIX}:...`); servers sharing a log use the same.
+    #[arg(
+        long,
+        env = "SYNCMUX_REDIS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "syncmux"
+    )]
+    redis_prefix: String,
+    /// With --redis: the most changes the log keeps, the oldest going first; 0 keeps all.
+    #[arg(
+        long,
+        env = "SYNCMUX_REDIS_RETENTION",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    redis_retention: usize,
+}
+
+/// `--redis` and its options.
+struct Redis {
+    url: String,
+    prefix: String,
+    retention: usize,
 }
 
 /// How log lines are written.
@@ -176,6 +214,7 @@ struct Args {
     metrics: Option<String>,
     log_format: LogFormat,
     shutdown_timeout: Duration,
+    redis: Option<Redis>,
 }
 
 impl Cli {
@@ -222,6 +261,11 @@ impl Cli {
             metrics: self.metrics,
             log_format: self.log_format,
             shutdown_timeout: self.shutdown_timeout,
+            redis: self.redis.map(|url| Redis {
+                url,
+                prefix: self.redis_prefix,
+                retention: self.redis_retention,
+            }),
         })
     }
 }
@@ -281,10 +325,15 @@ async fn run(args: Args) -> Result<(), String> {
     let clock = Clock::new();
     config.seed = clock.seed();
     let server = Server::new(config).map_err(|e| e.to_string())?;
-    // A fresh epoch per start: cursors of an earlier run are then recognised as stale.
-    let mut store = StoreConfig::default();
-    store.epoch = clock.now().as_millis();
-    let server = adapters::tokio::start(Driver::new(server, MemoryStore::new(store)), args.options);
+    let server = match args.redis {
+        Some(redis) => start_on_redis(server, redis, args.options).await?,
+        None => {
+            // A fresh epoch per start: cursors of an earlier run are then recognised as stale.
+            let mut store = StoreConfig::default();
+            store.epoch = clock.now().as_millis();
+            adapters::tokio::start(Driver::new(server, MemoryStore::new(store)), args.options)
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -309,6 +358,36 @@ async fn run(args: Args) -> Result<(), String> {
         metrics.abort();
     }
     Ok(())
+}
+
+/// The server on the Redis backend; an error when Redis cannot be reached.
+#[cfg(feature = "redis")]
+async fn start_on_redis(
+    server: Server,
+    redis: Redis,
+    options: ServerOptions,
+) -> Result<SyncServer, String> {
+    let mut config = RedisConfig::new(redis.url);
+    config.prefix = redis.prefix;
+    config.retention = redis.retention;
+    let backend = RedisBackend::connect(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(adapters::tokio::start_with_backend(
+        server,
+        Arc::new(backend),
+        options,
+    ))
+}
+
+/// Without the `redis` feature, `--redis` is refused.
+#[cfg(not(feature = "redis"))]
+async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<SyncServer, String> {
+    let _ = (redis.prefix, redis.retention);
+    Err(format!(
+        "--redis {}: this server was built without Redis; build it with --features tokio,redis",
+        redis.url
+    ))
 }
 
 /// Stops accepting, closes every session with 1001 and waits (at most `deadline`) until

@@ -267,6 +267,9 @@ fn every_server_flag_has_help_and_an_environment_variable() {
         ("--metrics", "SYNCMUX_METRICS"),
         ("--log-format", "SYNCMUX_LOG_FORMAT"),
         ("--shutdown-timeout", "SYNCMUX_SHUTDOWN_TIMEOUT"),
+        ("--redis", "SYNCMUX_REDIS"),
+        ("--redis-prefix", "SYNCMUX_REDIS_PREFIX"),
+        ("--redis-retention", "SYNCMUX_REDIS_RETENTION"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         assert!(help.contains(var), "{var} missing from --help:\n{help}");

@@ -1,0 +1,113 @@
+//! The example server on Redis (`--redis`, feature `redis`): two processes on one
+//! `redis-server` (see `redis_util`) serve one log; an unreachable Redis stops the start-up.
+//! Built without the feature, `--redis` is refused.
+#![cfg(all(feature = "tokio", unix))]
+#![allow(clippy::unwrap_used)]
+
+mod example_util;
+mod redis_util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use example_util::{example_binary, Killed};
+
+/// Starts the example server with `args`; its URL once it prints `listening on URL`, or its
+/// exit status and stderr when it stops instead.
+fn start(args: &[&str]) -> Result<(Killed, String), (Option<i32>, String)> {
+    let mut command = Command::new(example_binary("server"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SYNCMUX_") {
+            command.env_remove(key);
+        }
+    }
+    let mut process = Killed(command.spawn().unwrap());
+    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => Ok((process, url.to_owned())),
+        None => {
+            let status = process.0.wait().unwrap();
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(process.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            Err((status.code(), stderr))
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod with_redis {
+    use std::time::Duration;
+
+    use super::redis_util::RedisServer;
+    use super::start;
+    use syncmux::adapters;
+    use syncmux::payload::{ChangeRecord, Hlc, RawJson, Subscribe};
+    use syncmux::{ClientConfig, ClientEvent};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_on_one_redis_serve_one_log() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let url = redis.url();
+        let args = ["--redis", &url, "--redis-prefix", "example"];
+        let (_a, a) = start(&args).unwrap();
+        let (_b, b) = start(&args).unwrap();
+        let (reader, mut events) =
+            adapters::tokio::connect(ClientConfig::new(&b, "reader")).unwrap();
+        reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+        let (writer, _w) = adapters::tokio::connect(ClientConfig::new(&a, "writer")).unwrap();
+        let record = ChangeRecord::new("docs", "1", "t", "lww", Hlc::new(5, 0, "writer"), "writer")
+            .with_value(RawJson::from_serialize("hello").unwrap());
+        let pushed = writer.push(vec![record.clone()]).await.unwrap();
+        let changes = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(ClientEvent::Changes {
+                    changes, cursor, ..
+                }) = events.recv().await
+                {
+                    return (changes, cursor);
+                }
+            }
+        })
+        .await
+        .expect("the change crossed servers");
+        assert_eq!(changes, (vec![record], pushed.cursor));
+    }
+
+    #[test]
+    fn an_unreachable_redis_stops_the_start_up_with_a_clear_error() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let url = redis.url();
+        drop(redis);
+        let Err((code, stderr)) = start(&["--redis", &url]) else {
+            panic!("started without Redis");
+        };
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot reach Redis at {url}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// A server built without the `redis` feature refuses `--redis` instead of ignoring it.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn without_the_feature_redis_is_refused() {
+    let Err((code, stderr)) = start(&["--redis", "redis://127.0.0.1:1"]) else {
+        panic!("started");
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--features tokio,redis"), "{stderr}");
+}
