@@ -739,3 +739,22 @@ fn a_change_routed_after_a_replay_that_held_it_is_not_sent_twice() {
         "`a` came with the replay already"
     );
 }
+
+#[test]
+fn the_very_first_pushes_answered_out_of_order_still_go_out_in_cursor_order() {
+    let mut h = Harness::new(config());
+    let (pusher, sub) = h.pusher_and_subscriber(&["docs"]);
+    let push = |h: &mut Harness, id: &str, pk: &str| {
+        h.push(pusher, id, "p", &[record_json("docs", pk, 5, "p")]);
+        next_push(h)
+    };
+    let (first, a) = push(&mut h, "1", "a");
+    let (second, b) = push(&mut h, "2", "b");
+    // Nothing was routed yet, and position 2 is answered first: it waits for position 1.
+    h.server.answer_push(h.now, second, accept(b, 2));
+    h.drain();
+    assert!(cursors(&h.take(sub)).is_empty(), "position 2 before 1");
+    h.server.answer_push(h.now, first, accept(a, 1));
+    h.drain();
+    assert_eq!(cursors(&h.take(sub)), ["1.1", "1.2"]);
+}

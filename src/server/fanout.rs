@@ -515,8 +515,10 @@ impl Reorder {
             Some(last) if last.epoch == first.epoch => first.seq <= last.seq + 1,
             // A new epoch starts at 1.
             Some(_) => first.seq == 1,
-            // The first batch this server sees follows whatever the store held before.
-            None => true,
+            // Nothing routed yet: only position 1 surely comes first. A later one waits for
+            // the answers outstanding (one may hold an earlier position), or goes out once
+            // none is left.
+            None => first.seq <= 1,
         };
         let turn =
             follows || self.outstanding.is_empty() || self.waiting.len() > Reorder::MAX_WAITING;
