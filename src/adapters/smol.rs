@@ -95,6 +95,25 @@ pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
     server
 }
 
+/// Starts a server whose pulls, pushes and replays `backend` answers, asynchronously (see
+/// [`Backend`](super::Backend)), on smol's global executor: its timer task, one task per
+/// request, and the backend's log follower if it has one. Serve it like one from [`start`].
+pub fn start_with_backend(
+    server: crate::Server,
+    backend: Arc<dyn super::Backend>,
+    options: ServerOptions,
+) -> SyncServer {
+    let spawn = |task| smol::spawn(task).detach();
+    let (server, timer) = SyncServer::with_backend(server, backend, spawn, options);
+    let sleep = |at: std::time::Instant| {
+        Box::pin(async move {
+            smol::Timer::at(at).await;
+        })
+    };
+    smol::spawn(timer.run(sleep)).detach();
+    server
+}
+
 /// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
 /// serves `wss://`.
 ///
