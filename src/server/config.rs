@@ -73,6 +73,13 @@ pub struct ServerConfig {
     pub authorize: Option<Arc<AuthorizeFn>>,
     /// Whether presence is served; when off, presence messages get `PRESENCE_DISABLED`.
     pub presence: bool,
+    /// Whether this server shares its presence topics and rooms with other servers (DESIGN.md
+    /// section 6): it then reports every change of its sessions' presence and rooms as
+    /// [`ServerEvent::PresenceChanged`](super::ServerEvent::PresenceChanged) and
+    /// [`ServerEvent::RoomChanged`](super::ServerEvent::RoomChanged), for the application to
+    /// pass on. What other servers report comes in through `Server::handle_remote_*` either
+    /// way. Default `false`.
+    pub shared_presence: bool,
     /// Most sessions at once; further handshakes are refused with 503. Default 100 000.
     pub max_sessions: usize,
     /// Longest inbound frame in bytes (`FRAME_TOO_LARGE`). Default 1 MiB.
@@ -167,6 +174,7 @@ impl Default for ServerConfig {
             auth: None,
             authorize: None,
             presence: true,
+            shared_presence: false,
             max_sessions: 100_000,
             max_frame_len: 1 << 20,
             max_oversized_frames: 1,

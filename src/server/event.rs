@@ -5,7 +5,7 @@ use core::fmt;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::payload::{ChangeRecord, Cursor, Hlc};
+use crate::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use crate::wire::{CloseCode, ErrorCode};
 
 /// One session (one WebSocket connection). Never reused: a slot freed by a closed session
@@ -14,6 +14,44 @@ use crate::wire::{CloseCode, ErrorCode};
 pub struct SessionId {
     pub(crate) index: u32,
     pub(crate) generation: u32,
+}
+
+impl SessionId {
+    /// The session as one number, unique among this server's sessions for its lifetime:
+    /// how a server names its sessions to others ([`RemoteSession::session`]).
+    pub fn as_u64(self) -> u64 {
+        (u64::from(self.index) << 32) | u64::from(self.generation)
+    }
+}
+
+/// A session of another server that shares its presence topics and rooms with this one
+/// (DESIGN.md section 6): the name the application gives that server, and the session's
+/// number there ([`SessionId::as_u64`]).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct RemoteSession {
+    /// The server, as the application names it (unique among the servers sharing).
+    pub server: String,
+    /// The session's number on that server.
+    pub session: u64,
+}
+
+/// What a session did in a room, as one server tells the others
+/// ([`ServerEvent::RoomChanged`], [`Server::handle_remote_room`](super::Server::handle_remote_room)).
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum RoomChange {
+    /// It joined (or joined again, with new data).
+    Joined {
+        /// Its member data.
+        data: Option<RawJson>,
+    },
+    /// It left (or its session ended).
+    Left,
+    /// It broadcast a message to the room.
+    Message {
+        /// The message.
+        data: Option<RawJson>,
+    },
 }
 
 impl fmt::Display for SessionId {
@@ -115,6 +153,35 @@ pub enum ServerEvent {
         cursor: Option<Cursor>,
         /// The subscribe asked for no replay: answer with no changes, only the head.
         head_only: bool,
+    },
+    /// With [`ServerConfig::shared_presence`](super::ServerConfig::shared_presence): a
+    /// session of this server joined, updated or left (`data: None`) a presence topic. Tell
+    /// the other servers, which apply it with
+    /// [`Server::handle_remote_presence`](super::Server::handle_remote_presence).
+    PresenceChanged {
+        /// The session.
+        session: SessionId,
+        /// Its node id.
+        node_id: String,
+        /// The topic.
+        topic: String,
+        /// Its presence data; `None` when it left.
+        data: Option<RawJson>,
+        /// When, in milliseconds of wall time (the snapshot's `updated_at`).
+        updated_at: u64,
+    },
+    /// With [`ServerConfig::shared_presence`](super::ServerConfig::shared_presence): a
+    /// session of this server joined, left or broadcast to a room. Tell the other servers,
+    /// which apply it with [`Server::handle_remote_room`](super::Server::handle_remote_room).
+    RoomChanged {
+        /// The session.
+        session: SessionId,
+        /// Its node id.
+        node_id: String,
+        /// The room.
+        room: String,
+        /// What it did.
+        change: RoomChange,
     },
 }
 

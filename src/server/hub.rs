@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::event::SessionId;
+use super::event::{RemoteSession, SessionId};
 use crate::payload::RawJson;
 use crate::rng::KeyedHasher;
 
@@ -22,12 +22,33 @@ pub(crate) struct Member {
     pub(crate) data: Option<RawJson>,
 }
 
+/// Who a member of a topic or room is: a session of this server, or one of another server
+/// that shares its presence and rooms (DESIGN.md section 6). Local members sort first.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) enum MemberKey {
+    Local(SessionId),
+    Remote(RemoteSession),
+}
+
+impl MemberKey {
+    /// The session, when it is one of this server's.
+    pub(crate) fn local(&self) -> Option<SessionId> {
+        match self {
+            MemberKey::Local(session) => Some(*session),
+            MemberKey::Remote(_) => None,
+        }
+    }
+}
+
+/// A topic or room and a member of another server's.
+pub(crate) type Named = (Arc<str>, RemoteSession);
+
 /// The indexes. Keys are peer-chosen strings, so the maps use the keyed hasher; every value
 /// is ordered by session id, so output never depends on hash order.
 pub(crate) struct Hub {
     tables: HashMap<Arc<str>, BTreeSet<SessionId>, KeyedHasher>,
-    topics: HashMap<Arc<str>, BTreeMap<SessionId, Presence>, KeyedHasher>,
-    rooms: HashMap<Arc<str>, BTreeMap<SessionId, Member>, KeyedHasher>,
+    topics: HashMap<Arc<str>, BTreeMap<MemberKey, Presence>, KeyedHasher>,
+    rooms: HashMap<Arc<str>, BTreeMap<MemberKey, Member>, KeyedHasher>,
 }
 
 impl Hub {
@@ -75,7 +96,7 @@ impl Hub {
         }
     }
 
-    pub(crate) fn topic(&self, topic: &str) -> Option<&BTreeMap<SessionId, Presence>> {
+    pub(crate) fn topic(&self, topic: &str) -> Option<&BTreeMap<MemberKey, Presence>> {
         self.topics.get(topic)
     }
 
@@ -83,22 +104,22 @@ impl Hub {
     pub(crate) fn set_presence(
         &mut self,
         topic: &Arc<str>,
-        session: SessionId,
+        member: MemberKey,
         entry: Presence,
     ) -> bool {
         self.topics
             .entry(topic.clone())
             .or_default()
-            .insert(session, entry)
+            .insert(member, entry)
             .is_none()
     }
 
     /// Removes a member; `false` if it was not one.
-    pub(crate) fn leave_topic(&mut self, topic: &str, session: SessionId) -> bool {
+    pub(crate) fn leave_topic(&mut self, topic: &str, member: &MemberKey) -> bool {
         let Some(members) = self.topics.get_mut(topic) else {
             return false;
         };
-        let was = members.remove(&session).is_some();
+        let was = members.remove(member).is_some();
         if members.is_empty() {
             self.topics.remove(topic);
         }
@@ -112,25 +133,51 @@ impl Hub {
         }
     }
 
-    pub(crate) fn room(&self, room: &str) -> Option<&BTreeMap<SessionId, Member>> {
+    pub(crate) fn room(&self, room: &str) -> Option<&BTreeMap<MemberKey, Member>> {
         self.rooms.get(room)
     }
 
-    pub(crate) fn join_room(&mut self, room: &Arc<str>, session: SessionId, member: Member) {
+    /// Adds or updates a member; `true` if it joined (was not a member).
+    pub(crate) fn join_room(&mut self, room: &Arc<str>, key: MemberKey, member: Member) -> bool {
         self.rooms
             .entry(room.clone())
             .or_default()
-            .insert(session, member);
+            .insert(key, member)
+            .is_none()
     }
 
-    pub(crate) fn leave_room(&mut self, room: &str, session: SessionId) -> bool {
+    pub(crate) fn leave_room(&mut self, room: &str, member: &MemberKey) -> bool {
         let Some(members) = self.rooms.get_mut(room) else {
             return false;
         };
-        let was = members.remove(&session).is_some();
+        let was = members.remove(member).is_some();
         if members.is_empty() {
             self.rooms.remove(room);
         }
         was
+    }
+
+    /// Every (topic, member) and (room, member) of another server's, in name order: to
+    /// remove when that server is gone.
+    pub(crate) fn remote_of(&self, server: &str) -> (Vec<Named>, Vec<Named>) {
+        fn of<T>(
+            map: &HashMap<Arc<str>, BTreeMap<MemberKey, T>, KeyedHasher>,
+            server: &str,
+        ) -> Vec<Named> {
+            let mut out: Vec<Named> = map
+                .iter()
+                .flat_map(|(name, members)| {
+                    members.keys().filter_map(move |k| match k {
+                        MemberKey::Remote(r) if r.server == server => {
+                            Some((name.clone(), r.clone()))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect();
+            out.sort();
+            out
+        }
+        (of(&self.topics, server), of(&self.rooms, server))
     }
 }

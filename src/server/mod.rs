@@ -4,6 +4,7 @@ mod fanout;
 mod handshake;
 mod hub;
 mod out;
+mod remote;
 mod requests;
 mod session;
 mod stats;
@@ -16,8 +17,8 @@ use bytes::Bytes;
 use crate::config::ConfigError;
 pub use config::{Access, AuthFn, AuthorizeFn, Resource, ServerConfig};
 pub use event::{
-    AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayId, ServerEvent, ServerTransmit,
-    SessionId,
+    AppError, PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, RoomChange,
+    ServerEvent, ServerTransmit, SessionId,
 };
 pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
 pub use stats::ServerStats;
@@ -251,19 +252,19 @@ impl Server {
             .unwrap_or_default()
     }
 
-    /// The sessions present in a topic, in session order.
+    /// The sessions of this server present in a topic, in session order.
     pub fn presence_members(&self, topic: &str) -> Vec<SessionId> {
         self.hub
             .topic(topic)
-            .map(|m| m.keys().copied().collect())
+            .map(|m| m.keys().filter_map(hub::MemberKey::local).collect())
             .unwrap_or_default()
     }
 
-    /// The sessions in a room, in session order.
+    /// The sessions of this server in a room, in session order.
     pub fn room_members(&self, room: &str) -> Vec<SessionId> {
         self.hub
             .room(room)
-            .map(|m| m.keys().copied().collect())
+            .map(|m| m.keys().filter_map(hub::MemberKey::local).collect())
             .unwrap_or_default()
     }
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::config::{Access, Resource};
+use super::event::RoomChange;
 use super::event::{PullId, PushId, ReplayId, ServerEvent, SessionId};
-use super::hub::{Member, Presence};
+use super::hub::{Member, MemberKey, Presence};
 use super::out::{self, Refusal};
 use super::session::InFlight;
 use super::{Pending, PendingKind, Resume, Server};
@@ -262,12 +263,23 @@ impl Server {
                     return Err(Refusal::Topics(max));
                 }
                 let topic = self.hub.topic_key(&req.topic);
+                let updated_at = self.wall_millis(now);
                 let entry = Presence {
                     node_id: node.clone(),
                     data: data.clone(),
-                    updated_at: self.wall_millis(now),
+                    updated_at,
                 };
-                self.hub.set_presence(&topic, session, entry);
+                self.hub
+                    .set_presence(&topic, MemberKey::Local(session), entry);
+                if self.config.shared_presence {
+                    self.events.push_back(ServerEvent::PresenceChanged {
+                        session,
+                        node_id: node.to_string(),
+                        topic: req.topic.clone(),
+                        data: Some(data.clone()),
+                        updated_at,
+                    });
+                }
                 if !member {
                     if let Some(s) = self.sessions.get_mut(session) {
                         s.topics.push(topic.clone());
@@ -304,8 +316,18 @@ impl Server {
         node: &Arc<str>,
         tell_self: bool,
     ) {
-        if !self.hub.leave_topic(topic, session) {
+        if !self.hub.leave_topic(topic, &MemberKey::Local(session)) {
             return;
+        }
+        if self.config.shared_presence {
+            let updated_at = self.wall_millis(self.now);
+            self.events.push_back(ServerEvent::PresenceChanged {
+                session,
+                node_id: node.to_string(),
+                topic: topic.to_owned(),
+                data: None,
+                updated_at,
+            });
         }
         let event = PresenceEvent {
             kind: PresenceEventKind::Leave,
@@ -377,7 +399,10 @@ impl Server {
                     node_id: node.clone(),
                     data: req.data.clone(),
                 };
-                self.hub.join_room(&room, session, entry);
+                self.hub.join_room(&room, MemberKey::Local(session), entry);
+                self.share_room(session, &node, &req.room, || RoomChange::Joined {
+                    data: req.data.clone(),
+                });
                 if !member {
                     if let Some(s) = self.sessions.get_mut(session) {
                         s.rooms.push(room.clone());
@@ -425,6 +450,9 @@ impl Server {
                 if !member {
                     return Err(Refusal::NotAMember(req.room));
                 }
+                self.share_room(session, &node, &req.room, || RoomChange::Message {
+                    data: req.data.clone(),
+                });
                 let message = RoomEvent {
                     event: RoomEventKind::Message,
                     room: req.room.clone(),
@@ -441,9 +469,10 @@ impl Server {
 
     /// Removes a session from a room and tells the rest.
     pub(super) fn room_leave(&mut self, room: &str, session: SessionId, node: &Arc<str>) {
-        if !self.hub.leave_room(room, session) {
+        if !self.hub.leave_room(room, &MemberKey::Local(session)) {
             return;
         }
+        self.share_room(session, node, room, || RoomChange::Left);
         let left = RoomEvent {
             event: RoomEventKind::Leave,
             room: room.to_owned(),
@@ -454,7 +483,26 @@ impl Server {
         self.room_send_others(room, session, frame_of(&left));
     }
 
-    fn room_send_others(&mut self, room: &str, except: SessionId, bytes: bytes::Bytes) {
+    /// Reports a room change of a session of this server, for the other servers, when
+    /// shared.
+    fn share_room(
+        &mut self,
+        session: SessionId,
+        node: &Arc<str>,
+        room: &str,
+        change: impl FnOnce() -> RoomChange,
+    ) {
+        if self.config.shared_presence {
+            self.events.push_back(ServerEvent::RoomChanged {
+                session,
+                node_id: node.to_string(),
+                room: room.to_owned(),
+                change: change(),
+            });
+        }
+    }
+
+    pub(super) fn room_send_others(&mut self, room: &str, except: SessionId, bytes: bytes::Bytes) {
         let others: Vec<SessionId> = self
             .room_members(room)
             .into_iter()
@@ -473,7 +521,7 @@ impl Server {
     }
 }
 
-fn frame_of(event: &RoomEvent) -> bytes::Bytes {
+pub(super) fn frame_of(event: &RoomEvent) -> bytes::Bytes {
     out::frame(MessageType::Room, None, event)
 }
 
