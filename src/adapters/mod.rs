@@ -38,6 +38,8 @@ mod common;
 #[cfg(feature = "adapters")]
 pub mod metrics;
 #[cfg(feature = "adapters")]
+mod ot;
+#[cfg(feature = "adapters")]
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;
@@ -53,5 +55,7 @@ pub use client::{ClientEvents, ClientOptions, SyncClient};
 pub use clock::Clock;
 #[cfg(feature = "adapters")]
 pub use common::{client_tls_trusting, server_tls};
+#[cfg(feature = "adapters")]
+pub use ot::{AcceptedOtSession, OtServerHandle};
 #[cfg(feature = "adapters")]
 pub use server::{AcceptedSession, Rejection, ServerOptions, SyncServer};
