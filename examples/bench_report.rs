@@ -3,7 +3,8 @@
 //! Run by `scripts/bench-report.sh`, which runs the benches first and saves their printed
 //! lines; by hand: `cargo run --example bench_report -- target/criterion target/bench-report.log`.
 //! It reads criterion's `*/new/benchmark.json` and `*/new/estimates.json` (mean time per
-//! iteration) and the summary lines the `server` and `client` benches print (heap figures).
+//! iteration) and the summary lines the `server`, `client` and `ot_e2e` benches print (heap
+//! figures, OT server CPU per op).
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -146,6 +147,22 @@ fn main() -> Result<(), Box<dyn Error>> {
         "fan-out to 1000 connections",
         printed(&log, "µs per change,").map(|r| format!("{r:.0} deliveries/s")),
         "real sockets, loopback",
+    );
+    let ot = |label: &str| printed(&log, label).map(|us| format!("{us:.1} µs"));
+    t.row(
+        "OT server CPU per acked op (5 clients)",
+        ot("ot e2e syncmux:"),
+        "example server /ot, real sockets; feature tokio",
+    );
+    t.row(
+        "OT server CPU per acked op, 1 tokio worker",
+        ot("ot e2e syncmux 1 worker:"),
+        "no cross-thread wake-ups",
+    );
+    t.row(
+        "OT Node seed-style server / syncmux, CPU per op",
+        printed(&log, "ot e2e node / syncmux CPU per acked op:").map(|r| format!("{r:.1}x")),
+        "tests/node/ot_seed_server.mjs in the same run",
     );
     t.row(
         "heap per idle server session",

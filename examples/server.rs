@@ -20,7 +20,12 @@
 //!
 //! Serves `ws://ADDR/sync/ws` (`wss://` with a certificate) and prints
 //! `listening on URL` once ready (with the real port when given port 0); with `--metrics`,
-//! then `metrics on http://ADDR/metrics`. Logs go to stderr through `tracing` (`RUST_LOG`
+//! then `metrics on http://ADDR/metrics`; then `ot on ws://ADDR/ot`: the OT profile
+//! (DESIGN.md section 7, `syncmux::ot`) for the npm `@open-ot/transport-websocket` client, on
+//! `/ot` and every path under it, with the same `--token` (`?token=`), `--rate-limit` (N
+//! messages per SECS window, answered `Rate limit exceeded`), `--ping-interval`,
+//! `--max-frame`, `--max-outbound`, `--max-connections` (counted apart from the sync
+//! endpoint's) and TLS. Logs go to stderr through `tracing` (`RUST_LOG`
 //! filters), as text or as JSON lines (`--log-format json`).
 //!
 //! On SIGINT or SIGTERM it stops accepting, closes every session with 1001, waits for each
@@ -36,6 +41,7 @@
 //! [`static_files`]). `--metrics ADDR` serves Prometheus metrics at `/metrics` and a
 //! liveness check at `/health` on a second listener (see `syncmux::adapters::metrics`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,11 +51,14 @@ use clap::{CommandFactory, Parser, ValueEnum};
 #[cfg(feature = "redis")]
 use syncmux::adapters::redis::{RedisBackend, RedisConfig};
 use syncmux::adapters::{self, Clock, ServerOptions, SyncServer};
+use syncmux::ot::{OtServer, OtServerConfig};
 use syncmux::{AuthDecision, AuthRequest, Driver, MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
 
 /// Where the WebSocket is served.
 const WS_PATH: &str = "/sync/ws";
+/// Where the OT profile is served (and every path under it: `/ot/...`).
+const OT_PATH: &str = "/ot";
 
 /// The syncmux sync server on an in-memory store.
 ///
@@ -66,12 +75,12 @@ struct Cli {
         default_value = "127.0.0.1:8787"
     )]
     listen: String,
-    /// Require this token from every client (`?token=` or `Authorization: Bearer`); others get
-    /// HTTP 401.
+    /// Require this token from every client (`?token=` or `Authorization: Bearer`), on `/ot`
+    /// too; others get HTTP 401.
     #[arg(long, env = "SYNCMUX_TOKEN", value_name = "T", hide_env_values = true)]
     token: Option<String>,
-    /// Per-session rate limit: a burst of N messages, refilled N per SECS seconds; 0 disables
-    /// it [default: 100/60].
+    /// Per-session rate limit: a burst of N messages, refilled N per SECS seconds (on `/ot`: N
+    /// messages per SECS-second window, as the seed counts); 0 disables it [default: 100/60].
     #[arg(long, env = "SYNCMUX_RATE_LIMIT", value_name = "N/SECS|0", value_parser = rate_limit)]
     rate_limit: Option<RateLimit>,
     /// Longest frame in bytes, the WebSocket layer's included [default: 1048576].
@@ -81,7 +90,8 @@ struct Cli {
     /// [default: 8388608].
     #[arg(long, env = "SYNCMUX_MAX_OUTBOUND", value_name = "BYTES")]
     max_outbound: Option<usize>,
-    /// Ping a session silent this long, in milliseconds [default: 30000].
+    /// Ping a session silent this long, in milliseconds (on `/ot`: ping every connection this
+    /// often, and drop one that did not answer the previous ping) [default: 30000].
     #[arg(long, env = "SYNCMUX_PING_INTERVAL", value_name = "MS", value_parser = millis)]
     ping_interval: Option<Duration>,
     /// Close a session silent this long (4408), in milliseconds [default: 90000].
@@ -208,6 +218,8 @@ fn millis(value: &str) -> Result<Duration, String> {
 struct Args {
     listen: String,
     config: ServerConfig,
+    /// The OT endpoint's, from the same flags.
+    ot: OtServerConfig,
     options: ServerOptions,
     tls: Option<(PathBuf, PathBuf)>,
     static_dir: Option<PathBuf>,
@@ -221,24 +233,39 @@ impl Cli {
     /// The configuration the flags describe; an error when the server would refuse it.
     fn into_args(self) -> Result<Args, String> {
         let mut config = ServerConfig::default();
+        let mut ot = OtServerConfig::default();
         config.path = Some(WS_PATH.to_owned());
         if let Some(token) = self.token {
-            config.auth = Some(Arc::new(move |req: &AuthRequest<'_>| {
+            let auth = Arc::new(move |req: &AuthRequest<'_>| {
                 if req.token == Some(token.as_str()) {
                     AuthDecision::allow(None)
                 } else {
                     AuthDecision::deny(401, "missing or wrong token")
                 }
-            }));
+            });
+            config.auth = Some(auth.clone());
+            ot.auth = Some(auth);
         }
         match self.rate_limit {
-            Some(RateLimit::Off) => config.rate_limit_burst = 0,
+            Some(RateLimit::Off) => {
+                config.rate_limit_burst = 0;
+                ot.rate_limit_messages = 0;
+            }
             Some(RateLimit::Bucket { burst, window }) => {
                 config.rate_limit_burst = burst;
                 config.rate_limit_window = window;
+                // The seed's fixed window: N messages per window.
+                ot.rate_limit_messages = burst;
+                ot.rate_limit_window = window;
             }
             None => {}
         }
+        let set = |field: &mut usize, value: Option<usize>| *field = value.unwrap_or(*field);
+        set(&mut ot.max_frame_len, self.max_frame);
+        set(&mut ot.max_outbound_bytes, self.max_outbound);
+        set(&mut ot.max_sessions, self.max_connections);
+        let set = |field: &mut Duration, value: Option<Duration>| *field = value.unwrap_or(*field);
+        set(&mut ot.ping_interval, self.ping_interval);
         let set = |field: &mut usize, value: Option<usize>| *field = value.unwrap_or(*field);
         set(&mut config.max_frame_len, self.max_frame);
         set(&mut config.max_outbound_bytes, self.max_outbound);
@@ -252,9 +279,11 @@ impl Cli {
         set(&mut options.handshake_timeout, self.handshake_timeout);
         // The server validates its own configuration; refuse here what it would refuse.
         config.validate().map_err(|e| e.to_string())?;
+        ot.validate().map_err(|e| e.to_string())?;
         Ok(Args {
             listen: self.listen,
             config,
+            ot,
             options,
             tls: self.tls_cert.zip(self.tls_key),
             static_dir: self.static_dir,
@@ -326,14 +355,21 @@ async fn run(args: Args) -> Result<(), String> {
     config.seed = clock.seed();
     let server = Server::new(config).map_err(|e| e.to_string())?;
     let server = match args.redis {
-        Some(redis) => start_on_redis(server, redis, args.options).await?,
+        Some(redis) => start_on_redis(server, redis, args.options.clone()).await?,
         None => {
             // A fresh epoch per start: cursors of an earlier run are then recognised as stale.
             let mut store = StoreConfig::default();
             store.epoch = clock.now().as_millis();
-            adapters::tokio::start(Driver::new(server, MemoryStore::new(store)), args.options)
+            adapters::tokio::start(
+                Driver::new(server, MemoryStore::new(store)),
+                args.options.clone(),
+            )
         }
     };
+    let mut ot = args.ot;
+    ot.seed = clock.seed();
+    let ot = OtServer::new(ot).map_err(|e| e.to_string())?;
+    let ot = adapters::tokio::start_ot(ot, args.options);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -344,16 +380,31 @@ async fn run(args: Args) -> Result<(), String> {
         println!("metrics on http://{}/metrics", exporter.addr);
         tokio::spawn(exporter.serve(server.clone()))
     });
-    let serving = match args.static_dir {
-        None => tokio::spawn(adapters::tokio::serve(server.clone(), listener, tls)),
-        Some(dir) => {
-            let files = static_files::Files::new(dir, WS_PATH);
-            tokio::spawn(static_files::serve(server.clone(), listener, tls, files))
-        }
-    };
+    // Not `println!`: a reader that stopped after the line it waited for (tests read the
+    // first lines and close the pipe) must not make this write panic.
+    let _ = writeln!(std::io::stdout(), "ot on {scheme}://{addr}{OT_PATH}");
+    // Every connection's request head is read first, to route `/ot` (and the files).
+    let files = args
+        .static_dir
+        .map(|dir| static_files::Files::new(dir, WS_PATH));
+    let serving = tokio::spawn(static_files::serve(
+        server.clone(),
+        ot.clone(),
+        listener,
+        tls,
+        files,
+    ));
     let signal = signals.next().await;
     tracing::info!(signal, "shutting down: closing every session with 1001");
+    ot.shutdown();
     shutdown(&server, serving, args.shutdown_timeout).await;
+    if tokio::time::timeout(args.shutdown_timeout, ot.drained())
+        .await
+        .is_err()
+    {
+        let left = ot.running_sessions();
+        tracing::warn!(left, "OT sessions still closing at the deadline");
+    }
     if let Some(metrics) = metrics {
         metrics.abort();
     }
@@ -569,11 +620,15 @@ mod metrics_http {
     }
 }
 
-/// `--static DIR`: DIR's files over plain HTTP on the WebSocket's own listener.
+/// The listener's router, and `--static DIR`: DIR's files over plain HTTP on the WebSocket's
+/// own listener.
 ///
-/// Each connection's request head is read first; a request for the sync path is replayed,
-/// unchanged, into [`adapters::tokio::accept`] (the state machine decides the upgrade), and
-/// anything else is handed, with the bytes already read replayed in front, to hyper serving
+/// Each connection's request head is read first; a request for `/ot` or a path under it is
+/// replayed, unchanged, into [`adapters::tokio::accept_ot`] (the OT profile); without
+/// `--static`, anything else goes to [`adapters::tokio::accept`] (whose state machine
+/// answers a wrong path with 404). With `--static`, a request for the sync path is replayed
+/// into [`adapters::tokio::accept`] (the state machine decides the upgrade), and anything
+/// else is handed, with the bytes already read replayed in front, to hyper serving
 /// tower-http's [`ServeDir`](tower_http::services::ServeDir): content types by extension,
 /// `..` and other escapes refused, `HEAD`, ranges and conditional requests. One request per
 /// connection (no keep-alive), so a browser never sends an upgrade on a connection that was
@@ -587,7 +642,7 @@ mod static_files {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use syncmux::adapters::tokio::Io;
-    use syncmux::adapters::{self, SyncServer};
+    use syncmux::adapters::{self, OtServerHandle, SyncServer};
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
     use tokio::sync::Semaphore;
     use tower_http::services::ServeDir;
@@ -614,16 +669,18 @@ mod static_files {
         }
     }
 
-    /// [`adapters::tokio::serve`] with the static files beside it; runs until aborted.
+    /// [`adapters::tokio::serve`] with the OT endpoint and the static files (if any) beside
+    /// it; runs until aborted.
     ///
     /// The server's handshake limits hold here too: TLS and the request head must arrive
     /// within its `handshake_timeout` (the upgrade then has its own, in `accept`), and at
     /// most `max_handshakes` connections are before their request head at once.
     pub(crate) async fn serve(
         server: SyncServer,
+        ot: OtServerHandle,
         listener: tokio::net::TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
-        files: Arc<Files>,
+        files: Option<Arc<Files>>,
     ) {
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let max = server.options().max_handshakes;
@@ -645,7 +702,7 @@ mod static_files {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (server, tls, files) = (server.clone(), tls.clone(), files.clone());
+            let (server, ot, tls, files) = (server.clone(), ot.clone(), tls.clone(), files.clone());
             tokio::spawn(async move {
                 let head = async {
                     let io: Box<dyn Io> = match tls {
@@ -669,7 +726,7 @@ mod static_files {
                 };
                 drop(permit);
                 let routed = match head {
-                    Some(Ok(head)) => route(&server, head, &files).await,
+                    Some(Ok(head)) => route(&server, &ot, head, files.as_deref()).await,
                     Some(Err(e)) => Err(e),
                     None => Ok(()),
                 };
@@ -708,7 +765,12 @@ mod static_files {
     }
 
     /// Sends a connection whose head was read where it belongs.
-    async fn route<S>(server: &SyncServer, request: Head<S>, files: &Files) -> std::io::Result<()>
+    async fn route<S>(
+        server: &SyncServer,
+        ot: &OtServerHandle,
+        request: Head<S>,
+        files: Option<&Files>,
+    ) -> std::io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -729,13 +791,21 @@ mod static_files {
         let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
         let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
         let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-        let upgrade = path == files.ws_path.as_bytes();
+        let ot_path = super::OT_PATH.as_bytes();
+        let to_ot = path
+            .strip_prefix(ot_path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        let files = files.filter(|files| path != files.ws_path.as_bytes());
         // Every byte read so far goes first, so the next reader sees the whole request.
         let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
-        if upgrade {
-            adapters::tokio::accept(server, io).await;
+        if to_ot {
+            adapters::tokio::accept_ot(ot, io).await;
             return Ok(());
         }
+        let Some(files) = files else {
+            adapters::tokio::accept(server, io).await;
+            return Ok(());
+        };
         let service = TowerToHyperService::new(files.service.clone());
         hyper::server::conn::http1::Builder::new()
             .keep_alive(false)
@@ -750,6 +820,7 @@ mod tests {
     use super::static_files::{self, Files};
     use super::*;
     use std::net::SocketAddr;
+    use syncmux::adapters::OtServerHandle;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn args(flags: &[&str]) -> Result<Args, String> {
@@ -807,6 +878,58 @@ mod tests {
         assert!(refused.contains("--tls-key"), "{refused}");
     }
 
+    #[test]
+    fn the_ot_endpoint_takes_the_same_flags() {
+        let parsed = args(&[]).unwrap();
+        assert!(parsed.ot.auth.is_none());
+        assert_eq!(parsed.ot.rate_limit_messages, 100);
+        let parsed = args(&[
+            "--token",
+            "t",
+            "--rate-limit",
+            "7/3",
+            "--ping-interval",
+            "250",
+            "--max-frame",
+            "4096",
+            "--max-outbound",
+            "8192",
+            "--max-connections",
+            "9",
+        ])
+        .unwrap();
+        let ot = &parsed.ot;
+        let auth = ot.auth.as_ref().unwrap();
+        let handshake = syncmux::Handshake::new("/ot", "token=t");
+        let decide = |token| {
+            auth(&AuthRequest {
+                token: Some(token),
+                node_id: None,
+                handshake: &handshake,
+            })
+        };
+        assert!(matches!(decide("t"), AuthDecision::Allow { .. }));
+        assert!(matches!(
+            decide("x"),
+            AuthDecision::Deny { status: 401, .. }
+        ));
+        assert_eq!(ot.rate_limit_messages, 7);
+        assert_eq!(ot.rate_limit_window, Duration::from_secs(3));
+        assert_eq!(ot.ping_interval, Duration::from_millis(250));
+        assert_eq!(ot.max_frame_len, 4096);
+        assert_eq!(ot.max_outbound_bytes, 8192);
+        assert_eq!(ot.max_sessions, 9);
+        assert_eq!(
+            args(&["--rate-limit", "0"]).unwrap().ot.rate_limit_messages,
+            0
+        );
+    }
+
+    fn ot_server() -> OtServerHandle {
+        let ot = OtServer::new(OtServerConfig::default()).unwrap();
+        adapters::tokio::start_ot(ot, ServerOptions::default())
+    }
+
     /// One HTTP/1.1 exchange on a fresh connection: (status line, content type, body).
     async fn get(addr: SocketAddr, request: &str) -> (String, String, Vec<u8>) {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -847,7 +970,14 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let files = Files::new(dir.clone(), "/sync/ws");
-        let serving = tokio::spawn(static_files::serve(server.clone(), listener, None, files));
+        let ot = ot_server();
+        let serving = tokio::spawn(static_files::serve(
+            server.clone(),
+            ot.clone(),
+            listener,
+            None,
+            Some(files),
+        ));
 
         let (status, kind, body) = get(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
@@ -912,6 +1042,28 @@ mod tests {
             "{pong}"
         );
 
+        // `/ot` and the paths under it are the OT profile's, beside the files; `/otx` is not.
+        for path in ["/ot", "/ot/doc-7"] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+                .await
+                .unwrap();
+            ws.send(Message::text(r#"{"type":"snapshot"}"#))
+                .await
+                .unwrap();
+            let answer = loop {
+                match ws.next().await.unwrap().unwrap() {
+                    Message::Text(text) => break text.to_string(),
+                    _ => continue,
+                }
+            };
+            assert!(
+                answer.starts_with(r#"{"type":"snapshot","#),
+                "{path}: {answer}"
+            );
+        }
+        let (status, _, _) = get(addr, "GET /otx HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+
         serving.abort();
         server.shutdown();
         std::fs::remove_dir_all(base).unwrap();
@@ -931,7 +1083,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let files = Files::new(std::env::temp_dir(), "/sync/ws");
-        let serving = tokio::spawn(static_files::serve(server.clone(), listener, None, files));
+        let serving = tokio::spawn(static_files::serve(
+            server.clone(),
+            ot_server(),
+            listener,
+            None,
+            Some(files),
+        ));
         let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         silent.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let mut buf = [0u8; 64];

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the criterion benches with short measurement times and prints a table of the headline
 # figures (codec vs serde_json::Value, per-delivery fan-out cost, idle-session independence,
-# e2e vs raw echo when there is an e2e bench, heap per idle session).
+# e2e vs raw echo when there is an e2e bench, heap per idle session, OT server CPU per acked
+# op against a Node server built the seed's way).
 #
 #   scripts/bench-report.sh            # about 5 minutes on 2 cores
 #   BENCH_TIME=3 scripts/bench-report.sh   # longer measurements, steadier figures
@@ -24,6 +25,11 @@ done
 if [ -f benches/e2e.rs ]; then
     echo "=== cargo bench --bench e2e --features tokio" >&2
     cargo bench --features tokio --bench e2e -- "${args[@]}" | tee -a "$log"
+fi
+if [ -f benches/ot_e2e.rs ]; then
+    # Not criterion: one timed window per server (OT_BENCH_SECS, default 5).
+    echo "=== cargo bench --bench ot_e2e --features tokio" >&2
+    cargo bench --features tokio --bench ot_e2e | tee -a "$log"
 fi
 
 echo

@@ -7,6 +7,10 @@
 //! reaches it through bounded channels with a cloneable `SyncClient` handle (requests are
 //! futures) and reads its events from a `ClientEvents` stream.
 //!
+//! The OT profile's endpoint ([`crate::ot`]) is served the same way: `tokio::start_ot` (or
+//! `smol::start_ot`) runs an [`OtServer`](crate::ot::OtServer) behind an [`OtServerHandle`],
+//! and `serve_ot` or `accept_ot` take its connections.
+//!
 //! Native clients dial `ws://` and `wss://`; TLS is rustls with the `ring` provider and the
 //! webpki roots (nothing to build with cmake, no system certificate store needed), or a
 //! `rustls::ClientConfig` of your own in `ClientOptions::tls`.
@@ -42,6 +46,8 @@ pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "adapters")]
+mod ot;
+#[cfg(feature = "adapters")]
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;
@@ -59,5 +65,7 @@ pub use client::{ClientEvents, ClientOptions, SyncClient};
 pub use clock::Clock;
 #[cfg(feature = "adapters")]
 pub use common::{client_tls_trusting, server_tls};
+#[cfg(feature = "adapters")]
+pub use ot::{AcceptedOtSession, OtServerHandle};
 #[cfg(feature = "adapters")]
 pub use server::{AcceptedSession, Rejection, ServerOptions, SyncServer};

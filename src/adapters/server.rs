@@ -84,7 +84,7 @@ pub struct SyncServer {
 }
 
 /// A count of running session tasks, and a wake-up for whoever waits for it to reach zero.
-struct Running {
+pub(crate) struct Running {
     count: AtomicUsize,
     /// Capacity 1: a token left here by the last session to end wakes the waiter.
     idle_tx: async_channel::Sender<()>,
@@ -92,10 +92,10 @@ struct Running {
 }
 
 /// Held by an [`AcceptedSession`]: one running session.
-struct RunningGuard(Arc<Running>);
+pub(crate) struct RunningGuard(Arc<Running>);
 
 impl RunningGuard {
-    fn new(running: &Arc<Running>) -> RunningGuard {
+    pub(crate) fn new(running: &Arc<Running>) -> RunningGuard {
         running.count.fetch_add(1, Ordering::SeqCst);
         RunningGuard(running.clone())
     }
@@ -112,7 +112,7 @@ impl Drop for RunningGuard {
 /// A counting semaphore of handshake slots: a slot is a token in the channel, so taking one
 /// waits while the channel is full.
 #[derive(Clone)]
-struct HandshakeSlots {
+pub(crate) struct HandshakeSlots {
     take: async_channel::Sender<()>,
     give_back: async_channel::Receiver<()>,
 }
@@ -125,6 +125,52 @@ impl Drop for HandshakeSlot {
         if let Some(slots) = &self.0 {
             // The token this slot put in; always there, as only slots take tokens out.
             let _ = slots.try_recv();
+        }
+    }
+}
+
+// Shared with the OT endpoint's adapter (`adapters::ot`).
+impl Running {
+    pub(crate) fn new() -> Arc<Running> {
+        let (idle_tx, idle_rx) = async_channel::bounded(1);
+        Arc::new(Running {
+            count: AtomicUsize::new(0),
+            idle_tx,
+            idle_rx,
+        })
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Completes once no session task is running.
+    pub(crate) async fn idle(&self) {
+        while self.count() > 0 {
+            // Never closed: `self` holds the sender.
+            let _ = self.idle_rx.recv().await;
+        }
+    }
+}
+
+impl HandshakeSlots {
+    /// `max` slots; `None` (no bound) for 0.
+    pub(crate) fn new(max: usize) -> Option<HandshakeSlots> {
+        (max > 0).then(|| {
+            let (take, give_back) = async_channel::bounded(max);
+            HandshakeSlots { take, give_back }
+        })
+    }
+
+    /// Waits for a slot (at once without a bound); hold it until the handshake is over.
+    pub(crate) async fn take(slots: Option<&HandshakeSlots>) -> HandshakeSlot {
+        match slots {
+            None => HandshakeSlot(None),
+            Some(slots) => {
+                // Never closed: the caller holds the other end.
+                let _ = slots.take.send(()).await;
+                HandshakeSlot(Some(slots.give_back.clone()))
+            }
         }
     }
 }

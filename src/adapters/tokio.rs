@@ -11,10 +11,12 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::client::{self, Dialer, Dialing, Runtime};
 use super::common;
+use super::{AcceptedOtSession, OtServerHandle};
 use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, DialRequest};
 use crate::config::ConfigError;
 use crate::driver::Driver;
+use crate::ot::OtServer;
 use tungstenite::handshake::server::{Request, Response};
 
 /// Any byte stream a WebSocket runs over (plain TCP or TLS).
@@ -200,6 +202,111 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         // A refused handshake lands here too, after its HTTP answer went out.
         Err(e) => {
             tracing::debug!(error = %e, "handshake ended");
+            None
+        }
+    }
+}
+
+// ---- the OT endpoint (`adapters::ot`) -------------------------------------------------------
+
+/// Starts the OT endpoint's server on the current tokio runtime (its timer task); accept
+/// connections with [`serve_ot`] or [`accept_ot`].
+pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
+    let (server, timer) = OtServerHandle::new(server, options);
+    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
+    server
+}
+
+/// [`serve`] for the OT endpoint: accepts connections until [`OtServerHandle::shutdown`],
+/// each in its own task, with the same handshake deadline and bound
+/// ([`ServerOptions`]); with `tls`, serves `wss://`. Every path is accepted.
+pub async fn serve_ot(
+    server: OtServerHandle,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let slot = tokio::select! {
+            slot = server.handshake_slot() => slot,
+            () = server.stopped() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = server.stopped() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let server = server.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            tracing::debug!(%peer, "OT connection");
+            let handshake = async {
+                let io: Box<dyn Io> = match tls {
+                    Some(tls) => match tls.accept(tcp).await {
+                        Ok(stream) => Box::new(stream),
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return None;
+                        }
+                    },
+                    None => Box::new(tcp),
+                };
+                upgrade_ot(&server, io).await
+            };
+            let upgraded = ot_within_deadline(&server, handshake).await.flatten();
+            drop(slot);
+            if let Some((session, ws)) = upgraded {
+                session.run(ws).await;
+            }
+        });
+    }
+}
+
+/// [`accept`] for the OT endpoint: the WebSocket handshake on `io` (decided by the state
+/// machine, within the handshake deadline, holding a handshake slot), then the session.
+pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandle, io: S) {
+    let slot = server.handshake_slot().await;
+    let upgraded = ot_within_deadline(server, upgrade_ot(server, io))
+        .await
+        .flatten();
+    drop(slot);
+    if let Some((session, ws)) = upgraded {
+        session.run(ws).await;
+    }
+}
+
+async fn ot_within_deadline<F: Future>(server: &OtServerHandle, handshake: F) -> Option<F::Output> {
+    let deadline = server.options().handshake_timeout;
+    if deadline.is_zero() {
+        return Some(handshake.await);
+    }
+    let outcome = tokio::time::timeout(deadline, handshake).await.ok();
+    if outcome.is_none() {
+        tracing::debug!(?deadline, "OT handshake timed out");
+    }
+    outcome
+}
+
+#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+async fn upgrade_ot<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &OtServerHandle,
+    io: S,
+) -> Option<(AcceptedOtSession, WebSocketStream<S>)> {
+    let mut accepted = None;
+    let callback = |req: &Request, resp: Response| server.decide(req, resp, &mut accepted);
+    let config = Some(common::ws_config(server.ws_frame_limit()));
+    match tokio_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
+        Ok(ws) => accepted.map(|session| (session, ws)),
+        Err(e) => {
+            tracing::debug!(error = %e, "OT handshake ended");
             None
         }
     }

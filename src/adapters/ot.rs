@@ -1,0 +1,632 @@
+//! The OT endpoint served over WebSockets (DESIGN.md section 7), shared by both runtimes:
+//! the [`OtServer`] behind a lock, one task per connection, one timer task. Start it with
+//! `adapters::tokio::start_ot` (or `adapters::smol::start_ot`) and accept connections with
+//! `serve_ot` or `accept_ot` of the same module.
+//!
+//! It is built like the sync server's adapter ([`SyncServer`](super::SyncServer)), and for
+//! the same reasons: tungstenite decides the upgrade in a synchronous callback, where the
+//! state machine must answer (`?token=` refused with 401 before upgrading), so the state
+//! machine sits behind a lock held only while one input runs and its outputs are handed to
+//! the connections' queues. Each connection's task writes its own queue, so a slow socket
+//! stalls nobody else, and reports what it wrote
+//! ([`OtServer::handle_sent`](crate::ot::OtServer::handle_sent)): every queued frame counts
+//! against the state machine's outbound bound until then.
+//!
+//! What the adapter does with each output of the state machine:
+//!
+//! | state machine | socket |
+//! |---|---|
+//! | [`OtTransmit::Frame`] | a text frame, then `handle_sent` once flushed |
+//! | [`OtTransmit::Ping`] | a WebSocket ping; its pong → `handle_pong` |
+//! | [`OtTransmit::Close`] | the frames queued before it, then a close frame |
+//! | [`OtTransmit::Terminate`] | dropped at once, without a closing handshake |
+//!
+//! A text or binary message goes to `handle_message`; a closed or failed socket to
+//! `handle_disconnected`; the timer task calls `handle_timeout` at `poll_timeout`.
+
+use core::fmt;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::http::StatusCode;
+use tungstenite::Message;
+
+use super::clock::Clock;
+use super::common;
+use super::server::{HandshakeSlot, HandshakeSlots, Running, RunningGuard};
+use super::{Rejection, ServerOptions};
+use crate::ot::{OtHandshakeOutcome, OtServer, OtServerEvent, OtSessionId, OtTransmit};
+use crate::server::Handshake;
+use crate::time::Instant;
+use crate::wire::CloseCode;
+
+/// A running OT server: cheap to clone, shared by the accept loop, the connections and the
+/// application. Made by `adapters::tokio::start_ot` or `adapters::smol::start_ot`.
+#[derive(Clone)]
+pub struct OtServerHandle {
+    shared: Arc<Mutex<Shared>>,
+    /// Closed on shutdown: accept loops stop.
+    stop: async_channel::Receiver<()>,
+    options: Arc<ServerOptions>,
+    /// Handshakes in progress; `None` without a bound.
+    handshakes: Option<HandshakeSlots>,
+    /// The WebSocket layer's read limit, derived from the state machine's frame limit.
+    ws_frame_limit: usize,
+    /// Connections whose task has not ended, for [`OtServerHandle::drained`].
+    running: Arc<Running>,
+}
+
+impl fmt::Debug for OtServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtServerHandle")
+            .field("sessions", &self.session_count())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a connection's task is told to write.
+enum Out {
+    Frame(Bytes),
+    Ping,
+}
+
+/// How a connection ends, when the state machine ends it.
+enum Ending {
+    /// A close frame, after the frames queued before it.
+    Close(CloseCode, String),
+    /// Dropped at once.
+    Terminate,
+}
+
+/// The queues of one connection's task.
+struct Outlet {
+    out: async_channel::Sender<Out>,
+    end: async_channel::Sender<Ending>,
+}
+
+/// What every task of one server shares behind its lock.
+struct Shared {
+    server: OtServer,
+    clock: Clock,
+    outlets: HashMap<OtSessionId, Outlet>,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+    wake: async_channel::Sender<()>,
+    stop: Option<async_channel::Sender<()>>,
+}
+
+impl Shared {
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// Hands every output of the last input to the connections' queues, then re-arms the
+    /// timer.
+    fn drain(&mut self) {
+        while let Some(transmit) = self.server.poll_transmit() {
+            let (session, out) = match transmit {
+                OtTransmit::Frame { session, bytes } => (session, Out::Frame(bytes)),
+                OtTransmit::Ping { session } => (session, Out::Ping),
+                OtTransmit::Close {
+                    session,
+                    code,
+                    reason,
+                } => {
+                    self.end(session, Ending::Close(code, reason));
+                    continue;
+                }
+                OtTransmit::Terminate { session } => {
+                    self.end(session, Ending::Terminate);
+                    continue;
+                }
+            };
+            if let Some(outlet) = self.outlets.get(&session) {
+                // Unbounded, but every frame in it counts against the state machine's
+                // outbound bound until the task reports it written (pings are one per
+                // interval). Closed only once the task is gone, and the outlet with it.
+                let _ = outlet.out.try_send(out);
+            }
+        }
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                OtServerEvent::SessionClosed { session, reason } => {
+                    tracing::info!(%session, ?reason, "OT session closed");
+                }
+                OtServerEvent::Applied { .. } => {}
+                other => tracing::debug!(?other, "OT server event"),
+            }
+        }
+        let next = self.server.poll_timeout();
+        if next != self.armed && (self.armed.is_none() || next < self.armed) {
+            // Only an earlier deadline needs the timer task's attention; a later one is
+            // picked up when the current one fires (a spurious timeout is a no-op).
+            self.armed = next;
+            let _ = self.wake.try_send(());
+        }
+    }
+
+    fn end(&mut self, session: OtSessionId, ending: Ending) {
+        if let Some(outlet) = self.outlets.remove(&session) {
+            // Capacity 1 and sent once: never full.
+            let _ = outlet.end.try_send(ending);
+        }
+    }
+}
+
+/// A handshake the OT server accepted: answer the upgrade, then [`run`](Self::run) the
+/// connection on the upgraded socket. Dropped without running, the session is closed.
+pub struct AcceptedOtSession {
+    server: OtServerHandle,
+    session: OtSessionId,
+    out: Pin<Box<async_channel::Receiver<Out>>>,
+    end: Pin<Box<async_channel::Receiver<Ending>>>,
+    /// The close received from the state machine, sent once the frames before it are.
+    closing: Option<(CloseCode, String)>,
+    /// Bytes of frames handed to the socket and not yet flushed.
+    unflushed: usize,
+    /// Something (a frame or a ping) was handed to the socket and not yet flushed.
+    dirty: bool,
+    /// Dropped after [`Drop for AcceptedOtSession`](AcceptedOtSession) released the session.
+    _running: RunningGuard,
+}
+
+impl fmt::Debug for AcceptedOtSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcceptedOtSession")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtServerHandle {
+    pub(crate) fn new(server: OtServer, options: ServerOptions) -> (OtServerHandle, OtTimerTask) {
+        let (wake_tx, wake_rx) = async_channel::bounded(1);
+        let (stop_tx, stop_rx) = async_channel::bounded(1);
+        let ws_frame_limit = common::ws_read_limit(server.config().max_frame_len);
+        let shared = Shared {
+            server,
+            clock: Clock::new(),
+            outlets: HashMap::new(),
+            armed: None,
+            wake: wake_tx,
+            stop: Some(stop_tx),
+        };
+        let handle = OtServerHandle {
+            shared: Arc::new(Mutex::new(shared)),
+            stop: stop_rx,
+            handshakes: HandshakeSlots::new(options.max_handshakes),
+            options: Arc::new(options),
+            ws_frame_limit,
+            running: Running::new(),
+        };
+        let timer = OtTimerTask {
+            shared: Arc::downgrade(&handle.shared),
+            wake: Box::pin(wake_rx),
+        };
+        (handle, timer)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock is a bug already reported; keep serving.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The adapter's options.
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// The largest message the WebSocket layer reads (0: no limit).
+    pub(crate) fn ws_frame_limit(&self) -> usize {
+        self.ws_frame_limit
+    }
+
+    /// Waits for one of the `max_handshakes` slots; hold it until the handshake is over.
+    pub(crate) async fn handshake_slot(&self) -> HandshakeSlot {
+        HandshakeSlots::take(self.handshakes.as_ref()).await
+    }
+
+    /// Completes once [`shutdown`](Self::shutdown) was called (accept loops select on it).
+    pub(crate) async fn stopped(&self) {
+        let _ = self.stop.recv().await;
+    }
+
+    /// Decides a handshake: `?token=` and the other checks of
+    /// [`OtServer::handle_handshake`]. On acceptance the session exists at once and is a
+    /// member of `doc-1`.
+    pub fn handshake(&self, handshake: &Handshake) -> Result<AcceptedOtSession, Rejection> {
+        let mut hub = self.lock();
+        let now = hub.now();
+        let outcome = hub.server.handle_handshake(now, handshake);
+        let accepted = match outcome {
+            OtHandshakeOutcome::Accept { session } => {
+                // Bounded by the state machine's outbound bytes, not by the channel.
+                let (out_tx, out) = async_channel::unbounded();
+                let (end_tx, end) = async_channel::bounded(1);
+                let outlet = Outlet {
+                    out: out_tx,
+                    end: end_tx,
+                };
+                hub.outlets.insert(session, outlet);
+                Ok(AcceptedOtSession {
+                    server: self.clone(),
+                    session,
+                    out: Box::pin(out),
+                    end: Box::pin(end),
+                    closing: None,
+                    unflushed: 0,
+                    dirty: false,
+                    _running: RunningGuard::new(&self.running),
+                })
+            }
+            OtHandshakeOutcome::Reject { status, reason } => Err(Rejection { status, reason }),
+        };
+        hub.drain();
+        accepted
+    }
+
+    /// Runs the state machine's decision inside tungstenite's upgrade callback: a rejection
+    /// answers with its HTTP status before upgrading.
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+    pub(crate) fn decide(
+        &self,
+        request: &Request,
+        response: Response,
+        accepted: &mut Option<AcceptedOtSession>,
+    ) -> Result<Response, ErrorResponse> {
+        match self.handshake(&common::handshake_of(request)) {
+            Ok(session) => {
+                *accepted = Some(session);
+                Ok(response)
+            }
+            Err(rejection) => {
+                tracing::info!(
+                    status = rejection.status,
+                    reason = rejection.reason,
+                    "OT handshake refused"
+                );
+                let mut error = ErrorResponse::new(Some(rejection.reason));
+                *error.status_mut() = StatusCode::from_u16(rejection.status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                Err(error)
+            }
+        }
+    }
+
+    /// Closes every session with 1001, refuses new handshakes (503) and stops the accept
+    /// loops.
+    pub fn shutdown(&self) {
+        let mut hub = self.lock();
+        let now = hub.now();
+        hub.server.shutdown(now);
+        hub.drain();
+        hub.stop = None;
+    }
+
+    /// Sessions open (or closing), as the state machine counts them.
+    pub fn session_count(&self) -> usize {
+        self.lock().server.session_count()
+    }
+
+    /// Sessions the adapter holds queues for; once every task has settled, never above
+    /// [`session_count`](Self::session_count) (for leak checks).
+    pub fn outlet_count(&self) -> usize {
+        self.lock().outlets.len()
+    }
+
+    /// Completes once every connection's task has ended (after
+    /// [`shutdown`](Self::shutdown), once each close frame went out or could not). Bound the
+    /// wait with a timeout of the runtime's.
+    pub async fn drained(&self) {
+        self.running.idle().await;
+    }
+
+    /// Connections whose task is running.
+    pub fn running_sessions(&self) -> usize {
+        self.running.count()
+    }
+
+    /// Runs `f` on the state machine (to read a document, or close a session), then hands
+    /// its outputs out.
+    pub fn with_server<T>(&self, f: impl FnOnce(&mut OtServer, Instant) -> T) -> T {
+        let mut hub = self.lock();
+        let now = hub.now();
+        let out = f(&mut hub.server, now);
+        hub.drain();
+        out
+    }
+
+    fn input(&self, f: impl FnOnce(&mut OtServer, Instant)) {
+        self.with_server(f);
+    }
+
+    /// The socket is gone, whoever ended it: the state machine forgets the session (a
+    /// no-op if it already did) and so does the hub.
+    fn closed(&self, session: OtSessionId) {
+        let mut hub = self.lock();
+        let now = hub.now();
+        hub.server.handle_disconnected(now, session);
+        hub.outlets.remove(&session);
+        hub.drain();
+    }
+}
+
+/// One step of a connection's task.
+enum Step {
+    Message(Message),
+    /// The socket is gone (read or write error, or end).
+    Gone(String),
+    /// Frame bytes written and flushed.
+    Sent(usize),
+    /// Close with this code, the frames before it written (or the socket stuck).
+    Close(CloseCode, String),
+    /// Drop the socket now.
+    Terminate,
+}
+
+impl AcceptedOtSession {
+    /// The session.
+    pub fn session(&self) -> OtSessionId {
+        self.session
+    }
+
+    /// Drives the connection on its upgraded socket until it ends. Reads and writes in one
+    /// task: frames are written as the socket takes them while reading and the timers go
+    /// on. However it ends (or if this future is dropped), the session is released.
+    pub async fn run<W, E>(mut self, mut ws: W)
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: fmt::Display,
+        <W as Sink<Message>>::Error: fmt::Display,
+    {
+        let session = self.session;
+        loop {
+            match core::future::poll_fn(|cx| self.poll_step(cx, &mut ws)).await {
+                Step::Message(Message::Text(text)) => {
+                    self.server
+                        .input(|s, now| s.handle_message(now, session, Bytes::from(text)));
+                }
+                // The seed's `ws` server reads binary frames like text; so does the core.
+                Step::Message(Message::Binary(data)) => {
+                    self.server
+                        .input(|s, now| s.handle_message(now, session, data));
+                }
+                Step::Message(Message::Pong(_)) => {
+                    self.server.input(|s, now| s.handle_pong(now, session));
+                }
+                Step::Message(Message::Close(_)) => {
+                    // Released first: a peer that stops reading cannot hold it while the
+                    // close answer waits for room.
+                    self.server.closed(session);
+                    let _ = ws.close().now_or_never();
+                    return;
+                }
+                // tungstenite answers pings itself.
+                Step::Message(Message::Ping(_) | Message::Frame(_)) => {}
+                Step::Sent(n) => self.server.input(|s, now| s.handle_sent(now, session, n)),
+                Step::Gone(why) => {
+                    tracing::debug!(%session, why, "OT socket gone");
+                    return;
+                }
+                Step::Close(code, reason) => {
+                    // Best effort, never waiting: the state machine already forgot the
+                    // session, so a peer that stopped reading must not keep this task alive.
+                    let close = common::close_message(code, &reason);
+                    if let Some(Ok(())) = ws.send(close).now_or_never() {
+                        let _ = ws.close().now_or_never();
+                    }
+                    return;
+                }
+                // Dropping the socket closes the TCP connection with no closing handshake,
+                // as the seed's `ws.terminate()`.
+                Step::Terminate => return,
+            }
+        }
+    }
+
+    fn poll_step<W, E>(&mut self, cx: &mut Context<'_>, ws: &mut W) -> Poll<Step>
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: fmt::Display,
+        <W as Sink<Message>>::Error: fmt::Display,
+    {
+        if self.closing.is_none() {
+            match self.end.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ending::Terminate)) => return Poll::Ready(Step::Terminate),
+                Poll::Ready(Some(Ending::Close(code, reason))) => {
+                    self.closing = Some((code, reason));
+                }
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+        }
+        // Write what the socket takes.
+        let mut stuck = false;
+        loop {
+            match Pin::new(&mut *ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Step::Gone(e.to_string())),
+                Poll::Pending => {
+                    stuck = true;
+                    break;
+                }
+            }
+            let message = match self.out.poll_next_unpin(cx) {
+                Poll::Ready(Some(Out::Frame(bytes))) => {
+                    self.unflushed += bytes.len();
+                    common::text(bytes)
+                }
+                Poll::Ready(Some(Out::Ping)) => Message::Ping(Bytes::new()),
+                Poll::Ready(None) | Poll::Pending => break,
+            };
+            self.dirty = true;
+            if let Err(e) = Pin::new(&mut *ws).start_send(message) {
+                return Poll::Ready(Step::Gone(e.to_string()));
+            }
+        }
+        if self.dirty {
+            match Pin::new(&mut *ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.dirty = false;
+                    if self.unflushed > 0 {
+                        return Poll::Ready(Step::Sent(core::mem::take(&mut self.unflushed)));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Step::Gone(e.to_string())),
+                Poll::Pending => stuck = true,
+            }
+        }
+        // A close waits for the frames queued before it, unless the socket cannot take
+        // them.
+        if self.closing.is_some() {
+            if self.out.is_empty() || stuck {
+                if let Some((code, reason)) = self.closing.take() {
+                    return Poll::Ready(Step::Close(code, reason));
+                }
+            } else {
+                cx.waker().wake_by_ref();
+            }
+        }
+        match ws.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Step::Message(message)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Step::Gone(e.to_string())),
+            Poll::Ready(None) => Poll::Ready(Step::Gone("connection closed".to_owned())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for AcceptedOtSession {
+    fn drop(&mut self) {
+        // Ran to its end, dropped mid-way, or never run: the session is over either way.
+        self.server.closed(self.session);
+    }
+}
+
+/// The timer task: sleeps until the state machine's next deadline (re-armed when an input
+/// brings it forward), runs `handle_timeout`, and ends when the server is dropped.
+pub(crate) struct OtTimerTask {
+    shared: std::sync::Weak<Mutex<Shared>>,
+    wake: Pin<Box<async_channel::Receiver<()>>>,
+}
+
+impl OtTimerTask {
+    pub(crate) async fn run<F, S>(mut self, sleep_until: F)
+    where
+        F: Fn(std::time::Instant) -> S,
+        S: core::future::Future<Output = ()> + Unpin,
+    {
+        loop {
+            let deadline = {
+                let Some(shared) = self.shared.upgrade() else {
+                    return;
+                };
+                let mut hub = shared.lock().unwrap_or_else(|e| e.into_inner());
+                hub.armed = hub.server.poll_timeout();
+                hub.armed.map(|at| hub.clock.to_std(at))
+            };
+            let mut sleep = deadline.map(&sleep_until);
+            let woken = core::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = self.wake.poll_next_unpin(cx) {
+                    return Poll::Ready(r.is_some());
+                }
+                match sleep.as_mut() {
+                    Some(s) => Pin::new(s).poll(cx).map(|()| true),
+                    None => Poll::Pending,
+                }
+            })
+            .await;
+            if !woken {
+                return; // every sender is gone: the server was dropped
+            }
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
+            let mut hub = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let now = hub.now();
+            hub.server.handle_timeout(now);
+            hub.drain();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ot::OtServerConfig;
+    use core::future::Future;
+    use std::collections::VecDeque;
+
+    /// A socket that takes nothing (a peer that stopped reading) but delivers `inbox`.
+    struct Stuck {
+        inbox: VecDeque<Message>,
+    }
+
+    impl Stream for Stuck {
+        type Item = Result<Message, String>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            match self.inbox.pop_front() {
+                Some(message) => Poll::Ready(Some(Ok(message))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl Sink<Message> for Stuck {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), String> {
+            Err("not ready".to_owned())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Pending
+        }
+    }
+
+    /// Writes never stall reads: a socket that takes no byte still has its messages read
+    /// and applied (their acks wait, counted against the outbound bound), and a close of
+    /// such a socket ends its task at once.
+    #[test]
+    fn reads_go_on_while_the_socket_takes_no_writes() {
+        let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
+        // No runtime: the timer task never runs.
+        let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
+        let accepted = server
+            .handshake(&Handshake::new("/ot", ""))
+            .expect("accepted");
+        let session = accepted.session();
+        let op = |revision: u64| {
+            let op = format!(r#"{{"type":"op","op":[{{"i":"x"}}],"revision":{revision}}}"#);
+            Message::text(op)
+        };
+        let socket = Stuck {
+            inbox: (0..3).map(op).collect(),
+        };
+        let mut run = Box::pin(accepted.run(socket));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        let (revision, outbound) = server.with_server(|s, _| {
+            let doc = s.document("doc-1").map(|d| d.revision());
+            (doc, s.outbound_bytes(session))
+        });
+        assert_eq!(revision, Some(3), "every message was read and applied");
+        assert!(
+            outbound.is_some_and(|n| n > 0),
+            "the acks wait: {outbound:?}"
+        );
+        server.shutdown();
+        assert!(run.as_mut().poll(&mut cx).is_ready(), "the task ended");
+        assert_eq!(server.session_count(), 0);
+        assert_eq!(server.running_sessions(), 0);
+    }
+}
