@@ -43,10 +43,10 @@ mod clock;
 mod common;
 #[cfg(feature = "adapters")]
 pub mod metrics;
-#[cfg(feature = "redis")]
-pub mod redis;
 #[cfg(feature = "adapters")]
 mod ot;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "adapters")]
 mod server;
 #[cfg(feature = "smol")]
