@@ -12,7 +12,10 @@ use std::time::Duration;
 use redis_util::RedisServer;
 use syncmux::adapters::redis::{RedisBackend, RedisConfig};
 use syncmux::adapters::{self, ClientEvents, ServerOptions, SyncClient, SyncServer};
-use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
+use syncmux::payload::{
+    ChangeRecord, Cursor, Hlc, PresenceEvent, PresenceEventKind, PullRequest, RawJson, RoomEvent,
+    RoomEventKind, Subscribe,
+};
 use syncmux::{ClientConfig, ClientEvent, ErrorCode, RequestError, Server, ServerConfig};
 
 /// Every wait in these tests ends by then, or the test fails.
@@ -27,6 +30,8 @@ struct Node {
 async fn node(redis: &RedisServer, prefix: &str) -> Node {
     let mut config = RedisConfig::new(redis.url());
     config.prefix = prefix.to_owned();
+    config.heartbeat = Duration::from_millis(100);
+    config.server_ttl = Duration::from_millis(1500);
     // Check the log's epoch often: the restart test waits for it.
     config.block = Duration::from_millis(200);
     config.request_timeout = Duration::from_secs(2);
@@ -34,6 +39,7 @@ async fn node(redis: &RedisServer, prefix: &str) -> Node {
     let mut server = ServerConfig::default();
     server.path = Some("/sync/ws".to_owned());
     server.rate_limit_burst = 0;
+    server.max_room_size = 2;
     let server = Server::new(server).unwrap();
     let server =
         adapters::tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
@@ -383,4 +389,159 @@ async fn followers_resume_where_they_stopped_when_the_connection_comes_back() {
     let pks: Vec<&str> = got.iter().map(|(_, r)| r.pk.as_str()).collect();
     assert_eq!(pks, ["1", "2", "3", "4", "5"]);
     nothing_more(&reader, &mut reader_events).await;
+}
+
+fn json(value: impl serde::Serialize) -> RawJson {
+    RawJson::from_serialize(&value).unwrap()
+}
+
+/// The next presence event (others skipped).
+async fn presence_event(events: &mut ClientEvents) -> PresenceEvent {
+    loop {
+        let event = tokio::time::timeout(GUARD, events.recv())
+            .await
+            .expect("a presence event in time")
+            .expect("client ended");
+        if let ClientEvent::Presence(p) = event {
+            return p;
+        }
+    }
+}
+
+/// The next room event (others skipped).
+async fn room_event(events: &mut ClientEvents) -> RoomEvent {
+    loop {
+        let event = tokio::time::timeout(GUARD, events.recv())
+            .await
+            .expect("a room event in time")
+            .expect("client ended");
+        if let ClientEvent::Room(r) = event {
+            return r;
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_and_rooms_span_the_servers() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "p").await, node(&redis, "p").await);
+    let (alice, mut alice_events) = client(&a, "alice");
+    let (bob, mut bob_events) = client(&b, "bob");
+
+    // Presence: bob hears alice join on the other server, then she hears him.
+    bob.update_presence("doc", json(1)).await.unwrap();
+    presence_event(&mut bob_events).await; // his own join
+    alice.update_presence("doc", json(2)).await.unwrap();
+    presence_event(&mut alice_events).await; // her own join
+    let heard = presence_event(&mut bob_events).await;
+    assert_eq!(
+        (heard.kind, heard.node_id.as_str()),
+        (PresenceEventKind::Join, "alice")
+    );
+    bob.update_presence("doc", json(3)).await.unwrap();
+    let heard = presence_event(&mut alice_events).await;
+    assert_eq!(heard.node_id, "bob");
+    // Snapshots are the union, on both servers.
+    for c in [&alice, &bob] {
+        let snap = c.get_presence("doc").await.unwrap();
+        let mut nodes: Vec<&str> = snap.states.iter().map(|s| s.node_id.as_str()).collect();
+        nodes.sort();
+        assert_eq!(nodes, ["alice", "bob"]);
+    }
+
+    // Rooms: two members, one per server, fill a room of two on both servers.
+    bob.join_room("lobby", None).await.unwrap();
+    room_event(&mut bob_events).await; // the member list
+    alice.join_room("lobby", None).await.unwrap();
+    let heard = room_event(&mut bob_events).await;
+    assert_eq!(
+        (heard.event, heard.node_id.as_deref()),
+        (RoomEventKind::Join, Some("alice"))
+    );
+    // Bob's broadcast reaches alice after his join did: her server knows him by then.
+    bob.broadcast("lobby", json("hi")).await.unwrap();
+    loop {
+        let heard = room_event(&mut alice_events).await;
+        if heard.event == RoomEventKind::Message {
+            assert_eq!(heard.node_id.as_deref(), Some("bob"));
+            break;
+        }
+    }
+    for n in [&a, &b] {
+        let (c, _e) = client(n, "carol");
+        let err = c.join_room("lobby", None).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RequestError::Server {
+                    code: ErrorCode::RoomFull,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    // Alice's session ends: bob hears her leave the topic and the room.
+    alice.close().await;
+    let heard = presence_event(&mut bob_events).await;
+    assert_eq!(
+        (heard.kind, heard.node_id.as_str()),
+        (PresenceEventKind::Leave, "alice")
+    );
+    let heard = room_event(&mut bob_events).await;
+    assert_eq!(
+        (heard.event, heard.node_id.as_deref()),
+        (RoomEventKind::Leave, Some("alice"))
+    );
+}
+
+#[tokio::test]
+async fn the_members_of_a_silent_server_leave_and_a_forgotten_server_announces_itself() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let b = node(&redis, "g").await;
+    let (bob, mut bob_events) = client(&b, "bob");
+    bob.update_presence("doc", json(1)).await.unwrap();
+    presence_event(&mut bob_events).await;
+    // A server that crashed: its member is in Redis, its heartbeat long gone.
+    let field = r#"["ghost",7,"p","doc"]"#;
+    let state = r#"{"n":"casper","d":5,"u":1}"#;
+    redis.command(&["HSET", "{g}:presence", field, state]);
+    redis.command(&["SADD", "{g}:members:ghost", field]);
+    // Its last beat was a second ago (Redis' clock), so it is reaped half a second from now:
+    // after the event below announced its member.
+    let time = redis.command(&["TIME"]);
+    let secs: u64 = time.split("\r\n").nth(2).unwrap().parse().unwrap();
+    let last_beat = (secs * 1000 - 1000).to_string();
+    redis.command(&["ZADD", "{g}:servers", &last_beat, "ghost"]);
+    let event = r#"{"s":"ghost","i":7,"k":"p","t":"doc","c":"set","n":"casper","d":5,"u":1}"#;
+    redis.command(&["PUBLISH", "{g}:events", event]);
+    let heard = presence_event(&mut bob_events).await;
+    assert_eq!(
+        (heard.kind, heard.node_id.as_str()),
+        (PresenceEventKind::Join, "casper")
+    );
+    // The survivors' heartbeat finds it silent: casper leaves, and Redis forgets him.
+    let heard = presence_event(&mut bob_events).await;
+    assert_eq!(
+        (heard.kind, heard.node_id.as_str()),
+        (PresenceEventKind::Leave, "casper")
+    );
+    assert_eq!(redis.command(&["HLEN", "{g}:presence"]), ":1\r\n");
+
+    // Redis loses everything (the connections stay): the server, unknown to it now,
+    // announces its members again.
+    redis.command(&["FLUSHALL"]);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while redis.command(&["HLEN", "{g}:presence"]) != ":1\r\n" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob was not announced again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -24,8 +24,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::server::Shared;
 use crate::driver::Driver;
-use crate::payload::{ChangeRecord, Cursor, Hlc};
-use crate::server::{AppError, PullAnswer, PushAnswer, ServerEvent, SessionId};
+use crate::payload::{ChangeRecord, Cursor, Hlc, RawJson};
+use crate::server::{
+    AppError, PullAnswer, PushAnswer, RemoteSession, RoomChange, ServerEvent, SessionId,
+};
 use crate::time::Instant;
 
 /// A boxed future a backend answers with.
@@ -95,7 +97,29 @@ pub trait Backend: Send + Sync + 'static {
         let _ = log;
         None
     }
+
+    /// Whether the backend shares presence and rooms with other servers (the default:
+    /// no). Then the server reports its sessions' changes
+    /// ([`ServerConfig::shared_presence`](crate::ServerConfig::shared_presence)), the
+    /// adapter hands each to [`publish`](Backend::publish), one at a time and in order, and
+    /// the backend's follower hands the other servers' to [`LogSink::remote_presence`],
+    /// [`LogSink::remote_room`] and [`LogSink::remote_gone`].
+    fn shares_presence(&self) -> bool {
+        false
+    }
+
+    /// Tells the other servers of a change of this server's presence or rooms: a
+    /// [`ServerEvent::PresenceChanged`] or a [`ServerEvent::RoomChanged`]. The next one waits
+    /// until this one is done. Best effort: a failure is the backend's to log.
+    fn publish(&self, change: ServerEvent) -> BackendFuture<()> {
+        let _ = change;
+        Box::pin(async {})
+    }
 }
+
+/// How many presence and room changes may wait to be published; beyond it, changes are
+/// dropped (and logged) until the backend catches up.
+const MAX_UNPUBLISHED: usize = 65_536;
 
 /// A backend's answer, applied to the driver under the adapter's lock.
 type Answer = Box<dyn FnOnce(&mut Driver, Instant) + Send>;
@@ -110,30 +134,63 @@ pub(crate) struct Link {
     shared: Weak<Mutex<Shared>>,
     /// Whether the backend follows a log (its pushes are answered unrouted).
     follows: bool,
+    /// Presence and room changes on their way to the backend, in order.
+    publish: Option<async_channel::Sender<ServerEvent>>,
     /// Where this server has followed the log to, once its follower has said.
     followed: Option<Cursor>,
 }
 
 impl Link {
-    /// Links `backend` to the server behind `shared`, with the follower of its log if it
-    /// has one: spawn that once the link is in place.
+    /// Links `backend` to the server behind `shared`, with its tasks (the follower of its
+    /// log, the publisher of presence and rooms): spawn those once the link is in place.
     pub(crate) fn new(
         backend: Arc<dyn Backend>,
         spawn: Spawn,
         shared: &Arc<Mutex<Shared>>,
-    ) -> (Link, Option<BackendFuture<()>>) {
+    ) -> (Link, Vec<BackendFuture<()>>) {
         let sink = LogSink {
             shared: Arc::downgrade(shared),
         };
+        let mut tasks = Vec::new();
         let follow = backend.follow(sink);
+        let follows = follow.is_some();
+        tasks.extend(follow);
+        let publish = backend.shares_presence().then(|| {
+            let (tx, rx) = async_channel::bounded::<ServerEvent>(MAX_UNPUBLISHED);
+            let backend = backend.clone();
+            tasks.push(Box::pin(async move {
+                // Ends when the server (the sender's holder) is gone.
+                while let Ok(change) = rx.recv().await {
+                    backend.publish(change).await;
+                }
+            }) as BackendFuture<()>);
+            tx
+        });
         let link = Link {
             backend,
             spawn,
             shared: Arc::downgrade(shared),
-            follows: follow.is_some(),
+            follows,
+            publish,
             followed: None,
         };
-        (link, follow)
+        (link, tasks)
+    }
+
+    /// Whether the backend shares presence and rooms.
+    pub(crate) fn shares_presence(&self) -> bool {
+        self.publish.is_some()
+    }
+
+    /// Queues a presence or room change for the backend to publish.
+    pub(crate) fn dispatch_change(&self, change: ServerEvent) {
+        if let Some(publish) = &self.publish {
+            if let Err(async_channel::TrySendError::Full(_)) = publish.try_send(change) {
+                tracing::error!(
+                    "presence and room changes are not published fast enough: one dropped"
+                );
+            }
+        }
     }
 
     /// Records where the follower stands.
@@ -141,11 +198,16 @@ impl Link {
         self.followed = Some(position);
     }
 
-    /// Whether the event is one for the backend (a pull, a push or a replay).
+    /// Whether the event is one for the backend (a pull, a push, a replay, or a presence or
+    /// room change).
     pub(crate) fn wants(event: &ServerEvent) -> bool {
         matches!(
             event,
-            ServerEvent::Pull { .. } | ServerEvent::Push { .. } | ServerEvent::Replay { .. }
+            ServerEvent::Pull { .. }
+                | ServerEvent::Push { .. }
+                | ServerEvent::Replay { .. }
+                | ServerEvent::PresenceChanged { .. }
+                | ServerEvent::RoomChanged { .. }
         )
     }
 
@@ -253,6 +315,12 @@ impl Link {
                     }));
                 }));
             }
+            (
+                change @ (ServerEvent::PresenceChanged { .. } | ServerEvent::RoomChanged { .. }),
+                _,
+            ) => {
+                self.dispatch_change(change);
+            }
             (other, _) => tracing::debug!(?other, "not a backend's event"),
         }
         false
@@ -299,6 +367,60 @@ impl LogSink {
                 d.with_server(now, |s| s.handle_accepted(now, changes, pushed_by));
             });
         })
+    }
+
+    /// A session of another server joined, updated (`data: Some`) or left a presence topic
+    /// ([`Server::handle_remote_presence`](crate::Server::handle_remote_presence)).
+    pub fn remote_presence(
+        &self,
+        from: RemoteSession,
+        node_id: &str,
+        topic: &str,
+        data: Option<RawJson>,
+        updated_at: u64,
+    ) -> bool {
+        self.with(|shared| {
+            shared.apply(|d: &mut Driver, now| {
+                d.with_server(now, |s| {
+                    s.handle_remote_presence(now, from, node_id, topic, data, updated_at);
+                });
+            });
+        })
+    }
+
+    /// A session of another server joined, left or broadcast to a room
+    /// ([`Server::handle_remote_room`](crate::Server::handle_remote_room)).
+    pub fn remote_room(
+        &self,
+        from: RemoteSession,
+        node_id: &str,
+        room: &str,
+        change: RoomChange,
+    ) -> bool {
+        self.with(|shared| {
+            shared.apply(|d: &mut Driver, now| {
+                d.with_server(now, |s| {
+                    s.handle_remote_room(now, from, node_id, room, change)
+                });
+            });
+        })
+    }
+
+    /// Another server is gone: its sessions leave everything
+    /// ([`Server::handle_remote_gone`](crate::Server::handle_remote_gone)).
+    pub fn remote_gone(&self, server: &str) -> bool {
+        self.with(|shared| {
+            shared.apply(|d: &mut Driver, now| {
+                d.with_server(now, |s| s.handle_remote_gone(now, server));
+            });
+        })
+    }
+
+    /// Publishes again everything this server's sessions are in
+    /// ([`Server::shared_state`](crate::Server::shared_state)), after the changes already
+    /// queued: for a backend that lost it, or that took this server for dead.
+    pub fn announce(&self) -> bool {
+        self.with(|shared| shared.announce())
     }
 
     /// Whether the server is gone (the follower should stop).

@@ -218,6 +218,15 @@ impl Shared {
         self.drain();
     }
 
+    /// Queues everything this server's sessions are in for the backend to publish again.
+    pub(crate) fn announce(&mut self) {
+        if let Some(link) = &self.backend {
+            for change in self.driver.server().shared_state() {
+                link.dispatch_change(change);
+            }
+        }
+    }
+
     /// Where the backend's follower stands in the shared log.
     pub(crate) fn followed(&mut self, position: Cursor) {
         if let Some(link) = &mut self.backend {
@@ -380,10 +389,16 @@ impl SyncServer {
     ) -> (SyncServer, TimerTask) {
         let driver = Driver::deferring(server);
         let (server, timer) = SyncServer::new(driver, options);
-        let (link, follow) = Link::new(backend, spawn, &server.shared);
-        server.lock().backend = Some(link);
-        if let Some(follow) = follow {
-            spawn(follow);
+        let (link, tasks) = Link::new(backend, spawn, &server.shared);
+        {
+            let mut shared = server.lock();
+            if link.shares_presence() {
+                shared.driver.server_mut().share_presence();
+            }
+            shared.backend = Some(link);
+        }
+        for task in tasks {
+            spawn(task);
         }
         (server, timer)
     }

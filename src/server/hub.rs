@@ -96,6 +96,18 @@ impl Hub {
         }
     }
 
+    /// Every topic and its members, in no particular order.
+    pub(crate) fn topics(
+        &self,
+    ) -> impl Iterator<Item = (&Arc<str>, &BTreeMap<MemberKey, Presence>)> {
+        self.topics.iter()
+    }
+
+    /// Every room and its members, in no particular order.
+    pub(crate) fn rooms(&self) -> impl Iterator<Item = (&Arc<str>, &BTreeMap<MemberKey, Member>)> {
+        self.rooms.iter()
+    }
+
     pub(crate) fn topic(&self, topic: &str) -> Option<&BTreeMap<MemberKey, Presence>> {
         self.topics.get(topic)
     }

@@ -556,6 +556,13 @@ impl Server {
         }
     }
 
+    /// Reports this server's presence and room changes from now on (an adapter whose backend
+    /// shares them turns [`ServerConfig::shared_presence`] on itself).
+    #[cfg(feature = "adapters")]
+    pub(crate) fn share_presence(&mut self) {
+        self.config.shared_presence = true;
+    }
+
     /// Counts frames until reported written from now on (an adapter that calls
     /// `handle_sent` for every write turns [`ServerConfig::reports_writes`] on itself).
     #[cfg(feature = "adapters")]

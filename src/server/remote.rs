@@ -148,4 +148,52 @@ impl Server {
         };
         node.map(|n| n.to_string()).unwrap_or_default()
     }
+
+    /// Everything this server's sessions are in, as the events that report it: a
+    /// [`PresenceChanged`](super::ServerEvent::PresenceChanged) per presence and a
+    /// [`RoomChanged`](super::ServerEvent::RoomChanged) join per room membership, by topic
+    /// or room name, then session. For announcing again what the other servers lost (a
+    /// shared store that lost its data, or that took this server for dead).
+    pub fn shared_state(&self) -> Vec<super::ServerEvent> {
+        let mut out = Vec::new();
+        for (topic, members) in self.hub.topics() {
+            for (key, p) in members {
+                if let Some(session) = key.local() {
+                    out.push((
+                        topic.to_string(),
+                        session,
+                        super::ServerEvent::PresenceChanged {
+                            session,
+                            node_id: p.node_id.to_string(),
+                            topic: topic.to_string(),
+                            data: Some(p.data.clone()),
+                            updated_at: p.updated_at,
+                        },
+                    ));
+                }
+            }
+        }
+        let presence = out.len();
+        for (room, members) in self.hub.rooms() {
+            for (key, m) in members {
+                if let Some(session) = key.local() {
+                    out.push((
+                        room.to_string(),
+                        session,
+                        super::ServerEvent::RoomChanged {
+                            session,
+                            node_id: m.node_id.to_string(),
+                            room: room.to_string(),
+                            change: RoomChange::Joined {
+                                data: m.data.clone(),
+                            },
+                        },
+                    ));
+                }
+            }
+        }
+        out[..presence].sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out[presence..].sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out.into_iter().map(|(_, _, e)| e).collect()
+    }
 }

@@ -38,6 +38,15 @@
 //! oldest go first) and every index forgets them, as `MemoryStore` does: a cursor before the
 //! oldest retained entry is answered `recovered: false`.
 //!
+//! # Presence and rooms
+//!
+//! With [`RedisConfig::share_presence`] (the default), presence topics and rooms are shared
+//! too: each server publishes its sessions' changes on Pub/Sub, tagged with its name, and
+//! keeps them in a hash for servers that start later; a heartbeat per server lets the others
+//! clean up after one that died. Snapshots, member lists and `ROOM_FULL` then count every
+//! server's sessions (a room's size is checked by the server a session joins: two joins at
+//! the same moment on two servers may both pass).
+//!
 //! # Faults
 //!
 //! [`RedisBackend::connect`] fails when Redis cannot be reached (the example server then
@@ -58,9 +67,10 @@ use redis::{AsyncConnectionConfig, RedisError, Script, Value};
 use super::backend::{Backend, BackendFuture, LogSink, Push, Read};
 use super::clock::Clock;
 use crate::payload::{ChangeRecord, Cursor, Hlc};
-use crate::server::{AppError, PullAnswer, PushAnswer, SessionId};
+use crate::server::{AppError, PullAnswer, PushAnswer, ServerEvent, SessionId};
 
 mod keys;
+mod presence;
 
 use keys::{hlc_key, merge_key};
 
@@ -87,6 +97,15 @@ pub struct RedisConfig {
     pub block: Duration,
     /// The most entries the follower reads at once. Default 512.
     pub batch: usize,
+    /// Whether presence and rooms are shared with the other servers on this Redis (see
+    /// [the module docs](crate::adapters::redis#presence-and-rooms)): snapshots, member lists and room sizes then
+    /// count every server's sessions. Default `true`.
+    pub share_presence: bool,
+    /// How often this server tells Redis it is alive. Default 2 s.
+    pub heartbeat: Duration,
+    /// A server silent this long is taken for gone: its sessions leave their topics and
+    /// rooms on every other server. Default 10 s.
+    pub server_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -99,6 +118,9 @@ impl RedisConfig {
             request_timeout: Duration::from_secs(5),
             block: Duration::from_secs(1),
             batch: 512,
+            share_presence: true,
+            heartbeat: RedisConfig::HEARTBEAT,
+            server_ttl: RedisConfig::SERVER_TTL,
         }
     }
 }
@@ -170,6 +192,8 @@ struct Inner {
     push: Script,
     read: Script,
     head: Script,
+    share: Script,
+    beat: Script,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -219,6 +243,8 @@ impl RedisBackend {
                 push: script(include_str!("push.lua")),
                 read: script(include_str!("read.lua")),
                 head: script(include_str!("head.lua")),
+                share: Script::new(include_str!("share.lua")),
+                beat: Script::new(include_str!("beat.lua")),
                 config,
             }),
         };
@@ -278,7 +304,23 @@ impl Backend for RedisBackend {
 
     fn follow(&self, log: LogSink) -> Option<BackendFuture<()>> {
         let inner = self.inner.clone();
-        Some(Box::pin(async move { inner.follow(log).await }))
+        Some(Box::pin(async move {
+            if inner.config.share_presence {
+                let presence = inner.follow_presence(log.clone());
+                futures_util::future::join(inner.follow(log), presence).await;
+            } else {
+                inner.follow(log).await;
+            }
+        }))
+    }
+
+    fn shares_presence(&self) -> bool {
+        self.inner.config.share_presence
+    }
+
+    fn publish(&self, change: ServerEvent) -> BackendFuture<()> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.publish(change).await })
     }
 }
 
