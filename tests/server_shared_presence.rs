@@ -234,3 +234,33 @@ fn remote_input_never_panics_on_odd_values() {
     h.server.handle_remote_gone(now, "");
     h.drain();
 }
+
+#[test]
+fn shared_state_lists_this_servers_members_only_in_name_order() {
+    let (mut a, mut b) = (Harness::new(shared()), Harness::new(shared()));
+    let alice = a.open("alice");
+    let zed = a.open("zed");
+    let bob = b.open("bob");
+    a.send(zed, &presence("t2", "1"));
+    a.send(alice, &presence("t2", "2"));
+    a.send(alice, &presence("t1", "3"));
+    a.send(zed, &room("join", "lobby"));
+    b.send(bob, &presence("t1", "4"));
+    relay(&mut b, "B", &mut a);
+    let _ = a.take_events();
+    let listed: Vec<String> = a
+        .server
+        .shared_state()
+        .into_iter()
+        .map(|e| match e {
+            ServerEvent::PresenceChanged { node_id, topic, .. } => format!("p {topic} {node_id}"),
+            ServerEvent::RoomChanged { node_id, room, .. } => format!("r {room} {node_id}"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // By topic, then session (alice opened first).
+    assert_eq!(
+        listed,
+        ["p t1 alice", "p t2 alice", "p t2 zed", "r lobby zed"]
+    );
+}
