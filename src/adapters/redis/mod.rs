@@ -14,7 +14,7 @@
 //!
 //! Every server **follows** the log on a connection of its own (`XREAD BLOCK` from the last
 //! entry it read) and routes each entry, its own included, in log order
-//! ([`LogSink`](super::LogSink)); its pushes are answered without routing. Pub/Sub alone
+//! ([`LogSink`]); its pushes are answered without routing. Pub/Sub alone
 //! would lose what is published while a subscription is down; the stream does not.
 //!
 //! # Epochs
