@@ -171,7 +171,7 @@ mod tests {
         for code in ErrorCode::KNOWN {
             assert_eq!(&ErrorCode::from_wire(code.as_str()), code);
         }
-        assert_eq!(ErrorCode::KNOWN.len(), 17);
+        assert_eq!(ErrorCode::KNOWN.len(), 18);
         let other = ErrorCode::from_wire("QUOTA_EXCEEDED");
         assert_eq!(other, ErrorCode::Other("QUOTA_EXCEEDED".into()));
         assert_eq!(other.as_str(), "QUOTA_EXCEEDED");
