@@ -21,7 +21,7 @@
 //! Serves `ws://ADDR/sync/ws` (`wss://` with a certificate) and prints
 //! `listening on URL` once ready (with the real port when given port 0); with `--metrics`,
 //! then `metrics on http://ADDR/metrics`; then `ot on ws://ADDR/ot`: the OT profile
-//! (DESIGN.md section 7, `syncmux::ot`) for the npm `@open-ot/transport-websocket` client, on
+//! (`syncmux::ot`) for the npm `@open-ot/transport-websocket` client, on
 //! `/ot` and every path under it, with the same `--token` (`?token=`), `--rate-limit` (N
 //! messages per SECS window, answered `Rate limit exceeded`), `--ping-interval`,
 //! `--max-frame`, `--max-outbound`, `--max-connections` (counted apart from the sync

@@ -1,5 +1,5 @@
 //! Several servers on one Redis (see `redis_util`), with real WebSocket clients: to their
-//! clients they are one server (DESIGN.md section 6).
+//! clients they are one server (README, "Scaling out over Redis").
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
 

@@ -1,5 +1,5 @@
-//! Servers that share one change log (DESIGN.md section 6, scale-out): pushes answered with
-//! `answer_push_unrouted`, every server fed the log in order with `handle_accepted`. Each
+//! Servers that share one change log (scale-out; README, "Scaling out over Redis"): pushes answered
+//! with `answer_push_unrouted`, every server fed the log in order with `handle_accepted`. Each
 //! subscriber on each server gets every change exactly once, in log order, with its cursor;
 //! the pusher never gets its own change back. Sans-IO: the "log" is a `MemoryStore` the test
 //! writes and reads by hand, as a Redis backend would.

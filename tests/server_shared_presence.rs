@@ -1,5 +1,5 @@
-//! Presence and rooms shared by servers (DESIGN.md section 6), sans-IO: each server reports
-//! its sessions' changes as events, the test relays them to the other server
+//! Presence and rooms shared by servers (README, "Scaling out over Redis"), sans-IO: each server
+//! reports its sessions' changes as events, the test relays them to the other server
 //! (`handle_remote_*`), and snapshots, member lists and room sizes become the union.
 #![allow(clippy::unwrap_used)]
 

@@ -1,5 +1,5 @@
-//! The async backend seam (DESIGN.md section 6): a store the native server adapters drive
-//! without blocking, answered later and in any order.
+//! The async backend seam (README, "Scaling out over Redis"): a store the native server adapters
+//! drive without blocking, answered later and in any order.
 //!
 //! An embedded store ([`MemoryStore`](crate::MemoryStore)) answers inside the input that
 //! asked, through the [`Driver`](crate::Driver), and keeps doing so: no task, no channel, no
@@ -76,8 +76,8 @@ pub struct Push {
     pub changes: Vec<ChangeRecord>,
 }
 
-/// A store that answers later (DESIGN.md section 6): the seam the native server adapters
-/// drive (`adapters::tokio::start_with_backend`).
+/// A store that answers later (README, "Scaling out over Redis"): the seam the native server
+/// adapters drive (`adapters::tokio::start_with_backend`).
 ///
 /// Each method returns at once with a future the adapter spawns; futures run concurrently
 /// and may finish in any order. An error answers the request with an `error` frame

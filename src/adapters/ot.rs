@@ -1,4 +1,4 @@
-//! The OT endpoint served over WebSockets (DESIGN.md section 7), shared by both runtimes:
+//! The OT endpoint served over WebSockets (README, "The OT profile"), shared by both runtimes:
 //! the [`OtServer`] behind a lock, one task per connection, one timer task. Start it with
 //! `adapters::tokio::start_ot` (or `adapters::smol::start_ot`) and accept connections with
 //! `serve_ot` or `accept_ot` of the same module.

@@ -73,8 +73,9 @@ pub struct ServerConfig {
     pub authorize: Option<Arc<AuthorizeFn>>,
     /// Whether presence is served; when off, presence messages get `PRESENCE_DISABLED`.
     pub presence: bool,
-    /// Whether this server shares its presence topics and rooms with other servers (DESIGN.md
-    /// section 6): it then reports every change of its sessions' presence and rooms as
+    /// Whether this server shares its presence topics and rooms with other servers (README,
+    /// "Scaling out over Redis"): it then reports every change of its sessions' presence and rooms
+    /// as
     /// [`ServerEvent::PresenceChanged`](super::ServerEvent::PresenceChanged) and
     /// [`ServerEvent::RoomChanged`](super::ServerEvent::RoomChanged), for the application to
     /// pass on. What other servers report comes in through `Server::handle_remote_*` either

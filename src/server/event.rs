@@ -25,8 +25,8 @@ impl SessionId {
 }
 
 /// A session of another server that shares its presence topics and rooms with this one
-/// (DESIGN.md section 6): the name the application gives that server, and the session's
-/// number there ([`SessionId::as_u64`]).
+/// (README, "Scaling out over Redis"): the name the application gives that server, and the
+/// session's number there ([`SessionId::as_u64`]).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct RemoteSession {
     /// The server, as the application names it (unique among the servers sharing).

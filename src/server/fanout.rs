@@ -84,8 +84,8 @@ impl Server {
     /// Answers a [`ServerEvent::Push`](super::ServerEvent::Push) whose accepted changes
     /// reach the subscribers another way: from a log shared by several servers, which each
     /// server follows and feeds to [`handle_accepted`](Server::handle_accepted), its own
-    /// pushes included (DESIGN.md section 6). Only the pusher's `push_response` goes out
-    /// here; routing the answer as well would deliver its changes twice.
+    /// pushes included (README, "Scaling out over Redis"). Only the pusher's `push_response` goes
+    /// out here; routing the answer as well would deliver its changes twice.
     ///
     /// Use it for every push of a server that follows a log; [`answer_push`] for a store
     /// that only this server writes.

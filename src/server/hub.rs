@@ -23,7 +23,7 @@ pub(crate) struct Member {
 }
 
 /// Who a member of a topic or room is: a session of this server, or one of another server
-/// that shares its presence and rooms (DESIGN.md section 6). Local members sort first.
+/// that shares its presence and rooms (README, "Scaling out over Redis"). Local members sort first.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum MemberKey {
     Local(SessionId),

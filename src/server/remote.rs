@@ -1,5 +1,5 @@
-//! Presence and rooms shared by several servers (DESIGN.md section 6): what the other servers
-//! report of their sessions. A server keeps their members beside its own, so a snapshot, a
+//! Presence and rooms shared by several servers (README, "Scaling out over Redis"): what the other
+//! servers report of their sessions. A server keeps their members beside its own, so a snapshot, a
 //! room's member list and its size (`ROOM_FULL`) are the union over servers, and it tells its
 //! own members what the others' did, as if they were local.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Interop of the OT profile (DESIGN.md section 7) with the real npm client transport,
+// Interop of the OT profile (README, "The OT profile") with the real npm client transport,
 // `@open-ot/transport-websocket` 0.3.0: ack, broadcast, a stale op transformed, error frames,
 // `?token=` auth, the rate limit, and concurrent clients converging.
 //

@@ -1,5 +1,5 @@
-//! The Redis backend (feature `redis`, DESIGN.md section 6): many servers share one Redis
-//! and behave, to their clients, as one server.
+//! The Redis backend (feature `redis`; README, "Scaling out over Redis"): many servers share one
+//! Redis and behave, to their clients, as one server.
 //!
 //! # The log
 //!

@@ -1,4 +1,5 @@
-//! Presence and rooms shared over Redis (DESIGN.md section 6, [`RedisConfig::share_presence`]).
+//! Presence and rooms shared over Redis (README, "Scaling out over Redis",
+//! [`RedisConfig::share_presence`]).
 //!
 //! Each server publishes its sessions' changes on the channel `{PREFIX}:events`, tagged with
 //! its name, and keeps them in the hash `{PREFIX}:presence` (one field per member of a topic
