@@ -31,7 +31,7 @@ fn record(i: usize) -> ChangeRecord {
         RawJson::from_serialize(&format!("value number {i}, with \"quotes\" and ünïcödé"))
             .expect("a string serialises"),
     );
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         record.extra.push((
             "x-trace".into(),
             RawJson::from_string(format!(r#"{{"span":{i},"tags":["a","b"]}}"#))

@@ -153,7 +153,7 @@ impl Run {
                     r#"{{"type":"presence_snapshot","id":"{id}","payload":{{"topic":"a","states":[]}}}}"#
                 ),
                 "ping" => format!(r#"{{"type":"pong","id":"{id}"}}"#),
-                _ if how % 2 == 0 => format!(r#"{{"type":"ack","id":"{id}"}}"#),
+                _ if how.is_multiple_of(2) => format!(r#"{{"type":"ack","id":"{id}"}}"#),
                 _ => format!(
                     r#"{{"type":"ack","id":"{id}","payload":{{"recovered":false,"cursor":"2.{how}"}}}}"#
                 ),
@@ -282,7 +282,7 @@ impl Run {
             Op::Drain => {}
         }
         self.check_bounds();
-        if matches!(op, Op::Drain) || self.log.len() % 3 == 0 {
+        if matches!(op, Op::Drain) || self.log.len().is_multiple_of(3) {
             self.drain();
         }
     }

@@ -53,7 +53,7 @@ impl Rng {
 /// The `n`-th character any client inserts: unique, half of them outside the BMP (so
 /// surrogate pairs are everywhere).
 fn unique_char(n: u32) -> char {
-    let code = if n % 2 == 0 {
+    let code = if n.is_multiple_of(2) {
         0x4E00 + n / 2
     } else {
         0x2_0000 + n / 2
@@ -150,7 +150,7 @@ impl World {
             config.max_outbound_bytes = 1500;
         }
         let server = OtServer::new(config).unwrap();
-        let insert_only = seed % 4 == 0;
+        let insert_only = seed.is_multiple_of(4);
         let n = rng.range(2, 5) as usize;
         let peers = (0..n)
             .map(|i| {
