@@ -8,7 +8,7 @@
 //! futures) and reads its events from a `ClientEvents` stream.
 //!
 //! The OT profile's endpoint ([`crate::ot`]) is served the same way: `tokio::start_ot` (or
-//! `smol::start_ot`) runs an [`OtServer`](crate::ot::OtServer) behind an [`OtServerHandle`],
+//! `smol::start_ot`) runs an [`OtServer`](crate::ot::OtServer) behind an `OtServerHandle`,
 //! and `serve_ot` or `accept_ot` take its connections.
 //!
 //! Native clients dial `ws://` and `wss://`; TLS is rustls with the `ring` provider and the
