@@ -302,3 +302,91 @@ mod tests {
         assert_eq!(close_code(None).0, None);
     }
 }
+
+/// A server the runtime modules' accept loops serve: the sync server ([`SyncServer`]) or the
+/// OT endpoint ([`OtServerHandle`](super::OtServerHandle)). Both take a handshake slot,
+/// upgrade within the handshake deadline, and then run the session they accepted, so the
+/// loops are written once per runtime.
+pub(crate) trait Endpoint: Clone + Send + Sync + 'static {
+    /// What an accepted handshake gives: the session to run once the socket is open.
+    type Session: Send + 'static;
+
+    /// How long the whole handshake may take (zero: no limit).
+    fn handshake_timeout(&self) -> core::time::Duration;
+
+    /// The largest message the WebSocket layer reads (0: no limit).
+    fn max_message(&self) -> usize;
+
+    /// Waits for a handshake slot; hold it until the handshake is over.
+    fn slot(&self) -> impl core::future::Future<Output = super::server::HandshakeSlot> + Send;
+
+    /// Completes once the server shuts down.
+    fn shut_down(&self) -> impl core::future::Future<Output = ()> + Send;
+
+    /// The state machine's decision inside tungstenite's upgrade callback.
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
+    fn accept_upgrade(
+        &self,
+        request: &tungstenite::handshake::server::Request,
+        response: Response,
+        accepted: &mut Option<Self::Session>,
+    ) -> Result<Response, ErrorResponse>;
+}
+
+impl Endpoint for SyncServer {
+    type Session = AcceptedSession;
+
+    fn handshake_timeout(&self) -> core::time::Duration {
+        self.options().handshake_timeout
+    }
+
+    fn max_message(&self) -> usize {
+        self.ws_frame_limit()
+    }
+
+    fn slot(&self) -> impl core::future::Future<Output = super::server::HandshakeSlot> + Send {
+        self.handshake_slot()
+    }
+
+    fn shut_down(&self) -> impl core::future::Future<Output = ()> + Send {
+        self.stopped()
+    }
+
+    fn accept_upgrade(
+        &self,
+        request: &tungstenite::handshake::server::Request,
+        response: Response,
+        accepted: &mut Option<AcceptedSession>,
+    ) -> Result<Response, ErrorResponse> {
+        decide(self, request, response, accepted)
+    }
+}
+
+impl Endpoint for super::OtServerHandle {
+    type Session = super::AcceptedOtSession;
+
+    fn handshake_timeout(&self) -> core::time::Duration {
+        self.options().handshake_timeout
+    }
+
+    fn max_message(&self) -> usize {
+        self.ws_frame_limit()
+    }
+
+    fn slot(&self) -> impl core::future::Future<Output = super::server::HandshakeSlot> + Send {
+        self.handshake_slot()
+    }
+
+    fn shut_down(&self) -> impl core::future::Future<Output = ()> + Send {
+        self.stopped()
+    }
+
+    fn accept_upgrade(
+        &self,
+        request: &tungstenite::handshake::server::Request,
+        response: Response,
+        accepted: &mut Option<super::AcceptedOtSession>,
+    ) -> Result<Response, ErrorResponse> {
+        self.decide(request, response, accepted)
+    }
+}

@@ -38,7 +38,7 @@ use tungstenite::Message;
 
 use super::clock::Clock;
 use super::common;
-use super::server::{HandshakeSlot, HandshakeSlots, Running, RunningGuard};
+use super::server::{HandshakeSlot, HandshakeSlots, Running, RunningGuard, Timed, TimerTask};
 use super::{Rejection, ServerOptions};
 use crate::ot::{OtHandshakeOutcome, OtServer, OtServerEvent, OtSessionId, OtTransmit};
 use crate::server::Handshake;
@@ -91,7 +91,7 @@ struct Outlet {
 }
 
 /// What every task of one server shares behind its lock.
-struct Shared {
+pub(crate) struct Shared {
     server: OtServer,
     clock: Clock,
     outlets: HashMap<OtSessionId, Outlet>,
@@ -508,52 +508,21 @@ impl Drop for AcceptedOtSession {
     }
 }
 
-/// The timer task: sleeps until the state machine's next deadline (re-armed when an input
-/// brings it forward), runs `handle_timeout`, and ends when the server is dropped.
-pub(crate) struct OtTimerTask {
-    shared: std::sync::Weak<Mutex<Shared>>,
-    wake: Pin<Box<async_channel::Receiver<()>>>,
-}
+impl Timed for Shared {
+    fn arm(&mut self) -> Option<std::time::Instant> {
+        self.armed = self.server.poll_timeout();
+        self.armed.map(|at| self.clock.to_std(at))
+    }
 
-impl OtTimerTask {
-    pub(crate) async fn run<F, S>(mut self, sleep_until: F)
-    where
-        F: Fn(std::time::Instant) -> S,
-        S: core::future::Future<Output = ()> + Unpin,
-    {
-        loop {
-            let deadline = {
-                let Some(shared) = self.shared.upgrade() else {
-                    return;
-                };
-                let mut hub = shared.lock().unwrap_or_else(|e| e.into_inner());
-                hub.armed = hub.server.poll_timeout();
-                hub.armed.map(|at| hub.clock.to_std(at))
-            };
-            let mut sleep = deadline.map(&sleep_until);
-            let woken = core::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = self.wake.poll_next_unpin(cx) {
-                    return Poll::Ready(r.is_some());
-                }
-                match sleep.as_mut() {
-                    Some(s) => Pin::new(s).poll(cx).map(|()| true),
-                    None => Poll::Pending,
-                }
-            })
-            .await;
-            if !woken {
-                return; // every sender is gone: the server was dropped
-            }
-            let Some(shared) = self.shared.upgrade() else {
-                return;
-            };
-            let mut hub = shared.lock().unwrap_or_else(|e| e.into_inner());
-            let now = hub.now();
-            hub.server.handle_timeout(now);
-            hub.drain();
-        }
+    fn fire(&mut self) {
+        let now = self.now();
+        self.server.handle_timeout(now);
+        self.drain();
     }
 }
+
+/// The OT endpoint's timer task.
+pub(crate) type OtTimerTask = TimerTask<Shared>;
 
 #[cfg(test)]
 mod tests {

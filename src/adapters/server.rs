@@ -345,10 +345,7 @@ impl SyncServer {
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let (stop_tx, stop_rx) = async_channel::bounded(1);
         let ws_frame_limit = common::ws_read_limit(driver.server().config().max_frame_len);
-        let handshakes = (options.max_handshakes > 0).then(|| {
-            let (take, give_back) = async_channel::bounded(options.max_handshakes);
-            HandshakeSlots { take, give_back }
-        });
+        let handshakes = HandshakeSlots::new(options.max_handshakes);
         let hub = Shared {
             driver,
             clock,
@@ -358,12 +355,7 @@ impl SyncServer {
             stop: Some(stop_tx),
             backend: None,
         };
-        let (idle_tx, idle_rx) = async_channel::bounded(1);
-        let running = Arc::new(Running {
-            count: AtomicUsize::new(0),
-            idle_tx,
-            idle_rx,
-        });
+        let running = Running::new();
         let server = SyncServer {
             shared: Arc::new(Mutex::new(hub)),
             stop: stop_rx,
@@ -421,14 +413,7 @@ impl SyncServer {
 
     /// Waits for one of the `max_handshakes` slots; hold it until the handshake is over.
     pub(crate) async fn handshake_slot(&self) -> HandshakeSlot {
-        match &self.handshakes {
-            None => HandshakeSlot(None),
-            Some(slots) => {
-                // Never closed: this server holds the other end.
-                let _ = slots.take.send(()).await;
-                HandshakeSlot(Some(slots.give_back.clone()))
-            }
-        }
+        HandshakeSlots::take(self.handshakes.as_ref()).await
     }
 
     /// Completes once [`SyncServer::shutdown`] was called (accept loops select on it).
@@ -503,15 +488,12 @@ impl SyncServer {
     /// once each close frame went out (or its socket could not take it) and every socket
     /// was dropped. Bound the wait with a timeout of the runtime's.
     pub async fn drained(&self) {
-        while self.running.count.load(Ordering::SeqCst) > 0 {
-            // Never closed: `self` holds the sender.
-            let _ = self.running.idle_rx.recv().await;
-        }
+        self.running.idle().await;
     }
 
     /// Sessions whose task is running (it may be sending its close frame).
     pub fn running_sessions(&self) -> usize {
-        self.running.count.load(Ordering::SeqCst)
+        self.running.count()
     }
 
     /// The state machine's counters (a copy): see [`ServerStats`].
@@ -713,14 +695,36 @@ impl Drop for AcceptedSession {
     }
 }
 
-/// The timer task: sleeps until the state machine's next deadline (re-armed when an input
-/// brings it forward), runs `handle_timeout`, and ends when the server is dropped.
-pub(crate) struct TimerTask {
-    shared: std::sync::Weak<Mutex<Shared>>,
-    wake: Pin<Box<async_channel::Receiver<()>>>,
+/// What a [`TimerTask`] drives: a state machine behind the adapter's lock, with its clock.
+pub(crate) trait Timed {
+    /// Arms the next deadline of the state machine and gives it on the runtime's clock.
+    fn arm(&mut self) -> Option<std::time::Instant>;
+    /// Runs the state machine's timers due now and sends what they produced.
+    fn fire(&mut self);
 }
 
-impl TimerTask {
+impl Timed for Shared {
+    fn arm(&mut self) -> Option<std::time::Instant> {
+        self.armed = self.driver.poll_timeout();
+        self.armed.map(|at| self.clock.to_std(at))
+    }
+
+    fn fire(&mut self) {
+        let now = self.now();
+        self.driver.handle_timeout(now);
+        self.drain();
+    }
+}
+
+/// The timer task: sleeps until the state machine's next deadline (re-armed when an input
+/// brings it forward), runs `handle_timeout`, and ends when the server is dropped. One for
+/// the sync server ([`Shared`]) and the OT endpoint's alike.
+pub(crate) struct TimerTask<T = Shared> {
+    pub(crate) shared: std::sync::Weak<Mutex<T>>,
+    pub(crate) wake: Pin<Box<async_channel::Receiver<()>>>,
+}
+
+impl<T: Timed> TimerTask<T> {
     pub(crate) async fn run<F, S>(mut self, sleep_until: F)
     where
         F: Fn(std::time::Instant) -> S,
@@ -731,9 +735,8 @@ impl TimerTask {
                 let Some(shared) = self.shared.upgrade() else {
                     return;
                 };
-                let mut hub = shared.lock().unwrap_or_else(|e| e.into_inner());
-                hub.armed = hub.driver.poll_timeout();
-                hub.armed.map(|at| hub.clock.to_std(at))
+                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+                shared.arm()
             };
             let mut sleep = deadline.map(&sleep_until);
             let woken = core::future::poll_fn(|cx| {
@@ -752,10 +755,7 @@ impl TimerTask {
             let Some(shared) = self.shared.upgrade() else {
                 return;
             };
-            let mut hub = shared.lock().unwrap_or_else(|e| e.into_inner());
-            let now = hub.now();
-            hub.driver.handle_timeout(now);
-            hub.drain();
+            shared.lock().unwrap_or_else(|e| e.into_inner()).fire();
         }
     }
 }

@@ -2,6 +2,7 @@
 //! for `wss://`. Tasks run on smol's global executor.
 
 use core::future::Future;
+use core::time::Duration;
 use std::sync::Arc;
 
 use async_tungstenite::WebSocketStream;
@@ -10,9 +11,9 @@ use futures_util::FutureExt;
 use smol::io::{AsyncRead, AsyncWrite};
 
 use super::client::{self, Dialer, Dialing, Runtime};
-use super::common;
-use super::{AcceptedOtSession, OtServerHandle};
-use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
+use super::common::{self, Endpoint};
+use super::OtServerHandle;
+use super::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, DialRequest};
 use crate::config::ConfigError;
 use crate::driver::Driver;
@@ -127,23 +128,87 @@ pub async fn serve(
     listener: smol::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    serve_endpoint(server, listener, tls, |session, ws| {
+        Box::pin(session.run(ws))
+    })
+    .await;
+}
+
+/// Runs the WebSocket handshake on `io` through the state machine, then the session. The
+/// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
+/// must end within [`ServerOptions::handshake_timeout`].
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
+    if let Some((session, ws)) = handshake(server, io).await {
+        session.run(ws).await;
+    }
+}
+
+// ---- the OT endpoint (`adapters::ot`) -------------------------------------------------------
+
+/// Starts the OT endpoint's server on smol's global executor (its timer task); accept
+/// connections with [`serve_ot`] or [`accept_ot`].
+pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
+    let (server, timer) = OtServerHandle::new(server, options);
+    let sleep = |at: std::time::Instant| {
+        Box::pin(async move {
+            smol::Timer::at(at).await;
+        })
+    };
+    smol::spawn(timer.run(sleep)).detach();
+    server
+}
+
+/// [`serve`] for the OT endpoint: accepts connections until [`OtServerHandle::shutdown`],
+/// each in its own task, with the same handshake deadline and bound
+/// ([`ServerOptions`]); with `tls`, serves `wss://`. Every path is accepted.
+pub async fn serve_ot(
+    server: OtServerHandle,
+    listener: smol::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    serve_endpoint(server, listener, tls, |session, ws| {
+        Box::pin(session.run(ws))
+    })
+    .await;
+}
+
+/// [`accept`] for the OT endpoint: the WebSocket handshake on `io` (decided by the state
+/// machine, within the handshake deadline, holding a handshake slot), then the session.
+pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandle, io: S) {
+    if let Some((session, ws)) = handshake(server, io).await {
+        session.run(ws).await;
+    }
+}
+
+// ---- accepting connections, for either endpoint ----------------------------------------------
+
+/// `future`, or `None` once the server shuts down.
+async fn unless_shut_down<E: Endpoint, T>(
+    server: &E,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    let stopped = async {
+        server.shut_down().await;
+        None
+    };
+    smol::future::or(async { Some(future.await) }, stopped).await
+}
+
+/// The accept loop of [`serve`] and [`serve_ot`]: one task per connection, which takes a
+/// handshake slot, runs TLS and the upgrade within the deadline, gives the slot back, and
+/// then runs the session with `run`.
+async fn serve_endpoint<E: Endpoint>(
+    server: E,
+    listener: smol::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    run: fn(E::Session, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>,
+) {
     let tls = tls.map(futures_rustls::TlsAcceptor::from);
     loop {
-        let stopped = async {
-            server.stopped().await;
-            None
-        };
-        let Some(slot) =
-            smol::future::or(async { Some(server.handshake_slot().await) }, stopped).await
-        else {
+        let Some(slot) = unless_shut_down(&server, server.slot()).await else {
             return;
         };
-        let stopped = async {
-            server.stopped().await;
-            None
-        };
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, stopped).await;
-        let (tcp, peer) = match accepted {
+        let (tcp, peer) = match unless_shut_down(&server, listener.accept()).await {
             None => return,
             Some(Ok(pair)) => pair,
             Some(Err(e)) => {
@@ -171,31 +236,32 @@ pub async fn serve(
                 };
                 upgrade(&server, io).await
             };
-            let upgraded = within_deadline(&server, handshake).await.flatten();
+            let upgraded = within_deadline(server.handshake_timeout(), handshake)
+                .await
+                .flatten();
             drop(slot);
             if let Some((session, ws)) = upgraded {
-                session.run(ws).await;
+                run(session, ws).await;
             }
         })
         .detach();
     }
 }
 
-/// Runs the WebSocket handshake on `io` through the state machine, then the session. The
-/// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
-/// must end within [`ServerOptions::handshake_timeout`].
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
-    let slot = server.handshake_slot().await;
-    let upgraded = within_deadline(server, upgrade(server, io)).await.flatten();
+/// The handshake of [`accept`] and [`accept_ot`]: a slot, then the upgrade within the
+/// deadline.
+async fn handshake<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
+    server: &E,
+    io: S,
+) -> Option<(E::Session, WebSocketStream<S>)> {
+    let slot = server.slot().await;
+    let upgraded = within_deadline(server.handshake_timeout(), upgrade(server, io)).await;
     drop(slot);
-    if let Some((session, ws)) = upgraded {
-        session.run(ws).await;
-    }
+    upgraded.flatten()
 }
 
-/// `handshake`, given up (`None`) once the server's handshake deadline passes.
-async fn within_deadline<F: Future>(server: &SyncServer, handshake: F) -> Option<F::Output> {
-    let deadline = server.options().handshake_timeout;
+/// `handshake`, given up (`None`) once `deadline` passes (zero: never).
+async fn within_deadline<F: Future>(deadline: Duration, handshake: F) -> Option<F::Output> {
     if deadline.is_zero() {
         return Some(handshake.await);
     }
@@ -210,137 +276,18 @@ async fn within_deadline<F: Future>(server: &SyncServer, handshake: F) -> Option
 /// The WebSocket upgrade, decided by the state machine: the accepted session and its socket,
 /// or `None` (refused, or the peer went away; a session accepted by then is released).
 #[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
-async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &SyncServer,
+async fn upgrade<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
+    server: &E,
     io: S,
-) -> Option<(AcceptedSession, WebSocketStream<S>)> {
+) -> Option<(E::Session, WebSocketStream<S>)> {
     let mut accepted = None;
-    let callback = |req: &Request, resp: Response| common::decide(server, req, resp, &mut accepted);
-    let config = Some(common::ws_config(server.ws_frame_limit()));
+    let callback = |req: &Request, resp: Response| server.accept_upgrade(req, resp, &mut accepted);
+    let config = Some(common::ws_config(server.max_message()));
     match async_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
         Ok(ws) => accepted.map(|session| (session, ws)),
         // A refused handshake lands here too, after its HTTP answer went out.
         Err(e) => {
             tracing::debug!(error = %e, "handshake ended");
-            None
-        }
-    }
-}
-
-// ---- the OT endpoint (`adapters::ot`) -------------------------------------------------------
-
-/// Starts the OT endpoint's server on smol's global executor (its timer task); accept
-/// connections with [`serve_ot`] or [`accept_ot`].
-pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
-    let (server, timer) = OtServerHandle::new(server, options);
-    let sleep = |at: std::time::Instant| {
-        Box::pin(async move {
-            smol::Timer::at(at).await;
-        })
-    };
-    smol::spawn(timer.run(sleep)).detach();
-    server
-}
-
-/// [`serve`] for the OT endpoint: accepts connections until [`OtServerHandle::shutdown`],
-/// each in its own task, with the same handshake deadline and bound
-/// ([`ServerOptions`]); with `tls`, serves `wss://`. Every path is accepted.
-pub async fn serve_ot(
-    server: OtServerHandle,
-    listener: smol::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    let tls = tls.map(futures_rustls::TlsAcceptor::from);
-    loop {
-        let stopped = async {
-            server.stopped().await;
-            None
-        };
-        let Some(slot) =
-            smol::future::or(async { Some(server.handshake_slot().await) }, stopped).await
-        else {
-            return;
-        };
-        let stopped = async {
-            server.stopped().await;
-            None
-        };
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, stopped).await;
-        let (tcp, peer) = match accepted {
-            None => return,
-            Some(Ok(pair)) => pair,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "accept failed");
-                smol::future::yield_now().await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let server = server.clone();
-        let tls = tls.clone();
-        smol::spawn(async move {
-            tracing::debug!(%peer, "OT connection");
-            let handshake = async {
-                let io: Box<dyn Io> = match tls {
-                    Some(tls) => match tls.accept(tcp).await {
-                        Ok(stream) => Box::new(stream),
-                        Err(e) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake failed");
-                            return None;
-                        }
-                    },
-                    None => Box::new(tcp),
-                };
-                upgrade_ot(&server, io).await
-            };
-            let upgraded = ot_within_deadline(&server, handshake).await.flatten();
-            drop(slot);
-            if let Some((session, ws)) = upgraded {
-                session.run(ws).await;
-            }
-        })
-        .detach();
-    }
-}
-
-/// [`accept`] for the OT endpoint: the WebSocket handshake on `io` (decided by the state
-/// machine, within the handshake deadline, holding a handshake slot), then the session.
-pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandle, io: S) {
-    let slot = server.handshake_slot().await;
-    let upgraded = ot_within_deadline(server, upgrade_ot(server, io))
-        .await
-        .flatten();
-    drop(slot);
-    if let Some((session, ws)) = upgraded {
-        session.run(ws).await;
-    }
-}
-
-async fn ot_within_deadline<F: Future>(server: &OtServerHandle, handshake: F) -> Option<F::Output> {
-    let deadline = server.options().handshake_timeout;
-    if deadline.is_zero() {
-        return Some(handshake.await);
-    }
-    let expired = async {
-        smol::Timer::after(deadline).await;
-        tracing::debug!(?deadline, "OT handshake timed out");
-        None
-    };
-    smol::future::or(async { Some(handshake.await) }, expired).await
-}
-
-#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
-async fn upgrade_ot<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &OtServerHandle,
-    io: S,
-) -> Option<(AcceptedOtSession, WebSocketStream<S>)> {
-    let mut accepted = None;
-    let callback = |req: &Request, resp: Response| server.decide(req, resp, &mut accepted);
-    let config = Some(common::ws_config(server.ws_frame_limit()));
-    match async_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
-        Ok(ws) => accepted.map(|session| (session, ws)),
-        Err(e) => {
-            tracing::debug!(error = %e, "OT handshake ended");
             None
         }
     }

@@ -2,6 +2,7 @@
 //! for `wss://`.
 
 use core::future::Future;
+use core::time::Duration;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -10,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 
 use super::client::{self, Dialer, Dialing, Runtime};
-use super::common;
-use super::{AcceptedOtSession, OtServerHandle};
-use super::{AcceptedSession, ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
+use super::common::{self, Endpoint};
+use super::OtServerHandle;
+use super::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, DialRequest};
 use crate::config::ConfigError;
 use crate::driver::Driver;
@@ -116,15 +117,73 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    serve_endpoint(server, listener, tls, |session, ws| {
+        Box::pin(session.run(ws))
+    })
+    .await;
+}
+
+/// Runs the WebSocket handshake on `io` through the state machine, then the session. The
+/// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
+/// must end within [`ServerOptions::handshake_timeout`].
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
+    if let Some((session, ws)) = handshake(server, io).await {
+        session.run(ws).await;
+    }
+}
+
+// ---- the OT endpoint (`adapters::ot`) -------------------------------------------------------
+
+/// Starts the OT endpoint's server on the current tokio runtime (its timer task); accept
+/// connections with [`serve_ot`] or [`accept_ot`].
+pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
+    let (server, timer) = OtServerHandle::new(server, options);
+    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
+    server
+}
+
+/// [`serve`] for the OT endpoint: accepts connections until [`OtServerHandle::shutdown`],
+/// each in its own task, with the same handshake deadline and bound
+/// ([`ServerOptions`]); with `tls`, serves `wss://`. Every path is accepted.
+pub async fn serve_ot(
+    server: OtServerHandle,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    serve_endpoint(server, listener, tls, |session, ws| {
+        Box::pin(session.run(ws))
+    })
+    .await;
+}
+
+/// [`accept`] for the OT endpoint: the WebSocket handshake on `io` (decided by the state
+/// machine, within the handshake deadline, holding a handshake slot), then the session.
+pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandle, io: S) {
+    if let Some((session, ws)) = handshake(server, io).await {
+        session.run(ws).await;
+    }
+}
+
+// ---- accepting connections, for either endpoint ----------------------------------------------
+
+/// The accept loop of [`serve`] and [`serve_ot`]: one task per connection, which takes a
+/// handshake slot, runs TLS and the upgrade within the deadline, gives the slot back, and
+/// then runs the session with `run`.
+async fn serve_endpoint<E: Endpoint>(
+    server: E,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    run: fn(E::Session, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>,
+) {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let slot = tokio::select! {
-            slot = server.handshake_slot() => slot,
-            () = server.stopped() => return,
+            slot = server.slot() => slot,
+            () = server.shut_down() => return,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = server.stopped() => return,
+            () = server.shut_down() => return,
         };
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
@@ -153,30 +212,31 @@ pub async fn serve(
                 };
                 upgrade(&server, io).await
             };
-            let upgraded = within_deadline(&server, handshake).await.flatten();
+            let upgraded = within_deadline(server.handshake_timeout(), handshake)
+                .await
+                .flatten();
             drop(slot);
             if let Some((session, ws)) = upgraded {
-                session.run(ws).await;
+                run(session, ws).await;
             }
         });
     }
 }
 
-/// Runs the WebSocket handshake on `io` through the state machine, then the session. The
-/// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
-/// must end within [`ServerOptions::handshake_timeout`].
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
-    let slot = server.handshake_slot().await;
-    let upgraded = within_deadline(server, upgrade(server, io)).await.flatten();
+/// The handshake of [`accept`] and [`accept_ot`]: a slot, then the upgrade within the
+/// deadline.
+async fn handshake<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
+    server: &E,
+    io: S,
+) -> Option<(E::Session, WebSocketStream<S>)> {
+    let slot = server.slot().await;
+    let upgraded = within_deadline(server.handshake_timeout(), upgrade(server, io)).await;
     drop(slot);
-    if let Some((session, ws)) = upgraded {
-        session.run(ws).await;
-    }
+    upgraded.flatten()
 }
 
-/// `handshake`, given up (`None`) once the server's handshake deadline passes.
-async fn within_deadline<F: Future>(server: &SyncServer, handshake: F) -> Option<F::Output> {
-    let deadline = server.options().handshake_timeout;
+/// `handshake`, given up (`None`) once `deadline` passes (zero: never).
+async fn within_deadline<F: Future>(deadline: Duration, handshake: F) -> Option<F::Output> {
     if deadline.is_zero() {
         return Some(handshake.await);
     }
@@ -190,123 +250,18 @@ async fn within_deadline<F: Future>(server: &SyncServer, handshake: F) -> Option
 /// The WebSocket upgrade, decided by the state machine: the accepted session and its socket,
 /// or `None` (refused, or the peer went away; a session accepted by then is released).
 #[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
-async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &SyncServer,
+async fn upgrade<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
+    server: &E,
     io: S,
-) -> Option<(AcceptedSession, WebSocketStream<S>)> {
+) -> Option<(E::Session, WebSocketStream<S>)> {
     let mut accepted = None;
-    let callback = |req: &Request, resp: Response| common::decide(server, req, resp, &mut accepted);
-    let config = Some(common::ws_config(server.ws_frame_limit()));
+    let callback = |req: &Request, resp: Response| server.accept_upgrade(req, resp, &mut accepted);
+    let config = Some(common::ws_config(server.max_message()));
     match tokio_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
         Ok(ws) => accepted.map(|session| (session, ws)),
         // A refused handshake lands here too, after its HTTP answer went out.
         Err(e) => {
             tracing::debug!(error = %e, "handshake ended");
-            None
-        }
-    }
-}
-
-// ---- the OT endpoint (`adapters::ot`) -------------------------------------------------------
-
-/// Starts the OT endpoint's server on the current tokio runtime (its timer task); accept
-/// connections with [`serve_ot`] or [`accept_ot`].
-pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
-    let (server, timer) = OtServerHandle::new(server, options);
-    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
-    server
-}
-
-/// [`serve`] for the OT endpoint: accepts connections until [`OtServerHandle::shutdown`],
-/// each in its own task, with the same handshake deadline and bound
-/// ([`ServerOptions`]); with `tls`, serves `wss://`. Every path is accepted.
-pub async fn serve_ot(
-    server: OtServerHandle,
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let slot = tokio::select! {
-            slot = server.handshake_slot() => slot,
-            () = server.stopped() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = server.stopped() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::task::yield_now().await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let server = server.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            tracing::debug!(%peer, "OT connection");
-            let handshake = async {
-                let io: Box<dyn Io> = match tls {
-                    Some(tls) => match tls.accept(tcp).await {
-                        Ok(stream) => Box::new(stream),
-                        Err(e) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake failed");
-                            return None;
-                        }
-                    },
-                    None => Box::new(tcp),
-                };
-                upgrade_ot(&server, io).await
-            };
-            let upgraded = ot_within_deadline(&server, handshake).await.flatten();
-            drop(slot);
-            if let Some((session, ws)) = upgraded {
-                session.run(ws).await;
-            }
-        });
-    }
-}
-
-/// [`accept`] for the OT endpoint: the WebSocket handshake on `io` (decided by the state
-/// machine, within the handshake deadline, holding a handshake slot), then the session.
-pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandle, io: S) {
-    let slot = server.handshake_slot().await;
-    let upgraded = ot_within_deadline(server, upgrade_ot(server, io))
-        .await
-        .flatten();
-    drop(slot);
-    if let Some((session, ws)) = upgraded {
-        session.run(ws).await;
-    }
-}
-
-async fn ot_within_deadline<F: Future>(server: &OtServerHandle, handshake: F) -> Option<F::Output> {
-    let deadline = server.options().handshake_timeout;
-    if deadline.is_zero() {
-        return Some(handshake.await);
-    }
-    let outcome = tokio::time::timeout(deadline, handshake).await.ok();
-    if outcome.is_none() {
-        tracing::debug!(?deadline, "OT handshake timed out");
-    }
-    outcome
-}
-
-#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
-async fn upgrade_ot<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &OtServerHandle,
-    io: S,
-) -> Option<(AcceptedOtSession, WebSocketStream<S>)> {
-    let mut accepted = None;
-    let callback = |req: &Request, resp: Response| server.decide(req, resp, &mut accepted);
-    let config = Some(common::ws_config(server.ws_frame_limit()));
-    match tokio_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
-        Ok(ws) => accepted.map(|session| (session, ws)),
-        Err(e) => {
-            tracing::debug!(error = %e, "OT handshake ended");
             None
         }
     }
