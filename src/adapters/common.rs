@@ -256,53 +256,6 @@ pub(crate) fn server_name(host: &str) -> Result<rustls::pki_types::ServerName<'s
         .map_err(|e| format!("bad TLS server name {host}: {e}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_carries_protocols_and_headers() {
-        let dial = DialRequest::new("wss://[::1]:9/sync/ws", "n1", Some("tok"));
-        let extra = ["chat".to_owned()];
-        let (request, target) = client_request(&dial, &extra).unwrap();
-        assert_eq!(
-            (target.host.as_str(), target.port, target.tls),
-            ("::1", 9, true)
-        );
-        let h = request.headers();
-        assert_eq!(h["Sec-WebSocket-Protocol"], "syncmux.v1, chat");
-        assert_eq!(h["Authorization"], "Bearer tok");
-        assert_eq!(h["X-Node-Id"], "n1");
-        let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None), &[]).unwrap();
-        assert_eq!((target.port, target.tls), (80, false));
-    }
-
-    #[test]
-    fn the_read_limit_follows_the_frame_limit() {
-        assert_eq!(ws_read_limit(0), 0, "0 disables all the way down");
-        assert_eq!(ws_read_limit(1 << 20), 16 << 20);
-        assert_eq!(ws_read_limit(20 << 20), 40 << 20);
-        assert_eq!(ws_read_limit(usize::MAX), usize::MAX);
-        let config = ws_config(ws_read_limit(0));
-        assert_eq!(
-            (config.max_message_size, config.max_frame_size),
-            (None, None)
-        );
-    }
-
-    #[test]
-    fn close_codes_round_trip_and_reasons_fit() {
-        let long = "é".repeat(100);
-        let Message::Close(frame) = close_message(CloseCode::SLOW_CONSUMER, &long) else {
-            panic!("not a close");
-        };
-        let (code, reason) = close_code(frame.as_ref());
-        assert_eq!(code, Some(CloseCode::SLOW_CONSUMER));
-        assert!(reason.len() <= 123 && reason.starts_with('é'));
-        assert_eq!(close_code(None).0, None);
-    }
-}
-
 /// A server the runtime modules' accept loops serve: the sync server ([`SyncServer`]) or the
 /// OT endpoint ([`OtServerHandle`](super::OtServerHandle)). Both take a handshake slot,
 /// upgrade within the handshake deadline, and then run the session they accepted, so the
@@ -388,5 +341,52 @@ impl Endpoint for super::OtServerHandle {
         accepted: &mut Option<super::AcceptedOtSession>,
     ) -> Result<Response, ErrorResponse> {
         self.decide(request, response, accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_carries_protocols_and_headers() {
+        let dial = DialRequest::new("wss://[::1]:9/sync/ws", "n1", Some("tok"));
+        let extra = ["chat".to_owned()];
+        let (request, target) = client_request(&dial, &extra).unwrap();
+        assert_eq!(
+            (target.host.as_str(), target.port, target.tls),
+            ("::1", 9, true)
+        );
+        let h = request.headers();
+        assert_eq!(h["Sec-WebSocket-Protocol"], "syncmux.v1, chat");
+        assert_eq!(h["Authorization"], "Bearer tok");
+        assert_eq!(h["X-Node-Id"], "n1");
+        let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None), &[]).unwrap();
+        assert_eq!((target.port, target.tls), (80, false));
+    }
+
+    #[test]
+    fn the_read_limit_follows_the_frame_limit() {
+        assert_eq!(ws_read_limit(0), 0, "0 disables all the way down");
+        assert_eq!(ws_read_limit(1 << 20), 16 << 20);
+        assert_eq!(ws_read_limit(20 << 20), 40 << 20);
+        assert_eq!(ws_read_limit(usize::MAX), usize::MAX);
+        let config = ws_config(ws_read_limit(0));
+        assert_eq!(
+            (config.max_message_size, config.max_frame_size),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn close_codes_round_trip_and_reasons_fit() {
+        let long = "é".repeat(100);
+        let Message::Close(frame) = close_message(CloseCode::SLOW_CONSUMER, &long) else {
+            panic!("not a close");
+        };
+        let (code, reason) = close_code(frame.as_ref());
+        assert_eq!(code, Some(CloseCode::SLOW_CONSUMER));
+        assert!(reason.len() <= 123 && reason.starts_with('é'));
+        assert_eq!(close_code(None).0, None);
     }
 }

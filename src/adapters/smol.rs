@@ -194,6 +194,9 @@ async fn unless_shut_down<E: Endpoint, T>(
     smol::future::or(async { Some(future.await) }, stopped).await
 }
 
+/// Runs an accepted session on its socket (the session's own `run`, boxed).
+type RunSession<S> = fn(S, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>;
+
 /// The accept loop of [`serve`] and [`serve_ot`]: one task per connection, which takes a
 /// handshake slot, runs TLS and the upgrade within the deadline, gives the slot back, and
 /// then runs the session with `run`.
@@ -201,7 +204,7 @@ async fn serve_endpoint<E: Endpoint>(
     server: E,
     listener: smol::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    run: fn(E::Session, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>,
+    run: RunSession<E::Session>,
 ) {
     let tls = tls.map(futures_rustls::TlsAcceptor::from);
     loop {

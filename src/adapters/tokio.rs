@@ -166,6 +166,9 @@ pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandl
 
 // ---- accepting connections, for either endpoint ----------------------------------------------
 
+/// Runs an accepted session on its socket (the session's own `run`, boxed).
+type RunSession<S> = fn(S, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>;
+
 /// The accept loop of [`serve`] and [`serve_ot`]: one task per connection, which takes a
 /// handshake slot, runs TLS and the upgrade within the deadline, gives the slot back, and
 /// then runs the session with `run`.
@@ -173,7 +176,7 @@ async fn serve_endpoint<E: Endpoint>(
     server: E,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    run: fn(E::Session, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>,
+    run: RunSession<E::Session>,
 ) {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
