@@ -516,8 +516,9 @@ impl Server {
     /// The next frame to send or socket to close, round-robin over sessions.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ServerTransmit> {
-        let transmit = match self.sessions.poll()? {
-            Output::Frame(session, bytes) => {
+        Some(match self.sessions.poll()? {
+            Output::Frame(session, kind, bytes) => {
+                self.stats.sent(kind, &bytes);
                 if !self.config.reports_writes {
                     // Counted as written: a paced replay goes on at once.
                     let fed = self.sessions.feed(session);
@@ -525,14 +526,15 @@ impl Server {
                 }
                 ServerTransmit::Frame { session, bytes }
             }
-            Output::Close(session, code, reason) => ServerTransmit::Close {
-                session,
-                code,
-                reason: reason.into(),
-            },
-        };
-        self.stats.transmitted(&transmit);
-        Some(transmit)
+            Output::Close(session, code, reason) => {
+                self.stats.closed(code);
+                ServerTransmit::Close {
+                    session,
+                    code,
+                    reason: reason.into(),
+                }
+            }
+        })
     }
 
     /// Gives the server wall time: at `now`, it is `unix_millis` milliseconds since the Unix

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::event::SessionId;
+use super::stats::kind_of;
 use crate::payload::{ChangeRecord, Cursor};
 use crate::time::Instant;
-use crate::wire::CloseCode;
+use crate::wire::{CloseCode, MessageType};
 
 /// A routed batch of accepted changes, shared by every session it reaches.
 pub(crate) type Batch = Arc<[(Cursor, ChangeRecord)]>;
@@ -39,7 +40,9 @@ pub(crate) struct Session {
     /// Set once the session is being closed: nothing more is accepted or routed to it; the
     /// close goes out after the queue drains.
     pub(crate) closing: Option<(CloseCode, Box<str>)>,
-    out: VecDeque<Bytes>,
+    /// Each frame with its message type, known where it was queued (counted when handed
+    /// out without reading the frame again).
+    out: VecDeque<(MessageType, Bytes)>,
     queued_bytes: usize,
     unacked_bytes: usize,
     held_bytes: usize,
@@ -327,7 +330,7 @@ impl Sessions {
             return Sent::Overflow;
         }
         session.queued_bytes += frame.len();
-        session.out.push_back(frame);
+        session.out.push_back((kind_of(&frame), frame));
         Self::mark_ready(ready, id, session);
         Sent::Queued
     }
@@ -360,8 +363,14 @@ impl Sessions {
                 range,
             });
         } else {
+            // A routed frame's type is its record count's: no need to read the frame.
+            let kind = if range.len() == 1 {
+                MessageType::Change
+            } else {
+                MessageType::Changes
+            };
             session.queued_bytes += frame.len();
-            session.out.push_back(frame);
+            session.out.push_back((kind, frame));
             Self::mark_ready(ready, id, session);
         }
         Sent::Queued
@@ -454,7 +463,7 @@ impl Sessions {
                 .pop_front()
                 .expect("invariant: front() was Some");
             session.queued_bytes += len;
-            session.out.push_back(frame);
+            session.out.push_back((kind_of(&frame), frame));
             Self::mark_ready(ready, id, session);
         }
         Fed::Drained
@@ -467,7 +476,7 @@ impl Sessions {
             let Some((session, ready)) = self.get_mut_split(id) else {
                 continue;
             };
-            if let Some(frame) = session.out.pop_front() {
+            if let Some((kind, frame)) = session.out.pop_front() {
                 session.queued_bytes -= frame.len();
                 if counts_unsent {
                     session.unacked_bytes += frame.len();
@@ -477,7 +486,7 @@ impl Sessions {
                 } else {
                     ready.push_back(id);
                 }
-                return Some(Output::Frame(id, frame));
+                return Some(Output::Frame(id, kind, frame));
             }
             session.ready = false;
             if let Some((code, reason)) = session.closing.take() {
@@ -491,6 +500,6 @@ impl Sessions {
 
 /// One output of [`Sessions::poll`].
 pub(crate) enum Output {
-    Frame(SessionId, Bytes),
+    Frame(SessionId, MessageType, Bytes),
     Close(SessionId, CloseCode, Box<str>),
 }

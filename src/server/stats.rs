@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use super::event::ServerTransmit;
+use bytes::Bytes;
+
 use super::Server;
 use crate::payload::ErrorPayload;
 use crate::wire::{decode, CloseCode, DecodeLimits, ErrorCode, MessageType};
@@ -84,31 +85,30 @@ impl ServerStats {
         self.replayed_changes += changes as u64;
     }
 
-    /// Counts what `poll_transmit` hands out.
-    pub(crate) fn transmitted(&mut self, transmit: &ServerTransmit) {
-        match transmit {
-            ServerTransmit::Frame { bytes, .. } => {
-                let Some(kind) = kind_of(bytes) else { return };
-                self.frames_out[kind as usize] += 1;
-                if kind == MessageType::Error {
-                    // Rare: decoding the frame again costs nothing that matters here, and
-                    // keeps the queues free of anything but bytes.
-                    let limits = DecodeLimits::with_max_frame_len(0);
-                    let code = decode(bytes.clone(), &limits)
-                        .ok()
-                        .and_then(|f| f.payload::<ErrorPayload>().ok())
-                        .map_or(ErrorCode::Internal, |p| p.code);
-                    match self.errors.iter_mut().find(|(c, _)| *c == code) {
-                        Some((_, n)) => *n += 1,
-                        None => {
-                            self.errors.push((code, 1));
-                            self.errors.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-                        }
-                    }
+    /// Counts a frame `poll_transmit` hands out, of type `kind` (known where it was queued).
+    pub(crate) fn sent(&mut self, kind: MessageType, bytes: &Bytes) {
+        self.frames_out[kind as usize] += 1;
+        if kind == MessageType::Error {
+            // Rare: decoding the frame again costs nothing that matters here, and keeps the
+            // queues free of anything but the frame and its type.
+            let limits = DecodeLimits::with_max_frame_len(0);
+            let code = decode(bytes.clone(), &limits)
+                .ok()
+                .and_then(|f| f.payload::<ErrorPayload>().ok())
+                .map_or(ErrorCode::Internal, |p| p.code);
+            match self.errors.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    self.errors.push((code, 1));
+                    self.errors.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
                 }
             }
-            ServerTransmit::Close { code, .. } => *self.closes.entry(*code).or_default() += 1,
         }
+    }
+
+    /// Counts a session closed by `poll_transmit`'s close, with its code.
+    pub(crate) fn closed(&mut self, code: CloseCode) {
+        *self.closes.entry(code).or_default() += 1;
     }
 }
 
@@ -123,7 +123,11 @@ fn counted(by_type: &[u64; TYPES]) -> impl Iterator<Item = (MessageType, u64)> +
 
 /// The type of a frame the server encoded: `wire::encode` always writes `{"type":"NAME"`
 /// first.
-fn kind_of(bytes: &[u8]) -> Option<MessageType> {
+pub(crate) fn kind_of(bytes: &[u8]) -> MessageType {
+    read_kind(bytes).expect("invariant: every frame the server queues comes from wire::encode")
+}
+
+fn read_kind(bytes: &[u8]) -> Option<MessageType> {
     let rest = bytes.strip_prefix(br#"{"type":""#)?;
     let end = rest.iter().position(|&b| b == b'"')?;
     MessageType::from_wire(core::str::from_utf8(&rest[..end]).ok()?)
@@ -148,13 +152,13 @@ mod tests {
     fn every_frame_type_is_read_back_from_its_encoding() {
         for kind in MessageType::ALL {
             let bytes = crate::wire::encode(*kind, None, &()).expect("encodes");
-            assert_eq!(kind_of(&bytes), Some(*kind), "{bytes:?}");
+            assert_eq!(read_kind(&bytes), Some(*kind), "{bytes:?}");
         }
-        assert_eq!(kind_of(b"{\"type\":\"nope\"}"), None);
+        assert_eq!(read_kind(b"{\"type\":\"nope\"}"), None);
         for (i, kind) in MessageType::ALL.iter().enumerate() {
             assert_eq!(*kind as usize, i, "{kind:?} indexes its counters");
         }
-        assert_eq!(kind_of(b""), None);
+        assert_eq!(read_kind(b""), None);
     }
 
     #[test]
