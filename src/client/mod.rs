@@ -702,7 +702,17 @@ impl Client {
     /// it completes when they are all answered (or fails with the first refusal). One that
     /// removed something is done now: the restore left it out.
     fn link_restoring(&mut self) {
-        for id in self.requests.ids() {
+        let ids = self.requests.ids();
+        let restore_ids: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.requests
+                    .get(*id)
+                    .is_some_and(|p| p.owner != Owner::App)
+            })
+            .collect();
+        for id in ids {
             let Some(pending) = self.requests.get(id) else {
                 continue;
             };
@@ -710,10 +720,9 @@ impl Client {
                 continue;
             }
             let effect = pending.effect.clone();
-            let restores: Vec<u64> = self
-                .requests
-                .ids()
-                .into_iter()
+            let restores: Vec<u64> = restore_ids
+                .iter()
+                .copied()
                 .filter(|r| {
                     let Some(restore) = self.requests.get(*r) else {
                         return false;
