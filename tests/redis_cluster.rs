@@ -547,3 +547,76 @@ async fn the_members_of_a_silent_server_leave_and_a_forgotten_server_announces_i
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Calls per command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+fn command_calls(redis: &RedisServer) -> BTreeMap<String, u64> {
+    let info = redis.command(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.strip_prefix("calls=")?.split(',').next()?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Redis does one round trip per push (the push script) and none per delivery: each
+/// server's follower reads every entry once, however many of its sessions get it, and the
+/// fan-out stays local to each server.
+#[tokio::test]
+async fn a_push_is_one_redis_round_trip_and_a_delivery_none() {
+    const PUSHES: usize = 40;
+    const PER_NODE: usize = 10;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = [node(&redis, "rt").await, node(&redis, "rt").await];
+    let (pusher, _pusher_events) = client(&nodes[0], "pusher");
+    let mut subs = Vec::new();
+    for (k, n) in nodes.iter().enumerate() {
+        for i in 0..PER_NODE {
+            let (c, e) = client(n, &format!("sub{k}-{i}"));
+            c.subscribe(Subscribe::new(["docs"])).await.unwrap();
+            subs.push((c, e));
+        }
+    }
+    // Only the pushes and what they cause are counted: presence heartbeats are scripts too,
+    // so they are counted apart (`beat`), and the followers' idle reads are bounded by time.
+    redis.command(&["CONFIG", "RESETSTAT"]);
+    let started = std::time::Instant::now();
+    for i in 0..PUSHES {
+        let ts = 100 + i as i64;
+        pusher
+            .push(vec![record(&i.to_string(), "t", ts, "pusher")])
+            .await
+            .unwrap();
+        for (_, events) in &mut subs {
+            receive(events, 1).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    let calls = command_calls(&redis);
+    let deliveries = PUSHES * nodes.len() * PER_NODE;
+    let scripts =
+        calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
+    let reads = calls.get("xread").copied().unwrap_or(0);
+    // (Commands the scripts run inside Redis count in `INFO commandstats` too, but are no
+    // round trips.)
+    eprintln!(
+        "{PUSHES} pushes, {deliveries} deliveries in {elapsed:?}: {scripts} script calls, \
+         {reads} XREADs; all commands: {calls:?}"
+    );
+    // Heartbeats (every 100 ms per server here) are the only other scripts.
+    let beats = 2 * (elapsed.as_millis() as u64 / 100 + 2);
+    assert!(
+        scripts >= PUSHES as u64 && scripts <= PUSHES as u64 + beats,
+        "{scripts} script calls for {PUSHES} pushes (beats at most {beats})"
+    );
+    // Each follower reads once per entry at most, plus its timed-out blocks (200 ms here).
+    let idle_reads = 2 * (elapsed.as_millis() as u64 / 200 + 2);
+    assert!(
+        reads <= (PUSHES * nodes.len()) as u64 + idle_reads,
+        "{reads} XREADs for {PUSHES} pushes on {} servers",
+        nodes.len()
+    );
+}
