@@ -8,6 +8,9 @@
 //! `MemoryStore` server with 50. Skipped, loudly, without `redis-server`. Run with
 //! `cargo bench --features tokio,redis --bench redis -- --warm-up-time 1 --measurement-time 3`.
 
+// Wall-clock time is what a benchmark measures.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../tests/redis_util/mod.rs"]
 mod redis_util;
 

@@ -583,7 +583,7 @@ async fn a_push_is_one_redis_round_trip_and_a_delivery_none() {
     // Only the pushes and what they cause are counted: presence heartbeats are scripts too,
     // so they are counted apart (`beat`), and the followers' idle reads are bounded by time.
     redis.command(&["CONFIG", "RESETSTAT"]);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     for i in 0..PUSHES {
         let ts = 100 + i as i64;
         pusher
