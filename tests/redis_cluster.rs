@@ -620,3 +620,55 @@ async fn a_push_is_one_redis_round_trip_and_a_delivery_none() {
         nodes.len()
     );
 }
+
+/// Joins at the same moment on two servers never overfill a room: Redis admits each join
+/// that would take a place in one step. Places come free again when members leave or their
+/// sessions end, and a server that dies gives its places back.
+#[tokio::test]
+async fn concurrent_joins_on_two_servers_never_overfill_a_room() {
+    const PER_NODE: usize = 4;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = [node(&redis, "full").await, node(&redis, "full").await];
+    let mut clients = Vec::new();
+    for (k, n) in nodes.iter().enumerate() {
+        for i in 0..PER_NODE {
+            let (c, e) = client(n, &format!("c{k}-{i}"));
+            // Connected before the race starts.
+            c.ping(json(0)).await.unwrap();
+            clients.push((c, e));
+        }
+    }
+    for round in 0..12 {
+        let room = format!("race-{round}");
+        let joins = clients.iter().map(|(c, _)| c.join_room(room.clone(), None));
+        let outcomes = futures_util::future::join_all(joins).await;
+        let mut admitted = Vec::new();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Ok(()) => admitted.push(i),
+                Err(RequestError::Server {
+                    code: ErrorCode::RoomFull,
+                    ..
+                }) => {}
+                Err(e) => panic!("round {round}: client {i}: {e:?}"),
+            }
+        }
+        assert_eq!(admitted.len(), 2, "round {round}: admitted {admitted:?}");
+        // A member that leaves frees its place: another client takes it.
+        let (leaver, _) = &clients[admitted[0]];
+        leaver.leave_room(room.clone()).await.unwrap();
+        let other = (0..clients.len()).find(|i| !admitted.contains(i)).unwrap();
+        let mut retries = 0;
+        // The leave reaches Redis through the publishing queue, just after its ack.
+        while let Err(e) = clients[other].0.join_room(room.clone(), None).await {
+            assert!(
+                retries < 50,
+                "round {round}: the freed place stays taken: {e:?}"
+            );
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -307,7 +307,7 @@ impl Server {
     }
 
     /// Removes a pending request if it is of the expected kind, and its in-flight entry.
-    fn take_pending(
+    pub(super) fn take_pending(
         &mut self,
         key: u64,
         is: impl Fn(&PendingKind) -> bool,
