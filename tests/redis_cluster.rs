@@ -672,3 +672,53 @@ async fn concurrent_joins_on_two_servers_never_overfill_a_room() {
         }
     }
 }
+
+/// Entries trimmed from the log before a server read them (its follower lagged behind the
+/// retention) are changes its subscribers would silently miss: the server closes them with
+/// 4503, and they resume from their cursors.
+#[tokio::test]
+async fn a_gap_in_the_log_closes_the_subscribers_so_they_resume() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "gap").await;
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&a, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let pushed = writer
+        .push(vec![record("1", "t", 1, "writer")])
+        .await
+        .unwrap();
+    receive(&mut reader_events, 1).await;
+    let at = pushed.cursor.unwrap();
+    // What a follower sees when the entries after its position were trimmed before it read
+    // them: the next entry it reads is several positions ahead.
+    let entry = serde_json::to_string(&record("9", "t", 9, "elsewhere")).unwrap();
+    let reply = redis.command(&[
+        "XADD",
+        "{gap}:log",
+        &format!("{}-0", at.seq + 5),
+        "e",
+        &at.epoch.to_string(),
+        "r",
+        &entry,
+    ]);
+    assert!(reply.starts_with('$'), "{reply}");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let event = tokio::time::timeout_at(deadline, reader_events.recv())
+            .await
+            .expect("the subscriber was not closed")
+            .expect("client ended");
+        match event {
+            ClientEvent::Disconnected { code, .. } => {
+                assert_eq!(code, Some(syncmux::wire::CloseCode::SLOW_CONSUMER));
+                break;
+            }
+            ClientEvent::Changes { .. } => panic!("a change after the gap came first: {event:?}"),
+            _ => {}
+        }
+    }
+    // The writer, with no subscription, missed nothing and stays.
+    writer.ping(json(1)).await.unwrap();
+}
