@@ -780,6 +780,10 @@ mod static_files {
             let _ = tcp.set_nodelay(true);
             let (server, ot, tls, files) = (server.clone(), ot.clone(), tls.clone(), files.clone());
             tokio::spawn(async move {
+                if tls.is_none() && files.is_none() {
+                    // Plain TCP to the sync endpoint: the adapter's fast write path.
+                    return plain(&server, &ot, tcp, permit).await;
+                }
                 let head = async {
                     let io: Box<dyn Io> = match tls {
                         Some(tls) => match tls.accept(tcp).await {
@@ -810,6 +814,64 @@ mod static_files {
                     tracing::debug!(error = %e, "HTTP connection ended");
                 }
             });
+        }
+    }
+
+    /// A plain TCP connection without static files: its head is read off the socket itself,
+    /// so a sync upgrade gets [`adapters::tokio::accept_tcp`] (the hub writes its frames
+    /// straight to the socket); `/ot` goes to `accept_ot` as before.
+    async fn plain(
+        server: &SyncServer,
+        ot: &OtServerHandle,
+        mut tcp: tokio::net::TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut buf = Vec::with_capacity(1024);
+        let head = async {
+            while !complete(&buf) {
+                if buf.len() >= MAX_HEAD || tcp.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let deadline = server.options().handshake_timeout;
+        let read = if deadline.is_zero() {
+            Some(head.await)
+        } else {
+            tokio::time::timeout(deadline, head).await.ok()
+        };
+        drop(permit);
+        match read {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return tracing::debug!(error = %e, "HTTP connection ended"),
+            None => return,
+        }
+        let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+        let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let to_ot = path
+            .strip_prefix(super::OT_PATH.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        if complete(&buf) && !to_ot {
+            buf.shrink_to_fit();
+            return adapters::tokio::accept_tcp(server, tcp, buf).await;
+        }
+        let io: Box<dyn Io> = Box::new(tcp);
+        let (reader, writer) = tokio::io::split(io);
+        let routed = route(
+            server,
+            ot,
+            Head {
+                reader,
+                writer,
+                buf,
+            },
+            None,
+        )
+        .await;
+        if let Err(e) = routed {
+            tracing::debug!(error = %e, "HTTP connection ended");
         }
     }
 
