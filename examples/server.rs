@@ -779,11 +779,13 @@ mod static_files {
             };
             let _ = tcp.set_nodelay(true);
             let (server, ot, tls, files) = (server.clone(), ot.clone(), tls.clone(), files.clone());
+            if tls.is_none() && files.is_none() {
+                // Plain TCP: the adapter's fast write path, in a task of its own size (not
+                // that of the TLS and static-files path below).
+                tokio::spawn(async move { plain(&server, &ot, tcp, permit).await });
+                continue;
+            }
             tokio::spawn(async move {
-                if tls.is_none() && files.is_none() {
-                    // Plain TCP to the sync endpoint: the adapter's fast write path.
-                    return plain(&server, &ot, tcp, permit).await;
-                }
                 let head = async {
                     let io: Box<dyn Io> = match tls {
                         Some(tls) => match tls.accept(tcp).await {
@@ -857,6 +859,7 @@ mod static_files {
             buf.shrink_to_fit();
             return adapters::tokio::accept_tcp(server, tcp, buf).await;
         }
+        // Boxed: the session's task keeps the size of the path it runs.
         let io: Box<dyn Io> = Box::new(tcp);
         let (reader, writer) = tokio::io::split(io);
         let routed = route(

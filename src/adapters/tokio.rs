@@ -150,7 +150,8 @@ pub async fn accept_tcp(server: &SyncServer, tcp: tokio::net::TcpStream, read: V
         socket: socket.clone(),
         read: read.into(),
     };
-    if let Some((session, ws)) = handshake(server, io).await {
+    // Boxed, so the session's task does not keep the handshake's size.
+    if let Some((session, ws)) = Box::pin(handshake(server, io)).await {
         session.run_direct(ws, socket).await;
     }
 }
@@ -230,6 +231,10 @@ impl AsyncRead for DirectIo {
             let n = self.read.len().min(buf.remaining());
             let head = self.read.split_to(n);
             buf.put_slice(&head);
+            if self.read.is_empty() {
+                // Let the buffer go.
+                self.read = bytes::Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let socket = &self.socket.socket;
