@@ -151,6 +151,24 @@ fn main() -> ExitCode {
             println!();
         }
     }
+    // For examples/bench_report.rs (scripts/bench-report.sh): the first run's figures.
+    if let Some((n, _, figures)) = rows.first() {
+        let find = |s: &str| figures.iter().find(|(name, _)| name == s).map(|(_, f)| f);
+        if let (Some(s), Some(node)) = (find("syncmux"), find("node")) {
+            println!(
+                "fanout {n} syncmux/node user CPU per delivery: {:.2}",
+                s.user_us / node.user_us
+            );
+            println!(
+                "fanout {n} node/syncmux CPU per delivery: {:.2}",
+                node.total_us() / s.total_us()
+            );
+            println!(
+                "fanout {n} syncmux idle RSS per connection KiB: {:.1}",
+                s.rss_kib
+            );
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -936,6 +936,76 @@ mod tests {
         }
     }
 
+    /// A socket that takes everything and records each write's first buffer.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(usize, Vec<u8>)>>);
+
+    impl RawSocket for Arc<Recorder> {
+        fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            let mut writes = self.0.lock().unwrap();
+            let bytes = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            writes.push((bufs[0].as_ptr() as usize, bytes));
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A broadcast reaches every subscriber's socket from the hub's drain, without their
+    /// tasks running, as one shared frame buffer (framed once, whatever the number of
+    /// recipients), and is reported written at once.
+    #[test]
+    fn the_hub_writes_one_shared_frame_to_every_subscriber() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
+        let mut subscribers = Vec::new();
+        for i in 0..5 {
+            let accepted = server
+                .handshake(&Handshake::new("/", format!("node_id=s{i}")))
+                .expect("accepted");
+            let session = accepted.session();
+            server.message(session, Bytes::from_static(subscribe));
+            let recorder = Arc::new(Recorder::default());
+            let direct = Arc::new(Direct::new(recorder.clone()));
+            let mut run = Box::pin(accepted.run_direct(Stuck, direct));
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+            let ack = recorder.0.lock().unwrap().last().map(|w| w.1.clone());
+            let ack = ack.unwrap_or_default();
+            assert!(
+                ack.windows(5).any(|w| w == b"\"ack\""),
+                "the ack went out first"
+            );
+            subscribers.push((session, recorder, run));
+        }
+        let pusher = server
+            .handshake(&Handshake::new("/", "node_id=p"))
+            .expect("accepted");
+        let push = br#"{"type":"push_request","id":"p","payload":{"node_id":"p","changes":[{"table":"t","pk":"r","field":"f","crdt_type":"lww","hlc":{"ts":1,"c":0,"node":"p"},"node_id":"p","value":1}]}}"#;
+        // No subscriber's task runs from here on.
+        server.message(pusher.session(), Bytes::from_static(push));
+        let mut frames = Vec::new();
+        for (session, recorder, _run) in &subscribers {
+            let writes = recorder.0.lock().unwrap();
+            assert_eq!(writes.len(), 2, "the ack, then the change");
+            let (ptr, bytes) = writes[1].clone();
+            assert_eq!(bytes[0], 0x81, "a final text frame");
+            assert!(bytes.windows(8).any(|w| w == b"\"change\""));
+            frames.push(ptr);
+            let queued = server.with_driver(|d, _| d.server().outbound_bytes(*session));
+            assert_eq!(queued, Some(0), "reported written");
+        }
+        assert!(
+            frames.iter().all(|&p| p == frames[0]),
+            "one buffer for all: {frames:?}"
+        );
+    }
+
     /// A session closed while its peer does not read ends its task at once (it does not
     /// wait forever to send the close frame).
     #[test]
