@@ -859,23 +859,27 @@ mod static_files {
             buf.shrink_to_fit();
             return adapters::tokio::accept_tcp(server, tcp, buf).await;
         }
-        // Boxed: the session's task keeps the size of the path it runs.
         let io: Box<dyn Io> = Box::new(tcp);
         let (reader, writer) = tokio::io::split(io);
-        let routed = route(
-            server,
-            ot,
-            Head {
-                reader,
-                writer,
-                buf,
-            },
-            None,
-        )
-        .await;
+        let head = Head {
+            reader,
+            writer,
+            buf,
+        };
+        let routed = boxed_route(server, ot, head).await;
         if let Err(e) = routed {
             tracing::debug!(error = %e, "HTTP connection ended");
         }
+    }
+
+    /// [`route`] on the heap, made outside any `async fn`: a sync session's task then keeps
+    /// none of its size (hyper's connection, kilobytes).
+    fn boxed_route<'a>(
+        server: &'a SyncServer,
+        ot: &'a OtServerHandle,
+        head: Head<Box<dyn Io>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
+        Box::pin(route(server, ot, head, None))
     }
 
     /// A connection and what it sent up to the end of its request head (or until it closed,
