@@ -165,3 +165,25 @@ fn a_garbage_file_is_refused_at_open() {
     assert!(matches!(err, SqliteError::Corrupt { .. }), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), garbage);
 }
+
+/// A database cut short (a torn copy, a disk that lost its tail) is refused at open as
+/// corrupt, instead of being read as a shorter history or replaced by an empty one.
+#[test]
+fn a_truncated_database_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("changes.db");
+    let mut store = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+    store
+        .push_many(vec![(1..=2000).map(record).collect()])
+        .unwrap();
+    // Closing the last connection checkpoints the log into the main file.
+    drop(store);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 64 * 1024, "{len}");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+    let err = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap_err();
+    assert!(matches!(err, SqliteError::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len / 2);
+}

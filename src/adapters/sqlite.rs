@@ -117,6 +117,17 @@ impl SqliteBackend {
         self.epoch
     }
 
+    /// Merges `changes` on the writer thread (with whatever other pushes are waiting: one
+    /// commit for all); answers once they are on disk.
+    pub async fn push(&self, changes: Vec<ChangeRecord>) -> Result<PushAnswer, AppError> {
+        ask(self.pushes.clone(), changes).await
+    }
+
+    /// Reads a pull or a replay (see [`Read`]) on a reader thread.
+    pub async fn read(&self, read: Read) -> Result<PullAnswer, AppError> {
+        ask(self.reads.clone(), read).await
+    }
+
     /// The newest position, read on a reader thread.
     pub async fn head(&self) -> Result<Cursor, AppError> {
         let mut read = Read::new(Vec::new());
