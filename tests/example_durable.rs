@@ -305,3 +305,24 @@ mod durable {
         retention_bounds_the_store(&args).await;
     }
 }
+
+/// `--data` and `--redis` name two different logs: refused together (exit 2).
+#[test]
+fn data_and_redis_are_refused_together() {
+    let Err((code, stderr)) = start(&["--data", "x.db", "--redis", "redis://127.0.0.1:1"]) else {
+        panic!("started with both");
+    };
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
+}
+
+/// A server built without the `sqlite` feature refuses `--data` instead of ignoring it.
+#[cfg(not(feature = "sqlite"))]
+#[test]
+fn without_the_feature_data_is_refused() {
+    let Err((code, stderr)) = start(&["--data", "x.db"]) else {
+        panic!("started");
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--features tokio,sqlite"), "{stderr}");
+}

@@ -149,6 +149,35 @@ fn on_smol() {
     });
 }
 
+/// Pushes that wait for the writer together are merged in shared commits (group commit),
+/// and each is still answered with its own positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_waiting_together_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = backend(&dir.path().join("changes.db"), 9);
+    let pushes: Vec<_> = (1..=64).map(|pk| backend.push(vec![record(pk)])).collect();
+    let mut seqs: Vec<u64> = futures_util::future::join_all(pushes)
+        .await
+        .into_iter()
+        .map(|p| {
+            let p = p.unwrap();
+            assert_eq!(p.accepted.len(), 1);
+            assert_eq!(
+                p.head, p.accepted[0].0,
+                "a push's head is its own last position"
+            );
+            p.head.seq
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=64).collect::<Vec<u64>>());
+    let (commits, pushes) = backend.commits();
+    assert_eq!(pushes, 64);
+    // The first push may commit alone; the rest wait for it together.
+    assert!(commits < 64, "{commits} commits for 64 pushes");
+    assert_eq!(backend.head().await.unwrap(), Cursor::new(9, 64));
+}
+
 /// A file that is not a database is refused at open, and left as it was.
 #[test]
 fn a_garbage_file_is_refused_at_open() {

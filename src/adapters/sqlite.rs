@@ -37,6 +37,8 @@
 
 use core::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures_channel::oneshot;
 
@@ -75,6 +77,14 @@ pub struct SqliteBackend {
     pushes: async_channel::Sender<(Vec<ChangeRecord>, Reply<PushAnswer>)>,
     reads: async_channel::Sender<(Read, Reply<PullAnswer>)>,
     epoch: u64,
+    /// Commits by the writer, and the pushes they merged.
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    commits: AtomicU64,
+    pushes: AtomicU64,
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -100,7 +110,11 @@ impl SqliteBackend {
         let epoch = store.epoch();
         let (pushes, pushed) = async_channel::bounded(config.queue.max(1));
         let (reads, read) = async_channel::bounded(config.queue.max(1));
-        spawn("syncmux-sqlite-writer", move || write(store, pushed))?;
+        let counts = Arc::new(Counts::default());
+        let writer = counts.clone();
+        spawn("syncmux-sqlite-writer", move || {
+            write(store, pushed, &writer)
+        })?;
         for reader in readers {
             let read = read.clone();
             spawn("syncmux-sqlite-reader", move || serve_reads(reader, read))?;
@@ -109,6 +123,7 @@ impl SqliteBackend {
             pushes,
             reads,
             epoch,
+            counts,
         })
     }
 
@@ -126,6 +141,15 @@ impl SqliteBackend {
     /// Reads a pull or a replay (see [`Read`]) on a reader thread.
     pub async fn read(&self, read: Read) -> Result<PullAnswer, AppError> {
         ask(self.reads.clone(), read).await
+    }
+
+    /// How many transactions the writer committed since the open, and how many pushes they
+    /// merged: pushes per commit is what group commit saves in syncs.
+    pub fn commits(&self) -> (u64, u64) {
+        (
+            self.counts.commits.load(Ordering::Relaxed),
+            self.counts.pushes.load(Ordering::Relaxed),
+        )
     }
 
     /// The newest position, read on a reader thread.
@@ -155,6 +179,7 @@ fn unavailable() -> AppError {
 fn write(
     mut store: SqliteStore,
     pushes: async_channel::Receiver<(Vec<ChangeRecord>, Reply<PushAnswer>)>,
+    counts: &Counts,
 ) {
     while let Ok(first) = pushes.recv_blocking() {
         let mut group = vec![first];
@@ -167,6 +192,10 @@ fn write(
         let (changes, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         match store.push_many(changes) {
             Ok(outcomes) => {
+                counts.commits.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .pushes
+                    .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
                 for (out, reply) in outcomes.into_iter().zip(replies) {
                     let _ = reply.send(Ok(PushAnswer {
                         accepted: out.accepted,
