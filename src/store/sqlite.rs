@@ -700,6 +700,28 @@ fn hlc_of(key: &[u8]) -> Option<Hlc> {
 mod tests {
     use super::*;
 
+    /// The writer's connection is in WAL mode and syncs the log at every commit
+    /// (`synchronous=FULL`: 2), so a commit that returned survives a power loss too.
+    #[test]
+    fn commits_are_synced_in_wal_mode() {
+        let dir = std::env::temp_dir().join(format!("syncmux-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("changes.db");
+        let _ = std::fs::remove_file(&path);
+        let store = SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        let sync: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Byte order of the keys is HLC order, negative times and shared node prefixes included,
     /// and every key decodes back.
     #[test]
