@@ -6,7 +6,9 @@
 //! - `push`: one change, a batch of 100, and 64 pushes of one change at once, which the
 //!   `SqliteBackend`'s writer thread merges in shared commits (group commit) where 64
 //!   `SqliteStore::push` calls one after the other sync 64 times;
-//! - `pull_100_after_cursor`: the last 100 changes of a 1 000 000-change log after a cursor;
+//! - `pull_100_after_cursor_of_1m`: the last 100 changes of a 1 000 000-change log after a
+//!   cursor (and, for SQLite, the same from a 10 000-change log: the index makes them alike);
+//!   `pull_100_after_hlc_of_1m`: the same after an HLC;
 //! - `open_1m`: opening a 1 000 000-change database (with SQLite's `quick_check`, without, and
 //!   redb's open).
 //!
@@ -346,6 +348,49 @@ fn pull(c: &mut Criterion) {
     });
     group.bench_function("redb", |b| {
         b.iter(|| black_box(redb.pull(&tables, LOG - PULL)))
+    });
+    // The same pull from a log 100 times smaller: O(log n + k) makes the two alike.
+    let dir = tempfile::tempdir_in(bench_dir()).expect("temporary directory");
+    let mut small =
+        SqliteStore::open(dir.path().join("10k.db"), sqlite_config(false)).expect("sqlite");
+    small
+        .push_many(vec![(1..=LOG / 100).map(record).collect()])
+        .expect("fill");
+    let small_cursor = Cursor::new(1, LOG / 100 - PULL);
+    assert_eq!(
+        small
+            .pull(&tables, None, Some(&small_cursor))
+            .expect("pull")
+            .changes
+            .len(),
+        PULL as usize
+    );
+    group.bench_function("sqlite_of_10k", |b| {
+        b.iter(|| {
+            black_box(
+                small
+                    .pull(&tables, None, Some(&small_cursor))
+                    .expect("pull"),
+            )
+        })
+    });
+    group.finish();
+
+    // After an HLC instead: the per-table HLC index.
+    let since = record(LOG - PULL).hlc;
+    let expected = memory.pull(&tables, Some(&since), None);
+    assert_eq!(expected.changes.len(), PULL as usize);
+    assert_eq!(
+        sqlite.pull(&tables, Some(&since), None).expect("pull"),
+        expected
+    );
+    let mut group = c.benchmark_group("pull_100_after_hlc_of_1m");
+    group.throughput(Throughput::Elements(PULL));
+    group.bench_function("memory_store", |b| {
+        b.iter(|| black_box(memory.pull(&tables, Some(&since), None)))
+    });
+    group.bench_function("sqlite", |b| {
+        b.iter(|| black_box(sqlite.pull(&tables, Some(&since), None).expect("pull")))
     });
     group.finish();
 }

@@ -501,8 +501,11 @@ fn merge(
             if winner.is_some_and(|w| w >= hlc) {
                 false
             } else {
-                tx.prepare_cached("INSERT OR REPLACE INTO winners VALUES (?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![tbl, pk, field, hlc, sql_int(seq)])?;
+                tx.prepare_cached(
+                    "INSERT INTO winners VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT \
+                     DO UPDATE SET hlc = excluded.hlc, seq = excluded.seq",
+                )?
+                .execute(params![tbl, pk, field, hlc, sql_int(seq)])?;
                 true
             }
         } else {
