@@ -216,3 +216,33 @@ fn a_truncated_database_is_refused_at_open() {
     assert!(matches!(err, SqliteError::Corrupt { .. }), "{err}");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len / 2);
 }
+
+/// Two writers on one file: the newer one writes, the older one's pushes fail without
+/// writing anything, so two servers never both serve one log as its only writer.
+#[test]
+fn only_the_newest_opener_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("changes.db");
+    let mut old = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+    old.push(vec![record(1)]).unwrap();
+    let mut new = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+    let err = old.push(vec![record(2)]).unwrap_err();
+    assert!(matches!(err, SqliteError::Displaced { .. }), "{err}");
+    let pushed = new.push(vec![record(3)]).unwrap();
+    assert_eq!(pushed.head.seq, 2, "the refused push took no position");
+}
+
+/// A database written by a newer schema is refused at open, not read as this one's.
+#[test]
+fn a_newer_schema_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("changes.db");
+    drop(syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE meta SET schema = 2", [])
+        .unwrap();
+    let err = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap_err();
+    assert!(matches!(err, SqliteError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("schema version 2"), "{err}");
+}
