@@ -14,8 +14,9 @@
 //! full waits (asynchronously) for room, so memory stays bounded under any load. The
 //! threads end when the backend is dropped, after the requests already queued.
 //!
-//! A write that fails (disk full, I/O error) answers each push of its group with
-//! `UNAVAILABLE`; none of them is kept, and the client may retry.
+//! A write that fails (disk full, I/O error, or another backend opened the database since:
+//! [`SqliteError::Displaced`]) answers each push of its group with `UNAVAILABLE`; none of
+//! them is kept, and the client may retry.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
