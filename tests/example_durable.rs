@@ -210,8 +210,8 @@ mod durable {
                 seen = head;
             }
 
-            // A stream of single-change pushes from several writers; kill after `kill_after`
-            // acknowledgements, with pushes in flight.
+            // A stream of pushes from several writers; kill after `kill_after` acknowledged
+            // changes, with pushes in flight.
             let kill_after = 5 + rng.below(80) as usize;
             let answered: Arc<Mutex<Vec<(u64, Cursor)>>> = Arc::default();
             let (enough_tx, mut enough) = tokio::sync::mpsc::channel::<()>(1);
@@ -221,14 +221,23 @@ mod durable {
                 let answered = answered.clone();
                 let enough_tx = enough_tx.clone();
                 writers.push(tokio::spawn(async move {
+                    // Writer w pushes w + 1 changes at a time: a push's changes take
+                    // consecutive positions, ending at the head it is answered with.
+                    let size = writer + 1;
                     for i in 0.. {
-                        let pk = 1 + round * 1_000_000 + i * WRITERS as u64 + writer;
-                        let Ok(pushed) = client.push(vec![record(pk)]).await else {
+                        let first = 1 + round * 1_000_000 + (i * WRITERS as u64 + writer) * 10;
+                        let pks: Vec<u64> = (first..first + size).collect();
+                        let batch = pks.iter().copied().map(record).collect();
+                        let Ok(pushed) = client.push(batch).await else {
                             return;
                         };
-                        assert_eq!(pushed.merged, 1);
+                        assert_eq!(pushed.merged, size);
+                        let head = pushed.cursor.unwrap();
                         let mut answered = answered.lock().unwrap();
-                        answered.push((pk, pushed.cursor.unwrap()));
+                        for (k, pk) in pks.into_iter().enumerate() {
+                            let seq = head.seq + 1 + k as u64 - size;
+                            answered.push((pk, Cursor::new(head.epoch, seq)));
+                        }
                         if answered.len() >= kill_after {
                             let _ = enough_tx.try_send(());
                         }
