@@ -246,3 +246,38 @@ fn a_newer_schema_is_refused_at_open() {
     assert!(matches!(err, SqliteError::Foreign { .. }), "{err}");
     assert!(err.to_string().contains("schema version 2"), "{err}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Bytes overwritten anywhere in a database never make the store panic: opening it
+    /// fails, or it opens and every pull and push answers (an error or a history).
+    #[test]
+    fn damaged_bytes_never_panic(
+        damage in proptest::collection::vec((0.0..1.0f64, proptest::prelude::any::<u8>()), 1..8),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("changes.db");
+        let mut store = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+        for start in [1, 301] {
+            store.push_many(vec![(start..start + 300).map(record).collect()]).unwrap();
+        }
+        drop(store);
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (at, byte) in damage {
+            let at = ((bytes.len() - 1) as f64 * at) as usize;
+            bytes[at] = byte;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let mut config = SqliteConfig::default();
+        config.retention = 100;
+        let opened = syncmux::SqliteStore::open(&path, config);
+        if let Ok(mut store) = opened {
+            let tables = ["docs".to_owned()];
+            let _ = store.pull(&tables, None, Some(&Cursor::new(0, 10)));
+            let _ = store.pull(&tables, Some(&Hlc::new(50, 0, "w")), None);
+            let _ = store.push(vec![record(5), record(1000)]);
+            let _ = store.pull(&tables, None, None);
+        }
+    }
+}
