@@ -144,8 +144,8 @@ pub use config::ConfigError;
 pub use driver::Driver;
 pub use server::{
     Access, AppError, AuthDecision, AuthFn, AuthRequest, AuthorizeFn, Handshake, HandshakeOutcome,
-    PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, Resource, RoomChange, Server,
-    ServerConfig, ServerEvent, ServerStats, ServerTransmit, SessionId,
+    PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, Resource, RoomChange,
+    RoomJoinId, Server, ServerConfig, ServerEvent, ServerStats, ServerTransmit, SessionId,
 };
 pub use store::{MemoryStore, PullOutcome, PushOutcome, StoreConfig};
 #[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]

@@ -51,6 +51,7 @@ fn net() -> Net {
         NetConfig {
             latency_ms: (1, 20),
             answer_ms: (0, 10),
+            ..NetConfig::default()
         },
     )
 }

@@ -156,8 +156,8 @@ async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order
             subs.push((c, e));
         }
     }
-    const PUSHERS: usize = 6;
-    const PUSHES: usize = 25;
+    const PUSHERS: usize = 20;
+    const PUSHES: usize = 10;
     let mut tasks = Vec::new();
     for p in 0..PUSHERS {
         let (c, _events) = client(&nodes[p % nodes.len()], &format!("p{p}"));
@@ -546,4 +546,262 @@ async fn the_members_of_a_silent_server_leave_and_a_forgotten_server_announces_i
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Calls per command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+fn command_calls(redis: &RedisServer) -> BTreeMap<String, u64> {
+    let info = redis.command(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.strip_prefix("calls=")?.split(',').next()?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Redis does one round trip per push (the push script) and none per delivery: each
+/// server's follower reads every entry once, however many of its sessions get it, and the
+/// fan-out stays local to each server.
+#[tokio::test]
+async fn a_push_is_one_redis_round_trip_and_a_delivery_none() {
+    const PUSHES: usize = 40;
+    const PER_NODE: usize = 10;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = [node(&redis, "rt").await, node(&redis, "rt").await];
+    let (pusher, _pusher_events) = client(&nodes[0], "pusher");
+    let mut subs = Vec::new();
+    for (k, n) in nodes.iter().enumerate() {
+        for i in 0..PER_NODE {
+            let (c, e) = client(n, &format!("sub{k}-{i}"));
+            c.subscribe(Subscribe::new(["docs"])).await.unwrap();
+            subs.push((c, e));
+        }
+    }
+    // Only the pushes and what they cause are counted: presence heartbeats are scripts too,
+    // so they are counted apart (`beat`), and the followers' idle reads are bounded by time.
+    redis.command(&["CONFIG", "RESETSTAT"]);
+    let started = tokio::time::Instant::now();
+    for i in 0..PUSHES {
+        let ts = 100 + i as i64;
+        pusher
+            .push(vec![record(&i.to_string(), "t", ts, "pusher")])
+            .await
+            .unwrap();
+        for (_, events) in &mut subs {
+            receive(events, 1).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    let calls = command_calls(&redis);
+    let deliveries = PUSHES * nodes.len() * PER_NODE;
+    let scripts =
+        calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
+    let reads = calls.get("xread").copied().unwrap_or(0);
+    // (Commands the scripts run inside Redis count in `INFO commandstats` too, but are no
+    // round trips.)
+    eprintln!(
+        "{PUSHES} pushes, {deliveries} deliveries in {elapsed:?}: {scripts} script calls, \
+         {reads} XREADs; all commands: {calls:?}"
+    );
+    // Heartbeats (every 100 ms per server here) are the only other scripts.
+    let beats = 2 * (elapsed.as_millis() as u64 / 100 + 2);
+    assert!(
+        scripts >= PUSHES as u64 && scripts <= PUSHES as u64 + beats,
+        "{scripts} script calls for {PUSHES} pushes (beats at most {beats})"
+    );
+    // Each follower reads once per entry at most, plus its timed-out blocks (200 ms here).
+    let idle_reads = 2 * (elapsed.as_millis() as u64 / 200 + 2);
+    assert!(
+        reads <= (PUSHES * nodes.len()) as u64 + idle_reads,
+        "{reads} XREADs for {PUSHES} pushes on {} servers",
+        nodes.len()
+    );
+}
+
+/// Joins at the same moment on two servers never overfill a room: Redis admits each join
+/// that would take a place in one step. Places come free again when members leave or their
+/// sessions end, and a server that dies gives its places back.
+#[tokio::test]
+async fn concurrent_joins_on_two_servers_never_overfill_a_room() {
+    const PER_NODE: usize = 4;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = [node(&redis, "full").await, node(&redis, "full").await];
+    let mut clients = Vec::new();
+    for (k, n) in nodes.iter().enumerate() {
+        for i in 0..PER_NODE {
+            let (c, e) = client(n, &format!("c{k}-{i}"));
+            // Connected before the race starts.
+            c.ping(json(0)).await.unwrap();
+            clients.push((c, e));
+        }
+    }
+    for round in 0..12 {
+        let room = format!("race-{round}");
+        let joins = clients.iter().map(|(c, _)| c.join_room(room.clone(), None));
+        let outcomes = futures_util::future::join_all(joins).await;
+        let mut admitted = Vec::new();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Ok(()) => admitted.push(i),
+                Err(RequestError::Server {
+                    code: ErrorCode::RoomFull,
+                    ..
+                }) => {}
+                Err(e) => panic!("round {round}: client {i}: {e:?}"),
+            }
+        }
+        assert_eq!(admitted.len(), 2, "round {round}: admitted {admitted:?}");
+        // A member that leaves frees its place: another client takes it.
+        let (leaver, _) = &clients[admitted[0]];
+        leaver.leave_room(room.clone()).await.unwrap();
+        let other = (0..clients.len()).find(|i| !admitted.contains(i)).unwrap();
+        let mut retries = 0;
+        // The leave reaches Redis through the publishing queue, just after its ack.
+        while let Err(e) = clients[other].0.join_room(room.clone(), None).await {
+            assert!(
+                retries < 50,
+                "round {round}: the freed place stays taken: {e:?}"
+            );
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Entries trimmed from the log before a server read them (its follower lagged behind the
+/// retention) are changes its subscribers would silently miss: the server closes them with
+/// 4503, and they resume from their cursors.
+#[tokio::test]
+async fn a_gap_in_the_log_closes_the_subscribers_so_they_resume() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "gap").await;
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&a, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let pushed = writer
+        .push(vec![record("1", "t", 1, "writer")])
+        .await
+        .unwrap();
+    receive(&mut reader_events, 1).await;
+    let at = pushed.cursor.unwrap();
+    // What a follower sees when the entries after its position were trimmed before it read
+    // them: the next entry it reads is several positions ahead.
+    let entry = serde_json::to_string(&record("9", "t", 9, "elsewhere")).unwrap();
+    let reply = redis.command(&[
+        "XADD",
+        "{gap}:log",
+        &format!("{}-0", at.seq + 5),
+        "e",
+        &at.epoch.to_string(),
+        "r",
+        &entry,
+    ]);
+    assert!(reply.starts_with('$'), "{reply}");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let event = tokio::time::timeout_at(deadline, reader_events.recv())
+            .await
+            .expect("the subscriber was not closed")
+            .expect("client ended");
+        match event {
+            ClientEvent::Disconnected { code, .. } => {
+                assert_eq!(code, Some(syncmux::wire::CloseCode::SLOW_CONSUMER));
+                break;
+            }
+            ClientEvent::Changes { .. } => panic!("a change after the gap came first: {event:?}"),
+            _ => {}
+        }
+    }
+    // The writer, with no subscription, missed nothing and stays.
+    writer.ping(json(1)).await.unwrap();
+}
+
+/// Redis stops answering for a while (paused: `SIGSTOP`, as a stalled host or a long fork
+/// would) and then answers again: requests meanwhile fail with `UNAVAILABLE` or wait, the
+/// sessions stay, and every change accepted before, during or after reaches the other
+/// server's subscriber once, in order.
+#[tokio::test]
+async fn redis_paused_and_resumed_loses_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "pause").await, node(&redis, "pause").await);
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&b, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let mut accepted = Vec::new();
+    for k in 0..3 {
+        writer
+            .push(vec![record(&format!("before-{k}"), "t", 1, "writer")])
+            .await
+            .unwrap();
+        accepted.push(format!("before-{k}"));
+    }
+    redis.signal("STOP");
+    // While paused, pushes fail (the request timeout is 2 s here) or are accepted once it
+    // answers again.
+    let paused = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            let mut ok = Vec::new();
+            for k in 0..2 {
+                let pk = format!("during-{k}");
+                if writer
+                    .push(vec![record(&pk, "t", 1, "writer")])
+                    .await
+                    .is_ok()
+                {
+                    ok.push(pk);
+                }
+            }
+            ok
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    redis.signal("CONT");
+    accepted.extend(paused.await.unwrap());
+    for k in 0..3 {
+        let pk = format!("after-{k}");
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while writer
+            .push(vec![record(&pk, "t", 1, "writer")])
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis did not come back"
+            );
+        }
+        accepted.push(pk);
+    }
+    // A push that failed while Redis was paused may still have been applied when it came
+    // back (the client cannot know; pushing it again would be harmless): it may arrive too.
+    let mut got = Vec::new();
+    while !accepted.iter().all(|pk| {
+        got.iter()
+            .any(|(_, r): &(Option<Cursor>, ChangeRecord)| r.pk == *pk)
+    }) {
+        got.extend(receive(&mut reader_events, 1).await);
+    }
+    nothing_more(&reader, &mut reader_events).await;
+    let pks: Vec<String> = got.iter().map(|(_, r)| r.pk.clone()).collect();
+    let mut unique = pks.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), pks.len(), "a change twice: {pks:?}");
+    assert!(
+        pks.iter()
+            .all(|pk| accepted.contains(pk) || pk.starts_with("during-")),
+        "{pks:?}"
+    );
+    let cursors: Vec<u64> = got.iter().filter_map(|(c, _)| c.map(|c| c.seq)).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
 }

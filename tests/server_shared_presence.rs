@@ -55,6 +55,27 @@ fn relay(from: &mut Harness, name: &str, to: &mut Harness) {
     to.drain();
 }
 
+/// Sends a join and answers the place it asks for (`ServerEvent::RoomJoin`) as a backend
+/// with room would: admitted.
+fn join(h: &mut Harness, session: syncmux::SessionId, name: &str) {
+    h.send(session, &room("join", name));
+    admit(h, true);
+}
+
+/// Answers every room join `h` asks the backend for with `admitted`; other events stay.
+fn admit(h: &mut Harness, admitted: bool) {
+    for e in h.take_events() {
+        match e {
+            ServerEvent::RoomJoin { request, .. } => {
+                let now = h.now;
+                h.server.answer_room_join(now, request, Ok(admitted));
+            }
+            other => h.events.push(other),
+        }
+    }
+    h.drain();
+}
+
 fn presence(topic: &str, data: &str) -> String {
     format!(r#"{{"type":"presence_update","payload":{{"topic":"{topic}","data":{data}}}}}"#)
 }
@@ -136,9 +157,9 @@ fn rooms_are_the_union_and_full_across_servers() {
     let alice = a.open("alice");
     let bob = b.open("bob");
     let carol = b.open("carol");
-    a.send(alice, &room("join", "lobby"));
+    join(&mut a, alice, "lobby");
     relay(&mut a, "A", &mut b);
-    b.send(bob, &room("join", "lobby"));
+    join(&mut b, bob, "lobby");
     let members = events_of(&b.take(bob), "room")[0]["payload"]["members"].clone();
     assert_eq!(
         members,
@@ -150,7 +171,7 @@ fn rooms_are_the_union_and_full_across_servers() {
         "join"
     );
     // Two members, one per server: the room is full for a third on either.
-    b.send(carol, &room("join", "lobby"));
+    join(&mut b, carol, "lobby");
     assert_eq!(error_code(&b.take(carol)[0]), "ROOM_FULL");
     // A broadcast crosses; the sender does not get it back.
     a.send(alice, &room("broadcast", "lobby"));
@@ -165,7 +186,7 @@ fn rooms_are_the_union_and_full_across_servers() {
         events_of(&b.take(bob), "room")[0]["payload"]["event"],
         "leave"
     );
-    b.send(carol, &room("join", "lobby"));
+    join(&mut b, carol, "lobby");
     assert_eq!(types(&b.take(carol)), ["room", "ack"]);
 }
 
@@ -175,10 +196,10 @@ fn a_server_gone_leaves_everything_its_sessions_were_in() {
     let alice = a.open("alice");
     let bob = b.open("bob");
     a.send(alice, &presence("doc", "1"));
-    a.send(alice, &room("join", "lobby"));
+    join(&mut a, alice, "lobby");
     relay(&mut a, "A", &mut b);
     b.send(bob, &presence("doc", "2"));
-    b.send(bob, &room("join", "lobby"));
+    join(&mut b, bob, "lobby");
     let _ = b.take(bob);
     b.server.handle_remote_gone(b.now, "A");
     b.drain();
@@ -205,7 +226,7 @@ fn without_sharing_nothing_is_reported() {
     let mut h = Harness::new(config());
     let a = h.open("a");
     h.send(a, &presence("doc", "1"));
-    h.send(a, &room("join", "lobby"));
+    join(&mut h, a, "lobby");
     assert!(h.take_events().is_empty());
 }
 
@@ -244,7 +265,7 @@ fn shared_state_lists_this_servers_members_only_in_name_order() {
     a.send(zed, &presence("t2", "1"));
     a.send(alice, &presence("t2", "2"));
     a.send(alice, &presence("t1", "3"));
-    a.send(zed, &room("join", "lobby"));
+    join(&mut a, zed, "lobby");
     b.send(bob, &presence("t1", "4"));
     relay(&mut b, "B", &mut a);
     let _ = a.take_events();
@@ -263,4 +284,108 @@ fn shared_state_lists_this_servers_members_only_in_name_order() {
         listed,
         ["p t1 alice", "p t2 alice", "p t2 zed", "r lobby zed"]
     );
+}
+
+/// The room joins `h` asks the backend to admit, by room; other events stay.
+fn asked(h: &mut Harness) -> Vec<(syncmux::RoomJoinId, String, usize)> {
+    let mut out = Vec::new();
+    for e in h.take_events() {
+        match e {
+            ServerEvent::RoomJoin {
+                request,
+                room,
+                max_size,
+                ..
+            } => out.push((request, room, max_size)),
+            other => h.events.push(other),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_join_that_may_take_a_place_waits_for_the_shared_place_to_admit_it() {
+    let mut h = Harness::new(shared());
+    let (alice, bob, carol) = (h.open("alice"), h.open("bob"), h.open("carol"));
+    h.send(alice, &room("join", "lobby"));
+    h.send(bob, &room("join", "lobby"));
+    // Nothing is decided before the backend answers; both places may be taken.
+    assert!(h.take(alice).is_empty() && h.take(bob).is_empty());
+    let joins = asked(&mut h);
+    assert_eq!(joins.len(), 2);
+    assert!(joins.iter().all(|(_, r, max)| r == "lobby" && *max == 2));
+    // Joins in flight count against the room here: a third is refused at once.
+    h.send(carol, &room("join", "lobby"));
+    assert_eq!(error_code(&h.take(carol)[0]), "ROOM_FULL");
+    assert!(asked(&mut h).is_empty());
+    // Admitted: the member list and the ack. Refused there: ROOM_FULL.
+    let now = h.now;
+    h.server.answer_room_join(now, joins[0].0, Ok(true));
+    h.server.answer_room_join(now, joins[1].0, Ok(false));
+    h.drain();
+    assert_eq!(types(&h.take(alice)), ["room", "ack"]);
+    assert_eq!(error_code(&h.take(bob)[0]), "ROOM_FULL");
+    // The admitted join is shared as any other; an answer given twice is a no-op.
+    let changed: Vec<_> = h.take_events();
+    assert!(changed
+        .iter()
+        .any(|e| matches!(e, ServerEvent::RoomChanged { room, .. } if room == "lobby")));
+    h.server.answer_room_join(now, joins[0].0, Ok(true));
+    h.drain();
+    assert!(h.take(alice).is_empty());
+    // A member joining again (new data) asks nothing.
+    h.send(alice, &room("join", "lobby"));
+    assert!(asked(&mut h).is_empty());
+    assert_eq!(types(&h.take(alice)), ["room", "ack"]);
+}
+
+#[test]
+fn an_admitted_join_of_a_session_gone_meanwhile_is_given_back() {
+    let mut h = Harness::new(shared());
+    let alice = h.open("alice");
+    h.send(alice, &room("join", "lobby"));
+    let joins = asked(&mut h);
+    h.server.handle_disconnected(h.now, alice);
+    h.drain();
+    let _ = h.take_events();
+    let now = h.now;
+    h.server.answer_room_join(now, joins[0].0, Ok(true));
+    h.drain();
+    let events = h.take_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ServerEvent::RoomChanged { room, change: syncmux::RoomChange::Left, .. } if room == "lobby"
+        )),
+        "{events:?}"
+    );
+    // A refused or failed one has nothing to give back.
+    let bob = h.open("bob");
+    h.send(bob, &room("join", "side"));
+    let joins = asked(&mut h);
+    h.server.handle_disconnected(h.now, bob);
+    h.drain();
+    let _ = h.take_events();
+    h.server.answer_room_join(now, joins[0].0, Ok(false));
+    h.drain();
+    assert!(h
+        .take_events()
+        .iter()
+        .all(|e| !matches!(e, ServerEvent::RoomChanged { .. })));
+}
+
+#[test]
+fn a_backend_that_cannot_admit_answers_with_an_error_frame() {
+    let mut h = Harness::new(shared());
+    let alice = h.open("alice");
+    h.send(alice, &room("join", "lobby"));
+    let joins = asked(&mut h);
+    let now = h.now;
+    h.server
+        .answer_room_join(now, joins[0].0, Err(syncmux::AppError::unavailable("down")));
+    h.drain();
+    assert_eq!(error_code(&h.take(alice)[0]), "UNAVAILABLE");
+    // Not a member: a broadcast is refused.
+    h.send(alice, &room("broadcast", "lobby"));
+    assert_eq!(error_code(&h.take(alice)[0]), "NOT_A_MEMBER");
 }

@@ -160,9 +160,10 @@ fn converge(seed: u64) {
     }
     // Membership names exactly the live sessions.
     let live: BTreeSet<SessionId> = net.nodes.iter().filter_map(|n| n.session()).collect();
-    let presence: BTreeSet<SessionId> = net.server.presence_members("doc:1").into_iter().collect();
+    let presence: BTreeSet<SessionId> =
+        net.server().presence_members("doc:1").into_iter().collect();
     assert_eq!(presence, live, "seed {seed}: presence");
-    let room: BTreeSet<SessionId> = net.server.room_members("lobby").into_iter().collect();
+    let room: BTreeSet<SessionId> = net.server().room_members("lobby").into_iter().collect();
     assert_eq!(room, live, "seed {seed}: room");
     // Every client converges to the store: the newest value per key it knows equals the store's.
     for i in 0..n {
@@ -210,6 +211,7 @@ fn push_between_subscribe_since_and_its_replay() {
         NetConfig {
             latency_ms: (5, 5),
             answer_ms: (0, 0),
+            ..NetConfig::default()
         },
     );
     let writer = net.add_client("writer", |_| {});

@@ -8,8 +8,14 @@
 //! (its own pushes may come back once, through a replay, or not at all) and agrees with the
 //! store; presence and room membership name exactly the connected sessions that want them.
 //!
+//! The same workload runs on a simulated cluster too: three servers sharing one log, each
+//! connection reaching one drawn at random (so clients resume on another server than the one
+//! that gave them their cursor), every server following the log with its own lag. The same
+//! checks hold, and every subscription sees its changes in log order.
+//!
 //! `SIM_SEED=n` replays one seed exactly (a failing seed prints that command);
-//! `SIM_SEEDS=n` runs seeds `0..n` (default 300; `SIM_TRACE=1` traces every frame).
+//! `SIM_SEEDS=n` runs seeds `0..n` (default 300, and 2 000 on the cluster; `SIM_TRACE=1`
+//! traces every frame).
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +26,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use sim::{change, Net, NetConfig};
-use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::wire::CloseCode;
 use syncmux::ServerConfig;
 use syncmux::SessionId;
@@ -70,6 +76,11 @@ struct Want {
     /// but cannot see a late change with an older HLC accepted meanwhile (the limit of
     /// `since` that cursors exist for). Such changes may be missing there; no other may.
     cut_before_ack: BTreeSet<String>,
+    /// Tables subscribed mid-run without replay, by request: only the changes after the
+    /// position its ack names are due (the ack of the restore, if it was cut first).
+    head_only: BTreeMap<RequestId, String>,
+    /// Of those, where each table's stream starts, once acked.
+    starts: BTreeMap<String, Cursor>,
     topics: BTreeMap<&'static str, RequestId>,
     rooms: BTreeMap<&'static str, RequestId>,
     pushed: Vec<ChangeRecord>,
@@ -81,10 +92,20 @@ impl Want {
         for event in events {
             if let ClientEvent::Response {
                 id,
+                outcome: Ok(Response::Ack(Some(ack))),
+            } = event
+            {
+                if let Some(table) = self.head_only.get(id) {
+                    self.starts.insert(table.clone(), ack.cursor);
+                }
+            }
+            if let ClientEvent::Response {
+                id,
                 outcome: Err(RequestError::Server { .. }),
             } = event
             {
                 self.tables.retain(|_, by| by != id);
+                self.head_only.remove(id);
                 self.topics.retain(|_, by| by != id);
                 self.rooms.retain(|_, by| by != id);
             }
@@ -137,7 +158,7 @@ struct Coverage {
     since_only_cut_before_ack: usize,
 }
 
-fn simulate(seed: u64, cursors: bool) -> Coverage {
+fn simulate(seed: u64, cursors: bool, servers: usize) -> Coverage {
     let mut cov = Coverage::default();
     let mut net = Net::new(
         seed,
@@ -145,6 +166,8 @@ fn simulate(seed: u64, cursors: bool) -> Coverage {
         NetConfig {
             latency_ms: (1, 60),
             answer_ms: (0, 40),
+            servers,
+            follow_ms: (0, 80),
         },
     );
     let n = 3 + net.rng.range(0, 5) as usize;
@@ -206,8 +229,22 @@ fn simulate(seed: u64, cursors: bool) -> Coverage {
                     want[who].pushed.extend(changes);
                 }
             }
+            // Subscribe to one more table from now on, without replay: on a cluster, from
+            // where the server the client is on has followed the log to.
+            55..=57 => {
+                let table = TABLES[net.rng.range(0, 3) as usize];
+                if !want[who].tables.contains_key(table) {
+                    if let Ok(by) = net.nodes[who]
+                        .client
+                        .subscribe(now, Subscribe::new([table]))
+                    {
+                        want[who].tables.insert(table.to_owned(), by);
+                        want[who].head_only.insert(by, table.to_owned());
+                    }
+                }
+            }
             // Subscribe to one more table, replaying its whole history first.
-            55..=62 => {
+            58..=62 => {
                 let table = TABLES[net.rng.range(0, 3) as usize];
                 if !want[who].tables.contains_key(table) {
                     let since = Some(Hlc::new(0, 0, ""));
@@ -325,12 +362,34 @@ fn check(net: &Net, seed: u64, want: &[Want]) {
             eprintln!("node {i} event {e:?}");
         }
     }
-    let mut wanted_topics: BTreeMap<&str, BTreeSet<SessionId>> = BTreeMap::new();
-    let mut wanted_rooms: BTreeMap<&str, BTreeSet<SessionId>> = BTreeMap::new();
+    let mut wanted_topics: BTreeMap<&str, BTreeSet<(usize, SessionId)>> = BTreeMap::new();
+    let mut wanted_rooms: BTreeMap<&str, BTreeSet<(usize, SessionId)>> = BTreeMap::new();
     for (i, w) in want.iter().enumerate() {
         let node = &net.nodes[i];
-        let session = node.session();
+        let session = node.at();
         assert!(session.is_some(), "seed {seed}: node {i} not reconnected");
+        // Each table's changes come in log order: the positions of the frames that carry
+        // them only grow, across reconnects to any server. (A subscription of several
+        // tables resumes each from its own position, so they interleave.)
+        let mut last: BTreeMap<&str, Cursor> = BTreeMap::new();
+        for e in &node.events {
+            if let ClientEvent::Changes {
+                changes,
+                cursor: Some(cursor),
+                ..
+            } = e
+            {
+                let tables: BTreeSet<&str> = changes.iter().map(|c| c.table.as_str()).collect();
+                for table in tables {
+                    if let Some(before) = last.insert(table, *cursor) {
+                        assert!(
+                            before < *cursor,
+                            "seed {seed}: node {i} got {table} at {cursor} after {before}"
+                        );
+                    }
+                }
+            }
+        }
         for t in w.topics.keys() {
             wanted_topics.entry(t).or_default().extend(session);
         }
@@ -340,7 +399,14 @@ fn check(net: &Net, seed: u64, want: &[Want]) {
         let tables: Vec<String> = w.tables.keys().cloned().collect();
         let out = net.store.pull(&tables, None, None);
         assert!(out.complete, "seed {seed}: the store keeps everything");
-        let log: Vec<ChangeRecord> = out.changes.into_iter().map(|(_, c)| c).collect();
+        // A table subscribed without replay is due from its ack's position on.
+        let due = |(at, c): &(Cursor, ChangeRecord)| w.starts.get(&c.table).is_none_or(|s| at > s);
+        let log: Vec<ChangeRecord> = out
+            .changes
+            .into_iter()
+            .filter(due)
+            .map(|(_, c)| c)
+            .collect();
         let logged: BTreeSet<Key> = log.iter().map(key).collect();
         let own: BTreeSet<Key> = w.pushed.iter().map(key).collect();
         let mut seen: BTreeMap<Key, u32> = BTreeMap::new();
@@ -389,14 +455,23 @@ fn check(net: &Net, seed: u64, want: &[Want]) {
         let store = newest(&mut log.iter().filter(|c| !missed_late.contains(&key(c))));
         assert_eq!(mine, store, "seed {seed}: node {i} diverged from the store");
     }
-    let who: Vec<(usize, Option<SessionId>)> = net
+    let who: Vec<(usize, Option<(usize, SessionId)>)> = net
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| (i, n.session()))
+        .map(|(i, n)| (i, n.at()))
         .collect();
+    // Presence and rooms are each server's own here (the cluster shares only the log): a
+    // member is a (server, session).
+    let members =
+        |of: &dyn Fn(&syncmux::Server) -> Vec<SessionId>| -> BTreeSet<(usize, SessionId)> {
+            let servers = net.servers.iter().enumerate();
+            servers
+                .flat_map(|(k, s)| of(s).into_iter().map(move |m| (k, m)))
+                .collect()
+        };
     for topic in TOPICS {
-        let members: BTreeSet<SessionId> = net.server.presence_members(topic).into_iter().collect();
+        let members = members(&|s| s.presence_members(topic));
         let wanted = wanted_topics.remove(topic).unwrap_or_default();
         assert_eq!(
             members, wanted,
@@ -404,7 +479,7 @@ fn check(net: &Net, seed: u64, want: &[Want]) {
         );
     }
     for room in ROOMS {
-        let members: BTreeSet<SessionId> = net.server.room_members(room).into_iter().collect();
+        let members = members(&|s| s.room_members(room));
         let wanted = wanted_rooms.remove(room).unwrap_or_default();
         assert_eq!(
             members, wanted,
@@ -413,20 +488,20 @@ fn check(net: &Net, seed: u64, want: &[Want]) {
     }
     let live = net.nodes.iter().filter(|n| n.is_connected()).count();
     assert_eq!(
-        net.server.session_count(),
+        net.servers.iter().map(|s| s.session_count()).sum::<usize>(),
         live,
         "seed {seed}: the server holds sessions of no connection"
     );
 }
 
 /// Runs one seed; a failure names the seed and the command that replays it.
-fn run_seed(seed: u64) -> Coverage {
-    match catch_unwind(AssertUnwindSafe(|| simulate(seed, true))) {
+fn run_seed(seed: u64, servers: usize, test: &str) -> Coverage {
+    match catch_unwind(AssertUnwindSafe(|| simulate(seed, true, servers))) {
         Ok(cov) => cov,
         Err(panic) => {
             eprintln!(
                 "sim_network failed at seed {seed}; replay it with: \
-             SIM_SEED={seed} cargo test --test sim_network"
+             SIM_SEED={seed} cargo test --test sim_network {test}"
             );
             resume_unwind(panic)
         }
@@ -435,18 +510,28 @@ fn run_seed(seed: u64) -> Coverage {
 
 #[test]
 fn the_network_heals_and_everyone_agrees() {
+    run_seeds(1, 300, "the_network_heals");
+}
+
+#[test]
+fn a_cluster_sharing_one_log_heals_and_everyone_agrees() {
+    run_seeds(3, 2_000, "a_cluster_sharing");
+}
+
+/// Runs `SIM_SEEDS` seeds (default `default`), or the one `SIM_SEED`.
+fn run_seeds(servers: usize, default: u64, test: &str) {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        let cov = run_seed(seed);
+        let cov = run_seed(seed, servers, test);
         eprintln!("seed {seed}: {cov:?}");
         return;
     }
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(default);
     let mut total = Coverage::default();
     for seed in 0..seeds {
-        let cov = run_seed(seed);
+        let cov = run_seed(seed, servers, test);
         total.slow_consumer_closes += cov.slow_consumer_closes;
         total.idle_closes += cov.idle_closes;
         total.kicks += cov.kicks;
@@ -455,7 +540,7 @@ fn the_network_heals_and_everyone_agrees() {
         total.late_old_hlc_pushes += cov.late_old_hlc_pushes;
         total.since_only_cut_before_ack += cov.since_only_cut_before_ack;
     }
-    eprintln!("{seeds} seeds: {total:?}");
+    eprintln!("{seeds} seeds, {servers} server(s): {total:?}");
     assert!(
         seeds < 50 || (total.slow_consumer_closes > 0 && total.idle_closes > 0),
         "the workload no longer reaches slow-consumer or idle closes: {total:?}"
@@ -469,7 +554,7 @@ fn without_cursors_the_simulation_finds_the_divergence() {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let diverged = (0..100).find_map(|seed| {
-        let panic = catch_unwind(AssertUnwindSafe(|| simulate(seed, false))).err()?;
+        let panic = catch_unwind(AssertUnwindSafe(|| simulate(seed, false, 1))).err()?;
         let message = panic
             .downcast_ref::<String>()
             .cloned()

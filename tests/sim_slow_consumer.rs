@@ -39,6 +39,7 @@ fn a_backlog_larger_than_the_outbound_bound_resumes_without_looping() {
         NetConfig {
             latency_ms: (5, 5),
             answer_ms: (0, 0),
+            ..NetConfig::default()
         },
     );
     let writer = net.add_client("w", |_| {});

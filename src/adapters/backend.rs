@@ -76,6 +76,21 @@ pub struct Push {
     pub changes: Vec<ChangeRecord>,
 }
 
+/// A session asking to join a room, for a [`Backend`] that shares rooms to admit
+/// ([`Backend::admit`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct Admit {
+    /// The session joining.
+    pub session: SessionId,
+    /// Its node id.
+    pub node_id: String,
+    /// The room.
+    pub room: String,
+    /// The most members the room may have, over every server.
+    pub max_size: usize,
+}
+
 /// A store that answers later (README, "Scaling out over Redis"): the seam the native server
 /// adapters drive (`adapters::tokio::start_with_backend`).
 ///
@@ -106,6 +121,19 @@ pub trait Backend: Send + Sync + 'static {
     /// [`LogSink::remote_room`] and [`LogSink::remote_gone`].
     fn shares_presence(&self) -> bool {
         false
+    }
+
+    /// Admits a session to a room if the room, over every server, has fewer than
+    /// `max_size` members or already counts it, and counts it from then on; `Ok(false)`
+    /// refuses (`ROOM_FULL`). Asked only of a backend that [shares
+    /// presence](Backend::shares_presence), for a join this server's own view lets pass: two
+    /// servers that each see one place left must not both fill it. The default admits (each
+    /// server then decides from its own view, and two joins at the same moment may both
+    /// pass). A join this server gives back (its session ended first) comes to
+    /// [`publish`](Backend::publish) as a `Left`.
+    fn admit(&self, join: Admit) -> BackendFuture<Result<bool, AppError>> {
+        let _ = join;
+        Box::pin(async { Ok(true) })
     }
 
     /// Tells the other servers of a change of this server's presence or rooms: a
@@ -198,14 +226,15 @@ impl Link {
         self.followed = Some(position);
     }
 
-    /// Whether the event is one for the backend (a pull, a push, a replay, or a presence or
-    /// room change).
+    /// Whether the event is one for the backend (a pull, a push, a replay, a room join to
+    /// admit, or a presence or room change).
     pub(crate) fn wants(event: &ServerEvent) -> bool {
         matches!(
             event,
             ServerEvent::Pull { .. }
                 | ServerEvent::Push { .. }
                 | ServerEvent::Replay { .. }
+                | ServerEvent::RoomJoin { .. }
                 | ServerEvent::PresenceChanged { .. }
                 | ServerEvent::RoomChanged { .. }
         )
@@ -316,6 +345,29 @@ impl Link {
                 }));
             }
             (
+                ServerEvent::RoomJoin {
+                    request,
+                    session,
+                    node_id,
+                    room,
+                    max_size,
+                },
+                _,
+            ) => {
+                let admit = self.backend.admit(Admit {
+                    session,
+                    node_id,
+                    room,
+                    max_size,
+                });
+                (self.spawn)(Box::pin(async move {
+                    let out = admit.await;
+                    answer(Box::new(move |d, now| {
+                        d.with_server(now, |s| s.answer_room_join(now, request, out));
+                    }));
+                }));
+            }
+            (
                 change @ (ServerEvent::PresenceChanged { .. } | ServerEvent::RoomChanged { .. }),
                 _,
             ) => {
@@ -365,6 +417,22 @@ impl LogSink {
             }
             shared.apply(move |d: &mut Driver, now| {
                 d.with_server(now, |s| s.handle_accepted(now, changes, pushed_by));
+            });
+        })
+    }
+
+    /// The log lost entries after the last ones handed over, before the follower read them
+    /// (trimmed by retention while the follower lagged): this server's subscribers are
+    /// closed to resume from their cursors
+    /// ([`Server::handle_log_gap`](crate::Server::handle_log_gap)). Hand the entries after
+    /// the gap to [`accepted`](LogSink::accepted) as usual.
+    pub fn gap(&self) -> bool {
+        self.with(|shared| {
+            shared.apply(|d: &mut Driver, now| {
+                d.with_server(now, |s| {
+                    let closed = s.handle_log_gap(now);
+                    tracing::warn!(closed, "the shared log was trimmed past this server's position: its subscribers resume from their cursors");
+                });
             });
         })
     }

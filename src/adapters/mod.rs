@@ -60,7 +60,7 @@ pub mod tokio;
 pub mod wasm;
 
 #[cfg(feature = "adapters")]
-pub use backend::{Backend, BackendFuture, LogSink, Push, Read};
+pub use backend::{Admit, Backend, BackendFuture, LogSink, Push, Read};
 #[cfg(feature = "adapters")]
 pub use client::{ClientEvents, ClientOptions, SyncClient};
 #[cfg(feature = "adapters")]

@@ -82,6 +82,9 @@ request_ids! {
     /// A replay the application must answer with
     /// [`Server::answer_replay`](super::Server::answer_replay).
     ReplayId,
+    /// A room join the application must admit or refuse with
+    /// [`Server::answer_room_join`](super::Server::answer_room_join).
+    RoomJoinId,
 }
 
 /// Something the application should know or do. Drain with
@@ -169,6 +172,26 @@ pub enum ServerEvent {
         data: Option<RawJson>,
         /// When, in milliseconds of wall time (the snapshot's `updated_at`).
         updated_at: u64,
+    },
+    /// With [`ServerConfig::shared_presence`](super::ServerConfig::shared_presence) and a
+    /// [`max_room_size`](super::ServerConfig::max_room_size): a session of this server asks
+    /// to join a room it is not in, which this server's view does not find full. Only the
+    /// place the servers share can tell atomically whether the room has room: answer with
+    /// [`Server::answer_room_join`](super::Server::answer_room_join) (`Ok(true)` admits and
+    /// counts the session as a member there from now on; `Ok(false)` refuses with
+    /// `ROOM_FULL`). If the session is gone when the answer comes, an admitted join is
+    /// given back at once with a [`ServerEvent::RoomChanged`] `Left`.
+    RoomJoin {
+        /// The handle to answer.
+        request: RoomJoinId,
+        /// The session joining.
+        session: SessionId,
+        /// Its node id.
+        node_id: String,
+        /// The room.
+        room: String,
+        /// The most members the room may have, over every server.
+        max_size: usize,
     },
     /// With [`ServerConfig::shared_presence`](super::ServerConfig::shared_presence): a
     /// session of this server joined, left or broadcast to a room. Tell the other servers,

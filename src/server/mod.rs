@@ -18,7 +18,7 @@ use crate::config::ConfigError;
 pub use config::{Access, AuthFn, AuthorizeFn, Resource, ServerConfig};
 pub use event::{
     AppError, PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, RoomChange,
-    ServerEvent, ServerTransmit, SessionId,
+    RoomJoinId, ServerEvent, ServerTransmit, SessionId,
 };
 pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
 pub use stats::ServerStats;
@@ -52,6 +52,13 @@ enum PendingKind {
         added: Vec<Arc<str>>,
         /// What the subscribe said of its position.
         from: Resume,
+    },
+    /// A room join waiting for the shared place to admit it (`ServerEvent::RoomJoin`).
+    /// Kept after its session ends, so that an admitted join is given back.
+    RoomJoin {
+        room: Arc<str>,
+        node_id: Arc<str>,
+        data: Option<crate::payload::RawJson>,
     },
 }
 
@@ -660,6 +667,13 @@ impl Server {
             self.hub.unsubscribe(table, session);
         }
         for request in in_flight {
+            if self
+                .pending
+                .get(&request.key)
+                .is_some_and(|p| matches!(p.kind, PendingKind::RoomJoin { .. }))
+            {
+                continue; // its answer may have taken a place in the room: see answer_room_join
+            }
             self.pending.remove(&request.key);
             // An answer may still come; it no longer holds back the pushes after it.
             self.reorder.answered(request.key);

@@ -5,16 +5,74 @@
 
 use std::sync::Arc;
 
-use super::event::{RemoteSession, RoomChange};
+use super::event::{AppError, RemoteSession, RoomChange, RoomJoinId, ServerEvent};
 use super::hub::{Member, MemberKey, Presence};
-use super::out;
+use super::out::{self, Refusal};
 use super::requests::frame_of;
-use super::Server;
+use super::{PendingKind, Server};
 use crate::payload::{PresenceEvent, PresenceEventKind, RawJson, RoomEvent, RoomEventKind};
 use crate::time::Instant;
 use crate::wire::MessageType;
 
 impl Server {
+    /// Answers a [`ServerEvent::RoomJoin`](super::ServerEvent::RoomJoin): `Ok(true)` when the
+    /// place the servers share admitted the session (the join takes effect as any other:
+    /// the member list to the joiner, a `join` to the others, the ack), `Ok(false)` when the
+    /// room is full there (`ROOM_FULL`); an error becomes an `error` frame. If the session
+    /// ended meanwhile, an admitted join is given back: a
+    /// [`ServerEvent::RoomChanged`](super::ServerEvent::RoomChanged) `Left` for it.
+    pub fn answer_room_join(
+        &mut self,
+        now: Instant,
+        request: RoomJoinId,
+        answer: Result<bool, AppError>,
+    ) {
+        self.clamp(now);
+        let Some(pending) =
+            self.take_pending(request.0, |k| matches!(k, PendingKind::RoomJoin { .. }))
+        else {
+            return;
+        };
+        let PendingKind::RoomJoin {
+            room,
+            node_id,
+            data,
+        } = pending.kind
+        else {
+            return;
+        };
+        let session = pending.session;
+        let Some(s) = self.sessions.open_mut(session) else {
+            if answer == Ok(true) {
+                self.events.push_back(ServerEvent::RoomChanged {
+                    session,
+                    node_id: node_id.to_string(),
+                    room: room.to_string(),
+                    change: RoomChange::Left,
+                });
+            }
+            return;
+        };
+        let member = s.rooms.contains(&room);
+        match answer {
+            Ok(true) => {
+                self.join_room(session, &node_id, room, data, member);
+                self.ack(session, pending.id.as_ref());
+            }
+            Ok(false) => {
+                let refusal = Refusal::RoomFull(room.to_string());
+                let bytes =
+                    out::error_frame(pending.id.as_ref(), refusal.code(), refusal.to_string());
+                self.send(session, bytes);
+            }
+            Err(e) => {
+                let bytes = out::error_frame(pending.id.as_ref(), e.code().clone(), e.message);
+                self.send(session, bytes);
+            }
+        }
+        self.settle();
+    }
+
     /// A session of another server joined, updated (`data: Some`) or left (`data: None`) a
     /// presence topic, as that server reported it
     /// ([`ServerEvent::PresenceChanged`](super::ServerEvent::PresenceChanged)): this
@@ -69,8 +127,8 @@ impl Server {
     /// A session of another server joined, left or broadcast to a room, as that server
     /// reported it ([`ServerEvent::RoomChanged`](super::ServerEvent::RoomChanged)): this
     /// server's members of the room get the `room` event, and its member lists and room
-    /// sizes count the session. That server checked the room's size when the session joined;
-    /// two joins on two servers at once may both pass it.
+    /// sizes count the session. That server had the join admitted where the servers share
+    /// the room's size ([`ServerEvent::RoomJoin`](super::ServerEvent::RoomJoin)).
     pub fn handle_remote_room(
         &mut self,
         now: Instant,

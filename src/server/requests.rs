@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::config::{Access, Resource};
 use super::event::RoomChange;
-use super::event::{PullId, PushId, ReplayId, ServerEvent, SessionId};
+use super::event::{PullId, PushId, ReplayId, RoomJoinId, ServerEvent, SessionId};
 use super::hub::{Member, MemberKey, Presence};
 use super::out::{self, Refusal};
 use super::session::InFlight;
@@ -386,7 +386,16 @@ impl Server {
         let node = s.node_id.clone();
         match req.action {
             RoomAction::Join => {
-                let size = self.hub.room(&req.room).map_or(0, |m| m.len());
+                // Joins waiting for the shared place count: they may take it.
+                let joining = match self.config.shared_presence {
+                    true => self
+                        .pending
+                        .values()
+                        .filter(|p| matches!(&p.kind, PendingKind::RoomJoin { room, .. } if **room == *req.room))
+                        .count(),
+                    false => 0,
+                };
+                let size = self.hub.room(&req.room).map_or(0, |m| m.len()) + joining;
                 let (max_size, max_rooms) = (self.config.max_room_size, self.config.max_rooms);
                 if !member && max_size != 0 && size >= max_size {
                     return Err(Refusal::RoomFull(req.room));
@@ -394,48 +403,27 @@ impl Server {
                 if !member && max_rooms != 0 && s.rooms.len() >= max_rooms {
                     return Err(Refusal::Rooms(max_rooms));
                 }
-                let room = self.hub.room_key(&req.room);
-                let entry = Member {
-                    node_id: node.clone(),
-                    data: req.data.clone(),
-                };
-                self.hub.join_room(&room, MemberKey::Local(session), entry);
-                self.share_room(session, &node, &req.room, || RoomChange::Joined {
-                    data: req.data.clone(),
-                });
-                if !member {
-                    if let Some(s) = self.sessions.get_mut(session) {
-                        s.rooms.push(room.clone());
-                    }
-                }
-                let members = self
-                    .hub
-                    .room(&room)
-                    .into_iter()
-                    .flatten()
-                    .map(|(_, m)| RoomMember {
-                        node_id: m.node_id.to_string(),
-                        data: m.data.clone(),
-                    })
-                    .collect();
-                let to_joiner = RoomEvent {
-                    event: RoomEventKind::Members,
-                    room: req.room.clone(),
-                    node_id: None,
-                    data: None,
-                    members: Some(members),
-                };
-                self.send(session, frame_of(&to_joiner));
-                if !member {
-                    let joined = RoomEvent {
-                        event: RoomEventKind::Join,
-                        room: req.room,
-                        node_id: Some(node.to_string()),
+                if !member && max_size != 0 && self.config.shared_presence {
+                    // Two servers may each see one place left: the shared place decides.
+                    self.check_in_flight(session, frame.id())?;
+                    let room = self.hub.room_key(&req.room);
+                    let kind = PendingKind::RoomJoin {
+                        room: room.clone(),
+                        node_id: node.clone(),
                         data: req.data,
-                        members: None,
                     };
-                    self.room_send_others(&room, session, frame_of(&joined));
+                    let key = self.register(session, frame.id().cloned(), kind);
+                    self.events.push_back(ServerEvent::RoomJoin {
+                        request: RoomJoinId(key),
+                        session,
+                        node_id: node.to_string(),
+                        room: room.to_string(),
+                        max_size,
+                    });
+                    return Ok(());
                 }
+                let room = self.hub.room_key(&req.room);
+                self.join_room(session, &node, room, req.data, member);
             }
             RoomAction::Leave => {
                 if !member {
@@ -485,6 +473,59 @@ impl Server {
 
     /// Reports a room change of a session of this server, for the other servers, when
     /// shared.
+    /// Makes `session` a member of `room` (again, with new data, when `member`): the joiner
+    /// gets the member list, the others a `join`.
+    pub(super) fn join_room(
+        &mut self,
+        session: SessionId,
+        node: &Arc<str>,
+        room: Arc<str>,
+        data: Option<RawJson>,
+        member: bool,
+    ) {
+        let entry = Member {
+            node_id: node.clone(),
+            data: data.clone(),
+        };
+        self.hub.join_room(&room, MemberKey::Local(session), entry);
+        self.share_room(session, node, &room, || RoomChange::Joined {
+            data: data.clone(),
+        });
+        if !member {
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.rooms.push(room.clone());
+            }
+        }
+        let members = self
+            .hub
+            .room(&room)
+            .into_iter()
+            .flatten()
+            .map(|(_, m)| RoomMember {
+                node_id: m.node_id.to_string(),
+                data: m.data.clone(),
+            })
+            .collect();
+        let to_joiner = RoomEvent {
+            event: RoomEventKind::Members,
+            room: room.to_string(),
+            node_id: None,
+            data: None,
+            members: Some(members),
+        };
+        self.send(session, frame_of(&to_joiner));
+        if !member {
+            let joined = RoomEvent {
+                event: RoomEventKind::Join,
+                room: room.to_string(),
+                node_id: Some(node.to_string()),
+                data,
+                members: None,
+            };
+            self.room_send_others(&room, session, frame_of(&joined));
+        }
+    }
+
     fn share_room(
         &mut self,
         session: SessionId,

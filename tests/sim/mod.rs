@@ -1,19 +1,27 @@
-//! A deterministic, seeded simulation of many `Client`s and one `Server` + `MemoryStore`.
+//! A deterministic, seeded simulation of many `Client`s and one `Server` + `MemoryStore`, or
+//! several `Server`s sharing one log (a cluster on Redis, simulated).
 //!
 //! Virtual time jumps to the earliest deadline (a client or server timer, a frame due on a
 //! link, an application answer due). Each connection is a pair of FIFO links with seeded
 //! latency, so frames on one connection stay in order while connections race each other, as
 //! over TCP. The application (the test) answers pull, push and replay events after seeded
 //! delays, so answers come back out of order. `drive_bounded` turns a livelock into a failure.
+//!
+//! With [`NetConfig::servers`] above one, every connection goes to a server drawn at random
+//! and the servers share the store as the Redis backend shares its log: a push is answered
+//! to its server unrouted (`Server::answer_push_unrouted`), its accepted changes are appended
+//! to the log, and every server follows the log with its own seeded lag, routing each entry
+//! (its own included) through `Server::handle_accepted`. A subscribe without replay starts
+//! where its server has followed the log to, as the adapters' backend link answers it.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use syncmux::payload::{ChangeRecord, Hlc, RawJson};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use syncmux::wire::CloseCode;
-use syncmux::{Client, ClientConfig, Instant, Server, ServerConfig, ServerEvent};
+use syncmux::{Client, ClientConfig, Instant, PullAnswer, Server, ServerConfig, ServerEvent};
 use syncmux::{ClientEvent, ClientTransmit};
 use syncmux::{Handshake, HandshakeOutcome, ServerTransmit, SessionId};
 use syncmux::{MemoryStore, StoreConfig};
@@ -52,6 +60,10 @@ pub struct NetConfig {
     pub latency_ms: (u64, u64),
     /// How long the application takes to answer a pull, push or replay, milliseconds.
     pub answer_ms: (u64, u64),
+    /// How many servers share the log (1: one server that routes its own pushes).
+    pub servers: usize,
+    /// How long a server takes to read an entry of the shared log, milliseconds.
+    pub follow_ms: (u64, u64),
 }
 
 impl Default for NetConfig {
@@ -59,6 +71,8 @@ impl Default for NetConfig {
         NetConfig {
             latency_ms: (1, 40),
             answer_ms: (0, 30),
+            servers: 1,
+            follow_ms: (0, 50),
         }
     }
 }
@@ -69,6 +83,8 @@ enum Down {
 }
 
 struct Conn {
+    /// The server this connection reached.
+    server: usize,
     session: SessionId,
     up: VecDeque<(Instant, Bytes)>,
     down: VecDeque<(Instant, Down)>,
@@ -94,21 +110,42 @@ impl Node {
     pub fn session(&self) -> Option<SessionId> {
         self.conn.as_ref().map(|c| c.session)
     }
+    /// The server and session of the node's connection.
+    pub fn at(&self) -> Option<(usize, SessionId)> {
+        self.conn.as_ref().map(|c| (c.server, c.session))
+    }
+}
+
+/// An entry of the shared log: a change, its position, and the server and session that
+/// pushed it.
+type Entry = (Cursor, ChangeRecord, (usize, SessionId));
+
+/// How far one server has read the shared log.
+struct Follower {
+    /// Log entries before this index were handed to the server.
+    next: usize,
+    /// Moments at which the server will have read the log up to an index, in order.
+    reads: VecDeque<(Instant, usize)>,
+    /// Where it stands: the position a subscribe without replay starts after.
+    at: Cursor,
 }
 
 /// The whole simulated world.
 pub struct Net {
     pub now: Instant,
-    pub server: Server,
+    pub servers: Vec<Server>,
     pub store: MemoryStore,
     pub nodes: Vec<Node>,
     pub rng: Rng,
     pub config: NetConfig,
-    answers: Vec<(Instant, u64, ServerEvent)>,
+    answers: Vec<(Instant, u64, usize, ServerEvent)>,
     answer_seq: u64,
     /// Whether answers are held back (to stage interleavings by hand).
     pub hold_answers: bool,
-    sessions: BTreeMap<SessionId, usize>,
+    sessions: BTreeMap<(usize, SessionId), usize>,
+    /// The shared log (with several servers) and each server's follower.
+    log: Vec<Entry>,
+    followers: Vec<Follower>,
     pub steps: u64,
 }
 
@@ -116,12 +153,26 @@ pub const URL: &str = "ws://sim.test/sync/ws";
 
 impl Net {
     pub fn new(seed: u64, server: ServerConfig, config: NetConfig) -> Net {
-        let mut server = server;
-        server.seed = seed;
+        let count = config.servers.max(1);
+        let servers = (0..count)
+            .map(|k| {
+                let mut server = server.clone();
+                server.seed = seed.wrapping_add(k as u64);
+                Server::new(server).unwrap()
+            })
+            .collect();
+        let store = MemoryStore::new(StoreConfig::default());
+        let followers = (0..count)
+            .map(|_| Follower {
+                next: 0,
+                reads: VecDeque::new(),
+                at: store.head(),
+            })
+            .collect();
         Net {
             now: Instant::from_millis(1_000),
-            server: Server::new(server).unwrap(),
-            store: MemoryStore::new(StoreConfig::default()),
+            servers,
+            store,
             nodes: Vec::new(),
             rng: Rng::new(seed),
             config,
@@ -129,8 +180,20 @@ impl Net {
             answer_seq: 0,
             hold_answers: false,
             sessions: BTreeMap::new(),
+            log: Vec::new(),
+            followers,
             steps: 0,
         }
+    }
+
+    /// The first (with one server, the only) server.
+    pub fn server(&self) -> &Server {
+        &self.servers[0]
+    }
+
+    /// Whether the servers share a log.
+    fn shared(&self) -> bool {
+        self.servers.len() > 1
     }
 
     /// Adds a client with a config based on `ClientConfig::new(URL, node_id)`.
@@ -170,22 +233,24 @@ impl Net {
                     self.nodes[i].events.push(ev);
                 }
             }
-            while let Some(t) = self.server.poll_transmit() {
-                moved = true;
-                self.server_transmit(t);
-            }
-            while let Some(ev) = self.server.poll_event() {
-                moved = true;
-                match ev {
-                    ServerEvent::Pull { .. }
-                    | ServerEvent::Push { .. }
-                    | ServerEvent::Replay { .. } => {
-                        let (lo, hi) = self.config.answer_ms;
-                        let due = self.now + Duration::from_millis(self.rng.range(lo, hi));
-                        self.answer_seq += 1;
-                        self.answers.push((due, self.answer_seq, ev));
+            for k in 0..self.servers.len() {
+                while let Some(t) = self.servers[k].poll_transmit() {
+                    moved = true;
+                    self.server_transmit(k, t);
+                }
+                while let Some(ev) = self.servers[k].poll_event() {
+                    moved = true;
+                    match ev {
+                        ServerEvent::Pull { .. }
+                        | ServerEvent::Push { .. }
+                        | ServerEvent::Replay { .. } => {
+                            let (lo, hi) = self.config.answer_ms;
+                            let due = self.now + Duration::from_millis(self.rng.range(lo, hi));
+                            self.answer_seq += 1;
+                            self.answers.push((due, self.answer_seq, k, ev));
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
             if !moved {
@@ -206,12 +271,14 @@ impl Net {
                 for p in &dial.protocols {
                     hs = hs.protocol(*p);
                 }
-                match self.server.handle_handshake(self.now, &hs) {
+                let k = self.rng.range(0, self.servers.len() as u64 - 1) as usize;
+                match self.servers[k].handle_handshake(self.now, &hs) {
                     HandshakeOutcome::Accept {
                         session, protocol, ..
                     } => {
-                        self.sessions.insert(session, i);
+                        self.sessions.insert((k, session), i);
                         self.nodes[i].conn = Some(Conn {
+                            server: k,
                             session,
                             up: VecDeque::new(),
                             down: VecDeque::new(),
@@ -244,17 +311,17 @@ impl Net {
             }
             ClientTransmit::Close { .. } => {
                 if let Some(conn) = self.nodes[i].conn.take() {
-                    self.sessions.remove(&conn.session);
-                    self.server.handle_disconnected(self.now, conn.session);
+                    self.sessions.remove(&(conn.server, conn.session));
+                    self.servers[conn.server].handle_disconnected(self.now, conn.session);
                 }
             }
             other => panic!("unexpected client transmit {other:?}"),
         }
     }
 
-    fn server_transmit(&mut self, t: ServerTransmit) {
+    fn server_transmit(&mut self, k: usize, t: ServerTransmit) {
         let session = t.session();
-        let Some(&i) = self.sessions.get(&session) else {
+        let Some(&i) = self.sessions.get(&(k, session)) else {
             return; // the connection is gone: the bytes are lost with it
         };
         let lat = self.latency();
@@ -275,8 +342,8 @@ impl Net {
     /// Cuts node `i`'s connection abruptly: frames in flight are lost both ways.
     pub fn cut(&mut self, i: usize) {
         if let Some(conn) = self.nodes[i].conn.take() {
-            self.sessions.remove(&conn.session);
-            self.server.handle_disconnected(self.now, conn.session);
+            self.sessions.remove(&(conn.server, conn.session));
+            self.servers[conn.server].handle_disconnected(self.now, conn.session);
             let now = self.now;
             self.nodes[i]
                 .client
@@ -297,9 +364,9 @@ impl Net {
     /// The application closes node `i`'s session (`Server::close_session`): its queued
     /// frames go out, then the close.
     pub fn kick(&mut self, i: usize, code: CloseCode, reason: &str) {
-        if let Some(session) = self.nodes[i].session() {
+        if let Some((k, session)) = self.nodes[i].at() {
             let now = self.now;
-            self.server.close_session(now, session, code, reason);
+            self.servers[k].close_session(now, session, code, reason);
         }
         self.pump();
     }
@@ -329,11 +396,18 @@ impl Net {
                 }
             }
         }
-        if let Some(t) = self.server.poll_timeout() {
-            take(t);
+        for server in &self.servers {
+            if let Some(t) = server.poll_timeout() {
+                take(t);
+            }
+        }
+        for follower in &self.followers {
+            if let Some((t, _)) = follower.reads.front() {
+                take(*t);
+            }
         }
         if !self.hold_answers {
-            for (t, _, _) in &self.answers {
+            for (t, _, _, _) in &self.answers {
                 take(*t);
             }
         }
@@ -359,8 +433,11 @@ impl Net {
         if !self.hold_answers {
             self.answer_due(now);
         }
-        if self.server.poll_timeout().is_some_and(|t| t <= now) {
-            self.server.handle_timeout(now);
+        self.follow(now);
+        for server in &mut self.servers {
+            if server.poll_timeout().is_some_and(|t| t <= now) {
+                server.handle_timeout(now);
+            }
         }
         for node in &mut self.nodes {
             if node.client.poll_timeout().is_some_and(|t| t <= now) {
@@ -371,13 +448,37 @@ impl Net {
         true
     }
 
+    /// Hands every server the log entries it has read by `now`, in log order, one call per
+    /// push, naming its own sessions' pushes (they are not echoed to their pusher).
+    fn follow(&mut self, now: Instant) {
+        for k in 0..self.followers.len() {
+            let follower = &mut self.followers[k];
+            let mut upto = follower.next;
+            while follower.reads.front().is_some_and(|(t, _)| *t <= now) {
+                upto = upto.max(follower.reads.pop_front().unwrap().1);
+            }
+            while follower.next < upto {
+                let pusher = self.log[follower.next].2;
+                let mut batch = Vec::new();
+                while follower.next < upto && self.log[follower.next].2 == pusher {
+                    let (cursor, record, _) = &self.log[follower.next];
+                    batch.push((*cursor, record.clone()));
+                    follower.next += 1;
+                }
+                follower.at = batch.last().unwrap().0;
+                let own = (pusher.0 == k).then_some(pusher.1);
+                self.servers[k].handle_accepted(now, batch, own);
+            }
+        }
+    }
+
     fn deliver(&mut self, i: usize, now: Instant) {
         while let Some(conn) = self.nodes[i].conn.as_mut() {
-            let session = conn.session;
+            let (k, session) = (conn.server, conn.session);
             if conn.up.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, bytes) = conn.up.pop_front().unwrap();
                 trace(now, i, "->", &bytes);
-                self.server.handle_message(now, session, bytes);
+                self.servers[k].handle_message(now, session, bytes);
                 continue;
             }
             let readable = conn.stalled_until.is_none_or(|s| s <= now);
@@ -386,14 +487,14 @@ impl Net {
                 match down {
                     Down::Frame(bytes) => {
                         trace(now, i, "<-", &bytes);
-                        self.server.handle_sent(now, session, bytes.len());
+                        self.servers[k].handle_sent(now, session, bytes.len());
                         self.nodes[i].client.handle_message(now, bytes);
                     }
                     Down::Close(code, reason) => {
                         self.nodes[i].conn = None;
-                        self.sessions.remove(&session);
+                        self.sessions.remove(&(k, session));
                         // The adapter finishes the close and reports the socket gone.
-                        self.server.handle_disconnected(now, session);
+                        self.servers[k].handle_disconnected(now, session);
                         self.nodes[i]
                             .client
                             .handle_disconnected(now, Some(code), &reason);
@@ -407,29 +508,30 @@ impl Net {
 
     /// Answers every application event that is due, in due order.
     pub fn answer_due(&mut self, now: Instant) {
-        self.answers.sort_by_key(|(t, seq, _)| (*t, *seq));
-        let due = self.answers.partition_point(|(t, _, _)| *t <= now);
+        self.answers.sort_by_key(|(t, seq, _, _)| (*t, *seq));
+        let due = self.answers.partition_point(|(t, _, _, _)| *t <= now);
         let ready: Vec<_> = self.answers.drain(..due).collect();
-        for (_, _, ev) in ready {
-            self.answer(ev);
+        for (_, _, k, ev) in ready {
+            self.answer(k, ev);
         }
     }
 
     /// Answers every held application event now, in the given order of their kinds.
     pub fn answer_all(&mut self) {
         let ready: Vec<_> = self.answers.drain(..).collect();
-        for (_, _, ev) in ready {
-            self.answer(ev);
+        for (_, _, k, ev) in ready {
+            self.answer(k, ev);
         }
         self.pump();
     }
 
     /// Answers held events that match `pick`, leaving the rest held.
     pub fn answer_where(&mut self, pick: impl Fn(&ServerEvent) -> bool) {
-        let (ready, rest): (Vec<_>, Vec<_>) = self.answers.drain(..).partition(|(_, _, e)| pick(e));
+        let (ready, rest): (Vec<_>, Vec<_>) =
+            self.answers.drain(..).partition(|(_, _, _, e)| pick(e));
         self.answers = rest;
-        for (_, _, ev) in ready {
-            self.answer(ev);
+        for (_, _, k, ev) in ready {
+            self.answer(k, ev);
         }
         self.pump();
     }
@@ -438,8 +540,54 @@ impl Net {
         self.answers.len()
     }
 
-    fn answer(&mut self, ev: ServerEvent) {
-        let _ = self.store.answer(&mut self.server, self.now, ev);
+    fn answer(&mut self, k: usize, ev: ServerEvent) {
+        let now = self.now;
+        if !self.shared() {
+            let _ = self.store.answer(&mut self.servers[k], now, ev);
+            return;
+        }
+        match ev {
+            ServerEvent::Push {
+                request,
+                session,
+                changes,
+                ..
+            } => {
+                let out = self.store.push(changes);
+                let start = self.log.len();
+                self.log.extend(
+                    out.accepted
+                        .iter()
+                        .map(|(cursor, record)| (*cursor, record.clone(), (k, session))),
+                );
+                if self.log.len() > start {
+                    let (lo, hi) = self.config.follow_ms;
+                    for f in &mut self.followers {
+                        let lag = Duration::from_millis(self.rng.range(lo, hi));
+                        let at = fifo_time(f.reads.back().map(|x| x.0), now + lag);
+                        f.reads.push_back((at, self.log.len()));
+                    }
+                }
+                self.servers[k].answer_push_unrouted(now, request, Ok(out.into()));
+            }
+            ServerEvent::Replay {
+                request,
+                head_only: true,
+                ..
+            } => {
+                // Where the server's follower stands: everything after it reaches the
+                // session live.
+                let answer = PullAnswer {
+                    head: self.followers[k].at,
+                    complete: true,
+                    ..PullAnswer::default()
+                };
+                self.servers[k].answer_replay(now, request, Ok(answer));
+            }
+            other => {
+                let _ = self.store.answer(&mut self.servers[k], now, other);
+            }
+        }
     }
 
     /// Runs until `now + span`, failing if it takes more than `max_steps` steps (a livelock).

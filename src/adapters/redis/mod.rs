@@ -30,7 +30,9 @@
 //! tag, so all of them live in one slot. `meta` (hash: epoch, head, oldest retained
 //! sequence), `log` (stream), `win` (hash: last-writer-wins winners), `ops` (set: identities
 //! of operation records), `tables`, `latest`, `evicted`, and per table `s:TABLE` (sorted set
-//! of sequences) and `h:TABLE` (sorted set of HLC keys, by lexicographic order).
+//! of sequences) and `h:TABLE` (sorted set of HLC keys, by lexicographic order); for shared
+//! presence and rooms `presence`, `members:SERVER`, `servers`, `events` (the channel) and per
+//! room `room:ROOM` (the set its size is counted in).
 //!
 //! # Retention
 //!
@@ -44,8 +46,8 @@
 //! too: each server publishes its sessions' changes on Pub/Sub, tagged with its name, and
 //! keeps them in a hash for servers that start later; a heartbeat per server lets the others
 //! clean up after one that died. Snapshots, member lists and `ROOM_FULL` then count every
-//! server's sessions (a room's size is checked by the server a session joins: two joins at
-//! the same moment on two servers may both pass).
+//! server's sessions; a join that would take a room's last place is admitted by Redis in one
+//! step (`admit.lua`), so two servers never both take it.
 //!
 //! # Faults
 //!
@@ -64,7 +66,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, RedisError, Script, Value};
 
-use super::backend::{Backend, BackendFuture, LogSink, Push, Read};
+use super::backend::{Admit, Backend, BackendFuture, LogSink, Push, Read};
 use super::clock::Clock;
 use crate::payload::{ChangeRecord, Cursor, Hlc};
 use crate::server::{AppError, PullAnswer, PushAnswer, ServerEvent, SessionId};
@@ -193,6 +195,7 @@ struct Inner {
     read: Script,
     head: Script,
     share: Script,
+    admit: Script,
     beat: Script,
 }
 
@@ -244,6 +247,7 @@ impl RedisBackend {
                 read: script(include_str!("read.lua")),
                 head: script(include_str!("head.lua")),
                 share: Script::new(include_str!("share.lua")),
+                admit: Script::new(include_str!("admit.lua")),
                 beat: Script::new(include_str!("beat.lua")),
                 config,
             }),
@@ -321,6 +325,11 @@ impl Backend for RedisBackend {
     fn publish(&self, change: ServerEvent) -> BackendFuture<()> {
         let inner = self.inner.clone();
         Box::pin(async move { inner.publish(change).await })
+    }
+
+    fn admit(&self, join: Admit) -> BackendFuture<Result<bool, AppError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.admit(join).await })
     }
 }
 
@@ -568,8 +577,8 @@ impl Inner {
                     Cursor::new(head.epoch, 0)
                 }
                 Some(pos) => {
-                    if pos.seq + 1 < first {
-                        tracing::warn!(at = %pos, first, "the log was trimmed past this server's position: its subscribers miss changes");
+                    if pos.seq + 1 < first && !log.gap() {
+                        return Ok(false);
                     }
                     pos
                 }
@@ -621,6 +630,17 @@ impl Inner {
                 tracing::error!(id = entry.id, "a log entry with a foreign id: skipped");
                 continue;
             };
+            // Sequences are consecutive: a jump means entries were trimmed before this
+            // server read them, and its subscribers missed them.
+            let last = at.map_or(from.seq, |a| a.seq);
+            if seq > last + 1 {
+                if !run.is_empty() && !log.accepted(core::mem::take(&mut run), run_by) {
+                    return Ok(false);
+                }
+                if !log.gap() {
+                    return Ok(false);
+                }
+            }
             let cursor = Cursor::new(from.epoch, seq);
             *at = Some(cursor);
             let record = entry.map.get("r").and_then(string);

@@ -11,8 +11,10 @@
 //! server silent for longer than [`RedisConfig::server_ttl`]; a server that finds itself
 //! unknown (Redis lost its data, or took it for gone) announces its members again.
 //!
-//! A room's size is checked by the server a session joins, against every member it knows of:
-//! two joins on two servers at the same moment may both pass.
+//! A room's members are also counted in the set `{PREFIX}:room:NAME`: a join that the
+//! server's own view lets pass is admitted by one script (`admit.lua`) that checks that count
+//! and takes the place in the same step, so two joins on two servers at the same moment cannot
+//! both take the last place. A server that dies leaves its places to its heartbeat's reaper.
 
 use std::collections::BTreeMap;
 
@@ -23,9 +25,9 @@ use redis::RedisError;
 use serde::{Deserialize, Serialize};
 
 use super::{Inner, RedisConfig};
-use crate::adapters::backend::LogSink;
+use crate::adapters::backend::{Admit, LogSink};
 use crate::payload::RawJson;
-use crate::server::{RemoteSession, RoomChange, ServerEvent};
+use crate::server::{AppError, RemoteSession, RoomChange, ServerEvent};
 
 /// A member's state, the value of its hash field.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -83,6 +85,8 @@ impl Inner {
     /// [`Backend::publish`](crate::adapters::Backend::publish)); failures are logged.
     pub(super) async fn publish(&self, change: ServerEvent) {
         let me = &self.instance;
+        // The room whose count changes, for a room member's field.
+        let mut counted = String::new();
         let (field, state, event) = match change {
             ServerEvent::PresenceChanged {
                 session,
@@ -131,7 +135,10 @@ impl Inner {
                 };
                 let f = match c {
                     "msg" => String::new(),
-                    _ => field(me, i, "r", &room),
+                    _ => {
+                        counted.clone_from(&room);
+                        field(me, i, "r", &room)
+                    }
                 };
                 let event = Event {
                     s: me.clone(),
@@ -163,11 +170,30 @@ impl Inner {
             .arg(field)
             .arg(state)
             .arg(event)
+            .arg(counted)
             .invoke_async(&mut conn)
             .await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "a presence or room change was not shared");
         }
+    }
+
+    /// Admits a session to a room if the room has room over every server (`admit.lua`).
+    pub(super) async fn admit(&self, join: Admit) -> Result<bool, AppError> {
+        let mut conn = self.conn.clone();
+        let me = &self.instance;
+        let admitted: i64 = self
+            .admit
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(me)
+            .arg(field(me, join.session.as_u64(), "r", &join.room))
+            .arg(&join.room)
+            .arg(join.max_size)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| super::failed(&e))?;
+        Ok(admitted == 1)
     }
 
     /// Follows the other servers' presence and rooms until the server is gone, reconnecting
