@@ -387,7 +387,7 @@ async fn run(args: Args) -> Result<(), String> {
         (Some(redis), _) => start_on_redis(server, redis, args.options.clone()).await?,
         (None, Some(data)) => {
             let epoch = clock.unix_millis();
-            start_on_sqlite(server, &data, epoch, args.retention, args.options.clone())?
+            start_on_sqlite(server, data, epoch, args.retention, args.options.clone()).await?
         }
         (None, None) => {
             tracing::warn!(
@@ -481,9 +481,9 @@ async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<Syn
 /// The server on the durable store at `path`; an error when the database cannot be opened
 /// (damaged, foreign, not writable). `epoch` is used only if the database is new.
 #[cfg(feature = "sqlite")]
-fn start_on_sqlite(
+async fn start_on_sqlite(
     server: Server,
-    path: &std::path::Path,
+    path: PathBuf,
     epoch: u64,
     retention: usize,
     options: ServerOptions,
@@ -492,8 +492,14 @@ fn start_on_sqlite(
     let mut store = syncmux::SqliteConfig::default();
     store.epoch = epoch;
     store.retention = retention;
-    let backend = SqliteBackend::open(path, store, SqliteBackendConfig::default())
-        .map_err(|e| format!("--data: {e}"))?;
+    // Opening checks the whole file: off the runtime's threads.
+    let opening = path.clone();
+    let backend = tokio::task::spawn_blocking(move || {
+        SqliteBackend::open(opening, store, SqliteBackendConfig::default())
+    })
+    .await
+    .map_err(|e| format!("--data: {e}"))?
+    .map_err(|e| format!("--data: {e}"))?;
     tracing::info!(path = %path.display(), epoch = backend.epoch(), "changes are kept on disk");
     Ok(adapters::tokio::start_with_backend(
         server,
@@ -504,9 +510,9 @@ fn start_on_sqlite(
 
 /// Without the `sqlite` feature, `--data` is refused.
 #[cfg(not(feature = "sqlite"))]
-fn start_on_sqlite(
+async fn start_on_sqlite(
     _: Server,
-    path: &std::path::Path,
+    path: PathBuf,
     _: u64,
     _: usize,
     _: ServerOptions,

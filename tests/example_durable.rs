@@ -210,8 +210,8 @@ mod durable {
                 seen = head;
             }
 
-            // A stream of single-change pushes from several writers; kill after `kill_after`
-            // acknowledgements, with pushes in flight.
+            // A stream of pushes from several writers; kill after `kill_after` acknowledged
+            // changes, with pushes in flight.
             let kill_after = 5 + rng.below(80) as usize;
             let answered: Arc<Mutex<Vec<(u64, Cursor)>>> = Arc::default();
             let (enough_tx, mut enough) = tokio::sync::mpsc::channel::<()>(1);
@@ -221,14 +221,23 @@ mod durable {
                 let answered = answered.clone();
                 let enough_tx = enough_tx.clone();
                 writers.push(tokio::spawn(async move {
+                    // Writer w pushes w + 1 changes at a time: a push's changes take
+                    // consecutive positions, ending at the head it is answered with.
+                    let size = writer + 1;
                     for i in 0.. {
-                        let pk = 1 + round * 1_000_000 + i * WRITERS as u64 + writer;
-                        let Ok(pushed) = client.push(vec![record(pk)]).await else {
+                        let first = 1 + round * 1_000_000 + (i * WRITERS as u64 + writer) * 10;
+                        let pks: Vec<u64> = (first..first + size).collect();
+                        let batch = pks.iter().copied().map(record).collect();
+                        let Ok(pushed) = client.push(batch).await else {
                             return;
                         };
-                        assert_eq!(pushed.merged, 1);
+                        assert_eq!(pushed.merged, size);
+                        let head = pushed.cursor.unwrap();
                         let mut answered = answered.lock().unwrap();
-                        answered.push((pk, pushed.cursor.unwrap()));
+                        for (k, pk) in pks.into_iter().enumerate() {
+                            let seq = head.seq + 1 + k as u64 - size;
+                            answered.push((pk, Cursor::new(head.epoch, seq)));
+                        }
                         if answered.len() >= kill_after {
                             let _ = enough_tx.try_send(());
                         }
@@ -304,4 +313,25 @@ mod durable {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         retention_bounds_the_store(&args).await;
     }
+}
+
+/// `--data` and `--redis` name two different logs: refused together (exit 2).
+#[test]
+fn data_and_redis_are_refused_together() {
+    let Err((code, stderr)) = start(&["--data", "x.db", "--redis", "redis://127.0.0.1:1"]) else {
+        panic!("started with both");
+    };
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
+}
+
+/// A server built without the `sqlite` feature refuses `--data` instead of ignoring it.
+#[cfg(not(feature = "sqlite"))]
+#[test]
+fn without_the_feature_data_is_refused() {
+    let Err((code, stderr)) = start(&["--data", "x.db"]) else {
+        panic!("started");
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--features tokio,sqlite"), "{stderr}");
 }
