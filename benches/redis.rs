@@ -41,15 +41,19 @@ fn record(i: u64) -> ChangeRecord {
     .with_value(value)
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 fn benches(c: &mut Criterion) {
     let Some(redis) = redis_util::RedisServer::start() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let backend = rt
         .block_on(RedisBackend::connect(RedisConfig::new(redis.url())))
         .expect("redis");
@@ -230,11 +234,7 @@ fn end_to_end(c: &mut Criterion) {
     let Some(redis) = redis_util::RedisServer::start() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let connect = |prefix: &str| {
         let mut config = RedisConfig::new(redis.url());
         config.prefix = prefix.to_owned();
