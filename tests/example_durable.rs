@@ -13,8 +13,6 @@ use syncmux::adapters::{self, SyncClient};
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson};
 use syncmux::ClientConfig;
 
-/// What the (ended) server wrote to stderr.
-
 fn record(pk: u64) -> ChangeRecord {
     let ts = i64::try_from(pk).unwrap();
     ChangeRecord::new(
