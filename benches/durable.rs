@@ -3,13 +3,13 @@
 //! same schema idea (a log by position, a per-table position index, `lww` winners; one
 //! transaction per push, synced: redb's default durability, SQLite's `synchronous=FULL`):
 //!
-//! - `push`: one change, a batch of 100, and 64 pushes of one change at once, which the
+//! - `durable_push`: one change, a batch of 100, and 64 pushes of one change at once, which the
 //!   `SqliteBackend`'s writer thread merges in shared commits (group commit) where 64
 //!   `SqliteStore::push` calls one after the other sync 64 times;
-//! - `pull_100_after_cursor_of_1m`: the last 100 changes of a 1 000 000-change log after a
+//! - `durable_pull_100_after_cursor_of_1m`: the last 100 changes of a 1 000 000-change log after a
 //!   cursor (and, for SQLite, the same from a 10 000-change log: the index makes them alike);
-//!   `pull_100_after_hlc_of_1m`: the same after an HLC;
-//! - `open_1m`: opening a 1 000 000-change database (with SQLite's `quick_check`, without, and
+//!   `durable_pull_100_after_hlc_of_1m`: the same after an HLC;
+//! - `durable_open_1m`: opening a 1 000 000-change database (with SQLite's `quick_check`, without, and
 //!   redb's open).
 //!
 //! One run on the project's 2-core machine (issue 20; shared with other builds, so ±30 %),
@@ -222,7 +222,7 @@ fn push(c: &mut Criterion) {
     let redb = Redb::open(&dir.path().join("push.redb"));
     let mut next = 0u64;
 
-    let mut group = c.benchmark_group("push");
+    let mut group = c.benchmark_group("durable_push");
     group.throughput(Throughput::Elements(1));
     group.bench_function("memory_store_1", |b| {
         b.iter(|| {
@@ -342,7 +342,7 @@ fn pull(c: &mut Criterion) {
     );
     assert_eq!(redb.pull(&tables, LOG - PULL).len(), PULL as usize);
 
-    let mut group = c.benchmark_group("pull_100_after_cursor_of_1m");
+    let mut group = c.benchmark_group("durable_pull_100_after_cursor_of_1m");
     group.throughput(Throughput::Elements(PULL));
     group.bench_function("memory_store", |b| {
         b.iter(|| black_box(memory.pull(&tables, None, Some(&cursor))))
@@ -392,7 +392,7 @@ fn pull(c: &mut Criterion) {
         sqlite.pull(&tables, Some(&since), None).expect("pull"),
         expected
     );
-    let mut group = c.benchmark_group("pull_100_after_hlc_of_1m");
+    let mut group = c.benchmark_group("durable_pull_100_after_hlc_of_1m");
     group.throughput(Throughput::Elements(PULL));
     group.bench_function("memory_store", |b| {
         b.iter(|| black_box(memory.pull(&tables, Some(&since), None)))
@@ -406,7 +406,7 @@ fn pull(c: &mut Criterion) {
 fn open(c: &mut Criterion) {
     let sqlite = sqlite_1m();
     let redb = redb_1m();
-    let mut group = c.benchmark_group("open_1m");
+    let mut group = c.benchmark_group("durable_open_1m");
     group.sample_size(10);
     group.bench_function("sqlite_quick_check", |b| {
         b.iter(|| black_box(SqliteStore::open(&sqlite, sqlite_config(true)).expect("open")))
