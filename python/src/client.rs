@@ -474,9 +474,9 @@ fn event_to_py(py: Python<'_>, event: ClientEvent) -> PyResult<Py<PyAny>> {
         .into_pyobject(py)?
         .into_any(),
         ClientEvent::Closed { reason } => {
-            let (reason, code, message) = match reason {
-                CloseReason::Local => ("local", None, String::new()),
-                CloseReason::Server { code, reason } => ("server", Some(code.0), reason),
+            let (kind, code, message) = match &reason {
+                CloseReason::Local => ("local", None, format!("{reason:?}")),
+                CloseReason::Server { code, reason } => ("server", Some(code.0), reason.clone()),
                 CloseReason::ProtocolMismatch { selected } => (
                     "protocol_mismatch",
                     None,
@@ -488,7 +488,7 @@ fn event_to_py(py: Python<'_>, event: ClientEvent) -> PyResult<Py<PyAny>> {
                 other => ("other", None, format!("{other:?}")),
             };
             Closed {
-                reason: reason.to_owned(),
+                reason: kind.to_owned(),
                 code,
                 message,
             }
@@ -784,8 +784,8 @@ pub(crate) struct Changes {
 impl Changes {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "Changes(cursor={:?}, changes={})",
-            self.cursor,
+            "Changes(cursor={}, changes={})",
+            self.cursor.as_deref().unwrap_or("None"),
             self.changes.bind(py)
         )
     }

@@ -24,8 +24,8 @@ create_exception!(
     SyncmuxError,
     "A request failed: refused at once by the client, answered by an `error` frame, timed \
      out or lost to a disconnect. `code` is the wire code (`RATE_LIMITED`, `TIMEOUT`, \
-     `DISCONNECTED`, the server's own code, ...), `message` the explanation and `kind` the \
-     Rust variant (`Server`, `Timeout`, `Disconnected`, `TooManyInFlight`, ...)."
+     `DISCONNECTED`, the server's own code, ...), `message` the explanation (the server's own \
+     for an error frame; `str()` of the exception says more) and `kind` the Rust variant (`Server`, `Timeout`, `Disconnected`, `TooManyInFlight`, ...)."
 );
 create_exception!(
     syncmux,
@@ -35,8 +35,15 @@ create_exception!(
 );
 
 /// An exception instance of type `T` with `code`, `message` and `kind` attributes.
-fn with_code<T: pyo3::PyTypeInfo>(py: Python<'_>, code: &str, message: &str, kind: &str) -> PyErr {
-    let err = PyErr::new::<T, _>((message.to_owned(),));
+/// `str()` of the exception is `display`.
+fn with_code<T: pyo3::PyTypeInfo>(
+    py: Python<'_>,
+    code: &str,
+    message: &str,
+    kind: &str,
+    display: String,
+) -> PyErr {
+    let err = PyErr::new::<T, _>((display,));
     let value = err.value(py);
     // Setting attributes on a fresh exception instance cannot fail in practice; if it did,
     // the exception still carries its message.
@@ -58,17 +65,18 @@ pub(crate) fn request_error(py: Python<'_>, e: &syncmux::RequestError) -> PyErr 
         syncmux::RequestError::Server { message, .. } => message.clone(),
         other => other.to_string(),
     };
-    with_code::<RequestError>(py, e.code().as_str(), &message, &kind)
+    with_code::<RequestError>(py, e.code().as_str(), &message, &kind, e.to_string())
 }
 
 /// A configuration error.
 pub(crate) fn config_error(py: Python<'_>, e: &syncmux::ConfigError) -> PyErr {
-    with_code::<ConfigError>(py, "INVALID_CONFIG", &e.to_string(), "Config")
+    let message = e.to_string();
+    with_code::<ConfigError>(py, "INVALID_CONFIG", &message, "Config", message.clone())
 }
 
 /// Bad input from Python (a value that is not JSON, a malformed HLC or cursor).
 pub(crate) fn invalid(py: Python<'_>, message: String) -> PyErr {
-    with_code::<SyncmuxError>(py, "INVALID_PAYLOAD", &message, "Input")
+    with_code::<SyncmuxError>(py, "INVALID_PAYLOAD", &message, "Input", message.clone())
 }
 
 /// `time.monotonic()` seconds as the core's instant. NaN, infinities and negative times are
