@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use syncmux::payload::{Cursor, Hlc, RawJson};
@@ -111,9 +111,40 @@ pub(crate) fn to_py<T: Serialize + ?Sized>(py: Python<'_>, value: &T) -> PyResul
         .unbind())
 }
 
+/// Deepest nesting of lists and dicts taken from Python: serde_json's own limit when it
+/// parses, so anything deeper could not be sent anyway.
+const MAX_DEPTH: usize = 128;
+
 /// A Python object as a JSON value.
 fn json_value(obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    check_depth(obj)?;
     pythonize::depythonize(obj).map_err(|e| invalid(obj.py(), format!("not JSON: {e}")))
+}
+
+/// Refuses nesting deeper than [`MAX_DEPTH`] before `pythonize` recurses into it: a deep
+/// enough list would overflow the native stack and kill the interpreter. Iterative, so the
+/// check itself cannot overflow; a self-containing list is caught by the same bound.
+fn check_depth(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    let mut stack = vec![(obj.clone(), 1usize)];
+    while let Some((item, depth)) = stack.pop() {
+        let children: Vec<Bound<'_, PyAny>> = if let Ok(list) = item.cast::<PyList>() {
+            list.iter().collect()
+        } else if let Ok(tuple) = item.cast::<PyTuple>() {
+            tuple.iter().collect()
+        } else if let Ok(dict) = item.cast::<PyDict>() {
+            dict.values().iter().collect()
+        } else {
+            continue;
+        };
+        if depth > MAX_DEPTH {
+            return Err(invalid(
+                obj.py(),
+                format!("not JSON: nested deeper than {MAX_DEPTH}"),
+            ));
+        }
+        stack.extend(children.into_iter().map(|c| (c, depth + 1)));
+    }
+    Ok(())
 }
 
 /// A Python object (dict, list, str, number, bool, None) as raw JSON.
