@@ -310,7 +310,7 @@ class AsyncClient:
                 self._dial = None
             if self._ws is ws:
                 self._ws = None
-                received = ws.close_rcvd
+                received = ws.protocol.close_rcvd
                 code = received.code if received is not None else None
                 reason = received.reason if received is not None else "connection closed"
                 self._sm.handle_disconnected(_now(), code, reason)
