@@ -410,6 +410,11 @@ class AsyncServer:
         if self._task is not None:
             self._task.cancel()
 
+    def close_session(self, session: SessionId, code: int = 1000, reason: str = "") -> None:
+        """Closes one session with ``code`` (the state machine's ``close_session``)."""
+        self._sm.close_session(_now(), session, code, reason)
+        self._wake.set()
+
     async def serve_forever(self) -> None:
         """Serves until cancelled (or closed)."""
         await self._ws_server.serve_forever()
