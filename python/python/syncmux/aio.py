@@ -203,7 +203,9 @@ class AsyncClient:
             while True:
                 self._wake.clear()
                 await self._flush()
-                if self._sm.state == "closed" and self._dial is None and self._ws is None:
+                if self._sm.state == "closed":
+                    # Closed for good: what is left of the connection goes with it.
+                    await self._drop_socket()
                     break
                 deadline = self._sm.poll_timeout()
                 delay = None if deadline is None else max(0.0, deadline - _now())
@@ -308,6 +310,7 @@ class AsyncClient:
         finally:
             if self._dial is me:
                 self._dial = None
+                self._wake.set()
             if self._ws is ws:
                 self._ws = None
                 received = ws.protocol.close_rcvd
