@@ -6,6 +6,7 @@
 //!     [--ping-interval MS] [--idle-timeout MS] [--presence-ttl MS] [--room-max N]
 //!     [--handshake-timeout MS] [--max-connections N] [--tls-cert PEM --tls-key PEM]
 //!     [--static DIR] [--metrics ADDR] [--log-format human|json] [--shutdown-timeout MS]
+//!     [--data PATH] [--retention N] [--redis URL [--redis-prefix P] [--redis-retention N]]
 //! ```
 //!
 //! Every flag can also come from an environment variable (`SYNCMUX_LISTEN`,
@@ -17,6 +18,14 @@
 //! `syncmux::adapters::redis`): start each with the same `--redis` and `--redis-prefix`. A
 //! Redis that cannot be reached at start-up is an error (exit 1); one lost later fails
 //! requests with `UNAVAILABLE` until it is back.
+//!
+//! `--data PATH` (built with `--features tokio,sqlite`) keeps the changes in the SQLite
+//! database at PATH (created if missing; see `syncmux::adapters::sqlite`): a push is answered
+//! once it is on disk, and after a restart, `kill -9` included, every answered change is
+//! there at the same cursor, so clients resume with `recovered: true`. A damaged or foreign
+//! file stops the start-up (exit 1). Without `--data` or `--redis` the changes are kept in
+//! memory only, and the server says so at start-up. `--retention N` keeps at most the N newest
+//! changes (0, the default: all), in memory or on disk.
 //!
 //! Serves `ws://ADDR/sync/ws` (`wss://` with a certificate) and prints
 //! `listening on URL` once ready (with the real port when given port 0); with `--metrics`,
@@ -168,6 +177,19 @@ struct Cli {
         default_value_t = 0
     )]
     redis_retention: usize,
+    /// Keep the changes in the SQLite database at PATH (created if missing), so that they
+    /// survive restarts and crashes. Needs a build with `--features tokio,sqlite`.
+    #[arg(
+        long,
+        env = "SYNCMUX_DATA",
+        value_name = "PATH",
+        conflicts_with = "redis"
+    )]
+    data: Option<PathBuf>,
+    /// The most changes kept (in memory, or in --data), the oldest going first; 0 keeps all.
+    /// With --redis, --redis-retention wins when set.
+    #[arg(long, env = "SYNCMUX_RETENTION", value_name = "N", default_value_t = 0)]
+    retention: usize,
 }
 
 /// `--redis` and its options.
@@ -227,6 +249,8 @@ struct Args {
     log_format: LogFormat,
     shutdown_timeout: Duration,
     redis: Option<Redis>,
+    data: Option<PathBuf>,
+    retention: usize,
 }
 
 impl Cli {
@@ -293,8 +317,13 @@ impl Cli {
             redis: self.redis.map(|url| Redis {
                 url,
                 prefix: self.redis_prefix,
-                retention: self.redis_retention,
+                retention: match self.redis_retention {
+                    0 => self.retention,
+                    n => n,
+                },
             }),
+            data: self.data,
+            retention: self.retention,
         })
     }
 }
@@ -354,12 +383,20 @@ async fn run(args: Args) -> Result<(), String> {
     let clock = Clock::new();
     config.seed = clock.seed();
     let server = Server::new(config).map_err(|e| e.to_string())?;
-    let server = match args.redis {
-        Some(redis) => start_on_redis(server, redis, args.options.clone()).await?,
-        None => {
+    let server = match (args.redis, args.data) {
+        (Some(redis), _) => start_on_redis(server, redis, args.options.clone()).await?,
+        (None, Some(data)) => {
+            let epoch = clock.unix_millis();
+            start_on_sqlite(server, &data, epoch, args.retention, args.options.clone())?
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --data: changes are kept in memory only, and nothing survives a restart"
+            );
             // A fresh epoch per start: cursors of an earlier run are then recognised as stale.
             let mut store = StoreConfig::default();
             store.epoch = clock.now().as_millis();
+            store.retention = args.retention;
             adapters::tokio::start(
                 Driver::new(server, MemoryStore::new(store)),
                 args.options.clone(),
@@ -438,6 +475,45 @@ async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<Syn
     Err(format!(
         "--redis {}: this server was built without Redis; build it with --features tokio,redis",
         redis.url
+    ))
+}
+
+/// The server on the durable store at `path`; an error when the database cannot be opened
+/// (damaged, foreign, not writable). `epoch` is used only if the database is new.
+#[cfg(feature = "sqlite")]
+fn start_on_sqlite(
+    server: Server,
+    path: &std::path::Path,
+    epoch: u64,
+    retention: usize,
+    options: ServerOptions,
+) -> Result<SyncServer, String> {
+    use syncmux::adapters::sqlite::{SqliteBackend, SqliteBackendConfig};
+    let mut store = syncmux::SqliteConfig::default();
+    store.epoch = epoch;
+    store.retention = retention;
+    let backend = SqliteBackend::open(path, store, SqliteBackendConfig::default())
+        .map_err(|e| format!("--data: {e}"))?;
+    tracing::info!(path = %path.display(), epoch = backend.epoch(), "changes are kept on disk");
+    Ok(adapters::tokio::start_with_backend(
+        server,
+        Arc::new(backend),
+        options,
+    ))
+}
+
+/// Without the `sqlite` feature, `--data` is refused.
+#[cfg(not(feature = "sqlite"))]
+fn start_on_sqlite(
+    _: Server,
+    path: &std::path::Path,
+    _: u64,
+    _: usize,
+    _: ServerOptions,
+) -> Result<SyncServer, String> {
+    Err(format!(
+        "--data {}: this server was built without SQLite; build it with --features tokio,sqlite",
+        path.display()
     ))
 }
 

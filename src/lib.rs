@@ -146,5 +146,7 @@ pub use server::{
     RoomJoinId, Server, ServerConfig, ServerEvent, ServerStats, ServerTransmit, SessionId,
 };
 pub use store::{MemoryStore, PullOutcome, PushOutcome, StoreConfig};
+#[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
+pub use store::{SqliteConfig, SqliteError, SqliteReader, SqliteStore};
 pub use time::Instant;
 pub use wire::{CloseCode, ErrorCode};

@@ -83,6 +83,63 @@ mod with_redis {
         assert_eq!(changes, (vec![record], pushed.cursor));
     }
 
+    /// A server killed with SIGKILL: its sessions' presence and room places are given back
+    /// on every other server once its heartbeat is overdue (10 s by default).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_servers_members_leave_everywhere_and_free_their_places() {
+        use syncmux::payload::PresenceEventKind;
+        use syncmux::{ErrorCode, RequestError};
+
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let url = redis.url();
+        let args = ["--redis", &url, "--redis-prefix", "kill", "--room-max", "1"];
+        let (mut a_process, a) = start(&args).unwrap();
+        let (_b_process, b) = start(&args).unwrap();
+        let (alice, _alice_events) =
+            adapters::tokio::connect(ClientConfig::new(&a, "alice")).unwrap();
+        let (bob, mut bob_events) = adapters::tokio::connect(ClientConfig::new(&b, "bob")).unwrap();
+        bob.update_presence("doc", RawJson::from_serialize(&1).unwrap())
+            .await
+            .unwrap();
+        alice
+            .update_presence("doc", RawJson::from_serialize(&2).unwrap())
+            .await
+            .unwrap();
+        alice.join_room("lobby", None).await.unwrap();
+        // The room of one is full for bob, on the other server.
+        let full = bob.join_room("lobby", None).await.unwrap_err();
+        assert!(
+            matches!(
+                &full,
+                RequestError::Server {
+                    code: ErrorCode::RoomFull,
+                    ..
+                }
+            ),
+            "{full:?}"
+        );
+        a_process.0.kill().unwrap();
+        a_process.0.wait().unwrap();
+        let left = tokio::time::timeout(Duration::from_secs(40), async {
+            loop {
+                if let Some(ClientEvent::Presence(e)) = bob_events.recv().await {
+                    if e.kind == PresenceEventKind::Leave && e.node_id == "alice" {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(left.is_ok(), "alice never left bob's topic");
+        // Her place in the room is free again, over every server.
+        bob.join_room("lobby", None).await.unwrap();
+        let snapshot = bob.get_presence("doc").await.unwrap();
+        let nodes: Vec<&str> = snapshot.states.iter().map(|s| s.node_id.as_str()).collect();
+        assert_eq!(nodes, ["bob"]);
+    }
+
     #[test]
     fn an_unreachable_redis_stops_the_start_up_with_a_clear_error() {
         let Some(redis) = RedisServer::start() else {

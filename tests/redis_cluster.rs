@@ -156,8 +156,8 @@ async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order
             subs.push((c, e));
         }
     }
-    const PUSHERS: usize = 6;
-    const PUSHES: usize = 25;
+    const PUSHERS: usize = 20;
+    const PUSHES: usize = 10;
     let mut tasks = Vec::new();
     for p in 0..PUSHERS {
         let (c, _events) = client(&nodes[p % nodes.len()], &format!("p{p}"));
@@ -671,4 +671,137 @@ async fn concurrent_joins_on_two_servers_never_overfill_a_room() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Entries trimmed from the log before a server read them (its follower lagged behind the
+/// retention) are changes its subscribers would silently miss: the server closes them with
+/// 4503, and they resume from their cursors.
+#[tokio::test]
+async fn a_gap_in_the_log_closes_the_subscribers_so_they_resume() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "gap").await;
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&a, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let pushed = writer
+        .push(vec![record("1", "t", 1, "writer")])
+        .await
+        .unwrap();
+    receive(&mut reader_events, 1).await;
+    let at = pushed.cursor.unwrap();
+    // What a follower sees when the entries after its position were trimmed before it read
+    // them: the next entry it reads is several positions ahead.
+    let entry = serde_json::to_string(&record("9", "t", 9, "elsewhere")).unwrap();
+    let reply = redis.command(&[
+        "XADD",
+        "{gap}:log",
+        &format!("{}-0", at.seq + 5),
+        "e",
+        &at.epoch.to_string(),
+        "r",
+        &entry,
+    ]);
+    assert!(reply.starts_with('$'), "{reply}");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let event = tokio::time::timeout_at(deadline, reader_events.recv())
+            .await
+            .expect("the subscriber was not closed")
+            .expect("client ended");
+        match event {
+            ClientEvent::Disconnected { code, .. } => {
+                assert_eq!(code, Some(syncmux::wire::CloseCode::SLOW_CONSUMER));
+                break;
+            }
+            ClientEvent::Changes { .. } => panic!("a change after the gap came first: {event:?}"),
+            _ => {}
+        }
+    }
+    // The writer, with no subscription, missed nothing and stays.
+    writer.ping(json(1)).await.unwrap();
+}
+
+/// Redis stops answering for a while (paused: `SIGSTOP`, as a stalled host or a long fork
+/// would) and then answers again: requests meanwhile fail with `UNAVAILABLE` or wait, the
+/// sessions stay, and every change accepted before, during or after reaches the other
+/// server's subscriber once, in order.
+#[tokio::test]
+async fn redis_paused_and_resumed_loses_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis, "pause").await, node(&redis, "pause").await);
+    let (writer, _w) = client(&a, "writer");
+    let (reader, mut reader_events) = client(&b, "reader");
+    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let mut accepted = Vec::new();
+    for k in 0..3 {
+        writer
+            .push(vec![record(&format!("before-{k}"), "t", 1, "writer")])
+            .await
+            .unwrap();
+        accepted.push(format!("before-{k}"));
+    }
+    redis.signal("STOP");
+    // While paused, pushes fail (the request timeout is 2 s here) or are accepted once it
+    // answers again.
+    let paused = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            let mut ok = Vec::new();
+            for k in 0..2 {
+                let pk = format!("during-{k}");
+                if writer
+                    .push(vec![record(&pk, "t", 1, "writer")])
+                    .await
+                    .is_ok()
+                {
+                    ok.push(pk);
+                }
+            }
+            ok
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    redis.signal("CONT");
+    accepted.extend(paused.await.unwrap());
+    for k in 0..3 {
+        let pk = format!("after-{k}");
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while writer
+            .push(vec![record(&pk, "t", 1, "writer")])
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis did not come back"
+            );
+        }
+        accepted.push(pk);
+    }
+    // A push that failed while Redis was paused may still have been applied when it came
+    // back (the client cannot know; pushing it again would be harmless): it may arrive too.
+    let mut got = Vec::new();
+    while !accepted.iter().all(|pk| {
+        got.iter()
+            .any(|(_, r): &(Option<Cursor>, ChangeRecord)| r.pk == *pk)
+    }) {
+        got.extend(receive(&mut reader_events, 1).await);
+    }
+    nothing_more(&reader, &mut reader_events).await;
+    let pks: Vec<String> = got.iter().map(|(_, r)| r.pk.clone()).collect();
+    let mut unique = pks.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), pks.len(), "a change twice: {pks:?}");
+    assert!(
+        pks.iter()
+            .all(|pk| accepted.contains(pk) || pk.starts_with("during-")),
+        "{pks:?}"
+    );
+    let cursors: Vec<u64> = got.iter().filter_map(|(c, _)| c.map(|c| c.seq)).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
 }

@@ -418,3 +418,24 @@ fn an_unavailable_backend_fails_the_request_and_keeps_the_session() {
     c.accept_pushes(0);
     assert_eq!(c.nodes[0].h.take(pusher)[0]["payload"]["merged"], 1);
 }
+
+#[test]
+fn a_gap_in_the_followed_log_closes_the_subscribers_to_resume_and_keeps_the_others() {
+    let mut c = Cluster::new(1);
+    let sub = c.nodes[0].h.open("s");
+    let idle = c.nodes[0].h.open("i");
+    c.subscribe(0, sub, &["docs"]);
+    let now = c.nodes[0].h.now;
+    assert_eq!(c.nodes[0].h.server.handle_log_gap(now), 1);
+    c.nodes[0].h.drain();
+    assert_eq!(
+        c.nodes[0].h.closes.get(&sub).map(|(code, _)| *code),
+        Some(4503)
+    );
+    assert!(!c.nodes[0].h.closes.contains_key(&idle));
+    assert_eq!(
+        c.nodes[0].h.server.session_count(),
+        1,
+        "only the subscriber goes"
+    );
+}

@@ -1,8 +1,13 @@
-//! Properties of `MemoryStore` under random pushes, orders and duplicates.
+//! Properties of the embedded stores under random pushes, orders and duplicates: the same
+//! properties against `MemoryStore` and (feature `sqlite`) `SqliteStore`, and the two stores
+//! answering alike on random histories, across reopening the durable one.
+
+#![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
-use syncmux::{MemoryStore, StoreConfig};
+use syncmux::{MemoryStore, PullOutcome, PushOutcome, StoreConfig};
 
 const EPOCH: u64 = 3;
 const TABLES: [&str; 3] = ["a", "b", "c"];
@@ -45,11 +50,108 @@ fn table_set() -> impl Strategy<Value = Vec<String>> {
         .prop_map(|t| t.into_iter().map(String::from).collect())
 }
 
-fn store(retention: usize) -> MemoryStore {
+/// What the properties ask of a store: the operations both embedded stores share.
+trait Store {
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome;
+    fn pull(&self, tables: &[String], since: Option<&Hlc>, cursor: Option<&Cursor>) -> PullOutcome;
+    fn head(&self) -> Cursor;
+    fn len(&self) -> usize;
+    /// Whether the store's other ways to pull agree with `pull` (the borrowing pull).
+    fn other_pulls_agree(&self, _tables: &[String], _since: Option<&Hlc>) -> bool {
+        true
+    }
+}
+
+impl Store for MemoryStore {
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome {
+        MemoryStore::push(self, changes)
+    }
+    fn pull(&self, tables: &[String], since: Option<&Hlc>, cursor: Option<&Cursor>) -> PullOutcome {
+        MemoryStore::pull(self, tables, since, cursor)
+    }
+    fn head(&self) -> Cursor {
+        MemoryStore::head(self)
+    }
+    fn len(&self) -> usize {
+        MemoryStore::len(self)
+    }
+    fn other_pulls_agree(&self, tables: &[String], since: Option<&Hlc>) -> bool {
+        self.pull_borrowed(tables, since, None).cloned() == self.pull(tables, since, None)
+    }
+}
+
+fn memory(retention: usize) -> MemoryStore {
     let mut config = StoreConfig::default();
     config.epoch = EPOCH;
     config.retention = retention;
     MemoryStore::new(config)
+}
+
+#[cfg(feature = "sqlite")]
+mod durable {
+    use super::*;
+    use syncmux::{SqliteConfig, SqliteStore};
+
+    /// A `SqliteStore` in a directory of its own, removed with it.
+    pub(super) struct Sqlite {
+        pub(super) store: Option<SqliteStore>,
+        config: SqliteConfig,
+        dir: tempfile::TempDir,
+    }
+
+    impl Sqlite {
+        pub(super) fn new(retention: usize) -> Sqlite {
+            let mut config = SqliteConfig::default();
+            config.epoch = EPOCH;
+            config.retention = retention;
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(dir.path().join("changes.db"), config.clone()).unwrap();
+            Sqlite {
+                store: Some(store),
+                config,
+                dir,
+            }
+        }
+
+        /// Closes the database and opens it again, with another epoch in the configuration
+        /// (which must not replace the database's).
+        pub(super) fn reopen(&mut self) {
+            drop(self.store.take());
+            let mut config = self.config.clone();
+            config.epoch = EPOCH + 100;
+            let path = self.dir.path().join("changes.db");
+            self.store = Some(SqliteStore::open(path, config).unwrap());
+        }
+
+        fn get(&self) -> &SqliteStore {
+            self.store.as_ref().unwrap()
+        }
+    }
+
+    impl Store for Sqlite {
+        fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome {
+            self.store.as_mut().unwrap().push(changes).unwrap()
+        }
+        fn pull(
+            &self,
+            tables: &[String],
+            since: Option<&Hlc>,
+            cursor: Option<&Cursor>,
+        ) -> PullOutcome {
+            self.get().pull(tables, since, cursor).unwrap()
+        }
+        fn head(&self) -> Cursor {
+            self.get().head()
+        }
+        fn len(&self) -> usize {
+            self.get().len()
+        }
+        fn other_pulls_agree(&self, tables: &[String], since: Option<&Hlc>) -> bool {
+            // A second connection, read-only, sees the same committed history.
+            let reader = self.get().reader().unwrap();
+            reader.pull(tables, since, None).unwrap() == self.pull(tables, since, None)
+        }
+    }
 }
 
 type Log = Vec<(Cursor, ChangeRecord)>;
@@ -158,120 +260,260 @@ fn shuffle<T>(mut items: Vec<T>, seed: u64) -> Vec<T> {
     items
 }
 
+/// Accepted changes follow the naive merge, take consecutive positions, and a reader that
+/// resumes after each head it saw gets the log with no duplicate and no gap.
+fn cursor_resumes_have_no_gap_and_no_duplicate<S: Store>(
+    mut store: S,
+    batches: Vec<Vec<ChangeRecord>>,
+    tables: Vec<String>,
+    reads: Vec<bool>,
+) -> Result<(), TestCaseError> {
+    let mut log: Log = Vec::new();
+    let (mut read, mut cursor) = (Vec::new(), Cursor::new(EPOCH, 0));
+    for (batch, reads_now) in batches.into_iter().zip(reads) {
+        let expected = new_in(&log, &batch);
+        let pushed = store.push(batch);
+        let accepted: Vec<ChangeRecord> = pushed.accepted.iter().map(|(_, r)| r.clone()).collect();
+        prop_assert_eq!(accepted, expected);
+        for (i, (position, _)) in pushed.accepted.iter().enumerate() {
+            prop_assert_eq!(*position, Cursor::new(EPOCH, (log.len() + i + 1) as u64));
+        }
+        log.extend(pushed.accepted);
+        prop_assert_eq!(pushed.head, Cursor::new(EPOCH, log.len() as u64));
+        if reads_now {
+            let pulled = store.pull(&tables, None, Some(&cursor));
+            prop_assert!(pulled.complete);
+            read.extend(pulled.changes);
+            cursor = pulled.head;
+        }
+    }
+    let pulled = store.pull(&tables, None, Some(&cursor));
+    read.extend(pulled.changes);
+    let expected: Log = log
+        .iter()
+        .filter(|(_, r)| in_tables(&tables, r))
+        .cloned()
+        .collect();
+    prop_assert_eq!(read, expected);
+    prop_assert_eq!(store.len(), log.len());
+    Ok(())
+}
+
+/// A since pull is exactly the log filtered by table and HLC, in HLC order.
+fn since_pulls_are_the_hlc_filtered_log<S: Store>(
+    mut store: S,
+    batches: Vec<Vec<ChangeRecord>>,
+    pulls: Vec<(Vec<String>, Option<Hlc>)>,
+) -> Result<(), TestCaseError> {
+    let mut log: Log = Vec::new();
+    for batch in batches {
+        log.extend(store.push(batch).accepted);
+        for (tables, since) in &pulls {
+            let pulled = store.pull(tables, since.as_ref(), None);
+            prop_assert!(store.other_pulls_agree(tables, since.as_ref()));
+            prop_assert!(pulled.complete);
+            prop_assert_eq!(pulled.changes, after_since(&log, tables, since.as_ref()));
+            let newest = log
+                .iter()
+                .filter(|(_, r)| in_tables(tables, r))
+                .map(|(_, r)| &r.hlc)
+                .max();
+            let latest = newest.or(since.as_ref()).cloned().unwrap_or_default();
+            prop_assert_eq!(pulled.latest_hlc, latest);
+        }
+    }
+    Ok(())
+}
+
+/// Pushing the same changes in another order, batched differently, gives the same state
+/// and accepts every operation exactly once.
+fn merging_is_commutative<S: Store>(
+    (mut first, mut second): (S, S),
+    changes: Vec<ChangeRecord>,
+    seed: u64,
+    split: usize,
+) -> Result<(), TestCaseError> {
+    let shuffled = shuffle(changes.clone(), seed);
+    let first_log: Log = changes
+        .into_iter()
+        .flat_map(|r| first.push(vec![r]).accepted)
+        .collect();
+    let second_log: Log = shuffled
+        .chunks(split)
+        .flat_map(|chunk| second.push(chunk.to_vec()).accepted)
+        .collect();
+    prop_assert_eq!(state(&first_log), state(&second_log));
+    let first_ops = operations(&first_log);
+    prop_assert!(
+        first_ops.windows(2).all(|w| w[0] != w[1]),
+        "an operation accepted twice"
+    );
+    prop_assert_eq!(first_ops, operations(&second_log));
+    Ok(())
+}
+
+type CursorPull = (Vec<String>, Option<Hlc>, u64, bool);
+
+/// Under retention, the store stays bounded and a pull that says it is complete is: it
+/// equals what an unbounded log would have answered.
+fn retention_is_bounded_and_complete_never_lies<S: Store>(
+    mut store: S,
+    batches: Vec<Vec<ChangeRecord>>,
+    retention: usize,
+    pulls: Vec<CursorPull>,
+) -> Result<(), TestCaseError> {
+    let mut log: Log = Vec::new();
+    for batch in batches {
+        log.extend(store.push(batch).accepted);
+        prop_assert!(store.len() <= retention);
+        for (tables, since, seq, stale) in &pulls {
+            let epoch = if *stale { EPOCH + 1 } else { EPOCH };
+            let cursor = Cursor::new(epoch, *seq);
+            let by_cursor = store.pull(tables, since.as_ref(), Some(&cursor));
+            // Served: this epoch, not beyond the head, not before the oldest position - 1.
+            let head = store.head().seq;
+            let served = !*stale && *seq <= head && *seq + store.len() as u64 >= head;
+            prop_assert_eq!(by_cursor.complete, served);
+            if by_cursor.complete {
+                let expected: Log = log
+                    .iter()
+                    .filter(|(c, r)| c.seq > *seq && in_tables(tables, r))
+                    .cloned()
+                    .collect();
+                prop_assert_eq!(by_cursor.changes, expected);
+            }
+            let by_since = store.pull(tables, since.as_ref(), None);
+            if by_since.complete {
+                prop_assert_eq!(by_since.changes, after_since(&log, tables, since.as_ref()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cursor_pulls() -> impl Strategy<Value = Vec<CursorPull>> {
+    prop::collection::vec((table_set(), since(), 0..40u64, any::<bool>()), 1..6)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Accepted changes follow the naive merge, take consecutive positions, and a reader that
-    /// resumes after each head it saw gets the log with no duplicate and no gap.
     #[test]
-    fn cursor_resumes_have_no_gap_and_no_duplicate(
+    fn memory_cursor_resumes_have_no_gap_and_no_duplicate(
         batches in batches(),
         tables in table_set(),
         reads in prop::collection::vec(any::<bool>(), 16),
     ) {
-        let mut store = store(0);
-        let mut log: Log = Vec::new();
-        let (mut read, mut cursor) = (Vec::new(), Cursor::new(EPOCH, 0));
-        for (batch, reads_now) in batches.into_iter().zip(reads) {
-            let expected = new_in(&log, &batch);
-            let pushed = store.push(batch);
-            let accepted: Vec<ChangeRecord> =
-                pushed.accepted.iter().map(|(_, r)| r.clone()).collect();
-            prop_assert_eq!(accepted, expected);
-            for (i, (position, _)) in pushed.accepted.iter().enumerate() {
-                prop_assert_eq!(*position, Cursor::new(EPOCH, (log.len() + i + 1) as u64));
-            }
-            log.extend(pushed.accepted);
-            prop_assert_eq!(pushed.head, Cursor::new(EPOCH, log.len() as u64));
-            if reads_now {
-                let pulled = store.pull(&tables, None, Some(&cursor));
-                prop_assert!(pulled.complete);
-                read.extend(pulled.changes);
-                cursor = pulled.head;
-            }
-        }
-        let pulled = store.pull(&tables, None, Some(&cursor));
-        read.extend(pulled.changes);
-        let expected: Log = log.iter().filter(|(_, r)| in_tables(&tables, r)).cloned().collect();
-        prop_assert_eq!(read, expected);
-        prop_assert_eq!(store.len(), log.len());
+        cursor_resumes_have_no_gap_and_no_duplicate(memory(0), batches, tables, reads)?;
     }
 
-    /// A since pull is exactly the log filtered by table and HLC, in HLC order.
     #[test]
-    fn since_pulls_are_the_hlc_filtered_log(
+    fn memory_since_pulls_are_the_hlc_filtered_log(
         batches in batches(),
         pulls in prop::collection::vec((table_set(), since()), 1..6),
     ) {
-        let mut store = store(0);
-        let mut log: Log = Vec::new();
-        for batch in batches {
-            log.extend(store.push(batch).accepted);
-            for (tables, since) in &pulls {
-                let pulled = store.pull(tables, since.as_ref(), None);
-                prop_assert_eq!(&store.pull_borrowed(tables, since.as_ref(), None).cloned(), &pulled);
-                prop_assert!(pulled.complete);
-                prop_assert_eq!(pulled.changes, after_since(&log, tables, since.as_ref()));
-                let newest =
-                    log.iter().filter(|(_, r)| in_tables(tables, r)).map(|(_, r)| &r.hlc).max();
-                let latest = newest.or(since.as_ref()).cloned().unwrap_or_default();
-                prop_assert_eq!(pulled.latest_hlc, latest);
-            }
-        }
+        since_pulls_are_the_hlc_filtered_log(memory(0), batches, pulls)?;
     }
 
-    /// Pushing the same changes in another order, batched differently, gives the same state
-    /// and accepts every operation exactly once.
     #[test]
-    fn merging_is_commutative(
+    fn memory_merging_is_commutative(
         changes in prop::collection::vec(change(), 0..40),
         seed in any::<u64>(),
         split in 1..8usize,
     ) {
-        let shuffled = shuffle(changes.clone(), seed);
-        let (mut first, mut second) = (store(0), store(0));
-        let first_log: Log =
-            changes.into_iter().flat_map(|r| first.push(vec![r]).accepted).collect();
-        let second_log: Log =
-            shuffled.chunks(split).flat_map(|chunk| second.push(chunk.to_vec()).accepted).collect();
-        prop_assert_eq!(state(&first_log), state(&second_log));
-        let first_ops = operations(&first_log);
-        prop_assert!(first_ops.windows(2).all(|w| w[0] != w[1]), "an operation accepted twice");
-        prop_assert_eq!(first_ops, operations(&second_log));
+        merging_is_commutative((memory(0), memory(0)), changes, seed, split)?;
     }
 
-    /// Under retention, memory stays bounded and a pull that says it is complete is: it equals
-    /// what an unbounded log would have answered.
     #[test]
-    fn retention_is_bounded_and_complete_never_lies(
+    fn memory_retention_is_bounded_and_complete_never_lies(
         batches in batches(),
         retention in 1..8usize,
-        pulls in prop::collection::vec((table_set(), since(), 0..40u64, any::<bool>()), 1..6),
+        pulls in cursor_pulls(),
     ) {
-        let mut store = store(retention);
-        let mut log: Log = Vec::new();
-        for batch in batches {
-            log.extend(store.push(batch).accepted);
-            prop_assert!(store.len() <= retention);
+        retention_is_bounded_and_complete_never_lies(memory(retention), batches, retention, pulls)?;
+    }
+}
+
+// The same properties on the durable store: fewer cases, as every push is a synced commit.
+#[cfg(feature = "sqlite")]
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn sqlite_cursor_resumes_have_no_gap_and_no_duplicate(
+        batches in batches(),
+        tables in table_set(),
+        reads in prop::collection::vec(any::<bool>(), 16),
+    ) {
+        let store = durable::Sqlite::new(0);
+        cursor_resumes_have_no_gap_and_no_duplicate(store, batches, tables, reads)?;
+    }
+
+    #[test]
+    fn sqlite_since_pulls_are_the_hlc_filtered_log(
+        batches in batches(),
+        pulls in prop::collection::vec((table_set(), since()), 1..6),
+    ) {
+        since_pulls_are_the_hlc_filtered_log(durable::Sqlite::new(0), batches, pulls)?;
+    }
+
+    #[test]
+    fn sqlite_merging_is_commutative(
+        changes in prop::collection::vec(change(), 0..40),
+        seed in any::<u64>(),
+        split in 1..8usize,
+    ) {
+        let stores = (durable::Sqlite::new(0), durable::Sqlite::new(0));
+        merging_is_commutative(stores, changes, seed, split)?;
+    }
+
+    #[test]
+    fn sqlite_retention_is_bounded_and_complete_never_lies(
+        batches in batches(),
+        retention in 1..8usize,
+        pulls in cursor_pulls(),
+    ) {
+        let store = durable::Sqlite::new(retention);
+        retention_is_bounded_and_complete_never_lies(store, batches, retention, pulls)?;
+    }
+
+    /// The durable store answers every push and every pull exactly as the `MemoryStore`
+    /// does, with and without retention, and goes on doing so after being closed and opened
+    /// again (winners, operation identities, positions, eviction horizons and the epoch all
+    /// come back from disk); several pushes merged in one transaction (group commit) answer
+    /// as if pushed one by one.
+    #[test]
+    fn sqlite_answers_as_the_memory_store_across_reopens(
+        batches in batches(),
+        retention in prop::sample::select(vec![0usize, 1, 3, 7]),
+        reopen_after in prop::collection::vec(any::<bool>(), 16),
+        group in 1..4usize,
+        pulls in cursor_pulls(),
+    ) {
+        let mut memory = memory(retention);
+        let mut durable = durable::Sqlite::new(retention);
+        let mut batches = batches.into_iter().peekable();
+        let mut reopens = reopen_after.into_iter();
+        while batches.peek().is_some() {
+            let grouped: Vec<Vec<ChangeRecord>> = batches.by_ref().take(group).collect();
+            let expected: Vec<PushOutcome> =
+                grouped.iter().map(|b| memory.push(b.clone())).collect();
+            let got = durable.store.as_mut().unwrap().push_many(grouped).unwrap();
+            prop_assert_eq!(got, expected);
+            if reopens.next().unwrap_or(false) {
+                durable.reopen();
+                prop_assert_eq!(durable.store.as_ref().unwrap().epoch(), EPOCH);
+            }
+            prop_assert_eq!(Store::head(&durable), memory.head());
+            prop_assert_eq!(Store::len(&durable), memory.len());
             for (tables, since, seq, stale) in &pulls {
                 let epoch = if *stale { EPOCH + 1 } else { EPOCH };
                 let cursor = Cursor::new(epoch, *seq);
-                let by_cursor = store.pull(tables, since.as_ref(), Some(&cursor));
-                // Served: this epoch, not beyond the head, not before the oldest position - 1.
-                let head = store.head().seq;
-                let served = !*stale && *seq <= head && *seq + store.len() as u64 >= head;
-                prop_assert_eq!(by_cursor.complete, served);
-                if by_cursor.complete {
-                    let expected: Log = log
-                        .iter()
-                        .filter(|(c, r)| c.seq > *seq && in_tables(tables, r))
-                        .cloned()
-                        .collect();
-                    prop_assert_eq!(by_cursor.changes, expected);
-                }
-                let by_since = store.pull(tables, since.as_ref(), None);
-                if by_since.complete {
-                    prop_assert_eq!(by_since.changes, after_since(&log, tables, since.as_ref()));
+                for cursor in [Some(&cursor), None] {
+                    prop_assert_eq!(
+                        Store::pull(&durable, tables, since.as_ref(), cursor),
+                        memory.pull(tables, since.as_ref(), cursor)
+                    );
                 }
             }
         }

@@ -421,6 +421,22 @@ impl LogSink {
         })
     }
 
+    /// The log lost entries after the last ones handed over, before the follower read them
+    /// (trimmed by retention while the follower lagged): this server's subscribers are
+    /// closed to resume from their cursors
+    /// ([`Server::handle_log_gap`](crate::Server::handle_log_gap)). Hand the entries after
+    /// the gap to [`accepted`](LogSink::accepted) as usual.
+    pub fn gap(&self) -> bool {
+        self.with(|shared| {
+            shared.apply(|d: &mut Driver, now| {
+                d.with_server(now, |s| {
+                    let closed = s.handle_log_gap(now);
+                    tracing::warn!(closed, "the shared log was trimmed past this server's position: its subscribers resume from their cursors");
+                });
+            });
+        })
+    }
+
     /// A session of another server joined, updated (`data: Some`) or left a presence topic
     /// ([`Server::handle_remote_presence`](crate::Server::handle_remote_presence)).
     pub fn remote_presence(

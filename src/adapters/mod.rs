@@ -51,6 +51,8 @@ pub mod redis;
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;
+#[cfg(all(feature = "sqlite", feature = "adapters"))]
+pub mod sqlite;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

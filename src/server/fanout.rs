@@ -14,7 +14,7 @@ use super::session::{Batch, Held, Sent, Sessions};
 use super::{PendingKind, Resume, Server, SessionId};
 use crate::payload::{ChangeRecord, Cursor, HasHlc, PushResponse, ResumeAck};
 use crate::time::Instant;
-use crate::wire::MessageType;
+use crate::wire::{CloseCode, MessageType};
 
 impl Server {
     /// Answers a [`ServerEvent::Pull`](super::ServerEvent::Pull). An error becomes
@@ -155,6 +155,33 @@ impl Server {
             .routed_through(changes.last().map(|(cursor, _)| *cursor));
         self.route(pushed_by, changes);
         self.settle();
+    }
+
+    /// The log this server follows lost entries before the server read them (a retention
+    /// that trimmed the log past a follower that lagged behind): its subscribers missed
+    /// changes that can no longer reach them live. Each session with a subscription is
+    /// closed with 4503, as a consumer that fell behind is; its client reconnects and
+    /// resumes from its cursor, and is told `recovered: false` if the log no longer holds
+    /// what comes after it. Sessions without subscriptions missed nothing and stay. Returns
+    /// how many sessions were closed.
+    pub fn handle_log_gap(&mut self, now: Instant) -> usize {
+        self.clamp(now);
+        let behind: Vec<SessionId> = self
+            .sessions
+            .ids()
+            .into_iter()
+            .filter(|s| self.sessions.get(*s).is_some_and(|s| !s.tables.is_empty()))
+            .collect();
+        for session in &behind {
+            self.close(
+                *session,
+                CloseCode::SLOW_CONSUMER,
+                "the server fell behind the shared log",
+                true,
+            );
+        }
+        self.settle();
+        behind.len()
     }
 
     fn answer_push_routing(

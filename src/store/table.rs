@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::payload::{ChangeRecord, Hlc};
 
 /// The `crdt_type` merged by last-writer-wins; every other type is operation-based.
-const LWW: &str = "lww";
+pub(super) const LWW: &str = "lww";
 
 /// What the store holds for one table: the indexes over its retained changes.
 ///

@@ -23,6 +23,9 @@ pub fn example_binary(name: &str) -> PathBuf {
     if cfg!(feature = "redis") {
         features.push("redis");
     }
+    if cfg!(feature = "sqlite") {
+        features.push("sqlite");
+    }
     let mut cargo = Command::new(env!("CARGO"));
     // Cargo gives this test the variables of the package it tests; some build scripts (ring's)
     // rerun when those change, so an inner build that saw them would rebuild half the tree,

@@ -80,6 +80,17 @@ impl RedisServer {
         }
     }
 
+    /// Sends the server a signal by name (`STOP` pauses it, `CONT` resumes it).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart_empty(&mut self) {
         self.kill();

@@ -577,8 +577,8 @@ impl Inner {
                     Cursor::new(head.epoch, 0)
                 }
                 Some(pos) => {
-                    if pos.seq + 1 < first {
-                        tracing::warn!(at = %pos, first, "the log was trimmed past this server's position: its subscribers miss changes");
+                    if pos.seq + 1 < first && !log.gap() {
+                        return Ok(false);
                     }
                     pos
                 }
@@ -630,6 +630,17 @@ impl Inner {
                 tracing::error!(id = entry.id, "a log entry with a foreign id: skipped");
                 continue;
             };
+            // Sequences are consecutive: a jump means entries were trimmed before this
+            // server read them, and its subscribers missed them.
+            let last = at.map_or(from.seq, |a| a.seq);
+            if seq > last + 1 {
+                if !run.is_empty() && !log.accepted(core::mem::take(&mut run), run_by) {
+                    return Ok(false);
+                }
+                if !log.gap() {
+                    return Ok(false);
+                }
+            }
             let cursor = Cursor::new(from.epoch, seq);
             *at = Some(cursor);
             let record = entry.map.get("r").and_then(string);
