@@ -835,3 +835,50 @@ pub(crate) struct Replay {
     cursor: Option<String>,
     head_only: bool,
 }
+
+#[pymethods]
+impl SessionOpened {
+    fn __repr__(&self) -> String {
+        format!(
+            "SessionOpened({}, node_id={:?})",
+            self.session.0, self.node_id
+        )
+    }
+}
+
+#[pymethods]
+impl SessionClosed {
+    fn __repr__(&self) -> String {
+        format!(
+            "SessionClosed({}, node_id={:?}, code={:?})",
+            self.session.0, self.node_id, self.code
+        )
+    }
+}
+
+#[pymethods]
+impl Pull {
+    fn __repr__(&self) -> String {
+        format!(
+            "Pull({}, session={}, tables={:?})",
+            self.request.0, self.session.0, self.tables
+        )
+    }
+}
+
+#[pymethods]
+impl Push {
+    fn __repr__(&self) -> String {
+        format!("Push({}, session={})", self.request.0, self.session.0)
+    }
+}
+
+#[pymethods]
+impl Replay {
+    fn __repr__(&self) -> String {
+        format!(
+            "Replay({}, session={}, tables={:?})",
+            self.request.0, self.session.0, self.tables
+        )
+    }
+}

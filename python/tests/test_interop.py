@@ -234,3 +234,41 @@ def test_node_ws_interop_script_against_the_python_server() -> None:
         assert status.returncode == 0
     finally:
         server.stop()
+
+
+def test_room_max_presence_ttl_and_shutdown_are_the_rust_servers(any_server: Any) -> None:
+    server = any_server("--room-max", "1", "--presence-ttl", "300", "--ping-interval", "0", "--idle-timeout", "0")
+
+    async def run() -> dict:
+        seen: dict = {}
+        async with ws_connect(server.url + "?node_id=a") as a, ws_connect(server.url + "?node_id=b") as b:
+            await a.send('{"type":"room","id":"1","payload":{"action":"join","room":"r"}}')
+            await b.send('{"type":"room","id":"2","payload":{"action":"join","room":"r"}}')
+            refused = [json.loads(await b.recv()) for _ in range(1)][0]
+            seen["room_full"] = refused["payload"]["code"]
+            await b.send('{"type":"presence_update","id":"3","payload":{"topic":"t","data":1}}')
+            kinds = []
+            while len(kinds) < 3:  # join, ack, then the leave when the TTL expires
+                frame = json.loads(await asyncio.wait_for(b.recv(), GUARD))
+                kinds.append(frame["type"] if frame["type"] != "presence_event" else frame["payload"]["type"])
+            seen["presence"] = sorted(kinds)
+            server.proc.terminate()  # SIGTERM: every session closed with 1001, exit 0
+            await frames_until_closed(a)
+            seen["shutdown"] = a.protocol.close_rcvd.code
+        seen["exit"] = server.proc.wait(GUARD)
+        return seen
+
+    assert asyncio.run(run()) == {
+        "room_full": "ROOM_FULL",
+        "presence": ["ack", "join", "leave"],
+        "shutdown": 1001,
+        "exit": 0,
+    }
+
+
+@pytest.mark.parametrize("flag", [["--rate-limit", "lots"], ["--max-frame", "-1"], ["--idle-timeout", "soon"], ["--ping-interval", "5000", "--idle-timeout", "1000"]])
+def test_invalid_flags_exit_2_as_the_rust_server_does(flag: List[str]) -> None:
+    python = subprocess.run([sys.executable, str(PYTHON_DIR / "examples" / "server.py"), "--listen", "127.0.0.1:0", *flag],
+                            capture_output=True, text=True, timeout=30)
+    rust = subprocess.run([str(rust_example("server")), "--listen", "127.0.0.1:0", *flag], capture_output=True, text=True, timeout=30)
+    assert (python.returncode, rust.returncode) == (2, 2), python.stderr + rust.stderr
