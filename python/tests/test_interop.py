@@ -243,8 +243,10 @@ def test_room_max_presence_ttl_and_shutdown_are_the_rust_servers(any_server: Any
         seen: dict = {}
         async with ws_connect(server.url + "?node_id=a") as a, ws_connect(server.url + "?node_id=b") as b:
             await a.send('{"type":"room","id":"1","payload":{"action":"join","room":"r"}}')
+            while json.loads(await asyncio.wait_for(a.recv(), GUARD)).get("id") != "1":
+                pass  # the member list, then the ack: a is in before b asks
             await b.send('{"type":"room","id":"2","payload":{"action":"join","room":"r"}}')
-            refused = [json.loads(await b.recv()) for _ in range(1)][0]
+            refused = json.loads(await asyncio.wait_for(b.recv(), GUARD))
             seen["room_full"] = refused["payload"]["code"]
             await b.send('{"type":"presence_update","id":"3","payload":{"topic":"t","data":1}}')
             kinds = []
