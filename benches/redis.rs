@@ -41,22 +41,26 @@ fn record(i: u64) -> ChangeRecord {
     .with_value(value)
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 fn benches(c: &mut Criterion) {
     let Some(redis) = redis_util::RedisServer::start() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let backend = rt
         .block_on(RedisBackend::connect(RedisConfig::new(redis.url())))
         .expect("redis");
     let mut memory = MemoryStore::new(StoreConfig::default());
     let mut next = 0u64;
 
-    let mut group = c.benchmark_group("push");
+    let mut group = c.benchmark_group("redis_push");
     group.throughput(Throughput::Elements(1));
     group.bench_function("memory_store_1", |b| {
         b.iter(|| {
@@ -128,7 +132,7 @@ fn benches(c: &mut Criterion) {
     read.cursor = Some(cursor);
     let got = rt.block_on(log.read(read.clone())).expect("read");
     assert_eq!(got.changes.len(), PULL as usize);
-    let mut group = c.benchmark_group("pull_100_after_cursor");
+    let mut group = c.benchmark_group("redis_pull_100_after_cursor");
     group.throughput(Throughput::Elements(PULL));
     group.bench_function("memory_store", |b| {
         b.iter(|| black_box(memory.pull(&tables, None, Some(&cursor))))
@@ -230,18 +234,14 @@ fn end_to_end(c: &mut Criterion) {
     let Some(redis) = redis_util::RedisServer::start() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = runtime();
     let connect = |prefix: &str| {
         let mut config = RedisConfig::new(redis.url());
         config.prefix = prefix.to_owned();
         rt.block_on(RedisBackend::connect(config)).expect("redis")
     };
     let next = 1_000_000_000;
-    let mut group = c.benchmark_group("push_to_delivery");
+    let mut group = c.benchmark_group("redis_push_to_delivery");
     group.throughput(Throughput::Elements(1));
     let mut one = rt.block_on(async { Delivery::new(vec![listen(None).await], 1, next).await });
     group.bench_function("one_server_memory_store", |b| {
@@ -262,7 +262,7 @@ fn end_to_end(c: &mut Criterion) {
     drop((one, two));
 
     const PER_SERVER: usize = 50;
-    let mut group = c.benchmark_group("deliveries_per_server");
+    let mut group = c.benchmark_group("redis_deliveries_per_server");
     group.throughput(Throughput::Elements(PER_SERVER as u64));
     let mut one =
         rt.block_on(async { Delivery::new(vec![listen(None).await], PER_SERVER, next).await });

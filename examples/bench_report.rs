@@ -211,6 +211,58 @@ fn main() -> Result<(), Box<dyn Error>> {
         "",
     );
 
+    // Scale-out and durability (benches redis and durable, when they ran): each against the
+    // MemoryStore doing the same in the same run.
+    let pairs = [
+        (
+            "push 1 change: Redis / MemoryStore",
+            "redis_push/redis_1",
+            "redis_push/memory_store_1",
+        ),
+        (
+            "push to delivery: two servers on Redis / one on MemoryStore",
+            "redis_push_to_delivery/two_servers_on_redis",
+            "redis_push_to_delivery/one_server_memory_store",
+        ),
+        (
+            "50 deliveries per server: each of two on Redis / one on MemoryStore",
+            "redis_deliveries_per_server/each_of_two_servers_on_redis",
+            "redis_deliveries_per_server/one_server_memory_store",
+        ),
+        (
+            "push 1 change, durable: SQLite / MemoryStore",
+            "durable_push/sqlite_1",
+            "durable_push/memory_store_1",
+        ),
+        (
+            "push 100 changes, durable: SQLite / MemoryStore",
+            "durable_push/sqlite_100",
+            "durable_push/memory_store_100",
+        ),
+        (
+            "pull 100 of 1M after a cursor: SQLite / MemoryStore",
+            "durable_pull_100_after_cursor_of_1m/sqlite",
+            "durable_pull_100_after_cursor_of_1m/memory_store",
+        ),
+    ];
+    for (what, a, b) in pairs {
+        if let Some(r) = ratio(get(a), get(b)) {
+            let note = format!(
+                "{} vs {}",
+                ns(get(a).unwrap_or(0.0)),
+                ns(get(b).unwrap_or(0.0))
+            );
+            t.row(what, Some(format!("{r:.1}x")), &note);
+        }
+    }
+    if let Some(open) = get("durable_open_1m/sqlite_quick_check") {
+        t.row(
+            "open a 1M-change SQLite store (with quick_check)",
+            Some(ns(open)),
+            "",
+        );
+    }
+
     let w0 = t
         .rows
         .iter()

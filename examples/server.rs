@@ -17,7 +17,9 @@
 //! of memory, so that several servers on one Redis behave as one (see
 //! `syncmux::adapters::redis`): start each with the same `--redis` and `--redis-prefix`. A
 //! Redis that cannot be reached at start-up is an error (exit 1); one lost later fails
-//! requests with `UNAVAILABLE` until it is back.
+//! requests with `UNAVAILABLE` until it is back. The `/ot` documents then live in the same
+//! Redis too (`syncmux::adapters::redis::RedisOt`; keys `{PREFIX}:doc:ID:metadata`, `:data`,
+//! `:history`, channel `{PREFIX}:doc:ID`), and clients of every server converge.
 //!
 //! `--data PATH` (built with `--features tokio,sqlite`) keeps the changes in the SQLite
 //! database at PATH (created if missing; see `syncmux::adapters::sqlite`): a push is answered
@@ -58,8 +60,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 #[cfg(feature = "redis")]
-use syncmux::adapters::redis::{RedisBackend, RedisConfig};
-use syncmux::adapters::{self, Clock, ServerOptions, SyncServer};
+use syncmux::adapters::redis::{RedisBackend, RedisConfig, RedisOt, RedisOtConfig};
+use syncmux::adapters::{self, Clock, OtServerHandle, ServerOptions, SyncServer};
 use syncmux::ot::{OtServer, OtServerConfig};
 use syncmux::{AuthDecision, AuthRequest, Driver, MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
@@ -383,11 +385,16 @@ async fn run(args: Args) -> Result<(), String> {
     let clock = Clock::new();
     config.seed = clock.seed();
     let server = Server::new(config).map_err(|e| e.to_string())?;
+    // The OT documents live in the same Redis, under the same prefix.
+    let ot_redis = args
+        .redis
+        .as_ref()
+        .map(|r| (r.url.clone(), r.prefix.clone()));
     let server = match (args.redis, args.data) {
         (Some(redis), _) => start_on_redis(server, redis, args.options.clone()).await?,
         (None, Some(data)) => {
             let epoch = clock.unix_millis();
-            start_on_sqlite(server, &data, epoch, args.retention, args.options.clone())?
+            start_on_sqlite(server, data, epoch, args.retention, args.options.clone()).await?
         }
         (None, None) => {
             tracing::warn!(
@@ -405,8 +412,12 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let mut ot = args.ot;
     ot.seed = clock.seed();
+    ot.shared_history = ot_redis.is_some();
     let ot = OtServer::new(ot).map_err(|e| e.to_string())?;
     let ot = adapters::tokio::start_ot(ot, args.options);
+    if let Some((url, prefix)) = ot_redis {
+        ot_on_redis(ot.clone(), url, prefix).await?;
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -468,6 +479,23 @@ async fn start_on_redis(
     ))
 }
 
+/// The OT documents in Redis (`adapters::redis::RedisOt`): keys `{PREFIX}:doc:ID:...`,
+/// channels `{PREFIX}:doc:ID`.
+#[cfg(feature = "redis")]
+async fn ot_on_redis(ot: OtServerHandle, url: String, prefix: String) -> Result<(), String> {
+    let mut config = RedisOtConfig::new(url);
+    config.prefix = format!("{{{prefix}}}:");
+    let redis = RedisOt::connect(config).await.map_err(|e| e.to_string())?;
+    tokio::spawn(redis.run(ot));
+    Ok(())
+}
+
+/// Without the `redis` feature, `--redis` was refused already.
+#[cfg(not(feature = "redis"))]
+async fn ot_on_redis(_: OtServerHandle, _: String, _: String) -> Result<(), String> {
+    Ok(())
+}
+
 /// Without the `redis` feature, `--redis` is refused.
 #[cfg(not(feature = "redis"))]
 async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<SyncServer, String> {
@@ -481,9 +509,9 @@ async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<Syn
 /// The server on the durable store at `path`; an error when the database cannot be opened
 /// (damaged, foreign, not writable). `epoch` is used only if the database is new.
 #[cfg(feature = "sqlite")]
-fn start_on_sqlite(
+async fn start_on_sqlite(
     server: Server,
-    path: &std::path::Path,
+    path: PathBuf,
     epoch: u64,
     retention: usize,
     options: ServerOptions,
@@ -492,8 +520,14 @@ fn start_on_sqlite(
     let mut store = syncmux::SqliteConfig::default();
     store.epoch = epoch;
     store.retention = retention;
-    let backend = SqliteBackend::open(path, store, SqliteBackendConfig::default())
-        .map_err(|e| format!("--data: {e}"))?;
+    // Opening checks the whole file: off the runtime's threads.
+    let opening = path.clone();
+    let backend = tokio::task::spawn_blocking(move || {
+        SqliteBackend::open(opening, store, SqliteBackendConfig::default())
+    })
+    .await
+    .map_err(|e| format!("--data: {e}"))?
+    .map_err(|e| format!("--data: {e}"))?;
     tracing::info!(path = %path.display(), epoch = backend.epoch(), "changes are kept on disk");
     Ok(adapters::tokio::start_with_backend(
         server,
@@ -504,9 +538,9 @@ fn start_on_sqlite(
 
 /// Without the `sqlite` feature, `--data` is refused.
 #[cfg(not(feature = "sqlite"))]
-fn start_on_sqlite(
+async fn start_on_sqlite(
     _: Server,
-    path: &std::path::Path,
+    path: PathBuf,
     _: u64,
     _: usize,
     _: ServerOptions,

@@ -6,6 +6,9 @@
 #
 #   scripts/bench-report.sh            # about 5 minutes on 2 cores
 #   BENCH_TIME=3 scripts/bench-report.sh   # longer measurements, steadier figures
+#   BENCH_DURABLE=1 scripts/bench-report.sh  # also the durable store (builds 1M-change files)
+#
+# The Redis rows need `redis-server` on the PATH (the bench starts its own on a free port).
 #
 # Criterion keeps its results in target/criterion/; the benches' printed summary lines go to
 # target/bench-report.log; examples/bench_report.rs reads both and prints the table.
@@ -32,6 +35,15 @@ if [ -f benches/ot_e2e.rs ]; then
     cargo bench --features tokio --bench ot_e2e | tee -a "$log"
 fi
 
+if command -v redis-server >/dev/null; then
+    echo "=== cargo bench --bench redis --features tokio,redis" >&2
+    cargo bench --features tokio,redis --bench redis -- "${args[@]}" | tee -a "$log"
+fi
+if [ -n "${BENCH_DURABLE:-}" ]; then
+    # Builds two 1 000 000-change databases the first time (a few minutes), kept in target/.
+    echo "=== cargo bench --bench durable --features tokio,sqlite" >&2
+    cargo bench --features tokio,sqlite --bench durable -- "${args[@]}" | tee -a "$log"
+fi
 if [ -f scripts/fanout-bench ]; then
     # Not criterion: CPU per delivery of the example server and a Node ws server, same run.
     echo "=== scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,node" >&2

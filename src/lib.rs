@@ -100,7 +100,9 @@
 //!   or a [`RequestError`].
 //! - **The store**: [`MemoryStore`] is the embedded change log; [`Driver`] is a [`Server`]
 //!   whose pulls, pushes and replays it answers, driven exactly like a `Server`. Another
-//!   backend answers the server's events itself, in any order and at any time.
+//!   backend answers the server's events itself, in any order and at any time. With the
+//!   `sqlite` feature (native only), `SqliteStore` keeps the same log on disk, and
+//!   `adapters::sqlite` serves it through the adapters' async backend seam.
 //! - **Back pressure**: each session's outbound bytes are bounded
 //!   ([`ServerConfig::max_outbound_bytes`]); a consumer too slow to keep up is closed with
 //!   4503 and resumes from its cursor. An embedder that reports writes with

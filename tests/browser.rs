@@ -219,3 +219,70 @@ fn bad_options_and_unknown_events_throw() {
     assert_eq!(c.state(), "idle");
     assert!(c.on("nonsense", Function::new_no_args("")).is_err());
 }
+
+/// Resolves after `ms` milliseconds (the browser's `setTimeout`).
+async fn pause(ms: i32) {
+    let promise = Promise::new(&mut |resolve, _| {
+        let global = js_sys::global();
+        let set_timeout = Reflect::get(&global, &"setTimeout".into()).expect("setTimeout");
+        let set_timeout: Function = set_timeout.unchecked_into();
+        let _ = set_timeout.call2(&JsValue::UNDEFINED, &resolve, &JsValue::from(ms));
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+/// The browser's `OtClient` against the example server's `/ot`: two clients edit at once
+/// and converge; one receives the other's edit as a `change` event; a bad op throws.
+#[wasm_bindgen_test]
+async fn ot_clients_converge_over_the_ot_endpoint() {
+    use syncmux::adapters::wasm::BrowserOtClient as OtClient;
+    let base = URL.expect("SYNCMUX_TEST_URL: run tests/browser/run.mjs");
+    let url = base.replace("/sync/ws", "/ot");
+    let options = |id: &str| {
+        json(&format!(
+            r#"{{"clientId":"{id}","docId":"wasm-ot","reconnectDelay":100}}"#
+        ))
+    };
+    let a = OtClient::new(url.clone(), options("wasm-a")).expect("valid options");
+    let b = OtClient::new(url, options("wasm-b")).expect("valid options");
+    let change = next_ot(&b, "change");
+    for _ in 0..100 {
+        if a.state() == "synchronized" && b.state() == "synchronized" {
+            break;
+        }
+        pause(20).await;
+    }
+    a.edit(json(r#"[{"i":"Hello"}]"#)).expect("fits");
+    b.edit(json(r#"[{"i":"World"}]"#)).expect("fits");
+    assert!(a.edit(json(r#"[{"d":99}]"#)).is_err(), "past the end");
+    assert!(a.edit(json(r#""not an op""#)).is_err());
+    let op = JsFuture::from(change).await.expect("a change");
+    assert!(js_sys::Array::is_array(&op));
+    for _ in 0..200 {
+        if !a.pending() && !b.pending() && a.text() == b.text() && a.revision() == 2.0 {
+            break;
+        }
+        pause(20).await;
+    }
+    assert!(
+        a.text() == "HelloWorld" || a.text() == "WorldHello",
+        "{}",
+        a.text()
+    );
+    assert_eq!(a.text(), b.text());
+    assert_eq!(b.revision(), 2.0);
+    a.close();
+    b.close();
+}
+
+/// A promise of the first argument of the OT client's next `name` event.
+fn next_ot(client: &syncmux::adapters::wasm::BrowserOtClient, name: &str) -> Promise {
+    let mut resolve_fn = None;
+    let promise = Promise::new(&mut |resolve, _| resolve_fn = Some(resolve));
+    let resolve = resolve_fn.expect("the executor runs at once");
+    let once = Closure::once_into_js(move |value: JsValue| {
+        let _ = resolve.call1(&JsValue::UNDEFINED, &value);
+    });
+    client.on(name.to_owned(), once.unchecked_into());
+    promise
+}

@@ -8,54 +8,10 @@
 
 mod example_util;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-
-use example_util::{example_binary, Killed};
+use example_util::{start_server as start, stderr_of};
 use syncmux::adapters::{self, SyncClient};
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson};
 use syncmux::ClientConfig;
-
-/// Starts the example server with `args`; its URL once it prints `listening on URL`, or its
-/// exit status and stderr when it stops instead.
-fn start(args: &[&str]) -> Result<(Killed, String), (Option<i32>, String)> {
-    let mut command = Command::new(example_binary("server"));
-    command
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SYNCMUX_") {
-            command.env_remove(key);
-        }
-    }
-    let mut process = Killed(command.spawn().unwrap());
-    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    match line.trim().strip_prefix("listening on ") {
-        Some(url) => Ok((process, url.to_owned())),
-        None => {
-            let status = process.0.wait().unwrap();
-            Err((status.code(), stderr_of(&mut process)))
-        }
-    }
-}
-
-/// What the (ended) server wrote to stderr.
-fn stderr_of(process: &mut Killed) -> String {
-    let mut stderr = String::new();
-    process
-        .0
-        .stderr
-        .as_mut()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    stderr
-}
 
 fn record(pk: u64) -> ChangeRecord {
     let ts = i64::try_from(pk).unwrap();
@@ -210,8 +166,8 @@ mod durable {
                 seen = head;
             }
 
-            // A stream of single-change pushes from several writers; kill after `kill_after`
-            // acknowledgements, with pushes in flight.
+            // A stream of pushes from several writers; kill after `kill_after` acknowledged
+            // changes, with pushes in flight.
             let kill_after = 5 + rng.below(80) as usize;
             let answered: Arc<Mutex<Vec<(u64, Cursor)>>> = Arc::default();
             let (enough_tx, mut enough) = tokio::sync::mpsc::channel::<()>(1);
@@ -221,14 +177,23 @@ mod durable {
                 let answered = answered.clone();
                 let enough_tx = enough_tx.clone();
                 writers.push(tokio::spawn(async move {
+                    // Writer w pushes w + 1 changes at a time: a push's changes take
+                    // consecutive positions, ending at the head it is answered with.
+                    let size = writer + 1;
                     for i in 0.. {
-                        let pk = 1 + round * 1_000_000 + i * WRITERS as u64 + writer;
-                        let Ok(pushed) = client.push(vec![record(pk)]).await else {
+                        let first = 1 + round * 1_000_000 + (i * WRITERS as u64 + writer) * 10;
+                        let pks: Vec<u64> = (first..first + size).collect();
+                        let batch = pks.iter().copied().map(record).collect();
+                        let Ok(pushed) = client.push(batch).await else {
                             return;
                         };
-                        assert_eq!(pushed.merged, 1);
+                        assert_eq!(pushed.merged, size);
+                        let head = pushed.cursor.unwrap();
                         let mut answered = answered.lock().unwrap();
-                        answered.push((pk, pushed.cursor.unwrap()));
+                        for (k, pk) in pks.into_iter().enumerate() {
+                            let seq = head.seq + 1 + k as u64 - size;
+                            answered.push((pk, Cursor::new(head.epoch, seq)));
+                        }
                         if answered.len() >= kill_after {
                             let _ = enough_tx.try_send(());
                         }
@@ -304,4 +269,25 @@ mod durable {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         retention_bounds_the_store(&args).await;
     }
+}
+
+/// `--data` and `--redis` name two different logs: refused together (exit 2).
+#[test]
+fn data_and_redis_are_refused_together() {
+    let Err((code, stderr)) = start(&["--data", "x.db", "--redis", "redis://127.0.0.1:1"]) else {
+        panic!("started with both");
+    };
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
+}
+
+/// A server built without the `sqlite` feature refuses `--data` instead of ignoring it.
+#[cfg(not(feature = "sqlite"))]
+#[test]
+fn without_the_feature_data_is_refused() {
+    let Err((code, stderr)) = start(&["--data", "x.db"]) else {
+        panic!("started");
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--features tokio,sqlite"), "{stderr}");
 }

@@ -7,40 +7,7 @@
 mod example_util;
 mod redis_util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use example_util::{example_binary, Killed};
-
-/// Starts the example server with `args`; its URL once it prints `listening on URL`, or its
-/// exit status and stderr when it stops instead.
-fn start(args: &[&str]) -> Result<(Killed, String), (Option<i32>, String)> {
-    let mut command = Command::new(example_binary("server"));
-    command
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SYNCMUX_") {
-            command.env_remove(key);
-        }
-    }
-    let mut process = Killed(command.spawn().unwrap());
-    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    match line.trim().strip_prefix("listening on ") {
-        Some(url) => Ok((process, url.to_owned())),
-        None => {
-            let status = process.0.wait().unwrap();
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(process.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            Err((status.code(), stderr))
-        }
-    }
-}
+use example_util::start_server as start;
 
 #[cfg(feature = "redis")]
 mod with_redis {

@@ -149,6 +149,35 @@ fn on_smol() {
     });
 }
 
+/// Pushes that wait for the writer together are merged in shared commits (group commit),
+/// and each is still answered with its own positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_waiting_together_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = backend(&dir.path().join("changes.db"), 9);
+    let pushes: Vec<_> = (1..=64).map(|pk| backend.push(vec![record(pk)])).collect();
+    let mut seqs: Vec<u64> = futures_util::future::join_all(pushes)
+        .await
+        .into_iter()
+        .map(|p| {
+            let p = p.unwrap();
+            assert_eq!(p.accepted.len(), 1);
+            assert_eq!(
+                p.head, p.accepted[0].0,
+                "a push's head is its own last position"
+            );
+            p.head.seq
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=64).collect::<Vec<u64>>());
+    let (commits, pushes) = backend.commits();
+    assert_eq!(pushes, 64);
+    // The first push may commit alone; the rest wait for it together.
+    assert!(commits < 64, "{commits} commits for 64 pushes");
+    assert_eq!(backend.head().await.unwrap(), Cursor::new(9, 64));
+}
+
 /// A file that is not a database is refused at open, and left as it was.
 #[test]
 fn a_garbage_file_is_refused_at_open() {
@@ -164,4 +193,91 @@ fn a_garbage_file_is_refused_at_open() {
     .unwrap_err();
     assert!(matches!(err, SqliteError::Corrupt { .. }), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), garbage);
+}
+
+/// A database cut short (a torn copy, a disk that lost its tail) is refused at open as
+/// corrupt, instead of being read as a shorter history or replaced by an empty one.
+#[test]
+fn a_truncated_database_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("changes.db");
+    let mut store = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+    store
+        .push_many(vec![(1..=2000).map(record).collect()])
+        .unwrap();
+    // Closing the last connection checkpoints the log into the main file.
+    drop(store);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 64 * 1024, "{len}");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+    let err = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap_err();
+    assert!(matches!(err, SqliteError::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len / 2);
+}
+
+/// Two writers on one file: the newer one writes, the older one's pushes fail without
+/// writing anything, so two servers never both serve one log as its only writer.
+#[test]
+fn only_the_newest_opener_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("changes.db");
+    let mut old = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+    old.push(vec![record(1)]).unwrap();
+    let mut new = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+    let err = old.push(vec![record(2)]).unwrap_err();
+    assert!(matches!(err, SqliteError::Displaced { .. }), "{err}");
+    let pushed = new.push(vec![record(3)]).unwrap();
+    assert_eq!(pushed.head.seq, 2, "the refused push took no position");
+}
+
+/// A database written by a newer schema is refused at open, not read as this one's.
+#[test]
+fn a_newer_schema_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("changes.db");
+    drop(syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE meta SET schema = 2", [])
+        .unwrap();
+    let err = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap_err();
+    assert!(matches!(err, SqliteError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("schema version 2"), "{err}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Bytes overwritten anywhere in a database never make the store panic: opening it
+    /// fails, or it opens and every pull and push answers (an error or a history).
+    #[test]
+    fn damaged_bytes_never_panic(
+        damage in proptest::collection::vec((0.0..1.0f64, proptest::prelude::any::<u8>()), 1..8),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("changes.db");
+        let mut store = syncmux::SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+        for start in [1, 301] {
+            store.push_many(vec![(start..start + 300).map(record).collect()]).unwrap();
+        }
+        drop(store);
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (at, byte) in damage {
+            let at = ((bytes.len() - 1) as f64 * at) as usize;
+            bytes[at] = byte;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let mut config = SqliteConfig::default();
+        config.retention = 100;
+        let opened = syncmux::SqliteStore::open(&path, config);
+        if let Ok(mut store) = opened {
+            let tables = ["docs".to_owned()];
+            let _ = store.pull(&tables, None, Some(&Cursor::new(0, 10)));
+            let _ = store.pull(&tables, Some(&Hlc::new(50, 0, "w")), None);
+            let _ = store.push(vec![record(5), record(1000)]);
+            let _ = store.pull(&tables, None, None);
+        }
+    }
 }

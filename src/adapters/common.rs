@@ -56,8 +56,12 @@ pub(crate) fn client_request(
         .chain(extra.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(", ");
-    let value = HeaderValue::from_str(&protocols).map_err(|e| e.to_string())?;
-    headers.insert("Sec-WebSocket-Protocol", value);
+    // None offered (the OT wire has no subprotocol): no header, or the server would have to
+    // select one.
+    if !protocols.is_empty() {
+        let value = HeaderValue::from_str(&protocols).map_err(|e| e.to_string())?;
+        headers.insert("Sec-WebSocket-Protocol", value);
+    }
     for (name, value) in &dial.headers {
         let value = HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
         headers.insert(*name, value);

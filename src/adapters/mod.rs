@@ -9,7 +9,8 @@
 //!
 //! The OT profile's endpoint ([`crate::ot`]) is served the same way: `tokio::start_ot` (or
 //! `smol::start_ot`) runs an [`OtServer`](crate::ot::OtServer) behind an `OtServerHandle`,
-//! and `serve_ot` or `accept_ot` take its connections.
+//! and `serve_ot` or `accept_ot` take its connections; `tokio::connect_ot` (or
+//! `smol::connect_ot`) runs an [`OtClient`](crate::ot::OtClient) over a WebSocket to it.
 //!
 //! Native clients dial `ws://` and `wss://`; TLS is rustls with the `ring` provider and the
 //! webpki roots (nothing to build with cmake, no system certificate store needed), or a
@@ -47,6 +48,8 @@ mod direct;
 pub mod metrics;
 #[cfg(feature = "adapters")]
 mod ot;
+#[cfg(feature = "adapters")]
+mod ot_client;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "adapters")]
@@ -71,5 +74,7 @@ pub use clock::Clock;
 pub use common::{client_tls_trusting, server_tls};
 #[cfg(feature = "adapters")]
 pub use ot::{AcceptedOtSession, OtServerHandle};
+#[cfg(feature = "adapters")]
+pub use ot_client::{OtClientEvents, OtClientHandle, OtCommandError, OtConnectOptions, OtStatus};
 #[cfg(feature = "adapters")]
 pub use server::{AcceptedSession, Rejection, ServerOptions, SyncServer};

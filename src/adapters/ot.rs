@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     armed: Option<Instant>,
     wake: async_channel::Sender<()>,
     stop: Option<async_channel::Sender<()>>,
+    /// Where the shared history's events go ([`OtServerHandle::shared_events`]).
+    shared: Option<async_channel::Sender<OtServerEvent>>,
 }
 
 impl Shared {
@@ -139,6 +141,18 @@ impl Shared {
                     tracing::info!(%session, ?reason, "OT session closed");
                 }
                 OtServerEvent::Applied { .. } => {}
+                event @ (OtServerEvent::Commit { .. }
+                | OtServerEvent::Fetch { .. }
+                | OtServerEvent::Load { .. }
+                | OtServerEvent::DocumentCreated { .. })
+                    if self.shared.is_some() =>
+                {
+                    if let Some(sink) = &self.shared {
+                        // Unbounded, but bounded by the state machine: commits by
+                        // `max_commits_in_flight` per session, fetches by the gaps it saw.
+                        let _ = sink.try_send(event);
+                    }
+                }
                 other => tracing::debug!(?other, "OT server event"),
             }
         }
@@ -196,6 +210,7 @@ impl OtServerHandle {
             armed: None,
             wake: wake_tx,
             stop: Some(stop_tx),
+            shared: None,
         };
         let handle = OtServerHandle {
             shared: Arc::new(Mutex::new(shared)),
@@ -297,6 +312,16 @@ impl OtServerHandle {
                 Err(error)
             }
         }
+    }
+
+    /// The events a shared history answers (`Commit`, `Fetch`, `Load`, `DocumentCreated`;
+    /// see [`OtServer`'s shared history](crate::ot::OtServer#shared-history)), from now on:
+    /// the Redis adapter (`adapters::redis::ot`) reads them. A second call takes them from
+    /// the first receiver.
+    pub fn shared_events(&self) -> async_channel::Receiver<OtServerEvent> {
+        let (tx, rx) = async_channel::unbounded();
+        self.lock().shared = Some(tx);
+        rx
     }
 
     /// Closes every session with 1001, refuses new handshakes (503) and stops the accept

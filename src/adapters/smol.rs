@@ -40,6 +40,16 @@ pub fn connect_with(
     client::start::<Smol>(config, options)
 }
 
+/// Starts an OT client task (an [`OtClient`](crate::ot::OtClient) over a WebSocket to the
+/// OT endpoint, see [`OtConnectOptions`](super::OtConnectOptions)) on this runtime; it
+/// connects at once and redials when the connection is lost.
+pub fn connect_ot(
+    config: crate::ot::OtClientConfig,
+    options: super::OtConnectOptions,
+) -> Result<(super::OtClientHandle, super::OtClientEvents), crate::ot::OtConfigError> {
+    super::ot_client::start::<Smol>(config, options)
+}
+
 pub(crate) struct Smol;
 
 impl Runtime for Smol {

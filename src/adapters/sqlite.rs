@@ -14,8 +14,9 @@
 //! full waits (asynchronously) for room, so memory stays bounded under any load. The
 //! threads end when the backend is dropped, after the requests already queued.
 //!
-//! A write that fails (disk full, I/O error) answers each push of its group with
-//! `UNAVAILABLE`; none of them is kept, and the client may retry.
+//! A write that fails (disk full, I/O error, or another backend opened the database since:
+//! [`SqliteError::Displaced`]) answers each push of its group with `UNAVAILABLE`; none of
+//! them is kept, and the client may retry.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +38,8 @@
 
 use core::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures_channel::oneshot;
 
@@ -75,6 +78,14 @@ pub struct SqliteBackend {
     pushes: async_channel::Sender<(Vec<ChangeRecord>, Reply<PushAnswer>)>,
     reads: async_channel::Sender<(Read, Reply<PullAnswer>)>,
     epoch: u64,
+    /// Commits by the writer, and the pushes they merged.
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    commits: AtomicU64,
+    pushes: AtomicU64,
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -100,7 +111,11 @@ impl SqliteBackend {
         let epoch = store.epoch();
         let (pushes, pushed) = async_channel::bounded(config.queue.max(1));
         let (reads, read) = async_channel::bounded(config.queue.max(1));
-        spawn("syncmux-sqlite-writer", move || write(store, pushed))?;
+        let counts = Arc::new(Counts::default());
+        let writer = counts.clone();
+        spawn("syncmux-sqlite-writer", move || {
+            write(store, pushed, &writer)
+        })?;
         for reader in readers {
             let read = read.clone();
             spawn("syncmux-sqlite-reader", move || serve_reads(reader, read))?;
@@ -109,12 +124,33 @@ impl SqliteBackend {
             pushes,
             reads,
             epoch,
+            counts,
         })
     }
 
     /// The epoch of the database's history.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Merges `changes` on the writer thread (with whatever other pushes are waiting: one
+    /// commit for all); answers once they are on disk.
+    pub async fn push(&self, changes: Vec<ChangeRecord>) -> Result<PushAnswer, AppError> {
+        ask(self.pushes.clone(), changes).await
+    }
+
+    /// Reads a pull or a replay (see [`Read`]) on a reader thread.
+    pub async fn read(&self, read: Read) -> Result<PullAnswer, AppError> {
+        ask(self.reads.clone(), read).await
+    }
+
+    /// How many transactions the writer committed since the open, and how many pushes they
+    /// merged: pushes per commit is what group commit saves in syncs.
+    pub fn commits(&self) -> (u64, u64) {
+        (
+            self.counts.commits.load(Ordering::Relaxed),
+            self.counts.pushes.load(Ordering::Relaxed),
+        )
     }
 
     /// The newest position, read on a reader thread.
@@ -144,6 +180,7 @@ fn unavailable() -> AppError {
 fn write(
     mut store: SqliteStore,
     pushes: async_channel::Receiver<(Vec<ChangeRecord>, Reply<PushAnswer>)>,
+    counts: &Counts,
 ) {
     while let Ok(first) = pushes.recv_blocking() {
         let mut group = vec![first];
@@ -156,6 +193,10 @@ fn write(
         let (changes, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         match store.push_many(changes) {
             Ok(outcomes) => {
+                counts.commits.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .pushes
+                    .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
                 for (out, reply) in outcomes.into_iter().zip(replies) {
                     let _ = reply.send(Ok(PushAnswer {
                         accepted: out.accepted,

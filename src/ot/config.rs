@@ -77,6 +77,15 @@ pub struct OtServerConfig {
     pub ping_interval: Duration,
     /// Seed of the keyed hasher of the document map (peer-chosen keys).
     pub seed: u64,
+    /// The documents' history is shared with other servers and decided outside (see
+    /// [`OtServer`'s shared history](super::OtServer#shared-history)): an op becomes an
+    /// [`OtServerEvent::Commit`](super::OtServerEvent::Commit) that the application answers
+    /// with [`OtServer::handle_committed`](super::OtServer::handle_committed). Default
+    /// `false`: this server decides alone.
+    pub shared_history: bool,
+    /// With `shared_history`: most ops of one connection waiting for their commit; one more
+    /// gets an error frame. Default 64.
+    pub max_commits_in_flight: usize,
 }
 
 impl OtServerConfig {
@@ -117,6 +126,8 @@ impl Default for OtServerConfig {
             rate_limit_window: Duration::from_secs(60),
             ping_interval: Duration::from_secs(30),
             seed: 0,
+            shared_history: false,
+            max_commits_in_flight: 64,
         }
     }
 }

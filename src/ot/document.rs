@@ -1,7 +1,7 @@
 //! One document on the server: its text, head revision and recent history, and the OT step
 //! that turns an incoming op into the next revision.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -36,6 +36,15 @@ pub(crate) enum Submitted {
     Duplicate { revision: u64 },
 }
 
+/// An op rebased onto the head revision, not yet committed.
+#[derive(Debug)]
+pub(crate) enum Rebased {
+    /// It fits: `op` applies to the head text and makes `text` (`len` UTF-16 units).
+    Ready { op: TextOp, text: String, len: u64 },
+    /// The same op (by `opId`) is already revision `revision`.
+    Duplicate { revision: u64 },
+}
+
 /// Why an op was refused. The `Display` text is the error frame's message.
 #[derive(Clone, PartialEq, Eq, Debug, Error)]
 pub(crate) enum Refused {
@@ -67,6 +76,24 @@ pub(crate) struct Document {
     history_bytes: usize,
     /// The sessions that receive the document's ops, in a stable order.
     pub(crate) members: BTreeSet<OtSessionId>,
+    /// Shared history: the local ops committed at a revision this copy has not reached,
+    /// acked (with their `docId` echo and id) once it does.
+    pub(crate) awaiting: BTreeMap<u64, Awaiting>,
+    /// Shared history: ops that came ahead of a gap, applied once it is filled.
+    pub(crate) early: BTreeMap<u64, Arc<TextOp>>,
+    /// Shared history: the newest revision asked for to fill a gap.
+    pub(crate) fetched: u64,
+    /// Shared history: waiting for its first snapshot (gaps are not fetched meanwhile: the
+    /// snapshot fills them).
+    pub(crate) loading: bool,
+}
+
+/// A local op committed to the shared history, waiting for this copy to reach it.
+#[derive(Debug)]
+pub(crate) struct Awaiting {
+    pub(crate) session: OtSessionId,
+    pub(crate) echo: bool,
+    pub(crate) op_id: Option<Box<str>>,
 }
 
 impl Document {
@@ -78,6 +105,10 @@ impl Document {
             history: VecDeque::new(),
             history_bytes: 0,
             members: BTreeSet::new(),
+            awaiting: BTreeMap::new(),
+            early: BTreeMap::new(),
+            fetched: 0,
+            loading: false,
         }
     }
 
@@ -110,6 +141,28 @@ impl Document {
         op_id: Option<&str>,
         limits: Limits,
     ) -> Result<Submitted, Refused> {
+        match self.rebase(op, revision, op_id, limits)? {
+            Rebased::Duplicate { revision } => Ok(Submitted::Duplicate { revision }),
+            Rebased::Ready { op, text, len } => {
+                let op = Arc::new(op);
+                self.advance(op.clone(), text, len, op_id, limits);
+                Ok(Submitted::Applied {
+                    revision: self.revision,
+                    op,
+                })
+            }
+        }
+    }
+
+    /// The OT step of [`submit`](Self::submit) without its commit: the op transformed to
+    /// the head revision and the text it makes, or why it does not fit.
+    pub(crate) fn rebase(
+        &self,
+        op: TextOp,
+        revision: u64,
+        op_id: Option<&str>,
+        limits: Limits,
+    ) -> Result<Rebased, Refused> {
         if revision > self.revision {
             return Err(Refused::Future {
                 revision,
@@ -126,14 +179,58 @@ impl Document {
             // An op logged after this one's revision with the same id is this op, sent again
             // (the client lost the connection before the ack).
             if op_id.is_some() && entry.op_id.as_deref() == op_id {
-                return Ok(Submitted::Duplicate {
+                return Ok(Rebased::Duplicate {
                     revision: oldest + i as u64 + 1,
                 });
             }
             op = op.transform(&entry.op, Side::Right);
         }
+        let (text, len) = self.fit(&op, limits)?;
+        Ok(Rebased::Ready { op, text, len })
+    }
+
+    /// Applies an op made on the head revision: the next revision, as a shared history
+    /// decided it (`revision` must be the head + 1, else nothing happens and `false` comes
+    /// back). An op that does not fit is refused: the shared history holds only ops that
+    /// fit, so that means this copy went wrong.
+    pub(crate) fn apply_next(
+        &mut self,
+        revision: u64,
+        op: Arc<TextOp>,
+        op_id: Option<&str>,
+        limits: Limits,
+    ) -> Result<bool, Refused> {
+        if revision != self.revision + 1 {
+            return Ok(false);
+        }
+        // The shared history already holds it: the length bound is not this copy's to apply.
+        let unbounded = Limits {
+            max_document_len: 0,
+            ..limits
+        };
+        let (text, len) = self.fit(&op, unbounded)?;
+        self.advance(op, text, len, op_id, limits);
+        Ok(true)
+    }
+
+    /// Replaces the text by a newer snapshot of the shared history: `revision`'s text. The
+    /// history kept is dropped (it does not lead there). Ignored unless newer.
+    pub(crate) fn reset(&mut self, revision: u64, text: String) -> bool {
+        if revision <= self.revision {
+            return false;
+        }
+        self.len = utf16_len(&text);
+        self.text = text;
+        self.revision = revision;
+        self.history.clear();
+        self.history_bytes = 0;
+        true
+    }
+
+    /// The text `op` makes of the head text, and its UTF-16 length.
+    fn fit(&self, op: &TextOp, limits: Limits) -> Result<(String, u64), Refused> {
         let text = op.apply(&self.text)?;
-        let len = self.len + inserted(&op) - deleted(&op);
+        let len = self.len + inserted(op) - deleted(op);
         if limits.max_document_len != 0 && len > limits.max_document_len {
             return Err(Refused::TooLong {
                 len,
@@ -141,15 +238,21 @@ impl Document {
             });
         }
         debug_assert_eq!(len, utf16_len(&text));
+        Ok((text, len))
+    }
+
+    fn advance(
+        &mut self,
+        op: Arc<TextOp>,
+        text: String,
+        len: u64,
+        op_id: Option<&str>,
+        limits: Limits,
+    ) {
         self.text = text;
         self.len = len;
         self.revision += 1;
-        let op = Arc::new(op);
-        self.log(op.clone(), op_id, limits);
-        Ok(Submitted::Applied {
-            revision: self.revision,
-            op,
-        })
+        self.log(op, op_id, limits);
     }
 
     /// Where the op with this id stands, for a snapshot request naming it; `revision` is the

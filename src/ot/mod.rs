@@ -71,7 +71,7 @@ pub mod wire;
 pub use client::{EditError, OtClient, OtClientEvent, OtClientState, ResyncReason};
 pub use config::{OtClientConfig, OtConfigError, OtServerConfig};
 pub use server::{
-    OtCloseReason, OtDocument, OtHandshakeOutcome, OtServer, OtServerEvent, OtTransmit,
+    OtCloseReason, OtCommitId, OtDocument, OtHandshakeOutcome, OtServer, OtServerEvent, OtTransmit,
 };
 pub use session::OtSessionId;
 pub use text::{utf16_len, Component, CountKind, OpError, Side, TextOp};

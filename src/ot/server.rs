@@ -9,7 +9,7 @@
 //! previous one ([`OtTransmit::Terminate`]); the adapter reports pongs with
 //! [`handle_pong`](OtServer::handle_pong).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,6 +26,10 @@ use crate::rng::{Jitter, KeyedHasher};
 use crate::server::{AuthDecision, AuthRequest, Handshake};
 use crate::time::Instant;
 use crate::wire::CloseCode;
+
+mod shared;
+
+pub use shared::OtCommitId;
 
 /// The answer to a handshake.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -118,6 +122,39 @@ pub enum OtServerEvent {
         /// The op as applied (transformed to the revision before).
         op: Arc<TextOp>,
     },
+    /// Shared history ([`OtServerConfig::shared_history`]): append `op` to `doc`'s shared
+    /// history as revision `base + 1`, or, if others appended first, transformed against
+    /// their ops (`op` on side `right`) at the head; then answer with
+    /// [`OtServer::handle_committed`]. `text` is the text `op` makes of revision `base`'s.
+    Commit {
+        /// The commit, to answer.
+        commit: OtCommitId,
+        /// The document.
+        doc: Arc<str>,
+        /// The revision `op` applies to.
+        base: u64,
+        /// The op, rebased onto `base`.
+        op: Arc<TextOp>,
+        /// The text after `op`.
+        text: String,
+    },
+    /// Shared history: this server's copy of `doc` misses revisions `from..=to`; read them
+    /// from the shared history and hand each over with [`OtServer::handle_remote_op`].
+    Fetch {
+        /// The document.
+        doc: Arc<str>,
+        /// The first revision missing.
+        from: u64,
+        /// The last revision missing.
+        to: u64,
+    },
+    /// Shared history: read `doc`'s snapshot and hand it over with
+    /// [`OtServer::handle_remote_snapshot`] (this server's copy cannot go on from what it
+    /// has).
+    Load {
+        /// The document.
+        doc: Arc<str>,
+    },
     /// A session ended; it left every document.
     SessionClosed {
         /// The session.
@@ -182,6 +219,23 @@ enum Out {
 /// [`handle_disconnected`](Self::handle_disconnected). A `now` earlier than one already seen is taken as
 /// the latest seen. Binary frames are read like text (the seed's `ws` server does the same).
 ///
+/// # Shared history
+///
+/// With [`OtServerConfig::shared_history`], several servers serve the same documents and
+/// their history is decided outside (the example server: Redis, `adapters::redis::ot`).
+/// The seam is the same as the sync server's backend: the state machine asks and is
+/// answered later. Each server keeps a copy of every document it serves; an op from a
+/// session is rebased onto the copy's head and comes out as an [`OtServerEvent::Commit`],
+/// answered with [`handle_committed`](Self::handle_committed); the ops of other servers come
+/// in with [`handle_remote_op`](Self::handle_remote_op). The copy applies ops strictly in
+/// revision order: the sender's ack and the others' op go out when it reaches the op's
+/// revision, so every connection still gets a document's frames in order and without gaps.
+/// An op ahead of a gap waits and an [`OtServerEvent::Fetch`] asks for the missing ones
+/// (a lost Pub/Sub message), [`handle_remote_head`](Self::handle_remote_head) catches a
+/// loss at the tail, and [`handle_remote_snapshot`](Self::handle_remote_snapshot) gives a
+/// document's copy its start ([`OtServerEvent::DocumentCreated`], or
+/// [`OtServerEvent::Load`]).
+///
 /// # Example
 ///
 /// Two connections on `doc-1`; one inserts, the other receives the op:
@@ -230,6 +284,10 @@ pub struct OtServer {
     /// Recipients of the op being routed (kept to reuse its allocation).
     scratch: Vec<OtSessionId>,
     shut_down: bool,
+    /// Shared history: ops waiting for their commit (bounded per session by
+    /// `max_commits_in_flight`).
+    commits: BTreeMap<OtCommitId, shared::Pending>,
+    next_commit: u64,
 }
 
 impl core::fmt::Debug for OtServer {
@@ -248,7 +306,9 @@ impl OtServer {
     pub fn new(config: OtServerConfig) -> Result<OtServer, OtConfigError> {
         config.validate()?;
         let mut docs = HashMap::with_hasher(Jitter::new(config.seed).hasher());
-        docs.insert(Arc::from(DEFAULT_DOC_ID), Document::new());
+        let mut first = Document::new();
+        first.loading = config.shared_history;
+        docs.insert(Arc::from(DEFAULT_DOC_ID), first);
         Ok(OtServer {
             config,
             now: Instant::ZERO,
@@ -260,6 +320,8 @@ impl OtServer {
             dropped_events: 0,
             scratch: Vec::new(),
             shut_down: false,
+            commits: BTreeMap::new(),
+            next_commit: 0,
         })
     }
 
@@ -572,6 +634,10 @@ impl OtServer {
                 return;
             }
         };
+        if self.config.shared_history {
+            self.commit_op(session, key, echo, op, revision, op_id);
+            return;
+        }
         let limits = self.limits();
         let Some(doc) = self.docs.get_mut(&key) else {
             return; // joined documents exist: `join` made sure
@@ -658,7 +724,9 @@ impl OtServer {
                     return Err(format!("Too many documents (max {max})"));
                 }
                 let key: Arc<str> = Arc::from(name);
-                self.docs.insert(key.clone(), Document::new());
+                let mut doc = Document::new();
+                doc.loading = self.config.shared_history;
+                self.docs.insert(key.clone(), doc);
                 self.event(OtServerEvent::DocumentCreated { doc: key.clone() });
                 key
             }

@@ -46,6 +46,8 @@ pub(crate) struct Session {
     pub(crate) queued: usize,
     /// Bytes of frames polled and not yet reported written.
     pub(crate) unacked: usize,
+    /// Ops waiting for their commit (shared history).
+    pub(crate) commits: usize,
 }
 
 impl Session {
@@ -59,6 +61,7 @@ impl Session {
             wake: None,
             queued: 0,
             unacked: 0,
+            commits: 0,
         }
     }
 

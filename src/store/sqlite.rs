@@ -3,6 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -26,7 +27,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// register and `ops` the identities of operation records, so the merge survives restarts;
 /// `tables` the newest HLC accepted and the newest evicted per table; `meta` one row: the
 /// schema version, the epoch (set once, at creation), the head, the oldest retained seq, and
-/// the eviction horizon of the tables forgotten.
+/// the eviction horizon of the tables forgotten, and the writer that opened it last.
 const SCHEMA: &str = "
 CREATE TABLE meta (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -34,7 +35,8 @@ CREATE TABLE meta (
     epoch TEXT NOT NULL,
     head INTEGER NOT NULL,
     first INTEGER NOT NULL,
-    forgotten BLOB
+    forgotten BLOB,
+    owner TEXT
 );
 CREATE TABLE changes (
     seq INTEGER PRIMARY KEY,
@@ -111,6 +113,15 @@ pub enum SqliteError {
         /// SQLite's diagnosis.
         why: String,
     },
+    /// Another [`SqliteStore`] (another server on the same file, or another handle in this
+    /// process) opened the database after this one: only the newest opener writes, so that
+    /// two servers never both serve one log as if each were its only writer (each would
+    /// route only its own pushes live). Nothing was written.
+    #[error("{path}: another writer opened this database since; this one no longer writes")]
+    Displaced {
+        /// The database file.
+        path: PathBuf,
+    },
     /// SQLite failed (disk full, permissions, I/O error, a lock held too long).
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -171,6 +182,8 @@ pub struct SqliteStore {
     retention: usize,
     /// The meta row as of this handle's last open or commit.
     meta: Meta,
+    /// This handle's name in the meta row while it is the database's writer.
+    owner: String,
 }
 
 /// A read-only connection to a [`SqliteStore`]'s database, for pulls beside its writer (WAL:
@@ -186,7 +199,11 @@ struct Meta {
     head: u64,
     first: u64,
     forgotten: Option<Vec<u8>>,
+    owner: Option<String>,
 }
+
+/// Distinguishes the handles one process opens.
+static OPENED: AtomicU64 = AtomicU64::new(0);
 
 impl SqliteStore {
     /// Opens the database at `path`, creating it (with `config.epoch`) when the file does not
@@ -195,13 +212,22 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>, config: SqliteConfig) -> Result<SqliteStore, SqliteError> {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path)?;
-        let meta = prepare(&conn, &path, config.verify, Some(config.epoch))?;
+        let mut meta = prepare(&conn, &path, config.verify, Some(config.epoch))?;
+        // Claim the database: an older handle's next write finds it is no longer the writer.
+        let owner = format!(
+            "{}.{}",
+            std::process::id(),
+            OPENED.fetch_add(1, Ordering::Relaxed)
+        );
+        conn.execute("UPDATE meta SET owner = ?1 WHERE id = 0", [&owner])?;
+        meta.owner = Some(owner.clone());
         Ok(SqliteStore {
             conn,
             path,
             epoch: meta.epoch,
             retention: config.retention,
             meta,
+            owner,
         })
     }
 
@@ -252,6 +278,11 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read again inside the write lock: the row is the truth, not this handle's copy.
         let mut meta = read_meta(&tx, &self.path)?;
+        if meta.owner.as_deref() != Some(self.owner.as_str()) {
+            return Err(SqliteError::Displaced {
+                path: self.path.clone(),
+            });
+        }
         let mut outcomes = Vec::with_capacity(pushes.len());
         for changes in pushes {
             outcomes.push(merge(&tx, &mut meta, self.retention, changes)?);
@@ -424,7 +455,9 @@ fn corrupt(path: &Path, why: &str) -> SqliteError {
 
 fn read_meta(conn: &Connection, path: &Path) -> Result<Meta, SqliteError> {
     let row = conn
-        .prepare_cached("SELECT schema, epoch, head, first, forgotten FROM meta WHERE id = 0")
+        .prepare_cached(
+            "SELECT schema, epoch, head, first, forgotten, owner FROM meta WHERE id = 0",
+        )
         .and_then(|mut stmt| {
             stmt.query_row([], |row| {
                 Ok((
@@ -433,11 +466,12 @@ fn read_meta(conn: &Connection, path: &Path) -> Result<Meta, SqliteError> {
                     row.get::<_, i64>(2)?,
                     row.get::<_, i64>(3)?,
                     row.get::<_, Option<Vec<u8>>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             })
             .optional()
         });
-    let (schema, epoch, head, first, forgotten) = match row {
+    let (schema, epoch, head, first, forgotten, owner) = match row {
         Ok(Some(row)) => row,
         Ok(None) => return Err(foreign(path, "no meta row".to_owned())),
         Err(rusqlite::Error::SqliteFailure(_, Some(message))) if message.contains("no such") => {
@@ -463,6 +497,7 @@ fn read_meta(conn: &Connection, path: &Path) -> Result<Meta, SqliteError> {
         head,
         first,
         forgotten,
+        owner,
     })
 }
 
@@ -501,8 +536,11 @@ fn merge(
             if winner.is_some_and(|w| w >= hlc) {
                 false
             } else {
-                tx.prepare_cached("INSERT OR REPLACE INTO winners VALUES (?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![tbl, pk, field, hlc, sql_int(seq)])?;
+                tx.prepare_cached(
+                    "INSERT INTO winners VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT \
+                     DO UPDATE SET hlc = excluded.hlc, seq = excluded.seq",
+                )?
+                .execute(params![tbl, pk, field, hlc, sql_int(seq)])?;
                 true
             }
         } else {
@@ -699,6 +737,28 @@ fn hlc_of(key: &[u8]) -> Option<Hlc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer's connection is in WAL mode and syncs the log at every commit
+    /// (`synchronous=FULL`: 2), so a commit that returned survives a power loss too.
+    #[test]
+    fn commits_are_synced_in_wal_mode() {
+        let dir = std::env::temp_dir().join(format!("syncmux-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("changes.db");
+        let _ = std::fs::remove_file(&path);
+        let store = SqliteStore::open(&path, SqliteConfig::default()).unwrap();
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        let sync: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Byte order of the keys is HLC order, negative times and shared node prefixes included,
     /// and every key decodes back.

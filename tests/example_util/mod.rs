@@ -2,8 +2,9 @@
 //! the test ends however it ends.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -68,4 +69,42 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts the example server on a free port with `args` (and no `SYNCMUX_*` variable from the
+/// test's environment); its URL once it prints `listening on URL`, or its exit status and
+/// stderr when it stops instead.
+pub fn start_server(args: &[&str]) -> Result<(Killed, String), (Option<i32>, String)> {
+    let mut command = Command::new(example_binary("server"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SYNCMUX_") {
+            command.env_remove(key);
+        }
+    }
+    let mut process = Killed(command.spawn().unwrap());
+    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => Ok((process, url.to_owned())),
+        None => {
+            let status = process.0.wait().unwrap();
+            Err((status.code(), stderr_of(&mut process)))
+        }
+    }
+}
+
+/// Everything the process wrote to its (piped) stderr, once it has exited.
+pub fn stderr_of(process: &mut Killed) -> String {
+    let mut stderr = String::new();
+    if let Some(pipe) = process.0.stderr.as_mut() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    stderr
 }

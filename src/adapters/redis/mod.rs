@@ -72,7 +72,10 @@ use crate::payload::{ChangeRecord, Cursor, Hlc};
 use crate::server::{AppError, PullAnswer, PushAnswer, ServerEvent, SessionId};
 
 mod keys;
+mod ot;
 mod presence;
+
+pub use ot::{RedisOt, RedisOtConfig};
 
 use keys::{hlc_key, merge_key};
 

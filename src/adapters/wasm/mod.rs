@@ -32,6 +32,9 @@
 mod convert;
 mod driver;
 mod host;
+mod ot;
+
+pub use ot::BrowserOtClient;
 
 use std::rc::Rc;
 

@@ -1,0 +1,492 @@
+//! The OT profile's documents in Redis (README, "The OT profile"): many servers serve the
+//! same documents, and their clients converge.
+//!
+//! # Layout
+//!
+//! The open-ot Redis adapter's, under [`RedisOtConfig::prefix`] (empty by default: the
+//! exact keys of open-ot; the example server uses `{PREFIX}:`, its sync log's hash tag):
+//! `{prefix}doc:ID:metadata` (a hash: `type` = `text`, `v` = the head revision),
+//! `{prefix}doc:ID:data` (the text at `v`, as a JSON string), `{prefix}doc:ID:history` (a
+//! list of JSON ops, item `i` made revision `i + 1`). Each applied op is published on the
+//! channel `{prefix}doc:ID` as the seed does: `{"type":"op","op":[...],"revision":V}`, plus
+//! `docId` for documents other than `doc-1` and `origin`, the publishing server.
+//!
+//! # The seam
+//!
+//! The [`OtServer`](crate::ot::OtServer) state machine stays sans-IO: with
+//! [`OtServerConfig::shared_history`](crate::ot::OtServerConfig::shared_history) it asks
+//! for commits and reads ([`OtServerEvent`]) and is answered later, as the sync server's
+//! backend is; [`RedisOt::run`] does the asking. A commit is one Lua script
+//! (`ot_commit.lua`) that appends only at the expected revision, sets the snapshot and
+//! publishes the op, all in one step, so the channel carries a document's ops in revision
+//! order. When another server appended first, the script answers with the ops since and the
+//! snapshot; the op is transformed against them (it on side `right`, as open-ot's server
+//! does), checked against that text, and tried again at the new head.
+//!
+//! # Nothing lost
+//!
+//! Pub/Sub delivers at most once. A server that sees a revision gap on the channel reads the
+//! missing ops from the history list ([`OtServerEvent::Fetch`]); every
+//! [`RedisOtConfig::poll`] it compares each document's `v` with its copy (a message lost at
+//! the tail), and after its subscription comes back it does so at once. A client is acked
+//! only once its op is in Redis: a server killed after the ack loses nothing.
+//!
+//! Every server subscribes to the pattern `{prefix}doc:*`, one subscription whatever the
+//! number of documents; a message for a document it does not serve is dropped.
+
+use core::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+use serde::Deserialize;
+
+use super::{Clock, RedisBackendError};
+use crate::adapters::OtServerHandle;
+use crate::ot::{OtCommitId, OtServerEvent, Side, TextOp, DEFAULT_DOC_ID};
+
+/// Configuration of [`RedisOt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisOtConfig {
+    /// The server: `redis://HOST:PORT[/DB]`.
+    pub url: String,
+    /// What every key and channel starts with (module docs). Default empty: open-ot's
+    /// layout exactly. Servers sharing documents use the same prefix.
+    pub prefix: String,
+    /// How long a request may wait for Redis. Default 5 s.
+    pub request_timeout: Duration,
+    /// How often each document's head is compared with this server's copy. Default 1 s.
+    pub poll: Duration,
+    /// Tries of a commit that keeps finding the head moved (others appending); past them
+    /// the op's sender gets an error frame and its client fetches a snapshot. Default 64.
+    pub max_attempts: u32,
+}
+
+impl RedisOtConfig {
+    /// The defaults, for the Redis at `url`.
+    pub fn new(url: impl Into<String>) -> RedisOtConfig {
+        RedisOtConfig {
+            url: url.into(),
+            prefix: String::new(),
+            request_timeout: Duration::from_secs(5),
+            poll: Duration::from_secs(1),
+            max_attempts: 64,
+        }
+    }
+}
+
+/// The OT documents' shared history in Redis (module docs). Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use syncmux::adapters::redis::{RedisOt, RedisOtConfig};
+/// use syncmux::adapters::{self, ServerOptions};
+/// use syncmux::ot::{OtServer, OtServerConfig};
+///
+/// let redis = RedisOt::connect(RedisOtConfig::new("redis://127.0.0.1:6379")).await?;
+/// let mut config = OtServerConfig::default();
+/// config.shared_history = true;
+/// let server = adapters::tokio::start_ot(OtServer::new(config)?, ServerOptions::default());
+/// tokio::spawn(redis.run(server.clone()));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// adapters::tokio::serve_ot(server, listener, None).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisOt {
+    inner: Arc<Inner>,
+}
+
+impl core::fmt::Debug for RedisOt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RedisOt")
+            .field("config", &self.inner.config)
+            .field("instance", &self.inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: RedisOtConfig,
+    client: redis::Client,
+    conn: ConnectionManager,
+    commit: Script,
+    /// This server's name in the frames it publishes, random per start.
+    instance: String,
+}
+
+/// A message of the channel.
+#[derive(Deserialize)]
+struct Published {
+    op: serde_json::Value,
+    revision: u64,
+    #[serde(default)]
+    origin: Option<String>,
+}
+
+impl RedisOt {
+    /// Connects to Redis. Fails when Redis cannot be reached.
+    pub async fn connect(config: RedisOtConfig) -> Result<RedisOt, RedisBackendError> {
+        let url = config.url.clone();
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|source| RedisBackendError::Url {
+                url: url.clone(),
+                source,
+            })?;
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.request_timeout))
+            .set_connection_timeout(Some(config.request_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = ConnectionManager::new_with_config(client.clone(), manager)
+            .await
+            .map_err(|source| RedisBackendError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
+        pong.map_err(|source| RedisBackendError::Connect { url, source })?;
+        Ok(RedisOt {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                commit: Script::new(include_str!("ot_commit.lua")),
+                instance: format!("{:016x}", Clock::new().seed()),
+                config,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedisOtConfig {
+        &self.inner.config
+    }
+
+    /// The key of a document's `part` (`metadata`, `data` or `history`).
+    pub fn key(&self, doc: &str, part: &str) -> String {
+        format!("{}doc:{doc}:{part}", self.inner.config.prefix)
+    }
+
+    /// The channel a document's ops are published on.
+    pub fn channel(&self, doc: &str) -> String {
+        format!("{}doc:{doc}", self.inner.config.prefix)
+    }
+
+    /// Serves `server`'s shared history (its config must have `shared_history`) until the
+    /// server shuts down: commits, reads, the subscription and the polls (module docs).
+    pub async fn run(self, server: OtServerHandle) {
+        let events = server.shared_events();
+        let docs: Arc<Mutex<BTreeSet<Arc<str>>>> = Arc::default();
+        let stop = {
+            let server = server.clone();
+            async move { server.stopped().await }
+        };
+        let work = async {
+            let first: Arc<str> = Arc::from(DEFAULT_DOC_ID);
+            self.track(&docs, first.clone());
+            tokio::spawn(self.clone().load(server.clone(), first));
+            tokio::spawn(self.clone().subscribe(server.clone(), docs.clone()));
+            tokio::spawn(self.clone().poll(server.clone(), docs.clone()));
+            while let Ok(event) = events.recv().await {
+                let (me, server) = (self.clone(), server.clone());
+                match event {
+                    OtServerEvent::Commit {
+                        commit,
+                        doc,
+                        base,
+                        op,
+                        text,
+                    } => {
+                        tokio::spawn(me.commit(server, commit, doc, base, op, text));
+                    }
+                    OtServerEvent::Fetch { doc, from, to } => {
+                        tokio::spawn(me.fetch(server, doc, from, to));
+                    }
+                    OtServerEvent::Load { doc } | OtServerEvent::DocumentCreated { doc } => {
+                        self.track(&docs, doc.clone());
+                        tokio::spawn(me.load(server, doc));
+                    }
+                    _ => {}
+                }
+            }
+        };
+        futures_util::future::select(Box::pin(stop), Box::pin(work)).await;
+    }
+
+    fn track(&self, docs: &Mutex<BTreeSet<Arc<str>>>, doc: Arc<str>) {
+        docs.lock().unwrap_or_else(|e| e.into_inner()).insert(doc);
+    }
+
+    /// Appends an op (module docs) and answers the state machine.
+    async fn commit(
+        self,
+        server: OtServerHandle,
+        commit: OtCommitId,
+        doc: Arc<str>,
+        base: u64,
+        op: Arc<TextOp>,
+        text: String,
+    ) {
+        let outcome = self.append(&doc, base, (*op).clone(), text).await;
+        server.with_server(|s, now| s.handle_committed(now, commit, outcome));
+    }
+
+    /// The Lua step, retried at the new head while others append first.
+    async fn append(
+        &self,
+        doc: &str,
+        mut base: u64,
+        mut op: TextOp,
+        mut text: String,
+    ) -> Result<(u64, TextOp), String> {
+        let mut tail = String::new();
+        if doc != DEFAULT_DOC_ID {
+            tail.push_str(",\"docId\":");
+            tail.push_str(&json_string(doc));
+        }
+        tail.push_str(",\"origin\":");
+        tail.push_str(&json_string(&self.inner.instance));
+        tail.push('}');
+        let (meta, data, history) = (
+            self.key(doc, "metadata"),
+            self.key(doc, "data"),
+            self.key(doc, "history"),
+        );
+        let channel = self.channel(doc);
+        let mut conn = self.inner.conn.clone();
+        for _ in 0..self.inner.config.max_attempts.max(1) {
+            let reply: Value = self
+                .inner
+                .commit
+                .key(&meta)
+                .key(&data)
+                .key(&history)
+                .arg(base)
+                .arg(op.to_json())
+                .arg(json_string(&text))
+                .arg(&channel)
+                .arg(&tail)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let Value::Array(items) = reply else {
+                return Err(invalid("commit"));
+            };
+            let mut items = items.into_iter();
+            match (items.next().and_then(int), items.next().and_then(int)) {
+                (Some(1), Some(revision)) => return Ok((revision.unsigned_abs(), op)),
+                (Some(0), Some(head)) => {
+                    let ops = items.next().map(strings).unwrap_or_default();
+                    let snapshot = items
+                        .next()
+                        .and_then(|v| strings(Value::Array(vec![v])).pop());
+                    let snapshot: String = snapshot
+                        .and_then(|s| serde_json::from_str(&s).ok())
+                        .ok_or_else(|| invalid("snapshot"))?;
+                    for logged in ops {
+                        let logged = parse_op(&logged).ok_or_else(|| invalid("history"))?;
+                        op = op.transform(&logged, Side::Right);
+                    }
+                    text = op.apply(&snapshot).map_err(|e| e.to_string())?;
+                    base = head.unsigned_abs();
+                }
+                (Some(-1), _) => {
+                    return Err("The shared history lost revisions: fetch a snapshot".to_owned());
+                }
+                _ => return Err(invalid("commit")),
+            }
+        }
+        Err("Too many concurrent operations on this document: retry".to_owned())
+    }
+
+    /// Reads revisions `from..=to` of the history into the state machine (a snapshot if the
+    /// list does not hold them all).
+    async fn fetch(self, server: OtServerHandle, doc: Arc<str>, from: u64, to: u64) {
+        if from == 0 || to < from {
+            return;
+        }
+        let mut conn = self.inner.conn.clone();
+        let read: Result<Vec<String>, RedisError> = redis::cmd("LRANGE")
+            .arg(self.key(&doc, "history"))
+            .arg(from - 1)
+            .arg(to - 1)
+            .query_async(&mut conn)
+            .await;
+        match read {
+            Ok(ops) if ops.len() as u64 == to - from + 1 => {
+                let ops: Option<Vec<TextOp>> = ops.iter().map(|o| parse_op(o)).collect();
+                let Some(ops) = ops else {
+                    tracing::error!(%doc, "an op of the shared history does not parse");
+                    return;
+                };
+                server.with_server(|s, now| {
+                    for (revision, op) in (from..).zip(ops) {
+                        s.handle_remote_op(now, &doc, revision, op);
+                    }
+                });
+            }
+            Ok(_) => self.load(server, doc).await,
+            Err(e) => tracing::warn!(error = %e, %doc, "reading the shared history failed"),
+        }
+    }
+
+    /// Reads a document's snapshot into the state machine.
+    async fn load(self, server: OtServerHandle, doc: Arc<str>) {
+        let mut conn = self.inner.conn.clone();
+        let read: Result<(Option<u64>, Option<String>), RedisError> = redis::pipe()
+            .atomic()
+            .hget(self.key(&doc, "metadata"), "v")
+            .get(self.key(&doc, "data"))
+            .query_async(&mut conn)
+            .await;
+        match read {
+            Ok((v, data)) => {
+                let text = data
+                    .and_then(|d| serde_json::from_str::<String>(&d).ok())
+                    .unwrap_or_default();
+                let v = v.unwrap_or(0);
+                server.with_server(|s, now| s.handle_remote_snapshot(now, &doc, v, text));
+            }
+            Err(e) => tracing::warn!(error = %e, %doc, "reading a shared snapshot failed"),
+        }
+    }
+
+    /// Compares every document's head with the state machine's copy.
+    async fn heads(&self, server: &OtServerHandle, docs: &Mutex<BTreeSet<Arc<str>>>) {
+        let docs: Vec<Arc<str>> = docs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if docs.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for doc in &docs {
+            pipe.hget(self.key(doc, "metadata"), "v");
+        }
+        let mut conn = self.inner.conn.clone();
+        let heads: Result<Vec<Option<u64>>, RedisError> = pipe.query_async(&mut conn).await;
+        match heads {
+            Ok(heads) => server.with_server(|s, now| {
+                for (doc, head) in docs.iter().zip(heads) {
+                    s.handle_remote_head(now, doc, head.unwrap_or(0));
+                }
+            }),
+            Err(e) => tracing::warn!(error = %e, "polling the shared documents failed"),
+        }
+    }
+
+    async fn poll(self, server: OtServerHandle, docs: Arc<Mutex<BTreeSet<Arc<str>>>>) {
+        let period = self.inner.config.poll;
+        if period.is_zero() {
+            return;
+        }
+        loop {
+            let stop = Box::pin(server.stopped());
+            let wait = Box::pin(tokio::time::sleep(period));
+            if let futures_util::future::Either::Left(_) =
+                futures_util::future::select(stop, wait).await
+            {
+                return;
+            }
+            self.heads(&server, &docs).await;
+        }
+    }
+
+    /// Follows the channels, reconnecting with backoff; after each (re)subscription the
+    /// heads are compared at once (what was published while it was down).
+    async fn subscribe(self, server: OtServerHandle, docs: Arc<Mutex<BTreeSet<Arc<str>>>>) {
+        let mut backoff = Duration::from_millis(50);
+        let pattern = format!("{}doc:*", self.inner.config.prefix);
+        let strip = format!("{}doc:", self.inner.config.prefix);
+        loop {
+            let follow = async {
+                let mut pubsub = self.inner.client.get_async_pubsub().await?;
+                pubsub.psubscribe(&pattern).await?;
+                backoff = Duration::from_millis(50);
+                self.heads(&server, &docs).await;
+                let mut stream = pubsub.into_on_message();
+                while let Some(message) = stream.next().await {
+                    let Some(doc) = message.get_channel_name().strip_prefix(&strip) else {
+                        continue;
+                    };
+                    let Ok(published) =
+                        serde_json::from_slice::<Published>(message.get_payload_bytes())
+                    else {
+                        tracing::warn!(doc, "a foreign message on an OT channel: skipped");
+                        continue;
+                    };
+                    // This server's own ops come with their commit's answer.
+                    if published.origin.as_deref() == Some(self.inner.instance.as_str()) {
+                        continue;
+                    }
+                    let Ok(op) = TextOp::from_json(published.op) else {
+                        tracing::warn!(doc, "an invalid op on an OT channel: skipped");
+                        continue;
+                    };
+                    let doc = doc.to_owned();
+                    server.with_server(|s, now| {
+                        s.handle_remote_op(now, &doc, published.revision, op);
+                    });
+                }
+                Ok::<(), RedisError>(())
+            };
+            let stop = Box::pin(server.stopped());
+            match futures_util::future::select(stop, Box::pin(follow)).await {
+                futures_util::future::Either::Left(_) => return,
+                futures_util::future::Either::Right((Err(e), _)) => {
+                    tracing::warn!(error = %e, "the OT channels' subscription is lost: resubscribing");
+                }
+                futures_util::future::Either::Right((Ok(()), _)) => {}
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+fn json_string(text: &str) -> String {
+    // A string always serialises.
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+fn parse_op(json: &str) -> Option<TextOp> {
+    TextOp::from_json(serde_json::from_str(json).ok()?).ok()
+}
+
+fn int(value: Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(n),
+        _ => None,
+    }
+}
+
+fn strings(value: Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::BulkString(b) => String::from_utf8(b).ok(),
+                Value::SimpleString(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn unavailable(e: &RedisError) -> String {
+    tracing::warn!(error = %e, "an OT commit to Redis failed");
+    "The shared store is unavailable: retry later".to_owned()
+}
+
+fn invalid(what: &str) -> String {
+    tracing::error!(what, "unexpected answer from the OT script");
+    "The shared store answered unexpectedly".to_owned()
+}

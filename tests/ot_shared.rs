@@ -1,0 +1,127 @@
+//! The OT server's shared-history mode, sans-IO: ops become `Commit` events answered later,
+//! ops of other servers come in by revision, and every connection still gets a document's
+//! frames in revision order; a gap asks for the missing revisions (`Fetch`) and holds the
+//! ops after it until they come.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use syncmux::ot::{
+    OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent, OtTransmit, TextOp,
+};
+use syncmux::{Handshake, Instant};
+
+fn shared() -> OtServer {
+    let mut config = OtServerConfig::default();
+    config.shared_history = true;
+    OtServer::new(config).unwrap()
+}
+
+fn open(server: &mut OtServer) -> syncmux::ot::OtSessionId {
+    match server.handle_handshake(Instant::ZERO, &Handshake::new("/ot", "")) {
+        OtHandshakeOutcome::Accept { session } => session,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn frames(server: &mut OtServer) -> Vec<(syncmux::ot::OtSessionId, String)> {
+    let mut out = Vec::new();
+    while let Some(t) = server.poll_transmit() {
+        if let OtTransmit::Frame { session, bytes } = t {
+            server.handle_sent(Instant::ZERO, session, bytes.len());
+            out.push((session, String::from_utf8(bytes.to_vec()).unwrap()));
+        }
+    }
+    out
+}
+
+fn events(server: &mut OtServer) -> Vec<OtServerEvent> {
+    core::iter::from_fn(|| server.poll_event()).collect()
+}
+
+/// An op is not applied nor acked until its commit is answered; the ack and the others' op
+/// then go out in revision order, after a remote op that came first.
+#[test]
+fn an_op_waits_for_its_commit_and_goes_out_in_revision_order() {
+    let now = Instant::ZERO;
+    let mut server = shared();
+    server.handle_remote_snapshot(now, "doc-1", 0, String::new());
+    let (alice, bob) = (open(&mut server), open(&mut server));
+    server.handle_message(
+        now,
+        alice,
+        Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
+    );
+    assert!(frames(&mut server).is_empty(), "nothing before the commit");
+    let commit = events(&mut server)
+        .into_iter()
+        .find_map(|e| match e {
+            OtServerEvent::Commit {
+                commit, base, text, ..
+            } => {
+                assert_eq!((base, text.as_str()), (0, "a"));
+                Some(commit)
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(server.document("doc-1").unwrap().revision(), 0);
+    // Another server's op was revision 1; ours, transformed, is 2.
+    server.handle_committed(now, commit, Ok((2, TextOp::new().retain(1).insert("a"))));
+    assert!(frames(&mut server).is_empty(), "revision 1 is missing");
+    let fetch = events(&mut server);
+    assert!(
+        fetch
+            .iter()
+            .any(|e| matches!(e, OtServerEvent::Fetch { from: 1, to: 1, .. })),
+        "{fetch:?}"
+    );
+    server.handle_remote_op(now, "doc-1", 1, TextOp::new().insert("b"));
+    assert_eq!(
+        frames(&mut server),
+        [
+            (
+                alice,
+                r#"{"type":"op","op":[{"i":"b"}],"revision":1}"#.to_owned()
+            ),
+            (
+                bob,
+                r#"{"type":"op","op":[{"i":"b"}],"revision":1}"#.to_owned()
+            ),
+            (alice, r#"{"type":"ack","revision":2}"#.to_owned()),
+            (
+                bob,
+                r#"{"type":"op","op":[{"r":1},{"i":"a"}],"revision":2}"#.to_owned()
+            ),
+        ]
+    );
+    assert_eq!(server.document("doc-1").unwrap().text(), "ba");
+}
+
+/// A refused commit is an error frame to the sender, and nothing is applied.
+#[test]
+fn a_refused_commit_is_an_error_frame() {
+    let now = Instant::ZERO;
+    let mut server = shared();
+    let alice = open(&mut server);
+    server.handle_message(
+        now,
+        alice,
+        Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
+    );
+    let commit = events(&mut server)
+        .into_iter()
+        .find_map(|e| match e {
+            OtServerEvent::Commit { commit, .. } => Some(commit),
+            _ => None,
+        })
+        .unwrap();
+    server.handle_committed(now, commit, Err("store down".to_owned()));
+    assert_eq!(
+        frames(&mut server),
+        [(
+            alice,
+            r#"{"type":"error","message":"store down"}"#.to_owned()
+        )]
+    );
+    assert_eq!(server.document("doc-1").unwrap().revision(), 0);
+}
