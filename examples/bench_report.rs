@@ -165,6 +165,22 @@ fn main() -> Result<(), Box<dyn Error>> {
         "tests/node/ot_seed_server.mjs in the same run",
     );
     t.row(
+        "fan-out user CPU per delivery, syncmux / Node ws",
+        printed(&log, "fanout 1000 syncmux/node user CPU per delivery:").map(|r| format!("{r:.2}")),
+        "scripts/fanout-bench, 1000 subscribers; goal <= 0.33",
+    );
+    t.row(
+        "fan-out CPU per delivery, Node ws / syncmux",
+        printed(&log, "fanout 1000 node/syncmux CPU per delivery:").map(|r| format!("{r:.2}x")),
+        "same run; goal >= 1.8x",
+    );
+    t.row(
+        "fan-out idle RSS per connection",
+        printed(&log, "fanout 1000 syncmux idle RSS per connection KiB:")
+            .map(|k| format!("{k:.1} KiB")),
+        "goal <= 8 KiB",
+    );
+    t.row(
         "heap per idle server session",
         printed(&log, "heap per idle session:").map(|b| format!("{b:.0} bytes")),
         "goal <= 2048",

@@ -813,6 +813,12 @@ mod static_files {
             };
             let _ = tcp.set_nodelay(true);
             let (server, ot, tls, files) = (server.clone(), ot.clone(), tls.clone(), files.clone());
+            if tls.is_none() && files.is_none() {
+                // Plain TCP: the adapter's fast write path, in a task of its own size (not
+                // that of the TLS and static-files path below).
+                tokio::spawn(async move { plain(&server, &ot, tcp, permit).await });
+                continue;
+            }
             tokio::spawn(async move {
                 let head = async {
                     let io: Box<dyn Io> = match tls {
@@ -845,6 +851,69 @@ mod static_files {
                 }
             });
         }
+    }
+
+    /// A plain TCP connection without static files: its head is read off the socket itself,
+    /// so a sync upgrade gets [`adapters::tokio::accept_tcp`] (the hub writes its frames
+    /// straight to the socket); `/ot` goes to `accept_ot` as before.
+    async fn plain(
+        server: &SyncServer,
+        ot: &OtServerHandle,
+        mut tcp: tokio::net::TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut buf = Vec::with_capacity(1024);
+        let head = async {
+            while !complete(&buf) {
+                if buf.len() >= MAX_HEAD || tcp.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let deadline = server.options().handshake_timeout;
+        let read = if deadline.is_zero() {
+            Some(head.await)
+        } else {
+            tokio::time::timeout(deadline, head).await.ok()
+        };
+        drop(permit);
+        match read {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return tracing::debug!(error = %e, "HTTP connection ended"),
+            None => return,
+        }
+        let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+        let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let to_ot = path
+            .strip_prefix(super::OT_PATH.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        if complete(&buf) && !to_ot {
+            buf.shrink_to_fit();
+            return adapters::tokio::accept_tcp(server, tcp, buf).await;
+        }
+        let io: Box<dyn Io> = Box::new(tcp);
+        let (reader, writer) = tokio::io::split(io);
+        let head = Head {
+            reader,
+            writer,
+            buf,
+        };
+        let routed = boxed_route(server, ot, head).await;
+        if let Err(e) = routed {
+            tracing::debug!(error = %e, "HTTP connection ended");
+        }
+    }
+
+    /// [`route`] on the heap, made outside any `async fn`: a sync session's task then keeps
+    /// none of its size (hyper's connection, kilobytes).
+    fn boxed_route<'a>(
+        server: &'a SyncServer,
+        ot: &'a OtServerHandle,
+        head: Head<Box<dyn Io>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
+        Box::pin(route(server, ot, head, None))
     }
 
     /// A connection and what it sent up to the end of its request head (or until it closed,

@@ -44,6 +44,11 @@ if [ -n "${BENCH_DURABLE:-}" ]; then
     echo "=== cargo bench --bench durable --features tokio,sqlite" >&2
     cargo bench --features tokio,sqlite --bench durable -- "${args[@]}" | tee -a "$log"
 fi
+if [ -f scripts/fanout-bench ]; then
+    # Not criterion: CPU per delivery of the example server and a Node ws server, same run.
+    echo "=== scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,node" >&2
+    scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,node | tee -a "$log"
+fi
 
 echo
 cargo run --quiet --release --example bench_report -- target/criterion "$log"

@@ -131,9 +131,12 @@ pub(crate) fn selected_protocol<B>(response: &tungstenite::http::Response<B>) ->
 }
 
 /// The read buffer of one WebSocket. tungstenite's default, 128 KiB, is allocated and touched
-/// per connection: 10 000 idle sessions cost 1.3 GB of it alone. A frame longer than this
-/// still arrives whole: tungstenite reserves its full length once it has read the header.
-pub(crate) const READ_BUFFER_LEN: usize = 8 * 1024;
+/// per connection: 10 000 idle sessions cost 1.3 GB of it alone; and tungstenite zeroes the
+/// buffer's free part on every read attempt, so its size is also a `memset` per wake-up. An
+/// idle connection keeps it, so it is small (the fan-out bench, issue 15: 8 KiB of it made an
+/// idle session cost 17 KiB of RSS, 512 bytes 9 KiB). A frame longer than this still arrives
+/// whole: tungstenite reserves its full length once it has read the header.
+pub(crate) const READ_BUFFER_LEN: usize = 512;
 
 /// tungstenite's default largest frame, which the server's read limit never goes below.
 const WS_DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -367,6 +370,12 @@ mod tests {
         assert_eq!(h["X-Node-Id"], "n1");
         let (_, target) = client_request(&DialRequest::new("ws://h/x", "n", None), &[]).unwrap();
         assert_eq!((target.port, target.tls), (80, false));
+    }
+
+    #[test]
+    fn an_idle_connection_keeps_a_small_read_buffer() {
+        assert_eq!(ws_config(0).read_buffer_size, READ_BUFFER_LEN);
+        const { assert!(READ_BUFFER_LEN <= 1024) };
     }
 
     #[test]

@@ -43,6 +43,8 @@ mod clock;
 #[cfg(feature = "adapters")]
 mod common;
 #[cfg(feature = "adapters")]
+mod direct;
+#[cfg(feature = "adapters")]
 pub mod metrics;
 #[cfg(feature = "adapters")]
 mod ot;

@@ -31,6 +31,7 @@ use tungstenite::Message;
 use super::backend::{Backend, Link, Spawn};
 use super::clock::Clock;
 use super::common;
+use super::direct::{self, Direct, DirectOutlet, Framer, RawSocket};
 use super::metrics;
 use crate::driver::Driver;
 use crate::payload::Cursor;
@@ -188,6 +189,9 @@ impl fmt::Debug for SyncServer {
 struct Outlet {
     frames: async_channel::Sender<Bytes>,
     close: async_channel::Sender<(CloseCode, String)>,
+    /// The session's socket, when the hub writes to it itself ([`direct`](super::direct)):
+    /// its frames skip `frames` and its task.
+    direct: Option<Arc<dyn DirectOutlet>>,
 }
 
 /// What every task of one server shares behind its lock: the state machine (with its
@@ -236,10 +240,21 @@ impl Shared {
 
     /// Hands every output of the last input to the sessions' queues, then re-arms the timer.
     fn drain(&mut self) {
+        // One drain's broadcast is framed once for all its recipients.
+        let mut framer = Framer::default();
+        let mut now = None;
         while let Some(transmit) = self.driver.poll_transmit() {
             match transmit {
                 ServerTransmit::Frame { session, bytes } => {
-                    if let Some(outlet) = self.outlets.get(&session) {
+                    let direct = self.outlets.get(&session).and_then(|o| o.direct.as_ref());
+                    if let Some(direct) = direct {
+                        let len = bytes.len();
+                        let written = direct.send(framer.frame(&bytes), len);
+                        if written > 0 {
+                            let now = *now.get_or_insert_with(|| self.clock.now());
+                            self.driver.handle_sent(now, session, written);
+                        }
+                    } else if let Some(outlet) = self.outlets.get(&session) {
                         // Unbounded, but every frame in it counts against the state
                         // machine's outbound bound until the session's task reports it
                         // written. Closed only once the task is gone, and then the outlet
@@ -441,6 +456,7 @@ impl SyncServer {
                 let outlet = Outlet {
                     frames: frames_tx,
                     close: close_tx,
+                    direct: None,
                 };
                 hub.outlets.insert(session, outlet);
                 Ok(AcceptedSession {
@@ -588,47 +604,60 @@ impl AcceptedSession {
         E: fmt::Display,
         <W as Sink<Message>>::Error: fmt::Display,
     {
-        let session = self.session;
         let mut unflushed = 0usize;
         loop {
             let step =
                 core::future::poll_fn(|cx| self.poll_step(cx, &mut ws, &mut unflushed)).await;
-            match step {
-                Step::Message(Message::Text(text)) => {
-                    self.server.message(session, Bytes::from(text));
-                }
-                Step::Message(Message::Binary(data)) => {
-                    let len = data.len();
-                    self.server
-                        .input(|d, now| d.handle_binary(now, session, len));
-                }
-                Step::Message(Message::Close(_)) => {
-                    // Released first: a peer that stops reading cannot hold it while the
-                    // close answer waits for room.
-                    self.server.closed(session);
-                    let _ = ws.close().now_or_never();
-                    return;
-                }
-                // tungstenite answers pings itself.
-                Step::Message(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Step::Sent(n) => self.server.input(|d, now| d.handle_sent(now, session, n)),
-                Step::Gone(why) => {
-                    tracing::debug!(%session, why, "socket gone");
-                    return;
-                }
-                Step::Close(code, reason) => {
-                    // Best effort, and never waiting: the state machine already forgot the
-                    // session, so a peer that stopped reading (a slow consumer) would keep
-                    // this task, its socket and its buffers alive outside every limit. A
-                    // socket with room takes the close frame at once.
-                    let close = common::close_message(code, &reason);
-                    if let Some(Ok(())) = ws.send(close).now_or_never() {
-                        let _ = ws.close().now_or_never();
-                    }
-                    return;
-                }
+            if self.step(step, &mut ws) {
+                return;
             }
         }
+    }
+
+    /// Acts on one step of the session's task; `true` when the task ends.
+    fn step<W, E>(&mut self, step: Step, ws: &mut W) -> bool
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: fmt::Display,
+        <W as Sink<Message>>::Error: fmt::Display,
+    {
+        let session = self.session;
+        match step {
+            Step::Message(Message::Text(text)) => {
+                self.server.message(session, Bytes::from(text));
+            }
+            Step::Message(Message::Binary(data)) => {
+                let len = data.len();
+                self.server
+                    .input(|d, now| d.handle_binary(now, session, len));
+            }
+            Step::Message(Message::Close(_)) => {
+                // Released first: a peer that stops reading cannot hold it while the
+                // close answer waits for room.
+                self.server.closed(session);
+                let _ = ws.close().now_or_never();
+                return true;
+            }
+            // tungstenite answers pings itself.
+            Step::Message(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Step::Sent(n) => self.server.input(|d, now| d.handle_sent(now, session, n)),
+            Step::Gone(why) => {
+                tracing::debug!(%session, why, "socket gone");
+                return true;
+            }
+            Step::Close(code, reason) => {
+                // Best effort, and never waiting: the state machine already forgot the
+                // session, so a peer that stopped reading (a slow consumer) would keep
+                // this task, its socket and its buffers alive outside every limit. A
+                // socket with room takes the close frame at once.
+                let close = common::close_message(code, &reason);
+                if let Some(Ok(())) = ws.send(close).now_or_never() {
+                    let _ = ws.close().now_or_never();
+                }
+                return true;
+            }
+        }
+        false
     }
 
     fn poll_step<W, E>(
@@ -684,6 +713,79 @@ impl AcceptedSession {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Step::Gone(e.to_string())),
             Poll::Ready(None) => Poll::Ready(Step::Gone("connection closed".to_owned())),
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AcceptedSession {
+    /// Runs the session with the hub writing its frames straight to `direct`, the socket
+    /// `ws` reads from (see [`direct`](super::direct)): its task only reads, and writes what
+    /// the socket could not take at once.
+    pub(crate) async fn run_direct<W, E, S>(mut self, mut ws: W, direct: Arc<Direct<S>>)
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: fmt::Display,
+        <W as Sink<Message>>::Error: fmt::Display,
+        S: RawSocket,
+    {
+        let session = self.session;
+        {
+            // Under the hub's lock, so no frame of a drain slips in between: what was queued
+            // before the socket was open goes first, then the hub writes by itself.
+            let mut hub = self.server.lock();
+            let outlet: Arc<dyn DirectOutlet> = direct.clone();
+            let mut written = 0;
+            while let Ok(bytes) = self.frames.try_recv() {
+                written += outlet.send(direct::frame(&bytes), bytes.len());
+            }
+            // Already closed (at the handshake, say): its close waits in `close`.
+            if let Some(slot) = hub.outlets.get_mut(&session) {
+                slot.direct = Some(outlet);
+            }
+            if written > 0 {
+                let now = hub.now();
+                hub.driver.handle_sent(now, session, written);
+                hub.drain();
+            }
+        }
+        loop {
+            let step = core::future::poll_fn(|cx| self.poll_direct(cx, &mut ws, &direct)).await;
+            if self.step(step, &mut ws) {
+                return;
+            }
+        }
+    }
+
+    fn poll_direct<W, E, S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        ws: &mut W,
+        direct: &Direct<S>,
+    ) -> Poll<Step>
+    where
+        W: Stream<Item = Result<Message, E>> + Unpin,
+        E: fmt::Display,
+        S: RawSocket,
+    {
+        direct.register(cx);
+        // A close goes out behind the frames already queued, or is dropped with them when
+        // the socket takes nothing (a slow consumer resumes from its cursor).
+        if let Poll::Ready(Some((code, reason))) = self.close.poll_next_unpin(cx) {
+            return Poll::Ready(Step::Close(code, reason));
+        }
+        match direct.poll_drain(cx) {
+            Poll::Ready(Ok(0)) | Poll::Pending => {}
+            Poll::Ready(Ok(n)) => return Poll::Ready(Step::Sent(n)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Step::Gone(e)),
+        }
+        match ws.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Step::Message(message)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Step::Gone(e.to_string())),
+            Poll::Ready(None) => Poll::Ready(Step::Gone("connection closed".to_owned())),
+            Poll::Pending => match direct.take_unreported() {
+                0 => Poll::Pending,
+                n => Poll::Ready(Step::Sent(n)),
+            },
         }
     }
 }
@@ -832,6 +934,76 @@ mod tests {
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
             Poll::Pending
         }
+    }
+
+    /// A socket that takes everything and records each write's first buffer.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(usize, Vec<u8>)>>);
+
+    impl RawSocket for Arc<Recorder> {
+        fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            let mut writes = self.0.lock().unwrap();
+            let bytes = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            writes.push((bufs[0].as_ptr() as usize, bytes));
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A broadcast reaches every subscriber's socket from the hub's drain, without their
+    /// tasks running, as one shared frame buffer (framed once, whatever the number of
+    /// recipients), and is reported written at once.
+    #[test]
+    fn the_hub_writes_one_shared_frame_to_every_subscriber() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
+        let mut subscribers = Vec::new();
+        for i in 0..5 {
+            let accepted = server
+                .handshake(&Handshake::new("/", format!("node_id=s{i}")))
+                .expect("accepted");
+            let session = accepted.session();
+            server.message(session, Bytes::from_static(subscribe));
+            let recorder = Arc::new(Recorder::default());
+            let direct = Arc::new(Direct::new(recorder.clone()));
+            let mut run = Box::pin(accepted.run_direct(Stuck, direct));
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+            let ack = recorder.0.lock().unwrap().last().map(|w| w.1.clone());
+            let ack = ack.unwrap_or_default();
+            assert!(
+                ack.windows(5).any(|w| w == b"\"ack\""),
+                "the ack went out first"
+            );
+            subscribers.push((session, recorder, run));
+        }
+        let pusher = server
+            .handshake(&Handshake::new("/", "node_id=p"))
+            .expect("accepted");
+        let push = br#"{"type":"push_request","id":"p","payload":{"node_id":"p","changes":[{"table":"t","pk":"r","field":"f","crdt_type":"lww","hlc":{"ts":1,"c":0,"node":"p"},"node_id":"p","value":1}]}}"#;
+        // No subscriber's task runs from here on.
+        server.message(pusher.session(), Bytes::from_static(push));
+        let mut frames = Vec::new();
+        for (session, recorder, _run) in &subscribers {
+            let writes = recorder.0.lock().unwrap();
+            assert_eq!(writes.len(), 2, "the ack, then the change");
+            let (ptr, bytes) = writes[1].clone();
+            assert_eq!(bytes[0], 0x81, "a final text frame");
+            assert!(bytes.windows(8).any(|w| w == b"\"change\""));
+            frames.push(ptr);
+            let queued = server.with_driver(|d, _| d.server().outbound_bytes(*session));
+            assert_eq!(queued, Some(0), "reported written");
+        }
+        assert!(
+            frames.iter().all(|&p| p == frames[0]),
+            "one buffer for all: {frames:?}"
+        );
     }
 
     /// A session closed while its peer does not read ends its task at once (it does not

@@ -2,6 +2,8 @@
 //! for `wss://`.
 
 use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll};
 use core::time::Duration;
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::client::{self, Dialer, Dialing, Runtime};
 use super::common::{self, Endpoint};
+use super::direct::{Direct, RawSocket};
 use super::OtServerHandle;
 use super::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
 use crate::client::{ClientConfig, DialRequest};
@@ -127,9 +130,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    serve_endpoint(server, listener, tls, |session, ws| {
-        Box::pin(session.run(ws))
-    })
+    serve_endpoint(
+        server,
+        listener,
+        tls,
+        |session, ws| Box::pin(session.run(ws)),
+        Some(|session, ws, direct| Box::pin(session.run_direct(ws, direct))),
+    )
     .await;
 }
 
@@ -139,6 +146,23 @@ pub async fn serve(
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
     if let Some((session, ws)) = handshake(server, io).await {
         session.run(ws).await;
+    }
+}
+
+/// [`accept`] on a plain TCP connection, with the fast write path of [`serve`]: the hub
+/// writes the session's frames to the socket itself, each broadcast framed once, and the
+/// session's task only reads (and writes what the socket could not take at once). `read` is
+/// what a router already read from the connection (its request head, say); it is read again
+/// first.
+pub async fn accept_tcp(server: &SyncServer, tcp: tokio::net::TcpStream, read: Vec<u8>) {
+    let socket = Arc::new(Direct::new(tcp));
+    let io = DirectIo {
+        socket: socket.clone(),
+        read: read.into(),
+    };
+    // Boxed, so the session's task does not keep the handshake's size.
+    if let Some((session, ws)) = Box::pin(handshake(server, io)).await {
+        session.run_direct(ws, socket).await;
     }
 }
 
@@ -160,9 +184,13 @@ pub async fn serve_ot(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    serve_endpoint(server, listener, tls, |session, ws| {
-        Box::pin(session.run(ws))
-    })
+    serve_endpoint(
+        server,
+        listener,
+        tls,
+        |session, ws| Box::pin(session.run(ws)),
+        None,
+    )
     .await;
 }
 
@@ -179,6 +207,84 @@ pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandl
 /// Runs an accepted session on its socket (the session's own `run`, boxed).
 type RunSession<S> = fn(S, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>;
 
+/// Runs an accepted session on a plain TCP socket the hub writes to itself
+/// ([`direct`](super::direct)).
+type RunDirect<S> =
+    fn(S, WebSocketStream<DirectIo>, Arc<Direct<tokio::net::TcpStream>>) -> BoxFuture<'static, ()>;
+
+impl RawSocket for tokio::net::TcpStream {
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        tokio::net::TcpStream::try_write_vectored(self, bufs)
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::TcpStream::poll_write_ready(self, cx)
+    }
+}
+
+/// The byte stream tungstenite reads a direct session from: reads go to the socket, writes
+/// (its pong and close answers) queue behind the hub's frames.
+pub(crate) struct DirectIo {
+    socket: Arc<Direct<tokio::net::TcpStream>>,
+    /// Bytes read from the socket before the handshake (a router's peek at the request),
+    /// read first.
+    read: bytes::Bytes,
+}
+
+impl AsyncRead for DirectIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let head = self.read.split_to(n);
+            buf.put_slice(&head);
+            if self.read.is_empty() {
+                // Let the buffer go.
+                self.read = bytes::Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let socket = &self.socket.socket;
+        loop {
+            match socket.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            match socket.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DirectIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.socket.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.socket.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // The socket closes once the hub and the task both dropped it.
+        self.socket.poll_flush(cx)
+    }
+}
+
 /// The accept loop of [`serve`] and [`serve_ot`]: one task per connection, which takes a
 /// handshake slot, runs TLS and the upgrade within the deadline, gives the slot back, and
 /// then runs the session with `run`.
@@ -187,6 +293,7 @@ async fn serve_endpoint<E: Endpoint>(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     run: RunSession<E::Session>,
+    direct: Option<RunDirect<E::Session>>,
 ) {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
@@ -210,6 +317,27 @@ async fn serve_endpoint<E: Endpoint>(
         let _ = tcp.set_nodelay(true);
         let server = server.clone();
         let tls = tls.clone();
+        if let (None, Some(run_direct)) = (&tls, direct) {
+            // Plain TCP: the hub writes the session's frames itself.
+            tokio::spawn(async move {
+                tracing::debug!(%peer, "connection");
+                let socket = Arc::new(Direct::new(tcp));
+                let io = DirectIo {
+                    socket: socket.clone(),
+                    read: bytes::Bytes::new(),
+                };
+                // Boxed, so the session's task does not keep the handshake's size.
+                let handshake = Box::pin(upgrade(&server, io));
+                let upgraded = within_deadline(server.handshake_timeout(), handshake)
+                    .await
+                    .flatten();
+                drop(slot);
+                if let Some((session, ws)) = upgraded {
+                    run_direct(session, ws, socket).await;
+                }
+            });
+            continue;
+        }
         tokio::spawn(async move {
             tracing::debug!(%peer, "connection");
             let handshake = async {

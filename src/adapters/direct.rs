@@ -1,0 +1,416 @@
+//! The fan-out write path (issue 15): server frames written straight to a session's socket
+//! by whoever produced them, framed once per broadcast.
+//!
+//! A frame routed to many sessions is the same WebSocket frame for all of them (server frames
+//! are not masked), so [`Framer`] builds header and payload once into one shared buffer and
+//! every recipient writes those bytes. The hub writes them at once, from its drain, to a
+//! socket that takes them ([`Direct::send`]): no channel hop and no task wake-up per delivery,
+//! only the write syscall. What a socket does not take waits in the session's [`Direct`]
+//! queue, in order, and its task writes the whole queue with one vectored write once the
+//! socket is writable again (one wake per batch, not per frame). The queue is a `VecDeque`
+//! that allocates only when something waits, and it is bounded by the state machine's
+//! outbound budget: queued bytes are reported written
+//! ([`Server::handle_sent`](crate::Server::handle_sent)) only once they left, so a consumer
+//! that stops reading is closed with 4503 as before.
+//!
+//! tungstenite still runs the handshake and reads the session's frames; whatever it writes
+//! itself (pong and close answers) goes through the same queue ([`Direct::write`]), so frames
+//! never interleave. Written by hand because no WebSocket crate exposes this: tungstenite
+//! frames and buffers every message per connection, behind `&mut self`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Mutex;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use core::task::{Context, Poll};
+use futures_util::task::AtomicWaker;
+
+/// At most this many frames per vectored write (Linux takes 1024; the kernel's socket
+/// buffer is full long before).
+const MAX_SLICES: usize = 64;
+
+/// What tungstenite may queue beyond the frames (its pong and close answers) before its
+/// writes wait: a peer that pings without reading holds at most this much.
+const MAX_OWN_QUEUED: usize = 64 * 1024;
+
+/// A non-blocking socket written through a shared reference (a tokio `TcpStream`).
+pub(crate) trait RawSocket: Send + Sync + 'static {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Ready once the socket may take bytes again (registers `cx` otherwise).
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// The hub's side of a session with a direct socket.
+pub(crate) trait DirectOutlet: Send + Sync {
+    /// Queues one framed message (`report`: its payload length, reported written once it
+    /// left) and writes what the socket takes; gives the payload bytes that left now.
+    fn send(&self, framed: Bytes, report: usize) -> usize;
+}
+
+/// One queued write.
+struct Entry {
+    bytes: Bytes,
+    /// Payload bytes to report written once `bytes` is all out (0 for tungstenite's own).
+    report: usize,
+}
+
+#[derive(Default)]
+struct Out {
+    queue: VecDeque<Entry>,
+    /// Bytes in `queue` that tungstenite wrote (its answers), for [`MAX_OWN_QUEUED`].
+    own: usize,
+    /// Payload bytes written by a flush whose caller does not report them (tungstenite's
+    /// writes), for the task to report.
+    unreported: usize,
+    /// The socket failed: nothing more is written, the task ends.
+    failed: Option<String>,
+}
+
+/// A session's socket shared by the hub (which writes frames) and the session's task (which
+/// reads, and writes what waited).
+pub(crate) struct Direct<S> {
+    pub(crate) socket: S,
+    out: Mutex<Out>,
+    /// The session's task: woken when something waits for writability or a close came.
+    task: AtomicWaker,
+}
+
+impl<S: RawSocket> Direct<S> {
+    pub(crate) fn new(socket: S) -> Direct<S> {
+        Direct {
+            socket,
+            out: Mutex::default(),
+            task: AtomicWaker::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes as much of the queue as the socket takes, every waiting entry in one vectored
+    /// write; gives the payload bytes of the entries that left.
+    fn flush(&self, out: &mut Out) -> usize {
+        let mut done = 0;
+        while !out.queue.is_empty() && out.failed.is_none() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, entry) in slices.iter_mut().zip(&out.queue) {
+                *slot = IoSlice::new(&entry.bytes);
+                count += 1;
+            }
+            match self.socket.try_write_vectored(&slices[..count]) {
+                Ok(0) => out.failed = Some("the socket took no bytes".to_owned()),
+                Ok(mut n) => {
+                    while n > 0 {
+                        let Some(front) = out.queue.front_mut() else {
+                            break;
+                        };
+                        let len = front.bytes.len();
+                        if n >= len {
+                            n -= len;
+                            done += front.report;
+                            if front.report == 0 {
+                                out.own = out.own.saturating_sub(len);
+                            }
+                            out.queue.pop_front();
+                        } else {
+                            front.bytes.advance(n);
+                            if front.report == 0 {
+                                out.own = out.own.saturating_sub(n);
+                            }
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => out.failed = Some(e.to_string()),
+            }
+        }
+        if out.queue.capacity() > 0 && out.queue.is_empty() {
+            // Nothing waits: an idle session keeps no queue.
+            out.queue = VecDeque::new();
+        }
+        done
+    }
+
+    /// Writes what waits until the queue is empty (registering `cx` for writability
+    /// otherwise); gives the payload bytes written since the last call.
+    pub(crate) fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Result<usize, String>> {
+        let mut out = self.lock();
+        loop {
+            let done = self.flush(&mut out);
+            out.unreported += done;
+            if let Some(why) = &out.failed {
+                return Poll::Ready(Err(why.clone()));
+            }
+            if out.queue.is_empty() {
+                return Poll::Ready(Ok(core::mem::take(&mut out.unreported)));
+            }
+            match self.socket.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => out.failed = Some(e.to_string()),
+                Poll::Pending => {
+                    return match core::mem::take(&mut out.unreported) {
+                        0 => Poll::Pending,
+                        n => Poll::Ready(Ok(n)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The payload bytes written (by tungstenite's writes' flushes) and not yet reported.
+    pub(crate) fn take_unreported(&self) -> usize {
+        core::mem::take(&mut self.lock().unreported)
+    }
+
+    /// Registers the session's task for [`DirectOutlet::send`]'s wake-ups.
+    pub(crate) fn register(&self, cx: &mut Context<'_>) {
+        self.task.register(cx.waker());
+    }
+
+    /// Whether frames wait for the socket.
+    #[cfg(test)]
+    pub(crate) fn is_stuck(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
+    /// Queues bytes tungstenite writes (a whole frame or the rest of one) behind the frames
+    /// already waiting. Waits (registering `cx`) while [`MAX_OWN_QUEUED`] of them wait.
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut out = self.lock();
+        loop {
+            if let Some(why) = &out.failed {
+                return Poll::Ready(Err(io::Error::other(why.clone())));
+            }
+            if out.own < MAX_OWN_QUEUED {
+                break;
+            }
+            let done = self.flush(&mut out);
+            out.unreported += done;
+            if out.own < MAX_OWN_QUEUED {
+                break;
+            }
+            match self.socket.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        out.own += buf.len();
+        out.queue.push_back(Entry {
+            bytes: Bytes::copy_from_slice(buf),
+            report: 0,
+        });
+        let done = self.flush(&mut out);
+        out.unreported += done;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    /// Ready once everything queued left (tungstenite's flush).
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut out = self.lock();
+        loop {
+            let done = self.flush(&mut out);
+            out.unreported += done;
+            if let Some(why) = &out.failed {
+                return Poll::Ready(Err(io::Error::other(why.clone())));
+            }
+            if out.queue.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.socket.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: RawSocket> DirectOutlet for Direct<S> {
+    fn send(&self, framed: Bytes, report: usize) -> usize {
+        let mut out = self.lock();
+        if out.failed.is_some() {
+            // The task saw (or will see) the failure and ends the session.
+            return 0;
+        }
+        let waiting = !out.queue.is_empty();
+        out.queue.push_back(Entry {
+            bytes: framed,
+            report,
+        });
+        if waiting {
+            // The task writes it with the others once the socket is writable.
+            return 0;
+        }
+        let done = self.flush(&mut out);
+        let stuck = !out.queue.is_empty() || out.failed.is_some();
+        drop(out);
+        if stuck {
+            self.task.wake();
+        }
+        done
+    }
+}
+
+/// Frames the messages of one drain: a payload sent to many sessions (the same `Bytes`) is
+/// framed once, and every recipient gets a clone of that one buffer.
+#[derive(Default)]
+pub(crate) struct Framer {
+    last: Option<(Bytes, Bytes)>,
+}
+
+impl Framer {
+    /// The WebSocket frame (unmasked, final, text, or binary should the payload not be
+    /// UTF-8) of `payload`, shared with the previous call's when it was the same buffer.
+    pub(crate) fn frame(&mut self, payload: &Bytes) -> Bytes {
+        if let Some((last, framed)) = &self.last {
+            if last.as_ptr() == payload.as_ptr() && last.len() == payload.len() {
+                return framed.clone();
+            }
+        }
+        let framed = frame(payload);
+        self.last = Some((payload.clone(), framed.clone()));
+        framed
+    }
+}
+
+/// One unmasked final frame holding `payload` (RFC 6455 section 5.2): text, as the core only
+/// encodes JSON; binary should that ever not be UTF-8 (the peer answers `INVALID_FRAME`
+/// rather than us panicking).
+pub(crate) fn frame(payload: &[u8]) -> Bytes {
+    let opcode = if core::str::from_utf8(payload).is_ok() {
+        0x1
+    } else {
+        0x2
+    };
+    let len = payload.len();
+    let mut buf = BytesMut::with_capacity(len + 10);
+    buf.put_u8(0x80 | opcode);
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        buf.put_u8(126);
+        buf.put_u16(short);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A socket that takes everything while open, nothing while blocked, and counts writes.
+    #[derive(Default)]
+    struct Fake {
+        blocked: AtomicBool,
+        writes: AtomicUsize,
+        taken: Mutex<Vec<u8>>,
+    }
+
+    impl RawSocket for Arc<Fake> {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.blocked.load(Ordering::SeqCst) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let mut taken = self.taken.lock().unwrap();
+            let mut n = 0;
+            for b in bufs {
+                taken.extend_from_slice(b);
+                n += b.len();
+            }
+            Ok(n)
+        }
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.blocked.load(Ordering::SeqCst) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    #[test]
+    fn frames_follow_rfc_6455_lengths() {
+        assert_eq!(&frame(b"{}")[..], b"\x81\x02{}");
+        let mid = vec![b'a'; 300];
+        let f = frame(&mid);
+        assert_eq!(&f[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(f.len(), 304);
+        let big = vec![b'a'; 70_000];
+        let f = frame(&big);
+        assert_eq!(&f[..2], &[0x81, 127]);
+        assert_eq!(&f[2..10], &70_000u64.to_be_bytes());
+        assert_eq!(frame(&[0xff])[0], 0x82, "not UTF-8: binary");
+    }
+
+    /// One broadcast payload is framed once: every recipient's frame is the same buffer,
+    /// whatever the number of recipients.
+    #[test]
+    fn a_broadcast_is_framed_once_for_every_recipient() {
+        let payload = Bytes::from_static(br#"{"type":"change","payload":{}}"#);
+        let mut framer = Framer::default();
+        let frames: Vec<Bytes> = (0..1000).map(|_| framer.frame(&payload.clone())).collect();
+        assert!(frames.iter().all(|f| f.as_ptr() == frames[0].as_ptr()));
+        let other = Bytes::from(payload.to_vec());
+        assert_ne!(framer.frame(&other).as_ptr(), frames[0].as_ptr());
+    }
+
+    /// Frames queued while the socket is full leave in one write once it is writable, in
+    /// order, and are reported then (not before).
+    #[test]
+    fn queued_frames_leave_in_one_write() {
+        let fake = Arc::new(Fake::default());
+        let direct = Direct::new(fake.clone());
+        assert_eq!(direct.send(frame(b"a"), 1), 1, "written at once");
+        assert_eq!(fake.writes.load(Ordering::SeqCst), 1);
+        fake.blocked.store(true, Ordering::SeqCst);
+        for payload in [&b"bb"[..], b"ccc", b"dddd"] {
+            assert_eq!(direct.send(frame(payload), payload.len()), 0, "waits");
+        }
+        assert!(direct.is_stuck());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(direct.poll_drain(&mut cx).is_pending());
+        fake.blocked.store(false, Ordering::SeqCst);
+        assert_eq!(direct.poll_drain(&mut cx), Poll::Ready(Ok(9)));
+        assert_eq!(
+            fake.writes.load(Ordering::SeqCst),
+            2,
+            "one write for three frames"
+        );
+        let taken = fake.taken.lock().unwrap().clone();
+        assert_eq!(taken, b"\x81\x01a\x81\x02bb\x81\x03ccc\x81\x04dddd");
+        assert!(!direct.is_stuck());
+    }
+
+    /// tungstenite's own writes wait behind queued frames: nothing interleaves.
+    #[test]
+    fn own_writes_queue_behind_frames() {
+        let fake = Arc::new(Fake::default());
+        let direct = Direct::new(fake.clone());
+        fake.blocked.store(true, Ordering::SeqCst);
+        direct.send(frame(b"x"), 1);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(matches!(
+            direct.poll_write(&mut cx, b"\x8a\x00"),
+            Poll::Ready(Ok(2))
+        ));
+        assert!(direct.poll_flush(&mut cx).is_pending());
+        fake.blocked.store(false, Ordering::SeqCst);
+        assert!(matches!(direct.poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(direct.take_unreported(), 1);
+        assert_eq!(&fake.taken.lock().unwrap()[..], b"\x81\x01x\x8a\x00");
+    }
+}
