@@ -178,8 +178,14 @@ impl RedisOt {
 
     /// Serves `server`'s shared history (its config must have `shared_history`) until the
     /// server shuts down: commits, reads, the subscription and the polls (module docs).
-    pub async fn run(self, server: OtServerHandle) {
+    /// Takes the server's shared-history events at once, before the future is polled, so
+    /// that no op of a connection accepted meanwhile goes unanswered.
+    pub fn run(self, server: OtServerHandle) -> impl core::future::Future<Output = ()> + Send {
         let events = server.shared_events();
+        self.serve(server, events)
+    }
+
+    async fn serve(self, server: OtServerHandle, events: async_channel::Receiver<OtServerEvent>) {
         let docs: Arc<Mutex<BTreeSet<Arc<str>>>> = Arc::default();
         let stop = {
             let server = server.clone();
