@@ -8,6 +8,14 @@
 //! cargo bench --features tokio --bench ot_e2e            # OT_BENCH_SECS=5 by default
 //! ```
 //!
+//! With `--features tokio,redis` and `redis-server` on the PATH, the same run also measures
+//! the example server with `--redis` (every op committed by the Lua script and published),
+//! reporting Redis' CPU per op too, and the ratios to the in-memory server:
+//!
+//! ```text
+//! cargo bench --features tokio,redis --bench ot_e2e
+//! ```
+//!
 //! `OT_BENCH_URL=ws://ADDR/ot OT_BENCH_PID=PID` drives a server already running instead (to
 //! profile it, or to measure another implementation).
 //!
@@ -37,6 +45,13 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 5;
+/// The example server's features: with `redis` when this bench has it, so that the
+/// in-memory and the Redis servers are one binary.
+const FEATURES: &str = if cfg!(feature = "redis") {
+    "tokio,redis"
+} else {
+    "tokio"
+};
 const WARM_UP: Duration = Duration::from_secs(1);
 
 fn root() -> &'static Path {
@@ -63,7 +78,7 @@ fn example_server() -> PathBuf {
     let status = cargo
         .current_dir(root())
         .args(["build", "--profile", "bench", "--example", "server"])
-        .args(["--features", "tokio"])
+        .args(["--features", FEATURES])
         .status()
         .expect("run cargo");
     assert!(status.success(), "building the example server failed");
@@ -210,9 +225,15 @@ struct Figures {
     ops_per_second: f64,
     cpu_micros_per_op: f64,
     cpu_share: f64,
+    /// CPU per op of the other process measured (Redis), if any.
+    other_micros_per_op: Option<f64>,
 }
 
 fn measure(name: &str, server: &Server, window: Duration) -> Figures {
+    measure_with(name, server, None, window)
+}
+
+fn measure_with(name: &str, server: &Server, other: Option<u32>, window: Duration) -> Figures {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -232,9 +253,11 @@ fn measure(name: &str, server: &Server, window: Duration) -> Figures {
             })
             .collect();
         tokio::time::sleep(WARM_UP).await;
+        let other0 = other.map(cpu_seconds);
         let (ops0, cpu0, t0) = (acked.load(Ordering::Relaxed), cpu_seconds(pid), Instant::now());
         tokio::time::sleep(window).await;
         let (ops1, cpu1, t1) = (acked.load(Ordering::Relaxed), cpu_seconds(pid), Instant::now());
+        let other1 = other.map(cpu_seconds);
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.await.expect("client");
@@ -245,6 +268,7 @@ fn measure(name: &str, server: &Server, window: Duration) -> Figures {
             ops_per_second: ops / elapsed,
             cpu_micros_per_op: (cpu1 - cpu0) * 1e6 / ops,
             cpu_share: (cpu1 - cpu0) / elapsed,
+            other_micros_per_op: other0.zip(other1).map(|(a, b)| (b - a) * 1e6 / ops),
         };
         println!(
             "ot e2e {name}: {:.1} µs server CPU per acked op, {:.0} acked ops/s \
@@ -253,6 +277,9 @@ fn measure(name: &str, server: &Server, window: Duration) -> Figures {
             figures.ops_per_second,
             figures.cpu_share * 100.0,
         );
+        if let Some(other) = figures.other_micros_per_op {
+            println!("ot e2e {name}: {other:.1} µs redis-server CPU per acked op");
+        }
         figures
     })
 }
@@ -270,6 +297,61 @@ fn node_baseline() -> Option<Command> {
     let mut command = Command::new("node");
     command.arg(script);
     Some(command)
+}
+
+/// A `redis-server` on a free port, killed when dropped; `None` without one.
+fn redis_server() -> Option<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let server = Server {
+        pid: child.id(),
+        child: Some(child),
+        url: format!("redis://127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(server);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+/// The example server with `--redis`: CPU per op of the server and of Redis, and the ratios
+/// to the in-memory server measured in the same run.
+fn on_redis(binary: &Path, memory: &Figures, window: Duration) {
+    let Some(redis) = redis_server() else {
+        println!("ot e2e redis: skipped (no redis-server on the PATH)");
+        return;
+    };
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "0",
+            "--redis",
+            &redis.url,
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("TOKIO_WORKER_THREADS");
+    let server = start(command, "ot on ");
+    let figures = measure_with("syncmux on redis", &server, Some(redis.pid), window);
+    println!(
+        "ot e2e redis / memory: {:.2}x server CPU per acked op, {:.2}x acked ops/s",
+        figures.cpu_micros_per_op / memory.cpu_micros_per_op,
+        figures.ops_per_second / memory.ops_per_second,
+    );
 }
 
 fn main() {
@@ -311,6 +393,9 @@ fn main() {
     // As deployed (a worker per core), then on one worker: no cross-thread wake-ups.
     let default = syncmux(None);
     let one = syncmux(Some("1"));
+    if cfg!(feature = "redis") {
+        on_redis(&binary, &default, window);
+    }
     if let Some(command) = node_baseline() {
         let node = {
             let server = start(command, "listening on ");

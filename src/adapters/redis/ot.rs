@@ -35,7 +35,7 @@
 //! number of documents; a message for a document it does not serve is dropped.
 
 use core::time::Duration;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -117,6 +117,42 @@ struct Inner {
     commit: Script,
     /// This server's name in the frames it publishes, random per start.
     instance: String,
+    /// Per document, what this server last committed or read of the shared history; its
+    /// lock also makes one server's commits to one document go one at a time.
+    known: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<Known>>>>,
+}
+
+/// The newest part of a document's shared history this server has seen: its head, the text
+/// there, and the ops just before it (consecutive revisions, at most [`RECENT`]). A commit
+/// made on an older revision is rebased onto them here, without asking Redis, so that one
+/// server's concurrent commits to a document do not keep colliding in the script.
+#[derive(Default)]
+struct Known {
+    head: u64,
+    text: String,
+    recent: VecDeque<(u64, TextOp)>,
+}
+
+/// Ops kept per document in [`Known`].
+const RECENT: usize = 256;
+
+impl Known {
+    /// Whether every op after `base` up to the head is kept.
+    fn covers(&self, base: u64) -> bool {
+        self.head > base && self.recent.front().is_some_and(|(r, _)| *r <= base + 1)
+    }
+
+    /// Revision `revision` is `op`, making `text`.
+    fn push(&mut self, revision: u64, op: TextOp) {
+        if revision != self.head + 1 {
+            self.recent.clear();
+        }
+        self.recent.push_back((revision, op));
+        if self.recent.len() > RECENT {
+            self.recent.pop_front();
+        }
+        self.head = revision;
+    }
 }
 
 /// A message of the channel.
@@ -156,6 +192,7 @@ impl RedisOt {
                 conn,
                 commit: Script::new(include_str!("ot_commit.lua")),
                 instance: format!("{:016x}", Clock::new().seed()),
+                known: Mutex::default(),
                 config,
             }),
         })
@@ -178,8 +215,14 @@ impl RedisOt {
 
     /// Serves `server`'s shared history (its config must have `shared_history`) until the
     /// server shuts down: commits, reads, the subscription and the polls (module docs).
-    pub async fn run(self, server: OtServerHandle) {
+    /// Takes the server's shared-history events at once, before the future is polled, so
+    /// that no op of a connection accepted meanwhile goes unanswered.
+    pub fn run(self, server: OtServerHandle) -> impl core::future::Future<Output = ()> + Send {
         let events = server.shared_events();
+        self.serve(server, events)
+    }
+
+    async fn serve(self, server: OtServerHandle, events: async_channel::Receiver<OtServerEvent>) {
         let docs: Arc<Mutex<BTreeSet<Arc<str>>>> = Arc::default();
         let stop = {
             let server = server.clone();
@@ -257,6 +300,18 @@ impl RedisOt {
             self.key(doc, "history"),
         );
         let channel = self.channel(doc);
+        let cell = {
+            let mut known = self.inner.known.lock().unwrap_or_else(|e| e.into_inner());
+            known.entry(Arc::from(doc)).or_default().clone()
+        };
+        let mut known = cell.lock().await;
+        if known.covers(base) {
+            for (_, logged) in known.recent.iter().filter(|(r, _)| *r > base) {
+                op = op.transform(logged, Side::Right);
+            }
+            text = op.apply(&known.text).map_err(|e| e.to_string())?;
+            base = known.head;
+        }
         let mut conn = self.inner.conn.clone();
         for _ in 0..self.inner.config.max_attempts.max(1) {
             let reply: Value = self
@@ -278,7 +333,12 @@ impl RedisOt {
             };
             let mut items = items.into_iter();
             match (items.next().and_then(int), items.next().and_then(int)) {
-                (Some(1), Some(revision)) => return Ok((revision.unsigned_abs(), op)),
+                (Some(1), Some(revision)) => {
+                    let revision = revision.unsigned_abs();
+                    known.push(revision, op.clone());
+                    known.text = text;
+                    return Ok((revision, op));
+                }
                 (Some(0), Some(head)) => {
                     let ops = items.next().map(strings).unwrap_or_default();
                     let snapshot = items
@@ -287,12 +347,24 @@ impl RedisOt {
                     let snapshot: String = snapshot
                         .and_then(|s| serde_json::from_str(&s).ok())
                         .ok_or_else(|| invalid("snapshot"))?;
-                    for logged in ops {
+                    if base != known.head {
+                        known.recent.clear();
+                        known.head = base;
+                    }
+                    for (revision, logged) in (base + 1..).zip(ops) {
                         let logged = parse_op(&logged).ok_or_else(|| invalid("history"))?;
                         op = op.transform(&logged, Side::Right);
+                        known.push(revision, logged);
+                    }
+                    let head = head.unsigned_abs();
+                    if known.head != head {
+                        // The list and `v` disagree: start again from the head alone.
+                        known.recent.clear();
+                        known.head = head;
                     }
                     text = op.apply(&snapshot).map_err(|e| e.to_string())?;
-                    base = head.unsigned_abs();
+                    known.text = snapshot;
+                    base = head;
                 }
                 (Some(-1), _) => {
                     return Err("The shared history lost revisions: fetch a snapshot".to_owned());
