@@ -211,6 +211,31 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
+/// A client for `url` and a reconnecting connection whose requests fail after `timeout`.
+async fn open(
+    url: &str,
+    timeout: Duration,
+) -> Result<(redis::Client, ConnectionManager), RedisBackendError> {
+    let client = redis::Client::open(url).map_err(|source| RedisBackendError::Url {
+        url: url.to_owned(),
+        source,
+    })?;
+    let manager = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        // Reconnection is retried on the next request anyway; a short first round keeps
+        // requests failing fast while Redis is down.
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let conn = ConnectionManager::new_with_config(client.clone(), manager)
+        .await
+        .map_err(|source| RedisBackendError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok((client, conn))
+}
+
 /// A log position as the scripts return it: `(epoch, head, first)`.
 type Head = (String, u64, u64);
 
@@ -219,24 +244,7 @@ impl RedisBackend {
     /// reached: a server should not start without its store.
     pub async fn connect(config: RedisConfig) -> Result<RedisBackend, RedisBackendError> {
         let url = config.url.clone();
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|source| RedisBackendError::Url {
-                url: url.clone(),
-                source,
-            })?;
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.request_timeout))
-            .set_connection_timeout(Some(config.request_timeout))
-            // Reconnection is retried on the next request anyway; a short first round keeps
-            // requests failing fast while Redis is down.
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager)
-            .await
-            .map_err(|source| RedisBackendError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+        let (client, conn) = open(&url, config.request_timeout).await?;
         let prefix = format!("{{{}}}:", config.prefix);
         let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
         let backend = RedisBackend {

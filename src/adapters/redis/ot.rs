@@ -39,7 +39,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 use serde::Deserialize;
 
@@ -168,22 +168,7 @@ impl RedisOt {
     /// Connects to Redis. Fails when Redis cannot be reached.
     pub async fn connect(config: RedisOtConfig) -> Result<RedisOt, RedisBackendError> {
         let url = config.url.clone();
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|source| RedisBackendError::Url {
-                url: url.clone(),
-                source,
-            })?;
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.request_timeout))
-            .set_connection_timeout(Some(config.request_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let mut conn = ConnectionManager::new_with_config(client.clone(), manager)
-            .await
-            .map_err(|source| RedisBackendError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+        let (client, mut conn) = super::open(&url, config.request_timeout).await?;
         let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
         pong.map_err(|source| RedisBackendError::Connect { url, source })?;
         Ok(RedisOt {
