@@ -26,7 +26,7 @@ use super::server::Shared;
 use crate::driver::Driver;
 use crate::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use crate::server::{
-    AppError, PullAnswer, PushAnswer, RemoteSession, RoomChange, ServerEvent, SessionId,
+    AppError, PullAnswer, PushAnswer, RemoteSession, RoomChange, Server, ServerEvent, SessionId,
 };
 use crate::time::Instant;
 
@@ -248,13 +248,6 @@ impl Link {
         now: Instant,
         event: ServerEvent,
     ) -> bool {
-        let shared = self.shared.clone();
-        let answer = move |f: Answer| {
-            if let Some(shared) = shared.upgrade() {
-                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
-                shared.apply(f);
-            }
-        };
         match (event, self.followed.filter(|_| self.follows)) {
             (
                 ServerEvent::Replay {
@@ -289,12 +282,7 @@ impl Link {
                     cursor,
                     head_only,
                 });
-                (self.spawn)(Box::pin(async move {
-                    let out = read.await;
-                    answer(Box::new(move |d, now| {
-                        d.with_server(now, |s| s.answer_replay(now, request, out));
-                    }));
-                }));
+                self.answer_later(read, move |s, now, out| s.answer_replay(now, request, out));
             }
             (
                 ServerEvent::Pull {
@@ -312,12 +300,7 @@ impl Link {
                     cursor,
                     head_only: false,
                 });
-                (self.spawn)(Box::pin(async move {
-                    let out = read.await;
-                    answer(Box::new(move |d, now| {
-                        d.with_server(now, |s| s.answer_pull(now, request, out));
-                    }));
-                }));
+                self.answer_later(read, move |s, now, out| s.answer_pull(now, request, out));
             }
             (
                 ServerEvent::Push {
@@ -334,15 +317,10 @@ impl Link {
                     changes,
                 });
                 let routed = !self.follows;
-                (self.spawn)(Box::pin(async move {
-                    let out = push.await;
-                    answer(Box::new(move |d, now| {
-                        d.with_server(now, |s| match routed {
-                            true => s.answer_push(now, request, out),
-                            false => s.answer_push_unrouted(now, request, out),
-                        });
-                    }));
-                }));
+                self.answer_later(push, move |s, now, out| match routed {
+                    true => s.answer_push(now, request, out),
+                    false => s.answer_push_unrouted(now, request, out),
+                });
             }
             (
                 ServerEvent::RoomJoin {
@@ -360,12 +338,9 @@ impl Link {
                     room,
                     max_size,
                 });
-                (self.spawn)(Box::pin(async move {
-                    let out = admit.await;
-                    answer(Box::new(move |d, now| {
-                        d.with_server(now, |s| s.answer_room_join(now, request, out));
-                    }));
-                }));
+                self.answer_later(admit, move |s, now, out| {
+                    s.answer_room_join(now, request, out);
+                });
             }
             (
                 change @ (ServerEvent::PresenceChanged { .. } | ServerEvent::RoomChanged { .. }),
@@ -376,6 +351,27 @@ impl Link {
             (other, _) => tracing::debug!(?other, "not a backend's event"),
         }
         false
+    }
+}
+
+impl Link {
+    /// Spawns the backend's `work` and, when it is done, applies `answer` to the state
+    /// machine under the adapter's lock (nothing, if the server is gone by then).
+    fn answer_later<T: Send + 'static>(
+        &self,
+        work: BackendFuture<T>,
+        answer: impl FnOnce(&mut Server, Instant, T) + Send + 'static,
+    ) {
+        let shared = self.shared.clone();
+        (self.spawn)(Box::pin(async move {
+            let out = work.await;
+            if let Some(shared) = shared.upgrade() {
+                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+                shared.apply(Box::new(move |d: &mut Driver, now| {
+                    d.with_server(now, |s| answer(s, now, out));
+                }) as Answer);
+            }
+        }));
     }
 }
 
