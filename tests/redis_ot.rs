@@ -201,12 +201,17 @@ impl Rng {
     }
 }
 
-/// Waits until every peer is settled on Redis' head text.
+/// Waits until every peer has made and seen acked the edits sent to it, then until every
+/// peer is settled on Redis' head text. (Without the first wait an edit still queued for a
+/// peer's task lets an untouched document count as converged.)
 async fn converge(
     peers: &mut [Peer],
     conn: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
 ) -> String {
+    for peer in peers.iter_mut() {
+        peer.acked().await;
+    }
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
         let (v, text) = stored(conn, prefix).await;
