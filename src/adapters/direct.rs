@@ -233,28 +233,43 @@ impl<S: RawSocket> Direct<S> {
 }
 
 impl<S: RawSocket> DirectOutlet for Direct<S> {
-    fn send(&self, framed: Bytes, report: usize) -> usize {
+    fn send(&self, mut framed: Bytes, report: usize) -> usize {
         let mut out = self.lock();
         if out.failed.is_some() {
             // The task saw (or will see) the failure and ends the session.
             return 0;
         }
-        let waiting = !out.queue.is_empty();
-        out.queue.push_back(Entry {
-            bytes: framed,
-            report,
-        });
-        if waiting {
+        if !out.queue.is_empty() {
             // The task writes it with the others once the socket is writable.
+            out.queue.push_back(Entry {
+                bytes: framed,
+                report,
+            });
             return 0;
         }
-        let done = self.flush(&mut out);
-        let stuck = !out.queue.is_empty() || out.failed.is_some();
-        drop(out);
-        if stuck {
-            self.task.wake();
+        // The common case, nothing waits: the frame goes straight out, without a queue
+        // entry (whose buffer an idle session would allocate and free per frame).
+        loop {
+            match self.socket.try_write_vectored(&[IoSlice::new(&framed)]) {
+                Ok(n) if n == framed.len() => return report,
+                Ok(0) => out.failed = Some("the socket took no bytes".to_owned()),
+                Ok(n) => framed.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => out.failed = Some(e.to_string()),
+            }
+            break;
         }
-        done
+        if out.failed.is_none() {
+            // The rest waits for the task, which writes it once the socket is writable.
+            out.queue.push_back(Entry {
+                bytes: framed,
+                report,
+            });
+        }
+        drop(out);
+        self.task.wake();
+        0
     }
 }
 
@@ -311,10 +326,12 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    /// A socket that takes everything while open, nothing while blocked, and counts writes.
+    /// A socket that takes everything while open (at most `room` bytes a write, if set),
+    /// nothing while blocked, and counts writes.
     #[derive(Default)]
     struct Fake {
         blocked: AtomicBool,
+        room: AtomicUsize,
         writes: AtomicUsize,
         taken: Mutex<Vec<u8>>,
     }
@@ -325,11 +342,17 @@ mod tests {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             self.writes.fetch_add(1, Ordering::SeqCst);
+            let mut room = match self.room.load(Ordering::SeqCst) {
+                0 => usize::MAX,
+                n => n,
+            };
             let mut taken = self.taken.lock().unwrap();
             let mut n = 0;
             for b in bufs {
-                taken.extend_from_slice(b);
-                n += b.len();
+                let part = &b[..b.len().min(room)];
+                taken.extend_from_slice(part);
+                n += part.len();
+                room -= part.len();
             }
             Ok(n)
         }
@@ -393,6 +416,22 @@ mod tests {
         let taken = fake.taken.lock().unwrap().clone();
         assert_eq!(taken, b"\x81\x01a\x81\x02bb\x81\x03ccc\x81\x04dddd");
         assert!(!direct.is_stuck());
+    }
+
+    /// A frame the socket takes only part of: the rest waits, the next frame queues behind
+    /// it, and its payload is reported once all of it left.
+    #[test]
+    fn a_partly_written_frame_is_finished_before_the_next() {
+        let fake = Arc::new(Fake::default());
+        let direct = Direct::new(fake.clone());
+        fake.room.store(3, Ordering::SeqCst);
+        assert_eq!(direct.send(frame(b"abcd"), 4), 0, "partly out");
+        assert!(direct.is_stuck());
+        assert_eq!(direct.send(frame(b"ef"), 2), 0, "behind the rest");
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        fake.room.store(0, Ordering::SeqCst);
+        assert_eq!(direct.poll_drain(&mut cx), Poll::Ready(Ok(6)));
+        assert_eq!(&fake.taken.lock().unwrap()[..], b"\x81\x04abcd\x81\x02ef");
     }
 
     /// tungstenite's own writes wait behind queued frames: nothing interleaves.
