@@ -132,14 +132,22 @@ fn start(mut command: Command, prefix: &str) -> Server {
 
 /// CPU seconds (user + system, every thread) the process used so far.
 fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// CPU seconds in user space and in the kernel (every thread) the process used so far.
+fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
     // After the command name in parentheses: field 3 (state) onwards; utime and stime are
     // fields 14 and 15.
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    ticks / clock_ticks()
+    let tick = clock_ticks();
+    (
+        fields[11].parse::<f64>().expect("utime") / tick,
+        fields[12].parse::<f64>().expect("stime") / tick,
+    )
 }
 
 fn clock_ticks() -> f64 {
@@ -254,9 +262,18 @@ fn measure_with(name: &str, server: &Server, other: Option<u32>, window: Duratio
             .collect();
         tokio::time::sleep(WARM_UP).await;
         let other0 = other.map(cpu_seconds);
-        let (ops0, cpu0, t0) = (acked.load(Ordering::Relaxed), cpu_seconds(pid), Instant::now());
+        let (ops0, (user0, sys0), t0) = (
+            acked.load(Ordering::Relaxed),
+            cpu_split(pid),
+            Instant::now(),
+        );
         tokio::time::sleep(window).await;
-        let (ops1, cpu1, t1) = (acked.load(Ordering::Relaxed), cpu_seconds(pid), Instant::now());
+        let (ops1, (user1, sys1), t1) = (
+            acked.load(Ordering::Relaxed),
+            cpu_split(pid),
+            Instant::now(),
+        );
+        let (cpu0, cpu1) = (user0 + sys0, user1 + sys1);
         let other1 = other.map(cpu_seconds);
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
@@ -271,9 +288,12 @@ fn measure_with(name: &str, server: &Server, other: Option<u32>, window: Duratio
             other_micros_per_op: other0.zip(other1).map(|(a, b)| (b - a) * 1e6 / ops),
         };
         println!(
-            "ot e2e {name}: {:.1} µs server CPU per acked op, {:.0} acked ops/s \
-             ({:.0}% of a core; {CLIENTS} clients, one op in flight each, {ops} ops in {elapsed:.1} s)",
+            "ot e2e {name}: {:.1} µs server CPU per acked op (user {:.1}, kernel {:.1}), \
+             {:.0} acked ops/s ({:.0}% of a core; {CLIENTS} clients, one op in flight each, \
+             {ops} ops in {elapsed:.1} s)",
             figures.cpu_micros_per_op,
+            (user1 - user0) * 1e6 / ops,
+            (sys1 - sys0) * 1e6 / ops,
             figures.ops_per_second,
             figures.cpu_share * 100.0,
         );
