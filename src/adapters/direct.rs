@@ -40,6 +40,13 @@ pub(crate) trait RawSocket: Send + Sync + 'static {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Ready once the socket may take bytes again (registers `cx` otherwise).
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Writes what the socket takes of `buf` now, without consulting (or clearing) the
+    /// runtime's record of its readiness: the hub's first try at a frame when nothing waits.
+    /// A `WouldBlock` here is followed by [`try_write_vectored`](Self::try_write_vectored)
+    /// calls (the task's), which do.
+    fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write_vectored(&[IoSlice::new(buf)])
+    }
 }
 
 /// The hub's side of a session with a direct socket.
@@ -250,7 +257,7 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
         // The common case, nothing waits: the frame goes straight out, without a queue
         // entry (whose buffer an idle session would allocate and free per frame).
         loop {
-            match self.socket.try_write_vectored(&[IoSlice::new(&framed)]) {
+            match self.socket.send_now(&framed) {
                 Ok(n) if n == framed.len() => return report,
                 Ok(0) => out.failed = Some("the socket took no bytes".to_owned()),
                 Ok(n) => framed.advance(n),
