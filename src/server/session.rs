@@ -205,7 +205,9 @@ pub(crate) enum Fed {
 
 struct Slot {
     generation: u32,
-    session: Option<Box<Session>>,
+    /// Inline, not boxed: routing a broadcast touches every subscriber's session, and a
+    /// pointer to follow per session was a dependent cache miss per delivery.
+    session: Option<Session>,
 }
 
 /// Every session, in a slab indexed by [`SessionId`], with the ready list that orders output.
@@ -238,7 +240,7 @@ impl Sessions {
 
     pub(crate) fn insert(&mut self, session: Session) -> SessionId {
         self.live += 1;
-        let session = Some(Box::new(session));
+        let session = Some(session);
         match self.free.pop() {
             Some(index) => {
                 let slot = &mut self.slots[index as usize];
@@ -268,7 +270,7 @@ impl Sessions {
         if slot.generation != id.generation {
             return None;
         }
-        slot.session.as_deref()
+        slot.session.as_ref()
     }
 
     pub(crate) fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
@@ -276,7 +278,7 @@ impl Sessions {
         if slot.generation != id.generation {
             return None;
         }
-        slot.session.as_deref_mut()
+        slot.session.as_mut()
     }
 
     /// An open (not closing) session.
@@ -284,7 +286,7 @@ impl Sessions {
         self.get_mut(id).filter(|s| s.closing.is_none())
     }
 
-    pub(crate) fn remove(&mut self, id: SessionId) -> Option<Box<Session>> {
+    pub(crate) fn remove(&mut self, id: SessionId) -> Option<Session> {
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -387,7 +389,7 @@ impl Sessions {
         if slot.generation != id.generation {
             return None;
         }
-        Some((slot.session.as_deref_mut()?, &mut self.ready))
+        Some((slot.session.as_mut()?, &mut self.ready))
     }
 
     /// Starts closing a session: after its queue drains (or at once, without `flush`), the
