@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use syncmux::adapters::{self, ServerOptions, SyncServer};
+use syncmux::CloseCode;
 use syncmux::Driver;
 use syncmux::{MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
@@ -260,4 +261,99 @@ async fn tokio_frame_size_follows_the_configured_maximum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smol_frame_size_follows_the_configured_maximum() {
     frame_size_follows_the_configured_maximum(Runtime::Smol).await;
+}
+
+// ---- back pressure: a subscriber that stops reading -------------------------------------
+
+/// A push of one change to table `t`, row `r{k}`, its value `pad` bytes long.
+fn push_of(k: usize, pad: usize) -> String {
+    format!(
+        r#"{{"type":"push_request","id":"p{k}","payload":{{"node_id":"pusher","changes":[{{"table":"t","pk":"r{k}","field":"f","crdt_type":"lww","hlc":{{"ts":{},"c":0,"node":"pusher"}},"node_id":"pusher","value":"{}"}}]}}}}"#,
+        1_700_000_000_000u64 + k as u64,
+        "x".repeat(pad)
+    )
+}
+
+/// A subscriber whose socket stops taking bytes (a small receive buffer, never read):
+/// what the kernel cannot take waits in the server, counted against `max_outbound_bytes`
+/// until it is written, and past that bound the subscriber is closed as a slow consumer.
+/// The pusher is never held up; what the subscriber got before the close is every change in
+/// order, without a gap (it resumes from its cursor for the rest). Without the count of
+/// unwritten bytes nothing would bound the queue and no 4503 would come.
+async fn a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer(runtime: Runtime) {
+    const PUSHES: usize = 800;
+    let mut config = ServerConfig::default();
+    config.max_outbound_bytes = 256 * 1024;
+    config.rate_limit_burst = 0;
+    let (server, addr) = serve(runtime, config, ServerOptions::default(), None).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/sync/ws?node_id=slow");
+    let (mut slow, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let subscribe = r#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
+    slow.send(Message::text(subscribe)).await.unwrap();
+    let ack = tokio::time::timeout(GUARD, text(&mut slow)).await.unwrap();
+    assert!(ack.contains("\"ack\""), "{ack}");
+
+    // 800 changes of 16 KiB: 13 MB for a subscriber allowed 256 KiB beyond its sockets (the
+    // server's kernel send buffer grows to 4 MiB here, `tcp_wmem`).
+    let url = format!("ws://{addr}/sync/ws?node_id=pusher");
+    let (mut pusher, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    for k in 0..PUSHES {
+        pusher
+            .send(Message::text(push_of(k, 16 * 1024)))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(GUARD, text(&mut pusher))
+            .await
+            .unwrap();
+        assert!(answer.contains("push_response"), "{answer}");
+    }
+    let closed = |server: &SyncServer| server.stats().closes_of(CloseCode::SLOW_CONSUMER);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while closed(&server) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slow-consumer close"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(closed(&server), 1);
+
+    // Read now: changes r0, r1, ... in order, then the end of the connection (the close
+    // frame is best effort on a socket that was full).
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(GUARD, slow.next()).await.unwrap() {
+            Some(Ok(Message::Text(change))) => {
+                let row = format!("\"r{seen}\"");
+                assert!(change.contains(&row), "expected {row}, got {:.80}", change);
+                seen += 1;
+            }
+            Some(Ok(Message::Close(frame))) => {
+                if let Some(frame) = frame {
+                    assert_eq!(u16::from(frame.code), 4503);
+                }
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert!(
+        seen < PUSHES,
+        "closed before it got all {PUSHES}: got {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer() {
+    a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer(Runtime::Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smol_a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer() {
+    a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer(Runtime::Smol).await;
 }
