@@ -344,7 +344,8 @@ impl Shared {
                     written.push((session, n));
                 }
             }
-            if !written.is_empty() {
+            let reported = !written.is_empty();
+            if reported {
                 let now = *now.get_or_insert_with(|| clock.now());
                 for (session, n) in written.drain(..) {
                     driver.handle_sent(now, session, n);
@@ -361,7 +362,9 @@ impl Shared {
                         let _ = outlet.close.try_send((code, reason));
                     }
                 }
-                _ if full => {}
+                // More frames wait, or the reports may have let more in (a replay paced
+                // by the outbound bound goes on as its frames are written).
+                _ if full || reported => {}
                 _ => break,
             }
         }
@@ -1096,6 +1099,60 @@ mod tests {
             frames.iter().all(|&p| p == frames[0]),
             "one buffer for all: {frames:?}"
         );
+    }
+
+    /// A replay larger than the outbound bound reaches a direct socket whole, and its ack
+    /// after it, with no input but the subscribe: each write the hub reports lets the next
+    /// frames of the paced replay in, and the same drain writes them.
+    #[test]
+    fn a_paced_replay_goes_on_as_the_hub_writes_it() {
+        let config = ServerConfig {
+            max_outbound_bytes: 2_000,
+            max_changes_per_frame: 1,
+            rate_limit_burst: 0,
+            ..ServerConfig::default()
+        };
+        let driver = Driver::new(
+            Server::new(config).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let pusher = server
+            .handshake(&Handshake::new("/", "node_id=p"))
+            .expect("accepted");
+        let value = "x".repeat(400);
+        let changes: Vec<String> = (0..30)
+            .map(|k| {
+                format!(
+                    r#"{{"table":"t","pk":"r{k}","field":"f","crdt_type":"lww","hlc":{{"ts":{},"c":0,"node":"p"}},"node_id":"p","value":"{value}"}}"#,
+                    k + 1
+                )
+            })
+            .collect();
+        let push = format!(
+            r#"{{"type":"push_request","id":"p","payload":{{"node_id":"p","changes":[{}]}}}}"#,
+            changes.join(",")
+        );
+        server.message(pusher.session(), Bytes::from(push));
+        let accepted = server
+            .handshake(&Handshake::new("/", "node_id=s"))
+            .expect("accepted");
+        let session = accepted.session();
+        let recorder = Arc::new(Recorder::default());
+        let direct = Arc::new(Direct::new(recorder.clone()));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut run = Box::pin(accepted.run_direct(Stuck, direct));
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"],"since":{"ts":0,"c":0,"node":""}}}"#;
+        server.message(session, Bytes::from_static(subscribe));
+        let writes = recorder.0.lock().unwrap();
+        let changes = writes
+            .iter()
+            .filter(|(_, w)| w.windows(8).any(|x| x == b"\"change\""))
+            .count();
+        assert_eq!(changes, 30, "the whole replay, over 2 000 bytes at a time");
+        let last = &writes.last().expect("written").1;
+        assert!(last.windows(5).any(|x| x == b"\"ack\""), "then the ack");
     }
 
     /// An outlet is found only by its own session: a slot reused by a later session (a new
