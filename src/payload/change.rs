@@ -190,20 +190,27 @@ impl<'de> Visitor<'de> for ChangeVisitor {
 }
 
 /// A record as the server's replays see it: whatever form a store answers with (owned,
-/// borrowed, or with its encoding kept), the HLC that orders it.
+/// borrowed, or with its encoding kept), the HLC that orders it and its table.
 pub(crate) trait HasHlc {
     fn hlc(&self) -> &Hlc;
+    fn table(&self) -> &str;
 }
 
 impl HasHlc for ChangeRecord {
     fn hlc(&self) -> &Hlc {
         &self.hlc
     }
+    fn table(&self) -> &str {
+        &self.table
+    }
 }
 
 impl<T: HasHlc + ?Sized> HasHlc for &T {
     fn hlc(&self) -> &Hlc {
         (**self).hlc()
+    }
+    fn table(&self) -> &str {
+        (**self).table()
     }
 }
 

@@ -265,6 +265,11 @@ impl Server {
                     // session see history twice.
                     answer.changes.clear();
                 }
+                // Only the tables the replay still serves: one the session unsubscribed from
+                // meanwhile is not sent (a later subscribe's replay sends it).
+                answer
+                    .changes
+                    .retain(|(_, r)| tables.iter().any(|t| **t == *r.table()));
                 self.stats.replayed(answer.changes.len());
                 let per_frame = match self.config.max_changes_per_frame {
                     0 => usize::MAX,

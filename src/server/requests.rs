@@ -233,6 +233,24 @@ impl Server {
                 }
             }
         }
+        // A replay still to come for an earlier subscribe brings nothing of these tables any
+        // more: the session left them, and if it subscribes again, that subscribe's own
+        // replay brings them (once, not twice).
+        let keys: Vec<u64> = self
+            .sessions
+            .get(session)
+            .map_or_else(Vec::new, |s| s.in_flight.iter().map(|r| r.key).collect());
+        for key in keys {
+            if let Some(Pending {
+                kind: PendingKind::Replay { tables, added, .. },
+                ..
+            }) = self.pending.get_mut(&key)
+            {
+                let left = |t: &Arc<str>| req.tables.iter().any(|u| **t == **u);
+                tables.retain(|t| !left(t));
+                added.retain(|t| !left(t));
+            }
+        }
         self.ack(session, frame.id());
         Ok(())
     }

@@ -176,6 +176,9 @@ impl HasHlc for Stored {
     fn hlc(&self) -> &Hlc {
         &self.record.hlc
     }
+    fn table(&self) -> &str {
+        &self.record.table
+    }
 }
 
 /// Writes the kept encoding byte for byte (as raw JSON: the server encodes with serde_json).
