@@ -63,11 +63,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -200,6 +196,15 @@ fn clock_tick() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// The runtime of the clients and of the naive server: two workers, like the example
+/// server's default on this machine.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 /// User and system ticks of a process.
@@ -393,11 +398,7 @@ mod naive {
     type Subscribers = Arc<Mutex<HashMap<String, Vec<(usize, mpsc::UnboundedSender<Message>)>>>>;
 
     pub(super) fn main() -> ExitCode {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
+        let runtime = match super::runtime() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -9,8 +9,6 @@
 mod example_util;
 mod redis_util;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -351,31 +349,8 @@ async fn a_message_lost_at_the_tail_is_found_by_the_poll() {
 
 /// Starts the example server with `args`; its `/ot` URL.
 fn start_example(args: &[&str]) -> (example_util::Killed, String) {
-    let mut command = Command::new(example_util::example_binary("server"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SYNCMUX_") {
-            command.env_remove(key);
-        }
-    }
-    let mut process = example_util::Killed(command.spawn().unwrap());
-    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the server stopped"
-        );
-        if let Some(url) = line.trim().strip_prefix("ot on ") {
-            return (process, url.to_owned());
-        }
-    }
+    let args = [&["--rate-limit", "0"], args].concat();
+    example_util::start_server_until(&args, "ot on ").expect("the server stopped")
 }
 
 /// Two example servers (`--redis`): two clients on each insert tokens one op in flight at a

@@ -75,6 +75,15 @@ impl Drop for Killed {
 /// test's environment); its URL once it prints `listening on URL`, or its exit status and
 /// stderr when it stops instead.
 pub fn start_server(args: &[&str]) -> Result<(Killed, String), (Option<i32>, String)> {
+    start_server_until(args, "listening on ")
+}
+
+/// [`start_server`], waiting for the line that starts with `prefix` (`ot on ` for the OT
+/// endpoint's URL) instead.
+pub fn start_server_until(
+    args: &[&str],
+    prefix: &str,
+) -> Result<(Killed, String), (Option<i32>, String)> {
     let mut command = Command::new(example_binary("server"));
     command
         .args(["--listen", "127.0.0.1:0"])
@@ -90,12 +99,14 @@ pub fn start_server(args: &[&str]) -> Result<(Killed, String), (Option<i32>, Str
     let mut process = Killed(command.spawn().unwrap());
     let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    match line.trim().strip_prefix("listening on ") {
-        Some(url) => Ok((process, url.to_owned())),
-        None => {
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 {
             let status = process.0.wait().unwrap();
-            Err((status.code(), stderr_of(&mut process)))
+            return Err((status.code(), stderr_of(&mut process)));
+        }
+        if let Some(url) = line.trim().strip_prefix(prefix) {
+            return Ok((process, url.to_owned()));
         }
     }
 }
