@@ -8,7 +8,10 @@
 //! state machine must answer (`?token=` refused with 401 before upgrading), so the state
 //! machine sits behind a lock held only while one input runs and its outputs are handed to
 //! the connections' queues. Each connection's task writes its own queue, so a slow socket
-//! stalls nobody else, and reports what it wrote
+//! stalls nobody else; it yields once before writing, so that the ops of the other
+//! connections the same reactor poll made ready are read first and their frames join its
+//! own in one write (with five editors, ~1.5 writes per op instead of 2.5). It reports what
+//! it wrote
 //! ([`OtServer::handle_sent`](crate::ot::OtServer::handle_sent)): every queued frame counts
 //! against the state machine's outbound bound until then.
 //!
@@ -186,6 +189,8 @@ pub struct AcceptedOtSession {
     unflushed: usize,
     /// Something (a frame or a ping) was handed to the socket and not yet flushed.
     dirty: bool,
+    /// Frames waited and the task yielded once before writing them.
+    deferred: bool,
     /// Dropped after [`Drop for AcceptedOtSession`](AcceptedOtSession) released the session.
     _running: RunningGuard,
 }
@@ -277,6 +282,7 @@ impl OtServerHandle {
                     closing: None,
                     unflushed: 0,
                     dirty: false,
+                    deferred: false,
                     _running: RunningGuard::new(&self.running),
                 })
             }
@@ -470,28 +476,41 @@ impl AcceptedOtSession {
                 Poll::Ready(None) | Poll::Pending => {}
             }
         }
+        // Frames to write: yield once first, so that the other connections made ready by the
+        // same poll of the reactor read their ops before this one writes. Their frames for
+        // this connection then leave in the same write as its ack.
+        let defer = !self.deferred && self.closing.is_none() && !self.out.is_empty();
+        if defer {
+            self.deferred = true;
+            cx.waker().wake_by_ref();
+        }
         // Write what the socket takes.
         let mut stuck = false;
-        loop {
-            match Pin::new(&mut *ws).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Step::Gone(e.to_string())),
-                Poll::Pending => {
-                    stuck = true;
-                    break;
+        if !defer {
+            loop {
+                match Pin::new(&mut *ws).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::Gone(e.to_string())),
+                    Poll::Pending => {
+                        stuck = true;
+                        break;
+                    }
                 }
-            }
-            let message = match self.out.poll_next_unpin(cx) {
-                Poll::Ready(Some(Out::Frame(bytes))) => {
-                    self.unflushed += bytes.len();
-                    common::text(bytes)
+                let message = match self.out.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Out::Frame(bytes))) => {
+                        self.unflushed += bytes.len();
+                        common::text(bytes)
+                    }
+                    Poll::Ready(Some(Out::Ping)) => Message::Ping(Bytes::new()),
+                    Poll::Ready(None) | Poll::Pending => {
+                        self.deferred = false;
+                        break;
+                    }
+                };
+                self.dirty = true;
+                if let Err(e) = Pin::new(&mut *ws).start_send(message) {
+                    return Poll::Ready(Step::Gone(e.to_string()));
                 }
-                Poll::Ready(Some(Out::Ping)) => Message::Ping(Bytes::new()),
-                Poll::Ready(None) | Poll::Pending => break,
-            };
-            self.dirty = true;
-            if let Err(e) = Pin::new(&mut *ws).start_send(message) {
-                return Poll::Ready(Step::Gone(e.to_string()));
             }
         }
         if self.dirty {
@@ -555,6 +574,7 @@ mod tests {
     use crate::ot::OtServerConfig;
     use core::future::Future;
     use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
 
     /// A socket that takes nothing (a peer that stopped reading) but delivers `inbox`.
     struct Stuck {
@@ -622,5 +642,90 @@ mod tests {
         assert!(run.as_mut().poll(&mut cx).is_ready(), "the task ended");
         assert_eq!(server.session_count(), 0);
         assert_eq!(server.running_sessions(), 0);
+    }
+
+    /// A socket that delivers `inbox` and takes every write, recording which messages
+    /// each flush sent together.
+    #[derive(Default)]
+    struct Recorder {
+        inbox: VecDeque<Message>,
+        pending: Vec<String>,
+        flushes: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Stream for Recorder {
+        type Item = Result<Message, String>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            match self.inbox.pop_front() {
+                Some(message) => Poll::Ready(Some(Ok(message))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl Sink<Message> for Recorder {
+        type Error = String;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), String> {
+            let text = message.into_text().map_err(|e| e.to_string())?;
+            self.pending.push(text.as_str().to_owned());
+            Ok(())
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            let sent = core::mem::take(&mut self.pending);
+            if !sent.is_empty() {
+                self.flushes.lock().unwrap().push(sent);
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Two connections whose ops are read in the same round of the runtime: each gets its
+    /// ack and the other's op in one write (the task yields once before writing, so the
+    /// other connection's op is in by then), not one write each.
+    #[test]
+    fn frames_of_ops_read_together_leave_in_one_write() {
+        let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
+        let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
+        let op = |text: &str| {
+            Message::text(format!(
+                r#"{{"type":"op","op":[{{"i":"{text}"}}],"revision":0}}"#
+            ))
+        };
+        let mut tasks = Vec::new();
+        let mut flushes = Vec::new();
+        for text in ["a", "b"] {
+            let accepted = server
+                .handshake(&Handshake::new("/ot", ""))
+                .expect("accepted");
+            let socket = Recorder {
+                inbox: VecDeque::from([op(text)]),
+                ..Recorder::default()
+            };
+            flushes.push(socket.flushes.clone());
+            tasks.push(Box::pin(accepted.run(socket)));
+        }
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        // As a runtime runs two connections made ready together: each once, then again.
+        for _ in 0..2 {
+            for task in &mut tasks {
+                assert!(task.as_mut().poll(&mut cx).is_pending());
+            }
+        }
+        let first = flushes[0].lock().unwrap().clone();
+        assert_eq!(first.len(), 1, "one write: {first:?}");
+        assert!(
+            first[0][0].contains(r#""type":"ack","revision":1"#),
+            "{first:?}"
+        );
+        assert!(first[0][1].contains(r#""type":"op""#), "{first:?}");
+        let second = flushes[1].lock().unwrap().clone();
+        assert_eq!(second.len(), 1, "one write: {second:?}");
+        assert_eq!(second[0].len(), 2, "{second:?}");
     }
 }
