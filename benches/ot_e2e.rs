@@ -410,7 +410,8 @@ fn main() {
         let server = start(command, "ot on ");
         measure(&name, &server, window)
     };
-    // As deployed (a worker per core), then on one worker: no cross-thread wake-ups.
+    // As deployed (a worker per core; `/ot` on a thread of its own), then with the whole
+    // server on one worker: the two should agree.
     let default = syncmux(None);
     let one = syncmux(Some("1"));
     if cfg!(feature = "redis") {

@@ -1,7 +1,8 @@
 //! The OT endpoint's adapter over real loopback sockets (port 0), on tokio and on smol: the
 //! upgrade decided by the state machine (`?token=`, 401), acks and broadcasts, binary frames,
 //! WebSocket pings and their pongs, termination of a peer that does not answer, the
-//! handshake deadline, `wss://`, and shutdown with 1001.
+//! handshake deadline, `wss://`, shutdown with 1001, and a connection that stops reading
+//! closed as a slow consumer (tokio's direct write path and smol's queues).
 #![cfg(all(feature = "tokio", feature = "smol"))]
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 
@@ -270,4 +271,95 @@ async fn shutdown_closes_every_session_with_1001() {
     }
     guard(server.drained()).await;
     assert_eq!(server.session_count(), 0);
+}
+
+/// An editor whose socket stops taking bytes (a small receive buffer, never read): what the
+/// kernel cannot take waits in the server, counted against `max_outbound_bytes` until it
+/// is written, and past that bound the connection is closed with 4503. The other editor is
+/// never held up; what the stuck one got before the close is every op in revision order,
+/// without a gap. Without the count of unwritten bytes (on the hub's direct write path as
+/// on the tasks' queues) nothing would bound what waits for it and no close would come.
+async fn an_editor_that_stops_reading_is_closed_as_a_slow_consumer(
+    start: impl FnOnce(OtServer) -> (OtServerHandle, String),
+) {
+    const OPS: u64 = 800;
+    const LEN: usize = 16 * 1024;
+    let mut config = OtServerConfig::default();
+    config.max_outbound_bytes = 256 * 1024;
+    config.rate_limit_messages = 0;
+    config.ping_interval = Duration::ZERO;
+    let (server, addr) = start(OtServer::new(config).unwrap());
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let url = format!("ws://{addr}/ot");
+    let (mut stuck, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let mut editor = open(&addr, "").await.unwrap();
+
+    // 800 ops of 16 KiB (each replaces the text): 13 MB for a connection allowed 256 KiB
+    // beyond its socket (whose kernel send buffer grows to 4 MiB here, `tcp_wmem`).
+    let letter = |k: u64| char::from(b'a' + (k % 26) as u8).to_string().repeat(LEN);
+    for k in 0..OPS {
+        let op = match k {
+            0 => format!(r#"[{{"i":"{}"}}]"#, letter(k)),
+            _ => format!(r#"[{{"d":{LEN}}},{{"i":"{}"}}]"#, letter(k)),
+        };
+        let frame = format!(r#"{{"type":"op","op":{op},"revision":{k}}}"#);
+        editor.send(Message::text(frame)).await.unwrap();
+        let ack = guard(text(&mut editor)).await;
+        assert_eq!(ack, format!(r#"{{"type":"ack","revision":{}}}"#, k + 1));
+    }
+    guard(async {
+        while server.session_count() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // Read now: revisions 1, 2, ... in order, then the end of the connection (the close
+    // frame is best effort on a socket that was full).
+    let mut seen = 0;
+    loop {
+        match guard(stuck.next()).await {
+            Some(Ok(Message::Text(op))) => {
+                let revision = format!(r#""revision":{}}}"#, seen + 1);
+                assert!(op.ends_with(&revision), "expected {revision}, got {op:.80}");
+                seen += 1;
+            }
+            Some(Ok(Message::Close(frame))) => {
+                if let Some(frame) = frame {
+                    assert_eq!(u16::from(frame.code), 4503);
+                }
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert!(seen < OPS, "closed before it got all {OPS}: got {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_an_editor_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    an_editor_that_stops_reading_is_closed_as_a_slow_consumer(|ot| {
+        let server = adapters::tokio::start_ot(ot, ServerOptions::default());
+        tokio::spawn(adapters::tokio::serve_ot(server.clone(), listener, None));
+        (server, addr)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smol_an_editor_that_stops_reading_is_closed_as_a_slow_consumer() {
+    an_editor_that_stops_reading_is_closed_as_a_slow_consumer(|ot| {
+        let server = adapters::smol::start_ot(ot, ServerOptions::default());
+        let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        smol::spawn(adapters::smol::serve_ot(server.clone(), listener, None)).detach();
+        (server, addr)
+    })
+    .await;
 }

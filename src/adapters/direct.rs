@@ -54,13 +54,24 @@ pub(crate) trait DirectOutlet: Send + Sync {
     /// Queues one framed message (`report`: its payload length, reported written once it
     /// left) and writes what the socket takes; gives the payload bytes that left now.
     fn send(&self, framed: Bytes, report: usize) -> usize;
+
+    /// Queues one framed message behind those waiting, without writing it:
+    /// [`flush_queued`](Self::flush_queued) does, with the others, in one write.
+    fn queue(&self, framed: Bytes, report: usize);
+
+    /// Writes what waits, in one vectored write as far as the socket takes it; what it does
+    /// not take is left to the session's task (woken), which writes it once the socket is
+    /// writable. Gives the payload bytes that left now.
+    fn flush_queued(&self) -> usize;
 }
 
 /// One queued write.
 struct Entry {
     bytes: Bytes,
-    /// Payload bytes to report written once `bytes` is all out (0 for tungstenite's own).
+    /// Payload bytes to report written once `bytes` is all out.
     report: usize,
+    /// Written by tungstenite (its answers), counted in [`Out::own`].
+    own: bool,
 }
 
 #[derive(Default)]
@@ -68,6 +79,10 @@ struct Out {
     queue: VecDeque<Entry>,
     /// Bytes in `queue` that tungstenite wrote (its answers), for [`MAX_OWN_QUEUED`].
     own: usize,
+    /// The socket was full with `queue` left: the session's task writes it once the socket
+    /// is writable. Otherwise what `queue` holds waits for the hub's
+    /// [`flush_queued`](DirectOutlet::flush_queued).
+    waiting: bool,
     /// Payload bytes written by a flush whose caller does not report them (tungstenite's
     /// writes), for the task to report.
     unreported: usize,
@@ -99,7 +114,7 @@ impl<S: RawSocket> Direct<S> {
 
     /// Writes as much of the queue as the socket takes, every waiting entry in one vectored
     /// write; gives the payload bytes of the entries that left.
-    fn flush(&self, out: &mut Out) -> usize {
+    fn write_queue(&self, out: &mut Out) -> usize {
         let mut done = 0;
         while !out.queue.is_empty() && out.failed.is_none() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -116,26 +131,30 @@ impl<S: RawSocket> Direct<S> {
                             break;
                         };
                         let len = front.bytes.len();
+                        let taken = n.min(len);
+                        if front.own {
+                            out.own -= taken;
+                        }
                         if n >= len {
                             n -= len;
                             done += front.report;
-                            if front.report == 0 {
-                                out.own = out.own.saturating_sub(len);
-                            }
                             out.queue.pop_front();
                         } else {
                             front.bytes.advance(n);
-                            if front.report == 0 {
-                                out.own = out.own.saturating_sub(n);
-                            }
                             n = 0;
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    out.waiting = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => out.failed = Some(e.to_string()),
             }
+        }
+        if out.queue.is_empty() {
+            out.waiting = false;
         }
         if out.queue.capacity() > 0 && out.queue.is_empty() {
             // Nothing waits: an idle session keeps no queue.
@@ -144,12 +163,16 @@ impl<S: RawSocket> Direct<S> {
         done
     }
 
-    /// Writes what waits until the queue is empty (registering `cx` for writability
-    /// otherwise); gives the payload bytes written since the last call.
+    /// Writes what waits for the socket until the queue is empty (registering `cx` for
+    /// writability otherwise); gives the payload bytes written since the last call. Frames
+    /// queued for the hub's [`flush_queued`](DirectOutlet::flush_queued) are left to it.
     pub(crate) fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Result<usize, String>> {
         let mut out = self.lock();
+        if !out.waiting && out.failed.is_none() {
+            return Poll::Ready(Ok(core::mem::take(&mut out.unreported)));
+        }
         loop {
-            let done = self.flush(&mut out);
+            let done = self.write_queue(&mut out);
             out.unreported += done;
             if let Some(why) = &out.failed {
                 return Poll::Ready(Err(why.clone()));
@@ -197,7 +220,7 @@ impl<S: RawSocket> Direct<S> {
             if out.own < MAX_OWN_QUEUED {
                 break;
             }
-            let done = self.flush(&mut out);
+            let done = self.write_queue(&mut out);
             out.unreported += done;
             if out.own < MAX_OWN_QUEUED {
                 break;
@@ -212,8 +235,9 @@ impl<S: RawSocket> Direct<S> {
         out.queue.push_back(Entry {
             bytes: Bytes::copy_from_slice(buf),
             report: 0,
+            own: true,
         });
-        let done = self.flush(&mut out);
+        let done = self.write_queue(&mut out);
         out.unreported += done;
         Poll::Ready(Ok(buf.len()))
     }
@@ -222,7 +246,7 @@ impl<S: RawSocket> Direct<S> {
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut out = self.lock();
         loop {
-            let done = self.flush(&mut out);
+            let done = self.write_queue(&mut out);
             out.unreported += done;
             if let Some(why) = &out.failed {
                 return Poll::Ready(Err(io::Error::other(why.clone())));
@@ -251,6 +275,7 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
             out.queue.push_back(Entry {
                 bytes: framed,
                 report,
+                own: false,
             });
             return 0;
         }
@@ -272,11 +297,39 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
             out.queue.push_back(Entry {
                 bytes: framed,
                 report,
+                own: false,
             });
+            out.waiting = true;
         }
         drop(out);
         self.task.wake();
         0
+    }
+
+    fn queue(&self, framed: Bytes, report: usize) {
+        let mut out = self.lock();
+        if out.failed.is_none() {
+            out.queue.push_back(Entry {
+                bytes: framed,
+                report,
+                own: false,
+            });
+        }
+    }
+
+    fn flush_queued(&self) -> usize {
+        let mut out = self.lock();
+        if out.waiting || out.failed.is_some() {
+            // The task writes once the socket is writable (or ends the session).
+            return 0;
+        }
+        let done = self.write_queue(&mut out);
+        let wake = out.waiting || out.failed.is_some();
+        drop(out);
+        if wake {
+            self.task.wake();
+        }
+        done
     }
 }
 

@@ -7,13 +7,23 @@
 //! the same reasons: tungstenite decides the upgrade in a synchronous callback, where the
 //! state machine must answer (`?token=` refused with 401 before upgrading), so the state
 //! machine sits behind a lock held only while one input runs and its outputs are handed to
-//! the connections' queues. Each connection's task writes its own queue, so a slow socket
-//! stalls nobody else; it yields once before writing, so that the ops of the other
-//! connections the same reactor poll made ready are read first and their frames join its
-//! own in one write (with five editors, ~1.5 writes per op instead of 2.5). It reports what
-//! it wrote
-//! ([`OtServer::handle_sent`](crate::ot::OtServer::handle_sent)): every queued frame counts
-//! against the state machine's outbound bound until then.
+//! the connections.
+//!
+//! On a plain TCP socket (tokio's `serve_ot` and `accept_ot_tcp`) the hub writes the frames
+//! itself, as the sync server's fan-out does ([`direct`](super::direct)): a broadcast is
+//! framed once, queued on each recipient's socket, and written when the task that read the
+//! op has yielded once — by then the other connections the same reactor poll made ready
+//! have read their ops too, so each socket gets the frames of all of them (its ack and the
+//! others' ops) in one write, and no task is woken to write them. With five editors that is
+//! one `sendmsg` per op, the least there can be. What a socket does not take waits on it,
+//! for its task to write once it is writable.
+//!
+//! Elsewhere (TLS, smol, `accept_ot`) each connection's task writes its own queue, so a slow
+//! socket stalls nobody else; it too yields once before writing, for the same batching.
+//!
+//! Either way bytes are reported written
+//! ([`OtServer::handle_sent`](crate::ot::OtServer::handle_sent)) only once they left: every
+//! queued frame counts against the state machine's outbound bound until then.
 //!
 //! What the adapter does with each output of the state machine:
 //!
@@ -41,6 +51,7 @@ use tungstenite::Message;
 
 use super::clock::Clock;
 use super::common;
+use super::direct::{self, Direct, DirectOutlet, Framer, RawSocket};
 use super::server::{HandshakeSlot, HandshakeSlots, Running, RunningGuard, Timed, TimerTask};
 use super::{Rejection, ServerOptions};
 use crate::ot::{OtHandshakeOutcome, OtServer, OtServerEvent, OtSessionId, OtTransmit};
@@ -91,7 +102,15 @@ enum Ending {
 struct Outlet {
     out: async_channel::Sender<Out>,
     end: async_channel::Sender<Ending>,
+    /// The connection's socket, when the hub writes to it itself ([`direct`](super::direct)):
+    /// its frames skip `out` and its task.
+    direct: Option<Arc<dyn DirectOutlet>>,
+    /// Frames were queued on `direct` since the last [`Shared::flush`].
+    dirty: bool,
 }
+
+/// A WebSocket ping with no payload, as the hub writes it to a direct socket.
+const PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
 
 /// What every task of one server shares behind its lock.
 pub(crate) struct Shared {
@@ -104,6 +123,8 @@ pub(crate) struct Shared {
     stop: Option<async_channel::Sender<()>>,
     /// Where the shared history's events go ([`OtServerHandle::shared_events`]).
     shared: Option<async_channel::Sender<OtServerEvent>>,
+    /// Sessions whose direct socket has frames queued for [`flush`](Self::flush).
+    dirty: Vec<OtSessionId>,
 }
 
 impl Shared {
@@ -111,9 +132,44 @@ impl Shared {
         self.clock.now()
     }
 
-    /// Hands every output of the last input to the connections' queues, then re-arms the
-    /// timer.
+    /// Hands every output of the last input out and writes the direct sockets.
     fn drain(&mut self) {
+        self.hand_out();
+        self.flush();
+    }
+
+    /// Writes every direct socket that has frames queued, each in one write, and reports
+    /// what left (which may let more out).
+    fn flush(&mut self) {
+        let mut now = None;
+        while !self.dirty.is_empty() {
+            let mut sent = false;
+            for session in core::mem::take(&mut self.dirty) {
+                let Some(outlet) = self.outlets.get_mut(&session) else {
+                    continue;
+                };
+                outlet.dirty = false;
+                let Some(direct) = &outlet.direct else {
+                    continue;
+                };
+                let n = direct.flush_queued();
+                if n > 0 {
+                    let now = *now.get_or_insert_with(|| self.clock.now());
+                    self.server.handle_sent(now, session, n);
+                    sent = true;
+                }
+            }
+            if sent {
+                self.hand_out();
+            }
+        }
+    }
+
+    /// Hands every output of the last input to the connections (a direct socket's frames
+    /// are queued on it, framed once per broadcast, for [`flush`](Self::flush)), then
+    /// re-arms the timer.
+    fn hand_out(&mut self) {
+        let mut framer = Framer::default();
         while let Some(transmit) = self.server.poll_transmit() {
             let (session, out) = match transmit {
                 OtTransmit::Frame { session, bytes } => (session, Out::Frame(bytes)),
@@ -131,7 +187,19 @@ impl Shared {
                     continue;
                 }
             };
-            if let Some(outlet) = self.outlets.get(&session) {
+            let Some(outlet) = self.outlets.get_mut(&session) else {
+                continue;
+            };
+            if let Some(direct) = &outlet.direct {
+                match out {
+                    Out::Frame(bytes) => direct.queue(framer.frame(&bytes), bytes.len()),
+                    Out::Ping => direct.queue(PING, 0),
+                }
+                if !outlet.dirty {
+                    outlet.dirty = true;
+                    self.dirty.push(session);
+                }
+            } else {
                 // Unbounded, but every frame in it counts against the state machine's
                 // outbound bound until the task reports it written (pings are one per
                 // interval). Closed only once the task is gone, and the outlet with it.
@@ -191,6 +259,9 @@ pub struct AcceptedOtSession {
     dirty: bool,
     /// Frames waited and the task yielded once before writing them.
     deferred: bool,
+    /// On a direct socket: where the frames of the ops read stand (`None` on the channel
+    /// path).
+    flush: Option<Flush>,
     /// Dropped after [`Drop for AcceptedOtSession`](AcceptedOtSession) released the session.
     _running: RunningGuard,
 }
@@ -216,6 +287,7 @@ impl OtServerHandle {
             wake: wake_tx,
             stop: Some(stop_tx),
             shared: None,
+            dirty: Vec::new(),
         };
         let handle = OtServerHandle {
             shared: Arc::new(Mutex::new(shared)),
@@ -272,6 +344,8 @@ impl OtServerHandle {
                 let outlet = Outlet {
                     out: out_tx,
                     end: end_tx,
+                    direct: None,
+                    dirty: false,
                 };
                 hub.outlets.insert(session, outlet);
                 Ok(AcceptedOtSession {
@@ -283,6 +357,7 @@ impl OtServerHandle {
                     unflushed: 0,
                     dirty: false,
                     deferred: false,
+                    flush: None,
                     _running: RunningGuard::new(&self.running),
                 })
             }
@@ -377,6 +452,20 @@ impl OtServerHandle {
         self.with_server(f);
     }
 
+    /// [`input`](Self::input), leaving the direct sockets' frames queued for a later
+    /// [`flush`](Self::flush).
+    fn input_deferred(&self, f: impl FnOnce(&mut OtServer, Instant)) {
+        let mut hub = self.lock();
+        let now = hub.now();
+        f(&mut hub.server, now);
+        hub.hand_out();
+    }
+
+    /// Writes every direct socket with frames queued.
+    fn flush(&self) {
+        self.lock().flush();
+    }
+
     /// The socket is gone, whoever ended it: the state machine forgets the session (a
     /// no-op if it already did) and so does the hub.
     fn closed(&self, session: OtSessionId) {
@@ -385,6 +474,27 @@ impl OtServerHandle {
         hub.server.handle_disconnected(now, session);
         hub.outlets.remove(&session);
         hub.drain();
+    }
+}
+
+/// Where a direct connection's task stands with the frames its reads produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flush {
+    /// Nothing read since the last flush.
+    Idle,
+    /// Ops read, their frames queued: yield once, then flush.
+    Owed,
+    /// Yielded: flush at the next poll.
+    Yielded,
+}
+
+impl Flush {
+    /// After a read: a flush is owed, unless one is already due at the next poll.
+    fn owed(self) -> Flush {
+        match self {
+            Flush::Idle => Flush::Owed,
+            due => due,
+        }
     }
 }
 
@@ -416,48 +526,163 @@ impl AcceptedOtSession {
         E: fmt::Display,
         <W as Sink<Message>>::Error: fmt::Display,
     {
-        let session = self.session;
         loop {
-            match core::future::poll_fn(|cx| self.poll_step(cx, &mut ws)).await {
-                Step::Message(Message::Text(text)) => {
-                    self.server
-                        .input(|s, now| s.handle_message(now, session, Bytes::from(text)));
-                }
-                // The seed's `ws` server reads binary frames like text; so does the core.
-                Step::Message(Message::Binary(data)) => {
-                    self.server
-                        .input(|s, now| s.handle_message(now, session, data));
-                }
-                Step::Message(Message::Pong(_)) => {
-                    self.server.input(|s, now| s.handle_pong(now, session));
-                }
-                Step::Message(Message::Close(_)) => {
-                    // Released first: a peer that stops reading cannot hold it while the
-                    // close answer waits for room.
-                    self.server.closed(session);
-                    let _ = ws.close().now_or_never();
-                    return;
-                }
-                // tungstenite answers pings itself.
-                Step::Message(Message::Ping(_) | Message::Frame(_)) => {}
-                Step::Sent(n) => self.server.input(|s, now| s.handle_sent(now, session, n)),
-                Step::Gone(why) => {
-                    tracing::debug!(%session, why, "OT socket gone");
-                    return;
-                }
-                Step::Close(code, reason) => {
-                    // Best effort, never waiting: the state machine already forgot the
-                    // session, so a peer that stopped reading must not keep this task alive.
-                    let close = common::close_message(code, &reason);
-                    if let Some(Ok(())) = ws.send(close).now_or_never() {
-                        let _ = ws.close().now_or_never();
-                    }
-                    return;
-                }
-                // Dropping the socket closes the TCP connection with no closing handshake,
-                // as the seed's `ws.terminate()`.
-                Step::Terminate => return,
+            let step = core::future::poll_fn(|cx| self.poll_step(cx, &mut ws)).await;
+            if self.step(step, &mut ws) {
+                return;
             }
+        }
+    }
+
+    /// Carries out one step of the connection's task; `true` once the task is over.
+    fn step<W, E>(&mut self, step: Step, ws: &mut W) -> bool
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        <W as Sink<Message>>::Error: fmt::Display,
+    {
+        let session = self.session;
+        let message = |s: &mut OtServer, now, data| s.handle_message(now, session, data);
+        match step {
+            // The seed's `ws` server reads binary frames like text; so does the core.
+            Step::Message(Message::Text(text)) if self.flush.is_some() => {
+                self.server
+                    .input_deferred(|s, now| message(s, now, Bytes::from(text)));
+                self.flush = self.flush.map(Flush::owed);
+            }
+            Step::Message(Message::Binary(data)) if self.flush.is_some() => {
+                self.server.input_deferred(|s, now| message(s, now, data));
+                self.flush = self.flush.map(Flush::owed);
+            }
+            Step::Message(Message::Text(text)) => {
+                self.server
+                    .input(|s, now| message(s, now, Bytes::from(text)));
+            }
+            Step::Message(Message::Binary(data)) => {
+                self.server.input(|s, now| message(s, now, data));
+            }
+            Step::Message(Message::Pong(_)) => {
+                self.server.input(|s, now| s.handle_pong(now, session));
+            }
+            Step::Message(Message::Close(_)) => {
+                // Released first: a peer that stops reading cannot hold it while the close
+                // answer waits for room.
+                self.server.closed(session);
+                let _ = ws.close().now_or_never();
+                return true;
+            }
+            // tungstenite answers pings itself.
+            Step::Message(Message::Ping(_) | Message::Frame(_)) => {}
+            Step::Sent(n) => self.server.input(|s, now| s.handle_sent(now, session, n)),
+            Step::Gone(why) => {
+                tracing::debug!(%session, why, "OT socket gone");
+                return true;
+            }
+            Step::Close(code, reason) => {
+                // Best effort, never waiting: the state machine already forgot the session,
+                // so a peer that stopped reading must not keep this task alive.
+                let close = common::close_message(code, &reason);
+                if let Some(Ok(())) = ws.send(close).now_or_never() {
+                    let _ = ws.close().now_or_never();
+                }
+                return true;
+            }
+            // Dropping the socket closes the TCP connection with no closing handshake, as
+            // the seed's `ws.terminate()`.
+            Step::Terminate => return true,
+        }
+        false
+    }
+
+    /// Runs the connection with the hub writing its frames straight to `direct`, the socket
+    /// `ws` reads from (see [`direct`](super::direct)): the task reads, and writes only what
+    /// the socket could not take at once. The frames an op read here produces (its ack, its
+    /// broadcast) are queued on their sockets, and written once this task had yielded: by
+    /// then the other connections the same reactor poll made ready have read their ops, so
+    /// each socket gets its frames of all of them in one write, and no task is woken to
+    /// write them.
+    pub(crate) async fn run_direct<W, E, S>(mut self, mut ws: W, direct: Arc<Direct<S>>)
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: fmt::Display,
+        <W as Sink<Message>>::Error: fmt::Display,
+        S: RawSocket,
+    {
+        {
+            // Under the hub's lock, so no frame slips in between: what was queued before
+            // the socket was open goes first, then the hub writes by itself.
+            let mut hub = self.server.lock();
+            let outlet: Arc<dyn DirectOutlet> = direct.clone();
+            while let Ok(out) = self.out.try_recv() {
+                match out {
+                    Out::Frame(bytes) => outlet.queue(direct::frame(&bytes), bytes.len()),
+                    Out::Ping => outlet.queue(PING, 0),
+                }
+            }
+            let written = outlet.flush_queued();
+            // Already closed (at the handshake, say): its close waits in `end`.
+            if let Some(slot) = hub.outlets.get_mut(&self.session) {
+                slot.direct = Some(outlet);
+            }
+            if written > 0 {
+                let now = hub.now();
+                hub.server.handle_sent(now, self.session, written);
+                hub.drain();
+            }
+        }
+        self.flush = Some(Flush::Idle);
+        loop {
+            let step = core::future::poll_fn(|cx| self.poll_direct(cx, &mut ws, &direct)).await;
+            if self.step(step, &mut ws) {
+                return;
+            }
+        }
+    }
+
+    fn poll_direct<W, E, S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        ws: &mut W,
+        direct: &Direct<S>,
+    ) -> Poll<Step>
+    where
+        W: Stream<Item = Result<Message, E>> + Unpin,
+        E: fmt::Display,
+        S: RawSocket,
+    {
+        direct.register(cx);
+        match self.end.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ending::Terminate)) => return Poll::Ready(Step::Terminate),
+            // A close goes out behind the frames already queued, or is dropped with them
+            // when the socket takes nothing.
+            Poll::Ready(Some(Ending::Close(code, reason))) => {
+                return Poll::Ready(Step::Close(code, reason))
+            }
+            Poll::Ready(None) | Poll::Pending => {}
+        }
+        if self.flush == Some(Flush::Yielded) {
+            self.flush = Some(Flush::Idle);
+            self.server.flush();
+        }
+        match direct.poll_drain(cx) {
+            Poll::Ready(Ok(0)) | Poll::Pending => {}
+            Poll::Ready(Ok(n)) => return Poll::Ready(Step::Sent(n)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Step::Gone(e)),
+        }
+        match ws.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(message))) => return Poll::Ready(Step::Message(message)),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Step::Gone(e.to_string())),
+            Poll::Ready(None) => return Poll::Ready(Step::Gone("connection closed".to_owned())),
+            Poll::Pending => {}
+        }
+        if self.flush == Some(Flush::Owed) {
+            // Nothing more to read: yield once, then write what was read (above).
+            self.flush = Some(Flush::Yielded);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        match direct.take_unreported() {
+            0 => Poll::Pending,
+            n => Poll::Ready(Step::Sent(n)),
         }
     }
 
@@ -648,15 +873,15 @@ mod tests {
     /// each flush sent together.
     #[derive(Default)]
     struct Recorder {
-        inbox: VecDeque<Message>,
+        inbox: Arc<Mutex<VecDeque<Message>>>,
         pending: Vec<String>,
         flushes: Arc<Mutex<Vec<Vec<String>>>>,
     }
 
     impl Stream for Recorder {
         type Item = Result<Message, String>;
-        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            match self.inbox.pop_front() {
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            match self.inbox.lock().unwrap().pop_front() {
                 Some(message) => Poll::Ready(Some(Ok(message))),
                 None => Poll::Pending,
             }
@@ -703,10 +928,8 @@ mod tests {
             let accepted = server
                 .handshake(&Handshake::new("/ot", ""))
                 .expect("accepted");
-            let socket = Recorder {
-                inbox: VecDeque::from([op(text)]),
-                ..Recorder::default()
-            };
+            let socket = Recorder::default();
+            socket.inbox.lock().unwrap().push_back(op(text));
             flushes.push(socket.flushes.clone());
             tasks.push(Box::pin(accepted.run(socket)));
         }
@@ -727,5 +950,91 @@ mod tests {
         let second = flushes[1].lock().unwrap().clone();
         assert_eq!(second.len(), 1, "one write: {second:?}");
         assert_eq!(second[0].len(), 2, "{second:?}");
+    }
+
+    /// A socket the hub writes to that takes everything, recording each write.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl RawSocket for Writes {
+        fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            let write: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = write.len();
+            self.0.lock().unwrap().push(write);
+            Ok(n)
+        }
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The text payloads of the unmasked frames in `bytes`.
+    fn payloads(mut bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        while let [0x81, len, rest @ ..] = bytes {
+            let (payload, next) = rest.split_at(usize::from(*len));
+            out.push(String::from_utf8(payload.to_vec()).unwrap());
+            bytes = next;
+        }
+        assert!(bytes.is_empty(), "only short text frames: {bytes:?}");
+        out
+    }
+
+    /// On sockets the hub writes itself, the same: the frames of the ops read in one round
+    /// leave in one write per socket, written by the hub, every byte reported written.
+    #[test]
+    fn on_direct_sockets_the_frames_of_ops_read_together_leave_in_one_write() {
+        let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
+        let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
+        let op = |text: &str| {
+            Message::text(format!(
+                r#"{{"type":"op","op":[{{"i":"{text}"}}],"revision":0}}"#
+            ))
+        };
+        let mut tasks = Vec::new();
+        let mut writes = Vec::new();
+        let mut sessions = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..2 {
+            let accepted = server
+                .handshake(&Handshake::new("/ot", ""))
+                .expect("accepted");
+            sessions.push(accepted.session());
+            let socket = Writes::default();
+            writes.push(socket.clone());
+            let ws = Recorder::default();
+            inboxes.push(ws.inbox.clone());
+            let direct = Arc::new(Direct::new(socket));
+            tasks.push(Box::pin(accepted.run_direct(ws, direct)));
+        }
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        // Both running, then an op arrives on each.
+        for task in &mut tasks {
+            assert!(task.as_mut().poll(&mut cx).is_pending());
+        }
+        for (inbox, text) in inboxes.iter().zip(["a", "b"]) {
+            inbox.lock().unwrap().push_back(op(text));
+        }
+        for _ in 0..2 {
+            for task in &mut tasks {
+                assert!(task.as_mut().poll(&mut cx).is_pending());
+            }
+        }
+        for (socket, peer) in writes.iter().zip(["b", "a"]) {
+            let socket = socket.0.lock().unwrap();
+            assert_eq!(socket.len(), 1, "one write: {socket:?}");
+            let frames = payloads(&socket[0]);
+            assert_eq!(frames.len(), 2, "{frames:?}");
+            assert!(
+                frames.iter().any(|f| f.contains(r#""type":"ack""#)),
+                "{frames:?}"
+            );
+            let theirs = format!(r#"{{"i":"{peer}"}}"#);
+            assert!(frames.iter().any(|f| f.contains(&theirs)), "{frames:?}");
+        }
+        for session in sessions {
+            let outbound = server.with_server(|s, _| s.outbound_bytes(session));
+            assert_eq!(outbound, Some(0), "reported written");
+        }
     }
 }

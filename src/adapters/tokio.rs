@@ -155,6 +155,20 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: 
 /// what a router already read from the connection (its request head, say); it is read again
 /// first.
 pub async fn accept_tcp(server: &SyncServer, tcp: tokio::net::TcpStream, read: Vec<u8>) {
+    accept_direct(server, tcp, read, |session, ws, direct| {
+        Box::pin(session.run_direct(ws, direct))
+    })
+    .await;
+}
+
+/// The handshake on a plain TCP connection whose frames the hub writes itself, then the
+/// session.
+async fn accept_direct<E: Endpoint>(
+    server: &E,
+    tcp: tokio::net::TcpStream,
+    read: Vec<u8>,
+    run_direct: RunDirect<E::Session>,
+) {
     let socket = Arc::new(Direct::new(tcp));
     let io = DirectIo {
         socket: socket.clone(),
@@ -162,14 +176,19 @@ pub async fn accept_tcp(server: &SyncServer, tcp: tokio::net::TcpStream, read: V
     };
     // Boxed, so the session's task does not keep the handshake's size.
     if let Some((session, ws)) = Box::pin(handshake(server, io)).await {
-        session.run_direct(ws, socket).await;
+        run_direct(session, ws, socket).await;
     }
 }
 
 // ---- the OT endpoint (`adapters::ot`) -------------------------------------------------------
 
 /// Starts the OT endpoint's server on the current tokio runtime (its timer task); accept
-/// connections with [`serve_ot`] or [`accept_ot`].
+/// connections with [`serve_ot`], [`accept_ot_tcp`] or [`accept_ot`].
+///
+/// Its state machine is one lock, so its connections gain nothing from being spread over a
+/// multi-thread runtime's workers but contention and cross-thread wake-ups: the example
+/// server starts it, and runs its plain-TCP connections, on a current-thread runtime of its
+/// own (~16 µs of CPU per acked op instead of ~23 on two workers, `benches/ot_e2e.rs`).
 pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
     let (server, timer) = OtServerHandle::new(server, options);
     tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
@@ -189,7 +208,7 @@ pub async fn serve_ot(
         listener,
         tls,
         |session, ws| Box::pin(session.run(ws)),
-        None,
+        Some(|session, ws, direct| Box::pin(session.run_direct(ws, direct))),
     )
     .await;
 }
@@ -200,6 +219,18 @@ pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandl
     if let Some((session, ws)) = handshake(server, io).await {
         session.run(ws).await;
     }
+}
+
+/// [`accept_ot`] on a plain TCP connection, with the write path of [`serve_ot`]: the hub
+/// writes the frames to the socket itself, those of the ops read together in one write per
+/// socket, and the connection's task only reads (and writes what the socket could not take
+/// at once). `read` is what a router already read from the connection; it is read again
+/// first.
+pub async fn accept_ot_tcp(server: &OtServerHandle, tcp: tokio::net::TcpStream, read: Vec<u8>) {
+    accept_direct(server, tcp, read, |session, ws, direct| {
+        Box::pin(session.run_direct(ws, direct))
+    })
+    .await;
 }
 
 // ---- accepting connections, for either endpoint ----------------------------------------------
