@@ -60,6 +60,10 @@ pub mod smol;
 pub mod sqlite;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+// The one module with `unsafe`: io_uring's submission queue takes raw buffers.
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+#[allow(unsafe_code)]
+mod uring;
 
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
 pub mod wasm;

@@ -30,7 +30,7 @@ use tungstenite::Message;
 use super::backend::{Backend, Link, Spawn};
 use super::clock::Clock;
 use super::common;
-use super::direct::{self, Direct, DirectOutlet, Framer, RawSocket};
+use super::direct::{self, Direct, DirectOutlet, Framer, RawSocket, Writer};
 use super::metrics;
 use crate::driver::Driver;
 use crate::payload::Cursor;
@@ -260,6 +260,8 @@ pub(crate) struct Shared {
     /// An async backend answering the store-facing events (`None`: the driver's store
     /// answers them inline).
     backend: Option<Link>,
+    /// Writes the drain's chunks of direct frames (one io_uring submission each on Linux).
+    writer: Writer,
 }
 
 impl Shared {
@@ -300,6 +302,7 @@ impl Shared {
             driver,
             outlets,
             clock,
+            writer,
             ..
         } = self;
         // Frames for direct sockets go out in chunks, in three passes: take the chunk's
@@ -338,12 +341,7 @@ impl Shared {
                 }
             };
             let full = chunk.len() == DIRECT_CHUNK;
-            for (session, direct, framed, len) in chunk {
-                let n = direct.send(framed, len);
-                if n > 0 {
-                    written.push((session, n));
-                }
-            }
+            writer.write(chunk, &mut written);
             let reported = !written.is_empty();
             if reported {
                 let now = *now.get_or_insert_with(|| clock.now());
@@ -463,6 +461,7 @@ impl SyncServer {
             wake: wake_tx,
             stop: Some(stop_tx),
             backend: None,
+            writer: Writer::default(),
         };
         let running = Running::new();
         let server = SyncServer {
