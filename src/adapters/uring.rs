@@ -64,7 +64,13 @@ impl Writer {
         }
     }
 
-    /// Submissions made so far.
+    /// Whether it has a ring (making it now if not tried yet).
+    #[cfg(test)]
+    pub(crate) fn has_ring(&mut self) -> bool {
+        ready(&mut self.ring).is_some()
+    }
+
+    /// Submissions made so far (the seam the tests count batches through).
     #[cfg(test)]
     pub(crate) fn submissions(&self) -> u64 {
         self.submissions
@@ -281,7 +287,7 @@ mod tests {
     /// A writer with a ring, or `None` where this kernel (or sandbox) has no io_uring.
     fn with_ring() -> Option<Writer> {
         let mut writer = Writer::default();
-        if ready(&mut writer.ring).is_none() {
+        if !writer.has_ring() {
             eprintln!("no io_uring here: skipped");
             return None;
         }
@@ -332,8 +338,9 @@ mod tests {
 
     /// A frame the socket takes part of, then a second frame for the same session in the same
     /// chunk: the batch ends before the second, which queues behind the rest of the first,
-    /// and both leave whole and in order once the task flushes. A full socket queues its
-    /// frame and wakes the task; a closed one fails the session (and no SIGPIPE kills us).
+    /// and both (and a later drain's frame) leave whole and in order once the task flushes. A
+    /// full socket queues its frame and wakes the task; a closed one fails the session (and
+    /// no SIGPIPE kills us).
     #[test]
     fn partial_sends_keep_a_sessions_frames_in_order() {
         let Some(mut writer) = with_ring() else {
@@ -390,9 +397,15 @@ mod tests {
             "EPIPE fails it"
         );
         assert_eq!(read_all(&mut other_peer), b"\x81\x01x\x81\x01y");
+        // The peer reads, so the socket has room again, but the rest of the first frame still
+        // waits: the next drain's frame for that session queues behind it, never around.
+        let mut got = read_all(&mut big_peer);
+        let third_frame = frame(b"third");
+        let next = vec![(session(0), outlet(&big), third_frame.clone(), 5)];
+        writer.write(next, &mut written);
+        assert_eq!(written.len(), 2, "nothing more left now");
 
         // The task flushes as the peer reads: the first frame, then the second.
-        let mut got = Vec::new();
         let mut reported = 0;
         while big.is_stuck() || reported == 0 {
             got.extend(read_all(&mut big_peer));
@@ -401,8 +414,12 @@ mod tests {
             }
         }
         got.extend(read_all(&mut big_peer));
-        assert_eq!(reported, first.len() + 6, "reported once wholly written");
-        let expected: Vec<u8> = [&first_frame[..], &second_frame[..]].concat();
+        assert_eq!(
+            reported,
+            first.len() + 6 + 5,
+            "reported once wholly written"
+        );
+        let expected: Vec<u8> = [&first_frame[..], &second_frame[..], &third_frame[..]].concat();
         assert!(
             got == expected,
             "in order, whole ({} of {} bytes)",
