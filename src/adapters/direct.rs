@@ -17,6 +17,11 @@
 //! itself (pong and close answers) goes through the same queue ([`Direct::write`]), so frames
 //! never interleave. Written by hand because no WebSocket crate exposes this: tungstenite
 //! frames and buffers every message per connection, behind `&mut self`.
+//!
+//! The hub hands each chunk of its drain's frames to a [`Writer`]: on Linux with the tokio
+//! adapter, one io_uring submission for the whole chunk (`adapters::uring`), each frame
+//! holding its session's lock ([`DirectOutlet::claim`]) until its outcome is known;
+//! elsewhere, or where no ring can be made, one [`DirectOutlet::send`] per frame.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -25,6 +30,11 @@ use std::sync::Mutex;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
+
+use crate::server::SessionId;
+
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+pub(crate) use super::uring::Writer;
 
 /// At most this many frames per vectored write (Linux takes 1024; the kernel's socket
 /// buffer is full long before).
@@ -47,6 +57,12 @@ pub(crate) trait RawSocket: Send + Sync + 'static {
     fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
         self.try_write_vectored(&[IoSlice::new(buf)])
     }
+    /// The socket's descriptor, for the hub's batched sends (`adapters::uring`), which act
+    /// as [`send_now`](Self::send_now) does; `None`: each frame goes through `send_now`.
+    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// The hub's side of a session with a direct socket.
@@ -63,6 +79,129 @@ pub(crate) trait DirectOutlet: Send + Sync {
     /// not take is left to the session's task (woken), which writes it once the socket is
     /// writable. Gives the payload bytes that left now.
     fn flush_queued(&self) -> usize;
+
+    /// [`send`](Self::send)'s first half, for a batch of sends: queues the frame behind
+    /// waiting ones (or drops it, the socket having failed), or holds the session's lock for
+    /// the batch to send it, or gives it back to be sent alone (the lock is taken, or the
+    /// socket has no descriptor).
+    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    fn claim(&self, framed: Bytes, report: usize) -> Claim<'_>;
+}
+
+/// What [`DirectOutlet::claim`] made of a frame.
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+pub(crate) enum Claim<'a> {
+    /// Queued behind waiting frames, or dropped as the socket failed: nothing left now.
+    Settled,
+    /// Nothing waits: the frame goes out with the batch, and [`Held::finish`] settles it.
+    Held(Held<'a>),
+    /// To send alone ([`DirectOutlet::send`]), once the batch released its locks.
+    Alone(Bytes),
+}
+
+/// A frame of a batch and its session's writer, locked with nothing waiting, from before its
+/// send until [`finish`](Self::finish) settles it: no other write slips in between.
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+pub(crate) struct Held<'a> {
+    out: std::sync::MutexGuard<'a, Out>,
+    task: &'a AtomicWaker,
+    framed: Bytes,
+    report: usize,
+    fd: std::os::fd::RawFd,
+}
+
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+impl Held<'_> {
+    /// The frame to send.
+    pub(crate) fn frame(&self) -> &Bytes {
+        &self.framed
+    }
+
+    /// The socket to send it on.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
+    /// Settles the frame with its send's outcome, as [`DirectOutlet::send`] does: gives the
+    /// payload bytes that left now (all of it or none).
+    pub(crate) fn finish(self, result: io::Result<usize>) -> usize {
+        let Held {
+            mut out,
+            task,
+            mut framed,
+            report,
+            ..
+        } = self;
+        match result {
+            Ok(n) if n == framed.len() => return report,
+            Ok(0) => out.failed = Some("the socket took no bytes".to_owned()),
+            Ok(n) => framed.advance(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => out.failed = Some(e.to_string()),
+        }
+        if out.failed.is_none() {
+            // The rest waits for the task, which writes it once the socket is writable.
+            out.queue.push_back(Entry {
+                bytes: framed,
+                report,
+                own: false,
+            });
+            out.waiting = true;
+        }
+        drop(out);
+        task.wake();
+        0
+    }
+
+    /// The batch's outcome is unknown (its ring failed): the session's socket fails, and the
+    /// frame's buffer is never freed, as the kernel may still read it.
+    pub(crate) fn abandon(self, why: &io::Error) {
+        let Held {
+            mut out,
+            task,
+            framed,
+            ..
+        } = self;
+        out.failed = Some(format!("io_uring: {why}"));
+        core::mem::forget(framed);
+        drop(out);
+        task.wake();
+    }
+}
+
+/// One [`DirectOutlet::send`] per frame of `chunk` (session, socket, frame, payload length);
+/// adds the payload bytes that left now to `written`.
+pub(crate) fn send_each(
+    chunk: Vec<(SessionId, &dyn DirectOutlet, Bytes, usize)>,
+    written: &mut Vec<(SessionId, usize)>,
+) {
+    for (session, direct, framed, report) in chunk {
+        let n = direct.send(framed, report);
+        if n > 0 {
+            written.push((session, n));
+        }
+    }
+}
+
+/// The hub's writer of direct frames where there is no io_uring: one `send(2)` per frame.
+#[cfg(not(all(feature = "tokio", target_os = "linux")))]
+#[derive(Default)]
+pub(crate) struct Writer;
+
+#[cfg(not(all(feature = "tokio", target_os = "linux")))]
+impl Writer {
+    /// Writes `chunk`'s frames; see [`send_each`].
+    pub(crate) fn write(
+        &mut self,
+        chunk: Vec<(SessionId, &dyn DirectOutlet, Bytes, usize)>,
+        written: &mut Vec<(SessionId, usize)>,
+    ) {
+        send_each(chunk, written);
+    }
 }
 
 /// One queued write.
@@ -330,6 +469,37 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
             self.task.wake();
         }
         done
+    }
+
+    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    fn claim(&self, framed: Bytes, report: usize) -> Claim<'_> {
+        use std::sync::TryLockError;
+        let Some(fd) = self.socket.raw_fd() else {
+            return Claim::Alone(framed);
+        };
+        let mut out = match self.out.try_lock() {
+            Ok(out) => out,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return Claim::Alone(framed),
+        };
+        if out.failed.is_some() {
+            return Claim::Settled;
+        }
+        if !out.queue.is_empty() {
+            out.queue.push_back(Entry {
+                bytes: framed,
+                report,
+                own: false,
+            });
+            return Claim::Settled;
+        }
+        Claim::Held(Held {
+            out,
+            task: &self.task,
+            framed,
+            report,
+            fd,
+        })
     }
 }
 

@@ -42,7 +42,9 @@ mod client;
 mod clock;
 #[cfg(feature = "adapters")]
 mod common;
+// Only tokio's sockets are written directly (smol's go through the tasks' queues).
 #[cfg(feature = "adapters")]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 mod direct;
 #[cfg(feature = "adapters")]
 pub mod metrics;
@@ -60,6 +62,10 @@ pub mod smol;
 pub mod sqlite;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+// The one module with `unsafe`: io_uring's submission queue takes raw buffers.
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+#[allow(unsafe_code)]
+mod uring;
 
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
 pub mod wasm;

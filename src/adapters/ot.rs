@@ -452,6 +452,7 @@ impl OtServerHandle {
         self.with_server(f);
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
     /// [`input`](Self::input), leaving the direct sockets' frames queued for a later
     /// [`flush`](Self::flush).
     fn input_deferred(&self, f: impl FnOnce(&mut OtServer, Instant)) {
@@ -461,6 +462,7 @@ impl OtServerHandle {
         hub.hand_out();
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
     /// Writes every direct socket with frames queued.
     fn flush(&self) {
         self.lock().flush();
@@ -477,6 +479,7 @@ impl OtServerHandle {
     }
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
 /// Where a direct connection's task stands with the frames its reads produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flush {
@@ -593,6 +596,7 @@ impl AcceptedOtSession {
         false
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
     /// Runs the connection with the hub writing its frames straight to `direct`, the socket
     /// `ws` reads from (see [`direct`](super::direct)): the task reads, and writes only what
     /// the socket could not take at once. The frames an op read here produces (its ack, its

@@ -30,7 +30,7 @@ use tungstenite::Message;
 use super::backend::{Backend, Link, Spawn};
 use super::clock::Clock;
 use super::common;
-use super::direct::{self, Direct, DirectOutlet, Framer, RawSocket};
+use super::direct::{self, Direct, DirectOutlet, Framer, RawSocket, Writer};
 use super::metrics;
 use crate::driver::Driver;
 use crate::payload::Cursor;
@@ -211,6 +211,7 @@ impl Outlets {
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
     fn get_mut(&mut self, session: &SessionId) -> Option<&mut Outlet> {
         match self.slots.get_mut(session.index as usize)? {
             Some((id, outlet)) if id == session => Some(outlet),
@@ -260,6 +261,8 @@ pub(crate) struct Shared {
     /// An async backend answering the store-facing events (`None`: the driver's store
     /// answers them inline).
     backend: Option<Link>,
+    /// Writes the drain's chunks of direct frames (one io_uring submission each on Linux).
+    writer: Writer,
 }
 
 impl Shared {
@@ -300,13 +303,15 @@ impl Shared {
             driver,
             outlets,
             clock,
+            writer,
             ..
         } = self;
         // Frames for direct sockets go out in chunks, in three passes: take the chunk's
         // frames from the state machine, write them, report what left. A write's syscall
         // evicts the session's state from the cache, so interleaving the three per frame
         // (as before) paid a cache miss per frame in each pass; in tight loops the misses
-        // overlap.
+        // overlap. The chunk's writes are one io_uring submission where there is one
+        // (`adapters::uring`), one `send(2)` per frame otherwise.
         let mut written: Vec<(SessionId, usize)> = Vec::new();
         loop {
             let mut chunk: Vec<(SessionId, &dyn DirectOutlet, Bytes, usize)> = Vec::new();
@@ -338,12 +343,7 @@ impl Shared {
                 }
             };
             let full = chunk.len() == DIRECT_CHUNK;
-            for (session, direct, framed, len) in chunk {
-                let n = direct.send(framed, len);
-                if n > 0 {
-                    written.push((session, n));
-                }
-            }
+            writer.write(chunk, &mut written);
             let reported = !written.is_empty();
             if reported {
                 let now = *now.get_or_insert_with(|| clock.now());
@@ -463,6 +463,7 @@ impl SyncServer {
             wake: wake_tx,
             stop: Some(stop_tx),
             backend: None,
+            writer: Writer::default(),
         };
         let running = Running::new();
         let server = SyncServer {
@@ -811,6 +812,7 @@ impl AcceptedSession {
     }
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
 impl AcceptedSession {
     /// Runs the session with the hub writing its frames straight to `direct`, the socket
     /// `ws` reads from (see [`direct`](super::direct)): its task only reads, and writes what
@@ -1099,6 +1101,49 @@ mod tests {
             frames.iter().all(|&p| p == frames[0]),
             "one buffer for all: {frames:?}"
         );
+    }
+
+    /// On Linux the drain's chunks of direct frames leave as io_uring submissions, one per
+    /// chunk: a push to more subscribers than a chunk holds is two submissions, and every
+    /// subscriber's socket gets the change (skipped where this kernel has no io_uring).
+    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    #[test]
+    fn a_drain_sends_one_submission_per_chunk() {
+        use super::super::uring::testing::{pair, read_all};
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
+        let mut subscribers = Vec::new();
+        for i in 0..DIRECT_CHUNK + 5 {
+            let accepted = server
+                .handshake(&Handshake::new("/", format!("node_id=s{i}")))
+                .expect("accepted");
+            server.message(accepted.session(), Bytes::from_static(subscribe));
+            let (ours, mut peer) = pair();
+            let mut run = Box::pin(accepted.run_direct(Stuck, Arc::new(Direct::new(ours))));
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+            assert!(!read_all(&mut peer).is_empty(), "the ack");
+            subscribers.push((peer, run));
+        }
+        let before = server.lock().writer.submissions();
+        if !server.lock().writer.has_ring() {
+            super::super::uring::testing::skipped();
+            return;
+        }
+        let pusher = server
+            .handshake(&Handshake::new("/", "node_id=p"))
+            .expect("accepted");
+        let push = br#"{"type":"push_request","id":"p","payload":{"node_id":"p","changes":[{"table":"t","pk":"r","field":"f","crdt_type":"lww","hlc":{"ts":1,"c":0,"node":"p"},"node_id":"p","value":1}]}}"#;
+        server.message(pusher.session(), Bytes::from_static(push));
+        assert_eq!(server.lock().writer.submissions() - before, 2, "two chunks");
+        for (peer, _run) in &mut subscribers {
+            let got = read_all(peer);
+            assert!(got.windows(8).any(|w| w == b"\"change\""));
+        }
     }
 
     /// A replay larger than the outbound bound reaches a direct socket whole, and its ack

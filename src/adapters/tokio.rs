@@ -267,6 +267,12 @@ impl RawSocket for tokio::net::TcpStream {
     fn send_now(&self, buf: &[u8]) -> std::io::Result<usize> {
         socket2::SockRef::from(self).send(buf)
     }
+
+    /// The hub's batched sends skip tokio's readiness record for the same reason.
+    #[cfg(target_os = "linux")]
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
 }
 
 /// The byte stream tungstenite reads a direct session from: reads go to the socket, writes
