@@ -583,8 +583,9 @@ async fn metrics_move_with_real_traffic() {
     assert!(moved(r#"syncmux_store_seconds_sum{op="push"}"#) > 0.0);
 }
 
-/// Opens `n` sessions, sends `signal`, and checks each gets a 1001 close and the process
-/// exits 0.
+/// Opens three sync sessions and an `/ot` one (on plain TCP it runs on the OT endpoint's own
+/// thread; with static files on the workers), sends `signal`, and checks each gets a 1001
+/// close and the process exits 0.
 async fn closes_every_session_on(signal: &str, extra: &[&str]) -> String {
     let mut args = vec!["--listen", "127.0.0.1:0", "--log-format", "json"];
     args.extend_from_slice(extra);
@@ -595,6 +596,15 @@ async fn closes_every_session_on(signal: &str, extra: &[&str]) -> String {
         ask(&mut ws, r#"{"type":"ping","id":"1"}"#, "pong").await;
         sessions.push(ws);
     }
+    let ot_url = format!("ws://{}/ot", server.addr());
+    let (mut ot, _) = tokio_tungstenite::connect_async(ot_url).await.unwrap();
+    let op = r#"{"type":"op","op":[{"i":"x"}],"revision":0}"#;
+    ot.send(Message::text(op)).await.unwrap();
+    assert_eq!(
+        next(&mut ot).await,
+        Ok(serde_json::json!({"type": "ack", "revision": 1}))
+    );
+    sessions.push(ot);
     let (status, stderr) = signal_and_wait(server, signal).await;
     for mut ws in sessions {
         loop {
