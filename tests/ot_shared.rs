@@ -125,3 +125,30 @@ fn a_refused_commit_is_an_error_frame() {
     );
     assert_eq!(server.document("doc-1").unwrap().revision(), 0);
 }
+
+/// Without a shared history the server's own history is the truth: another server's op, a
+/// head and a snapshot handed to it change nothing and send nothing (found by the fuzz
+/// target: a remote op was applied, and the next local op's revision skipped one).
+#[test]
+fn without_a_shared_history_remote_inputs_are_ignored() {
+    let now = Instant::ZERO;
+    let mut server = OtServer::new(OtServerConfig::default()).unwrap();
+    let (alice, _bob) = (open(&mut server), open(&mut server));
+    server.handle_remote_op(now, "doc-1", 1, TextOp::new().insert("remote"));
+    server.handle_remote_head(now, "doc-1", 5);
+    server.handle_remote_snapshot(now, "doc-1", 7, "snapshot".to_owned());
+    assert!(frames(&mut server).is_empty());
+    assert!(events(&mut server).is_empty());
+    let doc = server.document("doc-1").unwrap();
+    assert_eq!((doc.revision(), doc.text()), (0, ""));
+    server.handle_message(
+        now,
+        alice,
+        Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
+    );
+    let sent = frames(&mut server);
+    assert!(
+        sent.contains(&(alice, r#"{"type":"ack","revision":1}"#.to_owned())),
+        "{sent:?}"
+    );
+}

@@ -9,6 +9,15 @@
 //! each connection receives a document's revisions in order; every applied op, replayed on
 //! a shadow copy, applies to the text before it (nothing invalid is logged) and the shadow
 //! equals the server's text; the next timer is after `now` once `handle_timeout(now)` ran.
+//!
+//! With `shared` the server runs in shared-history mode against a model of the shared store
+//! (what Redis holds for the example server): its commits are answered late, out of order,
+//! refused or appended after other servers' ops (transformed against them); other servers'
+//! ops reach it late, twice, or never (found again by a head poll and a fetch); loads are
+//! answered with the store's snapshot. Invariants there: every commit's op applies to the
+//! store's text at its base and makes the text it names; the server's copy of a document is
+//! always the store's text at the copy's revision; a connection's revisions of a document
+//! only grow.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,8 +28,8 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use syncmux::ot::{
-    utf16_len, OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent, OtSessionId,
-    OtTransmit, ServerMessage,
+    utf16_len, OtCommitId, OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent,
+    OtSessionId, OtTransmit, ServerMessage, Side, TextOp,
 };
 use syncmux::{AuthDecision, Handshake};
 use syncmux::wire::CloseCode;
@@ -65,12 +74,66 @@ enum Action {
     Shutdown,
     Advance { ms: u16, scale: u8 },
     Backwards { ms: u16 },
+    /// Shared history: answer a pending commit (appended, or refused).
+    Commit { k: u8, ok: bool },
+    /// Shared history: another server appends an op to a document; delivered or lost.
+    Remote { doc: u8, edit: Edit, deliver: bool },
+    /// Shared history: an op of the store delivered (again, or late).
+    Redeliver { doc: u8, back: u8 },
+    /// Shared history: the head poll.
+    Head { doc: u8 },
+    /// Shared history: answer a pending fetch or load.
+    Answer { k: u8 },
+}
+
+/// An edit another server makes (always one that fits the text).
+#[derive(Arbitrary, Debug)]
+enum Edit {
+    Prepend(u8),
+    Append(u8),
+    Clear,
 }
 
 #[derive(Arbitrary, Debug)]
 struct Input {
     rate_limit: u8,
+    shared: bool,
     actions: Vec<Action>,
+}
+
+/// One document of the shared store: its text at every revision, and the op that made each.
+#[derive(Default)]
+struct Stored {
+    texts: Vec<String>,
+    ops: Vec<TextOp>,
+}
+
+impl Stored {
+    fn head(&self) -> u64 {
+        self.ops.len() as u64
+    }
+
+    fn text(&self, revision: u64) -> &str {
+        match revision {
+            0 => "",
+            r => &self.texts[r as usize - 1],
+        }
+    }
+
+    fn append(&mut self, op: TextOp) -> u64 {
+        let text = op
+            .apply(self.text(self.head()))
+            .expect("an op appended fits the store's text");
+        self.texts.push(text);
+        self.ops.push(op);
+        self.head()
+    }
+}
+
+/// What the shared store was asked and has not answered yet.
+enum Ask {
+    Fetch { doc: String, from: u64, to: u64 },
+    Load { doc: String },
 }
 
 #[derive(Default)]
@@ -86,8 +149,13 @@ struct Run {
     now: Instant,
     sessions: BTreeMap<OtSessionId, Session>,
     order: Vec<OtSessionId>,
-    /// Every document's text and revision, rebuilt from the `Applied` events alone.
+    /// Every document's text and revision, rebuilt from the `Applied` events alone (without
+    /// a shared history).
     shadow: HashMap<String, (String, u64)>,
+    /// The shared store, with `shared`.
+    store: HashMap<String, Stored>,
+    commits: Vec<(OtCommitId, String, u64, TextOp)>,
+    asks: Vec<Ask>,
 }
 
 fn config(input: &Input) -> OtServerConfig {
@@ -109,6 +177,7 @@ fn config(input: &Input) -> OtServerConfig {
     c.rate_limit_messages = u32::from(input.rate_limit % 30);
     c.rate_limit_window = Duration::from_secs(10);
     c.ping_interval = Duration::from_secs(15);
+    c.shared_history = input.shared;
     c
 }
 
@@ -237,10 +306,98 @@ impl Run {
                 self.server
                     .handle_timeout(now - Duration::from_millis(u64::from(ms)));
             }
+            Action::Commit { k, ok } => {
+                if self.commits.is_empty() {
+                    return;
+                }
+                let (commit, doc, base, op) =
+                    self.commits.remove(usize::from(k) % self.commits.len());
+                if !ok {
+                    self.server
+                        .handle_committed(now, commit, Err("refused".to_owned()));
+                    return;
+                }
+                // Appended at the head: transformed against what others appended since
+                // its base (it on the right).
+                let stored = self.store.entry(doc).or_default();
+                let mut op = op;
+                for theirs in &stored.ops[base as usize..] {
+                    op = op.transform(theirs, Side::Right);
+                }
+                let revision = stored.append(op.clone());
+                self.server
+                    .handle_committed(now, commit, Ok((revision, op)));
+            }
+            Action::Remote { doc, edit, deliver } => {
+                let Some(name) = DOCS[usize::from(doc) % DOCS.len()] else {
+                    return;
+                };
+                let stored = self.store.entry(name.to_owned()).or_default();
+                let len = utf16_len(stored.text(stored.head()));
+                let op = match edit {
+                    Edit::Prepend(n) => TextOp::new().insert("ab".repeat(usize::from(n % 4) + 1)),
+                    Edit::Append(n) => TextOp::new()
+                        .retain(len)
+                        .insert("xy".repeat(usize::from(n % 4) + 1)),
+                    Edit::Clear => TextOp::new().delete(len),
+                };
+                if len > 120 && !matches!(edit, Edit::Clear) {
+                    return;
+                }
+                let revision = stored.append(op.clone());
+                if deliver {
+                    self.server.handle_remote_op(now, name, revision, op);
+                }
+            }
+            Action::Redeliver { doc, back } => {
+                let Some(name) = DOCS[usize::from(doc) % DOCS.len()] else {
+                    return;
+                };
+                let Some(stored) = self.store.get(name) else {
+                    return;
+                };
+                let head = stored.head();
+                if head == 0 {
+                    return;
+                }
+                let revision = head - u64::from(back) % head;
+                let op = stored.ops[revision as usize - 1].clone();
+                self.server.handle_remote_op(now, name, revision, op);
+            }
+            Action::Head { doc } => {
+                let Some(name) = DOCS[usize::from(doc) % DOCS.len()] else {
+                    return;
+                };
+                let head = self.store.get(name).map_or(0, Stored::head);
+                self.server.handle_remote_head(now, name, head);
+            }
+            Action::Answer { k } => {
+                if self.asks.is_empty() {
+                    return;
+                }
+                match self.asks.remove(usize::from(k) % self.asks.len()) {
+                    Ask::Fetch { doc, from, to } => {
+                        let Some(stored) = self.store.get(&doc) else {
+                            return;
+                        };
+                        for revision in from..=to.min(stored.head()) {
+                            let op = stored.ops[revision as usize - 1].clone();
+                            self.server.handle_remote_op(now, &doc, revision, op);
+                        }
+                    }
+                    Ask::Load { doc } => {
+                        let stored = self.store.entry(doc.clone()).or_default();
+                        let head = stored.head();
+                        let text = stored.text(head).to_owned();
+                        self.server.handle_remote_snapshot(now, &doc, head, text);
+                    }
+                }
+            }
         }
     }
 
     fn drain(&mut self) {
+        let shared = self.server.config().shared_history;
         while let Some(t) = self.server.poll_transmit() {
             let id = match &t {
                 OtTransmit::Frame { session, .. }
@@ -277,8 +434,15 @@ impl Run {
                                 session.seen.insert(doc, revision);
                             }
                             Some(last) => {
+                                // With a shared history a copy that starts again from a
+                                // snapshot tells its members nothing of the ops between.
+                                let next = if shared {
+                                    revision > *last
+                                } else {
+                                    revision == *last + 1
+                                };
                                 assert!(
-                                    revision == *last + 1 || (ack && revision <= *last),
+                                    next || (ack && revision <= *last),
                                     "revision {revision} after {last}"
                                 );
                                 *last = (*last).max(revision);
@@ -296,18 +460,50 @@ impl Run {
             }
         }
         while let Some(event) = self.server.poll_event() {
-            if let OtServerEvent::Applied {
-                doc, revision, op, ..
-            } = event
-            {
-                let (text, rev) = self.shadow.entry(doc.to_string()).or_default();
-                assert_eq!(revision, *rev + 1, "revisions of {doc} skip");
-                *text = op
-                    .apply(text)
-                    .expect("a logged op applies to the text before it");
-                *rev = revision;
+            match event {
+                OtServerEvent::Applied {
+                    doc, revision, op, ..
+                } if !shared => {
+                    let (text, rev) = self.shadow.entry(doc.to_string()).or_default();
+                    assert_eq!(revision, *rev + 1, "revisions of {doc} skip");
+                    *text = op
+                        .apply(text)
+                        .expect("a logged op applies to the text before it");
+                    *rev = revision;
+                }
+                OtServerEvent::Commit {
+                    commit,
+                    doc,
+                    base,
+                    op,
+                    text,
+                } => {
+                    let stored = self.store.entry(doc.to_string()).or_default();
+                    assert!(base <= stored.head(), "a commit on {base}, past the store's head");
+                    let made = op
+                        .apply(stored.text(base))
+                        .expect("a commit's op fits the store's text at its base");
+                    assert_eq!(made, text, "the text a commit names");
+                    self.commits.push((commit, doc.to_string(), base, (*op).clone()));
+                }
+                OtServerEvent::Fetch { doc, from, to } => {
+                    assert!(from <= to, "fetch {from}..={to}");
+                    self.asks.push(Ask::Fetch {
+                        doc: doc.to_string(),
+                        from,
+                        to,
+                    });
+                }
+                OtServerEvent::Load { doc } | OtServerEvent::DocumentCreated { doc } if shared => {
+                    self.asks.push(Ask::Load {
+                        doc: doc.to_string(),
+                    });
+                }
+                _ => {}
             }
         }
+        // Commits and asks of the server's past are bounded by its own bounds; the model's
+        // lists by the run's length.
     }
 
     fn check(&self) {
@@ -322,6 +518,16 @@ impl Run {
                 assert!(bytes <= c.max_outbound_bytes, "{bytes} outbound bytes");
             }
             assert!(self.server.joined(*id).len() <= c.max_documents_per_session);
+        }
+        if c.shared_history {
+            // The copy is the store's text at the copy's revision.
+            for (doc, stored) in &self.store {
+                let Some(d) = self.server.document(doc) else {
+                    continue;
+                };
+                assert!(d.revision() <= stored.head(), "{doc}'s copy is ahead of the store");
+                assert_eq!(d.text(), stored.text(d.revision()), "{doc}'s copy differs");
+            }
         }
         for (doc, (text, revision)) in &self.shadow {
             let d = self
@@ -348,6 +554,9 @@ fuzz_target!(|input: Input| {
         sessions: BTreeMap::new(),
         order: Vec::new(),
         shadow: HashMap::new(),
+        store: HashMap::new(),
+        commits: Vec::new(),
+        asks: Vec::new(),
     };
     for action in input.actions {
         run.apply(action);

@@ -91,9 +91,13 @@ impl OtServer {
     /// Shared history: `op` is the shared history's revision `revision` of `doc` (from
     /// another server, or read back to fill a gap). Applied once this server's copy reaches
     /// it; one ahead of a gap waits, and a [`OtServerEvent::Fetch`] asks for the missing
-    /// ones. Documents without a copy here and revisions already applied are ignored.
+    /// ones. Documents without a copy here and revisions already applied are ignored, and so
+    /// is every call without a shared history (the server's own history is the truth then).
     pub fn handle_remote_op(&mut self, now: Instant, doc: &str, revision: u64, op: TextOp) {
         self.clamp(now);
+        if !self.config.shared_history {
+            return;
+        }
         if let Some((key, _)) = self.docs.get_key_value(doc) {
             let key = key.clone();
             self.advance(&key, revision, Arc::new(op));
@@ -102,9 +106,12 @@ impl OtServer {
 
     /// Shared history: `doc`'s head revision is `revision` (polled, in case the last
     /// message of the channel was lost). A copy behind it gets an
-    /// [`OtServerEvent::Fetch`] for the rest.
+    /// [`OtServerEvent::Fetch`] for the rest. Ignored without a shared history.
     pub fn handle_remote_head(&mut self, now: Instant, doc: &str, revision: u64) {
         self.clamp(now);
+        if !self.config.shared_history {
+            return;
+        }
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
@@ -123,9 +130,12 @@ impl OtServer {
     /// Shared history: `doc`'s text at `revision` (read when the document got its copy
     /// here, see [`OtServerEvent::DocumentCreated`]). Taken if newer than the copy; the
     /// members are then told nothing of the ops in between (none was sent to them), and ops
-    /// waiting for it are applied.
+    /// waiting for it are applied. Ignored without a shared history.
     pub fn handle_remote_snapshot(&mut self, now: Instant, doc: &str, revision: u64, text: String) {
         self.clamp(now);
+        if !self.config.shared_history {
+            return;
+        }
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
