@@ -128,33 +128,18 @@ impl Held<'_> {
         let Held {
             mut out,
             task,
-            mut framed,
+            framed,
             report,
             ..
         } = self;
-        match result {
-            Ok(n) if n == framed.len() => return report,
-            Ok(0) => out.failed = Some("the socket took no bytes".to_owned()),
-            Ok(n) => framed.advance(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => out.failed = Some(e.to_string()),
-        }
-        if out.failed.is_none() {
-            // The rest waits for the task, which writes it once the socket is writable.
-            out.queue.push_back(Entry {
-                bytes: framed,
-                report,
-                own: false,
-            });
-            out.waiting = true;
-        }
-        drop(out);
-        task.wake();
-        0
+        // Interrupted before it sent anything: the frame waits like one the socket refused.
+        let result = match result {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            other => other,
+        };
+        out.settle(task, framed, report, result)
     }
 
     /// The batch's outcome is unknown (its ring failed): the session's socket fails, and the
@@ -227,6 +212,43 @@ struct Out {
     unreported: usize,
     /// The socket failed: nothing more is written, the task ends.
     failed: Option<String>,
+}
+
+impl Out {
+    /// Queues a frame of the hub's behind those waiting.
+    fn push_frame(&mut self, bytes: Bytes, report: usize) {
+        self.queue.push_back(Entry {
+            bytes,
+            report,
+            own: false,
+        });
+    }
+
+    /// Settles a frame that was sent on its own with the send's outcome: gives the payload
+    /// bytes that left (all of it or none); what did not leave waits for the session's task
+    /// (woken), or the socket fails.
+    fn settle(
+        &mut self,
+        task: &AtomicWaker,
+        mut framed: Bytes,
+        report: usize,
+        result: io::Result<usize>,
+    ) -> usize {
+        match result {
+            Ok(n) if n == framed.len() => return report,
+            Ok(0) => self.failed = Some("the socket took no bytes".to_owned()),
+            Ok(n) => framed.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => self.failed = Some(e.to_string()),
+        }
+        if self.failed.is_none() {
+            // The rest waits for the task, which writes it once the socket is writable.
+            self.push_frame(framed, report);
+            self.waiting = true;
+        }
+        task.wake();
+        0
+    }
 }
 
 /// A session's socket shared by the hub (which writes frames) and the session's task (which
@@ -403,7 +425,7 @@ impl<S: RawSocket> Direct<S> {
 }
 
 impl<S: RawSocket> DirectOutlet for Direct<S> {
-    fn send(&self, mut framed: Bytes, report: usize) -> usize {
+    fn send(&self, framed: Bytes, report: usize) -> usize {
         let mut out = self.lock();
         if out.failed.is_some() {
             // The task saw (or will see) the failure and ends the session.
@@ -411,48 +433,24 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
         }
         if !out.queue.is_empty() {
             // The task writes it with the others once the socket is writable.
-            out.queue.push_back(Entry {
-                bytes: framed,
-                report,
-                own: false,
-            });
+            out.push_frame(framed, report);
             return 0;
         }
         // The common case, nothing waits: the frame goes straight out, without a queue
         // entry (whose buffer an idle session would allocate and free per frame).
-        loop {
+        let result = loop {
             match self.socket.send_now(&framed) {
-                Ok(n) if n == framed.len() => return report,
-                Ok(0) => out.failed = Some("the socket took no bytes".to_owned()),
-                Ok(n) => framed.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => out.failed = Some(e.to_string()),
+                result => break result,
             }
-            break;
-        }
-        if out.failed.is_none() {
-            // The rest waits for the task, which writes it once the socket is writable.
-            out.queue.push_back(Entry {
-                bytes: framed,
-                report,
-                own: false,
-            });
-            out.waiting = true;
-        }
-        drop(out);
-        self.task.wake();
-        0
+        };
+        out.settle(&self.task, framed, report, result)
     }
 
     fn queue(&self, framed: Bytes, report: usize) {
         let mut out = self.lock();
         if out.failed.is_none() {
-            out.queue.push_back(Entry {
-                bytes: framed,
-                report,
-                own: false,
-            });
+            out.push_frame(framed, report);
         }
     }
 
@@ -486,11 +484,7 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
             return Claim::Settled;
         }
         if !out.queue.is_empty() {
-            out.queue.push_back(Entry {
-                bytes: framed,
-                report,
-                own: false,
-            });
+            out.push_frame(framed, report);
             return Claim::Settled;
         }
         Claim::Held(Held {
