@@ -914,6 +914,13 @@ mod tests {
         }
     }
 
+    /// An op inserting `text` at revision 0 of `doc-1`.
+    fn op(text: &str) -> Message {
+        Message::text(format!(
+            r#"{{"type":"op","op":[{{"i":"{text}"}}],"revision":0}}"#
+        ))
+    }
+
     /// Two connections whose ops are read in the same round of the runtime: each gets its
     /// ack and the other's op in one write (the task yields once before writing, so the
     /// other connection's op is in by then), not one write each.
@@ -921,11 +928,6 @@ mod tests {
     fn frames_of_ops_read_together_leave_in_one_write() {
         let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
         let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
-        let op = |text: &str| {
-            Message::text(format!(
-                r#"{{"type":"op","op":[{{"i":"{text}"}}],"revision":0}}"#
-            ))
-        };
         let mut tasks = Vec::new();
         let mut flushes = Vec::new();
         for text in ["a", "b"] {
@@ -990,11 +992,6 @@ mod tests {
     fn on_direct_sockets_the_frames_of_ops_read_together_leave_in_one_write() {
         let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
         let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
-        let op = |text: &str| {
-            Message::text(format!(
-                r#"{{"type":"op","op":[{{"i":"{text}"}}],"revision":0}}"#
-            ))
-        };
         let mut tasks = Vec::new();
         let mut writes = Vec::new();
         let mut sessions = Vec::new();
