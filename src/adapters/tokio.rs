@@ -307,13 +307,31 @@ impl AsyncRead for DirectIo {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
-            match socket.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            // A read that did not fill the buffer emptied the socket: its readiness is
+            // cleared at once (by answering `WouldBlock` to `try_io`), as tokio's own
+            // `TcpStream::poll_read` does, so the next read waits for the reactor instead of
+            // costing a `recv(2)` that finds nothing. Edge-triggered readiness makes this
+            // safe: bytes that arrive after the read are a new event.
+            let unfilled = buf.initialize_unfilled();
+            let want = unfilled.len();
+            let mut got = None;
+            let read = socket.try_io(tokio::io::Interest::READABLE, || {
+                let n = socket.try_read(unfilled)?;
+                got = Some(n);
+                if 0 < n && n < want {
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+            });
+            if let Some(n) = got {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match read {
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return Poll::Ready(Err(e)),
+                // Not ready after all: wait for the reactor.
+                _ => {}
             }
         }
     }
@@ -458,5 +476,50 @@ async fn upgrade<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
             tracing::debug!(error = %e, "handshake ended");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A read that empties the socket clears its read readiness, as tokio's own
+    /// `TcpStream` does: the next read waits for the reactor instead of paying for a
+    /// `recv(2)` that finds nothing. A read that fills the buffer leaves it set.
+    #[tokio::test]
+    async fn a_read_that_empties_the_socket_clears_its_readiness() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        let direct = Arc::new(Direct::new(ours));
+        let mut io = DirectIo {
+            socket: direct.clone(),
+            read: bytes::Bytes::new(),
+        };
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut buf = [0u8; 16];
+
+        peer.write_all(b"0123456789abcdefXYZ").await.unwrap();
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"0123456789abcdef");
+        assert!(
+            direct.socket.poll_read_ready(&mut cx).is_ready(),
+            "a full read"
+        );
+
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"XYZ");
+        assert!(
+            direct.socket.poll_read_ready(&mut cx).is_pending(),
+            "a short read"
+        );
+
+        // Bytes that come later are a new event.
+        peer.write_all(b"more").await.unwrap();
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"more");
     }
 }
