@@ -272,6 +272,14 @@ impl ServerMessage {
 /// Reads a client's frame; on failure, with the `docId` it named when that could be read,
 /// for the error frame to echo.
 pub(crate) fn decode_client(bytes: &[u8]) -> Result<ClientMessage, (WireError, Option<String>)> {
+    match fast::decode_op(bytes) {
+        Some(message) => Ok(message),
+        None => decode_any_client(bytes),
+    }
+}
+
+/// [`decode_client`] for any frame, through a `Value` tree.
+fn decode_any_client(bytes: &[u8]) -> Result<ClientMessage, (WireError, Option<String>)> {
     let (kind, mut map) = object(bytes).map_err(|e| (e, None))?;
     let doc_id = doc_id(&map).map_err(|e| (e, None))?;
     let read = |map: &mut Map<String, Value>| match kind.as_str() {
@@ -471,6 +479,149 @@ struct SnapshotOut<'a> {
     op_revision: Option<u64>,
 }
 
+/// The frame nearly every client sends, a well-formed `op`, read straight into its fields:
+/// no `Value` tree, no map of owned keys, strings borrowed from the frame. Anything this
+/// reader does not accept — another type, a field of the wrong type or out of range, a
+/// repeated key, a component that is not exactly one of `i`, `r`, `d` — makes it answer
+/// `None`, and the frame is read again by [`decode_any_client`], which finds the
+/// error and words it. So it only ever accepts what the general reader would accept, and
+/// reads it the same way (`ot::wire::tests::the_fast_reader_agrees_with_the_general_one`).
+mod fast {
+    use std::borrow::Cow;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
+
+    use super::{ClientMessage, MAX_OP_ID_LEN};
+    use crate::ot::text::{Component, TextOp};
+
+    pub(super) fn decode_op(bytes: &[u8]) -> Option<ClientMessage> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let message = de.deserialize_map(OpFrame).ok()?;
+        de.end().ok()?;
+        Some(message)
+    }
+
+    /// A string of the frame: borrowed unless it holds an escape. (`Cow`'s own
+    /// `Deserialize` always copies; the derive's `borrow` does not.)
+    #[derive(serde::Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+    struct OpFrame;
+
+    impl<'de> de::Visitor<'de> for OpFrame {
+        type Value = ClientMessage;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("an op frame")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ClientMessage, A::Error> {
+            fn once<T, E: de::Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+                match slot.replace(value) {
+                    None => Ok(()),
+                    Some(_) => Err(E::custom("repeated key")),
+                }
+            }
+            let (mut kind, mut op, mut revision) = (None, None, None);
+            let (mut doc_id, mut op_id) = (None::<Option<Text<'de>>>, None::<Option<Text<'de>>>);
+            while let Some(Text(key)) = map.next_key()? {
+                match key.as_ref() {
+                    "type" => once(&mut kind, map.next_value::<Text<'de>>()?.0)?,
+                    "op" => once(&mut op, map.next_value_seed(Op)?)?,
+                    "revision" => once(&mut revision, map.next_value::<u64>()?)?,
+                    "docId" => once(&mut doc_id, map.next_value()?)?,
+                    "opId" => once(&mut op_id, map.next_value()?)?,
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            let (Some(kind), Some(op), Some(revision)) = (kind, op, revision) else {
+                return Err(de::Error::custom("not a whole op frame"));
+            };
+            if kind != "op" {
+                return Err(de::Error::custom("not an op frame"));
+            }
+            // `docId`: null and "" mean `doc-1`; `opId`: null, or 1..=64 bytes.
+            let doc_id = doc_id.flatten().map(|d| d.0).filter(|d| !d.is_empty());
+            let op_id = match op_id.flatten().map(|id| id.0) {
+                Some(id) if id.is_empty() || id.len() > MAX_OP_ID_LEN => {
+                    return Err(de::Error::custom("opId out of range"))
+                }
+                id => id,
+            };
+            Ok(ClientMessage::Op {
+                doc_id: doc_id.map(Cow::into_owned),
+                op,
+                revision,
+                op_id: op_id.map(Cow::into_owned),
+            })
+        }
+    }
+
+    /// The op: an array of components.
+    struct Op;
+
+    impl<'de> DeserializeSeed<'de> for Op {
+        type Value = TextOp;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<TextOp, D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> de::Visitor<'de> for Op {
+        type Value = TextOp;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("an array of components")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TextOp, A::Error> {
+            let mut op = TextOp::new();
+            while let Some(component) = seq.next_element_seed(OneComponent)? {
+                op.push(component);
+            }
+            Ok(op)
+        }
+    }
+
+    /// `{"i": string}`, `{"r": n}` or `{"d": n}`, and no other key.
+    struct OneComponent;
+
+    impl<'de> DeserializeSeed<'de> for OneComponent {
+        type Value = Component;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Component, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+
+    impl<'de> de::Visitor<'de> for OneComponent {
+        type Value = Component;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("a component")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Component, A::Error> {
+            let component = match map.next_key::<Text<'de>>()? {
+                Some(Text(key)) => match key.as_ref() {
+                    "i" => Component::Insert(map.next_value()?),
+                    "r" => Component::Retain(map.next_value()?),
+                    "d" => Component::Delete(map.next_value()?),
+                    _ => return Err(de::Error::custom("not a component")),
+                },
+                None => return Err(de::Error::custom("not a component")),
+            };
+            match map.next_key::<IgnoredAny>()? {
+                None => Ok(component),
+                Some(_) => Err(de::Error::custom("not a component")),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,5 +687,102 @@ mod tests {
             revision: Some(7),
         };
         assert_eq!(ClientMessage::decode(&request.encode()), Ok(request));
+    }
+
+    /// What the fast reader reads is what the general one reads; what it does not accept,
+    /// the general one reads (and words its error).
+    fn agrees(frame: &str) -> bool {
+        let fast = fast::decode_op(frame.as_bytes());
+        if let Some(message) = &fast {
+            assert_eq!(
+                decode_any_client(frame.as_bytes()).as_ref(),
+                Ok(message),
+                "{frame}"
+            );
+        }
+        assert_eq!(
+            decode_client(frame.as_bytes()),
+            decode_any_client(frame.as_bytes()),
+            "{frame}"
+        );
+        fast.is_some()
+    }
+
+    #[test]
+    fn the_fast_reader_agrees_with_the_general_one() {
+        // The frames clients send: read without the general reader.
+        for frame in [
+            r#"{"type":"op","op":[{"i":"Hello"}],"revision":5}"#,
+            r#"{"type":"op","op":[{"r":3},{"d":2},{"i":"x"}],"revision":0,"docId":"d"}"#,
+            r#" { "revision" : 7 , "op" : [ ] , "type" : "op" , "opId" : "c-1" } "#,
+            r#"{"type":"op","op":[{"r":1},{"r":2},{"i":""},{"d":0}],"revision":1}"#,
+            r#"{"type":"op","op":[{"i":"\u00e9\ud83d\ude00\n"}],"revision":1,"docId":"\u0064"}"#,
+            r#"{"type":"op","op":[],"revision":1,"docId":null,"opId":null,"extra":{"a":[1]}}"#,
+            r#"{"type":"op","op":[],"revision":1,"docId":""}"#,
+            r#"{"type":"o\u0070","op":[{"d":1}],"revision":2}"#,
+        ] {
+            assert!(agrees(frame), "the fast reader refused {frame}");
+        }
+        // Everything else goes to the general reader, which accepts some of it.
+        for frame in [
+            r#"{"type":"snapshot"}"#,
+            r#"{"type":"op","op":[{"i":"a"}],"revision":1,"revision":2}"#,
+            r#"{"type":"op","op":[{"i":"a","r":1}],"revision":1}"#,
+            r#"{"type":"op","op":[{"i":"a","x":1}],"revision":1}"#,
+            r#"{"type":"op","op":[{"i":"a","i":"b"}],"revision":1}"#,
+            r#"{"type":"op","op":[{}],"revision":1}"#,
+            r#"{"type":"op","op":[{"r":1.0}],"revision":1}"#,
+            r#"{"type":"op","op":[{"r":-1}],"revision":1}"#,
+            r#"{"type":"op","op":[null],"revision":1}"#,
+            r#"{"type":"op","op":[[]],"revision":1}"#,
+            r#"{"type":"op","op":[5],"revision":1}"#,
+            r#"{"type":"op","op":{},"revision":1}"#,
+            r#"{"type":"op","revision":1}"#,
+            r#"{"type":"op","op":[],"revision":1.0}"#,
+            r#"{"type":"op","op":[],"revision":18446744073709551616}"#,
+            r#"{"type":"op","op":[],"revision":"1"}"#,
+            r#"{"type":"op","op":[],"revision":1,"docId":5}"#,
+            r#"{"type":"op","op":[],"revision":1,"opId":""}"#,
+            r#"{"type":"op","op":[],"revision":1,"opId":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            r#"{"type":5,"op":[],"revision":1}"#,
+            r#"["op",[],1]"#,
+            r#"{"type":"op","op":[],"revision":1} x"#,
+            r#"{"type":"op","op":[],"revision":1"#,
+            "not json",
+        ] {
+            assert!(!agrees(frame), "the fast reader took {frame}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Frames put together from the pieces that matter, valid or not, in any order and
+        /// with repeats.
+        #[test]
+        fn the_fast_reader_never_reads_a_frame_otherwise(
+            fields in proptest::collection::vec((0..6usize, 0..9usize), 0..6),
+            components in proptest::collection::vec(
+                proptest::collection::vec((0..4usize, 0..9usize), 0..3), 0..4),
+        ) {
+            const KEYS: [&str; 6] = ["type", "op", "revision", "docId", "opId", "x"];
+            const VALUES: [&str; 9] = [r#""op""#, "1", "-1", "-0", "1.5", "null", r#""""#, r#""a\"b""#, "[]"];
+            const PARTS: [&str; 4] = ["i", "r", "d", "x"];
+            let op = components
+                .iter()
+                .map(|c| {
+                    let entries: Vec<String> =
+                        c.iter().map(|&(k, v)| format!(r#""{}":{}"#, PARTS[k], VALUES[v])).collect();
+                    format!("{{{}}}", entries.join(","))
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let entries: Vec<String> = fields
+                .iter()
+                .map(|&(k, v)| match KEYS[k] {
+                    "op" if v % 2 == 0 => format!(r#""op":[{op}]"#),
+                    key => format!(r#""{key}":{}"#, VALUES[v]),
+                })
+                .collect();
+            agrees(&format!("{{{}}}", entries.join(",")));
+        }
     }
 }
