@@ -152,3 +152,48 @@ fn without_a_shared_history_remote_inputs_are_ignored() {
         "{sent:?}"
     );
 }
+
+/// A snapshot asked for while the document's copy waits for its first snapshot is not
+/// answered with the empty copy: it waits, and is answered with the shared text — before
+/// the ops that came after that snapshot, so the requester gets the text, then every op
+/// after it, in order. Answered at once (with the empty copy) it would tell the client
+/// revision 0 of a document Redis holds at 2.
+#[test]
+fn a_snapshot_asked_for_while_loading_is_answered_with_the_shared_text() {
+    let now = Instant::ZERO;
+    let mut server = shared();
+    let (alice, bob) = (open(&mut server), open(&mut server));
+    server.handle_message(now, alice, Bytes::from(r#"{"type":"snapshot"}"#));
+    server.handle_message(
+        now,
+        bob,
+        Bytes::from(r#"{"type":"snapshot","docId":"doc-1","opId":"x","revision":1}"#),
+    );
+    assert!(frames(&mut server).is_empty(), "nothing while loading");
+    // Revision 3 comes on the channel before the snapshot (at 2) is read.
+    server.handle_remote_op(now, "doc-1", 3, TextOp::new().retain(2).insert("!"));
+    assert!(frames(&mut server).is_empty(), "nothing while loading");
+    server.handle_remote_snapshot(now, "doc-1", 2, "hi".to_owned());
+    assert_eq!(
+        frames(&mut server),
+        [
+            (alice, r#"{"type":"snapshot","revision":2,"text":"hi"}"#.to_owned()),
+            (
+                bob,
+                r#"{"type":"snapshot","revision":2,"text":"hi","docId":"doc-1","opStatus":"unknown"}"#
+                    .to_owned()
+            ),
+            (alice, r#"{"type":"op","op":[{"r":2},{"i":"!"}],"revision":3}"#.to_owned()),
+            (bob, r#"{"type":"op","op":[{"r":2},{"i":"!"}],"revision":3}"#.to_owned()),
+        ]
+    );
+    // Loaded: answered at once.
+    server.handle_message(now, alice, Bytes::from(r#"{"type":"snapshot"}"#));
+    assert_eq!(
+        frames(&mut server),
+        [(
+            alice,
+            r#"{"type":"snapshot","revision":3,"text":"hi!"}"#.to_owned()
+        )]
+    );
+}

@@ -86,6 +86,21 @@ pub(crate) struct Document {
     /// Shared history: waiting for its first snapshot (gaps are not fetched meanwhile: the
     /// snapshot fills them).
     pub(crate) loading: bool,
+    /// Shared history: snapshot requests that came while `loading`, answered with the
+    /// first snapshot (at most [`MAX_SNAPSHOTS_WAITING`]).
+    pub(crate) snapshots: Vec<SnapshotWait>,
+}
+
+/// Snapshot requests a loading document keeps; past them a request gets an error frame.
+pub(crate) const MAX_SNAPSHOTS_WAITING: usize = 1024;
+
+/// A snapshot request waiting for a document's first snapshot.
+#[derive(Debug)]
+pub(crate) struct SnapshotWait {
+    pub(crate) session: OtSessionId,
+    pub(crate) echo: bool,
+    pub(crate) op_id: Option<String>,
+    pub(crate) revision: Option<u64>,
 }
 
 /// A local op committed to the shared history, waiting for this copy to reach it.
@@ -109,6 +124,7 @@ impl Document {
             early: BTreeMap::new(),
             fetched: 0,
             loading: false,
+            snapshots: Vec::new(),
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::config::{OtConfigError, OtServerConfig};
-use super::document::{Document, Limits, Submitted};
+use super::document::{Document, Limits, SnapshotWait, Submitted, MAX_SNAPSHOTS_WAITING};
 use super::session::{OtSessionId, Session, Slab, State};
 use super::text::TextOp;
 use super::wire::{
@@ -685,9 +685,24 @@ impl OtServer {
                 return;
             }
         };
-        let Some(doc) = self.docs.get(&key) else {
+        let Some(doc) = self.docs.get_mut(&key) else {
             return;
         };
+        if doc.loading {
+            // Shared history: the copy is not the document yet; answered with its first
+            // snapshot (`handle_remote_snapshot`), before any op after it.
+            if doc.snapshots.len() >= MAX_SNAPSHOTS_WAITING {
+                self.send(session, encode_error("Document is loading: retry", echo));
+            } else {
+                doc.snapshots.push(SnapshotWait {
+                    session,
+                    echo: echo.is_some(),
+                    op_id,
+                    revision,
+                });
+            }
+            return;
+        }
         let status = op_id.map(|id| doc.op_status(&id, revision));
         let frame = encode_snapshot(doc.revision(), doc.text(), echo, status);
         self.send(session, frame);

@@ -18,7 +18,7 @@ use super::{OtServer, OtServerEvent};
 use crate::ot::document::{Awaiting, Rebased, Refused};
 use crate::ot::session::OtSessionId;
 use crate::ot::text::TextOp;
-use crate::ot::wire::{encode_ack, encode_error, encode_op, DEFAULT_DOC_ID};
+use crate::ot::wire::{encode_ack, encode_error, encode_op, encode_snapshot, DEFAULT_DOC_ID};
 use crate::time::Instant;
 
 /// A commit the server asked for ([`OtServerEvent::Commit`]), to answer with
@@ -143,6 +143,7 @@ impl OtServer {
         if !d.reset(revision, text) {
             if was_loading {
                 let key = self.doc_key(doc);
+                self.answer_snapshots(&key);
                 self.drain_early(&key);
                 self.fetch_gap(&key);
             }
@@ -163,8 +164,30 @@ impl OtServer {
             let echo = a.echo.then_some(&*key);
             self.send(a.session, encode_ack(r, echo));
         }
+        self.answer_snapshots(&key);
         self.drain_early(&key);
         self.fetch_gap(&key);
+    }
+
+    /// Answers the snapshot requests that waited for the document's first snapshot, before
+    /// the ops waiting behind it go out: each requester gets the text, then every op after it.
+    fn answer_snapshots(&mut self, key: &Arc<str>) {
+        let Some(doc) = self.docs.get_mut(key) else {
+            return;
+        };
+        let waiting = core::mem::take(&mut doc.snapshots);
+        let mut frames = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            let status = w.op_id.map(|id| doc.op_status(&id, w.revision));
+            let echo = w.echo.then_some(&**key);
+            frames.push((
+                w.session,
+                encode_snapshot(doc.revision(), doc.text(), echo, status),
+            ));
+        }
+        for (session, frame) in frames {
+            self.send(session, frame);
+        }
     }
 
     /// Asks for the ops between the copy's head and the first op waiting, if any wait.
