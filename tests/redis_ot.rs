@@ -409,3 +409,169 @@ async fn a_killed_server_loses_nothing_it_acked() {
         );
     }
 }
+
+/// How many subscribers `channel` has, and how many pattern subscriptions there are.
+async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> (u64, u64) {
+    let (_, count): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let patterns: u64 = redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+    (count, patterns)
+}
+
+/// Waits until `channel` has `count` subscribers.
+async fn until_subscribers(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    count: u64,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while subscribers(conn, channel).await.0 != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel}: never {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A raw connection to `/ot` that asks for a document's snapshot (which joins it) and
+/// reads the answer.
+async fn join(
+    url: &str,
+    doc: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let ask = format!(r#"{{"type":"snapshot","docId":"{doc}"}}"#);
+    ws.send(Message::text(ask)).await.unwrap();
+    let answer = next_frame(&mut ws).await;
+    assert_eq!(answer["type"], "snapshot", "{answer}");
+    ws
+}
+
+async fn next_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> serde_json::Value {
+    loop {
+        let message = tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("hung")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// A server follows the channels of the documents it serves, and no other: no pattern
+/// subscription, doc-1's channel from the start, a document's channel once a client joins
+/// it — before the document's snapshot is read, so already when the client's snapshot
+/// answer comes. After its subscription is killed it resubscribes to all of them, and
+/// another server's op comes through. Without per-document subscriptions (one pattern for
+/// every document) the counts are wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_follows_the_channels_of_its_documents_only() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut conn = redis_conn(&url).await;
+    let (_a, a) = server(&url, Duration::ZERO).await;
+    until_subscribers(&mut conn, "{t}:doc:doc-1", 1).await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:b").await, (0, 0));
+
+    let mut on_a = join(&a, "b").await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:b").await, (1, 0));
+    assert_eq!(subscribers(&mut conn, "{t}:doc:c").await, (0, 0));
+
+    // The subscription dies; the server comes back on every document's channel.
+    let (_b, b) = server(&url, Duration::ZERO).await;
+    let mut on_b = join(&b, "b").await;
+    until_subscribers(&mut conn, "{t}:doc:b", 2).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    until_subscribers(&mut conn, "{t}:doc:doc-1", 2).await;
+    until_subscribers(&mut conn, "{t}:doc:b", 2).await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:c").await, (0, 0));
+
+    on_b.send(Message::text(
+        r#"{"type":"op","op":[{"i":"hi"}],"revision":0,"docId":"b"}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_frame(&mut on_b).await["type"], "ack");
+    let op = next_frame(&mut on_a).await;
+    assert_eq!(
+        (
+            op["type"].as_str(),
+            op["revision"].as_u64(),
+            op["docId"].as_str()
+        ),
+        (Some("op"), Some(1), Some("b")),
+        "{op}"
+    );
+}
+
+/// A snapshot read that fails (Redis paused past the request timeout) is tried again until
+/// it succeeds: the client that asked for the document gets the shared text once Redis is
+/// back. Read once only, the document would wait for its first snapshot for ever, and the
+/// client with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_read_is_tried_again() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut conn = redis_conn(&url).await;
+    let _: () = redis::pipe()
+        .hset("{t}:doc:z:metadata", "type", "text")
+        .hset("{t}:doc:z:metadata", "v", 1)
+        .set("{t}:doc:z:data", r#""x""#)
+        .rpush("{t}:doc:z:history", r#"[{"i":"x"}]"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut config = OtServerConfig::default();
+    config.shared_history = true;
+    let server =
+        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+    let mut config = RedisOtConfig::new(&url);
+    config.prefix = "{t}:".to_owned();
+    config.poll = Duration::ZERO;
+    config.request_timeout = Duration::from_millis(200);
+    tokio::spawn(RedisOt::connect(config).await.unwrap().run(server.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(adapters::tokio::serve_ot(server, listener, None));
+    until_subscribers(&mut conn, "{t}:doc:doc-1", 1).await;
+
+    redis.signal("STOP");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ot"))
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"snapshot","docId":"z"}"#))
+        .await
+        .unwrap();
+    // Long enough for the read to time out, twice.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.signal("CONT");
+    assert_eq!(
+        next_frame(&mut ws).await,
+        serde_json::json!({"type": "snapshot", "revision": 1, "text": "x", "docId": "z"})
+    );
+}

@@ -31,8 +31,11 @@
 //! the tail), and after its subscription comes back it does so at once. A client is acked
 //! only once its op is in Redis: a server killed after the ack loses nothing.
 //!
-//! Every server subscribes to the pattern `{prefix}doc:*`, one subscription whatever the
-//! number of documents; a message for a document it does not serve is dropped.
+//! A server subscribes to the channels of the documents it serves, and only to those: a
+//! node gets the traffic of its own documents, not of every document of the cluster. A
+//! document's channel is subscribed to before its snapshot is read, so every op appended
+//! after the snapshot's revision comes on the channel (one appended in between comes both
+//! ways, and is applied once).
 
 use core::time::Duration;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -209,16 +212,18 @@ impl RedisOt {
 
     async fn serve(self, server: OtServerHandle, events: async_channel::Receiver<OtServerEvent>) {
         let docs: Arc<Mutex<BTreeSet<Arc<str>>>> = Arc::default();
+        let (follow, follows) = async_channel::unbounded();
         let stop = {
             let server = server.clone();
             async move { server.stopped().await }
         };
         let work = async {
-            let first: Arc<str> = Arc::from(DEFAULT_DOC_ID);
-            self.track(&docs, first.clone());
-            tokio::spawn(self.clone().load(server.clone(), first));
-            tokio::spawn(self.clone().subscribe(server.clone(), docs.clone()));
+            tokio::spawn(
+                self.clone()
+                    .subscribe(server.clone(), docs.clone(), follows),
+            );
             tokio::spawn(self.clone().poll(server.clone(), docs.clone()));
+            self.hold(&server, &docs, &follow, Arc::from(DEFAULT_DOC_ID));
             while let Ok(event) = events.recv().await {
                 let (me, server) = (self.clone(), server.clone());
                 match event {
@@ -235,8 +240,7 @@ impl RedisOt {
                         tokio::spawn(me.fetch(server, doc, from, to));
                     }
                     OtServerEvent::Load { doc } | OtServerEvent::DocumentCreated { doc } => {
-                        self.track(&docs, doc.clone());
-                        tokio::spawn(me.load(server, doc));
+                        me.hold(&server, &docs, &follow, doc);
                     }
                     _ => {}
                 }
@@ -245,8 +249,36 @@ impl RedisOt {
         futures_util::future::select(Box::pin(stop), Box::pin(work)).await;
     }
 
-    fn track(&self, docs: &Mutex<BTreeSet<Arc<str>>>, doc: Arc<str>) {
-        docs.lock().unwrap_or_else(|e| e.into_inner()).insert(doc);
+    /// A document this server now serves: its channel is subscribed to, then its snapshot
+    /// read (module docs). A subscription that takes longer than
+    /// [`RedisOtConfig::request_timeout`] (Pub/Sub down) does not hold the read up: the
+    /// check after resubscribing and the poll find what the channel missed.
+    fn hold(
+        &self,
+        server: &OtServerHandle,
+        docs: &Mutex<BTreeSet<Arc<str>>>,
+        follow: &async_channel::Sender<Follow>,
+        doc: Arc<str>,
+    ) {
+        let (done, subscribed) = futures_channel::oneshot::channel();
+        let new = docs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(doc.clone());
+        if new {
+            let _ = follow.try_send(Follow {
+                doc: doc.clone(),
+                done,
+            });
+        }
+        let (me, server) = (self.clone(), server.clone());
+        let wait = self.inner.config.request_timeout;
+        tokio::spawn(async move {
+            if new {
+                let _ = tokio::time::timeout(wait, subscribed).await;
+            }
+            me.load(server, doc).await;
+        });
     }
 
     /// Appends an op (module docs) and answers the state machine.
@@ -391,24 +423,38 @@ impl RedisOt {
         }
     }
 
-    /// Reads a document's snapshot into the state machine.
+    /// Reads a document's snapshot into the state machine, trying again with backoff while
+    /// Redis fails (a document waits for its first snapshot: its snapshot requests are
+    /// answered with it) until the server stops.
     async fn load(self, server: OtServerHandle, doc: Arc<str>) {
-        let mut conn = self.inner.conn.clone();
-        let read: Result<(Option<u64>, Option<String>), RedisError> = redis::pipe()
-            .atomic()
-            .hget(self.key(&doc, "metadata"), "v")
-            .get(self.key(&doc, "data"))
-            .query_async(&mut conn)
-            .await;
-        match read {
-            Ok((v, data)) => {
-                let text = data
-                    .and_then(|d| serde_json::from_str::<String>(&d).ok())
-                    .unwrap_or_default();
-                let v = v.unwrap_or(0);
-                server.with_server(|s, now| s.handle_remote_snapshot(now, &doc, v, text));
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut conn = self.inner.conn.clone();
+            let read: Result<(Option<u64>, Option<String>), RedisError> = redis::pipe()
+                .atomic()
+                .hget(self.key(&doc, "metadata"), "v")
+                .get(self.key(&doc, "data"))
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok((v, data)) => {
+                    let text = data
+                        .and_then(|d| serde_json::from_str::<String>(&d).ok())
+                        .unwrap_or_default();
+                    let v = v.unwrap_or(0);
+                    server.with_server(|s, now| s.handle_remote_snapshot(now, &doc, v, text));
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, %doc, "reading a shared snapshot failed"),
             }
-            Err(e) => tracing::warn!(error = %e, %doc, "reading a shared snapshot failed"),
+            let stop = Box::pin(server.stopped());
+            let wait = Box::pin(tokio::time::sleep(backoff));
+            if let futures_util::future::Either::Left(_) =
+                futures_util::future::select(stop, wait).await
+            {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -456,43 +502,54 @@ impl RedisOt {
         }
     }
 
-    /// Follows the channels, reconnecting with backoff; after each (re)subscription the
-    /// heads are compared at once (what was published while it was down).
-    async fn subscribe(self, server: OtServerHandle, docs: Arc<Mutex<BTreeSet<Arc<str>>>>) {
+    /// Follows the channels of the documents held, reconnecting with backoff; after a
+    /// resubscription the heads are compared at once (what was published while it was
+    /// down). The first subscription needs no such check: every read of a snapshot waits
+    /// for it.
+    async fn subscribe(
+        self,
+        server: OtServerHandle,
+        docs: Arc<Mutex<BTreeSet<Arc<str>>>>,
+        follows: async_channel::Receiver<Follow>,
+    ) {
         let mut backoff = Duration::from_millis(50);
-        let pattern = format!("{}doc:*", self.inner.config.prefix);
-        let strip = format!("{}doc:", self.inner.config.prefix);
+        let mut first = true;
         loop {
             let follow = async {
-                let mut pubsub = self.inner.client.get_async_pubsub().await?;
-                pubsub.psubscribe(&pattern).await?;
-                backoff = Duration::from_millis(50);
-                self.heads(&server, &docs).await;
-                let mut stream = pubsub.into_on_message();
-                while let Some(message) = stream.next().await {
-                    let Some(doc) = message.get_channel_name().strip_prefix(&strip) else {
-                        continue;
-                    };
-                    let Ok(published) =
-                        serde_json::from_slice::<Published>(message.get_payload_bytes())
-                    else {
-                        tracing::warn!(doc, "a foreign message on an OT channel: skipped");
-                        continue;
-                    };
-                    // This server's own ops come with their commit's answer.
-                    if published.origin.as_deref() == Some(self.inner.instance.as_str()) {
-                        continue;
-                    }
-                    let Ok(op) = TextOp::from_json(published.op) else {
-                        tracing::warn!(doc, "an invalid op on an OT channel: skipped");
-                        continue;
-                    };
-                    let doc = doc.to_owned();
-                    server.with_server(|s, now| {
-                        s.handle_remote_op(now, &doc, published.revision, op);
-                    });
+                let (mut sink, mut stream) = self.inner.client.get_async_pubsub().await?.split();
+                // Documents asked for while there was no subscription are in `docs`
+                // already: subscribing to all of them answers them too.
+                let asked: Vec<Follow> = core::iter::from_fn(|| follows.try_recv().ok()).collect();
+                let channels: Vec<String> = docs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|doc| self.channel(doc))
+                    .collect();
+                if !channels.is_empty() {
+                    sink.subscribe(channels).await?;
                 }
-                Ok::<(), RedisError>(())
+                for asked in asked {
+                    let _ = asked.done.send(());
+                }
+                backoff = Duration::from_millis(50);
+                if !core::mem::replace(&mut first, false) {
+                    self.heads(&server, &docs).await;
+                }
+                loop {
+                    tokio::select! {
+                        message = stream.next() => match message {
+                            Some(message) => self.deliver(&server, &message),
+                            None => return Ok::<(), RedisError>(()),
+                        },
+                        asked = follows.recv() => {
+                            // Closed: the server is shutting down.
+                            let Ok(asked) = asked else { return Ok(()) };
+                            sink.subscribe(self.channel(&asked.doc)).await?;
+                            let _ = asked.done.send(());
+                        }
+                    }
+                }
             };
             let stop = Box::pin(server.stopped());
             match futures_util::future::select(stop, Box::pin(follow)).await {
@@ -502,10 +559,43 @@ impl RedisOt {
                 }
                 futures_util::future::Either::Right((Ok(()), _)) => {}
             }
+            if follows.is_closed() {
+                return;
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
+
+    /// A message on a document's channel: another server's op, into the state machine.
+    fn deliver(&self, server: &OtServerHandle, message: &redis::Msg) {
+        let channel = message.get_channel_name();
+        let Some(doc) = channel
+            .strip_prefix(self.inner.config.prefix.as_str())
+            .and_then(|c| c.strip_prefix("doc:"))
+        else {
+            return;
+        };
+        let Ok(published) = serde_json::from_slice::<Published>(message.get_payload_bytes()) else {
+            tracing::warn!(doc, "a foreign message on an OT channel: skipped");
+            return;
+        };
+        // This server's own ops come with their commit's answer.
+        if published.origin.as_deref() == Some(self.inner.instance.as_str()) {
+            return;
+        }
+        let Ok(op) = TextOp::from_json(published.op) else {
+            tracing::warn!(doc, "an invalid op on an OT channel: skipped");
+            return;
+        };
+        server.with_server(|s, now| s.handle_remote_op(now, doc, published.revision, op));
+    }
+}
+
+/// A document newly held: subscribe to its channel, then answer `done`.
+struct Follow {
+    doc: Arc<str>,
+    done: futures_channel::oneshot::Sender<()>,
 }
 
 fn json_string(text: &str) -> String {
