@@ -197,3 +197,33 @@ fn a_snapshot_asked_for_while_loading_is_answered_with_the_shared_text() {
         )]
     );
 }
+
+/// A head polled while the document waits for its first snapshot asks for nothing then
+/// (the snapshot may hold it all); once the snapshot comes, the ops it lacks up to that head
+/// are fetched, and only those. Fetched at once it would ask for the whole history, which
+/// the snapshot makes useless; dropped, the ops between the snapshot and the head would
+/// wait for the next poll.
+#[test]
+fn a_head_seen_while_loading_is_fetched_after_the_snapshot() {
+    let now = Instant::ZERO;
+    let mut server = shared();
+    let _ = events(&mut server);
+    server.handle_remote_head(now, "doc-1", 5);
+    assert!(events(&mut server).is_empty(), "nothing while loading");
+    server.handle_remote_snapshot(now, "doc-1", 3, "abc".to_owned());
+    let fetches: Vec<(u64, u64)> = events(&mut server)
+        .into_iter()
+        .filter_map(|e| match e {
+            OtServerEvent::Fetch { from, to, .. } => Some((from, to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fetches, [(4, 5)]);
+    // A snapshot at the head leaves nothing to fetch.
+    let mut server = shared();
+    server.handle_remote_head(now, "doc-1", 5);
+    server.handle_remote_snapshot(now, "doc-1", 5, "abcde".to_owned());
+    assert!(!events(&mut server)
+        .iter()
+        .any(|e| matches!(e, OtServerEvent::Fetch { .. })));
+}

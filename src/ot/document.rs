@@ -86,6 +86,9 @@ pub(crate) struct Document {
     /// Shared history: waiting for its first snapshot (gaps are not fetched meanwhile: the
     /// snapshot fills them).
     pub(crate) loading: bool,
+    /// Shared history: the newest head polled while `loading`, fetched after the first
+    /// snapshot if that is older.
+    pub(crate) head_seen: u64,
     /// Shared history: snapshot requests that came while `loading`, answered with the
     /// first snapshot (at most [`MAX_SNAPSHOTS_WAITING`]).
     pub(crate) snapshots: Vec<SnapshotWait>,
@@ -124,6 +127,7 @@ impl Document {
             early: BTreeMap::new(),
             fetched: 0,
             loading: false,
+            head_seen: 0,
             snapshots: Vec::new(),
         }
     }

@@ -252,7 +252,7 @@ impl RedisOt {
     /// A document this server now serves: its channel is subscribed to, then its snapshot
     /// read (module docs). A subscription that takes longer than
     /// [`RedisOtConfig::request_timeout`] (Pub/Sub down) does not hold the read up: the
-    /// check after resubscribing and the poll find what the channel missed.
+    /// heads compared once it is back find what the channel missed.
     fn hold(
         &self,
         server: &OtServerHandle,
@@ -502,10 +502,10 @@ impl RedisOt {
         }
     }
 
-    /// Follows the channels of the documents held, reconnecting with backoff; after a
-    /// resubscription the heads are compared at once (what was published while it was
-    /// down). The first subscription needs no such check: every read of a snapshot waits
-    /// for it.
+    /// Follows the channels of the documents held, reconnecting with backoff; after each
+    /// (re)subscription the heads are compared at once: what was published while it was
+    /// down, or before it for a document whose snapshot was read without waiting for it (a
+    /// document still loading fetches what its snapshot lacks once it has it).
     async fn subscribe(
         self,
         server: OtServerHandle,
@@ -513,7 +513,6 @@ impl RedisOt {
         follows: async_channel::Receiver<Follow>,
     ) {
         let mut backoff = Duration::from_millis(50);
-        let mut first = true;
         loop {
             let follow = async {
                 let (mut sink, mut stream) = self.inner.client.get_async_pubsub().await?.split();
@@ -533,9 +532,7 @@ impl RedisOt {
                     let _ = asked.done.send(());
                 }
                 backoff = Duration::from_millis(50);
-                if !core::mem::replace(&mut first, false) {
-                    self.heads(&server, &docs).await;
-                }
+                self.heads(&server, &docs).await;
                 loop {
                     tokio::select! {
                         message = stream.next() => match message {

@@ -106,7 +106,9 @@ impl OtServer {
 
     /// Shared history: `doc`'s head revision is `revision` (polled, in case the last
     /// message of the channel was lost). A copy behind it gets an
-    /// [`OtServerEvent::Fetch`] for the rest. Ignored without a shared history.
+    /// [`OtServerEvent::Fetch`] for the rest; a copy still waiting for its first snapshot
+    /// gets it after that snapshot, and only if the snapshot is older. Ignored without a
+    /// shared history.
     pub fn handle_remote_head(&mut self, now: Instant, doc: &str, revision: u64) {
         self.clamp(now);
         if !self.config.shared_history {
@@ -115,6 +117,10 @@ impl OtServer {
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
+        if d.loading {
+            d.head_seen = d.head_seen.max(revision);
+            return;
+        }
         if revision > d.revision() {
             d.fetched = revision;
             let from = d.revision() + 1;
@@ -146,6 +152,7 @@ impl OtServer {
                 self.answer_snapshots(&key);
                 self.drain_early(&key);
                 self.fetch_gap(&key);
+                self.fetch_head_seen(&key);
             }
             return;
         }
@@ -167,6 +174,25 @@ impl OtServer {
         self.answer_snapshots(&key);
         self.drain_early(&key);
         self.fetch_gap(&key);
+        self.fetch_head_seen(&key);
+    }
+
+    /// Asks for the ops up to the head polled while the document loaded, if its first
+    /// snapshot (and the ops after it) did not get there.
+    fn fetch_head_seen(&mut self, key: &Arc<str>) {
+        let Some(doc) = self.docs.get_mut(key) else {
+            return;
+        };
+        let seen = core::mem::take(&mut doc.head_seen);
+        let from = doc.revision().max(doc.fetched) + 1;
+        if seen >= from {
+            doc.fetched = seen;
+            self.event(OtServerEvent::Fetch {
+                doc: key.clone(),
+                from,
+                to: seen,
+            });
+        }
     }
 
     /// Answers the snapshot requests that waited for the document's first snapshot, before
