@@ -227,3 +227,62 @@ fn a_head_seen_while_loading_is_fetched_after_the_snapshot() {
         .iter()
         .any(|e| matches!(e, OtServerEvent::Fetch { .. })));
 }
+
+/// With a shared history a copy is a cache: at `max_documents`, a new document takes the
+/// place of the copy whose last member left longest ago (`DocumentDropped`), never of one
+/// with members; without one free, or without a shared history (where the server's copy is
+/// the only one), the new document is refused as before. Without dropping, a server
+/// refuses every new document once it has served `max_documents`.
+#[test]
+fn at_the_document_limit_an_idle_copy_makes_room() {
+    let now = Instant::ZERO;
+    for shared_history in [true, false] {
+        let mut config = OtServerConfig::default();
+        config.shared_history = shared_history;
+        config.max_documents = 3;
+        let mut server = OtServer::new(config).unwrap();
+        let ask = |doc: &str| Bytes::from(format!(r#"{{"type":"snapshot","docId":"{doc}"}}"#));
+        let keep = open(&mut server);
+        for doc in ["x", "y"] {
+            let visitor = open(&mut server);
+            server.handle_message(now, visitor, ask(doc));
+            server.handle_disconnected(now, visitor);
+        }
+        let _ = (frames(&mut server), events(&mut server));
+        server.handle_message(now, keep, ask("z"));
+        let dropped: Vec<String> = events(&mut server)
+            .into_iter()
+            .filter_map(|e| match e {
+                OtServerEvent::DocumentDropped { doc } => Some(doc.to_string()),
+                _ => None,
+            })
+            .collect();
+        if shared_history {
+            // x was left first; doc-1 has a member.
+            assert_eq!(dropped, ["x"]);
+            assert!(server.document("x").is_none() && server.document("z").is_some());
+            assert_eq!(server.document_count(), 3);
+            // Now every copy has a member or is y: y goes, then nothing can.
+            server.handle_message(now, keep, ask("w"));
+            assert!(server.document("y").is_none());
+            server.handle_message(now, keep, ask("v"));
+            let refused = frames(&mut server);
+            assert!(
+                refused
+                    .iter()
+                    .any(|(_, f)| f.contains("Too many documents (max 3)")),
+                "{refused:?}"
+            );
+        } else {
+            assert!(dropped.is_empty());
+            assert!(server.document("x").is_some() && server.document("z").is_none());
+            let refused = frames(&mut server);
+            assert!(
+                refused
+                    .iter()
+                    .any(|(_, f)| f.contains("Too many documents (max 3)")),
+                "{refused:?}"
+            );
+        }
+    }
+}

@@ -575,3 +575,77 @@ async fn a_failed_snapshot_read_is_tried_again() {
         serde_json::json!({"type": "snapshot", "revision": 1, "text": "x", "docId": "z"})
     );
 }
+
+/// A copy dropped to make room under `max_documents` leaves its channel (and only it),
+/// and the document lives on in Redis: joined again, it is loaded again, with its text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_copy_leaves_its_channel_and_comes_back_whole() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut conn = redis_conn(&url).await;
+    let mut config = OtServerConfig::default();
+    config.shared_history = true;
+    config.max_documents = 2;
+    let server =
+        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+    let mut config = RedisOtConfig::new(&url);
+    config.prefix = "{t}:".to_owned();
+    config.poll = Duration::ZERO;
+    tokio::spawn(RedisOt::connect(config).await.unwrap().run(server.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url_ot = format!("ws://{}/ot", listener.local_addr().unwrap());
+    tokio::spawn(adapters::tokio::serve_ot(server, listener, None));
+
+    let mut writer = join(&url_ot, "b").await;
+    writer
+        .send(Message::text(
+            r#"{"type":"op","op":[{"i":"kept"}],"revision":0,"docId":"b"}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut writer).await["type"], "ack");
+    writer.close(None).await.unwrap();
+    drop(writer);
+
+    // "c" needs b's place once the writer is gone.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let mut other = loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url_ot).await.unwrap();
+        ws.send(Message::text(r#"{"type":"snapshot","docId":"c"}"#))
+            .await
+            .unwrap();
+        let answer = next_frame(&mut ws).await;
+        if answer["type"] == "snapshot" {
+            break ws;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    until_subscribers(&mut conn, "{t}:doc:b", 0).await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:c").await, (1, 0));
+    other.close(None).await.unwrap();
+    drop(other);
+
+    // b again, in c's place: loaded from Redis.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let answer = loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url_ot).await.unwrap();
+        ws.send(Message::text(r#"{"type":"snapshot","docId":"b"}"#))
+            .await
+            .unwrap();
+        let answer = next_frame(&mut ws).await;
+        if answer["type"] == "snapshot" {
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        answer,
+        serde_json::json!({"type": "snapshot", "revision": 1, "text": "kept", "docId": "b"})
+    );
+    assert_eq!(subscribers(&mut conn, "{t}:doc:b").await, (1, 0));
+    until_subscribers(&mut conn, "{t}:doc:c", 0).await;
+}

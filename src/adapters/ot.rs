@@ -215,7 +215,8 @@ impl Shared {
                 event @ (OtServerEvent::Commit { .. }
                 | OtServerEvent::Fetch { .. }
                 | OtServerEvent::Load { .. }
-                | OtServerEvent::DocumentCreated { .. })
+                | OtServerEvent::DocumentCreated { .. }
+                | OtServerEvent::DocumentDropped { .. })
                     if self.shared.is_some() =>
                 {
                     if let Some(sink) = &self.shared {
@@ -395,7 +396,7 @@ impl OtServerHandle {
         }
     }
 
-    /// The events a shared history answers (`Commit`, `Fetch`, `Load`, `DocumentCreated`;
+    /// The events a shared history answers (`Commit`, `Fetch`, `Load`, `DocumentCreated`, `DocumentDropped`;
     /// see [`OtServer`'s shared history](crate::ot::OtServer#shared-history)), from now on:
     /// the Redis adapter (`adapters::redis::ot`) reads them. A second call takes them from
     /// the first receiver.

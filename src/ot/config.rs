@@ -35,7 +35,9 @@ pub struct OtServerConfig {
     /// Most connections at once; further handshakes are refused with 503. Default 100 000.
     pub max_sessions: usize,
     /// Most documents, `doc-1` included. An op or snapshot request naming a new document
-    /// beyond it gets an error frame. Default 10 000.
+    /// beyond it gets an error frame — unless, with a [`shared_history`](Self::shared_history),
+    /// a copy no session is a member of can be dropped to make room (the one idle longest;
+    /// the shared history keeps it). Default 10 000.
     pub max_documents: usize,
     /// Most documents one connection may join, `doc-1` included; one more gets an error
     /// frame. Default 64.

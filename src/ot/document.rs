@@ -86,6 +86,9 @@ pub(crate) struct Document {
     /// Shared history: waiting for its first snapshot (gaps are not fetched meanwhile: the
     /// snapshot fills them).
     pub(crate) loading: bool,
+    /// When the last member left (a count of departures, not a time): in shared-history
+    /// mode the document idle longest is the first dropped to make room.
+    pub(crate) idle_since: u64,
     /// Shared history: the newest head polled while `loading`, fetched after the first
     /// snapshot if that is older.
     pub(crate) head_seen: u64,
@@ -127,6 +130,7 @@ impl Document {
             early: BTreeMap::new(),
             fetched: 0,
             loading: false,
+            idle_since: 0,
             head_seen: 0,
             snapshots: Vec::new(),
         }

@@ -155,6 +155,14 @@ pub enum OtServerEvent {
         /// The document.
         doc: Arc<str>,
     },
+    /// Shared history: this server dropped its copy of `doc` (no session was a member, and
+    /// a new document needed its place under [`OtServerConfig::max_documents`]); the
+    /// shared history keeps the document, and its next use loads it again. Stop following
+    /// its changes.
+    DocumentDropped {
+        /// The document.
+        doc: Arc<str>,
+    },
     /// A session ended; it left every document.
     SessionClosed {
         /// The session.
@@ -234,7 +242,9 @@ enum Out {
 /// (a lost Pub/Sub message), [`handle_remote_head`](Self::handle_remote_head) catches a
 /// loss at the tail, and [`handle_remote_snapshot`](Self::handle_remote_snapshot) gives a
 /// document's copy its start ([`OtServerEvent::DocumentCreated`], or
-/// [`OtServerEvent::Load`]).
+/// [`OtServerEvent::Load`]); snapshot requests wait for it. A copy is a cache: at
+/// [`OtServerConfig::max_documents`] the one idle longest makes room for a new document
+/// ([`OtServerEvent::DocumentDropped`]).
 ///
 /// # Example
 ///
@@ -274,6 +284,8 @@ pub struct OtServer {
     now: Instant,
     sessions: Slab,
     docs: HashMap<Arc<str>, Document, KeyedHasher>,
+    /// Documents left by their last member so far (orders [`Document::idle_since`]).
+    departures: u64,
     /// The one timer table: each session's next heartbeat.
     timers: BTreeSet<(Instant, OtSessionId)>,
     /// Every session's output, in order (a close after its frames). Each session's share is
@@ -314,6 +326,7 @@ impl OtServer {
             now: Instant::ZERO,
             sessions: Slab::default(),
             docs,
+            departures: 0,
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -735,7 +748,7 @@ impl OtServer {
             Some((key, _)) => key.clone(),
             None => {
                 let max = self.config.max_documents;
-                if max != 0 && self.docs.len() >= max {
+                if max != 0 && self.docs.len() >= max && !self.drop_idle_copy() {
                     return Err(format!("Too many documents (max {max})"));
                 }
                 let key: Arc<str> = Arc::from(name);
@@ -808,9 +821,35 @@ impl OtServer {
         for key in docs {
             if let Some(doc) = self.docs.get_mut(&key) {
                 doc.members.remove(&session);
+                if doc.members.is_empty() {
+                    self.departures += 1;
+                    doc.idle_since = self.departures;
+                }
             }
         }
         self.event(OtServerEvent::SessionClosed { session, reason });
+    }
+
+    /// Shared history: drops the copy of the document with no member that has been idle
+    /// longest, to make room for another; false when there is none (or the server's own
+    /// history is the truth, and a document cannot be dropped without losing it). A scan of
+    /// the documents, made only at the limit.
+    fn drop_idle_copy(&mut self) -> bool {
+        if !self.config.shared_history {
+            return false;
+        }
+        let idle = self
+            .docs
+            .iter()
+            .filter(|(_, d)| d.members.is_empty())
+            .min_by_key(|(_, d)| d.idle_since)
+            .map(|(key, _)| key.clone());
+        let Some(key) = idle else {
+            return false;
+        };
+        self.docs.remove(&key);
+        self.event(OtServerEvent::DocumentDropped { doc: key });
+        true
     }
 
     /// Arms the session's next heartbeat.

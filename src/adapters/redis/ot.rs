@@ -242,6 +242,7 @@ impl RedisOt {
                     OtServerEvent::Load { doc } | OtServerEvent::DocumentCreated { doc } => {
                         me.hold(&server, &docs, &follow, doc);
                     }
+                    OtServerEvent::DocumentDropped { doc } => me.release(&docs, &follow, doc),
                     _ => {}
                 }
             }
@@ -266,7 +267,7 @@ impl RedisOt {
             .unwrap_or_else(|e| e.into_inner())
             .insert(doc.clone());
         if new {
-            let _ = follow.try_send(Follow {
+            let _ = follow.try_send(Follow::Subscribe {
                 doc: doc.clone(),
                 done,
             });
@@ -279,6 +280,23 @@ impl RedisOt {
             }
             me.load(server, doc).await;
         });
+    }
+
+    /// A document this server no longer serves (its copy was dropped): its channel is left,
+    /// and what was known of its history forgotten.
+    fn release(
+        &self,
+        docs: &Mutex<BTreeSet<Arc<str>>>,
+        follow: &async_channel::Sender<Follow>,
+        doc: Arc<str>,
+    ) {
+        docs.lock().unwrap_or_else(|e| e.into_inner()).remove(&doc);
+        self.inner
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&doc);
+        let _ = follow.try_send(Follow::Unsubscribe { doc });
     }
 
     /// Appends an op (module docs) and answers the state machine.
@@ -516,8 +534,8 @@ impl RedisOt {
         loop {
             let follow = async {
                 let (mut sink, mut stream) = self.inner.client.get_async_pubsub().await?.split();
-                // Documents asked for while there was no subscription are in `docs`
-                // already: subscribing to all of them answers them too.
+                // Documents asked for (or dropped) while there was no subscription are in
+                // `docs` (or not) already: subscribing to all of them answers them too.
                 let asked: Vec<Follow> = core::iter::from_fn(|| follows.try_recv().ok()).collect();
                 let channels: Vec<String> = docs
                     .lock()
@@ -529,7 +547,9 @@ impl RedisOt {
                     sink.subscribe(channels).await?;
                 }
                 for asked in asked {
-                    let _ = asked.done.send(());
+                    if let Follow::Subscribe { done, .. } = asked {
+                        let _ = done.send(());
+                    }
                 }
                 backoff = Duration::from_millis(50);
                 self.heads(&server, &docs).await;
@@ -539,12 +559,17 @@ impl RedisOt {
                             Some(message) => self.deliver(&server, &message),
                             None => return Ok::<(), RedisError>(()),
                         },
-                        asked = follows.recv() => {
+                        asked = follows.recv() => match asked {
+                            Ok(Follow::Subscribe { doc, done }) => {
+                                sink.subscribe(self.channel(&doc)).await?;
+                                let _ = done.send(());
+                            }
+                            Ok(Follow::Unsubscribe { doc }) => {
+                                sink.unsubscribe(self.channel(&doc)).await?;
+                            }
                             // Closed: the server is shutting down.
-                            let Ok(asked) = asked else { return Ok(()) };
-                            sink.subscribe(self.channel(&asked.doc)).await?;
-                            let _ = asked.done.send(());
-                        }
+                            Err(_) => return Ok(()),
+                        },
                     }
                 }
             };
@@ -589,10 +614,15 @@ impl RedisOt {
     }
 }
 
-/// A document newly held: subscribe to its channel, then answer `done`.
-struct Follow {
-    doc: Arc<str>,
-    done: futures_channel::oneshot::Sender<()>,
+/// A change to the channels followed, in the order the documents came and went.
+enum Follow {
+    /// A document newly held: subscribe to its channel, then answer `done`.
+    Subscribe {
+        doc: Arc<str>,
+        done: futures_channel::oneshot::Sender<()>,
+    },
+    /// A document dropped: leave its channel.
+    Unsubscribe { doc: Arc<str> },
 }
 
 fn json_string(text: &str) -> String {
