@@ -576,6 +576,30 @@ async fn a_failed_snapshot_read_is_tried_again() {
     );
 }
 
+/// [`join`] on a new connection, again until the server has room for the document (the
+/// previous holder's departure is seen by the server a little after its close): the
+/// connection and the snapshot answer.
+async fn join_when_room(
+    url: &str,
+    doc: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    serde_json::Value,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let ask = format!(r#"{{"type":"snapshot","docId":"{doc}"}}"#);
+        ws.send(Message::text(ask)).await.unwrap();
+        let answer = next_frame(&mut ws).await;
+        if answer["type"] == "snapshot" {
+            return (ws, answer);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A copy dropped to make room under `max_documents` leaves its channel (and only it),
 /// and the document lives on in Redis: joined again, it is loaded again, with its text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,38 +634,14 @@ async fn a_dropped_copy_leaves_its_channel_and_comes_back_whole() {
     drop(writer);
 
     // "c" needs b's place once the writer is gone.
-    let deadline = tokio::time::Instant::now() + GUARD;
-    let mut other = loop {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url_ot).await.unwrap();
-        ws.send(Message::text(r#"{"type":"snapshot","docId":"c"}"#))
-            .await
-            .unwrap();
-        let answer = next_frame(&mut ws).await;
-        if answer["type"] == "snapshot" {
-            break ws;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{answer}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (mut other, _) = join_when_room(&url_ot, "c").await;
     until_subscribers(&mut conn, "{t}:doc:b", 0).await;
     assert_eq!(subscribers(&mut conn, "{t}:doc:c").await, (1, 0));
     other.close(None).await.unwrap();
     drop(other);
 
     // b again, in c's place: loaded from Redis.
-    let deadline = tokio::time::Instant::now() + GUARD;
-    let answer = loop {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url_ot).await.unwrap();
-        ws.send(Message::text(r#"{"type":"snapshot","docId":"b"}"#))
-            .await
-            .unwrap();
-        let answer = next_frame(&mut ws).await;
-        if answer["type"] == "snapshot" {
-            break answer;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{answer}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (_again, answer) = join_when_room(&url_ot, "b").await;
     assert_eq!(
         answer,
         serde_json::json!({"type": "snapshot", "revision": 1, "text": "kept", "docId": "b"})
