@@ -14,9 +14,9 @@
 //! framed once, queued on each recipient's socket, and written when the task that read the
 //! op has yielded once — by then the other connections the same reactor poll made ready
 //! have read their ops too, so each socket gets the frames of all of them (its ack and the
-//! others' ops) in one write, and no task is woken to write them. With five editors that is
-//! one `sendmsg` per op, the least there can be. What a socket does not take waits on it,
-//! for its task to write once it is writable.
+//! others' ops) in one write, and no task is woken to write them: one `sendmsg` per socket
+//! per round, however many ops the round read. What a socket does not take waits on it, for
+//! its task to write once it is writable.
 //!
 //! Elsewhere (TLS, smol, `accept_ot`) each connection's task writes its own queue, so a slow
 //! socket stalls nobody else; it too yields once before writing, for the same batching.
@@ -396,10 +396,10 @@ impl OtServerHandle {
         }
     }
 
-    /// The events a shared history answers (`Commit`, `Fetch`, `Load`, `DocumentCreated`, `DocumentDropped`;
-    /// see [`OtServer`'s shared history](crate::ot::OtServer#shared-history)), from now on:
-    /// the Redis adapter (`adapters::redis::ot`) reads them. A second call takes them from
-    /// the first receiver.
+    /// The events a shared history answers (`Commit`, `Fetch`, `Load`, `DocumentCreated`,
+    /// `DocumentDropped`; see [`OtServer`'s shared history](crate::ot::OtServer#shared-history)),
+    /// from now on: the Redis adapter (`adapters::redis::ot`) reads them. A second call takes
+    /// them from the first receiver.
     pub fn shared_events(&self) -> async_channel::Receiver<OtServerEvent> {
         let (tx, rx) = async_channel::unbounded();
         self.lock().shared = Some(tx);
@@ -545,25 +545,10 @@ impl AcceptedOtSession {
         <W as Sink<Message>>::Error: fmt::Display,
     {
         let session = self.session;
-        let message = |s: &mut OtServer, now, data| s.handle_message(now, session, data);
         match step {
             // The seed's `ws` server reads binary frames like text; so does the core.
-            Step::Message(Message::Text(text)) if self.flush.is_some() => {
-                self.server
-                    .input_deferred(|s, now| message(s, now, Bytes::from(text)));
-                self.flush = self.flush.map(Flush::owed);
-            }
-            Step::Message(Message::Binary(data)) if self.flush.is_some() => {
-                self.server.input_deferred(|s, now| message(s, now, data));
-                self.flush = self.flush.map(Flush::owed);
-            }
-            Step::Message(Message::Text(text)) => {
-                self.server
-                    .input(|s, now| message(s, now, Bytes::from(text)));
-            }
-            Step::Message(Message::Binary(data)) => {
-                self.server.input(|s, now| message(s, now, data));
-            }
+            Step::Message(Message::Text(text)) => self.read(Bytes::from(text)),
+            Step::Message(Message::Binary(data)) => self.read(data),
             Step::Message(Message::Pong(_)) => {
                 self.server.input(|s, now| s.handle_pong(now, session));
             }
@@ -595,6 +580,20 @@ impl AcceptedOtSession {
             Step::Terminate => return true,
         }
         false
+    }
+
+    /// A message read from the socket, into the state machine. On a direct socket its
+    /// frames stay queued for the flush after the task has yielded.
+    fn read(&mut self, data: Bytes) {
+        let session = self.session;
+        let message = |s: &mut OtServer, now| s.handle_message(now, session, data);
+        match self.flush {
+            Some(flush) => {
+                self.server.input_deferred(message);
+                self.flush = Some(flush.owed());
+            }
+            None => self.server.input(message),
+        }
     }
 
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
