@@ -966,6 +966,15 @@ mod tests {
     use crate::ServerConfig;
     use core::future::Future;
 
+    /// A server on a `MemoryStore` with `config`, and its timer task (kept, never run).
+    fn memory_server(config: ServerConfig) -> (SyncServer, TimerTask) {
+        let driver = Driver::new(
+            Server::new(config).expect("valid config"),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        SyncServer::new(driver, ServerOptions::default())
+    }
+
     /// The one rule for a slow consumer is the state machine's outbound byte budget: 2000
     /// small frames under it stay queued (the adapter used to close at 1024 frames, whatever
     /// their size), and the frame that goes over it closes the session with 4503.
@@ -976,12 +985,8 @@ mod tests {
             max_outbound_bytes: 64 * 1024,
             ..ServerConfig::default()
         };
-        let driver = Driver::new(
-            Server::new(config).expect("valid config"),
-            MemoryStore::new(StoreConfig::default()),
-        );
         // No runtime: the timer task never runs and the session's task never drains.
-        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let (server, _timer) = memory_server(config);
         let accepted = server
             .handshake(&Handshake::new("/", "node_id=slow"))
             .expect("accepted");
@@ -1054,11 +1059,7 @@ mod tests {
     /// too.
     #[test]
     fn the_hub_writes_one_shared_frame_to_every_subscriber() {
-        let driver = Driver::new(
-            Server::new(ServerConfig::default()).expect("valid config"),
-            MemoryStore::new(StoreConfig::default()),
-        );
-        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let (server, _timer) = memory_server(ServerConfig::default());
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
         let mut subscribers = Vec::new();
@@ -1110,11 +1111,7 @@ mod tests {
     #[test]
     fn a_drain_sends_one_submission_per_chunk() {
         use super::super::uring::testing::{pair, read_all};
-        let driver = Driver::new(
-            Server::new(ServerConfig::default()).expect("valid config"),
-            MemoryStore::new(StoreConfig::default()),
-        );
-        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let (server, _timer) = memory_server(ServerConfig::default());
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
         let mut subscribers = Vec::new();
@@ -1157,11 +1154,7 @@ mod tests {
             rate_limit_burst: 0,
             ..ServerConfig::default()
         };
-        let driver = Driver::new(
-            Server::new(config).expect("valid config"),
-            MemoryStore::new(StoreConfig::default()),
-        );
-        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let (server, _timer) = memory_server(config);
         let pusher = server
             .handshake(&Handshake::new("/", "node_id=p"))
             .expect("accepted");
@@ -1242,11 +1235,7 @@ mod tests {
     /// wait forever to send the close frame).
     #[test]
     fn a_session_closed_on_a_stuck_socket_ends() {
-        let driver = Driver::new(
-            Server::new(ServerConfig::default()).expect("valid config"),
-            MemoryStore::new(StoreConfig::default()),
-        );
-        let (server, _timer) = SyncServer::new(driver, ServerOptions::default());
+        let (server, _timer) = memory_server(ServerConfig::default());
         let accepted = server
             .handshake(&Handshake::new("/", "node_id=stuck"))
             .expect("accepted");
