@@ -173,9 +173,10 @@ pub(crate) fn send_each(
 }
 
 /// The hub's writer of direct frames where there is no io_uring: one `send(2)` per frame.
+/// (Braced, not a unit struct, so that `Writer::default()` builds either writer.)
 #[cfg(not(all(feature = "tokio", target_os = "linux")))]
 #[derive(Default)]
-pub(crate) struct Writer;
+pub(crate) struct Writer {}
 
 #[cfg(not(all(feature = "tokio", target_os = "linux")))]
 impl Writer {
