@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --features tokio --example server -- [--listen 127.0.0.1:8787]
 //!     [--token T] [--rate-limit N/SECS|0] [--max-frame BYTES] [--max-outbound BYTES]
-//!     [--ping-interval MS] [--idle-timeout MS] [--presence-ttl MS] [--room-max N]
+//!     [--ping-interval MS] [--ot-broadcast-delay MS] [--idle-timeout MS]
+//!     [--presence-ttl MS] [--room-max N]
 //!     [--handshake-timeout MS] [--max-connections N] [--tls-cert PEM --tls-key PEM]
 //!     [--static DIR] [--metrics ADDR] [--log-format human|json] [--shutdown-timeout MS]
 //!     [--data PATH] [--retention N] [--redis URL [--redis-prefix P] [--redis-retention N]]
@@ -36,7 +37,8 @@
 //! `/ot` and every path under it, with the same `--token` (`?token=`), `--rate-limit` (N
 //! messages per SECS window, answered `Rate limit exceeded`), `--ping-interval`,
 //! `--max-frame`, `--max-outbound`, `--max-connections` (counted apart from the sync
-//! endpoint's) and TLS. Logs go to stderr through `tracing` (`RUST_LOG`
+//! endpoint's) and TLS; `--ot-broadcast-delay` is its own (see
+//! `syncmux::ot::OtServerConfig::broadcast_delay`). Logs go to stderr through `tracing` (`RUST_LOG`
 //! filters), as text or as JSON lines (`--log-format json`).
 //!
 //! On SIGINT or SIGTERM it stops accepting, closes every session with 1001, waits for each
@@ -105,6 +107,11 @@ struct Cli {
     /// often, and drop one that did not answer the previous ping) [default: 30000].
     #[arg(long, env = "SYNCMUX_PING_INTERVAL", value_name = "MS", value_parser = millis)]
     ping_interval: Option<Duration>,
+    /// On `/ot`: longest time an op sent on to a connection may wait to leave in one write
+    /// with what that connection gets next (its own ack at once, or the other ops of the
+    /// delay), in milliseconds; 0 sends every op on at once [default: 1].
+    #[arg(long, env = "SYNCMUX_OT_BROADCAST_DELAY", value_name = "MS", value_parser = millis)]
+    ot_broadcast_delay: Option<Duration>,
     /// Close a session silent this long (4408), in milliseconds [default: 90000].
     #[arg(long, env = "SYNCMUX_IDLE_TIMEOUT", value_name = "MS", value_parser = millis)]
     idle_timeout: Option<Duration>,
@@ -292,6 +299,7 @@ impl Cli {
         set(&mut ot.max_sessions, self.max_connections);
         let set = |field: &mut Duration, value: Option<Duration>| *field = value.unwrap_or(*field);
         set(&mut ot.ping_interval, self.ping_interval);
+        set(&mut ot.broadcast_delay, self.ot_broadcast_delay);
         let set = |field: &mut usize, value: Option<usize>| *field = value.unwrap_or(*field);
         set(&mut config.max_frame_len, self.max_frame);
         set(&mut config.max_outbound_bytes, self.max_outbound);
@@ -1136,6 +1144,11 @@ mod tests {
         let parsed = args(&[]).unwrap();
         assert!(parsed.ot.auth.is_none());
         assert_eq!(parsed.ot.rate_limit_messages, 100);
+        assert_eq!(parsed.ot.broadcast_delay, Duration::from_millis(1));
+        let parsed = args(&["--ot-broadcast-delay", "0"]).unwrap();
+        assert!(parsed.ot.broadcast_delay.is_zero());
+        let parsed = args(&["--ot-broadcast-delay", "20"]).unwrap();
+        assert_eq!(parsed.ot.broadcast_delay, Duration::from_millis(20));
         let parsed = args(&[
             "--token",
             "t",

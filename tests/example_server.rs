@@ -256,6 +256,7 @@ fn every_server_flag_has_help_and_an_environment_variable() {
         ("--max-frame", "SYNCMUX_MAX_FRAME"),
         ("--max-outbound", "SYNCMUX_MAX_OUTBOUND"),
         ("--ping-interval", "SYNCMUX_PING_INTERVAL"),
+        ("--ot-broadcast-delay", "SYNCMUX_OT_BROADCAST_DELAY"),
         ("--idle-timeout", "SYNCMUX_IDLE_TIMEOUT"),
         ("--presence-ttl", "SYNCMUX_PRESENCE_TTL"),
         ("--room-max", "SYNCMUX_ROOM_MAX"),

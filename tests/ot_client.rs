@@ -393,8 +393,11 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
+        // Every op sent on at once, so that `pump` stops only when nothing is left.
+        let mut config = OtServerConfig::default();
+        config.broadcast_delay = Duration::ZERO;
         Pair {
-            server: OtServer::new(OtServerConfig::default()).unwrap(),
+            server: OtServer::new(config).unwrap(),
             now: Instant::ZERO,
         }
     }

@@ -15,6 +15,14 @@ use syncmux::wire::CloseCode;
 use syncmux::Instant;
 use syncmux::{AuthDecision, Handshake};
 
+/// The default configuration, every op sent on at once: these tests read the frames an
+/// input makes right after it (the broadcast delay has tests of its own).
+fn config() -> OtServerConfig {
+    let mut config = OtServerConfig::default();
+    config.broadcast_delay = Duration::ZERO;
+    config
+}
+
 struct Harness {
     server: OtServer,
     now: Instant,
@@ -99,7 +107,7 @@ fn error(message: &str) -> String {
 
 #[test]
 fn the_sender_gets_an_ack_and_every_other_client_the_op() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let (a, b, c) = (h.open(), h.open(), h.open());
     h.send(a, r#"{"type":"op","op":[{"i":"Hello"}],"revision":0}"#);
     let frames = h.frames();
@@ -125,9 +133,177 @@ fn the_sender_gets_an_ack_and_every_other_client_the_op() {
     ));
 }
 
+/// With the default broadcast delay, an op sent on waits for its member's next frame: an
+/// editor gets it ahead of its own ack, a reader once the delay is over, every op of the
+/// delay together and in revision order.
+#[test]
+fn ops_sent_on_wait_for_the_members_next_frame_or_the_delay() {
+    let mut h = Harness::new(OtServerConfig::default());
+    let delay = OtServerConfig::default().broadcast_delay;
+    assert_eq!(delay, Duration::from_millis(1));
+    let (a, b, c) = (h.open(), h.open(), h.open());
+    let start = h.now;
+    h.send(a, r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#);
+    assert_eq!(
+        h.frames(),
+        [(a, r#"{"type":"ack","revision":1}"#.to_owned())]
+    );
+    assert_eq!(h.server.poll_timeout(), Some(start + delay));
+    let held = h.server.outbound_bytes(c).unwrap();
+    assert!(held > 0, "held frames count against the outbound bound");
+
+    // b edits (made before it saw a's op): a's op first, then its ack, at once.
+    h.advance(delay / 2);
+    h.send(b, r#"{"type":"op","op":[{"i":"b"}],"revision":0}"#);
+    assert_eq!(
+        h.frames(),
+        [
+            (
+                b,
+                r#"{"type":"op","op":[{"i":"a"}],"revision":1}"#.to_owned()
+            ),
+            (b, r#"{"type":"ack","revision":2}"#.to_owned()),
+        ]
+    );
+    // The delay runs from the first op held.
+    assert_eq!(h.server.poll_timeout(), Some(start + delay));
+    h.advance(delay / 2 - Duration::from_micros(1));
+    assert_eq!(h.frames(), []);
+    h.advance(Duration::from_micros(1));
+    assert_eq!(
+        h.frames(),
+        [
+            (
+                c,
+                r#"{"type":"op","op":[{"i":"a"}],"revision":1}"#.to_owned()
+            ),
+            (
+                c,
+                r#"{"type":"op","op":[{"r":1},{"i":"b"}],"revision":2}"#.to_owned()
+            ),
+            (
+                a,
+                r#"{"type":"op","op":[{"r":1},{"i":"b"}],"revision":2}"#.to_owned()
+            ),
+        ]
+    );
+    assert_eq!(h.server.outbound_bytes(c), Some(0));
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(start + Duration::from_secs(30)),
+        "the heartbeat"
+    );
+}
+
+/// A timer that comes late does not hold an op longer: the next op sent on after the delay
+/// is over takes what waited out first.
+#[test]
+fn an_op_held_past_its_delay_goes_with_the_next_input() {
+    let mut h = Harness::new(OtServerConfig::default());
+    let (a, b) = (h.open(), h.open());
+    h.send(a, r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#);
+    assert_eq!(h.frames().len(), 1, "the ack");
+    // Time passes with no `handle_timeout`.
+    h.now += Duration::from_millis(5);
+    h.send(a, r#"{"type":"op","op":[{"i":"b"}],"revision":1}"#);
+    assert_eq!(
+        h.frames(),
+        [
+            (a, r#"{"type":"ack","revision":2}"#.to_owned()),
+            (
+                b,
+                r#"{"type":"op","op":[{"i":"a"}],"revision":1}"#.to_owned()
+            ),
+        ]
+    );
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.now + Duration::from_millis(1)),
+        "the second op waits a delay of its own"
+    );
+}
+
+/// Whatever else goes to a member takes the ops held for it first: a ping, a close.
+#[test]
+fn held_ops_go_out_before_a_ping_or_a_close() {
+    let mut config = OtServerConfig::default();
+    config.broadcast_delay = Duration::from_secs(3600);
+    let mut h = Harness::new(config);
+    let (a, b, c) = (h.open(), h.open(), h.open());
+    h.send(a, r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#);
+    assert_eq!(h.frames().len(), 1, "the ack");
+    h.advance(Duration::from_secs(30));
+    let op = Bytes::from_static(br#"{"type":"op","op":[{"i":"a"}],"revision":1}"#);
+    let transmits = h.transmits();
+    for member in [b, c] {
+        let mine: Vec<_> = transmits
+            .iter()
+            .filter(|t| match t {
+                OtTransmit::Frame { session, .. } | OtTransmit::Ping { session } => {
+                    *session == member
+                }
+                _ => false,
+            })
+            .collect();
+        assert_eq!(
+            mine,
+            [
+                &OtTransmit::Frame {
+                    session: member,
+                    bytes: op.clone(),
+                },
+                &OtTransmit::Ping { session: member },
+            ]
+        );
+    }
+    h.send(a, r#"{"type":"op","op":[{"i":"b"}],"revision":1}"#);
+    assert_eq!(h.frames().len(), 1, "the ack");
+    h.server.close_session(h.now, b, CloseCode::NORMAL, "bye");
+    let transmits = h.transmits();
+    assert!(
+        matches!(
+            &transmits[..],
+            [OtTransmit::Frame { session, bytes }, OtTransmit::Close { session: closed, .. }]
+                if *session == b && *closed == b && bytes.starts_with(br#"{"type":"op""#)
+        ),
+        "{transmits:?}"
+    );
+}
+
+/// Ops held back count against the member's outbound bound: a member held past it is closed
+/// as a slow consumer like one that does not read.
+#[test]
+fn held_ops_are_bounded_by_the_outbound_budget() {
+    let mut config = OtServerConfig::default();
+    config.broadcast_delay = Duration::from_secs(3600);
+    config.max_outbound_bytes = 400;
+    config.rate_limit_messages = 0;
+    let mut h = Harness::new(config);
+    let (a, b) = (h.open(), h.open());
+    let mut closed = None;
+    for revision in 0..20 {
+        h.send(
+            a,
+            &format!(r#"{{"type":"op","op":[{{"i":"0123456789"}}],"revision":{revision}}}"#),
+        );
+        for t in h.transmits() {
+            if let OtTransmit::Close { session, code, .. } = t {
+                closed = Some((session, code, revision));
+            }
+        }
+        if closed.is_some() {
+            break;
+        }
+        assert!(h.server.outbound_bytes(b).unwrap() <= 400);
+    }
+    let (session, code, revision) = closed.expect("b closed");
+    assert_eq!((session, code), (b, CloseCode::SLOW_CONSUMER));
+    assert!(revision > 3, "after several ops: {revision}");
+}
+
 #[test]
 fn a_stale_op_is_transformed_with_the_logged_insert_first() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let (a, b) = (h.open(), h.open());
     h.send(a, r#"{"type":"op","op":[{"i":"ab"}],"revision":0}"#);
     h.frames();
@@ -148,7 +324,7 @@ fn a_stale_op_is_transformed_with_the_logged_insert_first() {
 
 #[test]
 fn every_connection_gets_each_documents_ops_in_revision_order() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let sessions: Vec<_> = (0..4).map(|_| h.open()).collect();
     let mut revisions = vec![0u64; sessions.len()];
     for round in 0..20u64 {
@@ -174,7 +350,7 @@ fn every_connection_gets_each_documents_ops_in_revision_order() {
 
 #[test]
 fn documents_are_joined_by_naming_them() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let (a, b, c) = (h.open(), h.open(), h.open());
     // The first op on a new document is acked with revision 1, with the docId.
     h.send(
@@ -233,7 +409,7 @@ fn documents_are_joined_by_naming_them() {
 
 #[test]
 fn bad_ops_get_open_ots_messages_and_the_connection_stays_open() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let (a, b) = (h.open(), h.open());
     h.send(a, r#"{"type":"op","op":[{"i":"abc"}],"revision":0}"#);
     h.frames();
@@ -297,7 +473,7 @@ fn bad_ops_get_open_ots_messages_and_the_connection_stays_open() {
 
 #[test]
 fn an_error_for_a_named_document_carries_its_id() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let a = h.open();
     h.send(
         a,
@@ -316,7 +492,7 @@ fn an_error_for_a_named_document_carries_its_id() {
 
 #[test]
 fn an_op_that_would_split_a_surrogate_pair_is_refused() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let a = h.open();
     h.send(a, r#"{"type":"op","op":[{"i":"😀é"}],"revision":0}"#);
     h.frames();
@@ -333,7 +509,7 @@ fn an_op_that_would_split_a_surrogate_pair_is_refused() {
 
 #[test]
 fn the_seeds_rate_limit() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.rate_limit_messages = 3;
     config.rate_limit_window = Duration::from_secs(60);
     let mut h = Harness::new(config);
@@ -363,7 +539,7 @@ fn the_seeds_rate_limit() {
 
 #[test]
 fn zero_disables_the_rate_limit_and_the_heartbeat() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.rate_limit_messages = 0;
     config.ping_interval = Duration::ZERO;
     let mut h = Harness::new(config);
@@ -377,7 +553,7 @@ fn zero_disables_the_rate_limit_and_the_heartbeat() {
 
 #[test]
 fn pings_every_30_s_and_terminates_a_connection_that_did_not_answer() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let (a, b) = (h.open(), h.open());
     assert_eq!(
         h.server.poll_timeout(),
@@ -418,7 +594,7 @@ fn pings_every_30_s_and_terminates_a_connection_that_did_not_answer() {
 
 #[test]
 fn a_token_is_checked_at_the_handshake() {
-    let config = OtServerConfig::default().with_auth(|req| match req.token {
+    let config = config().with_auth(|req| match req.token {
         Some("valid-token") => AuthDecision::allow(None),
         _ => AuthDecision::deny(401, "bad token"),
     });
@@ -449,7 +625,7 @@ fn a_token_is_checked_at_the_handshake() {
 
 #[test]
 fn a_snapshot_says_whether_an_op_was_applied() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.max_history = 2;
     let mut h = Harness::new(config);
     let (a, b) = (h.open(), h.open());
@@ -482,7 +658,7 @@ fn a_snapshot_says_whether_an_op_was_applied() {
 
 #[test]
 fn an_op_sent_twice_is_applied_once() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let (a, b, other) = (h.open(), h.open(), h.open());
     let op = r#"{"type":"op","op":[{"i":"x"}],"revision":0,"opId":"c-1"}"#;
     h.send(a, op);
@@ -498,7 +674,7 @@ fn an_op_sent_twice_is_applied_once() {
 
 #[test]
 fn an_op_older_than_the_history_is_refused_with_a_hint() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.max_history = 3;
     let mut h = Harness::new(config);
     let a = h.open();
@@ -523,7 +699,7 @@ fn an_op_older_than_the_history_is_refused_with_a_hint() {
 
 #[test]
 fn limits_on_documents() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.max_documents = 3;
     config.max_documents_per_session = 2;
     config.max_doc_id_len = 8;
@@ -562,7 +738,7 @@ fn limits_on_documents() {
 
 #[test]
 fn limits_on_ops_frames_and_documents_length() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.max_op_components = 3;
     config.max_frame_len = 100;
     config.max_document_len = 5;
@@ -604,7 +780,7 @@ fn limits_on_ops_frames_and_documents_length() {
 
 #[test]
 fn a_slow_consumer_is_closed_and_loses_its_queue() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.max_outbound_bytes = 200;
     let mut h = Harness::new(config);
     let (a, slow) = (h.open(), h.open());
@@ -653,7 +829,7 @@ fn a_slow_consumer_is_closed_and_loses_its_queue() {
 
 #[test]
 fn limits_on_sessions_events_and_shutdown() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.max_sessions = 2;
     config.max_events = 3;
     let mut h = Harness::new(config);
@@ -707,7 +883,7 @@ fn limits_on_sessions_events_and_shutdown() {
 
 #[test]
 fn a_closed_session_gets_nothing_more() {
-    let mut h = Harness::new(OtServerConfig::default());
+    let mut h = Harness::new(config());
     let (a, b) = (h.open(), h.open());
     h.send(a, r#"{"type":"op","op":[{"i":"x"}],"revision":0}"#);
     // b's socket closes before its frame was polled: the frame is dropped.
@@ -734,7 +910,7 @@ fn a_closed_session_gets_nothing_more() {
 
 #[test]
 fn the_history_is_bounded_in_bytes_too() {
-    let mut config = OtServerConfig::default();
+    let mut config = config();
     config.max_history = 0;
     config.max_history_bytes = 1000;
     let mut h = Harness::new(config);

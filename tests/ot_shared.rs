@@ -4,14 +4,24 @@
 //! ops after it until they come.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use syncmux::ot::{
     OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent, OtTransmit, TextOp,
 };
 use syncmux::{Handshake, Instant};
 
-fn shared() -> OtServer {
+/// The default configuration, every op sent on at once: these tests read the frames an
+/// input makes right after it (the broadcast delay has tests of its own).
+fn config() -> OtServerConfig {
     let mut config = OtServerConfig::default();
+    config.broadcast_delay = Duration::ZERO;
+    config
+}
+
+fn shared() -> OtServer {
+    let mut config = config();
     config.shared_history = true;
     OtServer::new(config).unwrap()
 }
@@ -132,7 +142,7 @@ fn a_refused_commit_is_an_error_frame() {
 #[test]
 fn without_a_shared_history_remote_inputs_are_ignored() {
     let now = Instant::ZERO;
-    let mut server = OtServer::new(OtServerConfig::default()).unwrap();
+    let mut server = OtServer::new(config()).unwrap();
     let (alice, _bob) = (open(&mut server), open(&mut server));
     server.handle_remote_op(now, "doc-1", 1, TextOp::new().insert("remote"));
     server.handle_remote_head(now, "doc-1", 5);
@@ -237,7 +247,7 @@ fn a_head_seen_while_loading_is_fetched_after_the_snapshot() {
 fn at_the_document_limit_an_idle_copy_makes_room() {
     let now = Instant::ZERO;
     for shared_history in [true, false] {
-        let mut config = OtServerConfig::default();
+        let mut config = config();
         config.shared_history = shared_history;
         config.max_documents = 3;
         let mut server = OtServer::new(config).unwrap();

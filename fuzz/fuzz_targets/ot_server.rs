@@ -1,7 +1,8 @@
 //! The OT document server fed arbitrary input sequences: handshakes (with and without the
 //! right token), ops and snapshot requests built from fuzz bytes (naming few documents, so
 //! they collide), free-form and garbage frames, pongs, stalled writes, socket closes,
-//! application closes, shutdown, and time jumps (backwards too).
+//! application closes, shutdown, and time jumps (backwards too); ops sent on at once or held
+//! for a broadcast delay.
 //!
 //! Invariants: no panic; every bound holds (sessions, documents, joins per session, history,
 //! document length, outbound bytes per session, the outbound queue, events); every frame
@@ -177,6 +178,8 @@ fn config(input: &Input) -> OtServerConfig {
     c.rate_limit_messages = u32::from(input.rate_limit % 30);
     c.rate_limit_window = Duration::from_secs(10);
     c.ping_interval = Duration::from_secs(15);
+    // The rate limit's byte's top bits: ops sent on at once, or held for 1 ms, 20 ms, 1 s.
+    c.broadcast_delay = [0, 1, 20, 1000].map(Duration::from_millis)[usize::from(input.rate_limit >> 6)];
     c.shared_history = input.shared;
     c
 }

@@ -926,7 +926,12 @@ mod tests {
     /// other connection's op is in by then), not one write each.
     #[test]
     fn frames_of_ops_read_together_leave_in_one_write() {
-        let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
+        // Every op sent on at once: the round, not the broadcast delay, batches here.
+        let config = OtServerConfig {
+            broadcast_delay: std::time::Duration::ZERO,
+            ..OtServerConfig::default()
+        };
+        let ot = OtServer::new(config).expect("valid config");
         let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
         let mut tasks = Vec::new();
         let mut flushes = Vec::new();
@@ -990,7 +995,12 @@ mod tests {
     /// leave in one write per socket, written by the hub, every byte reported written.
     #[test]
     fn on_direct_sockets_the_frames_of_ops_read_together_leave_in_one_write() {
-        let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
+        // Every op sent on at once: the round, not the broadcast delay, batches here.
+        let config = OtServerConfig {
+            broadcast_delay: std::time::Duration::ZERO,
+            ..OtServerConfig::default()
+        };
+        let ot = OtServer::new(config).expect("valid config");
         let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
         let mut tasks = Vec::new();
         let mut writes = Vec::new();
@@ -1037,5 +1047,84 @@ mod tests {
             let outbound = server.with_server(|s, _| s.outbound_bytes(session));
             assert_eq!(outbound, Some(0), "reported written");
         }
+    }
+
+    /// With the default broadcast delay, an op sent on waits on its socket: an editor's
+    /// socket takes the ops held for it with its own ack, in one write; a reader's takes
+    /// every op of the delay in one write when the timer fires (which the hub woke for it).
+    #[test]
+    fn with_the_broadcast_delay_a_socket_takes_the_ops_held_for_it_in_one_write() {
+        let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
+        let (server, timer) = OtServerHandle::new(ot, ServerOptions::default());
+        let mut tasks = Vec::new();
+        let mut writes = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..3 {
+            let accepted = server
+                .handshake(&Handshake::new("/ot", ""))
+                .expect("accepted");
+            let socket = Writes::default();
+            writes.push(socket.clone());
+            let ws = Recorder::default();
+            inboxes.push(ws.inbox.clone());
+            tasks.push(Box::pin(
+                accepted.run_direct(ws, Arc::new(Direct::new(socket))),
+            ));
+        }
+        /// Every task polled twice: reads, then the flush after the yield.
+        fn round<F: Future<Output = ()>>(tasks: &mut [Pin<Box<F>>]) {
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            for _ in 0..2 {
+                for task in tasks.iter_mut() {
+                    assert!(task.as_mut().poll(&mut cx).is_pending());
+                }
+            }
+        }
+        round(&mut tasks);
+        while timer.wake.try_recv().is_ok() {}
+        let writes_of = |i: usize| -> Vec<Vec<String>> {
+            let socket: &Writes = &writes[i];
+            socket
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|w| payloads(w))
+                .collect()
+        };
+        let (a, b, c) = (0, 1, 2);
+
+        inboxes[a].lock().unwrap().push_back(op("x"));
+        round(&mut tasks);
+        assert_eq!(writes_of(a), [[r#"{"type":"ack","revision":1}"#]]);
+        assert!(writes_of(b).is_empty() && writes_of(c).is_empty());
+        assert!(
+            timer.wake.try_recv().is_ok(),
+            "the timer task is told of the delay"
+        );
+
+        inboxes[b].lock().unwrap().push_back(op("y"));
+        round(&mut tasks);
+        assert_eq!(
+            writes_of(b),
+            [[
+                r#"{"type":"op","op":[{"i":"x"}],"revision":1}"#,
+                r#"{"type":"ack","revision":2}"#
+            ]]
+        );
+        assert!(writes_of(c).is_empty());
+
+        assert!(server.lock().arm().is_some(), "the delay's deadline");
+        // Past the deadline (the delay, 1 ms, ran from a's op, before this), then the timer.
+        std::thread::sleep(2 * OtServerConfig::default().broadcast_delay);
+        server.lock().fire();
+        assert_eq!(
+            writes_of(c),
+            [[
+                r#"{"type":"op","op":[{"i":"x"}],"revision":1}"#,
+                r#"{"type":"op","op":[{"r":1},{"i":"y"}],"revision":2}"#
+            ]]
+        );
+        assert_eq!(writes_of(a).len(), 2, "a's ack, then b's op");
     }
 }

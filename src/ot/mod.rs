@@ -22,8 +22,10 @@
 //! use syncmux::Handshake;
 //! use syncmux::Instant;
 //!
-//! let now = Instant::ZERO;
-//! let mut server = OtServer::new(OtServerConfig::default())?;
+//! let mut now = Instant::ZERO;
+//! let config = OtServerConfig::default();
+//! let delay = config.broadcast_delay;
+//! let mut server = OtServer::new(config)?;
 //! let mut clients = [OtClient::new(OtClientConfig::new("a"))?, OtClient::new(OtClientConfig::new("b"))?];
 //! let mut sessions = Vec::new();
 //! for client in &mut clients {
@@ -35,7 +37,7 @@
 //! clients[0].edit(now, TextOp::new().insert("Hello"))?;
 //! clients[1].edit(now, TextOp::new().insert("World"))?;
 //!
-//! // Pump frames both ways until nothing moves.
+//! // Pump frames both ways until nothing moves and nothing waits.
 //! loop {
 //!     let mut moved = false;
 //!     for (client, &session) in clients.iter_mut().zip(&sessions) {
@@ -52,7 +54,16 @@
 //!             moved = true;
 //!         }
 //!     }
-//!     if !moved { break; }
+//!     if !moved {
+//!         // Ops sent on to a client wait at most the broadcast delay: let it pass.
+//!         match server.poll_timeout() {
+//!             Some(at) if at <= now + delay => {
+//!                 now = at;
+//!                 server.handle_timeout(now);
+//!             }
+//!             _ => break,
+//!         }
+//!     }
 //! }
 //! let text = server.document("doc-1").unwrap().text().to_owned();
 //! assert!(text == "HelloWorld" || text == "WorldHello");

@@ -246,9 +246,20 @@ enum Out {
 /// [`OtServerConfig::max_documents`] the one idle longest makes room for a new document
 /// ([`OtServerEvent::DocumentDropped`]).
 ///
+/// # Broadcast delay
+///
+/// An op sent on to the other members of its document may wait up to
+/// [`OtServerConfig::broadcast_delay`] (1 ms by default) before it is handed out, so that it
+/// leaves in one write with what that member gets next: a member that is editing gets the
+/// ops held for it ahead of its own ack, at once; a member that only reads gets every op of
+/// the delay together when it is over ([`poll_timeout`](Self::poll_timeout)). Answers to a
+/// session's own messages are never held. Frames still reach each connection in revision
+/// order: held ops always go out before anything sent to the session after them.
+///
 /// # Example
 ///
-/// Two connections on `doc-1`; one inserts, the other receives the op:
+/// Two connections on `doc-1`; one inserts, the other receives the op once the broadcast
+/// delay is over:
 ///
 /// ```
 /// use bytes::Bytes;
@@ -263,17 +274,23 @@ enum Out {
 ///     other => panic!("{other:?}"),
 /// };
 /// let (alice, bob) = (open(&mut server), open(&mut server));
+/// let mut frames = |server: &mut OtServer, now| {
+///     let mut frames = Vec::new();
+///     while let Some(transmit) = server.poll_transmit() {
+///         if let OtTransmit::Frame { session, bytes } = transmit {
+///             server.handle_sent(now, session, bytes.len());
+///             frames.push((session, String::from_utf8(bytes.to_vec()).unwrap()));
+///         }
+///     }
+///     frames
+/// };
 ///
 /// server.handle_message(now, alice, Bytes::from(r#"{"type":"op","op":[{"i":"Hello"}],"revision":0}"#));
-/// let mut frames = Vec::new();
-/// while let Some(transmit) = server.poll_transmit() {
-///     if let OtTransmit::Frame { session, bytes } = transmit {
-///         server.handle_sent(now, session, bytes.len());
-///         frames.push((session, String::from_utf8(bytes.to_vec())?));
-///     }
-/// }
-/// assert_eq!(frames, [
-///     (alice, r#"{"type":"ack","revision":1}"#.to_owned()),
+/// assert_eq!(frames(&mut server, now), [(alice, r#"{"type":"ack","revision":1}"#.to_owned())]);
+///
+/// let later = server.poll_timeout().expect("the broadcast delay");
+/// server.handle_timeout(later);
+/// assert_eq!(frames(&mut server, later), [
 ///     (bob, r#"{"type":"op","op":[{"i":"Hello"}],"revision":1}"#.to_owned()),
 /// ]);
 /// assert_eq!(server.document("doc-1").map(|d| d.text().to_owned()), Some("Hello".into()));
@@ -293,6 +310,10 @@ pub struct OtServer {
     out: VecDeque<(OtSessionId, Out)>,
     events: VecDeque<OtServerEvent>,
     dropped_events: u64,
+    /// Sessions with ops held back (`broadcast_delay`), each once.
+    held: Vec<OtSessionId>,
+    /// When the ops held back go out, whatever comes before.
+    held_until: Option<Instant>,
     /// Recipients of the op being routed (kept to reuse its allocation).
     scratch: Vec<OtSessionId>,
     shut_down: bool,
@@ -331,6 +352,8 @@ impl OtServer {
             out: VecDeque::new(),
             events: VecDeque::new(),
             dropped_events: 0,
+            held: Vec::new(),
+            held_until: None,
             scratch: Vec::new(),
             shut_down: false,
             commits: BTreeMap::new(),
@@ -381,7 +404,8 @@ impl OtServer {
         self.sessions.get(session).map(Session::outbound)
     }
 
-    /// Entries waiting in the outbound queue (frames, pings, closes).
+    /// Entries waiting in the outbound queue (frames, pings, closes; not the ops held back
+    /// for the broadcast delay).
     pub fn queued_transmits(&self) -> usize {
         self.out.len()
     }
@@ -501,10 +525,14 @@ impl OtServer {
         self.sessions.remove(session);
     }
 
-    /// Time passed: sends the pings due, and terminates the sessions that did not answer
-    /// the previous one. Calling it early is a no-op.
+    /// Time passed: sends the ops held back once their delay is over, the pings due, and
+    /// terminates the sessions that did not answer the previous one. Calling it early is a
+    /// no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clamp(now);
+        if self.held_until.is_some_and(|at| at <= now) {
+            self.release_held();
+        }
         while let Some(&(at, session)) = self.timers.first() {
             if at > now {
                 break;
@@ -522,6 +550,8 @@ impl OtServer {
                 continue;
             }
             s.awaiting_pong = true;
+            // With the ops held for it: the ping is a write anyway.
+            self.release(session);
             self.out.push_back((session, Out::Ping));
             // From now, not from `at`: after a long stall (a suspended host) the next ping
             // still leaves a whole interval for the pong.
@@ -605,7 +635,11 @@ impl OtServer {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        let heartbeat = self.timers.first().map(|(at, _)| *at);
+        match (heartbeat, self.held_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- internals ----------------------------------------------------------------------
@@ -670,7 +704,7 @@ impl OtServer {
                 let named = (*key != *DEFAULT_DOC_ID).then_some(&*key);
                 let frame = encode_op(&op, revision, named);
                 for &member in &recipients {
-                    self.send(member, frame.clone());
+                    self.send_on(member, frame.clone());
                 }
                 self.event(OtServerEvent::Applied {
                     session,
@@ -768,20 +802,75 @@ impl OtServer {
         Ok(key)
     }
 
-    /// Queues a frame; a session over its outbound bound is closed (4503) instead.
+    /// Queues a frame, after the ops held back for the session; a session over its outbound
+    /// bound is closed (4503) instead.
     fn send(&mut self, session: OtSessionId, bytes: Bytes) {
-        let max = self.config.max_outbound_bytes;
-        let Some(s) = self.sessions.open_mut(session) else {
-            return;
-        };
-        let outbound = s.outbound();
-        if max != 0 && outbound > 0 && outbound.saturating_add(bytes.len()) > max {
-            let close = (CloseCode::SLOW_CONSUMER, "slow consumer", false);
-            self.begin_close(session, Some(close), OtCloseReason::SlowConsumer);
+        if self.reserve(session, bytes.len()) {
+            self.release(session);
+            self.out.push_back((session, Out::Frame(bytes)));
+        }
+    }
+
+    /// Sends an op on to a member: held back (at most `broadcast_delay`) to leave with what
+    /// the member gets next, or queued at once without a delay.
+    fn send_on(&mut self, member: OtSessionId, frame: Bytes) {
+        let delay = self.config.broadcast_delay;
+        if delay.is_zero() {
+            return self.send(member, frame);
+        }
+        if self.held_until.is_some_and(|at| at <= self.now) {
+            // The timer is late: what waited goes now, and a new delay starts.
+            self.release_held();
+        }
+        if !self.reserve(member, frame.len()) {
             return;
         }
-        s.queued += bytes.len();
-        self.out.push_back((session, Out::Frame(bytes)));
+        let Some(s) = self.sessions.get_mut(member) else {
+            return;
+        };
+        s.held.push(frame);
+        if !s.listed {
+            s.listed = true;
+            self.held.push(member);
+        }
+        self.held_until.get_or_insert(self.now + delay);
+    }
+
+    /// Counts a frame of `len` bytes against an open session's outbound bound: `false` when
+    /// the session is not open, or over its bound (and closed now with 4503).
+    fn reserve(&mut self, session: OtSessionId, len: usize) -> bool {
+        let max = self.config.max_outbound_bytes;
+        let Some(s) = self.sessions.open_mut(session) else {
+            return false;
+        };
+        let outbound = s.outbound();
+        if max != 0 && outbound > 0 && outbound.saturating_add(len) > max {
+            let close = (CloseCode::SLOW_CONSUMER, "slow consumer", false);
+            self.begin_close(session, Some(close), OtCloseReason::SlowConsumer);
+            return false;
+        }
+        s.queued += len;
+        true
+    }
+
+    /// Queues the ops held back for the session, ahead of whatever it is sent next.
+    fn release(&mut self, session: OtSessionId) {
+        if let Some(s) = self.sessions.get_mut(session) {
+            for frame in s.held.drain(..) {
+                self.out.push_back((session, Out::Frame(frame)));
+            }
+        }
+    }
+
+    /// The delay is over: every op held back is queued.
+    fn release_held(&mut self) {
+        self.held_until = None;
+        for session in core::mem::take(&mut self.held) {
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.listed = false;
+            }
+            self.release(session);
+        }
     }
 
     /// Starts closing an open session: it leaves its documents and its close (with `code`,
@@ -793,6 +882,7 @@ impl OtServer {
         reason: OtCloseReason,
     ) {
         self.detach(session, reason);
+        self.release(session);
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };

@@ -4,6 +4,8 @@ use core::fmt;
 use core::time::Duration;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::time::Instant;
 
 /// One connection to the OT endpoint. Never reused: a slot freed by a closed session comes
@@ -42,8 +44,12 @@ pub(crate) struct Session {
     pub(crate) awaiting_pong: bool,
     /// The deadline this session has in the timer table.
     pub(crate) wake: Option<Instant>,
-    /// Bytes of frames queued and not polled yet.
+    /// Bytes of frames queued (or held) and not polled yet.
     pub(crate) queued: usize,
+    /// Ops sent on to it and held back for `broadcast_delay`, oldest first.
+    pub(crate) held: Vec<Bytes>,
+    /// It is in the server's list of sessions with ops held back.
+    pub(crate) listed: bool,
     /// Bytes of frames polled and not yet reported written.
     pub(crate) unacked: usize,
     /// Ops waiting for their commit (shared history).
@@ -60,6 +66,8 @@ impl Session {
             awaiting_pong: false,
             wake: None,
             queued: 0,
+            held: Vec::new(),
+            listed: false,
             unacked: 0,
             commits: 0,
         }

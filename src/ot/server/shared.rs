@@ -373,7 +373,7 @@ impl OtServer {
         }
         for &member in &recipients {
             if Some(member) != sender {
-                self.send(member, frame.clone());
+                self.send_on(member, frame.clone());
             }
         }
         self.scratch = recipients;
