@@ -1,8 +1,10 @@
 //! The OT profile end to end over real sockets (feature `tokio`): acked ops per second and
 //! the server's CPU per acked op, with 5 concurrent clients, one op in flight each, every op
 //! sent on to the 4 others. The server is the example server (`/ot`, built with this bench's
-//! profile; as deployed, then with `TOKIO_WORKER_THREADS=1`) and, when `node` and `tests/node/node_modules/ws` are there, in the same run, the
-//! baseline: a minimal Node server built the seed's way (`tests/node/ot_seed_server.mjs`).
+//! profile; as deployed, then with `TOKIO_WORKER_THREADS=1`, then with
+//! `--ot-broadcast-delay 0`, every op sent on at once, against the default 1 ms) and, when
+//! `node` and `tests/node/node_modules/ws` are there, in the same run, the baseline: a
+//! minimal Node server built the seed's way (`tests/node/ot_seed_server.mjs`).
 //!
 //! ```text
 //! cargo bench --features tokio --bench ot_e2e            # OT_BENCH_SECS=5 by default
@@ -391,10 +393,11 @@ fn main() {
         return;
     }
     let binary = example_server();
-    let syncmux = |workers: Option<&str>| {
+    let syncmux = |workers: Option<&str>, flags: &[&str]| {
         let mut command = Command::new(&binary);
         command
             .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
+            .args(flags)
             .env("RUST_LOG", "warn");
         let name = match workers {
             // tokio's multi-thread runtime reads it (the example uses `Runtime::new`).
@@ -407,13 +410,24 @@ fn main() {
                 "syncmux".to_owned()
             }
         };
+        let name = match flags {
+            [] => name,
+            _ => format!("{name} {}", flags.join(" ")),
+        };
         let server = start(command, "ot on ");
         measure(&name, &server, window)
     };
     // As deployed (a worker per core; `/ot` on a thread of its own), then with the whole
-    // server on one worker: the two should agree.
-    let default = syncmux(None);
-    let one = syncmux(Some("1"));
+    // server on one worker: the two should agree. Then without the broadcast delay (every
+    // op sent on at once, each socket written every round), the baseline of what it saves.
+    let default = syncmux(None, &[]);
+    let one = syncmux(Some("1"), &[]);
+    let at_once = syncmux(None, &["--ot-broadcast-delay", "0"]);
+    println!(
+        "ot e2e no broadcast delay / default, CPU per acked op: {:.2}x; acked ops/s: {:.2}x",
+        at_once.cpu_micros_per_op / default.cpu_micros_per_op,
+        at_once.ops_per_second / default.ops_per_second,
+    );
     if cfg!(feature = "redis") {
         on_redis(&binary, &default, window);
     }
