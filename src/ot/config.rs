@@ -79,7 +79,8 @@ pub struct OtServerConfig {
     /// for it at once with its next ack (answers to its own messages are never held); the
     /// others get theirs when the delay is over, all of them in one frame batch. Busy
     /// documents so cost one write per member per ack or per delay rather than one per op.
-    /// Default 1 ms, far below what a person notices; zero sends every op on at once.
+    /// Default 1 ms, far below what a person notices (the runtime's timer may add its own
+    /// granularity: tokio's is a millisecond); zero sends every op on at once.
     pub broadcast_delay: Duration,
     /// How often to send a WebSocket ping. A connection that did not answer the previous
     /// ping when the next is due is terminated. Default 30 s.
