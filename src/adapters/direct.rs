@@ -498,24 +498,39 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
     }
 }
 
+/// Payloads a [`Framer`] remembers: the OT hub's frames interleave payloads (each session
+/// takes the ops held for it in turn), so the last one alone would frame most of them again.
+const RECENT: usize = 8;
+
 /// Frames the messages of one drain: a payload sent to many sessions (the same `Bytes`) is
 /// framed once, and every recipient gets a clone of that one buffer.
 #[derive(Default)]
 pub(crate) struct Framer {
-    last: Option<(Bytes, Bytes)>,
+    /// The payloads framed lately and their frames; `next` is the slot written next.
+    recent: [Option<(Bytes, Bytes)>; RECENT],
+    next: usize,
 }
 
 impl Framer {
     /// The WebSocket frame (unmasked, final, text, or binary should the payload not be
-    /// UTF-8) of `payload`, shared with the previous call's when it was the same buffer.
+    /// UTF-8) of `payload`, shared with an earlier call's when it was the same buffer.
     pub(crate) fn frame(&mut self, payload: &Bytes) -> Bytes {
-        if let Some((last, framed)) = &self.last {
-            if last.as_ptr() == payload.as_ptr() && last.len() == payload.len() {
-                return framed.clone();
+        // Newest first: a broadcast's recipients come one after the other.
+        for i in 1..=RECENT {
+            let slot = &self.recent[(self.next + RECENT - i) % RECENT];
+            match slot {
+                Some((seen, framed))
+                    if seen.as_ptr() == payload.as_ptr() && seen.len() == payload.len() =>
+                {
+                    return framed.clone();
+                }
+                Some(_) => {}
+                None => break,
             }
         }
         let framed = frame(payload);
-        self.last = Some((payload.clone(), framed.clone()));
+        self.recent[self.next] = Some((payload.clone(), framed.clone()));
+        self.next = (self.next + 1) % RECENT;
         framed
     }
 }
@@ -614,6 +629,14 @@ mod tests {
         assert!(frames.iter().all(|f| f.as_ptr() == frames[0].as_ptr()));
         let other = Bytes::from(payload.to_vec());
         assert_ne!(framer.frame(&other).as_ptr(), frames[0].as_ptr());
+        // Interleaved with others (the OT hub's held ops), still framed once.
+        let payloads: Vec<Bytes> = (0..RECENT)
+            .map(|i| Bytes::from(format!("{{\"op\":{i}}}")))
+            .collect();
+        let first: Vec<Bytes> = payloads.iter().map(|p| framer.frame(p)).collect();
+        for (p, framed) in payloads.iter().zip(&first).rev() {
+            assert_eq!(framer.frame(p).as_ptr(), framed.as_ptr());
+        }
     }
 
     /// Frames queued while the socket is full leave in one write once it is writable, in

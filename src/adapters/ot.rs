@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     shared: Option<async_channel::Sender<OtServerEvent>>,
     /// Sessions whose direct socket has frames queued for [`flush`](Self::flush).
     dirty: Vec<OtSessionId>,
+    /// Frames the payloads handed out since the last flush, each once.
+    framer: Framer,
 }
 
 impl Shared {
@@ -163,13 +165,15 @@ impl Shared {
                 self.hand_out();
             }
         }
+        // The round is out: its payloads need not stay alive for the next one.
+        self.framer = Framer::default();
     }
 
     /// Hands every output of the last input to the connections (a direct socket's frames
     /// are queued on it, framed once per broadcast, for [`flush`](Self::flush)), then
     /// re-arms the timer.
     fn hand_out(&mut self) {
-        let mut framer = Framer::default();
+        let mut framer = core::mem::take(&mut self.framer);
         while let Some(transmit) = self.server.poll_transmit() {
             let (session, out) = match transmit {
                 OtTransmit::Frame { session, bytes } => (session, Out::Frame(bytes)),
@@ -206,6 +210,7 @@ impl Shared {
                 let _ = outlet.out.try_send(out);
             }
         }
+        self.framer = framer;
         while let Some(event) = self.server.poll_event() {
             match event {
                 OtServerEvent::SessionClosed { session, reason } => {
@@ -289,6 +294,7 @@ impl OtServerHandle {
             stop: Some(stop_tx),
             shared: None,
             dirty: Vec::new(),
+            framer: Framer::default(),
         };
         let handle = OtServerHandle {
             shared: Arc::new(Mutex::new(shared)),
