@@ -1,5 +1,6 @@
-//! The OT profile end to end over real sockets (feature `tokio`): acked ops per second and
-//! the server's CPU per acked op, with 5 concurrent clients, one op in flight each, every op
+//! The OT profile end to end over real sockets (feature `tokio`): acked ops per second, the
+//! server's CPU per acked op, and the time an op takes from its sender to the other clients
+//! (median and 99th percentile), with 5 concurrent clients, one op in flight each, every op
 //! sent on to the 4 others. The server is the example server (`/ot`, built with this bench's
 //! profile; as deployed, then with `TOKIO_WORKER_THREADS=1`, then with
 //! `--ot-broadcast-delay 0`, every op sent on at once, against the default 1 ms) and, when
@@ -38,7 +39,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -178,6 +179,9 @@ async fn client(url: String, seed: u64, shared: Arc<Shared>) {
     // Every client is a member before anyone edits: none misses an op.
     shared.connected.wait().await;
     let (mut doc, mut revision, mut rng) = (String::new(), 0u64, seed);
+    // When this client sent the ops acked to it, and when it received the others', by
+    // revision, in the measured window: the ops' latency from sender to receiver.
+    let (mut sent, mut received) = (Vec::new(), Vec::new());
     while !shared.stop.load(Ordering::Relaxed) {
         // xorshift: a varying place per edit.
         rng ^= rng << 13;
@@ -195,6 +199,8 @@ async fn client(url: String, seed: u64, shared: Arc<Shared>) {
             mine.to_json()
         );
         ws.send(Message::text(frame)).await.expect("send");
+        let sent_at = Instant::now();
+        let measured = shared.measuring.load(Ordering::Relaxed);
         loop {
             let Message::Text(text) = ws.next().await.expect("open").expect("read") else {
                 continue;
@@ -206,8 +212,16 @@ async fn client(url: String, seed: u64, shared: Arc<Shared>) {
             assert_eq!(at, revision + 1, "{text}");
             revision = at;
             match frame["type"].as_str() {
-                Some("ack") => break,
+                Some("ack") => {
+                    if measured {
+                        sent.push((at, sent_at));
+                    }
+                    break;
+                }
                 Some("op") => {
+                    if measured {
+                        received.push((at, Instant::now()));
+                    }
                     // The server put this op before ours (ours on its right side).
                     let theirs = TextOp::from_json(frame["op"].take()).expect("an op");
                     doc = theirs
@@ -221,6 +235,9 @@ async fn client(url: String, seed: u64, shared: Arc<Shared>) {
         }
         shared.acked.fetch_add(1, Ordering::Relaxed);
     }
+    let mut times = shared.times.lock().expect("times");
+    times.0.extend(sent);
+    times.1.extend(received);
 }
 
 /// What the clients of one run share.
@@ -228,6 +245,34 @@ struct Shared {
     connected: tokio::sync::Barrier,
     acked: AtomicU64,
     stop: AtomicBool,
+    /// The measured window is on: the clients note when ops leave and arrive.
+    measuring: AtomicBool,
+    /// Every client's (revision, sent at) of its acked ops and (revision, received at) of
+    /// the others', once they stopped.
+    times: Mutex<(Times, Times)>,
+}
+
+/// Ops by revision, and when one was sent or received.
+type Times = Vec<(u64, Instant)>;
+
+/// The median and 99th percentile, in µs, of the time from an op's send to its arrival at
+/// each other client (ops sent in the measured window).
+fn latency(times: &(Times, Times)) -> Option<(f64, f64)> {
+    let sent: std::collections::HashMap<u64, Instant> = times.0.iter().copied().collect();
+    let mut micros: Vec<f64> = times
+        .1
+        .iter()
+        .filter_map(|(revision, at)| {
+            let from = sent.get(revision)?;
+            Some(at.saturating_duration_since(*from).as_secs_f64() * 1e6)
+        })
+        .collect();
+    if micros.is_empty() {
+        return None;
+    }
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
+    Some((at(0.5), at(0.99)))
 }
 
 /// What one server did in the measured window.
@@ -252,6 +297,8 @@ fn measure_with(name: &str, server: &Server, other: Option<u32>, window: Duratio
         connected: tokio::sync::Barrier::new(CLIENTS),
         acked: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        measuring: AtomicBool::new(false),
+        times: Mutex::default(),
     });
     let (acked, stop) = (&shared.acked, &shared.stop);
     let pid = server.pid;
@@ -263,6 +310,7 @@ fn measure_with(name: &str, server: &Server, other: Option<u32>, window: Duratio
             })
             .collect();
         tokio::time::sleep(WARM_UP).await;
+        shared.measuring.store(true, Ordering::Relaxed);
         let other0 = other.map(cpu_seconds);
         let (ops0, (user0, sys0), t0) = (
             acked.load(Ordering::Relaxed),
@@ -301,6 +349,12 @@ fn measure_with(name: &str, server: &Server, other: Option<u32>, window: Duratio
         );
         if let Some(other) = figures.other_micros_per_op {
             println!("ot e2e {name}: {other:.1} µs redis-server CPU per acked op");
+        }
+        if let Some((median, p99)) = latency(&shared.times.lock().expect("times")) {
+            println!(
+                "ot e2e {name}: an op reaches the other clients in {median:.0} µs \
+                 (median), {p99:.0} µs (99th percentile)"
+            );
         }
         figures
     })

@@ -160,6 +160,21 @@ fn main() -> Result<(), Box<dyn Error>> {
         "no cross-thread wake-ups",
     );
     t.row(
+        "OT op from its sender to the other clients, median",
+        printed(&log, "ot e2e syncmux: an op reaches the other clients in")
+            .map(|us| format!("{us:.0} µs")),
+        "the 5 editors of the CPU row, broadcast delay 1 ms",
+    );
+    t.row(
+        "OT op from its sender to the other clients, no broadcast delay",
+        printed(
+            &log,
+            "ot e2e syncmux --ot-broadcast-delay 0: an op reaches the other clients in",
+        )
+        .map(|us| format!("{us:.0} µs")),
+        "same run",
+    );
+    t.row(
         "OT CPU per op, no broadcast delay / default 1 ms",
         printed(
             &log,
