@@ -207,6 +207,9 @@ impl core::fmt::Debug for OtDocument<'_> {
     }
 }
 
+/// Ops a session's hold keeps room for once it is empty again.
+const MAX_HELD_KEPT: usize = 16;
+
 /// What the outbound queue holds for a session.
 enum Out {
     Frame(Bytes),
@@ -859,18 +862,24 @@ impl OtServer {
             for frame in s.held.drain(..) {
                 self.out.push_back((session, Out::Frame(frame)));
             }
+            if s.held.capacity() > MAX_HELD_KEPT {
+                // A burst's room is not kept by a session that may stay idle.
+                s.held = Vec::new();
+            }
         }
     }
 
     /// The delay is over: every op held back is queued.
     fn release_held(&mut self) {
         self.held_until = None;
-        for session in core::mem::take(&mut self.held) {
+        let mut held = core::mem::take(&mut self.held);
+        for session in held.drain(..) {
             if let Some(s) = self.sessions.get_mut(session) {
                 s.listed = false;
             }
             self.release(session);
         }
+        self.held = held;
     }
 
     /// Starts closing an open session: it leaves its documents and its close (with `code`,
@@ -962,5 +971,45 @@ impl OtServer {
             self.dropped_events += 1;
         }
         self.events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader held a burst of ops keeps no room for them once they left; a few, it keeps.
+    #[test]
+    fn a_burst_held_for_a_reader_leaves_no_room_behind() {
+        let config = OtServerConfig {
+            rate_limit_messages: 0,
+            ..OtServerConfig::default()
+        };
+        let delay = config.broadcast_delay;
+        let mut server = OtServer::new(config).expect("valid config");
+        let mut now = Instant::ZERO;
+        let mut open = || match server.handle_handshake(now, &Handshake::new("/ot", "")) {
+            OtHandshakeOutcome::Accept { session } => session,
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (open(), open());
+        let mut revision = 0;
+        let mut burst = |server: &mut OtServer, now, ops| {
+            for _ in 0..ops {
+                let op = format!(r#"{{"type":"op","op":[{{"i":"x"}}],"revision":{revision}}}"#);
+                server.handle_message(now, a, Bytes::from(op));
+                revision += 1;
+            }
+            let held = |server: &OtServer| server.sessions.get(b).map(|s| s.held.len());
+            assert_eq!(held(server), Some(ops));
+            server.handle_timeout(now + delay);
+            while server.poll_transmit().is_some() {}
+            assert_eq!(held(server), Some(0));
+            server.sessions.get(b).map_or(0, |s| s.held.capacity())
+        };
+        assert_eq!(burst(&mut server, now, 40), 0, "no room kept after 40");
+        now += delay;
+        let kept = burst(&mut server, now, 3);
+        assert!((3..=MAX_HELD_KEPT).contains(&kept), "{kept}");
     }
 }
