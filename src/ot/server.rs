@@ -533,9 +533,7 @@ impl OtServer {
     /// no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clamp(now);
-        if self.held_until.is_some_and(|at| at <= now) {
-            self.release_held();
-        }
+        self.release_held_if_due();
         while let Some(&(at, session)) = self.timers.first() {
             if at > now {
                 break;
@@ -821,10 +819,8 @@ impl OtServer {
         if delay.is_zero() {
             return self.send(member, frame);
         }
-        if self.held_until.is_some_and(|at| at <= self.now) {
-            // The timer is late: what waited goes now, and a new delay starts.
-            self.release_held();
-        }
+        // Should the timer be late, what waited goes now, and a new delay starts.
+        self.release_held_if_due();
         if !self.reserve(member, frame.len()) {
             return;
         }
@@ -869,8 +865,11 @@ impl OtServer {
         }
     }
 
-    /// The delay is over: every op held back is queued.
-    fn release_held(&mut self) {
+    /// Once the delay is over, every op held back is queued.
+    fn release_held_if_due(&mut self) {
+        if self.held_until.is_none_or(|at| at > self.now) {
+            return;
+        }
         self.held_until = None;
         let mut held = core::mem::take(&mut self.held);
         for session in held.drain(..) {
