@@ -932,13 +932,7 @@ mod tests {
     /// other connection's op is in by then), not one write each.
     #[test]
     fn frames_of_ops_read_together_leave_in_one_write() {
-        // Every op sent on at once: the round, not the broadcast delay, batches here.
-        let config = OtServerConfig {
-            broadcast_delay: std::time::Duration::ZERO,
-            ..OtServerConfig::default()
-        };
-        let ot = OtServer::new(config).expect("valid config");
-        let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
+        let (server, _timer) = ops_at_once();
         let mut tasks = Vec::new();
         let mut flushes = Vec::new();
         for text in ["a", "b"] {
@@ -969,6 +963,17 @@ mod tests {
         assert_eq!(second[0].len(), 2, "{second:?}");
     }
 
+    /// A server that sends every op on at once: the round, not the broadcast delay, batches
+    /// in the tests that use it.
+    fn ops_at_once() -> (OtServerHandle, OtTimerTask) {
+        let config = OtServerConfig {
+            broadcast_delay: std::time::Duration::ZERO,
+            ..OtServerConfig::default()
+        };
+        let ot = OtServer::new(config).expect("valid config");
+        OtServerHandle::new(ot, ServerOptions::default())
+    }
+
     /// A socket the hub writes to that takes everything, recording each write.
     #[derive(Clone, Default)]
     struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
@@ -982,6 +987,50 @@ mod tests {
         }
         fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A session whose task runs on a direct socket: what it was written, where its reads
+    /// come from.
+    struct DirectSession {
+        session: OtSessionId,
+        writes: Writes,
+        inbox: Arc<Mutex<VecDeque<Message>>>,
+    }
+
+    /// `n` sessions of `server` on direct sockets, and their tasks (not yet polled).
+    fn direct_sessions(
+        server: &OtServerHandle,
+        n: usize,
+    ) -> (Vec<Pin<Box<impl Future<Output = ()>>>>, Vec<DirectSession>) {
+        let mut tasks = Vec::new();
+        let mut sockets = Vec::new();
+        for _ in 0..n {
+            let accepted = server
+                .handshake(&Handshake::new("/ot", ""))
+                .expect("accepted");
+            let writes = Writes::default();
+            let ws = Recorder::default();
+            sockets.push(DirectSession {
+                session: accepted.session(),
+                writes: writes.clone(),
+                inbox: ws.inbox.clone(),
+            });
+            tasks.push(Box::pin(
+                accepted.run_direct(ws, Arc::new(Direct::new(writes))),
+            ));
+        }
+        (tasks, sockets)
+    }
+
+    /// Every task polled twice, as a runtime runs connections made ready together: reads,
+    /// then the flush after the yield.
+    fn round<F: Future<Output = ()>>(tasks: &mut [Pin<Box<F>>]) {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        for _ in 0..2 {
+            for task in tasks.iter_mut() {
+                assert!(task.as_mut().poll(&mut cx).is_pending());
+            }
         }
     }
 
@@ -1001,44 +1050,16 @@ mod tests {
     /// leave in one write per socket, written by the hub, every byte reported written.
     #[test]
     fn on_direct_sockets_the_frames_of_ops_read_together_leave_in_one_write() {
-        // Every op sent on at once: the round, not the broadcast delay, batches here.
-        let config = OtServerConfig {
-            broadcast_delay: std::time::Duration::ZERO,
-            ..OtServerConfig::default()
-        };
-        let ot = OtServer::new(config).expect("valid config");
-        let (server, _timer) = OtServerHandle::new(ot, ServerOptions::default());
-        let mut tasks = Vec::new();
-        let mut writes = Vec::new();
-        let mut sessions = Vec::new();
-        let mut inboxes = Vec::new();
-        for _ in 0..2 {
-            let accepted = server
-                .handshake(&Handshake::new("/ot", ""))
-                .expect("accepted");
-            sessions.push(accepted.session());
-            let socket = Writes::default();
-            writes.push(socket.clone());
-            let ws = Recorder::default();
-            inboxes.push(ws.inbox.clone());
-            let direct = Arc::new(Direct::new(socket));
-            tasks.push(Box::pin(accepted.run_direct(ws, direct)));
-        }
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let (server, _timer) = ops_at_once();
+        let (mut tasks, sockets) = direct_sessions(&server, 2);
         // Both running, then an op arrives on each.
-        for task in &mut tasks {
-            assert!(task.as_mut().poll(&mut cx).is_pending());
+        round(&mut tasks);
+        for (socket, text) in sockets.iter().zip(["a", "b"]) {
+            socket.inbox.lock().unwrap().push_back(op(text));
         }
-        for (inbox, text) in inboxes.iter().zip(["a", "b"]) {
-            inbox.lock().unwrap().push_back(op(text));
-        }
-        for _ in 0..2 {
-            for task in &mut tasks {
-                assert!(task.as_mut().poll(&mut cx).is_pending());
-            }
-        }
-        for (socket, peer) in writes.iter().zip(["b", "a"]) {
-            let socket = socket.0.lock().unwrap();
+        round(&mut tasks);
+        for (socket, peer) in sockets.iter().zip(["b", "a"]) {
+            let socket = socket.writes.0.lock().unwrap();
             assert_eq!(socket.len(), 1, "one write: {socket:?}");
             let frames = payloads(&socket[0]);
             assert_eq!(frames.len(), 2, "{frames:?}");
@@ -1049,8 +1070,8 @@ mod tests {
             let theirs = format!(r#"{{"i":"{peer}"}}"#);
             assert!(frames.iter().any(|f| f.contains(&theirs)), "{frames:?}");
         }
-        for session in sessions {
-            let outbound = server.with_server(|s, _| s.outbound_bytes(session));
+        for socket in &sockets {
+            let outbound = server.with_server(|s, _| s.outbound_bytes(socket.session));
             assert_eq!(outbound, Some(0), "reported written");
         }
     }
@@ -1062,35 +1083,12 @@ mod tests {
     fn with_the_broadcast_delay_a_socket_takes_the_ops_held_for_it_in_one_write() {
         let ot = OtServer::new(OtServerConfig::default()).expect("valid config");
         let (server, timer) = OtServerHandle::new(ot, ServerOptions::default());
-        let mut tasks = Vec::new();
-        let mut writes = Vec::new();
-        let mut inboxes = Vec::new();
-        for _ in 0..3 {
-            let accepted = server
-                .handshake(&Handshake::new("/ot", ""))
-                .expect("accepted");
-            let socket = Writes::default();
-            writes.push(socket.clone());
-            let ws = Recorder::default();
-            inboxes.push(ws.inbox.clone());
-            tasks.push(Box::pin(
-                accepted.run_direct(ws, Arc::new(Direct::new(socket))),
-            ));
-        }
-        /// Every task polled twice: reads, then the flush after the yield.
-        fn round<F: Future<Output = ()>>(tasks: &mut [Pin<Box<F>>]) {
-            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-            for _ in 0..2 {
-                for task in tasks.iter_mut() {
-                    assert!(task.as_mut().poll(&mut cx).is_pending());
-                }
-            }
-        }
+        let (mut tasks, sockets) = direct_sessions(&server, 3);
         round(&mut tasks);
         while timer.wake.try_recv().is_ok() {}
         let writes_of = |i: usize| -> Vec<Vec<String>> {
-            let socket: &Writes = &writes[i];
-            socket
+            sockets[i]
+                .writes
                 .0
                 .lock()
                 .unwrap()
@@ -1100,7 +1098,7 @@ mod tests {
         };
         let (a, b, c) = (0, 1, 2);
 
-        inboxes[a].lock().unwrap().push_back(op("x"));
+        sockets[a].inbox.lock().unwrap().push_back(op("x"));
         round(&mut tasks);
         assert_eq!(writes_of(a), [[r#"{"type":"ack","revision":1}"#]]);
         assert!(writes_of(b).is_empty() && writes_of(c).is_empty());
@@ -1109,7 +1107,7 @@ mod tests {
             "the timer task is told of the delay"
         );
 
-        inboxes[b].lock().unwrap().push_back(op("y"));
+        sockets[b].inbox.lock().unwrap().push_back(op("y"));
         round(&mut tasks);
         assert_eq!(
             writes_of(b),
