@@ -1,4 +1,4 @@
-//! Properties (issue 9): for random interleavings of pushes with random HLCs (old ones
+//! Properties: for random interleavings of pushes with random HLCs (old ones
 //! included), cut connections and automatic resumes, the union of what each subscriber
 //! received is exactly the store's log for its tables, with no duplicate; and when the store
 //! restarts with a new epoch (reloaded from a backup that may lag), a subscriber either still

@@ -1,4 +1,4 @@
-//! The OT client (issue 19): open-ot's three states, and what the seed's client lacks —
+//! The OT client: open-ot's three states, and what the seed's client lacks —
 //! every revision checked, recovery by snapshot from gaps, error frames and reconnects, its
 //! unacknowledged op sent again rebased and never applied twice (against a real
 //! `OtServer` too), refusals backed off, and its queues bounded.

@@ -1,4 +1,4 @@
-//! The OT document server (issue 19): the frames of the seed's wire, documents and
+//! The OT document server: the frames of the seed's wire, documents and
 //! membership, stale ops, refusals with open-ot's messages, the rate limit, the heartbeat,
 //! auth at the handshake, the snapshot and opId extensions, and every limit's outcome.
 

@@ -1,4 +1,4 @@
-//! Properties of the OT text type (issue 19): transform converges (TP1), compose agrees with
+//! Properties of the OT text type: transform converges (TP1), compose agrees with
 //! applying in turn, apply agrees with a model that works on UTF-16 code units as JavaScript
 //! does (errors included), diff produces the new text, JSON round-trips, and arbitrary ops
 //! never panic. Documents and ops mix one-, two-, three- and four-byte characters, so

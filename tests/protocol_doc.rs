@@ -1,5 +1,5 @@
 //! Keeps `docs/protocol.md`, the protocol reference for client authors, in step with the code
-//! (issue 16): a code, a message type or an example the code no longer agrees with fails here.
+//!: a code, a message type or an example the code no longer agrees with fails here.
 //!
 //! What is checked:
 //!
@@ -45,7 +45,7 @@ use syncmux::wire::{
 const DOC: &str = include_str!("../docs/protocol.md");
 const DOC_PATH: &str = "docs/protocol.md";
 
-/// Payload fields DESIGN.md defines that the crate's payload types do not carry yet, so they do
+/// Payload fields the protocol defines that the crate's payload types do not carry yet, so they do
 /// not survive the typed round trip: `(message type, field path)`. They may be absent from the
 /// re-encoding; nothing else may. Drop an entry once its type carries the field.
 const AHEAD_OF_CODE: &[(MessageType, &str)] = &[];

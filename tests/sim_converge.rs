@@ -39,7 +39,7 @@ fn config() -> ServerConfig {
     config
 }
 
-/// The scenario of issue 5: subscribers, pushers, presence and rooms, with cuts; afterwards
+/// The scenario of subscribers, pushers, presence and rooms, with cuts; afterwards
 /// every subscriber has seen every change of its tables exactly once (its own pushes it may
 /// see once, through a replay, or not at all), and membership matches the live sessions.
 fn converge(seed: u64) {

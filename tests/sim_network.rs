@@ -1,4 +1,4 @@
-//! The network simulation of issue 8: many clients and one `Server` + `MemoryStore` over
+//! The network simulation of many clients and one `Server` + `MemoryStore` over
 //! seeded links, with delays, reordering between connections, whole connections dropped,
 //! sessions closed by the server (by the application, and as slow consumers whose links
 //! stall), clock jumps, out-of-order application answers, and a random workload of pushes
@@ -311,8 +311,7 @@ fn simulate(seed: u64, cursors: bool, servers: usize) -> Coverage {
             // timeouts, idle timeouts when the jump is long). Short jumps stay within the
             // presence TTL minus the client's ping interval (60 s - 30 s): a longer silence
             // legitimately expires the session's presence on the server while it stays
-            // connected, and the client does not announce itself again (see the report of
-            // issue 8); jumps past the idle timeout close the session, and the reconnect
+            // connected, and the client does not announce itself again; jumps past the idle timeout close the session, and the reconnect
             // restores presence.
             _ => {
                 let span = if net.rng.chance(70) {

@@ -42,7 +42,12 @@ fn driver(per_frame: usize) -> Driver {
         vec![change("r2", 2, "z")],
     ];
     for changes in pushes {
-        assert!(!driver.store_mut().push(changes).accepted.is_empty());
+        assert!(!driver
+            .store_mut()
+            .unwrap()
+            .push(changes)
+            .accepted
+            .is_empty());
     }
     driver
 }

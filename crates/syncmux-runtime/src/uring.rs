@@ -1,0 +1,487 @@
+//! The hub's writes of one chunk of direct frames as one io_uring submission (Linux,
+//! feature `tokio`).
+//!
+//! The fan-out server's CPU per delivery was mostly the kernel's, and a good part of it the
+//! entry and exit of one `send(2)` per delivery. Here each chunk of
+//! [`Shared::drain`](crate::server) becomes one `io_uring_enter(2)`: a `SEND` per frame with
+//! `MSG_DONTWAIT | MSG_NOSIGNAL`, so a full socket completes at once with `EAGAIN` (as
+//! `send(2)` returns it) instead of the ring arming a poll, and every completion is there
+//! when the submission returns. The outcomes are then the ones [`DirectOutlet::send`] acts
+//! on: all written (reported), part or nothing written (the rest waits in the session's
+//! queue and its task is woken), an error (the session's socket fails).
+//!
+//! Each frame of a batch holds its session's writer lock ([`Held`]) from before the
+//! submission until its outcome is settled, so nothing (tungstenite's own writes, the task's
+//! flush) slips in between; a second frame for a session already in the batch finds the lock
+//! taken and ends the batch first, which keeps that session's frames in order. The ring is
+//! the hub's, made on the first chunk; where it cannot be made (no io_uring in this kernel, or
+//! a sandbox that forbids it) every frame goes through [`DirectOutlet::send`] as before.
+
+use std::io;
+
+use bytes::Bytes;
+use io_uring::{opcode, types, IoUring};
+
+use crate::direct::{Claim, DirectOutlet, Held};
+use syncmux::SessionId;
+
+/// Entries of the ring: a batch is at most one chunk of the drain.
+const ENTRIES: u32 = 256;
+
+/// Fewer frames than this go out with one `send(2)` each.
+const MIN_BATCH: usize = 4;
+
+/// Submissions retried when `io_uring_enter(2)` is interrupted before giving up on the ring.
+const MAX_RETRIES: usize = 64;
+
+/// The hub's writer of direct frames: batched through its ring when it has one.
+pub(crate) struct Writer {
+    ring: State,
+    /// Submissions made, for tests (a chunk of frames is one).
+    submissions: u64,
+}
+
+enum State {
+    Untried,
+    Ready(Box<IoUring>),
+    /// No ring here (or it failed): one `send(2)` per frame.
+    Unavailable,
+}
+
+impl Default for Writer {
+    fn default() -> Writer {
+        Writer {
+            ring: State::Untried,
+            submissions: 0,
+        }
+    }
+}
+
+impl Writer {
+    /// A writer that never makes a ring: the path taken where io_uring is missing.
+    #[cfg(test)]
+    pub(crate) fn without_ring() -> Writer {
+        Writer {
+            ring: State::Unavailable,
+            submissions: 0,
+        }
+    }
+
+    /// Whether it has a ring (making it now if not tried yet).
+    #[cfg(test)]
+    pub(crate) fn has_ring(&mut self) -> bool {
+        ready(&mut self.ring).is_some()
+    }
+
+    /// Submissions made so far (the seam the tests count batches through).
+    #[cfg(test)]
+    pub(crate) fn submissions(&self) -> u64 {
+        self.submissions
+    }
+
+    /// Writes `chunk`'s frames (session, its socket, the frame, the payload length to report)
+    /// and adds the payload bytes that left now, per session, to `written`.
+    pub(crate) fn write<'a>(
+        &mut self,
+        chunk: Vec<(SessionId, &'a dyn DirectOutlet, Bytes, usize)>,
+        written: &mut Vec<(SessionId, usize)>,
+    ) {
+        let Writer { ring, submissions } = self;
+        if chunk.len() < MIN_BATCH {
+            // A reply, or a broadcast to a few: a submission's setup costs more than the
+            // syscalls it saves (a pull round trip took ~15 % longer through the ring).
+            return crate::direct::send_each(chunk, written);
+        }
+        let Some(uring) = ready(ring) else {
+            return crate::direct::send_each(chunk, written);
+        };
+        let mut batch: Vec<(SessionId, Held<'a>)> = Vec::with_capacity(chunk.len());
+        let mut frames = chunk.into_iter();
+        let mut outcome = Ok(());
+        for (session, direct, framed, report) in frames.by_ref() {
+            match direct.claim(framed, report) {
+                Claim::Settled => {}
+                Claim::Held(held) => batch.push((session, held)),
+                Claim::Alone(framed) => {
+                    // Its lock is taken (by this batch, for an earlier frame to the same
+                    // session; or by its task for a moment): the batch goes first.
+                    outcome = submit(uring, submissions, &mut batch, written);
+                    let n = direct.send(framed, report);
+                    if n > 0 {
+                        written.push((session, n));
+                    }
+                    if outcome.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if outcome.is_ok() {
+            outcome = submit(uring, submissions, &mut batch, written);
+        }
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "io_uring failed: one send(2) per frame from now on");
+            *ring = State::Unavailable;
+            crate::direct::send_each(frames.collect(), written);
+        }
+    }
+}
+
+/// The ring, made on first use.
+fn ready(state: &mut State) -> Option<&mut IoUring> {
+    if let State::Untried = state {
+        // SUBMIT_ALL: one bad request must not leave the rest of a batch unsubmitted;
+        // COOP_TASKRUN: no interrupt to run completion work, which the submission does
+        // inline.
+        let made = IoUring::builder()
+            .setup_submit_all()
+            .setup_coop_taskrun()
+            .build(ENTRIES)
+            .or_else(|_| IoUring::builder().setup_submit_all().build(ENTRIES));
+        *state = match made {
+            Ok(ring) => State::Ready(Box::new(ring)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no io_uring: one send(2) per frame");
+                State::Unavailable
+            }
+        };
+    }
+    match state {
+        State::Ready(ring) => Some(ring),
+        _ => None,
+    }
+}
+
+/// Sends `batch`'s frames in one submission, waits for all their completions and settles
+/// each; `batch` is empty on return. An error: the ring is unusable (its frames' sessions
+/// fail, as whether their bytes left is unknown).
+fn submit<'a>(
+    ring: &mut IoUring,
+    submissions: &mut u64,
+    batch: &mut Vec<(SessionId, Held<'a>)>,
+    written: &mut Vec<(SessionId, usize)>,
+) -> io::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut queue = ring.submission();
+        for (i, (_, held)) in batch.iter().enumerate() {
+            let frame = held.frame();
+            let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+            let send = opcode::Send::new(types::Fd(held.fd()), frame.as_ptr(), len)
+                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(i as u64);
+            // SAFETY: the kernel reads `len` bytes of `frame` and uses the descriptor until
+            // the request completes. `frame` is the `Bytes` inside `held`, which stays in
+            // `batch` (never moved out, never dropped) until this function has reaped the
+            // request's completion below; should the ring fail first, the buffer is leaked
+            // rather than freed. The descriptor is the socket of the `Direct` that `held`
+            // borrows, so it is open as long as `held` lives.
+            let pushed = unsafe { queue.push(&send) };
+            pushed.expect("invariant: a batch is at most one chunk, the ring's size");
+        }
+    }
+    *submissions += 1;
+    let mut outcomes: Vec<Option<i32>> = vec![None; batch.len()];
+    let mut left = batch.len();
+    let mut retries = 0;
+    while left > 0 {
+        if let Err(e) = ring.submit_and_wait(left) {
+            let again = matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+            );
+            if !again || retries == MAX_RETRIES {
+                for (_, held) in batch.drain(..) {
+                    held.abandon(&e);
+                }
+                return Err(e);
+            }
+            retries += 1;
+        }
+        for completion in ring.completion() {
+            let slot = usize::try_from(completion.user_data())
+                .ok()
+                .and_then(|i| outcomes.get_mut(i));
+            if let Some(slot @ None) = slot {
+                *slot = Some(completion.result());
+                left -= 1;
+            }
+        }
+    }
+    for ((session, held), outcome) in batch.drain(..).zip(outcomes) {
+        let outcome = outcome.expect("invariant: the loop above reaped every completion");
+        let result = match usize::try_from(outcome) {
+            Ok(n) => Ok(n),
+            Err(_) => Err(io::Error::from_raw_os_error(-outcome)),
+        };
+        let n = held.finish(result);
+        if n > 0 {
+            written.push((session, n));
+        }
+    }
+    Ok(())
+}
+
+/// A socket for tests: one end of a Unix stream pair, non-blocking, with its descriptor.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io::{self, IoSlice, Read, Write};
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::unix::net::UnixStream;
+
+    use core::task::{Context, Poll};
+
+    use crate::direct::RawSocket;
+
+    pub(crate) struct Sock(pub(crate) UnixStream);
+
+    /// Our end (for a `Direct`) and the peer's (to read what left).
+    pub(crate) fn pair() -> (Sock, UnixStream) {
+        let (ours, peer) = UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        peer.set_nonblocking(true).expect("non-blocking");
+        (Sock(ours), peer)
+    }
+
+    /// Everything the peer can read now.
+    pub(crate) fn read_all(peer: &mut UnixStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 1 << 16];
+        loop {
+            match peer.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Says the test was skipped for want of io_uring; fails it under `CI`.
+    pub(crate) fn skipped() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no io_uring on this CI machine: the batched path is untested"
+        );
+        eprintln!("no io_uring here: skipped");
+    }
+
+    impl RawSocket for Sock {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            (&self.0).write_vectored(bufs)
+        }
+        /// Never: the tests flush again after the peer read.
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn raw_fd(&self) -> Option<RawFd> {
+            Some(self.0.as_raw_fd())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{pair, read_all, Sock};
+    use super::*;
+    use crate::direct::{frame, Direct};
+    use core::task::{Context, Poll};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn session(index: u32) -> SessionId {
+        SessionId::from_u64(u64::from(index) << 32)
+    }
+
+    /// A writer with a ring, or `None` where this kernel (or sandbox) has no io_uring — a
+    /// failure under `CI`, whose machines have it: a skipped test is not a passing one.
+    fn with_ring() -> Option<Writer> {
+        let mut writer = Writer::default();
+        if !writer.has_ring() {
+            super::testing::skipped();
+            return None;
+        }
+        Some(writer)
+    }
+
+    /// Counts its wake-ups.
+    struct Wakes(AtomicUsize);
+
+    impl futures_util::task::ArcWake for Wakes {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A chunk of frames for as many sessions leaves in one submission: every peer gets its
+    /// frame whole and every payload is reported written.
+    #[test]
+    fn a_chunk_leaves_in_one_submission() {
+        let Some(mut writer) = with_ring() else {
+            return;
+        };
+        let (directs, mut peers): (Vec<_>, Vec<_>) = (0..200)
+            .map(|_| {
+                let (ours, peer) = pair();
+                (Arc::new(Direct::new(ours)), peer)
+            })
+            .unzip();
+        let payload = b"{\"type\":\"change\"}";
+        let framed = frame(payload);
+        let chunk = directs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let outlet: &dyn DirectOutlet = &**d;
+                (session(i as u32), outlet, framed.clone(), payload.len())
+            })
+            .collect();
+        let mut written = Vec::new();
+        writer.write(chunk, &mut written);
+        assert_eq!(writer.submissions(), 1, "one submission for 200 frames");
+        assert_eq!(written.len(), 200);
+        assert!(written.iter().all(|&(_, n)| n == payload.len()));
+        for peer in &mut peers {
+            assert_eq!(read_all(peer), &framed[..]);
+        }
+
+        // A reply (fewer frames than MIN_BATCH) is a plain send: no submission.
+        let outlet: &dyn DirectOutlet = &*directs[0];
+        writer.write(
+            vec![(session(0), outlet, framed.clone(), payload.len())],
+            &mut written,
+        );
+        assert_eq!(writer.submissions(), 1, "a lone frame is sent alone");
+        assert_eq!(written.len(), 201);
+        assert_eq!(read_all(&mut peers[0]), &framed[..]);
+    }
+
+    /// A frame the socket takes part of, then a second frame for the same session in the same
+    /// chunk: the batch ends before the second, which queues behind the rest of the first,
+    /// and both (and a later drain's frame) leave whole and in order once the task flushes. A
+    /// full socket queues its frame and wakes the task; a closed one fails the session (and
+    /// no SIGPIPE kills us).
+    #[test]
+    fn partial_sends_keep_a_sessions_frames_in_order() {
+        let Some(mut writer) = with_ring() else {
+            return;
+        };
+        let (big, mut big_peer) = pair();
+        let big = Arc::new(Direct::new(big));
+        let (other, mut other_peer) = pair();
+        let other = Arc::new(Direct::new(other));
+        let (full, mut full_peer) = pair();
+        let full = Arc::new(Direct::new(full));
+        let (gone, gone_peer) = pair();
+        let gone = Arc::new(Direct::new(gone));
+        drop(gone_peer);
+        // Fill `full` until it takes nothing more.
+        let filler = vec![0u8; 1 << 16];
+        let mut filled = 0;
+        while let Ok(n) = (&full.socket.0).write(&filler) {
+            filled += n;
+        }
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = futures_util::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        big.register(&mut cx);
+        full.register(&mut cx);
+
+        let first: Vec<u8> = (0..4 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+        let first_frame = frame(&first);
+        let second_frame = frame(b"second");
+        fn outlet(d: &Arc<Direct<Sock>>) -> &dyn DirectOutlet {
+            &**d
+        }
+        let chunk = vec![
+            (session(0), outlet(&big), first_frame.clone(), first.len()),
+            (session(1), outlet(&other), frame(b"x"), 1),
+            (session(2), outlet(&full), frame(b"late"), 4),
+            (session(3), outlet(&gone), frame(b"lost"), 4),
+            (session(0), outlet(&big), second_frame.clone(), 6),
+            (session(1), outlet(&other), frame(b"y"), 1),
+        ];
+        let mut written = Vec::new();
+        writer.write(chunk, &mut written);
+        assert_eq!(
+            writer.submissions(),
+            2,
+            "the batch ended before session 0's second frame"
+        );
+        assert_eq!(written, vec![(session(1), 1), (session(1), 1)]);
+        assert!(big.is_stuck(), "the rest of the first frame waits");
+        assert!(full.is_stuck(), "EAGAIN: the frame waits");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "both tasks woken");
+        assert!(
+            matches!(gone.poll_drain(&mut cx), Poll::Ready(Err(_))),
+            "EPIPE fails it"
+        );
+        assert_eq!(read_all(&mut other_peer), b"\x81\x01x\x81\x01y");
+        // The peer reads, so the socket has room again, but the rest of the first frame still
+        // waits: the next drain's frame for that session queues behind it, never around.
+        let mut got = read_all(&mut big_peer);
+        let third_frame = frame(b"third");
+        let next = vec![(session(0), outlet(&big), third_frame.clone(), 5)];
+        writer.write(next, &mut written);
+        assert_eq!(written.len(), 2, "nothing more left now");
+
+        // The task flushes as the peer reads: the first frame, then the second.
+        let mut reported = 0;
+        while big.is_stuck() || reported == 0 {
+            got.extend(read_all(&mut big_peer));
+            if let Poll::Ready(Ok(n)) = big.poll_drain(&mut cx) {
+                reported += n;
+            }
+        }
+        got.extend(read_all(&mut big_peer));
+        assert_eq!(
+            reported,
+            first.len() + 6 + 5,
+            "reported once wholly written"
+        );
+        let expected: Vec<u8> = [&first_frame[..], &second_frame[..], &third_frame[..]].concat();
+        assert!(
+            got == expected,
+            "in order, whole ({} of {} bytes)",
+            got.len(),
+            expected.len()
+        );
+
+        assert_eq!(read_all(&mut full_peer).len(), filled);
+        assert_eq!(full.poll_drain(&mut cx), Poll::Ready(Ok(4)));
+        assert_eq!(read_all(&mut full_peer), b"\x81\x04late");
+    }
+
+    /// Without a ring (a kernel or sandbox without io_uring) each frame is its own `send(2)`,
+    /// with the same outcome.
+    #[test]
+    fn without_a_ring_each_frame_is_sent_alone() {
+        let mut writer = Writer::without_ring();
+        let pairs: Vec<(Arc<Direct<Sock>>, UnixStream)> = (0..3)
+            .map(|_| {
+                let (ours, peer) = pair();
+                (Arc::new(Direct::new(ours)), peer)
+            })
+            .collect();
+        let chunk = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (d, _))| {
+                let outlet: &dyn DirectOutlet = &**d;
+                (session(i as u32), outlet, frame(b"hi"), 2)
+            })
+            .collect();
+        let mut written = Vec::new();
+        writer.write(chunk, &mut written);
+        assert_eq!(writer.submissions(), 0);
+        assert_eq!(written.len(), 3);
+        for (_, mut peer) in pairs {
+            assert_eq!(read_all(&mut peer), b"\x81\x02hi");
+        }
+    }
+}
