@@ -1,5 +1,4 @@
-//! The client task and its handle, shared by both runtimes. The per-runtime part is only
-//! how to dial, how to sleep and how to spawn ([`Runtime`]).
+//! The client task and its handle, written once over [`Runtime`].
 //!
 //! Reads, timers and writes progress independently: a frame is taken from the client's
 //! transmit queue only once the socket can take it, so a peer that stops reading (its
@@ -22,6 +21,7 @@ use tungstenite::Message;
 
 use crate::clock::Clock;
 use crate::common;
+use crate::runtime::{self, Runtime};
 use syncmux::payload::{
     ChangeRecord, PresenceSnapshot, PullRequest, PullResponse, PushResponse, RawJson, ResumeAck,
     Subscribe,
@@ -30,8 +30,8 @@ use syncmux::wire::CloseCode;
 use syncmux::ConfigError;
 use syncmux::Instant;
 use syncmux::{
-    Client, ClientConfig, ClientEvent, ClientState, ClientTransmit, DialRequest, RequestError,
-    RequestId, Response,
+    Client, ClientConfig, ClientEvent, ClientState, ClientTransmit, RequestError, RequestId,
+    Response,
 };
 
 /// Options of the adapter itself (the protocol's options are the [`ClientConfig`]).
@@ -78,25 +78,6 @@ pub(crate) struct Dialer {
     pub(crate) max_frame_len: usize,
     /// Subprotocols offered after the client's own.
     pub(crate) protocols: Vec<String>,
-}
-
-/// What a runtime supplies: a dial, a timer and spawn. Everything else is shared.
-pub(crate) trait Runtime: 'static {
-    /// An open WebSocket.
-    type Ws: Stream<Item = Result<Message, tungstenite::Error>>
-        + Sink<Message, Error = tungstenite::Error>
-        + Unpin
-        + Send
-        + 'static;
-
-    /// Opens a WebSocket; gives it with the subprotocol the server selected.
-    fn dial(dial: DialRequest, dialer: Arc<Dialer>) -> Dialing<Self::Ws>;
-
-    /// Completes at `at`.
-    fn sleep_until(at: std::time::Instant) -> BoxFuture<'static, ()>;
-
-    /// Runs the task in the background.
-    fn spawn(task: BoxFuture<'static, ()>);
 }
 
 /// A dial under way: the open socket and the selected subprotocol, or why it failed.
@@ -245,7 +226,7 @@ async fn run<R: Runtime>(
                         if let Some(socket) = ws.take() {
                             close_in_background::<R>(socket, CloseCode::NORMAL, "", &clock);
                         }
-                        dialing = Some(R::dial(dial, dialer.clone()));
+                        dialing = Some(Box::pin(runtime::dial::<R>(dial, dialer.clone())));
                     }
                     ClientTransmit::Frame(_) => {}
                     ClientTransmit::Close { code, reason } => {

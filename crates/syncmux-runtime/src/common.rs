@@ -1,9 +1,11 @@
 //! Helpers typed on `tungstenite`, shared by the tokio and smol adapters (both use the same
 //! tungstenite, so a frame or a handshake looks the same to either).
 
+use core::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use futures_util::{Sink, Stream};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Request;
 use tungstenite::handshake::server::{ErrorResponse, Response};
@@ -291,6 +293,36 @@ pub(crate) trait Endpoint: Clone + Send + Sync + 'static {
         response: Response,
         accepted: &mut Option<Self::Session>,
     ) -> Result<Response, ErrorResponse>;
+
+    /// Runs an accepted session on its socket until it ends.
+    fn run<W: WebSocket>(session: Self::Session, ws: W) -> impl Future<Output = ()> + Send;
+
+    /// Runs an accepted session whose frames the hub writes to `direct` itself.
+    #[cfg(feature = "tokio")]
+    fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
+        session: Self::Session,
+        ws: W,
+        direct: Arc<crate::direct::Direct<S>>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// An upgraded socket, as either runtime's tungstenite gives it.
+pub(crate) trait WebSocket:
+    Stream<Item = Result<Message, tungstenite::Error>>
+    + Sink<Message, Error = tungstenite::Error>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<W> WebSocket for W where
+    W: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Unpin
+        + Send
+        + 'static
+{
 }
 
 impl Endpoint for SyncServer {
@@ -320,6 +352,19 @@ impl Endpoint for SyncServer {
     ) -> Result<Response, ErrorResponse> {
         decide(self, request, response, accepted)
     }
+
+    fn run<W: WebSocket>(session: AcceptedSession, ws: W) -> impl Future<Output = ()> + Send {
+        session.run(ws)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
+        session: AcceptedSession,
+        ws: W,
+        direct: Arc<crate::direct::Direct<S>>,
+    ) -> impl Future<Output = ()> + Send {
+        session.run_direct(ws, direct)
+    }
 }
 
 impl Endpoint for crate::OtServerHandle {
@@ -348,6 +393,22 @@ impl Endpoint for crate::OtServerHandle {
         accepted: &mut Option<crate::AcceptedOtSession>,
     ) -> Result<Response, ErrorResponse> {
         self.decide(request, response, accepted)
+    }
+
+    fn run<W: WebSocket>(
+        session: crate::AcceptedOtSession,
+        ws: W,
+    ) -> impl Future<Output = ()> + Send {
+        session.run(ws)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
+        session: crate::AcceptedOtSession,
+        ws: W,
+        direct: Arc<crate::direct::Direct<S>>,
+    ) -> impl Future<Output = ()> + Send {
+        session.run_direct(ws, direct)
     }
 }
 

@@ -53,6 +53,7 @@ mod direct;
 pub mod metrics;
 mod ot;
 mod ot_client;
+mod runtime;
 mod server;
 #[cfg(feature = "smol")]
 pub mod smol;

@@ -52,6 +52,7 @@ use tungstenite::Message;
 use crate::clock::Clock;
 use crate::common;
 use crate::direct::{self, Direct, DirectOutlet, Framer, RawSocket};
+use crate::runtime::Runtime;
 use crate::server::{HandshakeSlot, HandshakeSlots, Running, RunningGuard, Timed, TimerTask};
 use crate::{Rejection, ServerOptions};
 use syncmux::ot::{OtHandshakeOutcome, OtServer, OtServerEvent, OtSessionId, OtTransmit};
@@ -309,6 +310,13 @@ impl OtServerHandle {
             wake: Box::pin(wake_rx),
         };
         (handle, timer)
+    }
+
+    /// An endpoint around `server` with its timer task running on `R`.
+    pub(crate) fn start<R: Runtime>(server: OtServer, options: ServerOptions) -> OtServerHandle {
+        let (handle, timer) = OtServerHandle::new(server, options);
+        R::spawn(Box::pin(timer.run(R::sleep_until)));
+        handle
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {

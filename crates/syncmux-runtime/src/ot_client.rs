@@ -20,9 +20,10 @@ use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use tungstenite::Message;
 
-use crate::client::{Dialer, Runtime};
+use crate::client::Dialer;
 use crate::clock::Clock;
 use crate::common;
+use crate::runtime::{self, Runtime};
 use syncmux::ot::{
     EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtConfigError, TextOp,
 };
@@ -227,7 +228,7 @@ async fn run<R: Runtime>(
     let mut wait: Option<BoxFuture<'static, ()>> = None;
     loop {
         if ws.is_none() && wait.is_none() {
-            match R::dial(dial.clone(), dialer.clone()).await {
+            match runtime::dial::<R>(dial.clone(), dialer.clone()).await {
                 Ok((socket, _)) => {
                     ws = Some(socket);
                     delay = options.reconnect_delay;

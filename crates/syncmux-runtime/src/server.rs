@@ -32,6 +32,7 @@ use crate::clock::Clock;
 use crate::common;
 use crate::direct::{self, Direct, DirectOutlet, Framer, RawSocket, Writer};
 use crate::metrics;
+use crate::runtime::Runtime;
 use syncmux::payload::Cursor;
 use syncmux::wire::CloseCode;
 use syncmux::Driver;
@@ -501,6 +502,24 @@ impl SyncServer {
             spawn(task);
         }
         (server, timer)
+    }
+
+    /// A server around `driver` with its timer task running on `R`.
+    pub(crate) fn start<R: Runtime>(driver: Driver, options: ServerOptions) -> SyncServer {
+        let (server, timer) = SyncServer::new(driver, options);
+        R::spawn(Box::pin(timer.run(R::sleep_until)));
+        server
+    }
+
+    /// A server answered by `backend`, its timer task and the backend's tasks on `R`.
+    pub(crate) fn start_with_backend<R: Runtime>(
+        server: syncmux::Server,
+        backend: Arc<dyn Backend>,
+        options: ServerOptions,
+    ) -> SyncServer {
+        let (server, timer) = SyncServer::with_backend(server, backend, R::spawn, options);
+        R::spawn(Box::pin(timer.run(R::sleep_until)));
+        server
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {

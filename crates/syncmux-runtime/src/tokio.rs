@@ -1,27 +1,29 @@
-//! The tokio adapter (feature `tokio`): tokio-tungstenite over tokio's sockets, tokio-rustls
-//! for `wss://`.
+//! The tokio binding (feature `tokio`): tokio-tungstenite over tokio's sockets, tokio-rustls
+//! for `wss://`. On plain TCP the hub writes a session's frames to its socket itself, through
+//! io_uring on Linux.
 
-use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
+use tungstenite::handshake::client::{Request as ClientRequest, Response as ClientResponse};
+use tungstenite::protocol::WebSocketConfig;
 
-use crate::client::{self, Dialer, Dialing, Runtime};
-use crate::common::{self, Endpoint};
+use crate::common::Endpoint;
 use crate::direct::{Direct, RawSocket};
-use crate::OtServerHandle;
-use crate::{ClientEvents, ClientOptions, ServerOptions, SyncClient, SyncServer};
+use crate::runtime::{self, Decide, Runtime};
+use crate::server::HandshakeSlot;
+use crate::{ClientEvents, ClientOptions, OtServerHandle, ServerOptions, SyncClient, SyncServer};
 use syncmux::ot::OtServer;
+use syncmux::ClientConfig;
 use syncmux::ConfigError;
 use syncmux::Driver;
-use syncmux::{ClientConfig, DialRequest};
-use tungstenite::handshake::server::{Request, Response};
 
 /// Any byte stream a WebSocket runs over (plain TCP or TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -41,7 +43,7 @@ pub fn connect_with(
     config: ClientConfig,
     options: ClientOptions,
 ) -> Result<(SyncClient, ClientEvents), ConfigError> {
-    client::start::<Tokio>(config, options)
+    crate::client::start::<Tokio>(config, options)
 }
 
 /// Starts an OT client task (an [`OtClient`](syncmux::ot::OtClient) over a WebSocket to the
@@ -54,69 +56,23 @@ pub fn connect_ot(
     crate::ot_client::start::<Tokio>(config, options)
 }
 
-pub(crate) struct Tokio;
-
-impl Runtime for Tokio {
-    type Ws = ClientSocket;
-
-    fn dial(dial: DialRequest, dialer: Arc<Dialer>) -> Dialing<ClientSocket> {
-        async move {
-            let (request, target) = common::client_request(&dial, &dialer.protocols)?;
-            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-                .await
-                .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
-            // Frames are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-            let io: Box<dyn Io> = if target.tls {
-                let name = common::server_name(&target.host)?;
-                let stream = tokio_rustls::TlsConnector::from(dialer.tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS with {}: {e}", target.host))?;
-                Box::new(stream)
-            } else {
-                Box::new(tcp)
-            };
-            let config = Some(common::ws_config(dialer.max_frame_len));
-            let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, config)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            Ok((ws, common::selected_protocol(&response)))
-        }
-        .boxed()
-    }
-
-    fn sleep_until(at: std::time::Instant) -> BoxFuture<'static, ()> {
-        tokio::time::sleep_until(at.into()).boxed()
-    }
-
-    fn spawn(task: BoxFuture<'static, ()>) {
-        drop(tokio::spawn(task));
-    }
-}
-
 /// Starts a server around `driver` on the current tokio runtime (its timer task); accept
 /// connections with [`serve`] or [`accept`], or mount it in an HTTP server with
 /// [`SyncServer::handshake`] and [`AcceptedSession::run`](crate::AcceptedSession::run).
 pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
-    let (server, timer) = SyncServer::new(driver, options);
-    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
-    server
+    SyncServer::start::<Tokio>(driver, options)
 }
 
 /// Starts a server whose pulls, pushes and replays `backend` answers, asynchronously (for
-/// example the Redis backend of the crate `syncmux-redis`), on the current
-/// tokio runtime: its timer task, one task per request, and the backend's log follower.
-/// Serve it like one from [`start`].
+/// example the Redis backend of the crate `syncmux-redis`), on the current tokio runtime:
+/// its timer task, one task per request, and the backend's log follower. Serve it like one
+/// from [`start`].
 pub fn start_with_backend(
     server: syncmux::Server,
     backend: Arc<dyn crate::Backend>,
     options: ServerOptions,
 ) -> SyncServer {
-    let spawn = |task| drop(tokio::spawn(task));
-    let (server, timer) = SyncServer::with_backend(server, backend, spawn, options);
-    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
-    server
+    SyncServer::start_with_backend::<Tokio>(server, backend, options)
 }
 
 /// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
@@ -130,23 +86,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    serve_endpoint(
-        server,
-        listener,
-        tls,
-        |session, ws| Box::pin(session.run(ws)),
-        Some(|session, ws, direct| Box::pin(session.run_direct(ws, direct))),
-    )
-    .await;
+    runtime::serve::<Tokio, _>(server, listener, tls).await;
 }
 
 /// Runs the WebSocket handshake on `io` through the state machine, then the session. The
 /// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
 /// must end within [`ServerOptions::handshake_timeout`].
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: S) {
-    if let Some((session, ws)) = handshake(server, io).await {
-        session.run(ws).await;
-    }
+pub async fn accept<S: Io>(server: &SyncServer, io: S) {
+    runtime::accept::<Tokio, _>(server, Box::new(io)).await;
 }
 
 /// [`accept`] on a plain TCP connection, with the fast write path of [`serve`]: the hub
@@ -155,44 +102,18 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(server: &SyncServer, io: 
 /// what a router already read from the connection (its request head, say); it is read again
 /// first.
 pub async fn accept_tcp(server: &SyncServer, tcp: tokio::net::TcpStream, read: Vec<u8>) {
-    accept_direct(server, tcp, read, |session, ws, direct| {
-        Box::pin(session.run_direct(ws, direct))
-    })
-    .await;
+    let slot = server.handshake_slot().await;
+    serve_direct(server.clone(), tcp, read, slot).await;
 }
-
-/// The handshake on a plain TCP connection whose frames the hub writes itself, then the
-/// session.
-async fn accept_direct<E: Endpoint>(
-    server: &E,
-    tcp: tokio::net::TcpStream,
-    read: Vec<u8>,
-    run_direct: RunDirect<E::Session>,
-) {
-    let socket = Arc::new(Direct::new(tcp));
-    let io = DirectIo {
-        socket: socket.clone(),
-        read: read.into(),
-    };
-    // Boxed, so the session's task does not keep the handshake's size.
-    if let Some((session, ws)) = Box::pin(handshake(server, io)).await {
-        run_direct(session, ws, socket).await;
-    }
-}
-
-// ---- the OT endpoint (`ot`) -------------------------------------------------------
 
 /// Starts the OT endpoint's server on the current tokio runtime (its timer task); accept
 /// connections with [`serve_ot`], [`accept_ot_tcp`] or [`accept_ot`].
 ///
 /// Its state machine is one lock, so its connections gain nothing from being spread over a
-/// multi-thread runtime's workers but contention and cross-thread wake-ups: the example
-/// server starts it, and runs its plain-TCP connections, on a current-thread runtime of its
-/// own (~16 µs of CPU per acked op instead of ~23 on two workers, `benches/ot_e2e.rs`).
+/// multi-thread runtime's workers but contention and cross-thread wake-ups: `syncmux-server`
+/// starts it, and runs its plain-TCP connections, on a current-thread runtime of its own.
 pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
-    let (server, timer) = OtServerHandle::new(server, options);
-    tokio::spawn(timer.run(|at| Box::pin(tokio::time::sleep_until(at.into()))));
-    server
+    OtServerHandle::start::<Tokio>(server, options)
 }
 
 /// [`serve`] for the OT endpoint: accepts connections until [`OtServerHandle::shutdown`],
@@ -203,22 +124,13 @@ pub async fn serve_ot(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    serve_endpoint(
-        server,
-        listener,
-        tls,
-        |session, ws| Box::pin(session.run(ws)),
-        Some(|session, ws, direct| Box::pin(session.run_direct(ws, direct))),
-    )
-    .await;
+    runtime::serve::<Tokio, _>(server, listener, tls).await;
 }
 
 /// [`accept`] for the OT endpoint: the WebSocket handshake on `io` (decided by the state
 /// machine, within the handshake deadline, holding a handshake slot), then the session.
-pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandle, io: S) {
-    if let Some((session, ws)) = handshake(server, io).await {
-        session.run(ws).await;
-    }
+pub async fn accept_ot<S: Io>(server: &OtServerHandle, io: S) {
+    runtime::accept::<Tokio, _>(server, Box::new(io)).await;
 }
 
 /// [`accept_ot`] on a plain TCP connection, with the write path of [`serve_ot`]: the hub
@@ -227,21 +139,122 @@ pub async fn accept_ot<S: AsyncRead + AsyncWrite + Unpin>(server: &OtServerHandl
 /// at once). `read` is what a router already read from the connection; it is read again
 /// first.
 pub async fn accept_ot_tcp(server: &OtServerHandle, tcp: tokio::net::TcpStream, read: Vec<u8>) {
-    accept_direct(server, tcp, read, |session, ws, direct| {
-        Box::pin(session.run_direct(ws, direct))
-    })
-    .await;
+    let slot = server.handshake_slot().await;
+    serve_direct(server.clone(), tcp, read, slot).await;
 }
 
-// ---- accepting connections, for either endpoint ----------------------------------------------
+/// The runtime.
+pub(crate) struct Tokio;
 
-/// Runs an accepted session on its socket (the session's own `run`, boxed).
-type RunSession<S> = fn(S, WebSocketStream<Box<dyn Io>>) -> BoxFuture<'static, ()>;
+impl Runtime for Tokio {
+    type Tcp = tokio::net::TcpStream;
+    type Listener = tokio::net::TcpListener;
+    type Io = Box<dyn Io>;
+    type Ws = ClientSocket;
 
-/// Runs an accepted session on a plain TCP socket the hub writes to itself
-/// ([`direct`](crate::direct)).
-type RunDirect<S> =
-    fn(S, WebSocketStream<DirectIo>, Arc<Direct<tokio::net::TcpStream>>) -> BoxFuture<'static, ()>;
+    fn spawn(task: BoxFuture<'static, ()>) {
+        drop(tokio::spawn(task));
+    }
+
+    fn sleep_until(at: std::time::Instant) -> BoxFuture<'static, ()> {
+        tokio::time::sleep_until(at.into()).boxed()
+    }
+
+    fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
+        tokio::time::sleep(duration).boxed()
+    }
+
+    fn connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>> {
+        async move {
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+        .boxed()
+    }
+
+    fn accept(
+        listener: &Self::Listener,
+    ) -> BoxFuture<'_, std::io::Result<(Self::Tcp, SocketAddr)>> {
+        async move {
+            let (tcp, peer) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            Ok((tcp, peer))
+        }
+        .boxed()
+    }
+
+    fn plain(tcp: Self::Tcp) -> Self::Io {
+        Box::new(tcp)
+    }
+
+    fn tls_connect(
+        tls: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+        tcp: Self::Tcp,
+    ) -> BoxFuture<'static, std::io::Result<Self::Io>> {
+        let connecting = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+        async move { Ok(Box::new(connecting.await?) as Self::Io) }.boxed()
+    }
+
+    fn tls_accept(
+        tls: Arc<rustls::ServerConfig>,
+        tcp: Self::Tcp,
+    ) -> BoxFuture<'static, std::io::Result<Self::Io>> {
+        let accepting = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+        async move { Ok(Box::new(accepting.await?) as Self::Io) }.boxed()
+    }
+
+    fn ws_connect(
+        request: ClientRequest,
+        io: Self::Io,
+        config: WebSocketConfig,
+    ) -> BoxFuture<'static, Result<(Self::Ws, ClientResponse), tungstenite::Error>> {
+        tokio_tungstenite::client_async_with_config(request, io, Some(config)).boxed()
+    }
+
+    fn ws_accept(
+        io: Self::Io,
+        decide: Decide,
+        config: WebSocketConfig,
+    ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
+        tokio_tungstenite::accept_hdr_async_with_config(io, decide, Some(config)).boxed()
+    }
+
+    fn serve_plain<E: Endpoint>(
+        server: E,
+        tcp: Self::Tcp,
+        slot: HandshakeSlot,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(serve_direct(server, tcp, Vec::new(), slot))
+    }
+}
+
+/// One plain TCP connection whose frames the hub writes itself: the handshake within the
+/// deadline, holding `slot`, then the session. `read` is read again before the socket.
+async fn serve_direct<E: Endpoint>(
+    server: E,
+    tcp: tokio::net::TcpStream,
+    read: Vec<u8>,
+    slot: HandshakeSlot,
+) {
+    let socket = Arc::new(Direct::new(tcp));
+    let io = DirectIo {
+        socket: socket.clone(),
+        read: read.into(),
+    };
+    // Boxed, so the session's task does not keep the handshake's size.
+    let handshake = Box::pin(runtime::upgrade(&server, |decide, config| {
+        tokio_tungstenite::accept_hdr_async_with_config(io, decide, Some(config))
+    }));
+    let upgraded = runtime::within_deadline::<Tokio, _>(server.handshake_timeout(), handshake)
+        .await
+        .flatten();
+    drop(slot);
+    if let Some((session, ws)) = upgraded {
+        E::run_direct(session, ws, socket).await;
+    }
+}
 
 /// Frames leave through `send(2)` (one buffer) or `sendmsg(2)` (several) rather than tokio's
 /// `write(2)`/`writev(2)`: a socket's own calls skip the file layer (`fdget_pos`,
@@ -353,129 +366,6 @@ impl AsyncWrite for DirectIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // The socket closes once the hub and the task both dropped it.
         self.socket.poll_flush(cx)
-    }
-}
-
-/// The accept loop of [`serve`] and [`serve_ot`]: one task per connection, which takes a
-/// handshake slot, runs TLS and the upgrade within the deadline, gives the slot back, and
-/// then runs the session with `run`.
-async fn serve_endpoint<E: Endpoint>(
-    server: E,
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    run: RunSession<E::Session>,
-    direct: Option<RunDirect<E::Session>>,
-) {
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let slot = tokio::select! {
-            slot = server.slot() => slot,
-            () = server.shut_down() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = server.shut_down() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: the listener itself is fine.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::task::yield_now().await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let server = server.clone();
-        let tls = tls.clone();
-        if let (None, Some(run_direct)) = (&tls, direct) {
-            // Plain TCP: the hub writes the session's frames itself.
-            tokio::spawn(async move {
-                tracing::debug!(%peer, "connection");
-                let socket = Arc::new(Direct::new(tcp));
-                let io = DirectIo {
-                    socket: socket.clone(),
-                    read: bytes::Bytes::new(),
-                };
-                // Boxed, so the session's task does not keep the handshake's size.
-                let handshake = Box::pin(upgrade(&server, io));
-                let upgraded = within_deadline(server.handshake_timeout(), handshake)
-                    .await
-                    .flatten();
-                drop(slot);
-                if let Some((session, ws)) = upgraded {
-                    run_direct(session, ws, socket).await;
-                }
-            });
-            continue;
-        }
-        tokio::spawn(async move {
-            tracing::debug!(%peer, "connection");
-            let handshake = async {
-                let io: Box<dyn Io> = match tls {
-                    Some(tls) => match tls.accept(tcp).await {
-                        Ok(stream) => Box::new(stream),
-                        Err(e) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake failed");
-                            return None;
-                        }
-                    },
-                    None => Box::new(tcp),
-                };
-                upgrade(&server, io).await
-            };
-            let upgraded = within_deadline(server.handshake_timeout(), handshake)
-                .await
-                .flatten();
-            drop(slot);
-            if let Some((session, ws)) = upgraded {
-                run(session, ws).await;
-            }
-        });
-    }
-}
-
-/// The handshake of [`accept`] and [`accept_ot`]: a slot, then the upgrade within the
-/// deadline.
-async fn handshake<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
-    server: &E,
-    io: S,
-) -> Option<(E::Session, WebSocketStream<S>)> {
-    let slot = server.slot().await;
-    let upgraded = within_deadline(server.handshake_timeout(), upgrade(server, io)).await;
-    drop(slot);
-    upgraded.flatten()
-}
-
-/// `handshake`, given up (`None`) once `deadline` passes (zero: never).
-async fn within_deadline<F: Future>(deadline: Duration, handshake: F) -> Option<F::Output> {
-    if deadline.is_zero() {
-        return Some(handshake.await);
-    }
-    let outcome = tokio::time::timeout(deadline, handshake).await.ok();
-    if outcome.is_none() {
-        tracing::debug!(?deadline, "handshake timed out");
-    }
-    outcome
-}
-
-/// The WebSocket upgrade, decided by the state machine: the accepted session and its socket,
-/// or `None` (refused, or the peer went away; a session accepted by then is released).
-#[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
-async fn upgrade<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
-    server: &E,
-    io: S,
-) -> Option<(E::Session, WebSocketStream<S>)> {
-    let mut accepted = None;
-    let callback = |req: &Request, resp: Response| server.accept_upgrade(req, resp, &mut accepted);
-    let config = Some(common::ws_config(server.max_message()));
-    match tokio_tungstenite::accept_hdr_async_with_config(io, callback, config).await {
-        Ok(ws) => accepted.map(|session| (session, ws)),
-        // A refused handshake lands here too, after its HTTP answer went out.
-        Err(e) => {
-            tracing::debug!(error = %e, "handshake ended");
-            None
-        }
     }
 }
 
