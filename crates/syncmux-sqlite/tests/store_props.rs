@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../tests/support/store_properties.rs"]
+#[path = "../../../tests/core/store_properties.rs"]
 mod properties;
 
 use properties::*;

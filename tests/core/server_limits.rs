@@ -1,7 +1,7 @@
 //! Error frames and every limit with its outcome, in virtual time.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod server_util;
+use crate::server_util;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! replay hold-back (no gap, no duplicate).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod server_util;
+use crate::server_util;
 
 use bytes::Bytes;
 use serde_json::{json, Value};

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod sim;
+use crate::sim;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! (`handle_remote_*`), and snapshots, member lists and room sizes become the union.
 #![allow(clippy::unwrap_used)]
 
-mod server_util;
+use crate::server_util;
 
 use serde_json::{json, Value};
 use server_util::*;

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod sim;
+use crate::sim;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! maximum size, members only).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod server_util;
+use crate::server_util;
 
 use std::time::Duration;
 

@@ -19,7 +19,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod sim;
+use crate::sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -500,7 +500,7 @@ fn run_seed(seed: u64, servers: usize, test: &str) -> Coverage {
         Err(panic) => {
             eprintln!(
                 "sim_network failed at seed {seed}; replay it with: \
-             SIM_SEED={seed} cargo test --test sim_network {test}"
+             SIM_SEED={seed} cargo test --test core {test}"
             );
             resume_unwind(panic)
         }

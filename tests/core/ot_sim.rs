@@ -1,4 +1,4 @@
-//! The OT simulation of several `OtClient`s edit shared documents concurrently
+//! The OT simulation: several `OtClient`s edit shared documents concurrently
 //! through one `OtServer`, over seeded links in virtual time, while connections are cut
 //! (some with ops still in flight, which the server reads after the client came back on a
 //! new connection), clients freeze (the server's outbound bound closes them as slow
@@ -625,7 +625,7 @@ fn run_seed(seed: u64) -> Coverage {
         Err(panic) => {
             eprintln!(
                 "ot_sim failed at seed {seed}; replay it with: \
-                 SIM_SEED={seed} cargo test --test ot_sim (SIM_TRACE=1 traces every frame)"
+                 SIM_SEED={seed} cargo test --test core ot_sim (SIM_TRACE=1 traces every frame)"
             );
             resume_unwind(panic)
         }

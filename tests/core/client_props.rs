@@ -5,8 +5,6 @@
 //! configured bounds; `poll_timeout() >= now` after `handle_timeout(now)`; the same seed and
 //! inputs give identical outputs.
 
-mod client_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Handshake: version, auth, origin, identity, path, capacity, shutdown, authorization hook.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-mod server_util;
+use crate::server_util;
 
 use server_util::*;
 use syncmux::ServerEvent;

@@ -1,7 +1,7 @@
 //! Deterministic virtual-time tests of the client state machine, one per behaviour of
 //! docs/protocol.md section 11: hand-made server frames in, exact frames, deadlines and events out.
 
-mod client_support;
+use crate::client_support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! writes and reads by hand, as a Redis backend would.
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
-mod server_util;
+use crate::server_util;
 
 use serde_json::{json, Value};
 use server_util::*;

@@ -1,5 +1,5 @@
-//! Keeps `docs/protocol.md`, the protocol reference for client authors, in step with the code
-//!: a code, a message type or an example the code no longer agrees with fails here.
+//! Keeps `docs/protocol.md`, the protocol reference for client authors, in step with the code:
+//! a code, a message type or an example the code no longer agrees with fails here.
 //!
 //! What is checked:
 //!
@@ -42,7 +42,7 @@ use syncmux::wire::{
     decode, CloseCode, DecodeLimits, ErrorCode, Frame, IdKey, MessageType, SUBPROTOCOL,
 };
 
-const DOC: &str = include_str!("../docs/protocol.md");
+const DOC: &str = include_str!("../../docs/protocol.md");
 const DOC_PATH: &str = "docs/protocol.md";
 
 /// Payload fields the protocol defines that the crate's payload types do not carry yet, so they do

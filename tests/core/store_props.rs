@@ -1,11 +1,10 @@
 //! Properties of the embedded store under random pushes, orders and duplicates (the
-//! properties themselves are in `support/store_properties.rs`, which syncmux-sqlite runs on
+//! properties themselves are in `store_properties.rs`, which syncmux-sqlite runs on
 //! its durable store too).
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/store_properties.rs"]
-mod properties;
+use crate::store_properties as properties;
 
 use properties::*;
 use proptest::prelude::*;
