@@ -64,13 +64,13 @@ fn server() -> SyncServer {
     config.idle_timeout = Duration::ZERO;
     let server = Server::new(config).expect("valid config");
     let driver = Driver::new(server, MemoryStore::new(StoreConfig::default()));
-    adapters::tokio::start(driver, ServerOptions::default())
+    adapters::Tokio::start(driver, ServerOptions::default())
 }
 
 async fn serve(server: &SyncServer) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     format!("ws://{addr}/sync/ws")
 }
 
@@ -169,7 +169,7 @@ impl Pulls {
         let response_len = response.len();
         let echo = dial(&echo_server(Bytes::from(response)).await).await;
         let (client, events) =
-            adapters::tokio::connect(ClientConfig::new(url, "bench-client")).expect("config");
+            adapters::Tokio::connect(ClientConfig::new(url, "bench-client")).expect("config");
         drop(events);
         assert_eq!(
             client

@@ -160,23 +160,23 @@ async fn listen(backend: Option<RedisBackend>) -> (SyncServer, String) {
     let server = Server::new(server_config()).expect("config");
     let server = match backend {
         Some(b) => {
-            adapters::tokio::start_with_backend(server, Arc::new(b), ServerOptions::default())
+            adapters::Tokio::start_with_backend(server, Arc::new(b), ServerOptions::default())
         }
         None => {
             let driver = Driver::new(server, MemoryStore::new(StoreConfig::default()));
-            adapters::tokio::start(driver, ServerOptions::default())
+            adapters::Tokio::start(driver, ServerOptions::default())
         }
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("ws://{}/sync/ws", listener.local_addr().expect("addr"));
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     (server, url)
 }
 
 async fn subscriber(url: &str, id: &str) -> (SyncClient, ClientEvents) {
-    let (client, events) = adapters::tokio::connect(ClientConfig::new(url, id)).expect("config");
+    let (client, events) = adapters::Tokio::connect(ClientConfig::new(url, id)).expect("config");
     client
         .subscribe(Subscribe::new(["t0"]))
         .await
@@ -196,7 +196,7 @@ impl Delivery {
     /// `per_server` subscribers on each server at `urls`; the pusher on the first.
     async fn new(servers: Vec<(SyncServer, String)>, per_server: usize, next: u64) -> Delivery {
         let (pusher, _) =
-            adapters::tokio::connect(ClientConfig::new(&servers[0].1, "pusher")).expect("config");
+            adapters::Tokio::connect(ClientConfig::new(&servers[0].1, "pusher")).expect("config");
         let mut subscribers = Vec::new();
         for (k, (_, url)) in servers.iter().enumerate() {
             for i in 0..per_server {

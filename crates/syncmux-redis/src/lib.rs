@@ -172,9 +172,9 @@ pub enum RedisBackendError {
 ///
 /// let backend = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
 /// let server = Server::new(ServerConfig::default())?;
-/// let server = adapters::tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
+/// let server = adapters::Tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// adapters::tokio::serve(server, listener, None).await;
+/// adapters::Tokio::serve(server, listener, None).await;
 /// # Ok(())
 /// # }
 /// ```

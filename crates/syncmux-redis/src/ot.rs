@@ -92,10 +92,10 @@ impl RedisOtConfig {
 /// let redis = RedisOt::connect(RedisOtConfig::new("redis://127.0.0.1:6379")).await?;
 /// let mut config = OtServerConfig::default();
 /// config.shared_history = true;
-/// let server = adapters::tokio::start_ot(OtServer::new(config)?, ServerOptions::default());
+/// let server = adapters::Tokio::start_ot(OtServer::new(config)?, ServerOptions::default());
 /// tokio::spawn(redis.run(server.clone()));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// adapters::tokio::serve_ot(server, listener, None).await;
+/// adapters::Tokio::serve(server, listener, None).await;
 /// # Ok(())
 /// # }
 /// ```

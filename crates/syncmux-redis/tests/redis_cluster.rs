@@ -41,17 +41,17 @@ async fn node(redis: &RedisServer, prefix: &str) -> Node {
     server.max_room_size = 2;
     let server = Server::new(server).unwrap();
     let server =
-        adapters::tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
+        adapters::Tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/sync/ws", listener.local_addr().unwrap());
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     Node { server, url }
 }
 
 fn client(node: &Node, id: &str) -> (SyncClient, ClientEvents) {
     let mut config = ClientConfig::new(&node.url, id);
     config.request_timeout = Duration::from_secs(10);
-    adapters::tokio::connect(config).unwrap()
+    adapters::Tokio::connect(config).unwrap()
 }
 
 fn record(pk: &str, field: &str, ts: i64, node: &str) -> ChangeRecord {

@@ -78,7 +78,7 @@ async fn run(listen: &str) -> Result<(), String> {
     let server = Server::new(config).map_err(|e| e.to_string())?;
     let mut store = StoreConfig::default();
     store.epoch = clock.now().as_millis();
-    let sync = adapters::tokio::start(
+    let sync = adapters::Tokio::start(
         Driver::new(server, MemoryStore::new(store)),
         ServerOptions::default(),
     );

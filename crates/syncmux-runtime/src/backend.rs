@@ -92,7 +92,7 @@ pub struct Admit {
 }
 
 /// A store that answers later (README, "Scaling out over Redis"): the seam the native server
-/// adapters drive (`tokio::start_with_backend`).
+/// adapters drive (`Runtime::start_with_backend`).
 ///
 /// Each method returns at once with a future the adapter spawns; futures run concurrently
 /// and may finish in any order. An error answers the request with an `error` frame

@@ -21,7 +21,7 @@ use tungstenite::Message;
 
 use crate::clock::Clock;
 use crate::common;
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Binding};
 use syncmux::payload::{
     ChangeRecord, PresenceSnapshot, PullRequest, PullResponse, PushResponse, RawJson, ResumeAck,
     Subscribe,
@@ -97,7 +97,7 @@ pub(crate) enum Command {
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Starts the client task on runtime `R`.
-pub(crate) fn start<R: Runtime>(
+pub(crate) fn start<R: Binding>(
     mut config: ClientConfig,
     options: ClientOptions,
 ) -> Result<(SyncClient, ClientEvents), ConfigError> {
@@ -197,7 +197,7 @@ impl Outbox {
 }
 
 /// The client task: hands out the client's outputs, then waits for one input.
-async fn run<R: Runtime>(
+async fn run<R: Binding>(
     mut client: Client,
     clock: Clock,
     dialer: Arc<Dialer>,
@@ -327,7 +327,7 @@ async fn run<R: Runtime>(
 /// Sends a close frame on a socket the client is done with and closes it, in the
 /// background and for [`CLOSE_GRACE`] at most: a peer that stopped reading cannot hold the
 /// client task, and need not hold the socket for long.
-fn close_in_background<R: Runtime>(
+fn close_in_background<R: Binding>(
     mut socket: R::Ws,
     code: CloseCode,
     reason: &str,

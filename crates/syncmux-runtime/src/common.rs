@@ -265,11 +265,16 @@ pub(crate) fn server_name(host: &str) -> Result<rustls::pki_types::ServerName<'s
         .map_err(|e| format!("bad TLS server name {host}: {e}"))
 }
 
-/// A server the runtime modules' accept loops serve: the sync server ([`SyncServer`]) or the
-/// OT endpoint ([`OtServerHandle`](crate::OtServerHandle)). Both take a handshake slot,
-/// upgrade within the handshake deadline, and then run the session they accepted, so the
-/// loops are written once per runtime.
-pub(crate) trait Endpoint: Clone + Send + Sync + 'static {
+/// A server a [`Runtime`](crate::Runtime) serves: a [`SyncServer`] or an
+/// [`OtServerHandle`](crate::OtServerHandle). Sealed.
+pub trait Endpoint: Serve {}
+
+impl<T: Serve> Endpoint for T {}
+
+/// What the accept paths ask of an endpoint: both take a handshake slot, upgrade within the
+/// handshake deadline, and then run the session they accepted, so the paths are written
+/// once. Public only as [`Endpoint`]'s seal.
+pub trait Serve: Clone + Send + Sync + 'static {
     /// What an accepted handshake gives: the session to run once the socket is open.
     type Session: Send + 'static;
 
@@ -298,7 +303,6 @@ pub(crate) trait Endpoint: Clone + Send + Sync + 'static {
     fn run<W: WebSocket>(session: Self::Session, ws: W) -> impl Future<Output = ()> + Send;
 
     /// Runs an accepted session whose frames the hub writes to `direct` itself.
-    #[cfg(feature = "tokio")]
     fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
         session: Self::Session,
         ws: W,
@@ -307,7 +311,7 @@ pub(crate) trait Endpoint: Clone + Send + Sync + 'static {
 }
 
 /// An upgraded socket, as either runtime's tungstenite gives it.
-pub(crate) trait WebSocket:
+pub trait WebSocket:
     Stream<Item = Result<Message, tungstenite::Error>>
     + Sink<Message, Error = tungstenite::Error>
     + Unpin
@@ -325,7 +329,7 @@ impl<W> WebSocket for W where
 {
 }
 
-impl Endpoint for SyncServer {
+impl Serve for SyncServer {
     type Session = AcceptedSession;
 
     fn handshake_timeout(&self) -> core::time::Duration {
@@ -357,7 +361,6 @@ impl Endpoint for SyncServer {
         session.run(ws)
     }
 
-    #[cfg(feature = "tokio")]
     fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
         session: AcceptedSession,
         ws: W,
@@ -367,7 +370,7 @@ impl Endpoint for SyncServer {
     }
 }
 
-impl Endpoint for crate::OtServerHandle {
+impl Serve for crate::OtServerHandle {
     type Session = crate::AcceptedOtSession;
 
     fn handshake_timeout(&self) -> core::time::Duration {
@@ -402,7 +405,6 @@ impl Endpoint for crate::OtServerHandle {
         session.run(ws)
     }
 
-    #[cfg(feature = "tokio")]
     fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
         session: crate::AcceptedOtSession,
         ws: W,

@@ -1,7 +1,6 @@
 //! The OT endpoint served over WebSockets (README, "The OT profile"), shared by both runtimes:
 //! the [`OtServer`] behind a lock, one task per connection, one timer task. Start it with
-//! `tokio::start_ot` (or `smol::start_ot`) and accept connections with
-//! `serve_ot` or `accept_ot` of the same module.
+//! `Runtime::start_ot` and accept connections with `Runtime::serve` or `Runtime::accept`.
 //!
 //! It is built like the sync server's adapter ([`SyncServer`](crate::SyncServer)), and for
 //! the same reasons: tungstenite decides the upgrade in a synchronous callback, where the
@@ -9,7 +8,7 @@
 //! machine sits behind a lock held only while one input runs and its outputs are handed to
 //! the connections.
 //!
-//! On a plain TCP socket (tokio's `serve_ot` and `accept_ot_tcp`) the hub writes the frames
+//! On a plain TCP socket (tokio's `serve` and `accept_tcp`) the hub writes the frames
 //! itself, as the sync server's fan-out does ([`direct`](crate::direct)): a broadcast is
 //! framed once, queued on each recipient's socket, and written when the task that read the
 //! op has yielded once — by then the other connections the same reactor poll made ready
@@ -18,7 +17,7 @@
 //! per round, however many ops the round read. What a socket does not take waits on it, for
 //! its task to write once it is writable.
 //!
-//! Elsewhere (TLS, smol, `accept_ot`) each connection's task writes its own queue, so a slow
+//! Elsewhere (TLS, smol, `accept`) each connection's task writes its own queue, so a slow
 //! socket stalls nobody else; it too yields once before writing, for the same batching.
 //!
 //! Either way bytes are reported written
@@ -52,7 +51,7 @@ use tungstenite::Message;
 use crate::clock::Clock;
 use crate::common;
 use crate::direct::{self, Direct, DirectOutlet, Framer, RawSocket};
-use crate::runtime::Runtime;
+use crate::runtime::Binding;
 use crate::server::{HandshakeSlot, HandshakeSlots, Running, RunningGuard, Timed, TimerTask};
 use crate::{Rejection, ServerOptions};
 use syncmux::ot::{OtHandshakeOutcome, OtServer, OtServerEvent, OtSessionId, OtTransmit};
@@ -61,7 +60,7 @@ use syncmux::Handshake;
 use syncmux::Instant;
 
 /// A running OT server: cheap to clone, shared by the accept loop, the connections and the
-/// application. Made by `tokio::start_ot` or `smol::start_ot`.
+/// application. Made by `Runtime::start_ot`.
 #[derive(Clone)]
 pub struct OtServerHandle {
     shared: Arc<Mutex<Shared>>,
@@ -313,7 +312,7 @@ impl OtServerHandle {
     }
 
     /// An endpoint around `server` with its timer task running on `R`.
-    pub(crate) fn start<R: Runtime>(server: OtServer, options: ServerOptions) -> OtServerHandle {
+    pub(crate) fn start<R: Binding>(server: OtServer, options: ServerOptions) -> OtServerHandle {
         let (handle, timer) = OtServerHandle::new(server, options);
         R::spawn(Box::pin(timer.run(R::sleep_until)));
         handle

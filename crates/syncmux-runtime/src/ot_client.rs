@@ -1,7 +1,7 @@
 //! The OT client over a WebSocket to `/ot` (README, "The OT profile"), shared by both
 //! runtimes: one task owns an [`OtClient`] and its socket; the application edits through a
 //! cloneable [`OtClientHandle`] and reads the client's events from [`OtClientEvents`].
-//! Start it with `tokio::connect_ot` or `smol::connect_ot`.
+//! Start it with `Runtime::connect_ot`.
 //!
 //! The state machine decides what to send and how to recover (it fetches a snapshot on every
 //! connect and re-sends its pending op rebased); the task only dials, reads, writes and
@@ -23,7 +23,7 @@ use tungstenite::Message;
 use crate::client::Dialer;
 use crate::clock::Clock;
 use crate::common;
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Binding};
 use syncmux::ot::{
     EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtConfigError, TextOp,
 };
@@ -154,7 +154,7 @@ impl futures_util::Stream for OtClientEvents {
 }
 
 /// Starts the OT client task on runtime `R`.
-pub(crate) fn start<R: Runtime>(
+pub(crate) fn start<R: Binding>(
     config: OtClientConfig,
     options: OtConnectOptions,
 ) -> Result<(OtClientHandle, OtClientEvents), OtConfigError> {
@@ -213,7 +213,7 @@ enum Input {
 }
 
 /// The task: dial, then hand out the client's outputs and wait for one input, until closed.
-async fn run<R: Runtime>(
+async fn run<R: Binding>(
     mut client: OtClient,
     dial: DialRequest,
     dialer: Arc<Dialer>,

@@ -1,12 +1,14 @@
 //! The one seam between the glue and an async runtime, and what is written once over it.
 //!
-//! A runtime binding (the `tokio` and `smol` modules) implements [`Runtime`]: spawn, timers,
+//! A runtime binding (the `tokio` and `smol` modules) implements [`Binding`]: spawn, timers,
 //! TCP, TLS and tungstenite's handshakes on its own sockets, about a hundred lines each.
 //! Everything else — dialing (TCP, then TLS, then the upgrade), the accept loop with its
 //! handshake slots and deadline, the timer tasks, the client tasks — is here or in the
-//! modules that use it, and none of it knows which runtime runs it.
+//! modules that use it, and none of it knows which runtime runs it. [`Runtime`] is the public
+//! face: what an application starts, serves and connects with, written once for both.
 
 use core::future::Future;
+use core::marker::PhantomData;
 use core::task::Poll;
 use core::time::Duration;
 use std::net::SocketAddr;
@@ -22,17 +24,127 @@ use tungstenite::Message;
 use crate::client::Dialer;
 use crate::common::{self, Endpoint};
 use crate::server::HandshakeSlot;
-use syncmux::DialRequest;
+use crate::{
+    Backend, ClientEvents, ClientOptions, OtClientEvents, OtClientHandle, OtConnectOptions,
+    OtServerHandle, ServerOptions, SyncClient, SyncServer,
+};
+use syncmux::ot::{OtClientConfig, OtConfigError, OtServer};
+use syncmux::{ClientConfig, ConfigError, DialRequest, Driver, Server};
 
-/// What a runtime supplies. Implemented by a zero-sized type per runtime (`Tokio`, `Smol`).
-pub(crate) trait Runtime: Sized + 'static {
+/// An async runtime the glue runs on: [`Tokio`](crate::Tokio) (feature `tokio`) or
+/// [`Smol`](crate::Smol) (feature `smol`). Every server and client of this crate starts
+/// through it; the methods are the same on both.
+///
+/// ```no_run
+/// # #[cfg(feature = "tokio")]
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use syncmux::{Driver, MemoryStore, Server, ServerConfig, StoreConfig};
+/// use syncmux_runtime::{ServerOptions, Tokio};
+///
+/// let driver = Driver::new(Server::new(ServerConfig::default())?, MemoryStore::new(StoreConfig::default()));
+/// let server = Tokio::start(driver, ServerOptions::default());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+/// Tokio::serve(server, listener, None).await;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The runtimes are this crate's: `B` is one of its bindings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Runtime<B>(PhantomData<B>);
+
+impl<B: Binding> Runtime<B> {
+    /// Starts a client task and connects (the client reconnects by itself from then on).
+    /// Must be called inside the runtime (for tokio, within a runtime's context).
+    pub fn connect(config: ClientConfig) -> Result<(SyncClient, ClientEvents), ConfigError> {
+        Self::connect_with(config, ClientOptions::default())
+    }
+
+    /// [`connect`](Runtime::connect) with the adapter's options (TLS roots, channel
+    /// capacities, jitter seed).
+    pub fn connect_with(
+        config: ClientConfig,
+        options: ClientOptions,
+    ) -> Result<(SyncClient, ClientEvents), ConfigError> {
+        crate::client::start::<B>(config, options)
+    }
+
+    /// Starts an OT client task (an [`OtClient`](syncmux::ot::OtClient) over a WebSocket to
+    /// the OT endpoint, see [`OtConnectOptions`]); it connects at once and redials when the
+    /// connection is lost.
+    pub fn connect_ot(
+        config: OtClientConfig,
+        options: OtConnectOptions,
+    ) -> Result<(OtClientHandle, OtClientEvents), OtConfigError> {
+        crate::ot_client::start::<B>(config, options)
+    }
+
+    /// Starts a server around `driver` (its timer task); accept connections with
+    /// [`serve`](Runtime::serve) or [`accept`](Runtime::accept), or mount it in an HTTP
+    /// server with [`SyncServer::handshake`] and
+    /// [`AcceptedSession::run`](crate::AcceptedSession::run).
+    pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
+        SyncServer::start::<B>(driver, options)
+    }
+
+    /// Starts a server whose pulls, pushes and replays `backend` answers, asynchronously
+    /// (see [`Backend`]): its timer task, one task per request, and the backend's log
+    /// follower if it has one. Serve it like one from [`start`](Runtime::start).
+    pub fn start_with_backend(
+        server: Server,
+        backend: Arc<dyn Backend>,
+        options: ServerOptions,
+    ) -> SyncServer {
+        SyncServer::start_with_backend::<B>(server, backend, options)
+    }
+
+    /// Starts the OT endpoint's server (its timer task); accept connections with
+    /// [`serve`](Runtime::serve) or [`accept`](Runtime::accept).
+    ///
+    /// Its state machine is one lock, so its connections gain nothing from being spread over
+    /// a multi-thread runtime's workers but contention and cross-thread wake-ups:
+    /// `syncmux-server` starts it, and runs its plain-TCP connections, on a current-thread
+    /// runtime of its own.
+    pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
+        OtServerHandle::start::<B>(server, options)
+    }
+
+    /// Accepts connections for `server` (a [`SyncServer`] or an [`OtServerHandle`]) until it
+    /// shuts down, each in its own task; with `tls`, serves `wss://`.
+    ///
+    /// Each connection's whole handshake (TLS, then the upgrade) must end within
+    /// [`ServerOptions::handshake_timeout`]; at most [`ServerOptions::max_handshakes`] are
+    /// under way at once (at the bound, no connection is accepted until one ends). On tokio,
+    /// the hub writes the frames of plain-TCP sessions to their sockets itself.
+    pub fn serve<E: Endpoint>(
+        server: E,
+        listener: B::Listener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> impl Future<Output = ()> + Send {
+        serve::<B, E>(server, listener, tls)
+    }
+
+    /// Runs the WebSocket handshake on `io` (any stream of the runtime, boxed: a TLS stream
+    /// a router accepted, say) through `server`'s state machine, then the session. The
+    /// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one)
+    /// and must end within [`ServerOptions::handshake_timeout`].
+    pub fn accept<E: Endpoint>(server: &E, io: B::Io) -> impl Future<Output = ()> + Send + '_ {
+        accept::<B, E>(server, io)
+    }
+}
+
+/// What a runtime binding supplies. Implemented by a zero-sized type per runtime (the
+/// parameters of [`Tokio`](crate::Tokio) and [`Smol`](crate::Smol)); public only as
+/// [`Runtime`]'s seal.
+pub trait Binding: Sized + Send + Sync + 'static {
     /// A connected TCP socket.
     type Tcp: Send + 'static;
-    /// A listening TCP socket.
+    /// A listening TCP socket: the runtime's own `TcpListener`.
     type Listener: Send + Sync + 'static;
-    /// A byte stream a WebSocket runs over: plain TCP or TLS, boxed.
+    /// A byte stream a WebSocket runs over (plain TCP or TLS), boxed: `Box<dyn Io>` with the
+    /// runtime module's `Io`.
     type Io: Send + Unpin + 'static;
-    /// A WebSocket over [`Io`](Runtime::Io).
+    /// A WebSocket over [`Io`](Binding::Io).
     type Ws: Stream<Item = Result<Message, tungstenite::Error>>
         + Sink<Message, Error = tungstenite::Error>
         + Unpin
@@ -50,11 +162,12 @@ pub(crate) trait Runtime: Sized + 'static {
 
     /// Opens a TCP connection (with `TCP_NODELAY`: frames are small and latency matters
     /// more than packet count).
-    fn connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>>;
+    fn tcp_connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>>;
 
     /// The next connection of `listener` (with `TCP_NODELAY`).
-    fn accept(listener: &Self::Listener)
-        -> BoxFuture<'_, std::io::Result<(Self::Tcp, SocketAddr)>>;
+    fn tcp_accept(
+        listener: &Self::Listener,
+    ) -> BoxFuture<'_, std::io::Result<(Self::Tcp, SocketAddr)>>;
 
     /// A plain TCP socket as a WebSocket's stream.
     fn plain(tcp: Self::Tcp) -> Self::Io;
@@ -104,12 +217,12 @@ pub(crate) trait Runtime: Sized + 'static {
 
 /// Opens a WebSocket for `dial`: TCP, then TLS for `wss://`, then the upgrade; gives it with
 /// the subprotocol the server selected, or why it failed.
-pub(crate) async fn dial<R: Runtime>(
+pub(crate) async fn dial<R: Binding>(
     dial: DialRequest,
     dialer: Arc<Dialer>,
 ) -> Result<(R::Ws, Option<String>), String> {
     let (request, target) = common::client_request(&dial, &dialer.protocols)?;
-    let tcp = R::connect(&target.host, target.port)
+    let tcp = R::tcp_connect(&target.host, target.port)
         .await
         .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
     let io = if target.tls {
@@ -131,7 +244,7 @@ pub(crate) async fn dial<R: Runtime>(
 /// serves `wss://`. Each connection takes a handshake slot before it is accepted (at the
 /// bound, none is accepted until one ends) and gives it back once its handshake, TLS
 /// included, is over or its deadline passed.
-pub(crate) async fn serve<R: Runtime, E: Endpoint>(
+pub(crate) async fn serve<R: Binding, E: Endpoint>(
     server: E,
     listener: R::Listener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -140,7 +253,7 @@ pub(crate) async fn serve<R: Runtime, E: Endpoint>(
         let Some(slot) = unless_shut_down(&server, server.slot()).await else {
             return;
         };
-        let (tcp, peer) = match unless_shut_down(&server, R::accept(&listener)).await {
+        let (tcp, peer) = match unless_shut_down(&server, R::tcp_accept(&listener)).await {
             None => return,
             Some(Ok(pair)) => pair,
             Some(Err(e)) => {
@@ -171,7 +284,7 @@ pub(crate) async fn serve<R: Runtime, E: Endpoint>(
 
 /// One connection: its stream (`io`, after TLS when there is TLS) and the upgrade within the
 /// deadline, then, once the slot is given back, the session.
-async fn connection<R: Runtime, E: Endpoint>(
+async fn connection<R: Binding, E: Endpoint>(
     server: E,
     io: impl Future<Output = Option<R::Io>> + Send,
     slot: HandshakeSlot,
@@ -191,13 +304,13 @@ async fn connection<R: Runtime, E: Endpoint>(
 
 /// The handshake of an accepted stream (a runtime module's `accept`): a slot, then the
 /// upgrade within the deadline, then the session.
-pub(crate) async fn accept<R: Runtime, E: Endpoint>(server: &E, io: R::Io) {
+pub(crate) async fn accept<R: Binding, E: Endpoint>(server: &E, io: R::Io) {
     let slot = server.slot().await;
     connection::<R, E>(server.clone(), future::ready(Some(io)), slot).await;
 }
 
 /// `handshake`, given up (`None`) once `deadline` passes (zero: never).
-pub(crate) async fn within_deadline<R: Runtime, F: Future>(
+pub(crate) async fn within_deadline<R: Binding, F: Future>(
     deadline: Duration,
     handshake: F,
 ) -> Option<F::Output> {

@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::common;
 use crate::direct::{self, Direct, DirectOutlet, Framer, RawSocket, Writer};
 use crate::metrics;
-use crate::runtime::Runtime;
+use crate::runtime::Binding;
 use syncmux::payload::Cursor;
 use syncmux::wire::CloseCode;
 use syncmux::Driver;
@@ -67,7 +67,7 @@ impl Default for ServerOptions {
 }
 
 /// A running sync server: cheap to clone, shared by the accept loop, the sessions and the
-/// application. Made by `tokio::start` or `smol::start`.
+/// application. Made by `Runtime::start` or `Runtime::start_with_backend`.
 #[derive(Clone)]
 pub struct SyncServer {
     shared: Arc<Mutex<Shared>>,
@@ -117,7 +117,7 @@ pub(crate) struct HandshakeSlots {
 }
 
 /// One handshake slot, given back when dropped.
-pub(crate) struct HandshakeSlot(Option<async_channel::Receiver<()>>);
+pub struct HandshakeSlot(Option<async_channel::Receiver<()>>);
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
@@ -505,14 +505,14 @@ impl SyncServer {
     }
 
     /// A server around `driver` with its timer task running on `R`.
-    pub(crate) fn start<R: Runtime>(driver: Driver, options: ServerOptions) -> SyncServer {
+    pub(crate) fn start<R: Binding>(driver: Driver, options: ServerOptions) -> SyncServer {
         let (server, timer) = SyncServer::new(driver, options);
         R::spawn(Box::pin(timer.run(R::sleep_until)));
         server
     }
 
     /// A server answered by `backend`, its timer task and the backend's tasks on `R`.
-    pub(crate) fn start_with_backend<R: Runtime>(
+    pub(crate) fn start_with_backend<R: Binding>(
         server: syncmux::Server,
         backend: Arc<dyn Backend>,
         options: ServerOptions,

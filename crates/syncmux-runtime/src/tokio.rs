@@ -17,136 +17,34 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::common::Endpoint;
 use crate::direct::{Direct, RawSocket};
-use crate::runtime::{self, Decide, Runtime};
+use crate::runtime::{self, Binding, Decide, Runtime};
 use crate::server::HandshakeSlot;
-use crate::{ClientEvents, ClientOptions, OtServerHandle, ServerOptions, SyncClient, SyncServer};
-use syncmux::ot::OtServer;
-use syncmux::ClientConfig;
-use syncmux::ConfigError;
-use syncmux::Driver;
 
 /// Any byte stream a WebSocket runs over (plain TCP or TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-/// A client WebSocket of this adapter.
-pub type ClientSocket = WebSocketStream<Box<dyn Io>>;
+/// A client WebSocket of this binding.
+type ClientSocket = WebSocketStream<Box<dyn Io>>;
 
-/// Starts a client task on the current tokio runtime and connects. Must be called inside a
-/// runtime.
-pub fn connect(config: ClientConfig) -> Result<(SyncClient, ClientEvents), ConfigError> {
-    connect_with(config, ClientOptions::default())
+/// The binding behind [`Tokio`](crate::Tokio).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioBinding;
+
+impl Runtime<TokioBinding> {
+    /// [`Runtime::accept`] on a plain TCP connection, with the write path of
+    /// [`Runtime::serve`]: the hub writes the session's frames to the socket itself, each
+    /// broadcast framed once (for the OT endpoint, those of the ops read together in one write
+    /// per socket), and the session's task only reads (and writes what the socket could not
+    /// take at once). `read` is what a router already read from the connection (its request
+    /// head, say); it is read again first.
+    pub async fn accept_tcp<E: Endpoint>(server: &E, tcp: tokio::net::TcpStream, read: Vec<u8>) {
+        let slot = server.slot().await;
+        serve_direct(server.clone(), tcp, read, slot).await;
+    }
 }
 
-/// [`connect`] with adapter options (TLS roots, channel capacities, jitter seed).
-pub fn connect_with(
-    config: ClientConfig,
-    options: ClientOptions,
-) -> Result<(SyncClient, ClientEvents), ConfigError> {
-    crate::client::start::<Tokio>(config, options)
-}
-
-/// Starts an OT client task (an [`OtClient`](syncmux::ot::OtClient) over a WebSocket to the
-/// OT endpoint, see [`OtConnectOptions`](crate::OtConnectOptions)) on this runtime; it
-/// connects at once and redials when the connection is lost.
-pub fn connect_ot(
-    config: syncmux::ot::OtClientConfig,
-    options: crate::OtConnectOptions,
-) -> Result<(crate::OtClientHandle, crate::OtClientEvents), syncmux::ot::OtConfigError> {
-    crate::ot_client::start::<Tokio>(config, options)
-}
-
-/// Starts a server around `driver` on the current tokio runtime (its timer task); accept
-/// connections with [`serve`] or [`accept`], or mount it in an HTTP server with
-/// [`SyncServer::handshake`] and [`AcceptedSession::run`](crate::AcceptedSession::run).
-pub fn start(driver: Driver, options: ServerOptions) -> SyncServer {
-    SyncServer::start::<Tokio>(driver, options)
-}
-
-/// Starts a server whose pulls, pushes and replays `backend` answers, asynchronously (for
-/// example the Redis backend of the crate `syncmux-redis`), on the current tokio runtime:
-/// its timer task, one task per request, and the backend's log follower. Serve it like one
-/// from [`start`].
-pub fn start_with_backend(
-    server: syncmux::Server,
-    backend: Arc<dyn crate::Backend>,
-    options: ServerOptions,
-) -> SyncServer {
-    SyncServer::start_with_backend::<Tokio>(server, backend, options)
-}
-
-/// Accepts connections until [`SyncServer::shutdown`], each in its own task; with `tls`,
-/// serves `wss://`.
-///
-/// Each connection's whole handshake (TLS, then the upgrade) must end within
-/// [`ServerOptions::handshake_timeout`]; at most [`ServerOptions::max_handshakes`] are under
-/// way at once (at the bound, no connection is accepted until one ends).
-pub async fn serve(
-    server: SyncServer,
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    runtime::serve::<Tokio, _>(server, listener, tls).await;
-}
-
-/// Runs the WebSocket handshake on `io` through the state machine, then the session. The
-/// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one) and
-/// must end within [`ServerOptions::handshake_timeout`].
-pub async fn accept<S: Io>(server: &SyncServer, io: S) {
-    runtime::accept::<Tokio, _>(server, Box::new(io)).await;
-}
-
-/// [`accept`] on a plain TCP connection, with the fast write path of [`serve`]: the hub
-/// writes the session's frames to the socket itself, each broadcast framed once, and the
-/// session's task only reads (and writes what the socket could not take at once). `read` is
-/// what a router already read from the connection (its request head, say); it is read again
-/// first.
-pub async fn accept_tcp(server: &SyncServer, tcp: tokio::net::TcpStream, read: Vec<u8>) {
-    let slot = server.handshake_slot().await;
-    serve_direct(server.clone(), tcp, read, slot).await;
-}
-
-/// Starts the OT endpoint's server on the current tokio runtime (its timer task); accept
-/// connections with [`serve_ot`], [`accept_ot_tcp`] or [`accept_ot`].
-///
-/// Its state machine is one lock, so its connections gain nothing from being spread over a
-/// multi-thread runtime's workers but contention and cross-thread wake-ups: `syncmux-server`
-/// starts it, and runs its plain-TCP connections, on a current-thread runtime of its own.
-pub fn start_ot(server: OtServer, options: ServerOptions) -> OtServerHandle {
-    OtServerHandle::start::<Tokio>(server, options)
-}
-
-/// [`serve`] for the OT endpoint: accepts connections until [`OtServerHandle::shutdown`],
-/// each in its own task, with the same handshake deadline and bound
-/// ([`ServerOptions`]); with `tls`, serves `wss://`. Every path is accepted.
-pub async fn serve_ot(
-    server: OtServerHandle,
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    runtime::serve::<Tokio, _>(server, listener, tls).await;
-}
-
-/// [`accept`] for the OT endpoint: the WebSocket handshake on `io` (decided by the state
-/// machine, within the handshake deadline, holding a handshake slot), then the session.
-pub async fn accept_ot<S: Io>(server: &OtServerHandle, io: S) {
-    runtime::accept::<Tokio, _>(server, Box::new(io)).await;
-}
-
-/// [`accept_ot`] on a plain TCP connection, with the write path of [`serve_ot`]: the hub
-/// writes the frames to the socket itself, those of the ops read together in one write per
-/// socket, and the connection's task only reads (and writes what the socket could not take
-/// at once). `read` is what a router already read from the connection; it is read again
-/// first.
-pub async fn accept_ot_tcp(server: &OtServerHandle, tcp: tokio::net::TcpStream, read: Vec<u8>) {
-    let slot = server.handshake_slot().await;
-    serve_direct(server.clone(), tcp, read, slot).await;
-}
-
-/// The runtime.
-pub(crate) struct Tokio;
-
-impl Runtime for Tokio {
+impl Binding for TokioBinding {
     type Tcp = tokio::net::TcpStream;
     type Listener = tokio::net::TcpListener;
     type Io = Box<dyn Io>;
@@ -164,7 +62,7 @@ impl Runtime for Tokio {
         tokio::time::sleep(duration).boxed()
     }
 
-    fn connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>> {
+    fn tcp_connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>> {
         async move {
             let tcp = tokio::net::TcpStream::connect((host, port)).await?;
             let _ = tcp.set_nodelay(true);
@@ -173,7 +71,7 @@ impl Runtime for Tokio {
         .boxed()
     }
 
-    fn accept(
+    fn tcp_accept(
         listener: &Self::Listener,
     ) -> BoxFuture<'_, std::io::Result<(Self::Tcp, SocketAddr)>> {
         async move {
@@ -247,9 +145,10 @@ async fn serve_direct<E: Endpoint>(
     let handshake = Box::pin(runtime::upgrade(&server, |decide, config| {
         tokio_tungstenite::accept_hdr_async_with_config(io, decide, Some(config))
     }));
-    let upgraded = runtime::within_deadline::<Tokio, _>(server.handshake_timeout(), handshake)
-        .await
-        .flatten();
+    let upgraded =
+        runtime::within_deadline::<TokioBinding, _>(server.handshake_timeout(), handshake)
+            .await
+            .flatten();
     drop(slot);
     if let Some((session, ws)) = upgraded {
         E::run_direct(session, ws, socket).await;

@@ -154,15 +154,15 @@ async fn leaves_nothing_behind(server: SyncServer, addr: SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_way_a_session_ends_releases_it() {
     // One test for both runtimes: the allocator's counters are process-wide.
-    let server = adapters::tokio::start(driver(), ServerOptions::default());
+    let server = adapters::Tokio::start(driver(), ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     leaves_nothing_behind(server, addr).await;
 
-    let server = adapters::smol::start(driver(), ServerOptions::default());
+    let server = adapters::Smol::start(driver(), ServerOptions::default());
     let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    smol::spawn(adapters::smol::serve(server.clone(), listener, None)).detach();
+    smol::spawn(adapters::Smol::serve(server.clone(), listener, None)).detach();
     leaves_nothing_behind(server, addr).await;
 }

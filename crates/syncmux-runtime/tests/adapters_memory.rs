@@ -51,10 +51,10 @@ async fn an_idle_connection_costs_the_server_little_heap() {
         Server::new(config).unwrap(),
         MemoryStore::new(StoreConfig::default()),
     );
-    let server = adapters::tokio::start(driver, ServerOptions::default());
+    let server = adapters::Tokio::start(driver, ServerOptions::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     // Warm up: the first connection's and the runtime's first-use allocations stay out.
     let mut open = vec![idle_connection(addr, 0).await];
     let region = Region::new(GLOBAL);

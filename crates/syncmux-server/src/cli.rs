@@ -188,7 +188,7 @@ fn json_arg(text: &str) -> Result<RawJson, RequestError> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let (config, command) = Cli::parse().into_parts();
-    let (client, events) = match adapters::tokio::connect(config) {
+    let (client, events) = match adapters::Tokio::connect(config) {
         Ok(pair) => pair,
         // A configuration the client refuses (a malformed URL, ...): exit code 2, as for
         // every value clap refuses.

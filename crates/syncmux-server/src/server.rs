@@ -412,7 +412,7 @@ async fn run(args: Args) -> Result<(), String> {
             let mut store = StoreConfig::default();
             store.epoch = clock.now().as_millis();
             store.retention = args.retention;
-            adapters::tokio::start(
+            adapters::Tokio::start(
                 Driver::new(server, MemoryStore::new(store)),
                 args.options.clone(),
             )
@@ -426,7 +426,7 @@ async fn run(args: Args) -> Result<(), String> {
     let ot = {
         // Its timer task runs on its thread too.
         let _on = ot_thread.runtime.enter();
-        adapters::tokio::start_ot(ot, args.options)
+        adapters::Tokio::start_ot(ot, args.options)
     };
     if let Some((url, prefix)) = ot_redis {
         ot_on_redis(ot.clone(), url, prefix).await?;
@@ -535,7 +535,7 @@ async fn start_on_redis(
     let backend = RedisBackend::connect(config)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(adapters::tokio::start_with_backend(
+    Ok(adapters::Tokio::start_with_backend(
         server,
         Arc::new(backend),
         options,
@@ -592,7 +592,7 @@ async fn start_on_sqlite(
     .map_err(|e| format!("--data: {e}"))?
     .map_err(|e| format!("--data: {e}"))?;
     tracing::info!(path = %path.display(), epoch = backend.epoch(), "changes are kept on disk");
-    Ok(adapters::tokio::start_with_backend(
+    Ok(adapters::Tokio::start_with_backend(
         server,
         Arc::new(backend),
         options,
@@ -618,7 +618,7 @@ async fn start_on_sqlite(
 /// every session's task has sent its close and ended.
 async fn shutdown(server: &SyncServer, serving: tokio::task::JoinHandle<()>, deadline: Duration) {
     server.shutdown();
-    // `tokio::serve` returns on shutdown; the static loop is stopped here.
+    // `Tokio::serve` returns on shutdown; the static loop is stopped here.
     // Connections already accepted go on: their sessions are closing.
     serving.abort();
     let _ = serving.await;
@@ -797,10 +797,10 @@ mod metrics_http {
 /// own listener.
 ///
 /// Each connection's request head is read first; a request for `/ot` or a path under it is
-/// replayed, unchanged, into [`adapters::tokio::accept_ot`] (the OT profile); without
-/// `--static`, anything else goes to [`adapters::tokio::accept`] (whose state machine
+/// replayed, unchanged, into [`adapters::Tokio::accept`] (the OT profile); without
+/// `--static`, anything else goes to [`adapters::Tokio::accept`] (whose state machine
 /// answers a wrong path with 404). With `--static`, a request for the sync path is replayed
-/// into [`adapters::tokio::accept`] (the state machine decides the upgrade), and anything
+/// into [`adapters::Tokio::accept`] (the state machine decides the upgrade), and anything
 /// else is handed, with the bytes already read replayed in front, to hyper serving
 /// tower-http's [`ServeDir`](tower_http::services::ServeDir): content types by extension,
 /// `..` and other escapes refused, `HEAD`, ranges and conditional requests. One request per
@@ -814,7 +814,7 @@ mod static_files {
     use hyper::header::{HeaderValue, CACHE_CONTROL};
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
-    use syncmux_runtime::tokio::Io;
+    use syncmux_runtime::TokioIo as Io;
     use syncmux_runtime::{self as adapters, OtServerHandle, SyncServer};
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
     use tokio::sync::Semaphore;
@@ -842,7 +842,7 @@ mod static_files {
         }
     }
 
-    /// [`adapters::tokio::serve`] with the OT endpoint and the static files (if any) beside
+    /// [`adapters::Tokio::serve`] with the OT endpoint and the static files (if any) beside
     /// it; runs until aborted.
     ///
     /// The server's handshake limits hold here too: TLS and the request head must arrive
@@ -919,8 +919,8 @@ mod static_files {
     }
 
     /// A plain TCP connection without static files: its head is read off the socket itself,
-    /// so a sync upgrade gets [`adapters::tokio::accept_tcp`] and an `/ot` one
-    /// [`adapters::tokio::accept_ot_tcp`] (the hub writes their frames straight to the
+    /// so a sync upgrade gets [`adapters::Tokio::accept_tcp`] and an `/ot` one
+    /// [`adapters::Tokio::accept_tcp`] (the hub writes their frames straight to the
     /// socket). An `/ot` connection moves to `ot_runtime`, the OT endpoint's own thread.
     async fn plain(
         server: &SyncServer,
@@ -967,13 +967,13 @@ mod static_files {
                 let ot = ot.clone();
                 ot_runtime.spawn(async move {
                     match tokio::net::TcpStream::from_std(tcp) {
-                        Ok(tcp) => adapters::tokio::accept_ot_tcp(&ot, tcp, buf).await,
+                        Ok(tcp) => adapters::Tokio::accept_tcp(&ot, tcp, buf).await,
                         Err(e) => tracing::debug!(error = %e, "OT connection lost"),
                     }
                 });
                 return;
             }
-            return adapters::tokio::accept_tcp(server, tcp, buf).await;
+            return adapters::Tokio::accept_tcp(server, tcp, buf).await;
         }
         let io: Box<dyn Io> = Box::new(tcp);
         let (reader, writer) = tokio::io::split(io);
@@ -1060,11 +1060,11 @@ mod static_files {
         // Every byte read so far goes first, so the next reader sees the whole request.
         let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
         if to_ot {
-            adapters::tokio::accept_ot(ot, io).await;
+            adapters::Tokio::accept(ot, Box::new(io)).await;
             return Ok(());
         }
         let Some(files) = files else {
-            adapters::tokio::accept(server, io).await;
+            adapters::Tokio::accept(server, Box::new(io)).await;
             return Ok(());
         };
         let service = TowerToHyperService::new(files.service.clone());
@@ -1193,7 +1193,7 @@ mod tests {
 
     fn ot_server() -> OtServerHandle {
         let ot = OtServer::new(OtServerConfig::default()).unwrap();
-        adapters::tokio::start_ot(ot, ServerOptions::default())
+        adapters::Tokio::start_ot(ot, ServerOptions::default())
     }
 
     /// One HTTP/1.1 exchange on a fresh connection: (status line, content type, body).
@@ -1232,7 +1232,7 @@ mod tests {
             Server::new(config).unwrap(),
             MemoryStore::new(StoreConfig::default()),
         );
-        let server = adapters::tokio::start(driver, ServerOptions::default());
+        let server = adapters::Tokio::start(driver, ServerOptions::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let files = Files::new(dir.clone(), "/sync/ws");
@@ -1346,7 +1346,7 @@ mod tests {
         );
         let mut options = ServerOptions::default();
         options.handshake_timeout = Duration::from_millis(200);
-        let server = adapters::tokio::start(driver, options);
+        let server = adapters::Tokio::start(driver, options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let files = Files::new(std::env::temp_dir(), "/sync/ws");

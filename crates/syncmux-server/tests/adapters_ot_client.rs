@@ -69,8 +69,8 @@ async fn two_clients_of_the_example_server_converge() {
     let mut with_token = options(&url);
     with_token.token = Some("secret".to_owned());
     let (a, _ea) =
-        adapters::tokio::connect_ot(OtClientConfig::new("a"), with_token.clone()).unwrap();
-    let (b, mut eb) = adapters::tokio::connect_ot(OtClientConfig::new("b"), with_token).unwrap();
+        adapters::Tokio::connect_ot(OtClientConfig::new("a"), with_token.clone()).unwrap();
+    let (b, mut eb) = adapters::Tokio::connect_ot(OtClientConfig::new("b"), with_token).unwrap();
     settled(&[&a, &b]).await;
     for i in 0..20 {
         a.edit(TextOp::new().insert(format!("a{i};")))
@@ -96,7 +96,7 @@ async fn two_clients_of_the_example_server_converge() {
     // A wrong token is refused at the upgrade: the client never synchronizes.
     let mut bad = options(&url);
     bad.token = Some("wrong".to_owned());
-    let (c, _ec) = adapters::tokio::connect_ot(OtClientConfig::new("c"), bad).unwrap();
+    let (c, _ec) = adapters::Tokio::connect_ot(OtClientConfig::new("c"), bad).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_ne!(
         c.status().await.unwrap().state,
@@ -110,14 +110,14 @@ async fn two_clients_of_the_example_server_converge() {
 /// edit meanwhile) and its own edit made while cut off is re-sent and applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_lost_its_connection_redials_and_resumes() {
-    let server = adapters::tokio::start_ot(
+    let server = adapters::Tokio::start_ot(
         OtServer::new(OtServerConfig::default()).unwrap(),
         ServerOptions::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ot", listener.local_addr().unwrap());
-    tokio::spawn(adapters::tokio::serve_ot(server.clone(), listener, None));
-    let (a, mut ea) = adapters::tokio::connect_ot(OtClientConfig::new("a"), options(&url)).unwrap();
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
+    let (a, mut ea) = adapters::Tokio::connect_ot(OtClientConfig::new("a"), options(&url)).unwrap();
     a.edit(TextOp::new().insert("one ")).await.unwrap();
     settled(&[&a]).await;
     // Cut a's connection.
@@ -127,7 +127,7 @@ async fn a_client_that_lost_its_connection_redials_and_resumes() {
         }
     });
     a.edit(TextOp::new().retain(4).insert("two")).await.unwrap();
-    let (b, _eb) = adapters::tokio::connect_ot(OtClientConfig::new("b"), options(&url)).unwrap();
+    let (b, _eb) = adapters::Tokio::connect_ot(OtClientConfig::new("b"), options(&url)).unwrap();
     b.edit(TextOp::new().insert("zero ")).await.unwrap();
     let text = settled(&[&a, &b]).await;
     // b's insert made at revision 0 lands before or after "one " (b may edit before its
@@ -147,15 +147,15 @@ async fn a_client_that_lost_its_connection_redials_and_resumes() {
 #[test]
 fn the_smol_client_converges() {
     smol::block_on(async {
-        let server = adapters::smol::start_ot(
+        let server = adapters::Smol::start_ot(
             OtServer::new(OtServerConfig::default()).unwrap(),
             ServerOptions::default(),
         );
         let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ot", listener.local_addr().unwrap());
-        smol::spawn(adapters::smol::serve_ot(server.clone(), listener, None)).detach();
-        let (a, _ea) = adapters::smol::connect_ot(OtClientConfig::new("a"), options(&url)).unwrap();
-        let (b, _eb) = adapters::smol::connect_ot(OtClientConfig::new("b"), options(&url)).unwrap();
+        smol::spawn(adapters::Smol::serve(server.clone(), listener, None)).detach();
+        let (a, _ea) = adapters::Smol::connect_ot(OtClientConfig::new("a"), options(&url)).unwrap();
+        let (b, _eb) = adapters::Smol::connect_ot(OtClientConfig::new("b"), options(&url)).unwrap();
         a.edit(TextOp::new().insert("smol")).await.unwrap();
         loop {
             let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());

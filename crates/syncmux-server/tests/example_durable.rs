@@ -43,7 +43,7 @@ async fn retention_bounds_the_store(extra: &[&str]) {
     let mut args = vec!["--retention", "3"];
     args.extend_from_slice(extra);
     let (_server, url) = start(&args).unwrap();
-    let (client, _events) = adapters::tokio::connect(ClientConfig::new(&url, "w")).unwrap();
+    let (client, _events) = adapters::Tokio::connect(ClientConfig::new(&url, "w")).unwrap();
     let mut head = Cursor::default();
     for pk in 1..=5 {
         head = client.push(vec![record(pk)]).await.unwrap().cursor.unwrap();
@@ -121,7 +121,7 @@ mod durable {
         let mut seen = Cursor::default();
         for round in 0..4u64 {
             let (mut server, url) = start(&args).unwrap();
-            let (client, _events) = adapters::tokio::connect(ClientConfig::new(&url, "w")).unwrap();
+            let (client, _events) = adapters::Tokio::connect(ClientConfig::new(&url, "w")).unwrap();
 
             // What the previous rounds were acknowledged is all there, once, at its cursor.
             let start_at = Cursor::new(epoch.unwrap_or(0), 0);

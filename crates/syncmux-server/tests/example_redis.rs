@@ -31,9 +31,9 @@ mod with_redis {
         let (_a, a) = start(&args).unwrap();
         let (_b, b) = start(&args).unwrap();
         let (reader, mut events) =
-            adapters::tokio::connect(ClientConfig::new(&b, "reader")).unwrap();
+            adapters::Tokio::connect(ClientConfig::new(&b, "reader")).unwrap();
         reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
-        let (writer, _w) = adapters::tokio::connect(ClientConfig::new(&a, "writer")).unwrap();
+        let (writer, _w) = adapters::Tokio::connect(ClientConfig::new(&a, "writer")).unwrap();
         let record = ChangeRecord::new("docs", "1", "t", "lww", Hlc::new(5, 0, "writer"), "writer")
             .with_value(RawJson::from_serialize("hello").unwrap());
         let pushed = writer.push(vec![record.clone()]).await.unwrap();
@@ -67,8 +67,8 @@ mod with_redis {
         let (mut a_process, a) = start(&args).unwrap();
         let (_b_process, b) = start(&args).unwrap();
         let (alice, _alice_events) =
-            adapters::tokio::connect(ClientConfig::new(&a, "alice")).unwrap();
-        let (bob, mut bob_events) = adapters::tokio::connect(ClientConfig::new(&b, "bob")).unwrap();
+            adapters::Tokio::connect(ClientConfig::new(&a, "alice")).unwrap();
+        let (bob, mut bob_events) = adapters::Tokio::connect(ClientConfig::new(&b, "bob")).unwrap();
         bob.update_presence("doc", RawJson::from_serialize(&1).unwrap())
             .await
             .unwrap();

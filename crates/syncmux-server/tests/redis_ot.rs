@@ -136,7 +136,7 @@ async fn server(redis: &str, poll: Duration) -> (OtServerHandle, String) {
     config.shared_history = true;
     config.rate_limit_messages = 0;
     let server =
-        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+        adapters::Tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
     let mut config = RedisOtConfig::new(redis);
     config.prefix = "{t}:".to_owned();
     config.poll = poll;
@@ -144,7 +144,7 @@ async fn server(redis: &str, poll: Duration) -> (OtServerHandle, String) {
     tokio::spawn(shared.run(server.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapters::tokio::serve_ot(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     (server, format!("ws://{addr}/ot"))
 }
 
@@ -551,7 +551,7 @@ async fn a_failed_snapshot_read_is_tried_again() {
     let mut config = OtServerConfig::default();
     config.shared_history = true;
     let server =
-        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+        adapters::Tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
     let mut config = RedisOtConfig::new(&url);
     config.prefix = "{t}:".to_owned();
     config.poll = Duration::ZERO;
@@ -559,7 +559,7 @@ async fn a_failed_snapshot_read_is_tried_again() {
     tokio::spawn(RedisOt::connect(config).await.unwrap().run(server.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapters::tokio::serve_ot(server, listener, None));
+    tokio::spawn(adapters::Tokio::serve(server, listener, None));
     until_subscribers(&mut conn, "{t}:doc:doc-1", 1).await;
 
     redis.signal("STOP");
@@ -615,14 +615,14 @@ async fn a_dropped_copy_leaves_its_channel_and_comes_back_whole() {
     config.shared_history = true;
     config.max_documents = 2;
     let server =
-        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+        adapters::Tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
     let mut config = RedisOtConfig::new(&url);
     config.prefix = "{t}:".to_owned();
     config.poll = Duration::ZERO;
     tokio::spawn(RedisOt::connect(config).await.unwrap().run(server.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url_ot = format!("ws://{}/ot", listener.local_addr().unwrap());
-    tokio::spawn(adapters::tokio::serve_ot(server, listener, None));
+    tokio::spawn(adapters::Tokio::serve(server, listener, None));
 
     let mut writer = join(&url_ot, "b").await;
     writer

@@ -22,7 +22,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use syncmux_sqlite::{SqliteBackend, SqliteBackendConfig};
-//! use syncmux_runtime::{tokio::start_with_backend, ServerOptions};
+//! use syncmux_runtime::{ServerOptions, Tokio};
 //! use syncmux::{Server, ServerConfig};
 //! use syncmux_sqlite::SqliteConfig;
 //!
@@ -30,9 +30,9 @@
 //! store.epoch = 1_767_000_000_000; // used only if the database is new
 //! let backend = SqliteBackend::open("changes.db", store, SqliteBackendConfig::default())?;
 //! let server = Server::new(ServerConfig::default())?;
-//! let server = start_with_backend(server, Arc::new(backend), ServerOptions::default());
+//! let server = Tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
-//! syncmux_runtime::tokio::serve(server, listener, None).await;
+//! syncmux_runtime::Tokio::serve(server, listener, None).await;
 //! # Ok(())
 //! # }
 //! ```

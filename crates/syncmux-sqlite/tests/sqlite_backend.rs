@@ -43,10 +43,10 @@ fn record(pk: u64) -> ChangeRecord {
 /// Starts a server on `backend` on the current tokio runtime: its URL.
 async fn start(backend: SqliteBackend) -> (SyncServer, String) {
     let server =
-        adapters::tokio::start_with_backend(server(), Arc::new(backend), ServerOptions::default());
+        adapters::Tokio::start_with_backend(server(), Arc::new(backend), ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     (server, url)
 }
 
@@ -68,14 +68,14 @@ async fn pushes_survive_a_restart_and_clients_resume_by_cursor() {
         let path = dir.path().join("changes.db");
         let (server, url) = start(backend(&path, 41)).await;
         let (reader, mut events) =
-            adapters::tokio::connect(ClientConfig::new(&url, "reader")).unwrap();
+            adapters::Tokio::connect(ClientConfig::new(&url, "reader")).unwrap();
         let ack = reader
             .subscribe(Subscribe::new(["docs"]))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(ack.cursor, Cursor::new(41, 0));
-        let (writer, _w) = adapters::tokio::connect(ClientConfig::new(&url, "w")).unwrap();
+        let (writer, _w) = adapters::Tokio::connect(ClientConfig::new(&url, "w")).unwrap();
         // 64 pushes at once: they wait for the writer thread together and share commits,
         // yet each is answered with its own position.
         let pushes: Vec<_> = (1..=64).map(|pk| writer.push(vec![record(pk)])).collect();
@@ -99,7 +99,7 @@ async fn pushes_survive_a_restart_and_clients_resume_by_cursor() {
         server.drained().await;
         drop((reader, writer, events));
         let (server, url) = start(backend(&path, 42)).await;
-        let (client, _e) = adapters::tokio::connect(ClientConfig::new(&url, "reader")).unwrap();
+        let (client, _e) = adapters::Tokio::connect(ClientConfig::new(&url, "reader")).unwrap();
         let pulled = client
             .pull(PullRequest::new(["docs"]).after(seen))
             .await
@@ -116,7 +116,7 @@ async fn pushes_survive_a_restart_and_clients_resume_by_cursor() {
             .unwrap();
         assert!(ack.recovered);
         // The winners came back: an old change merges nothing, a new one goes on at 65.
-        let (w, _we) = adapters::tokio::connect(ClientConfig::new(&url, "w")).unwrap();
+        let (w, _we) = adapters::Tokio::connect(ClientConfig::new(&url, "w")).unwrap();
         assert_eq!(w.push(vec![record(7)]).await.unwrap().merged, 0);
         let next = w.push(vec![record(100)]).await.unwrap();
         assert_eq!(next.cursor, Some(Cursor::new(41, 65)));
@@ -130,15 +130,15 @@ async fn pushes_survive_a_restart_and_clients_resume_by_cursor() {
 fn on_smol() {
     smol::block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let server = adapters::smol::start_with_backend(
+        let server = adapters::Smol::start_with_backend(
             server(),
             Arc::new(backend(&dir.path().join("changes.db"), 5)),
             ServerOptions::default(),
         );
         let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/", listener.local_addr().unwrap());
-        smol::spawn(adapters::smol::serve(server, listener, None)).detach();
-        let (client, _e) = adapters::smol::connect(ClientConfig::new(&url, "w")).unwrap();
+        smol::spawn(adapters::Smol::serve(server, listener, None)).detach();
+        let (client, _e) = adapters::Smol::connect(ClientConfig::new(&url, "w")).unwrap();
         let pushed = client.push(vec![record(1), record(2)]).await.unwrap();
         assert_eq!(pushed.cursor, Some(Cursor::new(5, 2)));
         let pulled = client

@@ -170,11 +170,11 @@ async fn scenario(
 async fn on_tokio() {
     let (backend, reads) = backend();
     let server: SyncServer =
-        syncmux_runtime::tokio::start_with_backend(server(), backend, ServerOptions::default());
+        syncmux_runtime::Tokio::start_with_backend(server(), backend, ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
-    tokio::spawn(syncmux_runtime::tokio::serve(server, listener, None));
-    let connect = |c| syncmux_runtime::tokio::connect(c).unwrap();
+    tokio::spawn(syncmux_runtime::Tokio::serve(server, listener, None));
+    let connect = |c| syncmux_runtime::Tokio::connect(c).unwrap();
     tokio::time::timeout(Duration::from_secs(30), scenario(url, connect, reads))
         .await
         .unwrap();
@@ -185,11 +185,11 @@ fn on_smol() {
     smol::block_on(async {
         let (backend, reads) = backend();
         let server =
-            syncmux_runtime::smol::start_with_backend(server(), backend, ServerOptions::default());
+            syncmux_runtime::Smol::start_with_backend(server(), backend, ServerOptions::default());
         let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/", listener.local_addr().unwrap());
-        smol::spawn(syncmux_runtime::smol::serve(server, listener, None)).detach();
-        let connect = |c| syncmux_runtime::smol::connect(c).unwrap();
+        smol::spawn(syncmux_runtime::Smol::serve(server, listener, None)).detach();
+        let connect = |c| syncmux_runtime::Smol::connect(c).unwrap();
         scenario(url, connect, reads).await;
     });
 }

@@ -90,7 +90,7 @@ async fn exercise(client: SyncClient, mut events: adapters::ClientEvents) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_client_pulls_and_stops_on_4401() {
     let url = canned_peer().await;
-    let (client, events) = adapters::tokio::connect(ClientConfig::new(url, "n1")).unwrap();
+    let (client, events) = adapters::Tokio::connect(ClientConfig::new(url, "n1")).unwrap();
     tokio::time::timeout(GUARD, exercise(client, events))
         .await
         .unwrap();
@@ -99,7 +99,7 @@ async fn tokio_client_pulls_and_stops_on_4401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smol_client_pulls_and_stops_on_4401() {
     let url = canned_peer().await;
-    let (client, events) = adapters::smol::connect(ClientConfig::new(url, "n2")).unwrap();
+    let (client, events) = adapters::Smol::connect(ClientConfig::new(url, "n2")).unwrap();
     tokio::time::timeout(GUARD, exercise(client, events))
         .await
         .unwrap();

@@ -24,11 +24,11 @@ const GUARD: Duration = Duration::from_secs(20);
 type Connect = fn(ClientConfig, ClientOptions) -> (SyncClient, ClientEvents);
 
 fn tokio_client(config: ClientConfig, options: ClientOptions) -> (SyncClient, ClientEvents) {
-    adapters::tokio::connect_with(config, options).unwrap()
+    adapters::Tokio::connect_with(config, options).unwrap()
 }
 
 fn smol_client(config: ClientConfig, options: ClientOptions) -> (SyncClient, ClientEvents) {
-    adapters::smol::connect_with(config, options).unwrap()
+    adapters::Smol::connect_with(config, options).unwrap()
 }
 
 /// Accepts WebSocket upgrades selecting `syncmux.v1`, records each offered

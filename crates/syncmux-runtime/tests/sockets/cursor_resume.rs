@@ -132,16 +132,16 @@ mod sockets {
         store.epoch = 3;
         let server = Server::new(ServerConfig::default()).unwrap();
         let driver = Driver::new(server, MemoryStore::new(store));
-        let server = adapters::tokio::start(driver, ServerOptions::default());
+        let server = adapters::Tokio::start(driver, ServerOptions::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let direct = listener.local_addr().unwrap();
-        tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+        tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
         let proxy = Proxy::start(direct).await;
 
         let (writer, _writer_events) =
-            adapters::tokio::connect(client_config(direct, "writer", true)).unwrap();
+            adapters::Tokio::connect(client_config(direct, "writer", true)).unwrap();
         let (sub, mut events) =
-            adapters::tokio::connect(client_config(proxy.addr, "sub", with_cursor)).unwrap();
+            adapters::Tokio::connect(client_config(proxy.addr, "sub", with_cursor)).unwrap();
         let ack = sub
             .subscribe(Subscribe::new(["docs"]))
             .await
@@ -197,7 +197,7 @@ mod sockets {
     /// Through the adapter's handle, an application resumes from a cursor it kept: a pull
     /// after it and a subscribe after it give exactly what came later, old HLCs included.
     async fn app_resumes_after(addr: SocketAddr, kept: Cursor) {
-        let (app, mut events) = adapters::tokio::connect(client_config(addr, "app", true)).unwrap();
+        let (app, mut events) = adapters::Tokio::connect(client_config(addr, "app", true)).unwrap();
         let pulled = app
             .pull(PullRequest::new(["docs"]).after(kept))
             .await

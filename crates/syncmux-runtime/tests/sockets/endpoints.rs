@@ -42,29 +42,29 @@ fn driver() -> Driver {
 }
 
 async fn tokio_server() -> (SyncServer, String) {
-    let server = adapters::tokio::start(driver(), ServerOptions::default());
+    let server = adapters::Tokio::start(driver(), ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     (server, format!("ws://{addr}/sync/ws"))
 }
 
 fn smol_server() -> (SyncServer, String) {
-    let server = adapters::smol::start(driver(), ServerOptions::default());
+    let server = adapters::Smol::start(driver(), ServerOptions::default());
     let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
-    smol::spawn(adapters::smol::serve(server.clone(), listener, None)).detach();
+    smol::spawn(adapters::Smol::serve(server.clone(), listener, None)).detach();
     (server, format!("ws://{addr}/sync/ws"))
 }
 
 type Connect = fn(ClientConfig) -> (SyncClient, ClientEvents);
 
 fn tokio_client(config: ClientConfig) -> (SyncClient, ClientEvents) {
-    adapters::tokio::connect(config).unwrap()
+    adapters::Tokio::connect(config).unwrap()
 }
 
 fn smol_client(config: ClientConfig) -> (SyncClient, ClientEvents) {
-    adapters::smol::connect(config).unwrap()
+    adapters::Smol::connect(config).unwrap()
 }
 
 fn config(url: &str, node: &str) -> ClientConfig {

@@ -44,17 +44,17 @@ async fn serve(
 ) -> (SyncServer, SocketAddr) {
     match runtime {
         Runtime::Tokio => {
-            let server = adapters::tokio::start(driver(config), options);
+            let server = adapters::Tokio::start(driver(config), options);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            tokio::spawn(adapters::tokio::serve(server.clone(), listener, tls));
+            tokio::spawn(adapters::Tokio::serve(server.clone(), listener, tls));
             (server, addr)
         }
         Runtime::Smol => {
-            let server = adapters::smol::start(driver(config), options);
+            let server = adapters::Smol::start(driver(config), options);
             let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            smol::spawn(adapters::smol::serve(server.clone(), listener, tls)).detach();
+            smol::spawn(adapters::Smol::serve(server.clone(), listener, tls)).detach();
             (server, addr)
         }
     }

@@ -33,18 +33,18 @@ fn ot_server(ping_interval: Duration) -> OtServer {
 }
 
 async fn tokio_server(ping_interval: Duration, options: ServerOptions) -> (OtServerHandle, String) {
-    let server = adapters::tokio::start_ot(ot_server(ping_interval), options);
+    let server = adapters::Tokio::start_ot(ot_server(ping_interval), options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapters::tokio::serve_ot(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     (server, addr.to_string())
 }
 
 fn smol_server(ping_interval: Duration) -> (OtServerHandle, String) {
-    let server = adapters::smol::start_ot(ot_server(ping_interval), ServerOptions::default());
+    let server = adapters::Smol::start_ot(ot_server(ping_interval), ServerOptions::default());
     let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
-    smol::spawn(adapters::smol::serve_ot(server.clone(), listener, None)).detach();
+    smol::spawn(adapters::Smol::serve(server.clone(), listener, None)).detach();
     (server, addr.to_string())
 }
 
@@ -218,10 +218,10 @@ async fn wss_serves_the_ot_endpoint() {
     let cert_pem = cert.cert.pem();
     let key_pem = cert.signing_key.serialize_pem();
     let tls = adapters::server_tls(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-    let server = adapters::tokio::start_ot(ot_server(Duration::ZERO), ServerOptions::default());
+    let server = adapters::Tokio::start_ot(ot_server(Duration::ZERO), ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(adapters::tokio::serve_ot(server, listener, Some(tls)));
+    tokio::spawn(adapters::Tokio::serve(server, listener, Some(tls)));
 
     let trust = adapters::client_tls_trusting(cert_pem.as_bytes()).unwrap();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -345,8 +345,8 @@ async fn tokio_an_editor_that_stops_reading_is_closed_as_a_slow_consumer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     an_editor_that_stops_reading_is_closed_as_a_slow_consumer(|ot| {
-        let server = adapters::tokio::start_ot(ot, ServerOptions::default());
-        tokio::spawn(adapters::tokio::serve_ot(server.clone(), listener, None));
+        let server = adapters::Tokio::start_ot(ot, ServerOptions::default());
+        tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
         (server, addr)
     })
     .await;
@@ -355,10 +355,10 @@ async fn tokio_an_editor_that_stops_reading_is_closed_as_a_slow_consumer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smol_an_editor_that_stops_reading_is_closed_as_a_slow_consumer() {
     an_editor_that_stops_reading_is_closed_as_a_slow_consumer(|ot| {
-        let server = adapters::smol::start_ot(ot, ServerOptions::default());
+        let server = adapters::Smol::start_ot(ot, ServerOptions::default());
         let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        smol::spawn(adapters::smol::serve_ot(server.clone(), listener, None)).detach();
+        smol::spawn(adapters::Smol::serve(server.clone(), listener, None)).detach();
         (server, addr)
     })
     .await;

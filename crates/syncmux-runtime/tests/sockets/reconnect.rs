@@ -116,20 +116,20 @@ fn watch_events(mut events: ClientEvents) -> watch::Receiver<Seen> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_recovers_every_change_exactly_once_across_cuts() {
-    let server = adapters::tokio::start(driver(), ServerOptions::default());
+    let server = adapters::Tokio::start(driver(), ServerOptions::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapters::tokio::serve(server.clone(), listener, None));
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
     let proxy = proxy(addr).await;
 
     tokio::time::timeout(GUARD, async move {
         let mut config = ClientConfig::new(proxy.url.clone(), "subscriber");
         config.reconnect_delay = Duration::from_millis(5);
         config.max_reconnect_delay = Duration::from_millis(40);
-        let (subscriber, events) = adapters::tokio::connect(config).unwrap();
+        let (subscriber, events) = adapters::Tokio::connect(config).unwrap();
         let mut seen = watch_events(events);
         let (pusher, _pusher_events) =
-            adapters::tokio::connect(ClientConfig::new(format!("ws://{addr}/sync/ws"), "pusher"))
+            adapters::Tokio::connect(ClientConfig::new(format!("ws://{addr}/sync/ws"), "pusher"))
                 .unwrap();
 
         subscriber

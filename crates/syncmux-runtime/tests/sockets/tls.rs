@@ -22,18 +22,18 @@ async fn wss_round_trip_with_a_generated_certificate() {
         Server::new(ServerConfig::default()).unwrap(),
         MemoryStore::new(StoreConfig::default()),
     );
-    let server = adapters::tokio::start(driver, ServerOptions::default());
+    let server = adapters::Tokio::start(driver, ServerOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(adapters::tokio::serve(server, listener, Some(server_tls)));
+    tokio::spawn(adapters::Tokio::serve(server, listener, Some(server_tls)));
 
     let url = format!("wss://localhost:{port}/sync/ws");
     let mut options = ClientOptions::default();
     options.tls = Some(adapters::client_tls_trusting(cert_pem.as_bytes()).unwrap());
     let (tokio_client, _events) =
-        adapters::tokio::connect_with(ClientConfig::new(&url, "a"), options.clone()).unwrap();
+        adapters::Tokio::connect_with(ClientConfig::new(&url, "a"), options.clone()).unwrap();
     let (smol_client, _events) =
-        adapters::smol::connect_with(ClientConfig::new(&url, "b"), options).unwrap();
+        adapters::Smol::connect_with(ClientConfig::new(&url, "b"), options).unwrap();
     let guard = Duration::from_secs(20);
     let pulled = tokio::time::timeout(guard, tokio_client.pull(PullRequest::new(["docs"])))
         .await
