@@ -59,8 +59,10 @@ pub(crate) trait RawSocket: Send + Sync + 'static {
     }
     /// The socket's descriptor, for the hub's batched sends (`adapters::uring`), which act
     /// as [`send_now`](Self::send_now) does; `None`: each frame goes through `send_now`.
+    /// Borrowed from the socket, not a bare number: the batched sends hand it to the kernel,
+    /// and only the borrow says it stays open (and stays this socket) while they use it.
     #[cfg(all(feature = "tokio", target_os = "linux"))]
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
 }
@@ -107,18 +109,18 @@ pub(crate) struct Held<'a> {
     task: &'a AtomicWaker,
     framed: Bytes,
     report: usize,
-    fd: std::os::fd::RawFd,
+    fd: std::os::fd::BorrowedFd<'a>,
 }
 
 #[cfg(all(feature = "tokio", target_os = "linux"))]
-impl Held<'_> {
+impl<'a> Held<'a> {
     /// The frame to send.
     pub(crate) fn frame(&self) -> &Bytes {
         &self.framed
     }
 
-    /// The socket to send it on.
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+    /// The socket to send it on, open for as long as the session's `Direct` is borrowed.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'a> {
         self.fd
     }
 
@@ -473,7 +475,7 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
     #[cfg(all(feature = "tokio", target_os = "linux"))]
     fn claim(&self, framed: Bytes, report: usize) -> Claim<'_> {
         use std::sync::TryLockError;
-        let Some(fd) = self.socket.raw_fd() else {
+        let Some(fd) = self.socket.fd() else {
             return Claim::Alone(framed);
         };
         let mut out = match self.out.try_lock() {

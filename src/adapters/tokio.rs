@@ -270,8 +270,8 @@ impl RawSocket for tokio::net::TcpStream {
 
     /// The hub's batched sends skip tokio's readiness record for the same reason.
     #[cfg(target_os = "linux")]
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
     }
 }
 

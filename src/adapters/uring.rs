@@ -18,6 +18,7 @@
 //! a sandbox that forbids it) every frame goes through [`DirectOutlet::send`] as before.
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
 use io_uring::{opcode, types, IoUring};
@@ -169,7 +170,7 @@ fn submit<'a>(
         for (i, (_, held)) in batch.iter().enumerate() {
             let frame = held.frame();
             let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-            let send = opcode::Send::new(types::Fd(held.fd()), frame.as_ptr(), len)
+            let send = opcode::Send::new(types::Fd(held.fd().as_raw_fd()), frame.as_ptr(), len)
                 .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                 .build()
                 .user_data(i as u64);
@@ -177,8 +178,10 @@ fn submit<'a>(
             // the request completes. `frame` is the `Bytes` inside `held`, which stays in
             // `batch` (never moved out, never dropped) until this function has reaped the
             // request's completion below; should the ring fail first, the buffer is leaked
-            // rather than freed. The descriptor is the socket of the `Direct` that `held`
-            // borrows, so it is open as long as `held` lives.
+            // rather than freed. The descriptor is borrowed (`BorrowedFd<'a>`) from the socket
+            // of the `Direct` that `held` borrows, so it is open and names that socket as long
+            // as `held` lives, and the kernel holds its own reference to the socket from when
+            // it takes the request.
             let pushed = unsafe { queue.push(&send) };
             pushed.expect("invariant: a batch is at most one chunk, the ring's size");
         }
@@ -229,7 +232,7 @@ fn submit<'a>(
 #[cfg(test)]
 pub(crate) mod testing {
     use std::io::{self, IoSlice, Read, Write};
-    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::fd::{AsFd, BorrowedFd};
     use std::os::unix::net::UnixStream;
 
     use core::task::{Context, Poll};
@@ -277,8 +280,8 @@ pub(crate) mod testing {
         fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Pending
         }
-        fn raw_fd(&self) -> Option<RawFd> {
-            Some(self.0.as_raw_fd())
+        fn fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(self.0.as_fd())
         }
     }
 }
