@@ -290,7 +290,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::{pair, read_all, Sock};
     use super::*;
-    use crate::adapters::direct::{frame, Direct};
+    use crate::adapters::direct::{frame, Direct, RawSocket};
     use core::task::{Context, Poll};
     use std::io::Write;
     use std::os::unix::net::UnixStream;
@@ -322,6 +322,34 @@ mod tests {
         fn wake_by_ref(me: &Arc<Self>) {
             me.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// The chunk that writes `frames[i]` to session `i` (reporting its length).
+    fn chunk<S: RawSocket, P>(
+        sessions: &[(Arc<Direct<S>>, P)],
+        frames: Vec<Bytes>,
+    ) -> Vec<(SessionId, &dyn DirectOutlet, Bytes, usize)> {
+        sessions
+            .iter()
+            .zip(frames)
+            .enumerate()
+            .map(|(i, ((d, _), f))| {
+                let outlet: &dyn DirectOutlet = &**d;
+                let len = f.len();
+                (session(i as u32), outlet, f, len)
+            })
+            .collect()
+    }
+
+    /// Frames `f0`, `f1`, ... for `n` sessions.
+    fn frames(n: usize) -> Vec<Bytes> {
+        (0..n).map(|i| frame(format!("f{i}").as_bytes())).collect()
+    }
+
+    /// Whether the session's socket failed (its task would end the session).
+    fn failed<S: RawSocket>(direct: &Direct<S>) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        matches!(direct.poll_drain(&mut cx), Poll::Ready(Err(_)))
     }
 
     /// A chunk of frames for as many sessions leaves in one submission: every peer gets its
@@ -488,6 +516,104 @@ mod tests {
         assert_eq!(written.len(), 3);
         for (_, mut peer) in pairs {
             assert_eq!(read_all(&mut peer), b"\x81\x02hi");
+        }
+    }
+
+    /// `n` connected TCP pairs over loopback: our ends as the tokio adapter's sockets
+    /// (registered with `rt`), the peers' blocking.
+    fn tcp_sessions(
+        rt: &tokio::runtime::Runtime,
+        n: usize,
+    ) -> Vec<(Arc<Direct<tokio::net::TcpStream>>, std::net::TcpStream)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _runtime = rt.enter();
+        (0..n)
+            .map(|_| {
+                let peer = std::net::TcpStream::connect(addr).unwrap();
+                let (ours, _) = listener.accept().unwrap();
+                ours.set_nonblocking(true).unwrap();
+                let ours = tokio::net::TcpStream::from_std(ours).unwrap();
+                (Arc::new(Direct::new(ours)), peer)
+            })
+            .collect()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    /// No send of the direct write path raises SIGPIPE (each passes `MSG_NOSIGNAL`), which
+    /// would kill a host that does not ignore it. The test runtime ignores it, as every Rust
+    /// `main` does, which would hide one: so this test runs itself again in a child process
+    /// that restores the default, where a SIGPIPE kills it.
+    #[test]
+    fn a_send_to_a_closed_socket_raises_no_sigpipe() {
+        const CHILD: &str = "SYNCMUX_TEST_SIGPIPE_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            use std::os::unix::process::ExitStatusExt;
+            let path = concat!(
+                module_path!(),
+                "::a_send_to_a_closed_socket_raises_no_sigpipe"
+            );
+            // Test names leave out the crate's.
+            let name = path.split_once("::").map_or(path, |(_, name)| name);
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&child.stdout);
+            let stderr = String::from_utf8_lossy(&child.stderr);
+            assert_eq!(
+                child.status.signal(),
+                None,
+                "the child died of a signal (SIGPIPE is {}): {stderr}",
+                libc::SIGPIPE
+            );
+            assert!(child.status.success(), "{stdout}{stderr}");
+            assert!(
+                stdout.contains("1 passed"),
+                "the child ran the test: {stdout}"
+            );
+            return;
+        }
+        // SAFETY: sets a disposition (no handler); this process runs this test alone.
+        let before = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        assert_ne!(before, libc::SIG_ERR);
+        let rt = runtime();
+        let sessions = tcp_sessions(&rt, 4);
+        for (direct, _) in &sessions {
+            // Our own end shut: the next send fails with EPIPE, at once and every time.
+            socket2::SockRef::from(&direct.socket)
+                .shutdown(std::net::Shutdown::Write)
+                .unwrap();
+        }
+        let socket = &sessions[0].0.socket;
+        let epipe = |r: io::Result<usize>| r.unwrap_err().raw_os_error() == Some(libc::EPIPE);
+        // (Called through the trait: tokio's `TcpStream` has a `try_write_vectored` of its own.)
+        assert!(epipe(RawSocket::send_now(socket, b"x")), "send(2)");
+        rt.block_on(socket.writable()).unwrap();
+        let one = [io::IoSlice::new(b"x")];
+        assert!(
+            epipe(RawSocket::try_write_vectored(socket, &one)),
+            "send(2)"
+        );
+        let two = [io::IoSlice::new(b"x"), io::IoSlice::new(b"y")];
+        assert!(
+            epipe(RawSocket::try_write_vectored(socket, &two)),
+            "sendmsg(2)"
+        );
+        // And the ring's SEND, where there is a ring (recent kernels add MSG_NOSIGNAL to
+        // io_uring's sends themselves; the writer's flag is for the others).
+        let mut writer = Writer::default();
+        if writer.has_ring() {
+            writer.write(chunk(&sessions, frames(4)), &mut Vec::new());
+            assert_eq!(writer.submissions(), 1);
+            assert!(sessions.iter().all(|(d, _)| failed(d)));
         }
     }
 }
