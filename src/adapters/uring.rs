@@ -24,10 +24,18 @@ use bytes::Bytes;
 use io_uring::{opcode, types, IoUring};
 
 use super::direct::{Claim, DirectOutlet, Held};
+use super::server::DIRECT_CHUNK;
 use crate::server::SessionId;
 
 /// Entries of the ring: a batch is at most one chunk of the drain.
 const ENTRIES: u32 = 256;
+
+// A chunk of the drain is one submission, so the ring holds one whole; `submit` splits a
+// batch anyway should the queue have fewer free slots (a ring made smaller, in tests).
+const _: () = assert!(
+    DIRECT_CHUNK <= ENTRIES as usize,
+    "a chunk of the drain must fit the ring"
+);
 
 /// Fewer frames than this go out with one `send(2)` each.
 const MIN_BATCH: usize = 4;
@@ -38,6 +46,8 @@ const MAX_RETRIES: usize = 64;
 /// The hub's writer of direct frames: batched through its ring when it has one.
 pub(crate) struct Writer {
     ring: State,
+    /// Entries the ring is made with ([`ENTRIES`], fewer in tests).
+    entries: u32,
     /// Submissions made, for tests (a chunk of frames is one).
     submissions: u64,
 }
@@ -53,6 +63,7 @@ impl Default for Writer {
     fn default() -> Writer {
         Writer {
             ring: State::Untried,
+            entries: ENTRIES,
             submissions: 0,
         }
     }
@@ -64,14 +75,23 @@ impl Writer {
     pub(crate) fn without_ring() -> Writer {
         Writer {
             ring: State::Unavailable,
-            submissions: 0,
+            ..Writer::default()
+        }
+    }
+
+    /// A writer with a ring of `entries` entries.
+    #[cfg(test)]
+    fn with_entries(entries: u32) -> Writer {
+        Writer {
+            entries,
+            ..Writer::default()
         }
     }
 
     /// Whether it has a ring (making it now if not tried yet).
     #[cfg(test)]
     pub(crate) fn has_ring(&mut self) -> bool {
-        ready(&mut self.ring).is_some()
+        ready(&mut self.ring, self.entries).is_some()
     }
 
     /// Submissions made so far (the seam the tests count batches through).
@@ -87,13 +107,17 @@ impl Writer {
         chunk: Vec<(SessionId, &'a dyn DirectOutlet, Bytes, usize)>,
         written: &mut Vec<(SessionId, usize)>,
     ) {
-        let Writer { ring, submissions } = self;
+        let Writer {
+            ring,
+            entries,
+            submissions,
+        } = self;
         if chunk.len() < MIN_BATCH {
             // A reply, or a broadcast to a few: a submission's setup costs more than the
             // syscalls it saves (a pull round trip took ~15 % longer through the ring).
             return super::direct::send_each(chunk, written);
         }
-        let Some(uring) = ready(ring) else {
+        let Some(uring) = ready(ring, *entries) else {
             return super::direct::send_each(chunk, written);
         };
         let mut batch: Vec<(SessionId, Held<'a>)> = Vec::with_capacity(chunk.len());
@@ -129,7 +153,7 @@ impl Writer {
 }
 
 /// The ring, made on first use.
-fn ready(state: &mut State) -> Option<&mut IoUring> {
+fn ready(state: &mut State, entries: u32) -> Option<&mut IoUring> {
     if let State::Untried = state {
         // SUBMIT_ALL: one bad request must not leave the rest of a batch unsubmitted;
         // COOP_TASKRUN: no interrupt to run completion work, which the submission does
@@ -137,8 +161,8 @@ fn ready(state: &mut State) -> Option<&mut IoUring> {
         let made = IoUring::builder()
             .setup_submit_all()
             .setup_coop_taskrun()
-            .build(ENTRIES)
-            .or_else(|_| IoUring::builder().setup_submit_all().build(ENTRIES));
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_submit_all().build(entries));
         *state = match made {
             Ok(ring) => State::Ready(Box::new(ring)),
             Err(e) => {
@@ -153,18 +177,48 @@ fn ready(state: &mut State) -> Option<&mut IoUring> {
     }
 }
 
-/// Sends `batch`'s frames in one submission, waits for all their completions and settles
-/// each; `batch` is empty on return. An error: the ring is unusable (its frames' sessions
-/// fail, as whether their bytes left is unknown).
+/// Sends `batch`'s frames and settles each, one submission per as many frames as the
+/// submission queue has free slots; `batch` is empty on return. An error: the ring is
+/// unusable (the frames' sessions fail, as whether their bytes left is unknown).
 fn submit<'a>(
     ring: &mut IoUring,
     submissions: &mut u64,
     batch: &mut Vec<(SessionId, Held<'a>)>,
     written: &mut Vec<(SessionId, usize)>,
 ) -> io::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
+    while !batch.is_empty() {
+        let room = {
+            let queue = ring.submission();
+            queue.capacity() - queue.len()
+        };
+        let rest = (batch.len() > room).then(|| batch.split_off(room));
+        let submitted = match room {
+            0 => Err(io::Error::other("the submission queue is full")),
+            _ => submit_piece(ring, submissions, batch, written),
+        };
+        if let Err(e) = submitted {
+            for (_, held) in batch.drain(..).chain(rest.into_iter().flatten()) {
+                held.abandon(&e);
+            }
+            return Err(e);
+        }
+        match rest {
+            Some(rest) => *batch = rest,
+            None => break,
+        }
     }
+    Ok(())
+}
+
+/// Sends `frames` (at most the submission queue's free slots) in one submission, waits for
+/// all their completions and settles each; `frames` is empty on return. An error: the ring
+/// is unusable.
+fn submit_piece<'a>(
+    ring: &mut IoUring,
+    submissions: &mut u64,
+    batch: &mut Vec<(SessionId, Held<'a>)>,
+    written: &mut Vec<(SessionId, usize)>,
+) -> io::Result<()> {
     {
         let mut queue = ring.submission();
         for (i, (_, held)) in batch.iter().enumerate() {
@@ -183,7 +237,7 @@ fn submit<'a>(
             // as `held` lives, and the kernel holds its own reference to the socket from when
             // it takes the request.
             let pushed = unsafe { queue.push(&send) };
-            pushed.expect("invariant: a batch is at most one chunk, the ring's size");
+            pushed.expect("invariant: a piece is at most the queue's free slots");
         }
     }
     *submissions += 1;
@@ -324,6 +378,16 @@ mod tests {
         }
     }
 
+    /// `n` sessions on Unix socket pairs: our ends as `Direct`s, and the peers.
+    fn sessions(n: usize) -> Vec<(Arc<Direct<Sock>>, UnixStream)> {
+        (0..n)
+            .map(|_| {
+                let (ours, peer) = pair();
+                (Arc::new(Direct::new(ours)), peer)
+            })
+            .collect()
+    }
+
     /// The chunk that writes `frames[i]` to session `i` (reporting its length).
     fn chunk<S: RawSocket, P>(
         sessions: &[(Arc<Direct<S>>, P)],
@@ -350,6 +414,26 @@ mod tests {
     fn failed<S: RawSocket>(direct: &Direct<S>) -> bool {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         matches!(direct.poll_drain(&mut cx), Poll::Ready(Err(_)))
+    }
+
+    /// Every session got its frame once, whole, and was reported written; none failed.
+    fn all_delivered(
+        sessions: &mut [(Arc<Direct<Sock>>, UnixStream)],
+        frames: &[Bytes],
+        written: &[(SessionId, usize)],
+    ) {
+        let mut written = written.to_vec();
+        written.sort();
+        let expected: Vec<_> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (session(i as u32), f.len()))
+            .collect();
+        assert_eq!(written, expected, "every frame reported written once");
+        for (i, ((direct, peer), f)) in sessions.iter_mut().zip(frames).enumerate() {
+            assert_eq!(read_all(peer), &f[..], "session {i} got its frame once");
+            assert!(!failed(direct), "session {i} goes on");
+        }
     }
 
     /// A chunk of frames for as many sessions leaves in one submission: every peer gets its
@@ -489,6 +573,24 @@ mod tests {
         assert_eq!(read_all(&mut full_peer).len(), filled);
         assert_eq!(full.poll_drain(&mut cx), Poll::Ready(Ok(4)));
         assert_eq!(read_all(&mut full_peer), b"\x81\x04late");
+    }
+
+    /// A chunk larger than the ring's free slots is split: one submission per ringful, each
+    /// reaped before the next is pushed (without the check, the fifth push finds the queue
+    /// full).
+    #[test]
+    fn a_chunk_larger_than_the_ring_is_split() {
+        let mut writer = Writer::with_entries(4);
+        if !writer.has_ring() {
+            super::testing::skipped();
+            return;
+        }
+        let mut sessions = sessions(10);
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(10)), &mut written);
+        assert_eq!(writer.submissions(), 3, "4 + 4 + 2");
+        all_delivered(&mut sessions, &frames(10), &written);
+        assert!(writer.has_ring());
     }
 
     /// Without a ring (a kernel or sandbox without io_uring) each frame is its own `send(2)`,
