@@ -14,16 +14,29 @@
 //! submission until its outcome is settled, so nothing (tungstenite's own writes, the task's
 //! flush) slips in between; a second frame for a session already in the batch finds the lock
 //! taken and ends the batch first, which keeps that session's frames in order. The ring is
-//! the hub's, made on the first chunk; where it cannot be made (no io_uring in this kernel, or
-//! a sandbox that forbids it) every frame goes through [`DirectOutlet::send`] as before.
+//! the hub's, made on the first chunk.
+//!
+//! Soundness (the crate's only `unsafe`): a request pushed to the ring names a frame's buffer
+//! and its socket, and both must outlive it. [`InFlight`] holds a submission's frames from
+//! before the first push until every request is reaped; if it is dropped first (an error, or
+//! a panic unwinding through), it retires the ring (closing it, so that no later
+//! `io_uring_enter(2)` takes a request published and never taken) and leaks, never frees, the
+//! buffer of every request that may be in flight. A submission never holds more requests
+//! than the queue has free slots.
+//!
+//! Where there is no ring, one `send(2)` per frame through [`DirectOutlet::send`], as before:
+//! no io_uring in this kernel, a sandbox that forbids it, or an `io_uring_enter(2)` that
+//! fails for good. The writer then says so once, at `info`, with the reason; the frames the
+//! ring never sent go by `send(2)`.
 
+use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 
-use super::direct::{Claim, DirectOutlet, Held};
+use super::direct::{send_each, Claim, DirectOutlet, Held};
 use super::server::DIRECT_CHUNK;
 use crate::server::SessionId;
 
@@ -40,12 +53,15 @@ const _: () = assert!(
 /// Fewer frames than this go out with one `send(2)` each.
 const MIN_BATCH: usize = 4;
 
-/// Submissions retried when `io_uring_enter(2)` is interrupted before giving up on the ring.
+/// Submissions retried when `io_uring_enter(2)` finds the kernel short of memory (`EAGAIN`)
+/// or its completion queue overflowing (`EBUSY`), before giving up on the ring. An
+/// interrupted one (`EINTR`) is retried without a limit: a signal says nothing of the ring.
 const MAX_RETRIES: usize = 64;
 
 /// The hub's writer of direct frames: batched through its ring when it has one.
-pub(crate) struct Writer {
+pub(crate) struct Writer<K: Kernel = Real> {
     ring: State,
+    kernel: K,
     /// Entries the ring is made with ([`ENTRIES`], fewer in tests).
     entries: u32,
     /// Submissions made, for tests (a chunk of frames is one).
@@ -55,7 +71,7 @@ pub(crate) struct Writer {
 enum State {
     Untried,
     Ready(Box<IoUring>),
-    /// No ring here (or it failed): one `send(2)` per frame.
+    /// No ring here (or it was retired): one `send(2)` per frame.
     Unavailable,
 }
 
@@ -63,8 +79,43 @@ impl Default for Writer {
     fn default() -> Writer {
         Writer {
             ring: State::Untried,
+            kernel: Real,
             entries: ENTRIES,
             submissions: 0,
+        }
+    }
+}
+
+/// What the writer asks of io_uring. [`Real`] asks the kernel (each method is the call it
+/// wraps, inlined); the tests' `Faults` fails on cue, to reach the paths a healthy kernel
+/// never takes.
+pub(crate) trait Kernel {
+    /// The request pushed for a frame: `send` itself.
+    fn request(&mut self, send: squeue::Entry) -> squeue::Entry;
+    /// `io_uring_enter(2)`: submits what the queue holds and waits for `want` completions.
+    fn enter(&mut self, ring: &mut IoUring, want: usize) -> io::Result<usize>;
+    /// Hands each completion that arrived to `each`: its user data and its result.
+    fn reap(&mut self, ring: &mut IoUring, each: impl FnMut(u64, i32));
+}
+
+/// The kernel itself.
+pub(crate) struct Real;
+
+impl Kernel for Real {
+    #[inline]
+    fn request(&mut self, send: squeue::Entry) -> squeue::Entry {
+        send
+    }
+
+    #[inline]
+    fn enter(&mut self, ring: &mut IoUring, want: usize) -> io::Result<usize> {
+        ring.submit_and_wait(want)
+    }
+
+    #[inline]
+    fn reap(&mut self, ring: &mut IoUring, mut each: impl FnMut(u64, i32)) {
+        for completion in ring.completion() {
+            each(completion.user_data(), completion.result());
         }
     }
 }
@@ -78,20 +129,24 @@ impl Writer {
             ..Writer::default()
         }
     }
+}
 
-    /// A writer with a ring of `entries` entries.
+impl<K: Kernel> Writer<K> {
+    /// A writer asking `kernel`, with a ring of `entries` entries.
     #[cfg(test)]
-    fn with_entries(entries: u32) -> Writer {
+    fn with_kernel(kernel: K, entries: u32) -> Writer<K> {
         Writer {
+            ring: State::Untried,
+            kernel,
             entries,
-            ..Writer::default()
+            submissions: 0,
         }
     }
 
     /// Whether it has a ring (making it now if not tried yet).
     #[cfg(test)]
     pub(crate) fn has_ring(&mut self) -> bool {
-        ready(&mut self.ring, self.entries).is_some()
+        self.ready()
     }
 
     /// Submissions made so far (the seam the tests count batches through).
@@ -107,22 +162,14 @@ impl Writer {
         chunk: Vec<(SessionId, &'a dyn DirectOutlet, Bytes, usize)>,
         written: &mut Vec<(SessionId, usize)>,
     ) {
-        let Writer {
-            ring,
-            entries,
-            submissions,
-        } = self;
-        if chunk.len() < MIN_BATCH {
-            // A reply, or a broadcast to a few: a submission's setup costs more than the
-            // syscalls it saves (a pull round trip took ~15 % longer through the ring).
-            return super::direct::send_each(chunk, written);
+        // Fewer than MIN_BATCH frames (a reply, a broadcast to a few): a submission's setup
+        // costs more than the syscalls it saves (a pull round trip took ~15 % longer
+        // through the ring).
+        if chunk.len() < MIN_BATCH || !self.ready() {
+            return send_each(chunk, written);
         }
-        let Some(uring) = ready(ring, *entries) else {
-            return super::direct::send_each(chunk, written);
-        };
         let mut batch: Vec<(SessionId, Held<'a>)> = Vec::with_capacity(chunk.len());
         let mut frames = chunk.into_iter();
-        let mut outcome = Ok(());
         for (session, direct, framed, report) in frames.by_ref() {
             match direct.claim(framed, report) {
                 Claim::Settled => {}
@@ -130,156 +177,276 @@ impl Writer {
                 Claim::Alone(framed) => {
                     // Its lock is taken (by this batch, for an earlier frame to the same
                     // session; or by its task for a moment): the batch goes first.
-                    outcome = submit(uring, submissions, &mut batch, written);
+                    self.submit(&mut batch, written);
                     let n = direct.send(framed, report);
                     if n > 0 {
                         written.push((session, n));
                     }
-                    if outcome.is_err() {
+                    if !matches!(self.ring, State::Ready(_)) {
                         break;
                     }
                 }
             }
         }
-        if outcome.is_ok() {
-            outcome = submit(uring, submissions, &mut batch, written);
+        self.submit(&mut batch, written);
+        // Left over only should the ring have retired: one `send(2)` each.
+        send_each(frames, written);
+    }
+
+    /// Whether there is a ring, making it on first use.
+    fn ready(&mut self) -> bool {
+        if let State::Untried = self.ring {
+            // SUBMIT_ALL: one bad request must not leave the rest of a batch unsubmitted;
+            // COOP_TASKRUN: no interrupt to run completion work, which the submission does
+            // inline.
+            let made = IoUring::builder()
+                .setup_submit_all()
+                .setup_coop_taskrun()
+                .build(self.entries)
+                .or_else(|_| IoUring::builder().setup_submit_all().build(self.entries));
+            match made {
+                Ok(ring) => self.ring = State::Ready(Box::new(ring)),
+                Err(e) => retire(&mut self.ring, &format_args!("no io_uring here: {e}")),
+            }
         }
-        if let Err(e) = outcome {
-            tracing::debug!(error = %e, "io_uring failed: one send(2) per frame from now on");
-            *ring = State::Unavailable;
-            super::direct::send_each(frames.collect(), written);
+        matches!(self.ring, State::Ready(_))
+    }
+
+    /// Sends `batch`'s frames through the ring and settles each; `batch` is empty on return.
+    /// One submission per as many frames as the submission queue has free slots; without a
+    /// ring (it retired, now or before), one `send(2)` per frame.
+    fn submit<'a>(
+        &mut self,
+        batch: &mut Vec<(SessionId, Held<'a>)>,
+        written: &mut Vec<(SessionId, usize)>,
+    ) {
+        while !batch.is_empty() {
+            let room = match &mut self.ring {
+                State::Ready(ring) => {
+                    let queue = ring.submission();
+                    // Empty between submissions (each is reaped whole, or the ring retires):
+                    // requests of no batch there would share our user data and be sent too.
+                    queue.is_empty().then(|| queue.capacity())
+                }
+                _ => None,
+            };
+            let Some(room) = room.filter(|&room| room > 0) else {
+                retire(
+                    &mut self.ring,
+                    &"its submission queue held requests of no batch",
+                );
+                for (session, held) in batch.drain(..) {
+                    let n = held.send_alone();
+                    if n > 0 {
+                        written.push((session, n));
+                    }
+                }
+                return;
+            };
+            let rest = (batch.len() > room).then(|| batch.split_off(room));
+            self.submit_piece(batch, written);
+            match rest {
+                Some(rest) => *batch = rest,
+                None => return,
+            }
         }
+    }
+
+    /// Sends `frames` (at most the submission queue's free slots) in one submission, waits
+    /// for all their completions and settles each; `frames` is empty on return.
+    fn submit_piece<'a>(
+        &mut self,
+        frames: &mut Vec<(SessionId, Held<'a>)>,
+        written: &mut Vec<(SessionId, usize)>,
+    ) {
+        let Writer {
+            ring,
+            kernel,
+            submissions,
+            ..
+        } = self;
+        let mut flight = InFlight {
+            outcomes: vec![None; frames.len()],
+            state: ring,
+            frames,
+            pushed: 0,
+            left: 0,
+        };
+        flight.push(kernel);
+        *submissions += 1;
+        let mut retries = 0;
+        while flight.left > 0 {
+            match flight.enter(kernel) {
+                Ok(_) => {}
+                // Interrupted before it submitted anything, or while waiting: nothing is
+                // lost, and a process that takes many signals must not lose its ring.
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
+                        && retries < MAX_RETRIES =>
+                {
+                    retries += 1;
+                }
+                Err(e) => return flight.abort(kernel, &e, written),
+            }
+            flight.reap(kernel);
+        }
+        flight.settle(written);
     }
 }
 
-/// The ring, made on first use.
-fn ready(state: &mut State, entries: u32) -> Option<&mut IoUring> {
-    if let State::Untried = state {
-        // SUBMIT_ALL: one bad request must not leave the rest of a batch unsubmitted;
-        // COOP_TASKRUN: no interrupt to run completion work, which the submission does
-        // inline.
-        let made = IoUring::builder()
-            .setup_submit_all()
-            .setup_coop_taskrun()
-            .build(entries)
-            .or_else(|_| IoUring::builder().setup_submit_all().build(entries));
-        *state = match made {
-            Ok(ring) => State::Ready(Box::new(ring)),
-            Err(e) => {
-                tracing::debug!(error = %e, "no io_uring: one send(2) per frame");
-                State::Unavailable
-            }
-        };
+/// Gives the ring up for good: each frame is one `send(2)` from now on. Dropping the ring
+/// closes it, so that no `io_uring_enter(2)` ever takes a request published and not taken.
+/// Said once (a writer retires once), at `info`: a server without its ring spends more CPU
+/// per delivery, and its operator should know why.
+fn retire(state: &mut State, why: &dyn fmt::Display) {
+    if let State::Unavailable = state {
+        return;
     }
+    *state = State::Unavailable;
+    tracing::info!(reason = %why, "direct frames go out by send(2), one per frame");
+}
+
+/// The ring of a submission under way.
+fn ring_of(state: &mut State) -> &mut IoUring {
     match state {
-        State::Ready(ring) => Some(ring),
+        State::Ready(ring) => Some(&mut **ring),
         _ => None,
     }
+    .expect("invariant: a submission keeps its ring until it settles or aborts")
 }
 
-/// Sends `batch`'s frames and settles each, one submission per as many frames as the
-/// submission queue has free slots; `batch` is empty on return. An error: the ring is
-/// unusable (the frames' sessions fail, as whether their bytes left is unknown).
-fn submit<'a>(
-    ring: &mut IoUring,
-    submissions: &mut u64,
-    batch: &mut Vec<(SessionId, Held<'a>)>,
-    written: &mut Vec<(SessionId, usize)>,
-) -> io::Result<()> {
-    while !batch.is_empty() {
-        let room = {
-            let queue = ring.submission();
-            queue.capacity() - queue.len()
-        };
-        let rest = (batch.len() > room).then(|| batch.split_off(room));
-        let submitted = match room {
-            0 => Err(io::Error::other("the submission queue is full")),
-            _ => submit_piece(ring, submissions, batch, written),
-        };
-        if let Err(e) = submitted {
-            for (_, held) in batch.drain(..).chain(rest.into_iter().flatten()) {
-                held.abandon(&e);
-            }
-            return Err(e);
-        }
-        match rest {
-            Some(rest) => *batch = rest,
-            None => break,
-        }
-    }
-    Ok(())
+/// One submission's frames, from before the first push until every request is reaped and
+/// every frame settled; see the module's docs for why it retires the ring when dropped
+/// before that.
+struct InFlight<'s, 'f, 'a> {
+    state: &'s mut State,
+    /// Each frame's request has the frame's index as its user data. Settled from the back,
+    /// so that what is left keeps its indices.
+    frames: &'f mut Vec<(SessionId, Held<'a>)>,
+    /// Each request's completion result, once reaped.
+    outcomes: Vec<Option<i32>>,
+    /// Requests pushed: those of `frames[..pushed]`, less the ones a closed ring never took.
+    pushed: usize,
+    /// Requests pushed and not reaped.
+    left: usize,
 }
 
-/// Sends `frames` (at most the submission queue's free slots) in one submission, waits for
-/// all their completions and settles each; `frames` is empty on return. An error: the ring
-/// is unusable.
-fn submit_piece<'a>(
-    ring: &mut IoUring,
-    submissions: &mut u64,
-    batch: &mut Vec<(SessionId, Held<'a>)>,
-    written: &mut Vec<(SessionId, usize)>,
-) -> io::Result<()> {
-    {
-        let mut queue = ring.submission();
-        for (i, (_, held)) in batch.iter().enumerate() {
+impl InFlight<'_, '_, '_> {
+    /// Pushes a request for every frame.
+    fn push<K: Kernel>(&mut self, kernel: &mut K) {
+        let mut queue = ring_of(self.state).submission();
+        for (i, (_, held)) in self.frames.iter().enumerate() {
             let frame = held.frame();
             let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
             let send = opcode::Send::new(types::Fd(held.fd().as_raw_fd()), frame.as_ptr(), len)
                 .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                 .build()
                 .user_data(i as u64);
-            // SAFETY: the kernel reads `len` bytes of `frame` and uses the descriptor until
-            // the request completes. `frame` is the `Bytes` inside `held`, which stays in
-            // `batch` (never moved out, never dropped) until this function has reaped the
-            // request's completion below; should the ring fail first, the buffer is leaked
-            // rather than freed. The descriptor is borrowed (`BorrowedFd<'a>`) from the socket
-            // of the `Direct` that `held` borrows, so it is open and names that socket as long
-            // as `held` lives, and the kernel holds its own reference to the socket from when
-            // it takes the request.
-            let pushed = unsafe { queue.push(&send) };
+            let request = kernel.request(send);
+            // SAFETY: the kernel reads `len` bytes of `frame` and uses the descriptor from
+            // when it takes the request until it completes it. `frame` is the `Bytes` inside
+            // `held`, and `held` stays in `self.frames` (never moved out, never dropped) until
+            // its completion is reaped, or until the ring is closed without having taken it;
+            // should `self` be dropped before that (an error, a panic), its `Drop` closes the
+            // ring first and leaks the buffer. The descriptor is borrowed (`BorrowedFd<'a>`)
+            // from the socket of the `Direct` that `held` borrows, so it is open and names that
+            // socket while `held` lives, and the kernel holds its own reference to the socket
+            // from when it takes the request.
+            let pushed = unsafe { queue.push(&request) };
             pushed.expect("invariant: a piece is at most the queue's free slots");
+            self.pushed += 1;
+            self.left += 1;
         }
     }
-    *submissions += 1;
-    let mut outcomes: Vec<Option<i32>> = vec![None; batch.len()];
-    let mut left = batch.len();
-    let mut retries = 0;
-    while left > 0 {
-        if let Err(e) = ring.submit_and_wait(left) {
-            let again = matches!(
-                e.raw_os_error(),
-                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-            );
-            if !again || retries == MAX_RETRIES {
-                for (_, held) in batch.drain(..) {
-                    held.abandon(&e);
-                }
-                return Err(e);
-            }
-            retries += 1;
-        }
-        for completion in ring.completion() {
-            let slot = usize::try_from(completion.user_data())
+
+    /// `io_uring_enter(2)` for the completions not reaped yet.
+    fn enter<K: Kernel>(&mut self, kernel: &mut K) -> io::Result<usize> {
+        kernel.enter(ring_of(self.state), self.left)
+    }
+
+    /// Takes in the completions that arrived.
+    fn reap<K: Kernel>(&mut self, kernel: &mut K) {
+        let State::Ready(ring) = self.state else {
+            return;
+        };
+        let (outcomes, left) = (&mut self.outcomes, &mut self.left);
+        kernel.reap(ring, |user_data, result| {
+            let slot = usize::try_from(user_data)
                 .ok()
                 .and_then(|i| outcomes.get_mut(i));
             if let Some(slot @ None) = slot {
-                *slot = Some(completion.result());
-                left -= 1;
+                *slot = Some(result);
+                *left -= 1;
+            }
+        });
+    }
+
+    /// `io_uring_enter(2)` failed for good: what completed is settled, the ring retires, what
+    /// it never took goes by `send(2)`, and what it took and did not complete fails its
+    /// session.
+    fn abort<K: Kernel>(
+        mut self,
+        kernel: &mut K,
+        why: &io::Error,
+        written: &mut Vec<(SessionId, usize)>,
+    ) {
+        self.reap(kernel);
+        // The kernel takes requests in order from the head of the queue, which held only
+        // ours: the ones it never took are the last pushed.
+        let untaken = ring_of(self.state).submission().len().min(self.pushed);
+        retire(self.state, &format_args!("io_uring_enter: {why}"));
+        // The ring is closed: nothing takes them now, and their frames are ours again.
+        self.pushed -= untaken;
+        self.left = self.left.saturating_sub(untaken);
+        self.settle(written);
+    }
+
+    /// Settles every frame: with its request's outcome, or by `send(2)` when the ring never
+    /// took it, or failing its session when its request may still be in flight (the ring
+    /// failed).
+    fn settle(&mut self, written: &mut Vec<(SessionId, usize)>) {
+        while let Some((session, held)) = self.frames.pop() {
+            let i = self.frames.len();
+            let n = match self.outcomes[i] {
+                Some(result) => held.finish(match usize::try_from(result) {
+                    Ok(n) => Ok(n),
+                    Err(_) => Err(io::Error::from_raw_os_error(-result)),
+                }),
+                None if i >= self.pushed => held.send_alone(),
+                None => {
+                    held.abandon(&"the ring failed with the frame in flight");
+                    0
+                }
+            };
+            if n > 0 {
+                written.push((session, n));
             }
         }
     }
-    for ((session, held), outcome) in batch.drain(..).zip(outcomes) {
-        let outcome = outcome.expect("invariant: the loop above reaped every completion");
-        let result = match usize::try_from(outcome) {
-            Ok(n) => Ok(n),
-            Err(_) => Err(io::Error::from_raw_os_error(-outcome)),
-        };
-        let n = held.finish(result);
-        if n > 0 {
-            written.push((session, n));
+}
+
+impl Drop for InFlight<'_, '_, '_> {
+    /// Left unsettled (an error or a panic between the first push and the last settle): the
+    /// ring retires if requests may be in flight, whose buffers leak; every session whose
+    /// frame is left fails, as whether its frame left is unknown.
+    fn drop(&mut self) {
+        if self.frames.is_empty() {
+            return;
+        }
+        if self.left > 0 {
+            // First: once the ring is closed, what it never took is never taken.
+            retire(self.state, &"a submission unwound with requests in flight");
+        }
+        while let Some((_, held)) = self.frames.pop() {
+            let i = self.frames.len();
+            if i < self.pushed && self.outcomes[i].is_none() {
+                held.abandon(&"the submission unwound with the frame in flight");
+            } else {
+                held.fail(&"the submission unwound before the frame was settled");
+            }
         }
     }
-    Ok(())
 }
 
 /// A socket for tests: one end of a Unix stream pair, non-blocking, with its descriptor.
@@ -346,10 +513,12 @@ mod tests {
     use super::*;
     use crate::adapters::direct::{frame, Direct, RawSocket};
     use core::task::{Context, Poll};
+    use std::collections::VecDeque;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     fn session(index: u32) -> SessionId {
         SessionId {
@@ -361,7 +530,13 @@ mod tests {
     /// A writer with a ring, or `None` where this kernel (or sandbox) has no io_uring — a
     /// failure under `CI`, whose machines have it: a skipped test is not a passing one.
     fn with_ring() -> Option<Writer> {
-        let mut writer = Writer::default();
+        ring_with(Real, ENTRIES)
+    }
+
+    /// A writer asking `kernel`, with a ring of `entries` entries; `None` as for
+    /// [`with_ring`].
+    fn ring_with<K: Kernel>(kernel: K, entries: u32) -> Option<Writer<K>> {
+        let mut writer = Writer::with_kernel(kernel, entries);
         if !writer.has_ring() {
             super::testing::skipped();
             return None;
@@ -433,6 +608,126 @@ mod tests {
         for (i, ((direct, peer), f)) in sessions.iter_mut().zip(frames).enumerate() {
             assert_eq!(read_all(peer), &f[..], "session {i} got its frame once");
             assert!(!failed(direct), "session {i} goes on");
+        }
+    }
+
+    /// A frame whose buffer says when it is freed, and that flag.
+    fn tracked(payload: &[u8]) -> (Bytes, Arc<AtomicBool>) {
+        struct Owner(Vec<u8>, Arc<AtomicBool>);
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Owner {
+            fn drop(&mut self) {
+                self.1.store(true, Ordering::SeqCst);
+            }
+        }
+        let freed = Arc::new(AtomicBool::new(false));
+        let owner = Owner(frame(payload).to_vec(), freed.clone());
+        (Bytes::from_owner(owner), freed)
+    }
+
+    /// What `f` logs at `info` and above, a line per event.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        (out, text.lines().map(str::to_owned).collect())
+    }
+
+    /// What one `io_uring_enter(2)` of [`Faults`] does instead of the real call.
+    enum Enter {
+        /// Fails with this errno, having taken nothing.
+        Fail(i32),
+        /// Takes this many requests and waits for none, then succeeds (`None`) or fails
+        /// with the errno.
+        Take(u32, Option<i32>),
+    }
+
+    /// A kernel that fails on cue: the real one, but for what its fields script.
+    #[derive(Default)]
+    struct Faults {
+        /// What the next calls of `io_uring_enter(2)` do, in order (then the real call).
+        enters: VecDeque<Enter>,
+        /// Panics making this request (counting from 0 over every submission).
+        panic_at: Option<usize>,
+        /// Completions (by user data) held back for one reap: they come after a later
+        /// `io_uring_enter(2)`.
+        late: Vec<u64>,
+        /// Completions (by user data) that never come: their requests stay in flight.
+        lost: Vec<u64>,
+        /// Completions held back, and the number lost, which the real call must not wait
+        /// for.
+        held: Vec<(u64, i32)>,
+        swallowed: usize,
+        /// Requests made and calls of `io_uring_enter(2)`.
+        requests: usize,
+        enters_made: usize,
+    }
+
+    impl Kernel for Faults {
+        fn request(&mut self, send: squeue::Entry) -> squeue::Entry {
+            let n = self.requests;
+            self.requests += 1;
+            if self.panic_at == Some(n) {
+                panic!("injected: a panic with requests pushed");
+            }
+            send
+        }
+
+        fn enter(&mut self, ring: &mut IoUring, want: usize) -> io::Result<usize> {
+            self.enters_made += 1;
+            match self.enters.pop_front() {
+                Some(Enter::Fail(errno)) => Err(io::Error::from_raw_os_error(errno)),
+                Some(Enter::Take(n, then)) => {
+                    // SAFETY: no pointers, only counts: takes `n` of the requests the queue
+                    // holds (which the writer pushed), waiting for no completion.
+                    let taken = unsafe { ring.submitter().enter::<libc::sigset_t>(n, 0, 0, None) }?;
+                    match then {
+                        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                        None => Ok(taken),
+                    }
+                }
+                None => ring.submit_and_wait(want.saturating_sub(self.held.len() + self.swallowed)),
+            }
+        }
+
+        fn reap(&mut self, ring: &mut IoUring, mut each: impl FnMut(u64, i32)) {
+            for (user_data, result) in self.held.drain(..) {
+                each(user_data, result);
+            }
+            for completion in ring.completion() {
+                let (user_data, result) = (completion.user_data(), completion.result());
+                if let Some(at) = self.late.iter().position(|&u| u == user_data) {
+                    self.late.remove(at);
+                    self.held.push((user_data, result));
+                } else if let Some(at) = self.lost.iter().position(|&u| u == user_data) {
+                    self.lost.remove(at);
+                    self.swallowed += 1;
+                } else {
+                    each(user_data, result);
+                }
+            }
         }
     }
 
@@ -575,24 +870,6 @@ mod tests {
         assert_eq!(read_all(&mut full_peer), b"\x81\x04late");
     }
 
-    /// A chunk larger than the ring's free slots is split: one submission per ringful, each
-    /// reaped before the next is pushed (without the check, the fifth push finds the queue
-    /// full).
-    #[test]
-    fn a_chunk_larger_than_the_ring_is_split() {
-        let mut writer = Writer::with_entries(4);
-        if !writer.has_ring() {
-            super::testing::skipped();
-            return;
-        }
-        let mut sessions = sessions(10);
-        let mut written = Vec::new();
-        writer.write(chunk(&sessions, frames(10)), &mut written);
-        assert_eq!(writer.submissions(), 3, "4 + 4 + 2");
-        all_delivered(&mut sessions, &frames(10), &written);
-        assert!(writer.has_ring());
-    }
-
     /// Without a ring (a kernel or sandbox without io_uring) each frame is its own `send(2)`,
     /// with the same outcome.
     #[test]
@@ -619,6 +896,243 @@ mod tests {
         for (_, mut peer) in pairs {
             assert_eq!(read_all(&mut peer), b"\x81\x02hi");
         }
+    }
+
+    /// A chunk larger than the ring's free slots is split: one submission per ringful, each
+    /// reaped before the next is pushed (without the check, the fifth push finds the queue
+    /// full).
+    #[test]
+    fn a_chunk_larger_than_the_ring_is_split() {
+        let Some(mut writer) = ring_with(Real, 4) else {
+            return;
+        };
+        let mut sessions = sessions(10);
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(10)), &mut written);
+        assert_eq!(writer.submissions(), 3, "4 + 4 + 2");
+        all_delivered(&mut sessions, &frames(10), &written);
+        assert!(writer.has_ring());
+    }
+
+    /// A panic with requests pushed and not submitted (the submission queue publishes them
+    /// as it unwinds): the ring retires, so that the next submission cannot hand the kernel
+    /// those requests' buffers and descriptors; the pushed frames' buffers are never freed;
+    /// every session of the batch fails, its frame's fate unknown to the state machine.
+    #[test]
+    fn a_panic_mid_batch_retires_the_ring_and_leaks_what_was_pushed() {
+        let faults = Faults {
+            panic_at: Some(2),
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let mut sessions = sessions(5);
+        let (framed, freed): (Vec<_>, Vec<_>) =
+            (0..5).map(|i| tracked(format!("f{i}").as_bytes())).unzip();
+        let mut written = Vec::new();
+        let unwound = catch_unwind(AssertUnwindSafe(|| {
+            writer.write(chunk(&sessions, framed), &mut written)
+        }));
+        assert!(unwound.is_err(), "the injected panic");
+        assert!(!writer.has_ring(), "the ring retired");
+        let freed: Vec<bool> = freed.iter().map(|f| f.load(Ordering::SeqCst)).collect();
+        assert_eq!(
+            freed,
+            [false, false, true, true, true],
+            "the two pushed frames' buffers leak, the others are freed"
+        );
+        assert!(written.is_empty());
+        for (i, (direct, peer)) in sessions.iter_mut().enumerate() {
+            assert!(failed(direct), "session {i} fails");
+            assert!(read_all(peer).is_empty(), "nothing went out to session {i}");
+        }
+        assert_eq!(writer.kernel.enters_made, 0);
+
+        // The hub goes on (past its poisoned lock): one send(2) per frame now.
+        let mut others = self::sessions(4);
+        let mut written = Vec::new();
+        writer.write(chunk(&others, frames(4)), &mut written);
+        assert_eq!(writer.submissions(), 0, "none, then or since");
+        all_delivered(&mut others, &frames(4), &written);
+        for (direct, peer) in &mut sessions {
+            assert!(failed(direct));
+            assert!(read_all(peer).is_empty(), "nor later");
+        }
+    }
+
+    /// `io_uring_enter(2)` fails for good after the kernel took two of six requests: those
+    /// two complete as usual, the ring retires inside the submission, and the four it never
+    /// took go by send(2): no session fails. Said once, at `info`, with the reason.
+    #[test]
+    fn a_fatal_enter_error_sends_what_the_kernel_never_took_by_send2() {
+        let faults = Faults {
+            enters: [Enter::Take(2, Some(libc::EFAULT))].into(),
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let mut sessions = sessions(6);
+        let mut written = Vec::new();
+        let ((), lines) = logged(|| {
+            writer.write(chunk(&sessions, frames(6)), &mut written);
+            // And the next chunk: by send(2), said no more.
+            writer.write(chunk(&sessions[..4], frames(4)), &mut Vec::new());
+        });
+        assert_eq!(writer.submissions(), 1);
+        assert_eq!(writer.kernel.enters_made, 1, "not called again");
+        assert!(!writer.has_ring(), "retired");
+        let next: Vec<Bytes> = frames(4);
+        let mut got: Vec<Vec<u8>> = sessions.iter_mut().map(|(_, p)| read_all(p)).collect();
+        for (i, f) in frames(6).iter().enumerate() {
+            let mut expected = f.to_vec();
+            if let Some(n) = next.get(i) {
+                expected.extend_from_slice(n);
+            }
+            assert_eq!(got[i], expected, "session {i}: its frames, once each");
+            got[i].clear();
+        }
+        let mut reported = written.clone();
+        reported.sort();
+        let expected: Vec<_> = frames(6)
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (session(i as u32), f.len()))
+            .collect();
+        assert_eq!(reported, expected);
+        assert!(sessions.iter().all(|(d, _)| !failed(d)), "no session fails");
+        assert_eq!(lines.len(), 1, "said once: {lines:?}");
+        assert!(lines[0].contains("INFO"), "{lines:?}");
+        assert!(
+            lines[0].contains("io_uring_enter: Bad address"),
+            "{lines:?}"
+        );
+    }
+
+    /// The ring fails while a request it took has not completed: the request may still read
+    /// its frame, so that buffer is never freed, and its session fails (whether its bytes
+    /// left is unknown); the requests that completed are settled as usual.
+    #[test]
+    fn a_request_in_flight_when_the_ring_fails_keeps_its_buffer_and_fails_its_session() {
+        let faults = Faults {
+            enters: [Enter::Take(4, None), Enter::Fail(libc::EFAULT)].into(),
+            lost: vec![1],
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let sessions = sessions(4);
+        let (framed, freed): (Vec<_>, Vec<_>) =
+            (0..4).map(|i| tracked(format!("f{i}").as_bytes())).unzip();
+        let lens: Vec<usize> = framed.iter().map(Bytes::len).collect();
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, framed), &mut written);
+        assert!(!writer.has_ring(), "retired");
+        written.sort();
+        assert_eq!(
+            written,
+            [0, 2, 3].map(|i| (session(i), lens[i as usize])),
+            "the completed ones are written"
+        );
+        let freed: Vec<bool> = freed.iter().map(|f| f.load(Ordering::SeqCst)).collect();
+        assert_eq!(freed, [true, false, true, true], "the one in flight leaks");
+        let failed: Vec<bool> = sessions.iter().map(|(d, _)| failed(d)).collect();
+        assert_eq!(failed, [false, true, false, false]);
+    }
+
+    /// An interrupted `io_uring_enter(2)` is made again however often it is interrupted: a
+    /// process that takes many signals keeps its ring.
+    #[test]
+    fn an_interrupted_enter_is_retried_without_a_limit() {
+        let faults = Faults {
+            enters: (0..2 * MAX_RETRIES)
+                .map(|_| Enter::Fail(libc::EINTR))
+                .collect(),
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let mut sessions = sessions(4);
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(4)), &mut written);
+        assert_eq!(writer.kernel.enters_made, 2 * MAX_RETRIES + 1);
+        assert!(writer.has_ring(), "kept");
+        assert_eq!(writer.submissions(), 1);
+        all_delivered(&mut sessions, &frames(4), &written);
+    }
+
+    /// `EAGAIN` and `EBUSY` (the kernel short of memory, the completion queue overflowing)
+    /// are retried a few times; past [`MAX_RETRIES`] the ring retires and the frames it never
+    /// took go by send(2).
+    #[test]
+    fn a_kernel_short_of_resources_is_retried_then_given_up() {
+        let faults = Faults {
+            enters: [libc::EAGAIN, libc::EBUSY, libc::EAGAIN]
+                .map(Enter::Fail)
+                .into(),
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let mut sessions = sessions(4);
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(4)), &mut written);
+        assert!(writer.has_ring(), "kept after a few");
+        all_delivered(&mut sessions, &frames(4), &written);
+
+        writer.kernel.enters = (0..=MAX_RETRIES)
+            .map(|_| Enter::Fail(libc::EBUSY))
+            .collect();
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(4)), &mut written);
+        assert!(!writer.has_ring(), "given up");
+        assert!(
+            writer.kernel.enters.is_empty(),
+            "after {MAX_RETRIES} retries"
+        );
+        all_delivered(&mut sessions, &frames(4), &written);
+    }
+
+    /// The kernel takes part of a submission: the next `io_uring_enter(2)` submits the rest,
+    /// and every frame leaves once.
+    #[test]
+    fn a_partial_submission_is_followed_by_the_rest() {
+        let faults = Faults {
+            enters: [Enter::Take(2, None)].into(),
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let mut sessions = sessions(6);
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(6)), &mut written);
+        assert_eq!(writer.kernel.enters_made, 2);
+        assert_eq!(writer.submissions(), 1);
+        assert!(writer.has_ring());
+        all_delivered(&mut sessions, &frames(6), &written);
+    }
+
+    /// Completions that are not there when the submission returns are waited for.
+    #[test]
+    fn completions_that_come_late_are_waited_for() {
+        let faults = Faults {
+            late: vec![0, 3],
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let mut sessions = sessions(4);
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(4)), &mut written);
+        assert_eq!(writer.kernel.enters_made, 2, "once more for the late ones");
+        assert!(writer.has_ring());
+        all_delivered(&mut sessions, &frames(4), &written);
     }
 
     /// `n` connected TCP pairs over loopback: our ends as the tokio adapter's sockets
