@@ -25,16 +25,17 @@
 //! than the queue has free slots.
 //!
 //! Where there is no ring, one `send(2)` per frame through [`DirectOutlet::send`], as before:
-//! no io_uring in this kernel, a sandbox that forbids it, or an `io_uring_enter(2)` that
-//! fails for good. The writer then says so once, at `info`, with the reason; the frames the
-//! ring never sent go by `send(2)`.
+//! no io_uring in this kernel, a sandbox that forbids it, a ring that cannot `SEND` (an
+//! emulated or restricted io_uring, found by a probe at setup or by a `SEND` answered
+//! `EINVAL` or `EOPNOTSUPP`), or an `io_uring_enter(2)` that fails for good. The writer then
+//! says so once, at `info`, with the reason; the frames the ring never sent go by `send(2)`.
 
 use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::direct::{send_each, Claim, DirectOutlet, Held};
 use super::server::DIRECT_CHUNK;
@@ -90,6 +91,8 @@ impl Default for Writer {
 /// wraps, inlined); the tests' `Faults` fails on cue, to reach the paths a healthy kernel
 /// never takes.
 pub(crate) trait Kernel {
+    /// Whether `ring` can `SEND`: an emulated or restricted io_uring may set up and not.
+    fn can_send(&mut self, ring: &IoUring) -> bool;
     /// The request pushed for a frame: `send` itself.
     fn request(&mut self, send: squeue::Entry) -> squeue::Entry;
     /// `io_uring_enter(2)`: submits what the queue holds and waits for `want` completions.
@@ -102,6 +105,13 @@ pub(crate) trait Kernel {
 pub(crate) struct Real;
 
 impl Kernel for Real {
+    fn can_send(&mut self, ring: &IoUring) -> bool {
+        // A kernel without probes (before 5.6) has no SEND either.
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::Send::CODE)
+    }
+
     #[inline]
     fn request(&mut self, send: squeue::Entry) -> squeue::Entry {
         send
@@ -205,7 +215,10 @@ impl<K: Kernel> Writer<K> {
                 .build(self.entries)
                 .or_else(|_| IoUring::builder().setup_submit_all().build(self.entries));
             match made {
-                Ok(ring) => self.ring = State::Ready(Box::new(ring)),
+                Ok(ring) if self.kernel.can_send(&ring) => {
+                    self.ring = State::Ready(Box::new(ring));
+                }
+                Ok(_) => retire(&mut self.ring, &"this io_uring has no SEND"),
                 Err(e) => retire(&mut self.ring, &format_args!("no io_uring here: {e}")),
             }
         }
@@ -403,12 +416,19 @@ impl InFlight<'_, '_, '_> {
     }
 
     /// Settles every frame: with its request's outcome, or by `send(2)` when the ring never
-    /// took it, or failing its session when its request may still be in flight (the ring
-    /// failed).
+    /// took it or cannot `SEND` (which retires the ring), or failing its session when its
+    /// request may still be in flight (the ring failed).
     fn settle(&mut self, written: &mut Vec<(SessionId, usize)>) {
+        let mut refused = None;
         while let Some((session, held)) = self.frames.pop() {
             let i = self.frames.len();
             let n = match self.outcomes[i] {
+                // An emulated or restricted io_uring that sets up and cannot SEND: the
+                // request is done, and the frame is ours to send.
+                Some(result) if result == -libc::EINVAL || result == -libc::EOPNOTSUPP => {
+                    refused = Some(result);
+                    held.send_alone()
+                }
                 Some(result) => held.finish(match usize::try_from(result) {
                     Ok(n) => Ok(n),
                     Err(_) => Err(io::Error::from_raw_os_error(-result)),
@@ -422,6 +442,10 @@ impl InFlight<'_, '_, '_> {
             if n > 0 {
                 written.push((session, n));
             }
+        }
+        if let Some(result) = refused {
+            let why = io::Error::from_raw_os_error(-result);
+            retire(self.state, &format_args!("SEND answered: {why}"));
         }
     }
 }
@@ -667,10 +691,16 @@ mod tests {
     /// A kernel that fails on cue: the real one, but for what its fields script.
     #[derive(Default)]
     struct Faults {
+        /// The probe finds no SEND.
+        no_send: bool,
         /// What the next calls of `io_uring_enter(2)` do, in order (then the real call).
         enters: VecDeque<Enter>,
         /// Panics making this request (counting from 0 over every submission).
         panic_at: Option<usize>,
+        /// Requests (by user data) answered with this errno, unsent: a NOP goes instead.
+        refuse: Vec<(u64, i32)>,
+        /// Requests of `refuse` turned NOPs, their completions to rewrite.
+        refused: Vec<(u64, i32)>,
         /// Completions (by user data) held back for one reap: they come after a later
         /// `io_uring_enter(2)`.
         late: Vec<u64>,
@@ -686,11 +716,20 @@ mod tests {
     }
 
     impl Kernel for Faults {
+        fn can_send(&mut self, ring: &IoUring) -> bool {
+            !self.no_send && Real.can_send(ring)
+        }
+
         fn request(&mut self, send: squeue::Entry) -> squeue::Entry {
             let n = self.requests;
             self.requests += 1;
             if self.panic_at == Some(n) {
                 panic!("injected: a panic with requests pushed");
+            }
+            let user_data = send.get_user_data();
+            if let Some(at) = self.refuse.iter().position(|&(u, _)| u == user_data) {
+                self.refused.push(self.refuse.remove(at));
+                return opcode::Nop::new().build().user_data(user_data);
             }
             send
         }
@@ -717,7 +756,10 @@ mod tests {
                 each(user_data, result);
             }
             for completion in ring.completion() {
-                let (user_data, result) = (completion.user_data(), completion.result());
+                let (user_data, mut result) = (completion.user_data(), completion.result());
+                if let Some(at) = self.refused.iter().position(|&(u, _)| u == user_data) {
+                    result = -self.refused.remove(at).1;
+                }
                 if let Some(at) = self.late.iter().position(|&u| u == user_data) {
                     self.late.remove(at);
                     self.held.push((user_data, result));
@@ -1133,6 +1175,66 @@ mod tests {
         assert_eq!(writer.kernel.enters_made, 2, "once more for the late ones");
         assert!(writer.has_ring());
         all_delivered(&mut sessions, &frames(4), &written);
+    }
+
+    /// A ring that sets up but has no SEND (its probe says so) is never used: one send(2)
+    /// per frame from the start, said once.
+    #[test]
+    fn a_ring_without_send_is_not_used() {
+        if with_ring().is_none() {
+            return;
+        }
+        let mut writer = Writer::with_kernel(
+            Faults {
+                no_send: true,
+                ..Faults::default()
+            },
+            ENTRIES,
+        );
+        let mut sessions = sessions(4);
+        let mut written = Vec::new();
+        let (has, lines) = logged(|| {
+            let has = writer.has_ring();
+            writer.write(chunk(&sessions, frames(4)), &mut written);
+            has
+        });
+        assert!(!has);
+        assert_eq!(writer.submissions(), 0);
+        assert_eq!(writer.kernel.requests, 0);
+        all_delivered(&mut sessions, &frames(4), &written);
+        assert_eq!(lines.len(), 1, "said once: {lines:?}");
+        assert!(
+            lines[0].contains("INFO") && lines[0].contains("no SEND"),
+            "{lines:?}"
+        );
+    }
+
+    /// A SEND the ring answers `EINVAL` or `EOPNOTSUPP` (an emulated or restricted io_uring
+    /// whose probe said yes) goes by send(2), and the ring retires: no session fails.
+    #[test]
+    fn a_send_the_ring_refuses_goes_by_send2() {
+        let faults = Faults {
+            refuse: vec![(1, libc::EINVAL), (2, libc::EOPNOTSUPP)],
+            ..Faults::default()
+        };
+        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+            return;
+        };
+        let mut sessions = sessions(5);
+        let mut written = Vec::new();
+        let ((), lines) = logged(|| {
+            writer.write(chunk(&sessions, frames(5)), &mut written);
+        });
+        assert!(writer.kernel.refused.is_empty(), "both were NOPs");
+        assert!(!writer.has_ring(), "retired");
+        all_delivered(&mut sessions, &frames(5), &written);
+        assert_eq!(lines.len(), 1, "said once: {lines:?}");
+        assert!(lines[0].contains("SEND answered"), "{lines:?}");
+
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, frames(5)), &mut written);
+        assert_eq!(writer.submissions(), 1, "one send(2) per frame since");
+        all_delivered(&mut sessions, &frames(5), &written);
     }
 
     /// `n` connected TCP pairs over loopback: our ends as the tokio adapter's sockets
