@@ -538,7 +538,7 @@ mod tests {
     use crate::adapters::direct::{frame, Direct, RawSocket};
     use core::task::{Context, Poll};
     use std::collections::VecDeque;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -818,9 +818,9 @@ mod tests {
 
     /// A frame the socket takes part of, then a second frame for the same session in the same
     /// chunk: the batch ends before the second, which queues behind the rest of the first,
-    /// and both (and a later drain's frame) leave whole and in order once the task flushes. A
-    /// full socket queues its frame and wakes the task; a closed one fails the session (and
-    /// no SIGPIPE kills us).
+    /// and both (and a later drain's frame, claimed by a later batch) leave whole and in order
+    /// once the task flushes. A full socket queues its frame and wakes the task; a closed one
+    /// fails the session.
     #[test]
     fn partial_sends_keep_a_sessions_frames_in_order() {
         let Some(mut writer) = with_ring() else {
@@ -832,6 +832,8 @@ mod tests {
         let other = Arc::new(Direct::new(other));
         let (full, mut full_peer) = pair();
         let full = Arc::new(Direct::new(full));
+        let (fresh, mut fresh_peer) = pair();
+        let fresh = Arc::new(Direct::new(fresh));
         let (gone, gone_peer) = pair();
         let gone = Arc::new(Direct::new(gone));
         drop(gone_peer);
@@ -878,12 +880,26 @@ mod tests {
         );
         assert_eq!(read_all(&mut other_peer), b"\x81\x01x\x81\x01y");
         // The peer reads, so the socket has room again, but the rest of the first frame still
-        // waits: the next drain's frame for that session queues behind it, never around.
+        // waits: the next drain's frame for that session queues behind it, never around. That
+        // drain is a batch (MIN_BATCH frames), so the frame is claimed while others wait.
         let mut got = read_all(&mut big_peer);
         let third_frame = frame(b"third");
-        let next = vec![(session(0), outlet(&big), third_frame.clone(), 5)];
+        let next = vec![
+            (session(0), outlet(&big), third_frame.clone(), 5),
+            (session(1), outlet(&other), frame(b"z"), 1),
+            (session(2), outlet(&full), frame(b"later"), 5),
+            (session(4), outlet(&fresh), frame(b"w"), 1),
+        ];
         writer.write(next, &mut written);
-        assert_eq!(written.len(), 2, "nothing more left now");
+        assert_eq!(writer.submissions(), 3, "through the ring");
+        written[2..].sort();
+        assert_eq!(
+            written[2..],
+            [(session(1), 1), (session(4), 1)],
+            "nothing more left now: the frames of sessions 0 and 2 wait behind theirs"
+        );
+        assert_eq!(read_all(&mut other_peer), b"\x81\x01z");
+        assert_eq!(read_all(&mut fresh_peer), b"\x81\x01w");
 
         // The task flushes as the peer reads: the first frame, then the second.
         let mut reported = 0;
@@ -908,8 +924,8 @@ mod tests {
         );
 
         assert_eq!(read_all(&mut full_peer).len(), filled);
-        assert_eq!(full.poll_drain(&mut cx), Poll::Ready(Ok(4)));
-        assert_eq!(read_all(&mut full_peer), b"\x81\x04late");
+        assert_eq!(full.poll_drain(&mut cx), Poll::Ready(Ok(4 + 5)));
+        assert_eq!(read_all(&mut full_peer), b"\x81\x04late\x81\x05later");
     }
 
     /// Without a ring (a kernel or sandbox without io_uring) each frame is its own `send(2)`,
@@ -1262,6 +1278,67 @@ mod tests {
             .enable_io()
             .build()
             .unwrap()
+    }
+
+    /// Over the tokio adapter's own sockets, real TCP: a chunk leaves in one submission;
+    /// a frame larger than the socket takes waits for the task, which finishes it as the
+    /// peer reads; a socket shut down for writing fails its session.
+    #[test]
+    fn a_chunk_leaves_over_tcp() {
+        let Some(mut writer) = with_ring() else {
+            return;
+        };
+        let rt = runtime();
+        let mut sessions = tcp_sessions(&rt, 6);
+        socket2::SockRef::from(&sessions[5].0.socket)
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+        let big: Vec<u8> = (0..16 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut framed = frames(6);
+        framed[0] = frame(&big);
+        let mut written = Vec::new();
+        writer.write(chunk(&sessions, framed.clone()), &mut written);
+        assert_eq!(writer.submissions(), 1);
+        let mut reported = [0; 6];
+        for &(s, n) in &written {
+            reported[s.index as usize] += n;
+        }
+        assert_eq!(
+            reported[1..5],
+            framed[1..5].iter().map(Bytes::len).collect::<Vec<_>>()
+        );
+        for (i, (_, peer)) in sessions.iter_mut().enumerate().skip(1).take(4) {
+            let mut got = vec![0; framed[i].len()];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(got, &framed[i][..]);
+        }
+        assert!(failed(&sessions[5].0), "EPIPE fails it");
+
+        // The big frame: what the socket did not take, the task writes as the peer reads.
+        let mut peer = sessions[0].1.try_clone().unwrap();
+        let len = framed[0].len();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0; len];
+            peer.read_exact(&mut got).map(|()| got)
+        });
+        let direct = &sessions[0].0;
+        rt.block_on(core::future::poll_fn(|cx| loop {
+            match direct.poll_drain(cx) {
+                Poll::Ready(Ok(n)) => {
+                    reported[0] += n;
+                    if !direct.is_stuck() {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => return Poll::Pending,
+            }
+        }));
+        assert_eq!(reported[0], len, "reported once wholly written");
+        assert!(
+            reader.join().unwrap().unwrap() == framed[0],
+            "whole, in order"
+        );
     }
 
     /// No send of the direct write path raises SIGPIPE (each passes `MSG_NOSIGNAL`), which
