@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Python package's CI (issue 17): fmt and clippy of the bindings, the Rust example server
+# The Python package's CI: fmt and clippy of the bindings, the Rust example server
 # and client the interop tests run against, then a FRESH virtual environment with maturin,
 # pytest and websockets from PyPI, the package installed the way the README says
 # (`pip install ./python`), and pytest. Run by `.ci/run`; runs alone from any directory.
@@ -21,8 +21,8 @@ step "fmt and clippy of the bindings (their own workspace)"
 cargo fmt --manifest-path python/Cargo.toml -- --check
 cargo clippy --manifest-path python/Cargo.toml --all-targets -- -D warnings
 
-step "the Rust example server and client (interop peers)"
-cargo build --all-features --example server --example client
+step "the Rust server and command-line client (interop peers)"
+cargo build -p syncmux-server
 
 step "a fresh virtual environment"
 venv=$(mktemp -d)/venv

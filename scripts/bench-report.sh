@@ -11,7 +11,7 @@
 # The Redis rows need `redis-server` on the PATH (the bench starts its own on a free port).
 #
 # Criterion keeps its results in target/criterion/; the benches' printed summary lines go to
-# target/bench-report.log; examples/bench_report.rs reads both and prints the table.
+# target/bench-report.log; the bench crate's bench_report reads both and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,32 +23,28 @@ mkdir -p target
 
 for bench in wire client store server; do
     echo "=== cargo bench --bench $bench" >&2
-    cargo bench --bench "$bench" -- "${args[@]}" | tee -a "$log"
+    cargo bench -p syncmux --bench "$bench" -- "${args[@]}" | tee -a "$log"
 done
-if [ -f benches/e2e.rs ]; then
-    echo "=== cargo bench --bench e2e --features tokio" >&2
-    cargo bench --features tokio --bench e2e -- "${args[@]}" | tee -a "$log"
-fi
-if [ -f benches/ot_e2e.rs ]; then
-    # Not criterion: one timed window per server (OT_BENCH_SECS, default 5).
-    echo "=== cargo bench --bench ot_e2e --features tokio" >&2
-    cargo bench --features tokio --bench ot_e2e | tee -a "$log"
-fi
+echo "=== cargo bench -p syncmux-bench --bench e2e" >&2
+cargo bench -p syncmux-bench --bench e2e -- "${args[@]}" | tee -a "$log"
+# Not criterion: one timed window per server (OT_BENCH_SECS, default 5).
+echo "=== cargo bench -p syncmux-bench --bench ot_e2e" >&2
+cargo bench -p syncmux-bench --bench ot_e2e | tee -a "$log"
 
 if command -v redis-server >/dev/null; then
-    echo "=== cargo bench --bench redis --features tokio,redis" >&2
-    cargo bench --features tokio,redis --bench redis -- "${args[@]}" | tee -a "$log"
+    echo "=== cargo bench -p syncmux-redis --bench redis" >&2
+    cargo bench -p syncmux-redis --bench redis -- "${args[@]}" | tee -a "$log"
 fi
 if [ -n "${BENCH_DURABLE:-}" ]; then
     # Builds two 1 000 000-change databases the first time (a few minutes), kept in target/.
-    echo "=== cargo bench --bench durable --features tokio,sqlite" >&2
-    cargo bench --features tokio,sqlite --bench durable -- "${args[@]}" | tee -a "$log"
+    echo "=== cargo bench -p syncmux-sqlite --bench durable" >&2
+    cargo bench -p syncmux-sqlite --bench durable -- "${args[@]}" | tee -a "$log"
 fi
 if [ -f scripts/fanout-bench ]; then
-    # Not criterion: CPU per delivery of the example server and a Node ws server, same run.
+    # Not criterion: CPU per delivery of syncmux-server and a Node ws server, same run.
     echo "=== scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,node" >&2
     scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,node | tee -a "$log"
 fi
 
 echo
-cargo run --quiet --release --example bench_report -- target/criterion "$log"
+cargo run --quiet --release -p syncmux-bench --bin bench_report -- target/criterion "$log"

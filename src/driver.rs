@@ -6,11 +6,16 @@ use crate::server::{
     Handshake, HandshakeOutcome, PullAnswer, PushAnswer, Server, ServerEvent, ServerTransmit,
     SessionId,
 };
-use crate::store::{MemoryStore, PullOutcome, PushOutcome};
+use serde::{Serialize, Serializer};
+
+use crate::payload::{ChangeRecord, HasHlc, Hlc};
+use crate::server::AppError;
+use crate::store::{MemoryStore, PullOutcome, PushOutcome, Store};
 use crate::time::Instant;
 use crate::wire::CloseCode;
 
-/// A [`Server`] paired with a [`MemoryStore`]: one call per input runs both.
+/// A [`Server`] paired with a [`Store`] (by default the embedded [`MemoryStore`]): one call
+/// per input runs both.
 ///
 /// The server never imports the store and the store never imports the server (see the
 /// crate docs); this driver is the small piece between them. It forwards every input to the
@@ -43,15 +48,14 @@ use crate::wire::CloseCode;
 /// assert!(bytes.starts_with(br#"{"type":"push_response","id":"1","payload":{"merged":1"#));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Driver {
+pub struct Driver<S: Store = MemoryStore> {
     server: Server,
-    store: MemoryStore,
+    /// `None`: store-facing events pass through to `poll_event`, for an async backend.
+    store: Option<S>,
     events: VecDeque<ServerEvent>,
-    /// Store-facing events pass through to `poll_event`, for an async backend.
-    deferring: bool,
 }
 
-impl core::fmt::Debug for Driver {
+impl<S: Store> core::fmt::Debug for Driver<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Driver")
             .field("server", &self.server)
@@ -60,30 +64,30 @@ impl core::fmt::Debug for Driver {
     }
 }
 
-impl Driver {
+impl<S: Store> Driver<S> {
     /// Pairs a server with a store.
-    pub fn new(server: Server, store: MemoryStore) -> Self {
+    pub fn new(server: Server, store: S) -> Self {
         Driver {
             server,
-            store,
+            store: Some(store),
             events: VecDeque::new(),
-            deferring: false,
         }
     }
 
-    /// A driver whose store answers nothing: every event goes to `poll_event`, for an async
-    /// backend (`adapters::Backend`) to answer later.
-    #[cfg(feature = "adapters")]
-    pub(crate) fn deferring(server: Server) -> Self {
-        let mut driver = Driver::new(server, MemoryStore::new(crate::StoreConfig::default()));
-        driver.deferring = true;
-        driver
+    /// A driver whose store answers nothing: every event, pulls, pushes and replays included,
+    /// goes to [`poll_event`](Driver::poll_event), for an asynchronous backend to answer later
+    /// through [`with_server`](Driver::with_server).
+    pub fn deferring(server: Server) -> Self {
+        Driver {
+            server,
+            store: None,
+            events: VecDeque::new(),
+        }
     }
 
-    /// Runs `f` on the server (an answer, an input of the adapter's own), then answers what
-    /// it asked of the store.
-    #[cfg(feature = "adapters")]
-    pub(crate) fn with_server(&mut self, now: Instant, f: impl FnOnce(&mut Server)) {
+    /// Runs `f` on the server (an answer from an asynchronous backend, an input of the
+    /// embedder's own), then answers what it asked of the store.
+    pub fn with_server(&mut self, now: Instant, f: impl FnOnce(&mut Server)) {
         f(&mut self.server);
         self.pump(now);
     }
@@ -93,20 +97,22 @@ impl Driver {
         &self.server
     }
 
-    /// The store.
-    pub fn store(&self) -> &MemoryStore {
-        &self.store
+    /// The store (`None` for a [`deferring`](Driver::deferring) driver).
+    pub fn store(&self) -> Option<&S> {
+        self.store.as_ref()
     }
 
-    /// The server, for the adapters' own settings.
-    #[cfg(feature = "adapters")]
-    pub(crate) fn server_mut(&mut self) -> &mut Server {
+    /// The server, for settings an embedder turns on (see
+    /// [`Server::report_writes`], [`Server::share_presence`]). Inputs go through the driver's
+    /// own methods, so that what they ask of the store is answered.
+    pub fn server_mut(&mut self) -> &mut Server {
         &mut self.server
     }
 
-    /// The store, for seeding or inspection.
-    pub fn store_mut(&mut self) -> &mut MemoryStore {
-        &mut self.store
+    /// The store, for seeding or inspection (`None` for a [`deferring`](Driver::deferring)
+    /// driver).
+    pub fn store_mut(&mut self) -> Option<&mut S> {
+        self.store.as_mut()
     }
 
     /// See [`Server::handle_handshake`].
@@ -185,11 +191,11 @@ impl Driver {
     /// order the store accepts them (sessions then see changes in cursor order).
     fn pump(&mut self, now: Instant) {
         while let Some(event) = self.server.poll_event() {
-            if self.deferring {
-                self.events.push_back(event);
-            } else if let Some(other) = self.store.answer(&mut self.server, now, event) {
-                self.events.push_back(other);
-            }
+            let other = match &mut self.store {
+                Some(store) => answer(store, &mut self.server, now, event),
+                None => Some(event),
+            };
+            self.events.extend(other);
         }
     }
 }
@@ -207,39 +213,83 @@ impl MemoryStore {
         now: Instant,
         event: ServerEvent,
     ) -> Option<ServerEvent> {
-        match event {
-            ServerEvent::Pull {
-                request,
-                tables,
-                since,
-                cursor,
-                ..
-            } => {
-                let out = self.pull_stored(&tables, since.as_ref(), cursor.as_ref());
-                server.answer_pull_with(now, request, Ok(out.into()));
-            }
-            ServerEvent::Replay {
-                request,
-                tables,
-                since,
-                cursor,
-                head_only,
-                ..
-            } => {
-                // Without a replay, the answer is where the stream stands: after the head.
-                let cursor = if head_only { Some(self.head()) } else { cursor };
-                let out = self.pull_stored(&tables, since.as_ref(), cursor.as_ref());
-                server.answer_replay_with(now, request, Ok(out.into()));
-            }
-            ServerEvent::Push {
-                request, changes, ..
-            } => {
-                let out = self.push(changes);
-                server.answer_push(now, request, Ok(out.into()));
-            }
-            other => return Some(other),
+        answer(self, server, now, event)
+    }
+}
+
+/// Answers `event` from `store` when it asks the store, and gives it back otherwise. A store
+/// that fails answers the request with an error frame (`HANDLER_ERROR`, the store's text).
+fn answer<S: Store>(
+    store: &mut S,
+    server: &mut Server,
+    now: Instant,
+    event: ServerEvent,
+) -> Option<ServerEvent> {
+    match event {
+        ServerEvent::Pull {
+            request,
+            tables,
+            since,
+            cursor,
+            ..
+        } => {
+            let out = store.pull(&tables, since.as_ref(), cursor.as_ref());
+            server.answer_pull_with(now, request, answered(out));
         }
-        None
+        ServerEvent::Replay {
+            request,
+            tables,
+            since,
+            cursor,
+            head_only,
+            ..
+        } => {
+            // Without a replay, the answer is where the stream stands: after the head.
+            let cursor = if head_only {
+                Some(store.head())
+            } else {
+                cursor
+            };
+            let out = store.pull(&tables, since.as_ref(), cursor.as_ref());
+            server.answer_replay_with(now, request, answered(out));
+        }
+        ServerEvent::Push {
+            request, changes, ..
+        } => {
+            let out = store.push(changes).map(PushAnswer::from);
+            server.answer_push(now, request, out.map_err(|e| AppError::new(e.to_string())));
+        }
+        other => return Some(other),
+    }
+    None
+}
+
+/// A store's pull as the server's answer: its records as they are (owned, borrowed or
+/// encoded), seen by the server through `AsRef`.
+fn answered<R, E: core::fmt::Display>(
+    out: Result<PullOutcome<R>, E>,
+) -> Result<PullAnswer<ByRecord<R>>, AppError> {
+    match out {
+        Ok(out) => Ok(out.map(ByRecord).into()),
+        Err(e) => Err(AppError::new(e.to_string())),
+    }
+}
+
+/// A store's record, serialised as the store writes it and ordered by the record it borrows.
+struct ByRecord<R>(R);
+
+impl<R: Serialize> Serialize for ByRecord<R> {
+    fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<R: AsRef<ChangeRecord>> HasHlc for ByRecord<R> {
+    fn hlc(&self) -> &Hlc {
+        &self.0.as_ref().hlc
+    }
+    fn table(&self) -> &str {
+        &self.0.as_ref().table
     }
 }
 

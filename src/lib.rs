@@ -99,10 +99,10 @@
 //!   [`Cursor`](payload::Cursor)). Every request ends in exactly one outcome: a [`Response`]
 //!   or a [`RequestError`].
 //! - **The store**: [`MemoryStore`] is the embedded change log; [`Driver`] is a [`Server`]
-//!   whose pulls, pushes and replays it answers, driven exactly like a `Server`. Another
-//!   backend answers the server's events itself, in any order and at any time. With the
-//!   `sqlite` feature (native only), `SqliteStore` keeps the same log on disk, and
-//!   `adapters::sqlite` serves it through the adapters' async backend seam.
+//!   whose pulls, pushes and replays a [`Store`] answers at once, driven exactly like a
+//!   `Server`. The crate `syncmux-sqlite` keeps the same log on disk (another `Store`). A
+//!   backend whose answers take time answers the server's events itself, in any order and at
+//!   any time.
 //! - **Back pressure**: each session's outbound bytes are bounded
 //!   ([`ServerConfig::max_outbound_bytes`]); a consumer too slow to keep up is closed with
 //!   4503 and resumes from its cursor. An embedder that reports writes with
@@ -112,20 +112,17 @@
 //!   [`ErrorCode`] and [`CloseCode`].
 //! - **Modules**: [`payload`] holds the data types (HLCs, change records, every message's
 //!   payload); [`wire`] the envelope codec; [`ot`] the OT profile (open-ot's text type, a
-//!   document server and a client over the wire of `@open-ot/transport-websocket`);
-//!   [`adapters`] (cargo features `tokio`, `smol`, `wasm`) the bindings to runtimes, sockets
-//!   and the browser.
+//!   document server and a client over the wire of `@open-ot/transport-websocket`).
+//! - **I/O** lives in other crates: `syncmux-runtime` binds the state machines to tokio or
+//!   smol sockets, `syncmux-redis` and `syncmux-sqlite` are backends, `syncmux-browser` is the
+//!   browser client, and `syncmux-server` the deployable server and command-line client.
 //!
 //! The protocol itself is specified in `docs/protocol.md` in the repository.
 
-// `deny`, not `forbid`: the hub's io_uring sends (`adapters::uring`, Linux, feature `tokio`)
-// are the one module allowed `unsafe`; everything else stays without.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
-#[cfg(any(feature = "adapters", all(feature = "wasm", target_arch = "wasm32")))]
-pub mod adapters;
 pub mod ot;
 pub mod payload;
 pub mod wire;
@@ -149,8 +146,6 @@ pub use server::{
     PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, Resource, RoomChange,
     RoomJoinId, Server, ServerConfig, ServerEvent, ServerStats, ServerTransmit, SessionId,
 };
-pub use store::{MemoryStore, PullOutcome, PushOutcome, StoreConfig};
-#[cfg(all(feature = "sqlite", not(target_arch = "wasm32")))]
-pub use store::{SqliteConfig, SqliteError, SqliteReader, SqliteStore};
+pub use store::{MemoryStore, PullOutcome, PushOutcome, Store, StoreConfig, StoredChange};
 pub use time::Instant;
 pub use wire::{CloseCode, ErrorCode};

@@ -45,7 +45,7 @@ impl Jitter {
     }
 
     /// A keyed hasher builder, so maps keyed by peer-chosen strings resist collision floods
-    /// while staying deterministic for one seed (STYLE.md, "API shape").
+    /// while staying deterministic for one seed.
     pub(crate) fn hasher(&mut self) -> KeyedHasher {
         KeyedHasher {
             k0: self.next_u64(),

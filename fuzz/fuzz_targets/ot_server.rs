@@ -257,7 +257,6 @@ impl Run {
                     OtHandshakeOutcome::Reject { status, .. } => {
                         assert!(matches!(status, 401 | 503), "status {status}");
                     }
-                    other => panic!("{other:?}"),
                 }
             }
             Action::Send { s, msg } => {
@@ -407,7 +406,6 @@ impl Run {
                 | OtTransmit::Ping { session }
                 | OtTransmit::Close { session, .. }
                 | OtTransmit::Terminate { session } => *session,
-                other => panic!("{other:?}"),
             };
             let session = self
                 .sessions

@@ -173,7 +173,6 @@ impl Client {
             ClientState::Open => "open",
             ClientState::WaitingToReconnect => "waiting_to_reconnect",
             ClientState::Closed => "closed",
-            _ => "unknown",
         }
     }
 
@@ -248,7 +247,6 @@ impl Client {
             }
             .into_pyobject(py)?
             .into_any(),
-            _ => return Ok(None),
         };
         Ok(Some(obj.unbind()))
     }

@@ -1,4 +1,4 @@
-//! Python bindings of syncmux (issue 17): the client and server state machines as Python
+//! Python bindings of syncmux: the client and server state machines as Python
 //! objects in the style of h11 and wsproto. Inputs are `handle_*` methods taking the time
 //! first (float seconds from `time.monotonic()`), commands return request ids, and outputs are
 //! drained with `poll_transmit`, `poll_event` and `poll_timeout`. The asyncio client and

@@ -265,7 +265,7 @@ impl Server {
     #[getter]
     fn store_head(&self) -> Option<String> {
         match &self.inner {
-            Inner::Driver(d) => Some(d.store().head().to_string()),
+            Inner::Driver(d) => d.store().map(|s| s.head().to_string()),
             Inner::Server(_) => None,
         }
     }
@@ -274,7 +274,7 @@ impl Server {
     #[getter]
     fn store_len(&self) -> Option<usize> {
         match &self.inner {
-            Inner::Driver(d) => Some(d.store().len()),
+            Inner::Driver(d) => d.store().map(|s| s.len()),
             Inner::Server(_) => None,
         }
     }
@@ -328,12 +328,6 @@ impl Server {
             HandshakeOutcome::Reject { status, reason } => {
                 Reject { status, reason }.into_pyobject(py)?.into_any()
             }
-            other => Reject {
-                status: 500,
-                reason: format!("{other:?}"),
-            }
-            .into_pyobject(py)?
-            .into_any(),
         };
         Ok(obj.unbind())
     }
@@ -526,7 +520,6 @@ impl Server {
             }
             .into_pyobject(py)?
             .into_any(),
-            Some(_) => return Ok(None),
         };
         Ok(Some(obj.unbind()))
     }

@@ -27,13 +27,14 @@ def need(what: str, ok: bool) -> None:
 
 
 def rust_example(name: str) -> Path:
-    """The Rust example `name`, built by ci.sh (`cargo build --features tokio --example ...`)."""
+    """The Rust binary for `name` (`server`: syncmux-server, `client`: syncmux-cli), built by
+    ci.sh (`cargo build -p syncmux-server`)."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     for profile in ("debug", "release"):
-        path = target / profile / "examples" / name
+        path = target / profile / {"server": "syncmux-server", "client": "syncmux-cli"}[name]
         if path.exists():
             return path
-    need(f"the Rust example {name} is not built: cargo build --features tokio --example {name}", False)
+    need(f"the Rust binary for {name} is not built: cargo build -p syncmux-server", False)
     raise AssertionError("unreachable")
 
 

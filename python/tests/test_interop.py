@@ -226,11 +226,12 @@ def test_a_following_rust_client_gets_a_python_clients_push_through_the_python_s
 
 def test_node_ws_interop_script_against_the_python_server() -> None:
     need("`node` is not on the PATH", shutil.which("node") is not None)
-    need("tests/node/node_modules/ws is missing: npm install --prefix tests/node --no-audit --no-fund",
-         (ROOT / "tests/node/node_modules/ws/package.json").exists())
+    node = ROOT / "crates/syncmux-server/tests/node"
+    need(f"{node}/node_modules/ws is missing: npm install --prefix {node} --no-audit --no-fund",
+         (node / "node_modules/ws/package.json").exists())
     server = start_python_server()
     try:
-        status = subprocess.run(["node", str(ROOT / "tests/node/interop.mjs"), server.url], timeout=120)
+        status = subprocess.run(["node", str(node / "interop.mjs"), server.url], timeout=120)
         assert status.returncode == 0
     finally:
         server.stop()

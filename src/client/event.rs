@@ -32,7 +32,7 @@ impl fmt::Display for RequestId {
 
 /// Where the connection stands (docs/protocol.md section 11).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[non_exhaustive]
+// Exhaustive on purpose: these are the protocol's client states, and an embedder names each.
 pub enum ClientState {
     /// Created, never asked to connect.
     Idle,
@@ -48,7 +48,8 @@ pub enum ClientState {
 
 /// What the adapter must do with the transport: open it, send a frame on it, or close it.
 #[derive(Clone, PartialEq, Eq, Debug)]
-#[non_exhaustive]
+// Exhaustive on purpose: every embedder acts on every variant, so a new one is a breaking
+// change that the compiler must point out, not a silent `_` arm.
 pub enum ClientTransmit {
     /// Open a WebSocket as described, then report [`handle_connected`] or, if it fails,
     /// [`handle_disconnected`].
@@ -83,7 +84,10 @@ pub struct DialRequest {
 }
 
 impl DialRequest {
-    pub(crate) fn new(base: &str, node_id: &str, token: Option<&str>) -> DialRequest {
+    /// The dial a [`Client`](super::Client) would ask for: `base` with `node_id` in its query,
+    /// the protocol version offered, and the token as a bearer header. Clients make these
+    /// themselves; this is for an embedder's tests of its own dialer.
+    pub fn new(base: &str, node_id: &str, token: Option<&str>) -> DialRequest {
         let mut headers = vec![("X-Node-Id", node_id.to_owned())];
         if let Some(token) = token {
             headers.push(("Authorization", format!("Bearer {token}")));

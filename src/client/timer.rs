@@ -1,4 +1,4 @@
-//! The client's timers, in one table (STYLE.md: `poll_timeout` returns its minimum).
+//! The client's timers, in one table: `poll_timeout` returns its minimum.
 
 use crate::time::Instant;
 

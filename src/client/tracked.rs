@@ -2,7 +2,7 @@
 //! each, the newest stream cursor, presence topics and rooms (docs/protocol.md section 11).
 //!
 //! Ordered maps: the restore frames come out in the same order for the same history, whatever
-//! the hasher (STYLE.md: output never depends on `HashMap` order).
+//! the hasher: output never depends on `HashMap` order.
 
 use std::collections::BTreeMap;
 

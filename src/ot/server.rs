@@ -33,7 +33,8 @@ pub use shared::OtCommitId;
 
 /// The answer to a handshake.
 #[derive(Clone, PartialEq, Eq, Debug)]
-#[non_exhaustive]
+// Exhaustive on purpose: every embedder acts on every variant, so a new one is a breaking
+// change that the compiler must point out, not a silent `_` arm.
 pub enum OtHandshakeOutcome {
     /// Upgrade; the session is open and a member of `doc-1`.
     Accept {
@@ -53,7 +54,8 @@ pub enum OtHandshakeOutcome {
 /// Something for the adapter to do on a connection. Drain with
 /// [`OtServer::poll_transmit`].
 #[derive(Clone, PartialEq, Eq, Debug)]
-#[non_exhaustive]
+// Exhaustive on purpose: every embedder acts on every variant, so a new one is a breaking
+// change that the compiler must point out, not a silent `_` arm.
 pub enum OtTransmit {
     /// Send one text frame, then report its length with [`OtServer::handle_sent`] once
     /// written.

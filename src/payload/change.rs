@@ -196,6 +196,13 @@ pub(crate) trait HasHlc {
     fn table(&self) -> &str;
 }
 
+/// So that a store's records may be owned, borrowed or wrapped alike (`Store::Record`).
+impl AsRef<ChangeRecord> for ChangeRecord {
+    fn as_ref(&self) -> &ChangeRecord {
+        self
+    }
+}
+
 impl HasHlc for ChangeRecord {
     fn hlc(&self) -> &Hlc {
         &self.hlc

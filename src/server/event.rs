@@ -17,10 +17,27 @@ pub struct SessionId {
 }
 
 impl SessionId {
+    /// The session's slot: dense from 0, taken again (with a new generation) once the
+    /// session is gone, so an embedder can keep its own per-session state in a `Vec` indexed
+    /// by it, checking the whole id on each use.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
     /// The session as one number, unique among this server's sessions for its lifetime:
     /// how a server names its sessions to others ([`RemoteSession::session`]).
     pub fn as_u64(self) -> u64 {
         (u64::from(self.index) << 32) | u64::from(self.generation)
+    }
+
+    /// The id that [`as_u64`](SessionId::as_u64) gave, for an embedder that kept it (a shared
+    /// backend tags the changes a session pushed with it). An id of no live session is
+    /// ignored by every input that takes one.
+    pub fn from_u64(id: u64) -> SessionId {
+        SessionId {
+            index: (id >> 32) as u32,
+            generation: id as u32,
+        }
     }
 }
 
@@ -289,7 +306,8 @@ impl AppError {
 /// Something for the adapter to do on a session's socket. Drain with
 /// [`Server::poll_transmit`](super::Server::poll_transmit).
 #[derive(Clone, PartialEq, Eq, Debug)]
-#[non_exhaustive]
+// Exhaustive on purpose: every embedder acts on every variant, so a new one is a breaking
+// change that the compiler must point out, not a silent `_` arm.
 pub enum ServerTransmit {
     /// Send one text frame, then report its length with
     /// [`Server::handle_sent`](super::Server::handle_sent) once written.

@@ -166,7 +166,8 @@ impl AuthDecision {
 
 /// The server's answer to a handshake.
 #[derive(Clone, PartialEq, Eq, Debug)]
-#[non_exhaustive]
+// Exhaustive on purpose: every embedder acts on every variant, so a new one is a breaking
+// change that the compiler must point out, not a silent `_` arm.
 pub enum HandshakeOutcome {
     /// Upgrade. The adapter answers with `protocol` as `Sec-WebSocket-Protocol` (when set),
     /// then drains [`Server::poll_transmit`](super::Server::poll_transmit): a session whose

@@ -565,17 +565,17 @@ impl Server {
         }
     }
 
-    /// Reports this server's presence and room changes from now on (an adapter whose backend
-    /// shares them turns [`ServerConfig::shared_presence`] on itself).
-    #[cfg(feature = "adapters")]
-    pub(crate) fn share_presence(&mut self) {
+    /// Reports this server's presence and room changes from now on, as
+    /// [`ServerConfig::shared_presence`] does (an embedder whose backend shares them with other
+    /// servers turns it on for the server it is given).
+    pub fn share_presence(&mut self) {
         self.config.shared_presence = true;
     }
 
-    /// Counts frames until reported written from now on (an adapter that calls
-    /// `handle_sent` for every write turns [`ServerConfig::reports_writes`] on itself).
-    #[cfg(feature = "adapters")]
-    pub(crate) fn report_writes(&mut self) {
+    /// Counts frames as unsent until [`handle_sent`](Server::handle_sent) reports them
+    /// written, from now on, as [`ServerConfig::reports_writes`] does (an embedder that
+    /// reports every write turns it on for the server it is given).
+    pub fn report_writes(&mut self) {
         self.config.reports_writes = true;
         self.sessions.count_unsent();
     }

@@ -419,7 +419,6 @@ impl Sessions {
     }
 
     /// Frames handed out count until reported written from now on.
-    #[cfg(feature = "adapters")]
     pub(crate) fn count_unsent(&mut self) {
         self.counts_unsent = true;
     }

@@ -10,7 +10,8 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::table::Table;
-use crate::payload::{ChangeRecord, Cursor, HasHlc, Hlc};
+use super::Store;
+use crate::payload::{ChangeRecord, Cursor, Hlc};
 
 /// Configuration of a [`MemoryStore`].
 ///
@@ -135,7 +136,7 @@ pub struct MemoryStore {
     epoch: u64,
     retention: usize,
     /// The retained changes by position: `log[i]` is at seq `first_seq + i`.
-    log: VecDeque<Stored>,
+    log: VecDeque<StoredChange>,
     /// The seq of the oldest retained change, or `head + 1` when none is retained.
     first_seq: u64,
     /// The indexes of every table holding a retained change (by name, for a defined order).
@@ -146,19 +147,21 @@ pub struct MemoryStore {
     forgotten: Option<Hlc>,
 }
 
-/// A retained change and its JSON encoding, made when it is first read.
+/// A change as a [`MemoryStore`] retains it: the record and its JSON encoding, made when
+/// it is first read and written byte for byte by every answer after that (a pull's records,
+/// borrowed through [`Store::pull`]).
 ///
 /// Encoding on first read rather than on accept keeps pushes as cheap as before (encoding
 /// every change up front cost a push of 100 changes into a full 100 000-change store 40 %
 /// more), and a change nobody reads is never encoded.
-pub(crate) struct Stored {
-    pub(crate) record: ChangeRecord,
+pub struct StoredChange {
+    record: ChangeRecord,
     json: OnceLock<Box<RawValue>>,
 }
 
-impl Stored {
-    fn new(record: ChangeRecord) -> Stored {
-        Stored {
+impl StoredChange {
+    fn new(record: ChangeRecord) -> StoredChange {
+        StoredChange {
             record,
             json: OnceLock::new(),
         }
@@ -172,25 +175,29 @@ impl Stored {
     }
 }
 
-impl HasHlc for Stored {
-    fn hlc(&self) -> &Hlc {
-        &self.record.hlc
+impl AsRef<ChangeRecord> for StoredChange {
+    fn as_ref(&self) -> &ChangeRecord {
+        &self.record
     }
-    fn table(&self) -> &str {
-        &self.record.table
+}
+
+impl fmt::Debug for StoredChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.record.fmt(f)
     }
 }
 
 /// Writes the kept encoding byte for byte (as raw JSON: the server encodes with serde_json).
-impl Serialize for Stored {
+impl Serialize for StoredChange {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.json().serialize(serializer)
     }
 }
 
 /// What [`MemoryStore::push`] did.
+///
+/// Plain data, built by any store (the durable one included), hence exhaustive.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct PushOutcome {
     /// The changes that were new, with their positions, in position order. Only these are
     /// routed to subscribers and counted as `merged`.
@@ -203,8 +210,9 @@ pub struct PushOutcome {
 
 /// What [`MemoryStore::pull`] found: owned records by default, borrowed ones from
 /// [`MemoryStore::pull_borrowed`].
+///
+/// Plain data, built by any store (the durable one included), hence exhaustive.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct PullOutcome<R = ChangeRecord> {
     /// The changes with their positions: in position order after a cursor, in HLC order
     /// otherwise.
@@ -275,7 +283,7 @@ impl MemoryStore {
                 continue;
             }
             accepted.push((Cursor::new(self.epoch, seq), record.clone()));
-            self.log.push_back(Stored::new(record));
+            self.log.push_back(StoredChange::new(record));
             self.evict_beyond_retention();
         }
         pushed_tables.sort_unstable();
@@ -317,12 +325,12 @@ impl MemoryStore {
     }
 
     /// [`pull_borrowed`](MemoryStore::pull_borrowed) with each record's encoding.
-    pub(crate) fn pull_stored(
+    fn pull_stored(
         &self,
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> PullOutcome<&Stored> {
+    ) -> PullOutcome<&StoredChange> {
         let mut names: Vec<&String> = tables.iter().collect();
         names.sort_unstable();
         names.dedup();
@@ -379,7 +387,7 @@ impl MemoryStore {
     }
 
     /// The retained change at `seq`, with its position.
-    fn at(&self, seq: u64) -> (Cursor, &Stored) {
+    fn at(&self, seq: u64) -> (Cursor, &StoredChange) {
         let index = usize::try_from(seq - self.first_seq).expect("invariant: seq is retained");
         (Cursor::new(self.epoch, seq), &self.log[index])
     }
@@ -395,7 +403,7 @@ impl MemoryStore {
     /// Evicts the oldest positions until the retention holds, dropping tables left empty.
     fn evict_beyond_retention(&mut self) {
         while self.retention != 0 && self.log.len() > self.retention {
-            let Stored { mut record, .. } = self
+            let StoredChange { mut record, .. } = self
                 .log
                 .pop_front()
                 .expect("invariant: len > retention > 0");
@@ -415,9 +423,32 @@ impl MemoryStore {
     }
 }
 
+/// The in-memory log never fails.
+impl Store for MemoryStore {
+    type Error = core::convert::Infallible;
+    type Record<'a> = &'a StoredChange;
+
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushOutcome, Self::Error> {
+        Ok(MemoryStore::push(self, changes))
+    }
+
+    fn pull(
+        &self,
+        tables: &[String],
+        since: Option<&Hlc>,
+        cursor: Option<&Cursor>,
+    ) -> Result<PullOutcome<&StoredChange>, Self::Error> {
+        Ok(self.pull_stored(tables, since, cursor))
+    }
+
+    fn head(&self) -> Cursor {
+        MemoryStore::head(self)
+    }
+}
+
 impl<R> PullOutcome<R> {
     /// The same outcome with each record mapped by `f`.
-    fn map<T>(self, mut f: impl FnMut(R) -> T) -> PullOutcome<T> {
+    pub(crate) fn map<T>(self, mut f: impl FnMut(R) -> T) -> PullOutcome<T> {
         PullOutcome {
             changes: self.changes.into_iter().map(|(c, r)| (c, f(r))).collect(),
             latest_hlc: self.latest_hlc,
@@ -496,7 +527,7 @@ mod tests {
             let stored = store.pull_stored(&tables, None, cursor.as_ref());
             let plain = store.pull_borrowed(&tables, None, cursor.as_ref());
             assert_eq!(stored.changes.len(), 2);
-            let stored: Vec<&Stored> = stored.changes.iter().map(|(_, r)| *r).collect();
+            let stored: Vec<&StoredChange> = stored.changes.iter().map(|(_, r)| *r).collect();
             let plain: Vec<&ChangeRecord> = plain.changes.iter().map(|(_, r)| *r).collect();
             assert_eq!(
                 serde_json::to_string(&stored).unwrap(),

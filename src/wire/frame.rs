@@ -261,7 +261,7 @@ impl Frame {
 /// change record has seven): one check of the whole text is cheaper, and a payload sliced
 /// out of a decoded frame always passes it.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
     let text = payload_text(json)?;
     let plain = match serde_json::from_str(text) {
         Ok(value) => return Ok(value),
@@ -279,7 +279,7 @@ pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, Paylo
 /// of every payload's deserializer in the browser client's `.wasm` (some 20 KiB). serde_json's
 /// own message still names a missing or unknown field, and otherwise gives the column.
 #[cfg(target_arch = "wasm32")]
-pub(crate) fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
     serde_json::from_str(payload_text(json)?)
         .map_err(|e| PayloadError::new(format!("payload: {e}")))
 }

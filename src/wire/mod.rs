@@ -14,7 +14,7 @@ pub use frame::{
     decode, encode, encode_with_cursor, DecodeLimits, Frame, FrameId, IdKey, MessageType,
 };
 
-pub(crate) use frame::parse_payload;
+pub use frame::parse_payload;
 
 /// The WebSocket subprotocol of this protocol version (docs/protocol.md section 4).
 pub const SUBPROTOCOL: &str = "syncmux.v1";

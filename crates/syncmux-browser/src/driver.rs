@@ -1,0 +1,525 @@
+//! The pump: binds one [`Client`] to a browser `WebSocket` and one `setTimeout`.
+//!
+//! Every input (a socket event, the timer, a command from JavaScript) is followed by
+//! [`BrowserDriver::pump`], which keeps the core's contract (`client` module docs): drain
+//! `poll_transmit` (acting on each), re-arm the one timer at `poll_timeout`, then drain
+//! `poll_event` into promises and listeners. Nothing else happens here: every protocol decision
+//! is the core's.
+//!
+//! Listeners are JavaScript and may call back into the client (a `connected` handler that
+//! pulls, say). So no borrow of the state is held while JavaScript runs, and events are handed
+//! out by one outer loop: a command issued from inside a listener drives its transmits at once,
+//! but its events wait their turn, so listeners see events in the order the core emitted them.
+
+use core::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::{Rc, Weak};
+
+use bytes::Bytes;
+use js_sys::{Array, Function, Promise};
+use wasm_bindgen::prelude::*;
+use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
+
+use crate::convert;
+use crate::host::{self, Timer};
+use syncmux::wire::CloseCode;
+use syncmux::ClientTransmit;
+use syncmux::Instant;
+use syncmux::{Client, ClientEvent, ClientState, DialRequest, RequestError, RequestId};
+
+/// The events JavaScript can listen to, by their names in `on(name, handler)`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum EventKind {
+    Connected,
+    Disconnected,
+    Reconnecting,
+    Closed,
+    Error,
+    Change,
+    Presence,
+    Room,
+    Resync,
+}
+
+impl EventKind {
+    pub(super) fn from_name(name: &str) -> Option<EventKind> {
+        Some(match name {
+            "connected" => EventKind::Connected,
+            "disconnected" => EventKind::Disconnected,
+            "reconnecting" => EventKind::Reconnecting,
+            "closed" => EventKind::Closed,
+            "error" => EventKind::Error,
+            "change" => EventKind::Change,
+            "presence" => EventKind::Presence,
+            "room" => EventKind::Room,
+            "resync" => EventKind::Resync,
+            _ => return None,
+        })
+    }
+}
+
+/// The two functions that settle one promise.
+struct Settle {
+    resolve: Function,
+    reject: Function,
+}
+
+impl Settle {
+    fn resolve(self, value: &JsValue) {
+        // Settling a promise never throws.
+        let _ = self.resolve.call1(&JsValue::UNDEFINED, value);
+    }
+
+    fn reject(self, error: &JsValue) {
+        let _ = self.reject.call1(&JsValue::UNDEFINED, error);
+    }
+}
+
+/// A promise and the functions that settle it.
+fn promise() -> (Promise, Settle) {
+    let mut settle = None;
+    let promise = Promise::new(&mut |resolve, reject| settle = Some(Settle { resolve, reject }));
+    (
+        promise,
+        settle.expect("invariant: the Promise executor runs synchronously"),
+    )
+}
+
+/// The JavaScript callbacks, created once per client. They hold a weak reference, so the
+/// client is freed when JavaScript drops (or `free`s) it, whatever its socket is doing.
+struct Callbacks {
+    open: Closure<dyn FnMut(Event)>,
+    message: Closure<dyn FnMut(MessageEvent)>,
+    close: Closure<dyn FnMut(CloseEvent)>,
+    timer: Closure<dyn FnMut()>,
+}
+
+impl Callbacks {
+    fn new(driver: &Weak<BrowserDriver>) -> Callbacks {
+        let d = driver.clone();
+        let open = Closure::new(move |event: Event| {
+            if let Some(driver) = d.upgrade() {
+                driver.on_open(&event);
+            }
+        });
+        let d = driver.clone();
+        let message = Closure::new(move |event: MessageEvent| {
+            if let Some(driver) = d.upgrade() {
+                driver.on_message(&event);
+            }
+        });
+        let d = driver.clone();
+        let close = Closure::new(move |event: CloseEvent| {
+            if let Some(driver) = d.upgrade() {
+                driver.on_close(&event);
+            }
+        });
+        let d = driver.clone();
+        let timer = Closure::new(move || {
+            if let Some(driver) = d.upgrade() {
+                driver.on_timer();
+            }
+        });
+        Callbacks {
+            open,
+            message,
+            close,
+            timer,
+        }
+    }
+}
+
+/// What the driver holds between inputs.
+struct State {
+    client: Client,
+    /// Subprotocols offered after `syncmux.v1` (the `protocols` option).
+    extra_protocols: Vec<String>,
+    socket: Option<WebSocket>,
+    timer: Option<Timer>,
+    /// Promises of requests in flight (bounded by the client's `max_in_flight`).
+    requests: BTreeMap<RequestId, Settle>,
+    /// Promises of `connect()` calls waiting for the connection.
+    connecting: Vec<Settle>,
+    listeners: Vec<(EventKind, Function)>,
+}
+
+/// One client bound to the browser.
+pub(super) struct BrowserDriver {
+    state: RefCell<State>,
+    /// Whether the event loop of [`BrowserDriver::pump`] is running further up the stack.
+    dispatching: Cell<bool>,
+    callbacks: Callbacks,
+}
+
+impl BrowserDriver {
+    pub(super) fn new(client: Client, extra_protocols: Vec<String>) -> Rc<BrowserDriver> {
+        Rc::new_cyclic(|weak| BrowserDriver {
+            state: RefCell::new(State {
+                client,
+                extra_protocols,
+                socket: None,
+                timer: None,
+                requests: BTreeMap::new(),
+                connecting: Vec::new(),
+                listeners: Vec::new(),
+            }),
+            dispatching: Cell::new(false),
+            callbacks: Callbacks::new(weak),
+        })
+    }
+
+    /// Reads the client.
+    pub(super) fn with_client<R>(&self, f: impl FnOnce(&Client) -> R) -> R {
+        f(&self.state.borrow().client)
+    }
+
+    /// Runs a request command; its promise settles with the request's one outcome.
+    pub(super) fn request(
+        self: &Rc<Self>,
+        command: impl FnOnce(&mut Client, Instant) -> Result<RequestId, RequestError>,
+    ) -> Promise {
+        let issued = command(&mut self.state.borrow_mut().client, host::now());
+        self.settle_later(issued)
+    }
+
+    /// The promise of a command just issued; then the pump. Not generic, so that the dozen
+    /// commands share one copy of it (the `.wasm` size matters to browsers).
+    #[inline(never)]
+    fn settle_later(self: &Rc<Self>, issued: Result<RequestId, RequestError>) -> Promise {
+        let promise = match issued {
+            Ok(id) => {
+                let (promise, settle) = promise();
+                self.state.borrow_mut().requests.insert(id, settle);
+                promise
+            }
+            Err(error) => Promise::reject(&convert::request_error(&error)),
+        };
+        // A refused command can still have started the connection.
+        self.pump();
+        promise
+    }
+
+    /// Starts connecting; the promise resolves at the next `connected` (at once when open) and
+    /// rejects if the client closes for good first.
+    pub(super) fn connect(self: &Rc<Self>) -> Promise {
+        let promise = {
+            let mut state = self.state.borrow_mut();
+            state.client.connect(host::now());
+            if state.client.state() == ClientState::Open {
+                Promise::resolve(&JsValue::UNDEFINED)
+            } else {
+                let (promise, settle) = promise();
+                state.connecting.push(settle);
+                promise
+            }
+        };
+        self.pump();
+        promise
+    }
+
+    /// Closes for good.
+    pub(super) fn disconnect(self: &Rc<Self>) {
+        self.state.borrow_mut().client.close(host::now());
+        self.pump();
+    }
+
+    pub(super) fn add_listener(&self, kind: EventKind, handler: Function) {
+        self.state.borrow_mut().listeners.push((kind, handler));
+    }
+
+    pub(super) fn remove_listener(&self, kind: EventKind, handler: &Function) {
+        let mut state = self.state.borrow_mut();
+        if let Some(at) = state
+            .listeners
+            .iter()
+            .position(|(k, h)| *k == kind && h == handler)
+        {
+            state.listeners.remove(at);
+        }
+    }
+
+    // ----- inputs ------------------------------------------------------------------------------
+
+    fn is_current(&self, event: &Event) -> bool {
+        let state = self.state.borrow();
+        match (&state.socket, event.target()) {
+            (Some(socket), Some(target)) => {
+                AsRef::<JsValue>::as_ref(&target) == AsRef::<JsValue>::as_ref(socket)
+            }
+            _ => false,
+        }
+    }
+
+    fn on_open(self: &Rc<Self>, event: &Event) {
+        if !self.is_current(event) {
+            return;
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            let selected = state.socket.as_ref().map(WebSocket::protocol);
+            // The browser reports "no subprotocol" as the empty string.
+            let selected = selected.as_deref().filter(|p| !p.is_empty());
+            state.client.handle_connected(host::now(), selected);
+        }
+        self.pump();
+    }
+
+    fn on_message(self: &Rc<Self>, event: &MessageEvent) {
+        if !self.is_current(event) {
+            return;
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            match event.data().as_string() {
+                Some(text) => state.client.handle_message(host::now(), Bytes::from(text)),
+                // The protocol is text only; the core decides what a binary frame means.
+                None => state
+                    .client
+                    .handle_binary(host::now(), binary_len(&event.data())),
+            }
+        }
+        self.pump();
+    }
+
+    fn on_close(self: &Rc<Self>, event: &CloseEvent) {
+        if !self.is_current(event) {
+            return;
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            if let Some(socket) = state.socket.take() {
+                detach(&socket);
+            }
+            // A failed dial is also reported here (after an `error` event), as 1006.
+            let code = CloseCode(event.code());
+            let reason = event.reason();
+            state
+                .client
+                .handle_disconnected(host::now(), Some(code), &reason);
+        }
+        self.pump();
+    }
+
+    fn on_timer(self: &Rc<Self>) {
+        {
+            let mut state = self.state.borrow_mut();
+            state.timer = None;
+            state.client.handle_timeout(host::now());
+        }
+        self.pump();
+    }
+
+    // ----- outputs -----------------------------------------------------------------------------
+
+    /// Drains the client after an input: transports and timer first, then events.
+    #[inline(never)]
+    pub(super) fn pump(self: &Rc<Self>) {
+        self.drive();
+        if self.dispatching.replace(true) {
+            // An outer pump is handing out events; it will reach these too.
+            return;
+        }
+        loop {
+            let event = self.state.borrow_mut().client.poll_event();
+            let Some(event) = event else { break };
+            self.dispatch(event);
+        }
+        self.dispatching.set(false);
+    }
+
+    /// Acts on every transmit, then re-arms the timer.
+    fn drive(&self) {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        while let Some(transmit) = state.client.poll_transmit() {
+            match transmit {
+                ClientTransmit::Connect(dial) => self.dial(state, &dial),
+                ClientTransmit::Frame(frame) => {
+                    if let Some(socket) = &state.socket {
+                        let text = core::str::from_utf8(&frame)
+                            .expect("invariant: the client encodes frames as JSON text");
+                        // A send on a closing socket throws; its close event follows and
+                        // tells the client.
+                        let _ = socket.send_with_str(text);
+                    }
+                }
+                ClientTransmit::Close { code, reason } => {
+                    if let Some(socket) = state.socket.take() {
+                        detach(&socket);
+                        close(&socket, code, &reason);
+                    }
+                }
+            }
+        }
+        let now = host::now();
+        let next = state.client.poll_timeout();
+        if state.timer.as_ref().map(|t| t.deadline) != next {
+            if let Some(timer) = state.timer.take() {
+                timer.cancel();
+            }
+            let handler = self.callbacks.timer.as_ref().unchecked_ref();
+            state.timer = next.map(|deadline| Timer::arm(handler, deadline, now));
+        }
+    }
+
+    fn dial(&self, state: &mut State, dial: &DialRequest) {
+        if let Some(old) = state.socket.take() {
+            detach(&old);
+            close(&old, CloseCode::NORMAL, "");
+        }
+        let protocols: Array = dial
+            .protocols
+            .iter()
+            .map(|p| JsValue::from_str(p))
+            .chain(state.extra_protocols.iter().map(|p| JsValue::from_str(p)))
+            .collect();
+        // Browsers cannot set handshake headers: the token rides in the query (docs/protocol.md
+        // section 3.2).
+        match WebSocket::new_with_str_sequence(&dial.url_with_token(), &protocols) {
+            Ok(socket) => {
+                let cb = &self.callbacks;
+                socket.set_onopen(Some(cb.open.as_ref().unchecked_ref()));
+                socket.set_onmessage(Some(cb.message.as_ref().unchecked_ref()));
+                socket.set_onclose(Some(cb.close.as_ref().unchecked_ref()));
+                state.socket = Some(socket);
+            }
+            Err(error) => {
+                let reason = error.dyn_ref::<js_sys::Error>().map_or_else(
+                    || "cannot open WebSocket".to_owned(),
+                    |e| e.message().into(),
+                );
+                state.client.handle_disconnected(host::now(), None, &reason);
+            }
+        }
+    }
+
+    /// Hands one event to its promise or listeners, holding no borrow while JavaScript runs.
+    fn dispatch(&self, event: ClientEvent) {
+        let (kind, args): (EventKind, Vec<JsValue>) = match event {
+            ClientEvent::Response { id, outcome } => {
+                let settle = self.state.borrow_mut().requests.remove(&id);
+                // Requests the client issues itself (restores, keepalive) have no promise.
+                if let Some(settle) = settle {
+                    match outcome {
+                        Ok(response) => settle.resolve(&convert::response(response)),
+                        Err(error) => settle.reject(&convert::request_error(&error)),
+                    }
+                }
+                return;
+            }
+            ClientEvent::Connected => {
+                let waiting = core::mem::take(&mut self.state.borrow_mut().connecting);
+                for settle in waiting {
+                    settle.resolve(&JsValue::UNDEFINED);
+                }
+                (EventKind::Connected, vec![])
+            }
+            ClientEvent::Closed { reason } => {
+                let value = convert::close_reason(&reason);
+                let waiting = core::mem::take(&mut self.state.borrow_mut().connecting);
+                for settle in waiting {
+                    let message = "the client closed before connecting";
+                    settle.reject(&convert::sync_error(
+                        &syncmux::wire::ErrorCode::Disconnected,
+                        message,
+                    ));
+                }
+                (EventKind::Closed, vec![value])
+            }
+            ClientEvent::Disconnected { code, reason } => (
+                EventKind::Disconnected,
+                vec![convert::disconnected(code.map(|c| c.0), &reason)],
+            ),
+            ClientEvent::Reconnecting { attempt, delay } => (
+                EventKind::Reconnecting,
+                vec![
+                    JsValue::from(attempt),
+                    JsValue::from(delay.as_millis() as f64),
+                ],
+            ),
+            ClientEvent::Error { code, message } => {
+                (EventKind::Error, vec![convert::sync_error(&code, &message)])
+            }
+            ClientEvent::Changes {
+                changes, cursor, ..
+            } => {
+                let value = convert::object("changes", &convert::changes(&changes));
+                let cursor = cursor.map_or(JsValue::NULL, |c| JsValue::from_str(&c.to_string()));
+                js_sys::Reflect::set(&value, &"cursor".into(), &cursor)
+                    .expect("invariant: value is a plain object");
+                (EventKind::Change, vec![value])
+            }
+            ClientEvent::Presence(presence) => {
+                (EventKind::Presence, vec![convert::to_js(&presence)])
+            }
+            ClientEvent::Room(room) => (EventKind::Room, vec![convert::to_js(&room)]),
+            ClientEvent::ResyncNeeded { tables } => (
+                EventKind::Resync,
+                vec![convert::object("tables", &convert::to_js(&tables))],
+            ),
+            // An event this client has no listener kind for: nobody asked for it.
+            _ => return,
+        };
+        let handlers: Vec<Function> = {
+            let state = self.state.borrow();
+            let matching = state.listeners.iter().filter(|(k, _)| *k == kind);
+            matching.map(|(_, h)| h.clone()).collect()
+        };
+        let args: Array = args.into_iter().collect();
+        for handler in handlers {
+            // One throwing listener must not starve the others, nor the client.
+            if let Err(error) = handler.apply(&JsValue::UNDEFINED, &args) {
+                web_sys::console::error_2(&"syncmux: event listener threw".into(), &error);
+            }
+        }
+    }
+}
+
+impl Drop for BrowserDriver {
+    /// JavaScript freed the client: close the socket, stop the timer.
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        if let Some(socket) = state.socket.take() {
+            detach(&socket);
+            close(&socket, CloseCode::NORMAL, "client freed");
+        }
+        if let Some(timer) = state.timer.take() {
+            timer.cancel();
+        }
+    }
+}
+
+/// Stops a socket's events from reaching the client (it is no longer the current one).
+fn detach(socket: &WebSocket) {
+    socket.set_onopen(None);
+    socket.set_onmessage(None);
+    socket.set_onclose(None);
+}
+
+/// Closes with `code` and `reason`. Browsers accept only 1000 and 3000–4999 and a reason of at
+/// most 123 bytes; anything else closes without a code rather than throwing.
+fn close(socket: &WebSocket, code: CloseCode, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    if socket
+        .close_with_code_and_reason(code.0, &reason[..end])
+        .is_err()
+    {
+        let _ = socket.close();
+    }
+}
+
+/// The length of a binary message's data (an `ArrayBuffer` or a `Blob`; 0 if neither).
+fn binary_len(data: &JsValue) -> usize {
+    let len = js_sys::Reflect::get(data, &JsValue::from_str("byteLength"))
+        .ok()
+        .and_then(|v| v.as_f64())
+        .or_else(|| {
+            js_sys::Reflect::get(data, &JsValue::from_str("size"))
+                .ok()
+                .and_then(|v| v.as_f64())
+        });
+    len.map_or(0, |n| n as usize)
+}

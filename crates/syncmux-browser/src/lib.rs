@@ -1,0 +1,330 @@
+//! The browser client of syncmux (target `wasm32-unknown-unknown`): a JavaScript `SyncClient`
+//! class over the browser's `WebSocket`, driving a [`syncmux::Client`], built as a `cdylib` that
+//! `web/build.sh` turns into an npm package. On other targets the crate is empty.
+//!
+//! It is close to the seed project's TypeScript client, so browser code written for that one
+//! reads the same:
+//!
+//! ```js
+//! // npm install crates/syncmux-browser/web/pkg   (the package web/build.sh builds)
+//! import init, { SyncClient } from "syncmux";
+//! await init();
+//! const client = new SyncClient("wss://sync.example/sync/ws", { nodeId: "browser-1" });
+//! client.on("change", ({ changes }) => store.apply(changes));
+//! client.on("reconnecting", (attempt, delayMs) => console.log(`retry ${attempt} in ${delayMs} ms`));
+//! await client.subscribe(["items"]);
+//! const { changes, latest_hlc } = await client.pull(["items"]);
+//! try {
+//!   await client.push([{ table: "items", pk: "1", field: "text", crdt_type: "lww",
+//!                        hlc: `${Date.now()}000000:0:browser-1`, node_id: "browser-1",
+//!                        value: "milk" }]);
+//! } catch (e) {
+//!   console.error(e.code, e.message); // e.g. "FORBIDDEN"
+//! }
+//! ```
+//!
+//! The adapter only moves bytes and ticks: time is `performance.now()`, the backoff jitter is
+//! seeded from `crypto.getRandomValues`, the one timer is a `setTimeout` re-armed at the
+//! client's `poll_timeout`, and every decision (reconnecting, restoring subscriptions,
+//! keepalive, timeouts) is the core's. Payloads keep their wire names (`node_id`,
+//! `latest_hlc`); HLCs handed to JavaScript are strings `"<ts>:<c>:<node>"`, because 64-bit
+//! nanoseconds do not fit a JavaScript number (pass them back as strings too).
+
+#![cfg(target_arch = "wasm32")]
+
+mod convert;
+mod driver;
+mod host;
+mod ot;
+
+pub use ot::BrowserOtClient;
+
+use std::rc::Rc;
+
+use js_sys::{Function, Promise};
+use wasm_bindgen::prelude::*;
+
+use convert::Options;
+use driver::{BrowserDriver, EventKind};
+use syncmux::payload::{ChangeRecord, PullRequest, Subscribe};
+use syncmux::{Client, ClientState};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPESCRIPT: &'static str = r#"
+/** Options of `new SyncClient(url, options)`; durations in milliseconds. */
+export interface SyncClientOptions {
+  /** This node's id (default: `browser-` and 16 random hex digits). `nodeID` is accepted too. */
+  nodeId?: string;
+  /** A bearer token, sent as the `access_token` query parameter (browsers cannot set headers). */
+  accessToken?: string;
+  /** Base reconnect delay; attempt k waits a random delay in [d/2, d], d = min(max, base·2^(k−1)). Default 5000. */
+  reconnectDelay?: number;
+  /** Ceiling of the reconnect delay. Default 30000. */
+  maxReconnectDelay?: number;
+  /** Give up (a `closed` event) after this many failed attempts in a row. Default: never. */
+  maxReconnectAttempts?: number;
+  /** Keepalive ping interval; 0 disables it. Default 30000. */
+  pingInterval?: number;
+  /** No frame within this long after a keepalive ping means the connection is dead. Default 10000. */
+  pongTimeout?: number;
+  /** A request unanswered this long fails with `TIMEOUT`; 0 disables it. Default 30000. */
+  requestTimeout?: number;
+  /** Subprotocols offered after `syncmux.v1`. */
+  protocols?: string[];
+}
+
+/** A hybrid logical clock, as `"<ts>:<c>:<node>"` (or an object, whose `ts` must fit a double). */
+export type Hlc = string | { ts: number; c: number; node: string };
+
+/** A change record (docs/protocol.md section 5). Unknown fields pass through. */
+export interface ChangeRecord {
+  table: string; pk: string; field: string; crdt_type: string; hlc: Hlc; node_id: string;
+  value?: any; tombstone?: boolean; counter_delta?: any; set_op?: any; list_op?: any;
+  [extra: string]: any;
+}
+
+export interface PullResponse { changes: ChangeRecord[]; latest_hlc: string; cursor?: string; recovered?: boolean }
+export interface PushResponse { merged: number; latest_hlc: string; cursor?: string }
+/** The answer to a `subscribe` (where its live stream starts); `null` for other acknowledgements. */
+export type Ack = null | { recovered: boolean; cursor: string };
+/** Where a pull or subscribe starts: after a server position (`cursor`, from an earlier pull,
+ *  ack or `change` event), with `since` as the fallback, or after an HLC alone. */
+export interface From { since?: Hlc; cursor?: string }
+export interface PresenceEvent { type: "join" | "update" | "leave"; node_id: string; topic: string; data?: any }
+export interface PresenceSnapshot {
+  topic: string;
+  states: { node_id: string; topic: string; data: any; updated_at: any }[];
+}
+export interface RoomEvent {
+  event: "members" | "join" | "leave" | "message"; room: string; node_id?: string; data?: any;
+  members?: { node_id: string; data?: any }[];
+}
+/** What a rejected promise (and the `error` event) carries: a stable wire `code` and a message. */
+export interface SyncError extends Error { name: "SyncError"; code: string }
+
+/** Events of `on(event, handler)` and their handlers. */
+export interface SyncClientEvents {
+  connected: () => void;
+  disconnected: (info: { code: number | null; reason: string }) => void;
+  reconnecting: (attempt: number, delayMs: number) => void;
+  /** Closed for good: `disconnect()`, a terminal close code (4401, 4403, 4426) or too many attempts. */
+  closed: (info: { reason: "local" | "server" | "protocol_mismatch" | "max_attempts"; code: number | null; message: string }) => void;
+  error: (error: SyncError) => void;
+  change: (batch: { changes: ChangeRecord[]; cursor: string | null }) => void;
+  presence: (event: PresenceEvent) => void;
+  room: (event: RoomEvent) => void;
+  /** A restored subscription could not resume without a gap: resynchronise these tables. */
+  resync: (info: { tables: string[] }) => void;
+}
+"#;
+
+/// The JavaScript client (`new SyncClient(url, options)`).
+#[wasm_bindgen(js_name = SyncClient)]
+pub struct BrowserClient {
+    driver: Rc<BrowserDriver>,
+}
+
+#[wasm_bindgen(js_class = SyncClient)]
+impl BrowserClient {
+    /// A client for the server at `url` (`ws://` or `wss://`). It connects on `connect()` or
+    /// on its first operation. Throws a `TypeError` on bad options.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        url: String,
+        #[wasm_bindgen(unchecked_param_type = "SyncClientOptions | undefined")] options: JsValue,
+    ) -> Result<BrowserClient, JsValue> {
+        let options = Options::from_js(&options)?;
+        let config = options.config(url, host::random_u64())?;
+        let client = Client::new(config).map_err(|e| JsValue::from_str(&e.to_string()))?;
+        Ok(BrowserClient {
+            driver: BrowserDriver::new(client, options.protocols),
+        })
+    }
+
+    /// Connects; resolves once connected, rejects if the client closes for good first.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn connect(&self) -> Promise {
+        self.driver.connect()
+    }
+
+    /// Closes for good (code 1000); pending requests fail with `DISCONNECTED`. `connect()`
+    /// starts again.
+    pub fn disconnect(&self) {
+        self.driver.disconnect();
+    }
+
+    /// Whether the connection is open.
+    #[wasm_bindgen(getter)]
+    pub fn connected(&self) -> bool {
+        self.driver.with_client(|c| c.state() == ClientState::Open)
+    }
+
+    /// `"idle"`, `"connecting"`, `"open"`, `"reconnecting"` or `"closed"`.
+    #[wasm_bindgen(
+        getter,
+        unchecked_return_type = "\"idle\" | \"connecting\" | \"open\" | \"reconnecting\" | \"closed\""
+    )]
+    pub fn state(&self) -> String {
+        let name = self.driver.with_client(|c| match c.state() {
+            ClientState::Idle => "idle",
+            ClientState::Connecting => "connecting",
+            ClientState::Open => "open",
+            ClientState::WaitingToReconnect => "reconnecting",
+            ClientState::Closed => "closed",
+        });
+        name.to_owned()
+    }
+
+    /// This node's id.
+    #[wasm_bindgen(getter, js_name = nodeId)]
+    pub fn node_id(&self) -> String {
+        self.driver.with_client(|c| c.config().node_id.clone())
+    }
+
+    /// Pulls the changes of `tables`: all of them, or those after `from.cursor` (exactly
+    /// what came after that server position, late changes with old HLCs included; from a
+    /// server that cannot serve it, those after `from.since`), or after `from.since`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<PullResponse>")]
+    pub fn pull(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
+    ) -> Promise {
+        let (tables, since, cursor) = match convert::start(&tables, &from) {
+            Ok(start) => start,
+            Err(e) => return reject(&e),
+        };
+        let pull = PullRequest::new(tables).since(since).after(cursor);
+        self.driver.request(|c, now| c.pull(now, pull))
+    }
+
+    /// Pushes change records as this node.
+    #[wasm_bindgen(unchecked_return_type = "Promise<PushResponse>")]
+    pub fn push(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ChangeRecord[]")] changes: JsValue,
+    ) -> Promise {
+        let changes: Vec<ChangeRecord> = match convert::from_js(&changes) {
+            Ok(changes) => changes,
+            Err(e) => return reject(&format!("changes: {e}")),
+        };
+        self.driver.request(|c, now| c.push(now, changes))
+    }
+
+    /// Subscribes to the live changes of `tables`, replaying first those after
+    /// `from.cursor` (the ack says `recovered: false` when the server could not serve it:
+    /// the application resynchronises) or after `from.since`. The ack says where the live
+    /// stream starts; the subscription is restored after every reconnect.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Ack>")]
+    pub fn subscribe(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
+    ) -> Promise {
+        let (tables, since, cursor) = match convert::start(&tables, &from) {
+            Ok(start) => start,
+            Err(e) => return reject(&e),
+        };
+        let subscribe = Subscribe::new(tables).since(since).after(cursor);
+        self.driver.request(|c, now| c.subscribe(now, subscribe))
+    }
+
+    /// Unsubscribes from `tables`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Ack>")]
+    pub fn unsubscribe(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
+    ) -> Promise {
+        match convert::tables(&tables) {
+            Ok(tables) => self.driver.request(|c, now| c.unsubscribe(now, tables)),
+            Err(e) => reject(&e),
+        }
+    }
+
+    /// Joins `topic` with `data`, or updates this node's state there; `null` leaves.
+    #[wasm_bindgen(js_name = updatePresence, unchecked_return_type = "Promise<Ack>")]
+    pub fn update_presence(&self, topic: String, data: JsValue) -> Promise {
+        match convert::raw_json(&data) {
+            Ok(data) => self
+                .driver
+                .request(|c, now| c.update_presence(now, topic, data)),
+            Err(e) => reject(&format!("data: {e}")),
+        }
+    }
+
+    /// Leaves `topic`.
+    #[wasm_bindgen(js_name = leavePresence, unchecked_return_type = "Promise<Ack>")]
+    pub fn leave_presence(&self, topic: String) -> Promise {
+        self.driver.request(|c, now| c.leave_presence(now, topic))
+    }
+
+    /// The members of `topic`.
+    #[wasm_bindgen(js_name = getPresence, unchecked_return_type = "Promise<PresenceSnapshot>")]
+    pub fn get_presence(&self, topic: String) -> Promise {
+        self.driver.request(|c, now| c.get_presence(now, topic))
+    }
+
+    /// Joins `room`, with optional `data` shown to the other members.
+    #[wasm_bindgen(js_name = joinRoom, unchecked_return_type = "Promise<Ack>")]
+    pub fn join_room(&self, room: String, data: JsValue) -> Promise {
+        match convert::optional_json(&data) {
+            Ok(data) => self.driver.request(|c, now| c.join_room(now, room, data)),
+            Err(e) => reject(&format!("data: {e}")),
+        }
+    }
+
+    /// Leaves `room`.
+    #[wasm_bindgen(js_name = leaveRoom, unchecked_return_type = "Promise<Ack>")]
+    pub fn leave_room(&self, room: String) -> Promise {
+        self.driver.request(|c, now| c.leave_room(now, room))
+    }
+
+    /// Sends `data` to the other members of `room`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Ack>")]
+    pub fn broadcast(&self, room: String, data: JsValue) -> Promise {
+        match convert::raw_json(&data) {
+            Ok(data) => self.driver.request(|c, now| c.broadcast(now, room, data)),
+            Err(e) => reject(&format!("data: {e}")),
+        }
+    }
+
+    /// Pings the server; resolves with the echoed payload.
+    #[wasm_bindgen(unchecked_return_type = "Promise<any>")]
+    pub fn ping(&self, payload: JsValue) -> Promise {
+        match convert::raw_json(&payload) {
+            Ok(payload) => self.driver.request(|c, now| c.ping(now, payload)),
+            Err(e) => reject(&format!("payload: {e}")),
+        }
+    }
+
+    /// Adds a listener (see `SyncClientEvents`). Throws a `TypeError` for an unknown event.
+    pub fn on(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "keyof SyncClientEvents")] event: &str,
+        #[wasm_bindgen(unchecked_param_type = "(...args: any[]) => void")] handler: Function,
+    ) -> Result<(), JsValue> {
+        self.driver.add_listener(event_kind(event)?, handler);
+        Ok(())
+    }
+
+    /// Removes a listener added with `on`.
+    pub fn off(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "keyof SyncClientEvents")] event: &str,
+        #[wasm_bindgen(unchecked_param_type = "(...args: any[]) => void")] handler: Function,
+    ) -> Result<(), JsValue> {
+        self.driver.remove_listener(event_kind(event)?, &handler);
+        Ok(())
+    }
+}
+
+fn event_kind(name: &str) -> Result<EventKind, JsValue> {
+    EventKind::from_name(name)
+        .ok_or_else(|| js_sys::TypeError::new(&format!("unknown SyncClient event {name:?}")).into())
+}
+
+/// A promise rejected with an `INVALID_PAYLOAD` `SyncError`: a bad argument is reported the
+/// same way as every other failure of a request.
+fn reject(message: &str) -> Promise {
+    Promise::reject(&convert::invalid_argument(message))
+}

@@ -1,0 +1,706 @@
+//! The Redis backend (README, "Scaling out over Redis"): many servers share one
+//! Redis and behave, to their clients, as one server.
+//!
+//! # The log
+//!
+//! The change log is one Redis Stream; a cursor `epoch.seq` is its entry `seq-0`, one to one.
+//! A push is one Lua script (`push.lua`), so concurrent pushes on different servers serialise:
+//! per record, last-writer-wins against the stored winner of its (table, pk, field) by HLC,
+//! operation-based types deduplicated by identity (table, pk, field, hlc), exactly the rules
+//! of [`MemoryStore`](syncmux::MemoryStore); only new records are appended, and the script
+//! returns the epoch and each new record's sequence. Pulls and replays are one script too
+//! (`read.lua`), reading a consistent snapshot with its head; per-table indexes (a sorted
+//! set of sequences, and one of HLCs) keep a table's pull from scanning other tables.
+//!
+//! Every server **follows** the log on a connection of its own (`XREAD BLOCK` from the last
+//! entry it read) and routes each entry, its own included, in log order
+//! ([`LogSink`]); its pushes are answered without routing. Pub/Sub alone
+//! would lose what is published while a subscription is down; the stream does not.
+//!
+//! # Epochs
+//!
+//! The log's epoch comes from Redis' `TIME` when its metadata is missing: a Redis that lost
+//! its data (restarted without persistence, flushed) starts a new epoch, so old cursors get
+//! `recovered: false` and no sequence is ever reused. Followers notice a new epoch (an entry of
+//! another epoch, or the metadata when a read times out) and follow it from its start.
+//!
+//! # Keys
+//!
+//! Every key starts with `{PREFIX}:` ([`RedisConfig::prefix`], default `syncmux`): one hash
+//! tag, so all of them live in one slot. `meta` (hash: epoch, head, oldest retained
+//! sequence), `log` (stream), `win` (hash: last-writer-wins winners), `ops` (set: identities
+//! of operation records), `tables`, `latest`, `evicted`, and per table `s:TABLE` (sorted set
+//! of sequences) and `h:TABLE` (sorted set of HLC keys, by lexicographic order); for shared
+//! presence and rooms `presence`, `members:SERVER`, `servers`, `events` (the channel) and per
+//! room `room:ROOM` (the set its size is counted in).
+//!
+//! # Retention
+//!
+//! With [`RedisConfig::retention`] set, a push trims the stream to that many entries (the
+//! oldest go first) and every index forgets them, as `MemoryStore` does: a cursor before the
+//! oldest retained entry is answered `recovered: false`.
+//!
+//! # Presence and rooms
+//!
+//! With [`RedisConfig::share_presence`] (the default), presence topics and rooms are shared
+//! too: each server publishes its sessions' changes on Pub/Sub, tagged with its name, and
+//! keeps them in a hash for servers that start later; a heartbeat per server lets the others
+//! clean up after one that died. Snapshots, member lists and `ROOM_FULL` then count every
+//! server's sessions; a join that would take a room's last place is admitted by Redis in one
+//! step (`admit.lua`), so two servers never both take it.
+//!
+//! # Faults
+//!
+//! [`RedisBackend::connect`] fails when Redis cannot be reached (the example server then
+//! exits non-zero). While running, a request Redis does not answer (down, or slower than
+//! [`RedisConfig::request_timeout`]) fails with `UNAVAILABLE`; the session stays open and
+//! the client may retry. Requests reconnect on their own, and the follower reconnects with
+//! backoff and resumes after the last entry it routed, so nothing accepted meanwhile is
+//! missed.
+
+use core::fmt;
+use core::time::Duration;
+use std::sync::Arc;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, RedisError, Script, Value};
+
+use syncmux::payload::{ChangeRecord, Cursor, Hlc};
+use syncmux::{AppError, PullAnswer, PushAnswer, ServerEvent, SessionId};
+use syncmux_runtime::Clock;
+use syncmux_runtime::{Admit, Backend, BackendFuture, LogSink, Push, Read};
+
+mod keys;
+mod ot;
+mod presence;
+
+pub use ot::{RedisOt, RedisOtConfig};
+
+use keys::{hlc_key, merge_key};
+
+/// The scripts' shared prelude (keys, the epoch, byte-order comparison).
+const COMMON: &str = include_str!("common.lua");
+
+/// Configuration of a [`RedisBackend`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// The server: `redis://HOST:PORT[/DB]` (`rediss://` with TLS is not built in).
+    pub url: String,
+    /// The keys' prefix, inside the hash tag: keys are `{PREFIX}:...`. Servers sharing a log
+    /// use the same prefix; different prefixes are separate logs on one Redis. Default
+    /// `syncmux`.
+    pub prefix: String,
+    /// The most entries the log keeps (`MAXLEN`); the oldest go first. Default 0: unbounded.
+    pub retention: usize,
+    /// How long a request may wait for Redis before it fails with `UNAVAILABLE`, and a
+    /// connection attempt before it counts as failed. Default 5 s.
+    pub request_timeout: Duration,
+    /// How long the follower blocks in `XREAD` before it checks the log's epoch (a Redis
+    /// that lost its data while the connection stayed up). Default 1 s.
+    pub block: Duration,
+    /// The most entries the follower reads at once. Default 512.
+    pub batch: usize,
+    /// Whether presence and rooms are shared with the other servers on this Redis (see
+    /// [the module docs](crate#presence-and-rooms)): snapshots, member lists and room sizes then
+    /// count every server's sessions. Default `true`.
+    pub share_presence: bool,
+    /// How often this server tells Redis it is alive. Default 2 s.
+    pub heartbeat: Duration,
+    /// A server silent this long is taken for gone: its sessions leave their topics and
+    /// rooms on every other server. Default 10 s.
+    pub server_ttl: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults, for the Redis at `url`.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            prefix: "syncmux".to_owned(),
+            retention: 0,
+            request_timeout: Duration::from_secs(5),
+            block: Duration::from_secs(1),
+            batch: 512,
+            share_presence: true,
+            heartbeat: RedisConfig::HEARTBEAT,
+            server_ttl: RedisConfig::SERVER_TTL,
+        }
+    }
+}
+
+/// Why a [`RedisBackend`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisBackendError {
+    /// The URL is not one the `redis` crate accepts.
+    #[error("invalid Redis URL {url:?}: {source}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// Why.
+        source: RedisError,
+    },
+    /// Redis could not be reached, or refused the backend's first request.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// Why.
+        source: RedisError,
+    },
+    /// Redis answered, but not as the backend's scripts do (another program's keys under
+    /// the prefix?).
+    #[error("unexpected answer from Redis at {url}: {message}")]
+    Unexpected {
+        /// The URL given.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The Redis backend: a change log shared by many servers (module docs). Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use syncmux_redis::{RedisBackend, RedisConfig};
+/// use syncmux_runtime::{self as adapters, ServerOptions};
+/// use syncmux::{Server, ServerConfig};
+///
+/// let backend = RedisBackend::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
+/// let server = Server::new(ServerConfig::default())?;
+/// let server = adapters::tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// adapters::tokio::serve(server, listener, None).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    client: redis::Client,
+    /// Requests: one multiplexed connection that reconnects on its own.
+    conn: ConnectionManager,
+    /// `{prefix}:`, the first argument of every script.
+    prefix: String,
+    /// The stream's key.
+    log: String,
+    /// This server's name in the log's entries (who pushed them), random per start.
+    instance: String,
+    push: Script,
+    read: Script,
+    head: Script,
+    share: Script,
+    admit: Script,
+    beat: Script,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("config", &self.inner.config)
+            .field("instance", &self.inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client for `url` and a reconnecting connection whose requests fail after `timeout`.
+async fn open(
+    url: &str,
+    timeout: Duration,
+) -> Result<(redis::Client, ConnectionManager), RedisBackendError> {
+    let client = redis::Client::open(url).map_err(|source| RedisBackendError::Url {
+        url: url.to_owned(),
+        source,
+    })?;
+    let manager = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        // Reconnection is retried on the next request anyway; a short first round keeps
+        // requests failing fast while Redis is down.
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let conn = ConnectionManager::new_with_config(client.clone(), manager)
+        .await
+        .map_err(|source| RedisBackendError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok((client, conn))
+}
+
+/// A log position as the scripts return it: `(epoch, head, first)`.
+type Head = (String, u64, u64);
+
+impl RedisBackend {
+    /// Connects to Redis and reads (or starts) the log's epoch. Fails when Redis cannot be
+    /// reached: a server should not start without its store.
+    pub async fn connect(config: RedisConfig) -> Result<RedisBackend, RedisBackendError> {
+        let url = config.url.clone();
+        let (client, conn) = open(&url, config.request_timeout).await?;
+        let prefix = format!("{{{}}}:", config.prefix);
+        let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        let backend = RedisBackend {
+            inner: Arc::new(Inner {
+                log: format!("{prefix}log"),
+                prefix,
+                client,
+                conn,
+                instance: format!("{:016x}", Clock::new().seed()),
+                push: script(include_str!("push.lua")),
+                read: script(include_str!("read.lua")),
+                head: script(include_str!("head.lua")),
+                share: Script::new(include_str!("share.lua")),
+                admit: Script::new(include_str!("admit.lua")),
+                beat: Script::new(include_str!("beat.lua")),
+                config,
+            }),
+        };
+        let mut conn = backend.inner.conn.clone();
+        let head = backend.inner.head(&mut conn).await;
+        match head {
+            Ok(Some(_)) => Ok(backend),
+            Ok(None) => Err(RedisBackendError::Unexpected {
+                url,
+                message: "the log's metadata is not a syncmux log's".to_owned(),
+            }),
+            Err(source) => Err(RedisBackendError::Connect { url, source }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The log's head: the position of its newest entry (`epoch.0` when empty).
+    pub async fn head(&self) -> Result<Cursor, AppError> {
+        let mut conn = self.inner.conn.clone();
+        match self.inner.head(&mut conn).await {
+            Ok(Some((head, _))) => Ok(head),
+            Ok(None) => Err(AppError::new("the shared store's metadata is invalid")),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
+    /// Merges `changes` as one push by `origin` (a session of this server, recorded with the
+    /// entries so that this server does not route them back to it).
+    pub async fn push(
+        &self,
+        changes: Vec<ChangeRecord>,
+        origin: Option<SessionId>,
+    ) -> Result<PushAnswer, AppError> {
+        self.inner.push(changes, origin).await
+    }
+
+    /// Reads a pull or a replay (see [`Read`]).
+    pub async fn read(&self, read: Read) -> Result<PullAnswer, AppError> {
+        self.inner.read(read).await
+    }
+}
+
+impl Backend for RedisBackend {
+    fn read(&self, read: Read) -> BackendFuture<Result<PullAnswer, AppError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.read(read).await })
+    }
+
+    fn push(&self, push: Push) -> BackendFuture<Result<PushAnswer, AppError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.push(push.changes, Some(push.session)).await })
+    }
+
+    fn follow(&self, log: LogSink) -> Option<BackendFuture<()>> {
+        let inner = self.inner.clone();
+        Some(Box::pin(async move {
+            if inner.config.share_presence {
+                let presence = inner.follow_presence(log.clone());
+                futures_util::future::join(inner.follow(log), presence).await;
+            } else {
+                inner.follow(log).await;
+            }
+        }))
+    }
+
+    fn shares_presence(&self) -> bool {
+        self.inner.config.share_presence
+    }
+
+    fn publish(&self, change: ServerEvent) -> BackendFuture<()> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.publish(change).await })
+    }
+
+    fn admit(&self, join: Admit) -> BackendFuture<Result<bool, AppError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.admit(join).await })
+    }
+}
+
+/// A Redis error as the client sees it: `UNAVAILABLE` when Redis cannot be reached or does
+/// not answer in time, `HANDLER_ERROR` otherwise. The details go to the log, not the client.
+fn failed(e: &RedisError) -> AppError {
+    tracing::warn!(error = %e, "Redis request failed");
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+    {
+        AppError::unavailable("the shared store is unavailable; retry later")
+    } else {
+        AppError::new("the shared store failed")
+    }
+}
+
+/// A script's answer that does not have the expected shape (a bug, or foreign keys).
+fn invalid(what: &str) -> AppError {
+    tracing::error!(what, "unexpected answer from the Redis scripts");
+    AppError::new("the shared store answered unexpectedly")
+}
+
+fn epoch_of(epoch: &str) -> Result<u64, AppError> {
+    epoch.parse().map_err(|_| invalid("epoch"))
+}
+
+impl Inner {
+    /// The head and the oldest retained sequence; `None` if the metadata does not parse.
+    async fn head(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+    ) -> Result<Option<(Cursor, u64)>, RedisError> {
+        let (epoch, head, first): Head = self
+            .head
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .invoke_async(conn)
+            .await?;
+        Ok(epoch.parse().ok().map(|e| (Cursor::new(e, head), first)))
+    }
+
+    async fn push(
+        &self,
+        changes: Vec<ChangeRecord>,
+        origin: Option<SessionId>,
+    ) -> Result<PushAnswer, AppError> {
+        let origin = match origin {
+            // `index.generation`: the slot and its generation (`SessionId::as_u64` halves).
+            Some(s) => format!(
+                "{}/{}.{}",
+                self.instance,
+                s.as_u64() >> 32,
+                s.as_u64() as u32
+            ),
+            None => String::new(),
+        };
+        let mut call = self.push.prepare_invoke();
+        call.arg(&self.prefix)
+            .arg(self.config.retention)
+            .arg(origin)
+            .arg(changes.len());
+        for record in &changes {
+            let json = serde_json::to_string(record).map_err(|_| invalid("record"))?;
+            // The same rule as the MemoryStore: `lww` by HLC, every other type by identity.
+            let lww = record.crdt_type == "lww";
+            call.arg(&record.table)
+                .arg(if lww { "1" } else { "0" })
+                .arg(merge_key(record, lww))
+                .arg(hlc_key(&record.hlc))
+                .arg(record.hlc.to_string())
+                .arg(json);
+        }
+        let mut conn = self.conn.clone();
+        let (epoch, head, newest, accepted): (String, u64, String, Vec<u64>) =
+            call.invoke_async(&mut conn).await.map_err(|e| failed(&e))?;
+        let epoch = epoch_of(&epoch)?;
+        let mut changes: Vec<Option<ChangeRecord>> = changes.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(accepted.len() / 2);
+        for pair in accepted.chunks_exact(2) {
+            let index = usize::try_from(pair[0]).map_err(|_| invalid("index"))?;
+            let record = index
+                .checked_sub(1)
+                .and_then(|i| changes.get_mut(i))
+                .and_then(Option::take)
+                .ok_or_else(|| invalid("index"))?;
+            out.push((Cursor::new(epoch, pair[1]), record));
+        }
+        Ok(PushAnswer {
+            accepted: out,
+            latest_hlc: newest.parse().unwrap_or_default(),
+            head: Cursor::new(epoch, head),
+        })
+    }
+
+    async fn read(&self, read: Read) -> Result<PullAnswer, AppError> {
+        let mut conn = self.conn.clone();
+        if read.head_only {
+            return match self.head(&mut conn).await {
+                Ok(Some((head, _))) => Ok(PullAnswer {
+                    head,
+                    complete: true,
+                    ..PullAnswer::default()
+                }),
+                Ok(None) => Err(invalid("head")),
+                Err(e) => Err(failed(&e)),
+            };
+        }
+        let mut tables = read.tables;
+        tables.sort_unstable();
+        tables.dedup();
+        let since_key = read.since.as_ref().map(hlc_key);
+        let mut call = self.read.prepare_invoke();
+        call.arg(&self.prefix);
+        match read.cursor {
+            Some(c) => call.arg(c.epoch.to_string()).arg(c.seq.to_string()),
+            None => call.arg("").arg(""),
+        };
+        call.arg(since_key.as_deref().unwrap_or(""));
+        for table in &tables {
+            call.arg(table);
+        }
+        type Reply = (String, u64, u8, Vec<String>, Vec<String>, Vec<String>);
+        let (epoch, head, served, entries, latest, evicted): Reply =
+            call.invoke_async(&mut conn).await.map_err(|e| failed(&e))?;
+        let epoch = epoch_of(&epoch)?;
+        let served = served == 1;
+        let mut changes = Vec::with_capacity(entries.len() / 3);
+        for entry in entries.chunks_exact(3) {
+            let seq: u64 = entry[0].parse().map_err(|_| invalid("seq"))?;
+            let record: ChangeRecord =
+                serde_json::from_str(&entry[2]).map_err(|_| invalid("record"))?;
+            changes.push((Cursor::new(epoch, seq), &entry[1], record));
+        }
+        // After a cursor: in position order. Otherwise in HLC order, equal HLCs by position:
+        // the order of the members "<hlc key>/<seq>".
+        if served {
+            changes.sort_by_key(|(cursor, _, _)| *cursor);
+        } else {
+            changes.sort_by(|a, b| a.1.cmp(b.1));
+        }
+        let latest_hlc = latest
+            .iter()
+            .filter_map(|h| h.parse::<Hlc>().ok())
+            .max()
+            .or(read.since)
+            .unwrap_or_default();
+        let evicted_after_since = evicted
+            .iter()
+            .filter(|e| !e.is_empty())
+            .any(|e| since_key.as_ref().is_none_or(|since| e > since));
+        Ok(PullAnswer {
+            changes: changes.into_iter().map(|(c, _, r)| (c, r)).collect(),
+            latest_hlc,
+            head: Cursor::new(epoch, head),
+            complete: served || (read.cursor.is_none() && !evicted_after_since),
+        })
+    }
+
+    /// Follows the log until the server is gone (module docs), reconnecting with backoff.
+    async fn follow(&self, log: LogSink) {
+        let mut at: Option<Cursor> = None;
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut check = true;
+        let mut backoff = Duration::from_millis(50);
+        let mut down = false;
+        loop {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => {
+                    // Its own connection: a blocking read would hold up the requests'.
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.config.request_timeout))
+                        .set_response_timeout(Some(
+                            self.config.block + self.config.request_timeout,
+                        ));
+                    match self
+                        .client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                    {
+                        Ok(c) => {
+                            check = true;
+                            conn.insert(c)
+                        }
+                        Err(e) => {
+                            if !down {
+                                tracing::warn!(error = %e, "Redis lost: the log's follower reconnects");
+                                down = true;
+                            }
+                            if log.is_closed() {
+                                return;
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
+                    }
+                }
+            };
+            match self.follow_once(c, &log, &mut at, &mut check).await {
+                Ok(true) => {
+                    if down {
+                        tracing::info!(at = %at.unwrap_or_default(), "Redis is back: following the log again");
+                        down = false;
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    if !down {
+                        tracing::warn!(error = %e, "Redis lost: the log's follower reconnects");
+                        down = true;
+                    }
+                    conn = None;
+                    if log.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// One read of the log; `Ok(false)` once the server is gone.
+    async fn follow_once(
+        &self,
+        conn: &mut MultiplexedConnection,
+        log: &LogSink,
+        at: &mut Option<Cursor>,
+        check: &mut bool,
+    ) -> Result<bool, RedisError> {
+        if *check {
+            *check = false;
+            let Some((head, first)) = self.head(conn).await? else {
+                tracing::error!("the log's metadata is not a syncmux log's");
+                return Ok(true);
+            };
+            let from = match *at {
+                // Started: from the head (no session had anything to miss).
+                None => head,
+                Some(pos) if pos.epoch != head.epoch => {
+                    tracing::warn!(
+                        old = pos.epoch,
+                        new = head.epoch,
+                        "the shared log lost its data: following its new epoch"
+                    );
+                    Cursor::new(head.epoch, 0)
+                }
+                Some(pos) => {
+                    if pos.seq + 1 < first && !log.gap() {
+                        return Ok(false);
+                    }
+                    pos
+                }
+            };
+            if *at != Some(from) {
+                *at = Some(from);
+                if !log.at(from) {
+                    return Ok(false);
+                }
+            }
+        }
+        let from = at.unwrap_or_default();
+        let block = u64::try_from(self.config.block.as_millis()).unwrap_or(u64::MAX);
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(self.config.batch.max(1))
+            .arg("BLOCK")
+            .arg(block.max(1))
+            .arg("STREAMS")
+            .arg(&self.log)
+            .arg(format!("{}-0", from.seq))
+            .query_async(conn)
+            .await?;
+        let entries = reply
+            .and_then(|r| r.keys.into_iter().next())
+            .map(|k| k.ids)
+            .unwrap_or_default();
+        if entries.is_empty() {
+            // Timed out: a log that lost its data while this connection stayed up blocks
+            // here for ever unless its epoch is checked.
+            *check = true;
+            return Ok(true);
+        }
+        let epoch = from.epoch.to_string();
+        let mine = format!("{}/", self.instance);
+        let mut run: Vec<(Cursor, ChangeRecord)> = Vec::new();
+        let mut run_by: Option<SessionId> = None;
+        for entry in entries {
+            if entry.map.get("e").and_then(string).as_deref() != Some(epoch.as_str()) {
+                // Another epoch: the log was recreated; re-read its metadata.
+                *check = true;
+                break;
+            }
+            let Some(seq) = entry
+                .id
+                .strip_suffix("-0")
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                tracing::error!(id = entry.id, "a log entry with a foreign id: skipped");
+                continue;
+            };
+            // Sequences are consecutive: a jump means entries were trimmed before this
+            // server read them, and its subscribers missed them.
+            let last = at.map_or(from.seq, |a| a.seq);
+            if seq > last + 1 {
+                if !run.is_empty() && !log.accepted(core::mem::take(&mut run), run_by) {
+                    return Ok(false);
+                }
+                if !log.gap() {
+                    return Ok(false);
+                }
+            }
+            let cursor = Cursor::new(from.epoch, seq);
+            *at = Some(cursor);
+            let record = entry.map.get("r").and_then(string);
+            let Some(record) = record.and_then(|r| serde_json::from_str::<ChangeRecord>(&r).ok())
+            else {
+                tracing::error!(%cursor, "a log entry without a valid record: skipped");
+                continue;
+            };
+            let by = entry
+                .map
+                .get("o")
+                .and_then(string)
+                .and_then(|o| o.strip_prefix(&mine).and_then(session_of));
+            if by != run_by && !run.is_empty() && !log.accepted(core::mem::take(&mut run), run_by) {
+                return Ok(false);
+            }
+            run_by = by;
+            run.push((cursor, record));
+        }
+        if !run.is_empty() {
+            return Ok(log.accepted(run, run_by));
+        }
+        if let Some(pos) = *at {
+            return Ok(log.at(pos));
+        }
+        Ok(true)
+    }
+}
+
+/// A stream field's text.
+fn string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The session of `"<index>.<generation>"`, as this server wrote it.
+fn session_of(text: &str) -> Option<SessionId> {
+    let (index, generation) = text.split_once('.')?;
+    let (index, generation): (u32, u32) = (index.parse().ok()?, generation.parse().ok()?);
+    Some(SessionId::from_u64(
+        (u64::from(index) << 32) | u64::from(generation),
+    ))
+}

@@ -1,0 +1,324 @@
+//! The OT client over a WebSocket to `/ot` (README, "The OT profile"), shared by both
+//! runtimes: one task owns an [`OtClient`] and its socket; the application edits through a
+//! cloneable [`OtClientHandle`] and reads the client's events from [`OtClientEvents`].
+//! Start it with `tokio::connect_ot` or `smol::connect_ot`.
+//!
+//! The state machine decides what to send and how to recover (it fetches a snapshot on every
+//! connect and re-sends its pending op rebased); the task only dials, reads, writes and
+//! sleeps. [`OtClient`] has no dial output of its own, so the task redials after a lost
+//! connection, waiting [`OtConnectOptions::reconnect_delay`], doubled per failed attempt up
+//! to [`OtConnectOptions::max_reconnect_delay`].
+
+use core::pin::Pin;
+use core::task::{Context, Poll};
+use core::time::Duration;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_util::future::BoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use tungstenite::Message;
+
+use crate::client::Dialer;
+use crate::clock::Clock;
+use crate::common;
+use crate::runtime::{self, Runtime};
+use syncmux::ot::{
+    EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtConfigError, TextOp,
+};
+use syncmux::DialRequest;
+
+/// How the OT client task connects.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct OtConnectOptions {
+    /// The endpoint: `ws://HOST:PORT/ot` or `wss://...`.
+    pub url: String,
+    /// Sent as `?token=` (the seed's auth) and as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// TLS for `wss://`. Default: rustls with the webpki roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The first wait before redialing. Default 500 ms.
+    pub reconnect_delay: Duration,
+    /// The longest wait before redialing. Default 10 s.
+    pub max_reconnect_delay: Duration,
+    /// Commands waiting for the task. Default 64.
+    pub command_capacity: usize,
+}
+
+impl OtConnectOptions {
+    /// The defaults, for the endpoint at `url`.
+    pub fn new(url: impl Into<String>) -> OtConnectOptions {
+        OtConnectOptions {
+            url: url.into(),
+            token: None,
+            tls: None,
+            reconnect_delay: Duration::from_millis(500),
+            max_reconnect_delay: Duration::from_secs(10),
+            command_capacity: 64,
+        }
+    }
+}
+
+/// What the client holds now.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub struct OtStatus {
+    /// The text, local edits included.
+    pub text: String,
+    /// The server revision the text is based on.
+    pub revision: u64,
+    /// The state machine's state.
+    pub state: OtClientState,
+    /// Whether local edits wait for their ack.
+    pub unacked: bool,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OtCommandError {
+    /// The edit does not apply to the text.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The client task is gone ([`OtClientHandle::close`]).
+    #[error("the OT client is closed")]
+    Closed,
+}
+
+enum Command {
+    Edit(TextOp, oneshot::Sender<Result<(), EditError>>),
+    Status(oneshot::Sender<OtStatus>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The application's side of an OT client task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct OtClientHandle {
+    cmds: async_channel::Sender<Command>,
+}
+
+impl OtClientHandle {
+    /// Applies a local edit (to [`status`](Self::status)'s text) and sends it when the
+    /// protocol allows.
+    pub async fn edit(&self, op: TextOp) -> Result<(), OtCommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Edit(op, tx)).await?;
+        Ok(rx.await.map_err(|_| OtCommandError::Closed)??)
+    }
+
+    /// The text, revision and state now.
+    pub async fn status(&self) -> Result<OtStatus, OtCommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx)).await?;
+        rx.await.map_err(|_| OtCommandError::Closed)
+    }
+
+    /// Closes the connection and ends the task.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), OtCommandError> {
+        self.cmds
+            .send(command)
+            .await
+            .map_err(|_| OtCommandError::Closed)
+    }
+}
+
+/// The client's events ([`OtClientEvent`]: remote changes, acks, resyncs, errors). Dropping
+/// it drops them. Bounded by the client's own `max_events` (past it the client sends
+/// [`OtClientEvent::Reset`]).
+#[derive(Debug)]
+pub struct OtClientEvents {
+    rx: Pin<Box<async_channel::Receiver<OtClientEvent>>>,
+}
+
+impl OtClientEvents {
+    /// The next event; `None` once the task ended.
+    pub async fn recv(&mut self) -> Option<OtClientEvent> {
+        self.rx.next().await
+    }
+}
+
+impl futures_util::Stream for OtClientEvents {
+    type Item = OtClientEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<OtClientEvent>> {
+        self.rx.poll_next_unpin(cx)
+    }
+}
+
+/// Starts the OT client task on runtime `R`.
+pub(crate) fn start<R: Runtime>(
+    config: OtClientConfig,
+    options: OtConnectOptions,
+) -> Result<(OtClientHandle, OtClientEvents), OtConfigError> {
+    let client = OtClient::new(config)?;
+    let (cmd_tx, cmd_rx) = async_channel::bounded(options.command_capacity.max(1));
+    // Unbounded: the client's own `max_events` bounds what it hands out between reads.
+    let (ev_tx, ev_rx) = async_channel::unbounded();
+    let mut url = options.url.clone();
+    let mut headers = Vec::new();
+    if let Some(token) = &options.token {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("token=");
+        url.push_str(&percent(token));
+        headers.push(("Authorization", format!("Bearer {token}")));
+    }
+    let dial = DialRequest {
+        url,
+        // The OT wire has no subprotocol.
+        protocols: Vec::new(),
+        headers,
+        token: options.token.clone(),
+    };
+    let dialer = Arc::new(Dialer {
+        tls: options.tls.clone().unwrap_or_else(common::default_tls),
+        max_frame_len: 0,
+        protocols: Vec::new(),
+    });
+    R::spawn(Box::pin(run::<R>(
+        client, dial, dialer, options, cmd_rx, ev_tx,
+    )));
+    Ok((
+        OtClientHandle { cmds: cmd_tx },
+        OtClientEvents {
+            rx: Box::pin(ev_rx),
+        },
+    ))
+}
+
+/// A token in a query: unreserved bytes as they are, the rest percent-encoded.
+fn percent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+enum Input {
+    Command(Option<Command>),
+    Message(Option<Result<Message, tungstenite::Error>>),
+    Timeout,
+}
+
+/// The task: dial, then hand out the client's outputs and wait for one input, until closed.
+async fn run<R: Runtime>(
+    mut client: OtClient,
+    dial: DialRequest,
+    dialer: Arc<Dialer>,
+    options: OtConnectOptions,
+    cmds: async_channel::Receiver<Command>,
+    events: async_channel::Sender<OtClientEvent>,
+) {
+    let clock = Clock::new();
+    let mut cmds = Box::pin(cmds);
+    let mut delay = options.reconnect_delay;
+    let mut ws: Option<R::Ws> = None;
+    let mut wait: Option<BoxFuture<'static, ()>> = None;
+    loop {
+        if ws.is_none() && wait.is_none() {
+            match runtime::dial::<R>(dial.clone(), dialer.clone()).await {
+                Ok((socket, _)) => {
+                    ws = Some(socket);
+                    delay = options.reconnect_delay;
+                    client.handle_connected(clock.now());
+                }
+                Err(why) => {
+                    tracing::debug!(why, "OT dial failed");
+                    let at = clock.to_std(clock.now() + delay);
+                    wait = Some(R::sleep_until(at));
+                    delay = (delay * 2).min(options.max_reconnect_delay);
+                }
+            }
+        }
+        if let Some(socket) = ws.as_mut() {
+            let mut failed = false;
+            while let Some(frame) = client.poll_transmit() {
+                if socket.send(common::text(frame)).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed {
+                ws = None;
+                client.handle_disconnected(clock.now());
+                continue;
+            }
+        }
+        while let Some(event) = client.poll_event() {
+            // Fails only once the application dropped its stream.
+            let _ = events.try_send(event);
+        }
+        let deadline = client.poll_timeout().map(|at| clock.to_std(at));
+        let mut sleep = deadline.map(R::sleep_until);
+        let input = core::future::poll_fn(|cx| {
+            if let Poll::Ready(c) = cmds.poll_next_unpin(cx) {
+                return Poll::Ready(Input::Command(c));
+            }
+            if let Some(socket) = ws.as_mut() {
+                if let Poll::Ready(m) = socket.poll_next_unpin(cx) {
+                    return Poll::Ready(Input::Message(m));
+                }
+            }
+            if let Some(w) = wait.as_mut() {
+                if w.as_mut().poll(cx).is_ready() {
+                    wait = None;
+                    return Poll::Ready(Input::Timeout);
+                }
+            }
+            if let Some(s) = sleep.as_mut() {
+                if s.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Input::Timeout);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let now = clock.now();
+        match input {
+            Input::Command(None) => return,
+            Input::Command(Some(Command::Close(done))) => {
+                if let Some(mut socket) = ws.take() {
+                    let _ = socket.close().await;
+                }
+                let _ = done.send(());
+                return;
+            }
+            Input::Command(Some(Command::Edit(op, reply))) => {
+                let _ = reply.send(client.edit(now, op));
+            }
+            Input::Command(Some(Command::Status(reply))) => {
+                let _ = reply.send(OtStatus {
+                    text: client.text().to_owned(),
+                    revision: client.revision(),
+                    state: client.state(),
+                    unacked: client.has_unacked(),
+                });
+            }
+            Input::Message(Some(Ok(Message::Text(text)))) => {
+                client.handle_message(now, Bytes::from(text));
+            }
+            Input::Message(Some(Ok(Message::Binary(data)))) => client.handle_message(now, data),
+            Input::Message(Some(Ok(_))) => {}
+            Input::Message(Some(Err(_)) | None) => {
+                ws = None;
+                client.handle_disconnected(now);
+                let at = clock.to_std(clock.now() + delay);
+                wait = Some(R::sleep_until(at));
+                delay = (delay * 2).min(options.max_reconnect_delay);
+            }
+            Input::Timeout => client.handle_timeout(now),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The one seam between the glue and an async runtime, and what is written once over it.
+//!
+//! A runtime binding (the `tokio` and `smol` modules) implements [`Runtime`]: spawn, timers,
+//! TCP, TLS and tungstenite's handshakes on its own sockets, about a hundred lines each.
+//! Everything else — dialing (TCP, then TLS, then the upgrade), the accept loop with its
+//! handshake slots and deadline, the timer tasks, the client tasks — is here or in the
+//! modules that use it, and none of it knows which runtime runs it.
+
+use core::future::Future;
+use core::task::Poll;
+use core::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::future::{self, BoxFuture, Either};
+use futures_util::{Sink, Stream};
+use tungstenite::handshake::client::{Request as ClientRequest, Response as ClientResponse};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
+
+use crate::client::Dialer;
+use crate::common::{self, Endpoint};
+use crate::server::HandshakeSlot;
+use syncmux::DialRequest;
+
+/// What a runtime supplies. Implemented by a zero-sized type per runtime (`Tokio`, `Smol`).
+pub(crate) trait Runtime: Sized + 'static {
+    /// A connected TCP socket.
+    type Tcp: Send + 'static;
+    /// A listening TCP socket.
+    type Listener: Send + Sync + 'static;
+    /// A byte stream a WebSocket runs over: plain TCP or TLS, boxed.
+    type Io: Send + Unpin + 'static;
+    /// A WebSocket over [`Io`](Runtime::Io).
+    type Ws: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Unpin
+        + Send
+        + 'static;
+
+    /// Runs `task` in the background.
+    fn spawn(task: BoxFuture<'static, ()>);
+
+    /// Completes at `at`.
+    fn sleep_until(at: std::time::Instant) -> BoxFuture<'static, ()>;
+
+    /// Completes after `duration`.
+    fn sleep(duration: Duration) -> BoxFuture<'static, ()>;
+
+    /// Opens a TCP connection (with `TCP_NODELAY`: frames are small and latency matters
+    /// more than packet count).
+    fn connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>>;
+
+    /// The next connection of `listener` (with `TCP_NODELAY`).
+    fn accept(listener: &Self::Listener)
+        -> BoxFuture<'_, std::io::Result<(Self::Tcp, SocketAddr)>>;
+
+    /// A plain TCP socket as a WebSocket's stream.
+    fn plain(tcp: Self::Tcp) -> Self::Io;
+
+    /// TLS as the client, to `name`.
+    fn tls_connect(
+        tls: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+        tcp: Self::Tcp,
+    ) -> BoxFuture<'static, std::io::Result<Self::Io>>;
+
+    /// TLS as the server.
+    fn tls_accept(
+        tls: Arc<rustls::ServerConfig>,
+        tcp: Self::Tcp,
+    ) -> BoxFuture<'static, std::io::Result<Self::Io>>;
+
+    /// The client's WebSocket handshake on `io`.
+    fn ws_connect(
+        request: ClientRequest,
+        io: Self::Io,
+        config: WebSocketConfig,
+    ) -> BoxFuture<'static, Result<(Self::Ws, ClientResponse), tungstenite::Error>>;
+
+    /// The server's WebSocket handshake on `io`, `decide` choosing the answer.
+    fn ws_accept(
+        io: Self::Io,
+        decide: Decide,
+        config: WebSocketConfig,
+    ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>>;
+
+    /// Runs one plain-TCP connection that [`serve`] accepted to its end: the handshake within
+    /// the deadline, holding `slot`, then the session. By default as any other stream; a
+    /// runtime whose hub writes sockets itself takes it over here.
+    fn serve_plain<E: Endpoint>(
+        server: E,
+        tcp: Self::Tcp,
+        slot: HandshakeSlot,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(connection::<Self, E>(
+            server,
+            future::ready(Some(Self::plain(tcp))),
+            slot,
+        ))
+    }
+}
+
+/// Opens a WebSocket for `dial`: TCP, then TLS for `wss://`, then the upgrade; gives it with
+/// the subprotocol the server selected, or why it failed.
+pub(crate) async fn dial<R: Runtime>(
+    dial: DialRequest,
+    dialer: Arc<Dialer>,
+) -> Result<(R::Ws, Option<String>), String> {
+    let (request, target) = common::client_request(&dial, &dialer.protocols)?;
+    let tcp = R::connect(&target.host, target.port)
+        .await
+        .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
+    let io = if target.tls {
+        let name = common::server_name(&target.host)?;
+        R::tls_connect(dialer.tls.clone(), name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {}: {e}", target.host))?
+    } else {
+        R::plain(tcp)
+    };
+    let config = common::ws_config(dialer.max_frame_len);
+    let (ws, response) = R::ws_connect(request, io, config)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok((ws, common::selected_protocol(&response)))
+}
+
+/// Accepts connections until the server shuts down, each in its own task; with `tls`,
+/// serves `wss://`. Each connection takes a handshake slot before it is accepted (at the
+/// bound, none is accepted until one ends) and gives it back once its handshake, TLS
+/// included, is over or its deadline passed.
+pub(crate) async fn serve<R: Runtime, E: Endpoint>(
+    server: E,
+    listener: R::Listener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    loop {
+        let Some(slot) = unless_shut_down(&server, server.slot()).await else {
+            return;
+        };
+        let (tcp, peer) = match unless_shut_down(&server, R::accept(&listener)).await {
+            None => return,
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: the listener itself is fine.
+                tracing::warn!(error = %e, "accept failed");
+                yield_now().await;
+                continue;
+            }
+        };
+        tracing::debug!(%peer, "connection");
+        let server = server.clone();
+        let task = match &tls {
+            None => R::serve_plain(server, tcp, slot),
+            Some(tls) => {
+                let handshake = R::tls_accept(tls.clone(), tcp);
+                let io = async move {
+                    handshake
+                        .await
+                        .inspect_err(|e| tracing::info!(%peer, error = %e, "TLS handshake failed"))
+                        .ok()
+                };
+                Box::pin(connection::<R, E>(server, io, slot))
+            }
+        };
+        R::spawn(task);
+    }
+}
+
+/// One connection: its stream (`io`, after TLS when there is TLS) and the upgrade within the
+/// deadline, then, once the slot is given back, the session.
+async fn connection<R: Runtime, E: Endpoint>(
+    server: E,
+    io: impl Future<Output = Option<R::Io>> + Send,
+    slot: HandshakeSlot,
+) {
+    let handshake = async {
+        let io = io.await?;
+        upgrade(&server, |decide, config| R::ws_accept(io, decide, config)).await
+    };
+    let upgraded = within_deadline::<R, _>(server.handshake_timeout(), handshake)
+        .await
+        .flatten();
+    drop(slot);
+    if let Some((session, ws)) = upgraded {
+        E::run(session, ws).await;
+    }
+}
+
+/// The handshake of an accepted stream (a runtime module's `accept`): a slot, then the
+/// upgrade within the deadline, then the session.
+pub(crate) async fn accept<R: Runtime, E: Endpoint>(server: &E, io: R::Io) {
+    let slot = server.slot().await;
+    connection::<R, E>(server.clone(), future::ready(Some(io)), slot).await;
+}
+
+/// `handshake`, given up (`None`) once `deadline` passes (zero: never).
+pub(crate) async fn within_deadline<R: Runtime, F: Future>(
+    deadline: Duration,
+    handshake: F,
+) -> Option<F::Output> {
+    if deadline.is_zero() {
+        return Some(handshake.await);
+    }
+    match future::select(core::pin::pin!(handshake), R::sleep(deadline)).await {
+        Either::Left((done, _)) => Some(done),
+        Either::Right(((), _)) => {
+            tracing::debug!(?deadline, "handshake timed out");
+            None
+        }
+    }
+}
+
+/// The state machine's decision inside tungstenite's upgrade callback, as the runtimes'
+/// handshakes take it.
+pub(crate) type Decide =
+    Box<dyn FnOnce(&Request, Response) -> Result<Response, ErrorResponse> + Send>;
+
+/// The WebSocket upgrade, decided by the state machine, with `handshake` (a runtime's
+/// tungstenite on its stream): the accepted session and its socket, or `None` (refused, or the
+/// peer went away; a session accepted by then is released).
+pub(crate) async fn upgrade<E: Endpoint, W, F>(
+    server: &E,
+    handshake: impl FnOnce(Decide, WebSocketConfig) -> F,
+) -> Option<(E::Session, W)>
+where
+    F: Future<Output = Result<W, tungstenite::Error>>,
+{
+    // Shared with the callback, which the handshake future owns.
+    let accepted = Arc::new(Mutex::new(None));
+    // tungstenite's callback signature fixes the error type.
+    #[allow(clippy::result_large_err)]
+    let decide: Decide = {
+        let (server, accepted) = (server.clone(), accepted.clone());
+        Box::new(move |req: &Request, resp: Response| {
+            server.accept_upgrade(req, resp, &mut lock(&accepted))
+        })
+    };
+    let upgraded = handshake(decide, common::ws_config(server.max_message())).await;
+    let session = lock(&accepted).take();
+    match upgraded {
+        Ok(ws) => session.map(|session| (session, ws)),
+        // A refused handshake lands here too, after its HTTP answer went out.
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake ended");
+            None
+        }
+    }
+}
+
+/// The decision's slot. Nothing panics while holding it, but a poisoned one is as good.
+fn lock<T>(slot: &Mutex<T>) -> MutexGuard<'_, T> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `future`, or `None` once the server shuts down.
+async fn unless_shut_down<E: Endpoint, T>(
+    server: &E,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    let stopped = core::pin::pin!(server.shut_down());
+    match future::select(core::pin::pin!(future), stopped).await {
+        Either::Left((done, _)) => Some(done),
+        Either::Right(((), _)) => None,
+    }
+}
+
+/// Lets the runtime run other tasks once before going on.
+async fn yield_now() {
+    let mut yielded = false;
+    core::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}

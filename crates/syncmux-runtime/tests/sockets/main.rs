@@ -1,0 +1,16 @@
+//! The runtime glue over real loopback sockets, in one binary: one module per subject. The
+//! tests that count the allocator's bytes (`adapters_leaks`, `adapters_memory`) are binaries
+//! of their own, since a global allocator sees every test of its process.
+//!
+//! `cargo test -p syncmux-runtime --all-features --test sockets NAME` runs the tests whose
+//! path contains NAME.
+
+mod backend;
+mod client;
+mod client_io;
+mod cursor_resume;
+mod endpoints;
+mod limits;
+mod ot;
+mod reconnect;
+mod tls;

@@ -1,0 +1,1372 @@
+//! The sync server on the embedded `MemoryStore`, ready to deploy.
+//!
+//! ```text
+//! cargo run --release --features tokio --example server -- [--listen 127.0.0.1:8787]
+//!     [--token T] [--rate-limit N/SECS|0] [--max-frame BYTES] [--max-outbound BYTES]
+//!     [--ping-interval MS] [--ot-broadcast-delay MS] [--idle-timeout MS]
+//!     [--presence-ttl MS] [--room-max N]
+//!     [--handshake-timeout MS] [--max-connections N] [--tls-cert PEM --tls-key PEM]
+//!     [--static DIR] [--metrics ADDR] [--log-format human|json] [--shutdown-timeout MS]
+//!     [--data PATH] [--retention N] [--redis URL [--redis-prefix P] [--redis-retention N]]
+//! ```
+//!
+//! Every flag can also come from an environment variable (`SYNCMUX_LISTEN`,
+//! `SYNCMUX_TOKEN`, ...; `--help` names each); a flag wins over its variable. An invalid value
+//! is refused with a message and exit code 2.
+//!
+//! `--redis URL` (built with `--features tokio,redis`) keeps the change log in Redis instead
+//! of memory, so that several servers on one Redis behave as one (see
+//! the crate `syncmux-redis`): start each with the same `--redis` and `--redis-prefix`. A
+//! Redis that cannot be reached at start-up is an error (exit 1); one lost later fails
+//! requests with `UNAVAILABLE` until it is back. The `/ot` documents then live in the same
+//! Redis too (`syncmux_redis::RedisOt`; keys `{PREFIX}:doc:ID:metadata`, `:data`,
+//! `:history`, channel `{PREFIX}:doc:ID`), and clients of every server converge.
+//!
+//! `--data PATH` (built with `--features tokio,sqlite`) keeps the changes in the SQLite
+//! database at PATH (created if missing; see the crate `syncmux-sqlite`): a push is answered
+//! once it is on disk, and after a restart, `kill -9` included, every answered change is
+//! there at the same cursor, so clients resume with `recovered: true`. A damaged or foreign
+//! file stops the start-up (exit 1). Without `--data` or `--redis` the changes are kept in
+//! memory only, and the server says so at start-up. `--retention N` keeps at most the N newest
+//! changes (0, the default: all), in memory or on disk.
+//!
+//! Serves `ws://ADDR/sync/ws` (`wss://` with a certificate) and prints
+//! `listening on URL` once ready (with the real port when given port 0); with `--metrics`,
+//! then `metrics on http://ADDR/metrics`; then `ot on ws://ADDR/ot`: the OT profile
+//! (`syncmux::ot`) for the npm `@open-ot/transport-websocket` client, on
+//! `/ot` and every path under it, with the same `--token` (`?token=`), `--rate-limit` (N
+//! messages per SECS window, answered `Rate limit exceeded`), `--ping-interval`,
+//! `--max-frame`, `--max-outbound`, `--max-connections` (counted apart from the sync
+//! endpoint's) and TLS; `--ot-broadcast-delay` is its own (see
+//! `syncmux::ot::OtServerConfig::broadcast_delay`). Logs go to stderr through `tracing` (`RUST_LOG`
+//! filters), as text or as JSON lines (`--log-format json`).
+//!
+//! On SIGINT or SIGTERM it stops accepting, closes every session with 1001, waits for each
+//! session's close to go out (at most `--shutdown-timeout`) and exits 0. The in-memory store
+//! answers every request inside the input that brought it (the driver is synchronous), so
+//! whatever it accepted was answered before the shutdown took the lock. With Redis, a push
+//! still on its way may be merged without its answer going out: the client re-sends it after
+//! reconnecting, and merging is idempotent.
+//!
+//! `--static DIR` serves DIR's files (tower-http's `ServeDir` on hyper) on the WebSocket's
+//! own listener, `index.html` at `/`, so `--static examples/browser` serves the browser
+//! demo; the upgrade on `/sync/ws` still goes through the adapter's own `accept` (see
+//! [`static_files`]). `--metrics ADDR` serves Prometheus metrics at `/metrics` and a
+//! liveness check at `/health` on a second listener (see `syncmux_runtime::metrics`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, ValueEnum};
+use syncmux::ot::{OtServer, OtServerConfig};
+use syncmux::{AuthDecision, AuthRequest, Driver, MemoryStore, StoreConfig};
+use syncmux::{Server, ServerConfig};
+#[cfg(feature = "redis")]
+use syncmux_redis::{RedisBackend, RedisConfig, RedisOt, RedisOtConfig};
+use syncmux_runtime::{self as adapters, Clock, OtServerHandle, ServerOptions, SyncServer};
+
+/// Where the WebSocket is served.
+const WS_PATH: &str = "/sync/ws";
+/// Where the OT profile is served (and every path under it: `/ot/...`).
+const OT_PATH: &str = "/ot";
+
+/// The syncmux sync server on an in-memory store.
+///
+/// Every flag can also be set by the environment variable named in its help; a flag given on
+/// the command line wins. 0 disables a limit or timer.
+#[derive(Parser, Debug)]
+#[command(name = "server", version)]
+struct Cli {
+    /// Address to listen on; port 0 picks a free port (the real address is printed).
+    #[arg(
+        long,
+        env = "SYNCMUX_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8787"
+    )]
+    listen: String,
+    /// Require this token from every client (`?token=` or `Authorization: Bearer`), on `/ot`
+    /// too; others get HTTP 401.
+    #[arg(long, env = "SYNCMUX_TOKEN", value_name = "T", hide_env_values = true)]
+    token: Option<String>,
+    /// Per-session rate limit: a burst of N messages, refilled N per SECS seconds (on `/ot`: N
+    /// messages per SECS-second window, as the seed counts); 0 disables it [default: 100/60].
+    #[arg(long, env = "SYNCMUX_RATE_LIMIT", value_name = "N/SECS|0", value_parser = rate_limit)]
+    rate_limit: Option<RateLimit>,
+    /// Longest frame in bytes, the WebSocket layer's included [default: 1048576].
+    #[arg(long, env = "SYNCMUX_MAX_FRAME", value_name = "BYTES")]
+    max_frame: Option<usize>,
+    /// Bytes queued for one session before it is closed as a slow consumer (4503)
+    /// [default: 8388608].
+    #[arg(long, env = "SYNCMUX_MAX_OUTBOUND", value_name = "BYTES")]
+    max_outbound: Option<usize>,
+    /// Ping a session silent this long, in milliseconds (on `/ot`: ping every connection this
+    /// often, and drop one that did not answer the previous ping) [default: 30000].
+    #[arg(long, env = "SYNCMUX_PING_INTERVAL", value_name = "MS", value_parser = millis)]
+    ping_interval: Option<Duration>,
+    /// On `/ot`: longest time an op sent on to a connection may wait to leave in one write
+    /// with what that connection gets next (its own ack at once, or the other ops of the
+    /// delay), in milliseconds; 0 sends every op on at once [default: 1].
+    #[arg(long, env = "SYNCMUX_OT_BROADCAST_DELAY", value_name = "MS", value_parser = millis)]
+    ot_broadcast_delay: Option<Duration>,
+    /// Close a session silent this long (4408), in milliseconds [default: 90000].
+    #[arg(long, env = "SYNCMUX_IDLE_TIMEOUT", value_name = "MS", value_parser = millis)]
+    idle_timeout: Option<Duration>,
+    /// A session leaves its presence topics after this long without a frame, in milliseconds
+    /// [default: 60000].
+    #[arg(long, env = "SYNCMUX_PRESENCE_TTL", value_name = "MS", value_parser = millis)]
+    presence_ttl: Option<Duration>,
+    /// Most members of one room [default: 1000].
+    #[arg(long, env = "SYNCMUX_ROOM_MAX", value_name = "N")]
+    room_max: Option<usize>,
+    /// Deadline of a connection's whole handshake, TLS included, in milliseconds
+    /// [default: 10000].
+    #[arg(long, env = "SYNCMUX_HANDSHAKE_TIMEOUT", value_name = "MS", value_parser = millis)]
+    handshake_timeout: Option<Duration>,
+    /// Most sessions at once; beyond it an upgrade gets HTTP 503 [default: 100000].
+    #[arg(long, env = "SYNCMUX_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Certificate chain (PEM) to serve `wss://`; goes with --tls-key.
+    #[arg(
+        long,
+        env = "SYNCMUX_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "SYNCMUX_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Serve DIR's files over HTTP on the same listener (`index.html` at `/`).
+    #[arg(long = "static", env = "SYNCMUX_STATIC", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (and `/health`) on a second listener;
+    /// port 0 picks a free port (the real address is printed).
+    #[arg(long, env = "SYNCMUX_METRICS", value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Log format on stderr (`RUST_LOG` filters either).
+    #[arg(long, env = "SYNCMUX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// On SIGINT or SIGTERM, wait at most this long for the sessions' closes to go out, in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "SYNCMUX_SHUTDOWN_TIMEOUT",
+        value_name = "MS",
+        value_parser = millis,
+        default_value = "5000"
+    )]
+    shutdown_timeout: Duration,
+    /// Keep the change log in the Redis at URL (`redis://HOST:PORT`), shared with every
+    /// server started with the same URL and prefix, instead of in memory. Needs a build with
+    /// `--features tokio,redis`.
+    #[arg(long, env = "SYNCMUX_REDIS", value_name = "URL")]
+    redis: Option<String>,
+    /// With --redis: the keys' prefix (`{PREFIX}:...`); servers sharing a log use the same.
+    #[arg(
+        long,
+        env = "SYNCMUX_REDIS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "syncmux"
+    )]
+    redis_prefix: String,
+    /// With --redis: the most changes the log keeps, the oldest going first; 0 keeps all.
+    #[arg(
+        long,
+        env = "SYNCMUX_REDIS_RETENTION",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    redis_retention: usize,
+    /// Keep the changes in the SQLite database at PATH (created if missing), so that they
+    /// survive restarts and crashes. Needs a build with `--features tokio,sqlite`.
+    #[arg(
+        long,
+        env = "SYNCMUX_DATA",
+        value_name = "PATH",
+        conflicts_with = "redis"
+    )]
+    data: Option<PathBuf>,
+    /// The most changes kept (in memory, or in --data), the oldest going first; 0 keeps all.
+    /// With --redis, --redis-retention wins when set.
+    #[arg(long, env = "SYNCMUX_RETENTION", value_name = "N", default_value_t = 0)]
+    retention: usize,
+}
+
+/// `--redis` and its options.
+struct Redis {
+    url: String,
+    prefix: String,
+    retention: usize,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--rate-limit`: a token bucket, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RateLimit {
+    Off,
+    Bucket { burst: u32, window: Duration },
+}
+
+fn rate_limit(value: &str) -> Result<RateLimit, String> {
+    if value == "0" {
+        return Ok(RateLimit::Off);
+    }
+    let bad = || format!("{value:?} is not N/SECS (for example 100/60) or 0");
+    let (n, secs) = value.split_once('/').ok_or_else(bad)?;
+    let burst = n.parse().map_err(|_| bad())?;
+    let secs: u64 = secs.parse().map_err(|_| bad())?;
+    Ok(RateLimit::Bucket {
+        burst,
+        window: Duration::from_secs(secs),
+    })
+}
+
+fn millis(value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{value:?} is not a whole number of milliseconds"))
+}
+
+/// What the flags configure.
+struct Args {
+    listen: String,
+    config: ServerConfig,
+    /// The OT endpoint's, from the same flags.
+    ot: OtServerConfig,
+    options: ServerOptions,
+    tls: Option<(PathBuf, PathBuf)>,
+    static_dir: Option<PathBuf>,
+    metrics: Option<String>,
+    log_format: LogFormat,
+    shutdown_timeout: Duration,
+    redis: Option<Redis>,
+    data: Option<PathBuf>,
+    retention: usize,
+}
+
+impl Cli {
+    /// The configuration the flags describe; an error when the server would refuse it.
+    fn into_args(self) -> Result<Args, String> {
+        let mut config = ServerConfig::default();
+        let mut ot = OtServerConfig::default();
+        config.path = Some(WS_PATH.to_owned());
+        if let Some(token) = self.token {
+            let auth = Arc::new(move |req: &AuthRequest<'_>| {
+                if req.token == Some(token.as_str()) {
+                    AuthDecision::allow(None)
+                } else {
+                    AuthDecision::deny(401, "missing or wrong token")
+                }
+            });
+            config.auth = Some(auth.clone());
+            ot.auth = Some(auth);
+        }
+        match self.rate_limit {
+            Some(RateLimit::Off) => {
+                config.rate_limit_burst = 0;
+                ot.rate_limit_messages = 0;
+            }
+            Some(RateLimit::Bucket { burst, window }) => {
+                config.rate_limit_burst = burst;
+                config.rate_limit_window = window;
+                // The seed's fixed window: N messages per window.
+                ot.rate_limit_messages = burst;
+                ot.rate_limit_window = window;
+            }
+            None => {}
+        }
+        let set = |field: &mut usize, value: Option<usize>| *field = value.unwrap_or(*field);
+        set(&mut ot.max_frame_len, self.max_frame);
+        set(&mut ot.max_outbound_bytes, self.max_outbound);
+        set(&mut ot.max_sessions, self.max_connections);
+        let set = |field: &mut Duration, value: Option<Duration>| *field = value.unwrap_or(*field);
+        set(&mut ot.ping_interval, self.ping_interval);
+        set(&mut ot.broadcast_delay, self.ot_broadcast_delay);
+        let set = |field: &mut usize, value: Option<usize>| *field = value.unwrap_or(*field);
+        set(&mut config.max_frame_len, self.max_frame);
+        set(&mut config.max_outbound_bytes, self.max_outbound);
+        set(&mut config.max_room_size, self.room_max);
+        set(&mut config.max_sessions, self.max_connections);
+        let set = |field: &mut Duration, value: Option<Duration>| *field = value.unwrap_or(*field);
+        set(&mut config.ping_interval, self.ping_interval);
+        set(&mut config.idle_timeout, self.idle_timeout);
+        set(&mut config.presence_ttl, self.presence_ttl);
+        let mut options = ServerOptions::default();
+        set(&mut options.handshake_timeout, self.handshake_timeout);
+        // The server validates its own configuration; refuse here what it would refuse.
+        config.validate().map_err(|e| e.to_string())?;
+        ot.validate().map_err(|e| e.to_string())?;
+        Ok(Args {
+            listen: self.listen,
+            config,
+            ot,
+            options,
+            tls: self.tls_cert.zip(self.tls_key),
+            static_dir: self.static_dir,
+            metrics: self.metrics,
+            log_format: self.log_format,
+            shutdown_timeout: self.shutdown_timeout,
+            redis: self.redis.map(|url| Redis {
+                url,
+                prefix: self.redis_prefix,
+                retention: match self.redis_retention {
+                    0 => self.retention,
+                    n => n,
+                },
+            }),
+            data: self.data,
+            retention: self.retention,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Cli::parse().into_args() {
+        Ok(args) => args,
+        // Exit code 2 and the usage, like every error clap reports itself.
+        Err(why) => Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, why)
+            .exit(),
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(args));
+    // Blocking file reads of the static server, if any, are not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("error: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let tls = match &args.tls {
+        Some((cert, key)) => {
+            let cert = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+            let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            Some(adapters::server_tls(&cert, &key).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    // Before anything is printed: a signal sent as soon as the address is read is ours.
+    let mut signals = Signals::new()?;
+    let exporter = match &args.metrics {
+        Some(addr) => Some(metrics_http::Exporter::new(addr).await?),
+        None => None,
+    };
+    let mut config = args.config;
+    let clock = Clock::new();
+    config.seed = clock.seed();
+    let server = Server::new(config).map_err(|e| e.to_string())?;
+    // The OT documents live in the same Redis, under the same prefix.
+    let ot_redis = args
+        .redis
+        .as_ref()
+        .map(|r| (r.url.clone(), r.prefix.clone()));
+    let server = match (args.redis, args.data) {
+        (Some(redis), _) => start_on_redis(server, redis, args.options.clone()).await?,
+        (None, Some(data)) => {
+            let epoch = clock.unix_millis();
+            start_on_sqlite(server, data, epoch, args.retention, args.options.clone()).await?
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --data: changes are kept in memory only, and nothing survives a restart"
+            );
+            // A fresh epoch per start: cursors of an earlier run are then recognised as stale.
+            let mut store = StoreConfig::default();
+            store.epoch = clock.now().as_millis();
+            store.retention = args.retention;
+            adapters::tokio::start(
+                Driver::new(server, MemoryStore::new(store)),
+                args.options.clone(),
+            )
+        }
+    };
+    let mut ot = args.ot;
+    ot.seed = clock.seed();
+    ot.shared_history = ot_redis.is_some();
+    let ot = OtServer::new(ot).map_err(|e| e.to_string())?;
+    let ot_thread = OtThread::start()?;
+    let ot = {
+        // Its timer task runs on its thread too.
+        let _on = ot_thread.runtime.enter();
+        adapters::tokio::start_ot(ot, args.options)
+    };
+    if let Some((url, prefix)) = ot_redis {
+        ot_on_redis(ot.clone(), url, prefix).await?;
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    println!("listening on {scheme}://{addr}{WS_PATH}");
+    let metrics = exporter.map(|exporter| {
+        println!("metrics on http://{}/metrics", exporter.addr);
+        tokio::spawn(exporter.serve(server.clone()))
+    });
+    // Not `println!`: a reader that stopped after the line it waited for (tests read the
+    // first lines and close the pipe) must not make this write panic.
+    let _ = writeln!(std::io::stdout(), "ot on {scheme}://{addr}{OT_PATH}");
+    // Every connection's request head is read first, to route `/ot` (and the files).
+    let files = args
+        .static_dir
+        .map(|dir| static_files::Files::new(dir, WS_PATH));
+    let serving = tokio::spawn(static_files::serve(
+        server.clone(),
+        ot.clone(),
+        ot_thread.runtime.clone(),
+        listener,
+        tls,
+        files,
+    ));
+    let signal = signals.next().await;
+    tracing::info!(signal, "shutting down: closing every session with 1001");
+    ot.shutdown();
+    shutdown(&server, serving, args.shutdown_timeout).await;
+    if tokio::time::timeout(args.shutdown_timeout, ot.drained())
+        .await
+        .is_err()
+    {
+        let left = ot.running_sessions();
+        tracing::warn!(left, "OT sessions still closing at the deadline");
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    Ok(())
+}
+
+/// The `/ot` endpoint's own thread: a current-thread runtime that runs its timer and its
+/// plain-TCP connections. Its state machine is one lock, so its connections gain nothing
+/// from being spread over the workers but contention and cross-thread wake-ups: on one
+/// thread the hub writes the frames of the ops read together in one write per socket, and
+/// no lock is ever contended (`cargo bench --bench ot_e2e`: ~23 µs of server CPU per acked
+/// op over the two workers of a 2-core machine, ~16 µs on one thread). TLS and
+/// static-files connections to `/ot` stay on the workers.
+struct OtThread {
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OtThread {
+    fn start() -> Result<OtThread, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the OT runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ot".to_owned())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })
+            .map_err(|e| format!("cannot start the OT thread: {e}"))?;
+        Ok(OtThread {
+            runtime: handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for OtThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The server on the Redis backend; an error when Redis cannot be reached.
+#[cfg(feature = "redis")]
+async fn start_on_redis(
+    server: Server,
+    redis: Redis,
+    options: ServerOptions,
+) -> Result<SyncServer, String> {
+    let mut config = RedisConfig::new(redis.url);
+    config.prefix = redis.prefix;
+    config.retention = redis.retention;
+    let backend = RedisBackend::connect(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(adapters::tokio::start_with_backend(
+        server,
+        Arc::new(backend),
+        options,
+    ))
+}
+
+/// The OT documents in Redis (`adapters::redis::RedisOt`): keys `{PREFIX}:doc:ID:...`,
+/// channels `{PREFIX}:doc:ID`.
+#[cfg(feature = "redis")]
+async fn ot_on_redis(ot: OtServerHandle, url: String, prefix: String) -> Result<(), String> {
+    let mut config = RedisOtConfig::new(url);
+    config.prefix = format!("{{{prefix}}}:");
+    let redis = RedisOt::connect(config).await.map_err(|e| e.to_string())?;
+    tokio::spawn(redis.run(ot));
+    Ok(())
+}
+
+/// Without the `redis` feature, `--redis` was refused already.
+#[cfg(not(feature = "redis"))]
+async fn ot_on_redis(_: OtServerHandle, _: String, _: String) -> Result<(), String> {
+    Ok(())
+}
+
+/// Without the `redis` feature, `--redis` is refused.
+#[cfg(not(feature = "redis"))]
+async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<SyncServer, String> {
+    let _ = (redis.prefix, redis.retention);
+    Err(format!(
+        "--redis {}: this server was built without Redis; build it with --features tokio,redis",
+        redis.url
+    ))
+}
+
+/// The server on the durable store at `path`; an error when the database cannot be opened
+/// (damaged, foreign, not writable). `epoch` is used only if the database is new.
+#[cfg(feature = "sqlite")]
+async fn start_on_sqlite(
+    server: Server,
+    path: PathBuf,
+    epoch: u64,
+    retention: usize,
+    options: ServerOptions,
+) -> Result<SyncServer, String> {
+    use syncmux_sqlite::{SqliteBackend, SqliteBackendConfig};
+    let mut store = syncmux_sqlite::SqliteConfig::default();
+    store.epoch = epoch;
+    store.retention = retention;
+    // Opening checks the whole file: off the runtime's threads.
+    let opening = path.clone();
+    let backend = tokio::task::spawn_blocking(move || {
+        SqliteBackend::open(opening, store, SqliteBackendConfig::default())
+    })
+    .await
+    .map_err(|e| format!("--data: {e}"))?
+    .map_err(|e| format!("--data: {e}"))?;
+    tracing::info!(path = %path.display(), epoch = backend.epoch(), "changes are kept on disk");
+    Ok(adapters::tokio::start_with_backend(
+        server,
+        Arc::new(backend),
+        options,
+    ))
+}
+
+/// Without the `sqlite` feature, `--data` is refused.
+#[cfg(not(feature = "sqlite"))]
+async fn start_on_sqlite(
+    _: Server,
+    path: PathBuf,
+    _: u64,
+    _: usize,
+    _: ServerOptions,
+) -> Result<SyncServer, String> {
+    Err(format!(
+        "--data {}: this server was built without SQLite; build it with --features tokio,sqlite",
+        path.display()
+    ))
+}
+
+/// Stops accepting, closes every session with 1001 and waits (at most `deadline`) until
+/// every session's task has sent its close and ended.
+async fn shutdown(server: &SyncServer, serving: tokio::task::JoinHandle<()>, deadline: Duration) {
+    server.shutdown();
+    // `tokio::serve` returns on shutdown; the static loop is stopped here.
+    // Connections already accepted go on: their sessions are closing.
+    serving.abort();
+    let _ = serving.await;
+    if tokio::time::timeout(deadline, server.drained())
+        .await
+        .is_err()
+    {
+        let left = server.running_sessions();
+        tracing::warn!(left, ?deadline, "sessions still closing at the deadline");
+    }
+}
+
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, registered before the server says it is ready.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let register = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+            Ok(Signals {
+                interrupt: register(SignalKind::interrupt())?,
+                terminate: register(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The name of the first signal received.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// `--metrics ADDR`: the Prometheus text format at `/metrics`, `ok` at `/health`, on a
+/// listener of its own (so it can stay private while the sync port is public).
+///
+/// `metrics-exporter-prometheus` is the recorder; its handle renders each scrape, after
+/// [`SyncServer::publish_metrics`] copied the state machine's counters into it. Served with
+/// hyper rather than the exporter's own listener, so the scrape can publish first.
+mod metrics_http {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper::header::CONTENT_TYPE;
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+    use syncmux_runtime::metrics as names;
+    use syncmux_runtime::SyncServer;
+
+    /// Histogram data is drained into the handle this often (and on every scrape).
+    const UPKEEP: Duration = Duration::from_secs(5);
+
+    /// The installed recorder and its bound listener.
+    pub(crate) struct Exporter {
+        pub(crate) addr: SocketAddr,
+        listener: tokio::net::TcpListener,
+        handle: PrometheusHandle,
+    }
+
+    impl Exporter {
+        /// Installs the global recorder and binds `addr`.
+        pub(crate) async fn new(addr: &str) -> Result<Exporter, String> {
+            let buckets = |builder: PrometheusBuilder, name: &str, buckets: &[f64]| {
+                builder
+                    .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                    .map_err(|e| e.to_string())
+            };
+            let builder = PrometheusBuilder::new();
+            let builder = buckets(
+                builder,
+                names::REPLAY_CHANGES,
+                names::REPLAY_CHANGES_BUCKETS,
+            )?;
+            let builder = buckets(builder, names::STORE_SECONDS, names::STORE_SECONDS_BUCKETS)?;
+            let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+            names::describe();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            Ok(Exporter {
+                addr,
+                listener,
+                handle,
+            })
+        }
+
+        /// Serves scrapes until aborted.
+        pub(crate) async fn serve(self, server: SyncServer) {
+            let upkeep = self.handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(UPKEEP);
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            loop {
+                let tcp = match self.listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                };
+                let (server, handle) = (server.clone(), self.handle.clone());
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = respond(&req, &server, &handle);
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service);
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "metrics connection ended");
+                    }
+                });
+            }
+        }
+    }
+
+    fn respond(
+        req: &Request<Incoming>,
+        server: &SyncServer,
+        handle: &PrometheusHandle,
+    ) -> Response<Full<Bytes>> {
+        let (status, kind, body) = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => {
+                server.publish_metrics();
+                handle.run_upkeep();
+                let text = handle.render();
+                (StatusCode::OK, "text/plain; version=0.0.4", text)
+            }
+            (&Method::GET, "/health") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found\n".to_owned(),
+            ),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(kind));
+        response
+    }
+}
+
+/// The listener's router, and `--static DIR`: DIR's files over plain HTTP on the WebSocket's
+/// own listener.
+///
+/// Each connection's request head is read first; a request for `/ot` or a path under it is
+/// replayed, unchanged, into [`adapters::tokio::accept_ot`] (the OT profile); without
+/// `--static`, anything else goes to [`adapters::tokio::accept`] (whose state machine
+/// answers a wrong path with 404). With `--static`, a request for the sync path is replayed
+/// into [`adapters::tokio::accept`] (the state machine decides the upgrade), and anything
+/// else is handed, with the bytes already read replayed in front, to hyper serving
+/// tower-http's [`ServeDir`](tower_http::services::ServeDir): content types by extension,
+/// `..` and other escapes refused, `HEAD`, ranges and conditional requests. One request per
+/// connection (no keep-alive), so a browser never sends an upgrade on a connection that was
+/// handed to hyper.
+mod static_files {
+    use std::io::Cursor;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use hyper::header::{HeaderValue, CACHE_CONTROL};
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use syncmux_runtime::tokio::Io;
+    use syncmux_runtime::{self as adapters, OtServerHandle, SyncServer};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+    use tokio::sync::Semaphore;
+    use tower_http::services::ServeDir;
+    use tower_http::set_header::SetResponseHeader;
+
+    /// A request head longer than this is refused (`431`).
+    const MAX_HEAD: usize = 8 * 1024;
+
+    type Service = SetResponseHeader<ServeDir, HeaderValue>;
+
+    /// The directory served and the path left to the WebSocket.
+    pub(crate) struct Files {
+        service: Service,
+        ws_path: &'static str,
+    }
+
+    impl Files {
+        pub(crate) fn new(root: PathBuf, ws_path: &'static str) -> Arc<Files> {
+            // A demo is edited and reloaded: revalidate rather than cache.
+            let no_cache = HeaderValue::from_static("no-cache");
+            let service =
+                SetResponseHeader::overriding(ServeDir::new(root), CACHE_CONTROL, no_cache);
+            Arc::new(Files { service, ws_path })
+        }
+    }
+
+    /// [`adapters::tokio::serve`] with the OT endpoint and the static files (if any) beside
+    /// it; runs until aborted.
+    ///
+    /// The server's handshake limits hold here too: TLS and the request head must arrive
+    /// within its `handshake_timeout` (the upgrade then has its own, in `accept`), and at
+    /// most `max_handshakes` connections are before their request head at once.
+    pub(crate) async fn serve(
+        server: SyncServer,
+        ot: OtServerHandle,
+        ot_runtime: tokio::runtime::Handle,
+        listener: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        files: Option<Arc<Files>>,
+    ) {
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let max = server.options().max_handshakes;
+        let heads = Arc::new(Semaphore::new(if max == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            max
+        }));
+        loop {
+            let Ok(permit) = heads.clone().acquire_owned().await else {
+                return; // never closed
+            };
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (server, ot, tls, files) = (server.clone(), ot.clone(), tls.clone(), files.clone());
+            if tls.is_none() && files.is_none() {
+                // Plain TCP: the adapter's fast write path, in a task of its own size (not
+                // that of the TLS and static-files path below).
+                let ot_runtime = ot_runtime.clone();
+                tokio::spawn(async move { plain(&server, &ot, ot_runtime, tcp, permit).await });
+                continue;
+            }
+            tokio::spawn(async move {
+                let head = async {
+                    let io: Box<dyn Io> = match tls {
+                        Some(tls) => match tls.accept(tcp).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(e) => {
+                                tracing::info!(error = %e, "TLS handshake failed");
+                                return None;
+                            }
+                        },
+                        None => Box::new(tcp),
+                    };
+                    Some(read_head(io).await)
+                };
+                let deadline = server.options().handshake_timeout;
+                let head = if deadline.is_zero() {
+                    head.await
+                } else {
+                    // Timed out: dropped, like a connection `accept` gives up on.
+                    tokio::time::timeout(deadline, head).await.ok().flatten()
+                };
+                drop(permit);
+                let routed = match head {
+                    Some(Ok(head)) => route(&server, &ot, head, files.as_deref()).await,
+                    Some(Err(e)) => Err(e),
+                    None => Ok(()),
+                };
+                if let Err(e) = routed {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+            });
+        }
+    }
+
+    /// A plain TCP connection without static files: its head is read off the socket itself,
+    /// so a sync upgrade gets [`adapters::tokio::accept_tcp`] and an `/ot` one
+    /// [`adapters::tokio::accept_ot_tcp`] (the hub writes their frames straight to the
+    /// socket). An `/ot` connection moves to `ot_runtime`, the OT endpoint's own thread.
+    async fn plain(
+        server: &SyncServer,
+        ot: &OtServerHandle,
+        ot_runtime: tokio::runtime::Handle,
+        mut tcp: tokio::net::TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut buf = Vec::with_capacity(1024);
+        let head = async {
+            while !complete(&buf) {
+                if buf.len() >= MAX_HEAD || tcp.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let deadline = server.options().handshake_timeout;
+        let read = if deadline.is_zero() {
+            Some(head.await)
+        } else {
+            tokio::time::timeout(deadline, head).await.ok()
+        };
+        drop(permit);
+        match read {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return tracing::debug!(error = %e, "HTTP connection ended"),
+            None => return,
+        }
+        let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+        let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let to_ot = path
+            .strip_prefix(super::OT_PATH.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        if complete(&buf) {
+            buf.shrink_to_fit();
+            if to_ot {
+                // Taken off this runtime's reactor, onto the OT thread's.
+                let tcp = match tcp.into_std() {
+                    Ok(tcp) => tcp,
+                    Err(e) => return tracing::debug!(error = %e, "OT connection lost"),
+                };
+                let ot = ot.clone();
+                ot_runtime.spawn(async move {
+                    match tokio::net::TcpStream::from_std(tcp) {
+                        Ok(tcp) => adapters::tokio::accept_ot_tcp(&ot, tcp, buf).await,
+                        Err(e) => tracing::debug!(error = %e, "OT connection lost"),
+                    }
+                });
+                return;
+            }
+            return adapters::tokio::accept_tcp(server, tcp, buf).await;
+        }
+        let io: Box<dyn Io> = Box::new(tcp);
+        let (reader, writer) = tokio::io::split(io);
+        let head = Head {
+            reader,
+            writer,
+            buf,
+        };
+        let routed = boxed_route(server, ot, head).await;
+        if let Err(e) = routed {
+            tracing::debug!(error = %e, "HTTP connection ended");
+        }
+    }
+
+    /// [`route`] on the heap, made outside any `async fn`: a sync session's task then keeps
+    /// none of its size (hyper's connection, kilobytes).
+    fn boxed_route<'a>(
+        server: &'a SyncServer,
+        ot: &'a OtServerHandle,
+        head: Head<Box<dyn Io>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
+        Box::pin(route(server, ot, head, None))
+    }
+
+    /// A connection and what it sent up to the end of its request head (or until it closed,
+    /// or sent more than [`MAX_HEAD`] without ending it).
+    struct Head<S> {
+        reader: ReadHalf<S>,
+        writer: WriteHalf<S>,
+        buf: Vec<u8>,
+    }
+
+    fn complete(buf: &[u8]) -> bool {
+        buf.windows(4).any(|w| w == b"\r\n\r\n")
+    }
+
+    async fn read_head<S: AsyncRead + AsyncWrite>(io: S) -> std::io::Result<Head<S>> {
+        let (mut reader, writer) = tokio::io::split(io);
+        let mut buf = Vec::with_capacity(1024);
+        while !complete(&buf) {
+            if buf.len() >= MAX_HEAD || reader.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok(Head {
+            reader,
+            writer,
+            buf,
+        })
+    }
+
+    /// Sends a connection whose head was read where it belongs.
+    async fn route<S>(
+        server: &SyncServer,
+        ot: &OtServerHandle,
+        request: Head<S>,
+        files: Option<&Files>,
+    ) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let Head {
+            reader,
+            mut writer,
+            buf,
+        } = request;
+        if !complete(&buf) {
+            if buf.len() >= MAX_HEAD {
+                let answer = "HTTP/1.1 431 Request Header Fields Too Large\r\n\
+                              Content-Length: 0\r\nConnection: close\r\n\r\n";
+                return writer.write_all(answer.as_bytes()).await;
+            }
+            // Closed before a whole head: nothing to answer.
+            return Ok(());
+        }
+        let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+        let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let ot_path = super::OT_PATH.as_bytes();
+        let to_ot = path
+            .strip_prefix(ot_path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        let files = files.filter(|files| path != files.ws_path.as_bytes());
+        // Every byte read so far goes first, so the next reader sees the whole request.
+        let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
+        if to_ot {
+            adapters::tokio::accept_ot(ot, io).await;
+            return Ok(());
+        }
+        let Some(files) = files else {
+            adapters::tokio::accept(server, io).await;
+            return Ok(());
+        };
+        let service = TowerToHyperService::new(files.service.clone());
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(io), service)
+            .await
+            .map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::static_files::{self, Files};
+    use super::*;
+    use std::net::SocketAddr;
+    use syncmux_runtime::OtServerHandle;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn args(flags: &[&str]) -> Result<Args, String> {
+        let cli = Cli::try_parse_from(std::iter::once("server").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.into_args()
+    }
+
+    #[test]
+    fn the_flag_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn zero_disables_the_rate_limit() {
+        let parsed = args(&["--rate-limit", "0"]).unwrap();
+        assert_eq!(parsed.config.rate_limit_burst, 0);
+        assert!(Server::new(parsed.config).is_ok());
+        let parsed = args(&["--rate-limit", "10/5"]).unwrap();
+        assert_eq!(parsed.config.rate_limit_burst, 10);
+        assert_eq!(parsed.config.rate_limit_window, Duration::from_secs(5));
+        let refused = args(&["--rate-limit", "10"]).err().unwrap();
+        assert!(refused.contains("is not N/SECS"), "{refused}");
+    }
+
+    #[test]
+    fn handshake_and_connection_flags() {
+        let parsed = args(&[]).unwrap();
+        assert_eq!(parsed.options.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(parsed.listen, "127.0.0.1:8787");
+        assert_eq!(parsed.log_format, LogFormat::Human);
+        assert_eq!(parsed.shutdown_timeout, Duration::from_secs(5));
+        let parsed = args(&[
+            "--handshake-timeout",
+            "250",
+            "--max-connections",
+            "2",
+            "--max-frame",
+            "33554432",
+            "--max-outbound",
+            "4096",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(parsed.options.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(parsed.config.max_sessions, 2);
+        assert_eq!(parsed.config.max_frame_len, 32 << 20);
+        assert_eq!(parsed.config.max_outbound_bytes, 4096);
+        assert_eq!(parsed.log_format, LogFormat::Json);
+        let parsed = args(&["--handshake-timeout", "0", "--max-connections", "0"]).unwrap();
+        assert!(parsed.options.handshake_timeout.is_zero());
+        assert_eq!(parsed.config.max_sessions, 0);
+        let refused = args(&["--tls-cert", "c.pem"]).err().unwrap();
+        assert!(refused.contains("--tls-key"), "{refused}");
+    }
+
+    #[test]
+    fn the_ot_endpoint_takes_the_same_flags() {
+        let parsed = args(&[]).unwrap();
+        assert!(parsed.ot.auth.is_none());
+        assert_eq!(parsed.ot.rate_limit_messages, 100);
+        assert_eq!(parsed.ot.broadcast_delay, Duration::from_millis(1));
+        let parsed = args(&["--ot-broadcast-delay", "0"]).unwrap();
+        assert!(parsed.ot.broadcast_delay.is_zero());
+        let parsed = args(&["--ot-broadcast-delay", "20"]).unwrap();
+        assert_eq!(parsed.ot.broadcast_delay, Duration::from_millis(20));
+        let parsed = args(&[
+            "--token",
+            "t",
+            "--rate-limit",
+            "7/3",
+            "--ping-interval",
+            "250",
+            "--max-frame",
+            "4096",
+            "--max-outbound",
+            "8192",
+            "--max-connections",
+            "9",
+        ])
+        .unwrap();
+        let ot = &parsed.ot;
+        let auth = ot.auth.as_ref().unwrap();
+        let handshake = syncmux::Handshake::new("/ot", "token=t");
+        let decide = |token| {
+            auth(&AuthRequest {
+                token: Some(token),
+                node_id: None,
+                handshake: &handshake,
+            })
+        };
+        assert!(matches!(decide("t"), AuthDecision::Allow { .. }));
+        assert!(matches!(
+            decide("x"),
+            AuthDecision::Deny { status: 401, .. }
+        ));
+        assert_eq!(ot.rate_limit_messages, 7);
+        assert_eq!(ot.rate_limit_window, Duration::from_secs(3));
+        assert_eq!(ot.ping_interval, Duration::from_millis(250));
+        assert_eq!(ot.max_frame_len, 4096);
+        assert_eq!(ot.max_outbound_bytes, 8192);
+        assert_eq!(ot.max_sessions, 9);
+        assert_eq!(
+            args(&["--rate-limit", "0"]).unwrap().ot.rate_limit_messages,
+            0
+        );
+    }
+
+    fn ot_server() -> OtServerHandle {
+        let ot = OtServer::new(OtServerConfig::default()).unwrap();
+        adapters::tokio::start_ot(ot, ServerOptions::default())
+    }
+
+    /// One HTTP/1.1 exchange on a fresh connection: (status line, content type, body).
+    async fn get(addr: SocketAddr, request: &str) -> (String, String, Vec<u8>) {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.unwrap();
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(answer[..split].to_vec()).unwrap();
+        let status = head.lines().next().unwrap().to_owned();
+        let kind = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(": ")?;
+                name.eq_ignore_ascii_case("content-type")
+                    .then(|| value.to_owned())
+            })
+            .unwrap_or_default();
+        (status, kind, answer[split + 4..].to_vec())
+    }
+
+    #[tokio::test]
+    async fn files_and_the_websocket_share_one_listener() {
+        let base = std::env::temp_dir().join(format!("syncmux-static-{}", std::process::id()));
+        let dir = base.join("www");
+        std::fs::create_dir_all(dir.join("pkg")).unwrap();
+        std::fs::write(dir.join("index.html"), "<h1>hi</h1>").unwrap();
+        std::fs::write(dir.join("pkg/app.wasm"), b"\0asm").unwrap();
+        std::fs::write(dir.join("app.js"), "export {}").unwrap();
+        std::fs::write(base.join("secret.txt"), "top secret").unwrap();
+
+        let mut config = ServerConfig::default();
+        config.path = Some("/sync/ws".to_owned());
+        let driver = Driver::new(
+            Server::new(config).unwrap(),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let server = adapters::tokio::start(driver, ServerOptions::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let files = Files::new(dir.clone(), "/sync/ws");
+        let ot = ot_server();
+        let serving = tokio::spawn(static_files::serve(
+            server.clone(),
+            ot.clone(),
+            tokio::runtime::Handle::current(),
+            listener,
+            None,
+            Some(files),
+        ));
+
+        let (status, kind, body) = get(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(kind.starts_with("text/html"), "{kind}");
+        assert_eq!(body, b"<h1>hi</h1>");
+        let (status, kind, body) = get(addr, "GET /pkg/app.wasm HTTP/1.1\r\n\r\n").await;
+        assert_eq!(
+            (status.as_str(), kind.as_str()),
+            ("HTTP/1.1 200 OK", "application/wasm")
+        );
+        assert_eq!(body, b"\0asm");
+        let (_, kind, _) = get(addr, "GET /app.js?v=1 HTTP/1.1\r\n\r\n").await;
+        assert!(kind.starts_with("text/javascript"), "{kind}");
+        let (status, _, body) = get(addr, "HEAD / HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status.as_str(), body.len()), ("HTTP/1.1 200 OK", 0));
+        for outside in [
+            "/../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/..%2fsecret.txt",
+            "/pkg/../../secret.txt",
+            "//etc/passwd",
+            "/nope.html",
+        ] {
+            let (status, _, body) = get(addr, &format!("GET {outside} HTTP/1.1\r\n\r\n")).await;
+            assert!(
+                status.starts_with("HTTP/1.1 4"),
+                "{outside}: {status} {:?}",
+                String::from_utf8_lossy(&body)
+            );
+            assert!(!String::from_utf8_lossy(&body).contains("top secret"));
+        }
+        let (status, _, _) = get(addr, "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        // A head that never ends within 8 KiB (exactly 8 KiB sent, so that all of it is read).
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(8192 - 19));
+        let (status, _, _) = get(addr, &endless).await;
+        assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+
+        // The upgrade goes through the state machine: it selects the subprotocol and the
+        // session answers a ping.
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let mut request = format!("ws://{addr}/sync/ws?node_id=n1")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "syncmux.v1".parse().unwrap());
+        let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "syncmux.v1");
+        ws.send(Message::text(r#"{"type":"ping","id":"p1"}"#))
+            .await
+            .unwrap();
+        let pong = loop {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(text) => break text.to_string(),
+                _ => continue,
+            }
+        };
+        assert!(
+            pong.contains(r#""type":"pong""#) && pong.contains(r#""id":"p1""#),
+            "{pong}"
+        );
+
+        // `/ot` and the paths under it are the OT profile's, beside the files; `/otx` is not.
+        for path in ["/ot", "/ot/doc-7"] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+                .await
+                .unwrap();
+            ws.send(Message::text(r#"{"type":"snapshot"}"#))
+                .await
+                .unwrap();
+            let answer = loop {
+                match ws.next().await.unwrap().unwrap() {
+                    Message::Text(text) => break text.to_string(),
+                    _ => continue,
+                }
+            };
+            assert!(
+                answer.starts_with(r#"{"type":"snapshot","#),
+                "{path}: {answer}"
+            );
+        }
+        let (status, _, _) = get(addr, "GET /otx HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+        serving.abort();
+        server.shutdown();
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    /// With `--static`, a connection that never sends its request head is dropped after the
+    /// handshake deadline too (it used to get a fixed 10 s).
+    #[tokio::test]
+    async fn the_static_path_drops_a_silent_connection_at_the_handshake_deadline() {
+        let driver = Driver::new(
+            Server::new(ServerConfig::default()).unwrap(),
+            MemoryStore::new(StoreConfig::default()),
+        );
+        let mut options = ServerOptions::default();
+        options.handshake_timeout = Duration::from_millis(200);
+        let server = adapters::tokio::start(driver, options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let files = Files::new(std::env::temp_dir(), "/sync/ws");
+        let serving = tokio::spawn(static_files::serve(
+            server.clone(),
+            ot_server(),
+            tokio::runtime::Handle::current(),
+            listener,
+            None,
+            Some(files),
+        ));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        silent.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        // Generous next to the 200 ms deadline, well under the old fixed 10 s.
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "still open or answered: {read:?}"
+        );
+        serving.abort();
+    }
+}

@@ -1,0 +1,139 @@
+//! The server on Redis (`--redis`, feature `redis`, on by default): two processes on one
+//! `redis-server` (see `redis_util`) serve one log; an unreachable Redis stops the start-up.
+//! Built without the feature, `--redis` is refused.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used)]
+
+mod example_util;
+// One Redis helper for every crate that starts a redis-server (syncmux-redis owns it).
+#[path = "../../syncmux-redis/tests/redis_util/mod.rs"]
+mod redis_util;
+
+use example_util::start_server as start;
+
+#[cfg(feature = "redis")]
+mod with_redis {
+    use std::time::Duration;
+
+    use super::redis_util::RedisServer;
+    use super::start;
+    use syncmux::payload::{ChangeRecord, Hlc, RawJson, Subscribe};
+    use syncmux::{ClientConfig, ClientEvent};
+    use syncmux_runtime as adapters;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_on_one_redis_serve_one_log() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let url = redis.url();
+        let args = ["--redis", &url, "--redis-prefix", "example"];
+        let (_a, a) = start(&args).unwrap();
+        let (_b, b) = start(&args).unwrap();
+        let (reader, mut events) =
+            adapters::tokio::connect(ClientConfig::new(&b, "reader")).unwrap();
+        reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+        let (writer, _w) = adapters::tokio::connect(ClientConfig::new(&a, "writer")).unwrap();
+        let record = ChangeRecord::new("docs", "1", "t", "lww", Hlc::new(5, 0, "writer"), "writer")
+            .with_value(RawJson::from_serialize("hello").unwrap());
+        let pushed = writer.push(vec![record.clone()]).await.unwrap();
+        let changes = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(ClientEvent::Changes {
+                    changes, cursor, ..
+                }) = events.recv().await
+                {
+                    return (changes, cursor);
+                }
+            }
+        })
+        .await
+        .expect("the change crossed servers");
+        assert_eq!(changes, (vec![record], pushed.cursor));
+    }
+
+    /// A server killed with SIGKILL: its sessions' presence and room places are given back
+    /// on every other server once its heartbeat is overdue (10 s by default).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_servers_members_leave_everywhere_and_free_their_places() {
+        use syncmux::payload::PresenceEventKind;
+        use syncmux::{ErrorCode, RequestError};
+
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let url = redis.url();
+        let args = ["--redis", &url, "--redis-prefix", "kill", "--room-max", "1"];
+        let (mut a_process, a) = start(&args).unwrap();
+        let (_b_process, b) = start(&args).unwrap();
+        let (alice, _alice_events) =
+            adapters::tokio::connect(ClientConfig::new(&a, "alice")).unwrap();
+        let (bob, mut bob_events) = adapters::tokio::connect(ClientConfig::new(&b, "bob")).unwrap();
+        bob.update_presence("doc", RawJson::from_serialize(&1).unwrap())
+            .await
+            .unwrap();
+        alice
+            .update_presence("doc", RawJson::from_serialize(&2).unwrap())
+            .await
+            .unwrap();
+        alice.join_room("lobby", None).await.unwrap();
+        // The room of one is full for bob, on the other server.
+        let full = bob.join_room("lobby", None).await.unwrap_err();
+        assert!(
+            matches!(
+                &full,
+                RequestError::Server {
+                    code: ErrorCode::RoomFull,
+                    ..
+                }
+            ),
+            "{full:?}"
+        );
+        a_process.0.kill().unwrap();
+        a_process.0.wait().unwrap();
+        let left = tokio::time::timeout(Duration::from_secs(40), async {
+            loop {
+                if let Some(ClientEvent::Presence(e)) = bob_events.recv().await {
+                    if e.kind == PresenceEventKind::Leave && e.node_id == "alice" {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(left.is_ok(), "alice never left bob's topic");
+        // Her place in the room is free again, over every server.
+        bob.join_room("lobby", None).await.unwrap();
+        let snapshot = bob.get_presence("doc").await.unwrap();
+        let nodes: Vec<&str> = snapshot.states.iter().map(|s| s.node_id.as_str()).collect();
+        assert_eq!(nodes, ["bob"]);
+    }
+
+    #[test]
+    fn an_unreachable_redis_stops_the_start_up_with_a_clear_error() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let url = redis.url();
+        drop(redis);
+        let Err((code, stderr)) = start(&["--redis", &url]) else {
+            panic!("started without Redis");
+        };
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot reach Redis at {url}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// A server built without the `redis` feature refuses `--redis` instead of ignoring it.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn without_the_feature_redis_is_refused() {
+    let Err((code, stderr)) = start(&["--redis", "redis://127.0.0.1:1"]) else {
+        panic!("started");
+    };
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--features tokio,redis"), "{stderr}");
+}

@@ -1,0 +1,696 @@
+//! The example server as it is deployed: flags and their environment variables
+//! (errors included), the Prometheus metrics after real traffic, shutdown on SIGTERM and
+//! SIGINT, static files, JSON logs; and the example client's flags and variables.
+//!
+//! Every server listens on port 0 and the test reads the addresses it prints.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
+
+mod example_util;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use example_util::{example_binary, Killed};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Long enough never to be reached on a loaded machine; only a hang reaches it.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn binary(name: &'static str) -> PathBuf {
+    static SERVER: OnceLock<PathBuf> = OnceLock::new();
+    static CLIENT: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if name == "server" { &SERVER } else { &CLIENT };
+    cell.get_or_init(|| example_binary(name)).clone()
+}
+
+/// A running example server and what it printed.
+struct Running {
+    process: Killed,
+    /// `ws://127.0.0.1:PORT/sync/ws`
+    url: String,
+    /// `127.0.0.1:PORT` of the metrics listener, with `--metrics`.
+    metrics: Option<String>,
+}
+
+impl Running {
+    fn addr(&self) -> &str {
+        let rest = self.url.strip_prefix("ws://").unwrap();
+        rest.strip_suffix("/sync/ws").unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+}
+
+/// Starts the server with `args` and `env` (nothing inherited from the test's own
+/// `SYNCMUX_*`), and reads its first lines.
+fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut command = Command::new(binary("server"));
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut process = Killed(command.spawn().expect("start the server"));
+    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let metrics = if args.contains(&"--metrics") || env.iter().any(|(k, _)| *k == "SYNCMUX_METRICS")
+    {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("metrics on http://")
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
+        Some(addr.to_owned())
+    } else {
+        None
+    };
+    Running {
+        process,
+        url,
+        metrics,
+    }
+}
+
+/// Runs an example to completion (it must not start serving).
+fn run(name: &'static str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary(name));
+    command.args(args).stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run the example")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Opens a session; `Err(status)` when the handshake is refused with an HTTP status.
+async fn open(url: &str, query: &str) -> Result<Ws, u16> {
+    let mut request = format!("{url}?{query}").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "syncmux.v1".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("connect {url}: {e}"),
+    }
+}
+
+/// The next text frame, as JSON; `Err` with the close code when the server closes instead.
+async fn next(ws: &mut Ws) -> Result<serde_json::Value, Option<u16>> {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("an answer in time");
+        match message {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+/// Sends a frame and returns the first frame of type `want` (skipping others).
+async fn ask(ws: &mut Ws, frame: &str, want: &str) -> serde_json::Value {
+    ws.send(Message::text(frame.to_owned())).await.unwrap();
+    loop {
+        let answer = next(ws).await.expect("no close");
+        if answer["type"] == want {
+            return answer;
+        }
+    }
+}
+
+fn change(table: &str, pk: &str, node: &str, ts: u64, value: &str) -> String {
+    format!(
+        r#"{{"table":"{table}","pk":"{pk}","field":"f","crdt_type":"lww","hlc":"{ts}:0:{node}","node_id":"{node}","value":"{value}"}}"#
+    )
+}
+
+fn push(id: &str, node: &str, changes: &[String]) -> String {
+    format!(
+        r#"{{"type":"push_request","id":"{id}","payload":{{"node_id":"{node}","changes":[{}]}}}}"#,
+        changes.join(",")
+    )
+}
+
+/// One HTTP/1.1 `GET` on a fresh connection: (status code, content type, body).
+async fn get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let answer = text(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let kind = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.to_owned())
+        })
+        .unwrap_or_default();
+    (status, kind, body.to_owned())
+}
+
+/// A scrape, as `name{k="v",...}` (labels sorted) -> value.
+type Scrape = BTreeMap<String, f64>;
+
+async fn scrape(addr: &str) -> Scrape {
+    let (status, kind, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(kind.starts_with("text/plain"), "{kind}");
+    let mut out = Scrape::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (key, value) = line.rsplit_once(' ').unwrap();
+        let key = match key.split_once('{') {
+            None => key.to_owned(),
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort_unstable();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+        };
+        out.insert(key, value.parse().unwrap());
+    }
+    out
+}
+
+/// How much a series grew between two scrapes (absent counts as 0).
+fn grew(before: &Scrape, after: &Scrape, key: &str) -> f64 {
+    let value = |s: &Scrape| s.get(key).copied().unwrap_or(0.0);
+    value(after) - value(before)
+}
+
+/// Sends `signal` (`TERM`, `INT`) to the process and waits for it to exit.
+async fn signal_and_wait(server: Running, signal: &str) -> (ExitStatus, String) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(server.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal}");
+    let mut process = server.process;
+    let waited = tokio::task::spawn_blocking(move || {
+        let status = process.0.wait().unwrap();
+        let mut stderr = String::new();
+        process
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    });
+    tokio::time::timeout(PATIENCE, waited)
+        .await
+        .expect("the server exited in time")
+        .unwrap()
+}
+
+#[test]
+fn every_server_flag_has_help_and_an_environment_variable() {
+    let out = run("server", &["--help"], &[]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for (flag, var) in [
+        ("--listen", "SYNCMUX_LISTEN"),
+        ("--token", "SYNCMUX_TOKEN"),
+        ("--rate-limit", "SYNCMUX_RATE_LIMIT"),
+        ("--max-frame", "SYNCMUX_MAX_FRAME"),
+        ("--max-outbound", "SYNCMUX_MAX_OUTBOUND"),
+        ("--ping-interval", "SYNCMUX_PING_INTERVAL"),
+        ("--ot-broadcast-delay", "SYNCMUX_OT_BROADCAST_DELAY"),
+        ("--idle-timeout", "SYNCMUX_IDLE_TIMEOUT"),
+        ("--presence-ttl", "SYNCMUX_PRESENCE_TTL"),
+        ("--room-max", "SYNCMUX_ROOM_MAX"),
+        ("--handshake-timeout", "SYNCMUX_HANDSHAKE_TIMEOUT"),
+        ("--max-connections", "SYNCMUX_MAX_CONNECTIONS"),
+        ("--tls-cert", "SYNCMUX_TLS_CERT"),
+        ("--tls-key", "SYNCMUX_TLS_KEY"),
+        ("--static", "SYNCMUX_STATIC"),
+        ("--metrics", "SYNCMUX_METRICS"),
+        ("--log-format", "SYNCMUX_LOG_FORMAT"),
+        ("--shutdown-timeout", "SYNCMUX_SHUTDOWN_TIMEOUT"),
+        ("--redis", "SYNCMUX_REDIS"),
+        ("--redis-prefix", "SYNCMUX_REDIS_PREFIX"),
+        ("--redis-retention", "SYNCMUX_REDIS_RETENTION"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+        assert!(help.contains(var), "{var} missing from --help:\n{help}");
+    }
+    // The token never shows in the help, even when set.
+    let out = run("server", &["--help"], &[("SYNCMUX_TOKEN", "hunter2")]);
+    assert!(!text(&out.stdout).contains("hunter2"));
+}
+
+#[test]
+fn invalid_server_values_exit_2_with_a_message() {
+    for (args, env, message) in [
+        (
+            &["--max-frame", "abc"][..],
+            &[][..],
+            "invalid value 'abc' for '--max-frame <BYTES>'",
+        ),
+        (
+            &[],
+            &[("SYNCMUX_MAX_FRAME", "abc")][..],
+            "invalid value 'abc' for '--max-frame <BYTES>'",
+        ),
+        (
+            &["--rate-limit", "10"],
+            &[],
+            "\"10\" is not N/SECS (for example 100/60) or 0",
+        ),
+        (
+            &[],
+            &[("SYNCMUX_PING_INTERVAL", "-5")],
+            "invalid value '-5' for '--ping-interval <MS>'",
+        ),
+        (&["--tls-cert", "cert.pem"], &[], "--tls-key <PEM>"),
+        (
+            &["--log-format", "xml"],
+            &[],
+            "invalid value 'xml' for '--log-format <LOG_FORMAT>'",
+        ),
+        (
+            &["--no-such-flag"],
+            &[],
+            "unexpected argument '--no-such-flag'",
+        ),
+        // Parsed, but a configuration the server refuses: a rate limit without a window.
+        (&["--rate-limit", "5/0"], &[], "error:"),
+    ] {
+        let out = run("server", args, env);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?} {env:?}: {stderr}");
+        assert!(
+            !text(&out.stdout).contains("listening on"),
+            "{args:?} started serving"
+        );
+    }
+}
+
+/// The variables configure the server; a flag wins over its variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_configure_the_server_and_flags_win() {
+    let env = [
+        ("SYNCMUX_LISTEN", "127.0.0.1:0"),
+        ("SYNCMUX_TOKEN", "sekrit"),
+        ("SYNCMUX_MAX_FRAME", "2000"),
+    ];
+    let padded = |n: usize| {
+        format!(
+            r#"{{"type":"ping","id":"big","payload":"{}"}}"#,
+            "a".repeat(n)
+        )
+    };
+    let server = start(&[], &env);
+    assert!(server.url.starts_with("ws://127.0.0.1:"), "{}", server.url);
+    assert_eq!(open(&server.url, "node_id=a").await.err(), Some(401));
+    let mut ws = open(&server.url, "node_id=a&token=sekrit").await.unwrap();
+    let answer = ask(&mut ws, &padded(3000), "error").await;
+    assert_eq!(answer["payload"]["code"], "FRAME_TOO_LARGE", "{answer}");
+    assert!(
+        answer["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 2000 bytes"),
+        "{answer}"
+    );
+    drop(server);
+
+    let server = start(&["--max-frame", "5000"], &env);
+    let mut ws = open(&server.url, "node_id=a&token=sekrit").await.unwrap();
+    let answer = ask(&mut ws, &padded(3000), "pong").await;
+    assert_eq!(answer["id"], "big");
+}
+
+#[test]
+fn the_client_reads_flags_and_variables_and_refuses_bad_values() {
+    for (args, env, message) in [
+        (
+            &["pull", "docs"][..],
+            &[][..],
+            "the following required arguments were not provided",
+        ),
+        (
+            &[
+                "--url",
+                "ws://127.0.0.1:9/sync/ws",
+                "--node-id",
+                "a",
+                "pull",
+                "--since",
+                "garbage",
+                "docs",
+            ],
+            &[],
+            "invalid value 'garbage' for '--since <HLC>'",
+        ),
+        (
+            &["pull", "docs"],
+            &[
+                ("SYNCMUX_URL", "ws://127.0.0.1:9/sync/ws"),
+                ("SYNCMUX_NODE_ID", "a"),
+                ("SYNCMUX_REQUEST_TIMEOUT", "soon"),
+            ],
+            "invalid value 'soon' for '--request-timeout <MS>'",
+        ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:9/",
+                "--node-id",
+                "a",
+                "pull",
+                "docs",
+            ],
+            &[],
+            "must start with ws:// or wss://",
+        ),
+        (
+            &[
+                "--url",
+                "ws://127.0.0.1:9/sync/ws",
+                "--node-id",
+                "a",
+                "pull",
+            ],
+            &[],
+            "<TABLE>",
+        ),
+    ] {
+        let out = run("client", args, env);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let help = text(&run("client", &["--help"], &[]).stdout);
+    for var in [
+        "SYNCMUX_URL",
+        "SYNCMUX_NODE_ID",
+        "SYNCMUX_TOKEN",
+        "SYNCMUX_RECONNECT_DELAY",
+        "SYNCMUX_MAX_RECONNECT_DELAY",
+        "SYNCMUX_PING_INTERVAL",
+        "SYNCMUX_REQUEST_TIMEOUT",
+    ] {
+        assert!(help.contains(var), "{var} missing from --help:\n{help}");
+    }
+
+    // A pull configured by the environment alone, against a server that wants a token.
+    let server = start(&["--listen", "127.0.0.1:0", "--token", "t0k"], &[]);
+    let env = [
+        ("SYNCMUX_URL", server.url.as_str()),
+        ("SYNCMUX_NODE_ID", "env-client"),
+        ("SYNCMUX_TOKEN", "t0k"),
+        ("SYNCMUX_RECONNECT_DELAY", "20"),
+    ];
+    let out = run("client", &["pull", "docs"], &env);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    let pulled: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(pulled["changes"].is_array(), "{pulled}");
+}
+
+/// Each metric moves with real traffic: sessions, handshakes (accepted, rejected by
+/// status), frames in and out by type, deliveries, error frames by code, closes by code,
+/// rate-limited messages, slow-consumer closes, replay sizes and store latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_real_traffic() {
+    let server = start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--token",
+            "t",
+            "--rate-limit",
+            "4/600",
+            "--max-outbound",
+            "4096",
+        ],
+        &[],
+    );
+    let metrics = server.metrics.clone().unwrap();
+    assert_eq!(get(&metrics, "/health").await.0, 200);
+    assert_eq!(get(&metrics, "/nope").await.0, 404);
+    let before = scrape(&metrics).await;
+    let url = &server.url;
+
+    assert_eq!(open(url, "node_id=x").await.err(), Some(401));
+    // A subscriber, and a pusher whose two changes it gets live.
+    let mut sub = open(url, "node_id=sub&token=t").await.unwrap();
+    ask(
+        &mut sub,
+        r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#,
+        "ack",
+    )
+    .await;
+    let mut pusher = open(url, "node_id=pusher&token=t").await.unwrap();
+    let changes = [
+        change("docs", "1", "pusher", 5, "a"),
+        change("docs", "2", "pusher", 6, "b"),
+    ];
+    ask(&mut pusher, &push("p", "pusher", &changes), "push_response").await;
+    let live = next(&mut sub).await.unwrap();
+    assert_eq!(live["type"], "changes", "{live}");
+    // A pull, a replay of both changes, and an invalid frame.
+    let mut puller = open(url, "node_id=puller&token=t").await.unwrap();
+    let pull = r#"{"type":"pull_request","id":"q","payload":{"tables":["docs"]}}"#;
+    ask(&mut puller, pull, "pull_response").await;
+    let replay = r#"{"type":"subscribe","id":"r","payload":{"tables":["docs"],"since":"0:0:x"}}"#;
+    ask(&mut puller, replay, "ack").await;
+    ask(&mut puller, "not json", "error").await;
+    // Six pings where four are allowed: two refused.
+    let mut abuser = open(url, "node_id=abuser&token=t").await.unwrap();
+    for i in 0..6 {
+        let ping = format!(r#"{{"type":"ping","id":"{i}"}}"#);
+        abuser.send(Message::text(ping)).await.unwrap();
+    }
+    let mut refused = 0;
+    for _ in 0..6 {
+        let answer = next(&mut abuser).await.unwrap();
+        refused += usize::from(answer["payload"]["code"] == "RATE_LIMITED");
+    }
+    assert_eq!(refused, 2);
+    // A change bigger than the outbound bound closes its subscriber as a slow consumer.
+    let mut slow = open(url, "node_id=slow&token=t").await.unwrap();
+    ask(
+        &mut slow,
+        r#"{"type":"subscribe","id":"s","payload":{"tables":["big"]}}"#,
+        "ack",
+    )
+    .await;
+    let huge = change("big", "1", "pusher", 7, &"x".repeat(5000));
+    ask(&mut pusher, &push("p2", "pusher", &[huge]), "push_response").await;
+    assert_eq!(next(&mut slow).await.err(), Some(Some(4503)));
+    // A session its peer closes.
+    sub.close(None).await.unwrap();
+    while sub.next().await.is_some() {}
+
+    let after = scrape(&metrics).await;
+    let moved = |key: &str| grew(&before, &after, key);
+    assert!(
+        after.get("syncmux_sessions_open").copied().unwrap_or(0.0) >= 3.0,
+        "{after:#?}"
+    );
+    assert_eq!(moved("syncmux_sessions_opened_total"), 5.0);
+    assert_eq!(moved(r#"syncmux_handshakes_total{result="accepted"}"#), 5.0);
+    assert_eq!(
+        moved(r#"syncmux_handshakes_total{result="rejected",status="401"}"#),
+        1.0
+    );
+    for (kind, at_least) in [
+        ("subscribe", 3.0),
+        ("push_request", 2.0),
+        ("pull_request", 1.0),
+        ("ping", 6.0),
+    ] {
+        let key = format!(r#"syncmux_frames_in_total{{type="{kind}"}}"#);
+        assert!(moved(&key) >= at_least, "{key}: {after:#?}");
+    }
+    for (kind, at_least) in [
+        ("ack", 3.0),
+        ("push_response", 2.0),
+        ("pull_response", 1.0),
+        ("changes", 2.0),
+        ("pong", 4.0),
+        ("error", 3.0),
+    ] {
+        let key = format!(r#"syncmux_frames_out_total{{type="{kind}"}}"#);
+        assert!(moved(&key) >= at_least, "{key}: {after:#?}");
+    }
+    assert_eq!(moved("syncmux_deliveries_total"), 1.0, "{after:#?}");
+    assert_eq!(
+        moved(r#"syncmux_error_frames_total{code="RATE_LIMITED"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_error_frames_total{code="INVALID_FRAME"}"#),
+        1.0
+    );
+    assert_eq!(moved("syncmux_rate_limited_total"), 2.0);
+    assert_eq!(moved(r#"syncmux_closes_total{code="4503"}"#), 1.0);
+    assert_eq!(moved("syncmux_slow_consumer_closes_total"), 1.0);
+    assert_eq!(moved("syncmux_peer_closes_total"), 1.0);
+    // Three subscribes: two start at the head (no change replayed), one replays both.
+    assert_eq!(moved("syncmux_replay_changes_count"), 3.0);
+    assert_eq!(moved("syncmux_replay_changes_sum"), 2.0);
+    assert_eq!(moved(r#"syncmux_replay_changes_bucket{le="0"}"#), 2.0);
+    assert_eq!(moved(r#"syncmux_replay_changes_bucket{le="10"}"#), 3.0);
+    assert_eq!(moved(r#"syncmux_store_seconds_count{op="push"}"#), 2.0);
+    assert_eq!(moved(r#"syncmux_store_seconds_count{op="pull"}"#), 1.0);
+    assert_eq!(moved(r#"syncmux_store_seconds_count{op="replay"}"#), 3.0);
+    assert!(moved(r#"syncmux_store_seconds_sum{op="push"}"#) > 0.0);
+}
+
+/// Opens three sync sessions and an `/ot` one (on plain TCP it runs on the OT endpoint's own
+/// thread; with static files on the workers), sends `signal`, and checks each gets a 1001
+/// close and the process exits 0.
+async fn closes_every_session_on(signal: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--log-format", "json"];
+    args.extend_from_slice(extra);
+    let server = start(&args, &[("RUST_LOG", "info")]);
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        let mut ws = open(&server.url, &format!("node_id=n{i}")).await.unwrap();
+        ask(&mut ws, r#"{"type":"ping","id":"1"}"#, "pong").await;
+        sessions.push(ws);
+    }
+    let ot_url = format!("ws://{}/ot", server.addr());
+    let (mut ot, _) = tokio_tungstenite::connect_async(ot_url).await.unwrap();
+    let op = r#"{"type":"op","op":[{"i":"x"}],"revision":0}"#;
+    ot.send(Message::text(op)).await.unwrap();
+    assert_eq!(
+        next(&mut ot).await,
+        Ok(serde_json::json!({"type": "ack", "revision": 1}))
+    );
+    sessions.push(ot);
+    let (status, stderr) = signal_and_wait(server, signal).await;
+    for mut ws in sessions {
+        loop {
+            match next(&mut ws).await {
+                Ok(_) => continue,
+                Err(code) => {
+                    assert_eq!(code, Some(1001), "{signal}");
+                    break;
+                }
+            }
+        }
+    }
+    assert!(status.success(), "{signal}: {status}\n{stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_session_with_1001_and_exits_0() {
+    let stderr = closes_every_session_on("TERM", &[]).await;
+    // `--log-format json`: every log line is a JSON object, the shutdown's included.
+    let mut shutdown = false;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(entry["level"].is_string(), "{line}");
+        let message = entry["fields"]["message"].as_str().unwrap_or_default();
+        shutdown |= message.starts_with("shutting down") && entry["fields"]["signal"] == "SIGTERM";
+    }
+    assert!(shutdown, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_closes_every_session_with_1001_and_exits_0_with_static_files_too() {
+    let dir = std::env::temp_dir().join(format!("syncmux-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.display().to_string();
+    closes_every_session_on("INT", &["--static", &dir_arg]).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `--static DIR` through the real binary: types by extension (`.wasm` as
+/// `application/wasm`), the npm package's files, and nothing outside DIR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_have_their_types_and_stay_inside_the_directory() {
+    let base = std::env::temp_dir().join(format!("syncmux-files-{}", std::process::id()));
+    let dir = base.join("www");
+    let package = dir.join("node_modules/syncmux");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>demo</h1>").unwrap();
+    std::fs::write(dir.join("style.css"), "h1 {}").unwrap();
+    std::fs::write(package.join("syncmux.js"), "export default 1;").unwrap();
+    std::fs::write(package.join("syncmux_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(package.join("package.json"), "{}").unwrap();
+    std::fs::write(base.join("secret.txt"), "top secret").unwrap();
+    let dir_arg = dir.display().to_string();
+    let server = start(&["--listen", "127.0.0.1:0", "--static", &dir_arg], &[]);
+    let addr = server.addr();
+
+    let (status, kind, body) = get(addr, "/").await;
+    assert_eq!((status, body.as_str()), (200, "<h1>demo</h1>"));
+    assert!(kind.starts_with("text/html"), "{kind}");
+    for (path, want) in [
+        ("/style.css", "text/css"),
+        ("/node_modules/syncmux/syncmux.js", "text/javascript"),
+        ("/node_modules/syncmux/syncmux_bg.wasm", "application/wasm"),
+        ("/node_modules/syncmux/package.json", "application/json"),
+    ] {
+        let (status, kind, _) = get(addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(kind.starts_with(want), "{path}: {kind}");
+    }
+    for escape in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/node_modules/../../secret.txt",
+        "/missing.js",
+    ] {
+        let (status, _, body) = get(addr, escape).await;
+        assert_eq!(status, 404, "{escape}: {body}");
+        assert!(!body.contains("top secret"), "{escape}");
+    }
+    // The sync path on the same port is still the WebSocket.
+    let mut ws = open(&server.url, "node_id=web").await.unwrap();
+    ask(&mut ws, r#"{"type":"ping","id":"1"}"#, "pong").await;
+    drop(server);
+    std::fs::remove_dir_all(base).unwrap();
+}

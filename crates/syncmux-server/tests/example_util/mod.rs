@@ -1,0 +1,125 @@
+//! Running the binaries from tests: built with the tests' features, killed when the test
+//! ends however it ends.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary `name`: `server` and `client` are this package's (`syncmux-server`,
+/// `syncmux-cli`), which Cargo builds for its tests with the tests' features; `axum` is the
+/// runtime crate's example, built here (usually a no-op that proves the binary is fresh).
+pub fn example_binary(name: &str) -> PathBuf {
+    match name {
+        "server" => PathBuf::from(env!("CARGO_BIN_EXE_syncmux-server")),
+        "client" => PathBuf::from(env!("CARGO_BIN_EXE_syncmux-cli")),
+        example => build_example("syncmux-runtime", example, "tokio"),
+    }
+}
+
+/// Builds the example `name` of `package` with `features`; its binary
+/// (`target/debug/examples/NAME`, beside this test's directory).
+fn build_example(package: &str, name: &str, features: &str) -> PathBuf {
+    let mut cargo = Command::new(env!("CARGO"));
+    // Cargo gives this test the variables of the package it tests; some build scripts (ring's)
+    // rerun when those change, so an inner build that saw them would rebuild half the tree,
+    // and the next outer build again.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            cargo.env_remove(key.as_ref());
+        }
+    }
+    let status = cargo
+        .current_dir(root())
+        .args([
+            "build",
+            "-p",
+            package,
+            "--example",
+            name,
+            "--features",
+            features,
+        ])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the example {name} failed");
+    // target/debug/deps/interop_node-HASH -> target/debug/examples/NAME
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "no {}", binary.display());
+    binary
+}
+
+/// Kills the server when the test ends, however it ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the example server on a free port with `args` (and no `SYNCMUX_*` variable from the
+/// test's environment); its URL once it prints `listening on URL`, or its exit status and
+/// stderr when it stops instead.
+pub fn start_server(args: &[&str]) -> Result<(Killed, String), (Option<i32>, String)> {
+    start_server_until(args, "listening on ")
+}
+
+/// [`start_server`], waiting for the line that starts with `prefix` (`ot on ` for the OT
+/// endpoint's URL) instead.
+pub fn start_server_until(
+    args: &[&str],
+    prefix: &str,
+) -> Result<(Killed, String), (Option<i32>, String)> {
+    let mut command = Command::new(example_binary("server"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SYNCMUX_") {
+            command.env_remove(key);
+        }
+    }
+    let mut process = Killed(command.spawn().unwrap());
+    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let status = process.0.wait().unwrap();
+            return Err((status.code(), stderr_of(&mut process)));
+        }
+        if let Some(url) = line.trim().strip_prefix(prefix) {
+            return Ok((process, url.to_owned()));
+        }
+    }
+}
+
+/// Everything the process wrote to its (piped) stderr, once it has exited.
+pub fn stderr_of(process: &mut Killed) -> String {
+    let mut stderr = String::new();
+    if let Some(pipe) = process.0.stderr.as_mut() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    stderr
+}

@@ -1,0 +1,653 @@
+//! The OT profile on Redis (`adapters::redis::RedisOt`): servers on one real `redis-server`
+//! (see `redis_util`) serve the same documents. Clients on both servers converge through
+//! concurrent edits; a Pub/Sub message that never came (an op appended without its publish)
+//! is read back from the history list, whether a later op reveals the gap or only the poll
+//! can; a server killed mid-way loses no op it acked.
+#![cfg(all(feature = "redis", unix))]
+#![allow(clippy::unwrap_used)]
+
+mod example_util;
+// One Redis helper for every crate that starts a redis-server (syncmux-redis owns it).
+#[path = "../../syncmux-redis/tests/redis_util/mod.rs"]
+mod redis_util;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use redis_util::RedisServer;
+use syncmux::ot::{
+    utf16_len, OtClient, OtClientConfig, OtClientState, OtServer, OtServerConfig, TextOp,
+};
+use syncmux_redis::{RedisOt, RedisOtConfig};
+use syncmux_runtime::{self as adapters, Clock, OtServerHandle, ServerOptions};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Only a hang reaches it.
+const GUARD: Duration = Duration::from_secs(20);
+
+/// An edit, made by the peer's task on its current text.
+enum Edit {
+    Insert { text: String, at: u64 },
+    Delete { at: u64 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Seen {
+    text: String,
+    revision: u64,
+    unacked: bool,
+    synced: bool,
+    /// The connection ended.
+    gone: bool,
+    /// Edits made so far.
+    edits: u64,
+}
+
+/// An `OtClient` driven over a WebSocket to `/ot` by a task of its own.
+struct Peer {
+    edits: mpsc::UnboundedSender<Edit>,
+    seen: watch::Receiver<Seen>,
+    sent: u64,
+}
+
+impl Peer {
+    async fn open(url: &str, name: &str) -> Peer {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (mut sink, mut stream) = ws.split();
+        let (edits, mut rx) = mpsc::unbounded_channel::<Edit>();
+        let (tx, seen) = watch::channel(Seen::default());
+        let clock = Clock::new();
+        let mut client = OtClient::new(OtClientConfig::new(name)).unwrap();
+        client.handle_connected(clock.now());
+        tokio::spawn(async move {
+            let mut made = 0;
+            loop {
+                while let Some(frame) = client.poll_transmit() {
+                    let text = String::from_utf8(frame.to_vec()).unwrap();
+                    if sink.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                while client.poll_event().is_some() {}
+                tx.send_replace(Seen {
+                    text: client.text().to_owned(),
+                    revision: client.revision(),
+                    unacked: client.has_unacked(),
+                    synced: client.state() != OtClientState::Fetching,
+                    gone: false,
+                    edits: made,
+                });
+                tokio::select! {
+                    m = stream.next() => match m {
+                        Some(Ok(Message::Text(t))) => client.handle_message(clock.now(), Bytes::from(t)),
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    e = rx.recv() => {
+                        let Some(e) = e else { break };
+                        let len = utf16_len(client.text());
+                        let op = match e {
+                            Edit::Insert { text, at } => TextOp::new().retain(at % (len + 1)).insert(text),
+                            Edit::Delete { at } if len > 0 => TextOp::new().retain(at % len).delete(1),
+                            Edit::Delete { .. } => TextOp::new(),
+                        };
+                        client.edit(clock.now(), op).unwrap();
+                        made += 1;
+                    }
+                }
+            }
+            tx.send_modify(|s| s.gone = true);
+        });
+        let mut peer = Peer {
+            edits,
+            seen,
+            sent: 0,
+        };
+        peer.wait(|s| s.synced).await;
+        peer
+    }
+
+    fn edit(&mut self, edit: Edit) {
+        self.edits.send(edit).unwrap();
+        self.sent += 1;
+    }
+
+    /// Waits until the edits sent so far are made and acked (or the connection is gone).
+    async fn acked(&mut self) -> Seen {
+        let sent = self.sent;
+        self.wait(move |s| s.gone || (s.edits == sent && !s.unacked))
+            .await
+    }
+
+    async fn wait(&mut self, f: impl Fn(&Seen) -> bool) -> Seen {
+        tokio::time::timeout(GUARD, self.seen.wait_for(|s| f(s)))
+            .await
+            .expect("hung")
+            .unwrap()
+            .clone()
+    }
+}
+
+/// An OT server on the shared history in `redis` (in process), and its `/ot` URL.
+async fn server(redis: &str, poll: Duration) -> (OtServerHandle, String) {
+    let mut config = OtServerConfig::default();
+    config.shared_history = true;
+    config.rate_limit_messages = 0;
+    let server =
+        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+    let mut config = RedisOtConfig::new(redis);
+    config.prefix = "{t}:".to_owned();
+    config.poll = poll;
+    let shared = RedisOt::connect(config).await.unwrap();
+    tokio::spawn(shared.run(server.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(adapters::tokio::serve_ot(server.clone(), listener, None));
+    (server, format!("ws://{addr}/ot"))
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// doc-1's head revision and text in Redis (prefix `prefix`).
+async fn stored(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> (u64, String) {
+    let (v, data): (Option<u64>, Option<String>) = redis::pipe()
+        .atomic()
+        .hget(format!("{prefix}doc:doc-1:metadata"), "v")
+        .get(format!("{prefix}doc:doc-1:data"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    let text = data.map_or_else(String::new, |d| serde_json::from_str(&d).unwrap());
+    (v.unwrap_or(0), text)
+}
+
+/// Appends an op to doc-1's history the way a server does, but publishes nothing: the
+/// channel's message for it is lost.
+async fn append_unpublished(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    insert: &str,
+) {
+    let (v, text) = stored(conn, prefix).await;
+    let op = TextOp::new().insert(insert);
+    let after = op.apply(&text).unwrap();
+    let _: () = redis::pipe()
+        .atomic()
+        .rpush(format!("{prefix}doc:doc-1:history"), op.to_json())
+        .hset(format!("{prefix}doc:doc-1:metadata"), "v", v + 1)
+        .set(
+            format!("{prefix}doc:doc-1:data"),
+            serde_json::to_string(&after).unwrap(),
+        )
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Waits until every peer has made and seen acked the edits sent to it, then until every
+/// peer is settled on Redis' head text. (Without the first wait an edit still queued for a
+/// peer's task lets an untouched document count as converged.)
+async fn converge(
+    peers: &mut [Peer],
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> String {
+    for peer in peers.iter_mut() {
+        peer.acked().await;
+    }
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (v, text) = stored(conn, prefix).await;
+        let all = peers.iter().all(|p| {
+            let s = p.seen.borrow();
+            !s.unacked && s.revision == v && s.text == text
+        });
+        if all {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: redis at {v} {text:?}, peers {:?}",
+            peers
+                .iter()
+                .map(|p| p.seen.borrow().clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three clients on each of two servers edit doc-1 at once, 40 random inserts and deletes
+/// each, without waiting for acks: every client ends on the text and revision that Redis
+/// holds. Without the channel (or the commit's transform at a moved head) the servers' copies
+/// diverge and the clients of one never see the other's edits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_servers_converge() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    // No poll: the channel alone carries the ops between the servers.
+    let (_a, a) = server(&url, Duration::ZERO).await;
+    let (_b, b) = server(&url, Duration::ZERO).await;
+    let mut peers = Vec::new();
+    for i in 0..6 {
+        let at = if i % 2 == 0 { &a } else { &b };
+        peers.push(Peer::open(at, &format!("p{i}")).await);
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..40u32 {
+        for (i, peer) in peers.iter_mut().enumerate() {
+            let at = rng.next();
+            if rng.next().is_multiple_of(4) {
+                peer.edit(Edit::Delete { at });
+            } else {
+                peer.edit(Edit::Insert {
+                    text: format!("<{i}.{round}>"),
+                    at,
+                });
+            }
+        }
+        if round.is_multiple_of(8) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut conn = redis_conn(&url).await;
+    let text = converge(&mut peers, &mut conn, "{t}:").await;
+    // Edits made while one is in flight are composed into one op: fewer revisions than
+    // edits, one history item each.
+    let (v, _) = stored(&mut conn, "{t}:").await;
+    let history: u64 = redis::cmd("LLEN")
+        .arg("{t}:doc:doc-1:history")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(history, v);
+    assert!(v > 6, "{v} revisions");
+    // The history replays to the snapshot.
+    let ops: Vec<String> = redis::cmd("LRANGE")
+        .arg("{t}:doc:doc-1:history")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut replay = String::new();
+    for op in ops {
+        replay = TextOp::from_json(serde_json::from_str(&op).unwrap())
+            .unwrap()
+            .apply(&replay)
+            .unwrap();
+    }
+    assert_eq!(replay, text);
+}
+
+/// An op appended without its Pub/Sub message: the next op on the channel shows both
+/// servers a gap, and they read the missing op from the history list (the poll is off, so
+/// nothing else could bring it). Without the read, server B's copy stops at the gap and its
+/// client never converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_publish_is_read_back_from_the_history() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (_a, a) = server(&url, Duration::ZERO).await;
+    let (_b, b) = server(&url, Duration::ZERO).await;
+    let mut peers = vec![Peer::open(&a, "a").await, Peer::open(&b, "b").await];
+    let mut conn = redis_conn(&url).await;
+    peers[0].edit(Edit::Insert {
+        text: "hello".into(),
+        at: 0,
+    });
+    assert_eq!(converge(&mut peers, &mut conn, "{t}:").await, "hello");
+    append_unpublished(&mut conn, "{t}:", "lost ").await;
+    peers[0].edit(Edit::Insert {
+        text: "!".into(),
+        at: 5,
+    });
+    let text = converge(&mut peers, &mut conn, "{t}:").await;
+    assert_eq!(text, "lost hello!");
+    assert_eq!(peers[1].seen.borrow().revision, 3);
+}
+
+/// An op appended without its Pub/Sub message and nothing after it: only the poll of the
+/// heads can find it, and it does. Without the poll (or its fetch) no client ever sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_lost_at_the_tail_is_found_by_the_poll() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (_a, a) = server(&url, Duration::from_millis(100)).await;
+    let (_b, b) = server(&url, Duration::from_millis(100)).await;
+    let mut peers = vec![Peer::open(&a, "a").await, Peer::open(&b, "b").await];
+    let mut conn = redis_conn(&url).await;
+    peers[1].edit(Edit::Insert {
+        text: "x".into(),
+        at: 0,
+    });
+    converge(&mut peers, &mut conn, "{t}:").await;
+    append_unpublished(&mut conn, "{t}:", "tail ").await;
+    assert_eq!(converge(&mut peers, &mut conn, "{t}:").await, "tail x");
+}
+
+/// Starts the example server with `args`; its `/ot` URL.
+fn start_example(args: &[&str]) -> (example_util::Killed, String) {
+    let args = [&["--rate-limit", "0"], args].concat();
+    example_util::start_server_until(&args, "ot on ").expect("the server stopped")
+}
+
+/// Two example servers (`--redis`): two clients on each insert tokens one op in flight at a
+/// time; server A is killed with SIGKILL mid-way. Every token whose op A (or B) acked is in
+/// the text Redis holds and that B's clients converge on, exactly once: an ack is sent only
+/// once the op is in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_loses_nothing_it_acked() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let args = ["--redis", &url, "--redis-prefix", "kill"];
+    let (mut a_process, a) = start_example(&args);
+    let (_b_process, b) = start_example(&args);
+    let mut peers = Vec::new();
+    for i in 0..4 {
+        peers.push(Peer::open(if i < 2 { &a } else { &b }, &format!("k{i}")).await);
+    }
+    let mut acked: Vec<String> = Vec::new();
+    for round in 0..30 {
+        for (i, peer) in peers.iter_mut().enumerate() {
+            if peer.seen.borrow().gone {
+                continue;
+            }
+            let token = format!("<{i}.{round}>");
+            // At the start: no insert splits another token.
+            peer.edit(Edit::Insert {
+                text: token.clone(),
+                at: 0,
+            });
+            let seen = peer.acked().await;
+            if !seen.gone {
+                acked.push(token);
+            }
+            // Killed right after an ack: an ack sent before the op reached Redis (a write
+            // behind) would lose that op.
+            if round == 15 && i == 0 {
+                a_process.0.kill().unwrap();
+                a_process.0.wait().unwrap();
+            }
+        }
+    }
+    assert!(
+        peers[0].seen.borrow().gone && peers[1].seen.borrow().gone,
+        "A is dead"
+    );
+    let mut conn = redis_conn(&url).await;
+    let text = converge(&mut peers[2..], &mut conn, "{kill}:").await;
+    assert!(acked.len() > 60, "{} acked", acked.len());
+    for token in &acked {
+        assert_eq!(
+            text.matches(token.as_str()).count(),
+            1,
+            "{token} in {text:?}"
+        );
+    }
+}
+
+/// How many subscribers `channel` has, and how many pattern subscriptions there are.
+async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> (u64, u64) {
+    let (_, count): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let patterns: u64 = redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+    (count, patterns)
+}
+
+/// Waits until `channel` has `count` subscribers.
+async fn until_subscribers(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    count: u64,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while subscribers(conn, channel).await.0 != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel}: never {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A raw connection to `/ot` that asks for a document's snapshot (which joins it) and
+/// reads the answer.
+async fn join(
+    url: &str,
+    doc: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let ask = format!(r#"{{"type":"snapshot","docId":"{doc}"}}"#);
+    ws.send(Message::text(ask)).await.unwrap();
+    let answer = next_frame(&mut ws).await;
+    assert_eq!(answer["type"], "snapshot", "{answer}");
+    ws
+}
+
+async fn next_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> serde_json::Value {
+    loop {
+        let message = tokio::time::timeout(GUARD, ws.next())
+            .await
+            .expect("hung")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// A server follows the channels of the documents it serves, and no other: no pattern
+/// subscription, doc-1's channel from the start, a document's channel once a client joins
+/// it — before the document's snapshot is read, so already when the client's snapshot
+/// answer comes. After its subscription is killed it resubscribes to all of them, and
+/// another server's op comes through. Without per-document subscriptions (one pattern for
+/// every document) the counts are wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_follows_the_channels_of_its_documents_only() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut conn = redis_conn(&url).await;
+    let (_a, a) = server(&url, Duration::ZERO).await;
+    until_subscribers(&mut conn, "{t}:doc:doc-1", 1).await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:b").await, (0, 0));
+
+    let mut on_a = join(&a, "b").await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:b").await, (1, 0));
+    assert_eq!(subscribers(&mut conn, "{t}:doc:c").await, (0, 0));
+
+    // The subscription dies; the server comes back on every document's channel.
+    let (_b, b) = server(&url, Duration::ZERO).await;
+    let mut on_b = join(&b, "b").await;
+    until_subscribers(&mut conn, "{t}:doc:b", 2).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    until_subscribers(&mut conn, "{t}:doc:doc-1", 2).await;
+    until_subscribers(&mut conn, "{t}:doc:b", 2).await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:c").await, (0, 0));
+
+    on_b.send(Message::text(
+        r#"{"type":"op","op":[{"i":"hi"}],"revision":0,"docId":"b"}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_frame(&mut on_b).await["type"], "ack");
+    let op = next_frame(&mut on_a).await;
+    assert_eq!(
+        (
+            op["type"].as_str(),
+            op["revision"].as_u64(),
+            op["docId"].as_str()
+        ),
+        (Some("op"), Some(1), Some("b")),
+        "{op}"
+    );
+}
+
+/// A snapshot read that fails (Redis paused past the request timeout) is tried again until
+/// it succeeds: the client that asked for the document gets the shared text once Redis is
+/// back. Read once only, the document would wait for its first snapshot for ever, and the
+/// client with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_read_is_tried_again() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut conn = redis_conn(&url).await;
+    let _: () = redis::pipe()
+        .hset("{t}:doc:z:metadata", "type", "text")
+        .hset("{t}:doc:z:metadata", "v", 1)
+        .set("{t}:doc:z:data", r#""x""#)
+        .rpush("{t}:doc:z:history", r#"[{"i":"x"}]"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut config = OtServerConfig::default();
+    config.shared_history = true;
+    let server =
+        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+    let mut config = RedisOtConfig::new(&url);
+    config.prefix = "{t}:".to_owned();
+    config.poll = Duration::ZERO;
+    config.request_timeout = Duration::from_millis(200);
+    tokio::spawn(RedisOt::connect(config).await.unwrap().run(server.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(adapters::tokio::serve_ot(server, listener, None));
+    until_subscribers(&mut conn, "{t}:doc:doc-1", 1).await;
+
+    redis.signal("STOP");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ot"))
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"snapshot","docId":"z"}"#))
+        .await
+        .unwrap();
+    // Long enough for the read to time out, twice.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.signal("CONT");
+    assert_eq!(
+        next_frame(&mut ws).await,
+        serde_json::json!({"type": "snapshot", "revision": 1, "text": "x", "docId": "z"})
+    );
+}
+
+/// [`join`] on a new connection, again until the server has room for the document (the
+/// previous holder's departure is seen by the server a little after its close): the
+/// connection and the snapshot answer.
+async fn join_when_room(
+    url: &str,
+    doc: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    serde_json::Value,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let ask = format!(r#"{{"type":"snapshot","docId":"{doc}"}}"#);
+        ws.send(Message::text(ask)).await.unwrap();
+        let answer = next_frame(&mut ws).await;
+        if answer["type"] == "snapshot" {
+            return (ws, answer);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A copy dropped to make room under `max_documents` leaves its channel (and only it),
+/// and the document lives on in Redis: joined again, it is loaded again, with its text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_copy_leaves_its_channel_and_comes_back_whole() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut conn = redis_conn(&url).await;
+    let mut config = OtServerConfig::default();
+    config.shared_history = true;
+    config.max_documents = 2;
+    let server =
+        adapters::tokio::start_ot(OtServer::new(config).unwrap(), ServerOptions::default());
+    let mut config = RedisOtConfig::new(&url);
+    config.prefix = "{t}:".to_owned();
+    config.poll = Duration::ZERO;
+    tokio::spawn(RedisOt::connect(config).await.unwrap().run(server.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url_ot = format!("ws://{}/ot", listener.local_addr().unwrap());
+    tokio::spawn(adapters::tokio::serve_ot(server, listener, None));
+
+    let mut writer = join(&url_ot, "b").await;
+    writer
+        .send(Message::text(
+            r#"{"type":"op","op":[{"i":"kept"}],"revision":0,"docId":"b"}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut writer).await["type"], "ack");
+    writer.close(None).await.unwrap();
+    drop(writer);
+
+    // "c" needs b's place once the writer is gone.
+    let (mut other, _) = join_when_room(&url_ot, "c").await;
+    until_subscribers(&mut conn, "{t}:doc:b", 0).await;
+    assert_eq!(subscribers(&mut conn, "{t}:doc:c").await, (1, 0));
+    other.close(None).await.unwrap();
+    drop(other);
+
+    // b again, in c's place: loaded from Redis.
+    let (_again, answer) = join_when_room(&url_ot, "b").await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"type": "snapshot", "revision": 1, "text": "kept", "docId": "b"})
+    );
+    assert_eq!(subscribers(&mut conn, "{t}:doc:b").await, (1, 0));
+    until_subscribers(&mut conn, "{t}:doc:c", 0).await;
+}
