@@ -59,8 +59,10 @@ pub trait RawSocket: Send + Sync + 'static {
     }
     /// The socket's descriptor, for the hub's batched sends (`uring`), which act
     /// as [`send_now`](Self::send_now) does; `None`: each frame goes through `send_now`.
+    /// Borrowed from the socket, not a bare number: the batched sends hand it to the kernel,
+    /// and only the borrow says it stays open (and stays this socket) while they use it.
     #[cfg(all(feature = "tokio", target_os = "linux"))]
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
 }
@@ -100,25 +102,29 @@ pub(crate) enum Claim<'a> {
 }
 
 /// A frame of a batch and its session's writer, locked with nothing waiting, from before its
-/// send until [`finish`](Self::finish) settles it: no other write slips in between.
+/// send until [`finish`](Self::finish) (or [`send_alone`](Self::send_alone),
+/// [`abandon`](Self::abandon), [`fail`](Self::fail)) settles it: no other write slips in
+/// between.
 #[cfg(all(feature = "tokio", target_os = "linux"))]
 pub(crate) struct Held<'a> {
     out: std::sync::MutexGuard<'a, Out>,
     task: &'a AtomicWaker,
     framed: Bytes,
     report: usize,
-    fd: std::os::fd::RawFd,
+    /// The socket, to send the frame by `send(2)` when the batch cannot.
+    socket: &'a dyn RawSocket,
+    fd: std::os::fd::BorrowedFd<'a>,
 }
 
 #[cfg(all(feature = "tokio", target_os = "linux"))]
-impl Held<'_> {
+impl<'a> Held<'a> {
     /// The frame to send.
     pub(crate) fn frame(&self) -> &Bytes {
         &self.framed
     }
 
-    /// The socket to send it on.
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+    /// The socket to send it on, open for as long as the session's `Direct` is borrowed.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'a> {
         self.fd
     }
 
@@ -142,26 +148,63 @@ impl Held<'_> {
         out.settle(task, framed, report, result)
     }
 
-    /// The batch's outcome is unknown (its ring failed): the session's socket fails, and the
-    /// frame's buffer is never freed, as the kernel may still read it.
-    pub(crate) fn abandon(self, why: &io::Error) {
+    /// Sends the frame with one `send(2)` (the batch could not: its ring cannot SEND, or it
+    /// never took the request) and settles it, as [`DirectOutlet::send`] does.
+    pub(crate) fn send_alone(self) -> usize {
+        let Held {
+            mut out,
+            task,
+            framed,
+            report,
+            socket,
+            ..
+        } = self;
+        let result = send_once(socket, &framed);
+        out.settle(task, framed, report, result)
+    }
+
+    /// The frame's request may still be in the kernel (its ring failed, or the batch unwound,
+    /// before its completion came): the session's socket fails, as whether (and how much of)
+    /// the frame left is unknown, and the frame's buffer is never freed, as the kernel may
+    /// still read it.
+    pub(crate) fn abandon(self, why: &dyn core::fmt::Display) {
         let Held {
             mut out,
             task,
             framed,
             ..
         } = self;
-        out.failed = Some(format!("io_uring: {why}"));
         core::mem::forget(framed);
+        out.failed = Some(format!("io_uring: {why}"));
+        drop(out);
+        task.wake();
+    }
+
+    /// The batch unwound with this frame unsettled (its request reaped, or never taken): the
+    /// session's socket fails, as the frame may have left in part, or not at all while the
+    /// state machine waits for it to; the kernel is done with its buffer.
+    pub(crate) fn fail(self, why: &dyn core::fmt::Display) {
+        let Held { mut out, task, .. } = self;
+        out.failed = Some(format!("io_uring: {why}"));
         drop(out);
         task.wake();
     }
 }
 
+/// One `send(2)` of `buf` (again when interrupted before it sent anything).
+fn send_once<S: RawSocket + ?Sized>(socket: &S, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match socket.send_now(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
+}
+
 /// One [`DirectOutlet::send`] per frame of `chunk` (session, socket, frame, payload length);
 /// adds the payload bytes that left now to `written`.
-pub(crate) fn send_each(
-    chunk: Vec<(SessionId, &dyn DirectOutlet, Bytes, usize)>,
+pub(crate) fn send_each<'a>(
+    chunk: impl IntoIterator<Item = (SessionId, &'a dyn DirectOutlet, Bytes, usize)>,
     written: &mut Vec<(SessionId, usize)>,
 ) {
     for (session, direct, framed, report) in chunk {
@@ -439,12 +482,7 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
         }
         // The common case, nothing waits: the frame goes straight out, without a queue
         // entry (whose buffer an idle session would allocate and free per frame).
-        let result = loop {
-            match self.socket.send_now(&framed) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                result => break result,
-            }
-        };
+        let result = send_once(&self.socket, &framed);
         out.settle(&self.task, framed, report, result)
     }
 
@@ -473,7 +511,7 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
     #[cfg(all(feature = "tokio", target_os = "linux"))]
     fn claim(&self, framed: Bytes, report: usize) -> Claim<'_> {
         use std::sync::TryLockError;
-        let Some(fd) = self.socket.raw_fd() else {
+        let Some(fd) = self.socket.fd() else {
             return Claim::Alone(framed);
         };
         let mut out = match self.out.try_lock() {
@@ -493,6 +531,7 @@ impl<S: RawSocket> DirectOutlet for Direct<S> {
             task: &self.task,
             framed,
             report,
+            socket: &self.socket,
             fd,
         })
     }

@@ -244,8 +244,9 @@ impl Outlets {
     }
 }
 
-/// Frames written to direct sockets per pass of [`Shared::drain`].
-const DIRECT_CHUNK: usize = 256;
+/// Frames written to direct sockets per pass of [`Shared::drain`]; one io_uring submission
+/// on Linux, whose ring holds a chunk (`uring` asserts it).
+pub(super) const DIRECT_CHUNK: usize = 256;
 
 /// What every task of one server shares behind its lock: the state machine (with its
 /// store), the clock, and each session's outlet.

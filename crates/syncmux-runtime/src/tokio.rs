@@ -163,8 +163,8 @@ impl RawSocket for tokio::net::TcpStream {
         self.try_io(tokio::io::Interest::WRITABLE, || {
             let socket = socket2::SockRef::from(self);
             match bufs {
-                [one] => socket.send(one),
-                _ => socket.send_vectored(bufs),
+                [one] => socket.send_with_flags(one, SEND_FLAGS),
+                _ => socket.send_vectored_with_flags(bufs, SEND_FLAGS),
             }
         })
     }
@@ -177,15 +177,26 @@ impl RawSocket for tokio::net::TcpStream {
     /// 10 000 sockets, and the frames that find the socket full are written by the task's
     /// `try_write_vectored`, which keeps that record right.
     fn send_now(&self, buf: &[u8]) -> std::io::Result<usize> {
-        socket2::SockRef::from(self).send(buf)
+        socket2::SockRef::from(self).send_with_flags(buf, SEND_FLAGS)
     }
 
     /// The hub's batched sends skip tokio's readiness record for the same reason.
     #[cfg(target_os = "linux")]
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(std::os::fd::AsRawFd::as_raw_fd(self))
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(self))
     }
 }
+
+/// The flags of every `send(2)` and `sendmsg(2)` of the direct write path. A send to a peer
+/// that is gone fails with `EPIPE` and, without `MSG_NOSIGNAL`, raises `SIGPIPE`, which kills
+/// the process unless it is ignored: Rust's `main` ignores it, but a library cannot count on
+/// its host doing so (a C program embedding it, a binary built to die on a broken pipe).
+#[cfg(target_os = "linux")]
+const SEND_FLAGS: std::ffi::c_int = libc::MSG_NOSIGNAL;
+/// Elsewhere `libc` is not a dependency, and macOS has no `MSG_NOSIGNAL` (its sockets take
+/// `SO_NOSIGPIPE` instead).
+#[cfg(not(target_os = "linux"))]
+const SEND_FLAGS: std::ffi::c_int = 0;
 
 /// The byte stream tungstenite reads a direct session from: reads go to the socket, writes
 /// (its pong and close answers) queue behind the hub's frames.
