@@ -287,13 +287,13 @@ async fn run<R: Binding>(
         .await;
         let now = clock.now();
         match input {
-            Input::Command(None) => return,
+            Input::Command(None) => break,
             Input::Command(Some(Command::Close(done))) => {
                 if let Some(mut socket) = ws.take() {
                     let _ = socket.close().await;
                 }
                 let _ = done.send(());
-                return;
+                break;
             }
             Input::Command(Some(Command::Edit(op, reply))) => {
                 let _ = reply.send(client.edit(now, op));
@@ -321,4 +321,9 @@ async fn run<R: Binding>(
             Input::Timeout => client.handle_timeout(now),
         }
     }
+    // A command sent while the task was ending (an edit racing a close) would wait in the
+    // channel for ever, its reply sender kept alive by the handle's side: refuse new ones,
+    // and drop the queued ones, so that each fails with `Closed`.
+    cmds.close();
+    while cmds.try_recv().is_ok() {}
 }

@@ -363,3 +363,24 @@ async fn smol_an_editor_that_stops_reading_is_closed_as_a_slow_consumer() {
     })
     .await;
 }
+
+/// A command that races the close of its OT client (queued behind the close) fails with
+/// `Closed` rather than waiting for ever: the ending task refuses what comes after it and
+/// drops what was queued.
+#[tokio::test]
+async fn an_edit_queued_behind_a_close_fails_instead_of_hanging() {
+    // Nothing listens there: the client keeps failing to dial, which is all this needs.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ot", listener.local_addr().unwrap());
+    drop(listener);
+    let options = syncmux_runtime::OtConnectOptions::new(url);
+    let config = syncmux::ot::OtClientConfig::new("a");
+    let (client, _events) = adapters::Tokio::connect_ot(config, options).unwrap();
+    // Both are queued before the task runs again: the close first, then the edit.
+    let op = syncmux::ot::TextOp::new().insert("late");
+    let ((), edited) = guard(futures_util::future::join(client.close(), client.edit(op))).await;
+    assert!(
+        matches!(edited, Err(syncmux_runtime::OtCommandError::Closed)),
+        "{edited:?}"
+    );
+}
