@@ -10,9 +10,11 @@
 //!
 //! `subscribe`, `presence` and `room` (without a message) keep running and print what
 //! arrives, across server restarts and servers that drop the connection before answering,
-//! until Ctrl-C; only a refusal by the server (or a close that ends reconnecting) stops them. Each change line carries the `cursor` of
-//! the frame that brought it (for a batch, the position of its last change, printed on each
-//! of its lines); a `pull` prints the response with its `cursor`. Pass one back with
+//! until Ctrl-C; only a refusal by the server (or a close that ends reconnecting) stops them. A
+//! change line carries a `cursor` only where it is a resume point: the last line of each frame
+//! gets the frame's cursor (the position of its last change), earlier lines of a batch none, so
+//! resuming from the newest cursor printed never skips a change; a `pull` prints the response
+//! with its `cursor`. Pass one back with
 //! `--cursor` to get exactly what came after it, late changes with old HLCs included
 //! (docs/protocol.md section 7, "Cursors, resume and replay order"); `--since` is the fallback for
 //! a server that cannot serve the cursor, which a subscribe reports with `"recovered": false`.
@@ -295,6 +297,9 @@ async fn follow(
             }
         };
         let event = tokio::select! {
+            // Events first: the client queues a replay's changes before the subscribe's answer,
+            // and the answer's cursor is a resume point only once they are printed.
+            biased;
             event = events.recv() => event,
             outcome = pending => {
                 command = None;
@@ -323,8 +328,14 @@ async fn follow(
             ClientEvent::Changes {
                 changes, cursor, ..
             } => {
-                for change in changes {
-                    line(json!({"change": change, "cursor": cursor}));
+                // A frame's cursor is the position of its last record: printed on an earlier
+                // line, it would make a user who resumes from there skip the rest of the batch.
+                let last = changes.len().saturating_sub(1);
+                for (i, change) in changes.into_iter().enumerate() {
+                    match cursor.filter(|_| i == last) {
+                        Some(cursor) => line(json!({"change": change, "cursor": cursor})),
+                        None => line(json!({"change": change})),
+                    }
                 }
             }
             ClientEvent::Presence(p) => line(json!({"presence": p})),

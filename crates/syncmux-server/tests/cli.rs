@@ -1,0 +1,190 @@
+//! `syncmux-cli` as a user runs it against `syncmux-server`: what it prints is safe to act on
+//! (every cursor it prints is a resume point), the values a user passes on are passed on, and
+//! one-shot commands that cannot succeed say why at once, with an exit code per cause.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
+
+mod example_util;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use example_util::{example_binary, start_server, Killed};
+use serde_json::Value;
+
+/// Only a hang reaches it: every test waits on something that happens or fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn client_binary() -> PathBuf {
+    static CLIENT: OnceLock<PathBuf> = OnceLock::new();
+    CLIENT.get_or_init(|| example_binary("client")).clone()
+}
+
+/// The client with `args` (and no `SYNCMUX_*` variable from the test's environment).
+fn client(url: &str, node: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(client_binary());
+    command.args(["--url", url, "--node-id", node]).args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SYNCMUX_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Runs a one-shot command to its end, `stdin` on its standard input.
+fn run(mut command: Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let (done, waited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    waited
+        .recv_timeout(PATIENCE)
+        .expect("the command ended")
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The one JSON line a successful one-shot command prints.
+fn json_line(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    serde_json::from_str(text(&out.stdout).trim()).unwrap()
+}
+
+fn record(pk: u32, ts: u64) -> String {
+    format!(
+        r#"{{"table":"docs","pk":"{pk}","field":"title","crdt_type":"lww","hlc":"{ts}:0:alice","node_id":"alice","value":"v{pk}"}}"#
+    )
+}
+
+/// Pushes the records `pks` (one push, so one batch for the subscribers) as alice.
+fn push(url: &str, pks: &[u32]) -> Value {
+    let records: Vec<String> = pks.iter().map(|pk| record(*pk, u64::from(*pk))).collect();
+    let batch = format!("[{}]", records.join(","));
+    json_line(&run(client(url, "alice", &["push", "-"]), &batch))
+}
+
+/// The primary keys a `pull --cursor cursor` brings.
+fn pulled_after(url: &str, cursor: &str) -> BTreeSet<String> {
+    let pulled = json_line(&run(
+        client(url, "carol", &["pull", "--cursor", cursor, "docs"]),
+        "",
+    ));
+    assert_eq!(pulled["recovered"], true, "{pulled}");
+    let changes = pulled["changes"].as_array().unwrap();
+    changes
+        .iter()
+        .map(|c| c["pk"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A follower's stdout, line by line.
+struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    fn of(process: &mut Killed) -> Lines {
+        let stdout = process.0.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    fn next(&self) -> Value {
+        let line = self.0.recv_timeout(PATIENCE).expect("a line in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+/// Every change line of a batch carries a cursor a user can resume from: resuming from the
+/// newest cursor printed at or before any line brings every change printed after it (a
+/// replayed batch and a live one). The client used to print the batch's last cursor on each
+/// of its lines, so a user who resumed from the first line of a batch skipped the rest.
+#[test]
+fn every_printed_cursor_resumes_without_skipping_a_change() {
+    let (_server, url) = start_server(&[]).unwrap();
+    let pushed = push(&url, &[1, 2, 3]);
+    let head = pushed["cursor"].as_str().unwrap();
+    let epoch = head.split_once('.').unwrap().0;
+    let first = format!("{epoch}.1");
+
+    let mut follower = Killed(
+        client(&url, "bob", &["subscribe", "--cursor", &first, "docs"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::of(&mut follower);
+    // (primary key, cursor printed on its line), and the resume point after each line.
+    let mut printed: Vec<(Option<String>, Option<String>)> = Vec::new();
+    let mut changes = 0;
+    let mut pushed_live = false;
+    while changes < 4 {
+        let line = lines.next();
+        let cursor = line["cursor"].as_str().map(str::to_owned);
+        if line.get("change").is_some() {
+            let pk = line["change"]["pk"].as_str().unwrap().to_owned();
+            printed.push((Some(pk), cursor));
+            changes += 1;
+        } else if line["subscribed"] == true {
+            assert_eq!(line["resume"]["recovered"], true, "{line}");
+            let cursor = line["resume"]["cursor"].as_str().map(str::to_owned);
+            printed.push((None, cursor));
+        }
+        if changes == 2 && !pushed_live && printed.iter().any(|(pk, _)| pk.is_none()) {
+            // Replay printed and the subscription acknowledged: a live batch of two.
+            push(&url, &[4, 5]);
+            pushed_live = true;
+        }
+    }
+    let pks: Vec<&str> = printed.iter().filter_map(|(pk, _)| pk.as_deref()).collect();
+    assert_eq!(pks, ["2", "3", "4", "5"], "{printed:?}");
+
+    let mut resume = first;
+    for (i, (pk, cursor)) in printed.iter().enumerate() {
+        if let Some(cursor) = cursor {
+            resume = cursor.clone();
+        }
+        let later: BTreeSet<String> = printed[i + 1..]
+            .iter()
+            .filter_map(|(pk, _)| pk.clone())
+            .collect();
+        let got = pulled_after(&url, &resume);
+        assert!(
+            got.is_superset(&later),
+            "resuming from {resume} after line {i} ({pk:?}) brings {got:?}, not all of {later:?}: {printed:?}"
+        );
+    }
+}
