@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::json;
-use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
+use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::ClientConfig;
 use syncmux::{ClientEvent, CloseReason, RequestError};
 use syncmux_runtime::{self as adapters, ClientEvents, SyncClient};
@@ -77,9 +77,11 @@ struct Start {
     /// be served.
     #[arg(long, value_name = "HLC")]
     since: Option<Hlc>,
-    /// Exactly the changes after this cursor (as printed by an earlier pull or change).
+    /// Exactly the changes after this cursor (as printed by an earlier pull or change). Any
+    /// string: cursors are opaque, and one the server cannot serve is answered from --since
+    /// with `"recovered": false`.
     #[arg(long, value_name = "C")]
-    cursor: Option<Cursor>,
+    cursor: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,7 +134,8 @@ fn millis(value: &str) -> Result<Duration, String> {
 #[derive(Default)]
 struct After {
     since: Option<Hlc>,
-    cursor: Option<Cursor>,
+    /// Opaque: passed on as given.
+    cursor: Option<String>,
 }
 
 enum Command {
@@ -215,9 +218,8 @@ async fn run(
     let value = |v: &dyn erased::Json| v.json();
     match command {
         Command::Pull(after, tables) => {
-            let pull = PullRequest::new(tables)
-                .since(after.since)
-                .after(after.cursor);
+            let mut pull = PullRequest::new(tables).since(after.since);
+            pull.cursor = after.cursor;
             let pulled = client.pull(pull).await?;
             line(value(&pulled));
         }
@@ -239,9 +241,8 @@ async fn run(
         }
         Command::Subscribe(after, tables) => {
             let subscribed = async move {
-                let subscribe = Subscribe::new(tables)
-                    .since(after.since)
-                    .after(after.cursor);
+                let mut subscribe = Subscribe::new(tables).since(after.since);
+                subscribe.cursor = after.cursor;
                 let ack = client.subscribe(subscribe).await?;
                 let resume = ack.map(|a| json!({"recovered": a.recovered, "cursor": a.cursor}));
                 Ok(json!({"subscribed": true, "resume": resume}))

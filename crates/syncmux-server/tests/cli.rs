@@ -188,3 +188,35 @@ fn every_printed_cursor_resumes_without_skipping_a_change() {
         );
     }
 }
+
+/// A cursor is opaque: one the client cannot read is passed on, and the server answers it
+/// with a fallback (`recovered: false`), never an error.
+#[test]
+fn an_unknown_cursor_is_passed_on_and_answered_recovered_false() {
+    let (_server, url) = start_server(&[]).unwrap();
+    push(&url, &[1]);
+    for cursor in ["garbage", "", "7", "another-store:abc"] {
+        let out = run(
+            client(&url, "carol", &["pull", "--cursor", cursor, "docs"]),
+            "",
+        );
+        let pulled = json_line(&out);
+        assert_eq!(pulled["recovered"], false, "{cursor:?}: {pulled}");
+        assert_eq!(pulled["changes"].as_array().unwrap().len(), 1, "{pulled}");
+    }
+    // A subscribe too: the ack says to resynchronise.
+    let mut follower = Killed(
+        client(&url, "bob", &["subscribe", "--cursor", "garbage", "docs"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::of(&mut follower);
+    loop {
+        let line = lines.next();
+        if line["subscribed"] == true {
+            assert_eq!(line["resume"]["recovered"], false, "{line}");
+            break;
+        }
+    }
+}
