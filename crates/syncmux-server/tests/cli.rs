@@ -220,3 +220,135 @@ fn an_unknown_cursor_is_passed_on_and_answered_recovered_false() {
         }
     }
 }
+
+/// A hang guard for the commands that must fail fast: far above the milliseconds they take,
+/// below the client's 30 s request timeout, which they used to wait out.
+const FAIL_FAST_GUARD: Duration = Duration::from_secs(20);
+
+/// Runs a one-shot command that must fail at once: its exit code and stderr.
+fn fails_fast(mut command: Command) -> (Option<i32>, String, String) {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (done, waited) = mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let Ok(out) = waited.recv_timeout(FAIL_FAST_GUARD) else {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        panic!("still waiting after {FAIL_FAST_GUARD:?}: it did not fail fast");
+    };
+    let out = out.unwrap();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A local port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A pull or push that cannot connect fails at once with the reason on stderr and an exit
+/// code per cause: 3 nothing listening, 5 refused by auth (401), 6 another refusal (404).
+/// They used to wait out the whole request timeout and print `TIMEOUT`, stderr empty.
+#[test]
+fn a_one_shot_command_that_cannot_connect_fails_fast_with_the_reason() {
+    let url = format!("ws://127.0.0.1:{}/sync/ws", closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("records.json");
+    std::fs::write(&records, format!("[{}]", record(1, 1))).unwrap();
+    let records = records.display().to_string();
+    for args in [&["pull", "docs"][..], &["push", &records]] {
+        let (code, stdout, stderr) = fails_fast(client(&url, "a", args));
+        assert_eq!(code, Some(3), "{args:?}: {stdout} {stderr}");
+        assert!(stderr.contains(&url), "{args:?}: {stderr}");
+        assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
+    }
+
+    let (_server, url) = start_server(&["--token", "t0k"]).unwrap();
+    let (code, _, stderr) = fails_fast(client(&url, "a", &["pull", "docs"]));
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    let (code, _, stderr) = fails_fast(client(&url, "a", &["--token", "wrong", "pull", "docs"]));
+    assert_eq!(code, Some(5), "{stderr}");
+    let wrong_path = url.replace("/sync/ws", "/wrong");
+    let (code, _, stderr) = fails_fast(client(
+        &wrong_path,
+        "a",
+        &["--token", "t0k", "pull", "docs"],
+    ));
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    // And with the right token and path, the same command works.
+    let out = run(client(&url, "a", &["--token", "t0k", "pull", "docs"]), "");
+    json_line(&out);
+}
+
+/// A server whose certificate the client does not trust: exit 4 at once, saying so; with
+/// `--ca FILE` (or `SYNCMUX_CA`) naming the certificate that signed it, the command works.
+#[test]
+fn an_untrusted_certificate_fails_fast_and_ca_trusts_a_private_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let (_server, url) = start_server(&["--tls-cert", &cert_arg, "--tls-key", &key_arg]).unwrap();
+    let url = url.replace("127.0.0.1", "localhost");
+    assert!(url.starts_with("wss://localhost:"), "{url}");
+
+    let (code, _, stderr) = fails_fast(client(&url, "a", &["pull", "docs"]));
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+
+    json_line(&run(
+        client(&url, "a", &["--ca", &cert_arg, "pull", "docs"]),
+        "",
+    ));
+    let mut with_env = client(&url, "a", &["pull", "docs"]);
+    with_env.env("SYNCMUX_CA", &cert_arg);
+    json_line(&run(with_env, ""));
+
+    // A CA file that is not there, or holds no certificate, is the user's mistake: exit 2.
+    for bad in ["/nonexistent/ca.pem", key_arg.as_str()] {
+        let (code, _, stderr) = fails_fast(client(&url, "a", &["--ca", bad, "pull", "docs"]));
+        assert_eq!(code, Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains(bad), "{stderr}");
+    }
+}
+
+/// What is wrong with the user's own input is said as such, before anything is sent, with
+/// exit code 2; it used to look like a server's answer (`INVALID_PAYLOAD "invalid
+/// response: ..."`, exit 1).
+#[test]
+fn bad_local_input_is_named_and_exits_2() {
+    // Nothing listens: the input is checked before connecting.
+    let url = format!("ws://127.0.0.1:{}/sync/ws", closed_port());
+    let mut not_json = client(&url, "a", &["push", "-"]);
+    not_json.stdin(Stdio::piped());
+    let out = run(not_json, "{not json");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("standard input"), "{stderr}");
+    assert!(
+        stderr.contains("not a JSON array of change records"),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("INVALID_PAYLOAD"));
+
+    let (code, stdout, stderr) = fails_fast(client(&url, "a", &["push", "/nonexistent.json"]));
+    assert_eq!(code, Some(2), "{stdout} {stderr}");
+    assert!(stderr.contains("/nonexistent.json"), "{stderr}");
+
+    let (code, _, stderr) = fails_fast(client(&url, "a", &["presence", "doc-1", "{bad"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not JSON"), "{stderr}");
+}
