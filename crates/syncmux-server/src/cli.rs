@@ -424,6 +424,7 @@ async fn follow(
     command: Pin<Box<dyn Future<Output = Result<serde_json::Value, RequestError>> + '_>>,
 ) -> Result<(), RequestError> {
     let mut command = Some(command);
+    let mut stop = Stop::new();
     loop {
         let pending = async {
             match command.as_mut() {
@@ -447,7 +448,7 @@ async fn follow(
                 }
                 continue;
             }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = stop.requested() => return Ok(()),
         };
         let Some(event) = event else {
             return Err(RequestError::Closed);
@@ -490,6 +491,50 @@ async fn follow(
                 return Err(RequestError::Closed);
             }
             other => line(json!({"event": format!("{other:?}")})),
+        }
+    }
+}
+
+/// What ends a follower: SIGINT (Ctrl-C) or, on Unix, SIGTERM (a supervisor, `kill`, a
+/// container stop). Either way the follower closes its connection (1000) and exits 0, rather
+/// than dying by the signal with the connection dropped.
+struct Stop {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            // Without the handler, SIGTERM keeps its default: the process ends at once.
+            Stop {
+                terminate: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Stop {}
+    }
+
+    /// Completes when a stop signal arrives.
+    async fn requested(&mut self) {
+        #[cfg(unix)]
+        {
+            let terminate = async {
+                match self.terminate.as_mut() {
+                    Some(signal) => drop(signal.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminate => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

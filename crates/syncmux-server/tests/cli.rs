@@ -352,3 +352,31 @@ fn bad_local_input_is_named_and_exits_2() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("not JSON"), "{stderr}");
 }
+
+/// A follower stopped by SIGTERM (a supervisor, `kill`) closes and exits 0, as on Ctrl-C; it
+/// used to die by the signal (143 in a shell) with its connection dropped.
+#[test]
+fn a_follower_stopped_by_sigterm_closes_and_exits_0() {
+    let (_server, url) = start_server(&[]).unwrap();
+    let mut follower = Killed(
+        client(&url, "bob", &["subscribe", "docs"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::of(&mut follower);
+    while lines.next()["subscribed"] != true {}
+    let pid = follower.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (done, waited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let status = follower.0.wait();
+        let _ = done.send(status);
+    });
+    let status = waited.recv_timeout(PATIENCE).expect("it exited").unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+}
