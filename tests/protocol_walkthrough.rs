@@ -208,3 +208,20 @@ fn the_walkthrough_is_what_the_server_does() {
     }
     player.finish();
 }
+
+/// The `INVALID_PAYLOAD` example of section 4.1 is the frame the server sends for the
+/// request it describes (a `pull_request` whose second table is the integer 2).
+#[test]
+fn the_invalid_payload_example_is_what_the_server_sends() {
+    let section = &DOC[DOC.find("### 4.1 Malformed frames").unwrap()..];
+    let section = &section[..section.find("\n## 5.").unwrap()];
+    let example = section
+        .lines()
+        .find(|l| l.contains(r#""code": "INVALID_PAYLOAD""#))
+        .expect("section 4.1 shows an INVALID_PAYLOAD frame");
+    let want: Value = serde_json::from_str(example).unwrap();
+    let mut player = Player::new(server_with(1, Vec::new()));
+    player.play(r#"alice >> {"type":"pull_request","id":"4","payload":{"tables":["docs",2]}}"#);
+    let got = player.inbox.get_mut("alice").unwrap().pop_front();
+    assert_eq!(got.as_ref(), Some(&want));
+}
