@@ -161,14 +161,22 @@ pub struct Unsubscribe {
     pub tables: Vec<String>,
 }
 
-/// `presence_update`: join or update a topic; `data: null` (or no data) leaves it.
+/// `presence_update`: join or update a topic; `data: null` leaves it. `data` is required: an
+/// update that lacks it is refused rather than read as a leave, which would drop a member whose
+/// client only forgot a field.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct PresenceUpdate {
     /// The topic.
     pub topic: String,
-    /// The member's state; `None` leaves the topic.
-    #[serde(default)]
+    /// The member's state; `None` (written `null`) leaves the topic.
+    #[serde(deserialize_with = "required_nullable")]
     pub data: Option<RawJson>,
+}
+
+/// An `Option` field that must be present and may be `null` (serde lets a plain `Option` field
+/// be absent; a `deserialize_with` field may not).
+fn required_nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RawJson>, D::Error> {
+    Option::deserialize(d)
 }
 
 /// What happened in a [`PresenceEvent`].

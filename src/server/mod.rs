@@ -307,6 +307,18 @@ impl Server {
         if self.config.max_sessions != 0 && self.sessions.len() >= self.config.max_sessions {
             return reject(503, "too many sessions");
         }
+        // Named but empty is an invalid node id (docs/protocol.md section 3.2), not a request
+        // to be assigned one: a client that meant to name itself would otherwise run under an
+        // id it never learns.
+        let named_empty = match handshake.query_param("node_id") {
+            Some(id) => id.is_empty(),
+            None => handshake
+                .header_value("x-node-id")
+                .is_some_and(str::is_empty),
+        };
+        if named_empty {
+            return reject(400, "invalid node id: empty");
+        }
         let requested = handshake.requested_node_id();
         let node_id = match &self.config.auth {
             None => requested.map(|n| n.into_owned()),

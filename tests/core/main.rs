@@ -2,7 +2,8 @@
 //! subject, the shared harnesses beside them. `cargo test --test core NAME` runs the tests
 //! whose path contains NAME (a module, `sim_network`, or one test).
 //!
-//! - Codec and protocol reference: `wire_props`, `fixtures`, `protocol_doc`.
+//! - Codec and protocol reference: `wire_props`, `fixtures`, `protocol_doc`,
+//!   `protocol_walkthrough`.
 //! - Client state machine: `client`, `client_props` (harness `client_support`).
 //! - Server state machine: `server_*` (harness `server_util`), `since_replay`.
 //! - Store: `store`, `store_props` (properties in `store_properties`, which the durable store's
@@ -26,6 +27,7 @@ mod ot_shared;
 mod ot_sim;
 mod ot_text_props;
 mod protocol_doc;
+mod protocol_walkthrough;
 mod server_handshake;
 mod server_limits;
 mod server_log;

@@ -140,6 +140,23 @@ fn node_id_from_query_header_or_assigned() {
     );
 }
 
+/// A node id that is named but empty is not a valid one (400), not a request for an assigned
+/// one: a client that meant to name itself learns at once that it did not.
+#[test]
+fn an_empty_node_id_is_refused_with_400() {
+    let mut h = Harness::new(config());
+    for hs in [
+        Handshake::new("/", "node_id="),
+        Handshake::new("/", "node_id"),
+        Handshake::new("/", "a=1&node_id=&b=2"),
+        Handshake::new("/", "").header("X-Node-Id", ""),
+    ] {
+        assert_eq!(status(h.handshake(&hs)), 400, "{hs:?}");
+    }
+    // Absent, it is still assigned.
+    accept(h.handshake(&Handshake::new("/", "a=1")));
+}
+
 #[test]
 fn path_and_capacity() {
     let mut c = config();

@@ -52,6 +52,38 @@ fn presence_events_reach_every_member_including_the_sender() {
     assert!(h.take(outsider).is_empty());
 }
 
+/// `data` is required: an update that forgot it is an `INVALID_PAYLOAD`, not a leave (only an
+/// explicit `null` leaves), and the member stays.
+#[test]
+fn an_update_without_data_is_invalid_not_a_leave() {
+    let mut h = Harness::new(config());
+    let a = h.open("a");
+    let b = h.open("b");
+    h.send(a, &presence("doc", "1"));
+    h.send(b, &presence("doc", "2"));
+    h.take(a);
+    h.take(b);
+    h.send(
+        a,
+        r#"{"type":"presence_update","id":"x","payload":{"topic":"doc"}}"#,
+    );
+    let answer = h.take(a);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0]["type"], "error", "{answer:?}");
+    assert_eq!(
+        answer[0]["payload"]["code"], "INVALID_PAYLOAD",
+        "{answer:?}"
+    );
+    assert!(
+        answer[0]["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("data"),
+        "{answer:?}"
+    );
+    assert!(h.take(b).is_empty(), "b heard a leave");
+}
+
 #[test]
 fn data_null_leaves_and_everyone_hears_it() {
     let mut h = Harness::new(config());
@@ -68,10 +100,7 @@ fn data_null_leaves_and_everyone_hears_it() {
     assert_eq!(h.take(a), vec![leave, json!({"type":"ack","id":"u"})]);
     assert_eq!(h.server.presence_members("doc"), vec![b]);
     // Leaving a topic one is not in is a quiet success.
-    h.send(
-        a,
-        r#"{"type":"presence_update","id":"u","payload":{"topic":"doc"}}"#,
-    );
+    h.send(a, &presence("doc", "null"));
     assert_eq!(types(&h.take(a)), ["ack"]);
 }
 

@@ -54,7 +54,7 @@
 //! [`static_files`]). `--metrics ADDR` serves Prometheus metrics at `/metrics` and a
 //! liveness check at `/health` on a second listener (see `syncmux_runtime::metrics`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use syncmux::ot::{OtServer, OtServerConfig};
-use syncmux::{AuthDecision, AuthRequest, Driver, MemoryStore, StoreConfig};
+use syncmux::{AuthDecision, AuthRequest, ConfigError, Driver, MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
 #[cfg(feature = "redis")]
 use syncmux_redis::{RedisBackend, RedisConfig, RedisOt, RedisOtConfig};
@@ -88,8 +88,8 @@ struct Cli {
         default_value = "127.0.0.1:8787"
     )]
     listen: String,
-    /// Require this token from every client (`?token=` or `Authorization: Bearer`), on `/ot`
-    /// too; others get HTTP 401.
+    /// Require this token from every client (`Authorization: Bearer`, `?access_token=` or
+    /// `?token=`), on `/ot` too; others get HTTP 401.
     #[arg(long, env = "SYNCMUX_TOKEN", value_name = "T", hide_env_values = true)]
     token: Option<String>,
     /// Per-session rate limit: a burst of N messages, refilled N per SECS seconds (on `/ot`: N
@@ -230,8 +230,13 @@ fn rate_limit(value: &str) -> Result<RateLimit, String> {
     }
     let bad = || format!("{value:?} is not N/SECS (for example 100/60) or 0");
     let (n, secs) = value.split_once('/').ok_or_else(bad)?;
-    let burst = n.parse().map_err(|_| bad())?;
+    let burst: u32 = n.parse().map_err(|_| bad())?;
     let secs: u64 = secs.parse().map_err(|_| bad())?;
+    if burst == 0 || secs == 0 {
+        return Err(format!(
+            "{value:?}: N and SECS must be at least 1 (0 alone disables the rate limit)"
+        ));
+    }
     Ok(RateLimit::Bucket {
         burst,
         window: Duration::from_secs(secs),
@@ -245,6 +250,83 @@ fn millis(value: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{value:?} is not a whole number of milliseconds"))
 }
 
+/// Whether `given` is the server's `token`, in time independent of where they differ, so that
+/// the time a refusal takes tells a client nothing about how much of its guess was right.
+fn token_matches(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// `HOST:PORT`, as `--listen` and `--metrics` take it; binding it may still fail (a port in
+/// use, a host that does not resolve), which is an error of the run, not of the value.
+fn check_listen(flag: &str, value: &str) -> Result<(), String> {
+    let bad = || format!("{flag} {value:?} is not HOST:PORT (for example 127.0.0.1:8787)");
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// `--static DIR` must be a directory: a server that starts on a missing one serves nothing
+/// but 404s, and says nothing about why.
+fn check_dir(dir: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!("--static {}: not a directory", dir.display())),
+        Err(e) => Err(format!("--static {}: {e}", dir.display())),
+    }
+}
+
+/// `--tls-cert` and `--tls-key` read and made a TLS configuration; each file that cannot serve
+/// is named with what is wrong with it (swapped files are a common slip).
+fn tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    };
+    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
+    let holds = |pem: &[u8], label: &str| String::from_utf8_lossy(pem).contains(label);
+    if !holds(&cert_pem, "-----BEGIN CERTIFICATE-----") {
+        let hint = if holds(&cert_pem, "PRIVATE KEY-----") {
+            " (it holds a private key: are --tls-cert and --tls-key swapped?)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "--tls-cert {}: no PEM certificate in it{hint}",
+            cert.display()
+        ));
+    }
+    if !holds(&key_pem, "PRIVATE KEY-----") {
+        let hint = if holds(&key_pem, "-----BEGIN CERTIFICATE-----") {
+            " (it holds a certificate: are --tls-cert and --tls-key swapped?)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "--tls-key {}: no PEM private key in it{hint}",
+            key.display()
+        ));
+    }
+    adapters::server_tls(&cert_pem, &key_pem).map_err(|e| {
+        format!(
+            "--tls-cert {} with --tls-key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// Writes a line of the start-up protocol on stdout. A reader that went away (`| head -1`, a
+/// supervisor's broken pipe) must not take the server down: the line is dropped.
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout();
+    let _ = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"));
+    let _ = stdout.flush();
+}
+
 /// What the flags configure.
 struct Args {
     listen: String,
@@ -252,7 +334,8 @@ struct Args {
     /// The OT endpoint's, from the same flags.
     ot: OtServerConfig,
     options: ServerOptions,
-    tls: Option<(PathBuf, PathBuf)>,
+    /// `--tls-cert` and `--tls-key`, read and checked.
+    tls: Option<Arc<rustls::ServerConfig>>,
     static_dir: Option<PathBuf>,
     metrics: Option<String>,
     log_format: LogFormat,
@@ -265,12 +348,23 @@ struct Args {
 impl Cli {
     /// The configuration the flags describe; an error when the server would refuse it.
     fn into_args(self) -> Result<Args, String> {
+        check_listen("--listen", &self.listen)?;
+        if let Some(metrics) = &self.metrics {
+            check_listen("--metrics", metrics)?;
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tls(cert, key)?),
+            _ => None,
+        };
+        if let Some(dir) = &self.static_dir {
+            check_dir(dir)?;
+        }
         let mut config = ServerConfig::default();
         let mut ot = OtServerConfig::default();
         config.path = Some(WS_PATH.to_owned());
         if let Some(token) = self.token {
             let auth = Arc::new(move |req: &AuthRequest<'_>| {
-                if req.token == Some(token.as_str()) {
+                if req.token.is_some_and(|given| token_matches(given, &token)) {
                     AuthDecision::allow(None)
                 } else {
                     AuthDecision::deny(401, "missing or wrong token")
@@ -311,15 +405,27 @@ impl Cli {
         set(&mut config.presence_ttl, self.presence_ttl);
         let mut options = ServerOptions::default();
         set(&mut options.handshake_timeout, self.handshake_timeout);
-        // The server validates its own configuration; refuse here what it would refuse.
-        config.validate().map_err(|e| e.to_string())?;
-        ot.validate().map_err(|e| e.to_string())?;
+        // The server validates its own configuration; refuse here what it would refuse, in
+        // the words of the flags.
+        config.validate().map_err(|e| match e {
+            ConfigError::RateLimitWindow => {
+                "--rate-limit: the window SECS must be at least 1".to_owned()
+            }
+            ConfigError::PingAfterIdle { ping, idle } => format!(
+                "--ping-interval {} must be shorter than --idle-timeout {} (or either 0)",
+                ping.as_millis(),
+                idle.as_millis()
+            ),
+            other => other.to_string(),
+        })?;
+        ot.validate()
+            .map_err(|e| format!("the /ot endpoint: {e}"))?;
         Ok(Args {
             listen: self.listen,
             config,
             ot,
             options,
-            tls: self.tls_cert.zip(self.tls_key),
+            tls,
             static_dir: self.static_dir,
             metrics: self.metrics,
             log_format: self.log_format,
@@ -348,9 +454,14 @@ fn main() -> ExitCode {
     };
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // A log line that cannot be written is dropped: tracing-subscriber's default is to report
+    // it with `eprintln!`, which panics when stderr itself is the broken pipe. Colours only
+    // for a terminal, not for a file or a log collector.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     match args.log_format {
         LogFormat::Human => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -358,7 +469,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -368,21 +479,15 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
-            eprintln!("error: {why}");
+            let _ = writeln!(std::io::stderr(), "error: {why}");
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let tls = match &args.tls {
-        Some((cert, key)) => {
-            let cert = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-            let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-            Some(adapters::server_tls(&cert, &key).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
+    let tls = args.tls;
+    let in_memory = args.redis.is_none() && args.data.is_none();
     // Before anything is printed: a signal sent as soon as the address is read is ours.
     let mut signals = Signals::new()?;
     let exporter = match &args.metrics {
@@ -405,9 +510,6 @@ async fn run(args: Args) -> Result<(), String> {
             start_on_sqlite(server, data, epoch, args.retention, args.options.clone()).await?
         }
         (None, None) => {
-            tracing::warn!(
-                "no --data: changes are kept in memory only, and nothing survives a restart"
-            );
             // A fresh epoch per start: cursors of an earlier run are then recognised as stale.
             let mut store = StoreConfig::default();
             store.epoch = clock.now().as_millis();
@@ -435,15 +537,24 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if in_memory {
+        // Said once the server is sure to start, so it is never the last word of one that
+        // did not.
+        if cfg!(feature = "sqlite") {
+            tracing::warn!(
+                "no --data: changes are kept in memory only, and nothing survives a restart"
+            );
+        } else {
+            tracing::warn!("changes are kept in memory only, and nothing survives a restart");
+        }
+    }
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    println!("listening on {scheme}://{addr}{WS_PATH}");
+    say(format_args!("listening on {scheme}://{addr}{WS_PATH}"));
     let metrics = exporter.map(|exporter| {
-        println!("metrics on http://{}/metrics", exporter.addr);
+        say(format_args!("metrics on http://{}/metrics", exporter.addr));
         tokio::spawn(exporter.serve(server.clone()))
     });
-    // Not `println!`: a reader that stopped after the line it waited for (tests read the
-    // first lines and close the pipe) must not make this write panic.
-    let _ = writeln!(std::io::stdout(), "ot on {scheme}://{addr}{OT_PATH}");
+    say(format_args!("ot on {scheme}://{addr}{OT_PATH}"));
     // Every connection's request head is read first, to route `/ot` (and the files).
     let files = args
         .static_dir
@@ -890,7 +1001,8 @@ mod static_files {
                         Some(tls) => match tls.accept(tcp).await {
                             Ok(stream) => Box::new(stream),
                             Err(e) => {
-                                tracing::info!(error = %e, "TLS handshake failed");
+                                // Under `tls`, not this module's name: it is not about files.
+                                tracing::info!(target: "syncmux_server::tls", error = %e, "TLS handshake failed");
                                 return None;
                             }
                         },
@@ -957,6 +1069,12 @@ mod static_files {
             .strip_prefix(super::OT_PATH.as_bytes())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         if complete(&buf) {
+            if let Some(answer) = plain_answer(&buf, path, to_ot) {
+                if let Err(e) = tcp.write_all(answer).await {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+                return;
+            }
             buf.shrink_to_fit();
             if to_ot {
                 // Taken off this runtime's reactor, onto the OT thread's.
@@ -1010,6 +1128,36 @@ mod static_files {
         buf.windows(4).any(|w| w == b"\r\n\r\n")
     }
 
+    /// Whether a request head asks for a WebSocket (`Upgrade: websocket`).
+    fn is_upgrade(head: &[u8]) -> bool {
+        head.split(|&b| b == b'\n').skip(1).any(|line| {
+            let line = String::from_utf8_lossy(line);
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("upgrade")
+                    && value.to_ascii_lowercase().contains("websocket")
+            })
+        })
+    }
+
+    /// The answer to a plain HTTP request (no upgrade) that no file serves: the WebSocket
+    /// endpoints say what they are (`426`), anything else is not found. The upgrade path
+    /// would drop such a request without a word, which a newcomer with a browser or `curl`
+    /// cannot tell from a dead server. `None` for an upgrade, which goes on to its endpoint.
+    fn plain_answer(head: &[u8], path: &[u8], to_ot: bool) -> Option<&'static [u8]> {
+        if is_upgrade(head) {
+            return None;
+        }
+        Some(if to_ot || path == super::WS_PATH.as_bytes() {
+            b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+              Content-Type: text/plain; charset=utf-8\r\nContent-Length: 72\r\n\r\n\
+              This is a syncmux WebSocket endpoint: connect with a WebSocket client.\r\n"
+        } else {
+            b"HTTP/1.1 404 Not Found\r\nConnection: close\r\n\
+              Content-Type: text/plain; charset=utf-8\r\nContent-Length: 11\r\n\r\n\
+              not found\r\n"
+        })
+    }
+
     async fn read_head<S: AsyncRead + AsyncWrite>(io: S) -> std::io::Result<Head<S>> {
         let (mut reader, writer) = tokio::io::split(io);
         let mut buf = Vec::with_capacity(1024);
@@ -1057,6 +1205,11 @@ mod static_files {
             .strip_prefix(ot_path)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         let files = files.filter(|files| path != files.ws_path.as_bytes());
+        if to_ot || files.is_none() {
+            if let Some(answer) = plain_answer(&buf, path, to_ot) {
+                return writer.write_all(answer).await;
+            }
+        }
         // Every byte read so far goes first, so the next reader sees the whole request.
         let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
         if to_ot {
@@ -1088,6 +1241,35 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("server").chain(flags.iter().copied()))
             .map_err(|e| e.to_string())?;
         cli.into_args()
+    }
+
+    #[test]
+    fn the_token_matches_exactly() {
+        assert!(token_matches("s3cret", "s3cret"));
+        for wrong in ["", "s", "s3cre", "s3cret!", "S3cret", "x3cret"] {
+            assert!(!token_matches(wrong, "s3cret"), "{wrong:?}");
+        }
+        // Through the flag, on the sync endpoint and on /ot alike.
+        let parsed = args(&["--token", "s3cret"]).unwrap();
+        let handshake = syncmux::Handshake::new("/sync/ws", "");
+        for auth in [parsed.config.auth.unwrap(), parsed.ot.auth.unwrap()] {
+            let decide = |token| {
+                auth(&AuthRequest {
+                    token,
+                    node_id: None,
+                    handshake: &handshake,
+                })
+            };
+            assert!(matches!(decide(Some("s3cret")), AuthDecision::Allow { .. }));
+            assert!(matches!(
+                decide(Some("s3cre")),
+                AuthDecision::Deny { status: 401, .. }
+            ));
+            assert!(matches!(
+                decide(None),
+                AuthDecision::Deny { status: 401, .. }
+            ));
+        }
     }
 
     #[test]
