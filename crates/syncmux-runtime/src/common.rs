@@ -299,15 +299,16 @@ pub trait Serve: Clone + Send + Sync + 'static {
         accepted: &mut Option<Self::Session>,
     ) -> Result<Response, ErrorResponse>;
 
-    /// Runs an accepted session on its socket until it ends.
-    fn run<W: WebSocket>(session: Self::Session, ws: W) -> impl Future<Output = ()> + Send;
+    /// Runs an accepted session on its socket until it ends; the socket when the server's
+    /// close frame went out on it (to read a while longer).
+    fn run<W: WebSocket>(session: Self::Session, ws: W) -> impl Future<Output = Option<W>> + Send;
 
-    /// Runs an accepted session whose frames the hub writes to `direct` itself.
+    /// Runs an accepted session whose frames the hub writes to `direct` itself; as `run`.
     fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
         session: Self::Session,
         ws: W,
         direct: Arc<crate::direct::Direct<S>>,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = Option<W>> + Send;
 }
 
 /// An upgraded socket, as either runtime's tungstenite gives it.
@@ -357,15 +358,18 @@ impl Serve for SyncServer {
         decide(self, request, response, accepted)
     }
 
-    fn run<W: WebSocket>(session: AcceptedSession, ws: W) -> impl Future<Output = ()> + Send {
-        session.run(ws)
+    fn run<W: WebSocket>(
+        session: AcceptedSession,
+        ws: W,
+    ) -> impl Future<Output = Option<W>> + Send {
+        session.run_to_end(ws)
     }
 
     fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
         session: AcceptedSession,
         ws: W,
         direct: Arc<crate::direct::Direct<S>>,
-    ) -> impl Future<Output = ()> + Send {
+    ) -> impl Future<Output = Option<W>> + Send {
         session.run_direct(ws, direct)
     }
 }
@@ -401,15 +405,15 @@ impl Serve for crate::OtServerHandle {
     fn run<W: WebSocket>(
         session: crate::AcceptedOtSession,
         ws: W,
-    ) -> impl Future<Output = ()> + Send {
-        session.run(ws)
+    ) -> impl Future<Output = Option<W>> + Send {
+        session.run_to_end(ws)
     }
 
     fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
         session: crate::AcceptedOtSession,
         ws: W,
         direct: Arc<crate::direct::Direct<S>>,
-    ) -> impl Future<Output = ()> + Send {
+    ) -> impl Future<Output = Option<W>> + Send {
         session.run_direct(ws, direct)
     }
 }

@@ -268,6 +268,9 @@ pub struct AcceptedOtSession {
     /// On a direct socket: where the frames of the ops read stand (`None` on the channel
     /// path).
     flush: Option<Flush>,
+    /// The task sent the state machine's close frame: the socket is worth reading a while
+    /// longer (see `runtime::linger`).
+    lingers: bool,
     /// Dropped after [`Drop for AcceptedOtSession`](AcceptedOtSession) released the session.
     _running: RunningGuard,
 }
@@ -372,6 +375,7 @@ impl OtServerHandle {
                     dirty: false,
                     deferred: false,
                     flush: None,
+                    lingers: false,
                     _running: RunningGuard::new(&self.running),
                 })
             }
@@ -537,7 +541,18 @@ impl AcceptedOtSession {
     /// Drives the connection on its upgraded socket until it ends. Reads and writes in one
     /// task: frames are written as the socket takes them while reading and the timers go
     /// on. However it ends (or if this future is dropped), the session is released.
-    pub async fn run<W, E>(mut self, mut ws: W)
+    pub async fn run<W, E>(self, ws: W)
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: fmt::Display,
+        <W as Sink<Message>>::Error: fmt::Display,
+    {
+        drop(self.run_to_end(ws).await);
+    }
+
+    /// [`run`](Self::run), giving the socket back when the connection ended with the
+    /// server's close frame sent on it, for the runtime to read a while longer.
+    pub(crate) async fn run_to_end<W, E>(mut self, mut ws: W) -> Option<W>
     where
         W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: fmt::Display,
@@ -546,7 +561,7 @@ impl AcceptedOtSession {
         loop {
             let step = core::future::poll_fn(|cx| self.poll_step(cx, &mut ws)).await;
             if self.step(step, &mut ws) {
-                return;
+                return self.lingers.then_some(ws);
             }
         }
     }
@@ -585,6 +600,7 @@ impl AcceptedOtSession {
                 let close = common::close_message(code, &reason);
                 if let Some(Ok(())) = ws.send(close).now_or_never() {
                     let _ = ws.close().now_or_never();
+                    self.lingers = true;
                 }
                 return true;
             }
@@ -617,7 +633,11 @@ impl AcceptedOtSession {
     /// then the other connections the same reactor poll made ready have read their ops, so
     /// each socket gets its frames of all of them in one write, and no task is woken to
     /// write them.
-    pub(crate) async fn run_direct<W, E, S>(mut self, mut ws: W, direct: Arc<Direct<S>>)
+    pub(crate) async fn run_direct<W, E, S>(
+        mut self,
+        mut ws: W,
+        direct: Arc<Direct<S>>,
+    ) -> Option<W>
     where
         W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: fmt::Display,
@@ -650,7 +670,7 @@ impl AcceptedOtSession {
         loop {
             let step = core::future::poll_fn(|cx| self.poll_direct(cx, &mut ws, &direct)).await;
             if self.step(step, &mut ws) {
-                return;
+                return self.lingers.then_some(ws);
             }
         }
     }
@@ -1007,7 +1027,7 @@ mod tests {
     fn direct_sessions(
         server: &OtServerHandle,
         n: usize,
-    ) -> (Vec<Pin<Box<impl Future<Output = ()>>>>, Vec<DirectSession>) {
+    ) -> (Vec<Pin<Box<impl Future>>>, Vec<DirectSession>) {
         let mut tasks = Vec::new();
         let mut sockets = Vec::new();
         for _ in 0..n {
@@ -1030,7 +1050,7 @@ mod tests {
 
     /// Every task polled twice, as a runtime runs connections made ready together: reads,
     /// then the flush after the yield.
-    fn round<F: Future<Output = ()>>(tasks: &mut [Pin<Box<F>>]) {
+    fn round<F: Future>(tasks: &mut [Pin<Box<F>>]) {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         for _ in 0..2 {
             for task in tasks.iter_mut() {

@@ -15,14 +15,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{self, BoxFuture, Either};
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, Stream, StreamExt};
 use tungstenite::handshake::client::{Request as ClientRequest, Response as ClientResponse};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
 use crate::client::Dialer;
-use crate::common::{self, Endpoint};
+use crate::common::{self, Endpoint, WebSocket};
 use crate::server::HandshakeSlot;
 use crate::{
     Backend, ClientEvents, ClientOptions, OtClientEvents, OtClientHandle, OtConnectOptions,
@@ -298,7 +298,23 @@ async fn connection<R: Binding, E: Endpoint>(
         .flatten();
     drop(slot);
     if let Some((session, ws)) = upgraded {
-        E::run(session, ws).await;
+        if let Some(ws) = E::run(session, ws).await {
+            linger::<R, _>(ws).await;
+        }
+    }
+}
+
+/// How long a socket the server closed with a close frame is read after the session ended.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After the server closed a session with a close frame: reads, and drops, what the peer
+/// still sends until it answers the close (or goes), for [`LINGER`] at most. Closing a socket
+/// with unread input resets the connection, and a reset can take the close frame with it
+/// (a peer that floods, closed with 4429, would only see the connection drop).
+pub(crate) async fn linger<R: Binding, W: WebSocket>(mut ws: W) {
+    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+    if let Either::Right(_) = future::select(core::pin::pin!(drain), R::sleep(LINGER)).await {
+        tracing::debug!("the peer went on sending after its close");
     }
 }
 

@@ -427,6 +427,9 @@ pub struct AcceptedSession {
     protocol: Option<String>,
     frames: Pin<Box<async_channel::Receiver<Bytes>>>,
     close: Pin<Box<async_channel::Receiver<(CloseCode, String)>>>,
+    /// The task sent the state machine's close frame: the socket is worth reading a while
+    /// longer (see `runtime::linger`).
+    lingers: bool,
     /// Dropped after [`Drop for AcceptedSession`](AcceptedSession) released the session.
     _running: RunningGuard,
 }
@@ -579,6 +582,7 @@ impl SyncServer {
                     protocol,
                     frames: Box::pin(frames),
                     close: Box::pin(close),
+                    lingers: false,
                     _running: RunningGuard::new(&self.running),
                 })
             }
@@ -711,7 +715,18 @@ impl AcceptedSession {
     /// Drives the session on its upgraded socket until it closes. Reads and writes in one
     /// task: frames are written as the socket takes them while reading goes on. However it
     /// ends (or if this future is dropped), the session is released.
-    pub async fn run<W, E>(mut self, mut ws: W)
+    pub async fn run<W, E>(self, ws: W)
+    where
+        W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+        E: fmt::Display,
+        <W as Sink<Message>>::Error: fmt::Display,
+    {
+        drop(self.run_to_end(ws).await);
+    }
+
+    /// [`run`](Self::run), giving the socket back when the session ended with the server's
+    /// close frame sent on it, for the runtime to read a while longer.
+    pub(crate) async fn run_to_end<W, E>(mut self, mut ws: W) -> Option<W>
     where
         W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: fmt::Display,
@@ -722,7 +737,7 @@ impl AcceptedSession {
             let step =
                 core::future::poll_fn(|cx| self.poll_step(cx, &mut ws, &mut unflushed)).await;
             if self.step(step, &mut ws) {
-                return;
+                return self.lingers.then_some(ws);
             }
         }
     }
@@ -766,6 +781,7 @@ impl AcceptedSession {
                 let close = common::close_message(code, &reason);
                 if let Some(Ok(())) = ws.send(close).now_or_never() {
                     let _ = ws.close().now_or_never();
+                    self.lingers = true;
                 }
                 return true;
             }
@@ -835,7 +851,11 @@ impl AcceptedSession {
     /// Runs the session with the hub writing its frames straight to `direct`, the socket
     /// `ws` reads from (see [`direct`](crate::direct)): its task only reads, and writes what
     /// the socket could not take at once.
-    pub(crate) async fn run_direct<W, E, S>(mut self, mut ws: W, direct: Arc<Direct<S>>)
+    pub(crate) async fn run_direct<W, E, S>(
+        mut self,
+        mut ws: W,
+        direct: Arc<Direct<S>>,
+    ) -> Option<W>
     where
         W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
         E: fmt::Display,
@@ -865,7 +885,7 @@ impl AcceptedSession {
         loop {
             let step = core::future::poll_fn(|cx| self.poll_direct(cx, &mut ws, &direct)).await;
             if self.step(step, &mut ws) {
-                return;
+                return self.lingers.then_some(ws);
             }
         }
     }

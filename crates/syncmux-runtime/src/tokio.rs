@@ -151,7 +151,9 @@ async fn serve_direct<E: Endpoint>(
             .flatten();
     drop(slot);
     if let Some((session, ws)) = upgraded {
-        E::run_direct(session, ws, socket).await;
+        if let Some(ws) = E::run_direct(session, ws, socket).await {
+            runtime::linger::<TokioBinding, _>(ws).await;
+        }
     }
 }
 

@@ -357,3 +357,50 @@ async fn tokio_a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer() {
 async fn smol_a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer() {
     a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer(Runtime::Smol).await;
 }
+
+/// A client that floods pings and never pauses gets the 4429 close frame, not a reset
+/// connection: the server reads on after its close (and drops what it reads) until the
+/// client answers it, rather than closing a socket with unread input, whose reset would take
+/// the close frame with it.
+async fn a_flooder_gets_the_4429_close_frame(runtime: Runtime) {
+    let mut config = ServerConfig::default();
+    config.rate_limit_burst = 10;
+    let (_server, addr) = serve(runtime, config, ServerOptions::default(), None).await;
+    let url = format!("ws://{addr}/sync/ws?node_id=flooder");
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let flood = tokio::spawn(async move {
+        let mut id = 0u64;
+        loop {
+            id += 1;
+            let ping = format!(r#"{{"type":"ping","id":"{id}"}}"#);
+            if sink.send(Message::Text(ping.into())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let close = tokio::time::timeout(GUARD, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("the connection failed before its close frame: {e}"),
+                None => panic!("the connection ended without a close frame"),
+            }
+        }
+    })
+    .await
+    .expect("hung");
+    flood.abort();
+    assert_eq!(close, Some(CloseCode::RATE_LIMIT_ABUSE.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_a_flooder_gets_the_4429_close_frame() {
+    a_flooder_gets_the_4429_close_frame(Runtime::Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smol_a_flooder_gets_the_4429_close_frame() {
+    a_flooder_gets_the_4429_close_frame(Runtime::Smol).await;
+}
