@@ -298,8 +298,10 @@ async fn connection<R: Binding, E: Endpoint>(
         .flatten();
     drop(slot);
     if let Some((session, ws)) = upgraded {
-        if let Some(ws) = E::run(session, ws).await {
-            linger::<R, _>(ws).await;
+        // Only the boxed linger is held across its await, not the socket it took.
+        let lingering = E::run(session, ws).await;
+        if let Some(lingering) = lingering.map(linger::<R, _>) {
+            lingering.await;
         }
     }
 }
@@ -311,11 +313,16 @@ const LINGER: Duration = Duration::from_secs(2);
 /// still sends until it answers the close (or goes), for [`LINGER`] at most. Closing a socket
 /// with unread input resets the connection, and a reset can take the close frame with it
 /// (a peer that floods, closed with 4429, would only see the connection drop).
-pub(crate) async fn linger<R: Binding, W: WebSocket>(mut ws: W) {
-    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
-    if let Either::Right(_) = future::select(core::pin::pin!(drain), R::sleep(LINGER)).await {
-        tracing::debug!("the peer went on sending after its close");
-    }
+///
+/// Boxed: made once per closed session, it would otherwise add its size to every
+/// connection's task for as long as the connection lives.
+pub(crate) fn linger<R: Binding, W: WebSocket>(mut ws: W) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+        if let Either::Right(_) = future::select(core::pin::pin!(drain), R::sleep(LINGER)).await {
+            tracing::debug!("the peer went on sending after its close");
+        }
+    })
 }
 
 /// The handshake of an accepted stream (a runtime module's `accept`): a slot, then the

@@ -151,8 +151,10 @@ async fn serve_direct<E: Endpoint>(
             .flatten();
     drop(slot);
     if let Some((session, ws)) = upgraded {
-        if let Some(ws) = E::run_direct(session, ws, socket).await {
-            runtime::linger::<TokioBinding, _>(ws).await;
+        // Only the boxed linger is held across its await, not the socket it took.
+        let lingering = E::run_direct(session, ws, socket).await;
+        if let Some(lingering) = lingering.map(runtime::linger::<TokioBinding, _>) {
+            lingering.await;
         }
     }
 }
