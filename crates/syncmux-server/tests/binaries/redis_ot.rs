@@ -6,10 +6,8 @@
 #![cfg(all(feature = "redis", unix))]
 #![allow(clippy::unwrap_used)]
 
-mod example_util;
-// One Redis helper for every crate that starts a redis-server (syncmux-redis owns it).
-#[path = "../../syncmux-redis/tests/redis_util/mod.rs"]
-mod redis_util;
+use crate::example_util;
+use crate::redis_util;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
-mod example_util;
+use crate::example_util;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};

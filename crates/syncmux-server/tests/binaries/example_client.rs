@@ -3,7 +3,7 @@
 //! answering, and prints each change once the server finally answers.
 #![allow(clippy::unwrap_used, clippy::result_large_err)] // test helpers fail loudly
 
-mod example_util;
+use crate::example_util;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -7,7 +7,7 @@
 //! it). Without them the test fails under CI (`CI` set) and is skipped loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
-mod example_util;
+use crate::example_util;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

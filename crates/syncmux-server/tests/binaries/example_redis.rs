@@ -4,10 +4,7 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
-mod example_util;
-// One Redis helper for every crate that starts a redis-server (syncmux-redis owns it).
-#[path = "../../syncmux-redis/tests/redis_util/mod.rs"]
-mod redis_util;
+use crate::example_util;
 
 use example_util::start_server as start;
 
@@ -15,8 +12,8 @@ use example_util::start_server as start;
 mod with_redis {
     use std::time::Duration;
 
-    use super::redis_util::RedisServer;
     use super::start;
+    use crate::redis_util::RedisServer;
     use syncmux::payload::{ChangeRecord, Hlc, RawJson, Subscribe};
     use syncmux::{ClientConfig, ClientEvent};
     use syncmux_runtime as adapters;

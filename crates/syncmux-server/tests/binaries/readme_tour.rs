@@ -6,7 +6,7 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
-mod example_util;
+use crate::example_util;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -16,7 +16,7 @@ use std::time::Duration;
 use example_util::{example_binary, start_server, Killed};
 use serde_json::Value;
 
-const README: &str = include_str!("../../../README.md");
+const README: &str = include_str!("../../../../README.md");
 
 /// Only a hang reaches it.
 const PATIENCE: Duration = Duration::from_secs(60);

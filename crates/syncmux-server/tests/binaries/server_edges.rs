@@ -5,7 +5,7 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
-mod example_util;
+use crate::example_util;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

@@ -6,7 +6,7 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
-mod example_util;
+use crate::example_util;
 
 use example_util::{start_server as start, stderr_of};
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson};
