@@ -7,18 +7,15 @@
 use crate::example_util;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use example_util::{example_binary, start_server, Killed};
+use example_util::{example_binary, start_server, terminate, Killed, Lines, PATIENCE};
 use serde_json::Value;
-
-/// Only a hang reaches it: every test waits on something that happens or fails.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 fn client_binary() -> PathBuf {
     static CLIENT: OnceLock<PathBuf> = OnceLock::new();
@@ -102,30 +99,6 @@ fn pulled_after(url: &str, cursor: &str) -> BTreeSet<String> {
         .iter()
         .map(|c| c["pk"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// A follower's stdout, line by line.
-struct Lines(mpsc::Receiver<String>);
-
-impl Lines {
-    fn of(process: &mut Killed) -> Lines {
-        let stdout = process.0.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Lines(rx)
-    }
-
-    fn next(&self) -> Value {
-        let line = self.0.recv_timeout(PATIENCE).expect("a line in time");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    }
 }
 
 /// Every change line of a batch carries a cursor a user can resume from: resuming from the
@@ -366,17 +339,6 @@ fn a_follower_stopped_by_sigterm_closes_and_exits_0() {
     );
     let lines = Lines::of(&mut follower);
     while lines.next()["subscribed"] != true {}
-    let pid = follower.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (done, waited) = mpsc::channel();
-    std::thread::spawn(move || {
-        let status = follower.0.wait();
-        let _ = done.send(status);
-    });
-    let status = waited.recv_timeout(PATIENCE).expect("it exited").unwrap();
+    let status = terminate(follower);
     assert_eq!(status.code(), Some(0), "{status}");
 }

@@ -8,18 +8,12 @@
 
 use crate::example_util;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
-use example_util::{example_binary, start_server, Killed};
+use example_util::{example_binary, start_server, terminate, Killed, Lines};
 use serde_json::Value;
 
 const README: &str = include_str!("../../../../README.md");
-
-/// Only a hang reaches it.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The commands of the quick tour's `sh` block, continuation lines joined, comments dropped.
 fn tour() -> Vec<String> {
@@ -50,55 +44,6 @@ fn tour() -> Vec<String> {
         pending.clear();
     }
     commands
-}
-
-/// A command's stdout, line by line, as JSON.
-struct Lines(mpsc::Receiver<String>);
-
-impl Lines {
-    fn of(process: &mut Killed) -> Lines {
-        let stdout = process.0.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Lines(rx)
-    }
-
-    /// The first line that `wanted` accepts.
-    fn until(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let line = self
-                .0
-                .recv_timeout(PATIENCE)
-                .unwrap_or_else(|_| panic!("no line {what} in time"));
-            let value: Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-            if wanted(&value) {
-                return value;
-            }
-        }
-    }
-}
-
-/// SIGTERM, and the exit code (a follower closes and exits 0).
-fn stop(mut process: Killed) -> Option<i32> {
-    let pid = process.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (done, waited) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(process.0.wait().map(|s| s.code()));
-    });
-    waited.recv_timeout(PATIENCE).expect("it exited").unwrap()
 }
 
 #[test]
@@ -180,7 +125,7 @@ fn the_readme_quick_tour_runs_as_written() {
                 if background {
                     followers.push((lines, process));
                 } else {
-                    assert_eq!(stop(process), Some(0), "{command}");
+                    assert_eq!(terminate(process).code(), Some(0), "{command}");
                 }
             }
             "presence" => {
@@ -190,7 +135,7 @@ fn the_readme_quick_tour_runs_as_written() {
                     1,
                     "{snapshot}"
                 );
-                assert_eq!(stop(process), Some(0), "{command}");
+                assert_eq!(terminate(process).code(), Some(0), "{command}");
             }
             _ => {
                 let first = lines.until("with the answer", |_| true);
@@ -215,7 +160,7 @@ fn the_readme_quick_tour_runs_as_written() {
         checked.push(sub.to_owned());
     }
     for (_, process) in followers {
-        assert_eq!(stop(process), Some(0));
+        assert_eq!(terminate(process).code(), Some(0));
     }
     checked.sort_unstable();
     checked.dedup();

@@ -10,16 +10,12 @@ use crate::example_util;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
-use example_util::{example_binary, start_server, Killed};
+use example_util::{example_binary, start_server, terminate, Killed, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-
-/// Only a hang reaches it.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The server with `args` and nothing from the test's `SYNCMUX_*` variables.
 fn server(args: &[&str]) -> Command {
@@ -229,18 +225,7 @@ async fn a_server_whose_output_readers_are_gone_keeps_serving_and_exits_0() {
             "{pong:?}"
         );
     }
-    let pid = process.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (done, waited) = mpsc::channel();
-    std::thread::spawn(move || {
-        let status = process.0.wait();
-        let _ = done.send(status);
-    });
-    let status = waited.recv_timeout(PATIENCE).expect("it exited").unwrap();
+    let status = terminate(process);
     assert_eq!(status.code(), Some(0), "{status}");
 }
 

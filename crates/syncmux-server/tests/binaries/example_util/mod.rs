@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -122,4 +124,67 @@ pub fn stderr_of(process: &mut Killed) -> String {
         pipe.read_to_string(&mut stderr).unwrap();
     }
     stderr
+}
+
+/// Generous: every wait ends as soon as what it waits for happens; only a hang reaches it.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A process's stdout, line by line, read on a thread of its own.
+pub struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    /// Takes `process`'s stdout.
+    pub fn of(process: &mut Killed) -> Lines {
+        let stdout = process.0.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line, as JSON.
+    pub fn next(&self) -> serde_json::Value {
+        let line = self.0.recv_timeout(PATIENCE).expect("a line in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// The first line that `wanted` accepts (`what` names it in the failure).
+    pub fn until(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        loop {
+            let line = self
+                .0
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("no line {what} in time"));
+            let value: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            if wanted(&value) {
+                return value;
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM to `process` and gives how it exited.
+pub fn terminate(mut process: Killed) -> ExitStatus {
+    let pid = process.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (done, waited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(process.0.wait());
+    });
+    waited.recv_timeout(PATIENCE).expect("it exited").unwrap()
 }
