@@ -278,17 +278,8 @@ pub trait Serve: Clone + Send + Sync + 'static {
     /// What an accepted handshake gives: the session to run once the socket is open.
     type Session: Send + 'static;
 
-    /// How long the whole handshake may take (zero: no limit).
-    fn handshake_timeout(&self) -> core::time::Duration;
-
-    /// The largest message the WebSocket layer reads (0: no limit).
-    fn max_message(&self) -> usize;
-
-    /// Waits for a handshake slot; hold it until the handshake is over.
-    fn slot(&self) -> impl core::future::Future<Output = crate::server::HandshakeSlot> + Send;
-
-    /// Completes once the server shuts down.
-    fn shut_down(&self) -> impl core::future::Future<Output = ()> + Send;
+    /// The shutdown signal, options, handshake slots and read limit the accept paths use.
+    fn gate(&self) -> &crate::server::Gate;
 
     /// The state machine's decision inside tungstenite's upgrade callback.
     #[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
@@ -333,20 +324,8 @@ impl<W> WebSocket for W where
 impl Serve for SyncServer {
     type Session = AcceptedSession;
 
-    fn handshake_timeout(&self) -> core::time::Duration {
-        self.options().handshake_timeout
-    }
-
-    fn max_message(&self) -> usize {
-        self.ws_frame_limit()
-    }
-
-    fn slot(&self) -> impl core::future::Future<Output = crate::server::HandshakeSlot> + Send {
-        self.handshake_slot()
-    }
-
-    fn shut_down(&self) -> impl core::future::Future<Output = ()> + Send {
-        self.stopped()
+    fn gate(&self) -> &crate::server::Gate {
+        self.gate()
     }
 
     fn accept_upgrade(
@@ -377,20 +356,8 @@ impl Serve for SyncServer {
 impl Serve for crate::OtServerHandle {
     type Session = crate::AcceptedOtSession;
 
-    fn handshake_timeout(&self) -> core::time::Duration {
-        self.options().handshake_timeout
-    }
-
-    fn max_message(&self) -> usize {
-        self.ws_frame_limit()
-    }
-
-    fn slot(&self) -> impl core::future::Future<Output = crate::server::HandshakeSlot> + Send {
-        self.handshake_slot()
-    }
-
-    fn shut_down(&self) -> impl core::future::Future<Output = ()> + Send {
-        self.stopped()
+    fn gate(&self) -> &crate::server::Gate {
+        self.gate()
     }
 
     fn accept_upgrade(

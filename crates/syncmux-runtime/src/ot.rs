@@ -52,7 +52,7 @@ use crate::clock::Clock;
 use crate::common;
 use crate::direct::{self, Direct, DirectOutlet, Framer, RawSocket};
 use crate::runtime::Binding;
-use crate::server::{HandshakeSlot, HandshakeSlots, Running, RunningGuard, Timed, TimerTask};
+use crate::server::{Gate, RunningGuard, Timed, TimerTask};
 use crate::{Rejection, ServerOptions};
 use syncmux::ot::{OtHandshakeOutcome, OtServer, OtServerEvent, OtSessionId, OtTransmit};
 use syncmux::wire::CloseCode;
@@ -64,22 +64,14 @@ use syncmux::Instant;
 #[derive(Clone)]
 pub struct OtServerHandle {
     shared: Arc<Mutex<Shared>>,
-    /// Closed on shutdown: accept loops stop.
-    stop: async_channel::Receiver<()>,
-    options: Arc<ServerOptions>,
-    /// Handshakes in progress; `None` without a bound.
-    handshakes: Option<HandshakeSlots>,
-    /// The WebSocket layer's read limit, derived from the state machine's frame limit.
-    ws_frame_limit: usize,
-    /// Connections whose task has not ended, for [`OtServerHandle::drained`].
-    running: Arc<Running>,
+    gate: Gate,
 }
 
 impl fmt::Debug for OtServerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OtServerHandle")
             .field("sessions", &self.session_count())
-            .field("options", &self.options)
+            .field("options", self.gate.options())
             .finish_non_exhaustive()
     }
 }
@@ -286,8 +278,7 @@ impl fmt::Debug for AcceptedOtSession {
 impl OtServerHandle {
     pub(crate) fn new(server: OtServer, options: ServerOptions) -> (OtServerHandle, OtTimerTask) {
         let (wake_tx, wake_rx) = async_channel::bounded(1);
-        let (stop_tx, stop_rx) = async_channel::bounded(1);
-        let ws_frame_limit = common::ws_read_limit(server.config().max_frame_len);
+        let (gate, stop_tx) = Gate::new(options, server.config().max_frame_len);
         let shared = Shared {
             server,
             clock: Clock::new(),
@@ -301,11 +292,7 @@ impl OtServerHandle {
         };
         let handle = OtServerHandle {
             shared: Arc::new(Mutex::new(shared)),
-            stop: stop_rx,
-            handshakes: HandshakeSlots::new(options.max_handshakes),
-            options: Arc::new(options),
-            ws_frame_limit,
-            running: Running::new(),
+            gate,
         };
         let timer = OtTimerTask {
             shared: Arc::downgrade(&handle.shared),
@@ -328,22 +315,17 @@ impl OtServerHandle {
 
     /// The adapter's options.
     pub fn options(&self) -> &ServerOptions {
-        &self.options
+        self.gate.options()
     }
 
-    /// The largest message the WebSocket layer reads (0: no limit).
-    pub(crate) fn ws_frame_limit(&self) -> usize {
-        self.ws_frame_limit
-    }
-
-    /// Waits for one of the `max_handshakes` slots; hold it until the handshake is over.
-    pub(crate) async fn handshake_slot(&self) -> HandshakeSlot {
-        HandshakeSlots::take(self.handshakes.as_ref()).await
+    /// What the accept paths share with this handle.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Completes once [`shutdown`](Self::shutdown) was called (accept loops select on it).
     pub async fn stopped(&self) {
-        let _ = self.stop.recv().await;
+        self.gate.stopped().await;
     }
 
     /// Decides a handshake: `?token=` and the other checks of
@@ -376,7 +358,7 @@ impl OtServerHandle {
                     deferred: false,
                     flush: None,
                     lingers: false,
-                    _running: RunningGuard::new(&self.running),
+                    _running: self.gate.running(),
                 })
             }
             OtHandshakeOutcome::Reject { status, reason } => Err(Rejection { status, reason }),
@@ -448,12 +430,12 @@ impl OtServerHandle {
     /// [`shutdown`](Self::shutdown), once each close frame went out or could not). Bound the
     /// wait with a timeout of the runtime's.
     pub async fn drained(&self) {
-        self.running.idle().await;
+        self.gate.drained().await;
     }
 
     /// Connections whose task is running.
     pub fn running_sessions(&self) -> usize {
-        self.running.count()
+        self.gate.running_count()
     }
 
     /// Runs `f` on the state machine (to read a document, or close a session), then hands

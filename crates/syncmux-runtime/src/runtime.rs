@@ -250,7 +250,7 @@ pub(crate) async fn serve<R: Binding, E: Endpoint>(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     loop {
-        let Some(slot) = unless_shut_down(&server, server.slot()).await else {
+        let Some(slot) = unless_shut_down(&server, server.gate().slot()).await else {
             return;
         };
         let (tcp, peer) = match unless_shut_down(&server, R::tcp_accept(&listener)).await {
@@ -293,7 +293,7 @@ async fn connection<R: Binding, E: Endpoint>(
         let io = io.await?;
         upgrade(&server, |decide, config| R::ws_accept(io, decide, config)).await
     };
-    let upgraded = within_deadline::<R, _>(server.handshake_timeout(), handshake)
+    let upgraded = within_deadline::<R, _>(server.gate().options().handshake_timeout, handshake)
         .await
         .flatten();
     drop(slot);
@@ -328,7 +328,7 @@ pub(crate) fn linger<R: Binding, W: WebSocket>(mut ws: W) -> BoxFuture<'static, 
 /// The handshake of an accepted stream (a runtime module's `accept`): a slot, then the
 /// upgrade within the deadline, then the session.
 pub(crate) async fn accept<R: Binding, E: Endpoint>(server: &E, io: R::Io) {
-    let slot = server.slot().await;
+    let slot = server.gate().slot().await;
     connection::<R, E>(server.clone(), future::ready(Some(io)), slot).await;
 }
 
@@ -374,7 +374,7 @@ where
             server.accept_upgrade(req, resp, &mut lock(&accepted))
         })
     };
-    let upgraded = handshake(decide, common::ws_config(server.max_message())).await;
+    let upgraded = handshake(decide, common::ws_config(server.gate().ws_frame_limit())).await;
     let session = lock(&accepted).take();
     match upgraded {
         Ok(ws) => session.map(|session| (session, ws)),
@@ -396,7 +396,7 @@ async fn unless_shut_down<E: Endpoint, T>(
     server: &E,
     future: impl Future<Output = T>,
 ) -> Option<T> {
-    let stopped = core::pin::pin!(server.shut_down());
+    let stopped = core::pin::pin!(server.gate().stopped());
     match future::select(core::pin::pin!(future), stopped).await {
         Either::Left((done, _)) => Some(done),
         Either::Right(((), _)) => None,

@@ -71,6 +71,14 @@ impl Default for ServerOptions {
 #[derive(Clone)]
 pub struct SyncServer {
     shared: Arc<Mutex<Shared>>,
+    gate: Gate,
+}
+
+/// What a server handle shares with its accept paths and session tasks, alike for both
+/// endpoints (the sync server's and the OT one's): the shutdown signal, the options, the
+/// handshake slots, the WebSocket layer's read limit and the count of running session tasks.
+#[derive(Clone, Debug)]
+pub struct Gate {
     /// Closed on shutdown: accept loops stop.
     stop: async_channel::Receiver<()>,
     options: Arc<ServerOptions>,
@@ -78,11 +86,67 @@ pub struct SyncServer {
     handshakes: Option<HandshakeSlots>,
     /// The WebSocket layer's read limit, derived from the state machine's frame limit.
     ws_frame_limit: usize,
-    /// Sessions whose task has not ended, for [`SyncServer::drained`].
+    /// Session tasks that have not ended.
     running: Arc<Running>,
 }
 
+impl Gate {
+    /// The gate of a state machine whose frames are at most `max_frame_len` bytes, and the
+    /// sender whose drop (at shutdown) closes it.
+    pub(crate) fn new(
+        options: ServerOptions,
+        max_frame_len: usize,
+    ) -> (Gate, async_channel::Sender<()>) {
+        let (stop_tx, stop) = async_channel::bounded(1);
+        let gate = Gate {
+            stop,
+            handshakes: HandshakeSlots::new(options.max_handshakes),
+            options: Arc::new(options),
+            ws_frame_limit: common::ws_read_limit(max_frame_len),
+            running: Running::new(),
+        };
+        (gate, stop_tx)
+    }
+
+    /// The adapter's options.
+    pub(crate) fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// The largest message the WebSocket layer reads (0: no limit); see
+    /// [`common::ws_read_limit`].
+    pub(crate) fn ws_frame_limit(&self) -> usize {
+        self.ws_frame_limit
+    }
+
+    /// Waits for one of the `max_handshakes` slots; hold it until the handshake is over.
+    pub(crate) async fn slot(&self) -> HandshakeSlot {
+        HandshakeSlots::take(self.handshakes.as_ref()).await
+    }
+
+    /// Completes once the server shut down (accept loops select on it).
+    pub(crate) async fn stopped(&self) {
+        let _ = self.stop.recv().await;
+    }
+
+    /// Counts a session task as running until dropped.
+    pub(crate) fn running(&self) -> RunningGuard {
+        RunningGuard::new(&self.running)
+    }
+
+    /// Session tasks running.
+    pub(crate) fn running_count(&self) -> usize {
+        self.running.count()
+    }
+
+    /// Completes once no session task is running.
+    pub(crate) async fn drained(&self) {
+        self.running.idle().await;
+    }
+}
+
 /// A count of running session tasks, and a wake-up for whoever waits for it to reach zero.
+#[derive(Debug)]
 pub(crate) struct Running {
     count: AtomicUsize,
     /// Capacity 1: a token left here by the last session to end wakes the waiter.
@@ -110,7 +174,7 @@ impl Drop for RunningGuard {
 
 /// A counting semaphore of handshake slots: a slot is a token in the channel, so taking one
 /// waits while the channel is full.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct HandshakeSlots {
     take: async_channel::Sender<()>,
     give_back: async_channel::Receiver<()>,
@@ -178,7 +242,7 @@ impl fmt::Debug for SyncServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncServer")
             .field("sessions", &self.session_count())
-            .field("options", &self.options)
+            .field("options", self.gate.options())
             .finish_non_exhaustive()
     }
 }
@@ -455,9 +519,7 @@ impl SyncServer {
             .server_mut()
             .set_wall_clock(clock.now(), clock.unix_millis());
         let (wake_tx, wake_rx) = async_channel::bounded(1);
-        let (stop_tx, stop_rx) = async_channel::bounded(1);
-        let ws_frame_limit = common::ws_read_limit(driver.server().config().max_frame_len);
-        let handshakes = HandshakeSlots::new(options.max_handshakes);
+        let (gate, stop_tx) = Gate::new(options, driver.server().config().max_frame_len);
         let hub = Shared {
             driver,
             clock,
@@ -468,14 +530,9 @@ impl SyncServer {
             backend: None,
             writer: Writer::default(),
         };
-        let running = Running::new();
         let server = SyncServer {
             shared: Arc::new(Mutex::new(hub)),
-            stop: stop_rx,
-            options: Arc::new(options),
-            handshakes,
-            ws_frame_limit,
-            running,
+            gate,
         };
         let timer = TimerTask {
             shared: Arc::downgrade(&server.shared),
@@ -533,23 +590,17 @@ impl SyncServer {
 
     /// The adapter's options.
     pub fn options(&self) -> &ServerOptions {
-        &self.options
+        self.gate.options()
     }
 
-    /// The largest message the WebSocket layer reads (0: no limit); see
-    /// [`common::ws_read_limit`].
-    pub(crate) fn ws_frame_limit(&self) -> usize {
-        self.ws_frame_limit
-    }
-
-    /// Waits for one of the `max_handshakes` slots; hold it until the handshake is over.
-    pub(crate) async fn handshake_slot(&self) -> HandshakeSlot {
-        HandshakeSlots::take(self.handshakes.as_ref()).await
+    /// What the accept paths share with this handle.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Completes once [`SyncServer::shutdown`] was called (accept loops select on it).
     pub async fn stopped(&self) {
-        let _ = self.stop.recv().await;
+        self.gate.stopped().await;
     }
 
     /// Decides a handshake (docs/protocol.md section 4). On acceptance the session exists at once
@@ -583,7 +634,7 @@ impl SyncServer {
                     frames: Box::pin(frames),
                     close: Box::pin(close),
                     lingers: false,
-                    _running: RunningGuard::new(&self.running),
+                    _running: self.gate.running(),
                 })
             }
             HandshakeOutcome::Reject { status, reason } => Err(Rejection { status, reason }),
@@ -621,12 +672,12 @@ impl SyncServer {
     /// once each close frame went out (or its socket could not take it) and every socket
     /// was dropped. Bound the wait with a timeout of the runtime's.
     pub async fn drained(&self) {
-        self.running.idle().await;
+        self.gate.drained().await;
     }
 
     /// Sessions whose task is running (it may be sending its close frame).
     pub fn running_sessions(&self) -> usize {
-        self.running.count()
+        self.gate.running_count()
     }
 
     /// The state machine's counters (a copy): see [`ServerStats`].

@@ -39,7 +39,7 @@ impl Runtime<TokioBinding> {
     /// take at once). `read` is what a router already read from the connection (its request
     /// head, say); it is read again first.
     pub async fn accept_tcp<E: Endpoint>(server: &E, tcp: tokio::net::TcpStream, read: Vec<u8>) {
-        let slot = server.slot().await;
+        let slot = server.gate().slot().await;
         serve_direct(server.clone(), tcp, read, slot).await;
     }
 }
@@ -145,10 +145,12 @@ async fn serve_direct<E: Endpoint>(
     let handshake = Box::pin(runtime::upgrade(&server, |decide, config| {
         tokio_tungstenite::accept_hdr_async_with_config(io, decide, Some(config))
     }));
-    let upgraded =
-        runtime::within_deadline::<TokioBinding, _>(server.handshake_timeout(), handshake)
-            .await
-            .flatten();
+    let upgraded = runtime::within_deadline::<TokioBinding, _>(
+        server.gate().options().handshake_timeout,
+        handshake,
+    )
+    .await
+    .flatten();
     drop(slot);
     if let Some((session, ws)) = upgraded {
         // Only the boxed linger is held across its await, not the socket it took.
