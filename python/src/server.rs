@@ -47,7 +47,7 @@ enum Inner {
 /// The syncmux server state machine: no sockets, no clock.
 ///
 /// With `store=True` (the default) the embedded `MemoryStore` answers pulls, pushes and
-/// replays at once, as the Rust example server does. With `store=False` they come out of
+/// replays at once, as the Rust `syncmux-server` does. With `store=False` they come out of
 /// `poll_event()` as `Pull`, `Push` and `Replay` events, which the application answers with
 /// `answer_pull`, `answer_push` and `answer_replay`, in any order and at any time.
 ///
@@ -56,7 +56,7 @@ enum Inner {
 /// interval 30 s, presence TTL 60 s, rooms of 1000, ...); 0 disables a limit or timer.
 /// Durations are float seconds. `token` requires that bearer token (header, `access_token`
 /// or `token` query parameter) at the handshake and refuses others with HTTP 401, as the Rust
-/// example server's `--token` does. The effective values are in `config`.
+/// `syncmux-server`'s `--token` does. The effective values are in `config`.
 #[pyclass(module = "syncmux._syncmux")]
 pub(crate) struct Server {
     inner: Inner,
@@ -158,7 +158,7 @@ impl Server {
     ) -> PyResult<Self> {
         let mut c = ServerConfig::default();
         if let Some(token) = token {
-            // The Rust example server's decision (examples/server.rs, `--token`).
+            // The Rust `syncmux-server`'s decision (examples/server.rs, `--token`).
             let auth = Arc::new(move |req: &AuthRequest<'_>| {
                 if req.token == Some(token.as_str()) {
                     AuthDecision::allow(None)

@@ -235,7 +235,7 @@ enum Out {
 /// # Shared history
 ///
 /// With [`OtServerConfig::shared_history`], several servers serve the same documents and
-/// their history is decided outside (the example server: Redis, `adapters::redis::ot`).
+/// their history is decided outside (`syncmux-server`: Redis, through the crate `syncmux-redis`).
 /// The seam is the same as the sync server's backend: the state machine asks and is
 /// answered later. Each server keeps a copy of every document it serves; an op from a
 /// session is rebased onto the copy's head and comes out as an [`OtServerEvent::Commit`],

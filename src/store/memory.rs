@@ -31,7 +31,7 @@ pub struct StoreConfig {
 }
 
 /// The embedded change store (the crate docs (layers)): [`MemoryStore`], the default
-/// backend of the example server.
+/// backend of `syncmux-server`.
 ///
 /// The store knows payload types only: it never imports the server or the client; a small
 /// driver pairs a server with it. It reads no clock and no entropy: the adapter chooses the

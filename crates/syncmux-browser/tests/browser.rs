@@ -1,4 +1,4 @@
-//! The browser adapter in a real headless Chromium, against the real example server.
+//! The browser adapter in a real headless Chromium, against the real `syncmux-server`.
 //!
 //! Run by `tests/browser/run.mjs`, which starts the server (and a native client that answers
 //! pushes to table `ctl`), then builds this file with the server's URL baked in as
@@ -231,7 +231,7 @@ async fn pause(ms: i32) {
     let _ = JsFuture::from(promise).await;
 }
 
-/// The browser's `OtClient` against the example server's `/ot`: two clients edit at once
+/// The browser's `OtClient` against `syncmux-server`'s `/ot`: two clients edit at once
 /// and converge; one receives the other's edit as a `change` event; a bad op throws.
 #[wasm_bindgen_test]
 async fn ot_clients_converge_over_the_ot_endpoint() {

@@ -6,7 +6,7 @@
 //! subscriber on another server through Redis versus on the same server with `MemoryStore`,
 //! and deliveries per second per server with 50 subscribers on each of two servers versus one
 //! `MemoryStore` server with 50. Skipped, loudly, without `redis-server`. Run with
-//! `cargo bench --features tokio,redis --bench redis -- --warm-up-time 1 --measurement-time 3`.
+//! `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`.
 
 // Wall-clock time is what a benchmark measures.
 #![allow(clippy::disallowed_methods)]

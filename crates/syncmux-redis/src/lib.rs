@@ -51,7 +51,7 @@
 //!
 //! # Faults
 //!
-//! [`RedisBackend::connect`] fails when Redis cannot be reached (the example server then
+//! [`RedisBackend::connect`] fails when Redis cannot be reached (`syncmux-server` then
 //! exits non-zero). While running, a request Redis does not answer (down, or slower than
 //! [`RedisConfig::request_timeout`]) fails with `UNAVAILABLE`; the session stays open and
 //! the client may retry. Requests reconnect on their own, and the follower reconnects with

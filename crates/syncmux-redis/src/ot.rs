@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! The open-ot Redis adapter's, under [`RedisOtConfig::prefix`] (empty by default: the
-//! exact keys of open-ot; the example server uses `{PREFIX}:`, its sync log's hash tag):
+//! exact keys of open-ot; `syncmux-server` uses `{PREFIX}:`, its sync log's hash tag):
 //! `{prefix}doc:ID:metadata` (a hash: `type` = `text`, `v` = the head revision),
 //! `{prefix}doc:ID:data` (the text at `v`, as a JSON string), `{prefix}doc:ID:history` (a
 //! list of JSON ops, item `i` made revision `i + 1`). Each applied op is published on the

@@ -1,9 +1,9 @@
 //! The sync endpoint mounted inside an axum app, next to other routes.
 //!
 //! ```text
-//! cargo run --features tokio --example axum -- [--listen 127.0.0.1:8788]
+//! cargo run -p syncmux-runtime --features tokio --example axum -- [--listen 127.0.0.1:8788]
 //! curl http://127.0.0.1:8788/health                  # ok
-//! cargo run --features tokio --example client -- --url ws://127.0.0.1:8788/sync/ws \
+//! cargo run -p syncmux-server --bin syncmux-cli -- --url ws://127.0.0.1:8788/sync/ws \
 //!     --node-id n1 pull docs
 //! ```
 //!

@@ -1,7 +1,7 @@
 //! The sync server on the embedded `MemoryStore`, ready to deploy.
 //!
 //! ```text
-//! cargo run --release --features tokio --example server -- [--listen 127.0.0.1:8787]
+//! cargo run --release -p syncmux-server -- [--listen 127.0.0.1:8787]
 //!     [--token T] [--rate-limit N/SECS|0] [--max-frame BYTES] [--max-outbound BYTES]
 //!     [--ping-interval MS] [--ot-broadcast-delay MS] [--idle-timeout MS]
 //!     [--presence-ttl MS] [--room-max N]
@@ -14,7 +14,7 @@
 //! `SYNCMUX_TOKEN`, ...; `--help` names each); a flag wins over its variable. An invalid value
 //! is refused with a message and exit code 2.
 //!
-//! `--redis URL` (built with `--features tokio,redis`) keeps the change log in Redis instead
+//! `--redis URL` (built with `--features redis`) keeps the change log in Redis instead
 //! of memory, so that several servers on one Redis behave as one (see
 //! the crate `syncmux-redis`): start each with the same `--redis` and `--redis-prefix`. A
 //! Redis that cannot be reached at start-up is an error (exit 1); one lost later fails
@@ -22,7 +22,7 @@
 //! Redis too (`syncmux_redis::RedisOt`; keys `{PREFIX}:doc:ID:metadata`, `:data`,
 //! `:history`, channel `{PREFIX}:doc:ID`), and clients of every server converge.
 //!
-//! `--data PATH` (built with `--features tokio,sqlite`) keeps the changes in the SQLite
+//! `--data PATH` (built with `--features sqlite`) keeps the changes in the SQLite
 //! database at PATH (created if missing; see the crate `syncmux-sqlite`): a push is answered
 //! once it is on disk, and after a restart, `kill -9` included, every answered change is
 //! there at the same cursor, so clients resume with `recovered: true`. A damaged or foreign
@@ -167,7 +167,7 @@ struct Cli {
     shutdown_timeout: Duration,
     /// Keep the change log in the Redis at URL (`redis://HOST:PORT`), shared with every
     /// server started with the same URL and prefix, instead of in memory. Needs a build with
-    /// `--features tokio,redis`.
+    /// `--features redis`.
     #[arg(long, env = "SYNCMUX_REDIS", value_name = "URL")]
     redis: Option<String>,
     /// With --redis: the keys' prefix (`{PREFIX}:...`); servers sharing a log use the same.
@@ -187,7 +187,7 @@ struct Cli {
     )]
     redis_retention: usize,
     /// Keep the changes in the SQLite database at PATH (created if missing), so that they
-    /// survive restarts and crashes. Needs a build with `--features tokio,sqlite`.
+    /// survive restarts and crashes. Needs a build with `--features sqlite`.
     #[arg(
         long,
         env = "SYNCMUX_DATA",
@@ -653,7 +653,7 @@ async fn start_on_redis(
     ))
 }
 
-/// The OT documents in Redis (`adapters::redis::RedisOt`): keys `{PREFIX}:doc:ID:...`,
+/// The OT documents in Redis (`syncmux_redis::RedisOt`): keys `{PREFIX}:doc:ID:...`,
 /// channels `{PREFIX}:doc:ID`.
 #[cfg(feature = "redis")]
 async fn ot_on_redis(ot: OtServerHandle, url: String, prefix: String) -> Result<(), String> {
@@ -675,7 +675,7 @@ async fn ot_on_redis(_: OtServerHandle, _: String, _: String) -> Result<(), Stri
 async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<SyncServer, String> {
     let _ = (redis.prefix, redis.retention);
     Err(format!(
-        "--redis {}: this server was built without Redis; build it with --features tokio,redis",
+        "--redis {}: this server was built without Redis; build it with --features redis",
         redis.url
     ))
 }
@@ -720,7 +720,7 @@ async fn start_on_sqlite(
     _: ServerOptions,
 ) -> Result<SyncServer, String> {
     Err(format!(
-        "--data {}: this server was built without SQLite; build it with --features tokio,sqlite",
+        "--data {}: this server was built without SQLite; build it with --features sqlite",
         path.display()
     ))
 }

@@ -22,7 +22,7 @@
 //!
 //! The 1 000 000-change databases are built once (in batches of 10 000 per transaction) and
 //! kept in the target directory for later runs. Run with
-//! `cargo bench --features tokio,sqlite --bench durable -- --warm-up-time 1 --measurement-time 3`.
+//! `cargo bench -p syncmux-sqlite --bench durable -- --warm-up-time 1 --measurement-time 3`.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};

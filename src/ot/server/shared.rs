@@ -1,5 +1,5 @@
 //! The shared history (`OtServerConfig::shared_history`): the documents' history is decided
-//! outside this server (by Redis, for the example server), and this server keeps a copy of
+//! outside this server (by Redis, for `syncmux-server`), and this server keeps a copy of
 //! each document that it advances op by op, in revision order, from what it is told.
 //!
 //! An op from a session is rebased onto the copy's head and handed out as a

@@ -152,7 +152,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     t.row(
         "OT server CPU per acked op (5 clients)",
         ot("ot e2e syncmux:"),
-        "example server /ot, real sockets; feature tokio",
+        "syncmux-server /ot, real sockets",
     );
     t.row(
         "OT server CPU per acked op, 1 tokio worker",

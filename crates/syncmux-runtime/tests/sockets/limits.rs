@@ -177,7 +177,7 @@ async fn smol_handshakes_in_progress_are_bounded() {
     handshakes_in_progress_are_bounded(Runtime::Smol).await;
 }
 
-/// With `max_sessions` 2 (the example server's `--max-connections 2`), a third upgrade is
+/// With `max_sessions` 2 (`syncmux-server`'s `--max-connections 2`), a third upgrade is
 /// refused with HTTP 503; once a session ends, a new one is accepted.
 async fn sessions_beyond_the_maximum_get_503(runtime: Runtime) {
     let mut config = ServerConfig::default();

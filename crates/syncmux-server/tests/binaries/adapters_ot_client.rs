@@ -1,5 +1,5 @@
 //! The native OT client (`tokio::connect_ot`, `smol::connect_ot`): an
-//! `OtClient` driven over a real WebSocket to `/ot`. Clients of the example server converge;
+//! `OtClient` driven over a real WebSocket to `/ot`. Clients of `syncmux-server` converge;
 //! a client whose connection is cut redials, fetches a snapshot and re-sends its edit; the
 //! smol runtime does the same as tokio.
 #![cfg(unix)]
@@ -45,7 +45,7 @@ fn options(url: &str) -> OtConnectOptions {
     options
 }
 
-/// Two tokio clients of the example server (`/ot`, `--token`) edit at once and converge.
+/// Two tokio clients of `syncmux-server` (`/ot`, `--token`) edit at once and converge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_of_the_example_server_converge() {
     let mut command = Command::new(example_util::example_binary("server"));

@@ -1,4 +1,4 @@
-//! The example client as a user runs it: a follower follows until it is
+//! `syncmux-cli` as a user runs it: a follower follows until it is
 //! told to stop, through a server that accepts every connection and drops it before
 //! answering, and prints each change once the server finally answers.
 #![allow(clippy::unwrap_used, clippy::result_large_err)] // test helpers fail loudly

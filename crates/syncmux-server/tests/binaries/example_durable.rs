@@ -289,5 +289,5 @@ fn without_the_feature_data_is_refused() {
         panic!("started");
     };
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("--features tokio,sqlite"), "{stderr}");
+    assert!(stderr.contains("--features sqlite"), "{stderr}");
 }

@@ -1,6 +1,6 @@
-//! The example server as it is deployed: flags and their environment variables
+//! `syncmux-server` as it is deployed: flags and their environment variables
 //! (errors included), the Prometheus metrics after real traffic, shutdown on SIGTERM and
-//! SIGINT, static files, JSON logs; and the example client's flags and variables.
+//! SIGINT, static files, JSON logs; and `syncmux-cli`'s flags and variables.
 //!
 //! Every server listens on port 0 and the test reads the addresses it prints.
 #![cfg(unix)]
@@ -34,7 +34,7 @@ fn binary(name: &'static str) -> PathBuf {
     cell.get_or_init(|| example_binary(name)).clone()
 }
 
-/// A running example server and what it printed.
+/// A running `syncmux-server` and what it printed.
 struct Running {
     process: Killed,
     /// `ws://127.0.0.1:PORT/sync/ws`

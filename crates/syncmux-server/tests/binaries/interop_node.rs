@@ -1,4 +1,4 @@
-//! Interop with a third-party client: Node's `ws` package drives the example server
+//! Interop with a third-party client: Node's `ws` package drives `syncmux-server`
 //! through push, pull, subscribe, presence and a malformed frame (`tests/node/interop.mjs`),
 //! and the same against the sync endpoint mounted in axum (`examples/axum.rs`).
 //!

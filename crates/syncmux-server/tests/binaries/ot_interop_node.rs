@@ -1,4 +1,4 @@
-//! Interop of the OT profile with the real npm client: the example server's
+//! Interop of the OT profile with the real npm client: `syncmux-server`'s
 //! `/ot` endpoint driven by `@open-ot/transport-websocket` 0.3.0 (`tests/node/ot_interop.mjs`):
 //! ack, broadcast, a stale op transformed, error frames, `?token=` auth (401), the rate
 //! limit, and five concurrent clients converging on the server's text.

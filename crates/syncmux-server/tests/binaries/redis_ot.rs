@@ -1,4 +1,4 @@
-//! The OT profile on Redis (`adapters::redis::RedisOt`): servers on one real `redis-server`
+//! The OT profile on Redis (`syncmux_redis::RedisOt`): servers on one real `redis-server`
 //! (see `redis_util`) serve the same documents. Clients on both servers converge through
 //! concurrent edits; a Pub/Sub message that never came (an op appended without its publish)
 //! is read back from the history list, whether a later op reveals the gap or only the poll
@@ -347,13 +347,13 @@ async fn a_message_lost_at_the_tail_is_found_by_the_poll() {
     assert_eq!(converge(&mut peers, &mut conn, "{t}:").await, "tail x");
 }
 
-/// Starts the example server with `args`; its `/ot` URL.
+/// Starts `syncmux-server` with `args`; its `/ot` URL.
 fn start_example(args: &[&str]) -> (example_util::Killed, String) {
     let args = [&["--rate-limit", "0"], args].concat();
     example_util::start_server_until(&args, "ot on ").expect("the server stopped")
 }
 
-/// Two example servers (`--redis`): two clients on each insert tokens one op in flight at a
+/// Two servers (`--redis`): two clients on each insert tokens one op in flight at a
 /// time; server A is killed with SIGKILL mid-way. Every token whose op A (or B) acked is in
 /// the text Redis holds and that B's clients converge on, exactly once: an ack is sent only
 /// once the op is in Redis.

@@ -77,7 +77,7 @@ impl Drop for Killed {
     }
 }
 
-/// Starts the example server on a free port with `args` (and no `SYNCMUX_*` variable from the
+/// Starts `syncmux-server` on a free port with `args` (and no `SYNCMUX_*` variable from the
 /// test's environment); its URL once it prints `listening on URL`, or its exit status and
 /// stderr when it stops instead.
 pub fn start_server(args: &[&str]) -> Result<(Killed, String), (Option<i32>, String)> {
