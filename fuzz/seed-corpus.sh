@@ -7,7 +7,7 @@
 # them varied starting points and libFuzzer's mutations take it from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SYNCMUX_WRITE_FUZZ_CORPUS=1 cargo test --quiet --test fixtures
+SYNCMUX_WRITE_FUZZ_CORPUS=1 cargo test --quiet -p syncmux --test core fixtures::
 for target in decode_payload client server ot_text ot_server; do
     mkdir -p "fuzz/corpus/$target"
     cp fuzz/corpus/decode_frame/* "fuzz/corpus/$target/"
