@@ -16,6 +16,15 @@ pub struct OtSessionId {
     generation: u32,
 }
 
+impl OtSessionId {
+    /// The session's slot: dense from 0, taken again (with a new generation) once the
+    /// session is gone, so an embedder can keep its own per-session state in a `Vec` indexed
+    /// by it, checking the whole id on each use.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
 impl fmt::Display for OtSessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ot{}.{}", self.index, self.generation)

@@ -20,9 +20,8 @@
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
-use crate::server::Shared;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use syncmux::Driver;
 use syncmux::Instant;
@@ -149,8 +148,18 @@ pub trait Backend: Send + Sync + 'static {
 /// dropped (and logged) until the backend catches up.
 const MAX_UNPUBLISHED: usize = 65_536;
 
-/// A backend's answer, applied to the driver under the adapter's lock.
-type Answer = Box<dyn FnOnce(&mut Driver, Instant) + Send>;
+/// Work on the driver, done under the server's lock.
+pub(crate) type Work<'a> = Box<dyn FnOnce(&mut Driver, Instant) + 'a>;
+
+/// What a backend's tasks (its answers, its follower) ask of the server they serve: the
+/// seam between the backend and the hub, which keeps its lock to itself.
+pub(crate) trait Served: Send + Sync {
+    /// Under the server's lock: records that the follower stands at `followed`, then runs
+    /// `work` on the driver and hands its outputs out.
+    fn apply(&self, followed: Option<Cursor>, work: Option<Work<'_>>);
+    /// Queues everything the server's sessions are in for the backend to publish again.
+    fn announce(&self);
+}
 
 /// Spawns a task on the adapter's runtime.
 pub(crate) type Spawn = fn(BackendFuture<()>);
@@ -159,7 +168,7 @@ pub(crate) type Spawn = fn(BackendFuture<()>);
 pub(crate) struct Link {
     backend: Arc<dyn Backend>,
     spawn: Spawn,
-    shared: Weak<Mutex<Shared>>,
+    served: Weak<dyn Served>,
     /// Whether the backend follows a log (its pushes are answered unrouted).
     follows: bool,
     /// Presence and room changes on their way to the backend, in order.
@@ -169,15 +178,15 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Links `backend` to the server behind `shared`, with its tasks (the follower of its
+    /// Links `backend` to the server behind `served`, with its tasks (the follower of its
     /// log, the publisher of presence and rooms): spawn those once the link is in place.
     pub(crate) fn new(
         backend: Arc<dyn Backend>,
         spawn: Spawn,
-        shared: &Arc<Mutex<Shared>>,
+        served: Weak<dyn Served>,
     ) -> (Link, Vec<BackendFuture<()>>) {
         let sink = LogSink {
-            shared: Arc::downgrade(shared),
+            served: served.clone(),
         };
         let mut tasks = Vec::new();
         let follow = backend.follow(sink);
@@ -197,7 +206,7 @@ impl Link {
         let link = Link {
             backend,
             spawn,
-            shared: Arc::downgrade(shared),
+            served,
             follows,
             publish,
             followed: None,
@@ -362,14 +371,12 @@ impl Link {
         work: BackendFuture<T>,
         answer: impl FnOnce(&mut Server, Instant, T) + Send + 'static,
     ) {
-        let shared = self.shared.clone();
+        let served = self.served.clone();
         (self.spawn)(Box::pin(async move {
             let out = work.await;
-            if let Some(shared) = shared.upgrade() {
-                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
-                shared.apply(Box::new(move |d: &mut Driver, now| {
-                    d.with_server(now, |s| answer(s, now, out));
-                }) as Answer);
+            if let Some(served) = served.upgrade() {
+                let work = move |d: &mut Driver, now| d.with_server(now, |s| answer(s, now, out));
+                served.apply(None, Some(Box::new(work)));
             }
         }));
     }
@@ -382,7 +389,7 @@ impl Link {
 /// [`Server::handle_accepted`]: syncmux::Server::handle_accepted
 #[derive(Clone)]
 pub struct LogSink {
-    shared: Weak<Mutex<Shared>>,
+    served: Weak<dyn Served>,
 }
 
 impl fmt::Debug for LogSink {
@@ -396,7 +403,7 @@ impl LogSink {
     /// log's head), or the start of a new epoch (the log lost its data). A subscribe that
     /// asks for no replay starts at the last position handed over.
     pub fn at(&self, position: Cursor) -> bool {
-        self.with(|shared| shared.followed(position))
+        self.with(Some(position), None)
     }
 
     /// Entries after the last ones handed over, in log order: routed to the subscribers of
@@ -407,14 +414,13 @@ impl LogSink {
         changes: Vec<(Cursor, ChangeRecord)>,
         pushed_by: Option<SessionId>,
     ) -> bool {
-        self.with(|shared| {
-            if let Some((last, _)) = changes.last() {
-                shared.followed(*last);
-            }
-            shared.apply(move |d: &mut Driver, now| {
+        let last = changes.last().map(|(position, _)| *position);
+        self.with(
+            last,
+            Some(Box::new(move |d: &mut Driver, now| {
                 d.with_server(now, |s| s.handle_accepted(now, changes, pushed_by));
-            });
-        })
+            })),
+        )
     }
 
     /// The log lost entries after the last ones handed over, before the follower read them
@@ -423,13 +429,9 @@ impl LogSink {
     /// ([`Server::handle_log_gap`](syncmux::Server::handle_log_gap)). Hand the entries after
     /// the gap to [`accepted`](LogSink::accepted) as usual.
     pub fn gap(&self) -> bool {
-        self.with(|shared| {
-            shared.apply(|d: &mut Driver, now| {
-                d.with_server(now, |s| {
-                    let closed = s.handle_log_gap(now);
-                    tracing::warn!(closed, "the shared log was trimmed past this server's position: its subscribers resume from their cursors");
-                });
-            });
+        self.on_server(|s, now| {
+            let closed = s.handle_log_gap(now);
+            tracing::warn!(closed, "the shared log was trimmed past this server's position: its subscribers resume from their cursors");
         })
     }
 
@@ -443,12 +445,8 @@ impl LogSink {
         data: Option<RawJson>,
         updated_at: u64,
     ) -> bool {
-        self.with(|shared| {
-            shared.apply(|d: &mut Driver, now| {
-                d.with_server(now, |s| {
-                    s.handle_remote_presence(now, from, node_id, topic, data, updated_at);
-                });
-            });
+        self.on_server(|s, now| {
+            s.handle_remote_presence(now, from, node_id, topic, data, updated_at);
         })
     }
 
@@ -461,43 +459,46 @@ impl LogSink {
         room: &str,
         change: RoomChange,
     ) -> bool {
-        self.with(|shared| {
-            shared.apply(|d: &mut Driver, now| {
-                d.with_server(now, |s| {
-                    s.handle_remote_room(now, from, node_id, room, change)
-                });
-            });
-        })
+        self.on_server(|s, now| s.handle_remote_room(now, from, node_id, room, change))
     }
 
     /// Another server is gone: its sessions leave everything
     /// ([`Server::handle_remote_gone`](syncmux::Server::handle_remote_gone)).
     pub fn remote_gone(&self, server: &str) -> bool {
-        self.with(|shared| {
-            shared.apply(|d: &mut Driver, now| {
-                d.with_server(now, |s| s.handle_remote_gone(now, server));
-            });
-        })
+        self.on_server(|s, now| s.handle_remote_gone(now, server))
     }
 
     /// Publishes again everything this server's sessions are in
     /// ([`Server::shared_state`](syncmux::Server::shared_state)), after the changes already
     /// queued: for a backend that lost it, or that took this server for dead.
     pub fn announce(&self) -> bool {
-        self.with(|shared| shared.announce())
+        let Some(served) = self.served.upgrade() else {
+            return false;
+        };
+        served.announce();
+        true
     }
 
     /// Whether the server is gone (the follower should stop).
     pub fn is_closed(&self) -> bool {
-        self.shared.strong_count() == 0
+        self.served.strong_count() == 0
     }
 
-    fn with(&self, f: impl FnOnce(&mut Shared)) -> bool {
-        let Some(shared) = self.shared.upgrade() else {
+    /// Runs `f` on the state machine under the server's lock; `false` once it is gone.
+    fn on_server(&self, f: impl FnOnce(&mut Server, Instant)) -> bool {
+        self.with(
+            None,
+            Some(Box::new(|d: &mut Driver, now| {
+                d.with_server(now, |s| f(s, now))
+            })),
+        )
+    }
+
+    fn with(&self, followed: Option<Cursor>, work: Option<Work<'_>>) -> bool {
+        let Some(served) = self.served.upgrade() else {
             return false;
         };
-        let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut shared);
+        served.apply(followed, work);
         true
     }
 }

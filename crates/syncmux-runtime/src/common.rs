@@ -9,13 +9,12 @@ use futures_util::{Sink, Stream};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Request;
 use tungstenite::handshake::server::{ErrorResponse, Response};
-use tungstenite::http::{HeaderValue, StatusCode};
+use tungstenite::http::HeaderValue;
 use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use crate::server::{AcceptedSession, SyncServer};
 use syncmux::wire::CloseCode;
 use syncmux::DialRequest;
 use syncmux::Handshake;
@@ -88,42 +87,6 @@ pub(crate) fn handshake_of(request: &Request) -> Handshake {
             .push((name.as_str().to_owned(), value.to_owned()));
     }
     handshake
-}
-
-// tungstenite's callback signature fixes the error type.
-#[allow(clippy::result_large_err)]
-/// Runs the state machine's decision inside tungstenite's upgrade callback: a rejection
-/// answers with its HTTP status before upgrading; an acceptance selects its subprotocol.
-pub(crate) fn decide(
-    server: &SyncServer,
-    request: &Request,
-    mut response: Response,
-    accepted: &mut Option<AcceptedSession>,
-) -> Result<Response, ErrorResponse> {
-    match server.handshake(&handshake_of(request)) {
-        Ok(session) => {
-            if let Some(protocol) = session.protocol() {
-                if let Ok(value) = HeaderValue::from_str(protocol) {
-                    response
-                        .headers_mut()
-                        .insert("Sec-WebSocket-Protocol", value);
-                }
-            }
-            *accepted = Some(session);
-            Ok(response)
-        }
-        Err(rejection) => {
-            tracing::info!(
-                status = rejection.status,
-                reason = rejection.reason,
-                "handshake refused"
-            );
-            let mut error = ErrorResponse::new(Some(rejection.reason));
-            *error.status_mut() =
-                StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            Err(error)
-        }
-    }
 }
 
 /// The subprotocol a handshake response selected.
@@ -319,70 +282,6 @@ impl<W> WebSocket for W where
         + Send
         + 'static
 {
-}
-
-impl Serve for SyncServer {
-    type Session = AcceptedSession;
-
-    fn gate(&self) -> &crate::server::Gate {
-        self.gate()
-    }
-
-    fn accept_upgrade(
-        &self,
-        request: &tungstenite::handshake::server::Request,
-        response: Response,
-        accepted: &mut Option<AcceptedSession>,
-    ) -> Result<Response, ErrorResponse> {
-        decide(self, request, response, accepted)
-    }
-
-    fn run<W: WebSocket>(
-        session: AcceptedSession,
-        ws: W,
-    ) -> impl Future<Output = Option<W>> + Send {
-        session.run_to_end(ws)
-    }
-
-    fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
-        session: AcceptedSession,
-        ws: W,
-        direct: Arc<crate::direct::Direct<S>>,
-    ) -> impl Future<Output = Option<W>> + Send {
-        session.run_direct(ws, direct)
-    }
-}
-
-impl Serve for crate::OtServerHandle {
-    type Session = crate::AcceptedOtSession;
-
-    fn gate(&self) -> &crate::server::Gate {
-        self.gate()
-    }
-
-    fn accept_upgrade(
-        &self,
-        request: &tungstenite::handshake::server::Request,
-        response: Response,
-        accepted: &mut Option<crate::AcceptedOtSession>,
-    ) -> Result<Response, ErrorResponse> {
-        self.decide(request, response, accepted)
-    }
-
-    fn run<W: WebSocket>(
-        session: crate::AcceptedOtSession,
-        ws: W,
-    ) -> impl Future<Output = Option<W>> + Send {
-        session.run_to_end(ws)
-    }
-
-    fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
-        session: crate::AcceptedOtSession,
-        ws: W,
-        direct: Arc<crate::direct::Direct<S>>,
-    ) -> impl Future<Output = Option<W>> + Send {
-        session.run_direct(ws, direct)
-    }
 }
 
 #[cfg(test)]

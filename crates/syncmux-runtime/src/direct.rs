@@ -31,7 +31,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 
-use syncmux::SessionId;
+/// A session's slot index in the hub's outlets: what the writers report written frames by.
+pub(crate) type Slot = usize;
 
 #[cfg(all(feature = "tokio", target_os = "linux"))]
 pub(crate) use crate::uring::Writer;
@@ -204,8 +205,8 @@ fn send_once<S: RawSocket + ?Sized>(socket: &S, buf: &[u8]) -> io::Result<usize>
 /// One [`DirectOutlet::send`] per frame of `chunk` (session, socket, frame, payload length);
 /// adds the payload bytes that left now to `written`.
 pub(crate) fn send_each<'a>(
-    chunk: impl IntoIterator<Item = (SessionId, &'a dyn DirectOutlet, Bytes, usize)>,
-    written: &mut Vec<(SessionId, usize)>,
+    chunk: impl IntoIterator<Item = (Slot, &'a dyn DirectOutlet, Bytes, usize)>,
+    written: &mut Vec<(Slot, usize)>,
 ) {
     for (session, direct, framed, report) in chunk {
         let n = direct.send(framed, report);
@@ -226,8 +227,8 @@ impl Writer {
     /// Writes `chunk`'s frames; see [`send_each`].
     pub(crate) fn write(
         &mut self,
-        chunk: Vec<(SessionId, &dyn DirectOutlet, Bytes, usize)>,
-        written: &mut Vec<(SessionId, usize)>,
+        chunk: Vec<(Slot, &dyn DirectOutlet, Bytes, usize)>,
+        written: &mut Vec<(Slot, usize)>,
     ) {
         send_each(chunk, written);
     }

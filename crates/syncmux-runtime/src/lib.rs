@@ -53,6 +53,7 @@ mod common;
 // Only tokio's sockets are written directly (smol's go through the tasks' queues).
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 mod direct;
+mod hub;
 pub mod metrics;
 mod ot;
 mod ot_client;
@@ -71,10 +72,11 @@ pub use backend::{Admit, Backend, BackendFuture, LogSink, Push, Read};
 pub use client::{ClientEvents, ClientOptions, SyncClient};
 pub use clock::Clock;
 pub use common::{client_tls_trusting, server_tls, Endpoint};
+pub use hub::Rejection;
 pub use ot::{AcceptedOtSession, OtServerHandle};
 pub use ot_client::{OtClientEvents, OtClientHandle, OtCommandError, OtConnectOptions, OtStatus};
 pub use runtime::Runtime;
-pub use server::{AcceptedSession, Rejection, ServerOptions, SyncServer};
+pub use server::{AcceptedSession, ServerOptions, SyncServer};
 #[cfg(feature = "smol")]
 pub use smol::Io as SmolIo;
 #[cfg(feature = "tokio")]

@@ -37,9 +37,8 @@ use std::os::fd::AsRawFd;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
-use crate::direct::{send_each, Claim, DirectOutlet, Held};
-use crate::server::DIRECT_CHUNK;
-use syncmux::SessionId;
+use crate::direct::{send_each, Claim, DirectOutlet, Held, Slot};
+use crate::hub::DIRECT_CHUNK;
 
 /// Entries of the ring: a batch is at most one chunk of the drain.
 const ENTRIES: u32 = 256;
@@ -169,8 +168,8 @@ impl<K: Kernel> Writer<K> {
     /// and adds the payload bytes that left now, per session, to `written`.
     pub(crate) fn write<'a>(
         &mut self,
-        chunk: Vec<(SessionId, &'a dyn DirectOutlet, Bytes, usize)>,
-        written: &mut Vec<(SessionId, usize)>,
+        chunk: Vec<(Slot, &'a dyn DirectOutlet, Bytes, usize)>,
+        written: &mut Vec<(Slot, usize)>,
     ) {
         // Fewer than MIN_BATCH frames (a reply, a broadcast to a few): a submission's setup
         // costs more than the syscalls it saves (a pull round trip took ~15 % longer
@@ -178,7 +177,7 @@ impl<K: Kernel> Writer<K> {
         if chunk.len() < MIN_BATCH || !self.ready() {
             return send_each(chunk, written);
         }
-        let mut batch: Vec<(SessionId, Held<'a>)> = Vec::with_capacity(chunk.len());
+        let mut batch: Vec<(Slot, Held<'a>)> = Vec::with_capacity(chunk.len());
         let mut frames = chunk.into_iter();
         for (session, direct, framed, report) in frames.by_ref() {
             match direct.claim(framed, report) {
@@ -228,11 +227,7 @@ impl<K: Kernel> Writer<K> {
     /// Sends `batch`'s frames through the ring and settles each; `batch` is empty on return.
     /// One submission per as many frames as the submission queue has free slots; without a
     /// ring (it retired, now or before), one `send(2)` per frame.
-    fn submit<'a>(
-        &mut self,
-        batch: &mut Vec<(SessionId, Held<'a>)>,
-        written: &mut Vec<(SessionId, usize)>,
-    ) {
+    fn submit<'a>(&mut self, batch: &mut Vec<(Slot, Held<'a>)>, written: &mut Vec<(Slot, usize)>) {
         while !batch.is_empty() {
             let room = match &mut self.ring {
                 State::Ready(ring) => {
@@ -269,8 +264,8 @@ impl<K: Kernel> Writer<K> {
     /// for all their completions and settles each; `frames` is empty on return.
     fn submit_piece<'a>(
         &mut self,
-        frames: &mut Vec<(SessionId, Held<'a>)>,
-        written: &mut Vec<(SessionId, usize)>,
+        frames: &mut Vec<(Slot, Held<'a>)>,
+        written: &mut Vec<(Slot, usize)>,
     ) {
         let Writer {
             ring,
@@ -336,7 +331,7 @@ struct InFlight<'s, 'f, 'a> {
     state: &'s mut State,
     /// Each frame's request has the frame's index as its user data. Settled from the back,
     /// so that what is left keeps its indices.
-    frames: &'f mut Vec<(SessionId, Held<'a>)>,
+    frames: &'f mut Vec<(Slot, Held<'a>)>,
     /// Each request's completion result, once reaped.
     outcomes: Vec<Option<i32>>,
     /// Requests pushed: those of `frames[..pushed]`, less the ones a closed ring never took.
@@ -402,7 +397,7 @@ impl InFlight<'_, '_, '_> {
         mut self,
         kernel: &mut K,
         why: &io::Error,
-        written: &mut Vec<(SessionId, usize)>,
+        written: &mut Vec<(Slot, usize)>,
     ) {
         self.reap(kernel);
         // The kernel takes requests in order from the head of the queue, which held only
@@ -418,7 +413,7 @@ impl InFlight<'_, '_, '_> {
     /// Settles every frame: with its request's outcome, or by `send(2)` when the ring never
     /// took it or cannot `SEND` (which retires the ring), or failing its session when its
     /// request may still be in flight (the ring failed).
-    fn settle(&mut self, written: &mut Vec<(SessionId, usize)>) {
+    fn settle(&mut self, written: &mut Vec<(Slot, usize)>) {
         let mut refused = None;
         while let Some((session, held)) = self.frames.pop() {
             let i = self.frames.len();
@@ -544,8 +539,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    fn session(index: u32) -> SessionId {
-        SessionId::from_u64(u64::from(index) << 32)
+    fn session(index: u32) -> Slot {
+        index as Slot
     }
 
     /// A writer with a ring, or `None` where this kernel (or sandbox) has no io_uring — a
@@ -588,7 +583,7 @@ mod tests {
     fn chunk<S: RawSocket, P>(
         sessions: &[(Arc<Direct<S>>, P)],
         frames: Vec<Bytes>,
-    ) -> Vec<(SessionId, &dyn DirectOutlet, Bytes, usize)> {
+    ) -> Vec<(Slot, &dyn DirectOutlet, Bytes, usize)> {
         sessions
             .iter()
             .zip(frames)
@@ -616,7 +611,7 @@ mod tests {
     fn all_delivered(
         sessions: &mut [(Arc<Direct<Sock>>, UnixStream)],
         frames: &[Bytes],
-        written: &[(SessionId, usize)],
+        written: &[(Slot, usize)],
     ) {
         let mut written = written.to_vec();
         written.sort();
@@ -1298,7 +1293,7 @@ mod tests {
         assert_eq!(writer.submissions(), 1);
         let mut reported = [0; 6];
         for &(s, n) in &written {
-            reported[s.index()] += n;
+            reported[s] += n;
         }
         assert_eq!(
             reported[1..5],
