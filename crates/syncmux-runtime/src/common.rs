@@ -1,14 +1,12 @@
 //! Helpers typed on `tungstenite`, shared by the tokio and smol adapters (both use the same
 //! tungstenite, so a frame or a handshake looks the same to either).
 
-use core::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Request;
-use tungstenite::handshake::server::{ErrorResponse, Response};
 use tungstenite::http::HeaderValue;
 use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
@@ -228,45 +226,8 @@ pub(crate) fn server_name(host: &str) -> Result<rustls::pki_types::ServerName<'s
         .map_err(|e| format!("bad TLS server name {host}: {e}"))
 }
 
-/// A server a [`Runtime`](crate::Runtime) serves: a [`SyncServer`] or an
-/// [`OtServerHandle`](crate::OtServerHandle). Sealed.
-pub trait Endpoint: Serve {}
-
-impl<T: Serve> Endpoint for T {}
-
-/// What the accept paths ask of an endpoint: both take a handshake slot, upgrade within the
-/// handshake deadline, and then run the session they accepted, so the paths are written
-/// once. Public only as [`Endpoint`]'s seal.
-pub trait Serve: Clone + Send + Sync + 'static {
-    /// What an accepted handshake gives: the session to run once the socket is open.
-    type Session: Send + 'static;
-
-    /// The shutdown signal, options, handshake slots and read limit the accept paths use.
-    fn gate(&self) -> &crate::server::Gate;
-
-    /// The state machine's decision inside tungstenite's upgrade callback.
-    #[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
-    fn accept_upgrade(
-        &self,
-        request: &tungstenite::handshake::server::Request,
-        response: Response,
-        accepted: &mut Option<Self::Session>,
-    ) -> Result<Response, ErrorResponse>;
-
-    /// Runs an accepted session on its socket until it ends; the socket when the server's
-    /// close frame went out on it (to read a while longer).
-    fn run<W: WebSocket>(session: Self::Session, ws: W) -> impl Future<Output = Option<W>> + Send;
-
-    /// Runs an accepted session whose frames the hub writes to `direct` itself; as `run`.
-    fn run_direct<W: WebSocket, S: crate::direct::RawSocket>(
-        session: Self::Session,
-        ws: W,
-        direct: Arc<crate::direct::Direct<S>>,
-    ) -> impl Future<Output = Option<W>> + Send;
-}
-
 /// An upgraded socket, as either runtime's tungstenite gives it.
-pub trait WebSocket:
+pub(crate) trait WebSocket:
     Stream<Item = Result<Message, tungstenite::Error>>
     + Sink<Message, Error = tungstenite::Error>
     + Unpin

@@ -46,7 +46,7 @@ const MAX_SLICES: usize = 64;
 const MAX_OWN_QUEUED: usize = 64 * 1024;
 
 /// A non-blocking socket written through a shared reference (a tokio `TcpStream`).
-pub trait RawSocket: Send + Sync + 'static {
+pub(crate) trait RawSocket: Send + Sync + 'static {
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Ready once the socket may take bytes again (registers `cx` otherwise).
@@ -298,7 +298,7 @@ impl Out {
 
 /// A session's socket shared by the hub (which writes frames) and the session's task (which
 /// reads, and writes what waited).
-pub struct Direct<S> {
+pub(crate) struct Direct<S> {
     pub(crate) socket: S,
     out: Mutex<Out>,
     /// The session's task: woken when something waits for writability or a close came.

@@ -40,7 +40,7 @@ use tungstenite::http::{HeaderValue, StatusCode};
 use tungstenite::Message;
 
 use crate::clock::Clock;
-use crate::common::{self, Serve, WebSocket};
+use crate::common;
 use crate::direct::{self, Direct, DirectOutlet, Framer, RawSocket, Writer};
 use crate::runtime::Binding;
 use crate::server::{Gate, RunningGuard};
@@ -372,9 +372,11 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// A running endpoint: cheap to clone, shared by the accept loop, the sessions and the
-/// application. [`SyncServer`](crate::SyncServer) and
-/// [`OtServerHandle`](crate::OtServerHandle) are its two kinds.
+/// A running endpoint: a server state machine behind a lock, the sessions' queues, and a
+/// timer task. Cheap to clone, shared by the accept loop, the sessions and the application.
+/// Its two kinds are [`SyncServer`](crate::SyncServer) (the sync profile's driver) and
+/// [`OtServerHandle`](crate::OtServerHandle) (the OT profile's server); `Runtime::serve` and
+/// `Runtime::accept` take either.
 pub struct Hub<M: Machine> {
     shared: Arc<Mutex<Shared<M>>>,
     gate: Gate,
@@ -449,6 +451,11 @@ impl<M: Machine> Hub<M> {
     /// The adapter's options.
     pub fn options(&self) -> &ServerOptions {
         self.gate.options()
+    }
+
+    /// What the accept paths share with this handle.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Completes once [`shutdown`](Self::shutdown) was called (accept loops select on it).
@@ -555,7 +562,7 @@ impl<M: Machine> Hub<M> {
     /// Runs the state machine's decision inside tungstenite's upgrade callback: a rejection
     /// answers with its HTTP status before upgrading; an acceptance selects its subprotocol.
     #[allow(clippy::result_large_err)] // tungstenite's callback signature fixes the error type
-    fn decide(
+    pub(crate) fn decide(
         &self,
         request: &Request,
         mut response: Response,
@@ -585,35 +592,6 @@ impl<M: Machine> Hub<M> {
                 Err(error)
             }
         }
-    }
-}
-
-impl<M: Machine> Serve for Hub<M> {
-    type Session = Accepted<M>;
-
-    fn gate(&self) -> &Gate {
-        &self.gate
-    }
-
-    fn accept_upgrade(
-        &self,
-        request: &Request,
-        response: Response,
-        accepted: &mut Option<Accepted<M>>,
-    ) -> Result<Response, ErrorResponse> {
-        self.decide(request, response, accepted)
-    }
-
-    fn run<W: WebSocket>(session: Accepted<M>, ws: W) -> impl Future<Output = Option<W>> + Send {
-        session.run_to_end(ws)
-    }
-
-    fn run_direct<W: WebSocket, S: RawSocket>(
-        session: Accepted<M>,
-        ws: W,
-        direct: Arc<Direct<S>>,
-    ) -> impl Future<Output = Option<W>> + Send {
-        session.run_direct(ws, direct)
     }
 }
 

@@ -48,11 +48,13 @@ use syncmux::Handshake;
 use syncmux::Instant;
 
 /// A running OT server: cheap to clone, shared by the accept loop, the connections and the
-/// application. Made by `Runtime::start_ot`.
+/// application. Made by `Runtime::start_ot`. What both endpoints do (`handshake`,
+/// `shutdown`, `drained`, the counts) is [`Hub`]'s.
 pub type OtServerHandle = Hub<OtMachine>;
 
 /// A handshake the OT server accepted: answer the upgrade, then [`run`](Accepted::run) the
-/// connection on the upgraded socket. Dropped without running, the session is closed.
+/// connection on the upgraded socket. Dropped without running, the session is closed. See
+/// [`Accepted`].
 pub type AcceptedOtSession = Accepted<OtMachine>;
 
 /// The OT profile as the hub drives it: the server, and where its shared history's events

@@ -22,7 +22,8 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
 use crate::client::Dialer;
-use crate::common::{self, Endpoint, WebSocket};
+use crate::common::{self, WebSocket};
+use crate::hub::{Accepted, Hub, Machine};
 use crate::server::HandshakeSlot;
 use crate::{
     Backend, ClientEvents, ClientOptions, OtClientEvents, OtClientHandle, OtConnectOptions,
@@ -116,20 +117,20 @@ impl<B: Binding> Runtime<B> {
     /// [`ServerOptions::handshake_timeout`]; at most [`ServerOptions::max_handshakes`] are
     /// under way at once (at the bound, no connection is accepted until one ends). On tokio,
     /// the hub writes the frames of plain-TCP sessions to their sockets itself.
-    pub fn serve<E: Endpoint>(
-        server: E,
+    pub fn serve<M: Machine>(
+        server: Hub<M>,
         listener: B::Listener,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> impl Future<Output = ()> + Send {
-        serve::<B, E>(server, listener, tls)
+        serve::<B, M>(server, listener, tls)
     }
 
     /// Runs the WebSocket handshake on `io` (any stream of the runtime, boxed: a TLS stream
     /// a router accepted, say) through `server`'s state machine, then the session. The
     /// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one)
     /// and must end within [`ServerOptions::handshake_timeout`].
-    pub fn accept<E: Endpoint>(server: &E, io: B::Io) -> impl Future<Output = ()> + Send + '_ {
-        accept::<B, E>(server, io)
+    pub fn accept<M: Machine>(server: &Hub<M>, io: B::Io) -> impl Future<Output = ()> + Send + '_ {
+        accept::<B, M>(server, io)
     }
 }
 
@@ -202,12 +203,12 @@ pub trait Binding: Sized + Send + Sync + 'static {
     /// Runs one plain-TCP connection that [`serve`] accepted to its end: the handshake within
     /// the deadline, holding `slot`, then the session. By default as any other stream; a
     /// runtime whose hub writes sockets itself takes it over here.
-    fn serve_plain<E: Endpoint>(
-        server: E,
+    fn serve_plain<M: Machine>(
+        server: Hub<M>,
         tcp: Self::Tcp,
         slot: HandshakeSlot,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(connection::<Self, E>(
+        Box::pin(connection::<Self, M>(
             server,
             future::ready(Some(Self::plain(tcp))),
             slot,
@@ -244,8 +245,8 @@ pub(crate) async fn dial<R: Binding>(
 /// serves `wss://`. Each connection takes a handshake slot before it is accepted (at the
 /// bound, none is accepted until one ends) and gives it back once its handshake, TLS
 /// included, is over or its deadline passed.
-pub(crate) async fn serve<R: Binding, E: Endpoint>(
-    server: E,
+pub(crate) async fn serve<R: Binding, M: Machine>(
+    server: Hub<M>,
     listener: R::Listener,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
@@ -275,7 +276,7 @@ pub(crate) async fn serve<R: Binding, E: Endpoint>(
                         .inspect_err(|e| tracing::info!(%peer, error = %e, "TLS handshake failed"))
                         .ok()
                 };
-                Box::pin(connection::<R, E>(server, io, slot))
+                Box::pin(connection::<R, M>(server, io, slot))
             }
         };
         R::spawn(task);
@@ -284,8 +285,8 @@ pub(crate) async fn serve<R: Binding, E: Endpoint>(
 
 /// One connection: its stream (`io`, after TLS when there is TLS) and the upgrade within the
 /// deadline, then, once the slot is given back, the session.
-async fn connection<R: Binding, E: Endpoint>(
-    server: E,
+async fn connection<R: Binding, M: Machine>(
+    server: Hub<M>,
     io: impl Future<Output = Option<R::Io>> + Send,
     slot: HandshakeSlot,
 ) {
@@ -299,7 +300,7 @@ async fn connection<R: Binding, E: Endpoint>(
     drop(slot);
     if let Some((session, ws)) = upgraded {
         // Only the boxed linger is held across its await, not the socket it took.
-        let lingering = E::run(session, ws).await;
+        let lingering = session.run_to_end(ws).await;
         if let Some(lingering) = lingering.map(linger::<R, _>) {
             lingering.await;
         }
@@ -327,9 +328,9 @@ pub(crate) fn linger<R: Binding, W: WebSocket>(mut ws: W) -> BoxFuture<'static, 
 
 /// The handshake of an accepted stream (a runtime module's `accept`): a slot, then the
 /// upgrade within the deadline, then the session.
-pub(crate) async fn accept<R: Binding, E: Endpoint>(server: &E, io: R::Io) {
+pub(crate) async fn accept<R: Binding, M: Machine>(server: &Hub<M>, io: R::Io) {
     let slot = server.gate().slot().await;
-    connection::<R, E>(server.clone(), future::ready(Some(io)), slot).await;
+    connection::<R, M>(server.clone(), future::ready(Some(io)), slot).await;
 }
 
 /// `handshake`, given up (`None`) once `deadline` passes (zero: never).
@@ -357,10 +358,10 @@ pub(crate) type Decide =
 /// The WebSocket upgrade, decided by the state machine, with `handshake` (a runtime's
 /// tungstenite on its stream): the accepted session and its socket, or `None` (refused, or the
 /// peer went away; a session accepted by then is released).
-pub(crate) async fn upgrade<E: Endpoint, W, F>(
-    server: &E,
+pub(crate) async fn upgrade<M: Machine, W, F>(
+    server: &Hub<M>,
     handshake: impl FnOnce(Decide, WebSocketConfig) -> F,
-) -> Option<(E::Session, W)>
+) -> Option<(Accepted<M>, W)>
 where
     F: Future<Output = Result<W, tungstenite::Error>>,
 {
@@ -371,7 +372,7 @@ where
     let decide: Decide = {
         let (server, accepted) = (server.clone(), accepted.clone());
         Box::new(move |req: &Request, resp: Response| {
-            server.accept_upgrade(req, resp, &mut lock(&accepted))
+            server.decide(req, resp, &mut lock(&accepted))
         })
     };
     let upgraded = handshake(decide, common::ws_config(server.gate().ws_frame_limit())).await;
@@ -392,8 +393,8 @@ fn lock<T>(slot: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// `future`, or `None` once the server shuts down.
-async fn unless_shut_down<E: Endpoint, T>(
-    server: &E,
+async fn unless_shut_down<M: Machine, T>(
+    server: &Hub<M>,
     future: impl Future<Output = T>,
 ) -> Option<T> {
     let stopped = core::pin::pin!(server.gate().stopped());

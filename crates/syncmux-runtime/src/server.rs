@@ -50,7 +50,7 @@ impl Default for ServerOptions {
 /// endpoints (the sync server's and the OT one's): the shutdown signal, the options, the
 /// handshake slots, the WebSocket layer's read limit and the count of running session tasks.
 #[derive(Clone, Debug)]
-pub struct Gate {
+pub(crate) struct Gate {
     /// Closed on shutdown: accept loops stop.
     stop: async_channel::Receiver<()>,
     options: Arc<ServerOptions>,
@@ -211,12 +211,13 @@ impl HandshakeSlots {
 }
 
 /// A running sync server: cheap to clone, shared by the accept loop, the sessions and the
-/// application. Made by `Runtime::start` or `Runtime::start_with_backend`.
+/// application. Made by `Runtime::start` or `Runtime::start_with_backend`. What both
+/// endpoints do (`handshake`, `shutdown`, `drained`, the counts) is [`Hub`]'s.
 pub type SyncServer = Hub<SyncMachine>;
 
 /// A handshake the sync server accepted: answer the upgrade selecting
 /// [`protocol`](Accepted::protocol), then [`run`](Accepted::run) the session on the
-/// upgraded socket. Dropped without running, the session is closed.
+/// upgraded socket. Dropped without running, the session is closed. See [`Accepted`].
 pub type AcceptedSession = Accepted<SyncMachine>;
 
 /// The sync profile as the hub drives it: the driver (with its store), and the link to an

@@ -15,8 +15,8 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::handshake::client::{Request as ClientRequest, Response as ClientResponse};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::common::Endpoint;
 use crate::direct::{Direct, RawSocket};
+use crate::hub::{Hub, Machine};
 use crate::runtime::{self, Binding, Decide, Runtime};
 use crate::server::HandshakeSlot;
 
@@ -38,7 +38,11 @@ impl Runtime<TokioBinding> {
     /// per socket), and the session's task only reads (and writes what the socket could not
     /// take at once). `read` is what a router already read from the connection (its request
     /// head, say); it is read again first.
-    pub async fn accept_tcp<E: Endpoint>(server: &E, tcp: tokio::net::TcpStream, read: Vec<u8>) {
+    pub async fn accept_tcp<M: Machine>(
+        server: &Hub<M>,
+        tcp: tokio::net::TcpStream,
+        read: Vec<u8>,
+    ) {
         let slot = server.gate().slot().await;
         serve_direct(server.clone(), tcp, read, slot).await;
     }
@@ -119,8 +123,8 @@ impl Binding for TokioBinding {
         tokio_tungstenite::accept_hdr_async_with_config(io, decide, Some(config)).boxed()
     }
 
-    fn serve_plain<E: Endpoint>(
-        server: E,
+    fn serve_plain<M: Machine>(
+        server: Hub<M>,
         tcp: Self::Tcp,
         slot: HandshakeSlot,
     ) -> BoxFuture<'static, ()> {
@@ -130,8 +134,8 @@ impl Binding for TokioBinding {
 
 /// One plain TCP connection whose frames the hub writes itself: the handshake within the
 /// deadline, holding `slot`, then the session. `read` is read again before the socket.
-async fn serve_direct<E: Endpoint>(
-    server: E,
+async fn serve_direct<M: Machine>(
+    server: Hub<M>,
     tcp: tokio::net::TcpStream,
     read: Vec<u8>,
     slot: HandshakeSlot,
@@ -154,7 +158,7 @@ async fn serve_direct<E: Endpoint>(
     drop(slot);
     if let Some((session, ws)) = upgraded {
         // Only the boxed linger is held across its await, not the socket it took.
-        let lingering = E::run_direct(session, ws, socket).await;
+        let lingering = session.run_direct(ws, socket).await;
         if let Some(lingering) = lingering.map(runtime::linger::<TokioBinding, _>) {
             lingering.await;
         }
