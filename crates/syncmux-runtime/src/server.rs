@@ -471,10 +471,11 @@ impl AcceptedSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::direct::Direct;
+    use crate::direct::{Direct, RawSocket};
     use crate::hub::testing::{Stuck, Writes};
     use crate::hub::DIRECT_CHUNK;
     use core::future::Future;
+    use core::pin::Pin;
     use core::task::Context;
     use syncmux::wire::CloseCode;
     use syncmux::Server;
@@ -484,6 +485,35 @@ mod tests {
     /// A text frame from `session`.
     fn message(server: &SyncServer, session: SessionId, bytes: Bytes) {
         server.input(|m, now| m.message(now, session, bytes));
+    }
+
+    /// A subscriber of table `t` whose task runs with the hub writing to `socket`, polled
+    /// once: its ack is out.
+    fn direct_subscriber<S: RawSocket>(
+        server: &SyncServer,
+        i: usize,
+        socket: S,
+    ) -> (SessionId, Pin<Box<impl Future>>) {
+        let accepted = server
+            .handshake(&Handshake::new("/", format!("node_id=s{i}")))
+            .expect("accepted");
+        let session = accepted.session();
+        let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
+        message(server, session, Bytes::from_static(subscribe));
+        let mut run =
+            Box::pin(accepted.run_direct(Stuck::default(), Arc::new(Direct::new(socket))));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        (session, run)
+    }
+
+    /// A session that pushes one change to table `t`.
+    fn push_one_change(server: &SyncServer) {
+        let pusher = server
+            .handshake(&Handshake::new("/", "node_id=p"))
+            .expect("accepted");
+        let push = br#"{"type":"push_request","id":"p","payload":{"node_id":"p","changes":[{"table":"t","pk":"r","field":"f","crdt_type":"lww","hlc":{"ts":1,"c":0,"node":"p"},"node_id":"p","value":1}]}}"#;
+        message(server, pusher.session(), Bytes::from_static(push));
     }
 
     /// A server on a `MemoryStore` with `config`, and its timer task (kept, never run).
@@ -535,19 +565,10 @@ mod tests {
     #[test]
     fn the_hub_writes_one_shared_frame_to_every_subscriber() {
         let (server, _timer) = memory_server(ServerConfig::default());
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
         let mut subscribers = Vec::new();
         for i in 0..DIRECT_CHUNK + 5 {
-            let accepted = server
-                .handshake(&Handshake::new("/", format!("node_id=s{i}")))
-                .expect("accepted");
-            let session = accepted.session();
-            message(&server, session, Bytes::from_static(subscribe));
             let recorder = Writes::default();
-            let direct = Arc::new(Direct::new(recorder.clone()));
-            let mut run = Box::pin(accepted.run_direct(Stuck::default(), direct));
-            assert!(run.as_mut().poll(&mut cx).is_pending());
+            let (session, run) = direct_subscriber(&server, i, recorder.clone());
             let ack = recorder.0.lock().unwrap().last().map(|w| w.1.clone());
             let ack = ack.unwrap_or_default();
             assert!(
@@ -556,12 +577,8 @@ mod tests {
             );
             subscribers.push((session, recorder, run));
         }
-        let pusher = server
-            .handshake(&Handshake::new("/", "node_id=p"))
-            .expect("accepted");
-        let push = br#"{"type":"push_request","id":"p","payload":{"node_id":"p","changes":[{"table":"t","pk":"r","field":"f","crdt_type":"lww","hlc":{"ts":1,"c":0,"node":"p"},"node_id":"p","value":1}]}}"#;
         // No subscriber's task runs from here on.
-        message(&server, pusher.session(), Bytes::from_static(push));
+        push_one_change(&server);
         let mut frames = Vec::new();
         for (session, recorder, _run) in &subscribers {
             let writes = recorder.0.lock().unwrap();
@@ -587,18 +604,10 @@ mod tests {
     fn a_drain_sends_one_submission_per_chunk() {
         use crate::uring::testing::{pair, read_all};
         let (server, _timer) = memory_server(ServerConfig::default());
-        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        let subscribe = br#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
         let mut subscribers = Vec::new();
         for i in 0..DIRECT_CHUNK + 5 {
-            let accepted = server
-                .handshake(&Handshake::new("/", format!("node_id=s{i}")))
-                .expect("accepted");
-            message(&server, accepted.session(), Bytes::from_static(subscribe));
             let (ours, mut peer) = pair();
-            let mut run =
-                Box::pin(accepted.run_direct(Stuck::default(), Arc::new(Direct::new(ours))));
-            assert!(run.as_mut().poll(&mut cx).is_pending());
+            let (_, run) = direct_subscriber(&server, i, ours);
             assert!(!read_all(&mut peer).is_empty(), "the ack");
             subscribers.push((peer, run));
         }
@@ -607,11 +616,7 @@ mod tests {
             crate::uring::testing::skipped();
             return;
         }
-        let pusher = server
-            .handshake(&Handshake::new("/", "node_id=p"))
-            .expect("accepted");
-        let push = br#"{"type":"push_request","id":"p","payload":{"node_id":"p","changes":[{"table":"t","pk":"r","field":"f","crdt_type":"lww","hlc":{"ts":1,"c":0,"node":"p"},"node_id":"p","value":1}]}}"#;
-        message(&server, pusher.session(), Bytes::from_static(push));
+        push_one_change(&server);
         assert_eq!(server.lock().writer.submissions() - before, 2, "two chunks");
         for (peer, _run) in &mut subscribers {
             let got = read_all(peer);

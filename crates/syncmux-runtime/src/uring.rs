@@ -569,6 +569,25 @@ mod tests {
         }
     }
 
+    /// One chunk of `n` frames to `n` new sessions written through a ring whose kernel fails
+    /// as `faults` says: the writer, the sessions, the writes reported and the lines logged;
+    /// `None` (skipped) where this kernel has no io_uring.
+    fn wrote(faults: Faults, n: usize) -> Option<Wrote> {
+        let mut writer = ring_with(faults, ENTRIES)?;
+        let sessions = sessions(n);
+        let mut written = Vec::new();
+        let ((), lines) = logged(|| writer.write(chunk(&sessions, frames(n)), &mut written));
+        Some((writer, sessions, written, lines))
+    }
+
+    /// What [`wrote`] gives.
+    type Wrote = (
+        Writer<Faults>,
+        Vec<(Arc<Direct<Sock>>, UnixStream)>,
+        Vec<(Slot, usize)>,
+        Vec<String>,
+    );
+
     /// `n` sessions on Unix socket pairs: our ends as `Direct`s, and the peers.
     fn sessions(n: usize) -> Vec<(Arc<Direct<Sock>>, UnixStream)> {
         (0..n)
@@ -1020,16 +1039,12 @@ mod tests {
             enters: [Enter::Take(2, Some(libc::EFAULT))].into(),
             ..Faults::default()
         };
-        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+        let Some((mut writer, mut sessions, written, lines)) = wrote(faults, 6) else {
             return;
         };
-        let mut sessions = sessions(6);
-        let mut written = Vec::new();
-        let ((), lines) = logged(|| {
-            writer.write(chunk(&sessions, frames(6)), &mut written);
-            // And the next chunk: by send(2), said no more.
-            writer.write(chunk(&sessions[..4], frames(4)), &mut Vec::new());
-        });
+        // And the next chunk: by send(2), said no more.
+        let ((), more) = logged(|| writer.write(chunk(&sessions[..4], frames(4)), &mut Vec::new()));
+        assert!(more.is_empty(), "{more:?}");
         assert_eq!(writer.submissions(), 1);
         assert_eq!(writer.kernel.enters_made, 1, "not called again");
         assert!(!writer.has_ring(), "retired");
@@ -1102,12 +1117,9 @@ mod tests {
                 .collect(),
             ..Faults::default()
         };
-        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+        let Some((mut writer, mut sessions, written, _)) = wrote(faults, 4) else {
             return;
         };
-        let mut sessions = sessions(4);
-        let mut written = Vec::new();
-        writer.write(chunk(&sessions, frames(4)), &mut written);
         assert_eq!(writer.kernel.enters_made, 2 * MAX_RETRIES + 1);
         assert!(writer.has_ring(), "kept");
         assert_eq!(writer.submissions(), 1);
@@ -1125,12 +1137,9 @@ mod tests {
                 .into(),
             ..Faults::default()
         };
-        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+        let Some((mut writer, mut sessions, written, _)) = wrote(faults, 4) else {
             return;
         };
-        let mut sessions = sessions(4);
-        let mut written = Vec::new();
-        writer.write(chunk(&sessions, frames(4)), &mut written);
         assert!(writer.has_ring(), "kept after a few");
         all_delivered(&mut sessions, &frames(4), &written);
 
@@ -1155,12 +1164,9 @@ mod tests {
             enters: [Enter::Take(2, None)].into(),
             ..Faults::default()
         };
-        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+        let Some((mut writer, mut sessions, written, _)) = wrote(faults, 6) else {
             return;
         };
-        let mut sessions = sessions(6);
-        let mut written = Vec::new();
-        writer.write(chunk(&sessions, frames(6)), &mut written);
         assert_eq!(writer.kernel.enters_made, 2);
         assert_eq!(writer.submissions(), 1);
         assert!(writer.has_ring());
@@ -1174,12 +1180,9 @@ mod tests {
             late: vec![0, 3],
             ..Faults::default()
         };
-        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+        let Some((mut writer, mut sessions, written, _)) = wrote(faults, 4) else {
             return;
         };
-        let mut sessions = sessions(4);
-        let mut written = Vec::new();
-        writer.write(chunk(&sessions, frames(4)), &mut written);
         assert_eq!(writer.kernel.enters_made, 2, "once more for the late ones");
         assert!(writer.has_ring());
         all_delivered(&mut sessions, &frames(4), &written);
@@ -1225,14 +1228,9 @@ mod tests {
             refuse: vec![(1, libc::EINVAL), (2, libc::EOPNOTSUPP)],
             ..Faults::default()
         };
-        let Some(mut writer) = ring_with(faults, ENTRIES) else {
+        let Some((mut writer, mut sessions, written, lines)) = wrote(faults, 5) else {
             return;
         };
-        let mut sessions = sessions(5);
-        let mut written = Vec::new();
-        let ((), lines) = logged(|| {
-            writer.write(chunk(&sessions, frames(5)), &mut written);
-        });
         assert!(writer.kernel.refused.is_empty(), "both were NOPs");
         assert!(!writer.has_ring(), "retired");
         all_delivered(&mut sessions, &frames(5), &written);
