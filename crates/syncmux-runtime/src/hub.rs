@@ -1161,6 +1161,77 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+
+    /// A transport that is not a WebSocket: it reads `inbox`, keeps what it writes in
+    /// `sent`, and records how it was ended.
+    #[derive(Default)]
+    struct Lines {
+        inbox: VecDeque<Read>,
+        sent: Vec<String>,
+        ended: Option<Option<CloseCode>>,
+    }
+
+    impl Transport for Lines {
+        fn poll_read(&mut self, _: &mut Context<'_>) -> Poll<Read> {
+            self.inbox.pop_front().map_or(Poll::Pending, Poll::Ready)
+        }
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(&mut self, out: Out) -> Result<(), String> {
+            let Out::Frame(bytes) = out else {
+                return Err("a ping on the sync profile".to_owned());
+            };
+            self.sent
+                .push(String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        fn poll_flush(&mut self, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+            Poll::Ready(Ok(()))
+        }
+        fn close_now(&mut self, close: Option<(CloseCode, &str)>) -> bool {
+            self.ended = Some(close.map(|(code, _)| code));
+            close.is_some()
+        }
+    }
+
+    /// The session task drives any transport, not only a WebSocket: a ping read from it is
+    /// answered on it, written bytes are reported (nothing stays counted against the
+    /// outbound bound), and a shutdown ends it with the server's close, handing it back.
+    #[test]
+    fn a_session_runs_on_a_transport_that_is_not_a_websocket() {
+        let driver = syncmux::Driver::new(
+            syncmux::Server::new(syncmux::ServerConfig::default()).expect("valid config"),
+            syncmux::MemoryStore::new(syncmux::StoreConfig::default()),
+        );
+        let (server, _timer) = crate::SyncServer::new(driver, ServerOptions::default());
+        let accepted = server
+            .handshake(&Handshake::new("/", "node_id=lines"))
+            .expect("accepted");
+        let session = accepted.session();
+        let ping = Bytes::from_static(br#"{"type":"ping","id":"7"}"#);
+        let lines = Lines {
+            inbox: [Read::Text(ping)].into(),
+            ..Lines::default()
+        };
+        let mut run = Box::pin(accepted.run_to_end(lines));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        let queued = server.with_driver(|d, _| d.server().outbound_bytes(session));
+        assert_eq!(queued, Some(0), "the pong was reported written");
+        server.shutdown();
+        let Poll::Ready(Some(lines)) = run.as_mut().poll(&mut cx) else {
+            panic!("the task did not end with the transport handed back");
+        };
+        assert_eq!(lines.sent.len(), 1, "{:?}", lines.sent);
+        assert!(
+            lines.sent[0].contains(r#""type":"pong""#),
+            "{:?}",
+            lines.sent
+        );
+        assert_eq!(lines.ended, Some(Some(CloseCode::GOING_AWAY)));
+    }
 
     /// An outlet is found only by its own session: a slot reused by a later session (a new
     /// generation) replaces the earlier one's outlet, which no lookup finds any more.
