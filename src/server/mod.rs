@@ -345,6 +345,7 @@ impl Server {
                 }
             }
         };
+        let assigned = node_id.is_none();
         let node_id = match node_id {
             Some(id) => id,
             None => {
@@ -356,12 +357,13 @@ impl Server {
             return reject(400, "invalid node id");
         }
         let node: Arc<str> = Arc::from(node_id.as_str());
-        let session = Session::new(
+        let mut session = Session::new(
             node,
             now,
             self.config.rate_limit_burst,
             self.config.rate_limit_window,
         );
+        session.unbound = assigned;
         let id = self.sessions.insert(session);
         match negotiate(&handshake.protocols) {
             Version::V1(protocol) => {

@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 use super::config::{Access, Resource};
 use super::event::RoomChange;
 use super::event::{PullId, PushId, ReplayId, RoomJoinId, ServerEvent, SessionId};
+use super::handshake::valid_node_id;
 use super::hub::{Member, MemberKey, Presence};
 use super::out::{self, Refusal};
 use super::session::InFlight;
@@ -75,11 +76,20 @@ impl Server {
         }))
     }
 
-    fn check_node(&self, session: SessionId, node_id: Option<&str>) -> Result {
-        match (node_id, self.sessions.get(session)) {
-            (Some(n), Some(s)) if n != &*s.node_id => Err(Refusal::NodeId(n.to_owned())),
-            _ => Ok(()),
+    /// A request that names `node_id` must name the session's own. A session whose id was
+    /// assigned and is still unused takes the first one named (a valid id), and keeps it.
+    fn check_node(&mut self, session: SessionId, node_id: Option<&str>) -> Result {
+        let (Some(named), Some(s)) = (node_id, self.sessions.get_mut(session)) else {
+            return Ok(());
+        };
+        if named != &*s.node_id {
+            if !s.unbound || !valid_node_id(named) {
+                return Err(Refusal::NodeId(named.to_owned()));
+            }
+            s.node_id = Arc::from(named);
         }
+        s.unbound = false;
+        Ok(())
     }
 
     /// Refuses a request id still in flight on the session, or one request too many.
@@ -301,6 +311,8 @@ impl Server {
                 if !member {
                     if let Some(s) = self.sessions.get_mut(session) {
                         s.topics.push(topic.clone());
+                        // Seen under its id: it keeps it.
+                        s.unbound = false;
                     }
                 }
                 let kind = if member {
@@ -512,6 +524,8 @@ impl Server {
         if !member {
             if let Some(s) = self.sessions.get_mut(session) {
                 s.rooms.push(room.clone());
+                // Seen under its id: it keeps it.
+                s.unbound = false;
             }
         }
         let members = self

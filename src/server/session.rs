@@ -35,6 +35,10 @@ pub(crate) struct InFlight {
 /// One WebSocket connection.
 pub(crate) struct Session {
     pub(crate) node_id: Arc<str>,
+    /// The node id was assigned (the handshake named none, its token held none) and no
+    /// request or presence topic or room has used it yet: the first request that names a
+    /// node id binds the session to it (Grove's clients name theirs only in their requests).
+    pub(crate) unbound: bool,
     /// Whether `SessionOpened` was emitted (a version-mismatch session never opens).
     pub(crate) opened: bool,
     /// Set once the session is being closed: nothing more is accepted or routed to it; the
@@ -81,6 +85,7 @@ impl Session {
     pub(crate) fn new(node_id: Arc<str>, now: Instant, burst: u32, window: Duration) -> Self {
         Session {
             node_id,
+            unbound: false,
             opened: false,
             closing: None,
             out: VecDeque::new(),

@@ -245,3 +245,48 @@ fn a_payload_node_id_that_is_not_the_sessions_is_forbidden() {
     assert!(h.take(a).is_empty());
     assert!(matches!(h.take_events()[..], [ServerEvent::Push { .. }]));
 }
+
+/// A session that named no node id (Grove's clients dial `/sync/ws` with no query, and name
+/// their node only in their requests) takes the one its first request names, and keeps it:
+/// another is still refused. An id no node may have leaves it unbound; a session already
+/// seen under its assigned id (in a presence topic, say) keeps that one.
+#[test]
+fn a_session_that_named_no_node_id_takes_the_first_one_a_request_names() {
+    let mut h = Harness::new(config());
+    let pull = |id: &str, node: &str| {
+        format!(
+            r#"{{"type":"pull_request","id":"{id}","payload":{{"tables":["docs"],"node_id":"{node}"}}}}"#
+        )
+    };
+    let (s, assigned, _) = accept(h.handshake(&Handshake::new("/", "")));
+    h.take_events();
+    let long = "n".repeat(200);
+    h.send(s, &pull("0", &long));
+    assert_eq!(error_code(&h.take(s)[0]), "FORBIDDEN", "not a node id");
+    assert_eq!(h.server.node_id(s), Some(assigned.as_str()));
+    h.send(
+        s,
+        &push_json("1", "grove", &[record_json("docs", "1", 1, "grove")]),
+    );
+    assert!(h.take(s).is_empty());
+    let events = h.take_events();
+    assert!(
+        matches!(&events[..], [ServerEvent::Push { node_id, .. }] if node_id == "grove"),
+        "{events:?}"
+    );
+    assert_eq!(h.server.node_id(s), Some("grove"));
+    h.send(s, &pull("2", "other"));
+    assert_eq!(error_code(&h.take(s)[0]), "FORBIDDEN", "bound once");
+    h.send(s, &pull("3", "grove"));
+    assert!(h.take(s).is_empty(), "its own node");
+
+    let (p, assigned, _) = accept(h.handshake(&Handshake::new("/", "")));
+    h.send(
+        p,
+        r#"{"type":"presence_update","id":"1","payload":{"topic":"doc","data":1}}"#,
+    );
+    h.take(p);
+    h.send(p, &pull("2", "grove-2"));
+    assert_eq!(error_code(&h.take(p)[0]), "FORBIDDEN", "seen in presence");
+    assert_eq!(h.server.node_id(p), Some(assigned.as_str()));
+}
