@@ -291,6 +291,12 @@ impl<R: AsRef<ChangeRecord>> HasHlc for ByRecord<R> {
     fn table(&self) -> &str {
         &self.0.as_ref().table
     }
+    fn pk(&self) -> &str {
+        &self.0.as_ref().pk
+    }
+    fn field(&self) -> &str {
+        &self.0.as_ref().field
+    }
 }
 
 /// A store's pull is the answer to a pull or replay event (with owned or borrowed records).

@@ -650,10 +650,12 @@ impl Client {
     fn restore(&mut self) {
         let with_cursor = self.config.resume_with_cursor;
         for ((cursor, since), tables) in self.tracked.resume_groups(with_cursor) {
+            // Live changes were never filtered, so the replay of what they missed is not.
             let payload = Subscribe {
                 tables,
                 since,
                 cursor,
+                filter: None,
             };
             self.send_internal(
                 Kind::Subscribe,

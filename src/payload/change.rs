@@ -194,6 +194,8 @@ impl<'de> Visitor<'de> for ChangeVisitor {
 pub(crate) trait HasHlc {
     fn hlc(&self) -> &Hlc;
     fn table(&self) -> &str;
+    fn pk(&self) -> &str;
+    fn field(&self) -> &str;
 }
 
 /// So that a store's records may be owned, borrowed or wrapped alike (`Store::Record`).
@@ -210,6 +212,12 @@ impl HasHlc for ChangeRecord {
     fn table(&self) -> &str {
         &self.table
     }
+    fn pk(&self) -> &str {
+        &self.pk
+    }
+    fn field(&self) -> &str {
+        &self.field
+    }
 }
 
 impl<T: HasHlc + ?Sized> HasHlc for &T {
@@ -218,6 +226,12 @@ impl<T: HasHlc + ?Sized> HasHlc for &T {
     }
     fn table(&self) -> &str {
         (**self).table()
+    }
+    fn pk(&self) -> &str {
+        (**self).pk()
+    }
+    fn field(&self) -> &str {
+        (**self).field()
     }
 }
 

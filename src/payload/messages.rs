@@ -26,6 +26,33 @@ pub struct PullRequest {
     /// The pulling node; when present it must be the session's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Only the records it matches (Grove's selective sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<SyncFilter>,
+}
+
+/// Selective sync (Grove's `SyncFilter`): of the changes a pull or a subscribe's replay
+/// returns, only those whose `pk` is one of `pk_filter` and whose `field` is one of
+/// `field_filter` (a record with no field, a whole row, passes the field filter). An empty
+/// list does not restrict.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct SyncFilter {
+    /// The primary keys wanted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pk_filter: Vec<String>,
+    /// The fields wanted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub field_filter: Vec<String>,
+}
+
+impl SyncFilter {
+    /// Whether the record with `pk` and `field` passes.
+    pub fn matches(&self, pk: &str, field: &str) -> bool {
+        (self.pk_filter.is_empty() || self.pk_filter.iter().any(|p| p == pk))
+            && (self.field_filter.is_empty()
+                || field.is_empty()
+                || self.field_filter.iter().any(|f| f == field))
+    }
 }
 
 impl PullRequest {
@@ -120,6 +147,9 @@ pub struct Subscribe {
     /// Replay changes after this server position first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Replay only the records it matches (live changes are not filtered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<SyncFilter>,
 }
 
 impl Subscribe {

@@ -18,5 +18,5 @@ pub use json::RawJson;
 pub use messages::{
     ErrorPayload, PresenceEvent, PresenceEventKind, PresenceGet, PresenceSnapshot, PresenceState,
     PresenceUpdate, PullRequest, PullResponse, PushRequest, PushResponse, ResumeAck, RoomAction,
-    RoomEvent, RoomEventKind, RoomMember, RoomRequest, Subscribe, Unsubscribe,
+    RoomEvent, RoomEventKind, RoomMember, RoomRequest, Subscribe, SyncFilter, Unsubscribe,
 };

@@ -30,20 +30,23 @@ impl Server {
 
     /// [`answer_pull`](Server::answer_pull) with records of any form that serialises as one
     /// (owned, borrowed, or already encoded).
-    pub(crate) fn answer_pull_with<R: Serialize>(
+    pub(crate) fn answer_pull_with<R: Serialize + HasHlc>(
         &mut self,
         now: Instant,
         request: PullId,
-        answer: Result<PullAnswer<R>, AppError>,
+        mut answer: Result<PullAnswer<R>, AppError>,
     ) {
         self.clamp(now);
         let Some(pending) = self.take_pending(request.0, |k| matches!(k, PendingKind::Pull { .. }))
         else {
             return;
         };
-        let PendingKind::Pull { from } = pending.kind else {
+        let PendingKind::Pull { from, filter } = pending.kind else {
             return;
         };
+        if let (Ok(a), Some(filter)) = (&mut answer, filter) {
+            a.changes.retain(|(_, r)| filter.matches(r.pk(), r.field()));
+        }
         let bytes = match &answer {
             Ok(a) => frame(
                 MessageType::PullResponse,
@@ -250,6 +253,7 @@ impl Server {
             tables,
             added,
             from,
+            filter,
         } = pending.kind
         else {
             return;
@@ -267,9 +271,10 @@ impl Server {
                 }
                 // Only the tables the replay still serves: one the session unsubscribed from
                 // meanwhile is not sent (a later subscribe's replay sends it).
-                answer
-                    .changes
-                    .retain(|(_, r)| tables.iter().any(|t| **t == *r.table()));
+                answer.changes.retain(|(_, r)| {
+                    tables.iter().any(|t| **t == *r.table())
+                        && filter.as_ref().is_none_or(|f| f.matches(r.pk(), r.field()))
+                });
                 self.stats.replayed(answer.changes.len());
                 let per_frame = match self.config.max_changes_per_frame {
                     0 => usize::MAX,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::ConfigError;
+use crate::payload::SyncFilter;
 pub use config::{Access, AuthFn, AuthorizeFn, Resource, ServerConfig};
 pub use event::{
     AppError, PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, RoomChange,
@@ -43,6 +44,8 @@ enum PendingKind {
     Pull {
         /// What the pull said of its position.
         from: Resume,
+        /// Its selective sync, if it restricts anything.
+        filter: Option<Box<SyncFilter>>,
     },
     Push,
     Replay {
@@ -52,6 +55,8 @@ enum PendingKind {
         added: Vec<Arc<str>>,
         /// What the subscribe said of its position.
         from: Resume,
+        /// Its selective sync, if it restricts anything.
+        filter: Option<Box<SyncFilter>>,
     },
     /// A room join waiting for the shared place to admit it (`ServerEvent::RoomJoin`).
     /// Kept after its session ends, so that an admitted join is given back.

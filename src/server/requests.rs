@@ -12,6 +12,7 @@ use super::hub::{Member, MemberKey, Presence};
 use super::out::{self, Refusal};
 use super::session::InFlight;
 use super::{Pending, PendingKind, Resume, Server};
+use crate::payload::SyncFilter;
 use crate::payload::{
     Cursor, PresenceEvent, PresenceEventKind, PresenceGet, PresenceSnapshot, PresenceState,
     PresenceUpdate, PullRequest, PushRequest, RawJson, RoomAction, RoomEvent, RoomEventKind,
@@ -133,11 +134,16 @@ impl Server {
         self.check_in_flight(session, Some(id))?;
         let req: PullRequest = frame.payload()?;
         self.check_node(session, req.node_id.as_deref())?;
+        let filter = restricting(req.filter);
         let (from, cursor) = resume_point(req.since.is_some(), req.cursor.as_deref());
         for table in &req.tables {
             self.authorize(session, Resource::ReadTable(table))?;
         }
-        let key = self.register(session, Some(id.clone()), PendingKind::Pull { from });
+        let key = self.register(
+            session,
+            Some(id.clone()),
+            PendingKind::Pull { from, filter },
+        );
         let node_id = self.node_of(session);
         self.events.push_back(ServerEvent::Pull {
             request: PullId(key),
@@ -221,6 +227,7 @@ impl Server {
                 tables,
                 added,
                 from,
+                filter: restricting(req.filter),
             },
         );
         self.events.push_back(ServerEvent::Replay {
@@ -614,4 +621,11 @@ fn resume_point(since: bool, cursor: Option<&str>) -> (Resume, Option<Cursor>) {
 fn dedup_in_order(tables: &mut Vec<String>) {
     let mut seen = std::collections::BTreeSet::new();
     tables.retain(|t| seen.insert(t.clone()));
+}
+
+/// A filter that restricts something, boxed (most requests have none).
+fn restricting(filter: Option<SyncFilter>) -> Option<Box<SyncFilter>> {
+    filter
+        .filter(|f| !f.pk_filter.is_empty() || !f.field_filter.is_empty())
+        .map(Box::new)
 }

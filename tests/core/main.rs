@@ -28,6 +28,7 @@ mod ot_sim;
 mod ot_text_props;
 mod protocol_doc;
 mod protocol_walkthrough;
+mod selective_sync;
 mod server_handshake;
 mod server_limits;
 mod server_log;

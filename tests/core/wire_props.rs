@@ -11,7 +11,7 @@ use syncmux::payload::{
     ChangeRecord, Cursor, ErrorPayload, Hlc, PresenceEvent, PresenceEventKind, PresenceGet,
     PresenceSnapshot, PresenceState, PresenceUpdate, PullRequest, PullResponse, PushRequest,
     PushResponse, RawJson, ResumeAck, RoomAction, RoomEvent, RoomEventKind, RoomMember,
-    RoomRequest, Subscribe, Unsubscribe,
+    RoomRequest, Subscribe, SyncFilter, Unsubscribe,
 };
 use syncmux::wire::{
     decode, encode, encode_with_cursor, DecodeLimits, ErrorCode, FrameId, IdKey, MessageType,
@@ -191,15 +191,31 @@ fn payload() -> impl Strategy<Value = Payload> {
     // Positions in answers are typed; requests carry any string (cursors are opaque).
     let position = || (any::<u64>(), any::<u64>()).prop_map(|(e, s)| Cursor::new(e, s));
     let data = || prop::option::of(raw_json());
+    let filter = || {
+        prop::option::of(
+            (tables(), tables()).prop_map(|(pk_filter, field_filter)| SyncFilter {
+                pk_filter,
+                field_filter,
+            }),
+        )
+    };
     prop_oneof![
-        (tables(), prop::option::of(hlc()), cursor(), cursor()).prop_map(
-            |(tables, since, cursor, node_id)| Payload::Pull(PullRequest {
-                tables,
-                since,
-                cursor,
-                node_id
-            })
-        ),
+        (
+            tables(),
+            prop::option::of(hlc()),
+            cursor(),
+            cursor(),
+            filter()
+        )
+            .prop_map(|(tables, since, cursor, node_id, filter)| {
+                Payload::Pull(PullRequest {
+                    tables,
+                    since,
+                    cursor,
+                    node_id,
+                    filter,
+                })
+            }),
         (
             changes(),
             hlc(),
@@ -225,13 +241,16 @@ fn payload() -> impl Strategy<Value = Payload> {
                 })
             }
         ),
-        (tables(), prop::option::of(hlc()), cursor()).prop_map(|(tables, since, cursor)| {
-            Payload::Subscribe(Subscribe {
-                tables,
-                since,
-                cursor,
-            })
-        }),
+        (tables(), prop::option::of(hlc()), cursor(), filter()).prop_map(
+            |(tables, since, cursor, filter)| {
+                Payload::Subscribe(Subscribe {
+                    tables,
+                    since,
+                    cursor,
+                    filter,
+                })
+            }
+        ),
         tables().prop_map(|tables| Payload::Unsubscribe(Unsubscribe { tables })),
         (change_record(), cursor()).prop_map(|(r, c)| Payload::Change(r, c)),
         (changes(), cursor()).prop_map(|(r, c)| Payload::Changes(r, c)),
