@@ -505,6 +505,28 @@ impl<M: Machine> Hub<M> {
         accepted
     }
 
+    /// One request on a session of its own, for a transport of single requests (an HTTP
+    /// `POST /sync/pull`, say): the handshake, `frame` in, and the first frame out that
+    /// `answers` picks (the request's reply), given back; the session ends with it. `None`
+    /// when the session ended first (the server closed it, or shut down). Bound the wait
+    /// with a timeout of the runtime's: a backend answers when it answers.
+    pub async fn exchange(
+        &self,
+        handshake: &Handshake,
+        frame: Bytes,
+        answers: impl FnMut(&Bytes) -> bool + Send + Unpin,
+    ) -> Result<Option<Bytes>, Rejection> {
+        let session = self.handshake(handshake)?;
+        let (reply, answer) = futures_channel::oneshot::channel();
+        let exchange = Exchange {
+            frame: Some(frame),
+            answers,
+            reply: Some(reply),
+        };
+        drop(session.run_to_end(exchange).await);
+        Ok(answer.await.ok())
+    }
+
     /// Closes every session with 1001, refuses new handshakes (503) and stops the accept
     /// loops.
     pub fn shutdown(&self) {
@@ -671,6 +693,48 @@ where
             let _ = self.close().now_or_never();
         }
         sent && close.is_some()
+    }
+}
+
+/// The transport of [`Hub::exchange`]: one frame in, and the reply out.
+struct Exchange<F> {
+    frame: Option<Bytes>,
+    answers: F,
+    /// Taken once the reply went out: the transport is then done.
+    reply: Option<futures_channel::oneshot::Sender<Bytes>>,
+}
+
+impl<F: FnMut(&Bytes) -> bool + Unpin> Transport for Exchange<F> {
+    fn poll_read(&mut self, _: &mut Context<'_>) -> Poll<Read> {
+        match (self.frame.take(), &self.reply) {
+            (Some(frame), _) => Poll::Ready(Read::Text(frame)),
+            (None, None) => Poll::Ready(Read::Gone("answered".to_owned())),
+            // Woken by the reply's write (a step of its own).
+            (None, Some(_)) => Poll::Pending,
+        }
+    }
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(&mut self, out: Out) -> Result<(), String> {
+        if let Out::Frame(bytes) = out {
+            if self.reply.is_some() && (self.answers)(&bytes) {
+                if let Some(reply) = self.reply.take() {
+                    let _ = reply.send(bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_flush(&mut self, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn close_now(&mut self, _: Option<(CloseCode, &str)>) -> bool {
+        false
     }
 }
 
@@ -1194,6 +1258,38 @@ mod tests {
             self.ended = Some(close.map(|(code, _)| code));
             close.is_some()
         }
+    }
+
+    /// One request on a session of its own: its reply comes back, and the session is gone
+    /// with it; a refused handshake is the refusal.
+    #[test]
+    fn an_exchange_gives_the_reply_and_ends_its_session() {
+        let driver = syncmux::Driver::new(
+            syncmux::Server::new(syncmux::ServerConfig::default()).expect("valid config"),
+            syncmux::MemoryStore::new(syncmux::StoreConfig::default()),
+        );
+        let (server, _timer) = crate::SyncServer::new(driver, ServerOptions::default());
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let ping = Bytes::from_static(br#"{"type":"ping","id":"7"}"#);
+        let handshake = Handshake::new("/", "node_id=x");
+        let is_pong = |b: &Bytes| b.windows(6).any(|w| w == b"\"pong\"");
+        let mut exchange = Box::pin(server.exchange(&handshake, ping.clone(), is_pong));
+        let Poll::Ready(Ok(Some(reply))) = exchange.as_mut().poll(&mut cx) else {
+            panic!("no reply at once");
+        };
+        assert!(
+            reply.starts_with(br#"{"type":"pong","id":"7""#),
+            "{reply:?}"
+        );
+        drop(exchange);
+        assert_eq!(server.session_count(), 0);
+        assert_eq!(server.outlet_count(), 0);
+        let empty = Handshake::new("/", "node_id=");
+        let mut refused = Box::pin(server.exchange(&empty, ping, is_pong));
+        let Poll::Ready(Err(rejection)) = refused.as_mut().poll(&mut cx) else {
+            panic!("not refused");
+        };
+        assert_eq!(rejection.status, 400);
     }
 
     /// The session task drives any transport, not only a WebSocket: a ping read from it is

@@ -70,6 +70,8 @@ use syncmux_runtime::{self as adapters, Clock, OtServerHandle, ServerOptions, Sy
 
 /// Where the WebSocket is served.
 const WS_PATH: &str = "/sync/ws";
+
+mod http;
 /// Where the OT profile is served (and every path under it: `/ot/...`).
 const OT_PATH: &str = "/ot";
 
@@ -1069,6 +1071,11 @@ mod static_files {
             .strip_prefix(super::OT_PATH.as_bytes())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         if complete(&buf) {
+            if super::http::handles(path) && !is_upgrade(&buf) {
+                let (reader, writer) = tcp.into_split();
+                let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
+                return grove_http(server, io).await;
+            }
             if let Some(answer) = plain_answer(&buf, path, to_ot) {
                 if let Err(e) = tcp.write_all(answer).await {
                     tracing::debug!(error = %e, "HTTP connection ended");
@@ -1103,6 +1110,24 @@ mod static_files {
         let routed = boxed_route(server, ot, head).await;
         if let Err(e) = routed {
             tracing::debug!(error = %e, "HTTP connection ended");
+        }
+    }
+
+    /// Grove's HTTP pull or push on `io` (its head replayed in front), within the handshake
+    /// deadline: a request whose head, body or answer takes longer is dropped.
+    async fn grove_http<S>(server: &SyncServer, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let serving = super::http::serve(server.clone(), io);
+        let served = match super::http::deadline(server.options().handshake_timeout) {
+            Some(deadline) => tokio::time::timeout(deadline, serving).await.ok(),
+            None => Some(serving.await),
+        };
+        match served {
+            Some(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
+            None => tracing::debug!("HTTP request timed out"),
+            Some(Ok(())) => {}
         }
     }
 
@@ -1204,6 +1229,11 @@ mod static_files {
         let to_ot = path
             .strip_prefix(ot_path)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        if super::http::handles(path) && !is_upgrade(&buf) {
+            let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
+            grove_http(server, io).await;
+            return Ok(());
+        }
         let files = files.filter(|files| path != files.ws_path.as_bytes());
         if to_ot || files.is_none() {
             if let Some(answer) = plain_answer(&buf, path, to_ot) {

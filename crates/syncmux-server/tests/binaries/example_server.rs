@@ -694,3 +694,130 @@ async fn static_files_have_their_types_and_stay_inside_the_directory() {
     drop(server);
     std::fs::remove_dir_all(base).unwrap();
 }
+
+/// One HTTP/1.1 request on a connection of its own: the status line, the head's lines and
+/// the body.
+async fn http(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    body: &str,
+) -> (String, String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = text(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let (status, head) = head.split_once("\r\n").unwrap_or((head, ""));
+    (
+        status.to_owned(),
+        head.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
+/// Grove's HTTP transport (`POST /sync/push`, `POST /sync/pull`) as its `HTTPClient` sends
+/// it: the node named in the body (none in the query), Grove's HLC objects, its selective
+/// sync filter; answers with Grove's fields; errors as a status with `{"error","code"}`.
+#[tokio::test]
+async fn grove_http_push_and_pull_answer_as_grove_expects() {
+    let flags = [
+        "--listen",
+        "127.0.0.1:0",
+        "--max-frame",
+        "2048",
+        "--handshake-timeout",
+        "500",
+    ];
+    let server = start(&flags, &[]);
+    let addr = server.addr().to_owned();
+    let json = ["Content-Type: application/json"];
+    let record = |pk: &str, field: &str, ts: u64| {
+        format!(
+            r#"{{"table":"docs","pk":"{pk}","field":"{field}","crdt_type":"lww","hlc":{{"ts":{ts},"c":0,"node":"grove-a"}},"node_id":"grove-a","value":"v"}}"#
+        )
+    };
+    let push = format!(
+        r#"{{"changes":[{},{},{}],"node_id":"grove-a"}}"#,
+        record("1", "title", 1),
+        record("1", "body", 2),
+        record("2", "title", 3)
+    );
+    let (status, head, body) = http(&addr, "POST", "/sync/push", &json, &push).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["merged"], 3, "{answer}");
+    assert_eq!(answer["latest_hlc"]["ts"], 3, "{answer}");
+
+    let pull = r#"{"tables":["docs"],"since":{"ts":0,"c":0,"node":""},"node_id":"grove-b","filter":{"pk_filter":["1"],"field_filter":["title"]}}"#;
+    let (status, _, body) = http(&addr, "POST", "/sync/pull", &json, pull).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let changes = answer["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{answer}");
+    assert_eq!(
+        (&changes[0]["pk"], &changes[0]["field"]),
+        (&"1".into(), &"title".into())
+    );
+    assert_eq!(answer["latest_hlc"]["ts"], 3, "of the whole read: {answer}");
+
+    // Errors: a status and {"error","code"}.
+    let error = |body: &str| -> serde_json::Value { serde_json::from_str(body).unwrap() };
+    let (status, _, body) = http(&addr, "POST", "/sync/pull", &json, "{not json").await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert_eq!(error(&body)["code"], "INVALID_PAYLOAD", "{body}");
+    let (status, _, body) = http(&addr, "POST", "/sync/pull", &json, r#"{"tables":"docs"}"#).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert_eq!(error(&body)["code"], "INVALID_PAYLOAD", "{body}");
+    let (status, _, body) = http(&addr, "POST", "/sync/push?node_id=other", &json, &push).await;
+    assert_eq!(status, "HTTP/1.1 403 Forbidden", "another node's changes");
+    assert_eq!(error(&body)["code"], "FORBIDDEN", "{body}");
+    let big = format!(r#"{{"tables":["{}"]}}"#, "x".repeat(4096));
+    let (status, _, body) = http(&addr, "POST", "/sync/pull", &json, &big).await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(error(&body)["code"], "FRAME_TOO_LARGE", "{body}");
+    let (status, head, _) = http(&addr, "GET", "/sync/pull", &[], "").await;
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    assert!(head.contains("allow: post"), "{head}");
+
+    // A body that never ends is dropped at the handshake deadline, unanswered.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /sync/pull HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"tables\"";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "still open");
+    assert!(answer.is_empty(), "{}", text(&answer));
+
+    // Auth as on the WebSocket.
+    let secured = start(&["--listen", "127.0.0.1:0", "--token", "s3cret"], &[]);
+    let addr = secured.addr().to_owned();
+    let pull = r#"{"tables":["docs"],"node_id":"grove-b"}"#;
+    let (status, _, body) = http(&addr, "POST", "/sync/pull", &json, pull).await;
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    assert_eq!(error(&body)["code"], "UNAUTHORIZED", "{body}");
+    let bearer = [
+        "Content-Type: application/json",
+        "Authorization: Bearer s3cret",
+    ];
+    let (status, _, body) = http(&addr, "POST", "/sync/pull", &bearer, pull).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let (status, _, _) = http(&addr, "POST", "/sync/pull?token=s3cret", &json, pull).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
