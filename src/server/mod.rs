@@ -15,7 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::ConfigError;
-pub use config::{Access, AuthFn, AuthorizeFn, Resource, ServerConfig};
+pub(crate) use config::AuthFn;
+pub use config::{Access, Resource, ServerConfig};
 pub use event::{
     AppError, PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, RoomChange,
     RoomJoinId, ServerEvent, ServerTransmit, SessionId,
