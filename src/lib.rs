@@ -142,9 +142,9 @@ pub use client::{
 pub use config::ConfigError;
 pub use driver::Driver;
 pub use server::{
-    Access, AppError, AuthDecision, AuthFn, AuthRequest, AuthorizeFn, Handshake, HandshakeOutcome,
-    PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, Resource, RoomChange,
-    RoomJoinId, Server, ServerConfig, ServerEvent, ServerStats, ServerTransmit, SessionId,
+    Access, AppError, AuthDecision, AuthRequest, Handshake, HandshakeOutcome, PullAnswer, PullId,
+    PushAnswer, PushId, RemoteSession, ReplayId, Resource, RoomChange, RoomJoinId, Server,
+    ServerConfig, ServerEvent, ServerStats, ServerTransmit, SessionId,
 };
 pub use store::{MemoryStore, PullOutcome, PushOutcome, Store, StoreConfig, StoredChange};
 pub use time::Instant;

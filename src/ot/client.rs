@@ -261,24 +261,14 @@ impl OtClient {
     /// A connection opened: the client fetches the document (whatever happened while it
     /// was away is unknown) and then sends its unacknowledged edits, rebased.
     pub fn handle_connected(&mut self, now: Instant) {
-        self.clamp(now);
-        self.connected = true;
-        self.live = false;
-        self.awaiting.clear();
-        self.transmits.clear();
-        self.retry_at = None;
+        self.new_link(now, true);
         self.fetch(ResyncReason::Connected);
     }
 
     /// The connection closed (or a dial failed). Frames not yet polled are dropped: they
     /// belonged to that connection.
     pub fn handle_disconnected(&mut self, now: Instant) {
-        self.clamp(now);
-        self.connected = false;
-        self.live = false;
-        self.awaiting.clear();
-        self.transmits.clear();
-        self.retry_at = None;
+        self.new_link(now, false);
     }
 
     /// A frame arrived.
@@ -410,20 +400,39 @@ impl OtClient {
         self.now
     }
 
+    /// Forgets everything that belonged to the previous connection: the document is not live
+    /// until fetched again, and nothing sent on it will be answered.
+    fn new_link(&mut self, now: Instant, connected: bool) {
+        self.clamp(now);
+        self.connected = connected;
+        self.live = false;
+        self.awaiting.clear();
+        self.transmits.clear();
+        self.retry_at = None;
+    }
+
     fn next_op_id(&mut self) -> String {
         let id = format!("{}-{}", self.config.client_id, self.next_op);
         self.next_op += 1;
         id
     }
 
-    /// An op from another client: it must be the next revision and apply to `base`.
-    fn on_remote(&mut self, op: TextOp, revision: u64) {
+    /// Whether `revision` is the one after ours; if it is not, a revision was missed (or
+    /// repeated) and the client fetches the document.
+    fn in_sequence(&mut self, revision: u64) -> bool {
         let expected = self.revision + 1;
         if revision != expected {
             self.fetch(ResyncReason::RevisionGap {
                 expected,
                 got: revision,
             });
+        }
+        revision == expected
+    }
+
+    /// An op from another client: it must be the next revision and apply to `base`.
+    fn on_remote(&mut self, op: TextOp, revision: u64) {
+        if !self.in_sequence(revision) {
             return;
         }
         let Ok(base) = op.apply(&self.base) else {
@@ -459,14 +468,9 @@ impl OtClient {
 
     /// Our op was applied: it must be the next revision.
     fn on_ack(&mut self, revision: u64) {
-        let expected = self.revision + 1;
-        if revision != expected {
-            // A duplicate's ack names the revision the first copy got: resync, and the
-            // snapshot tells.
-            self.fetch(ResyncReason::RevisionGap {
-                expected,
-                got: revision,
-            });
+        // A duplicate's ack names the revision the first copy got: resync, and the snapshot
+        // tells.
+        if !self.in_sequence(revision) {
             return;
         }
         let Some(base) = self

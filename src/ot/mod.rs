@@ -8,7 +8,7 @@
 //!   seed's rate limit, ping heartbeat and `?token=` auth, and a bound on everything.
 //! - [`OtClient`]: a client for one document, which checks every revision and recovers from
 //!   errors and reconnects by fetching a snapshot and rebasing its edits.
-//! - [`wire`]: the frames, and the two extensions (`snapshot` requests, `opId`).
+//! - [Wire](#wire): the frames, and the two extensions (`snapshot` requests, `opId`).
 //!
 //! Like the rest of the crate, the state machines do no I/O: an adapter feeds them
 //! `handle_*(now, ...)` and drains `poll_transmit`, `poll_event` and `poll_timeout`.
@@ -70,6 +70,42 @@
 //! assert!(clients.iter().all(|c| c.text() == text));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Wire
+//!
+//! The frames are those of `@open-ot/transport-websocket` 0.3.0: one JSON text frame per
+//! message, with no envelope id.
+//!
+//! | frame | direction | fields |
+//! |---|---|---|
+//! | `op` | client → server | `op`, `revision`, `docId`?, `opId`? |
+//! | `snapshot` | client → server | `docId`?, `opId`?, `revision`? (extension) |
+//! | `ack` | server → sender | `revision`, `docId`? |
+//! | `op` | server → the document's other clients | `op`, `revision`, `docId`? |
+//! | `error` | server → sender | `message`, `docId`? |
+//! | `snapshot` | server → sender | `revision`, `text`, `docId`?, `opStatus`?, `opRevision`? (extension) |
+//!
+//! A frame without `docId` concerns the document `doc-1`. Replies (`ack`, `error`,
+//! `snapshot`) carry the `docId` of the request, when it named one; broadcast ops carry the
+//! document's id unless it is `doc-1`, so the seed's single-document clients see exactly
+//! the frames of the original server.
+//!
+//! ## Extensions
+//!
+//! Clients of the seed never send these, so they cannot confuse them; every added field is
+//! one such clients ignore.
+//!
+//! - `{"type":"snapshot","docId"?}` asks for a document's text and head revision, answered
+//!   by `{"type":"snapshot","revision":V,"text":"...","docId"?}`. It joins the connection
+//!   to the document, like an op, so the document's ops after `V` follow without a gap.
+//! - `opId`, a string of at most 64 bytes that the client makes unique, makes an op
+//!   idempotent: an op whose `opId` matches an op logged after its `revision` is not applied
+//!   again, only acked with the revision that op got. A snapshot request naming an `opId`
+//!   (and the revision the op was made at) is answered with `opStatus`: `"applied"` (with
+//!   `opRevision`), `"absent"` (the history since that revision does not hold it) or
+//!   `"unknown"` (that history is no longer kept). With both, a client that lost its
+//!   connection while an op was unacknowledged learns whether to send it again, and a copy
+//!   still in flight on the old connection cannot be applied twice.
 
 mod client;
 mod config;
@@ -77,7 +113,7 @@ mod document;
 mod server;
 mod session;
 mod text;
-pub mod wire;
+mod wire;
 
 pub use client::{EditError, OtClient, OtClientEvent, OtClientState, ResyncReason};
 pub use config::{OtClientConfig, OtConfigError, OtServerConfig};
@@ -86,4 +122,4 @@ pub use server::{
 };
 pub use session::OtSessionId;
 pub use text::{utf16_len, Component, CountKind, OpError, Side, TextOp};
-pub use wire::{ClientMessage, OpStatus, ServerMessage, WireError, DEFAULT_DOC_ID};
+pub use wire::{OpStatus, ServerMessage, WireError, DEFAULT_DOC_ID};

@@ -1,36 +1,4 @@
-//! The frames of the OT endpoint: the wire of `@open-ot/transport-websocket` 0.3.0, one JSON
-//! text frame per message, with no envelope id.
-//!
-//! | frame | direction | fields |
-//! |---|---|---|
-//! | `op` | client → server | `op`, `revision`, `docId`?, `opId`? |
-//! | `snapshot` | client → server | `docId`?, `opId`?, `revision`? (extension) |
-//! | `ack` | server → sender | `revision`, `docId`? |
-//! | `op` | server → the document's other clients | `op`, `revision`, `docId`? |
-//! | `error` | server → sender | `message`, `docId`? |
-//! | `snapshot` | server → sender | `revision`, `text`, `docId`?, `opStatus`?, `opRevision`? (extension) |
-//!
-//! A frame without `docId` concerns the document `doc-1`. Replies (`ack`, `error`,
-//! `snapshot`) carry the `docId` of the request, when it named one; broadcast ops carry the
-//! document's id unless it is `doc-1`, so the seed's single-document clients see exactly
-//! the frames of the original server.
-//!
-//! # Extensions
-//!
-//! Clients of the seed never send these, so they cannot confuse them; every added field is
-//! one such clients ignore.
-//!
-//! - `{"type":"snapshot","docId"?}` asks for a document's text and head revision, answered
-//!   by `{"type":"snapshot","revision":V,"text":"...","docId"?}`. It joins the connection
-//!   to the document, like an op, so the document's ops after `V` follow without a gap.
-//! - `opId`, a string of at most 64 bytes that the client makes unique, makes an op
-//!   idempotent: an op whose `opId` matches an op logged after its `revision` is not applied
-//!   again, only acked with the revision that op got. A snapshot request naming an `opId`
-//!   (and the revision the op was made at) is answered with `opStatus`: `"applied"` (with
-//!   `opRevision`), `"absent"` (the history since that revision does not hold it) or
-//!   `"unknown"` (that history is no longer kept). With both, a client that lost its
-//!   connection while an op was unacknowledged learns whether to send it again, and a copy
-//!   still in flight on the old connection cannot be applied twice.
+//! The frames of the OT endpoint, and the two extensions (see the `ot` module docs, "Wire").
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -43,12 +11,12 @@ use super::text::{OpError, TextOp};
 pub const DEFAULT_DOC_ID: &str = "doc-1";
 
 /// The longest `opId` accepted, in bytes.
-pub const MAX_OP_ID_LEN: usize = 64;
+pub(crate) const MAX_OP_ID_LEN: usize = 64;
 
 /// A frame from a client.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
-pub enum ClientMessage {
+pub(crate) enum ClientMessage {
     /// Apply `op`, made on the document at `revision`.
     Op {
         /// The document; `None` is `doc-1`.
@@ -153,13 +121,15 @@ pub enum WireError {
 }
 
 impl ClientMessage {
-    /// Reads a client's frame.
-    pub fn decode(bytes: &[u8]) -> Result<ClientMessage, WireError> {
+    /// Reads a client's frame (the server reads with [`decode_client`], which also keeps the
+    /// `docId` of a frame it refuses).
+    #[cfg(test)]
+    pub(super) fn decode(bytes: &[u8]) -> Result<ClientMessage, WireError> {
         decode_client(bytes).map_err(|(error, _)| error)
     }
 
     /// The frame's bytes.
-    pub fn encode(&self) -> Bytes {
+    pub(super) fn encode(&self) -> Bytes {
         match self {
             ClientMessage::Op {
                 doc_id,

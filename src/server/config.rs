@@ -10,10 +10,10 @@ use crate::config::ConfigError;
 
 /// The handshake's auth decision: from the token (if any), the node id the client asked for
 /// and the whole handshake, allow (optionally naming or confirming the node id) or deny.
-pub type AuthFn = dyn Fn(&AuthRequest<'_>) -> AuthDecision + Send + Sync;
+pub(crate) type AuthFn = dyn Fn(&AuthRequest<'_>) -> AuthDecision + Send + Sync;
 
 /// The authorization hook: may this session touch this table, topic or room?
-pub type AuthorizeFn = dyn Fn(&Access<'_>) -> bool + Send + Sync;
+pub(crate) type AuthorizeFn = dyn Fn(&Access<'_>) -> bool + Send + Sync;
 
 /// What a session asks to touch, for the authorization hook.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

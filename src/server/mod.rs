@@ -16,7 +16,8 @@ use bytes::Bytes;
 
 use crate::config::ConfigError;
 use crate::payload::SyncFilter;
-pub use config::{Access, AuthFn, AuthorizeFn, Resource, ServerConfig};
+pub(crate) use config::AuthFn;
+pub use config::{Access, Resource, ServerConfig};
 pub use event::{
     AppError, PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, RoomChange,
     RoomJoinId, ServerEvent, ServerTransmit, SessionId,

@@ -325,17 +325,10 @@ impl Sessions {
 
     /// Queues a frame for an open session, under the outbound bound.
     pub(crate) fn send(&mut self, id: SessionId, frame: Bytes) -> Sent {
-        let max = self.max_outbound;
-        let Some((session, ready)) = self.get_mut_split(id) else {
-            return Sent::Dropped;
+        let (session, ready) = match self.admit(id, frame.len()) {
+            Ok(admitted) => admitted,
+            Err(sent) => return sent,
         };
-        if session.closing.is_some() {
-            return Sent::Dropped;
-        }
-        if max != 0 && session.outbound_bytes() + frame.len() > max {
-            Self::overflow(ready, id, session);
-            return Sent::Overflow;
-        }
         session.queued_bytes += frame.len();
         session.out.push_back((kind_of(&frame), frame));
         Self::mark_ready(ready, id, session);
@@ -351,17 +344,10 @@ impl Sessions {
         batch: &Batch,
         range: Range<usize>,
     ) -> Sent {
-        let max = self.max_outbound;
-        let Some((session, ready)) = self.get_mut_split(id) else {
-            return Sent::Dropped;
+        let (session, ready) = match self.admit(id, frame.len()) {
+            Ok(admitted) => admitted,
+            Err(sent) => return sent,
         };
-        if session.closing.is_some() {
-            return Sent::Dropped;
-        }
-        if max != 0 && session.outbound_bytes() + frame.len() > max {
-            Self::overflow(ready, id, session);
-            return Sent::Overflow;
-        }
         if session.holding() {
             session.held_bytes += frame.len();
             session.held.push_back(Held {
@@ -387,6 +373,27 @@ impl Sessions {
         session.drop_output();
         session.closing = Some((CloseCode::SLOW_CONSUMER, "slow consumer".into()));
         Self::mark_ready(ready, id, session);
+    }
+
+    /// An open session that may take `len` more outbound bytes, and the ready queue; or what
+    /// became of the frame instead (a session over the bound is closed as a slow consumer).
+    fn admit(
+        &mut self,
+        id: SessionId,
+        len: usize,
+    ) -> Result<(&mut Session, &mut VecDeque<SessionId>), Sent> {
+        let max = self.max_outbound;
+        let Some((session, ready)) = self.get_mut_split(id) else {
+            return Err(Sent::Dropped);
+        };
+        if session.closing.is_some() {
+            return Err(Sent::Dropped);
+        }
+        if max != 0 && session.outbound_bytes() + len > max {
+            Self::overflow(ready, id, session);
+            return Err(Sent::Overflow);
+        }
+        Ok((session, ready))
     }
 
     fn get_mut_split(&mut self, id: SessionId) -> Option<(&mut Session, &mut VecDeque<SessionId>)> {

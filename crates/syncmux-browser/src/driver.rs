@@ -13,13 +13,14 @@
 
 use core::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use js_sys::{Array, Function, Promise};
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
+use crate::callbacks::{detach, Callbacks, Inputs};
 use crate::convert;
 use crate::host::{self, Timer};
 use syncmux::wire::CloseCode;
@@ -83,50 +84,6 @@ fn promise() -> (Promise, Settle) {
         promise,
         settle.expect("invariant: the Promise executor runs synchronously"),
     )
-}
-
-/// The JavaScript callbacks, created once per client. They hold a weak reference, so the
-/// client is freed when JavaScript drops (or `free`s) it, whatever its socket is doing.
-struct Callbacks {
-    open: Closure<dyn FnMut(Event)>,
-    message: Closure<dyn FnMut(MessageEvent)>,
-    close: Closure<dyn FnMut(CloseEvent)>,
-    timer: Closure<dyn FnMut()>,
-}
-
-impl Callbacks {
-    fn new(driver: &Weak<BrowserDriver>) -> Callbacks {
-        let d = driver.clone();
-        let open = Closure::new(move |event: Event| {
-            if let Some(driver) = d.upgrade() {
-                driver.on_open(&event);
-            }
-        });
-        let d = driver.clone();
-        let message = Closure::new(move |event: MessageEvent| {
-            if let Some(driver) = d.upgrade() {
-                driver.on_message(&event);
-            }
-        });
-        let d = driver.clone();
-        let close = Closure::new(move |event: CloseEvent| {
-            if let Some(driver) = d.upgrade() {
-                driver.on_close(&event);
-            }
-        });
-        let d = driver.clone();
-        let timer = Closure::new(move || {
-            if let Some(driver) = d.upgrade() {
-                driver.on_timer();
-            }
-        });
-        Callbacks {
-            open,
-            message,
-            close,
-            timer,
-        }
-    }
 }
 
 /// What the driver holds between inputs.
@@ -250,65 +207,6 @@ impl BrowserDriver {
         }
     }
 
-    fn on_open(self: &Rc<Self>, event: &Event) {
-        if !self.is_current(event) {
-            return;
-        }
-        {
-            let mut state = self.state.borrow_mut();
-            let selected = state.socket.as_ref().map(WebSocket::protocol);
-            // The browser reports "no subprotocol" as the empty string.
-            let selected = selected.as_deref().filter(|p| !p.is_empty());
-            state.client.handle_connected(host::now(), selected);
-        }
-        self.pump();
-    }
-
-    fn on_message(self: &Rc<Self>, event: &MessageEvent) {
-        if !self.is_current(event) {
-            return;
-        }
-        {
-            let mut state = self.state.borrow_mut();
-            match event.data().as_string() {
-                Some(text) => state.client.handle_message(host::now(), Bytes::from(text)),
-                // The protocol is text only; the core decides what a binary frame means.
-                None => state
-                    .client
-                    .handle_binary(host::now(), binary_len(&event.data())),
-            }
-        }
-        self.pump();
-    }
-
-    fn on_close(self: &Rc<Self>, event: &CloseEvent) {
-        if !self.is_current(event) {
-            return;
-        }
-        {
-            let mut state = self.state.borrow_mut();
-            if let Some(socket) = state.socket.take() {
-                detach(&socket);
-            }
-            // A failed dial is also reported here (after an `error` event), as 1006.
-            let code = CloseCode(event.code());
-            let reason = event.reason();
-            state
-                .client
-                .handle_disconnected(host::now(), Some(code), &reason);
-        }
-        self.pump();
-    }
-
-    fn on_timer(self: &Rc<Self>) {
-        {
-            let mut state = self.state.borrow_mut();
-            state.timer = None;
-            state.client.handle_timeout(host::now());
-        }
-        self.pump();
-    }
-
     // ----- outputs -----------------------------------------------------------------------------
 
     /// Drains the client after an input: transports and timer first, then events.
@@ -357,7 +255,7 @@ impl BrowserDriver {
             if let Some(timer) = state.timer.take() {
                 timer.cancel();
             }
-            let handler = self.callbacks.timer.as_ref().unchecked_ref();
+            let handler = self.callbacks.timer();
             state.timer = next.map(|deadline| Timer::arm(handler, deadline, now));
         }
     }
@@ -377,10 +275,7 @@ impl BrowserDriver {
         // section 3.2).
         match WebSocket::new_with_str_sequence(&dial.url_with_token(), &protocols) {
             Ok(socket) => {
-                let cb = &self.callbacks;
-                socket.set_onopen(Some(cb.open.as_ref().unchecked_ref()));
-                socket.set_onmessage(Some(cb.message.as_ref().unchecked_ref()));
-                socket.set_onclose(Some(cb.close.as_ref().unchecked_ref()));
+                self.callbacks.attach(&socket);
                 state.socket = Some(socket);
             }
             Err(error) => {
@@ -475,6 +370,67 @@ impl BrowserDriver {
     }
 }
 
+impl Inputs for BrowserDriver {
+    fn on_open(self: &Rc<Self>, event: &Event) {
+        if !self.is_current(event) {
+            return;
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            let selected = state.socket.as_ref().map(WebSocket::protocol);
+            // The browser reports "no subprotocol" as the empty string.
+            let selected = selected.as_deref().filter(|p| !p.is_empty());
+            state.client.handle_connected(host::now(), selected);
+        }
+        self.pump();
+    }
+
+    fn on_message(self: &Rc<Self>, event: &MessageEvent) {
+        if !self.is_current(event) {
+            return;
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            match event.data().as_string() {
+                Some(text) => state.client.handle_message(host::now(), Bytes::from(text)),
+                // The protocol is text only; the core decides what a binary frame means.
+                None => state
+                    .client
+                    .handle_binary(host::now(), binary_len(&event.data())),
+            }
+        }
+        self.pump();
+    }
+
+    fn on_close(self: &Rc<Self>, event: &CloseEvent) {
+        if !self.is_current(event) {
+            return;
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            if let Some(socket) = state.socket.take() {
+                detach(&socket);
+            }
+            // A failed dial is also reported here (after an `error` event), as 1006.
+            let code = CloseCode(event.code());
+            let reason = event.reason();
+            state
+                .client
+                .handle_disconnected(host::now(), Some(code), &reason);
+        }
+        self.pump();
+    }
+
+    fn on_timer(self: &Rc<Self>) {
+        {
+            let mut state = self.state.borrow_mut();
+            state.timer = None;
+            state.client.handle_timeout(host::now());
+        }
+        self.pump();
+    }
+}
+
 impl Drop for BrowserDriver {
     /// JavaScript freed the client: close the socket, stop the timer.
     fn drop(&mut self) {
@@ -487,13 +443,6 @@ impl Drop for BrowserDriver {
             timer.cancel();
         }
     }
-}
-
-/// Stops a socket's events from reaching the client (it is no longer the current one).
-fn detach(socket: &WebSocket) {
-    socket.set_onopen(None);
-    socket.set_onmessage(None);
-    socket.set_onclose(None);
 }
 
 /// Closes with `code` and `reason`. Browsers accept only 1000 and 3000–4999 and a reason of at

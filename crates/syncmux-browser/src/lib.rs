@@ -32,6 +32,7 @@
 
 #![cfg(target_arch = "wasm32")]
 
+mod callbacks;
 mod convert;
 mod driver;
 mod host;
@@ -47,7 +48,7 @@ use wasm_bindgen::prelude::*;
 use convert::Options;
 use driver::{BrowserDriver, EventKind};
 use syncmux::payload::{ChangeRecord, PullRequest, Subscribe};
-use syncmux::{Client, ClientState};
+use syncmux::{Client, ClientState, Instant, RequestError, RequestId};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPESCRIPT: &'static str = r#"
@@ -190,12 +191,10 @@ impl BrowserClient {
         #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
         #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
     ) -> Promise {
-        let (tables, since, cursor) = match convert::start(&tables, &from) {
-            Ok(start) => start,
-            Err(e) => return reject(&e),
-        };
-        let pull = PullRequest::new(tables).since(since).after(cursor);
-        self.driver.request(|c, now| c.pull(now, pull))
+        let start = convert::start(&tables, &from);
+        request_from(&self.driver, start, |c, now, (tables, since, cursor)| {
+            c.pull(now, PullRequest::new(tables).since(since).after(cursor))
+        })
     }
 
     /// Pushes change records as this node.
@@ -221,12 +220,10 @@ impl BrowserClient {
         #[wasm_bindgen(unchecked_param_type = "string | string[]")] tables: JsValue,
         #[wasm_bindgen(unchecked_param_type = "From | Hlc | undefined")] from: JsValue,
     ) -> Promise {
-        let (tables, since, cursor) = match convert::start(&tables, &from) {
-            Ok(start) => start,
-            Err(e) => return reject(&e),
-        };
-        let subscribe = Subscribe::new(tables).since(since).after(cursor);
-        self.driver.request(|c, now| c.subscribe(now, subscribe))
+        let start = convert::start(&tables, &from);
+        request_from(&self.driver, start, |c, now, (tables, since, cursor)| {
+            c.subscribe(now, Subscribe::new(tables).since(since).after(cursor))
+        })
     }
 
     /// Unsubscribes from `tables`.
@@ -321,6 +318,20 @@ impl BrowserClient {
 fn event_kind(name: &str) -> Result<EventKind, JsValue> {
     EventKind::from_name(name)
         .ok_or_else(|| js_sys::TypeError::new(&format!("unknown SyncClient event {name:?}")).into())
+}
+
+/// A pull or a subscribe: `command` gets the tables and where to start, as
+/// [`convert::start`] read them from the arguments; arguments that did not read reject the
+/// promise.
+fn request_from(
+    driver: &Rc<BrowserDriver>,
+    start: Result<convert::Start, String>,
+    command: impl FnOnce(&mut Client, Instant, convert::Start) -> Result<RequestId, RequestError>,
+) -> Promise {
+    match start {
+        Ok(start) => driver.request(|c, now| command(c, now, start)),
+        Err(e) => reject(&e),
+    }
 }
 
 /// A promise rejected with an `INVALID_PAYLOAD` `SyncError`: a bad argument is reported the

@@ -16,13 +16,14 @@
 //! to `maxReconnectDelay`. Listeners run with no borrow held and may call back in.
 
 use core::cell::RefCell;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use js_sys::{Function, Reflect};
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
+use crate::callbacks::{detach, Callbacks, Inputs};
 use crate::host::{self, Timer};
 use syncmux::ot::{OtClient, OtClientConfig, OtClientEvent, OtClientState, TextOp};
 use syncmux::Instant;
@@ -36,13 +37,6 @@ pub struct BrowserOtClient {
 struct Driver {
     state: RefCell<State>,
     callbacks: RefCell<Option<Callbacks>>,
-}
-
-struct Callbacks {
-    open: Closure<dyn FnMut(Event)>,
-    message: Closure<dyn FnMut(MessageEvent)>,
-    close: Closure<dyn FnMut(CloseEvent)>,
-    timer: Closure<dyn FnMut()>,
 }
 
 struct State {
@@ -199,54 +193,6 @@ impl Drop for BrowserOtClient {
     }
 }
 
-fn detach(socket: &WebSocket) {
-    socket.set_onopen(None);
-    socket.set_onmessage(None);
-    socket.set_onclose(None);
-}
-
-impl Callbacks {
-    fn new(driver: &Weak<Driver>) -> Callbacks {
-        let d = driver.clone();
-        let open = Closure::new(move |_: Event| {
-            if let Some(driver) = d.upgrade() {
-                driver.on_open();
-            }
-        });
-        let d = driver.clone();
-        let message = Closure::new(move |event: MessageEvent| {
-            if let Some(driver) = d.upgrade() {
-                if let Some(text) = event.data().as_string() {
-                    driver
-                        .state
-                        .borrow_mut()
-                        .client
-                        .handle_message(host::now(), Bytes::from(text));
-                    driver.pump();
-                }
-            }
-        });
-        let d = driver.clone();
-        let close = Closure::new(move |_: CloseEvent| {
-            if let Some(driver) = d.upgrade() {
-                driver.on_close();
-            }
-        });
-        let d = driver.clone();
-        let timer = Closure::new(move || {
-            if let Some(driver) = d.upgrade() {
-                driver.on_timer();
-            }
-        });
-        Callbacks {
-            open,
-            message,
-            close,
-            timer,
-        }
-    }
-}
-
 impl Driver {
     fn dial(&self) {
         let callbacks = self.callbacks.borrow();
@@ -260,9 +206,7 @@ impl Driver {
         state.redial = None;
         match WebSocket::new(&state.url) {
             Ok(socket) => {
-                socket.set_onopen(Some(cb.open.as_ref().unchecked_ref()));
-                socket.set_onmessage(Some(cb.message.as_ref().unchecked_ref()));
-                socket.set_onclose(Some(cb.close.as_ref().unchecked_ref()));
+                cb.attach(&socket);
                 state.socket = Some(socket);
             }
             Err(_) => {
@@ -270,51 +214,6 @@ impl Driver {
                 state.schedule_redial(now);
             }
         }
-    }
-
-    fn on_open(&self) {
-        {
-            let mut state = self.state.borrow_mut();
-            state.open = true;
-            state.delay = state.base_delay;
-            state.client.handle_connected(host::now());
-        }
-        self.emit("connected", &JsValue::UNDEFINED);
-        self.pump();
-    }
-
-    fn on_close(&self) {
-        let was_open = {
-            let mut state = self.state.borrow_mut();
-            if let Some(socket) = state.socket.take() {
-                detach(&socket);
-            }
-            let was_open = core::mem::replace(&mut state.open, false);
-            let now = host::now();
-            state.client.handle_disconnected(now);
-            if !state.closed {
-                state.schedule_redial(now);
-            }
-            was_open
-        };
-        if was_open {
-            self.emit("disconnected", &JsValue::UNDEFINED);
-        }
-        self.pump();
-    }
-
-    fn on_timer(&self) {
-        let redial = {
-            let mut state = self.state.borrow_mut();
-            state.timer = None;
-            let now = host::now();
-            state.client.handle_timeout(now);
-            state.redial.is_some_and(|at| at <= now)
-        };
-        if redial {
-            self.dial();
-        }
-        self.pump();
     }
 
     /// After every input: send the frames, re-arm the timer, hand out the events.
@@ -343,8 +242,7 @@ impl Driver {
                     t.cancel();
                 }
                 if let (Some(at), Some(cb)) = (next, callbacks.as_ref()) {
-                    let handler: &Function = cb.timer.as_ref().unchecked_ref();
-                    state.timer = Some(Timer::arm(handler, at, host::now()));
+                    state.timer = Some(Timer::arm(cb.timer(), at, host::now()));
                 }
             }
         }
@@ -377,6 +275,63 @@ impl Driver {
             // A throwing listener is the application's bug; the client goes on.
             let _ = handler.call1(&JsValue::UNDEFINED, value);
         }
+    }
+}
+
+impl Inputs for Driver {
+    fn on_open(self: &Rc<Self>, _: &Event) {
+        {
+            let mut state = self.state.borrow_mut();
+            state.open = true;
+            state.delay = state.base_delay;
+            state.client.handle_connected(host::now());
+        }
+        self.emit("connected", &JsValue::UNDEFINED);
+        self.pump();
+    }
+
+    fn on_message(self: &Rc<Self>, event: &MessageEvent) {
+        if let Some(text) = event.data().as_string() {
+            self.state
+                .borrow_mut()
+                .client
+                .handle_message(host::now(), Bytes::from(text));
+            self.pump();
+        }
+    }
+
+    fn on_close(self: &Rc<Self>, _: &CloseEvent) {
+        let was_open = {
+            let mut state = self.state.borrow_mut();
+            if let Some(socket) = state.socket.take() {
+                detach(&socket);
+            }
+            let was_open = core::mem::replace(&mut state.open, false);
+            let now = host::now();
+            state.client.handle_disconnected(now);
+            if !state.closed {
+                state.schedule_redial(now);
+            }
+            was_open
+        };
+        if was_open {
+            self.emit("disconnected", &JsValue::UNDEFINED);
+        }
+        self.pump();
+    }
+
+    fn on_timer(self: &Rc<Self>) {
+        let redial = {
+            let mut state = self.state.borrow_mut();
+            state.timer = None;
+            let now = host::now();
+            state.client.handle_timeout(now);
+            state.redial.is_some_and(|at| at <= now)
+        };
+        if redial {
+            self.dial();
+        }
+        self.pump();
     }
 }
 

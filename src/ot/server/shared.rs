@@ -218,20 +218,28 @@ impl OtServer {
 
     /// Asks for the ops between the copy's head and the first op waiting, if any wait.
     fn fetch_gap(&mut self, key: &Arc<str>) {
+        let first = self
+            .docs
+            .get(key)
+            .and_then(|doc| doc.early.keys().next().copied());
+        if let Some(first) = first {
+            self.fetch_to(key, first.saturating_sub(1));
+        }
+    }
+
+    /// Asks for the ops of `key` up to revision `to` that are neither in the copy nor asked
+    /// for already, if there are any.
+    fn fetch_to(&mut self, key: &Arc<str>, to: u64) {
         let Some(doc) = self.docs.get_mut(key) else {
             return;
         };
-        let head = doc.revision();
-        let Some(&first) = doc.early.keys().next() else {
-            return;
-        };
-        if first > head + 1 && first - 1 > doc.fetched.max(head) {
-            let from = doc.fetched.max(head) + 1;
-            doc.fetched = first - 1;
+        let known = doc.fetched.max(doc.revision());
+        if to > known {
+            doc.fetched = to;
             self.event(OtServerEvent::Fetch {
                 doc: key.clone(),
-                from,
-                to: first - 1,
+                from: known + 1,
+                to,
             });
         }
     }
@@ -312,14 +320,8 @@ impl OtServer {
             if doc.early.len() < cap {
                 doc.early.insert(revision, op);
             }
-            if !doc.loading && revision - 1 > doc.fetched.max(head) {
-                let from = doc.fetched.max(head) + 1;
-                doc.fetched = revision - 1;
-                self.event(OtServerEvent::Fetch {
-                    doc: key.clone(),
-                    from,
-                    to: revision - 1,
-                });
+            if !doc.loading {
+                self.fetch_to(key, revision - 1);
             }
             return;
         }
