@@ -294,16 +294,20 @@ async fn connection<R: Binding, M: Machine>(
         let io = io.await?;
         upgrade(&server, |decide, config| R::ws_accept(io, decide, config)).await
     };
-    let upgraded = within_deadline::<R, _>(server.gate().options().handshake_timeout, handshake)
-        .await
-        .flatten();
-    drop(slot);
-    if let Some((session, ws)) = upgraded {
-        // Only the boxed linger is held across its await, not the socket it took.
-        let lingering = session.run_to_end(ws).await;
-        if let Some(lingering) = lingering.map(linger::<R, _>) {
-            lingering.await;
+    let deadline = server.gate().options().handshake_timeout;
+    // In a block of its own, so that the handshake's result is dead (and takes no room in
+    // the task) by the time the session runs.
+    let session = {
+        let upgraded = within_deadline::<R, _>(deadline, handshake).await.flatten();
+        drop(slot);
+        match upgraded {
+            Some((session, ws)) => session.run_to_end(ws),
+            None => return,
         }
+    };
+    // Only the boxed linger is held across its await, not the socket it took.
+    if let Some(lingering) = session.await.map(linger::<R, _>) {
+        lingering.await;
     }
 }
 

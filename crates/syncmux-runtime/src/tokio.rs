@@ -149,19 +149,22 @@ async fn serve_direct<M: Machine>(
     let handshake = Box::pin(runtime::upgrade(&server, |decide, config| {
         tokio_tungstenite::accept_hdr_async_with_config(io, decide, Some(config))
     }));
-    let upgraded = runtime::within_deadline::<TokioBinding, _>(
-        server.gate().options().handshake_timeout,
-        handshake,
-    )
-    .await
-    .flatten();
-    drop(slot);
-    if let Some((session, ws)) = upgraded {
-        // Only the boxed linger is held across its await, not the socket it took.
-        let lingering = session.run_direct(ws, socket).await;
-        if let Some(lingering) = lingering.map(runtime::linger::<TokioBinding, _>) {
-            lingering.await;
+    let deadline = server.gate().options().handshake_timeout;
+    // In a block of its own, so that the handshake's result is dead (and takes no room in
+    // the task) by the time the session runs.
+    let session = {
+        let upgraded = runtime::within_deadline::<TokioBinding, _>(deadline, handshake)
+            .await
+            .flatten();
+        drop(slot);
+        match upgraded {
+            Some((session, ws)) => session.run_direct(ws, socket),
+            None => return,
         }
+    };
+    // Only the boxed linger is held across its await, not the socket it took.
+    if let Some(lingering) = session.await.map(runtime::linger::<TokioBinding, _>) {
+        lingering.await;
     }
 }
 
