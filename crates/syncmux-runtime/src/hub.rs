@@ -166,6 +166,7 @@ impl<S: Copy + Eq> Outlets<S> {
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
     fn get_mut(&mut self, session: S, index: usize) -> Option<&mut Outlet> {
         match self.slots.get_mut(index)? {
             Some((id, outlet)) if *id == session => Some(outlet),
@@ -741,6 +742,7 @@ impl<F: FnMut(&Bytes) -> bool + Unpin> Transport for Exchange<F> {
 /// Where a direct session's task stands with the frames its reads produced
 /// ([`Machine::BATCHES`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
 enum Flush {
     /// Nothing read since the last flush.
     Idle,
@@ -957,6 +959,7 @@ impl<M: Machine> Accepted<M> {
     /// Runs the session with the hub writing its frames straight to `direct`, the socket
     /// `ws` reads from (see [`direct`](crate::direct)): its task reads, and writes only what
     /// the socket could not take at once.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
     pub(crate) async fn run_direct<T: Transport, S: RawSocket>(
         mut self,
         mut ws: T,
@@ -994,6 +997,7 @@ impl<M: Machine> Accepted<M> {
         }
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // tokio's direct path
     fn poll_direct<T: Transport, S: RawSocket>(
         &mut self,
         cx: &mut Context<'_>,
