@@ -146,7 +146,7 @@ enum Input<W> {
 
 /// Frames on their way to the open socket.
 #[derive(Default)]
-struct Writer {
+pub(crate) struct Writer {
     /// A frame taken from the client that the socket could not take yet.
     held: Option<Bytes>,
     /// Frames handed to the socket since its last flush.
@@ -411,34 +411,54 @@ fn write<W>(
 where
     W: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    loop {
-        let bytes = match writer.held.take() {
-            Some(bytes) => bytes,
-            None => match client.poll_transmit() {
-                Some(ClientTransmit::Frame(bytes)) => bytes,
-                Some(other) => return Ok(Some(other)),
-                None => break,
-            },
-        };
-        match Pin::new(&mut *socket).poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                Pin::new(&mut *socket).start_send(common::text(bytes))?;
-                writer.unflushed = true;
-            }
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => {
-                writer.held = Some(bytes);
+    let mut other = None;
+    writer.write(cx, socket, || match client.poll_transmit()? {
+        ClientTransmit::Frame(bytes) => Some(bytes),
+        transmit => {
+            other = Some(transmit);
+            None
+        }
+    })?;
+    Ok(other)
+}
+
+impl Writer {
+    /// Hands `socket` the frames `next` gives while it takes them, and flushes; never waits
+    /// (a frame it cannot take yet is held for the next call). The sync and the OT client
+    /// tasks write alike.
+    pub(crate) fn write<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: &mut W,
+        mut next: impl FnMut() -> Option<Bytes>,
+    ) -> Result<(), tungstenite::Error>
+    where
+        W: Sink<Message, Error = tungstenite::Error> + Unpin,
+    {
+        loop {
+            let Some(bytes) = self.held.take().or_else(&mut next) else {
                 break;
+            };
+            match Pin::new(&mut *socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    Pin::new(&mut *socket).start_send(common::text(bytes))?;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {
+                    self.held = Some(bytes);
+                    break;
+                }
             }
         }
-    }
-    if writer.unflushed {
-        if let Poll::Ready(flushed) = Pin::new(&mut *socket).poll_flush(cx) {
-            flushed?;
-            writer.unflushed = false;
+        if self.unflushed {
+            if let Poll::Ready(flushed) = Pin::new(&mut *socket).poll_flush(cx) {
+                flushed?;
+                self.unflushed = false;
+            }
         }
+        Ok(())
     }
-    Ok(None)
 }
 
 /// The application's handle on a client task. Cheap to clone; the task closes the

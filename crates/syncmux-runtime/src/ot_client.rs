@@ -17,10 +17,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_util::future::BoxFuture;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tungstenite::Message;
 
-use crate::client::Dialer;
+use crate::client::{Dialer, Writer};
 use crate::clock::Clock;
 use crate::common;
 use crate::runtime::{self, Binding};
@@ -225,12 +225,15 @@ async fn run<R: Binding>(
     let mut cmds = Box::pin(cmds);
     let mut delay = options.reconnect_delay;
     let mut ws: Option<R::Ws> = None;
+    let mut writer = Writer::default();
     let mut wait: Option<BoxFuture<'static, ()>> = None;
     loop {
         if ws.is_none() && wait.is_none() {
             match runtime::dial::<R>(dial.clone(), dialer.clone()).await {
                 Ok((socket, _)) => {
                     ws = Some(socket);
+                    // A frame held for the last connection belonged to it.
+                    writer = Writer::default();
                     delay = options.reconnect_delay;
                     client.handle_connected(clock.now());
                 }
@@ -240,20 +243,6 @@ async fn run<R: Binding>(
                     wait = Some(R::sleep_until(at));
                     delay = (delay * 2).min(options.max_reconnect_delay);
                 }
-            }
-        }
-        if let Some(socket) = ws.as_mut() {
-            let mut failed = false;
-            while let Some(frame) = client.poll_transmit() {
-                if socket.send(common::text(frame)).await.is_err() {
-                    failed = true;
-                    break;
-                }
-            }
-            if failed {
-                ws = None;
-                client.handle_disconnected(clock.now());
-                continue;
             }
         }
         while let Some(event) = client.poll_event() {
@@ -267,6 +256,11 @@ async fn run<R: Binding>(
                 return Poll::Ready(Input::Command(c));
             }
             if let Some(socket) = ws.as_mut() {
+                // What the socket takes, never waiting for it: a peer that stops reading
+                // stalls the writes, not the commands.
+                if let Err(e) = writer.write(cx, socket, || client.poll_transmit()) {
+                    return Poll::Ready(Input::Message(Some(Err(e))));
+                }
                 if let Poll::Ready(m) = socket.poll_next_unpin(cx) {
                     return Poll::Ready(Input::Message(m));
                 }
@@ -290,7 +284,9 @@ async fn run<R: Binding>(
             Input::Command(None) => break,
             Input::Command(Some(Command::Close(done))) => {
                 if let Some(mut socket) = ws.take() {
-                    let _ = socket.close().await;
+                    // Best effort, never waiting: a peer that stopped reading must not
+                    // hold the close.
+                    let _ = socket.close().now_or_never();
                 }
                 let _ = done.send(());
                 break;

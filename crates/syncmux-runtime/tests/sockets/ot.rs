@@ -384,3 +384,64 @@ async fn an_edit_queued_behind_a_close_fails_instead_of_hanging() {
         "{edited:?}"
     );
 }
+
+/// An OT client whose peer stops reading in the middle of a large op still answers its
+/// commands: the task writes what the socket takes and goes on (it used to wait inside the
+/// write, and every command with it). The peer is a proxy to a real server that stops reading
+/// from the client once it is synchronized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ot_client_whose_peer_stops_reading_still_answers_commands() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let ot = OtServer::new(OtServerConfig::default()).unwrap();
+    let server = adapters::Tokio::start_ot(ot, ServerOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ot", proxy.local_addr().unwrap());
+    let reading = Arc::new(AtomicBool::new(true));
+    let still_reading = reading.clone();
+    tokio::spawn(async move {
+        let (client, _) = proxy.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+        let mut buf = vec![0; 4096];
+        while still_reading.load(Ordering::SeqCst) {
+            match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => to_server.write_all(&buf[..n]).await.unwrap(),
+            }
+        }
+        // Stops reading, keeps the connection open.
+        std::future::pending::<()>().await;
+    });
+    let options = syncmux_runtime::OtConnectOptions::new(url);
+    let mut config = syncmux::ot::OtClientConfig::new("a");
+    // An op larger than the socket buffers on both sides hold.
+    config.max_document_len = 64 << 20;
+    let (client, _events) = adapters::Tokio::connect_ot(config, options).unwrap();
+    guard(async {
+        while client.status().await.unwrap().state != syncmux::ot::OtClientState::Synchronized {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    reading.store(false, Ordering::SeqCst);
+    // Once more through the proxy, which reads one chunk more and stops.
+    client
+        .edit(syncmux::ot::TextOp::new().insert("a"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let big = "x".repeat(32 << 20);
+    let op = syncmux::ot::TextOp::new().retain(1).insert(&big);
+    guard(client.edit(op)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), client.status()).await;
+    let status = status.expect("the client task hangs in its write").unwrap();
+    assert_eq!(status.text.len(), big.len() + 1);
+    assert!(status.unacked, "the op is not through");
+}
