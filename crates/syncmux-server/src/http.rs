@@ -12,7 +12,6 @@
 //! (`docs/protocol.md`, "HTTP"), `Retry-After` on 429 and 503.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -234,9 +233,4 @@ fn code_of(status: StatusCode) -> &'static str {
         StatusCode::BAD_REQUEST => "BAD_REQUEST",
         _ => "REFUSED",
     }
-}
-
-/// How long one request may take, head, body and answer (`--handshake-timeout` when set).
-pub(crate) fn deadline(handshake_timeout: Duration) -> Option<Duration> {
-    (!handshake_timeout.is_zero()).then_some(handshake_timeout)
 }

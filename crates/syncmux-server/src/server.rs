@@ -1012,13 +1012,8 @@ mod static_files {
                     };
                     Some(read_head(io).await)
                 };
-                let deadline = server.options().handshake_timeout;
-                let head = if deadline.is_zero() {
-                    head.await
-                } else {
-                    // Timed out: dropped, like a connection `accept` gives up on.
-                    tokio::time::timeout(deadline, head).await.ok().flatten()
-                };
+                // Timed out: dropped, like a connection `accept` gives up on.
+                let head = within(&server, head).await.flatten();
                 drop(permit);
                 let routed = match head {
                     Some(Ok(head)) => route(&server, &ot, head, files.as_deref()).await,
@@ -1052,12 +1047,7 @@ mod static_files {
             }
             Ok::<_, std::io::Error>(())
         };
-        let deadline = server.options().handshake_timeout;
-        let read = if deadline.is_zero() {
-            Some(head.await)
-        } else {
-            tokio::time::timeout(deadline, head).await.ok()
-        };
+        let read = within(server, head).await;
         drop(permit);
         match read {
             Some(Ok(())) => {}
@@ -1113,18 +1103,22 @@ mod static_files {
         }
     }
 
+    /// `future`, or `None` once the server's handshake deadline passed (zero: no deadline).
+    async fn within<F: std::future::Future>(server: &SyncServer, future: F) -> Option<F::Output> {
+        let deadline = server.options().handshake_timeout;
+        if deadline.is_zero() {
+            return Some(future.await);
+        }
+        tokio::time::timeout(deadline, future).await.ok()
+    }
+
     /// Grove's HTTP pull or push on `io` (its head replayed in front), within the handshake
     /// deadline: a request whose head, body or answer takes longer is dropped.
     async fn grove_http<S>(server: &SyncServer, io: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let serving = super::http::serve(server.clone(), io);
-        let served = match super::http::deadline(server.options().handshake_timeout) {
-            Some(deadline) => tokio::time::timeout(deadline, serving).await.ok(),
-            None => Some(serving.await),
-        };
-        match served {
+        match within(server, super::http::serve(server.clone(), io)).await {
             Some(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
             None => tracing::debug!("HTTP request timed out"),
             Some(Ok(())) => {}
