@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 
-use example_util::{example_binary, start_server, terminate, Killed, PATIENCE};
+use example_util::{example_binary, exchange, start_server, terminate, Killed, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -126,23 +126,6 @@ fn the_token_help_names_every_place_it_is_read_from() {
     for place in ["Authorization: Bearer", "?access_token=", "?token="] {
         assert!(help.contains(place), "{place} missing from --help:\n{help}");
     }
-}
-
-/// One raw HTTP/1.1 exchange: (status code, head, body).
-async fn exchange(addr: &str, request: &str) -> (u16, String, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let answer = text(&answer);
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
 }
 
 /// A plain `GET /sync/ws` (a browser tab, `curl`) is told that this is a WebSocket endpoint
