@@ -54,8 +54,8 @@ pub(crate) struct Gate {
     /// Closed on shutdown: accept loops stop.
     stop: async_channel::Receiver<()>,
     options: Arc<ServerOptions>,
-    /// Handshakes in progress, one token each (a semaphore); `None` without a bound.
-    handshakes: Option<HandshakeSlots>,
+    /// Handshakes in progress, a permit each; `None` without a bound.
+    handshakes: Option<Arc<async_lock::Semaphore>>,
     /// The WebSocket layer's read limit, derived from the state machine's frame limit.
     ws_frame_limit: usize,
     /// Session tasks that have not ended.
@@ -72,7 +72,8 @@ impl Gate {
         let (stop_tx, stop) = async_channel::bounded(1);
         let gate = Gate {
             stop,
-            handshakes: HandshakeSlots::new(options.max_handshakes),
+            handshakes: (options.max_handshakes > 0)
+                .then(|| Arc::new(async_lock::Semaphore::new(options.max_handshakes))),
             options: Arc::new(options),
             ws_frame_limit: common::ws_read_limit(max_frame_len),
             running: Running::new(),
@@ -93,7 +94,12 @@ impl Gate {
 
     /// Waits for one of the `max_handshakes` slots; hold it until the handshake is over.
     pub(crate) async fn slot(&self) -> HandshakeSlot {
-        HandshakeSlots::take(self.handshakes.as_ref()).await
+        match &self.handshakes {
+            None => HandshakeSlot { _permit: None },
+            Some(slots) => HandshakeSlot {
+                _permit: Some(slots.acquire_arc().await),
+            },
+        }
     }
 
     /// Completes once the server shut down (accept loops select on it).
@@ -144,24 +150,9 @@ impl Drop for RunningGuard {
     }
 }
 
-/// A counting semaphore of handshake slots: a slot is a token in the channel, so taking one
-/// waits while the channel is full.
-#[derive(Clone, Debug)]
-pub(crate) struct HandshakeSlots {
-    take: async_channel::Sender<()>,
-    give_back: async_channel::Receiver<()>,
-}
-
 /// One handshake slot, given back when dropped.
-pub struct HandshakeSlot(Option<async_channel::Receiver<()>>);
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        if let Some(slots) = &self.0 {
-            // The token this slot put in; always there, as only slots take tokens out.
-            let _ = slots.try_recv();
-        }
-    }
+pub struct HandshakeSlot {
+    _permit: Option<async_lock::SemaphoreGuardArc>,
 }
 
 // Shared with the OT endpoint's adapter (`ot`).
@@ -184,28 +175,6 @@ impl Running {
         while self.count() > 0 {
             // Never closed: `self` holds the sender.
             let _ = self.idle_rx.recv().await;
-        }
-    }
-}
-
-impl HandshakeSlots {
-    /// `max` slots; `None` (no bound) for 0.
-    pub(crate) fn new(max: usize) -> Option<HandshakeSlots> {
-        (max > 0).then(|| {
-            let (take, give_back) = async_channel::bounded(max);
-            HandshakeSlots { take, give_back }
-        })
-    }
-
-    /// Waits for a slot (at once without a bound); hold it until the handshake is over.
-    pub(crate) async fn take(slots: Option<&HandshakeSlots>) -> HandshakeSlot {
-        match slots {
-            None => HandshakeSlot(None),
-            Some(slots) => {
-                // Never closed: the caller holds the other end.
-                let _ = slots.take.send(()).await;
-                HandshakeSlot(Some(slots.give_back.clone()))
-            }
         }
     }
 }
