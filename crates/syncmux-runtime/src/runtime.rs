@@ -11,7 +11,6 @@ use core::future::Future;
 use core::marker::PhantomData;
 use core::task::Poll;
 use core::time::Duration;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{self, BoxFuture, Either};
@@ -168,7 +167,7 @@ pub trait Binding: Sized + Send + Sync + 'static {
     /// The next connection of `listener` (with `TCP_NODELAY`).
     fn tcp_accept(
         listener: &Self::Listener,
-    ) -> BoxFuture<'_, std::io::Result<(Self::Tcp, SocketAddr)>>;
+    ) -> BoxFuture<'_, std::io::Result<(Self::Tcp, std::net::SocketAddr)>>;
 
     /// A plain TCP socket as a WebSocket's stream.
     fn plain(tcp: Self::Tcp) -> Self::Io;
@@ -215,6 +214,73 @@ pub trait Binding: Sized + Send + Sync + 'static {
         ))
     }
 }
+
+/// The [`Binding`] methods whose bodies are the same on every runtime but for the crates
+/// named: `$net` (its `TcpStream` and `TcpListener`), `$tls` (rustls for its sockets) and
+/// `$ws` (tungstenite for its sockets). Expands inside a binding's `impl Binding`.
+#[cfg(any(feature = "tokio", feature = "smol"))]
+macro_rules! sockets {
+    ($net:ident, $tls:ident, $ws:ident) => {
+        fn tcp_connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>> {
+            async move {
+                let tcp = $net::net::TcpStream::connect((host, port)).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok(tcp)
+            }
+            .boxed()
+        }
+
+        fn tcp_accept(
+            listener: &Self::Listener,
+        ) -> BoxFuture<'_, std::io::Result<(Self::Tcp, std::net::SocketAddr)>> {
+            async move {
+                let (tcp, peer) = listener.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((tcp, peer))
+            }
+            .boxed()
+        }
+
+        fn plain(tcp: Self::Tcp) -> Self::Io {
+            Box::new(tcp)
+        }
+
+        fn tls_connect(
+            tls: Arc<rustls::ClientConfig>,
+            name: rustls::pki_types::ServerName<'static>,
+            tcp: Self::Tcp,
+        ) -> BoxFuture<'static, std::io::Result<Self::Io>> {
+            let connecting = $tls::TlsConnector::from(tls).connect(name, tcp);
+            async move { Ok(Box::new(connecting.await?) as Self::Io) }.boxed()
+        }
+
+        fn tls_accept(
+            tls: Arc<rustls::ServerConfig>,
+            tcp: Self::Tcp,
+        ) -> BoxFuture<'static, std::io::Result<Self::Io>> {
+            let accepting = $tls::TlsAcceptor::from(tls).accept(tcp);
+            async move { Ok(Box::new(accepting.await?) as Self::Io) }.boxed()
+        }
+
+        fn ws_connect(
+            request: ClientRequest,
+            io: Self::Io,
+            config: WebSocketConfig,
+        ) -> BoxFuture<'static, Result<(Self::Ws, ClientResponse), tungstenite::Error>> {
+            $ws::client_async_with_config(request, io, Some(config)).boxed()
+        }
+
+        fn ws_accept(
+            io: Self::Io,
+            decide: Decide,
+            config: WebSocketConfig,
+        ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
+            $ws::accept_hdr_async_with_config(io, decide, Some(config)).boxed()
+        }
+    };
+}
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub(crate) use sockets;
 
 /// Opens a WebSocket for `dial`: TCP, then TLS for `wss://`, then the upgrade; gives it with
 /// the subprotocol the server selected, or why it failed.

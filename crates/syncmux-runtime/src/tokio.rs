@@ -5,7 +5,6 @@
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -66,62 +65,7 @@ impl Binding for TokioBinding {
         tokio::time::sleep(duration).boxed()
     }
 
-    fn tcp_connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>> {
-        async move {
-            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-            let _ = tcp.set_nodelay(true);
-            Ok(tcp)
-        }
-        .boxed()
-    }
-
-    fn tcp_accept(
-        listener: &Self::Listener,
-    ) -> BoxFuture<'_, std::io::Result<(Self::Tcp, SocketAddr)>> {
-        async move {
-            let (tcp, peer) = listener.accept().await?;
-            let _ = tcp.set_nodelay(true);
-            Ok((tcp, peer))
-        }
-        .boxed()
-    }
-
-    fn plain(tcp: Self::Tcp) -> Self::Io {
-        Box::new(tcp)
-    }
-
-    fn tls_connect(
-        tls: Arc<rustls::ClientConfig>,
-        name: rustls::pki_types::ServerName<'static>,
-        tcp: Self::Tcp,
-    ) -> BoxFuture<'static, std::io::Result<Self::Io>> {
-        let connecting = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
-        async move { Ok(Box::new(connecting.await?) as Self::Io) }.boxed()
-    }
-
-    fn tls_accept(
-        tls: Arc<rustls::ServerConfig>,
-        tcp: Self::Tcp,
-    ) -> BoxFuture<'static, std::io::Result<Self::Io>> {
-        let accepting = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
-        async move { Ok(Box::new(accepting.await?) as Self::Io) }.boxed()
-    }
-
-    fn ws_connect(
-        request: ClientRequest,
-        io: Self::Io,
-        config: WebSocketConfig,
-    ) -> BoxFuture<'static, Result<(Self::Ws, ClientResponse), tungstenite::Error>> {
-        tokio_tungstenite::client_async_with_config(request, io, Some(config)).boxed()
-    }
-
-    fn ws_accept(
-        io: Self::Io,
-        decide: Decide,
-        config: WebSocketConfig,
-    ) -> BoxFuture<'static, Result<Self::Ws, tungstenite::Error>> {
-        tokio_tungstenite::accept_hdr_async_with_config(io, decide, Some(config)).boxed()
-    }
+    runtime::sockets!(tokio, tokio_rustls, tokio_tungstenite);
 
     fn serve_plain<M: Machine>(
         server: Hub<M>,
