@@ -483,16 +483,6 @@ impl core::fmt::Debug for Command {
     }
 }
 
-fn strings<I: IntoIterator<Item = T>, T: Into<String>>(items: I) -> Vec<String> {
-    items.into_iter().map(Into::into).collect()
-}
-
-fn unexpected(response: Response) -> RequestError {
-    RequestError::InvalidResponse {
-        message: format!("unexpected answer {response:?}"),
-    }
-}
-
 impl SyncClient {
     /// Issues any command of the [`Client`] and waits for its outcome.
     pub fn request<F>(
@@ -513,18 +503,33 @@ impl SyncClient {
         }
     }
 
+    /// Issues a command and takes its answer apart with `pick` (which gives back an answer
+    /// of another kind, to report).
+    fn ask<T: Send>(
+        &self,
+        issue: impl FnOnce(&mut Client, Instant) -> Result<RequestId, RequestError> + Send + 'static,
+        pick: fn(Response) -> Result<T, Response>,
+    ) -> impl Future<Output = Result<T, RequestError>> + Send {
+        let answer = self.request(issue);
+        async move {
+            pick(answer.await?).map_err(|other| RequestError::InvalidResponse {
+                message: format!("unexpected answer {other:?}"),
+            })
+        }
+    }
+
     /// Pulls what `pull` asks for; see [`Client::pull`].
     pub fn pull(
         &self,
         pull: PullRequest,
     ) -> impl Future<Output = Result<PullResponse, RequestError>> + Send {
-        let answer = self.request(move |c, now| c.pull(now, pull));
-        async move {
-            match answer.await? {
+        self.ask(
+            move |c, now| c.pull(now, pull),
+            |r| match r {
                 Response::Pull(pull) => Ok(pull),
-                other => Err(unexpected(other)),
-            }
-        }
+                other => Err(other),
+            },
+        )
     }
 
     /// Pushes `changes` as this node.
@@ -532,13 +537,13 @@ impl SyncClient {
         &self,
         changes: Vec<ChangeRecord>,
     ) -> impl Future<Output = Result<PushResponse, RequestError>> + Send {
-        let answer = self.request(move |c, now| c.push(now, changes));
-        async move {
-            match answer.await? {
+        self.ask(
+            move |c, now| c.push(now, changes),
+            |r| match r {
                 Response::Push(push) => Ok(push),
-                other => Err(unexpected(other)),
-            }
-        }
+                other => Err(other),
+            },
+        )
     }
 
     /// Subscribes to the tables of `subscribe` (replaying first what it asks for); live
@@ -548,8 +553,7 @@ impl SyncClient {
         &self,
         subscribe: Subscribe,
     ) -> impl Future<Output = Result<Option<ResumeAck>, RequestError>> + Send {
-        let answer = self.request(move |c, now| c.subscribe(now, subscribe));
-        async move { ack(answer.await?) }
+        self.ask(move |c, now| c.subscribe(now, subscribe), ack)
     }
 
     /// Unsubscribes from `tables`.
@@ -561,9 +565,8 @@ impl SyncClient {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        let tables = strings(tables);
-        let answer = self.request(move |c, now| c.unsubscribe(now, tables));
-        async move { ack(answer.await?).map(drop) }
+        let tables: Vec<String> = tables.into_iter().map(Into::into).collect();
+        self.ask(move |c, now| c.unsubscribe(now, tables), acked)
     }
 
     /// Joins `topic` with `data` or updates this node's state in it.
@@ -573,8 +576,7 @@ impl SyncClient {
         data: RawJson,
     ) -> impl Future<Output = Result<(), RequestError>> + Send {
         let topic = topic.into();
-        let answer = self.request(move |c, now| c.update_presence(now, topic, data));
-        async move { ack(answer.await?).map(drop) }
+        self.ask(move |c, now| c.update_presence(now, topic, data), acked)
     }
 
     /// Leaves `topic`.
@@ -583,8 +585,7 @@ impl SyncClient {
         topic: impl Into<String>,
     ) -> impl Future<Output = Result<(), RequestError>> + Send {
         let topic = topic.into();
-        let answer = self.request(move |c, now| c.leave_presence(now, topic));
-        async move { ack(answer.await?).map(drop) }
+        self.ask(move |c, now| c.leave_presence(now, topic), acked)
     }
 
     /// The members of `topic`.
@@ -593,13 +594,13 @@ impl SyncClient {
         topic: impl Into<String>,
     ) -> impl Future<Output = Result<PresenceSnapshot, RequestError>> + Send {
         let topic = topic.into();
-        let answer = self.request(move |c, now| c.get_presence(now, topic));
-        async move {
-            match answer.await? {
+        self.ask(
+            move |c, now| c.get_presence(now, topic),
+            |r| match r {
                 Response::PresenceSnapshot(snapshot) => Ok(snapshot),
-                other => Err(unexpected(other)),
-            }
-        }
+                other => Err(other),
+            },
+        )
     }
 
     /// Joins `room`; the member list arrives as a [`ClientEvent::Room`].
@@ -609,8 +610,7 @@ impl SyncClient {
         data: Option<RawJson>,
     ) -> impl Future<Output = Result<(), RequestError>> + Send {
         let room = room.into();
-        let answer = self.request(move |c, now| c.join_room(now, room, data));
-        async move { ack(answer.await?).map(drop) }
+        self.ask(move |c, now| c.join_room(now, room, data), acked)
     }
 
     /// Leaves `room`.
@@ -619,8 +619,7 @@ impl SyncClient {
         room: impl Into<String>,
     ) -> impl Future<Output = Result<(), RequestError>> + Send {
         let room = room.into();
-        let answer = self.request(move |c, now| c.leave_room(now, room));
-        async move { ack(answer.await?).map(drop) }
+        self.ask(move |c, now| c.leave_room(now, room), acked)
     }
 
     /// Sends `data` to the other members of `room`.
@@ -630,8 +629,7 @@ impl SyncClient {
         data: RawJson,
     ) -> impl Future<Output = Result<(), RequestError>> + Send {
         let room = room.into();
-        let answer = self.request(move |c, now| c.broadcast(now, room, data));
-        async move { ack(answer.await?).map(drop) }
+        self.ask(move |c, now| c.broadcast(now, room, data), acked)
     }
 
     /// Pings the server; gives back the echoed payload.
@@ -639,13 +637,13 @@ impl SyncClient {
         &self,
         payload: RawJson,
     ) -> impl Future<Output = Result<RawJson, RequestError>> + Send {
-        let answer = self.request(move |c, now| c.ping(now, payload));
-        async move {
-            match answer.await? {
+        self.ask(
+            move |c, now| c.ping(now, payload),
+            |r| match r {
                 Response::Pong(payload) => Ok(payload),
-                other => Err(unexpected(other)),
-            }
-        }
+                other => Err(other),
+            },
+        )
     }
 
     /// Where the connection stands (`Closed` once the task has ended).
@@ -672,11 +670,17 @@ impl SyncClient {
     }
 }
 
-fn ack(response: Response) -> Result<Option<ResumeAck>, RequestError> {
+/// A subscribe's answer.
+fn ack(response: Response) -> Result<Option<ResumeAck>, Response> {
     match response {
         Response::Ack(ack) => Ok(ack),
-        other => Err(unexpected(other)),
+        other => Err(other),
     }
+}
+
+/// An ack, of a request that resumes nothing.
+fn acked(response: Response) -> Result<(), Response> {
+    ack(response).map(drop)
 }
 
 /// The client's events, in order: connection changes, live changes, presence and room

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tungstenite::Message;
 
 use crate::client::{Dialer, Writer};
@@ -162,21 +163,7 @@ pub(crate) fn start<R: Binding>(
     let (cmd_tx, cmd_rx) = async_channel::bounded(options.command_capacity.max(1));
     // Unbounded: the client's own `max_events` bounds what it hands out between reads.
     let (ev_tx, ev_rx) = async_channel::unbounded();
-    let mut url = options.url.clone();
-    let mut headers = Vec::new();
-    if let Some(token) = &options.token {
-        url.push(if url.contains('?') { '&' } else { '?' });
-        url.push_str("token=");
-        url.push_str(&percent(token));
-        headers.push(("Authorization", format!("Bearer {token}")));
-    }
-    let dial = DialRequest {
-        url,
-        // The OT wire has no subprotocol.
-        protocols: Vec::new(),
-        headers,
-        token: options.token.clone(),
-    };
+    let dial = dial_request(&options);
     let dialer = Arc::new(Dialer {
         tls: options.tls.clone().unwrap_or_else(common::default_tls),
         max_frame_len: 0,
@@ -193,18 +180,32 @@ pub(crate) fn start<R: Binding>(
     ))
 }
 
-/// A token in a query: unreserved bytes as they are, the rest percent-encoded.
-fn percent(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// The dial of every connection: the URL, with the token in its query (`?token=`, the seed's
+/// auth) and as `Authorization: Bearer`.
+fn dial_request(options: &OtConnectOptions) -> DialRequest {
+    let mut url = options.url.clone();
+    let mut headers = Vec::new();
+    if let Some(token) = &options.token {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("token=");
+        url.extend(utf8_percent_encode(token, UNRESERVED));
+        headers.push(("Authorization", format!("Bearer {token}")));
     }
-    out
+    DialRequest {
+        url,
+        // The OT wire has no subprotocol.
+        protocols: Vec::new(),
+        headers,
+        token: options.token.clone(),
+    }
 }
+
+/// What a token in a query keeps as it is: the unreserved bytes (RFC 3986).
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 enum Input {
     Command(Option<Command>),
@@ -322,4 +323,27 @@ async fn run<R: Binding>(
     // and drop the queued ones, so that each fails with `Closed`.
     cmds.close();
     while cmds.try_recv().is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token with bytes a query reserves arrives as it was sent: percent-encoded in the
+    /// query (unreserved bytes as they are), whole in the header.
+    #[test]
+    fn the_token_is_percent_encoded_in_the_query() {
+        let mut options = OtConnectOptions::new("ws://h/ot?doc=a");
+        options.token = Some("a b&c=d/é-._~".to_owned());
+        let dial = dial_request(&options);
+        assert_eq!(dial.url, "ws://h/ot?doc=a&token=a%20b%26c%3Dd%2F%C3%A9-._~");
+        assert_eq!(
+            dial.headers,
+            vec![("Authorization", "Bearer a b&c=d/é-._~".to_owned())]
+        );
+        assert_eq!(
+            dial_request(&OtConnectOptions::new("ws://h/ot")).url,
+            "ws://h/ot"
+        );
+    }
 }
