@@ -124,6 +124,15 @@ impl<B: Binding> Runtime<B> {
         serve::<B, M>(server, listener, tls)
     }
 
+    /// Runs an accepted session over channels, for a transport that is not a WebSocket (an
+    /// SSE stream and the POSTs that feed it): its task is spawned here; feed it through
+    /// [`Frames::inbox`](crate::Frames::inbox) and read its frames from the [`Frames`](crate::Frames).
+    pub fn frames<M: Machine>(session: Accepted<M>) -> crate::Frames {
+        let (frames, task) = session.over_channels();
+        B::spawn(Box::pin(task));
+        frames
+    }
+
     /// Runs the WebSocket handshake on `io` (any stream of the runtime, boxed: a TLS stream
     /// a router accepted, say) through `server`'s state machine, then the session. The
     /// handshake takes one of the [`ServerOptions::max_handshakes`] slots (waiting for one)

@@ -10,6 +10,7 @@ mod client;
 mod client_io;
 mod cursor_resume;
 mod endpoints;
+mod frames;
 mod limits;
 mod ot;
 mod reconnect;

@@ -1,0 +1,135 @@
+//! Sessions over channels (`Runtime::frames`), the seam of the HTTP transports: frames in
+//! through the inbox, the session's frames out of the stream, the same state machine and
+//! limits as a WebSocket session.
+#![cfg(feature = "tokio")]
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use syncmux::wire::{CloseCode, DecodeLimits, MessageType};
+use syncmux::{Driver, Handshake, MemoryStore, Server, ServerConfig, StoreConfig};
+use syncmux_runtime::{self as adapters, Frames, ServerOptions, SyncServer};
+
+const GUARD: Duration = Duration::from_secs(20);
+
+fn server(config: ServerConfig) -> SyncServer {
+    let driver = Driver::new(
+        Server::new(config).unwrap(),
+        MemoryStore::new(StoreConfig::default()),
+    );
+    adapters::Tokio::start(driver, ServerOptions::default())
+}
+
+fn open(server: &SyncServer, node: &str) -> Frames {
+    let handshake = Handshake::new("/sync", format!("node_id={node}"));
+    adapters::Tokio::frames(server.handshake(&handshake).unwrap())
+}
+
+async fn send(frames: &Frames, frame: &str) {
+    frames
+        .inbox()
+        .send(Bytes::from(frame.to_owned()))
+        .await
+        .unwrap();
+}
+
+/// The next frame of `kind` (others are skipped), within the guard.
+async fn next(frames: &mut Frames, kind: MessageType) -> syncmux::wire::Frame {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let bytes = frames.next().await.expect("the session ended");
+            let frame = syncmux::wire::decode(bytes, &DecodeLimits::default()).unwrap();
+            if frame.kind() == kind {
+                return frame;
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn push(id: &str, pk: &str, ts: u64) -> String {
+    format!(
+        r#"{{"type":"push_request","id":"{id}","payload":{{"node_id":"alice","changes":[{{"table":"docs","pk":"{pk}","field":"title","crdt_type":"lww","hlc":"{ts}:0:alice","node_id":"alice","value":"{}"}}]}}}}"#,
+        "x".repeat(1000)
+    )
+}
+
+/// Two sessions over channels: one subscribes, the other pushes; the change arrives live
+/// with its cursor, as on a WebSocket. Dropping a stream ends its session.
+#[tokio::test]
+async fn sessions_run_over_frames() {
+    let server = server(ServerConfig::default());
+    let mut bob = open(&server, "bob");
+    let mut alice = open(&server, "alice");
+    send(
+        &bob,
+        r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#,
+    )
+    .await;
+    let ack = next(&mut bob, MessageType::Ack).await;
+    assert_eq!(ack.id().unwrap().as_str(), "s");
+    send(&alice, &push("p", "1", 10)).await;
+    let answer = next(&mut alice, MessageType::PushResponse).await;
+    assert_eq!(answer.id().unwrap().as_str(), "p");
+    let live = next(&mut bob, MessageType::Change).await;
+    assert!(live.cursor().is_some(), "a live change carries its cursor");
+    assert_eq!(server.session_count(), 2);
+
+    drop(bob);
+    tokio::time::timeout(GUARD, async {
+        while server.session_count() > 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a dropped stream ends its session");
+    assert!(alice.closed_with().is_none());
+}
+
+/// A stream nobody reads holds a few frames; the rest wait in the server, counted against
+/// its outbound bound, and past it the session is closed as a slow consumer (4503): the
+/// stream then ends, and says why.
+#[tokio::test]
+async fn a_stream_nobody_reads_is_closed_as_a_slow_consumer() {
+    let mut config = ServerConfig::default();
+    config.max_outbound_bytes = 64 * 1024;
+    config.rate_limit_burst = 0;
+    let server = server(config);
+    let mut bob = open(&server, "bob");
+    let mut alice = open(&server, "alice");
+    send(
+        &bob,
+        r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#,
+    )
+    .await;
+    next(&mut bob, MessageType::Ack).await;
+    for n in 0..200 {
+        send(&alice, &push(&format!("p{n}"), &n.to_string(), 10 + n)).await;
+        next(&mut alice, MessageType::PushResponse).await;
+    }
+    let read = tokio::time::timeout(GUARD, bob.by_ref().count())
+        .await
+        .unwrap();
+    assert!(read < 200, "the stream ended early: {read} frames read");
+    assert_eq!(
+        bob.closed_with().map(|(code, _)| code),
+        Some(CloseCode::SLOW_CONSUMER)
+    );
+}
+
+/// A server that shuts down closes the sessions over channels like any other (1001).
+#[tokio::test]
+async fn a_shutdown_ends_the_stream_with_its_close_code() {
+    let server = server(ServerConfig::default());
+    let mut bob = open(&server, "bob");
+    server.shutdown();
+    let rest = tokio::time::timeout(GUARD, bob.by_ref().count()).await;
+    assert!(rest.is_ok(), "the stream ends");
+    assert_eq!(
+        bob.closed_with().map(|(code, _)| code),
+        Some(CloseCode::GOING_AWAY)
+    );
+}
