@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
@@ -56,18 +56,35 @@ where
 }
 
 /// Why a request failed: its status, code and message.
-struct Failure {
-    status: StatusCode,
-    code: String,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) status: StatusCode,
+    pub(crate) code: String,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
         Failure {
             status,
             code: code.to_owned(),
             message: message.into(),
+        }
+    }
+
+    /// The body: `{"error": message, "code": code}`.
+    pub(crate) fn body(&self) -> String {
+        serde_json::json!({"error": self.message, "code": self.code}).to_string()
+    }
+
+    /// The header its status calls for: `Allow` (the method the path takes, `allow`) on 405,
+    /// `Retry-After` on 429 and 503.
+    pub(crate) fn header(&self, allow: &'static str) -> Option<(HeaderName, &'static str)> {
+        match self.status {
+            StatusCode::METHOD_NOT_ALLOWED => Some((ALLOW, allow)),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                Some((RETRY_AFTER, "1"))
+            }
+            _ => None,
         }
     }
 }
@@ -76,17 +93,11 @@ async fn answer(server: &SyncServer, req: Request<Incoming>) -> Response<Full<By
     match exchange(server, req).await {
         Ok(payload) => respond(StatusCode::OK, payload),
         Err(failure) => {
-            let body = serde_json::json!({"error": failure.message, "code": failure.code});
-            let mut response = respond(failure.status, Bytes::from(body.to_string()));
-            let headers = response.headers_mut();
-            match failure.status {
-                StatusCode::METHOD_NOT_ALLOWED => {
-                    headers.insert(ALLOW, HeaderValue::from_static("POST"));
-                }
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                    headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                }
-                _ => {}
+            let mut response = respond(failure.status, Bytes::from(failure.body()));
+            if let Some((name, value)) = failure.header("POST") {
+                response
+                    .headers_mut()
+                    .insert(name, HeaderValue::from_static(value));
             }
             response
         }
@@ -193,22 +204,29 @@ async fn exchange(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, 
 /// The state machine's view of the request: its query and headers, on the WebSocket's path
 /// (so that the same handshake rules decide it).
 fn handshake(req: &Request<Incoming>) -> Handshake {
-    let mut handshake = Handshake::new(super::WS_PATH, req.uri().query().unwrap_or(""));
-    for (name, value) in req.headers() {
-        let Ok(value) = value.to_str() else { continue };
-        if name == "origin" {
+    let headers = req.headers().iter();
+    let headers = headers.filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+    handshake_of(req.uri().query().unwrap_or(""), headers)
+}
+
+/// A handshake on the WebSocket's path with `query` and `headers`: an HTTP request names no
+/// subprotocol, so it speaks the seed's version 1, as a WebSocket that names none.
+pub(crate) fn handshake_of<'a>(
+    query: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Handshake {
+    let mut handshake = Handshake::new(super::WS_PATH, query);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("origin") {
             handshake.origin = Some(value.to_owned());
         }
-        handshake
-            .headers
-            .push((name.as_str().to_owned(), value.to_owned()));
+        handshake.headers.push((name.to_owned(), value.to_owned()));
     }
-    // A request names no subprotocol: the seed's version 1, as a WebSocket that names none.
     handshake
 }
 
 /// The HTTP status of an error frame's code.
-fn status_of(code: &str) -> StatusCode {
+pub(crate) fn status_of(code: &str) -> StatusCode {
     match code {
         "INVALID_FRAME" | "INVALID_PAYLOAD" | "UNKNOWN_TYPE" | "DUPLICATE_ID" => {
             StatusCode::BAD_REQUEST
@@ -225,7 +243,7 @@ fn status_of(code: &str) -> StatusCode {
 }
 
 /// The code of a refused handshake's status.
-fn code_of(status: StatusCode) -> &'static str {
+pub(crate) fn code_of(status: StatusCode) -> &'static str {
     match status {
         StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
         StatusCode::FORBIDDEN => "FORBIDDEN",

@@ -72,6 +72,7 @@ use syncmux_runtime::{self as adapters, Clock, OtServerHandle, ServerOptions, Sy
 const WS_PATH: &str = "/sync/ws";
 
 mod http;
+mod sse;
 /// Where the OT profile is served (and every path under it: `/ot/...`).
 const OT_PATH: &str = "/ot";
 
@@ -1061,6 +1062,12 @@ mod static_files {
             .strip_prefix(super::OT_PATH.as_bytes())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         if complete(&buf) {
+            if path == super::sse::STREAM_PATH.as_bytes() && !is_upgrade(&buf) {
+                if let Err(e) = super::sse::serve(server, &buf, tcp).await {
+                    tracing::debug!(error = %e, "SSE stream ended");
+                }
+                return;
+            }
             if super::http::handles(path) && !is_upgrade(&buf) {
                 let (reader, writer) = tcp.into_split();
                 let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
@@ -1223,6 +1230,10 @@ mod static_files {
         let to_ot = path
             .strip_prefix(ot_path)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        if path == super::sse::STREAM_PATH.as_bytes() && !is_upgrade(&buf) {
+            let io = tokio::io::join(reader, writer);
+            return super::sse::serve(server, &buf, io).await;
+        }
         if super::http::handles(path) && !is_upgrade(&buf) {
             let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
             grove_http(server, io).await;

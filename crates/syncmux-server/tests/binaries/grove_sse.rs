@@ -1,0 +1,237 @@
+//! Grove's SSE stream, `GET /sync/stream`, on `syncmux-server` over real sockets: live
+//! changes as Grove's `change` / `changes` events, each with its cursor as the event id; a
+//! reconnect with `Last-Event-ID` gets exactly what came after, a late old-HLC change
+//! included; one with Grove's `since_*` gets what is newer than the HLC; errors as a status
+//! and `{"error","code"}`; auth as on the WebSocket.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
+
+use crate::example_util::{self, Killed};
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Long enough never to be reached on a loaded machine; only a hang reaches it.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn start(args: &[&str]) -> (Killed, String) {
+    let (process, url) = example_util::start_server(args).unwrap();
+    let addr = url.strip_prefix("ws://").unwrap();
+    let addr = addr.strip_suffix("/sync/ws").unwrap().to_owned();
+    (process, addr)
+}
+
+/// One SSE event: its `id:`, its `event:` name and its data (empty for a bare id).
+#[derive(Debug, PartialEq)]
+struct Event {
+    id: Option<String>,
+    name: Option<String>,
+    data: String,
+}
+
+/// An open stream, read event by event.
+struct Stream {
+    reader: BufReader<TcpStream>,
+}
+
+impl Stream {
+    /// Opens `target` with `headers`: the stream, or the status and body of a refusal.
+    async fn open(addr: &str, target: &str, headers: &[&str]) -> Result<Stream, (u16, String)> {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n");
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = BufReader::new(tcp);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let read = tokio::time::timeout(PATIENCE, reader.read_line(&mut line)).await;
+            assert!(read.unwrap().unwrap() > 0, "closed in the head: {head}");
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        if status != 200 {
+            let mut body = String::new();
+            reader.read_to_string(&mut body).await.unwrap();
+            return Err((status, body));
+        }
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        assert!(head.contains("cache-control: no-cache"), "{head}");
+        Ok(Stream { reader })
+    }
+
+    /// The next event (comments skipped); `None` once the stream ended.
+    async fn event(&mut self) -> Option<Event> {
+        let mut event = Event {
+            id: None,
+            name: None,
+            data: String::new(),
+        };
+        let mut fields = 0;
+        loop {
+            let mut line = String::new();
+            let read = tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line))
+                .await
+                .expect("an event in time")
+                .unwrap();
+            if read == 0 {
+                return None;
+            }
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if fields > 0 {
+                    return Some(event);
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            fields += 1;
+            let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+            match field {
+                "id" => event.id = Some(value.to_owned()),
+                "event" => event.name = Some(value.to_owned()),
+                "data" => event.data.push_str(value),
+                other => panic!("unexpected field {other}"),
+            }
+        }
+    }
+
+    /// The records of the next `change` / `changes` events until `n` arrived, each with the
+    /// id of its event: (pk, id).
+    async fn records(&mut self, n: usize) -> Vec<(String, Option<String>)> {
+        let mut records = Vec::new();
+        while records.len() < n {
+            let event = self.event().await.expect("the stream ended");
+            let data: serde_json::Value = match event.name.as_deref() {
+                Some("changes") => serde_json::from_str(&event.data).unwrap(),
+                Some("change") => {
+                    serde_json::Value::Array(vec![serde_json::from_str(&event.data).unwrap()])
+                }
+                _ => continue,
+            };
+            for record in data.as_array().unwrap() {
+                let pk = record["pk"].as_str().unwrap().to_owned();
+                records.push((pk, event.id.clone()));
+            }
+        }
+        records
+    }
+}
+
+fn record(pk: &str, ts: u64) -> String {
+    format!(
+        r#"{{"table":"docs","pk":"{pk}","field":"title","crdt_type":"lww","hlc":{{"ts":{ts},"c":0,"node":"grove-a"}},"node_id":"grove-a","value":"v{ts}"}}"#
+    )
+}
+
+/// Grove's push, answered 200.
+async fn push(addr: &str, records: &[String]) {
+    let body = format!(
+        r#"{{"changes":[{}],"node_id":"grove-a"}}"#,
+        records.join(",")
+    );
+    let request = format!(
+        "POST /sync/push HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, answer) = example_util::exchange(addr, &request).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Changes reach the stream as they are accepted, each event with its cursor as its id; a
+/// reconnect with `Last-Event-ID` gets exactly the rest, in cursor order, a late change
+/// with an old HLC included; Grove's own reconnect (`since_*`) gets what is newer than its
+/// HLC.
+#[tokio::test]
+async fn a_stream_resumes_exactly_from_its_last_event_id() {
+    for args in [&[][..], &["--static", "."][..]] {
+        // Both of the router's paths: the plain one, and the one beside static files.
+        let (_server, addr) = start(args);
+        let target = "/sync/stream?tables=docs&node_id=watcher";
+        let mut stream = Stream::open(&addr, target, &[]).await.unwrap();
+        // The subscribe's ack: a bare id, where the live stream continues from.
+        let ack = stream.event().await.unwrap();
+        assert!(ack.id.is_some() && ack.name.is_none(), "{ack:?}");
+
+        push(&addr, &[record("1", 100)]).await;
+        push(&addr, &[record("2", 200), record("3", 300)]).await;
+        let live = stream.records(3).await;
+        let pks: Vec<&str> = live.iter().map(|(pk, _)| pk.as_str()).collect();
+        assert_eq!(pks, ["1", "2", "3"]);
+        assert!(live.iter().all(|(_, id)| id.is_some()), "{live:?}");
+        let after_first = live[0].1.clone().unwrap();
+        drop(stream);
+
+        // While it is away: a change with an older HLC than any it has seen.
+        push(&addr, &[record("late", 50)]).await;
+        let resume = format!("Last-Event-ID: {after_first}");
+        let mut stream = Stream::open(&addr, target, &[&resume]).await.unwrap();
+        let replayed = stream.records(3).await;
+        let pks: Vec<&str> = replayed.iter().map(|(pk, _)| pk.as_str()).collect();
+        assert_eq!(
+            pks,
+            ["2", "3", "late"],
+            "exactly what came after, once each"
+        );
+        push(&addr, &[record("4", 400)]).await;
+        assert_eq!(stream.records(1).await[0].0, "4", "then the live stream");
+        drop(stream);
+
+        // Grove's client resumes from the newest HLC it saw: what is newer, in HLC order.
+        let grove = "/sync/stream?tables=docs&since_ts=200&since_count=0&since_node=grove-a";
+        let mut stream = Stream::open(&addr, grove, &[]).await.unwrap();
+        let newer = stream.records(2).await;
+        let pks: Vec<&str> = newer.iter().map(|(pk, _)| pk.as_str()).collect();
+        assert_eq!(pks, ["3", "4"]);
+    }
+}
+
+/// Refusals before the stream starts are a status and `{"error","code"}`; auth is the
+/// WebSocket's (a Bearer header, `?token=`).
+#[tokio::test]
+async fn a_stream_is_refused_as_grove_expects() {
+    let (_server, addr) = start(&["--token", "s3cret"]);
+    let code = |body: &str| -> String {
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        body["code"].as_str().unwrap().to_owned()
+    };
+    let refused = |result: Result<Stream, (u16, String)>| match result {
+        Ok(_) => panic!("the stream opened"),
+        Err(refusal) => refusal,
+    };
+    let (status, body) = refused(Stream::open(&addr, "/sync/stream?tables=docs", &[]).await);
+    assert_eq!((status, code(&body)), (401, "UNAUTHORIZED".to_owned()));
+    let bearer = ["Authorization: Bearer s3cret"];
+    let (status, body) = refused(Stream::open(&addr, "/sync/stream", &bearer).await);
+    assert_eq!(
+        (status, code(&body)),
+        (400, "INVALID_PAYLOAD".to_owned()),
+        "no tables"
+    );
+    let (status, body) =
+        refused(Stream::open(&addr, "/sync/stream?tables=docs&since_ts=x", &bearer).await);
+    assert_eq!(status, 400, "{body}");
+    let mut stream = Stream::open(&addr, "/sync/stream?tables=docs&token=s3cret", &[])
+        .await
+        .unwrap();
+    assert!(stream.event().await.unwrap().id.is_some());
+
+    // Another method: 405 with `Allow: GET`.
+    let request =
+        format!("POST /sync/stream HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+    let (status, head, _) = example_util::exchange(&addr, &request).await;
+    assert_eq!(status, 405);
+    assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
+}
