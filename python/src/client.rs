@@ -3,14 +3,16 @@
 use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use syncmux::payload::{ChangeRecord, PullRequest, RawJson, Subscribe};
+use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::wire::{CloseCode, DecodeLimits};
 use syncmux::{ClientConfig, ClientEvent, ClientState, ClientTransmit, CloseReason, Response};
+use syncmux::{Instant, RequestId};
 
 use crate::convert::{
-    config_error, duration, frame_bytes, hlc, instant, py_bytes, py_text, raw_json, request_error,
-    seconds, to_py,
+    config_error, frame_bytes, hlc, instant, object, py_text, raw_json, request_error, seconds,
+    set, set_secs, to_py, to_py_or_none,
 };
+use crate::record::{record, text_frame};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
@@ -43,22 +45,22 @@ pub(crate) struct Client {
     inner: syncmux::Client,
 }
 
-fn set<T>(field: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *field = value;
-    }
+/// Where a pull or subscribe starts: its time, then its optional `since` HLC and `cursor`.
+fn start(
+    py: Python<'_>,
+    now: f64,
+    since: Option<&Bound<'_, PyAny>>,
+    cursor: Option<&str>,
+) -> PyResult<(Instant, Option<Hlc>, Option<Cursor>)> {
+    let now = instant(now)?;
+    let after = cursor.map(|c| crate::convert::cursor(py, c)).transpose()?;
+    let since = since.filter(|s| !s.is_none()).map(hlc).transpose()?;
+    Ok((now, since, after))
 }
 
-fn set_secs(name: &str, field: &mut core::time::Duration, value: Option<f64>) -> PyResult<()> {
-    if let Some(secs) = value {
-        *field = duration(name, secs)?;
-    }
-    Ok(())
-}
-
-/// A pull or subscribe's optional `since` HLC.
-fn since(since: Option<&Bound<'_, PyAny>>) -> PyResult<Option<syncmux::payload::Hlc>> {
-    since.filter(|s| !s.is_none()).map(hlc).transpose()
+/// A command's request id, or its refusal as a `RequestError`.
+fn requested(py: Python<'_>, id: Result<RequestId, syncmux::RequestError>) -> PyResult<u64> {
+    id.map(|id| id.get()).map_err(|e| request_error(py, &e))
 }
 
 #[pymethods]
@@ -230,23 +232,25 @@ impl Client {
                     .iter()
                     .map(|(n, v)| ((*n).to_owned(), v.clone()))
                     .collect();
-                Connect {
-                    url_with_token: dial.url_with_token(),
-                    url: dial.url,
-                    protocols: dial.protocols.iter().map(|p| (*p).to_owned()).collect(),
-                    headers,
-                    token: dial.token,
-                }
-                .into_pyobject(py)?
-                .into_any()
+                object(
+                    py,
+                    Connect {
+                        url_with_token: dial.url_with_token(),
+                        url: dial.url,
+                        protocols: dial.protocols.iter().map(|p| (*p).to_owned()).collect(),
+                        headers,
+                        token: dial.token,
+                    },
+                )?
             }
-            ClientTransmit::Frame(bytes) => Frame { bytes }.into_pyobject(py)?.into_any(),
-            ClientTransmit::Close { code, reason } => Close {
-                code: code.0,
-                reason,
-            }
-            .into_pyobject(py)?
-            .into_any(),
+            ClientTransmit::Frame(bytes) => object(py, Frame { bytes })?,
+            ClientTransmit::Close { code, reason } => object(
+                py,
+                Close {
+                    code: code.0,
+                    reason,
+                },
+            )?,
         };
         Ok(Some(obj.unbind()))
     }
@@ -325,21 +329,16 @@ impl Client {
         since: Option<&Bound<'_, PyAny>>,
         cursor: Option<&str>,
     ) -> PyResult<u64> {
-        let now = instant(now)?;
-        let after = cursor.map(|c| crate::convert::cursor(py, c)).transpose()?;
-        let pull = PullRequest::new(tables)
-            .since(self::since(since)?)
-            .after(after);
-        let id = self.inner.pull(now, pull);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        let (now, since, after) = start(py, now, since, cursor)?;
+        let pull = PullRequest::new(tables).since(since).after(after);
+        requested(py, self.inner.pull(now, pull))
     }
 
     /// Pushes change records (dicts; unknown fields are kept) as this node.
     fn push(&mut self, py: Python<'_>, now: f64, changes: &Bound<'_, PyAny>) -> PyResult<u64> {
         let now = instant(now)?;
         let changes: Vec<ChangeRecord> = crate::convert::from_py(changes, "change records")?;
-        let id = self.inner.push(now, changes);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        requested(py, self.inner.push(now, changes))
     }
 
     /// Subscribes to the live changes of `tables`, replaying first what came after `cursor`
@@ -353,19 +352,14 @@ impl Client {
         since: Option<&Bound<'_, PyAny>>,
         cursor: Option<&str>,
     ) -> PyResult<u64> {
-        let now = instant(now)?;
-        let after = cursor.map(|c| crate::convert::cursor(py, c)).transpose()?;
-        let subscribe = Subscribe::new(tables)
-            .since(self::since(since)?)
-            .after(after);
-        let id = self.inner.subscribe(now, subscribe);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        let (now, since, after) = start(py, now, since, cursor)?;
+        let subscribe = Subscribe::new(tables).since(since).after(after);
+        requested(py, self.inner.subscribe(now, subscribe))
     }
 
     /// Unsubscribes from `tables`.
     fn unsubscribe(&mut self, py: Python<'_>, now: f64, tables: Vec<String>) -> PyResult<u64> {
-        let id = self.inner.unsubscribe(instant(now)?, tables);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        requested(py, self.inner.unsubscribe(instant(now)?, tables))
     }
 
     /// Joins `topic` with `data` or updates it; `None` data leaves.
@@ -376,22 +370,20 @@ impl Client {
         topic: String,
         data: &Bound<'_, PyAny>,
     ) -> PyResult<u64> {
-        let now = instant(now)?;
-        let data = raw_json(data)?;
-        let id = self.inner.update_presence(now, topic, data);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        let id = self
+            .inner
+            .update_presence(instant(now)?, topic, raw_json(data)?);
+        requested(py, id)
     }
 
     /// Leaves `topic`.
     fn leave_presence(&mut self, py: Python<'_>, now: f64, topic: String) -> PyResult<u64> {
-        let id = self.inner.leave_presence(instant(now)?, topic);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        requested(py, self.inner.leave_presence(instant(now)?, topic))
     }
 
     /// Asks for the members of `topic` (a `presence_snapshot` response).
     fn get_presence(&mut self, py: Python<'_>, now: f64, topic: String) -> PyResult<u64> {
-        let id = self.inner.get_presence(instant(now)?, topic);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        requested(py, self.inner.get_presence(instant(now)?, topic))
     }
 
     /// Joins `room` with optional member `data`.
@@ -405,14 +397,12 @@ impl Client {
     ) -> PyResult<u64> {
         let now = instant(now)?;
         let data = data.filter(|d| !d.is_none()).map(raw_json).transpose()?;
-        let id = self.inner.join_room(now, room, data);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        requested(py, self.inner.join_room(now, room, data))
     }
 
     /// Leaves `room`.
     fn leave_room(&mut self, py: Python<'_>, now: f64, room: String) -> PyResult<u64> {
-        let id = self.inner.leave_room(instant(now)?, room);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        requested(py, self.inner.leave_room(instant(now)?, room))
     }
 
     /// Sends `data` to the other members of `room`.
@@ -423,10 +413,8 @@ impl Client {
         room: String,
         data: &Bound<'_, PyAny>,
     ) -> PyResult<u64> {
-        let now = instant(now)?;
-        let data = raw_json(data)?;
-        let id = self.inner.broadcast(now, room, data);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        let id = self.inner.broadcast(instant(now)?, room, raw_json(data)?);
+        requested(py, id)
     }
 
     /// Pings the server; the response's value is the echoed payload.
@@ -442,8 +430,7 @@ impl Client {
             Some(p) => raw_json(p)?,
             None => RawJson::null(),
         };
-        let id = self.inner.ping(now, payload);
-        id.map(|id| id.get()).map_err(|e| request_error(py, &e))
+        requested(py, self.inner.ping(now, payload))
     }
 
     fn __repr__(&self) -> String {
@@ -458,19 +445,21 @@ impl Client {
 
 fn event_to_py(py: Python<'_>, event: ClientEvent) -> PyResult<Py<PyAny>> {
     let obj = match event {
-        ClientEvent::Connected => Connected {}.into_pyobject(py)?.into_any(),
-        ClientEvent::Disconnected { code, reason } => Disconnected {
-            code: code.map(|c| c.0),
-            reason,
-        }
-        .into_pyobject(py)?
-        .into_any(),
-        ClientEvent::Reconnecting { attempt, delay } => Reconnecting {
-            attempt,
-            delay: delay.as_secs_f64(),
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        ClientEvent::Connected => object(py, Connected {})?,
+        ClientEvent::Disconnected { code, reason } => object(
+            py,
+            Disconnected {
+                code: code.map(|c| c.0),
+                reason,
+            },
+        )?,
+        ClientEvent::Reconnecting { attempt, delay } => object(
+            py,
+            Reconnecting {
+                attempt,
+                delay: delay.as_secs_f64(),
+            },
+        )?,
         ClientEvent::Closed { reason } => {
             let (kind, code, message) = match &reason {
                 CloseReason::Local => ("local", None, format!("{reason:?}")),
@@ -485,20 +474,22 @@ fn event_to_py(py: Python<'_>, event: ClientEvent) -> PyResult<Py<PyAny>> {
                 }
                 other => ("other", None, format!("{other:?}")),
             };
-            Closed {
-                reason: kind.to_owned(),
-                code,
+            object(
+                py,
+                Closed {
+                    reason: kind.to_owned(),
+                    code,
+                    message,
+                },
+            )?
+        }
+        ClientEvent::Error { code, message } => object(
+            py,
+            Error {
+                code: code.as_str().to_owned(),
                 message,
-            }
-            .into_pyobject(py)?
-            .into_any()
-        }
-        ClientEvent::Error { code, message } => Error {
-            code: code.as_str().to_owned(),
-            message,
-        }
-        .into_pyobject(py)?
-        .into_any(),
+            },
+        )?,
         ClientEvent::Response { id, outcome } => {
             let (kind, value, error) = match outcome {
                 Ok(response) => {
@@ -517,217 +508,126 @@ fn event_to_py(py: Python<'_>, event: ClientEvent) -> PyResult<Py<PyAny>> {
                     (None, py.None(), Some(err.into_value(py).into_any()))
                 }
             };
-            ResponseEvent {
-                id: id.get(),
-                kind,
-                value,
-                error,
-            }
-            .into_pyobject(py)?
-            .into_any()
+            object(
+                py,
+                ResponseEvent {
+                    id: id.get(),
+                    kind,
+                    value,
+                    error,
+                },
+            )?
         }
         ClientEvent::Changes {
             subscriptions,
             changes,
             cursor,
-        } => Changes {
-            subscriptions: subscriptions.iter().map(|s| s.get()).collect(),
-            changes: to_py(py, &changes)?,
-            cursor: cursor.map(|c| c.to_string()),
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        } => object(
+            py,
+            Changes {
+                subscriptions: subscriptions.iter().map(|s| s.get()).collect(),
+                changes: to_py(py, &changes)?,
+                cursor: cursor.map(|c| c.to_string()),
+            },
+        )?,
         ClientEvent::Presence(p) => {
             let value = to_py(py, &p)?;
             let value = value.bind(py);
-            Presence {
-                kind: value.get_item("type")?.extract()?,
-                node_id: p.node_id,
-                topic: p.topic,
-                data: p
-                    .data
-                    .as_ref()
-                    .map(|d| to_py(py, d))
-                    .transpose()?
-                    .unwrap_or_else(|| py.None()),
-            }
-            .into_pyobject(py)?
-            .into_any()
+            object(
+                py,
+                Presence {
+                    kind: value.get_item("type")?.extract()?,
+                    node_id: p.node_id,
+                    topic: p.topic,
+                    data: to_py_or_none(py, p.data.as_ref())?,
+                },
+            )?
         }
         ClientEvent::Room(r) => {
             let value = to_py(py, &r)?;
             let value = value.bind(py);
-            Room {
-                event: value.get_item("event")?.extract()?,
-                room: r.room,
-                node_id: r.node_id,
-                data: r
-                    .data
-                    .as_ref()
-                    .map(|d| to_py(py, d))
-                    .transpose()?
-                    .unwrap_or_else(|| py.None()),
-                members: r
-                    .members
-                    .as_ref()
-                    .map(|m| to_py(py, m))
-                    .transpose()?
-                    .unwrap_or_else(|| py.None()),
-            }
-            .into_pyobject(py)?
-            .into_any()
+            object(
+                py,
+                Room {
+                    event: value.get_item("event")?.extract()?,
+                    room: r.room,
+                    node_id: r.node_id,
+                    data: to_py_or_none(py, r.data.as_ref())?,
+                    members: to_py_or_none(py, r.members.as_ref())?,
+                },
+            )?
         }
-        ClientEvent::ResyncNeeded { tables } => {
-            ResyncNeeded { tables }.into_pyobject(py)?.into_any()
-        }
-        other => Error {
-            code: "INTERNAL".to_owned(),
-            message: format!("unknown event {other:?}"),
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        ClientEvent::ResyncNeeded { tables } => object(py, ResyncNeeded { tables })?,
+        other => object(
+            py,
+            Error {
+                code: "INTERNAL".to_owned(),
+                message: format!("unknown event {other:?}"),
+            },
+        )?,
     };
     Ok(obj.unbind())
 }
 
 // ----- transmits ----------------------------------------------------------------------
 
-/// Open a WebSocket to `url` offering `protocols` with `headers` (native clients), then
-/// report `handle_connected` or `handle_disconnected`. `url_with_token` carries the token as
-/// the `access_token` query parameter, for transports that cannot set headers.
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Connect {
-    url: String,
-    url_with_token: String,
-    protocols: Vec<String>,
-    headers: Vec<(String, String)>,
-    token: Option<String>,
+record! {
+    /// Open a WebSocket to `url` offering `protocols` with `headers` (native clients), then
+    /// report `handle_connected` or `handle_disconnected`. `url_with_token` carries the token
+    /// as the `access_token` query parameter, for transports that cannot set headers.
+    Connect {
+        url: String,
+        url_with_token: String,
+        protocols: Vec<String>,
+        headers: Vec<(String, String)>,
+        token: Option<String>,
+    }
+    |c| format!("Connect(url={:?})", c.url)
 }
 
-#[pymethods]
-impl Connect {
-    fn __repr__(&self) -> String {
-        format!("Connect(url={:?})", self.url)
-    }
+text_frame! {
+    /// Send this text frame: `text` (str) or `data` (UTF-8 bytes).
+    Frame {}
+    |f| format!("Frame({})", py_text(&f.bytes))
 }
 
-/// Send this text frame: `text` (str) or `data` (UTF-8 bytes).
-#[pyclass(module = "syncmux._syncmux", frozen)]
-pub(crate) struct Frame {
-    bytes: Bytes,
-}
-
-#[pymethods]
-impl Frame {
-    /// The frame as `bytes`.
-    #[getter]
-    fn data(&self, py: Python<'_>) -> Py<PyAny> {
-        py_bytes(py, &self.bytes)
-    }
-
-    /// The frame as `str`.
-    #[getter]
-    fn text(&self) -> String {
-        py_text(&self.bytes)
-    }
-
-    fn __repr__(&self) -> String {
-        format!("Frame({})", py_text(&self.bytes))
-    }
-}
-
-/// Close the WebSocket with `code` and `reason` (the client already counts it as gone).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Close {
-    code: u16,
-    reason: String,
-}
-
-#[pymethods]
-impl Close {
-    fn __repr__(&self) -> String {
-        format!("Close(code={}, reason={:?})", self.code, self.reason)
-    }
+record! {
+    /// Close the WebSocket with `code` and `reason` (the client already counts it as gone).
+    Close { code: u16, reason: String }
+    |c| format!("Close(code={}, reason={:?})", c.code, c.reason)
 }
 
 // ----- events -------------------------------------------------------------------------
 
-/// The transport opened; subscriptions, presence and rooms are being restored.
-#[pyclass(module = "syncmux._syncmux", frozen)]
-pub(crate) struct Connected {}
-
-#[pymethods]
-impl Connected {
-    fn __repr__(&self) -> &'static str {
-        "Connected()"
-    }
+record! {
+    /// The transport opened; subscriptions, presence and rooms are being restored.
+    Connected {}
+    |_| "Connected()".to_owned()
 }
 
-/// The transport closed or a dial failed (`code`: the close code, when there was one).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Disconnected {
-    code: Option<u16>,
-    reason: String,
+record! {
+    /// The transport closed or a dial failed (`code`: the close code, when there was one).
+    Disconnected { code: Option<u16>, reason: String }
+    |d| format!("Disconnected(code={:?}, reason={:?})", d.code, d.reason)
 }
 
-#[pymethods]
-impl Disconnected {
-    fn __repr__(&self) -> String {
-        format!(
-            "Disconnected(code={:?}, reason={:?})",
-            self.code, self.reason
-        )
-    }
+record! {
+    /// The client dials again after `delay` seconds (`attempt` counts from 1).
+    Reconnecting { attempt: u32, delay: f64 }
+    |r| format!("Reconnecting(attempt={}, delay={})", r.attempt, r.delay)
 }
 
-/// The client dials again after `delay` seconds (`attempt` counts from 1).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Reconnecting {
-    attempt: u32,
-    delay: f64,
+record! {
+    /// The client stopped for good: `reason` is `"local"`, `"server"` (with the close `code`),
+    /// `"protocol_mismatch"` or `"max_attempts"`.
+    Closed { reason: String, code: Option<u16>, message: String }
+    |c| format!("Closed(reason={:?}, code={:?}, message={:?})", c.reason, c.code, c.message)
 }
 
-#[pymethods]
-impl Reconnecting {
-    fn __repr__(&self) -> String {
-        format!(
-            "Reconnecting(attempt={}, delay={})",
-            self.attempt, self.delay
-        )
-    }
-}
-
-/// The client stopped for good: `reason` is `"local"`, `"server"` (with the close `code`),
-/// `"protocol_mismatch"` or `"max_attempts"`.
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Closed {
-    reason: String,
-    code: Option<u16>,
-    message: String,
-}
-
-#[pymethods]
-impl Closed {
-    fn __repr__(&self) -> String {
-        format!(
-            "Closed(reason={:?}, code={:?}, message={:?})",
-            self.reason, self.code, self.message
-        )
-    }
-}
-
-/// An `error` frame that answers no request, or a frame the client could not read.
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Error {
-    code: String,
-    message: String,
-}
-
-#[pymethods]
-impl Error {
-    fn __repr__(&self) -> String {
-        format!("Error(code={:?}, message={:?})", self.code, self.message)
-    }
+record! {
+    /// An `error` frame that answers no request, or a frame the client could not read.
+    Error { code: String, message: String }
+    |e| format!("Error(code={:?}, message={:?})", e.code, e.message)
 }
 
 /// The one outcome of request `id`: `kind` (`"pull"`, `"push"`, `"ack"`,
@@ -789,54 +689,20 @@ impl Changes {
     }
 }
 
-/// A presence member joined, updated or left (`kind`: `"join"`, `"update"`, `"leave"`).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Presence {
-    kind: String,
-    node_id: String,
-    topic: String,
-    data: Py<PyAny>,
+record! {
+    /// A presence member joined, updated or left (`kind`: `"join"`, `"update"`, `"leave"`).
+    Presence { kind: String, node_id: String, topic: String, data: Py<PyAny> }
+    |p| format!("Presence(kind={:?}, node_id={:?}, topic={:?})", p.kind, p.node_id, p.topic)
 }
 
-#[pymethods]
-impl Presence {
-    fn __repr__(&self) -> String {
-        format!(
-            "Presence(kind={:?}, node_id={:?}, topic={:?})",
-            self.kind, self.node_id, self.topic
-        )
-    }
+record! {
+    /// A room event (`event`: `"members"`, `"join"`, `"leave"`, `"message"`).
+    Room { event: String, room: String, node_id: Option<String>, data: Py<PyAny>, members: Py<PyAny> }
+    |r| format!("Room(event={:?}, room={:?}, node_id={:?})", r.event, r.room, r.node_id)
 }
 
-/// A room event (`event`: `"members"`, `"join"`, `"leave"`, `"message"`).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Room {
-    event: String,
-    room: String,
-    node_id: Option<String>,
-    data: Py<PyAny>,
-    members: Py<PyAny>,
-}
-
-#[pymethods]
-impl Room {
-    fn __repr__(&self) -> String {
-        format!(
-            "Room(event={:?}, room={:?}, node_id={:?})",
-            self.event, self.room, self.node_id
-        )
-    }
-}
-
-/// Restored subscriptions could not resume without a gap: resynchronise these tables.
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct ResyncNeeded {
-    tables: Vec<String>,
-}
-
-#[pymethods]
-impl ResyncNeeded {
-    fn __repr__(&self) -> String {
-        format!("ResyncNeeded(tables={:?})", self.tables)
-    }
+record! {
+    /// Restored subscriptions could not resume without a gap: resynchronise these tables.
+    ResyncNeeded { tables: Vec<String> }
+    |r| format!("ResyncNeeded(tables={:?})", r.tables)
 }

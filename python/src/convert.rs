@@ -6,8 +6,10 @@ use bytes::Bytes;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pyclass_init::PyClassInitializer;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::PyClass;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use syncmux::payload::{Cursor, Hlc, RawJson};
@@ -108,6 +110,25 @@ pub(crate) fn duration(name: &str, secs: f64) -> PyResult<Duration> {
 ///
 /// Through JSON text and Python's own `json.loads` (C): measured faster than building the
 /// objects from a `serde_json::Value` with `pythonize` (python/bench/roundtrip.py).
+/// A new instance of the class `T` holding `value`.
+pub(crate) fn object<T: PyClass>(py: Python<'_>, value: T) -> PyResult<Bound<'_, PyAny>>
+where
+    PyClassInitializer<T>: From<T>,
+{
+    Ok(Bound::new(py, value)?.into_any())
+}
+
+/// [`to_py`] of an optional value; `None` when there is none.
+pub(crate) fn to_py_or_none<T: Serialize>(
+    py: Python<'_>,
+    value: Option<&T>,
+) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        Some(value) => to_py(py, value)?,
+        None => py.None(),
+    })
+}
+
 pub(crate) fn to_py<T: Serialize + ?Sized>(py: Python<'_>, value: &T) -> PyResult<Py<PyAny>> {
     static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let text = serde_json::to_string(value).map_err(|e| invalid(py, e.to_string()))?;
@@ -202,4 +223,20 @@ pub(crate) fn py_bytes(py: Python<'_>, bytes: &Bytes) -> Py<PyAny> {
 /// A frame's bytes as `str` (the core only encodes UTF-8 JSON; anything else is replaced).
 pub(crate) fn py_text(bytes: &Bytes) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Sets `field` to `value` when there is one (a keyword argument left `None` keeps the Rust
+/// default).
+pub(crate) fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+/// [`set`] for a duration given in float seconds (`name` is the keyword, for the error).
+pub(crate) fn set_secs(name: &str, field: &mut Duration, value: Option<f64>) -> PyResult<()> {
+    if let Some(secs) = value {
+        *field = duration(name, secs)?;
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@
 
 mod client;
 mod convert;
+mod record;
 mod server;
 
 use pyo3::prelude::*;

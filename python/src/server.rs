@@ -14,9 +14,10 @@ use syncmux::{
 };
 
 use crate::convert::{
-    config_error, cursor, duration, frame_bytes, from_py, hlc, instant, invalid, py_bytes, py_text,
-    seconds, to_py,
+    config_error, cursor, frame_bytes, from_py, hlc, instant, invalid, object, py_text, seconds,
+    set, set_secs, to_py,
 };
+use crate::record::{record, text_frame};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Server>()?;
@@ -62,17 +63,14 @@ pub(crate) struct Server {
     inner: Inner,
 }
 
-fn set<T>(field: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *field = value;
-    }
-}
-
-fn set_secs(name: &str, field: &mut core::time::Duration, value: Option<f64>) -> PyResult<()> {
-    if let Some(secs) = value {
-        *field = duration(name, secs)?;
-    }
-    Ok(())
+/// The same call on the driver or on the bare server, whichever `inner` holds.
+macro_rules! either {
+    ($inner:expr, $s:ident => $call:expr) => {
+        match $inner {
+            Inner::Driver($s) => $call,
+            Inner::Server($s) => $call,
+        }
+    };
 }
 
 impl Server {
@@ -309,25 +307,21 @@ impl Server {
             .map(str::to_owned)
             .collect();
         handshake.origin = origin;
-        let outcome = match &mut self.inner {
-            Inner::Driver(d) => d.handle_handshake(now, &handshake),
-            Inner::Server(s) => s.handle_handshake(now, &handshake),
-        };
+        let outcome = either!(&mut self.inner, s => s.handle_handshake(now, &handshake));
         let obj = match outcome {
             HandshakeOutcome::Accept {
                 session,
                 node_id,
                 protocol,
-            } => Accept {
-                session: SessionId(session),
-                node_id,
-                protocol,
-            }
-            .into_pyobject(py)?
-            .into_any(),
-            HandshakeOutcome::Reject { status, reason } => {
-                Reject { status, reason }.into_pyobject(py)?.into_any()
-            }
+            } => object(
+                py,
+                Accept {
+                    session: SessionId(session),
+                    node_id,
+                    protocol,
+                },
+            )?,
+            HandshakeOutcome::Reject { status, reason } => object(py, Reject { status, reason })?,
         };
         Ok(obj.unbind())
     }
@@ -341,50 +335,35 @@ impl Server {
     ) -> PyResult<()> {
         let bytes: Bytes = frame_bytes(data)?;
         let now = instant(now)?;
-        match &mut self.inner {
-            Inner::Driver(d) => d.handle_message(now, session.0, bytes),
-            Inner::Server(s) => s.handle_message(now, session.0, bytes),
-        }
+        either!(&mut self.inner, s => s.handle_message(now, session.0, bytes));
         Ok(())
     }
 
     /// A binary frame of `length` bytes from `session` (answered with `INVALID_FRAME`).
     fn handle_binary(&mut self, now: f64, session: &SessionId, length: usize) -> PyResult<()> {
         let now = instant(now)?;
-        match &mut self.inner {
-            Inner::Driver(d) => d.handle_binary(now, session.0, length),
-            Inner::Server(s) => s.handle_binary(now, session.0, length),
-        }
+        either!(&mut self.inner, s => s.handle_binary(now, session.0, length));
         Ok(())
     }
 
     /// The socket of `session` closed.
     fn handle_disconnected(&mut self, now: f64, session: &SessionId) -> PyResult<()> {
         let now = instant(now)?;
-        match &mut self.inner {
-            Inner::Driver(d) => d.handle_disconnected(now, session.0),
-            Inner::Server(s) => s.handle_disconnected(now, session.0),
-        }
+        either!(&mut self.inner, s => s.handle_disconnected(now, session.0));
         Ok(())
     }
 
     /// The socket of `session` wrote `length` bytes (with `reports_writes=True`).
     fn handle_sent(&mut self, now: f64, session: &SessionId, length: usize) -> PyResult<()> {
         let now = instant(now)?;
-        match &mut self.inner {
-            Inner::Driver(d) => d.handle_sent(now, session.0, length),
-            Inner::Server(s) => s.handle_sent(now, session.0, length),
-        }
+        either!(&mut self.inner, s => s.handle_sent(now, session.0, length));
         Ok(())
     }
 
     /// Time passed; a call with nothing due does nothing.
     fn handle_timeout(&mut self, now: f64) -> PyResult<()> {
         let now = instant(now)?;
-        match &mut self.inner {
-            Inner::Driver(d) => d.handle_timeout(now),
-            Inner::Server(s) => s.handle_timeout(now),
-        }
+        either!(&mut self.inner, s => s.handle_timeout(now));
         Ok(())
     }
 
@@ -398,20 +377,14 @@ impl Server {
         reason: &str,
     ) -> PyResult<()> {
         let now = instant(now)?;
-        match &mut self.inner {
-            Inner::Driver(d) => d.close_session(now, session.0, CloseCode(code), reason),
-            Inner::Server(s) => s.close_session(now, session.0, CloseCode(code), reason),
-        }
+        either!(&mut self.inner, s => s.close_session(now, session.0, CloseCode(code), reason));
         Ok(())
     }
 
     /// Closes every session with 1001 and refuses new handshakes (503).
     fn shutdown(&mut self, now: f64) -> PyResult<()> {
         let now = instant(now)?;
-        match &mut self.inner {
-            Inner::Driver(d) => d.shutdown(now),
-            Inner::Server(s) => s.shutdown(now),
-        }
+        either!(&mut self.inner, s => s.shutdown(now));
         Ok(())
     }
 
@@ -497,29 +470,28 @@ impl Server {
 
     /// The next socket action: `SessionFrame` or `SessionClose`; `None` when there is none.
     fn poll_transmit(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let t = match &mut self.inner {
-            Inner::Driver(d) => d.poll_transmit(),
-            Inner::Server(s) => s.poll_transmit(),
-        };
+        let t = either!(&mut self.inner, s => s.poll_transmit());
         let obj = match t {
             None => return Ok(None),
-            Some(ServerTransmit::Frame { session, bytes }) => SessionFrame {
-                session: SessionId(session),
-                bytes,
-            }
-            .into_pyobject(py)?
-            .into_any(),
+            Some(ServerTransmit::Frame { session, bytes }) => object(
+                py,
+                SessionFrame {
+                    session: SessionId(session),
+                    bytes,
+                },
+            )?,
             Some(ServerTransmit::Close {
                 session,
                 code,
                 reason,
-            }) => SessionClose {
-                session: SessionId(session),
-                code: code.0,
-                reason,
-            }
-            .into_pyobject(py)?
-            .into_any(),
+            }) => object(
+                py,
+                SessionClose {
+                    session: SessionId(session),
+                    code: code.0,
+                    reason,
+                },
+            )?,
         };
         Ok(Some(obj.unbind()))
     }
@@ -528,10 +500,7 @@ impl Server {
     /// `Push`, `Replay`; `None` when there is none.
     fn poll_event(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         loop {
-            let event = match &mut self.inner {
-                Inner::Driver(d) => d.poll_event(),
-                Inner::Server(s) => s.poll_event(),
-            };
+            let event = either!(&mut self.inner, s => s.poll_event());
             let Some(event) = event else {
                 return Ok(None);
             };
@@ -543,10 +512,7 @@ impl Server {
 
     /// When to call `handle_timeout` next (seconds, as `time.monotonic()`), or `None`.
     fn poll_timeout(&self) -> Option<f64> {
-        let at: Option<Instant> = match &self.inner {
-            Inner::Driver(d) => d.poll_timeout(),
-            Inner::Server(s) => s.poll_timeout(),
-        };
+        let at: Option<Instant> = either!(&self.inner, s => s.poll_timeout());
         at.map(seconds)
     }
 
@@ -587,23 +553,25 @@ fn pull_answer(
 /// not exposed, and are off by default.
 fn server_event(py: Python<'_>, event: ServerEvent) -> PyResult<Option<Py<PyAny>>> {
     let obj = match event {
-        ServerEvent::SessionOpened { session, node_id } => SessionOpened {
-            session: SessionId(session),
-            node_id,
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        ServerEvent::SessionOpened { session, node_id } => object(
+            py,
+            SessionOpened {
+                session: SessionId(session),
+                node_id,
+            },
+        )?,
         ServerEvent::SessionClosed {
             session,
             node_id,
             code,
-        } => SessionClosed {
-            session: SessionId(session),
-            node_id,
-            code: code.map(|c| c.0),
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        } => object(
+            py,
+            SessionClosed {
+                session: SessionId(session),
+                node_id,
+                code: code.map(|c| c.0),
+            },
+        )?,
         ServerEvent::Pull {
             request,
             session,
@@ -611,29 +579,31 @@ fn server_event(py: Python<'_>, event: ServerEvent) -> PyResult<Option<Py<PyAny>
             tables,
             since,
             cursor,
-        } => Pull {
-            request: PullId(request),
-            session: SessionId(session),
-            node_id,
-            tables,
-            since: since.as_ref().map(|h| to_py(py, h)).transpose()?,
-            cursor: cursor.map(|c| c.to_string()),
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        } => object(
+            py,
+            Pull {
+                request: PullId(request),
+                session: SessionId(session),
+                node_id,
+                tables,
+                since: since.as_ref().map(|h| to_py(py, h)).transpose()?,
+                cursor: cursor.map(|c| c.to_string()),
+            },
+        )?,
         ServerEvent::Push {
             request,
             session,
             node_id,
             changes,
-        } => Push {
-            request: PushId(request),
-            session: SessionId(session),
-            node_id,
-            changes: to_py(py, &changes)?,
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        } => object(
+            py,
+            Push {
+                request: PushId(request),
+                session: SessionId(session),
+                node_id,
+                changes: to_py(py, &changes)?,
+            },
+        )?,
         ServerEvent::Replay {
             request,
             session,
@@ -641,16 +611,17 @@ fn server_event(py: Python<'_>, event: ServerEvent) -> PyResult<Option<Py<PyAny>
             since,
             cursor,
             head_only,
-        } => Replay {
-            request: ReplayId(request),
-            session: SessionId(session),
-            tables,
-            since: since.as_ref().map(|h| to_py(py, h)).transpose()?,
-            cursor: cursor.map(|c| c.to_string()),
-            head_only,
-        }
-        .into_pyobject(py)?
-        .into_any(),
+        } => object(
+            py,
+            Replay {
+                request: ReplayId(request),
+                session: SessionId(session),
+                tables,
+                since: since.as_ref().map(|h| to_py(py, h)).transpose()?,
+                cursor: cursor.map(|c| c.to_string()),
+                head_only,
+            },
+        )?,
         _ => return Ok(None),
     };
     Ok(Some(obj.unbind()))
@@ -699,179 +670,76 @@ handle! {
     ReplayId(syncmux::ReplayId), number
 }
 
-/// Upgrade: answer with `protocol` as `Sec-WebSocket-Protocol` when set, then drain
-/// `poll_transmit` (a version mismatch already has its error frame and 4426 close queued).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Accept {
-    session: SessionId,
-    node_id: String,
-    protocol: Option<String>,
+record! {
+    /// Upgrade: answer with `protocol` as `Sec-WebSocket-Protocol` when set, then drain
+    /// `poll_transmit` (a version mismatch already has its error frame and 4426 close queued).
+    Accept { session: SessionId, node_id: String, protocol: Option<String> }
+    |a| format!("Accept(session={}, node_id={:?}, protocol={:?})", a.session.0, a.node_id, a.protocol)
 }
 
-#[pymethods]
-impl Accept {
-    fn __repr__(&self) -> String {
-        format!(
-            "Accept(session={}, node_id={:?}, protocol={:?})",
-            self.session.0, self.node_id, self.protocol
-        )
+record! {
+    /// Refuse the upgrade with this HTTP status (401, 403, 404, 503).
+    Reject { status: u16, reason: String }
+    |r| format!("Reject(status={}, reason={:?})", r.status, r.reason)
+}
+
+text_frame! {
+    /// Send this text frame to `session` (`text` or `data`).
+    SessionFrame {
+        /// The session.
+        #[pyo3(get)]
+        session: SessionId,
     }
+    |f| format!("SessionFrame({}, {})", f.session.0, py_text(&f.bytes))
 }
 
-/// Refuse the upgrade with this HTTP status (401, 403, 404, 503).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Reject {
-    status: u16,
-    reason: String,
+record! {
+    /// Close the socket of `session` with `code` and `reason`; the session is gone.
+    SessionClose { session: SessionId, code: u16, reason: String }
+    |c| format!("SessionClose({}, code={}, reason={:?})", c.session.0, c.code, c.reason)
 }
 
-#[pymethods]
-impl Reject {
-    fn __repr__(&self) -> String {
-        format!("Reject(status={}, reason={:?})", self.status, self.reason)
+record! {
+    /// A handshake was accepted and the session is open.
+    SessionOpened { session: SessionId, node_id: String }
+    |o| format!("SessionOpened({}, node_id={:?})", o.session.0, o.node_id)
+}
+
+record! {
+    /// A session ended (`code`: the close code the server sent, if it closed it).
+    SessionClosed { session: SessionId, node_id: String, code: Option<u16> }
+    |c| format!("SessionClosed({}, node_id={:?}, code={:?})", c.session.0, c.node_id, c.code)
+}
+
+record! {
+    /// Answer with `Server.answer_pull`: the changes of `tables` after `cursor` (else `since`).
+    Pull {
+        request: PullId,
+        session: SessionId,
+        node_id: String,
+        tables: Vec<String>,
+        since: Option<Py<PyAny>>,
+        cursor: Option<String>,
     }
+    |p| format!("Pull({}, session={}, tables={:?})", p.request.0, p.session.0, p.tables)
 }
 
-/// Send this text frame to `session` (`text` or `data`).
-#[pyclass(module = "syncmux._syncmux", frozen)]
-pub(crate) struct SessionFrame {
-    session: SessionId,
-    bytes: Bytes,
+record! {
+    /// Merge `changes` (dicts) and answer with `Server.answer_push`.
+    Push { request: PushId, session: SessionId, node_id: String, changes: Py<PyAny> }
+    |p| format!("Push({}, session={})", p.request.0, p.session.0)
 }
 
-#[pymethods]
-impl SessionFrame {
-    /// The session.
-    #[getter]
-    fn session(&self) -> SessionId {
-        self.session.clone()
+record! {
+    /// A subscribe took effect: answer with `Server.answer_replay` (no changes when
+    /// `head_only`, only the head).
+    Replay {
+        request: ReplayId,
+        session: SessionId,
+        tables: Vec<String>,
+        since: Option<Py<PyAny>>,
+        cursor: Option<String>,
+        head_only: bool,
     }
-
-    /// The frame as `bytes`.
-    #[getter]
-    fn data(&self, py: Python<'_>) -> Py<PyAny> {
-        py_bytes(py, &self.bytes)
-    }
-
-    /// The frame as `str`.
-    #[getter]
-    fn text(&self) -> String {
-        py_text(&self.bytes)
-    }
-
-    fn __repr__(&self) -> String {
-        format!("SessionFrame({}, {})", self.session.0, py_text(&self.bytes))
-    }
-}
-
-/// Close the socket of `session` with `code` and `reason`; the session is gone.
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct SessionClose {
-    session: SessionId,
-    code: u16,
-    reason: String,
-}
-
-#[pymethods]
-impl SessionClose {
-    fn __repr__(&self) -> String {
-        format!(
-            "SessionClose({}, code={}, reason={:?})",
-            self.session.0, self.code, self.reason
-        )
-    }
-}
-
-/// A handshake was accepted and the session is open.
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct SessionOpened {
-    session: SessionId,
-    node_id: String,
-}
-
-/// A session ended (`code`: the close code the server sent, if it closed it).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct SessionClosed {
-    session: SessionId,
-    node_id: String,
-    code: Option<u16>,
-}
-
-/// Answer with `Server.answer_pull`: the changes of `tables` after `cursor` (else `since`).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Pull {
-    request: PullId,
-    session: SessionId,
-    node_id: String,
-    tables: Vec<String>,
-    since: Option<Py<PyAny>>,
-    cursor: Option<String>,
-}
-
-/// Merge `changes` (dicts) and answer with `Server.answer_push`.
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Push {
-    request: PushId,
-    session: SessionId,
-    node_id: String,
-    changes: Py<PyAny>,
-}
-
-/// A subscribe took effect: answer with `Server.answer_replay` (no changes when
-/// `head_only`, only the head).
-#[pyclass(module = "syncmux._syncmux", frozen, get_all)]
-pub(crate) struct Replay {
-    request: ReplayId,
-    session: SessionId,
-    tables: Vec<String>,
-    since: Option<Py<PyAny>>,
-    cursor: Option<String>,
-    head_only: bool,
-}
-
-#[pymethods]
-impl SessionOpened {
-    fn __repr__(&self) -> String {
-        format!(
-            "SessionOpened({}, node_id={:?})",
-            self.session.0, self.node_id
-        )
-    }
-}
-
-#[pymethods]
-impl SessionClosed {
-    fn __repr__(&self) -> String {
-        format!(
-            "SessionClosed({}, node_id={:?}, code={:?})",
-            self.session.0, self.node_id, self.code
-        )
-    }
-}
-
-#[pymethods]
-impl Pull {
-    fn __repr__(&self) -> String {
-        format!(
-            "Pull({}, session={}, tables={:?})",
-            self.request.0, self.session.0, self.tables
-        )
-    }
-}
-
-#[pymethods]
-impl Push {
-    fn __repr__(&self) -> String {
-        format!("Push({}, session={})", self.request.0, self.session.0)
-    }
-}
-
-#[pymethods]
-impl Replay {
-    fn __repr__(&self) -> String {
-        format!(
-            "Replay({}, session={}, tables={:?})",
-            self.request.0, self.session.0, self.tables
-        )
-    }
+    |r| format!("Replay({}, session={}, tables={:?})", r.request.0, r.session.0, r.tables)
 }

@@ -48,10 +48,31 @@ async fn node(redis: &RedisServer, prefix: &str) -> Node {
     Node { server, url }
 }
 
+/// A fresh Redis and `N` servers on it sharing the keys under `prefix`; `None` (the test is
+/// skipped) when there is no `redis-server` to run.
+async fn cluster<const N: usize>(prefix: &str) -> Option<(RedisServer, [Node; N])> {
+    let redis = RedisServer::start()?;
+    let mut nodes = Vec::new();
+    for _ in 0..N {
+        nodes.push(node(&redis, prefix).await);
+    }
+    let nodes = nodes
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("{N} nodes"));
+    Some((redis, nodes))
+}
+
 fn client(node: &Node, id: &str) -> (SyncClient, ClientEvents) {
     let mut config = ClientConfig::new(&node.url, id);
     config.request_timeout = Duration::from_secs(10);
     adapters::Tokio::connect(config).unwrap()
+}
+
+/// A client of `node` subscribed to `docs`.
+async fn subscriber(node: &Node, id: &str) -> (SyncClient, ClientEvents) {
+    let (c, events) = client(node, id);
+    c.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    (c, events)
 }
 
 fn record(pk: &str, field: &str, ts: i64, node: &str) -> ChangeRecord {
@@ -100,14 +121,9 @@ async fn nothing_more(client: &SyncClient, events: &mut ClientEvents) {
 
 #[tokio::test]
 async fn a_change_pushed_on_one_server_reaches_subscribers_on_the_others_not_its_pusher() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, nodes)) = cluster::<3>("x").await else {
         return;
     };
-    let nodes = [
-        node(&redis, "x").await,
-        node(&redis, "x").await,
-        node(&redis, "x").await,
-    ];
     let (alice, mut alice_events) = client(&nodes[0], "alice");
     let mut subs = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -139,19 +155,13 @@ async fn a_change_pushed_on_one_server_reaches_subscribers_on_the_others_not_its
 
 #[tokio::test]
 async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order_once() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, nodes)) = cluster::<3>("c").await else {
         return;
     };
-    let nodes = [
-        node(&redis, "c").await,
-        node(&redis, "c").await,
-        node(&redis, "c").await,
-    ];
     let mut subs = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         for j in 0..2 {
-            let (c, e) = client(n, &format!("sub{i}-{j}"));
-            c.subscribe(Subscribe::new(["docs"])).await.unwrap();
+            let (c, e) = subscriber(n, &format!("sub{i}-{j}")).await;
             subs.push((c, e));
         }
     }
@@ -193,13 +203,11 @@ async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order
 
 #[tokio::test]
 async fn a_client_resumes_on_another_server_from_its_cursor() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, [a, b])) = cluster("r").await else {
         return;
     };
-    let (a, b) = (node(&redis, "r").await, node(&redis, "r").await);
     let (writer, _w) = client(&a, "writer");
-    let (reader, mut reader_events) = client(&a, "reader");
-    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let (reader, mut reader_events) = subscriber(&a, "reader").await;
     for k in 0..3 {
         writer
             .push(vec![record(&k.to_string(), "t", 1, "writer")])
@@ -239,10 +247,9 @@ async fn a_client_resumes_on_another_server_from_its_cursor() {
 
 #[tokio::test]
 async fn concurrent_conflicting_writes_end_with_the_same_winner_everywhere() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, nodes)) = cluster::<2>("w").await else {
         return;
     };
-    let nodes = [node(&redis, "w").await, node(&redis, "w").await];
     let mut tasks = Vec::new();
     for p in 0..4 {
         let (c, events) = client(&nodes[p % 2], &format!("w{p}"));
@@ -282,13 +289,11 @@ async fn concurrent_conflicting_writes_end_with_the_same_winner_everywhere() {
 
 #[tokio::test]
 async fn redis_lost_and_back_empty_gives_a_new_epoch_and_the_servers_keep_working() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, [a, b])) = cluster("e").await else {
         return;
     };
-    let (a, b) = (node(&redis, "e").await, node(&redis, "e").await);
     let (writer, _w) = client(&a, "writer");
-    let (reader, mut reader_events) = client(&b, "reader");
-    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let (reader, mut reader_events) = subscriber(&b, "reader").await;
     let before = writer
         .push(vec![record("1", "t", 1, "writer")])
         .await
@@ -302,27 +307,9 @@ async fn redis_lost_and_back_empty_gives_a_new_epoch_and_the_servers_keep_workin
         .push(vec![record("2", "t", 2, "writer")])
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            RequestError::Server {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_server_error(&err, ErrorCode::Unavailable);
     let err = reader.pull(PullRequest::new(["docs"])).await.unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            RequestError::Server {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_server_error(&err, ErrorCode::Unavailable);
     assert_eq!(a.server.session_count(), 1);
     assert_eq!(b.server.session_count(), 1);
 
@@ -357,13 +344,11 @@ async fn redis_lost_and_back_empty_gives_a_new_epoch_and_the_servers_keep_workin
 
 #[tokio::test]
 async fn followers_resume_where_they_stopped_when_the_connection_comes_back() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, [a, b])) = cluster("k").await else {
         return;
     };
-    let (a, b) = (node(&redis, "k").await, node(&redis, "k").await);
     let (writer, _w) = client(&a, "writer");
-    let (reader, mut reader_events) = client(&b, "reader");
-    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let (reader, mut reader_events) = subscriber(&b, "reader").await;
     writer
         .push(vec![record("0", "t", 1, "writer")])
         .await
@@ -390,42 +375,58 @@ async fn followers_resume_where_they_stopped_when_the_connection_comes_back() {
     nothing_more(&reader, &mut reader_events).await;
 }
 
+/// `err` is the server's error frame with `code`.
+fn assert_server_error(err: &RequestError, code: ErrorCode) {
+    assert!(
+        matches!(err, RequestError::Server { code: c, .. } if *c == code),
+        "{err:?}"
+    );
+}
+
 fn json(value: impl serde::Serialize) -> RawJson {
     RawJson::from_serialize(&value).unwrap()
 }
 
-/// The next presence event (others skipped).
-async fn presence_event(events: &mut ClientEvents) -> PresenceEvent {
+/// The next event that `pick` takes (`what` names it; others skipped).
+async fn next_event<T>(
+    events: &mut ClientEvents,
+    what: &str,
+    pick: impl Fn(ClientEvent) -> Option<T>,
+) -> T {
     loop {
         let event = tokio::time::timeout(GUARD, events.recv())
             .await
-            .expect("a presence event in time")
+            .unwrap_or_else(|_| panic!("{what} in time"))
             .expect("client ended");
-        if let ClientEvent::Presence(p) = event {
-            return p;
+        if let Some(picked) = pick(event) {
+            return picked;
         }
     }
+}
+
+/// The next presence event (others skipped).
+async fn presence_event(events: &mut ClientEvents) -> PresenceEvent {
+    next_event(events, "a presence event", |event| match event {
+        ClientEvent::Presence(p) => Some(p),
+        _ => None,
+    })
+    .await
 }
 
 /// The next room event (others skipped).
 async fn room_event(events: &mut ClientEvents) -> RoomEvent {
-    loop {
-        let event = tokio::time::timeout(GUARD, events.recv())
-            .await
-            .expect("a room event in time")
-            .expect("client ended");
-        if let ClientEvent::Room(r) = event {
-            return r;
-        }
-    }
+    next_event(events, "a room event", |event| match event {
+        ClientEvent::Room(r) => Some(r),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test]
 async fn presence_and_rooms_span_the_servers() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, [a, b])) = cluster("p").await else {
         return;
     };
-    let (a, b) = (node(&redis, "p").await, node(&redis, "p").await);
     let (alice, mut alice_events) = client(&a, "alice");
     let (bob, mut bob_events) = client(&b, "bob");
 
@@ -471,16 +472,7 @@ async fn presence_and_rooms_span_the_servers() {
     for n in [&a, &b] {
         let (c, _e) = client(n, "carol");
         let err = c.join_room("lobby", None).await.unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                RequestError::Server {
-                    code: ErrorCode::RoomFull,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_server_error(&err, ErrorCode::RoomFull);
     }
 
     // Alice's session ends: bob hears her leave the topic and the room.
@@ -499,10 +491,9 @@ async fn presence_and_rooms_span_the_servers() {
 
 #[tokio::test]
 async fn the_members_of_a_silent_server_leave_and_a_forgotten_server_announces_itself() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, [b])) = cluster("g").await else {
         return;
     };
-    let b = node(&redis, "g").await;
     let (bob, mut bob_events) = client(&b, "bob");
     bob.update_presence("doc", json(1)).await.unwrap();
     presence_event(&mut bob_events).await;
@@ -566,16 +557,14 @@ fn command_calls(redis: &RedisServer) -> BTreeMap<String, u64> {
 async fn a_push_is_one_redis_round_trip_and_a_delivery_none() {
     const PUSHES: usize = 40;
     const PER_NODE: usize = 10;
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, nodes)) = cluster::<2>("rt").await else {
         return;
     };
-    let nodes = [node(&redis, "rt").await, node(&redis, "rt").await];
     let (pusher, _pusher_events) = client(&nodes[0], "pusher");
     let mut subs = Vec::new();
     for (k, n) in nodes.iter().enumerate() {
         for i in 0..PER_NODE {
-            let (c, e) = client(n, &format!("sub{k}-{i}"));
-            c.subscribe(Subscribe::new(["docs"])).await.unwrap();
+            let (c, e) = subscriber(n, &format!("sub{k}-{i}")).await;
             subs.push((c, e));
         }
     }
@@ -626,10 +615,9 @@ async fn a_push_is_one_redis_round_trip_and_a_delivery_none() {
 #[tokio::test]
 async fn concurrent_joins_on_two_servers_never_overfill_a_room() {
     const PER_NODE: usize = 4;
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, nodes)) = cluster::<2>("full").await else {
         return;
     };
-    let nodes = [node(&redis, "full").await, node(&redis, "full").await];
     let mut clients = Vec::new();
     for (k, n) in nodes.iter().enumerate() {
         for i in 0..PER_NODE {
@@ -677,13 +665,11 @@ async fn concurrent_joins_on_two_servers_never_overfill_a_room() {
 /// 4503, and they resume from their cursors.
 #[tokio::test]
 async fn a_gap_in_the_log_closes_the_subscribers_so_they_resume() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, [a])) = cluster("gap").await else {
         return;
     };
-    let a = node(&redis, "gap").await;
     let (writer, _w) = client(&a, "writer");
-    let (reader, mut reader_events) = client(&a, "reader");
-    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let (_reader, mut reader_events) = subscriber(&a, "reader").await;
     let pushed = writer
         .push(vec![record("1", "t", 1, "writer")])
         .await
@@ -728,13 +714,11 @@ async fn a_gap_in_the_log_closes_the_subscribers_so_they_resume() {
 /// server's subscriber once, in order.
 #[tokio::test]
 async fn redis_paused_and_resumed_loses_nothing() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, [a, b])) = cluster("pause").await else {
         return;
     };
-    let (a, b) = (node(&redis, "pause").await, node(&redis, "pause").await);
     let (writer, _w) = client(&a, "writer");
-    let (reader, mut reader_events) = client(&b, "reader");
-    reader.subscribe(Subscribe::new(["docs"])).await.unwrap();
+    let (reader, mut reader_events) = subscriber(&b, "reader").await;
     let mut accepted = Vec::new();
     for k in 0..3 {
         writer

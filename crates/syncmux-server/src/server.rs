@@ -60,7 +60,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use syncmux::ot::{OtServer, OtServerConfig};
 use syncmux::{AuthDecision, AuthRequest, ConfigError, Driver, MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
@@ -80,89 +80,75 @@ const OT_PATH: &str = "/ot";
 ///
 /// Every flag can also be set by the environment variable named in its help; a flag given on
 /// the command line wins. 0 disables a limit or timer.
+// (Not in `--help`:) the variables are named by one rule, in `Cli::with_env`: `SYNCMUX_` and
+// the flag's long name in capitals (`--tls-cert`: `SYNCMUX_TLS_CERT`).
 #[derive(Parser, Debug)]
 #[command(name = "server", version)]
 struct Cli {
     /// Address to listen on; port 0 picks a free port (the real address is printed).
-    #[arg(
-        long,
-        env = "SYNCMUX_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8787"
-    )]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
     listen: String,
     /// Require this token from every client (`Authorization: Bearer`, `?access_token=` or
     /// `?token=`), on `/ot` too; others get HTTP 401.
-    #[arg(long, env = "SYNCMUX_TOKEN", value_name = "T", hide_env_values = true)]
+    #[arg(long, value_name = "T", hide_env_values = true)]
     token: Option<String>,
     /// Per-session rate limit: a burst of N messages, refilled N per SECS seconds (on `/ot`: N
     /// messages per SECS-second window, as the seed counts); 0 disables it [default: 100/60].
-    #[arg(long, env = "SYNCMUX_RATE_LIMIT", value_name = "N/SECS|0", value_parser = rate_limit)]
+    #[arg(long, value_name = "N/SECS|0", value_parser = rate_limit)]
     rate_limit: Option<RateLimit>,
     /// Longest frame in bytes, the WebSocket layer's included [default: 1048576].
-    #[arg(long, env = "SYNCMUX_MAX_FRAME", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES")]
     max_frame: Option<usize>,
     /// Bytes queued for one session before it is closed as a slow consumer (4503)
     /// [default: 8388608].
-    #[arg(long, env = "SYNCMUX_MAX_OUTBOUND", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES")]
     max_outbound: Option<usize>,
     /// Ping a session silent this long, in milliseconds (on `/ot`: ping every connection this
     /// often, and drop one that did not answer the previous ping) [default: 30000].
-    #[arg(long, env = "SYNCMUX_PING_INTERVAL", value_name = "MS", value_parser = millis)]
+    #[arg(long, value_name = "MS", value_parser = millis)]
     ping_interval: Option<Duration>,
     /// On `/ot`: longest time an op sent on to a connection may wait to leave in one write
     /// with what that connection gets next (its own ack at once, or the other ops of the
     /// delay), in milliseconds; 0 sends every op on at once [default: 1].
-    #[arg(long, env = "SYNCMUX_OT_BROADCAST_DELAY", value_name = "MS", value_parser = millis)]
+    #[arg(long, value_name = "MS", value_parser = millis)]
     ot_broadcast_delay: Option<Duration>,
     /// Close a session silent this long (4408), in milliseconds [default: 90000].
-    #[arg(long, env = "SYNCMUX_IDLE_TIMEOUT", value_name = "MS", value_parser = millis)]
+    #[arg(long, value_name = "MS", value_parser = millis)]
     idle_timeout: Option<Duration>,
     /// A session leaves its presence topics after this long without a frame, in milliseconds
     /// [default: 60000].
-    #[arg(long, env = "SYNCMUX_PRESENCE_TTL", value_name = "MS", value_parser = millis)]
+    #[arg(long, value_name = "MS", value_parser = millis)]
     presence_ttl: Option<Duration>,
     /// Most members of one room [default: 1000].
-    #[arg(long, env = "SYNCMUX_ROOM_MAX", value_name = "N")]
+    #[arg(long, value_name = "N")]
     room_max: Option<usize>,
     /// Deadline of a connection's whole handshake, TLS included, in milliseconds
     /// [default: 10000].
-    #[arg(long, env = "SYNCMUX_HANDSHAKE_TIMEOUT", value_name = "MS", value_parser = millis)]
+    #[arg(long, value_name = "MS", value_parser = millis)]
     handshake_timeout: Option<Duration>,
     /// Most sessions at once; beyond it an upgrade gets HTTP 503 [default: 100000].
-    #[arg(long, env = "SYNCMUX_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// Certificate chain (PEM) to serve `wss://`; goes with --tls-key.
-    #[arg(
-        long,
-        env = "SYNCMUX_TLS_CERT",
-        value_name = "PEM",
-        requires = "tls_key"
-    )]
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// Private key (PEM) of --tls-cert.
-    #[arg(
-        long,
-        env = "SYNCMUX_TLS_KEY",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Serve DIR's files over HTTP on the same listener (`index.html` at `/`).
-    #[arg(long = "static", env = "SYNCMUX_STATIC", value_name = "DIR")]
+    #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (and `/health`) on a second listener;
     /// port 0 picks a free port (the real address is printed).
-    #[arg(long, env = "SYNCMUX_METRICS", value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
     /// Log format on stderr (`RUST_LOG` filters either).
-    #[arg(long, env = "SYNCMUX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     /// On SIGINT or SIGTERM, wait at most this long for the sessions' closes to go out, in
     /// milliseconds.
     #[arg(
         long,
-        env = "SYNCMUX_SHUTDOWN_TIMEOUT",
         value_name = "MS",
         value_parser = millis,
         default_value = "5000"
@@ -171,37 +157,48 @@ struct Cli {
     /// Keep the change log in the Redis at URL (`redis://HOST:PORT`), shared with every
     /// server started with the same URL and prefix, instead of in memory. Needs a build with
     /// `--features redis`.
-    #[arg(long, env = "SYNCMUX_REDIS", value_name = "URL")]
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// With --redis: the keys' prefix (`{PREFIX}:...`); servers sharing a log use the same.
-    #[arg(
-        long,
-        env = "SYNCMUX_REDIS_PREFIX",
-        value_name = "PREFIX",
-        default_value = "syncmux"
-    )]
+    #[arg(long, value_name = "PREFIX", default_value = "syncmux")]
     redis_prefix: String,
     /// With --redis: the most changes the log keeps, the oldest going first; 0 keeps all.
-    #[arg(
-        long,
-        env = "SYNCMUX_REDIS_RETENTION",
-        value_name = "N",
-        default_value_t = 0
-    )]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     redis_retention: usize,
     /// Keep the changes in the SQLite database at PATH (created if missing), so that they
     /// survive restarts and crashes. Needs a build with `--features sqlite`.
-    #[arg(
-        long,
-        env = "SYNCMUX_DATA",
-        value_name = "PATH",
-        conflicts_with = "redis"
-    )]
+    #[arg(long, value_name = "PATH", conflicts_with = "redis")]
     data: Option<PathBuf>,
     /// The most changes kept (in memory, or in --data), the oldest going first; 0 keeps all.
     /// With --redis, --redis-retention wins when set.
-    #[arg(long, env = "SYNCMUX_RETENTION", value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     retention: usize,
+}
+
+impl Cli {
+    /// The command line, each flag also read from its variable: `SYNCMUX_` and its long name
+    /// in capitals, `-` as `_`.
+    fn with_env() -> clap::Command {
+        Cli::command().mut_args(|arg| match arg.get_long() {
+            Some(long) => {
+                let env = format!("SYNCMUX_{}", long.replace('-', "_").to_uppercase());
+                arg.env(env)
+            }
+            None => arg,
+        })
+    }
+
+    /// Parses `args` (the program's name first) and the variables, as `Parser::try_parse_from`
+    /// does.
+    fn try_parse_with_env<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::with_env();
+        let mut matches = command.try_get_matches_from_mut(args)?;
+        Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))
+    }
 }
 
 /// `--redis` and its options.
@@ -448,10 +445,11 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    let args = match Cli::parse().into_args() {
+    let cli = Cli::try_parse_with_env(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let args = match cli.into_args() {
         Ok(args) => args,
         // Exit code 2 and the usage, like every error clap reports itself.
-        Err(why) => Cli::command()
+        Err(why) => Cli::with_env()
             .error(clap::error::ErrorKind::ValueValidation, why)
             .exit(),
     };
@@ -1273,7 +1271,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn args(flags: &[&str]) -> Result<Args, String> {
-        let cli = Cli::try_parse_from(std::iter::once("server").chain(flags.iter().copied()))
+        let cli = Cli::try_parse_with_env(std::iter::once("server").chain(flags.iter().copied()))
             .map_err(|e| e.to_string())?;
         cli.into_args()
     }
@@ -1309,7 +1307,7 @@ mod tests {
 
     #[test]
     fn the_flag_definitions_are_consistent() {
-        Cli::command().debug_assert();
+        Cli::with_env().debug_assert();
     }
 
     #[test]

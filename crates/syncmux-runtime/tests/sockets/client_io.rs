@@ -63,6 +63,17 @@ where
     format!("ws://{addr}/sync/ws")
 }
 
+/// Answers every frame on `ws` with a pong of its id (these tests' clients send nothing but
+/// pings), until the socket ends.
+async fn answer_pings(ws: &mut WebSocketStream<TcpStream>) {
+    while let Some(Ok(Message::Text(text))) = ws.next().await {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let id = v["id"].as_str().unwrap();
+        let pong = format!(r#"{{"type":"pong","id":"{id}"}}"#);
+        let _ = ws.send(Message::text(pong)).await;
+    }
+}
+
 fn big_record(i: usize) -> ChangeRecord {
     let value = "x".repeat(1 << 20);
     let json = format!(
@@ -200,13 +211,7 @@ async fn dropped_events_are_discarded() {
             );
             let _ = ws.send(Message::text(event)).await;
         }
-        while let Some(Ok(Message::Text(text))) = ws.next().await {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let id = v["id"].as_str().unwrap();
-            let _ = ws
-                .send(Message::text(format!(r#"{{"type":"pong","id":"{id}"}}"#)))
-                .await;
-        }
+        answer_pings(&mut ws).await;
     })
     .await;
     let mut config = ClientConfig::new(url, "n");
@@ -227,13 +232,7 @@ async fn dropped_events_are_discarded() {
 async fn offers_configured_subprotocols(connect: Connect) {
     let offered = Arc::new(Mutex::new(Vec::new()));
     let url = peer(offered.clone(), |_, mut ws| async move {
-        while let Some(Ok(Message::Text(text))) = ws.next().await {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let id = v["id"].as_str().unwrap();
-            let _ = ws
-                .send(Message::text(format!(r#"{{"type":"pong","id":"{id}"}}"#)))
-                .await;
-        }
+        answer_pings(&mut ws).await;
     })
     .await;
     let mut options = ClientOptions::default();

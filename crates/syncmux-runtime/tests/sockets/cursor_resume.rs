@@ -8,18 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use syncmux::payload::{ChangeRecord, Hlc, RawJson};
+use syncmux::payload::ChangeRecord;
 
 fn change(pk: u64, node: &str, ts: i64) -> ChangeRecord {
-    ChangeRecord::new(
-        "docs",
-        pk.to_string(),
-        "title",
-        "lww",
-        Hlc::new(ts, 0, node),
-        node,
-    )
-    .with_value(RawJson::from_serialize(&format!("{node}@{ts}")).expect("a string serialises"))
+    crate::sim::change("docs", pk, node, ts)
 }
 
 fn once(pks: &[u64]) -> BTreeMap<String, usize> {

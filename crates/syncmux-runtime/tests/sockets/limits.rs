@@ -14,6 +14,8 @@ use syncmux::Driver;
 use syncmux::{MemoryStore, StoreConfig};
 use syncmux::{Server, ServerConfig};
 use syncmux_runtime::{self as adapters, ServerOptions, SyncServer};
+
+use crate::common::{read_until_closed, small_buffer_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -287,11 +289,8 @@ async fn a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer(runtime: R
     config.rate_limit_burst = 0;
     let (server, addr) = serve(runtime, config, ServerOptions::default(), None).await;
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(addr).await.unwrap();
     let url = format!("ws://{addr}/sync/ws?node_id=slow");
-    let (mut slow, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let mut slow = small_buffer_client(addr, url).await;
     let subscribe = r#"{"type":"subscribe","id":"s","payload":{"tables":["t"]}}"#;
     slow.send(Message::text(subscribe)).await.unwrap();
     let ack = tokio::time::timeout(GUARD, text(&mut slow)).await.unwrap();
@@ -324,24 +323,11 @@ async fn a_subscriber_that_stops_reading_is_closed_as_a_slow_consumer(runtime: R
 
     // Read now: changes r0, r1, ... in order, then the end of the connection (the close
     // frame is best effort on a socket that was full).
-    let mut seen = 0;
-    loop {
-        match tokio::time::timeout(GUARD, slow.next()).await.unwrap() {
-            Some(Ok(Message::Text(change))) => {
-                let row = format!("\"r{seen}\"");
-                assert!(change.contains(&row), "expected {row}, got {:.80}", change);
-                seen += 1;
-            }
-            Some(Ok(Message::Close(frame))) => {
-                if let Some(frame) = frame {
-                    assert_eq!(u16::from(frame.code), 4503);
-                }
-                break;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
-        }
-    }
+    let seen = read_until_closed(&mut slow, |seen, change| {
+        let row = format!("\"r{seen}\"");
+        assert!(change.contains(&row), "expected {row}, got {:.80}", change);
+    })
+    .await;
     assert!(
         seen < PUSHES,
         "closed before it got all {PUSHES}: got {seen}"

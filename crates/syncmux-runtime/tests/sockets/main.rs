@@ -5,6 +5,12 @@
 //! `cargo test -p syncmux-runtime --all-features --test sockets NAME` runs the tests whose
 //! path contains NAME.
 
+mod common;
+// The core's simulation harness, for its fixtures (`sim::change`): the socket scenarios here
+// mirror the simulated ones there.
+#[path = "../../../../tests/core/sim/mod.rs"]
+mod sim;
+
 mod backend;
 mod client;
 mod client_io;

@@ -13,6 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use syncmux::ot::{OtServer, OtServerConfig};
 use syncmux::AuthDecision;
 use syncmux_runtime::{self as adapters, OtServerHandle, ServerOptions};
+
+use crate::common::{read_until_closed, small_buffer_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -290,11 +292,8 @@ async fn an_editor_that_stops_reading_is_closed_as_a_slow_consumer(
     config.ping_interval = Duration::ZERO;
     let (server, addr) = start(OtServer::new(config).unwrap());
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
     let url = format!("ws://{addr}/ot");
-    let (mut stuck, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let mut stuck = small_buffer_client(addr.parse().unwrap(), url).await;
     let mut editor = open(&addr, "").await.unwrap();
 
     // 800 ops of 16 KiB (each replaces the text): 13 MB for a connection allowed 256 KiB
@@ -319,24 +318,11 @@ async fn an_editor_that_stops_reading_is_closed_as_a_slow_consumer(
 
     // Read now: revisions 1, 2, ... in order, then the end of the connection (the close
     // frame is best effort on a socket that was full).
-    let mut seen = 0;
-    loop {
-        match guard(stuck.next()).await {
-            Some(Ok(Message::Text(op))) => {
-                let revision = format!(r#""revision":{}}}"#, seen + 1);
-                assert!(op.ends_with(&revision), "expected {revision}, got {op:.80}");
-                seen += 1;
-            }
-            Some(Ok(Message::Close(frame))) => {
-                if let Some(frame) = frame {
-                    assert_eq!(u16::from(frame.code), 4503);
-                }
-                break;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
-        }
-    }
+    let seen = read_until_closed(&mut stuck, |seen, op| {
+        let revision = format!(r#""revision":{}}}"#, seen + 1);
+        assert!(op.ends_with(&revision), "expected {revision}, got {op:.80}");
+    })
+    .await as u64;
     assert!(seen < OPS, "closed before it got all {OPS}: got {seen}");
 }
 

@@ -15,14 +15,10 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use example_util::{example_binary, Killed};
+use example_util::{example_binary, open, text, Killed, Ws};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Long enough never to be reached on a loaded machine; only a hang reaches it.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -105,23 +101,6 @@ fn run(name: &'static str, args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("run the example")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Opens a session; `Err(status)` when the handshake is refused with an HTTP status.
-async fn open(url: &str, query: &str) -> Result<Ws, u16> {
-    let mut request = format!("{url}?{query}").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "syncmux.v1".parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
-        Err(e) => panic!("connect {url}: {e}"),
-    }
-}
-
 /// The next text frame, as JSON; `Err` with the close code when the server closes instead.
 async fn next(ws: &mut Ws) -> Result<serde_json::Value, Option<u16>> {
     loop {
@@ -161,19 +140,11 @@ fn push(id: &str, node: &str, changes: &[String]) -> String {
     )
 }
 
-/// One HTTP/1.1 `GET` on a fresh connection: (status code, content type, body).
+/// One HTTP/1.1 `GET` on a fresh connection ([`example_util::exchange`]): (status code,
+/// content type, body).
 async fn get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let answer = text(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let (status, head, body) = example_util::exchange(addr, &request).await;
     let kind = head
         .lines()
         .find_map(|l| {
@@ -182,7 +153,7 @@ async fn get(addr: &str, path: &str) -> (u16, String, String) {
                 .then(|| value.to_owned())
         })
         .unwrap_or_default();
-    (status, kind, body.to_owned())
+    (status, kind, body)
 }
 
 /// A scrape, as `name{k="v",...}` (labels sorted) -> value.

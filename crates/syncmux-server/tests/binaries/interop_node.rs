@@ -8,44 +8,14 @@
 
 use crate::example_util;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use example_util::{example_binary, root, Killed};
-
-/// Why the test cannot run here, if it cannot.
-fn missing_tools() -> Option<String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        return Some("`node` is not on the PATH".to_owned());
-    }
-    if !root()
-        .join("tests/node/node_modules/ws/package.json")
-        .exists()
-    {
-        return Some(
-            "tests/node/node_modules/ws is missing: run `npm install --prefix tests/node \
-             --no-audit --no-fund`"
-                .to_owned(),
-        );
-    }
-    None
-}
+use example_util::{example_binary, node_ready, root, Killed};
 
 /// Starts the example `name` on port 0 and runs `tests/node/interop.mjs` against it.
 fn drive(name: &str) {
-    if let Some(why) = missing_tools() {
-        if std::env::var_os("CI").is_some() {
-            panic!("interop test cannot run under CI: {why}");
-        }
-        // Straight to stderr: the harness captures `eprintln!` of a passing test.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!! SKIPPED interop_node: {why} !!!!!\n"
-        );
+    if !node_ready("interop_node", "ws") {
         return;
     }
     let mut server = Killed(

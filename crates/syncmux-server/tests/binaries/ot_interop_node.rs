@@ -9,44 +9,18 @@
 
 use crate::example_util;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use example_util::{example_binary, root, Killed};
+use example_util::{example_binary, node_ready, root, Killed};
 
 /// Messages per connection per window the server is started with (the script checks the
 /// next one is refused).
 const RATE_LIMIT: &str = "50";
 
-/// Why the test cannot run here, if it cannot.
-fn missing_tools() -> Option<String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        return Some("`node` is not on the PATH".to_owned());
-    }
-    let package = "tests/node/node_modules/@open-ot/transport-websocket/package.json";
-    if !root().join(package).exists() {
-        return Some(format!(
-            "{package} is missing: run `npm install --prefix tests/node --no-audit --no-fund`"
-        ));
-    }
-    None
-}
-
 #[test]
 fn open_ot_transport_drives_the_example_servers_ot_endpoint() {
-    if let Some(why) = missing_tools() {
-        if std::env::var_os("CI").is_some() {
-            panic!("OT interop test cannot run under CI: {why}");
-        }
-        // Straight to stderr: the harness captures `eprintln!` of a passing test.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!! SKIPPED ot_interop_node: {why} !!!!!\n"
-        );
+    if !node_ready("ot_interop_node", "@open-ot/transport-websocket") {
         return;
     }
     let mut server = Killed(

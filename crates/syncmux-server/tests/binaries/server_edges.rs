@@ -8,14 +8,15 @@
 use crate::example_util;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
 
-use example_util::{example_binary, exchange, start_server, terminate, Killed, PATIENCE};
+use example_util::{example_binary, exchange, open, sigterm, start_server, terminate, text};
+use example_util::{Killed, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 /// The server with `args` and nothing from the test's `SYNCMUX_*` variables.
 fn server(args: &[&str]) -> Command {
@@ -46,8 +47,31 @@ fn refused(args: &[&str]) -> Output {
     out.unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Spawns `command` with its output piped and `RUST_LOG=log`: the process, its stdout and the
+/// first line it printed (`listening on URL`).
+fn spawn(mut command: Command, log: &str) -> (Killed, BufReader<ChildStdout>, String) {
+    command
+        .env("RUST_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut process = Killed(command.spawn().unwrap());
+    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    (process, stdout, line)
+}
+
+/// A self-signed certificate for `localhost` and its key, written to `dir`: their paths.
+fn self_signed(dir: &Path) -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
 }
 
 /// Bad values exit 2 with a message that names the flag and the value (or file), in the
@@ -55,15 +79,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn values_the_server_cannot_use_exit_2_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let (cert_arg, key_arg) = (
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    );
+    let (cert_arg, key_arg) = self_signed(dir.path());
     let file_arg = cert_arg.clone();
     let missing = dir.path().join("missing").display().to_string();
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
@@ -148,16 +164,9 @@ async fn plain_http_on_the_websocket_path_gets_426_and_an_empty_node_id_400() {
         assert!(body.contains("WebSocket"), "{body:?}");
 
         for query in ["node_id=", "node_id"] {
-            let mut request = format!("{url}?{query}").into_client_request().unwrap();
-            request
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", "syncmux.v1".parse().unwrap());
-            match tokio_tungstenite::connect_async(request).await {
-                Err(tungstenite::Error::Http(response)) => {
-                    assert_eq!(response.status().as_u16(), 400, "{args:?} {query}")
-                }
+            match open(&url, query).await {
+                Err(status) => assert_eq!(status, 400, "{args:?} {query}"),
                 Ok(_) => panic!("{args:?}: ?{query} was accepted"),
-                Err(e) => panic!("{args:?}: {e}"),
             }
         }
     }
@@ -168,15 +177,7 @@ async fn plain_http_on_the_websocket_path_gets_426_and_an_empty_node_id_400() {
 /// cleanly with exit 0. A failed write to either used to panic (exit 101) at the next line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_output_readers_are_gone_keeps_serving_and_exits_0() {
-    let mut command = server(&["--listen", "127.0.0.1:0"]);
-    command
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut process = Killed(command.spawn().unwrap());
-    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let (mut process, stdout, line) = spawn(server(&["--listen", "127.0.0.1:0"]), "debug");
     let url = line
         .trim()
         .strip_prefix("listening on ")
@@ -188,12 +189,8 @@ async fn a_server_whose_output_readers_are_gone_keeps_serving_and_exits_0() {
 
     // Every session logs at debug level; each one is a write to the broken stderr.
     for i in 0..3 {
-        let mut request = format!("{url}?node_id=n{i}").into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", "syncmux.v1".parse().unwrap());
         // A server whose accept loop died on a log write leaves the handshake unanswered.
-        let (mut ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+        let mut ws = tokio::time::timeout(PATIENCE, open(&url, &format!("node_id=n{i}")))
             .await
             .expect("the handshake is answered in time")
             .unwrap();
@@ -218,16 +215,8 @@ async fn a_server_whose_output_readers_are_gone_keeps_serving_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_off_a_terminal_are_plain_and_tls_failures_are_logged_under_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let (cert_arg, key_arg) = (
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    );
-    let mut command = server(&[
+    let (cert_arg, key_arg) = self_signed(dir.path());
+    let command = server(&[
         "--listen",
         "127.0.0.1:0",
         "--tls-cert",
@@ -235,14 +224,7 @@ async fn logs_off_a_terminal_are_plain_and_tls_failures_are_logged_under_tls() {
         "--tls-key",
         &key_arg,
     ]);
-    command
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut process = Killed(command.spawn().unwrap());
-    let mut stdout = BufReader::new(process.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let (mut process, _stdout, line) = spawn(command, "info");
     let addr = line
         .trim()
         .strip_prefix("listening on wss://")
@@ -259,12 +241,7 @@ async fn logs_off_a_terminal_are_plain_and_tls_failures_are_logged_under_tls() {
     let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
         .await
         .expect("the server dropped the connection");
-    let pid = process.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&process);
     let mut stderr = process.0.stderr.take().unwrap();
     let (done, waited) = mpsc::channel();
     std::thread::spawn(move || {

@@ -2,7 +2,7 @@
 //! ends however it ends.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -126,6 +126,11 @@ pub fn stderr_of(process: &mut Killed) -> String {
     stderr
 }
 
+/// Bytes a process wrote, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Generous: every wait ends as soon as what it waits for happens; only a hang reaches it.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -174,14 +179,19 @@ impl Lines {
     }
 }
 
-/// Sends SIGTERM to `process` and gives how it exited.
-pub fn terminate(mut process: Killed) -> ExitStatus {
+/// Sends SIGTERM to `process`.
+pub fn sigterm(process: &Killed) {
     let pid = process.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
+}
+
+/// Sends SIGTERM to `process` and gives how it exited.
+pub fn terminate(mut process: Killed) -> ExitStatus {
+    sigterm(&process);
     let (done, waited) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(process.0.wait());
@@ -205,4 +215,47 @@ pub async fn exchange(addr: &str, request: &str) -> (u16, String, String) {
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_owned(), body.to_owned())
+}
+
+/// A session of the sync protocol over a WebSocket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a session at `url?query`, offering `syncmux.v1`; `Err(status)` when the handshake is
+/// refused with an HTTP status.
+pub async fn open(url: &str, query: &str) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    let mut request = format!("{url}?{query}").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "syncmux.v1".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("connect {url}: {e}"),
+    }
+}
+
+/// Whether `node` and the npm package `package` (`tests/node/node_modules/PACKAGE`) are here
+/// for the Node test `test`. Without them it fails under CI (`CI` set), and is skipped loudly
+/// otherwise (false).
+pub fn node_ready(test: &str, package: &str) -> bool {
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    let dir = format!("tests/node/node_modules/{package}");
+    let why = if !node.is_ok_and(|s| s.success()) {
+        "`node` is not on the PATH".to_owned()
+    } else if !root().join(&dir).join("package.json").exists() {
+        format!("{dir} is missing: run `npm install --prefix tests/node --no-audit --no-fund`")
+    } else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run under CI: {why}");
+    }
+    // Straight to stderr: the harness captures `eprintln!` of a passing test.
+    let _ = writeln!(std::io::stderr(), "\n!!!!! SKIPPED {test}: {why} !!!!!\n");
+    false
 }
