@@ -22,7 +22,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use syncmux::wire::{DecodeLimits, ErrorCode, MessageType};
 use syncmux::Handshake;
-use syncmux_runtime::SyncServer;
+use syncmux_runtime::{OtServerHandle, SyncServer};
+
+use crate::sse::{self, Streams};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Grove's pull.
@@ -30,9 +32,31 @@ pub(crate) const PULL_PATH: &str = "/sync/pull";
 /// Grove's push.
 pub(crate) const PUSH_PATH: &str = "/sync/push";
 
+/// syncmux's own protocol's inbound frames, for a stream of `/sync/sse`.
+pub(crate) const SEND_PATH: &str = "/sync/send";
+
 /// Whether a request for `path` is this module's.
 pub(crate) fn handles(path: &[u8]) -> bool {
-    path == PULL_PATH.as_bytes() || path == PUSH_PATH.as_bytes()
+    [PULL_PATH, PUSH_PATH, SEND_PATH]
+        .iter()
+        .any(|p| path == p.as_bytes())
+}
+
+/// What the HTTP routes share beside the sync server: the OT endpoint, and the streams of
+/// syncmux's own protocol over SSE that `POST /sync/send` feeds.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    pub(crate) ot: OtServerHandle,
+    pub(crate) streams: Streams,
+}
+
+impl Routes {
+    pub(crate) fn new(ot: OtServerHandle) -> Routes {
+        Routes {
+            ot,
+            streams: Streams::default(),
+        }
+    }
 }
 
 /// The id the request's frame carries, which its reply echoes.
@@ -40,13 +64,13 @@ const ID: &str = "http";
 
 /// Serves one request on `io` (no keep-alive: Grove's client opens a connection per request
 /// through `http.DefaultClient`, which pools; one per connection keeps the router simple).
-pub(crate) async fn serve<S>(server: SyncServer, io: S) -> std::io::Result<()>
+pub(crate) async fn serve<S>(server: SyncServer, streams: Streams, io: S) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let server = server.clone();
-        async move { Ok::<_, Infallible>(answer(&server, req).await) }
+        let (server, streams) = (server.clone(), streams.clone());
+        async move { Ok::<_, Infallible>(answer(&server, &streams, req).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -89,9 +113,27 @@ impl Failure {
     }
 }
 
-async fn answer(server: &SyncServer, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match exchange(server, req).await {
-        Ok(payload) => respond(StatusCode::OK, payload),
+async fn answer(
+    server: &SyncServer,
+    streams: &Streams,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let answered = if req.method() != Method::POST {
+        let message = format!("{} takes POST", req.uri().path());
+        Err(Failure::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            message,
+        ))
+    } else if req.uri().path() == SEND_PATH {
+        send(server, streams, req).await
+    } else {
+        exchange(server, req)
+            .await
+            .map(|payload| (StatusCode::OK, payload))
+    };
+    match answered {
+        Ok((status, payload)) => respond(status, payload),
         Err(failure) => {
             let mut response = respond(failure.status, Bytes::from(failure.body()));
             if let Some((name, value)) = failure.header("POST") {
@@ -119,38 +161,8 @@ async fn exchange(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, 
         PULL_PATH => MessageType::PullRequest,
         _ => MessageType::PushRequest,
     };
-    if req.method() != Method::POST {
-        let message = format!("{} takes POST", req.uri().path());
-        return Err(Failure::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            message,
-        ));
-    }
     let handshake = handshake(&req);
-    let limit = server.with_driver(|d, _| d.server().config().max_frame_len);
-    let body = match limit {
-        0 => req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| e.into()),
-        n => Limited::new(req.into_body(), n)
-            .collect()
-            .await
-            .map(|b| b.to_bytes()),
-    };
-    let body = body.map_err(
-        |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
-            Some(_) => Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::FrameTooLarge.as_str(),
-                format!("the body is over {limit} bytes"),
-            ),
-            None => Failure::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()),
-        },
-    )?;
+    let body = body(server, req).await?;
     let payload: &RawValue = serde_json::from_slice(&body).map_err(|e| {
         let message = format!("the body is not JSON: {e}");
         Failure::new(
@@ -199,6 +211,95 @@ async fn exchange(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, 
         code: error.code,
         message: error.message,
     })
+}
+
+/// `POST /sync/send`: the body's frames (one JSON frame per line) into the inbox of the
+/// stream the request names, in order, the frames of one request together; `202
+/// {"accepted": n}`. Their replies come on the stream. A body with a line that is not JSON
+/// sends nothing.
+async fn send(
+    server: &SyncServer,
+    streams: &Streams,
+    req: Request<Incoming>,
+) -> Result<(StatusCode, Bytes), Failure> {
+    let not_found = || {
+        let message = "no open stream has this session: open GET /sync/sse";
+        Failure::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    };
+    let Some(inbox) = session_of(&req).and_then(|id| streams.get(&id)) else {
+        return Err(not_found());
+    };
+    let body = body(server, req).await?;
+    let mut frames = Vec::new();
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if let Err(e) = serde_json::from_slice::<&RawValue>(line) {
+            let message = format!("line {} is not a JSON frame: {e}", n + 1);
+            let code = ErrorCode::InvalidFrame.as_str();
+            return Err(Failure::new(StatusCode::BAD_REQUEST, code, message));
+        }
+        frames.push(body.slice_ref(line));
+    }
+    let accepted = frames.len();
+    // One request's frames go in together, in order.
+    let inbox = inbox.lock().await;
+    for frame in frames {
+        inbox.send(frame).await.map_err(|_| not_found())?;
+    }
+    let answer = serde_json::json!({ "accepted": accepted });
+    Ok((StatusCode::ACCEPTED, Bytes::from(answer.to_string())))
+}
+
+/// The session a `POST /sync/send` names: the header `X-Syncmux-Session`, the query's
+/// `session`, or the cookie `syncmux_session` (which the stream sets).
+fn session_of(req: &Request<Incoming>) -> Option<String> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = header("x-syncmux-session") {
+        return Some(id.trim().to_owned());
+    }
+    let query = req.uri().query().unwrap_or("").as_bytes();
+    if let Some((_, id)) = form_urlencoded::parse(query).find(|(name, _)| name == "session") {
+        return Some(id.into_owned());
+    }
+    let cookies = req.headers().get_all("cookie").into_iter();
+    cookies
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == sse::SESSION_COOKIE).then(|| value.to_owned())
+        })
+}
+
+/// The request's body, at most a frame long.
+async fn body(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, Failure> {
+    let limit = server.with_driver(|d, _| d.server().config().max_frame_len);
+    let body = match limit {
+        0 => req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| e.into()),
+        n => Limited::new(req.into_body(), n)
+            .collect()
+            .await
+            .map(|b| b.to_bytes()),
+    };
+    let body = body.map_err(
+        |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+            Some(_) => Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::FrameTooLarge.as_str(),
+                format!("the body is over {limit} bytes"),
+            ),
+            None => Failure::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()),
+        },
+    )?;
+    Ok(body)
 }
 
 /// The state machine's view of the request: its query and headers, on the WebSocket's path

@@ -562,7 +562,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|dir| static_files::Files::new(dir, WS_PATH));
     let serving = tokio::spawn(static_files::serve(
         server.clone(),
-        ot.clone(),
+        http::Routes::new(ot.clone()),
         ot_thread.runtime.clone(),
         listener,
         tls,
@@ -923,11 +923,12 @@ mod static_files {
     use std::path::PathBuf;
     use std::sync::Arc;
 
+    use super::http::Routes;
     use hyper::header::{HeaderValue, CACHE_CONTROL};
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use syncmux_runtime::TokioIo as Io;
-    use syncmux_runtime::{self as adapters, OtServerHandle, SyncServer};
+    use syncmux_runtime::{self as adapters, SyncServer};
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
     use tokio::sync::Semaphore;
     use tower_http::services::ServeDir;
@@ -962,7 +963,7 @@ mod static_files {
     /// most `max_handshakes` connections are before their request head at once.
     pub(crate) async fn serve(
         server: SyncServer,
-        ot: OtServerHandle,
+        routes: Routes,
         ot_runtime: tokio::runtime::Handle,
         listener: tokio::net::TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
@@ -988,12 +989,13 @@ mod static_files {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (server, ot, tls, files) = (server.clone(), ot.clone(), tls.clone(), files.clone());
+            let (server, routes, tls, files) =
+                (server.clone(), routes.clone(), tls.clone(), files.clone());
             if tls.is_none() && files.is_none() {
                 // Plain TCP: the adapter's fast write path, in a task of its own size (not
                 // that of the TLS and static-files path below).
                 let ot_runtime = ot_runtime.clone();
-                tokio::spawn(async move { plain(&server, &ot, ot_runtime, tcp, permit).await });
+                tokio::spawn(async move { plain(&server, &routes, ot_runtime, tcp, permit).await });
                 continue;
             }
             tokio::spawn(async move {
@@ -1015,7 +1017,7 @@ mod static_files {
                 let head = within(&server, head).await.flatten();
                 drop(permit);
                 let routed = match head {
-                    Some(Ok(head)) => route(&server, &ot, head, files.as_deref()).await,
+                    Some(Ok(head)) => route(&server, &routes, head, files.as_deref()).await,
                     Some(Err(e)) => Err(e),
                     None => Ok(()),
                 };
@@ -1032,7 +1034,7 @@ mod static_files {
     /// socket). An `/ot` connection moves to `ot_runtime`, the OT endpoint's own thread.
     async fn plain(
         server: &SyncServer,
-        ot: &OtServerHandle,
+        routes: &Routes,
         ot_runtime: tokio::runtime::Handle,
         mut tcp: tokio::net::TcpStream,
         permit: tokio::sync::OwnedSemaphorePermit,
@@ -1060,8 +1062,9 @@ mod static_files {
             .strip_prefix(super::OT_PATH.as_bytes())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         if complete(&buf) {
-            if path == super::sse::STREAM_PATH.as_bytes() && !is_upgrade(&buf) {
-                if let Err(e) = super::sse::serve(server, &buf, tcp).await {
+            let sse = super::sse::dialect(path, &routes.streams);
+            if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
+                if let Err(e) = super::sse::serve(server, dialect, &buf, tcp).await {
                     tracing::debug!(error = %e, "SSE stream ended");
                 }
                 return;
@@ -1069,7 +1072,7 @@ mod static_files {
             if super::http::handles(path) && !is_upgrade(&buf) {
                 let (reader, writer) = tcp.into_split();
                 let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
-                return grove_http(server, io).await;
+                return grove_http(server, routes, io).await;
             }
             if let Some(answer) = plain_answer(&buf, path, to_ot) {
                 if let Err(e) = tcp.write_all(answer).await {
@@ -1084,7 +1087,7 @@ mod static_files {
                     Ok(tcp) => tcp,
                     Err(e) => return tracing::debug!(error = %e, "OT connection lost"),
                 };
-                let ot = ot.clone();
+                let ot = routes.ot.clone();
                 ot_runtime.spawn(async move {
                     match tokio::net::TcpStream::from_std(tcp) {
                         Ok(tcp) => adapters::Tokio::accept_tcp(&ot, tcp, buf).await,
@@ -1102,7 +1105,7 @@ mod static_files {
             writer,
             buf,
         };
-        let routed = boxed_route(server, ot, head).await;
+        let routed = boxed_route(server, routes, head).await;
         if let Err(e) = routed {
             tracing::debug!(error = %e, "HTTP connection ended");
         }
@@ -1119,11 +1122,12 @@ mod static_files {
 
     /// Grove's HTTP pull or push on `io` (its head replayed in front), within the handshake
     /// deadline: a request whose head, body or answer takes longer is dropped.
-    async fn grove_http<S>(server: &SyncServer, io: S)
+    async fn grove_http<S>(server: &SyncServer, routes: &Routes, io: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        match within(server, super::http::serve(server.clone(), io)).await {
+        let served = super::http::serve(server.clone(), routes.streams.clone(), io);
+        match within(server, served).await {
             Some(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
             None => tracing::debug!("HTTP request timed out"),
             Some(Ok(())) => {}
@@ -1134,10 +1138,10 @@ mod static_files {
     /// none of its size (hyper's connection, kilobytes).
     fn boxed_route<'a>(
         server: &'a SyncServer,
-        ot: &'a OtServerHandle,
+        routes: &'a Routes,
         head: Head<Box<dyn Io>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
-        Box::pin(route(server, ot, head, None))
+        Box::pin(route(server, routes, head, None))
     }
 
     /// A connection and what it sent up to the end of its request head (or until it closed,
@@ -1200,7 +1204,7 @@ mod static_files {
     /// Sends a connection whose head was read where it belongs.
     async fn route<S>(
         server: &SyncServer,
-        ot: &OtServerHandle,
+        routes: &Routes,
         request: Head<S>,
         files: Option<&Files>,
     ) -> std::io::Result<()>
@@ -1228,13 +1232,14 @@ mod static_files {
         let to_ot = path
             .strip_prefix(ot_path)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
-        if path == super::sse::STREAM_PATH.as_bytes() && !is_upgrade(&buf) {
+        let sse = super::sse::dialect(path, &routes.streams);
+        if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
             let io = tokio::io::join(reader, writer);
-            return super::sse::serve(server, &buf, io).await;
+            return super::sse::serve(server, dialect, &buf, io).await;
         }
         if super::http::handles(path) && !is_upgrade(&buf) {
             let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
-            grove_http(server, io).await;
+            grove_http(server, routes, io).await;
             return Ok(());
         }
         let files = files.filter(|files| path != files.ws_path.as_bytes());
@@ -1246,7 +1251,7 @@ mod static_files {
         // Every byte read so far goes first, so the next reader sees the whole request.
         let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
         if to_ot {
-            adapters::Tokio::accept(ot, Box::new(io)).await;
+            adapters::Tokio::accept(&routes.ot, Box::new(io)).await;
             return Ok(());
         }
         let Some(files) = files else {
@@ -1454,7 +1459,7 @@ mod tests {
         let ot = ot_server();
         let serving = tokio::spawn(static_files::serve(
             server.clone(),
-            ot.clone(),
+            http::Routes::new(ot.clone()),
             tokio::runtime::Handle::current(),
             listener,
             None,
@@ -1567,7 +1572,7 @@ mod tests {
         let files = Files::new(std::env::temp_dir(), "/sync/ws");
         let serving = tokio::spawn(static_files::serve(
             server.clone(),
-            ot_server(),
+            http::Routes::new(ot_server()),
             tokio::runtime::Handle::current(),
             listener,
             None,

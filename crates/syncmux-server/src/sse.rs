@@ -1,18 +1,28 @@
-//! Grove's SSE stream under `/sync` (its `StreamingTransport`): `GET /sync/stream`.
+//! The SSE streams under `/sync`: Grove's (`GET /sync/stream`, its `StreamingTransport`)
+//! and syncmux's own protocol (`GET /sync/sse`, fed by `POST /sync/send`).
 //!
-//! No protocol rule is written here: the stream is a session of the sync server run over
+//! No protocol rule is written here: a stream is a session of the sync server run over
 //! channels ([`adapters::Tokio::frames`]), decided by the WebSocket's handshake on the
-//! request's query and headers, and subscribed with the request's `tables`, its
-//! `since_ts` / `since_count` / `since_node` (the `since` HLC) and its `Last-Event-ID` (the
-//! cursor). The session's frames become events: `change` and `changes` as Grove's events of
-//! those names, each with an `id:` line holding its cursor (a reconnect with
-//! `Last-Event-ID` resumes exactly after it, late old-HLC changes included), and the
-//! subscribe's ack as a bare `id:` line (where the live stream continues from); the server's
-//! pings are answered by the stream itself (Grove's clients send nothing on it), and
-//! `: keep-alive` comments go out every [`KEEP_ALIVE`]. An error before the stream starts is
-//! a status and `{"error","code"}` as on Grove's POSTs; one after it is an `event: error`,
-//! and a close by the server a last `event: close` with its code and reason.
+//! request's query and headers; only how its frames are written differs.
+//!
+//! - **Grove's**: the session subscribes with the request's `tables`, its `since_ts` /
+//!   `since_count` / `since_node` (the `since` HLC) and its `Last-Event-ID` (the cursor).
+//!   `change` and `changes` frames are Grove's events of those names, each with an `id:`
+//!   line holding its cursor (a reconnect with `Last-Event-ID` resumes exactly after it,
+//!   late old-HLC changes included), the subscribe's ack a bare `id:` line (where the live
+//!   stream continues from); the server's pings are answered by the stream itself (Grove's
+//!   clients send nothing on it). An error before the stream starts is a status and
+//!   `{"error","code"}` as on Grove's POSTs; one after it an `event: error`.
+//! - **syncmux's own**: the first event is `event: session` with the session's id (also set
+//!   as the cookie [`SESSION_COOKIE`]), then every frame as one unnamed `data:` event, with
+//!   an `id:` line on frames that carry a cursor; `POST /sync/send` with that id feeds the
+//!   session ([`Streams`]).
+//!
+//! Both: `: keep-alive` comments every 15 s, and a close by the server as a last `event:
+//! close` with its code and reason.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +36,10 @@ use crate::http::{self, Failure};
 
 /// Grove's stream.
 pub(crate) const STREAM_PATH: &str = "/sync/stream";
+/// syncmux's own protocol over SSE.
+pub(crate) const SSE_PATH: &str = "/sync/sse";
+/// The cookie that names an own-protocol stream's session to `POST /sync/send`.
+pub(crate) const SESSION_COOKIE: &str = "syncmux_session";
 
 /// How a stream keeps its connection alive.
 #[derive(Clone, Copy, Debug)]
@@ -45,19 +59,94 @@ const TIMING: Timing = Timing {
     write_timeout: Duration::from_secs(30),
 };
 
-/// The id of the stream's subscribe, which its ack and its error echo.
+/// The id of a Grove stream's subscribe, which its ack and its error echo.
 const ID: &str = "stream";
 
-/// Serves `GET /sync/stream` on `io`, whose request head is `head` (read already).
-pub(crate) async fn serve<S>(server: &SyncServer, head: &[u8], io: S) -> std::io::Result<()>
+/// Which stream a request asked for.
+#[derive(Clone, Copy)]
+pub(crate) enum Dialect<'a> {
+    /// Grove's `GET /sync/stream`.
+    Grove,
+    /// syncmux's own `GET /sync/sse`, registered in these streams.
+    Syncmux(&'a Streams),
+}
+
+/// The stream a request for `path` asks for, if it is one.
+pub(crate) fn dialect<'a>(path: &[u8], streams: &'a Streams) -> Option<Dialect<'a>> {
+    if path == STREAM_PATH.as_bytes() {
+        Some(Dialect::Grove)
+    } else if path == SSE_PATH.as_bytes() {
+        Some(Dialect::Syncmux(streams))
+    } else {
+        None
+    }
+}
+
+/// A stream's inbox, locked by a `POST /sync/send` while it hands over its frames.
+pub(crate) type Inbox = Arc<tokio::sync::Mutex<async_channel::Sender<Bytes>>>;
+
+/// The open own-protocol streams of this server, by session id: where `POST /sync/send`
+/// finds the inbox of the stream it names. A session id is 128 random bits, so only its
+/// stream's consumer can name it.
+#[derive(Clone, Default)]
+pub(crate) struct Streams(Arc<Mutex<HashMap<String, Inbox>>>);
+
+impl Streams {
+    /// The inbox of session `id`, while its stream is open.
+    pub(crate) fn get(&self, id: &str) -> Option<Inbox> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Registers `inbox` under a fresh id, until the registration is dropped.
+    fn register(&self, inbox: async_channel::Sender<Bytes>) -> Result<Registration, Failure> {
+        let mut id = [0u8; 16];
+        let random = rustls::crypto::ring::default_provider().secure_random;
+        random.fill(&mut id).map_err(|_| {
+            let message = "no randomness for a session id";
+            Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+        })?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
+        self.lock().insert(id.clone(), inbox);
+        Ok(Registration {
+            streams: self.clone(),
+            id,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Inbox>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An own-protocol stream's entry in [`Streams`], removed when dropped (the stream ended).
+struct Registration {
+    streams: Streams,
+    id: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.streams.lock().remove(&self.id);
+    }
+}
+
+/// Serves the stream `dialect` names on `io`, whose request head is `head` (read already).
+pub(crate) async fn serve<S>(
+    server: &SyncServer,
+    dialect: Dialect<'_>,
+    head: &[u8],
+    io: S,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_with(server, head, io, TIMING).await
+    serve_with(server, dialect, head, io, TIMING).await
 }
 
 async fn serve_with<S>(
     server: &SyncServer,
+    dialect: Dialect<'_>,
     head: &[u8],
     mut io: S,
     timing: Timing,
@@ -65,7 +154,7 @@ async fn serve_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut opened = match open(server, head).await {
+    let mut opened = match open(server, dialect, head).await {
         Ok(opened) => opened,
         Err(failure) => {
             let header = failure.header("GET");
@@ -82,13 +171,23 @@ where
             return io.write_all(answer.as_bytes()).await;
         }
     };
-    // Read until the first frame is out: an error then is still a status (see `open`).
-    let first = opened.first.take();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-                X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
-    let mut out = Vec::from(head);
-    if let Some(frame) = first {
-        event(&frame, &mut out);
+    let mut out = Vec::from(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         X-Accel-Buffering: no\r\nConnection: close\r\n",
+    );
+    match &opened.registration {
+        Some(registration) => {
+            let id = &registration.id;
+            let cookie = format!(
+                "Set-Cookie: {SESSION_COOKIE}={id}; Path=/sync; HttpOnly; SameSite=Lax\r\n\r\n\
+                 event: session\ndata: {{\"session\":\"{id}\"}}\n\n"
+            );
+            out.extend_from_slice(cookie.as_bytes());
+        }
+        None => out.extend_from_slice(b"\r\n"),
+    }
+    if let Some(frame) = opened.first.take() {
+        grove_event(&frame, &mut out);
     }
     write(&mut io, &out, timing.write_timeout).await?;
     let every = timing.keep_alive;
@@ -98,21 +197,7 @@ where
         out.clear();
         tokio::select! {
             frame = opened.frames.next() => match frame {
-                Some(bytes) => {
-                    let Ok(frame) = syncmux::wire::decode(bytes, &DecodeLimits::default()) else {
-                        continue;
-                    };
-                    if frame.kind() == MessageType::Ping {
-                        // Grove's clients never answer: the stream does, so the session is
-                        // not idle while its consumer reads.
-                        if let Some(id) = frame.id() {
-                            let pong = serde_json::json!({"type": "pong", "id": id.as_str()});
-                            let _ = opened.frames.inbox().send(Bytes::from(pong.to_string())).await;
-                        }
-                        continue;
-                    }
-                    event(&frame, &mut out);
-                }
+                Some(bytes) => opened.event(bytes, &mut out).await,
                 None => {
                     if let Some((code, reason)) = opened.frames.closed_with() {
                         let data = serde_json::json!({"code": code.0, "reason": reason});
@@ -137,40 +222,84 @@ where
     }
 }
 
-/// A stream whose session was accepted and subscribed: its frames, and the first one.
+/// A stream whose session was accepted (and, for Grove's, subscribed).
 struct Opened {
     frames: Frames,
-    /// The first frame, which showed the subscribe succeeded (a replayed change or its ack).
+    /// A Grove stream's first frame, which showed the subscribe succeeded (a replayed
+    /// change or its ack).
     first: Option<Frame>,
+    /// An own-protocol stream's entry in [`Streams`].
+    registration: Option<Registration>,
 }
 
-/// The request as a session subscribed as it asks; a failure before any event.
-async fn open(server: &SyncServer, head: &[u8]) -> Result<Opened, Failure> {
+impl Opened {
+    /// The event of one frame of the session, appended to `out`.
+    async fn event(&mut self, bytes: Bytes, out: &mut Vec<u8>) {
+        if self.registration.is_some() {
+            return own_event(bytes, out);
+        }
+        let Ok(frame) = syncmux::wire::decode(bytes, &DecodeLimits::default()) else {
+            return;
+        };
+        if frame.kind() == MessageType::Ping {
+            // Grove's clients never answer: the stream does, so the session is not idle
+            // while its consumer reads.
+            if let Some(id) = frame.id() {
+                let pong = serde_json::json!({"type": "pong", "id": id.as_str()});
+                let _ = self
+                    .frames
+                    .inbox()
+                    .send(Bytes::from(pong.to_string()))
+                    .await;
+            }
+            return;
+        }
+        grove_event(&frame, out);
+    }
+}
+
+/// The own-protocol event of one frame, appended to `out`: the frame as it is, with its
+/// cursor as the event's id.
+fn own_event(bytes: Bytes, out: &mut Vec<u8>) {
+    let frame = syncmux::wire::decode(bytes.clone(), &DecodeLimits::default()).ok();
+    if let Some(cursor) = frame.as_ref().and_then(Frame::cursor) {
+        out.extend_from_slice(format!("id: {cursor}\n").as_bytes());
+    }
+    data(&bytes, out);
+    out.push(b'\n');
+}
+
+/// The request as a session (for Grove's stream, subscribed as it asks); a failure before
+/// any event.
+async fn open(server: &SyncServer, dialect: Dialect<'_>, head: &[u8]) -> Result<Opened, Failure> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
         return Err(bad_request("the request head does not parse"));
     }
+    let target = request.path.unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if request.method != Some("GET") {
-        let message = format!("{STREAM_PATH} takes GET");
+        let message = format!("{path} takes GET");
         return Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
             message,
         ));
     }
-    let target = request.path.unwrap_or_default();
-    let query = target.split_once('?').map_or("", |(_, query)| query);
-    let headers = request
-        .headers
-        .iter()
-        .filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)));
-    let last_event_id = request
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-        .and_then(|h| std::str::from_utf8(h.value).ok());
-    let subscribe = subscribe(query, last_event_id)?;
+    let header = |name: &str| {
+        let found = request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name));
+        found.and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let subscribe = match dialect {
+        Dialect::Grove => Some(subscribe(query, header("last-event-id"))?),
+        Dialect::Syncmux(_) => None,
+    };
+    let headers = request.headers.iter();
+    let headers = headers.filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)));
     let handshake = http::handshake_of(query, headers);
     let session = server.handshake(&handshake).map_err(|rejection| {
         let status =
@@ -178,12 +307,20 @@ async fn open(server: &SyncServer, head: &[u8]) -> Result<Opened, Failure> {
         Failure::new(status, http::code_of(status), rejection.reason)
     })?;
     let mut frames = adapters::Tokio::frames(session);
+    let Some(subscribe) = subscribe else {
+        let registration = match dialect {
+            Dialect::Syncmux(streams) => Some(streams.register(frames.inbox())?),
+            Dialect::Grove => None,
+        };
+        return Ok(Opened {
+            frames,
+            first: None,
+            registration,
+        });
+    };
     let unavailable = || {
-        Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            "the server closed the stream's session (it may be shutting down)",
-        )
+        let message = "the server closed the stream's session (it may be shutting down)";
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
     };
     frames
         .inbox()
@@ -207,6 +344,7 @@ async fn open(server: &SyncServer, head: &[u8]) -> Result<Opened, Failure> {
     Ok(Opened {
         frames,
         first: Some(first),
+        registration: None,
     })
 }
 
@@ -255,9 +393,9 @@ fn subscribe(query: &str, last_event_id: Option<&str>) -> Result<Bytes, Failure>
     Ok(Bytes::from(frame.to_string()))
 }
 
-/// The event of one frame, appended to `out` (nothing for a frame the stream does not
+/// The Grove event of one frame, appended to `out` (nothing for a frame the stream does not
 /// carry: presence, rooms, pongs).
-fn event(frame: &Frame, out: &mut Vec<u8>) {
+fn grove_event(frame: &Frame, out: &mut Vec<u8>) {
     let cursor = |out: &mut Vec<u8>, cursor: Option<String>| {
         if let Some(cursor) = cursor {
             out.extend_from_slice(format!("id: {cursor}\n").as_bytes());
@@ -271,9 +409,9 @@ fn event(frame: &Frame, out: &mut Vec<u8>) {
             } else {
                 "changes"
             };
-            out.extend_from_slice(format!("event: {name}\ndata: ").as_bytes());
-            out.extend_from_slice(frame.raw_payload());
-            out.extend_from_slice(b"\n\n");
+            out.extend_from_slice(format!("event: {name}\n").as_bytes());
+            data(frame.raw_payload(), out);
+            out.push(b'\n');
         }
         MessageType::Ack => {
             #[derive(serde::Deserialize)]
@@ -291,6 +429,16 @@ fn event(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(format!("event: error\ndata: {}\n\n", failure.body()).as_bytes());
         }
         _ => {}
+    }
+}
+
+/// `bytes` as an event's data: a `data:` line per line of it (JSON may hold line breaks
+/// between its tokens, never inside a string; SSE would end a line at each).
+fn data(bytes: &[u8], out: &mut Vec<u8>) {
+    for line in bytes.split(|&b| b == b'\n' || b == b'\r') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
     }
 }
 
@@ -361,7 +509,10 @@ mod tests {
     ) -> (DuplexStream, tokio::task::JoinHandle<std::io::Result<()>>) {
         let (ours, theirs) = tokio::io::duplex(capacity);
         let server = server.clone();
-        let task = tokio::spawn(async move { serve_with(&server, HEAD, ours, FAST).await });
+        let task =
+            tokio::spawn(
+                async move { serve_with(&server, Dialect::Grove, HEAD, ours, FAST).await },
+            );
         (theirs, task)
     }
 
@@ -429,14 +580,19 @@ mod tests {
         assert!(gone.await.is_ok(), "its session ended");
     }
 
-    /// The example of `docs/protocol.md` (section 2.2) is what the stream writes for the
-    /// frames it shows: the subscribe's ack, then a live change.
+    /// The `text` example of `docs/protocol.md` in the section `heading`.
+    fn example(heading: &str) -> &'static str {
+        let doc = include_str!("../../../docs/protocol.md");
+        let section = doc.split(heading).nth(1).unwrap();
+        let example = section.split("```text\n").nth(1).unwrap();
+        example.split("```").next().unwrap()
+    }
+
+    /// The example of `docs/protocol.md` (section 2.2) is what Grove's stream writes for
+    /// the frames it shows: the subscribe's ack, then a live change.
     #[test]
     fn the_protocol_documents_the_events_the_stream_writes() {
-        let doc = include_str!("../../../docs/protocol.md");
-        let section = doc.split("### 2.2 SSE").nth(1).unwrap();
-        let example = section.split("```text\n").nth(1).unwrap();
-        let example = example.split("```").next().unwrap();
+        let example = example("### 2.2 SSE");
         let data = example
             .lines()
             .find_map(|l| l.strip_prefix("data: "))
@@ -449,9 +605,36 @@ mod tests {
         let mut out = Vec::new();
         for frame in frames {
             let frame = syncmux::wire::decode(Bytes::from(frame), &DecodeLimits::default());
-            event(&frame.unwrap(), &mut out);
+            grove_event(&frame.unwrap(), &mut out);
         }
         out.extend_from_slice(b": keep-alive\n\n");
         assert_eq!(String::from_utf8(out).unwrap(), example);
+    }
+
+    /// The example of section 2.3 is what an own-protocol stream writes: the session event,
+    /// then each frame as it is, a change with its cursor as the event's id.
+    #[test]
+    fn the_protocol_documents_the_own_protocols_events() {
+        let example = example("### 2.3 SSE and POST");
+        let mut lines = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .skip(1);
+        let mut out = Vec::from(
+            "event: session\ndata: {\"session\":\"4f1c0d5e9a2b7c6d8e0f1a2b3c4d5e6f\"}\n\n",
+        );
+        for frame in lines.by_ref() {
+            own_event(Bytes::from(frame.to_owned()), &mut out);
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), example);
+    }
+
+    /// JSON with line breaks between its tokens (a raw value a client sent as it wrote it)
+    /// is one data line per line: SSE would end the event's field at each break.
+    #[test]
+    fn a_frame_with_line_breaks_is_one_data_line_per_line() {
+        let mut out = Vec::new();
+        data(b"{\"value\": [1,\r\n2]}", &mut out);
+        assert_eq!(out, b"data: {\"value\": [1,\ndata: \ndata: 2]}\n");
     }
 }

@@ -1,8 +1,12 @@
-//! Grove's SSE stream, `GET /sync/stream`, on `syncmux-server` over real sockets: live
-//! changes as Grove's `change` / `changes` events, each with its cursor as the event id; a
-//! reconnect with `Last-Event-ID` gets exactly what came after, a late old-HLC change
-//! included; one with Grove's `since_*` gets what is newer than the HLC; errors as a status
-//! and `{"error","code"}`; auth as on the WebSocket.
+//! The SSE streams of `syncmux-server` over real sockets.
+//!
+//! Grove's, `GET /sync/stream`: live changes as Grove's `change` / `changes` events, each
+//! with its cursor as the event id; a reconnect with `Last-Event-ID` gets exactly what came
+//! after, a late old-HLC change included; one with Grove's `since_*` gets what is newer than
+//! the HLC; errors as a status and `{"error","code"}`; auth as on the WebSocket.
+//!
+//! syncmux's own protocol, `GET /sync/sse` fed by `POST /sync/send`: every frame of a
+//! WebSocket session, the session named by a header, the query or the cookie.
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail loudly
 
@@ -39,6 +43,17 @@ struct Stream {
 impl Stream {
     /// Opens `target` with `headers`: the stream, or the status and body of a refusal.
     async fn open(addr: &str, target: &str, headers: &[&str]) -> Result<Stream, (u16, String)> {
+        Stream::open_with_head(addr, target, headers)
+            .await
+            .map(|(stream, _)| stream)
+    }
+
+    /// [`open`](Self::open), with the answer's head (lower-cased).
+    async fn open_with_head(
+        addr: &str,
+        target: &str,
+        headers: &[&str],
+    ) -> Result<(Stream, String), (u16, String)> {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let mut request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n");
         for header in headers {
@@ -66,7 +81,7 @@ impl Stream {
         }
         assert!(head.contains("content-type: text/event-stream"), "{head}");
         assert!(head.contains("cache-control: no-cache"), "{head}");
-        Ok(Stream { reader })
+        Ok((Stream { reader }, head))
     }
 
     /// The next event (comments skipped); `None` once the stream ended.
@@ -234,4 +249,126 @@ async fn a_stream_is_refused_as_grove_expects() {
     let (status, head, _) = example_util::exchange(&addr, &request).await;
     assert_eq!(status, 405);
     assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
+}
+
+/// `POST /sync/send` with `body` for `session`, named by `how` (a header line, or a query
+/// to append): the status and body.
+async fn send(addr: &str, how: &str, body: &str) -> (u16, String) {
+    let (query, header) = match how.strip_prefix('?') {
+        Some(query) => (format!("?{query}"), String::new()),
+        None => (String::new(), format!("{how}\r\n")),
+    };
+    let request = format!(
+        "POST /sync/send{query} HTTP/1.1\r\nHost: {addr}\r\n{header}\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, answer) = example_util::exchange(addr, &request).await;
+    (status, answer)
+}
+
+impl Stream {
+    /// The next unnamed event's frame.
+    async fn frame(&mut self) -> (Option<String>, serde_json::Value) {
+        let event = self.event().await.expect("the stream ended");
+        assert_eq!(event.name, None, "{event:?}");
+        (event.id, serde_json::from_str(&event.data).unwrap())
+    }
+}
+
+/// A session over SSE and POSTs does what a WebSocket session does: subscribe, live changes
+/// with their cursors as event ids, pings, presence; the POSTs name it by header, query or
+/// cookie, and their frames are handled in order.
+#[tokio::test]
+async fn a_session_runs_over_sse_and_posts() {
+    let (_server, addr) = start(&[]);
+    let (mut stream, head) = Stream::open_with_head(&addr, "/sync/sse?node_id=bob", &[])
+        .await
+        .unwrap();
+    let first = stream.event().await.unwrap();
+    assert_eq!(first.name.as_deref(), Some("session"), "{first:?}");
+    let session: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let session = session["session"].as_str().unwrap().to_owned();
+    assert_eq!(session.len(), 32, "128 random bits");
+    assert!(
+        head.contains(&format!("set-cookie: syncmux_session={session}")),
+        "{head}"
+    );
+    let header = format!("X-Syncmux-Session: {session}");
+
+    // Two frames in one POST, answered in order on the stream.
+    let body = r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}
+{"type":"ping","id":"p1"}"#;
+    let (status, answer) = send(&addr, &header, body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer, r#"{"accepted":2}"#);
+    let (_, ack) = stream.frame().await;
+    assert_eq!(
+        (&ack["type"], &ack["id"]),
+        (&"ack".into(), &"s".into()),
+        "{ack}"
+    );
+    let (_, pong) = stream.frame().await;
+    assert_eq!(
+        (&pong["type"], &pong["id"]),
+        (&"pong".into(), &"p1".into()),
+        "{pong}"
+    );
+
+    // A live change from another node, its cursor as the event's id.
+    push(&addr, &[record("1", 100)]).await;
+    let (id, change) = stream.frame().await;
+    assert_eq!(change["type"], "change", "{change}");
+    assert_eq!(id.as_deref(), change["cursor"].as_str());
+
+    // The session named by the query, then by the cookie.
+    let (status, _) = send(
+        &addr,
+        &format!("?session={session}"),
+        r#"{"type":"ping","id":"p2"}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(stream.frame().await.1["id"], "p2");
+    let cookie = format!("Cookie: theme=dark; syncmux_session={session}");
+    let presence =
+        r#"{"type":"presence_update","id":"u","payload":{"topic":"doc-1","data":{"x":1}}}"#;
+    let (status, _) = send(&addr, &cookie, presence).await;
+    assert_eq!(status, 202);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        kinds.push(stream.frame().await.1["type"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["ack", "presence_event"]);
+
+    // A body with a line that is not JSON is refused whole: nothing of it is handled.
+    let bad = "{\"type\":\"ping\",\"id\":\"never\"}\n{not json";
+    let (status, answer) = send(&addr, &header, bad).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("INVALID_FRAME"), "{answer}");
+    send(&addr, &header, r#"{"type":"ping","id":"p3"}"#).await;
+    assert_eq!(
+        stream.frame().await.1["id"],
+        "p3",
+        "the refused ping never came"
+    );
+
+    // An unknown session, and one whose stream is gone: 404.
+    let (status, answer) = send(&addr, "X-Syncmux-Session: nope", r#"{"type":"ping"}"#).await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("NOT_FOUND"), "{answer}");
+    drop(stream);
+    let gone = async {
+        loop {
+            let (status, _) = send(&addr, &header, r#"{"type":"ping"}"#).await;
+            if status == 404 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, gone)
+        .await
+        .expect("404 once the stream is gone");
 }
