@@ -20,10 +20,11 @@ use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
-use syncmux::wire::{DecodeLimits, ErrorCode, MessageType};
+use syncmux::wire::{DecodeLimits, ErrorCode, Frame, MessageType};
 use syncmux::Handshake;
-use syncmux_runtime::{OtServerHandle, SyncServer};
+use syncmux_runtime::{OtServerHandle, Rejection, SyncServer};
 
+use crate::presence::{self, Holders, PRESENCE_PATH};
 use crate::sse::{self, Streams};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -37,17 +38,19 @@ pub(crate) const SEND_PATH: &str = "/sync/send";
 
 /// Whether a request for `path` is this module's.
 pub(crate) fn handles(path: &[u8]) -> bool {
-    [PULL_PATH, PUSH_PATH, SEND_PATH]
+    [PULL_PATH, PUSH_PATH, SEND_PATH, PRESENCE_PATH]
         .iter()
         .any(|p| path == p.as_bytes())
 }
 
-/// What the HTTP routes share beside the sync server: the OT endpoint, and the streams of
-/// syncmux's own protocol over SSE that `POST /sync/send` feeds.
+/// What the HTTP routes share beside the sync server: the OT endpoint, the streams of
+/// syncmux's own protocol over SSE that `POST /sync/send` feeds, and the presence sessions
+/// of Grove's `POST /sync/presence`.
 #[derive(Clone)]
 pub(crate) struct Routes {
     pub(crate) ot: OtServerHandle,
     pub(crate) streams: Streams,
+    pub(crate) holders: Holders,
 }
 
 impl Routes {
@@ -55,6 +58,7 @@ impl Routes {
         Routes {
             ot,
             streams: Streams::default(),
+            holders: Holders::default(),
         }
     }
 }
@@ -64,13 +68,13 @@ const ID: &str = "http";
 
 /// Serves one request on `io` (no keep-alive: Grove's client opens a connection per request
 /// through `http.DefaultClient`, which pools; one per connection keeps the router simple).
-pub(crate) async fn serve<S>(server: SyncServer, streams: Streams, io: S) -> std::io::Result<()>
+pub(crate) async fn serve<S>(server: SyncServer, routes: Routes, io: S) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let (server, streams) = (server.clone(), streams.clone());
-        async move { Ok::<_, Infallible>(answer(&server, &streams, req).await) }
+        let (server, routes) = (server.clone(), routes.clone());
+        async move { Ok::<_, Infallible>(answer(&server, &routes, req).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -95,6 +99,30 @@ impl Failure {
         }
     }
 
+    /// A refused handshake: its status, and the code of that status.
+    pub(crate) fn refused(rejection: Rejection) -> Failure {
+        let status =
+            StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Failure::new(status, code_of(status), rejection.reason)
+    }
+
+    /// An error frame: its code, and the status of that code.
+    pub(crate) fn of_error(frame: &Frame) -> Failure {
+        #[derive(serde::Deserialize)]
+        struct Error {
+            code: String,
+            message: String,
+        }
+        match frame.payload::<Error>() {
+            Ok(error) => Failure {
+                status: status_of(&error.code),
+                code: error.code,
+                message: error.message,
+            },
+            Err(e) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()),
+        }
+    }
+
     /// The body: `{"error": message, "code": code}`.
     pub(crate) fn body(&self) -> String {
         serde_json::json!({"error": self.message, "code": self.code}).to_string()
@@ -115,10 +143,13 @@ impl Failure {
 
 async fn answer(
     server: &SyncServer,
-    streams: &Streams,
+    routes: &Routes,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let answered = if req.method() != Method::POST {
+    let presence = req.uri().path() == PRESENCE_PATH;
+    let answered = if presence {
+        presence::answer(server, &routes.holders, req).await
+    } else if req.method() != Method::POST {
         let message = format!("{} takes POST", req.uri().path());
         Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -126,7 +157,7 @@ async fn answer(
             message,
         ))
     } else if req.uri().path() == SEND_PATH {
-        send(server, streams, req).await
+        send(server, &routes.streams, req).await
     } else {
         exchange(server, req)
             .await
@@ -136,7 +167,8 @@ async fn answer(
         Ok((status, payload)) => respond(status, payload),
         Err(failure) => {
             let mut response = respond(failure.status, Bytes::from(failure.body()));
-            if let Some((name, value)) = failure.header("POST") {
+            let allow = if presence { "GET, POST" } else { "POST" };
+            if let Some((name, value)) = failure.header(allow) {
                 response
                     .headers_mut()
                     .insert(name, HeaderValue::from_static(value));
@@ -171,10 +203,20 @@ async fn exchange(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, 
             message,
         )
     })?;
+    exchange_frame(server, &handshake, kind, payload.get()).await
+}
+
+/// One frame of `kind` with `payload` on a session of its own ([`SyncServer::exchange`]):
+/// the reply's payload, or the failure an error frame or a refusal is.
+pub(crate) async fn exchange_frame(
+    server: &SyncServer,
+    handshake: &Handshake,
+    kind: MessageType,
+    payload: &str,
+) -> Result<Bytes, Failure> {
     let frame = format!(
-        r#"{{"type":"{}","id":"{ID}","payload":{}}}"#,
-        kind.as_str(),
-        payload.get()
+        r#"{{"type":"{}","id":"{ID}","payload":{payload}}}"#,
+        kind.as_str()
     );
     let limits = DecodeLimits::default();
     let is_reply = move |bytes: &Bytes| {
@@ -182,35 +224,19 @@ async fn exchange(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, 
             .is_ok_and(|f| f.id().is_some_and(|id| id.as_str() == ID))
     };
     let reply = server
-        .exchange(&handshake, Bytes::from(frame), is_reply)
+        .exchange(handshake, Bytes::from(frame), is_reply)
         .await
-        .map_err(|rejection| {
-            let status =
-                StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            Failure::new(status, code_of(status), rejection.reason)
-        })?
+        .map_err(Failure::refused)?
         .ok_or_else(|| {
             let message = "the server closed the request's session (it may be shutting down)";
             Failure::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
         })?;
     let reply = syncmux::wire::decode(reply, &DecodeLimits::default())
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
-    if reply.kind() != MessageType::Error {
-        return Ok(Bytes::copy_from_slice(reply.raw_payload()));
+    match reply.kind() {
+        MessageType::Error => Err(Failure::of_error(&reply)),
+        _ => Ok(Bytes::copy_from_slice(reply.raw_payload())),
     }
-    #[derive(serde::Deserialize)]
-    struct Error {
-        code: String,
-        message: String,
-    }
-    let error: Error = reply
-        .payload()
-        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
-    Err(Failure {
-        status: status_of(&error.code),
-        code: error.code,
-        message: error.message,
-    })
 }
 
 /// `POST /sync/send`: the body's frames (one JSON frame per line) into the inbox of the
@@ -275,7 +301,7 @@ fn session_of(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// The request's body, at most a frame long.
-async fn body(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, Failure> {
+pub(crate) async fn body(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, Failure> {
     let limit = server.with_driver(|d, _| d.server().config().max_frame_len);
     let body = match limit {
         0 => req
@@ -304,7 +330,7 @@ async fn body(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, Fail
 
 /// The state machine's view of the request: its query and headers, on the WebSocket's path
 /// (so that the same handshake rules decide it).
-fn handshake(req: &Request<Incoming>) -> Handshake {
+pub(crate) fn handshake(req: &Request<Incoming>) -> Handshake {
     let headers = req.headers().iter();
     let headers = headers.filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
     handshake_of(req.uri().query().unwrap_or(""), headers)
@@ -327,7 +353,7 @@ pub(crate) fn handshake_of<'a>(
 }
 
 /// The HTTP status of an error frame's code.
-pub(crate) fn status_of(code: &str) -> StatusCode {
+fn status_of(code: &str) -> StatusCode {
     match code {
         "INVALID_FRAME" | "INVALID_PAYLOAD" | "UNKNOWN_TYPE" | "DUPLICATE_ID" => {
             StatusCode::BAD_REQUEST
@@ -344,7 +370,7 @@ pub(crate) fn status_of(code: &str) -> StatusCode {
 }
 
 /// The code of a refused handshake's status.
-pub(crate) fn code_of(status: StatusCode) -> &'static str {
+fn code_of(status: StatusCode) -> &'static str {
     match status {
         StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
         StatusCode::FORBIDDEN => "FORBIDDEN",

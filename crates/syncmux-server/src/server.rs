@@ -72,6 +72,7 @@ use syncmux_runtime::{self as adapters, Clock, OtServerHandle, ServerOptions, Sy
 const WS_PATH: &str = "/sync/ws";
 
 mod http;
+mod presence;
 mod sse;
 /// Where the OT profile is served (and every path under it: `/ot/...`).
 const OT_PATH: &str = "/ot";
@@ -1062,7 +1063,7 @@ mod static_files {
             .strip_prefix(super::OT_PATH.as_bytes())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         if complete(&buf) {
-            let sse = super::sse::dialect(path, &routes.streams);
+            let sse = super::sse::dialect(path, routes);
             if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
                 if let Err(e) = super::sse::serve(server, dialect, &buf, tcp).await {
                     tracing::debug!(error = %e, "SSE stream ended");
@@ -1126,7 +1127,7 @@ mod static_files {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let served = super::http::serve(server.clone(), routes.streams.clone(), io);
+        let served = super::http::serve(server.clone(), routes.clone(), io);
         match within(server, served).await {
             Some(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
             None => tracing::debug!("HTTP request timed out"),
@@ -1232,7 +1233,7 @@ mod static_files {
         let to_ot = path
             .strip_prefix(ot_path)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
-        let sse = super::sse::dialect(path, &routes.streams);
+        let sse = super::sse::dialect(path, routes);
         if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
             let io = tokio::io::join(reader, writer);
             return super::sse::serve(server, dialect, &buf, io).await;

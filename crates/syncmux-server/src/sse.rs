@@ -32,7 +32,8 @@ use syncmux::wire::{DecodeLimits, ErrorCode, Frame, MessageType};
 use syncmux_runtime::{self as adapters, Frames, SyncServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::http::{self, Failure};
+use crate::http::{self, Failure, Routes};
+use crate::presence::{Holders, Leave};
 
 /// Grove's stream.
 pub(crate) const STREAM_PATH: &str = "/sync/stream";
@@ -65,18 +66,19 @@ const ID: &str = "stream";
 /// Which stream a request asked for.
 #[derive(Clone, Copy)]
 pub(crate) enum Dialect<'a> {
-    /// Grove's `GET /sync/stream`.
-    Grove,
+    /// Grove's `GET /sync/stream`, whose node (if it names one) leaves these presence
+    /// sessions when it ends.
+    Grove(&'a Holders),
     /// syncmux's own `GET /sync/sse`, registered in these streams.
     Syncmux(&'a Streams),
 }
 
 /// The stream a request for `path` asks for, if it is one.
-pub(crate) fn dialect<'a>(path: &[u8], streams: &'a Streams) -> Option<Dialect<'a>> {
+pub(crate) fn dialect<'a>(path: &[u8], routes: &'a Routes) -> Option<Dialect<'a>> {
     if path == STREAM_PATH.as_bytes() {
-        Some(Dialect::Grove)
+        Some(Dialect::Grove(&routes.holders))
     } else if path == SSE_PATH.as_bytes() {
-        Some(Dialect::Syncmux(streams))
+        Some(Dialect::Syncmux(&routes.streams))
     } else {
         None
     }
@@ -230,6 +232,8 @@ struct Opened {
     first: Option<Frame>,
     /// An own-protocol stream's entry in [`Streams`].
     registration: Option<Registration>,
+    /// A Grove stream opened with `node_id`: its node leaves its presence when it ends.
+    _leave: Option<Leave>,
 }
 
 impl Opened {
@@ -295,27 +299,30 @@ async fn open(server: &SyncServer, dialect: Dialect<'_>, head: &[u8]) -> Result<
         found.and_then(|h| std::str::from_utf8(h.value).ok())
     };
     let subscribe = match dialect {
-        Dialect::Grove => Some(subscribe(query, header("last-event-id"))?),
+        Dialect::Grove(_) => Some(subscribe(query, header("last-event-id"))?),
         Dialect::Syncmux(_) => None,
     };
     let headers = request.headers.iter();
     let headers = headers.filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)));
     let handshake = http::handshake_of(query, headers);
-    let session = server.handshake(&handshake).map_err(|rejection| {
-        let status =
-            StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Failure::new(status, http::code_of(status), rejection.reason)
-    })?;
+    let session = server.handshake(&handshake).map_err(Failure::refused)?;
+    let leave = match dialect {
+        Dialect::Grove(holders) => handshake
+            .requested_node_id()
+            .map(|node| holders.leave_on_drop(node.into_owned())),
+        Dialect::Syncmux(_) => None,
+    };
     let mut frames = adapters::Tokio::frames(session);
     let Some(subscribe) = subscribe else {
         let registration = match dialect {
             Dialect::Syncmux(streams) => Some(streams.register(frames.inbox())?),
-            Dialect::Grove => None,
+            Dialect::Grove(_) => None,
         };
         return Ok(Opened {
             frames,
             first: None,
             registration,
+            _leave: leave,
         });
     };
     let unavailable = || {
@@ -335,7 +342,7 @@ async fn open(server: &SyncServer, dialect: Dialect<'_>, head: &[u8]) -> Result<
         };
         let ours = frame.id().is_some_and(|id| id.as_str() == ID);
         match frame.kind() {
-            MessageType::Error if ours => return Err(error_of(&frame)),
+            MessageType::Error if ours => return Err(Failure::of_error(&frame)),
             MessageType::Ack if ours => break frame,
             MessageType::Change | MessageType::Changes => break frame,
             _ => continue,
@@ -345,6 +352,7 @@ async fn open(server: &SyncServer, dialect: Dialect<'_>, head: &[u8]) -> Result<
         frames,
         first: Some(first),
         registration: None,
+        _leave: leave,
     })
 }
 
@@ -425,7 +433,7 @@ fn grove_event(frame: &Frame, out: &mut Vec<u8>) {
             }
         }
         MessageType::Error => {
-            let failure = error_of(frame);
+            let failure = Failure::of_error(frame);
             out.extend_from_slice(format!("event: error\ndata: {}\n\n", failure.body()).as_bytes());
         }
         _ => {}
@@ -439,23 +447,6 @@ fn data(bytes: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(line);
         out.push(b'\n');
-    }
-}
-
-/// An error frame as a failure (its status of its code).
-fn error_of(frame: &Frame) -> Failure {
-    #[derive(serde::Deserialize)]
-    struct Error {
-        code: String,
-        message: String,
-    }
-    match frame.payload::<Error>() {
-        Ok(error) => Failure {
-            status: http::status_of(&error.code),
-            code: error.code,
-            message: error.message,
-        },
-        Err(e) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()),
     }
 }
 
@@ -509,10 +500,16 @@ mod tests {
     ) -> (DuplexStream, tokio::task::JoinHandle<std::io::Result<()>>) {
         let (ours, theirs) = tokio::io::duplex(capacity);
         let server = server.clone();
-        let task =
-            tokio::spawn(
-                async move { serve_with(&server, Dialect::Grove, HEAD, ours, FAST).await },
-            );
+        let task = tokio::spawn(async move {
+            serve_with(
+                &server,
+                Dialect::Grove(&Holders::default()),
+                HEAD,
+                ours,
+                FAST,
+            )
+            .await
+        });
         (theirs, task)
     }
 

@@ -372,3 +372,117 @@ async fn a_session_runs_over_sse_and_posts() {
         .await
         .expect("404 once the stream is gone");
 }
+
+/// A raw request with a JSON body: the status and body.
+async fn request(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, answer) = example_util::exchange(addr, &request).await;
+    (status, answer)
+}
+
+/// The node ids in `topic`'s snapshot.
+async fn members(addr: &str, topic: &str) -> Vec<String> {
+    let (status, body) = request(
+        addr,
+        "GET",
+        &format!("/sync/presence?topic={topic}"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let snapshot: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(snapshot["topic"], topic, "{snapshot}");
+    let states = snapshot["states"].as_array().unwrap();
+    states
+        .iter()
+        .map(|s| s["node_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until `topic`'s members are `want`.
+async fn members_become(addr: &str, topic: &str, want: &[&str]) {
+    let wait = async {
+        while members(addr, topic).await != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("the members in time");
+}
+
+/// Grove's presence over HTTP: a POST joins, updates and leaves, answered with the event it
+/// made; a GET gives the snapshot; a node leaves when its stream ends, or when its POSTs stop
+/// for the presence TTL.
+#[tokio::test]
+async fn grove_presence_over_http() {
+    let (_server, addr) = start(&["--presence-ttl", "1000"]);
+    let post = |data: &str| format!(r#"{{"node_id":"alice","topic":"doc-1","data":{data}}}"#);
+    let (status, body) = request(&addr, "POST", "/sync/presence", "", &post(r#"{"x":1}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"type":"join","node_id":"alice","topic":"doc-1","data":{"x":1}}"#
+    );
+    let (_, body) = request(&addr, "POST", "/sync/presence", "", &post(r#"{"x":2}"#)).await;
+    assert_eq!(
+        body,
+        r#"{"type":"update","node_id":"alice","topic":"doc-1","data":{"x":2}}"#
+    );
+    let (_, snapshot) = request(&addr, "GET", "/sync/presence?topic=doc-1", "", "").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(snapshot["states"][0]["data"]["x"], 2, "{snapshot}");
+    let (_, body) = request(&addr, "POST", "/sync/presence", "", &post("null")).await;
+    assert_eq!(
+        body,
+        r#"{"type":"leave","node_id":"alice","topic":"doc-1"}"#
+    );
+    members_become(&addr, "doc-1", &[]).await;
+
+    // A stream opened with the node's id: when it ends, the node leaves.
+    request(&addr, "POST", "/sync/presence", "", &post("{}")).await;
+    let stream = Stream::open(&addr, "/sync/stream?tables=docs&node_id=alice", &[]).await;
+    members_become(&addr, "doc-1", &["alice"]).await;
+    drop(stream);
+    members_become(&addr, "doc-1", &[]).await;
+
+    // No POST for the presence TTL: the node leaves.
+    request(&addr, "POST", "/sync/presence", "", &post("{}")).await;
+    members_become(&addr, "doc-1", &["alice"]).await;
+    members_become(&addr, "doc-1", &[]).await;
+
+    // Refusals.
+    let (status, _) = request(&addr, "GET", "/sync/presence", "", "").await;
+    assert_eq!(status, 400, "no topic");
+    let no_node = r#"{"topic":"doc-1","data":{}}"#;
+    let (status, _) = request(&addr, "POST", "/sync/presence", "", no_node).await;
+    assert_eq!(status, 400, "no node");
+    let (status, _) = request(&addr, "POST", "/sync/presence", "", "{not json").await;
+    assert_eq!(status, 400);
+    let request_head =
+        format!("PUT /sync/presence HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+    let (status, head, _) = example_util::exchange(&addr, &request_head).await;
+    assert_eq!(status, 405);
+    assert!(
+        head.to_ascii_lowercase().contains("allow: get, post"),
+        "{head}"
+    );
+
+    let (_secured, addr) = start(&["--token", "s3cret"]);
+    let (status, body) = request(&addr, "POST", "/sync/presence", "", &post("{}")).await;
+    assert_eq!(status, 401, "{body}");
+    let bearer = "Authorization: Bearer s3cret\r\n";
+    let (status, body) = request(&addr, "POST", "/sync/presence", bearer, &post("{}")).await;
+    assert_eq!(status, 200, "{body}");
+}
