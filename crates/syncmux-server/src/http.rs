@@ -12,11 +12,16 @@
 //! (`docs/protocol.md`, "HTTP"), `Retry-After` on 429 and 503.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
+    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW,
+    CONTENT_TYPE, ORIGIN, RETRY_AFTER, VARY,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
@@ -51,6 +56,7 @@ pub(crate) struct Routes {
     pub(crate) ot: OtServerHandle,
     pub(crate) streams: Streams,
     pub(crate) holders: Holders,
+    pub(crate) origins: Origins,
 }
 
 impl Routes {
@@ -59,9 +65,79 @@ impl Routes {
             ot,
             streams: Streams::default(),
             holders: Holders::default(),
+            origins: Origins::default(),
         }
     }
+
+    /// Only `origins` may use the routes, with CORS answers.
+    pub(crate) fn allowing(mut self, origins: Option<Vec<String>>) -> Routes {
+        self.origins = Origins(origins.map(Arc::from));
+        self
+    }
 }
+
+/// `--allowed-origins`: the only origins whose browsers may use the HTTP routes, and which
+/// get CORS answers; `None`, any origin, and no CORS answers (a browser then allows only
+/// same-origin pages).
+#[derive(Clone, Default)]
+pub(crate) struct Origins(Option<Arc<[String]>>);
+
+impl Origins {
+    /// Whether a request from `origin` is answered: a request with no `Origin` is not a
+    /// browser's, and without a list every origin is.
+    pub(crate) fn allows(&self, origin: Option<&str>) -> bool {
+        match (&self.0, origin) {
+            (Some(allowed), Some(origin)) => allowed.iter().any(|a| a == origin),
+            _ => true,
+        }
+    }
+
+    /// The CORS headers of an answer to a request from `origin`: for a listed origin, that
+    /// it may read the answer, cookies included (the own protocol's session cookie).
+    pub(crate) fn cors(&self, origin: Option<&str>) -> Vec<(HeaderName, String)> {
+        match (&self.0, origin) {
+            (Some(_), Some(origin)) if self.allows(Some(origin)) => vec![
+                (ACCESS_CONTROL_ALLOW_ORIGIN, origin.to_owned()),
+                (ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".to_owned()),
+                (VARY, "Origin".to_owned()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The answer to a CORS preflight (`OPTIONS`) from `origin`: `204` with what a listed
+    /// origin may send, else `403`.
+    pub(crate) fn preflight(
+        &self,
+        origin: Option<&str>,
+    ) -> Result<Vec<(HeaderName, String)>, Failure> {
+        let mut headers = self.cors(origin);
+        if headers.is_empty() {
+            let message = "cross-origin requests are not allowed here (see --allowed-origins)";
+            return Err(Failure::new(StatusCode::FORBIDDEN, "FORBIDDEN", message));
+        }
+        headers.extend([
+            (ACCESS_CONTROL_ALLOW_METHODS, "GET, POST".to_owned()),
+            (ACCESS_CONTROL_ALLOW_HEADERS, PREFLIGHT_HEADERS.to_owned()),
+            (ACCESS_CONTROL_MAX_AGE, "600".to_owned()),
+        ]);
+        Ok(headers)
+    }
+
+    /// `403` for a request from an origin that is not allowed.
+    pub(crate) fn check(&self, origin: Option<&str>) -> Result<(), Failure> {
+        if self.allows(origin) {
+            return Ok(());
+        }
+        let status = StatusCode::FORBIDDEN;
+        Err(Failure::new(status, "FORBIDDEN", "origin not allowed"))
+    }
+}
+
+/// The headers a browser may send cross-origin: auth, the body's type, the own protocol's
+/// session, an SSE resume, the node id.
+const PREFLIGHT_HEADERS: &str =
+    "Authorization, Content-Type, X-Syncmux-Session, Last-Event-ID, X-Node-Id";
 
 /// The id the request's frame carries, which its reply echoes.
 const ID: &str = "http";
@@ -146,9 +222,41 @@ async fn answer(
     routes: &Routes,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let origin = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
+    let origin = origin.map(str::to_owned);
+    let mut response = answer_allowed(server, routes, origin.as_deref(), req).await;
+    insert(&mut response, routes.origins.cors(origin.as_deref()));
+    response
+}
+
+fn insert(response: &mut Response<Full<Bytes>>, headers: Vec<(HeaderName, String)>) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// [`answer`] without its CORS headers.
+async fn answer_allowed(
+    server: &SyncServer,
+    routes: &Routes,
+    origin: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let presence = req.uri().path() == PRESENCE_PATH;
-    let answered = if presence {
-        presence::answer(server, &routes.holders, req).await
+    let answered = if let Err(failure) = routes.origins.check(origin) {
+        Err(failure)
+    } else if req.method() == Method::OPTIONS {
+        routes.origins.preflight(origin).map(|headers| {
+            let mut response = respond(StatusCode::NO_CONTENT, Bytes::new());
+            insert(&mut response, headers);
+            response
+        })
+    } else if presence {
+        presence::answer(server, &routes.holders, req)
+            .await
+            .map(|(status, body)| respond(status, body))
     } else if req.method() != Method::POST {
         let message = format!("{} takes POST", req.uri().path());
         Err(Failure::new(
@@ -157,14 +265,16 @@ async fn answer(
             message,
         ))
     } else if req.uri().path() == SEND_PATH {
-        send(server, &routes.streams, req).await
+        send(server, &routes.streams, req)
+            .await
+            .map(|(status, body)| respond(status, body))
     } else {
         exchange(server, req)
             .await
-            .map(|payload| (StatusCode::OK, payload))
+            .map(|payload| respond(StatusCode::OK, payload))
     };
     match answered {
-        Ok((status, payload)) => respond(status, payload),
+        Ok(response) => response,
         Err(failure) => {
             let mut response = respond(failure.status, Bytes::from(failure.body()));
             let allow = if presence { "GET, POST" } else { "POST" };

@@ -4,7 +4,7 @@
 //! cargo run --release -p syncmux-server -- [--listen 127.0.0.1:8787]
 //!     [--token T] [--rate-limit N/SECS|0] [--max-frame BYTES] [--max-outbound BYTES]
 //!     [--ping-interval MS] [--ot-broadcast-delay MS] [--idle-timeout MS]
-//!     [--presence-ttl MS] [--room-max N]
+//!     [--presence-ttl MS] [--room-max N] [--allowed-origins ORIGINS]
 //!     [--handshake-timeout MS] [--max-connections N] [--tls-cert PEM --tls-key PEM]
 //!     [--static DIR] [--metrics ADDR] [--log-format human|json] [--shutdown-timeout MS]
 //!     [--data PATH] [--retention N] [--redis URL [--redis-prefix P] [--redis-retention N]]
@@ -120,6 +120,13 @@ struct Cli {
     /// [default: 60000].
     #[arg(long, value_name = "MS", value_parser = millis)]
     presence_ttl: Option<Duration>,
+    /// The only origins (`https://app.example.com`, comma-separated) whose pages may connect:
+    /// a WebSocket upgrade, SSE stream or HTTP request from another origin gets 403, and these
+    /// get CORS answers (preflights included). Without it any origin may open a WebSocket,
+    /// and the HTTP routes give no CORS answers (a browser lets only same-origin pages read
+    /// them).
+    #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
     /// Most members of one room [default: 1000].
     #[arg(long, value_name = "N")]
     room_max: Option<usize>,
@@ -404,6 +411,7 @@ impl Cli {
         set(&mut config.ping_interval, self.ping_interval);
         set(&mut config.idle_timeout, self.idle_timeout);
         set(&mut config.presence_ttl, self.presence_ttl);
+        config.allowed_origins = (!self.allowed_origins.is_empty()).then_some(self.allowed_origins);
         let mut options = ServerOptions::default();
         set(&mut options.handshake_timeout, self.handshake_timeout);
         // The server validates its own configuration; refuse here what it would refuse, in
@@ -497,6 +505,7 @@ async fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let mut config = args.config;
+    let allowed_origins = config.allowed_origins.clone();
     let clock = Clock::new();
     config.seed = clock.seed();
     let server = Server::new(config).map_err(|e| e.to_string())?;
@@ -563,7 +572,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|dir| static_files::Files::new(dir, WS_PATH));
     let serving = tokio::spawn(static_files::serve(
         server.clone(),
-        http::Routes::new(ot.clone()),
+        http::Routes::new(ot.clone()).allowing(allowed_origins),
         ot_thread.runtime.clone(),
         listener,
         tls,
@@ -1065,7 +1074,8 @@ mod static_files {
         if complete(&buf) {
             let sse = super::sse::dialect(path, routes);
             if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
-                if let Err(e) = super::sse::serve(server, dialect, &buf, tcp).await {
+                if let Err(e) = super::sse::serve(server, &routes.origins, dialect, &buf, tcp).await
+                {
                     tracing::debug!(error = %e, "SSE stream ended");
                 }
                 return;
@@ -1236,7 +1246,7 @@ mod static_files {
         let sse = super::sse::dialect(path, routes);
         if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
             let io = tokio::io::join(reader, writer);
-            return super::sse::serve(server, dialect, &buf, io).await;
+            return super::sse::serve(server, &routes.origins, dialect, &buf, io).await;
         }
         if super::http::handles(path) && !is_upgrade(&buf) {
             let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);

@@ -32,7 +32,7 @@ use syncmux::wire::{DecodeLimits, ErrorCode, Frame, MessageType};
 use syncmux_runtime::{self as adapters, Frames, SyncServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::http::{self, Failure, Routes};
+use crate::http::{self, Failure, Origins, Routes};
 use crate::presence::{Holders, Leave};
 
 /// Grove's stream.
@@ -136,6 +136,7 @@ impl Drop for Registration {
 /// Serves the stream `dialect` names on `io`, whose request head is `head` (read already).
 pub(crate) async fn serve<S>(
     server: &SyncServer,
+    origins: &Origins,
     dialect: Dialect<'_>,
     head: &[u8],
     io: S,
@@ -143,11 +144,12 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_with(server, dialect, head, io, TIMING).await
+    serve_with(server, origins, dialect, head, io, TIMING).await
 }
 
 async fn serve_with<S>(
     server: &SyncServer,
+    origins: &Origins,
     dialect: Dialect<'_>,
     head: &[u8],
     mut io: S,
@@ -156,27 +158,50 @@ async fn serve_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut opened = match open(server, dialect, head).await {
-        Ok(opened) => opened,
-        Err(failure) => {
-            let header = failure.header("GET");
-            let extra = header.map_or(String::new(), |(name, value)| {
-                format!("{name}: {value}\r\n")
-            });
-            let body = failure.body();
-            let answer = format!(
-                "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                 {extra}Connection: close\r\n\r\n{body}",
-                failure.status,
-                body.len()
-            );
+    let (method, origin) = method_and_origin(head);
+    let origin = origin.as_deref();
+    let lines = |headers: Vec<(hyper::header::HeaderName, String)>| -> String {
+        headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect()
+    };
+    let cors = lines(origins.cors(origin));
+    let refused = |failure: Failure| {
+        let header = failure.header("GET");
+        let extra = header.map_or(String::new(), |(name, value)| {
+            format!("{name}: {value}\r\n")
+        });
+        let body = failure.body();
+        format!(
+            "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             {extra}{cors}Connection: close\r\n\r\n{body}",
+            failure.status,
+            body.len()
+        )
+    };
+    let opened = match origins.check(origin) {
+        Err(failure) => Err(failure),
+        Ok(()) if method.as_deref() == Some("OPTIONS") => {
+            let answer = match origins.preflight(origin) {
+                Ok(headers) => format!(
+                    "HTTP/1.1 204 No Content\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
+                    lines(headers)
+                ),
+                Err(failure) => refused(failure),
+            };
             return io.write_all(answer.as_bytes()).await;
         }
+        Ok(()) => open(server, dialect, head).await,
     };
-    let mut out = Vec::from(
+    let mut opened = match opened {
+        Ok(opened) => opened,
+        Err(failure) => return io.write_all(refused(failure).as_bytes()).await,
+    };
+    let mut out = Vec::from(format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         X-Accel-Buffering: no\r\nConnection: close\r\n",
-    );
+         X-Accel-Buffering: no\r\n{cors}Connection: close\r\n"
+    ));
     match &opened.registration {
         Some(registration) => {
             let id = &registration.id;
@@ -271,6 +296,19 @@ fn own_event(bytes: Bytes, out: &mut Vec<u8>) {
     }
     data(&bytes, out);
     out.push(b'\n');
+}
+
+/// A request head's method and `Origin`.
+fn method_and_origin(head: &[u8]) -> (Option<String>, Option<String>) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    let _ = request.parse(head);
+    let origin = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("origin"));
+    let origin = origin.and_then(|h| std::str::from_utf8(h.value).ok());
+    (request.method.map(str::to_owned), origin.map(str::to_owned))
 }
 
 /// The request as a session (for Grove's stream, subscribed as it asks); a failure before
@@ -503,6 +541,7 @@ mod tests {
         let task = tokio::spawn(async move {
             serve_with(
                 &server,
+                &Origins::default(),
                 Dialect::Grove(&Holders::default()),
                 HEAD,
                 ours,

@@ -486,3 +486,110 @@ async fn grove_presence_over_http() {
     let (status, body) = request(&addr, "POST", "/sync/presence", bearer, &post("{}")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The status and head (lower-cased) of a raw request.
+async fn head_of(addr: &str, request: &str) -> (u16, String) {
+    let (status, head, _) = example_util::exchange(addr, request).await;
+    (status, head.to_ascii_lowercase())
+}
+
+/// `--allowed-origins`: a listed origin gets CORS answers, preflights included, on every
+/// HTTP route and stream; another origin gets 403 there and at the WebSocket upgrade; a
+/// request without `Origin` (not a browser) is served as before.
+#[tokio::test]
+async fn allowed_origins_get_cors_answers_and_others_403() {
+    let (_server, addr) = start(&["--allowed-origins", "https://app.example,https://b.example"]);
+    let pull = r#"{"tables":["docs"],"node_id":"n"}"#;
+    let post = |origin: &str| {
+        format!(
+            "POST /sync/pull HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{pull}",
+            pull.len()
+        )
+    };
+    let (status, head) = head_of(&addr, &post("https://app.example")).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    let (status, head) = head_of(&addr, &post("https://evil.example")).await;
+    assert_eq!(status, 403, "{head}");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    let native = format!(
+        "POST /sync/pull HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{pull}",
+        pull.len()
+    );
+    let (status, head) = head_of(&addr, &native).await;
+    assert_eq!(status, 200);
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+
+    // Preflights, of a POST route and of a stream.
+    for path in ["/sync/send", "/sync/stream", "/sync/sse", "/sync/presence"] {
+        let preflight = |origin: &str| {
+            format!(
+                "OPTIONS {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\n\
+                 Access-Control-Request-Method: POST\r\n\
+                 Access-Control-Request-Headers: x-syncmux-session\r\n\r\n"
+            )
+        };
+        let (status, head) = head_of(&addr, &preflight("https://b.example")).await;
+        assert_eq!(status, 204, "{path}: {head}");
+        assert!(
+            head.contains("access-control-allow-origin: https://b.example"),
+            "{head}"
+        );
+        assert!(
+            head.contains("access-control-allow-methods: get, post"),
+            "{head}"
+        );
+        assert!(head.contains("x-syncmux-session"), "{head}");
+        let (status, _) = head_of(&addr, &preflight("https://evil.example")).await;
+        assert_eq!(status, 403, "{path}");
+    }
+
+    // Streams.
+    let listed = ["Origin: https://app.example"];
+    let (_, head) = Stream::open_with_head(&addr, "/sync/stream?tables=docs", &listed)
+        .await
+        .unwrap();
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    let other = ["Origin: https://evil.example"];
+    match Stream::open(&addr, "/sync/sse", &other).await {
+        Ok(_) => panic!("a stream for another origin"),
+        Err((status, _)) => assert_eq!(status, 403),
+    }
+
+    // The WebSocket upgrade.
+    let upgrade = |origin: &str| {
+        format!(
+            "GET /sync/ws HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let (status, _) = head_of(&addr, &upgrade("https://evil.example")).await;
+    assert_eq!(status, 403);
+
+    // Without the flag: no CORS answers, and no preflight passes.
+    let (_open, addr) = start(&[]);
+    let request = format!(
+        "POST /sync/pull HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://app.example\r\n\
+         Content-Length: {}\r\n\r\n{pull}",
+        pull.len()
+    );
+    let (status, head) = head_of(&addr, &request).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    let preflight = format!(
+        "OPTIONS /sync/pull HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://app.example\r\n\r\n"
+    );
+    assert_eq!(head_of(&addr, &preflight).await.0, 403);
+}
