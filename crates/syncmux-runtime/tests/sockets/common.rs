@@ -1,4 +1,5 @@
 //! What more than one module of this binary needs.
+#![cfg(all(feature = "tokio", feature = "smol"))] // what its users need
 #![allow(clippy::unwrap_used)] // test helpers fail loudly
 
 use std::net::SocketAddr;
