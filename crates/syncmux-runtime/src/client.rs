@@ -21,6 +21,7 @@ use tungstenite::Message;
 
 use crate::clock::Clock;
 use crate::common;
+use crate::fallback::{Connection, TransportKind};
 use crate::runtime::{self, Binding};
 use syncmux::payload::{
     ChangeRecord, PresenceSnapshot, PullRequest, PullResponse, PushResponse, RawJson, ResumeAck,
@@ -57,6 +58,12 @@ pub struct ClientOptions {
     /// Seed of the backoff jitter. Default: `None`, a fresh one per client (from
     /// [`Clock::seed`]); the `seed` of the [`ClientConfig`] is then ignored.
     pub seed: Option<u64>,
+    /// The transports each connect tries, in order: the next when one's handshake fails or
+    /// is refused (a proxy that blocks the WebSocket upgrade), none when the server cannot
+    /// be reached. Every reconnect starts again from the first, so a client on the fallback
+    /// goes back to the WebSocket once it gets through. Default: the WebSocket, then SSE
+    /// and POSTs ([`TransportKind::Sse`]).
+    pub transports: Vec<TransportKind>,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +73,7 @@ impl Default for ClientOptions {
             command_capacity: 64,
             protocols: Vec::new(),
             seed: None,
+            transports: vec![TransportKind::WebSocket, TransportKind::Sse],
         }
     }
 }
@@ -78,6 +86,8 @@ pub(crate) struct Dialer {
     pub(crate) max_frame_len: usize,
     /// Subprotocols offered after the client's own.
     pub(crate) protocols: Vec<String>,
+    /// What a dial tries, in order.
+    pub(crate) transports: Vec<TransportKind>,
 }
 
 /// A dial under way: the open socket and the selected subprotocol, or why it failed.
@@ -91,6 +101,7 @@ pub(crate) enum Command {
     Connect,
     Close(oneshot::Sender<()>),
     State(oneshot::Sender<ClientState>),
+    Transport(oneshot::Sender<Option<TransportKind>>),
 }
 
 /// How long a socket the client is done with may take to send its close frame.
@@ -113,6 +124,7 @@ pub(crate) fn start<R: Binding>(
         tls: options.tls.unwrap_or_else(common::default_tls),
         max_frame_len: client.config().decode_limits.max_frame_len,
         protocols: options.protocols,
+        transports: options.transports,
     });
     let outbox = Outbox {
         events: ev_tx,
@@ -205,9 +217,9 @@ async fn run<R: Binding>(
     mut outbox: Outbox,
 ) {
     let mut cmds = Box::pin(cmds);
-    let mut ws: Option<R::Ws> = None;
+    let mut ws: Option<Connection<R::Ws>> = None;
     let mut writer = Writer::default();
-    let mut dialing: Option<Dialing<R::Ws>> = None;
+    let mut dialing: Option<Dialing<Connection<R::Ws>>> = None;
     let mut timer: Option<(Instant, BoxFuture<'static, ()>)> = None;
     let mut waiters: BTreeMap<RequestId, Reply> = BTreeMap::new();
     let mut commands_open = true;
@@ -280,6 +292,9 @@ async fn run<R: Binding>(
                 let _ = done.send(());
             }
             Input::Command(Some(Command::State(reply))) => drop(reply.send(client.state())),
+            Input::Command(Some(Command::Transport(reply))) => {
+                let _ = reply.send(ws.as_ref().map(Connection::kind));
+            }
             Input::Command(None) => {
                 // Every handle is gone: close (1000) and end once the close is sent.
                 commands_open = false;
@@ -328,7 +343,7 @@ async fn run<R: Binding>(
 /// background and for [`CLOSE_GRACE`] at most: a peer that stopped reading cannot hold the
 /// client task, and need not hold the socket for long.
 fn close_in_background<R: Binding>(
-    mut socket: R::Ws,
+    mut socket: Connection<R::Ws>,
     code: CloseCode,
     reason: &str,
     clock: &Clock,
@@ -479,6 +494,7 @@ impl core::fmt::Debug for Command {
             Command::Connect => "Connect",
             Command::Close(_) => "Close",
             Command::State(_) => "State",
+            Command::Transport(_) => "Transport",
         })
     }
 }
@@ -653,6 +669,14 @@ impl SyncClient {
             return ClientState::Closed;
         }
         answer.await.unwrap_or(ClientState::Closed)
+    }
+
+    /// The transport of the open connection (`None` while there is none): the WebSocket, or
+    /// the SSE fallback ([`ClientOptions::transports`]).
+    pub async fn transport(&self) -> Option<TransportKind> {
+        let (reply, answer) = oneshot::channel();
+        self.cmds.send(Command::Transport(reply)).await.ok()?;
+        answer.await.ok().flatten()
     }
 
     /// Connects again after the client closed for good (see [`Client::connect`]).

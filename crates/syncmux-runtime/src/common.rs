@@ -18,7 +18,7 @@ use syncmux::DialRequest;
 use syncmux::Handshake;
 
 /// Where a dial goes: the parts of the URL the socket and TLS need.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Target {
     pub(crate) host: String,
     pub(crate) port: u16,

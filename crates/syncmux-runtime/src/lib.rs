@@ -53,6 +53,7 @@ mod common;
 // Only tokio's sockets are written directly (smol's go through the tasks' queues).
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 mod direct;
+mod fallback;
 mod frames;
 mod hub;
 pub mod metrics;
@@ -73,6 +74,7 @@ pub use backend::{Admit, Backend, BackendFuture, LogSink, Push, Read};
 pub use client::{ClientEvents, ClientOptions, SyncClient};
 pub use clock::Clock;
 pub use common::{client_tls_trusting, server_tls};
+pub use fallback::TransportKind;
 pub use frames::Frames;
 pub use hub::{Accepted, Hub, Rejection};
 pub use ot::{AcceptedOtSession, OtServerHandle};

@@ -24,6 +24,7 @@ use tungstenite::Message;
 use crate::client::{Dialer, Writer};
 use crate::clock::Clock;
 use crate::common;
+use crate::fallback::{Connection, TransportKind};
 use crate::runtime::{self, Binding};
 use syncmux::ot::{
     EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtConfigError, TextOp,
@@ -168,6 +169,8 @@ pub(crate) fn start<R: Binding>(
         tls: options.tls.clone().unwrap_or_else(common::default_tls),
         max_frame_len: 0,
         protocols: Vec::new(),
+        // The OT profile is served over the WebSocket only.
+        transports: vec![TransportKind::WebSocket],
     });
     R::spawn(Box::pin(run::<R>(
         client, dial, dialer, options, cmd_rx, ev_tx,
@@ -225,7 +228,7 @@ async fn run<R: Binding>(
     let clock = Clock::new();
     let mut cmds = Box::pin(cmds);
     let mut delay = options.reconnect_delay;
-    let mut ws: Option<R::Ws> = None;
+    let mut ws: Option<Connection<R::Ws>> = None;
     let mut writer = Writer::default();
     let mut wait: Option<BoxFuture<'static, ()>> = None;
     loop {

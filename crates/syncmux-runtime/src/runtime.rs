@@ -22,6 +22,7 @@ use tungstenite::Message;
 
 use crate::client::Dialer;
 use crate::common::{self, WebSocket};
+use crate::fallback::{self, Connection, HttpIo, TransportKind};
 use crate::hub::{Accepted, Hub, Machine};
 use crate::server::HandshakeSlot;
 use crate::{
@@ -201,6 +202,9 @@ pub trait Binding: Sized + Send + Sync + 'static {
         config: WebSocketConfig,
     ) -> BoxFuture<'static, Result<(Self::Ws, ClientResponse), tungstenite::Error>>;
 
+    /// A stream as hyper's I/O, for the clients' HTTP fallback.
+    fn http_io(io: Self::Io) -> Box<dyn HttpIo>;
+
     /// The server's WebSocket handshake on `io`, `decide` choosing the answer.
     fn ws_accept(
         io: Self::Io,
@@ -291,29 +295,72 @@ macro_rules! sockets {
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub(crate) use sockets;
 
-/// Opens a WebSocket for `dial`: TCP, then TLS for `wss://`, then the upgrade; gives it with
-/// the subprotocol the server selected, or why it failed.
+/// Opens a connection for `dial` over the first of the dialer's transports that works: a
+/// WebSocket (TCP, then TLS for `wss://`, then the upgrade), or the SSE fallback when the
+/// upgrade fails or is refused (a proxy that blocks WebSockets). Gives it with the
+/// subprotocol the server selected, or why it failed; a server that cannot be reached is
+/// not tried again over another transport.
 pub(crate) async fn dial<R: Binding>(
     dial: DialRequest,
     dialer: Arc<Dialer>,
-) -> Result<(R::Ws, Option<String>), String> {
+) -> Result<(Connection<R::Ws>, Option<String>), String> {
     let (request, target) = common::client_request(&dial, &dialer.protocols)?;
+    let mut failed = String::from("no transport to dial");
+    for transport in &dialer.transports {
+        match transport {
+            TransportKind::WebSocket => {
+                let io = connect::<R>(&target, &dialer).await?;
+                let config = common::ws_config(dialer.max_frame_len);
+                match R::ws_connect(request.clone(), io, config).await {
+                    Ok((ws, response)) => {
+                        let protocol = common::selected_protocol(&response);
+                        return Ok((Connection::WebSocket(ws), protocol));
+                    }
+                    Err(e) => failed = format!("handshake: {e}"),
+                }
+            }
+            TransportKind::Sse => {
+                let uri = request.uri();
+                let (stream, send) = fallback::paths(uri.path(), uri.query());
+                let (target, dialer) = (target.clone(), dialer.clone());
+                let host = match uri.port_u16() {
+                    Some(port) => format!("{}:{port}", target.host),
+                    None => target.host.clone(),
+                };
+                let sse = fallback::Target {
+                    connect: Arc::new(move || {
+                        let (target, dialer) = (target.clone(), dialer.clone());
+                        Box::pin(
+                            async move { Ok(R::http_io(connect::<R>(&target, &dialer).await?)) },
+                        )
+                    }),
+                    host,
+                    stream,
+                    send,
+                    headers: dial.headers.clone(),
+                };
+                match fallback::open(sse, R::spawn).await {
+                    Ok(socket) => return Ok((Connection::Sse(Box::new(socket)), None)),
+                    Err(e) => failed = e,
+                }
+            }
+        }
+    }
+    Err(failed)
+}
+
+/// A stream to `target`: TCP, then TLS when it asks for it.
+async fn connect<R: Binding>(target: &common::Target, dialer: &Dialer) -> Result<R::Io, String> {
     let tcp = R::tcp_connect(&target.host, target.port)
         .await
         .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
-    let io = if target.tls {
-        let name = common::server_name(&target.host)?;
-        R::tls_connect(dialer.tls.clone(), name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", target.host))?
-    } else {
-        R::plain(tcp)
-    };
-    let config = common::ws_config(dialer.max_frame_len);
-    let (ws, response) = R::ws_connect(request, io, config)
+    if !target.tls {
+        return Ok(R::plain(tcp));
+    }
+    let name = common::server_name(&target.host)?;
+    R::tls_connect(dialer.tls.clone(), name, tcp)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    Ok((ws, common::selected_protocol(&response)))
+        .map_err(|e| format!("TLS with {}: {e}", target.host))
 }
 
 /// Accepts connections until the server shuts down, each in its own task; with `tls`,

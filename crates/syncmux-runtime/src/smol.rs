@@ -48,5 +48,9 @@ impl Binding for SmolBinding {
         .boxed()
     }
 
+    fn http_io(io: Self::Io) -> Box<dyn crate::fallback::HttpIo> {
+        Box::new(smol_hyper::rt::FuturesIo::new(io))
+    }
+
     runtime::sockets!(smol, futures_rustls, async_tungstenite);
 }

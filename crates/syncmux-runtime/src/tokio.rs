@@ -65,6 +65,10 @@ impl Binding for TokioBinding {
         tokio::time::sleep(duration).boxed()
     }
 
+    fn http_io(io: Self::Io) -> Box<dyn crate::fallback::HttpIo> {
+        Box::new(hyper_util::rt::TokioIo::new(io))
+    }
+
     runtime::sockets!(tokio, tokio_rustls, tokio_tungstenite);
 
     fn serve_plain<M: Machine>(

@@ -16,6 +16,7 @@ mod example_client;
 mod example_durable;
 mod example_redis;
 mod example_server;
+mod fallback;
 mod interop_node;
 mod ot_interop_node;
 mod readme_tour;
