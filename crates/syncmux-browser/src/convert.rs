@@ -17,6 +17,8 @@ use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use syncmux::wire::ErrorCode;
 use syncmux::{ClientConfig, CloseReason, RequestError, Response};
 
+use crate::driver::Transports;
+
 /// The options object of `new SyncClient(url, options)`, in milliseconds like the seed's
 /// TypeScript client. Unknown keys (the seed's `headers`, which browsers cannot send) are
 /// ignored. Read with `Reflect` rather than serde: it keeps the `.wasm` smaller.
@@ -27,7 +29,11 @@ pub(super) struct Options {
     millis: [Option<f64>; 5],
     max_reconnect_attempts: Option<u32>,
     pub(super) protocols: Vec<String>,
+    pub(super) transports: Transports,
 }
+
+/// The message of a bad `transports` option.
+const TRANSPORTS: &str = "transports must list \"websocket\" and/or \"sse\"";
 
 /// The duration options, in the order of `Options::millis`.
 const DURATIONS: [&str; 5] = [
@@ -76,6 +82,23 @@ impl Options {
             Some(_) => return Err(type_error("maxReconnectAttempts must be a whole number")),
             None => None,
         };
+        if let Some(transports) = get("transports") {
+            let names = tables(&transports).map_err(|_| type_error(TRANSPORTS))?;
+            let (websocket, sse) = (
+                names.iter().position(|n| n == "websocket"),
+                names.iter().position(|n| n == "sse"),
+            );
+            if names.iter().any(|n| n != "websocket" && n != "sse")
+                || (websocket.is_none() && sse.is_none())
+            {
+                return Err(type_error(TRANSPORTS));
+            }
+            // SSE is a fallback for a WebSocket that could not open: it comes after it.
+            options.transports = Transports {
+                websocket: websocket.is_some(),
+                sse: sse.is_some(),
+            };
+        }
         if let Some(protocols) = get("protocols") {
             options.protocols = tables(&protocols)
                 .map_err(|_| type_error("protocols must be a string or string[]"))?;

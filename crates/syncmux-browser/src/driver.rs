@@ -23,6 +23,7 @@ use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 use crate::callbacks::{detach, Callbacks, Inputs};
 use crate::convert;
 use crate::host::{self, Timer};
+use crate::sse::{SseCallbacks, SseInputs, SseLink};
 use syncmux::wire::CloseCode;
 use syncmux::ClientTransmit;
 use syncmux::Instant;
@@ -92,6 +93,12 @@ struct State {
     /// Subprotocols offered after `syncmux.v1` (the `protocols` option).
     extra_protocols: Vec<String>,
     socket: Option<WebSocket>,
+    /// The dial of a WebSocket that has not opened yet, kept to fall back with
+    /// ([`Transports::sse`]).
+    fallback: Option<DialRequest>,
+    /// The SSE link, when the connection is on the fallback.
+    sse: Option<SseLink>,
+    transports: Transports,
     timer: Option<Timer>,
     /// Promises of requests in flight (bounded by the client's `max_in_flight`).
     requests: BTreeMap<RequestId, Settle>,
@@ -100,21 +107,46 @@ struct State {
     listeners: Vec<(EventKind, Function)>,
 }
 
+/// Which transports a connect tries: the WebSocket, then SSE and POSTs when the WebSocket
+/// could not open (the `transports` option).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Transports {
+    pub(super) websocket: bool,
+    pub(super) sse: bool,
+}
+
+impl Default for Transports {
+    fn default() -> Transports {
+        Transports {
+            websocket: true,
+            sse: true,
+        }
+    }
+}
+
 /// One client bound to the browser.
 pub(super) struct BrowserDriver {
     state: RefCell<State>,
     /// Whether the event loop of [`BrowserDriver::pump`] is running further up the stack.
     dispatching: Cell<bool>,
     callbacks: Callbacks,
+    sse_callbacks: SseCallbacks,
 }
 
 impl BrowserDriver {
-    pub(super) fn new(client: Client, extra_protocols: Vec<String>) -> Rc<BrowserDriver> {
+    pub(super) fn new(
+        client: Client,
+        extra_protocols: Vec<String>,
+        transports: Transports,
+    ) -> Rc<BrowserDriver> {
         Rc::new_cyclic(|weak| BrowserDriver {
             state: RefCell::new(State {
                 client,
                 extra_protocols,
                 socket: None,
+                fallback: None,
+                sse: None,
+                transports,
                 timer: None,
                 requests: BTreeMap::new(),
                 connecting: Vec::new(),
@@ -122,7 +154,21 @@ impl BrowserDriver {
             }),
             dispatching: Cell::new(false),
             callbacks: Callbacks::new(weak),
+            sse_callbacks: SseCallbacks::new(weak),
         })
+    }
+
+    /// `"websocket"` or `"sse"` while connected over it, else `None`.
+    pub(super) fn transport(&self) -> Option<&'static str> {
+        let state = self.state.borrow();
+        if state.client.state() != ClientState::Open {
+            return None;
+        }
+        match (&state.socket, &state.sse) {
+            (Some(_), _) => Some("websocket"),
+            (None, Some(_)) => Some("sse"),
+            (None, None) => None,
+        }
     }
 
     /// Reads the client.
@@ -233,18 +279,25 @@ impl BrowserDriver {
             match transmit {
                 ClientTransmit::Connect(dial) => self.dial(state, &dial),
                 ClientTransmit::Frame(frame) => {
+                    let text = core::str::from_utf8(&frame)
+                        .expect("invariant: the client encodes frames as JSON text");
                     if let Some(socket) = &state.socket {
-                        let text = core::str::from_utf8(&frame)
-                            .expect("invariant: the client encodes frames as JSON text");
                         // A send on a closing socket throws; its close event follows and
                         // tells the client.
                         let _ = socket.send_with_str(text);
+                    } else if let Some(link) = &mut state.sse {
+                        link.send(text, &self.sse_callbacks);
                     }
                 }
                 ClientTransmit::Close { code, reason } => {
+                    state.fallback = None;
                     if let Some(socket) = state.socket.take() {
                         detach(&socket);
                         close(&socket, code, &reason);
+                    }
+                    // The server reads the stream's end as the session's.
+                    if let Some(link) = state.sse.take() {
+                        link.close();
                     }
                 }
             }
@@ -265,6 +318,13 @@ impl BrowserDriver {
             detach(&old);
             close(&old, CloseCode::NORMAL, "");
         }
+        if let Some(old) = state.sse.take() {
+            old.close();
+        }
+        state.fallback = state.transports.sse.then(|| dial.clone());
+        if !state.transports.websocket {
+            return self.fall_back(state);
+        }
         let protocols: Array = dial
             .protocols
             .iter()
@@ -284,6 +344,21 @@ impl BrowserDriver {
                     |e| e.message().into(),
                 );
                 state.client.handle_disconnected(host::now(), None, &reason);
+            }
+        }
+    }
+
+    /// Opens the SSE link of the dial kept in [`State::fallback`] (the WebSocket could not
+    /// open, or is not among the transports).
+    fn fall_back(&self, state: &mut State) {
+        let Some(dial) = state.fallback.take() else {
+            return;
+        };
+        match SseLink::open(&dial.url_with_token(), &self.sse_callbacks) {
+            Ok(link) => state.sse = Some(link),
+            Err(_) => {
+                let reason = "cannot open EventSource";
+                state.client.handle_disconnected(host::now(), None, reason);
             }
         }
     }
@@ -377,6 +452,7 @@ impl Inputs for BrowserDriver {
         }
         {
             let mut state = self.state.borrow_mut();
+            state.fallback = None;
             let selected = state.socket.as_ref().map(WebSocket::protocol);
             // The browser reports "no subprotocol" as the empty string.
             let selected = selected.as_deref().filter(|p| !p.is_empty());
@@ -411,6 +487,13 @@ impl Inputs for BrowserDriver {
             if let Some(socket) = state.socket.take() {
                 detach(&socket);
             }
+            if state.fallback.is_some() {
+                // It never opened (blocked, say): the same dial over SSE and POSTs.
+                drop(state);
+                self.fall_back(&mut self.state.borrow_mut());
+                self.pump();
+                return;
+            }
             // A failed dial is also reported here (after an `error` event), as 1006.
             let code = CloseCode(event.code());
             let reason = event.reason();
@@ -431,6 +514,81 @@ impl Inputs for BrowserDriver {
     }
 }
 
+impl SseInputs for BrowserDriver {
+    fn on_sse_open(self: &Rc<Self>, event: &MessageEvent) {
+        {
+            let mut state = self.state.borrow_mut();
+            let state = &mut *state;
+            let target = event.target().map_or(JsValue::NULL, JsValue::from);
+            let Some(link) = state.sse.as_mut().filter(|link| link.is(&target)) else {
+                return;
+            };
+            if !link.opened(event) {
+                return;
+            }
+            state.client.handle_connected(host::now(), None);
+        }
+        self.pump();
+    }
+
+    fn on_sse_message(self: &Rc<Self>, event: &MessageEvent) {
+        {
+            let mut state = self.state.borrow_mut();
+            let target = event.target().map_or(JsValue::NULL, JsValue::from);
+            if !state.sse.as_ref().is_some_and(|link| link.is(&target)) {
+                return;
+            }
+            if let Some(text) = event.data().as_string() {
+                state.client.handle_message(host::now(), Bytes::from(text));
+            }
+        }
+        self.pump();
+    }
+
+    fn on_sse_end(self: &Rc<Self>, target: &JsValue, end: Option<(u16, String)>) {
+        {
+            let mut state = self.state.borrow_mut();
+            if !state.sse.as_ref().is_some_and(|link| link.is(target)) {
+                return;
+            }
+            if let Some(link) = state.sse.take() {
+                link.close();
+            }
+            let (code, reason) = match end {
+                Some((code, reason)) => (Some(CloseCode(code)), reason),
+                None => (None, "the event stream failed".to_owned()),
+            };
+            state.client.handle_disconnected(host::now(), code, &reason);
+        }
+        self.pump();
+    }
+
+    fn on_posted(self: &Rc<Self>, answer: Option<(String, bool)>) {
+        {
+            let mut state = self.state.borrow_mut();
+            let Some(link) = state.sse.as_mut() else {
+                return;
+            };
+            match answer {
+                Some((url, _)) if !link.posted_to(&url) => return, // an earlier link's
+                Some((_, true)) => {
+                    link.posted(&self.sse_callbacks);
+                    return;
+                }
+                // Not taken (the session is gone), or the request failed.
+                Some((_, false)) | None if link.posting() => {}
+                _ => return,
+            }
+            if let Some(link) = state.sse.take() {
+                link.close();
+            }
+            let reason = "a POST of frames failed";
+            state.client.handle_disconnected(host::now(), None, reason);
+        }
+        self.pump();
+    }
+}
+
 impl Drop for BrowserDriver {
     /// JavaScript freed the client: close the socket, stop the timer.
     fn drop(&mut self) {
@@ -438,6 +596,9 @@ impl Drop for BrowserDriver {
         if let Some(socket) = state.socket.take() {
             detach(&socket);
             close(&socket, CloseCode::NORMAL, "client freed");
+        }
+        if let Some(link) = state.sse.take() {
+            link.close();
         }
         if let Some(timer) = state.timer.take() {
             timer.cancel();

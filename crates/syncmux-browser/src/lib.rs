@@ -37,6 +37,7 @@ mod convert;
 mod driver;
 mod host;
 mod ot;
+mod sse;
 
 pub use ot::BrowserOtClient;
 
@@ -72,6 +73,10 @@ export interface SyncClientOptions {
   requestTimeout?: number;
   /** Subprotocols offered after `syncmux.v1`. */
   protocols?: string[];
+  /** The transports a connect tries, in this order: the WebSocket, then (when it cannot open,
+   *  as behind a proxy that blocks it) an `EventSource` and `fetch` POSTs to the same server.
+   *  Every reconnect tries the WebSocket first again. Default `["websocket", "sse"]`. */
+  transports?: ("websocket" | "sse")[];
 }
 
 /** A hybrid logical clock, as `"<ts>:<c>:<node>"` (or an object, whose `ts` must fit a double). */
@@ -138,7 +143,7 @@ impl BrowserClient {
         let config = options.config(url, host::random_u64())?;
         let client = Client::new(config).map_err(|e| JsValue::from_str(&e.to_string()))?;
         Ok(BrowserClient {
-            driver: BrowserDriver::new(client, options.protocols),
+            driver: BrowserDriver::new(client, options.protocols, options.transports),
         })
     }
 
@@ -174,6 +179,13 @@ impl BrowserClient {
             ClientState::Closed => "closed",
         });
         name.to_owned()
+    }
+
+    /// The transport of the open connection: `"websocket"`, `"sse"`, or `null` while not
+    /// connected.
+    #[wasm_bindgen(getter, unchecked_return_type = "\"websocket\" | \"sse\" | null")]
+    pub fn transport(&self) -> Option<String> {
+        self.driver.transport().map(str::to_owned)
     }
 
     /// This node's id.

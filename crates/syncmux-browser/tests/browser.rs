@@ -15,6 +15,8 @@ wasm_bindgen_test_configure!(run_in_browser);
 
 /// Set by the runner; the max frame it starts the server with is `MAX_FRAME`.
 const URL: Option<&str> = option_env!("SYNCMUX_TEST_URL");
+/// Set by the runner: the same server behind a proxy that refuses WebSocket upgrades.
+const PROXY_URL: Option<&str> = option_env!("SYNCMUX_TEST_PROXY_URL");
 const MAX_FRAME: usize = 65_536;
 
 fn json(text: &str) -> JsValue {
@@ -206,6 +208,60 @@ async fn reconnects_and_resubscribes_after_the_server_drops_the_connection() {
     assert_eq!(text(&first, "value"), "after");
     c.disconnect();
     other.disconnect();
+}
+
+/// Behind a proxy that refuses WebSocket upgrades (the runner's), a client connects over an
+/// `EventSource` and `fetch` POSTs instead, and pulls, pushes, subscribes, shares presence
+/// and talks in a room with a client on the WebSocket, as it would over one.
+#[wasm_bindgen_test]
+async fn falls_back_to_sse_when_the_websocket_is_blocked() {
+    let proxied = PROXY_URL.expect("SYNCMUX_TEST_PROXY_URL: run tests/browser/run.mjs");
+    let options = json(
+        r#"{"nodeId":"wasm-sse","reconnectDelay":100,"maxReconnectDelay":400,"pingInterval":0,"requestTimeout":10000}"#,
+    );
+    let sse = SyncClient::new(proxied.to_owned(), options).expect("valid options");
+    let ws = client("wasm-sse-peer");
+    ok(sse.connect()).await;
+    ok(ws.connect()).await;
+    assert_eq!(sse.transport().as_deref(), Some("sse"));
+    assert_eq!(ws.transport().as_deref(), Some("websocket"));
+
+    // Live changes both ways, and a pull.
+    ok(sse.subscribe("wasm_sse".into(), JsValue::UNDEFINED)).await;
+    ok(ws.subscribe("wasm_sse".into(), JsValue::UNDEFINED)).await;
+    let change = next(&sse, "change");
+    ok(ws.push(record("wasm_sse", "1", "wasm-sse-peer", "to sse"))).await;
+    let batch = change.get(&sse).await;
+    let first = js_sys::Array::from(&get(&batch, "changes")).get(0);
+    assert_eq!(text(&first, "value"), "to sse");
+    assert!(get(&batch, "cursor").is_string());
+    let change = next(&ws, "change");
+    ok(sse.push(record("wasm_sse", "2", "wasm-sse", "from sse"))).await;
+    let batch = change.get(&ws).await;
+    let first = js_sys::Array::from(&get(&batch, "changes")).get(0);
+    assert_eq!(text(&first, "value"), "from sse");
+    let pulled = ok(sse.pull("wasm_sse".into(), JsValue::UNDEFINED)).await;
+    assert_eq!(js_sys::Array::from(&get(&pulled, "changes")).length(), 2);
+
+    // Presence and rooms.
+    ok(sse.update_presence("wasm-sse-topic".into(), json(r#"{"name":"sse"}"#))).await;
+    let snapshot = ok(ws.get_presence("wasm-sse-topic".into())).await;
+    let states = js_sys::Array::from(&get(&snapshot, "states"));
+    assert_eq!(text(&states.get(0), "node_id"), "wasm-sse");
+    ok(sse.join_room("wasm-sse-room".into(), JsValue::UNDEFINED)).await;
+    ok(ws.join_room("wasm-sse-room".into(), JsValue::UNDEFINED)).await;
+    let message = loop {
+        let room = next(&sse, "room");
+        ok(ws.broadcast("wasm-sse-room".into(), json(r#""hi""#))).await;
+        let event = room.get(&sse).await;
+        if text(&event, "event") == "message" {
+            break event;
+        }
+    };
+    assert_eq!(get(&message, "data").as_string().as_deref(), Some("hi"));
+    sse.disconnect();
+    ws.disconnect();
+    assert_eq!(sse.transport(), None);
 }
 
 #[wasm_bindgen_test]

@@ -77,8 +77,8 @@ impl Routes {
 }
 
 /// `--allowed-origins`: the only origins whose browsers may use the HTTP routes, and which
-/// get CORS answers; `None`, any origin, and no CORS answers (a browser then allows only
-/// same-origin pages).
+/// get CORS answers (`*`: every origin, each answered as itself); `None`, any origin, and no
+/// CORS answers (a browser then allows only same-origin pages).
 #[derive(Clone, Default)]
 pub(crate) struct Origins(Option<Arc<[String]>>);
 
@@ -87,7 +87,7 @@ impl Origins {
     /// browser's, and without a list every origin is.
     pub(crate) fn allows(&self, origin: Option<&str>) -> bool {
         match (&self.0, origin) {
-            (Some(allowed), Some(origin)) => allowed.iter().any(|a| a == origin),
+            (Some(allowed), Some(origin)) => allowed.iter().any(|a| a == "*" || a == origin),
             _ => true,
         }
     }

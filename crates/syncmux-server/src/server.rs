@@ -122,9 +122,9 @@ struct Cli {
     presence_ttl: Option<Duration>,
     /// The only origins (`https://app.example.com`, comma-separated) whose pages may connect:
     /// a WebSocket upgrade, SSE stream or HTTP request from another origin gets 403, and these
-    /// get CORS answers (preflights included). Without it any origin may open a WebSocket,
-    /// and the HTTP routes give no CORS answers (a browser lets only same-origin pages read
-    /// them).
+    /// get CORS answers (preflights included); `*` lets every origin in, with CORS answers.
+    /// Without it any origin may open a WebSocket, and the HTTP routes give no CORS answers
+    /// (a browser lets only same-origin pages read them).
     #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
     /// Most members of one room [default: 1000].
@@ -351,6 +351,8 @@ struct Args {
     redis: Option<Redis>,
     data: Option<PathBuf>,
     retention: usize,
+    /// `--allowed-origins`, as given (`*` included), for the HTTP routes' CORS answers.
+    origins: Option<Vec<String>>,
 }
 
 impl Cli {
@@ -411,7 +413,12 @@ impl Cli {
         set(&mut config.ping_interval, self.ping_interval);
         set(&mut config.idle_timeout, self.idle_timeout);
         set(&mut config.presence_ttl, self.presence_ttl);
-        config.allowed_origins = (!self.allowed_origins.is_empty()).then_some(self.allowed_origins);
+        // `*` lets every origin in: the WebSocket checks none, the HTTP routes answer each.
+        let origins = (!self.allowed_origins.is_empty()).then_some(self.allowed_origins);
+        let any = origins
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|o| o == "*"));
+        config.allowed_origins = origins.clone().filter(|_| !any);
         let mut options = ServerOptions::default();
         set(&mut options.handshake_timeout, self.handshake_timeout);
         // The server validates its own configuration; refuse here what it would refuse, in
@@ -449,6 +456,7 @@ impl Cli {
             }),
             data: self.data,
             retention: self.retention,
+            origins,
         })
     }
 }
@@ -505,7 +513,6 @@ async fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let mut config = args.config;
-    let allowed_origins = config.allowed_origins.clone();
     let clock = Clock::new();
     config.seed = clock.seed();
     let server = Server::new(config).map_err(|e| e.to_string())?;
@@ -572,7 +579,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|dir| static_files::Files::new(dir, WS_PATH));
     let serving = tokio::spawn(static_files::serve(
         server.clone(),
-        http::Routes::new(ot.clone()).allowing(allowed_origins),
+        http::Routes::new(ot.clone()).allowing(args.origins),
         ot_thread.runtime.clone(),
         listener,
         tls,

@@ -15,6 +15,7 @@
 //
 // No dependencies beyond Node 18+, cargo, chromium, chromedriver and wasm-bindgen-cli.
 import { spawn } from "node:child_process";
+import http from "node:http";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -64,9 +65,28 @@ const server = start(bin("syncmux-server"), [
   "--listen", "127.0.0.1:0",
   "--max-frame", String(MAX_FRAME),
   "--static", path.join(crate, "web"),
+  // The test page is served by wasm-bindgen-test-runner, another origin: the SSE fallback's
+  // requests need the server's CORS answers.
+  "--allowed-origins", "*",
 ]);
 const [, url] = await waitFor(server, /listening on (ws:\/\/\S+)/);
 console.log(`server at ${url}`);
+
+// A proxy in front of the server that refuses every WebSocket upgrade, as some corporate
+// proxies do, and passes plain HTTP on (streamed): the fallback's test dials through it.
+const upstream = new URL(url.replace(/^ws/, "http"));
+const proxy = http.createServer((req, res) => {
+  const forward = http.request(
+    { host: upstream.hostname, port: upstream.port, path: req.url, method: req.method, headers: req.headers },
+    (answer) => { res.writeHead(answer.statusCode, answer.headers); answer.pipe(res); },
+  );
+  forward.on("error", () => res.destroy());
+  req.pipe(forward);
+});
+proxy.on("upgrade", (req, socket) => socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"));
+await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+const proxied = `ws://127.0.0.1:${proxy.address().port}/sync/ws`;
+console.log(`WebSocket-blocking proxy at ${proxied}`);
 
 // The native helper: subscribe to `ctl`, answer each change with a push to its pk's table.
 const watcher = start(bin("syncmux-cli"), ["--url", url, "--node-id", "native-cli", "subscribe", "ctl"]);
@@ -112,6 +132,7 @@ function* findChanges(value) {
 
 await run("cargo", ["test", "-p", "syncmux-browser", "--target", "wasm32-unknown-unknown", "--test", "browser"], {
   SYNCMUX_TEST_URL: url,
+  SYNCMUX_TEST_PROXY_URL: proxied,
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER: "wasm-bindgen-test-runner",
   CHROMEDRIVER: process.env.CHROMEDRIVER ?? "/usr/bin/chromedriver",
   WASM_BINDGEN_TEST_WEBDRIVER_JSON: path.join(crate, "tests/browser/webdriver.json"),
