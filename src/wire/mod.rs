@@ -18,6 +18,3 @@ pub use frame::parse_payload;
 
 /// The WebSocket subprotocol of this protocol version (docs/protocol.md section 4).
 pub const SUBPROTOCOL: &str = "syncmux.v1";
-
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
