@@ -29,7 +29,7 @@ use crate::payload::{
     ResumeAck, RoomAction, RoomRequest, Subscribe, Unsubscribe,
 };
 use crate::time::Instant;
-use crate::wire::{encode, CloseCode, FrameId, MessageType, SUBPROTOCOL};
+use crate::wire::{CloseCode, Frame, FrameId, MessageType, SUBPROTOCOL};
 
 /// Counts of what a client holds, for metrics and for checking its bounds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -997,5 +997,6 @@ fn strings<I: IntoIterator<Item = T>, T: Into<String>>(items: I) -> Vec<String> 
 
 fn encode_request<P: Serialize + ?Sized>(ty: MessageType, id: u64, payload: &P) -> Bytes {
     let id = FrameId::new(id.to_string());
-    encode(ty, Some(&id), payload).expect("invariant: the crate's payload types always serialise")
+    Frame::encode(ty, Some(&id), payload)
+        .expect("invariant: the crate's payload types always serialise")
 }

@@ -2,7 +2,7 @@
 //! message.
 //!
 //! Parse a frame's payload with [`Frame::payload`](crate::wire::Frame::payload); serialise one
-//! with [`encode`](crate::wire::encode).
+//! with [`Frame::encode`](crate::wire::Frame::encode).
 
 mod change;
 mod cursor;

@@ -9,10 +9,8 @@ mod error;
 mod frame;
 
 pub use code::{CloseCode, ErrorCode};
-pub use error::{DecodeError, DecodeErrorKind, EncodeError, PayloadError};
-pub use frame::{
-    decode, encode, encode_with_cursor, DecodeLimits, Frame, FrameId, IdKey, MessageType,
-};
+pub use error::{DecodeError, DecodeErrorKind, PayloadError};
+pub use frame::{DecodeLimits, Frame, FrameId, IdKey, MessageType};
 
 pub use frame::parse_payload;
 

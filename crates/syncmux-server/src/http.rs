@@ -155,7 +155,7 @@ async fn exchange(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, 
     );
     let limits = DecodeLimits::default();
     let is_reply = move |bytes: &Bytes| {
-        syncmux::wire::decode(bytes.clone(), &limits)
+        syncmux::wire::Frame::decode(bytes.clone(), &limits)
             .is_ok_and(|f| f.id().is_some_and(|id| id.as_str() == ID))
     };
     let reply = server
@@ -170,7 +170,7 @@ async fn exchange(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, 
             let message = "the server closed the request's session (it may be shutting down)";
             Failure::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
         })?;
-    let reply = syncmux::wire::decode(reply, &DecodeLimits::default())
+    let reply = syncmux::wire::Frame::decode(reply, &DecodeLimits::default())
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
     if reply.kind() != MessageType::Error {
         return Ok(Bytes::copy_from_slice(reply.raw_payload()));
