@@ -2,15 +2,13 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::server::{
-    Handshake, HandshakeOutcome, PullAnswer, PushAnswer, Server, ServerEvent, ServerTransmit,
-    SessionId,
-};
+use crate::answer::PullAnswer;
+use crate::server::{Handshake, HandshakeOutcome, Server, ServerEvent, ServerTransmit, SessionId};
 use serde::{Serialize, Serializer};
 
 use crate::payload::{ChangeRecord, HasHlc, Hlc};
 use crate::server::AppError;
-use crate::store::{MemoryStore, PullOutcome, PushOutcome, Store};
+use crate::store::{MemoryStore, Store};
 use crate::time::Instant;
 use crate::wire::CloseCode;
 
@@ -256,7 +254,7 @@ fn answer<S: Store>(
         ServerEvent::Push {
             request, changes, ..
         } => {
-            let out = store.push(changes).map(PushAnswer::from);
+            let out = store.push(changes);
             server.answer_push(now, request, out.map_err(|e| AppError::new(e.to_string())));
         }
         other => return Some(other),
@@ -267,10 +265,10 @@ fn answer<S: Store>(
 /// A store's pull as the server's answer: its records as they are (owned, borrowed or
 /// encoded), seen by the server through `AsRef`.
 fn answered<R, E: core::fmt::Display>(
-    out: Result<PullOutcome<R>, E>,
+    out: Result<PullAnswer<R>, E>,
 ) -> Result<PullAnswer<ByRecord<R>>, AppError> {
     match out {
-        Ok(out) => Ok(out.map(ByRecord).into()),
+        Ok(out) => Ok(out.map(ByRecord)),
         Err(e) => Err(AppError::new(e.to_string())),
     }
 }
@@ -296,28 +294,5 @@ impl<R: AsRef<ChangeRecord>> HasHlc for ByRecord<R> {
     }
     fn field(&self) -> &str {
         &self.0.as_ref().field
-    }
-}
-
-/// A store's pull is the answer to a pull or replay event (with owned or borrowed records).
-impl<R> From<PullOutcome<R>> for PullAnswer<R> {
-    fn from(out: PullOutcome<R>) -> PullAnswer<R> {
-        PullAnswer {
-            changes: out.changes,
-            latest_hlc: out.latest_hlc,
-            head: out.head,
-            complete: out.complete,
-        }
-    }
-}
-
-/// A store's push is the answer to a push event.
-impl From<PushOutcome> for PushAnswer {
-    fn from(out: PushOutcome) -> PushAnswer {
-        PushAnswer {
-            accepted: out.accepted,
-            latest_hlc: out.latest_hlc,
-            head: out.head,
-        }
     }
 }

@@ -19,8 +19,8 @@ use crate::payload::SyncFilter;
 pub(crate) use config::AuthFn;
 pub use config::{Access, Resource, ServerConfig};
 pub use event::{
-    AppError, PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, RoomChange,
-    RoomJoinId, ServerEvent, ServerTransmit, SessionId,
+    AppError, PullId, PushId, RemoteSession, ReplayId, RoomChange, RoomJoinId, ServerEvent,
+    ServerTransmit, SessionId,
 };
 pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
 pub use stats::ServerStats;

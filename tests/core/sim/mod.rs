@@ -565,7 +565,7 @@ impl Net {
                         f.reads.push_back((at, self.log.len()));
                     }
                 }
-                self.servers[k].answer_push_unrouted(now, request, Ok(out.into()));
+                self.servers[k].answer_push_unrouted(now, request, Ok(out));
             }
             ServerEvent::Replay {
                 request,
