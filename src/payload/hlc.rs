@@ -8,6 +8,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::json::Key;
+use crate::wire::PayloadError;
 
 /// A hybrid logical clock timestamp: `{"ts": <int64 ns>, "c": <uint32>, "node": <string>}`.
 ///
@@ -44,21 +45,16 @@ impl Hlc {
     }
 }
 
-/// Why a string is not an HLC.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid HLC string {input:?}: expected \"<ts>:<c>:<node>\" ({reason})")]
-pub struct HlcParseError {
-    input: String,
-    reason: &'static str,
-}
-
+/// A string that is not `"<ts>:<c>:<node>"` is refused as it would be in a payload.
 impl FromStr for Hlc {
-    type Err = HlcParseError;
+    type Err = PayloadError;
 
-    fn from_str(s: &str) -> Result<Hlc, HlcParseError> {
-        let err = |reason| HlcParseError {
-            input: s.chars().take(64).collect(),
-            reason,
+    fn from_str(s: &str) -> Result<Hlc, PayloadError> {
+        let err = |reason| {
+            let shown: String = s.chars().take(64).collect();
+            PayloadError::new(format!(
+                "invalid HLC string {shown:?}: expected \"<ts>:<c>:<node>\" ({reason})"
+            ))
         };
         // The node id is the rest of the string, so it may itself contain ':'.
         let mut parts = s.splitn(3, ':');
@@ -106,7 +102,7 @@ impl<'de> Visitor<'de> for HlcVisitor {
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Hlc, E> {
-        s.parse().map_err(E::custom)
+        s.parse().map_err(|e: PayloadError| E::custom(e.message()))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hlc, A::Error> {

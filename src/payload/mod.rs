@@ -12,8 +12,8 @@ mod messages;
 
 pub use change::ChangeRecord;
 pub(crate) use change::HasHlc;
-pub use cursor::{Cursor, CursorParseError};
-pub use hlc::{Hlc, HlcParseError};
+pub use cursor::Cursor;
+pub use hlc::Hlc;
 pub use json::RawJson;
 pub use messages::{
     ErrorPayload, PresenceEvent, PresenceEventKind, PresenceGet, PresenceSnapshot, PresenceState,
