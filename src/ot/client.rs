@@ -17,9 +17,10 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::config::{OtClientConfig, OtConfigError};
-use super::text::{utf16_len, OpError, Side, TextOp};
+use super::config::OtClientConfig;
+use super::text::{OpError, Side, TextOp};
 use super::wire::{ClientMessage, OpStatus, ServerMessage, DEFAULT_DOC_ID};
+use crate::config::ConfigError;
 use crate::time::Instant;
 
 /// Where the client stands.
@@ -198,7 +199,7 @@ pub struct OtClient {
 
 impl OtClient {
     /// A disconnected client with an empty document at revision 0.
-    pub fn new(config: OtClientConfig) -> Result<OtClient, OtConfigError> {
+    pub fn new(config: OtClientConfig) -> Result<OtClient, ConfigError> {
         config.validate()?;
         Ok(OtClient {
             doc: config
@@ -348,7 +349,7 @@ impl OtClient {
         let text = op.apply(&self.text)?;
         let max = self.config.max_document_len;
         if max != 0 {
-            let len = utf16_len(&text);
+            let len = TextOp::utf16_len(&text);
             if len > max {
                 return Err(EditError::TooLong { len, max });
             }

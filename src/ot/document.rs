@@ -7,7 +7,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::session::OtSessionId;
-use super::text::{utf16_len, Component, OpError, Side, TextOp};
+use super::text::{Component, OpError, Side, TextOp};
 use super::wire::OpStatus;
 
 /// The bounds a document keeps to (from `OtServerConfig`; 0 disables each).
@@ -243,7 +243,7 @@ impl Document {
         if revision <= self.revision {
             return false;
         }
-        self.len = utf16_len(&text);
+        self.len = TextOp::utf16_len(&text);
         self.text = text;
         self.revision = revision;
         self.history.clear();
@@ -261,7 +261,7 @@ impl Document {
                 max: limits.max_document_len,
             });
         }
-        debug_assert_eq!(len, utf16_len(&text));
+        debug_assert_eq!(len, TextOp::utf16_len(&text));
         Ok((text, len))
     }
 
@@ -336,7 +336,7 @@ fn inserted(op: &TextOp) -> u64 {
     op.components()
         .iter()
         .map(|c| match c {
-            Component::Insert(s) => utf16_len(s),
+            Component::Insert(s) => TextOp::utf16_len(s),
             _ => 0,
         })
         .sum()

@@ -512,15 +512,15 @@ fn the_retry_delay_stops_growing_at_its_maximum() {
 
 #[test]
 fn configurations_that_cannot_work_are_refused() {
-    use syncmux::ot::OtConfigError;
+    use syncmux::ConfigError;
     for id in ["", "a\u{7}b", &"x".repeat(41)] {
         assert_eq!(
             OtClient::new(OtClientConfig::new(id)).unwrap_err(),
-            OtConfigError::ClientId
+            ConfigError::ClientId
         );
     }
     assert_eq!(
         OtClient::new(OtClientConfig::new("c").with_doc_id("")).unwrap_err(),
-        OtConfigError::EmptyDocId
+        ConfigError::EmptyDocId
     );
 }

@@ -937,7 +937,7 @@ fn configurations_that_cannot_work_are_refused() {
     config.rate_limit_window = Duration::ZERO;
     assert_eq!(
         OtServer::new(config).unwrap_err(),
-        syncmux::ot::OtConfigError::RateLimitWindow
+        syncmux::ConfigError::RateLimitWindow
     );
     let mut config = OtServerConfig::default();
     config.rate_limit_messages = 0;

@@ -24,10 +24,8 @@ use crate::client::{Dialer, Writer};
 use crate::clock::Clock;
 use crate::common;
 use crate::runtime::{self, Binding};
-use syncmux::ot::{
-    EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtConfigError, TextOp,
-};
-use syncmux::DialRequest;
+use syncmux::ot::{EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, TextOp};
+use syncmux::{ConfigError, DialRequest};
 
 /// How the OT client task connects.
 #[derive(Clone, Debug)]
@@ -157,7 +155,7 @@ impl futures_util::Stream for OtClientEvents {
 pub(crate) fn start<R: Binding>(
     config: OtClientConfig,
     options: OtConnectOptions,
-) -> Result<(OtClientHandle, OtClientEvents), OtConfigError> {
+) -> Result<(OtClientHandle, OtClientEvents), ConfigError> {
     let client = OtClient::new(config)?;
     let (cmd_tx, cmd_rx) = async_channel::bounded(options.command_capacity.max(1));
     // Unbounded: the client's own `max_events` bounds what it hands out between reads.
