@@ -29,7 +29,7 @@ use crate::payload::{
     ResumeAck, RoomAction, RoomRequest, Subscribe, Unsubscribe,
 };
 use crate::time::Instant;
-use crate::wire::{CloseCode, Frame, FrameId, MessageType, SUBPROTOCOL};
+use crate::wire::{CloseCode, Frame, FrameId, MessageType};
 
 /// Counts of what a client holds, for metrics and for checking its bounds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -239,8 +239,11 @@ impl Client {
         if self.state != ClientState::Connecting {
             return;
         }
-        if let Some(selected) = selected_protocol.filter(|p| *p != SUBPROTOCOL) {
-            let reason = format!("server selected subprotocol {selected:?}, not {SUBPROTOCOL}");
+        if let Some(selected) = selected_protocol.filter(|p| *p != Frame::SUBPROTOCOL) {
+            let reason = format!(
+                "server selected subprotocol {selected:?}, not {}",
+                Frame::SUBPROTOCOL
+            );
             self.transmits.push_back(ClientTransmit::Close {
                 code: CloseCode::VERSION_MISMATCH,
                 reason,

@@ -46,7 +46,7 @@ impl RawJson {
 
     /// Parses the value into `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        crate::wire::parse_payload(self.0.get().as_bytes())
+        crate::wire::Frame::parse_payload(self.0.get().as_bytes())
     }
 }
 

@@ -248,12 +248,51 @@ impl Frame {
 
     /// Parses the payload into `T`. The error names the offending field by its path.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        parse_payload(self.raw_payload())
+        Frame::parse_payload(self.raw_payload())
     }
 }
 
 /// The codec: text frames in and out.
 impl Frame {
+    /// The WebSocket subprotocol these frames travel under, the name of this protocol
+    /// version (docs/protocol.md section 4): clients offer it, servers select it.
+    pub const SUBPROTOCOL: &'static str = "syncmux.v1";
+
+    /// Parses JSON text into `T`, naming the offending field by its path on failure: the
+    /// parser behind [`Frame::payload`] and [`RawJson::parse`](crate::payload::RawJson::parse),
+    /// for JSON that did not come in a frame.
+    ///
+    /// Tracking the path costs about as much as the parse itself, so it is paid only on the
+    /// error path: a payload that fails is parsed a second time, with the path tracked.
+    ///
+    /// Parsing from `&str` rather than bytes spares serde_json a UTF-8 check per string (a
+    /// change record has seven): one check of the whole text is cheaper, and a payload sliced
+    /// out of a decoded frame always passes it.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+        let text = payload_text(json)?;
+        let plain = match serde_json::from_str(text) {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(e) => Err(payload_error(e)),
+            // The value parsed, so what failed is what follows it.
+            Ok(_) => Err(PayloadError::new(format!("payload: {plain}"))),
+        }
+    }
+
+    /// Parses JSON text into `T`. On wasm32 without the field path: tracking it puts a second
+    /// copy of every payload's deserializer in the browser client's `.wasm` (some 20 KiB).
+    /// serde_json's own message still names a missing or unknown field, and otherwise gives
+    /// the column.
+    #[cfg(target_arch = "wasm32")]
+    pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+        serde_json::from_str(payload_text(json)?)
+            .map_err(|e| PayloadError::new(format!("payload: {e}")))
+    }
+
     /// Decodes one text frame.
     ///
     /// Checks, in order: size (before any parsing), UTF-8, JSON object, nesting depth, the id
@@ -372,38 +411,6 @@ impl Frame {
     ) -> Result<Bytes, PayloadError> {
         encode_frame(kind, None, cursor, payload)
     }
-}
-
-/// Parses JSON text into `T`, naming the offending field by its path on failure.
-///
-/// Tracking the path costs about as much as the parse itself, so it is paid only on the
-/// error path: a payload that fails is parsed a second time, with the path tracked.
-///
-/// Parsing from `&str` rather than bytes spares serde_json a UTF-8 check per string (a
-/// change record has seven): one check of the whole text is cheaper, and a payload sliced
-/// out of a decoded frame always passes it.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
-    let text = payload_text(json)?;
-    let plain = match serde_json::from_str(text) {
-        Ok(value) => return Ok(value),
-        Err(e) => e,
-    };
-    let mut de = serde_json::Deserializer::from_str(text);
-    match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Err(e) => Err(payload_error(e)),
-        // The value parsed, so what failed is what follows it.
-        Ok(_) => Err(PayloadError::new(format!("payload: {plain}"))),
-    }
-}
-
-/// Parses JSON text into `T`. On wasm32 without the field path: tracking it puts a second copy
-/// of every payload's deserializer in the browser client's `.wasm` (some 20 KiB). serde_json's
-/// own message still names a missing or unknown field, and otherwise gives the column.
-#[cfg(target_arch = "wasm32")]
-pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
-    serde_json::from_str(payload_text(json)?)
-        .map_err(|e| PayloadError::new(format!("payload: {e}")))
 }
 
 /// The payload as text (always, when it was sliced out of a decoded frame).

@@ -11,8 +11,3 @@ mod frame;
 pub use code::{CloseCode, ErrorCode};
 pub use error::{DecodeError, DecodeErrorKind, PayloadError};
 pub use frame::{DecodeLimits, Frame, FrameId, IdKey, MessageType};
-
-pub use frame::parse_payload;
-
-/// The WebSocket subprotocol of this protocol version (docs/protocol.md section 4).
-pub const SUBPROTOCOL: &str = "syncmux.v1";

@@ -38,7 +38,7 @@ use syncmux::payload::{
     PresenceSnapshot, PresenceUpdate, PullRequest, PullResponse, PushRequest, PushResponse,
     RawJson, ResumeAck, RoomAction, RoomEvent, RoomEventKind, RoomRequest, Subscribe, Unsubscribe,
 };
-use syncmux::wire::{CloseCode, DecodeLimits, ErrorCode, Frame, IdKey, MessageType, SUBPROTOCOL};
+use syncmux::wire::{CloseCode, DecodeLimits, ErrorCode, Frame, IdKey, MessageType};
 
 const DOC: &str = include_str!("../../docs/protocol.md");
 const DOC_PATH: &str = "docs/protocol.md";
@@ -90,8 +90,9 @@ fn every_message_type_is_named_and_shown_in_all_its_forms() {
             problems.push(format!("message type `{kind}` is never named"));
         }
     }
-    if !DOC.contains(&format!("`{SUBPROTOCOL}`")) {
-        problems.push(format!("the subprotocol `{SUBPROTOCOL}` is never named"));
+    let subprotocol = Frame::SUBPROTOCOL;
+    if !DOC.contains(&format!("`{subprotocol}`")) {
+        problems.push(format!("the subprotocol `{subprotocol}` is never named"));
     }
     let mut forms = Forms::default();
     check_blocks(&mut forms);
