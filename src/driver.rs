@@ -12,6 +12,18 @@ use crate::store::{MemoryStore, Store};
 use crate::time::Instant;
 use crate::wire::CloseCode;
 
+/// The driver's inputs: each is the server's input of the same name, after which the driver
+/// answers what the server asked of the store.
+macro_rules! inputs {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[doc = concat!("See [`Server::", stringify!($name), "`].")]
+        pub fn $name(&mut self, now: Instant, $($arg: $ty),*) {
+            self.server.$name(now, $($arg),*);
+            self.pump(now);
+        }
+    )*};
+}
+
 /// A [`Server`] paired with a [`Store`] (by default the embedded [`MemoryStore`]): one call
 /// per input runs both.
 ///
@@ -120,22 +132,10 @@ impl<S: Store> Driver<S> {
         outcome
     }
 
-    /// See [`Server::handle_message`].
-    pub fn handle_message(&mut self, now: Instant, session: SessionId, bytes: Bytes) {
-        self.server.handle_message(now, session, bytes);
-        self.pump(now);
-    }
-
-    /// See [`Server::handle_binary`].
-    pub fn handle_binary(&mut self, now: Instant, session: SessionId, len: usize) {
-        self.server.handle_binary(now, session, len);
-        self.pump(now);
-    }
-
-    /// See [`Server::handle_disconnected`].
-    pub fn handle_disconnected(&mut self, now: Instant, session: SessionId) {
-        self.server.handle_disconnected(now, session);
-        self.pump(now);
+    inputs! {
+        handle_message(session: SessionId, bytes: Bytes);
+        handle_binary(session: SessionId, len: usize);
+        handle_disconnected(session: SessionId);
     }
 
     /// See [`Server::handle_sent`].
@@ -143,28 +143,10 @@ impl<S: Store> Driver<S> {
         self.server.handle_sent(now, session, bytes);
     }
 
-    /// See [`Server::handle_timeout`].
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.server.handle_timeout(now);
-        self.pump(now);
-    }
-
-    /// See [`Server::close_session`].
-    pub fn close_session(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        code: CloseCode,
-        reason: &str,
-    ) {
-        self.server.close_session(now, session, code, reason);
-        self.pump(now);
-    }
-
-    /// See [`Server::shutdown`].
-    pub fn shutdown(&mut self, now: Instant) {
-        self.server.shutdown(now);
-        self.pump(now);
+    inputs! {
+        handle_timeout();
+        close_session(session: SessionId, code: CloseCode, reason: &str);
+        shutdown();
     }
 
     /// See [`Server::poll_transmit`].
