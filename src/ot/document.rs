@@ -57,12 +57,10 @@ pub(crate) enum Refused {
          {oldest}): fetch a snapshot"
     )]
     TooOld { revision: u64, oldest: u64 },
-    /// It does not fit the text (transformed to the head revision).
+    /// It does not fit the text (transformed to the head revision), or would make the
+    /// document longer than allowed.
     #[error(transparent)]
     Op(#[from] OpError),
-    /// It would make the document longer than allowed.
-    #[error("Document too large: {len} UTF-16 code units (max {max})")]
-    TooLong { len: u64, max: u64 },
 }
 
 /// A document: created empty at revision 0 on first use.
@@ -256,10 +254,10 @@ impl Document {
         let text = op.apply(&self.text)?;
         let len = self.len + inserted(op) - deleted(op);
         if limits.max_document_len != 0 && len > limits.max_document_len {
-            return Err(Refused::TooLong {
+            return Err(Refused::Op(OpError::TooLong {
                 len,
                 max: limits.max_document_len,
-            });
+            }));
         }
         debug_assert_eq!(len, TextOp::utf16_len(&text));
         Ok((text, len))
@@ -406,7 +404,7 @@ mod tests {
         assert_eq!(
             doc.submit(TextOp::new().insert("12345678"), 5, None, LIMITS)
                 .unwrap_err(),
-            Refused::TooLong { len: 11, max: 10 }
+            Refused::Op(OpError::TooLong { len: 11, max: 10 })
         );
         assert_eq!(doc.text(), "abx");
     }

@@ -115,7 +115,7 @@ mod session;
 mod text;
 mod wire;
 
-pub use client::{EditError, OtClient, OtClientEvent, OtClientState, ResyncReason};
+pub use client::{OtClient, OtClientEvent, OtClientState, ResyncReason};
 pub use config::{OtClientConfig, OtServerConfig};
 pub use server::{
     OtCloseReason, OtCommitId, OtDocument, OtHandshakeOutcome, OtServer, OtServerEvent, OtTransmit,

@@ -124,6 +124,15 @@ pub enum OpError {
         /// The boundary, in UTF-16 code units of the document the op applies to.
         index: u64,
     },
+    /// The op would make the document longer than `max_document_len` allows (the OT client
+    /// and server check their limit; `TextOp`'s own methods have none).
+    #[error("Document too large: {len} UTF-16 code units (max {max})")]
+    TooLong {
+        /// The length it would have.
+        len: u64,
+        /// The maximum.
+        max: u64,
+    },
 }
 
 /// Which counted component an [`OpError::PastEnd`] is about.

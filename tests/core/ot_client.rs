@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use syncmux::ot::{
-    EditError, OpError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtHandshakeOutcome,
-    OtServer, OtServerConfig, OtSessionId, OtTransmit, ResyncReason, TextOp,
+    OpError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtHandshakeOutcome, OtServer,
+    OtServerConfig, OtSessionId, OtTransmit, ResyncReason, TextOp,
 };
 use syncmux::Handshake;
 use syncmux::Instant;
@@ -334,21 +334,21 @@ fn local_edits_that_do_not_fit_are_refused() {
     let mut c = client(config);
     assert_eq!(
         c.edit(Instant::ZERO, TextOp::new().retain(1)),
-        Err(EditError::Op(OpError::PastEnd {
+        Err(OpError::PastEnd {
             index: 0,
             kind: syncmux::ot::CountKind::Retain,
             count: 1,
             len: 0
-        }))
+        })
     );
     assert_eq!(
         c.edit(Instant::ZERO, TextOp::new().insert("12345")),
-        Err(EditError::TooLong { len: 5, max: 4 })
+        Err(OpError::TooLong { len: 5, max: 4 })
     );
     c.edit(Instant::ZERO, TextOp::new().insert("😀")).unwrap();
     assert!(matches!(
         c.edit(Instant::ZERO, TextOp::new().retain(1).insert("x")),
-        Err(EditError::Op(OpError::SplitsSurrogatePair { index: 1 }))
+        Err(OpError::SplitsSurrogatePair { index: 1 })
     ));
     assert_eq!(c.text(), "😀");
 }

@@ -24,7 +24,7 @@ use crate::client::{Dialer, Writer};
 use crate::clock::Clock;
 use crate::common;
 use crate::runtime::{self, Binding};
-use syncmux::ot::{EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, TextOp};
+use syncmux::ot::{OpError, OtClient, OtClientConfig, OtClientEvent, OtClientState, TextOp};
 use syncmux::{ConfigError, DialRequest};
 
 /// How the OT client task connects.
@@ -79,14 +79,14 @@ pub struct OtStatus {
 pub enum OtCommandError {
     /// The edit does not apply to the text.
     #[error(transparent)]
-    Edit(#[from] EditError),
+    Edit(#[from] OpError),
     /// The client task is gone ([`OtClientHandle::close`]).
     #[error("the OT client is closed")]
     Closed,
 }
 
 enum Command {
-    Edit(TextOp, oneshot::Sender<Result<(), EditError>>),
+    Edit(TextOp, oneshot::Sender<Result<(), OpError>>),
     Status(oneshot::Sender<OtStatus>),
     Close(oneshot::Sender<()>),
 }
