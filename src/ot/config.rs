@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::ConfigError;
 
-use crate::server::{AuthDecision, AuthFn, AuthRequest};
+use crate::server::{with_auth, AuthFn};
 
 /// Everything an [`OtServer`](super::OtServer) can be told. `Default` gives the seed's
 /// values (ping every 30 s, 100 messages per 60 s) and the limits below; for every limit and
@@ -99,14 +99,7 @@ pub struct OtServerConfig {
 }
 
 impl OtServerConfig {
-    /// Sets the auth decision.
-    pub fn with_auth(
-        mut self,
-        auth: impl Fn(&AuthRequest<'_>) -> AuthDecision + Send + Sync + 'static,
-    ) -> Self {
-        self.auth = Some(Arc::new(auth));
-        self
-    }
+    with_auth!();
 
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::config::ConfigError;
 use crate::payload::SyncFilter;
-pub(crate) use config::AuthFn;
+pub(crate) use config::{with_auth, AuthFn};
 pub use config::{Access, Resource, ServerConfig};
 pub use event::{
     AppError, PullId, PushId, RemoteSession, ReplayId, RoomChange, RoomJoinId, ServerEvent,
