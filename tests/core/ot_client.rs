@@ -230,6 +230,21 @@ fn a_refused_op_is_rebased_and_sent_again_after_a_growing_delay() {
     );
 }
 
+/// A client at "abc" (revision 1) whose insert of "1" was sent and not acknowledged when
+/// its connection dropped, connected again and asking what became of the op.
+fn reconnected_with_an_op_unacked() -> OtClient {
+    let mut c = synced("abc", 1);
+    edit(&mut c, TextOp::new().insert("1"));
+    sent(&mut c);
+    c.handle_disconnected(Instant::ZERO);
+    c.handle_connected(Instant::ZERO);
+    assert_eq!(
+        sent(&mut c),
+        [r#"{"type":"snapshot","opId":"c1-1","revision":1}"#]
+    );
+    c
+}
+
 #[test]
 fn after_a_reconnect_the_client_asks_what_became_of_its_op() {
     // Applied: not sent again; the edits made while away go out as a new op.
@@ -258,12 +273,7 @@ fn after_a_reconnect_the_client_asks_what_became_of_its_op() {
 
     // Absent: sent again, rebased, with the same id (a copy still in flight on the old
     // connection will be taken for what it is).
-    let mut c = synced("abc", 1);
-    edit(&mut c, TextOp::new().insert("1"));
-    sent(&mut c);
-    c.handle_disconnected(Instant::ZERO);
-    c.handle_connected(Instant::ZERO);
-    sent(&mut c);
+    let mut c = reconnected_with_an_op_unacked();
     recv(
         &mut c,
         r#"{"type":"snapshot","revision":2,"text":"abc?","opStatus":"absent"}"#,
@@ -275,12 +285,7 @@ fn after_a_reconnect_the_client_asks_what_became_of_its_op() {
     );
 
     // Unknown: sent again too, and the application is told it may now appear twice.
-    let mut c = synced("abc", 1);
-    edit(&mut c, TextOp::new().insert("1"));
-    sent(&mut c);
-    c.handle_disconnected(Instant::ZERO);
-    c.handle_connected(Instant::ZERO);
-    sent(&mut c);
+    let mut c = reconnected_with_an_op_unacked();
     events(&mut c);
     recv(
         &mut c,
