@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use syncmux::payload::{ChangeRecord, PullRequest, PullResponse, Subscribe};
-use syncmux::wire::{decode, encode, DecodeLimits, FrameId, MessageType};
+use syncmux::wire::{DecodeLimits, Frame, FrameId, MessageType};
 use syncmux::Instant;
 use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
 
@@ -45,14 +45,14 @@ fn round_trip(c: &mut Criterion) {
                 node_id: Some("node-1".into()),
                 ..PullRequest::default()
             };
-            let frame = encode(
+            let frame = Frame::encode(
                 MessageType::PullRequest,
                 Some(&FrameId::new(id.to_string())),
                 &request,
             )
             .expect("encodes");
             black_box(frame);
-            let reply = decode(reply(id), &DecodeLimits::default()).expect("decodes");
+            let reply = Frame::decode(reply(id), &DecodeLimits::default()).expect("decodes");
             black_box(reply.payload::<PullResponse>().expect("parses"))
         })
     });
@@ -94,7 +94,7 @@ fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("client/route_100_changes");
     group.bench_function("baseline_codec_only", |b| {
         b.iter(|| {
-            let decoded = decode(frame.clone(), &DecodeLimits::default()).expect("decodes");
+            let decoded = Frame::decode(frame.clone(), &DecodeLimits::default()).expect("decodes");
             black_box(decoded.payload::<Vec<ChangeRecord>>().expect("parses"))
         })
     });

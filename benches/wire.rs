@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use syncmux::payload::{ChangeRecord, Hlc, PushRequest, RawJson};
-use syncmux::wire::{decode, encode, encode_with_cursor, DecodeLimits, FrameId, MessageType};
+use syncmux::wire::{DecodeLimits, Frame, FrameId, MessageType};
 
 /// A realistic record: an LWW field with a string value, every third one with an extra field
 /// the transport does not know.
@@ -47,7 +47,7 @@ fn batch(n: usize) -> Vec<ChangeRecord> {
 
 fn bench_decode(c: &mut Criterion) {
     let limits = DecodeLimits::default();
-    let push = encode(
+    let push = Frame::encode(
         MessageType::PushRequest,
         Some(&FrameId::new("req-42")),
         &PushRequest {
@@ -56,14 +56,14 @@ fn bench_decode(c: &mut Criterion) {
         },
     )
     .expect("encodes");
-    let changes =
-        encode_with_cursor(MessageType::Changes, Some("3.1000"), &batch(1000)).expect("encodes");
+    let changes = Frame::encode_with_cursor(MessageType::Changes, Some("3.1000"), &batch(1000))
+        .expect("encodes");
 
     for (name, bytes) in [("push_request", push), ("changes_1000", changes)] {
         let mut group = c.benchmark_group(format!("decode/{name}"));
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_function("envelope", |b| {
-            b.iter(|| decode(black_box(bytes.clone()), &limits).expect("decodes"))
+            b.iter(|| Frame::decode(black_box(bytes.clone()), &limits).expect("decodes"))
         });
         group.bench_function("serde_json_value", |b| {
             b.iter(|| {
@@ -76,14 +76,14 @@ fn bench_decode(c: &mut Criterion) {
 
 fn bench_encode(c: &mut Criterion) {
     let records = batch(1000);
-    let len = encode_with_cursor(MessageType::Changes, Some("3.1000"), &records)
+    let len = Frame::encode_with_cursor(MessageType::Changes, Some("3.1000"), &records)
         .expect("encodes")
         .len();
     let mut group = c.benchmark_group("encode/changes_1000");
     group.throughput(Throughput::Bytes(len as u64));
     group.bench_function("encode_with_cursor", |b| {
         b.iter(|| {
-            encode_with_cursor(MessageType::Changes, Some("3.1000"), black_box(&records))
+            Frame::encode_with_cursor(MessageType::Changes, Some("3.1000"), black_box(&records))
                 .expect("encodes")
         })
     });

@@ -1,11 +1,13 @@
-//! The one error of configuring a [`Client`](crate::Client) or a [`Server`](crate::Server).
+//! The one error of configuring a [`Client`](crate::Client), a [`Server`](crate::Server), or
+//! the OT profile's client and server.
 
 use core::time::Duration;
 
 use thiserror::Error;
 
-/// A configuration that cannot work: [`Client::new`](crate::Client::new) and
-/// [`Server::new`](crate::Server::new) check theirs before anything starts.
+/// A configuration that cannot work: [`Client::new`](crate::Client::new),
+/// [`Server::new`](crate::Server::new), [`OtClient::new`](crate::ot::OtClient::new) and
+/// [`OtServer::new`](crate::ot::OtServer::new) check theirs before anything starts.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -28,8 +30,14 @@ pub enum ConfigError {
     #[error("{0} must be at least 1")]
     ZeroBound(&'static str),
     /// A rate limit with a zero window would never refill.
-    #[error("rate_limit_window must be non-zero when rate_limit_burst is set")]
+    #[error("rate_limit_window must be non-zero when a rate limit is set")]
     RateLimitWindow,
+    /// The OT client id is empty, longer than 40 bytes or holds control characters.
+    #[error("client_id must be 1 to 40 bytes without control characters")]
+    ClientId,
+    /// An empty OT `docId` means `doc-1` on the wire: say `None`.
+    #[error("doc_id must not be empty (None is doc-1)")]
+    EmptyDocId,
     /// Pings must come before the idle timeout, or no pong could ever keep a session alive.
     #[error("ping_interval ({ping:?}) must be shorter than idle_timeout ({idle:?})")]
     PingAfterIdle {

@@ -2,17 +2,27 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::server::{
-    Handshake, HandshakeOutcome, PullAnswer, PushAnswer, Server, ServerEvent, ServerTransmit,
-    SessionId,
-};
+use crate::answer::PullAnswer;
+use crate::server::{Handshake, HandshakeOutcome, Server, ServerEvent, ServerTransmit, SessionId};
 use serde::{Serialize, Serializer};
 
 use crate::payload::{ChangeRecord, HasHlc, Hlc};
 use crate::server::AppError;
-use crate::store::{MemoryStore, PullOutcome, PushOutcome, Store};
+use crate::store::{MemoryStore, Store};
 use crate::time::Instant;
 use crate::wire::CloseCode;
+
+/// The driver's inputs: each is the server's input of the same name, after which the driver
+/// answers what the server asked of the store.
+macro_rules! inputs {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[doc = concat!("See [`Server::", stringify!($name), "`].")]
+        pub fn $name(&mut self, now: Instant, $($arg: $ty),*) {
+            self.server.$name(now, $($arg),*);
+            self.pump(now);
+        }
+    )*};
+}
 
 /// A [`Server`] paired with a [`Store`] (by default the embedded [`MemoryStore`]): one call
 /// per input runs both.
@@ -122,22 +132,10 @@ impl<S: Store> Driver<S> {
         outcome
     }
 
-    /// See [`Server::handle_message`].
-    pub fn handle_message(&mut self, now: Instant, session: SessionId, bytes: Bytes) {
-        self.server.handle_message(now, session, bytes);
-        self.pump(now);
-    }
-
-    /// See [`Server::handle_binary`].
-    pub fn handle_binary(&mut self, now: Instant, session: SessionId, len: usize) {
-        self.server.handle_binary(now, session, len);
-        self.pump(now);
-    }
-
-    /// See [`Server::handle_disconnected`].
-    pub fn handle_disconnected(&mut self, now: Instant, session: SessionId) {
-        self.server.handle_disconnected(now, session);
-        self.pump(now);
+    inputs! {
+        handle_message(session: SessionId, bytes: Bytes);
+        handle_binary(session: SessionId, len: usize);
+        handle_disconnected(session: SessionId);
     }
 
     /// See [`Server::handle_sent`].
@@ -145,28 +143,10 @@ impl<S: Store> Driver<S> {
         self.server.handle_sent(now, session, bytes);
     }
 
-    /// See [`Server::handle_timeout`].
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.server.handle_timeout(now);
-        self.pump(now);
-    }
-
-    /// See [`Server::close_session`].
-    pub fn close_session(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        code: CloseCode,
-        reason: &str,
-    ) {
-        self.server.close_session(now, session, code, reason);
-        self.pump(now);
-    }
-
-    /// See [`Server::shutdown`].
-    pub fn shutdown(&mut self, now: Instant) {
-        self.server.shutdown(now);
-        self.pump(now);
+    inputs! {
+        handle_timeout();
+        close_session(session: SessionId, code: CloseCode, reason: &str);
+        shutdown();
     }
 
     /// See [`Server::poll_transmit`].
@@ -256,7 +236,7 @@ fn answer<S: Store>(
         ServerEvent::Push {
             request, changes, ..
         } => {
-            let out = store.push(changes).map(PushAnswer::from);
+            let out = store.push(changes);
             server.answer_push(now, request, out.map_err(|e| AppError::new(e.to_string())));
         }
         other => return Some(other),
@@ -267,10 +247,10 @@ fn answer<S: Store>(
 /// A store's pull as the server's answer: its records as they are (owned, borrowed or
 /// encoded), seen by the server through `AsRef`.
 fn answered<R, E: core::fmt::Display>(
-    out: Result<PullOutcome<R>, E>,
+    out: Result<PullAnswer<R>, E>,
 ) -> Result<PullAnswer<ByRecord<R>>, AppError> {
     match out {
-        Ok(out) => Ok(out.map(ByRecord).into()),
+        Ok(out) => Ok(out.map(ByRecord)),
         Err(e) => Err(AppError::new(e.to_string())),
     }
 }
@@ -296,28 +276,5 @@ impl<R: AsRef<ChangeRecord>> HasHlc for ByRecord<R> {
     }
     fn field(&self) -> &str {
         &self.0.as_ref().field
-    }
-}
-
-/// A store's pull is the answer to a pull or replay event (with owned or borrowed records).
-impl<R> From<PullOutcome<R>> for PullAnswer<R> {
-    fn from(out: PullOutcome<R>) -> PullAnswer<R> {
-        PullAnswer {
-            changes: out.changes,
-            latest_hlc: out.latest_hlc,
-            head: out.head,
-            complete: out.complete,
-        }
-    }
-}
-
-/// A store's push is the answer to a push event.
-impl From<PushOutcome> for PushAnswer {
-    fn from(out: PushOutcome) -> PushAnswer {
-        PushAnswer {
-            accepted: out.accepted,
-            latest_hlc: out.latest_hlc,
-            head: out.head,
-        }
     }
 }

@@ -127,6 +127,7 @@ pub mod ot;
 pub mod payload;
 pub mod wire;
 
+mod answer;
 mod client;
 mod config;
 mod driver;
@@ -135,6 +136,7 @@ mod server;
 mod store;
 mod time;
 
+pub use answer::{PullAnswer, PushAnswer};
 pub use client::{
     Client, ClientConfig, ClientEvent, ClientState, ClientStats, ClientTransmit, CloseReason,
     DialRequest, RequestError, RequestId, Response,
@@ -142,10 +144,10 @@ pub use client::{
 pub use config::ConfigError;
 pub use driver::Driver;
 pub use server::{
-    Access, AppError, AuthDecision, AuthRequest, Handshake, HandshakeOutcome, PullAnswer, PullId,
-    PushAnswer, PushId, RemoteSession, ReplayId, Resource, RoomChange, RoomJoinId, Server,
-    ServerConfig, ServerEvent, ServerStats, ServerTransmit, SessionId,
+    Access, AppError, AuthDecision, AuthRequest, Handshake, HandshakeOutcome, PullId, PushId,
+    RemoteSession, ReplayId, Resource, RoomChange, RoomJoinId, Server, ServerConfig, ServerEvent,
+    ServerStats, ServerTransmit, SessionId,
 };
-pub use store::{MemoryStore, PullOutcome, PushOutcome, Store, StoreConfig, StoredChange};
+pub use store::{MemoryStore, Store, StoreConfig, StoredChange};
 pub use time::Instant;
 pub use wire::{CloseCode, ErrorCode};

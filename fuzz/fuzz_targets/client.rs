@@ -17,7 +17,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use syncmux::payload::{Hlc, PullRequest, RawJson, Subscribe};
-use syncmux::wire::{decode, CloseCode, DecodeLimits};
+use syncmux::wire::{CloseCode, DecodeLimits, Frame};
 use syncmux::Instant;
 use syncmux::{Client, ClientConfig, ClientEvent, ClientTransmit};
 
@@ -210,7 +210,7 @@ impl Run {
                 let mut limits = DecodeLimits::DEFAULT;
                 limits.max_frame_len = 0;
                 limits.max_depth = 0;
-                let frame = decode(bytes.clone(), &limits).expect("the client sends frames");
+                let frame = Frame::decode(bytes.clone(), &limits).expect("the client sends frames");
                 if let Some(id) = frame.id() {
                     self.wire
                         .push((id.as_str().to_owned(), frame.kind().as_str().to_owned()));

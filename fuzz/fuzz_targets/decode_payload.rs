@@ -22,7 +22,7 @@ use syncmux::payload::{
     PresenceUpdate, PullRequest, PullResponse, PushRequest, PushResponse, ResumeAck, RoomEvent,
     RoomRequest, Subscribe, Unsubscribe,
 };
-use syncmux::wire::{decode, DecodeLimits};
+use syncmux::wire::{DecodeLimits, Frame};
 
 /// Decodes `json` as a `T`; when it decodes, checks the round trip.
 fn round_trip<T>(json: &[u8])
@@ -82,7 +82,7 @@ fn string_forms(text: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    match decode(Bytes::copy_from_slice(data), &DecodeLimits::default()) {
+    match Frame::decode(Bytes::copy_from_slice(data), &DecodeLimits::default()) {
         Ok(frame) => {
             all_payloads(frame.raw_payload());
             if let Some(cursor) = frame.cursor() {

@@ -29,7 +29,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use syncmux::ot::{
-    utf16_len, OtCommitId, OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent,
+    OtCommitId, OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent,
     OtSessionId, OtTransmit, ServerMessage, Side, TextOp,
 };
 use syncmux::{AuthDecision, Handshake};
@@ -335,7 +335,7 @@ impl Run {
                     return;
                 };
                 let stored = self.store.entry(name.to_owned()).or_default();
-                let len = utf16_len(stored.text(stored.head()));
+                let len = TextOp::utf16_len(stored.text(stored.head()));
                 let op = match edit {
                     Edit::Prepend(n) => TextOp::new().insert("ab".repeat(usize::from(n % 4) + 1)),
                     Edit::Append(n) => TextOp::new()
@@ -537,7 +537,7 @@ impl Run {
                 .expect("a document with ops exists");
             assert_eq!(d.text(), text, "the shadow of {doc} differs");
             assert_eq!(d.revision(), *revision);
-            assert!(utf16_len(d.text()) <= c.max_document_len);
+            assert!(TextOp::utf16_len(d.text()) <= c.max_document_len);
             assert!(d.history_len() <= c.max_history);
             let members: BTreeSet<_> = d.members().into_iter().collect();
             for m in members {

@@ -19,7 +19,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use syncmux::payload::{ChangeRecord, Hlc};
-use syncmux::wire::{decode, CloseCode, DecodeLimits, MessageType};
+use syncmux::wire::{CloseCode, DecodeLimits, Frame, MessageType};
 use syncmux::{AppError, Handshake, HandshakeOutcome, ServerTransmit, SessionId};
 use syncmux::{Instant, Server, ServerConfig, ServerEvent};
 use syncmux::{MemoryStore, StoreConfig};
@@ -435,7 +435,7 @@ impl Run {
                     // A frame any syncmux peer decodes. Not `serde_json::Value`: it refuses
                     // numbers beyond f64 (`1E999`), which are JSON and which a pong or a relay
                     // must pass on byte for byte.
-                    let frame = match decode(bytes.clone(), &unlimited()) {
+                    let frame = match Frame::decode(bytes.clone(), &unlimited()) {
                         Ok(frame) => frame,
                         Err(e) => panic!("server frame does not decode ({e}): {bytes:?}"),
                     };

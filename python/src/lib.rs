@@ -24,7 +24,7 @@ fn _syncmux(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SyncmuxError", py.get_type::<convert::SyncmuxError>())?;
     m.add("RequestError", py.get_type::<convert::RequestError>())?;
     m.add("ConfigError", py.get_type::<convert::ConfigError>())?;
-    m.add("PROTOCOL", syncmux::wire::SUBPROTOCOL)?;
+    m.add("PROTOCOL", syncmux::wire::Frame::SUBPROTOCOL)?;
     client::register(m)?;
     server::register(m)?;
     Ok(())

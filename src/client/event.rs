@@ -10,7 +10,7 @@ use crate::payload::{
     ChangeRecord, Cursor, PresenceEvent, PresenceSnapshot, PullResponse, PushResponse, RawJson,
     ResumeAck, RoomEvent,
 };
-use crate::wire::{CloseCode, ErrorCode, SUBPROTOCOL};
+use crate::wire::{CloseCode, ErrorCode, Frame};
 
 /// The handle of one request, returned by the command that issued it and carried by its
 /// outcome. On the wire it is the decimal number, unique for the client's lifetime.
@@ -94,7 +94,7 @@ impl DialRequest {
         }
         DialRequest {
             url: with_query(base, "node_id", node_id),
-            protocols: vec![SUBPROTOCOL],
+            protocols: vec![Frame::SUBPROTOCOL],
             headers,
             token: token.map(str::to_owned),
         }

@@ -29,7 +29,7 @@ use crate::payload::{
     ResumeAck, RoomAction, RoomRequest, Subscribe, Unsubscribe,
 };
 use crate::time::Instant;
-use crate::wire::{encode, CloseCode, FrameId, MessageType, SUBPROTOCOL};
+use crate::wire::{CloseCode, Frame, FrameId, MessageType};
 
 /// Counts of what a client holds, for metrics and for checking its bounds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -239,8 +239,11 @@ impl Client {
         if self.state != ClientState::Connecting {
             return;
         }
-        if let Some(selected) = selected_protocol.filter(|p| *p != SUBPROTOCOL) {
-            let reason = format!("server selected subprotocol {selected:?}, not {SUBPROTOCOL}");
+        if let Some(selected) = selected_protocol.filter(|p| *p != Frame::SUBPROTOCOL) {
+            let reason = format!(
+                "server selected subprotocol {selected:?}, not {}",
+                Frame::SUBPROTOCOL
+            );
             self.transmits.push_back(ClientTransmit::Close {
                 code: CloseCode::VERSION_MISMATCH,
                 reason,
@@ -997,5 +1000,6 @@ fn strings<I: IntoIterator<Item = T>, T: Into<String>>(items: I) -> Vec<String> 
 
 fn encode_request<P: Serialize + ?Sized>(ty: MessageType, id: u64, payload: &P) -> Bytes {
     let id = FrameId::new(id.to_string());
-    encode(ty, Some(&id), payload).expect("invariant: the crate's payload types always serialise")
+    Frame::encode(ty, Some(&id), payload)
+        .expect("invariant: the crate's payload types always serialise")
 }

@@ -12,7 +12,7 @@ use crate::payload::{
     RawJson, ResumeAck, RoomEvent,
 };
 use crate::time::Instant;
-use crate::wire::{decode, encode, CloseCode, DecodeError, ErrorCode, Frame, MessageType};
+use crate::wire::{CloseCode, DecodeError, ErrorCode, Frame, MessageType};
 
 impl Client {
     /// A text frame arrived. Any frame, even one that cannot be read, proves the connection
@@ -23,7 +23,7 @@ impl Client {
             return;
         }
         self.timers.stop(Timer::Pong);
-        match decode(bytes, &self.config.decode_limits) {
+        match Frame::decode(bytes, &self.config.decode_limits) {
             Ok(frame) => self.dispatch(now, frame),
             Err(err) => self.undecodable(now, &err),
         }
@@ -153,7 +153,7 @@ impl Client {
         let Ok(payload) = serde_json::from_slice::<&RawValue>(frame.raw_payload()) else {
             return; // unreachable for a decoded frame; nothing sensible to echo otherwise
         };
-        if let Ok(pong) = encode(MessageType::Pong, frame.id(), payload) {
+        if let Ok(pong) = Frame::encode(MessageType::Pong, frame.id(), payload) {
             self.transmits.push_back(ClientTransmit::Frame(pong));
         }
     }

@@ -15,11 +15,11 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use thiserror::Error;
 
-use super::config::{OtClientConfig, OtConfigError};
-use super::text::{utf16_len, OpError, Side, TextOp};
+use super::config::OtClientConfig;
+use super::text::{OpError, Side, TextOp};
 use super::wire::{ClientMessage, OpStatus, ServerMessage, DEFAULT_DOC_ID};
+use crate::config::ConfigError;
 use crate::time::Instant;
 
 /// Where the client stands.
@@ -98,23 +98,6 @@ pub enum OtClientEvent {
     Reset {
         /// The text.
         text: String,
-    },
-}
-
-/// Why a local edit was refused.
-#[derive(Clone, PartialEq, Eq, Debug, Error)]
-#[non_exhaustive]
-pub enum EditError {
-    /// The op does not apply to the current text.
-    #[error(transparent)]
-    Op(#[from] OpError),
-    /// The text would exceed `max_document_len`.
-    #[error("document too large: {len} UTF-16 code units (max {max})")]
-    TooLong {
-        /// The length it would have.
-        len: u64,
-        /// The maximum.
-        max: u64,
     },
 }
 
@@ -198,7 +181,7 @@ pub struct OtClient {
 
 impl OtClient {
     /// A disconnected client with an empty document at revision 0.
-    pub fn new(config: OtClientConfig) -> Result<OtClient, OtConfigError> {
+    pub fn new(config: OtClientConfig) -> Result<OtClient, ConfigError> {
         config.validate()?;
         Ok(OtClient {
             doc: config
@@ -343,14 +326,14 @@ impl OtClient {
     /// A local edit, made on [`text`](Self::text). It is applied at once and sent when the
     /// client is synchronized (one op in flight at a time; edits made meanwhile are
     /// composed into one).
-    pub fn edit(&mut self, now: Instant, op: TextOp) -> Result<(), EditError> {
+    pub fn edit(&mut self, now: Instant, op: TextOp) -> Result<(), OpError> {
         self.clamp(now);
         let text = op.apply(&self.text)?;
         let max = self.config.max_document_len;
         if max != 0 {
-            let len = utf16_len(&text);
+            let len = TextOp::utf16_len(&text);
             if len > max {
-                return Err(EditError::TooLong { len, max });
+                return Err(OpError::TooLong { len, max });
             }
         }
         if op.is_noop() {

@@ -4,9 +4,9 @@ use core::fmt;
 use core::time::Duration;
 use std::sync::Arc;
 
-use thiserror::Error;
+use crate::config::ConfigError;
 
-use crate::server::{AuthDecision, AuthFn, AuthRequest};
+use crate::server::{with_auth, AuthFn};
 
 /// Everything an [`OtServer`](super::OtServer) can be told. `Default` gives the seed's
 /// values (ping every 30 s, 100 messages per 60 s) and the limits below; for every limit and
@@ -99,19 +99,12 @@ pub struct OtServerConfig {
 }
 
 impl OtServerConfig {
-    /// Sets the auth decision.
-    pub fn with_auth(
-        mut self,
-        auth: impl Fn(&AuthRequest<'_>) -> AuthDecision + Send + Sync + 'static,
-    ) -> Self {
-        self.auth = Some(Arc::new(auth));
-        self
-    }
+    with_auth!();
 
     /// Checks that the values make sense together.
-    pub fn validate(&self) -> Result<(), OtConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.rate_limit_messages != 0 && self.rate_limit_window.is_zero() {
-            return Err(OtConfigError::RateLimitWindow);
+            return Err(ConfigError::RateLimitWindow);
         }
         Ok(())
     }
@@ -221,29 +214,14 @@ impl OtClientConfig {
     }
 
     /// Checks that the values make sense.
-    pub fn validate(&self) -> Result<(), OtConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let id = &self.client_id;
         if id.is_empty() || id.len() > 40 || id.chars().any(char::is_control) {
-            return Err(OtConfigError::ClientId);
+            return Err(ConfigError::ClientId);
         }
         if self.doc_id.as_deref() == Some("") {
-            return Err(OtConfigError::EmptyDocId);
+            return Err(ConfigError::EmptyDocId);
         }
         Ok(())
     }
-}
-
-/// A configuration that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum OtConfigError {
-    /// A rate limit with a zero window would never refill.
-    #[error("rate_limit_window must be non-zero when rate_limit_messages is set")]
-    RateLimitWindow,
-    /// The client id is empty, longer than 40 bytes or holds control characters.
-    #[error("client_id must be 1 to 40 bytes without control characters")]
-    ClientId,
-    /// An empty `docId` means `doc-1` on the wire: say `None`.
-    #[error("doc_id must not be empty (None is doc-1)")]
-    EmptyDocId,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::session::OtSessionId;
-use super::text::{utf16_len, Component, OpError, Side, TextOp};
+use super::text::{Component, OpError, Side, TextOp};
 use super::wire::OpStatus;
 
 /// The bounds a document keeps to (from `OtServerConfig`; 0 disables each).
@@ -57,12 +57,10 @@ pub(crate) enum Refused {
          {oldest}): fetch a snapshot"
     )]
     TooOld { revision: u64, oldest: u64 },
-    /// It does not fit the text (transformed to the head revision).
+    /// It does not fit the text (transformed to the head revision), or would make the
+    /// document longer than allowed.
     #[error(transparent)]
     Op(#[from] OpError),
-    /// It would make the document longer than allowed.
-    #[error("Document too large: {len} UTF-16 code units (max {max})")]
-    TooLong { len: u64, max: u64 },
 }
 
 /// A document: created empty at revision 0 on first use.
@@ -243,7 +241,7 @@ impl Document {
         if revision <= self.revision {
             return false;
         }
-        self.len = utf16_len(&text);
+        self.len = TextOp::utf16_len(&text);
         self.text = text;
         self.revision = revision;
         self.history.clear();
@@ -256,12 +254,12 @@ impl Document {
         let text = op.apply(&self.text)?;
         let len = self.len + inserted(op) - deleted(op);
         if limits.max_document_len != 0 && len > limits.max_document_len {
-            return Err(Refused::TooLong {
+            return Err(Refused::Op(OpError::TooLong {
                 len,
                 max: limits.max_document_len,
-            });
+            }));
         }
-        debug_assert_eq!(len, utf16_len(&text));
+        debug_assert_eq!(len, TextOp::utf16_len(&text));
         Ok((text, len))
     }
 
@@ -336,7 +334,7 @@ fn inserted(op: &TextOp) -> u64 {
     op.components()
         .iter()
         .map(|c| match c {
-            Component::Insert(s) => utf16_len(s),
+            Component::Insert(s) => TextOp::utf16_len(s),
             _ => 0,
         })
         .sum()
@@ -406,7 +404,7 @@ mod tests {
         assert_eq!(
             doc.submit(TextOp::new().insert("12345678"), 5, None, LIMITS)
                 .unwrap_err(),
-            Refused::TooLong { len: 11, max: 10 }
+            Refused::Op(OpError::TooLong { len: 11, max: 10 })
         );
         assert_eq!(doc.text(), "abx");
     }

@@ -115,11 +115,11 @@ mod session;
 mod text;
 mod wire;
 
-pub use client::{EditError, OtClient, OtClientEvent, OtClientState, ResyncReason};
-pub use config::{OtClientConfig, OtConfigError, OtServerConfig};
+pub use client::{OtClient, OtClientEvent, OtClientState, ResyncReason};
+pub use config::{OtClientConfig, OtServerConfig};
 pub use server::{
     OtCloseReason, OtCommitId, OtDocument, OtHandshakeOutcome, OtServer, OtServerEvent, OtTransmit,
 };
 pub use session::OtSessionId;
-pub use text::{utf16_len, Component, CountKind, OpError, Side, TextOp};
-pub use wire::{OpStatus, ServerMessage, WireError, DEFAULT_DOC_ID};
+pub use text::{Component, CountKind, OpError, Side, TextOp};
+pub use wire::{OpStatus, ServerMessage, WireError};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::config::{OtConfigError, OtServerConfig};
+use super::config::OtServerConfig;
 use super::document::{Document, Limits, SnapshotWait, Submitted, MAX_SNAPSHOTS_WAITING};
 use super::session::{OtSessionId, Session, Slab, State};
 use super::text::TextOp;
@@ -22,6 +22,7 @@ use super::wire::{
     decode_client, encode_ack, encode_error, encode_op, encode_snapshot, ClientMessage,
     DEFAULT_DOC_ID,
 };
+use crate::config::ConfigError;
 use crate::rng::{Jitter, KeyedHasher};
 use crate::server::{AuthDecision, AuthRequest, Handshake};
 use crate::time::Instant;
@@ -339,9 +340,12 @@ impl core::fmt::Debug for OtServer {
 }
 
 impl OtServer {
+    /// The document a frame without `docId` is about: `doc-1`.
+    pub const DEFAULT_DOC_ID: &'static str = DEFAULT_DOC_ID;
+
     /// A server with this configuration and the empty document `doc-1` (every connection
     /// is a member of it).
-    pub fn new(config: OtServerConfig) -> Result<OtServer, OtConfigError> {
+    pub fn new(config: OtServerConfig) -> Result<OtServer, ConfigError> {
         config.validate()?;
         let mut docs = HashMap::with_hasher(Jitter::new(config.seed).hasher());
         let mut first = Document::new();

@@ -49,7 +49,7 @@ impl Component {
     pub fn len(&self) -> u64 {
         match self {
             Component::Retain(n) | Component::Delete(n) => *n,
-            Component::Insert(s) => utf16_len(s),
+            Component::Insert(s) => TextOp::utf16_len(s),
         }
     }
 
@@ -124,6 +124,15 @@ pub enum OpError {
         /// The boundary, in UTF-16 code units of the document the op applies to.
         index: u64,
     },
+    /// The op would make the document longer than `max_document_len` allows (the OT client
+    /// and server check their limit; `TextOp`'s own methods have none).
+    #[error("Document too large: {len} UTF-16 code units (max {max})")]
+    TooLong {
+        /// The length it would have.
+        len: u64,
+        /// The maximum.
+        max: u64,
+    },
 }
 
 /// Which counted component an [`OpError::PastEnd`] is about.
@@ -144,22 +153,23 @@ impl fmt::Display for CountKind {
     }
 }
 
-/// The length of `s` in UTF-16 code units (what JavaScript's `length` says).
-///
-/// ```
-/// assert_eq!(syncmux::ot::utf16_len("😀é"), 3);
-/// ```
-pub fn utf16_len(s: &str) -> u64 {
-    // Every character is one unit, or two when UTF-8 needs four bytes for it: count the bytes
-    // that start a character (not `10xxxxxx`), plus the four-byte lead bytes. A byte loop
-    // the compiler vectorises, rather than decoding characters.
-    s.as_bytes()
-        .iter()
-        .map(|&b| u64::from((b as i8) >= -0x40) + u64::from(b >= 0xF0))
-        .sum()
-}
-
 impl TextOp {
+    /// The length of `s` in UTF-16 code units (what JavaScript's `length` says), the unit
+    /// every count of an op is in.
+    ///
+    /// ```
+    /// assert_eq!(syncmux::ot::TextOp::utf16_len("😀é"), 3);
+    /// ```
+    pub fn utf16_len(s: &str) -> u64 {
+        // Every character is one unit, or two when UTF-8 needs four bytes for it: count the bytes
+        // that start a character (not `10xxxxxx`), plus the four-byte lead bytes. A byte loop
+        // the compiler vectorises, rather than decoding characters.
+        s.as_bytes()
+            .iter()
+            .map(|&b| u64::from((b as i8) >= -0x40) + u64::from(b >= 0xF0))
+            .sum()
+    }
+
     /// The empty op (it keeps the whole document).
     pub fn new() -> Self {
         TextOp::default()
@@ -261,7 +271,7 @@ impl TextOp {
                     index,
                     kind,
                     count: n,
-                    len: utf16_len(text),
+                    len: TextOp::utf16_len(text),
                 },
                 Stop::Split => OpError::SplitsSurrogatePair { index: index + n },
             })?;
@@ -415,8 +425,8 @@ impl TextOp {
         let deleted = slice(old_rest, 0, old_rest.len() - suffix);
         let inserted = slice(new_rest, 0, new_rest.len() - suffix);
         TextOp::new()
-            .retain(utf16_len(slice(old, 0, prefix)))
-            .delete(utf16_len(deleted))
+            .retain(TextOp::utf16_len(slice(old, 0, prefix)))
+            .delete(TextOp::utf16_len(deleted))
             .insert(inserted)
     }
 
@@ -611,14 +621,14 @@ mod tests {
 
     #[test]
     fn utf16_lengths() {
-        assert_eq!(utf16_len(""), 0);
-        assert_eq!(utf16_len("abc"), 3);
-        assert_eq!(utf16_len("é"), 1);
-        assert_eq!(utf16_len("€"), 1);
-        assert_eq!(utf16_len("😀"), 2);
-        assert_eq!(utf16_len("😀é"), 3);
+        assert_eq!(TextOp::utf16_len(""), 0);
+        assert_eq!(TextOp::utf16_len("abc"), 3);
+        assert_eq!(TextOp::utf16_len("é"), 1);
+        assert_eq!(TextOp::utf16_len("€"), 1);
+        assert_eq!(TextOp::utf16_len("😀"), 2);
+        assert_eq!(TextOp::utf16_len("😀é"), 3);
         for s in ["", "a😀b", "ü€𝄞x", "日本語"] {
-            assert_eq!(utf16_len(s), s.encode_utf16().count() as u64);
+            assert_eq!(TextOp::utf16_len(s), s.encode_utf16().count() as u64);
         }
     }
 

@@ -7,8 +7,10 @@ use thiserror::Error;
 
 use super::text::{OpError, TextOp};
 
-/// The document a frame without `docId` is about.
-pub const DEFAULT_DOC_ID: &str = "doc-1";
+/// The document a frame without `docId` is about ([`OtServer::DEFAULT_DOC_ID`]).
+///
+/// [`OtServer::DEFAULT_DOC_ID`]: super::OtServer::DEFAULT_DOC_ID
+pub(crate) const DEFAULT_DOC_ID: &str = "doc-1";
 
 /// The longest `opId` accepted, in bytes.
 pub(crate) const MAX_OP_ID_LEN: usize = 64;

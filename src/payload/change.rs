@@ -1,13 +1,11 @@
 //! The change record (docs/protocol.md section 5).
 
-use core::fmt;
-
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, MapAccess};
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 use super::hlc::{set, Hlc};
-use super::json::{Key, RawJson};
+use super::json::{deserialize_with_visitor, Key, RawJson};
 
 /// One change to one field of one row, as CRDT and OT applications exchange them.
 ///
@@ -125,21 +123,7 @@ impl Serialize for ChangeRecord {
     }
 }
 
-impl<'de> Deserialize<'de> for ChangeRecord {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ChangeVisitor)
-    }
-}
-
-struct ChangeVisitor;
-
-impl<'de> Visitor<'de> for ChangeVisitor {
-    type Value = ChangeRecord;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a change record object")
-    }
-
+deserialize_with_visitor!('de, ChangeRecord, ChangeVisitor, deserialize_map, "a change record object", {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChangeRecord, A::Error> {
         let (mut table, mut pk, mut field, mut crdt_type, mut hlc, mut node_id) =
             (None, None, None, None, None, None);
@@ -187,7 +171,7 @@ impl<'de> Visitor<'de> for ChangeVisitor {
             extra,
         })
     }
-}
+});
 
 /// A record as the server's replays see it: whatever form a store answers with (owned,
 /// borrowed, or with its encoding kept), the HLC that orders it and its table.

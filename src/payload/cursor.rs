@@ -4,6 +4,8 @@
 use core::fmt;
 use core::str::FromStr;
 
+use crate::wire::PayloadError;
+
 /// A position in a store's history: `"<epoch>.<seq>"` on the wire.
 ///
 /// `seq` grows by one per accepted change; `epoch` changes whenever the history does not
@@ -34,16 +36,17 @@ impl Cursor {
     }
 }
 
-/// Why a string is not a cursor.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid cursor {0:?}: expected \"<epoch>.<seq>\"")]
-pub struct CursorParseError(String);
-
+/// A string that is not `"<epoch>.<seq>"` is refused as it would be in a payload.
 impl FromStr for Cursor {
-    type Err = CursorParseError;
+    type Err = PayloadError;
 
-    fn from_str(s: &str) -> Result<Cursor, CursorParseError> {
-        let err = || CursorParseError(s.chars().take(64).collect());
+    fn from_str(s: &str) -> Result<Cursor, PayloadError> {
+        let err = || {
+            let shown: String = s.chars().take(64).collect();
+            PayloadError::new(format!(
+                "invalid cursor {shown:?}: expected \"<epoch>.<seq>\""
+            ))
+        };
         let (epoch, seq) = s.split_once('.').ok_or_else(err)?;
         // `u64::from_str` accepts a leading '+'; a cursor is digits only.
         let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
@@ -73,6 +76,7 @@ impl serde::Serialize for Cursor {
 impl<'de> serde::Deserialize<'de> for Cursor {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Cursor, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        text.parse()
+            .map_err(|e: PayloadError| serde::de::Error::custom(e.message()))
     }
 }

@@ -3,11 +3,12 @@
 use core::fmt;
 use core::str::FromStr;
 
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, MapAccess};
 use serde::ser::SerializeStruct;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
-use super::json::Key;
+use super::json::{deserialize_with_visitor, Key};
+use crate::wire::PayloadError;
 
 /// A hybrid logical clock timestamp: `{"ts": <int64 ns>, "c": <uint32>, "node": <string>}`.
 ///
@@ -44,21 +45,16 @@ impl Hlc {
     }
 }
 
-/// Why a string is not an HLC.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid HLC string {input:?}: expected \"<ts>:<c>:<node>\" ({reason})")]
-pub struct HlcParseError {
-    input: String,
-    reason: &'static str,
-}
-
+/// A string that is not `"<ts>:<c>:<node>"` is refused as it would be in a payload.
 impl FromStr for Hlc {
-    type Err = HlcParseError;
+    type Err = PayloadError;
 
-    fn from_str(s: &str) -> Result<Hlc, HlcParseError> {
-        let err = |reason| HlcParseError {
-            input: s.chars().take(64).collect(),
-            reason,
+    fn from_str(s: &str) -> Result<Hlc, PayloadError> {
+        let err = |reason| {
+            let shown: String = s.chars().take(64).collect();
+            PayloadError::new(format!(
+                "invalid HLC string {shown:?}: expected \"<ts>:<c>:<node>\" ({reason})"
+            ))
         };
         // The node id is the rest of the string, so it may itself contain ':'.
         let mut parts = s.splitn(3, ':');
@@ -90,23 +86,10 @@ impl Serialize for Hlc {
     }
 }
 
-impl<'de> Deserialize<'de> for Hlc {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(HlcVisitor)
-    }
-}
-
-struct HlcVisitor;
-
-impl<'de> Visitor<'de> for HlcVisitor {
-    type Value = Hlc;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(r#"an HLC: {"ts": int64, "c": uint32, "node": string} or "<ts>:<c>:<node>""#)
-    }
-
+deserialize_with_visitor!('de, Hlc, HlcVisitor, deserialize_any,
+    r#"an HLC: {"ts": int64, "c": uint32, "node": string} or "<ts>:<c>:<node>""#, {
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Hlc, E> {
-        s.parse().map_err(E::custom)
+        s.parse().map_err(|e: PayloadError| E::custom(e.message()))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hlc, A::Error> {
@@ -127,7 +110,7 @@ impl<'de> Visitor<'de> for HlcVisitor {
             node: node.ok_or_else(|| de::Error::missing_field("node"))?,
         })
     }
-}
+});
 
 /// Sets a field once; a key seen twice is an error, as serde's derive would say.
 pub(crate) fn set<T, E: de::Error>(

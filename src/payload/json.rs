@@ -8,6 +8,32 @@ use serde_json::value::RawValue;
 
 use crate::wire::PayloadError;
 
+/// `Deserialize` for a type that reads itself through a visitor: `deserializer.$how` drives
+/// `$visitor`, which expects `$expecting` and has the `visit_*` methods given. Written once
+/// for the payload types that do (a key here, an HLC, a change record).
+macro_rules! deserialize_with_visitor {
+    ($de:lifetime, $ty:ty, $visitor:ident, $how:ident, $expecting:literal, { $($visit:tt)* }) => {
+        impl<$de> serde::Deserialize<$de> for $ty {
+            fn deserialize<D: serde::Deserializer<$de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.$how($visitor)
+            }
+        }
+
+        struct $visitor;
+
+        impl<$de> serde::de::Visitor<$de> for $visitor {
+            type Value = $ty;
+
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str($expecting)
+            }
+
+            $($visit)*
+        }
+    };
+}
+pub(crate) use deserialize_with_visitor;
+
 /// A JSON value kept as its exact text: the transport never parses what it only relays
 /// (presence data, room messages, a change's `value`), so numbers of any size and precision
 /// and key order survive byte for byte.
@@ -46,7 +72,7 @@ impl RawJson {
 
     /// Parses the value into `T`.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        crate::wire::parse_payload(self.0.get().as_bytes())
+        crate::wire::Frame::parse_payload(self.0.get().as_bytes())
     }
 }
 
@@ -92,21 +118,7 @@ impl From<Box<RawValue>> for RawJson {
 /// which for a change record is a dozen allocations spent on keys alone.
 pub(crate) struct Key<'de>(pub(crate) std::borrow::Cow<'de, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-    type Value = Key<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string key")
-    }
-
+deserialize_with_visitor!('de, Key<'de>, KeyVisitor, deserialize_str, "a string key", {
     fn visit_borrowed_str<E: serde::de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
         Ok(Key(std::borrow::Cow::Borrowed(key)))
     }
@@ -118,7 +130,7 @@ impl<'de> serde::de::Visitor<'de> for KeyVisitor {
     fn visit_string<E: serde::de::Error>(self, key: String) -> Result<Key<'de>, E> {
         Ok(Key(std::borrow::Cow::Owned(key)))
     }
-}
+});
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,38 @@ use super::hlc::Hlc;
 use super::json::RawJson;
 use crate::wire::ErrorCode;
 
+/// `new`, `since` and `after` of the two requests that read tables from a starting point,
+/// [`PullRequest`] and [`Subscribe`]: written once, documented for each.
+macro_rules! read_builders {
+    ($ty:ident {
+        $(#[$new:meta])* new;
+        $(#[$since:meta])* since;
+        $(#[$after:meta])* after;
+    }) => {
+        impl $ty {
+            $(#[$new])*
+            pub fn new<I: IntoIterator<Item = T>, T: Into<String>>(tables: I) -> $ty {
+                $ty {
+                    tables: tables.into_iter().map(Into::into).collect(),
+                    ..$ty::default()
+                }
+            }
+
+            $(#[$since])*
+            pub fn since(mut self, since: impl Into<Option<Hlc>>) -> $ty {
+                self.since = since.into();
+                self
+            }
+
+            $(#[$after])*
+            pub fn after(mut self, cursor: impl Into<Option<Cursor>>) -> $ty {
+                self.cursor = cursor.into().map(|c| c.to_string());
+                self
+            }
+        }
+    };
+}
+
 /// `pull_request`: the changes of `tables` after `since` (exclusive) or after `cursor`.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct PullRequest {
@@ -55,7 +87,7 @@ impl SyncFilter {
     }
 }
 
-impl PullRequest {
+read_builders!(PullRequest {
     /// A pull of everything `tables` hold; narrow it with [`since`](PullRequest::since) and
     /// [`after`](PullRequest::after).
     ///
@@ -65,27 +97,14 @@ impl PullRequest {
     /// let pull = PullRequest::new(["docs"]).after(Cursor::new(7, 41)).since(Hlc::new(5, 0, "a"));
     /// assert_eq!(pull.cursor.as_deref(), Some("7.41"));
     /// ```
-    pub fn new<I: IntoIterator<Item = T>, T: Into<String>>(tables: I) -> PullRequest {
-        PullRequest {
-            tables: tables.into_iter().map(Into::into).collect(),
-            ..PullRequest::default()
-        }
-    }
-
+    new;
     /// Only changes with an HLC greater than `since` (or, with a cursor, the fallback for a
     /// server that cannot serve it).
-    pub fn since(mut self, since: impl Into<Option<Hlc>>) -> PullRequest {
-        self.since = since.into();
-        self
-    }
-
+    since;
     /// Exactly the changes after the server position `cursor` (docs/protocol.md section 5,
     /// "Cursors"), late changes with old HLCs included.
-    pub fn after(mut self, cursor: impl Into<Option<Cursor>>) -> PullRequest {
-        self.cursor = cursor.into().map(|c| c.to_string());
-        self
-    }
-}
+    after;
+});
 
 /// `pull_response`.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -152,7 +171,7 @@ pub struct Subscribe {
     pub filter: Option<SyncFilter>,
 }
 
-impl Subscribe {
+read_builders!(Subscribe {
     /// A subscription to the live changes of `tables` from now on; replay first with
     /// [`since`](Subscribe::since) or [`after`](Subscribe::after).
     ///
@@ -162,27 +181,14 @@ impl Subscribe {
     /// let subscribe = Subscribe::new(["docs", "notes"]).after(Cursor::new(7, 41));
     /// assert_eq!(subscribe.tables, ["docs", "notes"]);
     /// ```
-    pub fn new<I: IntoIterator<Item = T>, T: Into<String>>(tables: I) -> Subscribe {
-        Subscribe {
-            tables: tables.into_iter().map(Into::into).collect(),
-            ..Subscribe::default()
-        }
-    }
-
+    new;
     /// Replay the changes with an HLC greater than `since` first (in HLC order), or, with a
     /// cursor, fall back to them when the server cannot serve it.
-    pub fn since(mut self, since: impl Into<Option<Hlc>>) -> Subscribe {
-        self.since = since.into();
-        self
-    }
-
+    since;
     /// Replay exactly the changes after the server position `cursor` first (in cursor
     /// order), late changes with old HLCs included.
-    pub fn after(mut self, cursor: impl Into<Option<Cursor>>) -> Subscribe {
-        self.cursor = cursor.into().map(|c| c.to_string());
-        self
-    }
-}
+    after;
+});
 
 /// `unsubscribe`.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]

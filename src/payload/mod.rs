@@ -2,7 +2,7 @@
 //! message.
 //!
 //! Parse a frame's payload with [`Frame::payload`](crate::wire::Frame::payload); serialise one
-//! with [`encode`](crate::wire::encode).
+//! with [`Frame::encode`](crate::wire::Frame::encode).
 
 mod change;
 mod cursor;
@@ -12,8 +12,8 @@ mod messages;
 
 pub use change::ChangeRecord;
 pub(crate) use change::HasHlc;
-pub use cursor::{Cursor, CursorParseError};
-pub use hlc::{Hlc, HlcParseError};
+pub use cursor::Cursor;
+pub use hlc::Hlc;
 pub use json::RawJson;
 pub use messages::{
     ErrorPayload, PresenceEvent, PresenceEventKind, PresenceGet, PresenceSnapshot, PresenceState,

@@ -12,6 +12,22 @@ use crate::config::ConfigError;
 /// and the whole handshake, allow (optionally naming or confirming the node id) or deny.
 pub(crate) type AuthFn = dyn Fn(&AuthRequest<'_>) -> AuthDecision + Send + Sync;
 
+/// `with_auth` of a config whose `auth` is an [`AuthFn`]: the server's and the OT server's,
+/// whose handshakes take the same hook.
+macro_rules! with_auth {
+    () => {
+        /// Sets the auth decision.
+        pub fn with_auth(
+            mut self,
+            auth: impl Fn(&$crate::AuthRequest<'_>) -> $crate::AuthDecision + Send + Sync + 'static,
+        ) -> Self {
+            self.auth = Some(::std::sync::Arc::new(auth));
+            self
+        }
+    };
+}
+pub(crate) use with_auth;
+
 /// The authorization hook: may this session touch this table, topic or room?
 pub(crate) type AuthorizeFn = dyn Fn(&Access<'_>) -> bool + Send + Sync;
 
@@ -131,14 +147,7 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Sets the auth decision.
-    pub fn with_auth(
-        mut self,
-        auth: impl Fn(&AuthRequest<'_>) -> AuthDecision + Send + Sync + 'static,
-    ) -> Self {
-        self.auth = Some(Arc::new(auth));
-        self
-    }
+    with_auth!();
 
     /// Sets the authorization hook.
     pub fn with_authorize(

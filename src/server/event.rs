@@ -225,49 +225,6 @@ pub enum ServerEvent {
     },
 }
 
-/// The answer to a [`ServerEvent::Pull`] or [`ServerEvent::Replay`], as a store reads it.
-///
-/// Owned records by default; the embedded [`Driver`](crate::driver::Driver) answers with
-/// records borrowed from its store, so a pull copies nothing before it is encoded.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct PullAnswer<R = ChangeRecord> {
-    /// The changes, each with its position: in position order after a cursor the store
-    /// served, in HLC order otherwise (a replay by `since` goes out in this order, so that
-    /// every prefix of it is complete below its newest HLC).
-    pub changes: Vec<(Cursor, R)>,
-    /// The newest HLC the store holds for the tables (or the request's `since`).
-    pub latest_hlc: Hlc,
-    /// The store's head: every change at or before it was visible to this read.
-    pub head: Cursor,
-    /// Whether the answer holds everything asked for; `false` when the store could not
-    /// serve the cursor and fell back to `since`, or when retention evicted changes after
-    /// `since` (the subscribe's ack, or the pull's response, then says `recovered: false`).
-    pub complete: bool,
-}
-
-impl<R> Default for PullAnswer<R> {
-    fn default() -> Self {
-        PullAnswer {
-            changes: Vec::new(),
-            latest_hlc: Hlc::default(),
-            head: Cursor::default(),
-            complete: false,
-        }
-    }
-}
-
-/// The answer to a [`ServerEvent::Push`].
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
-pub struct PushAnswer {
-    /// The changes that were new, each with its position, in position order. Only these
-    /// are routed to the other subscribers, so a re-sent push delivers nothing twice.
-    pub accepted: Vec<(Cursor, ChangeRecord)>,
-    /// The newest HLC the store holds for the pushed tables after the merge.
-    pub latest_hlc: Hlc,
-    /// The store's head after the merge.
-    pub head: Cursor,
-}
-
 /// The application could not handle a request; the session gets an `error` frame with this
 /// message: `HANDLER_ERROR`, or `UNAVAILABLE` for [`AppError::unavailable`].
 #[derive(Clone, PartialEq, Eq, Debug, Error)]

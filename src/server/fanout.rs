@@ -8,10 +8,11 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::event::{AppError, PullAnswer, PullId, PushAnswer, PushId, ReplayId};
+use super::event::{AppError, PullId, PushId, ReplayId};
 use super::out::{changes_frame, error_frame, frame, PullResponseOut, Records};
 use super::session::{Batch, Held, Sent, Sessions};
 use super::{PendingKind, Resume, Server, SessionId};
+use crate::answer::{PullAnswer, PushAnswer};
 use crate::payload::{ChangeRecord, Cursor, HasHlc, PushResponse, ResumeAck};
 use crate::time::Instant;
 use crate::wire::{CloseCode, MessageType};

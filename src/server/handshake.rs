@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use super::SessionId;
-use crate::wire::SUBPROTOCOL;
+use crate::wire::Frame;
 
 /// What an adapter read from the HTTP upgrade request.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -208,8 +208,8 @@ pub(crate) fn negotiate(offered: &[String]) -> Version {
         .map(str::trim)
         .filter(|p| !p.is_empty());
     let all: Vec<&str> = offered.by_ref().collect();
-    if all.contains(&SUBPROTOCOL) {
-        return Version::V1(Some(SUBPROTOCOL.to_owned()));
+    if all.contains(&Frame::SUBPROTOCOL) {
+        return Version::V1(Some(Frame::SUBPROTOCOL.to_owned()));
     }
     match all.iter().find(|p| p.starts_with("syncmux.")) {
         Some(other) => {

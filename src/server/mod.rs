@@ -16,11 +16,11 @@ use bytes::Bytes;
 
 use crate::config::ConfigError;
 use crate::payload::SyncFilter;
-pub(crate) use config::AuthFn;
+pub(crate) use config::{with_auth, AuthFn};
 pub use config::{Access, Resource, ServerConfig};
 pub use event::{
-    AppError, PullAnswer, PullId, PushAnswer, PushId, RemoteSession, ReplayId, RoomChange,
-    RoomJoinId, ServerEvent, ServerTransmit, SessionId,
+    AppError, PullId, PushId, RemoteSession, ReplayId, RoomChange, RoomJoinId, ServerEvent,
+    ServerTransmit, SessionId,
 };
 pub use handshake::{AuthDecision, AuthRequest, Handshake, HandshakeOutcome};
 pub use stats::ServerStats;
@@ -32,7 +32,7 @@ use session::{Fed, Output, Sent, Session, Sessions};
 
 use crate::rng::Jitter;
 use crate::time::Instant;
-use crate::wire::{decode, CloseCode, DecodeLimits, ErrorCode, FrameId, MessageType};
+use crate::wire::{CloseCode, DecodeLimits, ErrorCode, Frame, FrameId, MessageType};
 
 /// A request waiting for the application's answer.
 struct Pending {
@@ -421,7 +421,7 @@ impl Server {
         if max != 0 && bytes.len() > max {
             self.oversized(session, bytes.len());
         } else {
-            match decode(bytes, &self.decode_limits) {
+            match Frame::decode(bytes, &self.decode_limits) {
                 Err(e) => {
                     if self.admit(now, session, e.id()) {
                         let code = e.code();

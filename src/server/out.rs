@@ -5,7 +5,7 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 use thiserror::Error;
 
 use crate::payload::{Cursor, ErrorPayload, Hlc};
-use crate::wire::{encode, encode_with_cursor, ErrorCode, FrameId, MessageType, PayloadError};
+use crate::wire::{ErrorCode, Frame, FrameId, MessageType, PayloadError};
 
 /// Encodes a server frame. Every payload the server sends is built from payload types whose
 /// serialisation cannot fail (string keys, valid raw JSON, a `Vec` writer).
@@ -14,7 +14,7 @@ pub(crate) fn frame<P: Serialize + ?Sized>(
     id: Option<&FrameId>,
     payload: &P,
 ) -> Bytes {
-    encode(kind, id, payload).expect("invariant: server payloads always serialise")
+    Frame::encode(kind, id, payload).expect("invariant: server payloads always serialise")
 }
 
 /// An `error` frame.
@@ -28,8 +28,8 @@ pub(crate) fn changes_frame<R: Serialize>(records: &[&R], cursor: Option<Cursor>
     let cursor = cursor.map(|c| c.to_string());
     let cursor = cursor.as_deref();
     let encoded = match records {
-        [one] => encode_with_cursor(MessageType::Change, cursor, one),
-        many => encode_with_cursor(MessageType::Changes, cursor, many),
+        [one] => Frame::encode_with_cursor(MessageType::Change, cursor, one),
+        many => Frame::encode_with_cursor(MessageType::Changes, cursor, many),
     };
     encoded.expect("invariant: change records always serialise")
 }

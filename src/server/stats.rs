@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::Server;
 use crate::payload::ErrorPayload;
-use crate::wire::{decode, CloseCode, DecodeLimits, ErrorCode, MessageType};
+use crate::wire::{CloseCode, DecodeLimits, ErrorCode, Frame, MessageType};
 
 const TYPES: usize = MessageType::ALL.len();
 
@@ -92,7 +92,7 @@ impl ServerStats {
             // Rare: decoding the frame again costs nothing that matters here, and keeps the
             // queues free of anything but the frame and its type.
             let limits = DecodeLimits::with_max_frame_len(0);
-            let code = decode(bytes.clone(), &limits)
+            let code = Frame::decode(bytes.clone(), &limits)
                 .ok()
                 .and_then(|f| f.payload::<ErrorPayload>().ok())
                 .map_or(ErrorCode::Internal, |p| p.code);
@@ -121,10 +121,10 @@ fn counted(by_type: &[u64; TYPES]) -> impl Iterator<Item = (MessageType, u64)> +
         .map(|(kind, n)| (*kind, *n))
 }
 
-/// The type of a frame the server encoded: `wire::encode` always writes `{"type":"NAME"`
+/// The type of a frame the server encoded: `Frame::encode` always writes `{"type":"NAME"`
 /// first.
 pub(crate) fn kind_of(bytes: &[u8]) -> MessageType {
-    read_kind(bytes).expect("invariant: every frame the server queues comes from wire::encode")
+    read_kind(bytes).expect("invariant: every frame the server queues comes from Frame::encode")
 }
 
 fn read_kind(bytes: &[u8]) -> Option<MessageType> {
@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn every_frame_type_is_read_back_from_its_encoding() {
         for kind in MessageType::ALL {
-            let bytes = crate::wire::encode(*kind, None, &()).expect("encodes");
+            let bytes = crate::wire::Frame::encode(*kind, None, &()).expect("encodes");
             assert_eq!(read_kind(&bytes), Some(*kind), "{bytes:?}");
         }
         assert_eq!(read_kind(b"{\"type\":\"nope\"}"), None);

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use super::table::Table;
 use super::Store;
+use crate::answer::{PullAnswer, PushAnswer};
 use crate::payload::{ChangeRecord, Cursor, Hlc};
 
 /// Configuration of a [`MemoryStore`].
@@ -194,40 +195,6 @@ impl Serialize for StoredChange {
     }
 }
 
-/// What [`MemoryStore::push`] did.
-///
-/// Plain data, built by any store (the durable one included), hence exhaustive.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushOutcome {
-    /// The changes that were new, with their positions, in position order. Only these are
-    /// routed to subscribers and counted as `merged`.
-    pub accepted: Vec<(Cursor, ChangeRecord)>,
-    /// The newest HLC held for the pushed tables after the merge, or `Hlc::default()`.
-    pub latest_hlc: Hlc,
-    /// The position of the newest accepted change in the store.
-    pub head: Cursor,
-}
-
-/// What [`MemoryStore::pull`] found: owned records by default, borrowed ones from
-/// [`MemoryStore::pull_borrowed`].
-///
-/// Plain data, built by any store (the durable one included), hence exhaustive.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PullOutcome<R = ChangeRecord> {
-    /// The changes with their positions: in position order after a cursor, in HLC order
-    /// otherwise.
-    pub changes: Vec<(Cursor, R)>,
-    /// The newest HLC held for the requested tables, or the request's `since` when there is
-    /// none, or `Hlc::default()`.
-    pub latest_hlc: Hlc,
-    /// The position of the newest accepted change in the store: where to resume.
-    pub head: Cursor,
-    /// Whether `changes` holds everything the request asked for. `false` when the cursor
-    /// could not be served or retention evicted changes the request would have returned: the
-    /// client must resynchronise.
-    pub complete: bool,
-}
-
 impl MemoryStore {
     /// An empty store.
     pub fn new(config: StoreConfig) -> MemoryStore {
@@ -264,7 +231,7 @@ impl MemoryStore {
     /// Merges `changes` (module docs, "Merge"), giving each new one the next position, then
     /// applies the retention. A push larger than the retention evicts some of its own
     /// changes; they are still reported as accepted.
-    pub fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome {
+    pub fn push(&mut self, changes: Vec<ChangeRecord>) -> PushAnswer {
         let mut accepted = Vec::new();
         let mut pushed_tables: Vec<String> = Vec::new();
         for record in changes {
@@ -288,7 +255,7 @@ impl MemoryStore {
         }
         pushed_tables.sort_unstable();
         pushed_tables.dedup();
-        PushOutcome {
+        PushAnswer {
             accepted,
             latest_hlc: self
                 .latest(pushed_tables.iter())
@@ -307,7 +274,7 @@ impl MemoryStore {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> PullOutcome {
+    ) -> PullAnswer {
         self.pull_borrowed(tables, since, cursor).cloned()
     }
 
@@ -319,7 +286,7 @@ impl MemoryStore {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> PullOutcome<&ChangeRecord> {
+    ) -> PullAnswer<&ChangeRecord> {
         self.pull_stored(tables, since, cursor)
             .map(|stored| &stored.record)
     }
@@ -330,7 +297,7 @@ impl MemoryStore {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> PullOutcome<&StoredChange> {
+    ) -> PullAnswer<&StoredChange> {
         let mut names: Vec<&String> = tables.iter().collect();
         names.sort_unstable();
         names.dedup();
@@ -344,7 +311,7 @@ impl MemoryStore {
                 table.seqs.range(start..).copied()
             });
             let changes = merge(ranges).map(|seq| self.at(seq)).collect();
-            return PullOutcome {
+            return PullAnswer {
                 changes,
                 latest_hlc,
                 head: self.head(),
@@ -366,7 +333,7 @@ impl MemoryStore {
             };
             evicted.is_some_and(|evicted| since.is_none_or(|since| evicted > since))
         });
-        PullOutcome {
+        PullAnswer {
             changes,
             latest_hlc,
             head: self.head(),
@@ -428,7 +395,7 @@ impl Store for MemoryStore {
     type Error = core::convert::Infallible;
     type Record<'a> = &'a StoredChange;
 
-    fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushOutcome, Self::Error> {
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushAnswer, Self::Error> {
         Ok(MemoryStore::push(self, changes))
     }
 
@@ -437,31 +404,12 @@ impl Store for MemoryStore {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> Result<PullOutcome<&StoredChange>, Self::Error> {
+    ) -> Result<PullAnswer<&StoredChange>, Self::Error> {
         Ok(self.pull_stored(tables, since, cursor))
     }
 
     fn head(&self) -> Cursor {
         MemoryStore::head(self)
-    }
-}
-
-impl<R> PullOutcome<R> {
-    /// The same outcome with each record mapped by `f`.
-    pub(crate) fn map<T>(self, mut f: impl FnMut(R) -> T) -> PullOutcome<T> {
-        PullOutcome {
-            changes: self.changes.into_iter().map(|(c, r)| (c, f(r))).collect(),
-            latest_hlc: self.latest_hlc,
-            head: self.head,
-            complete: self.complete,
-        }
-    }
-}
-
-impl PullOutcome<&ChangeRecord> {
-    /// The same outcome with owned records.
-    pub fn cloned(self) -> PullOutcome {
-        self.map(ChangeRecord::clone)
     }
 }
 

@@ -5,9 +5,10 @@ use core::fmt;
 
 use serde::Serialize;
 
+use crate::answer::{PullAnswer, PushAnswer};
 use crate::payload::{ChangeRecord, Cursor, Hlc};
 
-pub use memory::{MemoryStore, PullOutcome, PushOutcome, StoreConfig, StoredChange};
+pub use memory::{MemoryStore, StoreConfig, StoredChange};
 
 /// A change log that answers at once: what a [`Driver`](crate::Driver) answers the server's
 /// pulls, pushes and replays from, in the order the server asks.
@@ -27,7 +28,7 @@ pub trait Store {
 
     /// Merges `changes`, giving each new one the next position. When it returns `Ok`, the
     /// changes are as durable as the store makes them.
-    fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushOutcome, Self::Error>;
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushAnswer, Self::Error>;
 
     /// The changes of `tables` after `cursor` (in position order) when the store can serve
     /// it, or else after `since`, or else all of them (in HLC order).
@@ -36,7 +37,7 @@ pub trait Store {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> Result<PullOutcome<Self::Record<'_>>, Self::Error>;
+    ) -> Result<PullAnswer<Self::Record<'_>>, Self::Error>;
 
     /// The position of the newest accepted change.
     fn head(&self) -> Cursor;

@@ -124,7 +124,10 @@ impl DecodeErrorKind {
     }
 }
 
-/// A payload that does not have the shape its message type requires.
+/// A payload that does not have the shape its message type requires, one that could not be
+/// serialised (only a caller-supplied `Serialize` impl can fail), or the string form of a
+/// payload value (an [`Hlc`](crate::payload::Hlc), a [`Cursor`](crate::payload::Cursor))
+/// that does not parse.
 ///
 /// The message names the offending field by its path (`changes[3].hlc`), so the peer can tell
 /// what to fix. Maps to [`ErrorCode::InvalidPayload`].
@@ -149,8 +152,3 @@ impl PayloadError {
         ErrorCode::InvalidPayload
     }
 }
-
-/// A payload that could not be serialised (only a caller-supplied `Serialize` impl can fail).
-#[derive(Debug, Error)]
-#[error("cannot encode payload: {0}")]
-pub struct EncodeError(#[from] serde_json::Error);

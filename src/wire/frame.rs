@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::error::{DecodeError, DecodeErrorKind, EncodeError, PayloadError};
+use super::error::{DecodeError, DecodeErrorKind, PayloadError};
 
 macro_rules! message_types {
     ($($(#[$doc:meta])* $variant:ident => $wire:literal,)*) => {
@@ -248,40 +248,169 @@ impl Frame {
 
     /// Parses the payload into `T`. The error names the offending field by its path.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        parse_payload(self.raw_payload())
+        Frame::parse_payload(self.raw_payload())
     }
 }
 
-/// Parses JSON text into `T`, naming the offending field by its path on failure.
-///
-/// Tracking the path costs about as much as the parse itself, so it is paid only on the
-/// error path: a payload that fails is parsed a second time, with the path tracked.
-///
-/// Parsing from `&str` rather than bytes spares serde_json a UTF-8 check per string (a
-/// change record has seven): one check of the whole text is cheaper, and a payload sliced
-/// out of a decoded frame always passes it.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
-    let text = payload_text(json)?;
-    let plain = match serde_json::from_str(text) {
-        Ok(value) => return Ok(value),
-        Err(e) => e,
-    };
-    let mut de = serde_json::Deserializer::from_str(text);
-    match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Err(e) => Err(payload_error(e)),
-        // The value parsed, so what failed is what follows it.
-        Ok(_) => Err(PayloadError::new(format!("payload: {plain}"))),
-    }
-}
+/// The codec: text frames in and out.
+impl Frame {
+    /// The WebSocket subprotocol these frames travel under, the name of this protocol
+    /// version (docs/protocol.md section 4): clients offer it, servers select it.
+    pub const SUBPROTOCOL: &'static str = "syncmux.v1";
 
-/// Parses JSON text into `T`. On wasm32 without the field path: tracking it puts a second copy
-/// of every payload's deserializer in the browser client's `.wasm` (some 20 KiB). serde_json's
-/// own message still names a missing or unknown field, and otherwise gives the column.
-#[cfg(target_arch = "wasm32")]
-pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
-    serde_json::from_str(payload_text(json)?)
-        .map_err(|e| PayloadError::new(format!("payload: {e}")))
+    /// Parses JSON text into `T`, naming the offending field by its path on failure: the
+    /// parser behind [`Frame::payload`] and [`RawJson::parse`](crate::payload::RawJson::parse),
+    /// for JSON that did not come in a frame.
+    ///
+    /// Tracking the path costs about as much as the parse itself, so it is paid only on the
+    /// error path: a payload that fails is parsed a second time, with the path tracked.
+    ///
+    /// Parsing from `&str` rather than bytes spares serde_json a UTF-8 check per string (a
+    /// change record has seven): one check of the whole text is cheaper, and a payload sliced
+    /// out of a decoded frame always passes it.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+        let text = payload_text(json)?;
+        let plain = match serde_json::from_str(text) {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(e) => Err(payload_error(e)),
+            // The value parsed, so what failed is what follows it.
+            Ok(_) => Err(PayloadError::new(format!("payload: {plain}"))),
+        }
+    }
+
+    /// Parses JSON text into `T`. On wasm32 without the field path: tracking it puts a second
+    /// copy of every payload's deserializer in the browser client's `.wasm` (some 20 KiB).
+    /// serde_json's own message still names a missing or unknown field, and otherwise gives
+    /// the column.
+    #[cfg(target_arch = "wasm32")]
+    pub fn parse_payload<T: DeserializeOwned>(json: &[u8]) -> Result<T, PayloadError> {
+        serde_json::from_str(payload_text(json)?)
+            .map_err(|e| PayloadError::new(format!("payload: {e}")))
+    }
+
+    /// Decodes one text frame.
+    ///
+    /// Checks, in order: size (before any parsing), UTF-8, JSON object, nesting depth, the id
+    /// (`id` / `request_id`), `type`, `cursor`. Failures after the id was read carry it.
+    ///
+    /// ```
+    /// use syncmux::wire::{DecodeLimits, Frame, IdKey, MessageType};
+    ///
+    /// let frame = Frame::decode(
+    ///     br#"{"type":"pull_request","request_id":"7","payload":{"tables":["docs"]}}"#[..].into(),
+    ///     &DecodeLimits::default(),
+    /// )
+    /// .unwrap();
+    /// assert_eq!(frame.kind(), MessageType::PullRequest);
+    /// assert_eq!(frame.id().unwrap().key(), IdKey::RequestId);
+    /// assert_eq!(frame.raw_payload(), br#"{"tables":["docs"]}"#);
+    /// ```
+    pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError> {
+        let fail = |kind| DecodeError::new(kind, None);
+        if limits.max_frame_len != 0 && bytes.len() > limits.max_frame_len {
+            return Err(fail(DecodeErrorKind::TooLarge {
+                len: bytes.len(),
+                max: limits.max_frame_len,
+            }));
+        }
+        let text = match core::str::from_utf8(&bytes) {
+            Ok(text) => text,
+            Err(_) => {
+                // Report the id if it can be read once the bad bytes are replaced.
+                let id = salvage_id(&String::from_utf8_lossy(&bytes));
+                return Err(DecodeError::new(DecodeErrorKind::NotUtf8, id));
+            }
+        };
+        if text.trim_start().as_bytes().first() != Some(&b'{') {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => fail(DecodeErrorKind::NotObject),
+                Err(e) => fail(not_json(&e, limits)),
+            });
+        }
+        let env: RawEnvelope<'_> = match serde_json::from_str(text) {
+            Ok(env) => env,
+            Err(e) => {
+                return Err(DecodeError::new(not_json(&e, limits), salvage_id(text)));
+            }
+        };
+        let id = read_id(&env).map_err(fail)?;
+        let fail = |kind| DecodeError::new(kind, id.clone());
+        if limits.max_depth != 0 && exceeds_depth(text.as_bytes(), limits.max_depth) {
+            return Err(fail(DecodeErrorKind::TooDeep {
+                max: limits.max_depth,
+            }));
+        }
+        let kind = match env.kind {
+            None => return Err(fail(DecodeErrorKind::MissingType)),
+            Some(raw) => match json_str(raw) {
+                Some(name) => match MessageType::from_wire(&name) {
+                    Some(kind) => kind,
+                    None => return Err(fail(DecodeErrorKind::UnknownType(name.into_owned()))),
+                },
+                None => return Err(fail(DecodeErrorKind::TypeNotString)),
+            },
+        };
+        // `cursor` is part of the envelope of `change` / `changes` only (docs/protocol.md section 5);
+        // on any other type it is an unknown top-level field, and those are ignored (section 2).
+        let cursor = match env.cursor.map(json_str) {
+            None => None,
+            Some(Some(cursor)) => Some(cursor.into()),
+            Some(None) if matches!(kind, MessageType::Change | MessageType::Changes) => {
+                return Err(fail(DecodeErrorKind::CursorNotString));
+            }
+            Some(None) => None,
+        };
+        let payload = match env.payload {
+            Some(raw) => bytes.slice_ref(raw.get().as_bytes()),
+            None => Bytes::new(),
+        };
+        Ok(Frame {
+            kind,
+            id,
+            cursor,
+            payload,
+        })
+    }
+
+    /// Encodes a frame: `{"type":…,"id":…,"payload":…}`, with the id under the key it came with.
+    ///
+    /// A payload that serialises to `null` is left out (absent means `null`).
+    ///
+    /// ```
+    /// use syncmux::wire::{Frame, FrameId, IdKey, MessageType};
+    ///
+    /// let id = FrameId::with_key(IdKey::RequestId, "7");
+    /// let bytes = Frame::encode(MessageType::Ack, Some(&id), &()).unwrap();
+    /// assert_eq!(&bytes[..], br#"{"type":"ack","request_id":"7"}"#);
+    /// ```
+    pub fn encode<P: Serialize + ?Sized>(
+        kind: MessageType,
+        id: Option<&FrameId>,
+        payload: &P,
+    ) -> Result<Bytes, PayloadError> {
+        encode_frame(kind, id, None, payload)
+    }
+
+    /// Encodes a `change` or `changes` frame with its top-level `cursor` (docs/protocol.md section 5).
+    ///
+    /// ```
+    /// use syncmux::wire::{Frame, MessageType};
+    ///
+    /// let bytes = Frame::encode_with_cursor(MessageType::Changes, Some("3.17"), &[0u8; 0]).unwrap();
+    /// assert_eq!(&bytes[..], br#"{"type":"changes","cursor":"3.17","payload":[]}"#);
+    /// ```
+    pub fn encode_with_cursor<P: Serialize + ?Sized>(
+        kind: MessageType,
+        cursor: Option<&str>,
+        payload: &P,
+    ) -> Result<Bytes, PayloadError> {
+        encode_frame(kind, None, cursor, payload)
+    }
 }
 
 /// The payload as text (always, when it was sliced out of a decoded frame).
@@ -319,90 +448,6 @@ struct RawEnvelope<'a> {
     cursor: Option<&'a RawValue>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
-}
-
-/// Decodes one text frame.
-///
-/// Checks, in order: size (before any parsing), UTF-8, JSON object, nesting depth, the id
-/// (`id` / `request_id`), `type`, `cursor`. Failures after the id was read carry it.
-///
-/// ```
-/// use syncmux::wire::{decode, DecodeLimits, IdKey, MessageType};
-///
-/// let frame = decode(
-///     br#"{"type":"pull_request","request_id":"7","payload":{"tables":["docs"]}}"#[..].into(),
-///     &DecodeLimits::default(),
-/// )
-/// .unwrap();
-/// assert_eq!(frame.kind(), MessageType::PullRequest);
-/// assert_eq!(frame.id().unwrap().key(), IdKey::RequestId);
-/// assert_eq!(frame.raw_payload(), br#"{"tables":["docs"]}"#);
-/// ```
-pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<Frame, DecodeError> {
-    let fail = |kind| DecodeError::new(kind, None);
-    if limits.max_frame_len != 0 && bytes.len() > limits.max_frame_len {
-        return Err(fail(DecodeErrorKind::TooLarge {
-            len: bytes.len(),
-            max: limits.max_frame_len,
-        }));
-    }
-    let text = match core::str::from_utf8(&bytes) {
-        Ok(text) => text,
-        Err(_) => {
-            // Report the id if it can be read once the bad bytes are replaced.
-            let id = salvage_id(&String::from_utf8_lossy(&bytes));
-            return Err(DecodeError::new(DecodeErrorKind::NotUtf8, id));
-        }
-    };
-    if text.trim_start().as_bytes().first() != Some(&b'{') {
-        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            Ok(_) => fail(DecodeErrorKind::NotObject),
-            Err(e) => fail(not_json(&e, limits)),
-        });
-    }
-    let env: RawEnvelope<'_> = match serde_json::from_str(text) {
-        Ok(env) => env,
-        Err(e) => {
-            return Err(DecodeError::new(not_json(&e, limits), salvage_id(text)));
-        }
-    };
-    let id = read_id(&env).map_err(fail)?;
-    let fail = |kind| DecodeError::new(kind, id.clone());
-    if limits.max_depth != 0 && exceeds_depth(text.as_bytes(), limits.max_depth) {
-        return Err(fail(DecodeErrorKind::TooDeep {
-            max: limits.max_depth,
-        }));
-    }
-    let kind = match env.kind {
-        None => return Err(fail(DecodeErrorKind::MissingType)),
-        Some(raw) => match json_str(raw) {
-            Some(name) => match MessageType::from_wire(&name) {
-                Some(kind) => kind,
-                None => return Err(fail(DecodeErrorKind::UnknownType(name.into_owned()))),
-            },
-            None => return Err(fail(DecodeErrorKind::TypeNotString)),
-        },
-    };
-    // `cursor` is part of the envelope of `change` / `changes` only (docs/protocol.md section 5);
-    // on any other type it is an unknown top-level field, and those are ignored (section 2).
-    let cursor = match env.cursor.map(json_str) {
-        None => None,
-        Some(Some(cursor)) => Some(cursor.into()),
-        Some(None) if matches!(kind, MessageType::Change | MessageType::Changes) => {
-            return Err(fail(DecodeErrorKind::CursorNotString));
-        }
-        Some(None) => None,
-    };
-    let payload = match env.payload {
-        Some(raw) => bytes.slice_ref(raw.get().as_bytes()),
-        None => Bytes::new(),
-    };
-    Ok(Frame {
-        kind,
-        id,
-        cursor,
-        payload,
-    })
 }
 
 fn not_json(e: &serde_json::Error, limits: &DecodeLimits) -> DecodeErrorKind {
@@ -615,47 +660,12 @@ impl DepthScan {
     }
 }
 
-/// Encodes a frame: `{"type":…,"id":…,"payload":…}`, with the id under the key it came with.
-///
-/// A payload that serialises to `null` is left out (absent means `null`).
-///
-/// ```
-/// use syncmux::wire::{encode, FrameId, IdKey, MessageType};
-///
-/// let id = FrameId::with_key(IdKey::RequestId, "7");
-/// let bytes = encode(MessageType::Ack, Some(&id), &()).unwrap();
-/// assert_eq!(&bytes[..], br#"{"type":"ack","request_id":"7"}"#);
-/// ```
-pub fn encode<P: Serialize + ?Sized>(
-    kind: MessageType,
-    id: Option<&FrameId>,
-    payload: &P,
-) -> Result<Bytes, EncodeError> {
-    encode_frame(kind, id, None, payload)
-}
-
-/// Encodes a `change` or `changes` frame with its top-level `cursor` (docs/protocol.md section 5).
-///
-/// ```
-/// use syncmux::wire::{encode_with_cursor, MessageType};
-///
-/// let bytes = encode_with_cursor(MessageType::Changes, Some("3.17"), &[0u8; 0]).unwrap();
-/// assert_eq!(&bytes[..], br#"{"type":"changes","cursor":"3.17","payload":[]}"#);
-/// ```
-pub fn encode_with_cursor<P: Serialize + ?Sized>(
-    kind: MessageType,
-    cursor: Option<&str>,
-    payload: &P,
-) -> Result<Bytes, EncodeError> {
-    encode_frame(kind, None, cursor, payload)
-}
-
 fn encode_frame<P: Serialize + ?Sized>(
     kind: MessageType,
     id: Option<&FrameId>,
     cursor: Option<&str>,
     payload: &P,
-) -> Result<Bytes, EncodeError> {
+) -> Result<Bytes, PayloadError> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"{\"type\":\"");
     // Type names are plain ASCII identifiers: nothing to escape.
@@ -665,21 +675,26 @@ fn encode_frame<P: Serialize + ?Sized>(
         out.extend_from_slice(b",\"");
         out.extend_from_slice(id.key.as_str().as_bytes());
         out.extend_from_slice(b"\":");
-        serde_json::to_writer(&mut out, id.as_str())?;
+        serde_json::to_writer(&mut out, id.as_str()).map_err(unencodable)?;
     }
     if let Some(cursor) = cursor {
         out.extend_from_slice(b",\"cursor\":");
-        serde_json::to_writer(&mut out, cursor)?;
+        serde_json::to_writer(&mut out, cursor).map_err(unencodable)?;
     }
     let before_payload = out.len();
     out.extend_from_slice(b",\"payload\":");
     let payload_start = out.len();
-    serde_json::to_writer(&mut out, payload)?;
+    serde_json::to_writer(&mut out, payload).map_err(unencodable)?;
     if &out[payload_start..] == b"null" {
         out.truncate(before_payload);
     }
     out.push(b'}');
     Ok(Bytes::from(out))
+}
+
+/// Only a caller's `Serialize` impl can fail: writing into a `Vec` cannot.
+fn unencodable(e: serde_json::Error) -> PayloadError {
+    PayloadError::new(format!("cannot encode: {e}"))
 }
 
 #[cfg(test)]
@@ -688,7 +703,7 @@ mod tests {
     use crate::wire::ErrorCode;
 
     fn dec(s: &str) -> Result<Frame, DecodeError> {
-        decode(
+        Frame::decode(
             Bytes::copy_from_slice(s.as_bytes()),
             &DecodeLimits::default(),
         )
@@ -697,7 +712,7 @@ mod tests {
     #[test]
     fn payload_is_a_zero_copy_slice() {
         let bytes = Bytes::from_static(br#"{"type":"ping","payload":{"a":[1,2]}}"#);
-        let frame = decode(bytes.clone(), &DecodeLimits::default()).unwrap();
+        let frame = Frame::decode(bytes.clone(), &DecodeLimits::default()).unwrap();
         assert_eq!(frame.raw_payload(), br#"{"a":[1,2]}"#);
         let start = frame.payload.as_ptr() as usize - bytes.as_ptr() as usize;
         assert_eq!(start, 25);
@@ -708,7 +723,7 @@ mod tests {
         let frame = dec(r#"{"type":"pull\u005frequest","id":"a\"b"}"#).unwrap();
         assert_eq!(frame.kind(), MessageType::PullRequest);
         assert_eq!(frame.id().unwrap().as_str(), "a\"b");
-        let out = encode(MessageType::Ack, frame.id(), &()).unwrap();
+        let out = Frame::encode(MessageType::Ack, frame.id(), &()).unwrap();
         assert_eq!(&out[..], br#"{"type":"ack","id":"a\"b"}"#);
     }
 
@@ -720,7 +735,7 @@ mod tests {
         let err = dec(r#"{"type":"nope","request_id":"x"}"#).unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnknownType);
         assert_eq!(err.id().unwrap().key(), IdKey::RequestId);
-        let err = decode(
+        let err = Frame::decode(
             Bytes::from_static(b"{\"type\":\"ping\",\"id\":\"5\",\"payload\":\"\xff\"}"),
             &DecodeLimits::default(),
         )
@@ -872,7 +887,7 @@ mod tests {
     #[test]
     fn too_large_is_refused_before_parsing() {
         let limits = DecodeLimits::with_max_frame_len(10);
-        let err = decode(Bytes::from_static(b"not even json at all"), &limits).unwrap_err();
+        let err = Frame::decode(Bytes::from_static(b"not even json at all"), &limits).unwrap_err();
         assert_eq!(err.kind(), &DecodeErrorKind::TooLarge { len: 20, max: 10 });
         assert_eq!(err.code(), ErrorCode::FrameTooLarge);
     }

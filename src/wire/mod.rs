@@ -9,15 +9,5 @@ mod error;
 mod frame;
 
 pub use code::{CloseCode, ErrorCode};
-pub use error::{DecodeError, DecodeErrorKind, EncodeError, PayloadError};
-pub use frame::{
-    decode, encode, encode_with_cursor, DecodeLimits, Frame, FrameId, IdKey, MessageType,
-};
-
-pub use frame::parse_payload;
-
-/// The WebSocket subprotocol of this protocol version (docs/protocol.md section 4).
-pub const SUBPROTOCOL: &str = "syncmux.v1";
-
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use error::{DecodeError, DecodeErrorKind, PayloadError};
+pub use frame::{DecodeLimits, Frame, FrameId, IdKey, MessageType};

@@ -635,10 +635,7 @@ fn after_a_reconnect_state_is_restored_before_resends_and_queued_commands() {
     let broadcast = client.broadcast(t(2), "lobby", raw("1")).unwrap(); // 6, queued
     assert_eq!(broadcast.get(), 6);
     let _ = drain_events(&mut client);
-    let delay = client.poll_timeout().unwrap();
-    client.handle_timeout(delay);
-    let _ = drain(&mut client);
-    client.handle_connected(delay, None);
+    let delay = reconnect(&mut client);
     assert_eq!(
         frames(&mut client),
         [
@@ -696,10 +693,7 @@ fn after_a_reconnect_state_is_restored_before_resends_and_queued_commands() {
     let _ = drain_events(&mut client);
     client.handle_disconnected(delay, None, "gone");
     let _ = drain_events(&mut client);
-    let at = client.poll_timeout().unwrap();
-    client.handle_timeout(at);
-    let _ = drain(&mut client);
-    client.handle_connected(at, None);
+    let at = reconnect(&mut client);
     let sent = frames(&mut client);
     assert_eq!(
         sent[..3],
@@ -750,10 +744,7 @@ fn a_refused_subscription_is_not_restored() {
     let _ = drain(&mut client);
     client.handle_disconnected(at, None, "x");
     let _ = drain_events(&mut client);
-    let at = client.poll_timeout().unwrap();
-    client.handle_timeout(at);
-    let _ = drain(&mut client);
-    client.handle_connected(at, None);
+    reconnect(&mut client);
     assert_eq!(
         frames(&mut client),
         // Never acknowledged and it asked for no replay: it took effect nowhere, so it is
@@ -1110,10 +1101,7 @@ fn restorable_commands_in_flight_at_a_disconnect_complete_with_their_restore() {
     );
     let _ = gone;
 
-    let at = client.poll_timeout().unwrap();
-    client.handle_timeout(at);
-    let _ = drain(&mut client);
-    client.handle_connected(at, None);
+    let at = reconnect(&mut client);
     // The unsubscribe is done: the restore leaves "gone" out.
     assert_eq!(
         frames(&mut client),
@@ -1199,10 +1187,7 @@ fn unread_lifecycle_events_stay_bounded() {
     let mut now = t(0);
     for _ in 0..500 {
         client.handle_disconnected(now, None, "gone");
-        now = client.poll_timeout().unwrap();
-        client.handle_timeout(now);
-        let _ = drain(&mut client);
-        client.handle_connected(now, None);
+        now = reconnect(&mut client);
     }
     let events = drain_events(&mut client);
     assert!(events.len() <= 32, "{} events kept", events.len());

@@ -71,20 +71,25 @@ fn push(net: &mut Net, writer: usize, changes: Vec<ChangeRecord>) {
     net.nodes[writer].client.push(now, changes).unwrap();
 }
 
-/// The scenario. Returns the net, the cut subscriber and the live one.
-fn late_old_hlcs(with_cursor: bool) -> (Net, usize, usize) {
-    let mut net = net();
-    let writer = net.add_client("writer", |_| {});
-    let cut = add_subscriber(&mut net, "cut", with_cursor);
-    let live = add_subscriber(&mut net, "live", with_cursor);
+/// Subscribes each of `subscribers` to `docs` and lets the subscriptions settle.
+fn subscribe_docs(net: &mut Net, subscribers: &[usize]) {
     let now = net.now;
-    for i in [cut, live] {
+    for &i in subscribers {
         net.nodes[i]
             .client
             .subscribe(now, Subscribe::new(["docs"]))
             .unwrap();
     }
     net.run_for(Duration::from_millis(200), 1_000);
+}
+
+/// The scenario. Returns the net, the cut subscriber and the live one.
+fn late_old_hlcs(with_cursor: bool) -> (Net, usize, usize) {
+    let mut net = net();
+    let writer = net.add_client("writer", |_| {});
+    let cut = add_subscriber(&mut net, "cut", with_cursor);
+    let live = add_subscriber(&mut net, "live", with_cursor);
+    subscribe_docs(&mut net, &[cut, live]);
 
     push(
         &mut net,
@@ -213,36 +218,45 @@ fn app_pulls_and_subscribes_after_a_cursor() {
     assert_eq!(received(&net, app), once(&[3, 4, 5]), "the replay");
 }
 
+/// The first two changes of the restart scenario.
+fn first_two() -> Vec<ChangeRecord> {
+    vec![change(1, "writer", 1_000), change(2, "writer", 2_000)]
+}
+
+/// A writer and a subscriber (resuming by cursor or not) that received the first two
+/// changes. Returns the net, the writer and the subscriber.
+fn subscribed_to_two_changes(with_cursor: bool) -> (Net, usize, usize) {
+    let mut net = net();
+    let writer = net.add_client("writer", |_| {});
+    let sub = add_subscriber(&mut net, "sub", with_cursor);
+    subscribe_docs(&mut net, &[sub]);
+    push(&mut net, writer, first_two());
+    net.drive_bounded(Duration::from_secs(5), 1_000, |net| {
+        net.nodes[sub].received.len() == 2
+    });
+    (net, writer, sub)
+}
+
+/// The store restarts with a new epoch while the subscriber is away; it is reloaded (say,
+/// from a backup) with the old changes and a late old-HLC one the subscriber never saw.
+fn restart_store_while_away(net: &mut Net, sub: usize) {
+    net.cut(sub);
+    let mut config = StoreConfig::default();
+    config.epoch = 1;
+    net.store = MemoryStore::new(config);
+    let mut reloaded = first_two();
+    reloaded.push(change(3, "offline", 500));
+    assert_eq!(net.store.push(reloaded).accepted.len(), 3);
+}
+
 /// A subscriber with a cursor of the old history and a store restarted with a new epoch: the
 /// resume says `recovered: false`, the client raises `ResyncNeeded`, and from then on it
 /// resumes from positions of the new epoch without gap.
 #[test]
 fn store_restart_gives_resync_needed_never_a_silent_gap() {
-    let mut net = net();
-    let writer = net.add_client("writer", |_| {});
-    let sub = add_subscriber(&mut net, "sub", true);
-    let now = net.now;
-    net.nodes[sub]
-        .client
-        .subscribe(now, Subscribe::new(["docs"]))
-        .unwrap();
-    net.run_for(Duration::from_millis(200), 1_000);
-    let first = vec![change(1, "writer", 1_000), change(2, "writer", 2_000)];
-    push(&mut net, writer, first.clone());
-    net.drive_bounded(Duration::from_secs(5), 1_000, |net| {
-        net.nodes[sub].received.len() == 2
-    });
+    let (mut net, writer, sub) = subscribed_to_two_changes(true);
     assert_eq!(net.nodes[sub].client.cursor(), Some(Cursor::new(0, 2)));
-
-    // The store restarts with a new epoch while the subscriber is away; it is reloaded (say,
-    // from a backup) with the old changes and a late old-HLC one the subscriber never saw.
-    net.cut(sub);
-    let mut config = StoreConfig::default();
-    config.epoch = 1;
-    net.store = MemoryStore::new(config);
-    let mut reloaded = first;
-    reloaded.push(change(3, "offline", 500));
-    assert_eq!(net.store.push(reloaded).accepted.len(), 3);
+    restart_store_while_away(&mut net, sub);
     net.run_for(Duration::from_secs(30), 10_000);
 
     assert!(net.nodes[sub].is_connected());
@@ -276,27 +290,8 @@ fn store_restart_gives_resync_needed_never_a_silent_gap() {
 /// old-HLC change without any event.
 #[test]
 fn store_restart_with_since_alone_is_a_silent_gap() {
-    let mut net = net();
-    let writer = net.add_client("writer", |_| {});
-    let sub = add_subscriber(&mut net, "sub", false);
-    let now = net.now;
-    net.nodes[sub]
-        .client
-        .subscribe(now, Subscribe::new(["docs"]))
-        .unwrap();
-    net.run_for(Duration::from_millis(200), 1_000);
-    let first = vec![change(1, "writer", 1_000), change(2, "writer", 2_000)];
-    push(&mut net, writer, first.clone());
-    net.drive_bounded(Duration::from_secs(5), 1_000, |net| {
-        net.nodes[sub].received.len() == 2
-    });
-    net.cut(sub);
-    let mut config = StoreConfig::default();
-    config.epoch = 1;
-    net.store = MemoryStore::new(config);
-    let mut reloaded = first;
-    reloaded.push(change(3, "offline", 500));
-    assert_eq!(net.store.push(reloaded).accepted.len(), 3);
+    let (mut net, _, sub) = subscribed_to_two_changes(false);
+    restart_store_while_away(&mut net, sub);
     net.run_for(Duration::from_secs(30), 10_000);
     assert!(net.nodes[sub].is_connected());
     assert_eq!(received(&net, sub), once(&[1, 2]));
@@ -313,12 +308,7 @@ fn cursor_cut_by_retention_gives_resync_needed() {
     net.store = MemoryStore::new(config);
     let writer = net.add_client("writer", |_| {});
     let sub = add_subscriber(&mut net, "sub", true);
-    let now = net.now;
-    net.nodes[sub]
-        .client
-        .subscribe(now, Subscribe::new(["docs"]))
-        .unwrap();
-    net.run_for(Duration::from_millis(200), 1_000);
+    subscribe_docs(&mut net, &[sub]);
     push(&mut net, writer, vec![change(1, "writer", 1_000)]);
     net.drive_bounded(Duration::from_secs(5), 1_000, |net| {
         net.nodes[sub].received.len() == 1
@@ -541,6 +531,19 @@ mod by_hand {
     }
 }
 
+/// A client without keepalive and a server that sends one change per frame, by hand.
+fn one_change_per_frame() -> by_hand::Link {
+    let mut server = ServerConfig::default();
+    server.max_changes_per_frame = 1;
+    let mut config = syncmux::ClientConfig::new("ws://sim.test/sync", "sub");
+    config.ping_interval = Duration::ZERO;
+    by_hand::Link::new(
+        syncmux::Client::new(config).unwrap(),
+        syncmux::Server::new(server).unwrap(),
+        MemoryStore::new(StoreConfig::default()),
+    )
+}
+
 /// A subscriber that received nothing yet still has a position: its subscribe's ack said
 /// where its stream starts (docs/protocol.md section 6.7, `ack`). Changes are positioned while it
 /// is away, in an HLC order unlike their position order, and the connection drops half-way
@@ -550,15 +553,7 @@ mod by_hand {
 /// duplicate.
 #[test]
 fn replay_by_since_cut_half_way_resumes_from_its_last_position() {
-    let mut server = ServerConfig::default();
-    server.max_changes_per_frame = 1;
-    let mut config = syncmux::ClientConfig::new("ws://sim.test/sync", "sub");
-    config.ping_interval = Duration::ZERO;
-    let mut link = by_hand::Link::new(
-        syncmux::Client::new(config).unwrap(),
-        syncmux::Server::new(server).unwrap(),
-        MemoryStore::new(StoreConfig::default()),
-    );
+    let mut link = one_change_per_frame();
     let now = link.now;
     link.client
         .subscribe(now, Subscribe::new(["docs"]))
@@ -596,15 +591,7 @@ fn replay_by_since_cut_half_way_resumes_from_its_last_position() {
 /// acknowledged it keeps the ack's head as the table's position and resumes from there.
 #[test]
 fn a_replay_by_since_resumes_from_its_newest_hlc_until_acked_then_from_the_ack() {
-    let mut server = ServerConfig::default();
-    server.max_changes_per_frame = 1;
-    let mut config = syncmux::ClientConfig::new("ws://sim.test/sync", "sub");
-    config.ping_interval = Duration::ZERO;
-    let mut link = by_hand::Link::new(
-        syncmux::Client::new(config).unwrap(),
-        syncmux::Server::new(server).unwrap(),
-        MemoryStore::new(StoreConfig::default()),
-    );
+    let mut link = one_change_per_frame();
     // Positioned 1..4, in HLC order 2, 4, 3, 1.
     let history = vec![
         change(1, "a", 4_000),

@@ -17,10 +17,7 @@ use syncmux::payload::{
     PullRequest, PullResponse, PushRequest, PushResponse, RawJson, ResumeAck, RoomEvent,
     RoomRequest, Subscribe, Unsubscribe,
 };
-use syncmux::wire::{
-    decode, encode, encode_with_cursor, DecodeError, DecodeErrorKind, DecodeLimits, Frame, IdKey,
-    MessageType,
-};
+use syncmux::wire::{DecodeError, DecodeErrorKind, DecodeLimits, Frame, IdKey, MessageType};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,7 +172,7 @@ fn check(fixture: &Fixture, input: Vec<u8>) -> Result<(), String> {
     let decoded = if fixture.binary {
         Err(DecodeError::binary())
     } else {
-        decode(Bytes::from(input), &limits)
+        Frame::decode(Bytes::from(input), &limits)
     };
     match (decoded, &fixture.expect, &fixture.expect_error) {
         (Ok(frame), Some(expect), None) => check_frame(&frame, expect),
@@ -239,7 +236,7 @@ fn check_frame(frame: &Frame, expect: &Expect) -> Result<(), String> {
                 let got = String::from_utf8_lossy(&encoded);
                 ensure!(*got == **want, "encoded\n  got  {got}\n  want {want}");
                 // What we emit decodes back to the same envelope.
-                let again = decode(encoded.clone(), &DecodeLimits::default())
+                let again = Frame::decode(encoded.clone(), &DecodeLimits::default())
                     .map_err(|e| format!("our own encoding does not decode: {e}"))?;
                 ensure!(again.kind() == frame.kind(), "re-decoded type differs");
                 ensure!(again.id() == frame.id(), "re-decoded id differs");
@@ -274,8 +271,8 @@ fn typed(name: &str, frame: &Frame) -> Result<Typed, String> {
         let value: T = frame.payload()?;
         let json = serde_json::to_string(&value).expect("payload types serialise");
         let encoded = match frame.cursor() {
-            Some(cursor) => encode_with_cursor(frame.kind(), Some(cursor), &value),
-            None => encode(frame.kind(), frame.id(), &value),
+            Some(cursor) => Frame::encode_with_cursor(frame.kind(), Some(cursor), &value),
+            None => Frame::encode(frame.kind(), frame.id(), &value),
         }
         .expect("payload types encode");
         Ok((json, encoded))
@@ -356,7 +353,7 @@ fn check_error(err: &DecodeError, expect: &ExpectError) -> Result<(), String> {
             code: err.code(),
             message: err.to_string(),
         };
-        let frame = encode(MessageType::Error, err.id(), &payload).expect("errors encode");
+        let frame = Frame::encode(MessageType::Error, err.id(), &payload).expect("errors encode");
         let got = String::from_utf8_lossy(&frame);
         ensure!(*got == **want, "error frame\n  got  {got}\n  want {want}");
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use syncmux::ot::{
-    EditError, OpError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtHandshakeOutcome,
-    OtServer, OtServerConfig, OtSessionId, OtTransmit, ResyncReason, TextOp,
+    OpError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtHandshakeOutcome, OtServer,
+    OtServerConfig, OtSessionId, OtTransmit, ResyncReason, TextOp,
 };
 use syncmux::Handshake;
 use syncmux::Instant;
@@ -230,6 +230,21 @@ fn a_refused_op_is_rebased_and_sent_again_after_a_growing_delay() {
     );
 }
 
+/// A client at "abc" (revision 1) whose insert of "1" was sent and not acknowledged when
+/// its connection dropped, connected again and asking what became of the op.
+fn reconnected_with_an_op_unacked() -> OtClient {
+    let mut c = synced("abc", 1);
+    edit(&mut c, TextOp::new().insert("1"));
+    sent(&mut c);
+    c.handle_disconnected(Instant::ZERO);
+    c.handle_connected(Instant::ZERO);
+    assert_eq!(
+        sent(&mut c),
+        [r#"{"type":"snapshot","opId":"c1-1","revision":1}"#]
+    );
+    c
+}
+
 #[test]
 fn after_a_reconnect_the_client_asks_what_became_of_its_op() {
     // Applied: not sent again; the edits made while away go out as a new op.
@@ -258,12 +273,7 @@ fn after_a_reconnect_the_client_asks_what_became_of_its_op() {
 
     // Absent: sent again, rebased, with the same id (a copy still in flight on the old
     // connection will be taken for what it is).
-    let mut c = synced("abc", 1);
-    edit(&mut c, TextOp::new().insert("1"));
-    sent(&mut c);
-    c.handle_disconnected(Instant::ZERO);
-    c.handle_connected(Instant::ZERO);
-    sent(&mut c);
+    let mut c = reconnected_with_an_op_unacked();
     recv(
         &mut c,
         r#"{"type":"snapshot","revision":2,"text":"abc?","opStatus":"absent"}"#,
@@ -275,12 +285,7 @@ fn after_a_reconnect_the_client_asks_what_became_of_its_op() {
     );
 
     // Unknown: sent again too, and the application is told it may now appear twice.
-    let mut c = synced("abc", 1);
-    edit(&mut c, TextOp::new().insert("1"));
-    sent(&mut c);
-    c.handle_disconnected(Instant::ZERO);
-    c.handle_connected(Instant::ZERO);
-    sent(&mut c);
+    let mut c = reconnected_with_an_op_unacked();
     events(&mut c);
     recv(
         &mut c,
@@ -334,21 +339,21 @@ fn local_edits_that_do_not_fit_are_refused() {
     let mut c = client(config);
     assert_eq!(
         c.edit(Instant::ZERO, TextOp::new().retain(1)),
-        Err(EditError::Op(OpError::PastEnd {
+        Err(OpError::PastEnd {
             index: 0,
             kind: syncmux::ot::CountKind::Retain,
             count: 1,
             len: 0
-        }))
+        })
     );
     assert_eq!(
         c.edit(Instant::ZERO, TextOp::new().insert("12345")),
-        Err(EditError::TooLong { len: 5, max: 4 })
+        Err(OpError::TooLong { len: 5, max: 4 })
     );
     c.edit(Instant::ZERO, TextOp::new().insert("😀")).unwrap();
     assert!(matches!(
         c.edit(Instant::ZERO, TextOp::new().retain(1).insert("x")),
-        Err(EditError::Op(OpError::SplitsSurrogatePair { index: 1 }))
+        Err(OpError::SplitsSurrogatePair { index: 1 })
     ));
     assert_eq!(c.text(), "😀");
 }
@@ -512,15 +517,15 @@ fn the_retry_delay_stops_growing_at_its_maximum() {
 
 #[test]
 fn configurations_that_cannot_work_are_refused() {
-    use syncmux::ot::OtConfigError;
+    use syncmux::ConfigError;
     for id in ["", "a\u{7}b", &"x".repeat(41)] {
         assert_eq!(
             OtClient::new(OtClientConfig::new(id)).unwrap_err(),
-            OtConfigError::ClientId
+            ConfigError::ClientId
         );
     }
     assert_eq!(
         OtClient::new(OtClientConfig::new("c").with_doc_id("")).unwrap_err(),
-        OtConfigError::EmptyDocId
+        ConfigError::EmptyDocId
     );
 }

@@ -413,47 +413,41 @@ fn bad_ops_get_open_ots_messages_and_the_connection_stays_open() {
     let (a, b) = (h.open(), h.open());
     h.send(a, r#"{"type":"op","op":[{"i":"abc"}],"revision":0}"#);
     h.frames();
-    let cases = [
+    // Ops on doc-1 (the op and its revision), then frames of other shapes.
+    let op =
+        |op: &str, revision: i64| format!(r#"{{"type":"op","op":{op},"revision":{revision}}}"#);
+    let cases: [(String, &str); 10] = [
+        (op(r#"[{"i":"x"}]"#, 5), "Invalid revision: 5 > 1"),
+        (op(r#"{"i":"x"}"#, 1), "Operation must be an array"),
+        (op("[1]", 1), "Operation component must be an object"),
         (
-            r#"{"type":"op","op":[{"i":"x"}],"revision":5}"#,
-            "Invalid revision: 5 > 1",
-        ),
-        (
-            r#"{"type":"op","op":{"i":"x"},"revision":1}"#,
-            "Operation must be an array",
-        ),
-        (
-            r#"{"type":"op","op":[1],"revision":1}"#,
-            "Operation component must be an object",
-        ),
-        (
-            r#"{"type":"op","op":[{"x":1}],"revision":1}"#,
+            op(r#"[{"x":1}]"#, 1),
             "Operation component must be Insert, Retain, or Delete",
         ),
         (
-            r#"{"type":"op","op":[{"r":2},{"r":2}],"revision":1}"#,
+            op(r#"[{"r":2},{"r":2}]"#, 1),
             "Operation goes past the end of the string. Index: 0, Retain: 4, Snapshot Length: 3",
         ),
         (
-            r#"{"type":"op","op":[{"r":1},{"d":3}],"revision":1}"#,
+            op(r#"[{"r":1},{"d":3}]"#, 1),
             "Operation goes past the end of the string. Index: 1, Delete: 3, Snapshot Length: 3",
         ),
         (
-            r#"{"type":"op","op":[],"revision":-1}"#,
+            op("[]", -1),
             "Invalid revision: must be a non-negative integer",
         ),
         (
-            r#"{"type":"op","op":[],"revision":0,"docId":7}"#,
+            r#"{"type":"op","op":[],"revision":0,"docId":7}"#.into(),
             "Invalid docId: must be a string",
         ),
-        (r#"{"type":"hello"}"#, "Unknown message type: hello"),
+        (r#"{"type":"hello"}"#.into(), "Unknown message type: hello"),
         (
-            r#"[1,2]"#,
+            "[1,2]".into(),
             "Message must be a JSON object with a string type",
         ),
     ];
     for (frame, message) in cases {
-        h.send(a, frame);
+        h.send(a, &frame);
         assert_eq!(h.reply(a), error(message), "{frame}");
     }
     // Not JSON at all (the seed's own server crashes here).
@@ -937,7 +931,7 @@ fn configurations_that_cannot_work_are_refused() {
     config.rate_limit_window = Duration::ZERO;
     assert_eq!(
         OtServer::new(config).unwrap_err(),
-        syncmux::ot::OtConfigError::RateLimitWindow
+        syncmux::ConfigError::RateLimitWindow
     );
     let mut config = OtServerConfig::default();
     config.rate_limit_messages = 0;

@@ -17,7 +17,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -94,19 +93,18 @@ struct Peer {
     inserted: BTreeSet<char>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Coverage {
-    cuts: usize,
-    late_copies: usize,
-    slow_consumer_closes: usize,
-    terminations: usize,
-    too_old: usize,
-    rate_limited: usize,
-    gap_resyncs: usize,
-    uncertain: usize,
-    tampered: usize,
-    edits: usize,
-}
+crate::sim::coverage_counts!(Coverage {
+    cuts,
+    late_copies,
+    slow_consumer_closes,
+    terminations,
+    too_old,
+    rate_limited,
+    gap_resyncs,
+    uncertain,
+    tampered,
+    edits,
+});
 
 #[derive(Clone, Copy, Debug)]
 enum Action {
@@ -619,44 +617,12 @@ fn simulate(seed: u64) -> Coverage {
     w.cov
 }
 
-fn run_seed(seed: u64) -> Coverage {
-    match catch_unwind(AssertUnwindSafe(|| simulate(seed))) {
-        Ok(cov) => cov,
-        Err(panic) => {
-            eprintln!(
-                "ot_sim failed at seed {seed}; replay it with: \
-                 SIM_SEED={seed} cargo test --test core ot_sim (SIM_TRACE=1 traces every frame)"
-            );
-            resume_unwind(panic)
-        }
-    }
-}
-
 #[test]
 fn clients_converge_on_the_servers_text() {
-    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        let cov = run_seed(seed);
-        eprintln!("seed {seed}: {cov:?}");
+    let replay = "ot_sim (SIM_TRACE=1 traces every frame)";
+    let Some((seeds, total)) = crate::sim::run_seeds("ot_sim", replay, 300, simulate) else {
         return;
-    }
-    let seeds: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let mut total = Coverage::default();
-    for seed in 0..seeds {
-        let c = run_seed(seed);
-        total.cuts += c.cuts;
-        total.late_copies += c.late_copies;
-        total.slow_consumer_closes += c.slow_consumer_closes;
-        total.terminations += c.terminations;
-        total.too_old += c.too_old;
-        total.rate_limited += c.rate_limited;
-        total.gap_resyncs += c.gap_resyncs;
-        total.uncertain += c.uncertain;
-        total.tampered += c.tampered;
-        total.edits += c.edits;
-    }
+    };
     eprintln!("{seeds} seeds: {total:?}");
     // The workload must keep reaching the paths it exists for.
     assert!(

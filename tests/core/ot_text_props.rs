@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
-use syncmux::ot::{utf16_len, Component, OpError, Side, TextOp};
+use syncmux::ot::{Component, OpError, Side, TextOp};
 
 /// Characters of every UTF-8 width; the last two are outside the BMP (surrogate pairs).
 const ALPHABET: [char; 8] = ['a', 'b', ' ', 'é', 'ß', '€', '😀', '𝄞'];
@@ -158,11 +158,11 @@ proptest! {
             .components()
             .iter()
             .filter_map(|c| match c {
-                Component::Insert(s) => Some(utf16_len(s)),
+                Component::Insert(s) => Some(TextOp::utf16_len(s)),
                 _ => None,
             })
             .sum();
-        prop_assert!(utf16_len(&left) >= inserted);
+        prop_assert!(TextOp::utf16_len(&left) >= inserted);
     }
 
     /// The server transforms an op against a history, oldest first, on the right; the
@@ -262,7 +262,7 @@ proptest! {
         let json = op.to_json();
         let back: TextOp = serde_json::from_str(&json).unwrap();
         prop_assert_eq!(back, op);
-        prop_assert_eq!(utf16_len(&s), s.encode_utf16().count() as u64);
+        prop_assert_eq!(TextOp::utf16_len(&s), s.encode_utf16().count() as u64);
     }
 }
 

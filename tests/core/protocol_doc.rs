@@ -12,7 +12,7 @@
 //! - Fenced blocks, by their info string (the first word stays the language, so renderers still
 //!   highlight them):
 //!   - ```` ```json ````: exactly one frame. It must decode with the crate's codec
-//!     ([`syncmux::wire::decode`], default limits); its payload must parse as the payload type of
+//!     ([`syncmux::wire::Frame::decode`], default limits); its payload must parse as the payload type of
 //!     its message type, and that typed payload, written back, must have the same fields with the
 //!     same values (so a misspelt or invented field fails too; the only leniency is that a string
 //!     HLC may come back as an object). Ids and top-level cursors must be where the protocol puts
@@ -38,9 +38,7 @@ use syncmux::payload::{
     PresenceSnapshot, PresenceUpdate, PullRequest, PullResponse, PushRequest, PushResponse,
     RawJson, ResumeAck, RoomAction, RoomEvent, RoomEventKind, RoomRequest, Subscribe, Unsubscribe,
 };
-use syncmux::wire::{
-    decode, CloseCode, DecodeLimits, ErrorCode, Frame, IdKey, MessageType, SUBPROTOCOL,
-};
+use syncmux::wire::{CloseCode, DecodeLimits, ErrorCode, Frame, IdKey, MessageType};
 
 const DOC: &str = include_str!("../../docs/protocol.md");
 const DOC_PATH: &str = "docs/protocol.md";
@@ -92,8 +90,9 @@ fn every_message_type_is_named_and_shown_in_all_its_forms() {
             problems.push(format!("message type `{kind}` is never named"));
         }
     }
-    if !DOC.contains(&format!("`{SUBPROTOCOL}`")) {
-        problems.push(format!("the subprotocol `{SUBPROTOCOL}` is never named"));
+    let subprotocol = Frame::SUBPROTOCOL;
+    if !DOC.contains(&format!("`{subprotocol}`")) {
+        problems.push(format!("the subprotocol `{subprotocol}` is never named"));
     }
     let mut forms = Forms::default();
     check_blocks(&mut forms);
@@ -352,7 +351,7 @@ impl Forms {
 }
 
 fn check_frame(text: &str, direction: Direction, forms: &mut Forms) -> Result<(), String> {
-    let frame = decode(
+    let frame = Frame::decode(
         Bytes::copy_from_slice(text.as_bytes()),
         &DecodeLimits::default(),
     )

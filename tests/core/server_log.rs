@@ -10,7 +10,7 @@ use crate::server_util;
 use serde_json::{json, Value};
 use server_util::*;
 use syncmux::payload::{ChangeRecord, Cursor};
-use syncmux::{AppError, MemoryStore, PullAnswer, ServerEvent, SessionId, StoreConfig};
+use syncmux::{AppError, MemoryStore, PullAnswer, ReplayId, ServerEvent, SessionId, StoreConfig};
 
 /// Entries of the log pushed by one session (or by another server).
 type Run = (Option<SessionId>, Vec<(Cursor, ChangeRecord)>);
@@ -273,6 +273,17 @@ fn concurrent_pushers_on_three_servers_give_every_subscriber_one_log_order() {
     }
 }
 
+/// The replay a subscribe asked the application for.
+fn replay_asked(h: &mut Harness) -> ReplayId {
+    h.take_events()
+        .into_iter()
+        .find_map(|e| match e {
+            ServerEvent::Replay { request, .. } => Some(request),
+            _ => None,
+        })
+        .unwrap()
+}
+
 #[test]
 fn a_replay_read_while_the_log_moves_on_gives_no_gap_and_no_duplicate() {
     let mut c = Cluster::new(2);
@@ -286,15 +297,7 @@ fn a_replay_read_while_the_log_moves_on_gives_no_gap_and_no_duplicate() {
     let sub = c.nodes[1].h.open("s");
     let msg = json!({"type":"subscribe","id":"r","payload":{"tables":["docs"],"cursor":"1.1"}});
     c.nodes[1].h.send(sub, &msg.to_string());
-    let replay = c.nodes[1]
-        .h
-        .take_events()
-        .into_iter()
-        .find_map(|e| match e {
-            ServerEvent::Replay { request, .. } => Some(request),
-            _ => None,
-        })
-        .unwrap();
+    let replay = replay_asked(&mut c.nodes[1].h);
     push(&mut c, 0, pusher, "p2", "p", &["c"]);
     c.accept_pushes(0);
     c.follow_all();
@@ -356,15 +359,7 @@ fn a_new_epoch_after_the_log_lost_its_data_is_routed_even_below_the_old_position
     let sub = c.nodes[0].h.open("s");
     let msg = json!({"type":"subscribe","id":"r","payload":{"tables":["docs"],"cursor":"7.40"}});
     c.nodes[0].h.send(sub, &msg.to_string());
-    let replay = c.nodes[0]
-        .h
-        .take_events()
-        .into_iter()
-        .find_map(|e| match e {
-            ServerEvent::Replay { request, .. } => Some(request),
-            _ => None,
-        })
-        .unwrap();
+    let replay = replay_asked(&mut c.nodes[0].h);
     let answer = PullAnswer {
         head: Cursor::new(7, 50),
         complete: true,

@@ -18,7 +18,12 @@ fn shared() -> ServerConfig {
 
 /// Relays every presence and room change `from` reported to `to`, as a backend would.
 fn relay(from: &mut Harness, name: &str, to: &mut Harness) {
+    let remote_of = |session: syncmux::SessionId| RemoteSession {
+        server: name.to_owned(),
+        session: session.as_u64(),
+    };
     for e in from.take_events() {
+        let now = to.now;
         match e {
             ServerEvent::PresenceChanged {
                 session,
@@ -27,11 +32,7 @@ fn relay(from: &mut Harness, name: &str, to: &mut Harness) {
                 data,
                 updated_at,
             } => {
-                let remote = RemoteSession {
-                    server: name.to_owned(),
-                    session: session.as_u64(),
-                };
-                let now = to.now;
+                let remote = remote_of(session);
                 to.server
                     .handle_remote_presence(now, remote, &node_id, &topic, data, updated_at);
             }
@@ -41,11 +42,7 @@ fn relay(from: &mut Harness, name: &str, to: &mut Harness) {
                 room,
                 change,
             } => {
-                let remote = RemoteSession {
-                    server: name.to_owned(),
-                    session: session.as_u64(),
-                };
-                let now = to.now;
+                let remote = remote_of(session);
                 to.server
                     .handle_remote_room(now, remote, &node_id, &room, change);
             }

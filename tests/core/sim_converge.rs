@@ -12,7 +12,6 @@ use std::time::Duration;
 use sim::{change, Net, NetConfig};
 use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
 use syncmux::SessionId;
-use syncmux::{ClientEvent, Response};
 use syncmux::{ServerConfig, ServerEvent};
 
 const TABLES: [&str; 3] = ["docs", "tasks", "notes"];
@@ -72,21 +71,7 @@ fn converge(seed: u64) {
     }
     // Wait for every subscription to be acknowledged.
     net.drive_bounded(Duration::from_secs(10), 10_000, |net| {
-        net.nodes.iter().all(|node| {
-            node.events
-                .iter()
-                .filter(|e| {
-                    matches!(
-                        e,
-                        ClientEvent::Response {
-                            outcome: Ok(Response::Ack(_) | Response::Pull(_)),
-                            ..
-                        }
-                    )
-                })
-                .count()
-                >= 4
-        })
+        net.nodes.iter().all(|node| node.acks() >= 4)
     });
 
     // Workload: random pushes from random nodes, random cuts, time passing.

@@ -22,7 +22,7 @@
 use crate::sim;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use sim::{change, Net, NetConfig};
@@ -129,34 +129,19 @@ impl Want {
     }
 }
 
-fn acks(net: &Net, i: usize) -> usize {
-    net.nodes[i]
-        .events
-        .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                ClientEvent::Response {
-                    outcome: Ok(Response::Ack(_) | Response::Pull(_)),
-                    ..
-                }
-            )
-        })
-        .count()
-}
-
-/// How often each disruption happened over a run of seeds (printed, so a change that makes
-/// the workload stop reaching one is visible).
-#[derive(Default, Debug)]
-struct Coverage {
-    slow_consumer_closes: usize,
-    idle_closes: usize,
-    kicks: usize,
-    cuts: usize,
-    replays_resumed: usize,
-    late_old_hlc_pushes: usize,
-    since_only_cut_before_ack: usize,
-}
+sim::coverage_counts!(
+    /// How often each disruption happened over a run of seeds (printed, so a change that
+    /// makes the workload stop reaching one is visible).
+    Coverage {
+        slow_consumer_closes,
+        idle_closes,
+        kicks,
+        cuts,
+        replays_resumed,
+        late_old_hlc_pushes,
+        since_only_cut_before_ack,
+    }
+);
 
 fn simulate(seed: u64, cursors: bool, servers: usize) -> Coverage {
     let mut cov = Coverage::default();
@@ -201,7 +186,7 @@ fn simulate(seed: u64, cursors: bool, servers: usize) -> Coverage {
         w.tables.extend(tables.into_iter().map(|t| (t, by)));
     }
     net.drive_bounded(Duration::from_secs(10), 20_000, |net| {
-        (0..net.nodes.len()).all(|i| acks(net, i) >= 2)
+        net.nodes.iter().all(|node| node.acks() >= 2)
     });
 
     let rounds = 40 + net.rng.range(0, 40);
@@ -493,20 +478,6 @@ fn check(net: &Net, seed: u64, want: &[Want]) {
     );
 }
 
-/// Runs one seed; a failure names the seed and the command that replays it.
-fn run_seed(seed: u64, servers: usize, test: &str) -> Coverage {
-    match catch_unwind(AssertUnwindSafe(|| simulate(seed, true, servers))) {
-        Ok(cov) => cov,
-        Err(panic) => {
-            eprintln!(
-                "sim_network failed at seed {seed}; replay it with: \
-             SIM_SEED={seed} cargo test --test core {test}"
-            );
-            resume_unwind(panic)
-        }
-    }
-}
-
 #[test]
 fn the_network_heals_and_everyone_agrees() {
     run_seeds(1, 300, "the_network_heals");
@@ -519,26 +490,10 @@ fn a_cluster_sharing_one_log_heals_and_everyone_agrees() {
 
 /// Runs `SIM_SEEDS` seeds (default `default`), or the one `SIM_SEED`.
 fn run_seeds(servers: usize, default: u64, test: &str) {
-    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        let cov = run_seed(seed, servers, test);
-        eprintln!("seed {seed}: {cov:?}");
+    let run = |seed| simulate(seed, true, servers);
+    let Some((seeds, total)) = sim::run_seeds("sim_network", test, default, run) else {
         return;
-    }
-    let seeds: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    let mut total = Coverage::default();
-    for seed in 0..seeds {
-        let cov = run_seed(seed, servers, test);
-        total.slow_consumer_closes += cov.slow_consumer_closes;
-        total.idle_closes += cov.idle_closes;
-        total.kicks += cov.kicks;
-        total.cuts += cov.cuts;
-        total.replays_resumed += cov.replays_resumed;
-        total.late_old_hlc_pushes += cov.late_old_hlc_pushes;
-        total.since_only_cut_before_ack += cov.since_only_cut_before_ack;
-    }
+    };
     eprintln!("{seeds} seeds, {servers} server(s): {total:?}");
     assert!(
         seeds < 50 || (total.slow_consumer_closes > 0 && total.idle_closes > 0),

@@ -1,7 +1,7 @@
 //! The rules of `MemoryStore` (src/store/mod.rs), one test per rule.
 
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
-use syncmux::{MemoryStore, PullOutcome, StoreConfig};
+use syncmux::{MemoryStore, PullAnswer, StoreConfig};
 
 const EPOCH: u64 = 7;
 
@@ -35,11 +35,11 @@ fn at(seq: u64) -> Cursor {
     Cursor::new(EPOCH, seq)
 }
 
-fn seqs(pulled: &PullOutcome) -> Vec<u64> {
+fn seqs(pulled: &PullAnswer) -> Vec<u64> {
     pulled.changes.iter().map(|(c, _)| c.seq).collect()
 }
 
-fn stamps(pulled: &PullOutcome) -> Vec<i64> {
+fn stamps(pulled: &PullAnswer) -> Vec<i64> {
     pulled.changes.iter().map(|(_, r)| r.hlc.ts).collect()
 }
 

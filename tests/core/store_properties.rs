@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
-use syncmux::{MemoryStore, PullOutcome, PushOutcome, StoreConfig};
+use syncmux::{MemoryStore, PullAnswer, PushAnswer, StoreConfig};
 
 pub const EPOCH: u64 = 3;
 pub const TABLES: [&str; 3] = ["a", "b", "c"];
@@ -50,8 +50,8 @@ pub fn table_set() -> impl Strategy<Value = Vec<String>> {
 
 /// What the properties ask of a store: the operations both embedded stores share.
 pub trait Store {
-    fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome;
-    fn pull(&self, tables: &[String], since: Option<&Hlc>, cursor: Option<&Cursor>) -> PullOutcome;
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> PushAnswer;
+    fn pull(&self, tables: &[String], since: Option<&Hlc>, cursor: Option<&Cursor>) -> PullAnswer;
     fn head(&self) -> Cursor;
     fn len(&self) -> usize;
     /// Whether the store's other ways to pull agree with `pull` (the borrowing pull).
@@ -61,10 +61,10 @@ pub trait Store {
 }
 
 impl Store for MemoryStore {
-    fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome {
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> PushAnswer {
         MemoryStore::push(self, changes)
     }
-    fn pull(&self, tables: &[String], since: Option<&Hlc>, cursor: Option<&Cursor>) -> PullOutcome {
+    fn pull(&self, tables: &[String], since: Option<&Hlc>, cursor: Option<&Cursor>) -> PullAnswer {
         MemoryStore::pull(self, tables, since, cursor)
     }
     fn head(&self) -> Cursor {

@@ -13,9 +13,7 @@ use syncmux::payload::{
     PushResponse, RawJson, ResumeAck, RoomAction, RoomEvent, RoomEventKind, RoomMember,
     RoomRequest, Subscribe, SyncFilter, Unsubscribe,
 };
-use syncmux::wire::{
-    decode, encode, encode_with_cursor, DecodeLimits, ErrorCode, FrameId, IdKey, MessageType,
-};
+use syncmux::wire::{DecodeLimits, ErrorCode, Frame, FrameId, IdKey, MessageType};
 
 const CASES: u32 = 256;
 
@@ -367,11 +365,11 @@ where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
     let bytes = match cursor {
-        Some(cursor) => encode_with_cursor(kind, Some(cursor), value),
-        None => encode(kind, id, value),
+        Some(cursor) => Frame::encode_with_cursor(kind, Some(cursor), value),
+        None => Frame::encode(kind, id, value),
     }
     .expect("payload types encode");
-    let frame = decode(bytes.clone(), &DecodeLimits::default())
+    let frame = Frame::decode(bytes.clone(), &DecodeLimits::default())
         .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
     prop_assert_eq!(frame.kind(), kind);
     prop_assert_eq!(frame.cursor(), cursor);
@@ -382,8 +380,8 @@ where
     prop_assert_eq!(&back, value);
     // The frame itself re-encodes to the same bytes: nothing is lost or reordered.
     let again = match cursor {
-        Some(cursor) => encode_with_cursor(kind, Some(cursor), &back),
-        None => encode(kind, frame.id(), &back),
+        Some(cursor) => Frame::encode_with_cursor(kind, Some(cursor), &back),
+        None => Frame::encode(kind, frame.id(), &back),
     }
     .expect("payload types encode");
     prop_assert_eq!(again, bytes);
@@ -419,7 +417,7 @@ fn decodes_to_something_defined(
     bytes: Vec<u8>,
     limits: &DecodeLimits,
 ) -> Result<(), TestCaseError> {
-    match decode(Bytes::from(bytes), limits) {
+    match Frame::decode(Bytes::from(bytes), limits) {
         Ok(frame) => {
             // The raw payload of an accepted frame is one JSON value.
             let raw = std::str::from_utf8(frame.raw_payload()).expect("payloads are UTF-8");
@@ -462,7 +460,7 @@ fn envelope_json() -> impl Strategy<Value = serde_json::Value> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
-    /// decode(encode(x)) == x, for every message type's payload, with either id key.
+    /// Frame::decode(Frame::encode(x)) == x, for every message type's payload, with either id key.
     #[test]
     fn envelopes_and_payloads_round_trip(id in frame_id(), payload in payload()) {
         check_payload(id.as_ref(), &payload)?;
@@ -476,14 +474,14 @@ proptest! {
         id in frame_id(),
         payload in raw_json(),
     ) {
-        let bytes = encode(kind, id.as_ref(), &payload).expect("raw JSON encodes");
-        let frame = decode(bytes, &DecodeLimits::default()).expect("our frames decode");
+        let bytes = Frame::encode(kind, id.as_ref(), &payload).expect("raw JSON encodes");
+        let frame = Frame::decode(bytes, &DecodeLimits::default()).expect("our frames decode");
         prop_assert_eq!(frame.kind(), kind);
         prop_assert_eq!(frame.id(), id.as_ref());
         prop_assert_eq!(frame.raw_payload(), payload.get().as_bytes());
-        let again = encode(kind, frame.id(), &frame.payload::<RawJson>().expect("JSON"))
+        let again = Frame::encode(kind, frame.id(), &frame.payload::<RawJson>().expect("JSON"))
             .expect("raw JSON encodes");
-        prop_assert_eq!(decode(again, &DecodeLimits::default()).expect("decodes"), frame);
+        prop_assert_eq!(Frame::decode(again, &DecodeLimits::default()).expect("decodes"), frame);
     }
 
     /// Arbitrary bytes never panic and give a frame or a defined error.
@@ -519,10 +517,10 @@ proptest! {
     ) {
         let bytes = match &payload {
             Payload::Changes(changes, cursor) => {
-                encode_with_cursor(MessageType::Changes, cursor.as_deref(), changes)
+                Frame::encode_with_cursor(MessageType::Changes, cursor.as_deref(), changes)
             }
-            Payload::Push(push) => encode(MessageType::PushRequest, id.as_ref(), push),
-            other => encode(MessageType::Ping, id.as_ref(), &format!("{other:?}")),
+            Payload::Push(push) => Frame::encode(MessageType::PushRequest, id.as_ref(), push),
+            other => Frame::encode(MessageType::Ping, id.as_ref(), &format!("{other:?}")),
         }
         .expect("encodes")
         .to_vec();

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use futures_util::{SinkExt, StreamExt};
 use syncmux::payload::{PullRequest, PullResponse};
-use syncmux::wire::{decode, DecodeLimits};
+use syncmux::wire::{DecodeLimits, Frame};
 use syncmux::Driver;
 use syncmux::{ClientConfig, Server, ServerConfig};
 use syncmux::{MemoryStore, StoreConfig};
@@ -211,7 +211,7 @@ impl Pulls {
         let start = Instant::now();
         for _ in 0..n {
             let text = round_trip(&mut self.raw, text(PULL)).await;
-            let frame = decode(Bytes::from(text), &limits).expect("frame");
+            let frame = Frame::decode(Bytes::from(text), &limits).expect("frame");
             black_box(frame.payload::<PullResponse>().expect("pull response"));
         }
         start.elapsed()

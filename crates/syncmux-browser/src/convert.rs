@@ -150,7 +150,7 @@ pub(super) fn json_text(value: &JsValue) -> Result<String, JsValue> {
 pub(super) fn from_js<T: DeserializeOwned>(value: &JsValue) -> Result<T, String> {
     let text = json_text(value).map_err(|_| "not JSON-serialisable".to_owned())?;
     // The core's payload parser: its error names the path, and the types share its code.
-    syncmux::wire::parse_payload(text.as_bytes()).map_err(|e| e.to_string())
+    syncmux::wire::Frame::parse_payload(text.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// A JavaScript value as raw JSON (presence data, room data).

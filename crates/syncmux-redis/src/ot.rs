@@ -47,7 +47,7 @@ use redis::{RedisError, Script, Value};
 use serde::Deserialize;
 
 use crate::{Clock, RedisBackendError};
-use syncmux::ot::{OtCommitId, OtServerEvent, Side, TextOp, DEFAULT_DOC_ID};
+use syncmux::ot::{OtCommitId, OtServer, OtServerEvent, Side, TextOp};
 use syncmux_runtime::OtServerHandle;
 
 /// Configuration of [`RedisOt`].
@@ -223,7 +223,7 @@ impl RedisOt {
                     .subscribe(server.clone(), docs.clone(), follows),
             );
             tokio::spawn(self.clone().poll(server.clone(), docs.clone()));
-            self.hold(&server, &docs, &follow, Arc::from(DEFAULT_DOC_ID));
+            self.hold(&server, &docs, &follow, Arc::from(OtServer::DEFAULT_DOC_ID));
             while let Ok(event) = events.recv().await {
                 let (me, server) = (self.clone(), server.clone());
                 match event {
@@ -322,7 +322,7 @@ impl RedisOt {
         mut text: String,
     ) -> Result<(u64, TextOp), String> {
         let mut tail = String::new();
-        if doc != DEFAULT_DOC_ID {
+        if doc != OtServer::DEFAULT_DOC_ID {
             tail.push_str(",\"docId\":");
             tail.push_str(&json_string(doc));
         }

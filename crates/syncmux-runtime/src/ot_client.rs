@@ -26,10 +26,8 @@ use crate::clock::Clock;
 use crate::common;
 use crate::fallback::{Connection, TransportKind};
 use crate::runtime::{self, Binding};
-use syncmux::ot::{
-    EditError, OtClient, OtClientConfig, OtClientEvent, OtClientState, OtConfigError, TextOp,
-};
-use syncmux::DialRequest;
+use syncmux::ot::{OpError, OtClient, OtClientConfig, OtClientEvent, OtClientState, TextOp};
+use syncmux::{ConfigError, DialRequest};
 
 /// How the OT client task connects.
 #[derive(Clone, Debug)]
@@ -83,14 +81,14 @@ pub struct OtStatus {
 pub enum OtCommandError {
     /// The edit does not apply to the text.
     #[error(transparent)]
-    Edit(#[from] EditError),
+    Edit(#[from] OpError),
     /// The client task is gone ([`OtClientHandle::close`]).
     #[error("the OT client is closed")]
     Closed,
 }
 
 enum Command {
-    Edit(TextOp, oneshot::Sender<Result<(), EditError>>),
+    Edit(TextOp, oneshot::Sender<Result<(), OpError>>),
     Status(oneshot::Sender<OtStatus>),
     Close(oneshot::Sender<()>),
 }
@@ -159,7 +157,7 @@ impl futures_util::Stream for OtClientEvents {
 pub(crate) fn start<R: Binding>(
     config: OtClientConfig,
     options: OtConnectOptions,
-) -> Result<(OtClientHandle, OtClientEvents), OtConfigError> {
+) -> Result<(OtClientHandle, OtClientEvents), ConfigError> {
     let client = OtClient::new(config)?;
     let (cmd_tx, cmd_rx) = async_channel::bounded(options.command_capacity.max(1));
     // Unbounded: the client's own `max_events` bounds what it hands out between reads.

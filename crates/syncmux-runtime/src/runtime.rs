@@ -29,7 +29,7 @@ use crate::{
     Backend, ClientEvents, ClientOptions, OtClientEvents, OtClientHandle, OtConnectOptions,
     OtServerHandle, ServerOptions, SyncClient, SyncServer,
 };
-use syncmux::ot::{OtClientConfig, OtConfigError, OtServer};
+use syncmux::ot::{OtClientConfig, OtServer};
 use syncmux::{ClientConfig, ConfigError, DialRequest, Driver, Server};
 
 /// An async runtime the glue runs on: [`Tokio`](crate::Tokio) (feature `tokio`) or
@@ -76,7 +76,7 @@ impl<B: Binding> Runtime<B> {
     pub fn connect_ot(
         config: OtClientConfig,
         options: OtConnectOptions,
-    ) -> Result<(OtClientHandle, OtClientEvents), OtConfigError> {
+    ) -> Result<(OtClientHandle, OtClientEvents), ConfigError> {
         crate::ot_client::start::<B>(config, options)
     }
 

@@ -330,7 +330,7 @@ pub(crate) async fn exchange_frame(
     );
     let limits = DecodeLimits::default();
     let is_reply = move |bytes: &Bytes| {
-        syncmux::wire::decode(bytes.clone(), &limits)
+        syncmux::wire::Frame::decode(bytes.clone(), &limits)
             .is_ok_and(|f| f.id().is_some_and(|id| id.as_str() == ID))
     };
     let reply = server
@@ -341,7 +341,7 @@ pub(crate) async fn exchange_frame(
             let message = "the server closed the request's session (it may be shutting down)";
             Failure::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
         })?;
-    let reply = syncmux::wire::decode(reply, &DecodeLimits::default())
+    let reply = syncmux::wire::Frame::decode(reply, &DecodeLimits::default())
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
     match reply.kind() {
         MessageType::Error => Err(Failure::of_error(&reply)),

@@ -103,7 +103,8 @@ impl Holders {
                 };
                 let Some(bytes) = bytes else { break };
                 let Some(holder) = weak.upgrade() else { break };
-                let Ok(frame) = syncmux::wire::decode(bytes, &DecodeLimits::default()) else {
+                let Ok(frame) = syncmux::wire::Frame::decode(bytes, &DecodeLimits::default())
+                else {
                     continue;
                 };
                 let id = frame.id().map(|id| id.as_str().to_owned());

@@ -267,7 +267,7 @@ impl Opened {
         if self.registration.is_some() {
             return own_event(bytes, out);
         }
-        let Ok(frame) = syncmux::wire::decode(bytes, &DecodeLimits::default()) else {
+        let Ok(frame) = syncmux::wire::Frame::decode(bytes, &DecodeLimits::default()) else {
             return;
         };
         if frame.kind() == MessageType::Ping {
@@ -290,7 +290,7 @@ impl Opened {
 /// The own-protocol event of one frame, appended to `out`: the frame as it is, with its
 /// cursor as the event's id.
 fn own_event(bytes: Bytes, out: &mut Vec<u8>) {
-    let frame = syncmux::wire::decode(bytes.clone(), &DecodeLimits::default()).ok();
+    let frame = syncmux::wire::Frame::decode(bytes.clone(), &DecodeLimits::default()).ok();
     if let Some(cursor) = frame.as_ref().and_then(Frame::cursor) {
         out.extend_from_slice(format!("id: {cursor}\n").as_bytes());
     }
@@ -375,7 +375,7 @@ async fn open(server: &SyncServer, dialect: Dialect<'_>, head: &[u8]) -> Result<
     // The subscribe's first answer: its error, or the first frame of the stream.
     let first = loop {
         let bytes = frames.next().await.ok_or_else(unavailable)?;
-        let Ok(frame) = syncmux::wire::decode(bytes, &DecodeLimits::default()) else {
+        let Ok(frame) = syncmux::wire::Frame::decode(bytes, &DecodeLimits::default()) else {
             continue;
         };
         let ours = frame.id().is_some_and(|id| id.as_str() == ID);
@@ -640,7 +640,7 @@ mod tests {
         ];
         let mut out = Vec::new();
         for frame in frames {
-            let frame = syncmux::wire::decode(Bytes::from(frame), &DecodeLimits::default());
+            let frame = syncmux::wire::Frame::decode(Bytes::from(frame), &DecodeLimits::default());
             grove_event(&frame.unwrap(), &mut out);
         }
         out.extend_from_slice(b": keep-alive\n\n");

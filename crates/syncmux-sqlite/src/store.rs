@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 
 use crate::LWW;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-use syncmux::{PullOutcome, PushOutcome};
+use syncmux::{PullAnswer, PushAnswer};
 
 /// `PRAGMA application_id` of a syncmux database ("SYNC"): a SQLite file made by anything
 /// else is refused instead of being taken for an empty history.
@@ -262,7 +262,7 @@ impl SqliteStore {
 
     /// Merges `changes` as [`MemoryStore::push`](syncmux::MemoryStore::push) does, durably:
     /// when it returns `Ok`, the changes are on disk.
-    pub fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushOutcome, SqliteError> {
+    pub fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushAnswer, SqliteError> {
         let mut out = self.push_many(vec![changes])?;
         Ok(out.pop().expect("invariant: one outcome per push"))
     }
@@ -273,7 +273,7 @@ impl SqliteStore {
     pub fn push_many(
         &mut self,
         pushes: Vec<Vec<ChangeRecord>>,
-    ) -> Result<Vec<PushOutcome>, SqliteError> {
+    ) -> Result<Vec<PushAnswer>, SqliteError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -307,7 +307,7 @@ impl SqliteStore {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> Result<PullOutcome, SqliteError> {
+    ) -> Result<PullAnswer, SqliteError> {
         pull(&self.conn, &self.path, tables, since, cursor)
     }
 }
@@ -317,7 +317,7 @@ impl syncmux::Store for SqliteStore {
     type Error = SqliteError;
     type Record<'a> = ChangeRecord;
 
-    fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushOutcome, SqliteError> {
+    fn push(&mut self, changes: Vec<ChangeRecord>) -> Result<PushAnswer, SqliteError> {
         SqliteStore::push(self, changes)
     }
 
@@ -326,7 +326,7 @@ impl syncmux::Store for SqliteStore {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> Result<PullOutcome, SqliteError> {
+    ) -> Result<PullAnswer, SqliteError> {
         SqliteStore::pull(self, tables, since, cursor)
     }
 
@@ -342,7 +342,7 @@ impl SqliteReader {
         tables: &[String],
         since: Option<&Hlc>,
         cursor: Option<&Cursor>,
-    ) -> Result<PullOutcome, SqliteError> {
+    ) -> Result<PullAnswer, SqliteError> {
         let path = self.path();
         pull(&self.conn, &path, tables, since, cursor)
     }
@@ -537,7 +537,7 @@ fn merge(
     meta: &mut Meta,
     retention: usize,
     changes: Vec<ChangeRecord>,
-) -> Result<PushOutcome, SqliteError> {
+) -> Result<PushAnswer, SqliteError> {
     let epoch = meta.epoch;
     let mut accepted = Vec::new();
     let mut pushed_tables: Vec<String> = Vec::new();
@@ -598,7 +598,7 @@ fn merge(
             .optional()?;
         latest = latest.max(held);
     }
-    Ok(PushOutcome {
+    Ok(PushAnswer {
         accepted,
         latest_hlc: latest.as_deref().and_then(hlc_of).unwrap_or_default(),
         head: Cursor::new(epoch, meta.head),
@@ -662,7 +662,7 @@ fn pull(
     tables: &[String],
     since: Option<&Hlc>,
     cursor: Option<&Cursor>,
-) -> Result<PullOutcome, SqliteError> {
+) -> Result<PullAnswer, SqliteError> {
     // One read transaction: the meta row and every table's rows from the same snapshot.
     let tx = conn.unchecked_transaction()?;
     let meta = read_meta(&tx, path)?;
@@ -732,7 +732,7 @@ fn pull(
             serde_json::from_str(&json).map_err(|_| corrupt(path, "a change record"))?;
         changes.push((Cursor::new(meta.epoch, seq), record));
     }
-    Ok(PullOutcome {
+    Ok(PullAnswer {
         changes,
         latest_hlc,
         head,

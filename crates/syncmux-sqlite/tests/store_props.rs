@@ -9,7 +9,7 @@ mod properties;
 use properties::*;
 use proptest::prelude::*;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc};
-use syncmux::{PullOutcome, PushOutcome};
+use syncmux::{PullAnswer, PushAnswer};
 
 mod durable {
     use super::*;
@@ -52,7 +52,7 @@ mod durable {
     }
 
     impl Store for Sqlite {
-        fn push(&mut self, changes: Vec<ChangeRecord>) -> PushOutcome {
+        fn push(&mut self, changes: Vec<ChangeRecord>) -> PushAnswer {
             self.store.as_mut().unwrap().push(changes).unwrap()
         }
         fn pull(
@@ -60,7 +60,7 @@ mod durable {
             tables: &[String],
             since: Option<&Hlc>,
             cursor: Option<&Cursor>,
-        ) -> PullOutcome {
+        ) -> PullAnswer {
             self.get().pull(tables, since, cursor).unwrap()
         }
         fn head(&self) -> Cursor {
@@ -138,7 +138,7 @@ proptest! {
         let mut reopens = reopen_after.into_iter();
         while batches.peek().is_some() {
             let grouped: Vec<Vec<ChangeRecord>> = batches.by_ref().take(group).collect();
-            let expected: Vec<PushOutcome> =
+            let expected: Vec<PushAnswer> =
                 grouped.iter().map(|b| memory.push(b.clone())).collect();
             let got = durable.store.as_mut().unwrap().push_many(grouped).unwrap();
             prop_assert_eq!(got, expected);

@@ -64,6 +64,15 @@ pub fn recv(client: &mut Client, now: Instant, json: &str) {
     client.handle_message(now, Bytes::copy_from_slice(json.as_bytes()));
 }
 
+/// Lets the reconnect timer fire and the dial succeed; returns when.
+pub fn reconnect(client: &mut Client) -> Instant {
+    let at = client.poll_timeout().expect("a reconnect timer");
+    client.handle_timeout(at);
+    let _ = drain(client);
+    client.handle_connected(at, None);
+    at
+}
+
 /// Fires the timer due next, asserting it is due at `expected`.
 pub fn fire(client: &mut Client, expected: Instant) {
     assert_eq!(client.poll_timeout(), Some(expected));

@@ -107,6 +107,22 @@ impl Node {
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()
     }
+    /// How many acks and pull responses reached the application (every subscribe is
+    /// acknowledged, so this counts settled subscriptions and pulls).
+    pub fn acks(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    ClientEvent::Response {
+                        outcome: Ok(syncmux::Response::Ack(_) | syncmux::Response::Pull(_)),
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
     pub fn session(&self) -> Option<SessionId> {
         self.conn.as_ref().map(|c| c.session)
     }
@@ -565,7 +581,7 @@ impl Net {
                         f.reads.push_back((at, self.log.len()));
                     }
                 }
-                self.servers[k].answer_push_unrouted(now, request, Ok(out.into()));
+                self.servers[k].answer_push_unrouted(now, request, Ok(out));
             }
             ServerEvent::Replay {
                 request,
@@ -649,3 +665,59 @@ pub fn change(table: &str, pk: u64, node: &str, ts: i64) -> ChangeRecord {
     )
     .with_value(RawJson::from_serialize(&format!("{node}@{ts}")).expect("a string serialises"))
 }
+
+/// The seeds a simulation test runs: the one `SIM_SEED` (its coverage printed; then `None`),
+/// or else `0..SIM_SEEDS` (default `default`): their number and their coverage summed. A
+/// failing seed is named (`name`), with the command that replays it (`replay`: the test
+/// filter and any hints).
+pub fn run_seeds<C: std::fmt::Debug + Default + std::ops::AddAssign>(
+    name: &str,
+    replay: &str,
+    default: u64,
+    run: impl Fn(u64) -> C,
+) -> Option<(u64, C)> {
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    let run_one = |seed: u64| match catch_unwind(AssertUnwindSafe(|| run(seed))) {
+        Ok(cov) => cov,
+        Err(panic) => {
+            eprintln!(
+                "{name} failed at seed {seed}; replay it with: \
+                 SIM_SEED={seed} cargo test --test core {replay}"
+            );
+            resume_unwind(panic)
+        }
+    };
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        let cov = run_one(seed);
+        eprintln!("seed {seed}: {cov:?}");
+        return None;
+    }
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    let mut total = C::default();
+    for seed in 0..seeds {
+        total += run_one(seed);
+    }
+    Some((seeds, total))
+}
+
+/// A simulation's coverage: how often each path it exists for was reached, in one run and
+/// (`+=`) over a run of seeds.
+macro_rules! coverage_counts {
+    ($(#[$meta:meta])* $name:ident { $($field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, Copy)]
+        struct $name {
+            $($field: usize,)*
+        }
+
+        impl std::ops::AddAssign for $name {
+            fn add_assign(&mut self, other: $name) {
+                $(self.$field += other.$field;)*
+            }
+        }
+    };
+}
+pub(crate) use coverage_counts;

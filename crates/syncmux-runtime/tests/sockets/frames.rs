@@ -40,7 +40,7 @@ async fn next(frames: &mut Frames, kind: MessageType) -> syncmux::wire::Frame {
     tokio::time::timeout(GUARD, async {
         loop {
             let bytes = frames.next().await.expect("the session ended");
-            let frame = syncmux::wire::decode(bytes, &DecodeLimits::default()).unwrap();
+            let frame = syncmux::wire::Frame::decode(bytes, &DecodeLimits::default()).unwrap();
             if frame.kind() == kind {
                 return frame;
             }

@@ -8,7 +8,9 @@
 mod common;
 // The core's simulation harness, for its fixtures (`sim::change`): the socket scenarios here
 // mirror the simulated ones there.
+// Only its fixtures are used here: its runners and macros are the core tests'.
 #[path = "../../../../tests/core/sim/mod.rs"]
+#[allow(unused_macros, unused_imports)]
 mod sim;
 
 mod backend;

@@ -14,9 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use redis_util::RedisServer;
-use syncmux::ot::{
-    utf16_len, OtClient, OtClientConfig, OtClientState, OtServer, OtServerConfig, TextOp,
-};
+use syncmux::ot::{OtClient, OtClientConfig, OtClientState, OtServer, OtServerConfig, TextOp};
 use syncmux_redis::{RedisOt, RedisOtConfig};
 use syncmux_runtime::{self as adapters, Clock, OtServerHandle, ServerOptions};
 use tokio::sync::{mpsc, watch};
@@ -85,7 +83,7 @@ impl Peer {
                     },
                     e = rx.recv() => {
                         let Some(e) = e else { break };
-                        let len = utf16_len(client.text());
+                        let len = TextOp::utf16_len(client.text());
                         let op = match e {
                             Edit::Insert { text, at } => TextOp::new().retain(at % (len + 1)).insert(text),
                             Edit::Delete { at } if len > 0 => TextOp::new().retain(at % len).delete(1),
