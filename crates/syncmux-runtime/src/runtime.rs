@@ -298,14 +298,14 @@ pub(crate) use sockets;
 /// Opens a connection for `dial` over the first of the dialer's transports that works: a
 /// WebSocket (TCP, then TLS for `wss://`, then the upgrade), or the SSE fallback when the
 /// upgrade fails or is refused (a proxy that blocks WebSockets). Gives it with the
-/// subprotocol the server selected, or why it failed; a server that cannot be reached is
-/// not tried again over another transport.
+/// subprotocol the server selected, or why it failed (each transport's reason, in order); a
+/// server that cannot be reached is not tried again over another transport.
 pub(crate) async fn dial<R: Binding>(
     dial: DialRequest,
     dialer: Arc<Dialer>,
 ) -> Result<(Connection<R::Ws>, Option<String>), String> {
     let (request, target) = common::client_request(&dial, &dialer.protocols)?;
-    let mut failed = String::from("no transport to dial");
+    let mut failed = Vec::new();
     for transport in &dialer.transports {
         match transport {
             TransportKind::WebSocket => {
@@ -316,7 +316,7 @@ pub(crate) async fn dial<R: Binding>(
                         let protocol = common::selected_protocol(&response);
                         return Ok((Connection::WebSocket(ws), protocol));
                     }
-                    Err(e) => failed = format!("handshake: {e}"),
+                    Err(e) => failed.push(format!("handshake: {e}")),
                 }
             }
             TransportKind::Sse => {
@@ -341,12 +341,15 @@ pub(crate) async fn dial<R: Binding>(
                 };
                 match fallback::open(sse, R::spawn).await {
                     Ok(socket) => return Ok((Connection::Sse(Box::new(socket)), None)),
-                    Err(e) => failed = e,
+                    Err(e) => failed.push(e),
                 }
             }
         }
     }
-    Err(failed)
+    if failed.is_empty() {
+        return Err("no transport to dial".to_owned());
+    }
+    Err(failed.join("; then "))
 }
 
 /// A stream to `target`: TCP, then TLS when it asks for it.
