@@ -67,15 +67,23 @@ impl Handshake {
     }
 
     /// The bearer token: `Authorization: Bearer <token>`, else the query parameter
-    /// `access_token`, else `token`.
+    /// `authorization` holding the same (`Bearer%20<token>`, as Grove's browser client
+    /// sends its headers), else `access_token`, else `token`.
     pub fn token(&self) -> Option<Cow<'_, str>> {
-        let bearer = self.header_value("authorization").and_then(|value| {
+        fn bearer(value: &str) -> Option<&str> {
             let (scheme, token) = value.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| Cow::Borrowed(token.trim()))
-        });
-        bearer
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        }
+        // Grove's browser client puts its headers in the query, names lower-cased:
+        // `?authorization=Bearer%20<token>`.
+        let in_query = || {
+            let value = self.query_param("authorization")?;
+            bearer(&value).map(|token| Cow::Owned(token.to_owned()))
+        };
+        let header = self.header_value("authorization").and_then(bearer);
+        header
+            .map(Cow::Borrowed)
+            .or_else(in_query)
             .or_else(|| self.query_param("access_token"))
             .or_else(|| self.query_param("token"))
             .filter(|t| !t.is_empty())

@@ -93,6 +93,11 @@ fn auth_takes_the_token_from_header_or_query() {
     assert_eq!(accept(h.handshake(&by_query)).1, "alice");
     let by_token = Handshake::new("/", "token=tok-alice");
     assert_eq!(accept(h.handshake(&by_token)).1, "alice");
+    // Grove's browser client: its headers in the query, lower-cased.
+    let grove = Handshake::new("/", "authorization=Bearer%20tok-alice");
+    assert_eq!(accept(h.handshake(&grove)).1, "alice");
+    let not_bearer = Handshake::new("/", "authorization=Basic%20tok-alice");
+    assert_eq!(status(h.handshake(&not_bearer)), 401);
     // Percent-decoded, and an identity-less allow keeps the requested node id.
     let encoded = Handshake::new("/", "token=tok%2Bany&node_id=bob");
     assert_eq!(accept(h.handshake(&encoded)).1, "bob");
