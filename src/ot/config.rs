@@ -32,6 +32,11 @@ pub struct OtServerConfig {
     /// everyone. When set, a handshake without a token (`?token=`, `?access_token=` or
     /// `Authorization: Bearer`) is refused with 401 before the hook runs.
     pub auth: Option<Arc<AuthFn>>,
+    /// Origins allowed to connect, as the sync endpoint's
+    /// [`allowed_origins`](crate::ServerConfig::allowed_origins): `None` allows any; a
+    /// handshake from another `Origin` is refused with 403, one without an `Origin` (not a
+    /// browser) is allowed.
+    pub allowed_origins: Option<Vec<String>>,
     /// Most connections at once; further handshakes are refused with 503. Default 100 000.
     pub max_sessions: usize,
     /// Most documents, `doc-1` included. An op or snapshot request naming a new document
@@ -114,6 +119,7 @@ impl Default for OtServerConfig {
     fn default() -> Self {
         OtServerConfig {
             auth: None,
+            allowed_origins: None,
             max_sessions: 100_000,
             max_documents: 10_000,
             max_documents_per_session: 64,
@@ -140,6 +146,7 @@ impl fmt::Debug for OtServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OtServerConfig")
             .field("auth", &self.auth.as_ref().map(|_| "Fn"))
+            .field("allowed_origins", &self.allowed_origins)
             .field("max_sessions", &self.max_sessions)
             .field("max_documents", &self.max_documents)
             .field("max_documents_per_session", &self.max_documents_per_session)

@@ -439,6 +439,11 @@ impl OtServer {
         if self.shut_down {
             return reject(503, "server is shutting down");
         }
+        if let (Some(allowed), Some(origin)) = (&self.config.allowed_origins, &handshake.origin) {
+            if !allowed.iter().any(|a| a == origin) {
+                return reject(403, "origin not allowed");
+            }
+        }
         if self.config.max_sessions != 0 && self.sessions.len() >= self.config.max_sessions {
             return reject(503, "too many sessions");
         }

@@ -617,6 +617,32 @@ fn a_token_is_checked_at_the_handshake() {
     assert_eq!(server.session_count(), 1);
 }
 
+/// `allowed_origins`: a browser's handshake from another origin is refused with 403; a
+/// listed origin, or no `Origin` (not a browser), is accepted.
+#[test]
+fn an_origin_not_allowed_is_refused_at_the_handshake() {
+    let mut config = config();
+    config.allowed_origins = Some(vec!["https://app.example".to_owned()]);
+    let mut server = OtServer::new(config).unwrap();
+    let mut from = |origin: Option<&str>| {
+        let mut handshake = Handshake::new("/ot", "");
+        handshake.origin = origin.map(str::to_owned);
+        server.handle_handshake(Instant::ZERO, &handshake)
+    };
+    assert_eq!(
+        from(Some("https://evil.example")),
+        OtHandshakeOutcome::Reject {
+            status: 403,
+            reason: "origin not allowed".into()
+        }
+    );
+    assert!(matches!(
+        from(Some("https://app.example")),
+        OtHandshakeOutcome::Accept { .. }
+    ));
+    assert!(matches!(from(None), OtHandshakeOutcome::Accept { .. }));
+}
+
 #[test]
 fn a_snapshot_says_whether_an_op_was_applied() {
     let mut config = config();

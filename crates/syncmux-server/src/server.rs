@@ -419,6 +419,7 @@ impl Cli {
             .as_ref()
             .is_some_and(|list| list.iter().any(|o| o == "*"));
         config.allowed_origins = origins.clone().filter(|_| !any);
+        ot.allowed_origins = config.allowed_origins.clone();
         let mut options = ServerOptions::default();
         set(&mut options.handshake_timeout, self.handshake_timeout);
         // The server validates its own configuration; refuse here what it would refuse, in

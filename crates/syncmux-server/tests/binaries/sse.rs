@@ -487,6 +487,20 @@ async fn grove_presence_over_http() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// The status of the answer to a raw request, read from its head alone (an upgrade's
+/// connection stays open).
+async fn status_of(addr: &str, request: &str) -> u16 {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(tcp);
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, reader.read_line(&mut line))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
 /// The status and head (lower-cased) of a raw request.
 async fn head_of(addr: &str, request: &str) -> (u16, String) {
     let (status, head, _) = example_util::exchange(addr, request).await;
@@ -577,6 +591,25 @@ async fn allowed_origins_get_cors_answers_and_others_403() {
     };
     let (status, _) = head_of(&addr, &upgrade("https://evil.example")).await;
     assert_eq!(status, 403);
+    let to_ot = upgrade("https://evil.example").replace("/sync/ws", "/ot");
+    assert_eq!(head_of(&addr, &to_ot).await.0, 403, "the OT endpoint's too");
+    assert_eq!(status_of(&addr, &upgrade("https://app.example")).await, 101);
+
+    // `*`: every origin, each answered as itself.
+    let (_any, any) = start(&["--allowed-origins", "*"]);
+    let request = format!(
+        "POST /sync/pull HTTP/1.1\r\nHost: {any}\r\nOrigin: https://else.example\r\n\
+         Content-Length: {}\r\n\r\n{pull}",
+        pull.len()
+    );
+    let (status, head) = head_of(&any, &request).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://else.example"),
+        "{head}"
+    );
+    let upgrade_any = upgrade("https://else.example").replace(&addr, &any);
+    assert_eq!(status_of(&any, &upgrade_any).await, 101);
 
     // Without the flag: no CORS answers, and no preflight passes.
     let (_open, addr) = start(&[]);
