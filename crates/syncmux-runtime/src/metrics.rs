@@ -32,38 +32,47 @@ use syncmux::wire::{CloseCode, MessageType};
 use syncmux::ServerStats;
 
 /// Sessions open now.
-pub const SESSIONS_OPEN: &str = "syncmux_sessions_open";
+pub(crate) const SESSIONS_OPEN: &str = "syncmux_sessions_open";
 /// Sessions opened.
-pub const SESSIONS_OPENED: &str = "syncmux_sessions_opened_total";
+pub(crate) const SESSIONS_OPENED: &str = "syncmux_sessions_opened_total";
 /// Handshakes decided, by `result` and (rejections) `status`.
-pub const HANDSHAKES: &str = "syncmux_handshakes_total";
+pub(crate) const HANDSHAKES: &str = "syncmux_handshakes_total";
 /// Decoded frames received, by `type`.
-pub const FRAMES_IN: &str = "syncmux_frames_in_total";
+pub(crate) const FRAMES_IN: &str = "syncmux_frames_in_total";
 /// Frames sent, by `type`.
-pub const FRAMES_OUT: &str = "syncmux_frames_out_total";
+pub(crate) const FRAMES_OUT: &str = "syncmux_frames_out_total";
 /// Live change frames queued for subscribers.
-pub const DELIVERIES: &str = "syncmux_deliveries_total";
+pub(crate) const DELIVERIES: &str = "syncmux_deliveries_total";
 /// Error frames sent, by `code`.
-pub const ERROR_FRAMES: &str = "syncmux_error_frames_total";
+pub(crate) const ERROR_FRAMES: &str = "syncmux_error_frames_total";
 /// Sessions closed by the server, by close `code`.
-pub const CLOSES: &str = "syncmux_closes_total";
+pub(crate) const CLOSES: &str = "syncmux_closes_total";
 /// Sessions ended by their peer or transport.
-pub const PEER_CLOSES: &str = "syncmux_peer_closes_total";
+pub(crate) const PEER_CLOSES: &str = "syncmux_peer_closes_total";
 /// Messages refused by the rate limit.
-pub const RATE_LIMITED: &str = "syncmux_rate_limited_total";
+pub(crate) const RATE_LIMITED: &str = "syncmux_rate_limited_total";
 /// Sessions closed as slow consumers.
-pub const SLOW_CONSUMER_CLOSES: &str = "syncmux_slow_consumer_closes_total";
+pub(crate) const SLOW_CONSUMER_CLOSES: &str = "syncmux_slow_consumer_closes_total";
 /// Change records per subscribe replay (histogram).
-pub const REPLAY_CHANGES: &str = "syncmux_replay_changes";
+pub(crate) const REPLAY_CHANGES: &str = "syncmux_replay_changes";
 /// Time the store took to answer, by `op` (histogram, seconds).
-pub const STORE_SECONDS: &str = "syncmux_store_seconds";
+pub(crate) const STORE_SECONDS: &str = "syncmux_store_seconds";
 
 /// Suggested histogram buckets for [`REPLAY_CHANGES`].
-pub const REPLAY_CHANGES_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
+const REPLAY_CHANGES_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
 /// Suggested histogram buckets for [`STORE_SECONDS`].
-pub const STORE_SECONDS_BUCKETS: &[f64] = &[
+const STORE_SECONDS_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
 ];
+
+/// The histograms (the names of the table above) and the buckets suggested for each, for an
+/// exporter that needs them set up front (Prometheus's).
+pub fn histograms() -> [(&'static str, &'static [f64]); 2] {
+    [
+        (REPLAY_CHANGES, REPLAY_CHANGES_BUCKETS),
+        (STORE_SECONDS, STORE_SECONDS_BUCKETS),
+    ]
+}
 
 /// Gives every metric its help text and unit, in the recorder installed now (call it once,
 /// after installing an exporter's recorder).

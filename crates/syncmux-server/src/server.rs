@@ -840,13 +840,10 @@ mod metrics_http {
                     .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
                     .map_err(|e| e.to_string())
             };
-            let builder = PrometheusBuilder::new();
-            let builder = buckets(
-                builder,
-                names::REPLAY_CHANGES,
-                names::REPLAY_CHANGES_BUCKETS,
-            )?;
-            let builder = buckets(builder, names::STORE_SECONDS, names::STORE_SECONDS_BUCKETS)?;
+            let mut builder = PrometheusBuilder::new();
+            for (name, suggested) in names::histograms() {
+                builder = buckets(builder, name, suggested)?;
+            }
             let handle = builder.install_recorder().map_err(|e| e.to_string())?;
             names::describe();
             let listener = tokio::net::TcpListener::bind(addr)
