@@ -228,12 +228,18 @@ pub trait Binding: Sized + Send + Sync + 'static {
     }
 }
 
-/// The [`Binding`] methods whose bodies are the same on every runtime but for the crates
-/// named: `$net` (its `TcpStream` and `TcpListener`), `$tls` (rustls for its sockets) and
-/// `$ws` (tungstenite for its sockets). Expands inside a binding's `impl Binding`.
+/// The [`Binding`] items that are the same on every runtime but for the crates named:
+/// `$net` (its `TcpStream` and `TcpListener`), `$tls` (rustls for its sockets) and `$ws`
+/// (tungstenite for its sockets). Expands inside a binding's `impl Binding`, in a module
+/// whose `Io` is its byte-stream trait and whose `ClientSocket` its client WebSocket.
 #[cfg(any(feature = "tokio", feature = "smol"))]
 macro_rules! sockets {
     ($net:ident, $tls:ident, $ws:ident) => {
+        type Tcp = $net::net::TcpStream;
+        type Listener = $net::net::TcpListener;
+        type Io = Box<dyn Io>;
+        type Ws = ClientSocket;
+
         fn tcp_connect(host: &str, port: u16) -> BoxFuture<'_, std::io::Result<Self::Tcp>> {
             async move {
                 let tcp = $net::net::TcpStream::connect((host, port)).await?;

@@ -25,10 +25,7 @@ type ClientSocket = WebSocketStream<Box<dyn Io>>;
 pub struct SmolBinding;
 
 impl Binding for SmolBinding {
-    type Tcp = smol::net::TcpStream;
-    type Listener = smol::net::TcpListener;
-    type Io = Box<dyn Io>;
-    type Ws = ClientSocket;
+    runtime::sockets!(smol, futures_rustls, async_tungstenite);
 
     fn spawn(task: BoxFuture<'static, ()>) {
         smol::spawn(task).detach();
@@ -51,6 +48,4 @@ impl Binding for SmolBinding {
     fn http_io(io: Self::Io) -> Box<dyn crate::fallback::HttpIo> {
         Box::new(smol_hyper::rt::FuturesIo::new(io))
     }
-
-    runtime::sockets!(smol, futures_rustls, async_tungstenite);
 }

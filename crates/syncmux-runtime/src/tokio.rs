@@ -48,10 +48,7 @@ impl Runtime<TokioBinding> {
 }
 
 impl Binding for TokioBinding {
-    type Tcp = tokio::net::TcpStream;
-    type Listener = tokio::net::TcpListener;
-    type Io = Box<dyn Io>;
-    type Ws = ClientSocket;
+    runtime::sockets!(tokio, tokio_rustls, tokio_tungstenite);
 
     fn spawn(task: BoxFuture<'static, ()>) {
         drop(tokio::spawn(task));
@@ -68,8 +65,6 @@ impl Binding for TokioBinding {
     fn http_io(io: Self::Io) -> Box<dyn crate::fallback::HttpIo> {
         Box::new(hyper_util::rt::TokioIo::new(io))
     }
-
-    runtime::sockets!(tokio, tokio_rustls, tokio_tungstenite);
 
     fn serve_plain<M: Machine>(
         server: Hub<M>,

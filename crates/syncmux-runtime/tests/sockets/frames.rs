@@ -57,20 +57,23 @@ fn push(id: &str, pk: &str, ts: u64) -> String {
     )
 }
 
+/// Two sessions over channels: bob's subscribed to `docs` (its ack read), and alice's.
+async fn subscribed(server: &SyncServer) -> (Frames, Frames) {
+    let mut bob = open(server, "bob");
+    let alice = open(server, "alice");
+    let subscribe = r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#;
+    send(&bob, subscribe).await;
+    let ack = next(&mut bob, MessageType::Ack).await;
+    assert_eq!(ack.id().unwrap().as_str(), "s");
+    (bob, alice)
+}
+
 /// Two sessions over channels: one subscribes, the other pushes; the change arrives live
 /// with its cursor, as on a WebSocket. Dropping a stream ends its session.
 #[tokio::test]
 async fn sessions_run_over_frames() {
     let server = server(ServerConfig::default());
-    let mut bob = open(&server, "bob");
-    let mut alice = open(&server, "alice");
-    send(
-        &bob,
-        r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#,
-    )
-    .await;
-    let ack = next(&mut bob, MessageType::Ack).await;
-    assert_eq!(ack.id().unwrap().as_str(), "s");
+    let (mut bob, mut alice) = subscribed(&server).await;
     send(&alice, &push("p", "1", 10)).await;
     let answer = next(&mut alice, MessageType::PushResponse).await;
     assert_eq!(answer.id().unwrap().as_str(), "p");
@@ -98,14 +101,7 @@ async fn a_stream_nobody_reads_is_closed_as_a_slow_consumer() {
     config.max_outbound_bytes = 64 * 1024;
     config.rate_limit_burst = 0;
     let server = server(config);
-    let mut bob = open(&server, "bob");
-    let mut alice = open(&server, "alice");
-    send(
-        &bob,
-        r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#,
-    )
-    .await;
-    next(&mut bob, MessageType::Ack).await;
+    let (mut bob, mut alice) = subscribed(&server).await;
     for n in 0..200 {
         send(&alice, &push(&format!("p{n}"), &n.to_string(), 10 + n)).await;
         next(&mut alice, MessageType::PushResponse).await;
