@@ -1,5 +1,8 @@
-//! Grove's HTTP transport under `/sync` (its `HTTPTransport`): `POST /sync/pull` and
-//! `POST /sync/push`, for the clients whose network blocks the WebSocket.
+//! The HTTP requests under `/sync`, for the clients whose network blocks the WebSocket:
+//! Grove's `HTTPTransport` (`POST /sync/pull`, `POST /sync/push`), Grove's presence
+//! (`/sync/presence`, in [`presence`]), and the frames of syncmux's own protocol for a stream
+//! of `/sync/sse` (`POST /sync/send`, in [`sse`]); with `--allowed-origins`, the CORS answers
+//! of every route ([`Origins`]).
 //!
 //! No protocol rule is written here: each request is a session of its own on the same sync
 //! server ([`SyncServer::exchange`]): the handshake (auth, origin, node id, capacity) is
@@ -28,10 +31,10 @@ use serde_json::value::RawValue;
 use syncmux::wire::{DecodeLimits, ErrorCode, Frame, MessageType};
 use syncmux::Handshake;
 use syncmux_runtime::{OtServerHandle, Rejection, SyncServer};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::presence::{self, Holders, PRESENCE_PATH};
 use crate::sse::{self, Streams};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Grove's pull.
 pub(crate) const PULL_PATH: &str = "/sync/pull";
