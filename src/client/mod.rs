@@ -317,6 +317,16 @@ impl Client {
         }
     }
 
+    /// Dials at once when waiting to reconnect, instead of waiting out the backoff (the
+    /// network is back: a browser's `online` event, say); the dial counts as the next
+    /// attempt. Otherwise does nothing.
+    pub fn reconnect_now(&mut self, now: Instant) {
+        self.clamp(now);
+        if self.state == ClientState::WaitingToReconnect {
+            self.dial();
+        }
+    }
+
     /// Closes for good: an open transport is closed with 1000, every pending and queued
     /// request fails with `DISCONNECTED`, and a [`ClientEvent::Closed`] follows.
     pub fn close(&mut self, now: Instant) {

@@ -397,6 +397,32 @@ fn backoff_doubles_with_equal_jitter_and_resets_only_when_healthy() {
     assert_eq!(client.reconnect_attempt(), 0);
 }
 
+/// `reconnect_now` dials at once while the client waits out its backoff (the network is
+/// back), and does nothing in any other state.
+#[test]
+fn reconnect_now_dials_without_waiting_out_the_backoff() {
+    let mut client = Client::new(config()).unwrap();
+    let now = t(0);
+    client.reconnect_now(now);
+    assert!(drain(&mut client).is_empty(), "idle: nothing");
+    client.connect(now);
+    let _ = drain(&mut client);
+    client.reconnect_now(now);
+    assert!(drain(&mut client).is_empty(), "connecting already");
+    client.handle_disconnected(now, None, "refused");
+    let _ = drain_events(&mut client);
+    assert_eq!(client.state(), ClientState::WaitingToReconnect);
+    assert!(drain(&mut client).is_empty(), "waits for its backoff");
+    client.reconnect_now(now);
+    assert!(matches!(
+        drain(&mut client)[..],
+        [ClientTransmit::Connect(_)]
+    ));
+    assert_eq!(client.state(), ClientState::Connecting);
+    // The backoff's timer is gone with the wait: no second dial when it would have fired.
+    assert_eq!(client.poll_timeout(), None);
+}
+
 #[test]
 fn max_attempts_closes_for_good() {
     let mut config = config();

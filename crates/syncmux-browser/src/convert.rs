@@ -26,6 +26,8 @@ use crate::driver::Transports;
 pub(super) struct Options {
     node_id: Option<String>,
     access_token: Option<String>,
+    /// `accessToken` as a function, called before each connect.
+    pub(super) token_fn: Option<js_sys::Function>,
     millis: [Option<f64>; 5],
     max_reconnect_attempts: Option<u32>,
     pub(super) protocols: Vec<String>,
@@ -73,7 +75,10 @@ impl Options {
             Some(id) => Some(id),
             None => string("nodeID")?,
         };
-        options.access_token = string("accessToken")?;
+        match get("accessToken") {
+            Some(f) if f.is_function() => options.token_fn = Some(f.unchecked_into()),
+            _ => options.access_token = string("accessToken")?,
+        }
         for (slot, key) in options.millis.iter_mut().zip(DURATIONS) {
             *slot = number(key)?;
         }

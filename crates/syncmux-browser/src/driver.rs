@@ -99,6 +99,10 @@ struct State {
     /// The SSE link, when the connection is on the fallback.
     sse: Option<SseLink>,
     transports: Transports,
+    /// The `accessToken` function, called before each dial.
+    token_fn: Option<Function>,
+    /// A dial waiting for the token function's promise.
+    waiting_token: Option<DialRequest>,
     timer: Option<Timer>,
     /// Promises of requests in flight (bounded by the client's `max_in_flight`).
     requests: BTreeMap<RequestId, Settle>,
@@ -131,6 +135,48 @@ pub(super) struct BrowserDriver {
     dispatching: Cell<bool>,
     callbacks: Callbacks,
     sse_callbacks: SseCallbacks,
+    own: OwnCallbacks,
+}
+
+/// The callbacks of the sync client's own inputs: the global `online` event, and the token
+/// function's promise. Weak, as the socket's.
+struct OwnCallbacks {
+    online: Closure<dyn FnMut()>,
+    token: Closure<dyn FnMut(JsValue)>,
+    token_failed: Closure<dyn FnMut(JsValue)>,
+}
+
+impl OwnCallbacks {
+    fn new(driver: &std::rc::Weak<BrowserDriver>) -> OwnCallbacks {
+        let d = driver.clone();
+        let online = Closure::new(move || {
+            if let Some(driver) = d.upgrade() {
+                driver.on_online();
+            }
+        });
+        let d = driver.clone();
+        let token = Closure::new(move |token: JsValue| {
+            if let Some(driver) = d.upgrade() {
+                driver.on_token(Ok(token));
+            }
+        });
+        let d = driver.clone();
+        let token_failed = Closure::new(move |error: JsValue| {
+            if let Some(driver) = d.upgrade() {
+                driver.on_token(Err(error));
+            }
+        });
+        OwnCallbacks {
+            online,
+            token,
+            token_failed,
+        }
+    }
+}
+
+/// The global object's events (a window's or a worker's).
+fn global_events() -> web_sys::EventTarget {
+    js_sys::global().unchecked_into()
 }
 
 impl BrowserDriver {
@@ -138,8 +184,9 @@ impl BrowserDriver {
         client: Client,
         extra_protocols: Vec<String>,
         transports: Transports,
+        token_fn: Option<Function>,
     ) -> Rc<BrowserDriver> {
-        Rc::new_cyclic(|weak| BrowserDriver {
+        let driver = Rc::new_cyclic(|weak| BrowserDriver {
             state: RefCell::new(State {
                 client,
                 extra_protocols,
@@ -147,6 +194,8 @@ impl BrowserDriver {
                 fallback: None,
                 sse: None,
                 transports,
+                token_fn,
+                waiting_token: None,
                 timer: None,
                 requests: BTreeMap::new(),
                 connecting: Vec::new(),
@@ -155,7 +204,12 @@ impl BrowserDriver {
             dispatching: Cell::new(false),
             callbacks: Callbacks::new(weak),
             sse_callbacks: SseCallbacks::new(weak),
-        })
+            own: OwnCallbacks::new(weak),
+        });
+        // The network is back: redial at once rather than at the end of the backoff.
+        let online = driver.own.online.as_ref().unchecked_ref();
+        let _ = global_events().add_event_listener_with_callback("online", online);
+        driver
     }
 
     /// `"websocket"` or `"sse"` while connected over it, else `None`.
@@ -291,6 +345,7 @@ impl BrowserDriver {
                 }
                 ClientTransmit::Close { code, reason } => {
                     state.fallback = None;
+                    state.waiting_token = None;
                     if let Some(socket) = state.socket.take() {
                         detach(&socket);
                         close(&socket, code, &reason);
@@ -321,6 +376,33 @@ impl BrowserDriver {
         if let Some(old) = state.sse.take() {
             old.close();
         }
+        state.waiting_token = None;
+        let Some(token_fn) = &state.token_fn else {
+            return self.open(state, dial);
+        };
+        match token_fn.call0(&JsValue::UNDEFINED) {
+            Ok(token) if token.is_instance_of::<Promise>() => {
+                state.waiting_token = Some(dial.clone());
+                let promise: Promise = token.unchecked_into();
+                let _ = promise.then2(&self.own.token, &self.own.token_failed);
+            }
+            Ok(token) => self.open_with_token(state, dial.clone(), &token),
+            Err(_) => {
+                let reason = "the accessToken function threw";
+                state.client.handle_disconnected(host::now(), None, reason);
+            }
+        }
+    }
+
+    /// Dials `dial` with `token` (the token function's answer; none for a non-string).
+    fn open_with_token(&self, state: &mut State, mut dial: DialRequest, token: &JsValue) {
+        dial.token = token.as_string();
+        state.client.set_token(dial.token.clone());
+        self.open(state, &dial);
+    }
+
+    /// Opens the first of the transports for `dial`.
+    fn open(&self, state: &mut State, dial: &DialRequest) {
         state.fallback = state.transports.sse.then(|| dial.clone());
         if !state.transports.websocket {
             return self.fall_back(state);
@@ -514,6 +596,30 @@ impl Inputs for BrowserDriver {
     }
 }
 
+impl BrowserDriver {
+    fn on_online(self: &Rc<Self>) {
+        self.state.borrow_mut().client.reconnect_now(host::now());
+        self.pump();
+    }
+
+    fn on_token(self: &Rc<Self>, token: Result<JsValue, JsValue>) {
+        {
+            let mut state = self.state.borrow_mut();
+            let Some(dial) = state.waiting_token.take() else {
+                return; // a dial since, or a close
+            };
+            match token {
+                Ok(token) => self.open_with_token(&mut state, dial, &token),
+                Err(_) => {
+                    let reason = "the accessToken function's promise was rejected";
+                    state.client.handle_disconnected(host::now(), None, reason);
+                }
+            }
+        }
+        self.pump();
+    }
+}
+
 impl SseInputs for BrowserDriver {
     fn on_sse_open(self: &Rc<Self>, event: &MessageEvent) {
         {
@@ -600,6 +706,8 @@ impl Drop for BrowserDriver {
         if let Some(link) = state.sse.take() {
             link.close();
         }
+        let online = self.own.online.as_ref().unchecked_ref();
+        let _ = global_events().remove_event_listener_with_callback("online", online);
         if let Some(timer) = state.timer.take() {
             timer.cancel();
         }

@@ -57,8 +57,10 @@ const TYPESCRIPT: &'static str = r#"
 export interface SyncClientOptions {
   /** This node's id (default: `browser-` and 16 random hex digits). `nodeID` is accepted too. */
   nodeId?: string;
-  /** A bearer token, sent as the `access_token` query parameter (browsers cannot set headers). */
-  accessToken?: string;
+  /** A bearer token, sent as the `access_token` query parameter (browsers cannot set headers);
+   *  or a function called before each connect that gives it (or a promise of it), so that a
+   *  refreshed token needs no new client. */
+  accessToken?: string | (() => string | Promise<string>);
   /** Base reconnect delay; attempt k waits a random delay in [d/2, d], d = min(max, base·2^(k−1)). Default 5000. */
   reconnectDelay?: number;
   /** Ceiling of the reconnect delay. Default 30000. */
@@ -143,7 +145,12 @@ impl BrowserClient {
         let config = options.config(url, host::random_u64())?;
         let client = Client::new(config).map_err(|e| JsValue::from_str(&e.to_string()))?;
         Ok(BrowserClient {
-            driver: BrowserDriver::new(client, options.protocols, options.transports),
+            driver: BrowserDriver::new(
+                client,
+                options.protocols,
+                options.transports,
+                options.token_fn,
+            ),
         })
     }
 

@@ -264,6 +264,71 @@ async fn falls_back_to_sse_when_the_websocket_is_blocked() {
     assert_eq!(sse.transport(), None);
 }
 
+/// A token function is called before each connect (a reconnect included), and a promise
+/// it returns is waited for.
+#[wasm_bindgen_test]
+async fn an_access_token_function_is_called_before_each_connect() {
+    let url = URL.expect("SYNCMUX_TEST_URL: run tests/browser/run.mjs");
+    for (name, body) in [
+        ("value", "globalThis.__wasmTokenValue = (globalThis.__wasmTokenValue || 0) + 1; return 'tok';"),
+        ("promise", "globalThis.__wasmTokenPromise = (globalThis.__wasmTokenPromise || 0) + 1; return Promise.resolve('tok');"),
+    ] {
+        let options = json(&format!(
+            r#"{{"nodeId":"wasm-token-{name}","reconnectDelay":100,"maxReconnectDelay":400,"pingInterval":0,"requestTimeout":10000}}"#
+        ));
+        let token = Function::new_no_args(body);
+        Reflect::set(&options, &"accessToken".into(), &token).expect("object");
+        let c = SyncClient::new(url.to_owned(), options).expect("valid options");
+        let calls = || {
+            let key = if name == "value" { "__wasmTokenValue" } else { "__wasmTokenPromise" };
+            get(&js_sys::global(), key).as_f64()
+        };
+        ok(c.connect()).await;
+        assert_eq!(calls(), Some(1.0), "{name}");
+        // The server drops the connection (two frames over its limit); the client redials.
+        let connected = next(&c, "connected");
+        let big = || JsValue::from_str(&"x".repeat(MAX_FRAME * 2));
+        let (first, second) = (c.ping(big()), c.ping(big()));
+        let _ = (JsFuture::from(first).await, JsFuture::from(second).await);
+        connected.get(&c).await;
+        assert_eq!(calls(), Some(2.0), "{name}: called again for the reconnect");
+        c.disconnect();
+    }
+}
+
+/// The browser's `online` event redials at once, rather than at the end of the backoff.
+#[wasm_bindgen_test]
+async fn the_online_event_redials_at_once() {
+    let url = URL.expect("SYNCMUX_TEST_URL: run tests/browser/run.mjs");
+    let options = json(
+        r#"{"nodeId":"wasm-online","reconnectDelay":60000,"maxReconnectDelay":60000,"pingInterval":0,"requestTimeout":10000}"#,
+    );
+    let c = SyncClient::new(url.to_owned(), options).expect("valid options");
+    ok(c.connect()).await;
+    let reconnecting = next(&c, "reconnecting");
+    let big = || JsValue::from_str(&"x".repeat(MAX_FRAME * 2));
+    let (first, second) = (c.ping(big()), c.ping(big()));
+    let _ = (JsFuture::from(first).await, JsFuture::from(second).await);
+    let delay = reconnecting.get(&c).await;
+    assert_eq!(c.state(), "reconnecting");
+    let online = web_sys::Event::new("online").expect("an event");
+    let target: web_sys::EventTarget = js_sys::global().unchecked_into();
+    target.dispatch_event(&online).expect("dispatched");
+    // Within 5 s, where the backoff would wait 30 s or more.
+    for _ in 0..100 {
+        if c.state() == "open" {
+            break;
+        }
+        pause(50).await;
+    }
+    assert_eq!(
+        c.state(),
+        "open",
+        "not redialed before the backoff's {delay:?} ms"
+    );
+    c.disconnect();
+}
+
 #[wasm_bindgen_test]
 fn bad_options_and_unknown_events_throw() {
     let url = "ws://127.0.0.1:9/sync/ws".to_owned();
