@@ -74,8 +74,10 @@ use syncmux_runtime::{Admit, Backend, BackendFuture, LogSink, Push, Read};
 mod keys;
 mod ot;
 mod presence;
+mod relay;
 
 pub use ot::{RedisOt, RedisOtConfig};
+pub use relay::{Deliver, Relay, RelayError};
 
 use keys::{hlc_key, merge_key};
 

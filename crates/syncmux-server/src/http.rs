@@ -365,7 +365,7 @@ async fn send(
         let message = "no open stream has this session: open GET /sync/sse";
         Failure::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     };
-    let Some(inbox) = session_of(&req).and_then(|id| streams.get(&id)) else {
+    let Some(id) = session_of(&req) else {
         return Err(not_found());
     };
     let body = body(server, req).await?;
@@ -383,10 +383,19 @@ async fn send(
         frames.push(body.slice_ref(line));
     }
     let accepted = frames.len();
-    // One request's frames go in together, in order.
-    let inbox = inbox.lock().await;
-    for frame in frames {
-        inbox.send(frame).await.map_err(|_| not_found())?;
+    // Every line is JSON, so the body is text.
+    let text = std::str::from_utf8(&body).unwrap_or_default();
+    match streams.deliver(&id, frames, text).await {
+        Ok(true) => {}
+        Ok(false) => return Err(not_found()),
+        Err(why) => {
+            let message = format!("the server holding the session: {why}");
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                message,
+            ));
+        }
     }
     let answer = serde_json::json!({ "accepted": accepted });
     Ok((StatusCode::ACCEPTED, Bytes::from(answer.to_string())))

@@ -549,7 +549,10 @@ async fn run(args: Args) -> Result<(), String> {
         let _on = ot_thread.runtime.enter();
         adapters::Tokio::start_ot(ot, args.options)
     };
+    let routes = http::Routes::new(ot.clone()).allowing(args.origins);
     if let Some((url, prefix)) = ot_redis {
+        // A `POST /sync/send` for another server's SSE session goes to it through Redis.
+        relay_on_redis(&routes.streams, &url, &prefix).await?;
         ot_on_redis(ot.clone(), url, prefix).await?;
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -580,7 +583,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|dir| static_files::Files::new(dir, WS_PATH));
     let serving = tokio::spawn(static_files::serve(
         server.clone(),
-        http::Routes::new(ot.clone()).allowing(args.origins),
+        routes,
         ot_thread.runtime.clone(),
         listener,
         tls,
@@ -674,6 +677,37 @@ async fn start_on_redis(
 
 /// The OT documents in Redis (`syncmux_redis::RedisOt`): keys `{PREFIX}:doc:ID:...`,
 /// channels `{PREFIX}:doc:ID`.
+/// Relays the frames of `POST /sync/send` between the servers sharing the Redis at `url`,
+/// so that a client's POSTs may reach any of them (no sticky sessions).
+#[cfg(feature = "redis")]
+async fn relay_on_redis(streams: &sse::Streams, url: &str, prefix: &str) -> Result<(), String> {
+    let delivering = streams.clone();
+    let deliver: syncmux_redis::Deliver = Arc::new(move |session, text| {
+        let streams = delivering.clone();
+        Box::pin(async move { streams.deliver_forwarded(&session, text).await })
+    });
+    let relay = syncmux_redis::Relay::connect(url, prefix, deliver)
+        .await
+        .map_err(|e| e.to_string())?;
+    let node = relay.node().to_owned();
+    streams.relay_through(
+        node,
+        Arc::new(move |node, session, text| {
+            let relay = relay.clone();
+            Box::pin(async move {
+                let forwarded = relay.forward(&node, &session, &text).await;
+                forwarded.map_err(|e| e.to_string())
+            })
+        }),
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "redis"))]
+async fn relay_on_redis(_: &sse::Streams, _: &str, _: &str) -> Result<(), String> {
+    Ok(())
+}
+
 #[cfg(feature = "redis")]
 async fn ot_on_redis(ot: OtServerHandle, url: String, prefix: String) -> Result<(), String> {
     let mut config = RedisOtConfig::new(url);

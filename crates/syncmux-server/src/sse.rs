@@ -89,14 +89,82 @@ pub(crate) type Inbox = Arc<tokio::sync::Mutex<async_channel::Sender<Bytes>>>;
 
 /// The open own-protocol streams of this server, by session id: where `POST /sync/send`
 /// finds the inbox of the stream it names. A session id is 128 random bits, so only its
-/// stream's consumer can name it.
+/// stream's consumer can name it; with a relay ([`Streams::relay_through`]) it starts with
+/// this server's node id, and a POST that reaches another server sharing the Redis is
+/// forwarded here.
 #[derive(Clone, Default)]
-pub(crate) struct Streams(Arc<Mutex<HashMap<String, Inbox>>>);
+pub(crate) struct Streams(Arc<StreamsInner>);
+
+#[derive(Default)]
+struct StreamsInner {
+    inboxes: Mutex<HashMap<String, Inbox>>,
+    relay: std::sync::OnceLock<Relay>,
+}
+
+/// Forwards a request's frames (one per line) to session `.1`, held by server `.0`: whether
+/// it took them, or why the relay failed.
+pub(crate) type Forward = Arc<
+    dyn Fn(String, String, String) -> futures_util::future::BoxFuture<'static, Result<bool, String>>
+        + Send
+        + Sync,
+>;
+
+/// This server's node id among the servers sharing a relay, and how to reach the others.
+struct Relay {
+    node: String,
+    forward: Forward,
+}
 
 impl Streams {
-    /// The inbox of session `id`, while its stream is open.
-    pub(crate) fn get(&self, id: &str) -> Option<Inbox> {
-        self.lock().get(id).cloned()
+    /// Session ids start with `node` from now on, and frames for another server's sessions
+    /// go through `forward`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis relays
+    pub(crate) fn relay_through(&self, node: String, forward: Forward) {
+        let _ = self.0.relay.set(Relay { node, forward });
+    }
+
+    /// Hands `frames` (`text`, one per line) to session `id`, in order and together: whether
+    /// its stream took them (`false`: no such stream, here or on the server its id names).
+    pub(crate) async fn deliver(
+        &self,
+        id: &str,
+        frames: Vec<Bytes>,
+        text: &str,
+    ) -> Result<bool, String> {
+        let local = self.lock().get(id).cloned();
+        if let Some(inbox) = local {
+            let inbox = inbox.lock().await;
+            for frame in frames {
+                if inbox.send(frame).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        let Some(relay) = self.0.relay.get() else {
+            return Ok(false);
+        };
+        match id.split_once('.') {
+            Some((node, _)) if node != relay.node => {
+                (relay.forward)(node.to_owned(), id.to_owned(), text.to_owned()).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// [`deliver`](Self::deliver) of a request another server forwarded: its frames, one per
+    /// line, to a session of this server's.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis relays
+    pub(crate) async fn deliver_forwarded(&self, id: &str, text: String) -> bool {
+        let text = Bytes::from(text);
+        let frames = text
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|line| !line.is_empty())
+            .map(|line| text.slice_ref(line))
+            .collect();
+        let known = self.lock().contains_key(id);
+        known && self.deliver(id, frames, "").await.unwrap_or(false)
     }
 
     /// Registers `inbox` under a fresh id, until the registration is dropped.
@@ -107,7 +175,10 @@ impl Streams {
             let message = "no randomness for a session id";
             Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
         })?;
-        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let mut id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(relay) = self.0.relay.get() {
+            id = format!("{}.{id}", relay.node);
+        }
         let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
         self.lock().insert(id.clone(), inbox);
         Ok(Registration {
@@ -117,7 +188,7 @@ impl Streams {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Inbox>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.inboxes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -626,3 +626,51 @@ async fn allowed_origins_get_cors_answers_and_others_403() {
     );
     assert_eq!(head_of(&addr, &preflight).await.0, 403);
 }
+
+/// No sticky sessions: a stream on one server, its POSTs on another sharing the Redis; the
+/// frames cross through Redis, in order, once each; a session no server holds is 404.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_to_another_server_reach_the_stream_through_redis() {
+    let Some(redis) = crate::redis_util::RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let args = ["--redis", &url, "--redis-prefix", "relay"];
+    let (_a, a) = start(&args);
+    let (_b, b) = start(&args);
+    let mut stream = Stream::open(&a, "/sync/sse?node_id=bob", &[])
+        .await
+        .unwrap();
+    let first = stream.event().await.unwrap();
+    let session: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let session = session["session"].as_str().unwrap().to_owned();
+    let header = format!("X-Syncmux-Session: {session}");
+    for n in 0..50 {
+        let (status, answer) =
+            send(&b, &header, &format!(r#"{{"type":"ping","id":"p{n}"}}"#)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    for n in 0..50 {
+        let (_, pong) = stream.frame().await;
+        assert_eq!(pong["id"], format!("p{n}"), "in order, once each");
+    }
+    let (status, _) = send(&b, "X-Syncmux-Session: 0123.4567", r#"{"type":"ping"}"#).await;
+    assert_eq!(status, 404, "no such server");
+    let (node, _) = session.split_once('.').unwrap();
+    let unknown = format!("X-Syncmux-Session: {node}.00");
+    assert_eq!(
+        send(&b, &unknown, r#"{"type":"ping"}"#).await.0,
+        404,
+        "no such session there"
+    );
+    drop(stream);
+    let gone = async {
+        while send(&b, &header, r#"{"type":"ping"}"#).await.0 != 404 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, gone)
+        .await
+        .expect("404 once the stream is gone");
+}
