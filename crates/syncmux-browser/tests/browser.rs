@@ -31,13 +31,30 @@ fn text(value: &JsValue, key: &str) -> String {
     get(value, key).as_string().unwrap_or_default()
 }
 
+/// The options of a test client: `node`, retry delays of `delay` to `max` ms, no keepalive.
+fn options(node: &str, delay: u32, max: u32) -> JsValue {
+    json(&format!(
+        r#"{{"nodeId":"{node}","reconnectDelay":{delay},"maxReconnectDelay":{max},"pingInterval":0,"requestTimeout":10000}}"#
+    ))
+}
+
+/// The test server's URL.
+fn url() -> String {
+    URL.expect("SYNCMUX_TEST_URL: run tests/browser/run.mjs")
+        .to_owned()
+}
+
 /// A client of the test server with short retry delays and no keepalive.
 fn client(node: &str) -> SyncClient {
-    let url = URL.expect("SYNCMUX_TEST_URL: run tests/browser/run.mjs");
-    let options = json(&format!(
-        r#"{{"nodeId":"{node}","reconnectDelay":100,"maxReconnectDelay":400,"pingInterval":0,"requestTimeout":10000}}"#
-    ));
-    SyncClient::new(url.to_owned(), options).expect("valid options")
+    SyncClient::new(url(), options(node, 100, 400)).expect("valid options")
+}
+
+/// Makes the server drop `c`'s connection: two frames over its limit (the first gets a
+/// FRAME_TOO_LARGE error frame, the repeat a close with 1009). The two pings' outcomes.
+async fn make_the_server_drop(c: &SyncClient) -> [Result<JsValue, JsValue>; 2] {
+    let big = || JsValue::from_str(&"x".repeat(MAX_FRAME * 2));
+    let (first, second) = (c.ping(big()), c.ping(big()));
+    [JsFuture::from(first).await, JsFuture::from(second).await]
 }
 
 fn record(table: &str, pk: &str, node: &str, value: &str) -> JsValue {
@@ -189,12 +206,9 @@ async fn reconnects_and_resubscribes_after_the_server_drops_the_connection() {
     ok(c.subscribe("wasm_recon".into(), JsValue::UNDEFINED)).await;
     let reconnecting = next(&c, "reconnecting");
     let connected = next(&c, "connected");
-    // Frames over the server's limit: the first gets a FRAME_TOO_LARGE error frame, a repeat
-    // makes it close the connection (1009); the unanswered pings fail with DISCONNECTED.
-    let big = || JsValue::from_str(&"x".repeat(MAX_FRAME * 2));
-    let (first, second) = (c.ping(big()), c.ping(big()));
-    for ping in [first, second] {
-        let dropped = JsFuture::from(ping).await.expect_err("connection dropped");
+    // The unanswered pings fail with DISCONNECTED.
+    for ping in make_the_server_drop(&c).await {
+        let dropped = ping.expect_err("connection dropped");
         assert_eq!(text(&dropped, "code"), "DISCONNECTED");
     }
     assert_eq!(reconnecting.get(&c).await.as_f64(), Some(1.0));
@@ -216,9 +230,7 @@ async fn reconnects_and_resubscribes_after_the_server_drops_the_connection() {
 #[wasm_bindgen_test]
 async fn falls_back_to_sse_when_the_websocket_is_blocked() {
     let proxied = PROXY_URL.expect("SYNCMUX_TEST_PROXY_URL: run tests/browser/run.mjs");
-    let options = json(
-        r#"{"nodeId":"wasm-sse","reconnectDelay":100,"maxReconnectDelay":400,"pingInterval":0,"requestTimeout":10000}"#,
-    );
+    let options = options("wasm-sse", 100, 400);
     let sse = SyncClient::new(proxied.to_owned(), options).expect("valid options");
     let ws = client("wasm-sse-peer");
     ok(sse.connect()).await;
@@ -268,17 +280,14 @@ async fn falls_back_to_sse_when_the_websocket_is_blocked() {
 /// it returns is waited for.
 #[wasm_bindgen_test]
 async fn an_access_token_function_is_called_before_each_connect() {
-    let url = URL.expect("SYNCMUX_TEST_URL: run tests/browser/run.mjs");
     for (name, body) in [
         ("value", "globalThis.__wasmTokenValue = (globalThis.__wasmTokenValue || 0) + 1; return 'tok';"),
         ("promise", "globalThis.__wasmTokenPromise = (globalThis.__wasmTokenPromise || 0) + 1; return Promise.resolve('tok');"),
     ] {
-        let options = json(&format!(
-            r#"{{"nodeId":"wasm-token-{name}","reconnectDelay":100,"maxReconnectDelay":400,"pingInterval":0,"requestTimeout":10000}}"#
-        ));
+        let options = options(&format!("wasm-token-{name}"), 100, 400);
         let token = Function::new_no_args(body);
         Reflect::set(&options, &"accessToken".into(), &token).expect("object");
-        let c = SyncClient::new(url.to_owned(), options).expect("valid options");
+        let c = SyncClient::new(url(), options).expect("valid options");
         let calls = || {
             let key = if name == "value" { "__wasmTokenValue" } else { "__wasmTokenPromise" };
             get(&js_sys::global(), key).as_f64()
@@ -287,9 +296,7 @@ async fn an_access_token_function_is_called_before_each_connect() {
         assert_eq!(calls(), Some(1.0), "{name}");
         // The server drops the connection (two frames over its limit); the client redials.
         let connected = next(&c, "connected");
-        let big = || JsValue::from_str(&"x".repeat(MAX_FRAME * 2));
-        let (first, second) = (c.ping(big()), c.ping(big()));
-        let _ = (JsFuture::from(first).await, JsFuture::from(second).await);
+        let _ = make_the_server_drop(&c).await;
         connected.get(&c).await;
         assert_eq!(calls(), Some(2.0), "{name}: called again for the reconnect");
         c.disconnect();
@@ -299,16 +306,10 @@ async fn an_access_token_function_is_called_before_each_connect() {
 /// The browser's `online` event redials at once, rather than at the end of the backoff.
 #[wasm_bindgen_test]
 async fn the_online_event_redials_at_once() {
-    let url = URL.expect("SYNCMUX_TEST_URL: run tests/browser/run.mjs");
-    let options = json(
-        r#"{"nodeId":"wasm-online","reconnectDelay":60000,"maxReconnectDelay":60000,"pingInterval":0,"requestTimeout":10000}"#,
-    );
-    let c = SyncClient::new(url.to_owned(), options).expect("valid options");
+    let c = SyncClient::new(url(), options("wasm-online", 60_000, 60_000)).expect("valid options");
     ok(c.connect()).await;
     let reconnecting = next(&c, "reconnecting");
-    let big = || JsValue::from_str(&"x".repeat(MAX_FRAME * 2));
-    let (first, second) = (c.ping(big()), c.ping(big()));
-    let _ = (JsFuture::from(first).await, JsFuture::from(second).await);
+    let _ = make_the_server_drop(&c).await;
     let delay = reconnecting.get(&c).await;
     assert_eq!(c.state(), "reconnecting");
     let online = web_sys::Event::new("online").expect("an event");
