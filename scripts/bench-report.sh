@@ -27,6 +27,8 @@ for bench in wire client store server; do
 done
 echo "=== cargo bench -p syncmux-bench --bench e2e" >&2
 cargo bench -p syncmux-bench --bench e2e -- "${args[@]}" | tee -a "$log"
+echo "=== cargo bench -p syncmux-bench --bench http" >&2
+cargo bench -p syncmux-bench --bench http -- "${args[@]}" | tee -a "$log"
 # Not criterion: one timed window per server (OT_BENCH_SECS, default 5).
 echo "=== cargo bench -p syncmux-bench --bench ot_e2e" >&2
 cargo bench -p syncmux-bench --bench ot_e2e | tee -a "$log"
@@ -41,9 +43,10 @@ if [ -n "${BENCH_DURABLE:-}" ]; then
     cargo bench -p syncmux-sqlite --bench durable -- "${args[@]}" | tee -a "$log"
 fi
 if [ -f scripts/fanout-bench ]; then
-    # Not criterion: CPU per delivery of syncmux-server and a Node ws server, same run.
-    echo "=== scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,node" >&2
-    scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,node | tee -a "$log"
+    # Not criterion: CPU per delivery of syncmux-server (WebSocket and SSE subscribers) and of
+    # a Node ws server, same run.
+    echo "=== scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,syncmux-sse,node" >&2
+    scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,syncmux-sse,node | tee -a "$log"
 fi
 
 echo

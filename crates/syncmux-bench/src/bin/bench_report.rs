@@ -199,6 +199,16 @@ fn main() -> Result<(), Box<dyn Error>> {
         "same run; goal >= 1.8x",
     );
     t.row(
+        "pull round trip, HTTP POST /sync/pull / WebSocket pull_request",
+        printed(&log, "http/websocket:").map(|r| format!("{r:.2}x")),
+        "cargo bench --bench http: one syncmux-server, same run; a connection per HTTP pull",
+    );
+    t.row(
+        "fan-out CPU per delivery, SSE streams / WebSocket subscribers",
+        printed(&log, "fanout 1000 SSE/WebSocket CPU per delivery:").map(|r| format!("{r:.2}x")),
+        "same server, same run (Grove's GET /sync/stream); goal <= 1.3x",
+    );
+    t.row(
         "fan-out idle RSS per connection",
         printed(&log, "fanout 1000 syncmux idle RSS per connection KiB:")
             .map(|k| format!("{k:.1} KiB")),

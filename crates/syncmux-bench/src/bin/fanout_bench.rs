@@ -2,7 +2,9 @@
 //! kernel, from `/proc/<pid>/stat`) and what an idle subscriber costs it in memory (VmRSS with
 //! N connections minus before them), for `syncmux-server`, a minimal Node `ws`
 //! broadcast server (`crates/syncmux-server/tests/node/fanout_server.mjs`) and a naive tokio-tungstenite broadcast
-//! loop (this binary, `--serve-naive`), all driven by the same clients in the same run.
+//! loop (this binary, `--serve-naive`), all driven by the same clients in the same run; and
+//! `syncmux-sse`, the same `syncmux-server` with its subscribers on Grove's SSE stream
+//! (`GET /sync/stream`) instead of WebSockets, against `syncmux` for the SSE/WebSocket ratio.
 //!
 //! Workload per server: N subscribers of table `bench` (each subscribes and waits for its
 //! ack), then one pusher pushes 300 (`--pushes`) single-change `push_request`s, each after
@@ -32,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// more or less moved the user figure by 15 %; 300 pushes bring that under 3 %.
 const PUSHES: u64 = 300;
 const USAGE: &str =
-    "usage: fanout_bench [--conns 1000,10000] [--runs 3] [--pushes 300] [--servers syncmux,node,naive] \
+    "usage: fanout_bench [--conns 1000,10000] [--runs 3] [--pushes 300] [--servers syncmux,syncmux-sse,node,naive] \
                      [--syncmux PATH] [--node-script PATH]   |   fanout_bench --serve-naive";
 
 fn main() -> ExitCode {
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
             let mut figures = Vec::new();
             for name in &servers {
                 let command = match name.as_str() {
-                    "syncmux" => {
+                    "syncmux" | "syncmux-sse" => {
                         let mut c = Command::new(&syncmux);
                         c.args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
                             .args(["--ping-interval", "0", "--idle-timeout", "0"])
@@ -100,7 +102,9 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                match runtime.block_on(measure(command, n, pushes, tick)) {
+                // `syncmux-sse`: the same server, its subscribers on SSE streams.
+                let sse = name == "syncmux-sse";
+                match runtime.block_on(measure(command, n, pushes, tick, sse)) {
                     Ok(f) => {
                         println!(
                             "{name:8} conns {n:6} run {run}: deliveries {:7}  cpu/delivery {:6.2} µs \
@@ -151,6 +155,14 @@ fn main() -> ExitCode {
             }
             println!();
         }
+        if let (Some(s), Some(sse)) = (find("syncmux"), find("syncmux-sse")) {
+            println!(
+                "fanout ratio conns {n} run {run}: SSE/WebSocket total {:.2} (user {:.2}, kernel {:.2})",
+                sse.total_us() / s.total_us(),
+                sse.user_us / s.user_us,
+                sse.sys_us / s.sys_us
+            );
+        }
     }
     // For bench_report (scripts/bench-report.sh): the first run's figures.
     if let Some((n, _, figures)) = rows.first() {
@@ -167,6 +179,12 @@ fn main() -> ExitCode {
             println!(
                 "fanout {n} syncmux idle RSS per connection KiB: {:.1}",
                 s.rss_kib
+            );
+        }
+        if let (Some(s), Some(sse)) = (find("syncmux"), find("syncmux-sse")) {
+            println!(
+                "fanout {n} SSE/WebSocket CPU per delivery: {:.2}",
+                sse.total_us() / s.total_us()
             );
         }
     }
@@ -245,6 +263,7 @@ async fn measure(
     n: usize,
     pushes: u64,
     tick: f64,
+    sse: bool,
 ) -> Result<Figures, String> {
     let mut child = command
         .stdout(Stdio::piped())
@@ -277,7 +296,15 @@ async fn measure(
 
     let delivered = Arc::new(AtomicU64::new(0));
     let subscribers = stream::iter(0..n)
-        .map(|i| subscribe(addr.clone(), url.clone(), i, delivered.clone()))
+        .map(|i| {
+            let (addr, url, delivered) = (addr.clone(), url.clone(), delivered.clone());
+            async move {
+                match sse {
+                    true => subscribe_sse(addr, i, delivered).await,
+                    false => subscribe(addr, url, i, delivered).await,
+                }
+            }
+        })
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await;
@@ -382,6 +409,40 @@ async fn subscribe(
                 if t.contains("\"change\"") {
                     delivered.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        }
+    }))
+}
+
+/// Opens subscriber `i` as Grove's SSE stream of `bench`, waits for the subscribe's ack (a
+/// bare `id:` event), and leaves a task counting the `change` events it receives.
+async fn subscribe_sse(
+    addr: String,
+    i: usize,
+    delivered: Arc<AtomicU64>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let request =
+        format!("GET /sync/stream?tables=bench&node_id=sub{i} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut lines = tokio::io::BufReader::with_capacity(4096, tcp).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) if line.starts_with("id: ") => break,
+            Ok(Some(_)) => {}
+            other => return Err(format!("SSE subscriber {i}: {other:?}")),
+        }
+    }
+    Ok(tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "event: change" {
+                delivered.fetch_add(1, Ordering::Relaxed);
             }
         }
     }))
