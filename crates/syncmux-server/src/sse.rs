@@ -335,10 +335,18 @@ struct Opened {
 impl Opened {
     /// The event of one frame of the session, appended to `out`.
     async fn event(&mut self, bytes: Bytes, out: &mut Vec<u8>) {
-        if self.registration.is_some() {
-            return own_event(bytes, out);
+        let own = self.registration.is_some();
+        if let Some(event) = Encoded::get(own, &bytes) {
+            out.extend_from_slice(&event);
+            return;
         }
-        let Ok(frame) = syncmux::wire::Frame::decode(bytes, &DecodeLimits::default()) else {
+        let start = out.len();
+        if own {
+            own_event(bytes.clone(), out);
+            return Encoded::put(own, bytes, &out[start..]);
+        }
+        let Ok(frame) = syncmux::wire::Frame::decode(bytes.clone(), &DecodeLimits::default())
+        else {
             return;
         };
         if frame.kind() == MessageType::Ping {
@@ -355,6 +363,35 @@ impl Opened {
             return;
         }
         grove_event(&frame, out);
+        // A ping was answered above: only what every stream gets alike is kept.
+        Encoded::put(own, bytes, &out[start..]);
+    }
+}
+
+/// The last frame made into an event on this thread, for each dialect. A broadcast reaches
+/// every stream with the same bytes (one buffer, shared): its event is made once per thread
+/// rather than once per stream, as the WebSocket path frames a broadcast once. The frame is
+/// held, so its buffer cannot be freed and reused for another frame while it is the key.
+struct Encoded;
+
+thread_local! {
+    static ENCODED: std::cell::RefCell<[Option<(Bytes, Bytes)>; 2]> =
+        const { std::cell::RefCell::new([None, None]) };
+}
+
+impl Encoded {
+    fn get(own: bool, frame: &Bytes) -> Option<Bytes> {
+        ENCODED.with(|cache| {
+            let cache = cache.borrow();
+            let (key, event) = cache[usize::from(own)].as_ref()?;
+            let same = key.as_ptr() == frame.as_ptr() && key.len() == frame.len();
+            same.then(|| event.clone())
+        })
+    }
+
+    fn put(own: bool, frame: Bytes, event: &[u8]) {
+        let event = Bytes::copy_from_slice(event);
+        ENCODED.with(|cache| cache.borrow_mut()[usize::from(own)] = Some((frame, event)));
     }
 }
 
@@ -743,5 +780,20 @@ mod tests {
         let mut out = Vec::new();
         data(b"{\"value\": [1,\r\n2]}", &mut out);
         assert_eq!(out, b"data: {\"value\": [1,\ndata: \ndata: 2]}\n");
+    }
+
+    /// A frame's event is reused only for the same buffer (a broadcast's), per dialect: an
+    /// equal frame in another buffer is made again.
+    #[test]
+    fn an_event_is_reused_for_the_same_broadcast_only() {
+        let frame = Bytes::from_static(b"{\"type\":\"ping\"}");
+        Encoded::put(false, frame.clone(), b"event");
+        assert_eq!(
+            Encoded::get(false, &frame.clone()).as_deref(),
+            Some(&b"event"[..])
+        );
+        assert_eq!(Encoded::get(true, &frame), None, "the other dialect's");
+        let equal = Bytes::from(frame.to_vec());
+        assert_eq!(Encoded::get(false, &equal), None, "another buffer");
     }
 }
