@@ -229,8 +229,8 @@ async fn serve_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (method, origin) = method_and_origin(head);
-    let origin = origin.as_deref();
+    let request = RequestHead::parse(head);
+    let origin = request.as_ref().and_then(|r| r.header("origin"));
     let lines = |headers: Vec<(hyper::header::HeaderName, String)>| -> String {
         headers
             .iter()
@@ -253,7 +253,7 @@ where
     };
     let opened = match origins.check(origin) {
         Err(failure) => Err(failure),
-        Ok(()) if method.as_deref() == Some("OPTIONS") => {
+        Ok(()) if request.as_ref().is_some_and(|r| r.method == "OPTIONS") => {
             let answer = match origins.preflight(origin) {
                 Ok(headers) => format!(
                     "HTTP/1.1 204 No Content\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
@@ -263,7 +263,10 @@ where
             };
             return io.write_all(answer.as_bytes()).await;
         }
-        Ok(()) => open(server, dialect, head).await,
+        Ok(()) => match &request {
+            Some(request) => open(server, dialect, request).await,
+            None => Err(bad_request("the request head does not parse")),
+        },
     };
     let mut opened = match opened {
         Ok(opened) => opened,
@@ -406,51 +409,65 @@ fn own_event(bytes: Bytes, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-/// A request head's method and `Origin`.
-fn method_and_origin(head: &[u8]) -> (Option<String>, Option<String>) {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut request = httparse::Request::new(&mut headers);
-    let _ = request.parse(head);
-    let origin = request
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("origin"));
-    let origin = origin.and_then(|h| std::str::from_utf8(h.value).ok());
-    (request.method.map(str::to_owned), origin.map(str::to_owned))
+/// A stream's request head, parsed once.
+struct RequestHead {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// `head` parsed (`None` if it is not a whole request head).
+    fn parse(head: &[u8]) -> Option<RequestHead> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+            return None;
+        }
+        let target = request.path?;
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let headers = request.headers.iter().filter_map(|h| {
+            let value = std::str::from_utf8(h.value).ok()?;
+            Some((h.name.to_owned(), value.to_owned()))
+        });
+        Some(RequestHead {
+            method: request.method?.to_owned(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers: headers.collect(),
+        })
+    }
+
+    /// The first header named `name` (in any case).
+    fn header(&self, name: &str) -> Option<&str> {
+        let found = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name));
+        found.map(|(_, value)| value.as_str())
+    }
 }
 
 /// The request as a session (for Grove's stream, subscribed as it asks); a failure before
 /// any event.
-async fn open(server: &SyncServer, dialect: Dialect<'_>, head: &[u8]) -> Result<Opened, Failure> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut request = httparse::Request::new(&mut headers);
-    if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Err(bad_request("the request head does not parse"));
+async fn open(
+    server: &SyncServer,
+    dialect: Dialect<'_>,
+    request: &RequestHead,
+) -> Result<Opened, Failure> {
+    if request.method != "GET" {
+        let message = format!("{} takes GET", request.path);
+        let status = StatusCode::METHOD_NOT_ALLOWED;
+        return Err(Failure::new(status, "METHOD_NOT_ALLOWED", message));
     }
-    let target = request.path.unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if request.method != Some("GET") {
-        let message = format!("{path} takes GET");
-        return Err(Failure::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            message,
-        ));
-    }
-    let header = |name: &str| {
-        let found = request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name));
-        found.and_then(|h| std::str::from_utf8(h.value).ok())
-    };
     let subscribe = match dialect {
-        Dialect::Grove(_) => Some(subscribe(query, header("last-event-id"))?),
+        Dialect::Grove(_) => Some(subscribe(&request.query, request.header("last-event-id"))?),
         Dialect::Syncmux(_) => None,
     };
     let headers = request.headers.iter();
-    let headers = headers.filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)));
-    let handshake = http::handshake_of(query, headers);
+    let headers = headers.map(|(name, value)| (name.as_str(), value.as_str()));
+    let handshake = http::handshake_of(&request.query, headers);
     let session = server.handshake(&handshake).map_err(Failure::refused)?;
     let leave = match dialect {
         Dialect::Grove(holders) => handshake
