@@ -108,6 +108,26 @@ impl DialRequest {
             None => self.url.clone(),
         }
     }
+
+    /// The URLs of the fallback over an SSE stream and POSTs (docs/protocol.md section 2.3)
+    /// for the WebSocket URL `url`: `ws`/`wss` as `http`/`https`, the path's last segment
+    /// `ws` as `sse` (the stream's, the query kept) and as `send` (the POSTs', no query); a
+    /// path that does not end in `/ws` gets `/sse` and `/send` appended.
+    pub fn fallback_urls(url: &str) -> (String, String) {
+        let http = match url.strip_prefix("ws") {
+            Some(rest) => format!("http{rest}"),
+            None => url.to_owned(),
+        };
+        let (base, query) = http.split_once('?').unwrap_or((&http, ""));
+        let base = base
+            .strip_suffix("/ws")
+            .unwrap_or(base.trim_end_matches('/'));
+        let stream = match query {
+            "" => format!("{base}/sse"),
+            query => format!("{base}/sse?{query}"),
+        };
+        (stream, format!("{base}/send"))
+    }
 }
 
 /// Appends `key=value` to the query of `url` (before any `#fragment`), percent-encoding the

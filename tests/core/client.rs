@@ -1265,3 +1265,24 @@ fn terminal_close_codes_are_configurable() {
         assert_eq!(closed, stops, "{code}");
     }
 }
+
+/// The fallback's URLs follow the WebSocket's: scheme, path and query (docs/protocol.md
+/// section 2.3).
+#[test]
+fn the_fallback_urls_follow_the_websocket_url() {
+    let urls = |url| syncmux::DialRequest::fallback_urls(url);
+    assert_eq!(
+        urls("ws://h:8787/sync/ws?node_id=a&access_token=t"),
+        (
+            "http://h:8787/sync/sse?node_id=a&access_token=t".to_owned(),
+            "http://h:8787/sync/send".to_owned()
+        )
+    );
+    assert_eq!(
+        urls("wss://h/api/"),
+        (
+            "https://h/api/sse".to_owned(),
+            "https://h/api/send".to_owned()
+        )
+    );
+}

@@ -119,7 +119,7 @@ impl SseLink {
     /// Opens the stream for the WebSocket URL `ws_url` (its `ws://` as `http://`, its path's
     /// last segment `ws` as `sse`; the query, token included, as it is).
     pub(super) fn open(ws_url: &str, callbacks: &SseCallbacks) -> Result<SseLink, JsValue> {
-        let (stream, send) = urls(ws_url);
+        let (stream, send) = syncmux::DialRequest::fallback_urls(ws_url);
         let source = EventSource::new(&stream)?;
         let on = |name: &str, f: &Function| source.add_event_listener_with_callback(name, f);
         on("session", callbacks.session.as_ref().unchecked_ref())?;
@@ -202,21 +202,4 @@ impl SseLink {
         self.source.set_onerror(None);
         self.source.close();
     }
-}
-
-/// The stream's and the POSTs' URLs for a WebSocket URL.
-fn urls(ws_url: &str) -> (String, String) {
-    let http = match ws_url.strip_prefix("ws") {
-        Some(rest) => format!("http{rest}"),
-        None => ws_url.to_owned(),
-    };
-    let (base, query) = http.split_once('?').unwrap_or((&http, ""));
-    let base = base
-        .strip_suffix("/ws")
-        .unwrap_or(base.trim_end_matches('/'));
-    let stream = match query {
-        "" => format!("{base}/sse"),
-        query => format!("{base}/sse?{query}"),
-    };
-    (stream, format!("{base}/send"))
 }

@@ -445,32 +445,3 @@ where
         }
     }
 }
-
-/// The paths of the fallback for a WebSocket URL's path and query: its last segment `ws`
-/// as `sse` (with the query) and `send`; any other path gets `/sse` and `/send` appended.
-pub(crate) fn paths(path: &str, query: Option<&str>) -> (String, String) {
-    let base = path
-        .strip_suffix("/ws")
-        .unwrap_or(path.trim_end_matches('/'));
-    let stream = match query {
-        Some(query) => format!("{base}/sse?{query}"),
-        None => format!("{base}/sse"),
-    };
-    (stream, format!("{base}/send"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_fallbacks_paths_follow_the_websockets() {
-        let (stream, send) = paths("/sync/ws", Some("node_id=a"));
-        assert_eq!(
-            (stream.as_str(), send.as_str()),
-            ("/sync/sse?node_id=a", "/sync/send")
-        );
-        let (stream, send) = paths("/api/", None);
-        assert_eq!((stream.as_str(), send.as_str()), ("/api/sse", "/api/send"));
-    }
-}

@@ -327,7 +327,15 @@ pub(crate) async fn dial<R: Binding>(
             }
             TransportKind::Sse => {
                 let uri = request.uri();
-                let (stream, send) = fallback::paths(uri.path(), uri.query());
+                // hyper's requests take the origin form: path and query.
+                let origin_form = |url: String| match url.parse::<tungstenite::http::Uri>() {
+                    Ok(uri) => uri
+                        .path_and_query()
+                        .map_or("/".to_owned(), |p| p.to_string()),
+                    Err(_) => url,
+                };
+                let (stream, send) = DialRequest::fallback_urls(&dial.url);
+                let (stream, send) = (origin_form(stream), origin_form(send));
                 let (target, dialer) = (target.clone(), dialer.clone());
                 let host = match uri.port_u16() {
                     Some(port) => format!("{}:{port}", target.host),
