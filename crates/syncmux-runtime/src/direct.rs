@@ -25,17 +25,32 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
+
+use crate::frames::Events;
+use crate::hub::Out;
 
 /// A session's slot index in the hub's outlets: what the writers report written frames by.
 pub(crate) type Slot = usize;
 
 #[cfg(all(feature = "tokio", target_os = "linux"))]
 pub(crate) use crate::uring::Writer;
+
+/// A WebSocket ping with no payload, as the hub writes it to a direct socket.
+pub(crate) const PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
+
+/// What a direct socket's frames are written as.
+pub(crate) enum Framing {
+    /// WebSocket frames, each payload framed once per drain ([`Framer`]).
+    WebSocket,
+    /// A stream's events, as its [`Events`] makes them; the inbox takes what an event
+    /// answers (a ping's pong, say).
+    Events(Arc<dyn Events>, async_channel::Sender<Bytes>),
+}
 
 /// At most this many frames per vectored write (Linux takes 1024; the kernel's socket
 /// buffer is full long before).
@@ -70,6 +85,11 @@ pub(crate) trait RawSocket: Send + Sync + 'static {
 
 /// The hub's side of a session with a direct socket.
 pub(crate) trait DirectOutlet: Send + Sync {
+    /// The bytes `out` is written as on this socket (`framer` frames WebSocket payloads once
+    /// per drain); `None`: nothing is written for it (a stream's events answer pings
+    /// themselves, and some frames are no event).
+    fn framed(&self, framer: &mut Framer, out: &Out) -> Option<Bytes>;
+
     /// Queues one framed message (`report`: its payload length, reported written once it
     /// left) and writes what the socket takes; gives the payload bytes that left now.
     fn send(&self, framed: Bytes, report: usize) -> usize;
@@ -108,7 +128,7 @@ pub(crate) enum Claim<'a> {
 /// between.
 #[cfg(all(feature = "tokio", target_os = "linux"))]
 pub(crate) struct Held<'a> {
-    out: std::sync::MutexGuard<'a, Out>,
+    out: std::sync::MutexGuard<'a, Queue>,
     task: &'a AtomicWaker,
     framed: Bytes,
     report: usize,
@@ -239,12 +259,12 @@ struct Entry {
     bytes: Bytes,
     /// Payload bytes to report written once `bytes` is all out.
     report: usize,
-    /// Written by tungstenite (its answers), counted in [`Out::own`].
+    /// Written by tungstenite (its answers), counted in [`Queue::own`].
     own: bool,
 }
 
 #[derive(Default)]
-struct Out {
+struct Queue {
     queue: VecDeque<Entry>,
     /// Bytes in `queue` that tungstenite wrote (its answers), for [`MAX_OWN_QUEUED`].
     own: usize,
@@ -259,7 +279,7 @@ struct Out {
     failed: Option<String>,
 }
 
-impl Out {
+impl Queue {
     /// Queues a frame of the hub's behind those waiting.
     fn push_frame(&mut self, bytes: Bytes, report: usize) {
         self.queue.push_back(Entry {
@@ -300,27 +320,34 @@ impl Out {
 /// reads, and writes what waited).
 pub(crate) struct Direct<S> {
     pub(crate) socket: S,
-    out: Mutex<Out>,
+    framing: Framing,
+    out: Mutex<Queue>,
     /// The session's task: woken when something waits for writability or a close came.
     task: AtomicWaker,
 }
 
 impl<S: RawSocket> Direct<S> {
+    /// A socket whose frames are WebSocket frames.
     pub(crate) fn new(socket: S) -> Direct<S> {
+        Direct::with_framing(socket, Framing::WebSocket)
+    }
+
+    pub(crate) fn with_framing(socket: S, framing: Framing) -> Direct<S> {
         Direct {
             socket,
+            framing,
             out: Mutex::default(),
             task: AtomicWaker::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Out> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes as much of the queue as the socket takes, every waiting entry in one vectored
     /// write; gives the payload bytes of the entries that left.
-    fn write_queue(&self, out: &mut Out) -> usize {
+    fn write_queue(&self, out: &mut Queue) -> usize {
         let mut done = 0;
         while !out.queue.is_empty() && out.failed.is_none() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -470,6 +497,15 @@ impl<S: RawSocket> Direct<S> {
 }
 
 impl<S: RawSocket> DirectOutlet for Direct<S> {
+    fn framed(&self, framer: &mut Framer, out: &Out) -> Option<Bytes> {
+        match (&self.framing, out) {
+            (Framing::WebSocket, Out::Frame(payload)) => Some(framer.frame(payload)),
+            (Framing::WebSocket, Out::Ping) => Some(PING),
+            (Framing::Events(events, inbox), Out::Frame(frame)) => events.frame(frame, inbox),
+            (Framing::Events(..), Out::Ping) => None,
+        }
+    }
+
     fn send(&self, framed: Bytes, report: usize) -> usize {
         let mut out = self.lock();
         if out.failed.is_some() {

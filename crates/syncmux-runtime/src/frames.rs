@@ -1,12 +1,15 @@
 //! A session over channels, for the transports that are not a WebSocket: an SSE stream and
 //! the POSTs that feed it (HTTP has no socket a session could own). The session's task is
 //! the one of every session ([`Accepted`]); only its [`Transport`] differs: frames in come
-//! from an inbox, frames out go to a bounded channel that the HTTP layer writes as events.
+//! from an inbox, frames out go to a bounded channel that the HTTP layer writes as events
+//! ([`Events`] says how), or, on a plain TCP stream of tokio's, the hub writes them to the
+//! socket itself as it writes a WebSocket's ([`Runtime::events_tcp`](crate::Runtime::events_tcp)).
 
 use core::convert::Infallible;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_channel::{mpsc, oneshot};
@@ -23,6 +26,22 @@ const OUT_CAPACITY: usize = 16;
 /// Frames of the application waiting for the session (its inbox): a POST that finds it
 /// full waits.
 const INBOX_CAPACITY: usize = 64;
+
+/// How a session's frames are written on a stream of events (an SSE stream): by the HTTP
+/// layer for each frame of a [`Frames`] stream, or by the hub itself on a stream of
+/// [`Runtime::events_tcp`](crate::Runtime::events_tcp). Called for every frame, by whichever
+/// task produced it, sometimes under the hub's lock: keep it short, and make a broadcast's
+/// event once (every recipient's frame is the same buffer).
+pub trait Events: Send + Sync + 'static {
+    /// The bytes one frame of the session is written as; `None`: nothing is written for it
+    /// (it counts as written). `inbox` is the session's, to answer a frame (a ping) for a
+    /// consumer that only reads.
+    fn frame(&self, frame: &Bytes, inbox: &async_channel::Sender<Bytes>) -> Option<Bytes>;
+    /// The last bytes of a stream whose session the server closed with `code` and `reason`.
+    fn close(&self, code: CloseCode, reason: &str) -> Bytes;
+    /// What a stream writes to keep its connection open (a comment, say), and how often.
+    fn keep_alive(&self) -> (Duration, Bytes);
+}
 
 /// A session run over channels: frames go in through [`inbox`](Frames::inbox), the
 /// session's frames come out of this [`Stream`], which ends when the session does (then
@@ -68,7 +87,7 @@ impl Stream for Frames {
 }
 
 /// The transport of a [`Frames`] session.
-struct Channels {
+pub(crate) struct Channels {
     inbox: Pin<Box<async_channel::Receiver<Bytes>>>,
     out: mpsc::Sender<Bytes>,
     closed: Arc<Mutex<Option<(CloseCode, String)>>>,
@@ -127,9 +146,9 @@ impl Transport for Channels {
     }
 }
 
-impl<M: Machine> Accepted<M> {
-    /// The session over channels: its [`Frames`], and the task to spawn that runs it.
-    pub(crate) fn over_channels(self) -> (Frames, impl core::future::Future<Output = ()>) {
+impl Channels {
+    /// A session's [`Frames`] and the transport they talk to.
+    pub(crate) fn pair() -> (Frames, Channels) {
         let (out_tx, out) = mpsc::channel(OUT_CAPACITY);
         let (inbox, inbox_rx) = async_channel::bounded(INBOX_CAPACITY);
         let (alive_tx, alive) = oneshot::channel();
@@ -147,6 +166,14 @@ impl<M: Machine> Accepted<M> {
             closed,
             _alive: alive_tx,
         };
+        (frames, channels)
+    }
+}
+
+impl<M: Machine> Accepted<M> {
+    /// The session over channels: its [`Frames`], and the task to spawn that runs it.
+    pub(crate) fn over_channels(self) -> (Frames, impl core::future::Future<Output = ()>) {
+        let (frames, channels) = Channels::pair();
         (frames, async move { drop(self.run_to_end(channels).await) })
     }
 }

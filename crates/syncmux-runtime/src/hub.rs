@@ -41,7 +41,7 @@ use tungstenite::Message;
 
 use crate::clock::Clock;
 use crate::common;
-use crate::direct::{self, Direct, DirectOutlet, Framer, RawSocket, Writer};
+use crate::direct::{Direct, DirectOutlet, Framer, RawSocket, Writer};
 use crate::runtime::Binding;
 use crate::server::{Gate, RunningGuard};
 use crate::ServerOptions;
@@ -119,6 +119,16 @@ pub(crate) enum Out {
     Ping,
 }
 
+impl Out {
+    /// The payload bytes it counts for against the outbound bound.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Out::Frame(bytes) => bytes.len(),
+            Out::Ping => 0,
+        }
+    }
+}
+
 /// How a session ends, when the state machine ends it.
 enum Ending {
     /// A close frame, after the frames queued before it.
@@ -126,9 +136,6 @@ enum Ending {
     /// Dropped at once.
     Terminate,
 }
-
-/// A WebSocket ping with no payload, as the hub writes it to a direct socket.
-const PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
 
 /// The queues of one session's task.
 struct Outlet {
@@ -282,9 +289,15 @@ impl<M: Machine> Shared<M> {
                     let _ = outlet.out.try_send(out);
                     continue;
                 };
-                let (framed, len) = match out {
-                    Out::Frame(bytes) => (framer.frame(&bytes), bytes.len()),
-                    Out::Ping => (PING, 0),
+                let len = out.len();
+                let Some(framed) = direct.framed(framer, &out) else {
+                    // Nothing to write: a frame that is no event counts as written, and a
+                    // ping as answered (a stream finds a gone consumer by writing).
+                    match out {
+                        Out::Frame(_) => written.push((index, len)),
+                        Out::Ping => machine.pong(*now.get_or_insert_with(|| clock.now()), session),
+                    }
+                    continue;
                 };
                 if M::BATCHES {
                     direct.queue(framed, len);
@@ -809,6 +822,32 @@ impl<M: Machine> Accepted<M> {
         &self.accept
     }
 
+    /// Hands the state machine a text message of the session's, as if its transport had
+    /// read it: for a transport that opens with a request of its own (an SSE stream's
+    /// subscribe) before the session runs on it.
+    pub fn message(&self, bytes: Bytes) {
+        let session = self.session;
+        self.hub.input(|m, now| m.message(now, session, bytes));
+    }
+
+    /// The next frame the state machine sent the session, before it runs on a transport
+    /// (that frame's transport then never sees it): reported written at once, as a
+    /// transport would once it wrote it. `None` once the server closed the session.
+    pub async fn next_frame(&mut self) -> Option<Bytes> {
+        let session = self.session;
+        loop {
+            match self.out.next().await? {
+                Out::Frame(bytes) => {
+                    let n = bytes.len();
+                    self.hub.input(|m, now| m.sent(now, session, n));
+                    return Some(bytes);
+                }
+                // Nothing but its pong would have told the server more.
+                Out::Ping => self.hub.input(|m, now| m.pong(now, session)),
+            }
+        }
+    }
+
     /// Drives the session on its upgraded socket until it ends. Reads and writes in one
     /// task: frames are written as the socket takes them while reading and the timers go
     /// on. However it ends (or if this future is dropped), the session is released.
@@ -970,20 +1009,26 @@ impl<M: Machine> Accepted<M> {
             // before the socket was open goes first, then the hub writes by itself.
             let mut hub = self.hub.lock();
             let outlet: Arc<dyn DirectOutlet> = direct.clone();
+            let (mut written, mut pinged) = (0, false);
+            let mut framer = Framer::default();
             while let Ok(out) = self.out.try_recv() {
-                match out {
-                    Out::Frame(bytes) => outlet.queue(direct::frame(&bytes), bytes.len()),
-                    Out::Ping => outlet.queue(PING, 0),
+                match outlet.framed(&mut framer, &out) {
+                    Some(framed) => outlet.queue(framed, out.len()),
+                    None if matches!(out, Out::Ping) => pinged = true,
+                    None => written += out.len(),
                 }
             }
-            let written = outlet.flush_queued();
+            written += outlet.flush_queued();
             // Already closed (at the handshake, say): its close waits in `end`.
             if let Some(slot) = hub.outlets.get_mut(self.session, M::index(self.session)) {
                 slot.direct = Some(outlet);
             }
+            let session = self.session;
             if written > 0 {
-                let session = self.session;
                 hub.apply(|m, now| m.sent(now, session, written));
+            }
+            if pinged {
+                hub.apply(|m, now| m.pong(now, session));
             }
         }
         if M::BATCHES {

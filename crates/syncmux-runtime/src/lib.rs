@@ -75,7 +75,7 @@ pub use client::{ClientEvents, ClientOptions, SyncClient};
 pub use clock::Clock;
 pub use common::{client_tls_trusting, server_tls};
 pub use fallback::TransportKind;
-pub use frames::Frames;
+pub use frames::{Events, Frames};
 pub use hub::{Accepted, Hub, Rejection};
 pub use ot::{AcceptedOtSession, OtServerHandle};
 pub use ot_client::{OtClientEvents, OtClientHandle, OtCommandError, OtConnectOptions, OtStatus};

@@ -2,20 +2,24 @@
 //! for `wss://`. On plain TCP the hub writes a session's frames to its socket itself, through
 //! io_uring on Linux.
 
+use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use syncmux::wire::CloseCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::handshake::client::{Request as ClientRequest, Response as ClientResponse};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::direct::{Direct, RawSocket};
-use crate::hub::{Hub, Machine};
+use crate::direct::{Direct, DirectOutlet, Framing, RawSocket};
+use crate::frames::{Channels, Events, Frames};
+use crate::hub::{Accepted, Hub, Machine, Out, Read, Transport};
 use crate::runtime::{self, Binding, Decide, Runtime};
 use crate::server::HandshakeSlot;
 
@@ -44,6 +48,47 @@ impl Runtime<TokioBinding> {
     ) {
         let slot = server.gate().slot().await;
         serve_direct(server.clone(), tcp, read, slot).await;
+    }
+}
+
+impl Runtime<TokioBinding> {
+    /// Runs `session` as a stream of events on a plain TCP connection (an SSE stream):
+    /// `head` first (the response's head, say), then the session's frames as `events` makes
+    /// them, written by the hub straight to the socket as [`accept_tcp`](Self::accept_tcp)'s
+    /// are (no task wakes per delivery), `events`' keep-alive while the stream is quiet, and
+    /// `events`' close last when the server closes the session. A consumer that stops reading
+    /// is closed as a slow consumer, as on a WebSocket. The [`Frames`] takes the session's
+    /// inbound frames and yields none; dropping it ends the session. The future runs the
+    /// stream until the session ends (the consumer closed the connection, or the server the
+    /// session): await it, or spawn it.
+    pub fn events_tcp<M: Machine>(
+        session: Accepted<M>,
+        tcp: tokio::net::TcpStream,
+        head: Bytes,
+        events: Arc<dyn Events>,
+    ) -> (Frames, impl Future<Output = ()> + Send) {
+        let (frames, channels) = Channels::pair();
+        let framing = Framing::Events(events.clone(), frames.inbox());
+        let direct = Arc::new(Direct::with_framing(tcp, framing));
+        if !head.is_empty() {
+            direct.queue(head, 0);
+        }
+        let (every, keep_alive) = events.keep_alive();
+        let stream = EventStream {
+            channels,
+            io: DirectIo {
+                socket: direct.clone(),
+                read: Bytes::new(),
+            },
+            events,
+            every,
+            keep_alive,
+            tick: Box::pin(tokio::time::sleep(every)),
+        };
+        let run = async move {
+            drop(session.run_direct(stream, direct).await);
+        };
+        (frames, run)
     }
 }
 
@@ -232,6 +277,69 @@ impl AsyncWrite for DirectIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // The socket closes once the hub and the task both dropped it.
         self.socket.poll_flush(cx)
+    }
+}
+
+/// The transport of [`Runtime::events_tcp`]'s session: the hub writes its frames, so this
+/// only reads (the inbox, and the socket for its end) and writes keep-alives and the close.
+struct EventStream {
+    channels: Channels,
+    io: DirectIo,
+    events: Arc<dyn Events>,
+    every: Duration,
+    keep_alive: Bytes,
+    tick: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Transport for EventStream {
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
+        if let Poll::Ready(read) = self.channels.poll_read(cx) {
+            return Poll::Ready(read);
+        }
+        while self.tick.as_mut().poll(cx).is_ready() {
+            // Behind the frames waiting, if any (then the socket is full, and a comment more
+            // or less changes nothing).
+            let _ = self.io.socket.poll_write(cx, &self.keep_alive);
+            let next = tokio::time::Instant::now() + self.every;
+            self.tick.as_mut().reset(next);
+        }
+        // A consumer sends nothing after its request: what it sends is dropped, and its end
+        // is the stream's.
+        let mut scratch = [0u8; 256];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Poll::Ready(Read::Gone("the consumer closed the stream".to_owned()))
+                }
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Read::Gone(e.to_string())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), String>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Never called: the hub writes a direct session's frames.
+    fn start_send(&mut self, _: Out) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.io.socket.poll_flush(cx).map_err(|e| e.to_string())
+    }
+
+    fn close_now(&mut self, close: Option<(CloseCode, &str)>) -> bool {
+        if let Some((code, reason)) = close {
+            let last = self.events.close(code, reason);
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            // Best effort, never waiting, as a WebSocket's close frame.
+            let _ = self.io.socket.poll_write(&mut cx, &last);
+        }
+        self.channels.close_now(close)
     }
 }
 

@@ -163,6 +163,7 @@ where
 }
 
 /// Why a request failed: its status, code and message.
+#[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) status: StatusCode,
     pub(crate) code: String,

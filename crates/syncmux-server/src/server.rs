@@ -1113,6 +1113,7 @@ mod static_files {
         if complete(&buf) {
             let sse = super::sse::dialect(path, routes);
             if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
+                let tcp = super::sse::Connection::<tokio::net::TcpStream>::Tcp(tcp);
                 if let Err(e) = super::sse::serve(server, &routes.origins, dialect, &buf, tcp).await
                 {
                     tracing::debug!(error = %e, "SSE stream ended");
@@ -1284,7 +1285,7 @@ mod static_files {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         let sse = super::sse::dialect(path, routes);
         if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
-            let io = tokio::io::join(reader, writer);
+            let io = super::sse::Connection::Io(tokio::io::join(reader, writer));
             return super::sse::serve(server, &routes.origins, dialect, &buf, io).await;
         }
         if super::http::handles(path) && !is_upgrade(&buf) {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::StatusCode;
 use syncmux::wire::{DecodeLimits, ErrorCode, Frame, MessageType};
-use syncmux_runtime::{self as adapters, Frames, SyncServer};
+use syncmux_runtime::{self as adapters, Events, Frames, SyncServer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::http::{self, Failure, Origins, Routes};
@@ -167,8 +167,8 @@ impl Streams {
         known && self.deliver(id, frames, "").await.unwrap_or(false)
     }
 
-    /// Registers `inbox` under a fresh id, until the registration is dropped.
-    fn register(&self, inbox: async_channel::Sender<Bytes>) -> Result<Registration, Failure> {
+    /// A fresh session id, for [`register`](Self::register).
+    fn new_id(&self) -> Result<String, Failure> {
         let mut id = [0u8; 16];
         let random = rustls::crypto::ring::default_provider().secure_random;
         random.fill(&mut id).map_err(|_| {
@@ -179,12 +179,17 @@ impl Streams {
         if let Some(relay) = self.0.relay.get() {
             id = format!("{}.{id}", relay.node);
         }
+        Ok(id)
+    }
+
+    /// Registers `inbox` under `id`, until the registration is dropped.
+    fn register(&self, id: String, inbox: async_channel::Sender<Bytes>) -> Registration {
         let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
         self.lock().insert(id.clone(), inbox);
-        Ok(Registration {
+        Registration {
             streams: self.clone(),
             id,
-        })
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Inbox>> {
@@ -204,18 +209,27 @@ impl Drop for Registration {
     }
 }
 
-/// Serves the stream `dialect` names on `io`, whose request head is `head` (read already).
+/// A stream's connection: a plain TCP socket the hub writes itself
+/// ([`adapters::Tokio::events_tcp`]), or any other stream (TLS, or behind a router's
+/// split), written by the stream's task.
+pub(crate) enum Connection<S> {
+    Tcp(tokio::net::TcpStream),
+    Io(S),
+}
+
+/// Serves the stream `dialect` names on `connection`, whose request head is `head` (read
+/// already).
 pub(crate) async fn serve<S>(
     server: &SyncServer,
     origins: &Origins,
     dialect: Dialect<'_>,
     head: &[u8],
-    io: S,
+    connection: Connection<S>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_with(server, origins, dialect, head, io, TIMING).await
+    serve_with(server, origins, dialect, head, connection, TIMING).await
 }
 
 async fn serve_with<S>(
@@ -223,12 +237,86 @@ async fn serve_with<S>(
     origins: &Origins,
     dialect: Dialect<'_>,
     head: &[u8],
-    mut io: S,
+    connection: Connection<S>,
     timing: Timing,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (opened, head) = match start(server, origins, dialect, head).await {
+        Ok(started) => started,
+        Err(answer) => {
+            return match connection {
+                Connection::Tcp(mut tcp) => tcp.write_all(&answer).await,
+                Connection::Io(mut io) => io.write_all(&answer).await,
+            }
+        }
+    };
+    let Opened {
+        session,
+        first,
+        id,
+        _leave,
+    } = opened;
+    let own = id.is_some();
+    let events = Arc::new(StreamEvents { own, timing });
+    let mut head = Vec::from(head);
+    if let Some(frame) = first {
+        grove_event(&frame, &mut head);
+    }
+    let mut io = match connection {
+        Connection::Tcp(tcp) => {
+            let (frames, stream) = adapters::Tokio::events_tcp(session, tcp, head.into(), events);
+            // Registered before the session event can leave (with `stream`'s first poll).
+            let _registration = register(dialect, id, &frames);
+            stream.await;
+            return Ok(());
+        }
+        Connection::Io(io) => io,
+    };
+    let mut frames = adapters::Tokio::frames(session);
+    let _registration = register(dialect, id, &frames);
+    let inbox = frames.inbox();
+    write(&mut io, &head, timing.write_timeout).await?;
+    let (every, keep_alive) = events.keep_alive();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut scratch = [0u8; 512];
+    loop {
+        let event = tokio::select! {
+            frame = frames.next() => match frame {
+                Some(frame) => events.frame(&frame, &inbox),
+                None => {
+                    if let Some((code, reason)) = frames.closed_with() {
+                        let last = events.close(code, &reason);
+                        write(&mut io, &last, timing.write_timeout).await?;
+                    }
+                    return io.shutdown().await;
+                }
+            },
+            _ = tick.tick() => Some(keep_alive.clone()),
+            read = io.read(&mut scratch) => match read {
+                // The consumer closed its side: it is gone.
+                Ok(0) | Err(_) => return Ok(()),
+                // A consumer sends nothing after its request; whatever it sends is dropped.
+                Ok(_) => continue,
+            },
+        };
+        if let Some(event) = event {
+            write(&mut io, &event, timing.write_timeout).await?;
+            tick.reset();
+        }
+    }
+}
+
+/// The answer to a stream's request up to its first event: the session (subscribed, for
+/// Grove's) and the response's head; or the whole answer of a refused request or a
+/// preflight.
+async fn start(
+    server: &SyncServer,
+    origins: &Origins,
+    dialect: Dialect<'_>,
+    head: &[u8],
+) -> Result<(Opened, String), Vec<u8>> {
     let request = RequestHead::parse(head);
     let origin = request.as_ref().and_then(|r| r.header("origin"));
     let lines = |headers: Vec<(hyper::header::HeaderName, String)>| -> String {
@@ -244,130 +332,108 @@ where
             format!("{name}: {value}\r\n")
         });
         let body = failure.body();
-        format!(
+        let answer = format!(
             "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
              {extra}{cors}Connection: close\r\n\r\n{body}",
             failure.status,
             body.len()
-        )
+        );
+        answer.into_bytes()
     };
     let opened = match origins.check(origin) {
         Err(failure) => Err(failure),
         Ok(()) if request.as_ref().is_some_and(|r| r.method == "OPTIONS") => {
-            let answer = match origins.preflight(origin) {
+            return Err(match origins.preflight(origin) {
                 Ok(headers) => format!(
                     "HTTP/1.1 204 No Content\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
                     lines(headers)
-                ),
+                )
+                .into_bytes(),
                 Err(failure) => refused(failure),
-            };
-            return io.write_all(answer.as_bytes()).await;
+            });
         }
         Ok(()) => match &request {
             Some(request) => open(server, dialect, request).await,
             None => Err(bad_request("the request head does not parse")),
         },
     };
-    let mut opened = match opened {
-        Ok(opened) => opened,
-        Err(failure) => return io.write_all(refused(failure).as_bytes()).await,
-    };
-    let mut out = Vec::from(format!(
+    let opened = opened.map_err(refused)?;
+    let mut head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
          X-Accel-Buffering: no\r\n{cors}Connection: close\r\n"
-    ));
-    match &opened.registration {
-        Some(registration) => {
-            let id = &registration.id;
-            let cookie = format!(
-                "Set-Cookie: {SESSION_COOKIE}={id}; Path=/sync; HttpOnly; SameSite=Lax\r\n\r\n\
-                 event: session\ndata: {{\"session\":\"{id}\"}}\n\n"
-            );
-            out.extend_from_slice(cookie.as_bytes());
-        }
-        None => out.extend_from_slice(b"\r\n"),
+    );
+    match &opened.id {
+        Some(id) => head.push_str(&format!(
+            "Set-Cookie: {SESSION_COOKIE}={id}; Path=/sync; HttpOnly; SameSite=Lax\r\n\r\n\
+             event: session\ndata: {{\"session\":\"{id}\"}}\n\n"
+        )),
+        None => head.push_str("\r\n"),
     }
-    if let Some(frame) = opened.first.take() {
-        grove_event(&frame, &mut out);
-    }
-    write(&mut io, &out, timing.write_timeout).await?;
-    let every = timing.keep_alive;
-    let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let mut scratch = [0u8; 512];
-    loop {
-        out.clear();
-        tokio::select! {
-            frame = opened.frames.next() => match frame {
-                Some(bytes) => opened.event(bytes, &mut out).await,
-                None => {
-                    if let Some((code, reason)) = opened.frames.closed_with() {
-                        let data = serde_json::json!({"code": code.0, "reason": reason});
-                        out.extend_from_slice(format!("event: close\ndata: {data}\n\n").as_bytes());
-                        write(&mut io, &out, timing.write_timeout).await?;
-                    }
-                    return io.shutdown().await;
-                }
-            },
-            _ = keep_alive.tick() => out.extend_from_slice(b": keep-alive\n\n"),
-            read = io.read(&mut scratch) => match read {
-                // The consumer closed its side: it is gone.
-                Ok(0) | Err(_) => return Ok(()),
-                // A consumer sends nothing after its request; whatever it sends is dropped.
-                Ok(_) => continue,
-            },
-        }
-        if !out.is_empty() {
-            write(&mut io, &out, timing.write_timeout).await?;
-            keep_alive.reset();
-        }
+    Ok((opened, head))
+}
+
+/// An own-protocol stream's entry in [`Streams`] under `id` (`None` for Grove's).
+fn register(dialect: Dialect<'_>, id: Option<String>, frames: &Frames) -> Option<Registration> {
+    match (dialect, id) {
+        (Dialect::Syncmux(streams), Some(id)) => Some(streams.register(id, frames.inbox())),
+        _ => None,
     }
 }
 
 /// A stream whose session was accepted (and, for Grove's, subscribed).
 struct Opened {
-    frames: Frames,
+    session: adapters::AcceptedSession,
     /// A Grove stream's first frame, which showed the subscribe succeeded (a replayed
     /// change or its ack).
     first: Option<Frame>,
-    /// An own-protocol stream's entry in [`Streams`].
-    registration: Option<Registration>,
+    /// An own-protocol stream's session id (its frames are events as they are).
+    id: Option<String>,
     /// A Grove stream opened with `node_id`: its node leaves its presence when it ends.
     _leave: Option<Leave>,
 }
 
-impl Opened {
-    /// The event of one frame of the session, appended to `out`.
-    async fn event(&mut self, bytes: Bytes, out: &mut Vec<u8>) {
-        let own = self.registration.is_some();
-        if let Some(event) = Encoded::get(own, &bytes) {
-            out.extend_from_slice(&event);
-            return;
+/// How a stream's frames are written: Grove's events, or the own protocol's.
+struct StreamEvents {
+    own: bool,
+    timing: Timing,
+}
+
+impl Events for StreamEvents {
+    fn frame(&self, bytes: &Bytes, inbox: &async_channel::Sender<Bytes>) -> Option<Bytes> {
+        let own = self.own;
+        if let Some(event) = Encoded::get(own, bytes) {
+            return (!event.is_empty()).then_some(event);
         }
-        let start = out.len();
+        let mut out = Vec::new();
         if own {
-            own_event(bytes.clone(), out);
-            return Encoded::put(own, bytes, &out[start..]);
-        }
-        let Ok(frame) = syncmux::wire::Frame::decode(bytes.clone(), &DecodeLimits::default())
-        else {
-            return;
-        };
-        if frame.kind() == MessageType::Ping {
-            // Grove's clients never answer: the stream does, so the session is not idle
-            // while its consumer reads.
-            if let Some(id) = frame.id() {
-                let pong = serde_json::json!({"type": "pong", "id": id.as_str()});
-                let _ = self
-                    .frames
-                    .inbox()
-                    .send(Bytes::from(pong.to_string()))
-                    .await;
+            own_event(bytes.clone(), &mut out);
+        } else {
+            let frame = Frame::decode(bytes.clone(), &DecodeLimits::default()).ok()?;
+            if frame.kind() == MessageType::Ping {
+                // Grove's clients never answer: the stream does, so the session is not
+                // idle while its consumer reads. (Only pongs go in: never full.)
+                if let Some(id) = frame.id() {
+                    let pong = serde_json::json!({"type": "pong", "id": id.as_str()});
+                    let _ = inbox.try_send(Bytes::from(pong.to_string()));
+                }
+                return None;
             }
-            return;
+            grove_event(&frame, &mut out);
         }
-        grove_event(&frame, out);
         // A ping was answered above: only what every stream gets alike is kept.
-        Encoded::put(own, bytes, &out[start..]);
+        let event = Bytes::from(out);
+        Encoded::put(own, bytes.clone(), event.clone());
+        (!event.is_empty()).then_some(event)
+    }
+
+    fn close(&self, code: syncmux::wire::CloseCode, reason: &str) -> Bytes {
+        let data = serde_json::json!({"code": code.0, "reason": reason});
+        Bytes::from(format!("event: close\ndata: {data}\n\n"))
+    }
+
+    fn keep_alive(&self) -> (Duration, Bytes) {
+        let comment = Bytes::from_static(b": keep-alive\n\n");
+        (self.timing.keep_alive, comment)
     }
 }
 
@@ -392,8 +458,7 @@ impl Encoded {
         })
     }
 
-    fn put(own: bool, frame: Bytes, event: &[u8]) {
-        let event = Bytes::copy_from_slice(event);
+    fn put(own: bool, frame: Bytes, event: Bytes) {
         ENCODED.with(|cache| cache.borrow_mut()[usize::from(own)] = Some((frame, event)));
     }
 }
@@ -468,23 +533,22 @@ async fn open(
     let headers = request.headers.iter();
     let headers = headers.map(|(name, value)| (name.as_str(), value.as_str()));
     let handshake = http::handshake_of(&request.query, headers);
-    let session = server.handshake(&handshake).map_err(Failure::refused)?;
+    let mut session = server.handshake(&handshake).map_err(Failure::refused)?;
     let leave = match dialect {
         Dialect::Grove(holders) => handshake
             .requested_node_id()
             .map(|node| holders.leave_on_drop(node.into_owned())),
         Dialect::Syncmux(_) => None,
     };
-    let mut frames = adapters::Tokio::frames(session);
     let Some(subscribe) = subscribe else {
-        let registration = match dialect {
-            Dialect::Syncmux(streams) => Some(streams.register(frames.inbox())?),
+        let id = match dialect {
+            Dialect::Syncmux(streams) => Some(streams.new_id()?),
             Dialect::Grove(_) => None,
         };
         return Ok(Opened {
-            frames,
+            session,
             first: None,
-            registration,
+            id,
             _leave: leave,
         });
     };
@@ -492,14 +556,10 @@ async fn open(
         let message = "the server closed the stream's session (it may be shutting down)";
         Failure::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
     };
-    frames
-        .inbox()
-        .send(subscribe)
-        .await
-        .map_err(|_| unavailable())?;
+    session.message(subscribe);
     // The subscribe's first answer: its error, or the first frame of the stream.
     let first = loop {
-        let bytes = frames.next().await.ok_or_else(unavailable)?;
+        let bytes = session.next_frame().await.ok_or_else(unavailable)?;
         let Ok(frame) = syncmux::wire::Frame::decode(bytes, &DecodeLimits::default()) else {
             continue;
         };
@@ -512,9 +572,9 @@ async fn open(
         }
     };
     Ok(Opened {
-        frames,
+        session,
         first: Some(first),
-        registration: None,
+        id: None,
         _leave: leave,
     })
 }
@@ -656,29 +716,51 @@ mod tests {
         write_timeout: Duration::from_millis(300),
     };
 
-    /// The stream served on one end of a pipe of `capacity` bytes; the other end.
-    fn open(
-        server: &SyncServer,
-        capacity: usize,
-    ) -> (DuplexStream, tokio::task::JoinHandle<std::io::Result<()>>) {
+    /// A consumer's end of a stream.
+    trait Consumer: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Consumer for T {}
+
+    type Served = tokio::task::JoinHandle<std::io::Result<()>>;
+
+    /// The stream served on one end of a pipe of `capacity` bytes (written by the stream's
+    /// task); the other end.
+    fn piped(server: &SyncServer, capacity: usize) -> (DuplexStream, Served) {
         let (ours, theirs) = tokio::io::duplex(capacity);
+        (theirs, serve_on(server, Connection::Io(ours)))
+    }
+
+    /// The stream served on a TCP connection (written by the hub); the consumer's end.
+    async fn direct(server: &SyncServer) -> (tokio::net::TcpStream, Served) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let consumer = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (consumer, accepted) = tokio::join!(consumer, listener.accept());
+        let tcp = Connection::<DuplexStream>::Tcp(accepted.unwrap().0);
+        (consumer.unwrap(), serve_on(server, tcp))
+    }
+
+    /// A stream on a pipe, or (`tcp`) on a TCP connection; the consumer's end, boxed.
+    async fn either(server: &SyncServer, tcp: bool) -> (Box<dyn Consumer>, Served) {
+        if tcp {
+            let (tcp, served) = direct(server).await;
+            return (Box::new(tcp), served);
+        }
+        let (pipe, served) = piped(server, 64 * 1024);
+        (Box::new(pipe), served)
+    }
+
+    fn serve_on<S>(server: &SyncServer, connection: Connection<S>) -> Served
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let server = server.clone();
-        let task = tokio::spawn(async move {
-            serve_with(
-                &server,
-                &Origins::default(),
-                Dialect::Grove(&Holders::default()),
-                HEAD,
-                ours,
-                FAST,
-            )
-            .await
-        });
-        (theirs, task)
+        tokio::spawn(async move {
+            let grove = Dialect::Grove(&Holders::default());
+            serve_with(&server, &Origins::default(), grove, HEAD, connection, FAST).await
+        })
     }
 
     /// Reads until `text` has come (or the stream ended): everything read.
-    async fn read_until(consumer: &mut DuplexStream, text: &str) -> String {
+    async fn read_until(consumer: &mut (impl AsyncRead + Unpin + ?Sized), text: &str) -> String {
         let mut read = Vec::new();
         let mut buf = [0u8; 1024];
         while !String::from_utf8_lossy(&read).contains(text) {
@@ -690,55 +772,95 @@ mod tests {
         String::from_utf8(read).unwrap()
     }
 
-    /// A quiet stream gets a `: keep-alive` comment at its interval.
-    #[tokio::test]
-    async fn a_quiet_stream_gets_a_keep_alive_comment() {
-        let server = server(ServerConfig::default());
-        let (mut consumer, _task) = open(&server, 64 * 1024);
-        read_until(&mut consumer, "id: ").await;
-        let start = tokio::time::Instant::now();
-        let read = read_until(&mut consumer, ": keep-alive\n\n").await;
-        assert!(read.ends_with(": keep-alive\n\n"), "{read:?}");
-        assert!(start.elapsed() >= FAST.keep_alive);
-        let read = read_until(&mut consumer, ": keep-alive\n\n").await;
-        assert_eq!(read, ": keep-alive\n\n", "and again");
-    }
-
-    /// The stream answers the server's pings: a session whose consumer only reads is not
-    /// closed as idle.
-    #[tokio::test]
-    async fn the_stream_answers_the_servers_pings() {
-        let mut config = ServerConfig::default();
-        config.ping_interval = Duration::from_millis(50);
-        config.idle_timeout = Duration::from_millis(200);
-        let server = server(config);
-        let (mut consumer, task) = open(&server, 64 * 1024);
-        read_until(&mut consumer, "id: ").await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        assert!(!task.is_finished(), "the stream ended");
-        assert_eq!(server.session_count(), 1);
-        drop(consumer);
-        let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
-        assert!(ended.is_ok(), "a consumer that went away ends the stream");
-    }
-
-    /// A consumer that stops reading is dropped once a write waits longer than its
-    /// timeout, and its session ends.
-    #[tokio::test]
-    async fn a_consumer_that_stops_reading_is_dropped() {
-        let server = server(ServerConfig::default());
-        let (mut consumer, task) = open(&server, 160);
-        read_until(&mut consumer, "id: ").await;
-        // The pipe fills with keep-alives, then a write waits.
-        let ended = tokio::time::timeout(Duration::from_secs(20), task).await;
-        let served = ended.expect("the stream ended").unwrap();
-        assert_eq!(served.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    /// Waits (a while at most) until `server` holds no session.
+    async fn no_sessions(server: &SyncServer) {
         let gone = tokio::time::timeout(Duration::from_secs(10), async {
             while server.session_count() > 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
         assert!(gone.await.is_ok(), "its session ended");
+    }
+
+    /// A quiet stream gets a `: keep-alive` comment at its interval, on both connections.
+    #[tokio::test]
+    async fn a_quiet_stream_gets_a_keep_alive_comment() {
+        let server = server(ServerConfig::default());
+        for tcp in [false, true] {
+            let (mut consumer, _task) = either(&server, tcp).await;
+            read_until(&mut consumer, "id: ").await;
+            let start = tokio::time::Instant::now();
+            let read = read_until(&mut consumer, ": keep-alive\n\n").await;
+            assert!(read.ends_with(": keep-alive\n\n"), "{read:?}");
+            assert!(start.elapsed() >= FAST.keep_alive);
+            let read = read_until(&mut consumer, ": keep-alive\n\n").await;
+            assert_eq!(read, ": keep-alive\n\n", "and again");
+        }
+    }
+
+    /// The stream answers the server's pings: a session whose consumer only reads is not
+    /// closed as idle; a consumer that goes away ends it. On both connections.
+    #[tokio::test]
+    async fn the_stream_answers_the_servers_pings() {
+        let mut config = ServerConfig::default();
+        config.ping_interval = Duration::from_millis(50);
+        config.idle_timeout = Duration::from_millis(200);
+        let server = server(config);
+        let mut streams = [either(&server, false).await, either(&server, true).await];
+        for (consumer, _) in &mut streams {
+            read_until(consumer, "id: ").await;
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for (consumer, task) in streams {
+            assert!(!task.is_finished(), "the stream ended");
+            drop(consumer);
+            let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+            assert!(ended.is_ok(), "a consumer that went away ends the stream");
+        }
+        no_sessions(&server).await;
+    }
+
+    /// A consumer that stops reading a piped stream is dropped once a write waits longer
+    /// than its timeout, and its session ends.
+    #[tokio::test]
+    async fn a_consumer_that_stops_reading_is_dropped() {
+        let server = server(ServerConfig::default());
+        let (mut consumer, task) = piped(&server, 160);
+        read_until(&mut consumer, "id: ").await;
+        // The pipe fills with keep-alives, then a write waits.
+        let ended = tokio::time::timeout(Duration::from_secs(20), task).await;
+        let served = ended.expect("the stream ended").unwrap();
+        assert_eq!(served.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        no_sessions(&server).await;
+    }
+
+    /// A consumer that stops reading a direct stream is closed as a slow consumer once the
+    /// changes waiting for it pass the server's outbound bound, as on a WebSocket.
+    #[tokio::test]
+    async fn a_direct_consumer_that_stops_reading_is_closed_as_slow() {
+        let mut config = ServerConfig::default();
+        config.max_outbound_bytes = 64 * 1024;
+        let server = server(config);
+        let (mut consumer, task) = direct(&server).await;
+        read_until(&mut consumer, "id: ").await;
+        let value = "x".repeat(4096);
+        let handshake = http::handshake_of("node_id=pusher", std::iter::empty());
+        for i in 0..4000 {
+            if task.is_finished() {
+                break;
+            }
+            let change = format!(
+                r#"{{"changes":[{{"table":"docs","pk":"{i}","field":"f","crdt_type":"lww","hlc":{{"ts":{},"c":0,"node":"pusher"}},"node_id":"pusher","value":"{value}"}}],"node_id":"pusher"}}"#,
+                i + 1
+            );
+            let kind = MessageType::PushRequest;
+            http::exchange_frame(&server, &handshake, kind, &change)
+                .await
+                .unwrap();
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(ended.is_ok(), "the stream did not end");
+        assert_eq!(server.session_count(), 0);
     }
 
     /// The `text` example of `docs/protocol.md` in the section `heading`.
@@ -804,7 +926,7 @@ mod tests {
     #[test]
     fn an_event_is_reused_for_the_same_broadcast_only() {
         let frame = Bytes::from_static(b"{\"type\":\"ping\"}");
-        Encoded::put(false, frame.clone(), b"event");
+        Encoded::put(false, frame.clone(), Bytes::from_static(b"event"));
         assert_eq!(
             Encoded::get(false, &frame.clone()).as_deref(),
             Some(&b"event"[..])

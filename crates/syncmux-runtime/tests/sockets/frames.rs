@@ -129,3 +129,73 @@ async fn a_shutdown_ends_the_stream_with_its_close_code() {
         Some(CloseCode::GOING_AWAY)
     );
 }
+
+/// Frames as lines of text, and a close as a last line: the events of the test below.
+struct Lines;
+
+impl adapters::Events for Lines {
+    fn frame(&self, frame: &Bytes, _: &async_channel::Sender<Bytes>) -> Option<Bytes> {
+        let decoded = syncmux::wire::Frame::decode(frame.clone(), &DecodeLimits::default());
+        // Only changes are events; the rest counts as written without a byte.
+        (decoded.ok()?.kind() == MessageType::Change).then(|| {
+            let mut line = frame.to_vec();
+            line.push(b'\n');
+            Bytes::from(line)
+        })
+    }
+
+    fn close(&self, code: CloseCode, reason: &str) -> Bytes {
+        Bytes::from(format!("close {} {reason}\n", code.0))
+    }
+
+    fn keep_alive(&self) -> (Duration, Bytes) {
+        (
+            Duration::from_secs(3600),
+            Bytes::from_static(b"keep-alive\n"),
+        )
+    }
+}
+
+/// A session as a stream of events on a TCP connection (`events_tcp`): the head first, then
+/// each frame as the `Events` makes it, written by the hub (a frame that is no event is
+/// skipped, and does not count against the outbound bound), then the close as the last
+/// bytes. The inbox feeds the session; the consumer's end ends it.
+#[tokio::test]
+async fn a_session_runs_as_events_on_tcp() {
+    use tokio::io::AsyncReadExt;
+    let server = server(ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let consumer = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+    let (consumer, accepted) = tokio::join!(consumer, listener.accept());
+    let (mut consumer, tcp) = (consumer.unwrap(), accepted.unwrap().0);
+    let session = server
+        .handshake(&Handshake::new("/sync", "node_id=bob"))
+        .unwrap();
+    let head = Bytes::from_static(b"head\n");
+    let (bob, stream) = adapters::Tokio::events_tcp(session, tcp, head, std::sync::Arc::new(Lines));
+    let stream = tokio::spawn(stream);
+    let subscribe = r#"{"type":"subscribe","id":"s","payload":{"tables":["docs"]}}"#;
+    send(&bob, subscribe).await;
+    let (_, mut alice) = (0, open(&server, "alice"));
+    for (i, pk) in ["1", "2"].into_iter().enumerate() {
+        send(&alice, &push(&format!("p{i}"), pk, 10 + i as u64)).await;
+        next(&mut alice, MessageType::PushResponse).await;
+    }
+    server.shutdown();
+    let mut read = String::new();
+    let ended = tokio::time::timeout(GUARD, consumer.read_to_string(&mut read)).await;
+    ended.unwrap().unwrap();
+    let lines: Vec<&str> = read.lines().collect();
+    assert_eq!(lines.len(), 4, "{read}");
+    assert_eq!(lines[0], "head");
+    for (line, pk) in lines[1..3].iter().zip(["1", "2"]) {
+        let frame =
+            syncmux::wire::Frame::decode(Bytes::from(line.to_string()), &DecodeLimits::default());
+        let frame = frame.unwrap();
+        assert_eq!(frame.kind(), MessageType::Change, "{line}");
+        assert!(line.contains(&format!(r#""pk":"{pk}""#)), "{line}");
+    }
+    assert!(lines[3].starts_with("close 1001 "), "{read}");
+    tokio::time::timeout(GUARD, stream).await.unwrap().unwrap();
+    drop(bob);
+}
