@@ -276,7 +276,7 @@ impl Server {
                     tables.iter().any(|t| **t == *r.table())
                         && filter.as_ref().is_none_or(|f| f.matches(r.pk(), r.field()))
                 });
-                self.stats.replayed(answer.changes.len());
+                self.counters(session).replayed(answer.changes.len());
                 let per_frame = match self.config.max_changes_per_frame {
                     0 => usize::MAX,
                     n => n,
@@ -413,7 +413,9 @@ impl Server {
             if sent == Sent::Overflow {
                 doomed.push_back(session);
             }
-            stats.deliveries += u64::from(sent == Sent::Queued);
+            if let Sent::Queued(transport) = sent {
+                stats[transport].1.deliveries += 1;
+            }
         };
         let whole = 0..batch.len();
         if let [table] = tables[..] {

@@ -6,8 +6,9 @@ use std::borrow::Cow;
 use super::SessionId;
 use crate::wire::Frame;
 
-/// What an adapter read from the HTTP upgrade request.
-#[derive(Clone, PartialEq, Eq, Debug, Default)]
+/// What an adapter read from the HTTP upgrade request (or the request that opens a session
+/// on another transport).
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Handshake {
     /// The request path, without the query (`/sync`).
     pub path: String,
@@ -20,6 +21,24 @@ pub struct Handshake {
     pub protocols: Vec<String>,
     /// The `Origin` header, if any.
     pub origin: Option<String>,
+    /// The transport the session runs over, as metrics name it: `"websocket"` (the default),
+    /// `"sse"`, `"http"`, or a label of the embedder's. The server counts its
+    /// [`ServerStats`](super::ServerStats) per transport
+    /// ([`Server::stats_by_transport`](super::Server::stats_by_transport)).
+    pub transport: &'static str,
+}
+
+impl Default for Handshake {
+    fn default() -> Handshake {
+        Handshake {
+            path: String::new(),
+            query: String::new(),
+            headers: Vec::new(),
+            protocols: Vec::new(),
+            origin: None,
+            transport: "websocket",
+        }
+    }
 }
 
 impl Handshake {

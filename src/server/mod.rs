@@ -187,7 +187,9 @@ pub struct Server {
     /// Wall time at an instant, when the embedder gave it (`set_wall_clock`).
     wall_clock: Option<(Instant, u64)>,
     shut_down: bool,
-    stats: ServerStats,
+    /// The counters of each transport sessions ran over (`Handshake::transport`), in the
+    /// order each was first seen; a session knows its transport's place here.
+    stats: Vec<(&'static str, ServerStats)>,
 }
 
 impl core::fmt::Debug for Server {
@@ -223,7 +225,7 @@ impl Server {
             doomed: VecDeque::new(),
             wall_clock: None,
             shut_down: false,
-            stats: ServerStats::default(),
+            stats: vec![(Handshake::default().transport, ServerStats::default())],
         })
     }
 
@@ -370,11 +372,14 @@ impl Server {
             self.config.rate_limit_window,
         );
         session.unbound = assigned;
+        session.transport = self.transport_index(handshake.transport);
+        self.stats[session.transport].1.sessions_open += 1;
         let id = self.sessions.insert(session);
         match negotiate(&handshake.protocols) {
             Version::V1(protocol) => {
                 if let Some(s) = self.sessions.get_mut(id) {
                     s.opened = true;
+                    self.stats[s.transport].1.sessions_opened += 1;
                 }
                 self.events.push_back(ServerEvent::SessionOpened {
                     session: id,
@@ -433,7 +438,7 @@ impl Server {
                     }
                 }
                 Ok(frame) => {
-                    self.stats.frame_in(frame.kind());
+                    self.counters(session).frame_in(frame.kind());
                     if !self.is_our_pong(session, &frame) && self.admit(now, session, frame.id()) {
                         let id = frame.id().cloned();
                         if let Err(e) = self.dispatch(now, session, frame) {
@@ -476,7 +481,10 @@ impl Server {
         let Some(s) = self.sessions.get(session) else {
             return;
         };
+        let counters = &mut self.stats[s.transport].1;
+        counters.sessions_open -= 1;
         if s.closing.is_none() {
+            counters.peer_closes += u64::from(s.opened);
             self.detach(session, None);
         }
         self.sessions.remove(session);
@@ -544,8 +552,8 @@ impl Server {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ServerTransmit> {
         Some(match self.sessions.poll()? {
-            Output::Frame(session, kind, bytes) => {
-                self.stats.sent(kind, &bytes);
+            Output::Frame(session, transport, kind, bytes) => {
+                self.stats[transport].1.sent(kind, &bytes);
                 if !self.config.reports_writes {
                     // Counted as written: a paced replay goes on at once.
                     let fed = self.sessions.feed(session);
@@ -553,8 +561,10 @@ impl Server {
                 }
                 ServerTransmit::Frame { session, bytes }
             }
-            Output::Close(session, code, reason) => {
-                self.stats.closed(code);
+            Output::Close(session, transport, code, reason) => {
+                let counters = &mut self.stats[transport].1;
+                counters.closed(code);
+                counters.sessions_open -= 1;
                 ServerTransmit::Close {
                     session,
                     code,
@@ -727,7 +737,7 @@ impl Server {
             return true;
         }
         let refused = s.bucket.refused;
-        self.stats.rate_limited += 1;
+        self.counters(session).rate_limited += 1;
         self.send(
             session,
             error_frame(id, ErrorCode::RateLimited, "rate limit exceeded".into()),

@@ -41,6 +41,8 @@ pub(crate) struct Session {
     pub(crate) unbound: bool,
     /// Whether `SessionOpened` was emitted (a version-mismatch session never opens).
     pub(crate) opened: bool,
+    /// Its transport's place in the server's counters (`Server::stats_by_transport`).
+    pub(crate) transport: usize,
     /// Set once the session is being closed: nothing more is accepted or routed to it; the
     /// close goes out after the queue drains.
     pub(crate) closing: Option<(CloseCode, Box<str>)>,
@@ -87,6 +89,7 @@ impl Session {
             node_id,
             unbound: false,
             opened: false,
+            transport: 0,
             closing: None,
             out: VecDeque::new(),
             queued_bytes: 0,
@@ -186,8 +189,8 @@ impl Bucket {
 /// What happened to a frame offered to a session.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Sent {
-    /// Queued (or held).
-    Queued,
+    /// Queued (or held), for a session of the transport at this place in the counters.
+    Queued(usize),
     /// The session is closing or gone; the frame was dropped.
     Dropped,
     /// The frame would have exceeded the outbound bound: the session is now closing with
@@ -332,7 +335,7 @@ impl Sessions {
         session.queued_bytes += frame.len();
         session.out.push_back((kind_of(&frame), frame));
         Self::mark_ready(ready, id, session);
-        Sent::Queued
+        Sent::Queued(session.transport)
     }
 
     /// Queues a routed live change, or holds it while the session waits for a replay
@@ -366,7 +369,7 @@ impl Sessions {
             session.out.push_back((kind, frame));
             Self::mark_ready(ready, id, session);
         }
-        Sent::Queued
+        Sent::Queued(session.transport)
     }
 
     fn overflow(ready: &mut VecDeque<SessionId>, id: SessionId, session: &mut Session) {
@@ -499,20 +502,21 @@ impl Sessions {
                 } else {
                     ready.push_back(id);
                 }
-                return Some(Output::Frame(id, kind, frame));
+                return Some(Output::Frame(id, session.transport, kind, frame));
             }
             session.ready = false;
             if let Some((code, reason)) = session.closing.take() {
+                let transport = session.transport;
                 self.remove(id);
-                return Some(Output::Close(id, code, reason));
+                return Some(Output::Close(id, transport, code, reason));
             }
         }
         None
     }
 }
 
-/// One output of [`Sessions::poll`].
+/// One output of [`Sessions::poll`], with its session's transport's place in the counters.
 pub(crate) enum Output {
-    Frame(SessionId, MessageType, Bytes),
-    Close(SessionId, CloseCode, Box<str>),
+    Frame(SessionId, usize, MessageType, Bytes),
+    Close(SessionId, usize, CloseCode, Box<str>),
 }

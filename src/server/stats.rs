@@ -1,6 +1,7 @@
-//! Plain counters of what a [`Server`](super::Server) did, for an adapter to export (issue
-//! 16). The core takes no metrics crate: it counts, and the adapter turns
-//! [`Server::stats`](super::Server::stats) into metrics when they are scraped.
+//! Plain counters of what a [`Server`](super::Server) did, per transport, for an adapter to
+//! export. The core takes no metrics crate: it counts, and the adapter turns
+//! [`Server::stats_by_transport`](super::Server::stats_by_transport) into metrics when they
+//! are scraped.
 //!
 //! Counted where every frame already passes: frames in once decoded, frames out and closes
 //! as [`poll_transmit`](super::Server::poll_transmit) hands them out (so a frame dropped by
@@ -10,14 +11,15 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::Server;
+use super::{Server, SessionId};
 use crate::payload::ErrorPayload;
 use crate::wire::{CloseCode, DecodeLimits, ErrorCode, Frame, MessageType};
 
 const TYPES: usize = MessageType::ALL.len();
 
-/// Counters since the server was made; they only grow. Returned by
-/// [`Server::stats`](super::Server::stats).
+/// Counters since the server was made (they only grow), and the sessions open now. Returned
+/// by [`Server::stats`](super::Server::stats) for every transport together and by
+/// [`Server::stats_by_transport`](super::Server::stats_by_transport) for each.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ServerStats {
@@ -27,6 +29,12 @@ pub struct ServerStats {
     frames_out: [u64; TYPES],
     errors: Vec<(ErrorCode, u64)>,
     closes: BTreeMap<CloseCode, u64>,
+    /// Sessions open now (or closing): accepted and not yet closed or disconnected.
+    pub sessions_open: u64,
+    /// Sessions opened (accepted at a version the server speaks).
+    pub sessions_opened: u64,
+    /// Opened sessions that their peer or transport ended (the server sent no close).
+    pub peer_closes: u64,
     /// Messages refused by a session's rate limit (each answered `RATE_LIMITED`).
     pub rate_limited: u64,
     /// Live change frames queued for subscribers by fan-out (one per recipient; replays
@@ -76,6 +84,50 @@ impl ServerStats {
         self.closes.get(&code).copied().unwrap_or(0)
     }
 
+    /// Adds `other`'s counts to these.
+    fn add(&mut self, other: &ServerStats) {
+        for (mine, theirs) in self.frames_in.iter_mut().zip(&other.frames_in) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.frames_out.iter_mut().zip(&other.frames_out) {
+            *mine += theirs;
+        }
+        for (code, n) in &other.errors {
+            self.error(code, *n);
+        }
+        for (code, n) in &other.closes {
+            *self.closes.entry(*code).or_default() += n;
+        }
+        let ServerStats {
+            sessions_open,
+            sessions_opened,
+            peer_closes,
+            rate_limited,
+            deliveries,
+            replays,
+            replayed_changes,
+            ..
+        } = other;
+        self.sessions_open += sessions_open;
+        self.sessions_opened += sessions_opened;
+        self.peer_closes += peer_closes;
+        self.rate_limited += rate_limited;
+        self.deliveries += deliveries;
+        self.replays += replays;
+        self.replayed_changes += replayed_changes;
+    }
+
+    /// Counts `n` error frames of `code`.
+    fn error(&mut self, code: &ErrorCode, n: u64) {
+        match self.errors.iter_mut().find(|(c, _)| c == code) {
+            Some((_, count)) => *count += n,
+            None => {
+                self.errors.push((code.clone(), n));
+                self.errors.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+            }
+        }
+    }
+
     pub(crate) fn frame_in(&mut self, kind: MessageType) {
         self.frames_in[kind as usize] += 1;
     }
@@ -96,13 +148,7 @@ impl ServerStats {
                 .ok()
                 .and_then(|f| f.payload::<ErrorPayload>().ok())
                 .map_or(ErrorCode::Internal, |p| p.code);
-            match self.errors.iter_mut().find(|(c, _)| *c == code) {
-                Some((_, n)) => *n += 1,
-                None => {
-                    self.errors.push((code, 1));
-                    self.errors.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-                }
-            }
+            self.error(&code, 1);
         }
     }
 
@@ -134,10 +180,47 @@ fn read_kind(bytes: &[u8]) -> Option<MessageType> {
 }
 
 impl Server {
-    /// What the server did so far: frames in and out by type, error frames by code, closes
-    /// by code, rate-limited messages, deliveries and replays (see [`ServerStats`]).
-    pub fn stats(&self) -> &ServerStats {
-        &self.stats
+    /// What the server did so far over every transport: frames in and out by type, error
+    /// frames by code, closes by code, sessions, rate-limited messages, deliveries and
+    /// replays (see [`ServerStats`]).
+    pub fn stats(&self) -> ServerStats {
+        let mut total = ServerStats::default();
+        for (_, stats) in &self.stats {
+            total.add(stats);
+        }
+        total
+    }
+
+    /// [`stats`](Self::stats) of each transport sessions ran over
+    /// ([`Handshake::transport`](super::Handshake::transport)), in the order each was first
+    /// seen (`"websocket"` always first).
+    pub fn stats_by_transport(&self) -> impl Iterator<Item = (&'static str, &ServerStats)> + '_ {
+        self.stats
+            .iter()
+            .map(|(transport, stats)| (*transport, stats))
+    }
+
+    /// The transport a session runs over (`None`: no such session).
+    pub fn transport_of(&self, session: SessionId) -> Option<&'static str> {
+        let session = self.sessions.get(session)?;
+        Some(self.stats[session.transport].0)
+    }
+
+    /// The counters of `session`'s transport (the first transport's if it is gone).
+    pub(crate) fn counters(&mut self, session: SessionId) -> &mut ServerStats {
+        let at = self.sessions.get(session).map_or(0, |s| s.transport);
+        &mut self.stats[at].1
+    }
+
+    /// The place of `transport`'s counters, made on its first session.
+    pub(crate) fn transport_index(&mut self, transport: &'static str) -> usize {
+        match self.stats.iter().position(|(t, _)| *t == transport) {
+            Some(at) => at,
+            None => {
+                self.stats.push((transport, ServerStats::default()));
+                self.stats.len() - 1
+            }
+        }
     }
 }
 
@@ -196,5 +279,55 @@ mod tests {
         assert_eq!(errors, [("INVALID_FRAME", 1), ("RATE_LIMITED", 1)]);
         assert_eq!(stats.rate_limited, 1);
         assert_eq!(stats.closes_of(CloseCode::NORMAL), 1);
+    }
+
+    /// Each session's frames, closes and sessions count under its handshake's transport;
+    /// `stats` is their sum.
+    #[test]
+    fn stats_are_kept_per_transport() {
+        let mut server = Server::new(ServerConfig::default()).expect("valid");
+        let now = Instant::ZERO;
+        let mut open = |query: &str, transport: &'static str| {
+            let mut handshake = Handshake::new("/", query);
+            handshake.transport = transport;
+            match server.handle_handshake(now, &handshake) {
+                HandshakeOutcome::Accept { session, .. } => session,
+                HandshakeOutcome::Reject { reason, .. } => panic!("{reason}"),
+            }
+        };
+        let (ws, sse, other) = (
+            open("node_id=a", "websocket"),
+            open("node_id=b", "sse"),
+            open("node_id=c", "sse"),
+        );
+        assert_eq!(server.transport_of(sse), Some("sse"));
+        assert_eq!(server.transport_of(ws), Some("websocket"));
+        let ping = Bytes::from_static(br#"{"type":"ping","id":"1"}"#);
+        server.handle_message(now, ws, ping.clone());
+        server.handle_message(now, sse, ping.clone());
+        server.handle_message(now, sse, Bytes::from_static(br#"{"type":"ping","id":"2"}"#));
+        server.close_session(now, sse, CloseCode::NORMAL, "bye");
+        server.handle_disconnected(now, other);
+        while server.poll_transmit().is_some() {}
+
+        let by: Vec<_> = server.stats_by_transport().collect();
+        let labels: Vec<_> = by.iter().map(|(t, _)| *t).collect();
+        assert_eq!(labels, ["websocket", "sse"]);
+        let (websocket, sse) = (by[0].1, by[1].1);
+        assert_eq!(websocket.frames_in_of(MessageType::Ping), 1);
+        assert_eq!(sse.frames_in_of(MessageType::Ping), 2);
+        assert_eq!(sse.frames_out_of(MessageType::Pong), 2);
+        assert_eq!(sse.closes_of(CloseCode::NORMAL), 1);
+        assert_eq!(websocket.closes_of(CloseCode::NORMAL), 0);
+        assert_eq!(
+            (sse.sessions_opened, sse.sessions_open, sse.peer_closes),
+            (2, 0, 1)
+        );
+        assert_eq!((websocket.sessions_opened, websocket.sessions_open), (1, 1));
+        let total = server.stats();
+        assert_eq!(total.frames_in_of(MessageType::Ping), 3);
+        assert_eq!(total.frames_out_of(MessageType::Pong), 3);
+        assert_eq!((total.sessions_opened, total.sessions_open), (3, 1));
+        assert_eq!(total.closes_of(CloseCode::NORMAL), 1);
     }
 }

@@ -2,11 +2,14 @@
 //! installed (`metrics::set_global_recorder`, done by an exporter) every call here is a
 //! no-op, so a server that exports nothing pays a relaxed atomic load per call.
 //!
+//! Every metric carries the label `transport`: the transport of the session it counts
+//! ([`Handshake::transport`](syncmux::Handshake::transport): `websocket`, `sse`, `http`).
+//!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
 //! | `syncmux_sessions_open` | gauge | | sessions open now |
 //! | `syncmux_sessions_opened_total` | counter | | sessions opened |
-//! | `syncmux_handshakes_total` | counter | `result` (`accepted`, `rejected`), `status` | WebSocket handshakes decided, rejections by HTTP status |
+//! | `syncmux_handshakes_total` | counter | `result` (`accepted`, `rejected`), `status` | handshakes decided, rejections by HTTP status |
 //! | `syncmux_frames_in_total` | counter | `type` | text frames received that decoded, by type |
 //! | `syncmux_frames_out_total` | counter | `type` | frames sent, by type |
 //! | `syncmux_deliveries_total` | counter | | live change frames queued for subscribers (one per recipient) |
@@ -29,7 +32,7 @@ use metrics::{
 };
 
 use syncmux::wire::{CloseCode, MessageType};
-use syncmux::ServerStats;
+use syncmux::{Server, ServerStats, SessionId};
 
 /// Sessions open now.
 pub(crate) const SESSIONS_OPEN: &str = "syncmux_sessions_open";
@@ -81,7 +84,7 @@ pub fn describe() {
     describe_counter!(SESSIONS_OPENED, "Sessions opened.");
     describe_counter!(
         HANDSHAKES,
-        "WebSocket handshakes decided: accepted, or rejected with an HTTP status."
+        "Handshakes decided: accepted, or rejected with an HTTP status."
     );
     describe_counter!(FRAMES_IN, "Text frames received that decoded, by type.");
     describe_counter!(FRAMES_OUT, "Frames sent, by type.");
@@ -105,50 +108,61 @@ pub fn describe() {
     );
 }
 
-/// Copies the state machine's counters into the facade.
-pub(crate) fn publish(stats: &ServerStats, sessions_open: usize) {
-    gauge!(SESSIONS_OPEN).set(sessions_open as f64);
-    for (kind, n) in stats.frames_in() {
-        counter!(FRAMES_IN, "type" => kind.as_str()).absolute(n);
+/// Copies the state machine's counters (of each transport) into the facade.
+pub(crate) fn publish(by_transport: &[(&'static str, ServerStats)]) {
+    for (transport, stats) in by_transport {
+        let (transport, t) = (*transport, ("transport", *transport));
+        gauge!(SESSIONS_OPEN, &[t]).set(stats.sessions_open as f64);
+        counter!(SESSIONS_OPENED, &[t]).absolute(stats.sessions_opened);
+        for (kind, n) in stats.frames_in() {
+            counter!(FRAMES_IN, &[t, ("type", kind.as_str())]).absolute(n);
+        }
+        for (kind, n) in stats.frames_out() {
+            counter!(FRAMES_OUT, &[t, ("type", kind.as_str())]).absolute(n);
+        }
+        for (code, n) in stats.errors() {
+            let labels = [
+                ("transport", transport.to_owned()),
+                ("code", code.as_str().to_owned()),
+            ];
+            counter!(ERROR_FRAMES, &labels).absolute(n);
+        }
+        for (code, n) in stats.closes() {
+            let labels = [
+                ("transport", transport.to_owned()),
+                ("code", code.0.to_string()),
+            ];
+            counter!(CLOSES, &labels).absolute(n);
+        }
+        counter!(DELIVERIES, &[t]).absolute(stats.deliveries);
+        counter!(PEER_CLOSES, &[t]).absolute(stats.peer_closes);
+        counter!(RATE_LIMITED, &[t]).absolute(stats.rate_limited);
+        let slow = stats.closes_of(CloseCode::SLOW_CONSUMER);
+        counter!(SLOW_CONSUMER_CLOSES, &[t]).absolute(slow);
     }
-    for (kind, n) in stats.frames_out() {
-        counter!(FRAMES_OUT, "type" => kind.as_str()).absolute(n);
-    }
-    for (code, n) in stats.errors() {
-        counter!(ERROR_FRAMES, "code" => code.as_str().to_owned()).absolute(n);
-    }
-    for (code, n) in stats.closes() {
-        counter!(CLOSES, "code" => code.0.to_string()).absolute(n);
-    }
-    counter!(DELIVERIES).absolute(stats.deliveries);
-    counter!(RATE_LIMITED).absolute(stats.rate_limited);
-    counter!(SLOW_CONSUMER_CLOSES).absolute(stats.closes_of(CloseCode::SLOW_CONSUMER));
 }
 
-/// A handshake the state machine decided: accepted, or rejected with this HTTP status.
-pub(crate) fn handshake(rejected: Option<u16>) {
+/// A handshake for `transport` the state machine decided: accepted, or rejected with this
+/// HTTP status.
+pub(crate) fn handshake(transport: &'static str, rejected: Option<u16>) {
+    let t = ("transport", transport);
     match rejected {
-        None => counter!(HANDSHAKES, "result" => "accepted").increment(1),
+        None => counter!(HANDSHAKES, &[t, ("result", "accepted")]).increment(1),
         Some(status) => {
-            counter!(HANDSHAKES, "result" => "rejected", "status" => status.to_string())
-                .increment(1);
+            let labels = [
+                ("transport", transport.to_owned()),
+                ("result", "rejected".to_owned()),
+                ("status", status.to_string()),
+            ];
+            counter!(HANDSHAKES, &labels).increment(1);
         }
     }
-}
-
-/// A session opened.
-pub(crate) fn session_opened() {
-    counter!(SESSIONS_OPENED).increment(1);
-}
-
-/// A session ended by its peer or transport.
-pub(crate) fn peer_closed() {
-    counter!(PEER_CLOSES).increment(1);
 }
 
 /// The store's work, as far as the counters show it: answers sent and replays answered.
 #[derive(Clone, Copy)]
 pub(crate) struct StoreWork {
+    transport: &'static str,
     pulls: u64,
     pushes: u64,
     replays: u64,
@@ -156,8 +170,19 @@ pub(crate) struct StoreWork {
 }
 
 impl StoreWork {
-    pub(crate) fn of(stats: &ServerStats) -> StoreWork {
+    /// The work so far on `session`'s transport (`None`: no such session).
+    pub(crate) fn of(server: &Server, session: SessionId) -> Option<StoreWork> {
+        StoreWork::on(server, server.transport_of(session)?)
+    }
+
+    fn on(server: &Server, transport: &'static str) -> Option<StoreWork> {
+        let (_, stats) = server.stats_by_transport().find(|(t, _)| *t == transport)?;
+        Some(StoreWork::counted(transport, stats))
+    }
+
+    fn counted(transport: &'static str, stats: &ServerStats) -> StoreWork {
         StoreWork {
+            transport,
             pulls: stats.frames_out_of(MessageType::PullResponse),
             pushes: stats.frames_out_of(MessageType::PushResponse),
             replays: stats.replays,
@@ -165,27 +190,30 @@ impl StoreWork {
         }
     }
 
-    /// Records what the store answered since `before`, during an input that took `took`
-    /// (the driver answers inside the input, so that is the store's time plus decoding).
-    pub(crate) fn record_since(self, before: StoreWork, took: Duration) {
+    /// Records what the store answered on the same transport since this was counted,
+    /// during an input that took `took` (the driver answers inside the input, so that is
+    /// the store's time plus decoding).
+    pub(crate) fn record_until(self, server: &Server, took: Duration) {
+        let (before, t) = (self, ("transport", self.transport));
+        let Some(now) = StoreWork::on(server, self.transport) else {
+            return;
+        };
         let secs = took.as_secs_f64();
-        if self.pulls > before.pulls {
-            histogram!(STORE_SECONDS, "op" => "pull").record(secs);
+        if now.pulls > before.pulls {
+            histogram!(STORE_SECONDS, &[t, ("op", "pull")]).record(secs);
         }
-        if self.pushes > before.pushes {
-            histogram!(STORE_SECONDS, "op" => "push").record(secs);
+        if now.pushes > before.pushes {
+            histogram!(STORE_SECONDS, &[t, ("op", "push")]).record(secs);
         }
-        let replays = self.replays.saturating_sub(before.replays);
+        let replays = now.replays.saturating_sub(before.replays);
         if replays > 0 {
-            histogram!(STORE_SECONDS, "op" => "replay").record(secs);
-            let changes = self
-                .replayed_changes
-                .saturating_sub(before.replayed_changes);
+            histogram!(STORE_SECONDS, &[t, ("op", "replay")]).record(secs);
+            let changes = now.replayed_changes.saturating_sub(before.replayed_changes);
             // One input answers one subscribe; should several be answered at once, each is
             // recorded with their mean.
             let each = changes as f64 / replays as f64;
             for _ in 0..replays {
-                histogram!(REPLAY_CHANGES).record(each);
+                histogram!(REPLAY_CHANGES, &[t]).record(each);
             }
         }
     }

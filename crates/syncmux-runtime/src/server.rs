@@ -226,7 +226,10 @@ impl Machine for SyncMachine {
             } => Ok((session, (node_id, protocol))),
             HandshakeOutcome::Reject { status, reason } => Err(Rejection { status, reason }),
         };
-        metrics::handshake(outcome.as_ref().err().map(|r| r.status));
+        metrics::handshake(
+            handshake.transport,
+            outcome.as_ref().err().map(|r| r.status),
+        );
         outcome
     }
 
@@ -237,10 +240,10 @@ impl Machine for SyncMachine {
     /// Timed: the driver answers pulls, pushes and replays inside the input, so its
     /// duration is the store's time (see [`STORE_SECONDS`](metrics::STORE_SECONDS)).
     fn message(&mut self, now: Instant, session: SessionId, bytes: Bytes) {
-        let before = metrics::StoreWork::of(self.driver.server().stats());
+        let before = metrics::StoreWork::of(self.driver.server(), session);
         self.driver.handle_message(now, session, bytes);
         let took = self.clock.now().saturating_duration_since(now);
-        self.timed = Some((before, took));
+        self.timed = before.map(|before| (before, took));
     }
 
     fn binary(&mut self, now: Instant, session: SessionId, bytes: Bytes) {
@@ -283,13 +286,12 @@ impl Machine for SyncMachine {
 
     fn events(&mut self, clock: &Clock) -> bool {
         if let Some((before, took)) = self.timed.take() {
-            metrics::StoreWork::of(self.driver.server().stats()).record_since(before, took);
+            before.record_until(self.driver.server(), took);
         }
         let mut again = false;
         while let Some(event) = self.driver.poll_event() {
             match event {
                 ServerEvent::SessionOpened { session, node_id } => {
-                    metrics::session_opened();
                     tracing::info!(%session, node_id, "session opened");
                 }
                 ServerEvent::SessionClosed {
@@ -297,9 +299,6 @@ impl Machine for SyncMachine {
                     node_id,
                     code,
                 } => {
-                    if code.is_none() {
-                        metrics::peer_closed();
-                    }
                     let code = code.map(|c| c.0);
                     tracing::info!(%session, node_id, ?code, "session closed");
                 }
@@ -402,21 +401,23 @@ impl SyncServer {
         Hub::run_on::<R>(SyncServer::with_backend(server, backend, R::spawn, options))
     }
 
-    /// The state machine's counters (a copy): see [`ServerStats`].
+    /// The state machine's counters over every transport (a copy): see [`ServerStats`].
     pub fn stats(&self) -> ServerStats {
-        self.lock().machine.driver.server().stats().clone()
+        self.lock().machine.driver.server().stats()
     }
 
     /// Copies the state machine's counters and the open sessions into the [`metrics`]
     /// facade (see [`metrics`](crate::metrics) for every metric); an exporter calls
     /// it before it renders. The other metrics are recorded as they happen.
     pub fn publish_metrics(&self) {
-        let (stats, open) = {
+        let by_transport: Vec<_> = {
             let hub = self.lock();
-            let server = hub.machine.driver.server();
-            (server.stats().clone(), server.session_count())
+            let stats = hub.machine.driver.server().stats_by_transport();
+            stats
+                .map(|(transport, stats)| (transport, stats.clone()))
+                .collect()
         };
-        metrics::publish(&stats, open);
+        metrics::publish(&by_transport);
     }
 
     /// Runs `f` on the driver (for metrics, or the store), then hands its outputs out.

@@ -452,20 +452,26 @@ pub(crate) async fn body(server: &SyncServer, req: Request<Incoming>) -> Result<
 }
 
 /// The state machine's view of the request: its query and headers, on the WebSocket's path
-/// (so that the same handshake rules decide it).
+/// (so that the same handshake rules decide it), on the transport `http`.
 pub(crate) fn handshake(req: &Request<Incoming>) -> Handshake {
     let headers = req.headers().iter();
     let headers = headers.filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
-    handshake_of(req.uri().query().unwrap_or(""), headers)
+    handshake_of(req.uri().query().unwrap_or(""), headers, HTTP)
 }
 
-/// A handshake on the WebSocket's path with `query` and `headers`: an HTTP request names no
-/// subprotocol, so it speaks the seed's version 1, as a WebSocket that names none.
+/// The transport label of a session of one request.
+pub(crate) const HTTP: &str = "http";
+
+/// A handshake on the WebSocket's path with `query` and `headers`, on `transport` (the
+/// label of its metrics): an HTTP request names no subprotocol, so it speaks the seed's
+/// version 1, as a WebSocket that names none.
 pub(crate) fn handshake_of<'a>(
     query: &str,
     headers: impl Iterator<Item = (&'a str, &'a str)>,
+    transport: &'static str,
 ) -> Handshake {
     let mut handshake = Handshake::new(super::WS_PATH, query);
+    handshake.transport = transport;
     for (name, value) in headers {
         if name.eq_ignore_ascii_case("origin") {
             handshake.origin = Some(value.to_owned());

@@ -532,7 +532,7 @@ async fn open(
     };
     let headers = request.headers.iter();
     let headers = headers.map(|(name, value)| (name.as_str(), value.as_str()));
-    let handshake = http::handshake_of(&request.query, headers);
+    let handshake = http::handshake_of(&request.query, headers, "sse");
     let mut session = server.handshake(&handshake).map_err(Failure::refused)?;
     let leave = match dialect {
         Dialect::Grove(holders) => handshake
@@ -844,7 +844,7 @@ mod tests {
         let (mut consumer, task) = direct(&server).await;
         read_until(&mut consumer, "id: ").await;
         let value = "x".repeat(4096);
-        let handshake = http::handshake_of("node_id=pusher", std::iter::empty());
+        let handshake = http::handshake_of("node_id=pusher", std::iter::empty(), http::HTTP);
         for i in 0..4000 {
             if task.is_finished() {
                 break;

@@ -502,13 +502,24 @@ async fn metrics_move_with_real_traffic() {
     let after = scrape(&metrics).await;
     let moved = |key: &str| grew(&before, &after, key);
     assert!(
-        after.get("syncmux_sessions_open").copied().unwrap_or(0.0) >= 3.0,
+        after
+            .get(r#"syncmux_sessions_open{transport="websocket"}"#)
+            .copied()
+            .unwrap_or(0.0)
+            >= 3.0,
         "{after:#?}"
     );
-    assert_eq!(moved("syncmux_sessions_opened_total"), 5.0);
-    assert_eq!(moved(r#"syncmux_handshakes_total{result="accepted"}"#), 5.0);
     assert_eq!(
-        moved(r#"syncmux_handshakes_total{result="rejected",status="401"}"#),
+        moved(r#"syncmux_sessions_opened_total{transport="websocket"}"#),
+        5.0,
+        "{after:#?}"
+    );
+    assert_eq!(
+        moved(r#"syncmux_handshakes_total{result="accepted",transport="websocket"}"#),
+        5.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_handshakes_total{result="rejected",status="401",transport="websocket"}"#),
         1.0
     );
     for (kind, at_least) in [
@@ -517,7 +528,7 @@ async fn metrics_move_with_real_traffic() {
         ("pull_request", 1.0),
         ("ping", 6.0),
     ] {
-        let key = format!(r#"syncmux_frames_in_total{{type="{kind}"}}"#);
+        let key = format!(r#"syncmux_frames_in_total{{transport="websocket",type="{kind}"}}"#);
         assert!(moved(&key) >= at_least, "{key}: {after:#?}");
     }
     for (kind, at_least) in [
@@ -528,31 +539,109 @@ async fn metrics_move_with_real_traffic() {
         ("pong", 4.0),
         ("error", 3.0),
     ] {
-        let key = format!(r#"syncmux_frames_out_total{{type="{kind}"}}"#);
+        let key = format!(r#"syncmux_frames_out_total{{transport="websocket",type="{kind}"}}"#);
         assert!(moved(&key) >= at_least, "{key}: {after:#?}");
     }
-    assert_eq!(moved("syncmux_deliveries_total"), 1.0, "{after:#?}");
     assert_eq!(
-        moved(r#"syncmux_error_frames_total{code="RATE_LIMITED"}"#),
+        moved(r#"syncmux_deliveries_total{transport="websocket"}"#),
+        1.0,
+        "{after:#?}"
+    );
+    assert_eq!(
+        moved(r#"syncmux_error_frames_total{code="RATE_LIMITED",transport="websocket"}"#),
         2.0
     );
     assert_eq!(
-        moved(r#"syncmux_error_frames_total{code="INVALID_FRAME"}"#),
+        moved(r#"syncmux_error_frames_total{code="INVALID_FRAME",transport="websocket"}"#),
         1.0
     );
-    assert_eq!(moved("syncmux_rate_limited_total"), 2.0);
-    assert_eq!(moved(r#"syncmux_closes_total{code="4503"}"#), 1.0);
-    assert_eq!(moved("syncmux_slow_consumer_closes_total"), 1.0);
-    assert_eq!(moved("syncmux_peer_closes_total"), 1.0);
+    assert_eq!(
+        moved(r#"syncmux_rate_limited_total{transport="websocket"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_closes_total{code="4503",transport="websocket"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_slow_consumer_closes_total{transport="websocket"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_peer_closes_total{transport="websocket"}"#),
+        1.0
+    );
     // Three subscribes: two start at the head (no change replayed), one replays both.
-    assert_eq!(moved("syncmux_replay_changes_count"), 3.0);
-    assert_eq!(moved("syncmux_replay_changes_sum"), 2.0);
-    assert_eq!(moved(r#"syncmux_replay_changes_bucket{le="0"}"#), 2.0);
-    assert_eq!(moved(r#"syncmux_replay_changes_bucket{le="10"}"#), 3.0);
-    assert_eq!(moved(r#"syncmux_store_seconds_count{op="push"}"#), 2.0);
-    assert_eq!(moved(r#"syncmux_store_seconds_count{op="pull"}"#), 1.0);
-    assert_eq!(moved(r#"syncmux_store_seconds_count{op="replay"}"#), 3.0);
-    assert!(moved(r#"syncmux_store_seconds_sum{op="push"}"#) > 0.0);
+    assert_eq!(
+        moved(r#"syncmux_replay_changes_count{transport="websocket"}"#),
+        3.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_replay_changes_sum{transport="websocket"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_replay_changes_bucket{le="0",transport="websocket"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_replay_changes_bucket{le="10",transport="websocket"}"#),
+        3.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_store_seconds_count{op="push",transport="websocket"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_store_seconds_count{op="pull",transport="websocket"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"syncmux_store_seconds_count{op="replay",transport="websocket"}"#),
+        3.0
+    );
+    assert!(moved(r#"syncmux_store_seconds_sum{op="push",transport="websocket"}"#) > 0.0);
+
+    // An SSE stream and an HTTP pull: their metrics carry their transport.
+    let addr = server.addr().to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "GET /sync/stream?tables=docs&token=t HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut read = Vec::new();
+    while !text(&read).contains("\n\n") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await;
+        let n = n.unwrap().unwrap();
+        assert!(n > 0, "{}", text(&read));
+        read.extend_from_slice(&buf[..n]);
+    }
+    let json = ["Content-Type: application/json", "Authorization: Bearer t"];
+    let pull = r#"{"tables":["docs"],"node_id":"grove"}"#;
+    let (status, _, body) = http(&addr, "POST", "/sync/pull", &json, pull).await;
+    assert_eq!(status, 200, "{body}");
+    let mid = after;
+    let after = scrape(&metrics).await;
+    let moved = |key: &str| grew(&mid, &after, key);
+    for transport in ["sse", "http"] {
+        let opened = format!(r#"syncmux_sessions_opened_total{{transport="{transport}"}}"#);
+        assert_eq!(moved(&opened), 1.0, "{after:#?}");
+        let accepted =
+            format!(r#"syncmux_handshakes_total{{result="accepted",transport="{transport}"}}"#);
+        assert_eq!(moved(&accepted), 1.0, "{after:#?}");
+    }
+    assert_eq!(
+        after.get(r#"syncmux_sessions_open{transport="sse"}"#),
+        Some(&1.0),
+        "the stream is open: {after:#?}"
+    );
+    let subscribes = r#"syncmux_frames_in_total{transport="sse",type="subscribe"}"#;
+    assert_eq!(moved(subscribes), 1.0, "{after:#?}");
+    let pulled = r#"syncmux_frames_out_total{transport="http",type="pull_response"}"#;
+    assert_eq!(moved(pulled), 1.0, "{after:#?}");
+    let timed = r#"syncmux_store_seconds_count{op="pull",transport="http"}"#;
+    assert_eq!(moved(timed), 1.0, "{after:#?}");
+    let websocket = r#"syncmux_frames_out_total{transport="websocket",type="pull_response"}"#;
+    assert_eq!(moved(websocket), 0.0, "not the WebSocket's");
 }
 
 /// Opens three sync sessions and an `/ot` one (on plain TCP it runs on the OT endpoint's own
