@@ -15,7 +15,10 @@
 //! (`docs/protocol.md`, "HTTP"), `Retry-After` on 429 and 503.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -60,6 +63,7 @@ pub(crate) struct Routes {
     pub(crate) streams: Streams,
     pub(crate) holders: Holders,
     pub(crate) origins: Origins,
+    pub(crate) limiter: Limiter,
 }
 
 impl Routes {
@@ -69,13 +73,65 @@ impl Routes {
             streams: Streams::default(),
             holders: Holders::default(),
             origins: Origins::default(),
+            limiter: Limiter::default(),
         }
+    }
+
+    /// Each client address may send `burst` requests of a session each per `window` (the
+    /// sync server's rate limit: see [`Limiter`]); a zero `burst`, any number.
+    pub(crate) fn limiting(mut self, burst: u32, window: Duration) -> Routes {
+        self.limiter = Limiter::new(burst, window);
+        self
     }
 
     /// Only `origins` may use the routes, with CORS answers.
     pub(crate) fn allowing(mut self, origins: Option<Vec<String>>) -> Routes {
         self.origins = Origins(origins.map(Arc::from));
         self
+    }
+}
+
+/// The rate limit of the requests that are a session each (Grove's pull, push and
+/// presence): per client address, as a WebSocket's is per session, with the same burst per
+/// window (`--rate-limit`), answered 429 with `Retry-After` (the seconds until a request is
+/// let through again). `governor`'s keyed limiter; addresses whose bucket refilled are
+/// forgotten as the map grows, so a flood from many addresses holds no memory for long.
+#[derive(Clone, Default)]
+pub(crate) struct Limiter(Option<Arc<KeyedLimiter>>);
+
+type KeyedLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
+
+/// Addresses kept before those whose bucket refilled are forgotten.
+const LIMITER_KEYS: usize = 4096;
+
+impl Limiter {
+    fn new(burst: u32, window: Duration) -> Limiter {
+        let quota = NonZeroU32::new(burst).and_then(|burst| {
+            let quota = governor::Quota::with_period(window / burst.get())?;
+            Some(quota.allow_burst(burst))
+        });
+        Limiter(quota.map(|quota| Arc::new(governor::RateLimiter::keyed(quota))))
+    }
+
+    /// Lets a request from `peer` through, or the 429 to answer it with.
+    pub(crate) fn check(&self, peer: Option<IpAddr>) -> Result<(), Failure> {
+        let (Some(limiter), Some(peer)) = (&self.0, peer) else {
+            return Ok(());
+        };
+        if limiter.len() > LIMITER_KEYS {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&peer).map_err(|not_until| {
+            let clock = governor::clock::DefaultClock::default();
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
+            let mut failure = Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited.as_str(),
+                "rate limit exceeded",
+            );
+            failure.retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            failure
+        })
     }
 }
 
@@ -147,13 +203,19 @@ const ID: &str = "http";
 
 /// Serves one request on `io` (no keep-alive: Grove's client opens a connection per request
 /// through `http.DefaultClient`, which pools; one per connection keeps the router simple).
-pub(crate) async fn serve<S>(server: SyncServer, routes: Routes, io: S) -> std::io::Result<()>
+/// `peer` is the client's address, for the rate limit.
+pub(crate) async fn serve<S>(
+    server: SyncServer,
+    routes: Routes,
+    io: S,
+    peer: Option<IpAddr>,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
         let (server, routes) = (server.clone(), routes.clone());
-        async move { Ok::<_, Infallible>(answer(&server, &routes, req).await) }
+        async move { Ok::<_, Infallible>(answer(&server, &routes, req, peer).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -168,6 +230,8 @@ pub(crate) struct Failure {
     pub(crate) status: StatusCode,
     pub(crate) code: String,
     pub(crate) message: String,
+    /// The seconds of its `Retry-After` (on 429 and 503; at least 1).
+    pub(crate) retry_after: u64,
 }
 
 impl Failure {
@@ -176,6 +240,7 @@ impl Failure {
             status,
             code: code.to_owned(),
             message: message.into(),
+            retry_after: 1,
         }
     }
 
@@ -194,11 +259,7 @@ impl Failure {
             message: String,
         }
         match frame.payload::<Error>() {
-            Ok(error) => Failure {
-                status: status_of(&error.code),
-                code: error.code,
-                message: error.message,
-            },
+            Ok(error) => Failure::new(status_of(&error.code), &error.code, error.message),
             Err(e) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()),
         }
     }
@@ -210,11 +271,11 @@ impl Failure {
 
     /// The header its status calls for: `Allow` (the method the path takes, `allow`) on 405,
     /// `Retry-After` on 429 and 503.
-    pub(crate) fn header(&self, allow: &'static str) -> Option<(HeaderName, &'static str)> {
+    pub(crate) fn header(&self, allow: &'static str) -> Option<(HeaderName, String)> {
         match self.status {
-            StatusCode::METHOD_NOT_ALLOWED => Some((ALLOW, allow)),
+            StatusCode::METHOD_NOT_ALLOWED => Some((ALLOW, allow.to_owned())),
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                Some((RETRY_AFTER, "1"))
+                Some((RETRY_AFTER, self.retry_after.max(1).to_string()))
             }
             _ => None,
         }
@@ -225,10 +286,11 @@ async fn answer(
     server: &SyncServer,
     routes: &Routes,
     req: Request<Incoming>,
+    peer: Option<IpAddr>,
 ) -> Response<Full<Bytes>> {
     let origin = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
     let origin = origin.map(str::to_owned);
-    let mut response = answer_allowed(server, routes, origin.as_deref(), req).await;
+    let mut response = answer_allowed(server, routes, origin.as_deref(), req, peer).await;
     insert(&mut response, routes.origins.cors(origin.as_deref()));
     response
 }
@@ -247,8 +309,14 @@ async fn answer_allowed(
     routes: &Routes,
     origin: Option<&str>,
     req: Request<Incoming>,
+    peer: Option<IpAddr>,
 ) -> Response<Full<Bytes>> {
     let presence = req.uri().path() == PRESENCE_PATH;
+    // A `POST /sync/send` feeds a session, whose own rate limit applies.
+    let limited = || match req.uri().path() == SEND_PATH {
+        true => Ok(()),
+        false => routes.limiter.check(peer),
+    };
     let answered = if let Err(failure) = routes.origins.check(origin) {
         Err(failure)
     } else if req.method() == Method::OPTIONS {
@@ -257,6 +325,8 @@ async fn answer_allowed(
             insert(&mut response, headers);
             response
         })
+    } else if let Err(failure) = limited() {
+        Err(failure)
     } else if presence {
         presence::answer(server, &routes.holders, req)
             .await
@@ -283,9 +353,7 @@ async fn answer_allowed(
             let mut response = respond(failure.status, Bytes::from(failure.body()));
             let allow = if presence { "GET, POST" } else { "POST" };
             if let Some((name, value)) = failure.header(allow) {
-                response
-                    .headers_mut()
-                    .insert(name, HeaderValue::from_static(value));
+                insert(&mut response, vec![(name, value)]);
             }
             response
         }

@@ -549,7 +549,13 @@ async fn run(args: Args) -> Result<(), String> {
         let _on = ot_thread.runtime.enter();
         adapters::Tokio::start_ot(ot, args.options)
     };
-    let routes = http::Routes::new(ot.clone()).allowing(args.origins);
+    let (burst, window) = server.with_driver(|d, _| {
+        let config = d.server().config();
+        (config.rate_limit_burst, config.rate_limit_window)
+    });
+    let routes = http::Routes::new(ot.clone())
+        .allowing(args.origins)
+        .limiting(burst, window);
     if let Some((url, prefix)) = ot_redis {
         // A `POST /sync/send` for another server's SSE session goes to it through Redis.
         relay_on_redis(&routes.streams, &url, &prefix).await?;
@@ -969,6 +975,7 @@ mod metrics_http {
 /// handed to hyper.
 mod static_files {
     use std::io::Cursor;
+    use std::net::IpAddr;
     use std::path::PathBuf;
     use std::sync::Arc;
 
@@ -1029,8 +1036,8 @@ mod static_files {
             let Ok(permit) = heads.clone().acquire_owned().await else {
                 return; // never closed
             };
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
+            let (tcp, peer) = match listener.accept().await {
+                Ok((tcp, peer)) => (tcp, Some(peer.ip())),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::task::yield_now().await;
@@ -1044,7 +1051,9 @@ mod static_files {
                 // Plain TCP: the adapter's fast write path, in a task of its own size (not
                 // that of the TLS and static-files path below).
                 let ot_runtime = ot_runtime.clone();
-                tokio::spawn(async move { plain(&server, &routes, ot_runtime, tcp, permit).await });
+                tokio::spawn(async move {
+                    plain(&server, &routes, ot_runtime, tcp, peer, permit).await
+                });
                 continue;
             }
             tokio::spawn(async move {
@@ -1060,7 +1069,7 @@ mod static_files {
                         },
                         None => Box::new(tcp),
                     };
-                    Some(read_head(io).await)
+                    Some(read_head(io, peer).await)
                 };
                 // Timed out: dropped, like a connection `accept` gives up on.
                 let head = within(&server, head).await.flatten();
@@ -1086,6 +1095,7 @@ mod static_files {
         routes: &Routes,
         ot_runtime: tokio::runtime::Handle,
         mut tcp: tokio::net::TcpStream,
+        peer: Option<IpAddr>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let mut buf = Vec::with_capacity(1024);
@@ -1123,7 +1133,7 @@ mod static_files {
             if super::http::handles(path) && !is_upgrade(&buf) {
                 let (reader, writer) = tcp.into_split();
                 let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
-                return grove_http(server, routes, io).await;
+                return grove_http(server, routes, io, peer).await;
             }
             if let Some(answer) = plain_answer(&buf, path, to_ot) {
                 if let Err(e) = tcp.write_all(answer).await {
@@ -1155,6 +1165,7 @@ mod static_files {
             reader,
             writer,
             buf,
+            peer,
         };
         let routed = boxed_route(server, routes, head).await;
         if let Err(e) = routed {
@@ -1173,11 +1184,11 @@ mod static_files {
 
     /// Grove's HTTP pull or push on `io` (its head replayed in front), within the handshake
     /// deadline: a request whose head, body or answer takes longer is dropped.
-    async fn grove_http<S>(server: &SyncServer, routes: &Routes, io: S)
+    async fn grove_http<S>(server: &SyncServer, routes: &Routes, io: S, peer: Option<IpAddr>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let served = super::http::serve(server.clone(), routes.clone(), io);
+        let served = super::http::serve(server.clone(), routes.clone(), io, peer);
         match within(server, served).await {
             Some(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended"),
             None => tracing::debug!("HTTP request timed out"),
@@ -1201,6 +1212,8 @@ mod static_files {
         reader: ReadHalf<S>,
         writer: WriteHalf<S>,
         buf: Vec<u8>,
+        /// The client's address (for the HTTP routes' rate limit).
+        peer: Option<IpAddr>,
     }
 
     fn complete(buf: &[u8]) -> bool {
@@ -1237,7 +1250,10 @@ mod static_files {
         })
     }
 
-    async fn read_head<S: AsyncRead + AsyncWrite>(io: S) -> std::io::Result<Head<S>> {
+    async fn read_head<S: AsyncRead + AsyncWrite>(
+        io: S,
+        peer: Option<IpAddr>,
+    ) -> std::io::Result<Head<S>> {
         let (mut reader, writer) = tokio::io::split(io);
         let mut buf = Vec::with_capacity(1024);
         while !complete(&buf) {
@@ -1249,6 +1265,7 @@ mod static_files {
             reader,
             writer,
             buf,
+            peer,
         })
     }
 
@@ -1266,6 +1283,7 @@ mod static_files {
             reader,
             mut writer,
             buf,
+            peer,
         } = request;
         if !complete(&buf) {
             if buf.len() >= MAX_HEAD {
@@ -1290,7 +1308,7 @@ mod static_files {
         }
         if super::http::handles(path) && !is_upgrade(&buf) {
             let io = tokio::io::join(Cursor::new(buf).chain(reader), writer);
-            grove_http(server, routes, io).await;
+            grove_http(server, routes, io, peer).await;
             return Ok(());
         }
         let files = files.filter(|files| path != files.ws_path.as_bytes());

@@ -868,3 +868,38 @@ async fn grove_http_push_and_pull_answer_as_grove_expects() {
     let (status, _, _) = http(&addr, "POST", "/sync/pull?token=s3cret", &json, pull).await;
     assert_eq!(status, 200);
 }
+
+/// Grove's requests are a session each, so the session's rate limit would never apply: they
+/// are limited per client address instead, with the same burst per window (`--rate-limit`),
+/// and answered 429 with `RATE_LIMITED` and the seconds until the next one goes through.
+/// Another server's limit (none) lets every request through.
+#[tokio::test]
+async fn grove_http_requests_are_rate_limited_per_client() {
+    let server = start(&["--listen", "127.0.0.1:0", "--rate-limit", "3/600"], &[]);
+    let addr = server.addr().to_owned();
+    let json = ["Content-Type: application/json"];
+    let pull = r#"{"tables":["docs"],"node_id":"grove"}"#;
+    for _ in 0..2 {
+        let (status, _, body) = http(&addr, "POST", "/sync/pull", &json, pull).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let presence = r#"{"node_id":"grove","topic":"t","data":{"x":1}}"#;
+    let (status, _, body) = http(&addr, "POST", "/sync/presence", &json, presence).await;
+    assert_eq!(status, 200, "presence counts too: {body}");
+    let (status, head, body) = http(&addr, "POST", "/sync/pull", &json, pull).await;
+    assert_eq!(status, 429, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["code"], "RATE_LIMITED", "{body}");
+    // One request per 200 s comes back: the wait is about that long.
+    let retry = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .map(|v| v.trim().parse::<u64>().unwrap());
+    assert!(retry.is_some_and(|s| (150..=200).contains(&s)), "{head}");
+
+    let unlimited = start(&["--listen", "127.0.0.1:0", "--rate-limit", "0"], &[]);
+    for _ in 0..10 {
+        let (status, _, body) = http(unlimited.addr(), "POST", "/sync/pull", &json, pull).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
