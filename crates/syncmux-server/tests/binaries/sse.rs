@@ -251,6 +251,35 @@ async fn a_stream_is_refused_as_grove_expects() {
     assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
 }
 
+/// `--max-connections` counts open streams with the WebSockets: a stream past it is
+/// refused 503 with `Retry-After`, and a stream that ends frees its place.
+#[tokio::test]
+async fn open_streams_count_against_max_connections() {
+    let (_server, addr) = start(&["--max-connections", "1"]);
+    let target = "/sync/stream?tables=docs";
+    let mut first = Stream::open(&addr, target, &[]).await.unwrap();
+    assert!(first.event().await.unwrap().id.is_some());
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let (status, head, body) = example_util::exchange(&addr, &request).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    drop(first);
+    let reopened = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(mut stream) = Stream::open(&addr, target, &[]).await {
+                return stream.event().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(reopened.await.unwrap().is_some(), "the place was freed");
+}
+
 /// `POST /sync/send` with `body` for `session`, named by `how` (a header line, or a query
 /// to append): the status and body.
 async fn send(addr: &str, how: &str, body: &str) -> (u16, String) {
