@@ -20,10 +20,10 @@ use js_sys::{Array, Function, Promise};
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
+use super::convert;
+use super::sse::{SseCallbacks, SseInputs, SseLink};
 use crate::callbacks::{detach, Callbacks, Inputs};
-use crate::convert;
 use crate::host::{self, Timer};
-use crate::sse::{SseCallbacks, SseInputs, SseLink};
 use syncmux::wire::CloseCode;
 use syncmux::ClientTransmit;
 use syncmux::Instant;
