@@ -4,6 +4,7 @@ mod error;
 mod event;
 mod receive;
 mod requests;
+mod sorted;
 mod timer;
 mod tracked;
 
