@@ -49,7 +49,8 @@ if rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
     && [ -d "$(rustup run "$NIGHTLY" rustc --print sysroot)/lib/rustlib/src/rust/library" ]; then
     cargo=(cargo "+$NIGHTLY")
     build_std=(-Z build-std=std,panic_abort)
-    rustflags="-Zunstable-options -Cpanic=immediate-abort"
+    # No panic machinery, and no source locations for it (#[track_caller] arguments).
+    rustflags="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none"
 else
     echo "warning: $NIGHTLY with rust-src not installed; building on stable, bigger" >&2
     echo "  (rustup toolchain install $NIGHTLY --profile minimal --component rust-src)" >&2
@@ -78,7 +79,10 @@ build() {
         echo "warning: wasm-opt not found; $package is not size-optimised" >&2
     fi
     rm -rf "$out"
-    wasm-bindgen --target web --out-dir "$out" --out-name "$module" "$wasm"
+    # Without the function names (a browser's stack traces show indices instead) and the
+    # producers section: some 4 KB of each .wasm that only debugging reads.
+    wasm-bindgen --target web --remove-name-section --remove-producers-section \
+        --out-dir "$out" --out-name "$module" "$wasm"
 
     # The package manifest: wasm-bindgen writes none for --target web. The version is the crate's.
     cat >"$out/package.json" <<JSON
