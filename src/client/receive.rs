@@ -150,7 +150,10 @@ impl Client {
         if self.transmits.len() >= self.config.max_queued_transmits {
             return;
         }
-        let Ok(payload) = serde_json::from_slice::<&RawValue>(frame.raw_payload()) else {
+        // From text, as every other parse of the client: one reader of serde_json's (not a
+        // second, for bytes) in the browser client's `.wasm`.
+        let text = core::str::from_utf8(frame.raw_payload()).ok();
+        let Some(payload) = text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok()) else {
             return; // unreachable for a decoded frame; nothing sensible to echo otherwise
         };
         if let Ok(pong) = Frame::encode(MessageType::Pong, frame.id(), payload) {
