@@ -143,7 +143,9 @@ mod tests {
         /// Any sequence of inserts, removals and retains leaves the same entries, in the same
         /// order, as a `BTreeMap` given the same sequence.
         #[test]
-        fn behaves_as_a_btree_map(ops in proptest::collection::vec((0u8..4, 0u16..64, any::<u32>()), 0..200)) {
+        fn behaves_as_a_btree_map(
+            ops in proptest::collection::vec((0u8..4, 0u16..64, any::<u32>()), 0..200),
+        ) {
             let mut sorted = SortedMap::new();
             let mut btree = BTreeMap::new();
             for (op, key, value) in ops {
@@ -162,7 +164,8 @@ mod tests {
                 prop_assert_eq!(sorted.get(&key), btree.get(&key));
                 prop_assert_eq!(sorted.contains_key(&key), btree.contains_key(&key));
                 prop_assert_eq!(sorted.len(), btree.len());
-                prop_assert_eq!(sorted.first().map(|(k, v)| (*k, *v)), btree.first_key_value().map(|(k, v)| (*k, *v)));
+                let first = btree.first_key_value().map(|(k, v)| (*k, *v));
+                prop_assert_eq!(sorted.first().map(|(k, v)| (*k, *v)), first);
             }
             let entries: Vec<(u16, u32)> = sorted.into_iter().collect();
             prop_assert_eq!(entries, btree.into_iter().collect::<Vec<_>>());
