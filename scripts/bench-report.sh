@@ -2,7 +2,7 @@
 # Runs the criterion benches with short measurement times and prints a table of the headline
 # figures (codec vs serde_json::Value, per-delivery fan-out cost, idle-session independence,
 # e2e vs raw echo when there is an e2e bench, heap per idle session, OT server CPU per acked
-# op against a Node server built the seed's way).
+# op against a Node server built the seed's way, the browser packages' gzipped sizes).
 #
 #   scripts/bench-report.sh            # about 5 minutes on 2 cores
 #   BENCH_TIME=3 scripts/bench-report.sh   # longer measurements, steadier figures
@@ -47,6 +47,12 @@ if [ -f scripts/fanout-bench ]; then
     # a Node ws server, same run.
     echo "=== scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,syncmux-sse,node" >&2
     scripts/fanout-bench --conns 1000 --runs 1 --servers syncmux,syncmux-sse,node | tee -a "$log"
+fi
+
+if command -v wasm-bindgen >/dev/null; then
+    # Not a bench: the browser packages' sizes (gzip -9 of .wasm plus JavaScript), as built.
+    echo "=== crates/syncmux-browser/web/build.sh" >&2
+    crates/syncmux-browser/web/build.sh | tee -a "$log"
 fi
 
 echo

@@ -39,7 +39,13 @@ pub enum ConfigError {
     #[error("doc_id must not be empty (None is doc-1)")]
     EmptyDocId,
     /// Pings must come before the idle timeout, or no pong could ever keep a session alive.
-    #[error("ping_interval ({ping:?}) must be shorter than idle_timeout ({idle:?})")]
+    // In milliseconds through f64, not Duration's Debug: the browser packages reach this
+    // Display (through their config errors) and already hold f64 formatting, not Duration's.
+    #[error(
+        "ping_interval ({} ms) must be shorter than idle_timeout ({} ms)",
+        ping.as_secs_f64() * 1e3,
+        idle.as_secs_f64() * 1e3
+    )]
     PingAfterIdle {
         /// The ping interval.
         ping: Duration,

@@ -4,6 +4,7 @@ mod error;
 mod event;
 mod receive;
 mod requests;
+mod sorted;
 mod timer;
 mod tracked;
 
@@ -585,7 +586,9 @@ impl Client {
     }
 
     /// The common path of every request command: local bounds, id, encoding, then send it
-    /// or queue it (starting the connection when idle).
+    /// or queue it (starting the connection when idle). Only the encoding depends on the
+    /// payload's type: the rest is [`Client::admit`] and [`Client::enqueue`], once in the
+    /// binary rather than once per payload type (the browser client's `.wasm`, issue 30).
     fn request<P: Serialize>(
         &mut self,
         now: Instant,
@@ -593,6 +596,14 @@ impl Client {
         payload: &P,
         effect: Effect,
     ) -> Result<RequestId, RequestError> {
+        let (now, open) = self.admit(now)?;
+        let id = self.take_id();
+        let frame = encode_request(kind.message(), id, payload);
+        Ok(self.enqueue(now, open, kind, id, frame, effect))
+    }
+
+    /// The local bounds of a new request: the clamped time, and whether it can go out now.
+    fn admit(&mut self, now: Instant) -> Result<(Instant, bool), RequestError> {
         let now = self.clamp(now);
         let open = match self.state {
             ClientState::Closed => return Err(RequestError::Closed),
@@ -620,8 +631,19 @@ impl Client {
                 return Err(RequestError::QueueFull { max });
             }
         }
-        let id = self.take_id();
-        let frame = encode_request(kind.message(), id, payload);
+        Ok((now, open))
+    }
+
+    /// Sends (when `open`) or queues the encoded request `id`, and tracks it.
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        open: bool,
+        kind: Kind,
+        id: u64,
+        frame: Bytes,
+        effect: Effect,
+    ) -> RequestId {
         let deadline =
             (!self.config.request_timeout.is_zero()).then(|| now + self.config.request_timeout);
         let status = if open {
@@ -637,7 +659,7 @@ impl Client {
         pending.effect = effect;
         self.requests.insert(id, pending);
         self.dial_if_idle();
-        Ok(RequestId(id))
+        RequestId(id)
     }
 
     fn dial_if_idle(&mut self) {
@@ -825,6 +847,11 @@ impl Client {
     fn send_internal<P: Serialize>(&mut self, kind: Kind, payload: &P, owner: Owner) {
         let id = self.take_id();
         let frame = encode_request(kind.message(), id, payload);
+        self.send_encoded(kind, id, frame, owner);
+    }
+
+    /// [`Client::send_internal`] past the encoding: the same code for every payload type.
+    fn send_encoded(&mut self, kind: Kind, id: u64, frame: Bytes, owner: Owner) {
         self.transmits
             .push_back(ClientTransmit::Frame(frame.clone()));
         let tables = match &owner {

@@ -150,7 +150,10 @@ impl Client {
         if self.transmits.len() >= self.config.max_queued_transmits {
             return;
         }
-        let Ok(payload) = serde_json::from_slice::<&RawValue>(frame.raw_payload()) else {
+        // From text, as every other parse of the client: one reader of serde_json's (not a
+        // second, for bytes) in the browser client's `.wasm`.
+        let text = core::str::from_utf8(frame.raw_payload()).ok();
+        let Some(payload) = text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok()) else {
             return; // unreachable for a decoded frame; nothing sensible to echo otherwise
         };
         if let Ok(pong) = Frame::encode(MessageType::Pong, frame.id(), payload) {
@@ -188,13 +191,15 @@ impl Client {
             if let Some(cursor) = &cursor {
                 self.tracked.observe_table_change(table, cursor);
             }
+            // Kept sorted and unique as it grows: a batch names a few tables, and a sort would
+            // put a whole sorting routine (some 5 KB) in the browser client's `.wasm`.
             if let Some(subscribed) = self.tracked.tables.get(table) {
-                subscriptions.push(subscribed.by);
+                if let Err(at) = subscriptions.binary_search(&subscribed.by) {
+                    subscriptions.insert(at, subscribed.by);
+                }
             }
             self.tracked.observe_hlc(table, hlc);
         }
-        subscriptions.sort_unstable();
-        subscriptions.dedup();
         // While a replay may still be on its way, the stream is not in one order for every
         // table (docs/protocol.md section 5): its position moves on only between replays.
         if let (Some(cursor), false) = (&cursor, self.requests.resuming()) {

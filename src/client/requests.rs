@@ -1,9 +1,8 @@
 //! Requests in flight: correlation by id, and their deadlines in an ordered map.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use bytes::Bytes;
 
+use super::sorted::SortedMap;
 use crate::time::Instant;
 use crate::wire::MessageType;
 
@@ -143,11 +142,11 @@ impl Pending {
 }
 
 /// Pending requests by id. Ids grow, so the map's order is issue order; deadlines sit in an
-/// ordered set, so the earliest is found without a scan.
+/// ordered map, so the earliest is found without a scan.
 #[derive(Debug, Default)]
 pub(crate) struct Requests {
-    map: BTreeMap<u64, Pending>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    map: SortedMap<u64, Pending>,
+    deadlines: SortedMap<(Instant, u64), ()>,
     app: usize,
     resuming: usize,
 }
@@ -155,7 +154,7 @@ pub(crate) struct Requests {
 impl Requests {
     pub(crate) fn insert(&mut self, id: u64, pending: Pending) {
         if let Some(deadline) = pending.deadline {
-            self.deadlines.insert((deadline, id));
+            self.deadlines.insert((deadline, id), ());
         }
         if pending.owner == Owner::App {
             self.app += 1;
@@ -206,12 +205,12 @@ impl Requests {
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.deadlines.first().map(|((at, _), ())| *at)
     }
 
     /// Removes and returns the earliest request whose deadline is at or before `now`.
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(u64, Pending)> {
-        let &(at, id) = self.deadlines.first()?;
+        let &((at, id), ()) = self.deadlines.first()?;
         if at > now {
             return None;
         }

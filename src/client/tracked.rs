@@ -4,9 +4,8 @@
 //! Ordered maps: the restore frames come out in the same order for the same history, whatever
 //! the hasher: output never depends on `HashMap` order.
 
-use std::collections::BTreeMap;
-
 use super::event::RequestId;
+use super::sorted::SortedMap;
 use crate::payload::{Cursor, Hlc, RawJson};
 
 /// One subscribed table.
@@ -38,9 +37,9 @@ pub(crate) struct Membership {
 
 #[derive(Debug, Default)]
 pub(crate) struct Tracked {
-    pub(crate) tables: BTreeMap<String, Table>,
-    pub(crate) topics: BTreeMap<String, Membership>,
-    pub(crate) rooms: BTreeMap<String, Membership>,
+    pub(crate) tables: SortedMap<String, Table>,
+    pub(crate) topics: SortedMap<String, Membership>,
+    pub(crate) rooms: SortedMap<String, Membership>,
     /// The session's stream position: the newest cursor of a `change` / `changes` frame or
     /// a pull / push response received while no resume replay was under way (a replay
     /// covers only its own tables), or the head of a new epoch.
@@ -180,8 +179,8 @@ impl Tracked {
     pub(crate) fn resume_groups(
         &mut self,
         with_cursor: bool,
-    ) -> BTreeMap<ResumePoint, Vec<String>> {
-        let mut groups: BTreeMap<ResumePoint, Vec<String>> = BTreeMap::new();
+    ) -> SortedMap<ResumePoint, Vec<String>> {
+        let mut groups: SortedMap<ResumePoint, Vec<String>> = SortedMap::new();
         for (name, table) in self.tables.iter_mut().filter(|(_, t)| t.sent) {
             let was_live = table.live;
             if table.live {
@@ -202,8 +201,7 @@ impl Tracked {
             // nowhere: it is sent again as it was, and starts where its new ack says.
             let since = table.since.clone();
             groups
-                .entry((cursor, since))
-                .or_default()
+                .get_or_insert_with((cursor, since), Vec::new)
                 .push(name.clone());
         }
         groups

@@ -1,5 +1,5 @@
 //! The JavaScript callbacks that bring a socket's and the timer's events to a driver: the sync
-//! client's ([`BrowserDriver`](crate::driver::BrowserDriver)) and the OT client's alike.
+//! client's (`sync::driver::BrowserDriver`) and the OT client's alike.
 
 use std::rc::{Rc, Weak};
 

@@ -2,7 +2,7 @@
 //! driving an [`OtClient`](syncmux::ot::OtClient) (README, "The OT profile").
 //!
 //! ```js
-//! import init, { OtClient } from "syncmux";
+//! import init, { OtClient } from "syncmux-ot";   // the package of feature `ot`
 //! await init();
 //! const doc = new OtClient("wss://ot.example/ot", { clientId: "tab-1", token: "T" });
 //! doc.on("change", (op) => editor.apply(op));    // others' edits, as open-ot text ops

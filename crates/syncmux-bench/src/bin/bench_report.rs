@@ -4,7 +4,7 @@
 //! lines; by hand: `cargo run -p syncmux-bench --bin bench_report -- target/criterion target/bench-report.log`.
 //! It reads criterion's `*/new/benchmark.json` and `*/new/estimates.json` (mean time per
 //! iteration) and the summary lines the `server`, `client` and `ot_e2e` benches print (heap
-//! figures, OT server CPU per op).
+//! figures, OT server CPU per op), and the browser packages' sizes `web/build.sh` prints.
 
 use std::collections::BTreeMap;
 use std::error::Error;
@@ -235,6 +235,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         "client round trip / codec only",
         ratio(client, codec).map(|r| format!("{r:.2}x")),
         "the client's own cost over encoding and decoding",
+    );
+    // The browser packages (crates/syncmux-browser/web/build.sh, run by bench-report.sh when
+    // the wasm tools are there): gzip -9 of .wasm plus JavaScript glue.
+    let kib = |b: f64| format!("{:.1} KiB", b / 1024.0);
+    t.row(
+        "browser sync client (npm syncmux), gzipped",
+        printed(&log, "size syncmux: gzip").map(kib),
+        "goal <= 50 KiB; before issue 30 (one module with both clients, stable, wasm-opt 108): 159.6 KiB",
+    );
+    t.row(
+        "browser OT client (npm syncmux-ot), gzipped",
+        printed(&log, "size syncmux-ot: gzip").map(kib),
+        "goal <= 40 KiB; before issue 30 it was in the sync client's module",
     );
     let cursor = get("store/pull 100 of 1M (4 tables)/after cursor");
     let clone = get("store/pull 100 of 1M (4 tables)/baseline: clone 100 records");

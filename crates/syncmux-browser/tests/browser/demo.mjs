@@ -21,7 +21,7 @@ function freePort() {
   });
 }
 
-async function startDriver() {
+export async function startDriver() {
   const port = await freePort();
   const child = spawn(CHROMEDRIVER, [`--port=${port}`], { stdio: ["ignore", "pipe", "inherit"] });
   await new Promise((resolve, reject) => {
@@ -41,7 +41,7 @@ async function call(base, method, route, body) {
   return json.value;
 }
 
-class Page {
+export class Page {
   static async open(base, url) {
     const caps = { capabilities: { alwaysMatch: { "goog:chromeOptions": { binary: "/usr/bin/chromium", args: ARGS } } } };
     const { sessionId } = await call(base, "POST", "/session", caps);

@@ -9,7 +9,7 @@
 //    that change's pk (how tests/browser.rs gets a change pushed by a native client);
 // 2. runs tests/browser.rs with wasm-bindgen-test in headless Chromium (chromedriver), the
 //    server URL baked in at compile time as SYNCMUX_TEST_URL;
-// 3. builds the demo (web/build.sh) and checks it end to end with two headless
+// 3. builds the two packages and the demo (web/build.sh) and checks the demo end to end with two headless
 //    Chromium sessions driven over WebDriver (tests/browser/demo.mjs), which writes
 //    target/browser-demo-*.png.
 //
@@ -104,22 +104,31 @@ createInterface({ input: watcher.stdout }).on("line", (line) => {
 });
 await waitFor(watcher, /connected|subscribe|ack/i).catch(() => {});
 
-/** build.sh made an npm package (named syncmux, the crate's version, an ES module with its
- *  types and .wasm) and installed it where the demo page imports it from. */
+/** build.sh made two npm packages (syncmux and syncmux-ot: the crate's version, ES modules with
+ *  their types and .wasm), each exporting its client and not the other's, and installed the
+ *  first where the demo page imports it from. */
 function checkPackage() {
   const cargo = readFileSync(path.join(root, "Cargo.toml"), "utf8"); // the workspace version
   const version = cargo.match(/^version = "(.*)"$/m)[1];
-  for (const dir of ["web/pkg", "web/node_modules/syncmux"]) {
+  const packages = [
+    ["web/pkg", "syncmux", "syncmux", "SyncClient", "OtClient"],
+    ["web/node_modules/syncmux", "syncmux", "syncmux", "SyncClient", "OtClient"],
+    ["web/pkg-ot", "syncmux-ot", "syncmux_ot", "OtClient", "SyncClient"],
+  ];
+  for (const [dir, name, module, exported, absent] of packages) {
     const pkg = JSON.parse(readFileSync(path.join(crate, dir, "package.json"), "utf8"));
-    const want = { name: "syncmux", version, type: "module", main: "syncmux.js", types: "syncmux.d.ts" };
+    const want = { name, version, type: "module", main: `${module}.js`, types: `${module}.d.ts` };
     for (const [key, value] of Object.entries(want)) {
       if (pkg[key] !== value) throw new Error(`${dir}/package.json: ${key} is ${pkg[key]}, not ${value}`);
     }
     for (const file of pkg.files) {
       if (!existsSync(path.join(crate, dir, file))) throw new Error(`${dir}: ${file} is missing`);
     }
+    const glue = readFileSync(path.join(crate, dir, `${module}.js`), "utf8");
+    if (!new RegExp(`export class ${exported}\\b`).test(glue)) throw new Error(`${dir}: no ${exported}`);
+    if (new RegExp(`export class ${absent}\\b`).test(glue)) throw new Error(`${dir}: has ${absent} too`);
   }
-  console.log(`npm package syncmux ${version} built and installed`);
+  console.log(`npm packages syncmux and syncmux-ot ${version} built, syncmux installed`);
 }
 
 function* findChanges(value) {

@@ -12,7 +12,6 @@
 //! but its events wait their turn, so listeners see events in the order the core emitted them.
 
 use core::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -20,10 +19,10 @@ use js_sys::{Array, Function, Promise};
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
+use super::convert;
+use super::sse::{SseCallbacks, SseInputs, SseLink};
 use crate::callbacks::{detach, Callbacks, Inputs};
-use crate::convert;
 use crate::host::{self, Timer};
-use crate::sse::{SseCallbacks, SseInputs, SseLink};
 use syncmux::wire::CloseCode;
 use syncmux::ClientTransmit;
 use syncmux::Instant;
@@ -104,8 +103,10 @@ struct State {
     /// A dial waiting for the token function's promise.
     waiting_token: Option<DialRequest>,
     timer: Option<Timer>,
-    /// Promises of requests in flight (bounded by the client's `max_in_flight`).
-    requests: BTreeMap<RequestId, Settle>,
+    /// Promises of requests in flight (bounded by the client's `max_in_flight`): a list, as
+    /// a map type of its own would add some 4 KB of tree code to the `.wasm` for a few
+    /// dozen entries.
+    requests: Vec<(RequestId, Settle)>,
     /// Promises of `connect()` calls waiting for the connection.
     connecting: Vec<Settle>,
     listeners: Vec<(EventKind, Function)>,
@@ -197,7 +198,7 @@ impl BrowserDriver {
                 token_fn,
                 waiting_token: None,
                 timer: None,
-                requests: BTreeMap::new(),
+                requests: Vec::new(),
                 connecting: Vec::new(),
                 listeners: Vec::new(),
             }),
@@ -246,7 +247,7 @@ impl BrowserDriver {
         let promise = match issued {
             Ok(id) => {
                 let (promise, settle) = promise();
-                self.state.borrow_mut().requests.insert(id, settle);
+                self.state.borrow_mut().requests.push((id, settle));
                 promise
             }
             Err(error) => Promise::reject(&convert::request_error(&error)),
@@ -449,7 +450,11 @@ impl BrowserDriver {
     fn dispatch(&self, event: ClientEvent) {
         let (kind, args): (EventKind, Vec<JsValue>) = match event {
             ClientEvent::Response { id, outcome } => {
-                let settle = self.state.borrow_mut().requests.remove(&id);
+                let settle = {
+                    let requests = &mut self.state.borrow_mut().requests;
+                    let at = requests.iter().position(|(r, _)| *r == id);
+                    at.map(|at| requests.swap_remove(at).1)
+                };
                 // Requests the client issues itself (restores, keepalive) have no promise.
                 if let Some(settle) = settle {
                     match outcome {

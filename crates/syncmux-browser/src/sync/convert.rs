@@ -17,7 +17,7 @@ use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use syncmux::wire::ErrorCode;
 use syncmux::{ClientConfig, CloseReason, RequestError, Response};
 
-use crate::driver::Transports;
+use super::driver::Transports;
 
 /// The options object of `new SyncClient(url, options)`, in milliseconds like the seed's
 /// TypeScript client. Unknown keys (the seed's `headers`, which browsers cannot send) are
