@@ -5,7 +5,7 @@
 //! and deadlines grow). A sorted vector finds a key by binary search as a `BTreeMap` does,
 //! iterates in key order as it does (output never depends on a hasher), and costs a few
 //! hundred bytes of code per key and value type where `BTreeMap` costs several kilobytes of
-//! node handling: together some 40 KB of the browser client's `.wasm`, 15 KiB gzipped (issue 30).
+//! node handling: together some 40 KB of the browser client's `.wasm`, 15 KiB gzipped.
 
 use core::borrow::Borrow;
 

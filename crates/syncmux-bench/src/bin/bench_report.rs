@@ -242,12 +242,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     t.row(
         "browser sync client (npm syncmux), gzipped",
         printed(&log, "size syncmux: gzip").map(kib),
-        "goal <= 50 KiB; before issue 30 (one module with both clients, stable, wasm-opt 108): 159.6 KiB",
+        "goal <= 50 KiB; before the split (one module with both clients, stable, wasm-opt 108): 159.6 KiB",
     );
     t.row(
         "browser OT client (npm syncmux-ot), gzipped",
         printed(&log, "size syncmux-ot: gzip").map(kib),
-        "goal <= 40 KiB; before issue 30 it was in the sync client's module",
+        "goal <= 40 KiB; before the split it was in the sync client's module",
     );
     let cursor = get("store/pull 100 of 1M (4 tables)/after cursor");
     let clone = get("store/pull 100 of 1M (4 tables)/baseline: clone 100 records");
