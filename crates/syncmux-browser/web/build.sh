@@ -141,8 +141,11 @@ build ot syncmux-ot syncmux_ot crates/syncmux-browser/web/pkg-ot \
     "Browser OT client of syncmux (open-ot text documents; Rust compiled to WebAssembly)" "$OT_LIMIT" "$OT_GOAL"
 
 # The demo uses the package as an app would: installed, not imported from pkg/. Copied
-# (--install-links), not linked, so node_modules/syncmux holds exactly the package's files.
+# (--install-links), not linked, so node_modules/syncmux holds exactly the package's files;
+# removed first, as npm finds a package of the same version "up to date" and keeps its old
+# files.
 if command -v npm >/dev/null; then
+    rm -rf crates/syncmux-browser/web/node_modules/syncmux
     npm install --prefix crates/syncmux-browser/web --no-save --install-links --no-audit --no-fund \
         --no-package-lock ./crates/syncmux-browser/web/pkg
     echo "installed crates/syncmux-browser/web/node_modules/syncmux"

@@ -332,6 +332,7 @@ impl<S: RawSocket> Direct<S> {
         Direct::with_framing(socket, Framing::WebSocket)
     }
 
+    /// A socket whose frames are written as `framing` makes them.
     pub(crate) fn with_framing(socket: S, framing: Framing) -> Direct<S> {
         Direct {
             socket,

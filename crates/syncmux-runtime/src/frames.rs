@@ -1,5 +1,5 @@
 //! A session over channels, for the transports that are not a WebSocket: an SSE stream and
-//! the POSTs that feed it (HTTP has no socket a session could own). The session's task is
+//! the POSTs that feed it (the POSTs come on other connections than the stream). The session's task is
 //! the one of every session ([`Accepted`]); only its [`Transport`] differs: frames in come
 //! from an inbox, frames out go to a bounded channel that the HTTP layer writes as events
 //! ([`Events`] says how), or, on a plain TCP stream of tokio's, the hub writes them to the

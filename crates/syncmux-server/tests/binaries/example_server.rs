@@ -547,59 +547,54 @@ async fn metrics_move_with_real_traffic() {
         1.0,
         "{after:#?}"
     );
-    assert_eq!(
-        moved(r#"syncmux_error_frames_total{code="RATE_LIMITED",transport="websocket"}"#),
-        2.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_error_frames_total{code="INVALID_FRAME",transport="websocket"}"#),
-        1.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_rate_limited_total{transport="websocket"}"#),
-        2.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_closes_total{code="4503",transport="websocket"}"#),
-        1.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_slow_consumer_closes_total{transport="websocket"}"#),
-        1.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_peer_closes_total{transport="websocket"}"#),
-        1.0
-    );
-    // Three subscribes: two start at the head (no change replayed), one replays both.
-    assert_eq!(
-        moved(r#"syncmux_replay_changes_count{transport="websocket"}"#),
-        3.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_replay_changes_sum{transport="websocket"}"#),
-        2.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_replay_changes_bucket{le="0",transport="websocket"}"#),
-        2.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_replay_changes_bucket{le="10",transport="websocket"}"#),
-        3.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_store_seconds_count{op="push",transport="websocket"}"#),
-        2.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_store_seconds_count{op="pull",transport="websocket"}"#),
-        1.0
-    );
-    assert_eq!(
-        moved(r#"syncmux_store_seconds_count{op="replay",transport="websocket"}"#),
-        3.0
-    );
+    for (key, want) in [
+        (
+            r#"syncmux_error_frames_total{code="RATE_LIMITED",transport="websocket"}"#,
+            2.0,
+        ),
+        (
+            r#"syncmux_error_frames_total{code="INVALID_FRAME",transport="websocket"}"#,
+            1.0,
+        ),
+        (r#"syncmux_rate_limited_total{transport="websocket"}"#, 2.0),
+        (
+            r#"syncmux_closes_total{code="4503",transport="websocket"}"#,
+            1.0,
+        ),
+        (
+            r#"syncmux_slow_consumer_closes_total{transport="websocket"}"#,
+            1.0,
+        ),
+        (r#"syncmux_peer_closes_total{transport="websocket"}"#, 1.0),
+        // Three subscribes: two start at the head (no change replayed), one replays both.
+        (
+            r#"syncmux_replay_changes_count{transport="websocket"}"#,
+            3.0,
+        ),
+        (r#"syncmux_replay_changes_sum{transport="websocket"}"#, 2.0),
+        (
+            r#"syncmux_replay_changes_bucket{le="0",transport="websocket"}"#,
+            2.0,
+        ),
+        (
+            r#"syncmux_replay_changes_bucket{le="10",transport="websocket"}"#,
+            3.0,
+        ),
+        (
+            r#"syncmux_store_seconds_count{op="push",transport="websocket"}"#,
+            2.0,
+        ),
+        (
+            r#"syncmux_store_seconds_count{op="pull",transport="websocket"}"#,
+            1.0,
+        ),
+        (
+            r#"syncmux_store_seconds_count{op="replay",transport="websocket"}"#,
+            3.0,
+        ),
+    ] {
+        assert_eq!(moved(key), want, "{key}: {after:#?}");
+    }
     assert!(moved(r#"syncmux_store_seconds_sum{op="push",transport="websocket"}"#) > 0.0);
 
     // An SSE stream and an HTTP pull: their metrics carry their transport.
