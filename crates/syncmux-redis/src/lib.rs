@@ -88,7 +88,8 @@ const COMMON: &str = include_str!("common.lua");
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// The server: `redis://HOST:PORT[/DB]` (`rediss://` with TLS is not built in).
+    /// The server: `redis://HOST:PORT[/DB]`, or `rediss://` for TLS (rustls, trusting the
+    /// system's roots, or those of the PEM file `SSL_CERT_FILE` names).
     pub url: String,
     /// The keys' prefix, inside the hash tag: keys are `{PREFIX}:...`. Servers sharing a log
     /// use the same prefix; different prefixes are separate logs on one Redis. Default

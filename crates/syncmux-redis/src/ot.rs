@@ -54,7 +54,8 @@ use syncmux_runtime::OtServerHandle;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisOtConfig {
-    /// The server: `redis://HOST:PORT[/DB]`.
+    /// The server: `redis://HOST:PORT[/DB]`, or `rediss://` for TLS (as
+    /// [`RedisConfig::url`](crate::RedisConfig::url)).
     pub url: String,
     /// What every key and channel starts with (module docs). Default empty: open-ot's
     /// layout exactly. Servers sharing documents use the same prefix.

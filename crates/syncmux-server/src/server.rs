@@ -162,7 +162,8 @@ struct Cli {
         default_value = "5000"
     )]
     shutdown_timeout: Duration,
-    /// Keep the change log in the Redis at URL (`redis://HOST:PORT`), shared with every
+    /// Keep the change log in the Redis at URL (`redis://HOST:PORT`, `rediss://` for TLS, which
+    /// trusts the system's roots or those of `SSL_CERT_FILE`), shared with every
     /// server started with the same URL and prefix, instead of in memory. Needs a build with
     /// `--features redis`.
     #[arg(long, value_name = "URL")]

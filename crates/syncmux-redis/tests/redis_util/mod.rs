@@ -20,6 +20,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Serves TLS only (`rediss://`), with the certificate and key in `dir`.
+    tls: bool,
 }
 
 /// Whether `redis-server` can be run; panics under `CI` when it cannot.
@@ -43,6 +45,16 @@ pub fn available() -> bool {
 impl RedisServer {
     /// A fresh `redis-server`, or `None` (the test is skipped) when there is none to run.
     pub fn start() -> Option<RedisServer> {
+        RedisServer::start_with(None)
+    }
+
+    /// A fresh `redis-server` that speaks only TLS, with this PEM certificate (its own CA)
+    /// and key; `None` as [`start`](Self::start).
+    pub fn start_tls(cert: &str, key: &str) -> Option<RedisServer> {
+        RedisServer::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<RedisServer> {
         if !available() {
             return None;
         }
@@ -53,12 +65,17 @@ impl RedisServer {
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.join("cert.pem"), cert).unwrap();
+            std::fs::write(dir.join("key.pem"), key).unwrap();
+        }
         for _ in 0..10 {
             let port = free_port();
             let mut server = RedisServer {
                 child: None,
                 port,
                 dir: dir.clone(),
+                tls: tls.is_some(),
             };
             if server.spawn() {
                 return Some(server);
@@ -67,9 +84,10 @@ impl RedisServer {
         panic!("could not start redis-server on a free port");
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` (`rediss://` over TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server: Redis is lost, with its data (there is no persistence).
@@ -122,8 +140,21 @@ impl RedisServer {
 
     /// Starts `redis-server` on `self.port`; `false` if it exited (the port was taken).
     fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        if self.tls {
+            // TLS only: the plain port is off, clients need no certificate of their own.
+            let file = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &file("cert.pem")])
+                .args(["--tls-key-file", &file("key.pem")])
+                .args(["--tls-ca-cert-file", &file("cert.pem")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let mut child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)

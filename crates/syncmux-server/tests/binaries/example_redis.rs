@@ -13,8 +13,9 @@ mod with_redis {
     use std::time::Duration;
 
     use super::start;
+    use crate::example_util;
     use crate::redis_util::RedisServer;
-    use syncmux::payload::{ChangeRecord, Hlc, RawJson, Subscribe};
+    use syncmux::payload::{ChangeRecord, Hlc, PullRequest, RawJson, Subscribe};
     use syncmux::{ClientConfig, ClientEvent};
     use syncmux_runtime as adapters;
 
@@ -47,6 +48,48 @@ mod with_redis {
         .await
         .expect("the change crossed servers");
         assert_eq!(changes, (vec![record], pushed.cursor));
+    }
+
+    /// `rediss://`: TLS to Redis, trusting the system's roots or those of `SSL_CERT_FILE`
+    /// (here the test's self-signed certificate): two servers serve one log over it, and a
+    /// server that does not trust the certificate does not start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_share_a_log_over_rediss() {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let cert = rcgen::generate_simple_self_signed(names).unwrap();
+        let (pem, key) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+        let Some(redis) = RedisServer::start_tls(&pem, &key) else {
+            return;
+        };
+        let url = redis.url();
+        assert!(url.starts_with("rediss://"), "{url}");
+        let ca = std::env::temp_dir().join(format!("syncmux-rediss-{}.pem", std::process::id()));
+        std::fs::write(&ca, &pem).unwrap();
+        let trust = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+        let args = ["--redis", &url, "--redis-prefix", "tls"];
+        let (_a, a) = example_util::start_server_with(&args, "listening on ", &trust).unwrap();
+        let (_b, b) = example_util::start_server_with(&args, "listening on ", &trust).unwrap();
+        let (writer, _w) = adapters::Tokio::connect(ClientConfig::new(&a, "writer")).unwrap();
+        let record = ChangeRecord::new("docs", "1", "t", "lww", Hlc::new(5, 0, "writer"), "writer")
+            .with_value(RawJson::from_serialize("over TLS").unwrap());
+        writer.push(vec![record.clone()]).await.unwrap();
+        let (reader, _r) = adapters::Tokio::connect(ClientConfig::new(&b, "reader")).unwrap();
+        let pulled = reader.pull(PullRequest::new(["docs"])).await.unwrap();
+        assert_eq!(
+            pulled.changes,
+            vec![record],
+            "the other server read it from Redis"
+        );
+
+        let untrusted = ca.with_extension("none.pem");
+        std::fs::write(&untrusted, "").unwrap();
+        let distrust = [("SSL_CERT_FILE", untrusted.to_str().unwrap())];
+        let refused = example_util::start_server_with(&args, "listening on ", &distrust);
+        let (status, stderr) = refused.err().expect("started without trusting Redis");
+        assert_ne!(status, Some(0), "{stderr}");
+        assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+        let _ = std::fs::remove_file(ca);
+        let _ = std::fs::remove_file(untrusted);
     }
 
     /// A server killed with SIGKILL: its sessions' presence and room places are given back

@@ -90,10 +90,20 @@ pub fn start_server_until(
     args: &[&str],
     prefix: &str,
 ) -> Result<(Killed, String), (Option<i32>, String)> {
+    start_server_with(args, prefix, &[])
+}
+
+/// [`start_server_until`] with the variables `env` set.
+pub fn start_server_with(
+    args: &[&str],
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> Result<(Killed, String), (Option<i32>, String)> {
     let mut command = Command::new(example_binary("server"));
     command
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
