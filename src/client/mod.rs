@@ -588,7 +588,7 @@ impl Client {
     /// The common path of every request command: local bounds, id, encoding, then send it
     /// or queue it (starting the connection when idle). Only the encoding depends on the
     /// payload's type: the rest is [`Client::admit`] and [`Client::enqueue`], once in the
-    /// binary rather than once per payload type (the browser client's `.wasm`, issue 30).
+    /// binary rather than once per payload type (which counts in the browser client's `.wasm`).
     fn request<P: Serialize>(
         &mut self,
         now: Instant,
