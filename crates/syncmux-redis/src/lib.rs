@@ -114,6 +114,14 @@ pub struct RedisConfig {
     /// A server silent this long is taken for gone: its sessions leave their topics and
     /// rooms on every other server. Default 10 s.
     pub server_ttl: Duration,
+    /// Replicas that must hold a push before it is acknowledged (Redis's `WAIT`), so that an
+    /// acknowledged change survives the primary's loss. A push they do not confirm within
+    /// [`replica_timeout`](Self::replica_timeout) answers `UNAVAILABLE` (it may still land:
+    /// the client pushes again, and merging is idempotent). Default 0: acknowledged once the
+    /// primary has it (replication is asynchronous; a failover may lose the newest pushes).
+    pub min_replicas: usize,
+    /// How long a push waits for [`min_replicas`](Self::min_replicas). Default 1 s.
+    pub replica_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -129,6 +137,8 @@ impl RedisConfig {
             share_presence: true,
             heartbeat: RedisConfig::HEARTBEAT,
             server_ttl: RedisConfig::SERVER_TTL,
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -191,6 +201,9 @@ struct Inner {
     client: redis::Client,
     /// Requests: one multiplexed connection that reconnects on its own.
     conn: ConnectionManager,
+    /// Pushes: `conn`, or with [`RedisConfig::min_replicas`] a connection of their own, as
+    /// `WAIT` follows the writes of its connection and holds that connection while it waits.
+    pushes: ConnectionManager,
     /// `{prefix}:`, the first argument of every script.
     prefix: String,
     /// The stream's key.
@@ -248,6 +261,10 @@ impl RedisBackend {
     pub async fn connect(config: RedisConfig) -> Result<RedisBackend, RedisBackendError> {
         let url = config.url.clone();
         let (client, conn) = open(&url, config.request_timeout).await?;
+        let pushes = match config.min_replicas {
+            0 => conn.clone(),
+            _ => open(&url, config.request_timeout).await?.1,
+        };
         let prefix = format!("{{{}}}:", config.prefix);
         let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
         let backend = RedisBackend {
@@ -256,6 +273,7 @@ impl RedisBackend {
                 prefix,
                 client,
                 conn,
+                pushes,
                 instance: format!("{:016x}", Clock::new().seed()),
                 push: script(include_str!("push.lua")),
                 read: script(include_str!("read.lua")),
@@ -374,6 +392,30 @@ fn epoch_of(epoch: &str) -> Result<u64, AppError> {
 }
 
 impl Inner {
+    /// With [`RedisConfig::min_replicas`], waits until that many replicas hold every write
+    /// `conn` made so far (`WAIT`); `UNAVAILABLE` when they do not confirm in time.
+    async fn replicated(&self, conn: &mut ConnectionManager) -> Result<(), AppError> {
+        let wanted = self.config.min_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let millis = self.config.replica_timeout.as_millis().max(1);
+        let confirmed: usize = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(u64::try_from(millis).unwrap_or(u64::MAX))
+            .query_async(conn)
+            .await
+            .map_err(|e| failed(&e))?;
+        if confirmed < wanted {
+            tracing::warn!(confirmed, wanted, "a push was not replicated in time");
+            return Err(AppError::unavailable(format!(
+                "the change reached {confirmed} of {wanted} replicas in time; it may still \
+                 land: push it again"
+            )));
+        }
+        Ok(())
+    }
+
     /// The head and the oldest retained sequence; `None` if the metadata does not parse.
     async fn head(
         &self,
@@ -419,9 +461,10 @@ impl Inner {
                 .arg(record.hlc.to_string())
                 .arg(json);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.pushes.clone();
         let (epoch, head, newest, accepted): (String, u64, String, Vec<u64>) =
             call.invoke_async(&mut conn).await.map_err(|e| failed(&e))?;
+        self.replicated(&mut conn).await?;
         let epoch = epoch_of(&epoch)?;
         let mut changes: Vec<Option<ChangeRecord>> = changes.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(accepted.len() / 2);

@@ -7,7 +7,8 @@
 //!     [--presence-ttl MS] [--room-max N] [--allowed-origins ORIGINS]
 //!     [--handshake-timeout MS] [--max-connections N] [--tls-cert PEM --tls-key PEM]
 //!     [--static DIR] [--metrics ADDR] [--log-format human|json] [--shutdown-timeout MS]
-//!     [--data PATH] [--retention N] [--redis URL [--redis-prefix P] [--redis-retention N]]
+//!     [--data PATH] [--retention N]
+//!     [--redis URL [--redis-prefix P] [--redis-retention N] [--redis-min-replicas N]]
 //! ```
 //!
 //! Every flag can also come from an environment variable (`SYNCMUX_LISTEN`,
@@ -174,6 +175,11 @@ struct Cli {
     /// With --redis: the most changes the log keeps, the oldest going first; 0 keeps all.
     #[arg(long, value_name = "N", default_value_t = 0)]
     redis_retention: usize,
+    /// With --redis: replicas that must hold a push before it is acknowledged (Redis's WAIT,
+    /// 1 s); a push they do not confirm answers UNAVAILABLE. 0 acknowledges once the primary
+    /// has it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    redis_min_replicas: usize,
     /// Keep the changes in the SQLite database at PATH (created if missing), so that they
     /// survive restarts and crashes. Needs a build with `--features sqlite`.
     #[arg(long, value_name = "PATH", conflicts_with = "redis")]
@@ -215,6 +221,7 @@ struct Redis {
     url: String,
     prefix: String,
     retention: usize,
+    min_replicas: usize,
 }
 
 /// How log lines are written.
@@ -455,6 +462,7 @@ impl Cli {
                     0 => self.retention,
                     n => n,
                 },
+                min_replicas: self.redis_min_replicas,
             }),
             data: self.data,
             retention: self.retention,
@@ -672,6 +680,7 @@ async fn start_on_redis(
     let mut config = RedisConfig::new(redis.url);
     config.prefix = redis.prefix;
     config.retention = redis.retention;
+    config.min_replicas = redis.min_replicas;
     let backend = RedisBackend::connect(config)
         .await
         .map_err(|e| e.to_string())?;
@@ -733,7 +742,7 @@ async fn ot_on_redis(_: OtServerHandle, _: String, _: String) -> Result<(), Stri
 /// Without the `redis` feature, `--redis` is refused.
 #[cfg(not(feature = "redis"))]
 async fn start_on_redis(_: Server, redis: Redis, _: ServerOptions) -> Result<SyncServer, String> {
-    let _ = (redis.prefix, redis.retention);
+    let _ = (redis.prefix, redis.retention, redis.min_replicas);
     Err(format!(
         "--redis {}: this server was built without Redis; build it with --features redis",
         redis.url

@@ -22,6 +22,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Serves TLS only (`rediss://`), with the certificate and key in `dir`.
     tls: bool,
+    /// The port of the primary this server replicates.
+    replica_of: Option<u16>,
 }
 
 /// Whether `redis-server` can be run; panics under `CI` when it cannot.
@@ -45,16 +47,30 @@ pub fn available() -> bool {
 impl RedisServer {
     /// A fresh `redis-server`, or `None` (the test is skipped) when there is none to run.
     pub fn start() -> Option<RedisServer> {
-        RedisServer::start_with(None)
+        RedisServer::start_with(None, None)
+    }
+
+    /// A fresh `redis-server` replicating `primary` (once it reports the link up: see
+    /// [`replicas`](Self::replicas)).
+    pub fn start_replica_of(primary: &RedisServer) -> Option<RedisServer> {
+        RedisServer::start_with(None, Some(primary.port))
+    }
+
+    /// The replicas connected to this server and in sync, as its `INFO replication` says.
+    pub fn replicas(&self) -> usize {
+        let info = self.command(&["INFO", "replication"]);
+        info.lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count()
     }
 
     /// A fresh `redis-server` that speaks only TLS, with this PEM certificate (its own CA)
     /// and key; `None` as [`start`](Self::start).
     pub fn start_tls(cert: &str, key: &str) -> Option<RedisServer> {
-        RedisServer::start_with(Some((cert, key)))
+        RedisServer::start_with(Some((cert, key)), None)
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> Option<RedisServer> {
+    fn start_with(tls: Option<(&str, &str)>, replica_of: Option<u16>) -> Option<RedisServer> {
         if !available() {
             return None;
         }
@@ -76,6 +92,7 @@ impl RedisServer {
                 port,
                 dir: dir.clone(),
                 tls: tls.is_some(),
+                replica_of,
             };
             if server.spawn() {
                 return Some(server);
@@ -152,6 +169,9 @@ impl RedisServer {
                 .args(["--tls-auth-clients", "no"]);
         } else {
             command.args(["--port", &self.port.to_string()]);
+        }
+        if let Some(primary) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
         }
         let mut child = command
             .args(["--bind", "127.0.0.1"])

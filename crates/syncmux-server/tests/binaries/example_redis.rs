@@ -92,6 +92,52 @@ mod with_redis {
         let _ = std::fs::remove_file(untrusted);
     }
 
+    /// `--redis-min-replicas 1`: a push is acknowledged once a replica holds it; while the
+    /// replica is stopped, a push answers `UNAVAILABLE`, and once it is back pushes are
+    /// acknowledged again. Asking for more replicas than there are is `UNAVAILABLE` at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_min_replicas_a_push_is_acked_once_a_replica_holds_it() {
+        use syncmux::{ErrorCode, RequestError};
+
+        let Some(primary) = RedisServer::start() else {
+            return;
+        };
+        let replica = RedisServer::start_replica_of(&primary).unwrap();
+        let linked = tokio::time::timeout(Duration::from_secs(30), async {
+            while primary.replicas() == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        linked.await.expect("the replica came online");
+        let url = primary.url();
+        let (_one, one) = start(&["--redis", &url, "--redis-min-replicas", "1"]).unwrap();
+        let (_two, two) = start(&["--redis", &url, "--redis-min-replicas", "2"]).unwrap();
+        let record = |pk: &str, ts: i64| {
+            ChangeRecord::new("docs", pk, "t", "lww", Hlc::new(ts, 0, "w"), "w")
+                .with_value(RawJson::from_serialize("v").unwrap())
+        };
+        let unavailable = |result: Result<_, RequestError>| match result {
+            Err(RequestError::Server { code, .. }) => code == ErrorCode::Unavailable,
+            _ => false,
+        };
+        let (writer, _w) = adapters::Tokio::connect(ClientConfig::new(&one, "w")).unwrap();
+        writer.push(vec![record("1", 1)]).await.expect("replicated");
+        replica.signal("STOP");
+        let refused = writer.push(vec![record("2", 2)]).await;
+        replica.signal("CONT");
+        assert!(unavailable(refused.clone()), "{refused:?}");
+        writer
+            .push(vec![record("3", 3)])
+            .await
+            .expect("replicated again");
+        let (greedy, _g) = adapters::Tokio::connect(ClientConfig::new(&two, "w")).unwrap();
+        let refused = greedy.push(vec![record("4", 4)]).await;
+        assert!(
+            unavailable(refused.clone()),
+            "two replicas wanted: {refused:?}"
+        );
+    }
+
     /// A server killed with SIGKILL: its sessions' presence and room places are given back
     /// on every other server once its heartbeat is overdue (10 s by default).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,6 +242,7 @@ fn every_server_flag_has_help_and_an_environment_variable() {
         ("--redis", "SYNCMUX_REDIS"),
         ("--redis-prefix", "SYNCMUX_REDIS_PREFIX"),
         ("--redis-retention", "SYNCMUX_REDIS_RETENTION"),
+        ("--redis-min-replicas", "SYNCMUX_REDIS_MIN_REPLICAS"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         assert!(help.contains(var), "{var} missing from --help:\n{help}");
