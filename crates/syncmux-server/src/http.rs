@@ -64,6 +64,8 @@ pub(crate) struct Routes {
     pub(crate) holders: Holders,
     pub(crate) origins: Origins,
     pub(crate) limiter: Limiter,
+    /// The reverse proxies whose `X-Forwarded-For` names the client.
+    pub(crate) proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Routes {
@@ -74,7 +76,46 @@ impl Routes {
             holders: Holders::default(),
             origins: Origins::default(),
             limiter: Limiter::default(),
+            proxies: Arc::new([]),
         }
+    }
+
+    /// Requests from `proxies` are counted as the client their `X-Forwarded-For` names.
+    pub(crate) fn trusting(mut self, proxies: Vec<ipnet::IpNet>) -> Routes {
+        self.proxies = proxies.into();
+        self
+    }
+
+    /// The client of a request from `peer`: `peer`, or, from a trusted proxy, the last
+    /// address of `X-Forwarded-For` that is not one (each proxy appends the address it got
+    /// the request from; those before a proxy the server does not trust may be forged).
+    pub(crate) fn client(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &hyper::HeaderMap,
+    ) -> Option<IpAddr> {
+        let trusted = |address: &IpAddr| self.proxies.iter().any(|net| net.contains(address));
+        let peer = peer?;
+        if !trusted(&peer) {
+            return Some(peer);
+        }
+        let forwarded = headers.get_all("x-forwarded-for").iter();
+        let hops: Vec<&str> = forwarded
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
+        let mut client = peer;
+        for hop in hops.into_iter().rev() {
+            // A hop that is no address ends the walk: nothing before it can be placed.
+            let Ok(hop) = hop.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = hop;
+            if !trusted(&hop) {
+                break;
+            }
+        }
+        Some(client)
     }
 
     /// Each client address may send `burst` requests of a session each per `window` (the
@@ -315,7 +356,7 @@ async fn answer_allowed(
     // A `POST /sync/send` feeds a session, whose own rate limit applies.
     let limited = || match req.uri().path() == SEND_PATH {
         true => Ok(()),
-        false => routes.limiter.check(peer),
+        false => routes.limiter.check(routes.client(peer, req.headers())),
     };
     let answered = if let Err(failure) = routes.origins.check(origin) {
         Err(failure)
@@ -574,5 +615,59 @@ fn code_of(status: StatusCode) -> &'static str {
         StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
         StatusCode::BAD_REQUEST => "BAD_REQUEST",
         _ => "REFUSED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(proxies: &[&str]) -> Routes {
+        let ot = syncmux::ot::OtServer::new(syncmux::ot::OtServerConfig::default()).unwrap();
+        let ot = syncmux_runtime::Tokio::start_ot(ot, syncmux_runtime::ServerOptions::default());
+        let proxies = proxies.iter().map(|p| p.parse().unwrap()).collect();
+        Routes::new(ot).trusting(proxies)
+    }
+
+    fn forwarded(values: &[&str]) -> hyper::HeaderMap {
+        let mut headers = hyper::HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    /// The client is the peer, unless the peer is a trusted proxy: then the last forwarded
+    /// address that is not one, across the header's lines; a hop that is no address ends
+    /// the walk.
+    #[tokio::test]
+    async fn a_trusted_proxys_forwarded_address_is_the_client() {
+        let untrusting = routes(&[]);
+        let headers = forwarded(&["203.0.113.9"]);
+        assert_eq!(untrusting.client(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
+
+        let trusting = routes(&["10.0.0.0/8", "192.0.2.7/32"]);
+        assert_eq!(trusting.client(ip("10.0.0.1"), &headers), ip("203.0.113.9"));
+        assert_eq!(
+            trusting.client(ip("198.51.100.1"), &headers),
+            ip("198.51.100.1"),
+            "not a proxy: its header is ignored"
+        );
+        let chain = forwarded(&["1.1.1.1, 203.0.113.9", "192.0.2.7"]);
+        assert_eq!(
+            trusting.client(ip("10.0.0.1"), &chain),
+            ip("203.0.113.9"),
+            "the forged first hop is not believed"
+        );
+        let garbled = forwarded(&["203.0.113.9, unknown"]);
+        assert_eq!(trusting.client(ip("10.0.0.1"), &garbled), ip("10.0.0.1"));
+        assert_eq!(
+            trusting.client(ip("10.0.0.1"), &hyper::HeaderMap::new()),
+            ip("10.0.0.1")
+        );
     }
 }

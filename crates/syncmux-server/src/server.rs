@@ -128,6 +128,11 @@ struct Cli {
     /// (a browser lets only same-origin pages read them).
     #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// The reverse proxies (addresses or networks, `10.0.0.0/8`, comma-separated) whose
+    /// `X-Forwarded-For` names the client: the HTTP requests' rate limit then counts the
+    /// address they forward for rather than their own. Without it the header is ignored.
+    #[arg(long, value_name = "NETS", value_delimiter = ',', value_parser = net)]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Most members of one room [default: 1000].
     #[arg(long, value_name = "N")]
     room_max: Option<usize>,
@@ -238,6 +243,17 @@ enum LogFormat {
 enum RateLimit {
     Off,
     Bucket { burst: u32, window: Duration },
+}
+
+/// An address (`10.0.0.1`, a network of one) or a network (`10.0.0.0/8`).
+fn net(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    match value.parse::<std::net::IpAddr>() {
+        Ok(address) => Ok(ipnet::IpNet::from(address)),
+        Err(_) => value
+            .parse()
+            .map_err(|_| format!("{value:?} is not an address or a network (10.0.0.0/8)")),
+    }
 }
 
 fn rate_limit(value: &str) -> Result<RateLimit, String> {
@@ -361,6 +377,8 @@ struct Args {
     retention: usize,
     /// `--allowed-origins`, as given (`*` included), for the HTTP routes' CORS answers.
     origins: Option<Vec<String>>,
+    /// `--trusted-proxies`.
+    proxies: Vec<ipnet::IpNet>,
 }
 
 impl Cli {
@@ -467,6 +485,7 @@ impl Cli {
             data: self.data,
             retention: self.retention,
             origins,
+            proxies: self.trusted_proxies,
         })
     }
 }
@@ -564,7 +583,8 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let routes = http::Routes::new(ot.clone())
         .allowing(args.origins)
-        .limiting(burst, window);
+        .limiting(burst, window)
+        .trusting(args.proxies);
     if let Some((url, prefix)) = ot_redis {
         // A `POST /sync/send` for another server's SSE session goes to it through Redis.
         relay_on_redis(&routes.streams, &url, &prefix).await?;

@@ -243,6 +243,7 @@ fn every_server_flag_has_help_and_an_environment_variable() {
         ("--redis-prefix", "SYNCMUX_REDIS_PREFIX"),
         ("--redis-retention", "SYNCMUX_REDIS_RETENTION"),
         ("--redis-min-replicas", "SYNCMUX_REDIS_MIN_REPLICAS"),
+        ("--trusted-proxies", "SYNCMUX_TRUSTED_PROXIES"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         assert!(help.contains(var), "{var} missing from --help:\n{help}");
@@ -892,6 +893,28 @@ async fn grove_http_requests_are_rate_limited_per_client() {
         .find_map(|l| l.strip_prefix("retry-after: "))
         .map(|v| v.trim().parse::<u64>().unwrap());
     assert!(retry.is_some_and(|s| (150..=200).contains(&s)), "{head}");
+
+    // Behind a trusted proxy, each forwarded client has its own bucket; from an untrusted
+    // peer the header is ignored.
+    let flags = ["--listen", "127.0.0.1:0", "--rate-limit", "2/600"];
+    let proxied = start(
+        &[&flags[..], &["--trusted-proxies", "127.0.0.0/8"]].concat(),
+        &[],
+    );
+    let direct = start(&flags, &[]);
+    for (server, third) in [(&proxied, 200), (&direct, 429)] {
+        let from = |client: &str| {
+            let header = format!("X-Forwarded-For: {client}");
+            ["Content-Type: application/json".to_owned(), header]
+        };
+        for client in ["203.0.113.1", "203.0.113.1", "203.0.113.2"] {
+            let headers = from(client);
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let (status, _, body) = http(server.addr(), "POST", "/sync/pull", &headers, pull).await;
+            let want = if client.ends_with(".2") { third } else { 200 };
+            assert_eq!(status, want, "{client}: {body}");
+        }
+    }
 
     let unlimited = start(&["--listen", "127.0.0.1:0", "--rate-limit", "0"], &[]);
     for _ in 0..10 {
