@@ -252,6 +252,36 @@ async fn open(
     Ok((client, conn))
 }
 
+/// Waits until `wanted` replicas hold every write `conn` made so far (`WAIT`, at most
+/// `timeout`); why not, when they do not confirm in time or Redis fails. Nothing to wait for
+/// when `wanted` is 0.
+pub(crate) async fn replicated(
+    conn: &mut ConnectionManager,
+    wanted: usize,
+    timeout: Duration,
+) -> Result<(), String> {
+    if wanted == 0 {
+        return Ok(());
+    }
+    let millis = u64::try_from(timeout.as_millis().max(1)).unwrap_or(u64::MAX);
+    let confirmed: usize = redis::cmd("WAIT")
+        .arg(wanted)
+        .arg(millis)
+        .query_async(conn)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "WAIT failed");
+            "the shared store is unavailable; retry later".to_owned()
+        })?;
+    if confirmed < wanted {
+        tracing::warn!(confirmed, wanted, "a write was not replicated in time");
+        return Err(format!(
+            "the change reached {confirmed} of {wanted} replicas in time; it may still land"
+        ));
+    }
+    Ok(())
+}
+
 /// A log position as the scripts return it: `(epoch, head, first)`.
 type Head = (String, u64, u64);
 
@@ -392,30 +422,6 @@ fn epoch_of(epoch: &str) -> Result<u64, AppError> {
 }
 
 impl Inner {
-    /// With [`RedisConfig::min_replicas`], waits until that many replicas hold every write
-    /// `conn` made so far (`WAIT`); `UNAVAILABLE` when they do not confirm in time.
-    async fn replicated(&self, conn: &mut ConnectionManager) -> Result<(), AppError> {
-        let wanted = self.config.min_replicas;
-        if wanted == 0 {
-            return Ok(());
-        }
-        let millis = self.config.replica_timeout.as_millis().max(1);
-        let confirmed: usize = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(u64::try_from(millis).unwrap_or(u64::MAX))
-            .query_async(conn)
-            .await
-            .map_err(|e| failed(&e))?;
-        if confirmed < wanted {
-            tracing::warn!(confirmed, wanted, "a push was not replicated in time");
-            return Err(AppError::unavailable(format!(
-                "the change reached {confirmed} of {wanted} replicas in time; it may still \
-                 land: push it again"
-            )));
-        }
-        Ok(())
-    }
-
     /// The head and the oldest retained sequence; `None` if the metadata does not parse.
     async fn head(
         &self,
@@ -464,7 +470,10 @@ impl Inner {
         let mut conn = self.pushes.clone();
         let (epoch, head, newest, accepted): (String, u64, String, Vec<u64>) =
             call.invoke_async(&mut conn).await.map_err(|e| failed(&e))?;
-        self.replicated(&mut conn).await?;
+        let (wanted, timeout) = (self.config.min_replicas, self.config.replica_timeout);
+        replicated(&mut conn, wanted, timeout)
+            .await
+            .map_err(AppError::unavailable)?;
         let epoch = epoch_of(&epoch)?;
         let mut changes: Vec<Option<ChangeRecord>> = changes.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(accepted.len() / 2);

@@ -67,6 +67,14 @@ pub struct RedisOtConfig {
     /// Tries of a commit that keeps finding the head moved (others appending); past them
     /// the op's sender gets an error frame and its client fetches a snapshot. Default 64.
     pub max_attempts: u32,
+    /// Replicas that must hold a commit before its op is acknowledged (Redis's `WAIT`), as
+    /// [`RedisConfig::min_replicas`](crate::RedisConfig::min_replicas): one they do not
+    /// confirm within [`replica_timeout`](Self::replica_timeout) still stands (the document
+    /// has it, every client gets it), but its sender gets an error frame instead of the ack,
+    /// and its client fetches a snapshot. Default 0.
+    pub min_replicas: usize,
+    /// How long a commit waits for [`min_replicas`](Self::min_replicas). Default 1 s.
+    pub replica_timeout: Duration,
 }
 
 impl RedisOtConfig {
@@ -78,6 +86,8 @@ impl RedisOtConfig {
             request_timeout: Duration::from_secs(5),
             poll: Duration::from_secs(1),
             max_attempts: 64,
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -118,6 +128,9 @@ struct Inner {
     config: RedisOtConfig,
     client: redis::Client,
     conn: ConnectionManager,
+    /// Commits: `conn`, or with [`RedisOtConfig::min_replicas`] a connection of their own
+    /// (`WAIT` follows its connection's writes, and holds it while it waits).
+    commits: ConnectionManager,
     commit: Script,
     /// This server's name in the frames it publishes, random per start.
     instance: String,
@@ -174,11 +187,19 @@ impl RedisOt {
         let url = config.url.clone();
         let (client, mut conn) = crate::open(&url, config.request_timeout).await?;
         let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
-        pong.map_err(|source| RedisBackendError::Connect { url, source })?;
+        pong.map_err(|source| RedisBackendError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let commits = match config.min_replicas {
+            0 => conn.clone(),
+            _ => crate::open(&url, config.request_timeout).await?.1,
+        };
         Ok(RedisOt {
             inner: Arc::new(Inner {
                 client,
                 conn,
+                commits,
                 commit: Script::new(include_str!("ot_commit.lua")),
                 instance: format!("{:016x}", Clock::new().seed()),
                 known: Mutex::default(),
@@ -311,7 +332,27 @@ impl RedisOt {
         text: String,
     ) {
         let outcome = self.append(&doc, base, (*op).clone(), text).await;
-        server.with_server(|s, now| s.handle_committed(now, commit, outcome));
+        let unconfirmed = match &outcome {
+            Ok(_) => {
+                let mut conn = self.inner.commits.clone();
+                let config = &self.inner.config;
+                crate::replicated(&mut conn, config.min_replicas, config.replica_timeout)
+                    .await
+                    .err()
+            }
+            Err(_) => None,
+        };
+        server.with_server(|s, now| match (outcome, unconfirmed) {
+            (Ok((revision, op)), Some(why)) => {
+                // The op stands, but its sender must not count on it: it is told first (its
+                // client stops applying ops and fetches the document, op included), then the
+                // document takes the op as another server's, for every other client.
+                let refused = Err(format!("{why}: fetch the document"));
+                s.handle_committed(now, commit, refused);
+                s.handle_remote_op(now, &doc, revision, op);
+            }
+            (outcome, _) => s.handle_committed(now, commit, outcome),
+        });
     }
 
     /// The Lua step, retried at the new head while others append first.
@@ -348,7 +389,7 @@ impl RedisOt {
             text = op.apply(&known.text).map_err(|e| e.to_string())?;
             base = known.head;
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.commits.clone();
         for _ in 0..self.inner.config.max_attempts.max(1) {
             let reply: Value = self
                 .inner

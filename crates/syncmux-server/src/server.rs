@@ -180,9 +180,9 @@ struct Cli {
     /// With --redis: the most changes the log keeps, the oldest going first; 0 keeps all.
     #[arg(long, value_name = "N", default_value_t = 0)]
     redis_retention: usize,
-    /// With --redis: replicas that must hold a push before it is acknowledged (Redis's WAIT,
-    /// 1 s); a push they do not confirm answers UNAVAILABLE. 0 acknowledges once the primary
-    /// has it.
+    /// With --redis: replicas that must hold a push or an OT op before it is acknowledged
+    /// (Redis's WAIT, 1 s); a push they do not confirm answers UNAVAILABLE, an op an error
+    /// (it stands; the client fetches the document). 0 acknowledges once the primary has it.
     #[arg(long, value_name = "N", default_value_t = 0)]
     redis_min_replicas: usize,
     /// Keep the changes in the SQLite database at PATH (created if missing), so that they
@@ -549,7 +549,7 @@ async fn run(args: Args) -> Result<(), String> {
     let ot_redis = args
         .redis
         .as_ref()
-        .map(|r| (r.url.clone(), r.prefix.clone()));
+        .map(|r| (r.url.clone(), r.prefix.clone(), r.min_replicas));
     let server = match (args.redis, args.data) {
         (Some(redis), _) => start_on_redis(server, redis, args.options.clone()).await?,
         (None, Some(data)) => {
@@ -585,10 +585,10 @@ async fn run(args: Args) -> Result<(), String> {
         .allowing(args.origins)
         .limiting(burst, window)
         .trusting(args.proxies);
-    if let Some((url, prefix)) = ot_redis {
+    if let Some((url, prefix, min_replicas)) = ot_redis {
         // A `POST /sync/send` for another server's SSE session goes to it through Redis.
         relay_on_redis(&routes.streams, &url, &prefix).await?;
-        ot_on_redis(ot.clone(), url, prefix).await?;
+        ot_on_redis(ot.clone(), url, prefix, min_replicas).await?;
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -745,9 +745,15 @@ async fn relay_on_redis(_: &sse::Streams, _: &str, _: &str) -> Result<(), String
 }
 
 #[cfg(feature = "redis")]
-async fn ot_on_redis(ot: OtServerHandle, url: String, prefix: String) -> Result<(), String> {
+async fn ot_on_redis(
+    ot: OtServerHandle,
+    url: String,
+    prefix: String,
+    min_replicas: usize,
+) -> Result<(), String> {
     let mut config = RedisOtConfig::new(url);
     config.prefix = format!("{{{prefix}}}:");
+    config.min_replicas = min_replicas;
     let redis = RedisOt::connect(config).await.map_err(|e| e.to_string())?;
     tokio::spawn(redis.run(ot));
     Ok(())
@@ -755,7 +761,7 @@ async fn ot_on_redis(ot: OtServerHandle, url: String, prefix: String) -> Result<
 
 /// Without the `redis` feature, `--redis` was refused already.
 #[cfg(not(feature = "redis"))]
-async fn ot_on_redis(_: OtServerHandle, _: String, _: String) -> Result<(), String> {
+async fn ot_on_redis(_: OtServerHandle, _: String, _: String, _: usize) -> Result<(), String> {
     Ok(())
 }
 

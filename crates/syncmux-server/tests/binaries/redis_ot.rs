@@ -128,6 +128,11 @@ impl Peer {
 
 /// An OT server on the shared history in `redis` (in process), and its `/ot` URL.
 async fn server(redis: &str, poll: Duration) -> (OtServerHandle, String) {
+    server_with(redis, poll, 0).await
+}
+
+/// [`server`], its commits acknowledged once `min_replicas` replicas hold them.
+async fn server_with(redis: &str, poll: Duration, min_replicas: usize) -> (OtServerHandle, String) {
     let mut config = OtServerConfig::default();
     config.shared_history = true;
     config.rate_limit_messages = 0;
@@ -136,6 +141,7 @@ async fn server(redis: &str, poll: Duration) -> (OtServerHandle, String) {
     let mut config = RedisOtConfig::new(redis);
     config.prefix = "{t}:".to_owned();
     config.poll = poll;
+    config.min_replicas = min_replicas;
     let shared = RedisOt::connect(config).await.unwrap();
     tokio::spawn(shared.run(server.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -646,4 +652,84 @@ async fn a_dropped_copy_leaves_its_channel_and_comes_back_whole() {
     );
     assert_eq!(subscribers(&mut conn, "{t}:doc:b").await, (1, 0));
     until_subscribers(&mut conn, "{t}:doc:c", 0).await;
+}
+
+/// With `min_replicas` 1, an op is acknowledged once a replica holds it. While the replica is
+/// stopped an op still stands (Redis has it, and the server's other clients get it) but its
+/// sender gets an error instead of the ack; once the replica is back, ops are acknowledged
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_replicas_an_op_is_acked_once_a_replica_holds_it() {
+    let Some(primary) = RedisServer::start() else {
+        return;
+    };
+    let replica = RedisServer::start_replica_of(&primary).unwrap();
+    tokio::time::timeout(GUARD, async {
+        while primary.replicas() == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the replica came online");
+    let (_server, url) = server_with(&primary.url(), Duration::ZERO, 1).await;
+    let (mut editor, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut watcher, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    // Appends `text` to the document of `revision` characters (one per revision).
+    let op = |revision: u64, text: &str| {
+        let mut components = Vec::new();
+        if revision > 0 {
+            components.push(serde_json::json!({ "r": revision }));
+        }
+        components.push(serde_json::json!({ "i": text }));
+        let op = serde_json::json!({"type": "op", "op": components, "revision": revision});
+        Message::text(op.to_string())
+    };
+    editor.send(op(0, "a")).await.unwrap();
+    let answer = next_json(&mut editor).await;
+    assert_eq!(
+        (&answer["type"], &answer["revision"]),
+        (&"ack".into(), &1.into()),
+        "{answer}"
+    );
+    assert_eq!(next_json(&mut watcher).await["revision"], 1);
+
+    replica.signal("STOP");
+    editor.send(op(1, "b")).await.unwrap();
+    let answer = next_json(&mut editor).await;
+    replica.signal("CONT");
+    assert_eq!(answer["type"], "error", "{answer}");
+    // After the error (its client fetches the document then), the op like any other's.
+    for ws in [&mut editor, &mut watcher] {
+        let relayed = next_json(ws).await;
+        assert_eq!(
+            (&relayed["type"], &relayed["revision"]),
+            (&"op".into(), &2.into()),
+            "it stands: {relayed}"
+        );
+    }
+    let mut conn = redis_conn(&primary.url()).await;
+    assert_eq!(stored(&mut conn, "{t}:").await, (2, "ab".to_owned()));
+
+    editor.send(op(2, "c")).await.unwrap();
+    let answer = next_json(&mut editor).await;
+    assert_eq!(
+        (&answer["type"], &answer["revision"]),
+        (&"ack".into(), &3.into()),
+        "{answer}"
+    );
+}
+
+/// The next text frame of `ws`, as JSON.
+async fn next_json<S, E>(ws: &mut S) -> serde_json::Value
+where
+    S: futures_util::Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    match tokio::time::timeout(GUARD, ws.next())
+        .await
+        .expect("a frame in time")
+    {
+        Some(Ok(Message::Text(text))) => serde_json::from_str(&text).unwrap(),
+        other => panic!("{other:?}"),
+    }
 }
