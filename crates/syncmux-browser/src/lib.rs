@@ -3,7 +3,7 @@
 //! `web/build.sh` turns into an npm package. On other targets the crate is empty.
 //!
 //! Two clients, two packages: feature `sync` is `SyncClient` (npm package `syncmux`), feature
-//! `ot` is `OtClient` ([`BrowserOtClient`], npm package `syncmux-ot`). `web/build.sh` builds
+//! `ot` is `OtClient` (`BrowserOtClient` in Rust, npm package `syncmux-ot`). `web/build.sh` builds
 //! each alone, so an app downloads only the client it imports; the default (both) is for the
 //! tests and the docs.
 //!
