@@ -138,7 +138,15 @@ impl Routes {
 /// let through again). `governor`'s keyed limiter; addresses whose bucket refilled are
 /// forgotten as the map grows, so a flood from many addresses holds no memory for long.
 #[derive(Clone, Default)]
-pub(crate) struct Limiter(Option<Arc<KeyedLimiter>>);
+pub(crate) struct Limiter(Option<Arc<Keyed>>);
+
+/// The limiter, and how many addresses it may hold before the next pruning.
+struct Keyed {
+    limiter: KeyedLimiter,
+    /// At least [`LIMITER_KEYS`], twice what a pruning left: while more addresses than that
+    /// are all recent, a request does not pay for a walk over them each time.
+    prune_at: std::sync::atomic::AtomicUsize,
+}
 
 type KeyedLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
 
@@ -151,7 +159,12 @@ impl Limiter {
             let quota = governor::Quota::with_period(window / burst.get())?;
             Some(quota.allow_burst(burst))
         });
-        Limiter(quota.map(|quota| Arc::new(governor::RateLimiter::keyed(quota))))
+        Limiter(quota.map(|quota| {
+            Arc::new(Keyed {
+                limiter: governor::RateLimiter::keyed(quota),
+                prune_at: LIMITER_KEYS.into(),
+            })
+        }))
     }
 
     /// Lets a request from `peer` through, or the 429 to answer it with.
@@ -159,8 +172,11 @@ impl Limiter {
         let (Some(limiter), Some(peer)) = (&self.0, peer) else {
             return Ok(());
         };
-        if limiter.len() > LIMITER_KEYS {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Keyed { limiter, prune_at } = &**limiter;
+        if limiter.len() > prune_at.load(Relaxed) {
             limiter.retain_recent();
+            prune_at.store(LIMITER_KEYS.max(2 * limiter.len()), Relaxed);
         }
         limiter.check_key(&peer).map_err(|not_until| {
             let clock = governor::clock::DefaultClock::default();
