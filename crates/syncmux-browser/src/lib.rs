@@ -42,6 +42,8 @@ mod host;
 #[cfg(feature = "ot")]
 mod ot;
 #[cfg(feature = "sync")]
+mod sse;
+#[cfg(feature = "sync")]
 mod sync;
 
 #[cfg(feature = "ot")]
