@@ -41,7 +41,6 @@ mod callbacks;
 mod host;
 #[cfg(feature = "ot")]
 mod ot;
-#[cfg(feature = "sync")]
 mod sse;
 #[cfg(feature = "sync")]
 mod sync;

@@ -1,9 +1,9 @@
 //! The fallback when the page's WebSocket cannot open (a proxy or network that blocks it): the
 //! same frames over an `EventSource` for the server's and `fetch` POSTs for the client's, as
-//! `syncmux-server` serves them (DESIGN §8): the sync client's link (`GET /sync/sse`,
-//! `POST /sync/send`, docs/protocol.md section 2.3), the ways a server ties the two requests
-//! together set apart ([`Tie`]). A driver hands it frames and gets its events through
-//! [`SseInputs`]; every protocol decision stays the core's.
+//! `syncmux-server` serves them (DESIGN §8). Both clients use it: the sync client's link
+//! (`GET /sync/sse`, `POST /sync/send`, docs/protocol.md section 2.3) and the OT client's
+//! (`GET /ot/events`, `POST /ot/messages`, open-ot's wire). A driver hands it frames and gets
+//! its events through [`SseInputs`]; every protocol decision stays the core's.
 //!
 //! A link POSTs one request at a time: frames written while a POST is under way wait for the
 //! next, so the server handles them in order. The `EventSource` never reconnects by itself:
@@ -78,15 +78,25 @@ pub(super) enum Tie {
     /// the session; POSTs carry it as `?session=`, the frames written meanwhile one per line.
     #[cfg(feature = "sync")]
     Session,
+    /// open-ot's (the OT client): the stream sets a cookie, which POSTs send back (both
+    /// requests with credentials, for a server on another origin); one frame per POST.
+    #[cfg(feature = "ot")]
+    Cookie,
 }
 
 impl Tie {
     /// The options of the link's `EventSource` and of its `fetch`es, as JSON (parsed by the
-    /// browser, which is smaller than setting each field from Rust).
+    /// browser, which is smaller than setting each field from Rust): with the browser's
+    /// cookies for the server when the tie is one.
     fn options(self) -> (&'static str, &'static str) {
         match self {
             #[cfg(feature = "sync")]
             Tie::Session => ("{}", r#"{"method":"POST"}"#),
+            #[cfg(feature = "ot")]
+            Tie::Cookie => (
+                r#"{"withCredentials":true}"#,
+                r#"{"method":"POST","credentials":"include"}"#,
+            ),
         }
     }
 }
@@ -197,6 +207,13 @@ impl SseLink {
         self.open
     }
 
+    /// [`Tie::Cookie`]: the stream sent its first event, so its cookie is set. Whether it
+    /// was the first.
+    #[cfg(feature = "ot")]
+    pub(super) fn first_event(&mut self) -> bool {
+        !core::mem::replace(&mut self.open, true)
+    }
+
     /// Whether `target` is this link's stream.
     pub(super) fn is(&self, target: &JsValue) -> bool {
         AsRef::<JsValue>::as_ref(&self.source) == target
@@ -225,6 +242,8 @@ impl SseLink {
                 self.queued.clear();
                 body
             }
+            #[cfg(feature = "ot")]
+            Tie::Cookie => self.queued.remove(0),
         };
         // The body as plain text: a request a browser sends cross-origin without a preflight.
         let init = js_sys::JSON::parse(self.tie.options().1).unwrap_or_default();
