@@ -180,9 +180,9 @@ impl Drop for Registration {
 /// How a stream's frames are written, and where the answers to its POSTs go: each frame the
 /// session sends in answer to one of its client's (`ack`, `error`, `snapshot`) goes to the
 /// oldest POST waiting, as a session answers its frames in order, each once.
-#[derive(Default)]
 struct OtEvents {
     waiting: Mutex<VecDeque<oneshot::Sender<Bytes>>>,
+    keep_alive: Duration,
 }
 
 impl OtEvents {
@@ -219,10 +219,7 @@ impl Events for OtEvents {
     }
 
     fn keep_alive(&self) -> (Duration, Bytes) {
-        (
-            sse::TIMING.keep_alive,
-            Bytes::from_static(b": keepalive\n\n"),
-        )
+        (self.keep_alive, Bytes::from_static(b": keepalive\n\n"))
     }
 }
 
@@ -246,11 +243,26 @@ pub(crate) async fn serve_events<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_events_with(routes, head, connection, sse::TIMING).await
+}
+
+async fn serve_events_with<S>(
+    routes: &Routes,
+    head: &[u8],
+    connection: Connection<S>,
+    timing: sse::Timing,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (session, id, head) = match open(routes, head).await {
         Ok(opened) => opened,
         Err(answer) => return connection.refuse(&answer).await,
     };
-    let events = Arc::new(OtEvents::default());
+    let events = Arc::new(OtEvents {
+        waiting: Mutex::default(),
+        keep_alive: timing.keep_alive,
+    });
     let (frames, running) = match connection {
         Connection::Tcp(tcp) => {
             let (frames, stream) =
@@ -263,7 +275,7 @@ where
     let _registration = routes
         .ot_streams
         .register(id, frames.inbox(), events.clone());
-    sse::pump(frames, running, &*events, sse::TIMING).await
+    sse::pump(frames, running, &*events, timing).await
 }
 
 /// A stream's session on its document, its id and the answer up to its `init` event; or
@@ -437,4 +449,51 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncmux::ot::{OtServer, OtServerConfig};
+    use syncmux_runtime::ServerOptions;
+    use tokio::io::AsyncReadExt;
+
+    /// A quiet stream gets `: keepalive` comments (a proxy that drops idle connections
+    /// keeps it), after its `init`.
+    #[tokio::test]
+    async fn a_quiet_stream_gets_keepalive_comments() {
+        let server = OtServer::new(OtServerConfig::default()).unwrap();
+        let routes = Routes::new(adapters::Tokio::start_ot(server, ServerOptions::default()));
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let timing = sse::Timing {
+            keep_alive: Duration::from_millis(50),
+            write_timeout: Duration::from_secs(5),
+        };
+        let head = b"GET /ot/events HTTP/1.1\r\nHost: x\r\n\r\n";
+        let serving = tokio::spawn(async move {
+            serve_events_with(&routes, head, Connection::Io(ours), timing).await
+        });
+        let mut read = Vec::new();
+        let keep_alive = b"\n\n: keepalive\n\n";
+        while !read.windows(keep_alive.len()).any(|w| w == keep_alive) {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(10), theirs.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no keep-alive in time: {}", String::from_utf8_lossy(&read))
+                })
+                .unwrap();
+            assert!(
+                n > 0,
+                "the stream ended: {}",
+                String::from_utf8_lossy(&read)
+            );
+            read.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&read);
+        let init = text.find("data: {\"type\":\"init\"").expect("init first");
+        assert!(init < text.find(": keepalive").unwrap(), "{text}");
+        drop(theirs);
+        serving.abort();
+    }
 }
