@@ -18,7 +18,8 @@
 //!
 //! The fallback follows `SyncClient`'s rules: a WebSocket that closes before it opened (a proxy
 //! that refuses the upgrade, say) is replaced at once by `GET /ot/events` (the stream) and
-//! `POST /ot/messages` (one frame each), tied by the stream's cookie; every redial tries the
+//! `POST /ot/messages` (one frame each), tied by the stream's cookie (the browser's: a second
+//! client on the fallback, in any tab, takes it over from the first); every redial tries the
 //! WebSocket first again. The stream's first event, `init`, is the connection's opening, not a
 //! frame for the state machine: it fetches the document itself, as over the WebSocket, with a
 //! `snapshot` request that also asks what became of its op in flight, which `init` cannot tell.
