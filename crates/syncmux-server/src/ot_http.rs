@@ -6,7 +6,8 @@
 //!   then every frame the session would get on a WebSocket (`ack`, `op`, `error`,
 //!   `snapshot`), each an unnamed `data:` event (the transports read `onmessage` only);
 //!   `: keepalive` comments; a server's close as a last named `event: close`. The cookie
-//!   [`STREAM_COOKIE`] names the stream to the client's POSTs.
+//!   [`STREAM_COOKIE`] names the stream to the client's POSTs; so does a named `event:
+//!   session` after `init`, for clients that name it themselves.
 //! - `POST /ot/messages`: one frame for the stream the cookie names (neither transport sends
 //!   an id of its own: a browser ties the two requests through the cookie), handled by its
 //!   session exactly as if its WebSocket had read it; answered once the session answered it
@@ -302,6 +303,12 @@ async fn open(
     let cookie = format!("Set-Cookie: {STREAM_COOKIE}={id}; Path=/ot; HttpOnly; SameSite=Lax\r\n");
     let mut head = sse::stream_head(&cors, &cookie).into_bytes();
     head.extend_from_slice(&event(&init));
+    // For clients that name their stream themselves (`X-Syncmux-Session`, `?session=`) rather
+    // than by the cookie, which is one per browser: a named event, which open-ot's
+    // transports do not see (they read unnamed events only).
+    head.extend_from_slice(
+        format!("event: session\ndata: {{\"session\":\"{id}\"}}\n\n").as_bytes(),
+    );
     Ok((session, id, head))
 }
 

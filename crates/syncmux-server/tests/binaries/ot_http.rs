@@ -38,11 +38,17 @@ pub(crate) async fn open(addr: &str, doc: Option<&str>, headers: &[&str]) -> (St
     (stream, pair.to_owned())
 }
 
-/// The next event's data as JSON (unnamed events only: the transports read no others).
+/// The next unnamed event's data as JSON (what open-ot's transports read); the `session`
+/// event after `init` is skipped, and no other named event may come.
 pub(crate) async fn next(stream: &mut Stream) -> Value {
-    let event = stream.event().await.expect("the stream ended");
-    assert_eq!(event.name, None, "{event:?}");
-    serde_json::from_str(&event.data).unwrap()
+    loop {
+        let event = stream.event().await.expect("the stream ended");
+        match event.name.as_deref() {
+            None => return serde_json::from_str(&event.data).unwrap(),
+            Some("session") => continue,
+            Some(_) => panic!("{event:?}"),
+        }
+    }
 }
 
 /// `POST /ot/messages` with `body` and `headers`: (status, answer).
@@ -147,6 +153,29 @@ async fn a_stream_carries_its_acks_and_the_others_ops() {
         let init = json!({"type": "init", "snapshot": "", "revision": 0});
         assert_eq!(next(&mut other).await, init);
     }
+}
+
+/// A client that is not a browser names its stream itself: the `session` event after
+/// `init` holds the stream's id, which a POST may carry as `X-Syncmux-Session` (or
+/// `?session=`) instead of the cookie.
+#[tokio::test]
+async fn a_post_may_name_its_stream_by_the_session_event() {
+    let (_server, addr) = start(&[]);
+    let (mut stream, cookie) = open(&addr, None, &[]).await;
+    let init = stream.event().await.unwrap();
+    assert_eq!(init.name, None, "init first: {init:?}");
+    let session = stream.event().await.unwrap();
+    assert_eq!(session.name.as_deref(), Some("session"), "{session:?}");
+    let id: Value = serde_json::from_str(&session.data).unwrap();
+    let id = id["session"].as_str().unwrap().to_owned();
+    assert_eq!(cookie, format!("syncmux_ot={id}"));
+    let op = json!({"type": "op", "op": [{"i": "a"}], "revision": 0});
+    let header = format!("X-Syncmux-Session: {id}");
+    assert_eq!(post(&addr, &op, &[&header]).await.0, 202);
+    assert_eq!(
+        next(&mut stream).await,
+        json!({"type": "ack", "revision": 1})
+    );
 }
 
 /// A POST with no stream of its own, with a stream id nobody holds, with an op that does not
