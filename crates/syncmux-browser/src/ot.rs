@@ -18,11 +18,11 @@
 //!
 //! The fallback follows `SyncClient`'s rules: a WebSocket that closes before it opened (a proxy
 //! that refuses the upgrade, say) is replaced at once by `GET /ot/events` (the stream) and
-//! `POST /ot/messages` (one frame each), tied by the stream's cookie (the browser's: a second
-//! client on the fallback, in any tab, takes it over from the first); every redial tries the
-//! WebSocket first again. The stream's first event, `init`, is the connection's opening, not a
-//! frame for the state machine: it fetches the document itself, as over the WebSocket, with a
-//! `snapshot` request that also asks what became of its op in flight, which `init` cannot tell.
+//! `POST /ot/messages` (one frame each), tied by the id the stream names in its `event:
+//! session` (not by its cookie alone, which is one per browser, for every tab); every redial
+//! tries the WebSocket first again. The stream's first event, `init`, is not a frame for the
+//! state machine, which fetches the document itself, as over the WebSocket, with a `snapshot`
+//! request that also asks what became of its op in flight, which `init` cannot tell.
 
 use core::cell::RefCell;
 use std::rc::Rc;
@@ -401,19 +401,33 @@ impl Inputs for Driver {
 }
 
 impl SseInputs for Driver {
-    fn on_sse_message(self: &Rc<Self>, event: &MessageEvent) {
+    /// The stream named its session (right after `init`): the connection is open.
+    fn on_sse_open(self: &Rc<Self>, event: &MessageEvent) {
         let target = sse::target(event);
-        let first = {
+        let opened = {
             let mut state = self.state.borrow_mut();
             let Some(link) = state.link.as_mut().filter(|link| link.is(&target)) else {
                 return; // an earlier link's
             };
-            link.first_event()
+            link.opened(event)
         };
-        if first {
-            // `init` (the module docs): the state machine fetches the document itself.
+        if opened {
             self.connected();
-        } else if let Some(text) = event.data().as_string() {
+        }
+    }
+
+    fn on_sse_message(self: &Rc<Self>, event: &MessageEvent) {
+        let target = sse::target(event);
+        let open = {
+            let state = self.state.borrow();
+            let Some(link) = state.link.as_ref().filter(|link| link.is(&target)) else {
+                return; // an earlier link's
+            };
+            link.is_open()
+        };
+        // Before the stream is open it sent `init` only (the module docs): the state machine
+        // fetches the document itself.
+        if let Some(text) = event.data().as_string().filter(|_| open) {
             self.message(text);
         }
     }

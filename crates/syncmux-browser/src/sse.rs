@@ -40,9 +40,8 @@ extern "C" {
 /// What the driver does with a link's events. Each comes with the link's stream (an event's
 /// [`target`]), to tell the current link from an earlier one ([`SseLink::is`]).
 pub(super) trait SseInputs: 'static {
-    /// The stream named its session (an `event: session`, [`Tie::Session`]).
-    #[cfg(feature = "sync")]
-    fn on_sse_open(self: &Rc<Self>, _event: &MessageEvent) {}
+    /// The stream named its session (an `event: session`): see [`SseLink::opened`].
+    fn on_sse_open(self: &Rc<Self>, event: &MessageEvent);
     /// A frame (an unnamed `data:` event).
     fn on_sse_message(self: &Rc<Self>, event: &MessageEvent);
     /// The stream ended: `event` is the server's `event: close` (a `MessageEvent`, read by
@@ -71,15 +70,16 @@ pub(super) fn close_of(event: &MessageEvent) -> (u16, String) {
     close.unwrap_or((1006, String::new()))
 }
 
-/// How a link's POSTs are tied to its stream, as each server endpoint has it.
+/// How a link's POSTs go, as each server endpoint takes them. Either way the stream names its
+/// session in an `event: session` (the own protocol's first event; the OT profile's right
+/// after `init`), which POSTs carry as `?session=`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Tie {
-    /// syncmux's own (the sync client): the stream's first event, `event: session`, names
-    /// the session; POSTs carry it as `?session=`, the frames written meanwhile one per line.
+    /// syncmux's own (the sync client): the frames written meanwhile, one per line.
     #[cfg(feature = "sync")]
     Session,
-    /// open-ot's (the OT client): the stream sets a cookie, which POSTs send back (both
-    /// requests with credentials, for a server on another origin); one frame per POST.
+    /// open-ot's (the OT client): one frame per POST. The stream's cookie names it too, so
+    /// both requests go with credentials (for a server on another origin).
     #[cfg(feature = "ot")]
     Cookie,
 }
@@ -103,7 +103,6 @@ impl Tie {
 
 /// The callbacks of a driver's links, made once per client; weak, as the socket's.
 pub(super) struct SseCallbacks {
-    #[cfg(feature = "sync")]
     session: Closure<dyn FnMut(MessageEvent)>,
     message: Closure<dyn FnMut(MessageEvent)>,
     /// The stream's `close` and `error` events.
@@ -115,9 +114,7 @@ pub(super) struct SseCallbacks {
 
 impl SseCallbacks {
     pub(super) fn new<D: SseInputs>(driver: &Weak<D>) -> SseCallbacks {
-        #[cfg(feature = "sync")]
         let d = driver.clone();
-        #[cfg(feature = "sync")]
         let session = Closure::new(move |event: MessageEvent| {
             if let Some(driver) = d.upgrade() {
                 driver.on_sse_open(&event);
@@ -145,7 +142,6 @@ impl SseCallbacks {
             }
         });
         SseCallbacks {
-            #[cfg(feature = "sync")]
             session,
             message,
             end,
@@ -177,7 +173,6 @@ impl SseLink {
         let init = js_sys::JSON::parse(tie.options().0)?;
         let source = EventSource::new_with_event_source_init_dict(stream, init.unchecked_ref())?;
         let on = |name: &str, f: &Function| source.add_event_listener_with_callback(name, f);
-        #[cfg(feature = "sync")]
         on("session", callbacks.session.as_ref().unchecked_ref())?;
         on("close", callbacks.end.as_ref().unchecked_ref())?;
         source.set_onmessage(Some(callbacks.message.as_ref().unchecked_ref()));
@@ -192,26 +187,25 @@ impl SseLink {
         })
     }
 
-    /// [`Tie::Session`]: the session the stream named (its first event), from `event`'s data.
-    /// Whether the link is open now.
-    #[cfg(feature = "sync")]
+    /// The session the stream named, from `event`'s data: the link's POSTs name it from now
+    /// on. Whether the link is open now.
     pub(super) fn opened(&mut self, event: &MessageEvent) -> bool {
         let session = event.data().as_string().and_then(|data| {
             let data = js_sys::JSON::parse(&data).ok()?;
             Reflect::get(&data, &"session".into()).ok()?.as_string()
         });
         if let Some(session) = session.filter(|_| !self.open) {
-            self.send = format!("{}?session={session}", self.send);
+            let join = if self.send.contains('?') { '&' } else { '?' };
+            self.send = format!("{}{join}session={session}", self.send);
             self.open = true;
         }
         self.open
     }
 
-    /// [`Tie::Cookie`]: the stream sent its first event, so its cookie is set. Whether it
-    /// was the first.
+    /// Whether the stream named its session (before it, an OT stream sent `init` only).
     #[cfg(feature = "ot")]
-    pub(super) fn first_event(&mut self) -> bool {
-        !core::mem::replace(&mut self.open, true)
+    pub(super) fn is_open(&self) -> bool {
+        self.open
     }
 
     /// Whether `target` is this link's stream.

@@ -411,7 +411,9 @@ fn next_ot(client: &syncmux_browser::BrowserOtClient, name: &str) -> Promise {
 
 /// Behind the proxy that refuses WebSocket upgrades, an `OtClient` falls back to open-ot's
 /// HTTP transport (`GET /ot/events`, `POST /ot/messages`) and edits a document with a client
-/// on the WebSocket: its op is acked and reaches the other, and the other's reaches it.
+/// on the WebSocket: its op is acked and reaches the other, and the other's reaches it. A
+/// second `OtClient` on the fallback in the same browser (one cookie jar: its stream's cookie
+/// replaces the first's) edits too, and the first's edits are still acked to the first.
 #[wasm_bindgen_test]
 async fn ot_client_falls_back_to_sse_when_the_websocket_is_blocked() {
     use syncmux_browser::BrowserOtClient as OtClient;
@@ -450,7 +452,33 @@ async fn ot_client_falls_back_to_sse_when_the_websocket_is_blocked() {
     assert_eq!(sse.revision(), 2.0);
     assert!(!sse.pending());
     assert_eq!(sse.transport().as_deref(), Some("sse"));
+
+    let second = OtClient::new(proxied.replace("/sync/ws", "/ot"), options("wasm-ot-sse-2"))
+        .expect("valid options");
+    for _ in 0..250 {
+        if second.state() == "synchronized" {
+            break;
+        }
+        pause(20).await;
+    }
+    assert_eq!(second.transport().as_deref(), Some("sse"));
+    assert_eq!(second.text(), "over SSE, and WS");
+    let (acked, seen) = (next_ot(&sse, "ack"), next_ot(&second, "change"));
+    sse.edit(json(r#"[{"i":"1 "}]"#)).expect("fits");
+    assert_eq!(
+        JsFuture::from(acked).await.expect("acked").as_f64(),
+        Some(3.0)
+    );
+    JsFuture::from(seen).await.expect("a change");
+    let acked = next_ot(&second, "ack");
+    second.edit(json(r#"[{"i":"2 "}]"#)).expect("fits");
+    assert_eq!(
+        JsFuture::from(acked).await.expect("acked").as_f64(),
+        Some(4.0)
+    );
+    assert_eq!(second.text(), "2 1 over SSE, and WS");
     sse.close();
+    second.close();
     ws.close();
     assert_eq!(sse.transport(), None);
 }
