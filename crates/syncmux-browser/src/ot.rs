@@ -439,21 +439,23 @@ impl SseInputs for Driver {
         }
     }
 
-    fn on_posted(self: &Rc<Self>, target: &JsValue, accepted: bool) {
-        if !self.is_link(target) {
-            return; // an earlier link's
-        }
-        if accepted {
+    fn on_posted(self: &Rc<Self>, target: &JsValue, status: Option<u16>) {
+        let taken = {
             let mut state = self.state.borrow_mut();
-            if let Some(link) = state.link.as_mut() {
+            let Some(link) = state.link.as_mut().filter(|link| link.is(target)) else {
+                return; // an earlier link's
+            };
+            let taken = link.taken(status);
+            if taken {
                 link.posted(&self.sse);
             }
-        } else {
-            // Not taken, or failed. The server answers a frame its session refused on the
-            // stream too (an `error`, with a 400, 413 or 429), but some refusals never reach
-            // the session (no stream of its own, a body over the frame limit), and the state
-            // machine waits for an answer to every frame: so the link goes, and the next
-            // connection fetches the document, as after any loss.
+            taken
+        };
+        if !taken {
+            // It never reached the session (no stream of its own, a body over the frame
+            // limit, a failed request), and the state machine waits for an answer to every
+            // frame: the link goes, and the next connection fetches the document, as after
+            // any loss.
             self.lost();
         }
     }

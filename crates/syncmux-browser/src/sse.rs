@@ -47,9 +47,9 @@ pub(super) trait SseInputs: 'static {
     /// The stream ended: `event` is the server's `event: close` (a `MessageEvent`, read by
     /// [`close_of`]), or the `EventSource`'s `error` (the link failed).
     fn on_sse_end(self: &Rc<Self>, event: &Event);
-    /// A POST of the link with stream `target` was answered: whether the server took its
-    /// frames (`202`); `false` too when the request failed.
-    fn on_posted(self: &Rc<Self>, target: &JsValue, accepted: bool);
+    /// A POST of the link with stream `target` was answered with `status` (`None`: the
+    /// request failed); [`SseLink::taken`] says whether its frames reached the session.
+    fn on_posted(self: &Rc<Self>, target: &JsValue, status: Option<u16>);
 }
 
 /// The stream an event of it came from.
@@ -137,8 +137,7 @@ impl SseCallbacks {
             if let Some(driver) = d.upgrade() {
                 // An error has no status.
                 let status = Reflect::get(&answer, &"status".into()).ok();
-                let accepted = status.and_then(|s| s.as_f64()) == Some(202.0);
-                driver.on_posted(&target, accepted);
+                driver.on_posted(&target, status.and_then(|s| s.as_f64()).map(|s| s as u16));
             }
         });
         SseCallbacks {
@@ -206,6 +205,19 @@ impl SseLink {
     #[cfg(feature = "ot")]
     pub(super) fn is_open(&self) -> bool {
         self.open
+    }
+
+    /// Whether a POST answered with `status` handed its frames to the session: `202`; for
+    /// the OT profile also `400` and `429`, a frame the session refused (its op, or the rate
+    /// limit), whose error frame comes on the stream as on a WebSocket. Other answers never
+    /// reached the session (no such stream, a body over the frame limit, a failed request).
+    pub(super) fn taken(&self, status: Option<u16>) -> bool {
+        match self.tie {
+            #[cfg(feature = "sync")]
+            Tie::Session => status == Some(202),
+            #[cfg(feature = "ot")]
+            Tie::Cookie => matches!(status, Some(202 | 400 | 429)),
+        }
     }
 
     /// Whether `target` is this link's stream.

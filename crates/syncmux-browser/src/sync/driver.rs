@@ -682,13 +682,13 @@ impl SseInputs for BrowserDriver {
         self.pump();
     }
 
-    fn on_posted(self: &Rc<Self>, target: &JsValue, accepted: bool) {
+    fn on_posted(self: &Rc<Self>, target: &JsValue, status: Option<u16>) {
         {
             let mut state = self.state.borrow_mut();
             let Some(link) = state.sse.as_mut().filter(|link| link.is(target)) else {
                 return; // an earlier link's
             };
-            if accepted {
+            if link.taken(status) {
                 link.posted(&self.sse_callbacks);
                 return;
             }
