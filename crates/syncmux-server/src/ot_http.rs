@@ -20,7 +20,7 @@
 //! No OT rule is written here: ops are checked, transformed, applied, rate-limited and
 //! answered by the state machine, as on the WebSocket.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use crate::http::{self, Failure, Routes};
-use crate::sse::{self, Connection, Relay, Running};
+use crate::sse::{self, Connection, Registration, Registry, Running};
 
 /// The stream.
 pub(crate) const EVENTS_PATH: &str = "/ot/events";
@@ -53,13 +53,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// name it). With a relay, ids start with this server's node id, and a POST that reaches
 /// another server sharing the Redis is forwarded here.
 #[derive(Clone, Default)]
-pub(crate) struct OtStreams(Arc<Inner>);
-
-#[derive(Default)]
-struct Inner {
-    streams: Mutex<HashMap<String, Arc<Stream>>>,
-    relay: std::sync::OnceLock<Relay>,
-}
+pub(crate) struct OtStreams(Registry<Arc<Stream>>);
 
 /// An open stream: where its frames go in, and who waits for their answers.
 struct Stream {
@@ -74,13 +68,13 @@ impl OtStreams {
     /// through `forward`.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis relays
     pub(crate) fn relay_through(&self, node: String, forward: sse::Forward) {
-        let _ = self.0.relay.set(Relay { node, forward });
+        self.0.relay_through(node, forward);
     }
 
     /// Whether stream `id` is this server's.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis relays
     pub(crate) fn holds(&self, id: &str) -> bool {
-        self.lock().contains_key(id)
+        self.0.get(id).is_some()
     }
 
     /// Hands `frame` to stream `id` and waits for the session's answer to it: the answer
@@ -90,7 +84,7 @@ impl OtStreams {
         if let Some(answer) = self.hand(id, frame.clone()).await {
             return answered(answer).await.map(Some);
         }
-        let Some(relay) = self.0.relay.get() else {
+        let Some(relay) = self.0.relay() else {
             return Ok(None);
         };
         let Some(node) = relay.elsewhere(id) else {
@@ -122,7 +116,7 @@ impl OtStreams {
     /// Hands `frame` to this server's stream `id`: where its answer will come (`None`: no
     /// such stream here, or it ended).
     async fn hand(&self, id: &str, frame: Bytes) -> Option<oneshot::Receiver<Bytes>> {
-        let stream = self.lock().get(id).cloned()?;
+        let stream = self.0.get(id)?;
         let inbox = stream.inbox.lock().await;
         let (answer, answered) = oneshot::channel();
         stream.events.lock().push_back(answer);
@@ -136,20 +130,9 @@ impl OtStreams {
         id: String,
         inbox: async_channel::Sender<Bytes>,
         events: Arc<OtEvents>,
-    ) -> Registration {
-        let stream = Arc::new(Stream {
-            inbox: tokio::sync::Mutex::new(inbox),
-            events,
-        });
-        self.lock().insert(id.clone(), stream);
-        Registration {
-            streams: self.clone(),
-            id,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Stream>>> {
-        self.0.streams.lock().unwrap_or_else(|e| e.into_inner())
+    ) -> Registration<Arc<Stream>> {
+        let inbox = tokio::sync::Mutex::new(inbox);
+        self.0.register(id, Arc::new(Stream { inbox, events }))
     }
 }
 
@@ -164,18 +147,6 @@ async fn answered(answer: oneshot::Receiver<Bytes>) -> Result<Bytes, String> {
 
 fn closed() -> String {
     "the stream closed before its session answered".to_owned()
-}
-
-/// A stream's entry in [`OtStreams`], removed when dropped (the stream ended).
-struct Registration {
-    streams: OtStreams,
-    id: String,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.streams.lock().remove(&self.id);
-    }
 }
 
 /// How a stream's frames are written, and where the answers to its POSTs go: each frame the
@@ -299,7 +270,7 @@ async fn open(
     let (session, init) = opened_on(&routes.ot, &handshake, doc.as_deref())
         .await
         .map_err(refused)?;
-    let id = sse::new_id(routes.ot_streams.0.relay.get()).map_err(refused)?;
+    let id = routes.ot_streams.0.new_id().map_err(refused)?;
     let cookie = format!("Set-Cookie: {STREAM_COOKIE}={id}; Path=/ot; HttpOnly; SameSite=Lax\r\n");
     let mut head = sse::stream_head(&cors, &cookie).into_bytes();
     head.extend_from_slice(&event(&init));

@@ -88,17 +88,83 @@ pub(crate) fn dialect<'a>(path: &[u8], routes: &'a Routes) -> Option<Dialect<'a>
 pub(crate) type Inbox = Arc<tokio::sync::Mutex<async_channel::Sender<Bytes>>>;
 
 /// The open own-protocol streams of this server, by session id: where `POST /sync/send`
-/// finds the inbox of the stream it names. A session id is 128 random bits, so only its
-/// stream's consumer can name it; with a relay ([`Streams::relay_through`]) it starts with
-/// this server's node id, and a POST that reaches another server sharing the Redis is
-/// forwarded here.
+/// finds the inbox of the stream it names.
 #[derive(Clone, Default)]
-pub(crate) struct Streams(Arc<StreamsInner>);
+pub(crate) struct Streams(Registry<Inbox>);
 
-#[derive(Default)]
-struct StreamsInner {
-    inboxes: Mutex<HashMap<String, Inbox>>,
+/// Open streams of one kind by id, and the relay to the other servers' (a relayed stream's id
+/// names its server). An id is 128 random bits, so only its stream's consumer can name it;
+/// with a relay ([`relay_through`](Self::relay_through)) it starts with this server's node
+/// id, and a POST that reaches another server sharing the Redis is forwarded here.
+pub(crate) struct Registry<T>(Arc<RegistryInner<T>>);
+
+struct RegistryInner<T> {
+    entries: Mutex<HashMap<String, T>>,
     relay: std::sync::OnceLock<Relay>,
+}
+
+impl<T> Clone for Registry<T> {
+    fn clone(&self) -> Registry<T> {
+        Registry(self.0.clone())
+    }
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Registry<T> {
+        Registry(Arc::new(RegistryInner {
+            entries: Mutex::default(),
+            relay: std::sync::OnceLock::new(),
+        }))
+    }
+}
+
+impl<T: Clone> Registry<T> {
+    /// Ids start with `node` from now on, and requests for another server's streams go
+    /// through `forward`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis relays
+    pub(crate) fn relay_through(&self, node: String, forward: Forward) {
+        let _ = self.0.relay.set(Relay { node, forward });
+    }
+
+    /// The relay, once there is one.
+    pub(crate) fn relay(&self) -> Option<&Relay> {
+        self.0.relay.get()
+    }
+
+    /// A fresh id, for [`register`](Self::register).
+    pub(crate) fn new_id(&self) -> Result<String, Failure> {
+        new_id(self.relay())
+    }
+
+    /// Stream `id`'s entry, if it is this server's.
+    pub(crate) fn get(&self, id: &str) -> Option<T> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Registers `entry` under `id`, until the registration is dropped (the stream ended).
+    pub(crate) fn register(&self, id: String, entry: T) -> Registration<T> {
+        self.lock().insert(id.clone(), entry);
+        Registration {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, T>> {
+        self.0.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A stream's entry in a [`Registry`], removed when dropped (the stream ended).
+pub(crate) struct Registration<T: Clone> {
+    registry: Registry<T>,
+    id: String,
+}
+
+impl<T: Clone> Drop for Registration<T> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
 }
 
 /// Forwards a request's body to session `.1`, held by server `.0`: its answer (`None`: no
@@ -130,7 +196,7 @@ impl Relay {
 
 /// A fresh stream id: 128 random bits in hex, after `node` and a dot when streams are
 /// relayed (so that any server knows where the stream is).
-pub(crate) fn new_id(relay: Option<&Relay>) -> Result<String, Failure> {
+fn new_id(relay: Option<&Relay>) -> Result<String, Failure> {
     let mut id = [0u8; 16];
     let random = rustls::crypto::ring::default_provider().secure_random;
     random.fill(&mut id).map_err(|_| {
@@ -149,7 +215,7 @@ impl Streams {
     /// go through `forward`.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis relays
     pub(crate) fn relay_through(&self, node: String, forward: Forward) {
-        let _ = self.0.relay.set(Relay { node, forward });
+        self.0.relay_through(node, forward);
     }
 
     /// Hands `frames` (`text`, one per line) to session `id`, in order and together: whether
@@ -160,8 +226,7 @@ impl Streams {
         frames: Vec<Bytes>,
         text: &str,
     ) -> Result<bool, String> {
-        let local = self.lock().get(id).cloned();
-        if let Some(inbox) = local {
+        if let Some(inbox) = self.0.get(id) {
             let inbox = inbox.lock().await;
             for frame in frames {
                 if inbox.send(frame).await.is_err() {
@@ -170,7 +235,7 @@ impl Streams {
             }
             return Ok(true);
         }
-        let Some(relay) = self.0.relay.get() else {
+        let Some(relay) = self.0.relay() else {
             return Ok(false);
         };
         match relay.elsewhere(id) {
@@ -193,39 +258,19 @@ impl Streams {
             .filter(|line| !line.is_empty())
             .map(|line| text.slice_ref(line))
             .collect();
-        let known = self.lock().contains_key(id);
+        let known = self.0.get(id).is_some();
         known && self.deliver(id, frames, "").await.unwrap_or(false)
     }
 
     /// A fresh session id, for [`register`](Self::register).
     fn new_id(&self) -> Result<String, Failure> {
-        new_id(self.0.relay.get())
+        self.0.new_id()
     }
 
     /// Registers `inbox` under `id`, until the registration is dropped.
-    fn register(&self, id: String, inbox: async_channel::Sender<Bytes>) -> Registration {
-        let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
-        self.lock().insert(id.clone(), inbox);
-        Registration {
-            streams: self.clone(),
-            id,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Inbox>> {
-        self.0.inboxes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// An own-protocol stream's entry in [`Streams`], removed when dropped (the stream ended).
-struct Registration {
-    streams: Streams,
-    id: String,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.streams.lock().remove(&self.id);
+    fn register(&self, id: String, inbox: async_channel::Sender<Bytes>) -> Registration<Inbox> {
+        self.0
+            .register(id, Arc::new(tokio::sync::Mutex::new(inbox)))
     }
 }
 
@@ -451,7 +496,11 @@ async fn start(
 }
 
 /// An own-protocol stream's entry in [`Streams`] under `id` (`None` for Grove's).
-fn register(dialect: Dialect<'_>, id: Option<String>, frames: &Frames) -> Option<Registration> {
+fn register(
+    dialect: Dialect<'_>,
+    id: Option<String>,
+    frames: &Frames,
+) -> Option<Registration<Inbox>> {
     match (dialect, id) {
         (Dialect::Syncmux(streams), Some(id)) => Some(streams.register(id, frames.inbox())),
         _ => None,
