@@ -81,6 +81,11 @@ pub(crate) struct Document {
     pub(crate) early: BTreeMap<u64, Arc<TextOp>>,
     /// Shared history: the newest revision asked for to fill a gap.
     pub(crate) fetched: u64,
+    /// Shared history: local ops handed out to commit and not answered yet. While there
+    /// are any, the shared history's next revision may be one of them (read back to fill a
+    /// gap before its commit was answered): it waits in `early` until they are answered,
+    /// so that its sender gets the ack, never its own op.
+    pub(crate) committing: usize,
     /// Shared history: waiting for its first snapshot (gaps are not fetched meanwhile: the
     /// snapshot fills them).
     pub(crate) loading: bool,
@@ -131,6 +136,7 @@ impl Document {
             members: BTreeSet::new(),
             awaiting: BTreeMap::new(),
             early: BTreeMap::new(),
+            committing: 0,
             fetched: 0,
             loading: false,
             idle_since: 0,
@@ -164,6 +170,13 @@ impl Document {
         let skip = usize::try_from(revision - oldest).unwrap_or(usize::MAX);
         let ops = self.history.iter().enumerate().skip(skip);
         Some(ops.map(move |(i, entry)| (oldest + i as u64 + 1, &*entry.op)))
+    }
+
+    /// Shared history: whether revision `revision` (the copy's next) waits for the
+    /// commits in flight, any of which it may be (see `committing`); not when it is known
+    /// to be a local op's.
+    pub(crate) fn held_for_commits(&self, revision: u64) -> bool {
+        self.committing > 0 && !self.awaiting.contains_key(&revision)
     }
 
     /// The oldest revision an op may be made on and still be transformed: the history holds

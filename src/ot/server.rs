@@ -999,7 +999,7 @@ impl OtServer {
         let idle = self
             .docs
             .iter()
-            .filter(|(_, d)| d.members.is_empty())
+            .filter(|(_, d)| d.members.is_empty() && d.committing == 0)
             .min_by_key(|(_, d)| d.idle_since)
             .map(|(key, _)| key.clone());
         let Some(key) = idle else {

@@ -107,6 +107,80 @@ fn an_op_waits_for_its_commit_and_goes_out_in_revision_order() {
     assert_eq!(server.document("doc-1").unwrap().text(), "ba");
 }
 
+/// A local op read back from the shared history before its commit is answered (another
+/// server's next op showed a gap, and the fetch found ours there) is still the sender's: it
+/// waits for the commit, and its sender gets the ack, never its own op; the ops after it
+/// follow in order.
+#[test]
+fn an_op_read_back_before_its_commit_is_answered_is_acked_to_its_sender() {
+    let now = Instant::ZERO;
+    let mut server = shared();
+    server.handle_remote_snapshot(now, "doc-1", 0, String::new());
+    let (alice, bob) = (open(&mut server), open(&mut server));
+    server.handle_message(
+        now,
+        alice,
+        Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
+    );
+    let commit = events(&mut server)
+        .into_iter()
+        .find_map(|e| match e {
+            OtServerEvent::Commit { commit, .. } => Some(commit),
+            _ => None,
+        })
+        .unwrap();
+    // Another server's revision 2 comes first, then the fetch reads revision 1: ours.
+    server.handle_remote_op(now, "doc-1", 2, TextOp::new().retain(1).insert("b"));
+    server.handle_remote_op(now, "doc-1", 1, TextOp::new().insert("a"));
+    assert!(
+        frames(&mut server).is_empty(),
+        "held for the commit in flight"
+    );
+    server.handle_committed(now, commit, Ok((1, TextOp::new().insert("a"))));
+    assert_eq!(
+        frames(&mut server),
+        [
+            (alice, r#"{"type":"ack","revision":1}"#.to_owned()),
+            (
+                bob,
+                r#"{"type":"op","op":[{"i":"a"}],"revision":1}"#.to_owned()
+            ),
+            (
+                alice,
+                r#"{"type":"op","op":[{"r":1},{"i":"b"}],"revision":2}"#.to_owned()
+            ),
+            (
+                bob,
+                r#"{"type":"op","op":[{"r":1},{"i":"b"}],"revision":2}"#.to_owned()
+            ),
+        ]
+    );
+    assert_eq!(server.document("doc-1").unwrap().text(), "ab");
+
+    // A refused commit lets what waited behind it go.
+    server.handle_message(
+        now,
+        bob,
+        Bytes::from(r#"{"type":"op","op":[{"i":"x"}],"revision":2}"#),
+    );
+    let commit = events(&mut server)
+        .into_iter()
+        .find_map(|e| match e {
+            OtServerEvent::Commit { commit, .. } => Some(commit),
+            _ => None,
+        })
+        .unwrap();
+    server.handle_remote_op(now, "doc-1", 3, TextOp::new().retain(2).insert("c"));
+    assert!(
+        frames(&mut server).is_empty(),
+        "held for the commit in flight"
+    );
+    server.handle_committed(now, commit, Err("the store failed".to_owned()));
+    let sent = frames(&mut server);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(server.document("doc-1").unwrap().text(), "abc");
+}
+
 /// A refused commit is an error frame to the sender, and nothing is applied.
 #[test]
 fn a_refused_commit_is_an_error_frame() {

@@ -62,21 +62,22 @@ impl OtServer {
         if let Some(s) = self.sessions.get_mut(pending.session) {
             s.commits = s.commits.saturating_sub(1);
         }
+        let Some(doc) = self.docs.get_mut(&pending.doc) else {
+            return;
+        };
+        doc.committing = doc.committing.saturating_sub(1);
         let echo = pending.echo.then_some(&*pending.doc);
         match outcome {
             Err(message) => {
                 self.send(pending.session, encode_error(&message, echo));
             }
+            Ok((revision, _)) if revision <= doc.revision() => {
+                // The copy got there first (from the channel, with no commit of this
+                // server's in flight): the op went out to the others then; the ack is all
+                // that is left.
+                self.send(pending.session, encode_ack(revision, echo));
+            }
             Ok((revision, op)) => {
-                let Some(doc) = self.docs.get_mut(&pending.doc) else {
-                    return;
-                };
-                if revision <= doc.revision() {
-                    // The copy got there first (from the channel): the op went out to the
-                    // others then; the ack is all that is left.
-                    self.send(pending.session, encode_ack(revision, echo));
-                    return;
-                }
                 doc.awaiting.insert(
                     revision,
                     Awaiting {
@@ -88,6 +89,8 @@ impl OtServer {
                 self.advance(&pending.doc, revision, Arc::new(op));
             }
         }
+        // What waited for the commits in flight may go now.
+        self.drain_early(&pending.doc);
     }
 
     /// Shared history: `op` is the shared history's revision `revision` of `doc` (from
@@ -286,6 +289,9 @@ impl OtServer {
                     return;
                 }
                 s.commits += 1;
+                if let Some(doc) = self.docs.get_mut(&key) {
+                    doc.committing += 1;
+                }
                 let commit = OtCommitId(self.next_commit);
                 self.next_commit += 1;
                 self.commits.insert(
@@ -319,6 +325,11 @@ impl OtServer {
         if revision <= head {
             return;
         }
+        if revision == head + 1 && doc.held_for_commits(revision) {
+            // No gap: nothing to fetch.
+            doc.early.insert(revision, op);
+            return;
+        }
         if revision > head + 1 {
             // Bounded: past it, the fetch brings them again.
             if doc.early.len() < cap {
@@ -333,13 +344,20 @@ impl OtServer {
         self.drain_early(key);
     }
 
-    /// Applies the ops that waited behind a gap now filled.
+    /// Applies the ops that waited behind a gap now filled, or for commits now answered.
     fn drain_early(&mut self, key: &Arc<str>) {
         loop {
             let Some(doc) = self.docs.get_mut(key) else {
                 return;
             };
             let next = doc.revision() + 1;
+            // Copies of revisions applied meanwhile (a local op's, read back) are done with.
+            while doc.early.first_key_value().is_some_and(|(r, _)| *r < next) {
+                doc.early.pop_first();
+            }
+            if doc.held_for_commits(next) {
+                return;
+            }
             let Some(op) = doc.early.remove(&next) else {
                 return;
             };
