@@ -102,6 +102,11 @@ pub(crate) const MAX_SNAPSHOTS_WAITING: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct SnapshotWait {
     pub(crate) session: OtSessionId,
+    /// An `init` (a stream's first event, [`OtServer::handle_init`]) rather than a
+    /// `snapshot` answer.
+    ///
+    /// [`OtServer::handle_init`]: super::OtServer::handle_init
+    pub(crate) init: bool,
     pub(crate) echo: bool,
     pub(crate) op_id: Option<String>,
     pub(crate) revision: Option<u64>,
@@ -144,6 +149,21 @@ impl Document {
 
     pub(crate) fn history_len(&self) -> usize {
         self.history.len()
+    }
+
+    /// The logged ops that produced the revisions after `revision`, oldest first, with the
+    /// revision each produced; `None` when the history no longer holds them all.
+    pub(crate) fn ops_since(
+        &self,
+        revision: u64,
+    ) -> Option<impl Iterator<Item = (u64, &TextOp)> + '_> {
+        let oldest = self.oldest_base();
+        if revision < oldest {
+            return None;
+        }
+        let skip = usize::try_from(revision - oldest).unwrap_or(usize::MAX);
+        let ops = self.history.iter().enumerate().skip(skip);
+        Some(ops.map(move |(i, entry)| (oldest + i as u64 + 1, &*entry.op)))
     }
 
     /// The oldest revision an op may be made on and still be transformed: the history holds

@@ -19,8 +19,8 @@ use super::document::{Document, Limits, SnapshotWait, Submitted, MAX_SNAPSHOTS_W
 use super::session::{OtSessionId, Session, Slab, State};
 use super::text::TextOp;
 use super::wire::{
-    decode_client, encode_ack, encode_error, encode_op, encode_snapshot, ClientMessage,
-    DEFAULT_DOC_ID,
+    decode_client, encode_ack, encode_error, encode_init, encode_op, encode_snapshot,
+    ClientMessage, DEFAULT_DOC_ID,
 };
 use crate::config::ConfigError;
 use crate::rng::{Jitter, KeyedHasher};
@@ -198,6 +198,14 @@ impl OtDocument<'_> {
     /// The sessions that receive the document's ops, in session order.
     pub fn members(&self) -> Vec<OtSessionId> {
         self.0.members.iter().copied().collect()
+    }
+
+    /// The ops that made the revisions after `revision`, oldest first, each with the
+    /// revision it made (what a poll answers); `None` when the history kept no longer
+    /// holds them all (the client must load the document again). Empty when `revision` is
+    /// the head or past it.
+    pub fn ops_since(&self, revision: u64) -> Option<impl Iterator<Item = (u64, &TextOp)> + '_> {
+        self.0.ops_since(revision)
     }
 }
 
@@ -508,8 +516,26 @@ impl OtServer {
                 doc_id,
                 op_id,
                 revision,
-            }) => self.on_snapshot(session, doc_id, op_id, revision),
+            }) => self.on_snapshot(session, doc_id, op_id, revision, false),
         }
+    }
+
+    /// Opens a session on a transport that starts with its document, as an HTTP stream
+    /// does (`GET /ot/events?docId=ID`): the session becomes a member of `doc_id` (`None`
+    /// or empty: `doc-1`) and of no other document, and is sent
+    /// `{"type":"init","snapshot":TEXT,"revision":V}` (with `docId` when one is named). Under
+    /// shared history that waits for the document's copy to load, and comes before any op
+    /// after it. A `docId` that a limit refuses gets an error frame instead, as a snapshot
+    /// request would.
+    pub fn handle_init(&mut self, now: Instant, session: OtSessionId, doc_id: Option<&str>) {
+        self.clamp(now);
+        let doc_id = doc_id.filter(|d| !d.is_empty() && *d != DEFAULT_DOC_ID);
+        if doc_id.is_some() {
+            // Every session starts in doc-1; a stream of another document must not carry
+            // doc-1's ops (its client would apply them to its own document).
+            self.leave(session, DEFAULT_DOC_ID);
+        }
+        self.on_snapshot(session, doc_id.map(str::to_owned), None, None, true);
     }
 
     /// The pong to a session's ping arrived.
@@ -735,6 +761,7 @@ impl OtServer {
         doc_id: Option<String>,
         op_id: Option<String>,
         revision: Option<u64>,
+        init: bool,
     ) {
         let echo = doc_id.as_deref();
         let key = match self.join(session, echo) {
@@ -755,6 +782,7 @@ impl OtServer {
             } else {
                 doc.snapshots.push(SnapshotWait {
                     session,
+                    init,
                     echo: echo.is_some(),
                     op_id,
                     revision,
@@ -762,9 +790,36 @@ impl OtServer {
             }
             return;
         }
-        let status = op_id.map(|id| doc.op_status(&id, revision));
-        let frame = encode_snapshot(doc.revision(), doc.text(), echo, status);
+        let frame = if init {
+            encode_init(doc.revision(), doc.text(), echo)
+        } else {
+            let status = op_id.map(|id| doc.op_status(&id, revision));
+            encode_snapshot(doc.revision(), doc.text(), echo, status)
+        };
         self.send(session, frame);
+    }
+
+    /// Takes the session out of the document `name`, if it is a member.
+    fn leave(&mut self, session: OtSessionId, name: &str) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let Some(at) = s.docs.iter().position(|d| **d == *name) else {
+            return;
+        };
+        let key = s.docs.remove(at);
+        self.remove_member(&key, session);
+    }
+
+    /// Takes the session out of the members of document `key` (not out of its own list).
+    fn remove_member(&mut self, key: &str, session: OtSessionId) {
+        if let Some(doc) = self.docs.get_mut(key) {
+            doc.members.remove(&session);
+            if doc.members.is_empty() {
+                self.departures += 1;
+                doc.idle_since = self.departures;
+            }
+        }
     }
 
     /// Makes the session a member of the document (creating it empty on first use) and
@@ -928,13 +983,7 @@ impl OtServer {
             self.timers.remove(&(at, session));
         }
         for key in docs {
-            if let Some(doc) = self.docs.get_mut(&key) {
-                doc.members.remove(&session);
-                if doc.members.is_empty() {
-                    self.departures += 1;
-                    doc.idle_since = self.departures;
-                }
-            }
+            self.remove_member(&key, session);
         }
         self.event(OtServerEvent::SessionClosed { session, reason });
     }

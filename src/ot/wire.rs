@@ -354,6 +354,17 @@ pub(crate) fn encode_snapshot(
     })
 }
 
+/// `{"type":"init","snapshot":"...","revision":V}` (and `docId` when the stream named
+/// one): an HTTP stream's first event, the document as it opens.
+pub(crate) fn encode_init(revision: u64, text: &str, doc_id: Option<&str>) -> Bytes {
+    to_bytes(&InitOut {
+        kind: "init",
+        snapshot: text,
+        revision,
+        doc_id,
+    })
+}
+
 /// Parses a frame into its `type` and fields.
 fn object(bytes: &[u8]) -> Result<(String, Map<String, Value>), WireError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))?;
@@ -435,6 +446,16 @@ struct SnapshotRequestOut<'a> {
     op_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct InitOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    snapshot: &'a str,
+    revision: u64,
+    #[serde(rename = "docId", skip_serializing_if = "Option::is_none")]
+    doc_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]

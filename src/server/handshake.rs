@@ -77,6 +77,16 @@ impl Handshake {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The value of a cookie, by name, from the `Cookie` headers.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        let headers = self.headers.iter();
+        let cookies = headers.filter(|(n, _)| n.eq_ignore_ascii_case("cookie"));
+        cookies.flat_map(|(_, v)| v.split(';')).find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then(|| value.trim())
+        })
+    }
+
     /// The first value of a query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<Cow<'_, str>> {
         self.query.split('&').find_map(|pair| {
@@ -87,7 +97,8 @@ impl Handshake {
 
     /// The bearer token: `Authorization: Bearer <token>`, else the query parameter
     /// `authorization` holding the same (`Bearer%20<token>`, as Grove's browser client
-    /// sends its headers), else `access_token`, else `token`.
+    /// sends its headers), else `access_token`, else `token`, else the cookie
+    /// `syncmux_token` (what a browser's `EventSource`, which sends no headers, can carry).
     pub fn token(&self) -> Option<Cow<'_, str>> {
         fn bearer(value: &str) -> Option<&str> {
             let (scheme, token) = value.trim().split_once(' ')?;
@@ -105,6 +116,7 @@ impl Handshake {
             .or_else(in_query)
             .or_else(|| self.query_param("access_token"))
             .or_else(|| self.query_param("token"))
+            .or_else(|| self.cookie(TOKEN_COOKIE).map(Cow::Borrowed))
             .filter(|t| !t.is_empty())
     }
 
@@ -115,6 +127,9 @@ impl Handshake {
             .filter(|n| !n.is_empty())
     }
 }
+
+/// The cookie [`Handshake::token`] reads last.
+const TOKEN_COOKIE: &str = "syncmux_token";
 
 /// Decodes `%XX` escapes and `+` (form encoding, as browsers write query strings).
 ///

@@ -964,3 +964,97 @@ fn configurations_that_cannot_work_are_refused() {
     config.rate_limit_window = Duration::ZERO;
     assert!(OtServer::new(config).is_ok());
 }
+
+/// A stream's `init`: the document's text and revision, then the document's ops as to any
+/// member. A stream of another document leaves `doc-1` (its client would apply doc-1's ops
+/// to its own document); one of `doc-1` stays in it.
+#[test]
+fn init_opens_a_session_on_one_document() {
+    let mut h = Harness::new(config());
+    let writer = h.open();
+    h.send(writer, r#"{"type":"op","op":[{"i":"ab"}],"revision":0}"#);
+    h.send(
+        writer,
+        r#"{"type":"op","op":[{"i":"x"}],"revision":0,"docId":"d2"}"#,
+    );
+    h.frames();
+
+    let (on_one, on_two) = (h.open(), h.open());
+    h.server.handle_init(h.now, on_one, None);
+    assert_eq!(
+        h.reply(on_one),
+        r#"{"type":"init","snapshot":"ab","revision":1}"#
+    );
+    h.server.handle_init(h.now, on_two, Some("d2"));
+    assert_eq!(
+        h.reply(on_two),
+        r#"{"type":"init","snapshot":"x","revision":1,"docId":"d2"}"#
+    );
+    assert_eq!(h.server.joined(on_two), ["d2"]);
+
+    h.send(
+        writer,
+        r#"{"type":"op","op":[{"r":2},{"i":"c"}],"revision":1}"#,
+    );
+    let others: Vec<_> = h
+        .frames()
+        .into_iter()
+        .filter(|(s, _)| *s != writer)
+        .collect();
+    assert_eq!(
+        others,
+        [(
+            on_one,
+            r#"{"type":"op","op":[{"r":2},{"i":"c"}],"revision":2}"#.to_owned()
+        )],
+        "doc-1's op reaches its stream, not d2's"
+    );
+}
+
+/// A `docId` a limit refuses is an error frame, as for a snapshot request.
+#[test]
+fn init_of_a_refused_document_is_an_error() {
+    let mut c = config();
+    c.max_doc_id_len = 4;
+    let mut h = Harness::new(c);
+    let s = h.open();
+    h.server.handle_init(h.now, s, Some("too-long"));
+    assert_eq!(
+        h.reply(s),
+        r#"{"type":"error","message":"docId too long: 8 bytes (max 4)","docId":"too-long"}"#
+    );
+}
+
+/// What a poll answers: the ops after a revision, each with the revision it made; nothing
+/// at the head; `None` once the history no longer holds them.
+#[test]
+fn ops_since_lists_the_ops_after_a_revision() {
+    let mut c = config();
+    c.max_history = 2;
+    let mut h = Harness::new(c);
+    let s = h.open();
+    for (revision, letter) in ["a", "b", "c"].into_iter().enumerate() {
+        let op = format!(
+            r#"{{"type":"op","op":[{{"r":{revision}}},{{"i":"{letter}"}}],"revision":{revision}}}"#
+        );
+        h.send(s, &op);
+    }
+    h.frames();
+    let doc = h.server.document("doc-1").unwrap();
+    let since = |r| {
+        doc.ops_since(r).map(|ops| {
+            ops.map(|(v, op)| (v, serde_json::to_string(op).unwrap()))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(
+        since(1),
+        Some(vec![
+            (2, r#"[{"r":1},{"i":"b"}]"#.to_owned()),
+            (3, r#"[{"r":2},{"i":"c"}]"#.to_owned())
+        ])
+    );
+    assert_eq!(since(3), Some(vec![]));
+    assert_eq!(since(9), Some(vec![]));
+    assert_eq!(since(0), None, "revision 1's op is no longer kept");
+}

@@ -289,3 +289,29 @@ fn at_the_document_limit_an_idle_copy_makes_room() {
         );
     }
 }
+
+/// A stream's `init` on a document still loading waits for its first snapshot, like a
+/// snapshot request, and comes before the ops after it.
+#[test]
+fn an_init_while_loading_waits_for_the_shared_text() {
+    let now = Instant::ZERO;
+    let mut server = shared();
+    let stream = open(&mut server);
+    server.handle_init(now, stream, Some("d2"));
+    assert!(frames(&mut server).is_empty(), "nothing while loading");
+    server.handle_remote_op(now, "d2", 3, TextOp::new().retain(2).insert("!"));
+    server.handle_remote_snapshot(now, "d2", 2, "hi".to_owned());
+    assert_eq!(
+        frames(&mut server),
+        [
+            (
+                stream,
+                r#"{"type":"init","snapshot":"hi","revision":2,"docId":"d2"}"#.to_owned()
+            ),
+            (
+                stream,
+                r#"{"type":"op","op":[{"r":2},{"i":"!"}],"revision":3,"docId":"d2"}"#.to_owned()
+            ),
+        ]
+    );
+}

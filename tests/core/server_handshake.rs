@@ -101,6 +101,11 @@ fn auth_takes_the_token_from_header_or_query() {
     // Percent-decoded, and an identity-less allow keeps the requested node id.
     let encoded = Handshake::new("/", "token=tok%2Bany&node_id=bob");
     assert_eq!(accept(h.handshake(&encoded)).1, "bob");
+    // A browser's EventSource sends no headers: the cookie `syncmux_token`, last.
+    let cookie = Handshake::new("/", "").header("Cookie", "a=b; syncmux_token=tok-alice; c=d");
+    assert_eq!(accept(h.handshake(&cookie)).1, "alice");
+    let other_cookie = Handshake::new("/", "").header("Cookie", "xsyncmux_token=tok-alice");
+    assert_eq!(status(h.handshake(&other_cookie)), 401);
 }
 
 #[test]

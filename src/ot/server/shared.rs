@@ -18,7 +18,9 @@ use super::{OtServer, OtServerEvent};
 use crate::ot::document::{Awaiting, Rebased, Refused};
 use crate::ot::session::OtSessionId;
 use crate::ot::text::TextOp;
-use crate::ot::wire::{encode_ack, encode_error, encode_op, encode_snapshot, DEFAULT_DOC_ID};
+use crate::ot::wire::{
+    encode_ack, encode_error, encode_init, encode_op, encode_snapshot, DEFAULT_DOC_ID,
+};
 use crate::time::Instant;
 
 /// A commit the server asked for ([`OtServerEvent::Commit`]), to answer with
@@ -204,12 +206,14 @@ impl OtServer {
         let waiting = core::mem::take(&mut doc.snapshots);
         let mut frames = Vec::with_capacity(waiting.len());
         for w in waiting {
-            let status = w.op_id.map(|id| doc.op_status(&id, w.revision));
             let echo = w.echo.then_some(&**key);
-            frames.push((
-                w.session,
-                encode_snapshot(doc.revision(), doc.text(), echo, status),
-            ));
+            let frame = if w.init {
+                encode_init(doc.revision(), doc.text(), echo)
+            } else {
+                let status = w.op_id.map(|id| doc.op_status(&id, w.revision));
+                encode_snapshot(doc.revision(), doc.text(), echo, status)
+            };
+            frames.push((w.session, frame));
         }
         for (session, frame) in frames {
             self.send(session, frame);
