@@ -77,7 +77,7 @@ mod presence;
 mod relay;
 
 pub use ot::{RedisOt, RedisOtConfig};
-pub use relay::{Deliver, Relay, RelayError};
+pub use relay::{Answering, Deliver, Relay, RelayError};
 
 use keys::{hlc_key, merge_key};
 

@@ -4,8 +4,8 @@
 //! Each server has a node id and two channels, `{PREFIX}:relay:NODE` (requests for its
 //! sessions) and `{PREFIX}:reply:NODE` (the answers to its own requests). A request names
 //! the session and carries the body; the holder hands it to its application ([`Deliver`])
-//! and answers whether the session took it, so the sender can answer its POST as if it held
-//! the session (`202`, or `404` for a session that is not there). The requests of one sender
+//! and answers whether the session took it, and what it answered, so the sender can answer
+//! its POST as if it held the session (`202`, or `404` for a session that is not there). The requests of one sender
 //! leave on one connection, in order, and each waits for its answer, so the frames of one
 //! client's sequential POSTs arrive in order, once each.
 
@@ -25,9 +25,16 @@ use crate::RedisBackendError;
 /// How long a relayed request waits for the holder's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The application's side of the relay on the holder: hands `body` to session `session`
-/// (`true`), or finds no such session (`false`).
-pub type Deliver = Arc<dyn Fn(String, String) -> BoxFuture<'static, bool> + Send + Sync>;
+/// The application's side of the relay on the holder: hands `body` to session `session`,
+/// in the order the requests came, and resolves to the future of its answer (awaited apart,
+/// so that a slow answer holds up no other request), or to `None` when there is no such
+/// session.
+pub type Deliver =
+    Arc<dyn Fn(String, String) -> BoxFuture<'static, Option<Answering>> + Send + Sync>;
+
+/// The answer to a delivered request, once the session gave it (an OT op's ack, say; empty
+/// when there is nothing to say beyond its delivery).
+pub type Answering = BoxFuture<'static, String>;
 
 /// A server's relay: forwards requests to the servers holding their sessions, and delivers
 /// the requests others forward to its own. Cheap to clone.
@@ -41,7 +48,7 @@ struct Inner {
     prefix: String,
     conn: ConnectionManager,
     /// This server's requests waiting for their answer, by id.
-    waiting: Mutex<HashMap<u64, futures_channel::oneshot::Sender<bool>>>,
+    waiting: Mutex<HashMap<u64, futures_channel::oneshot::Sender<Option<String>>>>,
     next: AtomicU64,
 }
 
@@ -79,7 +86,8 @@ struct Request {
 #[derive(Serialize, Deserialize)]
 struct Answer {
     id: u64,
-    delivered: bool,
+    /// `None`: no such session.
+    answer: Option<String>,
 }
 
 impl Relay {
@@ -134,21 +142,24 @@ impl Relay {
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&answer.id);
                         if let Some(reply) = reply {
-                            let _ = reply.send(answer.delivered);
+                            let _ = reply.send(answer.answer);
                         }
                     }
                 } else if let Ok(request) = serde_json::from_slice::<Request>(payload) {
-                    let deliver = deliver.clone();
-                    // In order: the next request waits for this one's delivery.
-                    let delivered = deliver(request.session, request.body).await;
-                    let answer = Answer {
-                        id: request.id,
-                        delivered,
-                    };
+                    // In order: the next request waits for this one's delivery (not for its
+                    // answer).
+                    let answering = deliver(request.session, request.body).await;
                     let to = relay.channel("reply", &request.from);
-                    if let Err(e) = relay.publish(&to, &answer).await {
-                        tracing::warn!(error = %e, "a relayed request's answer was lost");
-                    }
+                    let id = request.id;
+                    tokio::spawn(async move {
+                        let answer = match answering {
+                            Some(answering) => Some(answering.await),
+                            None => None,
+                        };
+                        if let Err(e) = relay.publish(&to, &Answer { id, answer }).await {
+                            tracing::warn!(error = %e, "a relayed request's answer was lost");
+                        }
+                    });
                 }
             }
             tracing::warn!("the relay's subscription ended: sends to this server's SSE sessions from other servers fail");
@@ -176,9 +187,14 @@ impl Relay {
         Ok(receivers)
     }
 
-    /// Hands `body` to session `session`, held by server `node`: whether it took it
-    /// (`false`: no such session there, or no such server).
-    pub async fn forward(&self, node: &str, session: &str, body: &str) -> Result<bool, RelayError> {
+    /// Hands `body` to session `session`, held by server `node`: its answer
+    /// ([`Answering`]), or `None` when there is no such session there, or no such server.
+    pub async fn forward(
+        &self,
+        node: &str,
+        session: &str,
+        body: &str,
+    ) -> Result<Option<String>, RelayError> {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = futures_channel::oneshot::channel();
         let waiting = &self.inner.waiting;
@@ -207,12 +223,12 @@ impl Relay {
             // Nobody listens: no server with that node id.
             Ok(0) => {
                 forget();
-                return Ok(false);
+                return Ok(None);
             }
             Ok(_) => {}
         }
         match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
-            Ok(Ok(delivered)) => Ok(delivered),
+            Ok(Ok(answer)) => Ok(answer),
             _ => {
                 forget();
                 Err(RelayError::Timeout)

@@ -36,6 +36,7 @@ use syncmux::Handshake;
 use syncmux_runtime::{OtServerHandle, Rejection, SyncServer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::ot_http::{self, OtStreams, MESSAGES_PATH, POLL_PATH};
 use crate::presence::{self, Holders, PRESENCE_PATH};
 use crate::sse::{self, Streams};
 
@@ -49,9 +50,16 @@ pub(crate) const SEND_PATH: &str = "/sync/send";
 
 /// Whether a request for `path` is this module's.
 pub(crate) fn handles(path: &[u8]) -> bool {
-    [PULL_PATH, PUSH_PATH, SEND_PATH, PRESENCE_PATH]
-        .iter()
-        .any(|p| path == p.as_bytes())
+    [
+        PULL_PATH,
+        PUSH_PATH,
+        SEND_PATH,
+        PRESENCE_PATH,
+        MESSAGES_PATH,
+        POLL_PATH,
+    ]
+    .iter()
+    .any(|p| path == p.as_bytes())
 }
 
 /// What the HTTP routes share beside the sync server: the OT endpoint, the streams of
@@ -61,6 +69,8 @@ pub(crate) fn handles(path: &[u8]) -> bool {
 pub(crate) struct Routes {
     pub(crate) ot: OtServerHandle,
     pub(crate) streams: Streams,
+    /// The OT profile's streams, which `POST /ot/messages` feeds.
+    pub(crate) ot_streams: OtStreams,
     pub(crate) holders: Holders,
     pub(crate) origins: Origins,
     pub(crate) limiter: Limiter,
@@ -73,6 +83,7 @@ impl Routes {
         Routes {
             ot,
             streams: Streams::default(),
+            ot_streams: OtStreams::default(),
             holders: Holders::default(),
             origins: Origins::default(),
             limiter: Limiter::default(),
@@ -368,11 +379,18 @@ async fn answer_allowed(
     req: Request<Incoming>,
     peer: Option<IpAddr>,
 ) -> Response<Full<Bytes>> {
-    let presence = req.uri().path() == PRESENCE_PATH;
-    // A `POST /sync/send` feeds a session, whose own rate limit applies.
-    let limited = || match req.uri().path() == SEND_PATH {
+    let path = req.uri().path();
+    let presence = path == PRESENCE_PATH;
+    // A POST for a stream feeds its session, whose own rate limit applies.
+    let limited = || match path == SEND_PATH || path == MESSAGES_PATH {
         true => Ok(()),
         false => routes.limiter.check(routes.client(peer, req.headers())),
+    };
+    // The method each path takes (in `Allow` on 405).
+    let allow = match path {
+        PRESENCE_PATH => "GET, POST",
+        POLL_PATH => "GET",
+        _ => "POST",
     };
     let answered = if let Err(failure) = routes.origins.check(origin) {
         Err(failure)
@@ -388,8 +406,8 @@ async fn answer_allowed(
         presence::answer(server, &routes.holders, req)
             .await
             .map(|(status, body)| respond(status, body))
-    } else if req.method() != Method::POST {
-        let message = format!("{} takes POST", req.uri().path());
+    } else if req.method().as_str() != allow {
+        let message = format!("{} takes {allow}", req.uri().path());
         Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
@@ -397,6 +415,14 @@ async fn answer_allowed(
         ))
     } else if req.uri().path() == SEND_PATH {
         send(server, &routes.streams, req)
+            .await
+            .map(|(status, body)| respond(status, body))
+    } else if req.uri().path() == MESSAGES_PATH {
+        ot_http::post(routes, req)
+            .await
+            .map(|(status, body)| respond(status, body))
+    } else if req.uri().path() == POLL_PATH {
+        ot_http::poll(routes, req)
             .await
             .map(|(status, body)| respond(status, body))
     } else {
@@ -408,7 +434,6 @@ async fn answer_allowed(
         Ok(response) => response,
         Err(failure) => {
             let mut response = respond(failure.status, Bytes::from(failure.body()));
-            let allow = if presence { "GET, POST" } else { "POST" };
             if let Some((name, value)) = failure.header(allow) {
                 insert(&mut response, vec![(name, value)]);
             }
@@ -491,7 +516,7 @@ async fn send(
         let message = "no open stream has this session: open GET /sync/sse";
         Failure::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     };
-    let Some(id) = session_of(&req) else {
+    let Some(id) = named_stream(&req, sse::SESSION_COOKIE) else {
         return Err(not_found());
     };
     let body = body(server, req).await?;
@@ -527,9 +552,9 @@ async fn send(
     Ok((StatusCode::ACCEPTED, Bytes::from(answer.to_string())))
 }
 
-/// The session a `POST /sync/send` names: the header `X-Syncmux-Session`, the query's
-/// `session`, or the cookie `syncmux_session` (which the stream sets).
-fn session_of(req: &Request<Incoming>) -> Option<String> {
+/// The stream a POST names: the header `X-Syncmux-Session`, the query's `session`, or the
+/// cookie `cookie` (which the stream sets).
+pub(crate) fn named_stream(req: &Request<Incoming>, cookie: &str) -> Option<String> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if let Some(id) = header("x-syncmux-session") {
         return Some(id.trim().to_owned());
@@ -544,13 +569,18 @@ fn session_of(req: &Request<Incoming>) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name == sse::SESSION_COOKIE).then(|| value.to_owned())
+            (name == cookie).then(|| value.to_owned())
         })
 }
 
 /// The request's body, at most a frame long.
 pub(crate) async fn body(server: &SyncServer, req: Request<Incoming>) -> Result<Bytes, Failure> {
     let limit = server.with_driver(|d, _| d.server().config().max_frame_len);
+    body_within(req, limit).await
+}
+
+/// The request's body, at most `limit` bytes (0: any length).
+pub(crate) async fn body_within(req: Request<Incoming>, limit: usize) -> Result<Bytes, Failure> {
     let body = match limit {
         0 => req
             .into_body()

@@ -73,6 +73,7 @@ use syncmux_runtime::{self as adapters, Clock, OtServerHandle, ServerOptions, Sy
 const WS_PATH: &str = "/sync/ws";
 
 mod http;
+mod ot_http;
 mod presence;
 mod sse;
 /// Where the OT profile is served (and every path under it: `/ot/...`).
@@ -587,7 +588,7 @@ async fn run(args: Args) -> Result<(), String> {
         .trusting(args.proxies);
     if let Some((url, prefix, min_replicas)) = ot_redis {
         // A `POST /sync/send` for another server's SSE session goes to it through Redis.
-        relay_on_redis(&routes.streams, &url, &prefix).await?;
+        relay_on_redis(&routes.streams, &routes.ot_streams, &url, &prefix).await?;
         ot_on_redis(ot.clone(), url, prefix, min_replicas).await?;
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -716,31 +717,46 @@ async fn start_on_redis(
 /// Relays the frames of `POST /sync/send` between the servers sharing the Redis at `url`,
 /// so that a client's POSTs may reach any of them (no sticky sessions).
 #[cfg(feature = "redis")]
-async fn relay_on_redis(streams: &sse::Streams, url: &str, prefix: &str) -> Result<(), String> {
-    let delivering = streams.clone();
+async fn relay_on_redis(
+    streams: &sse::Streams,
+    ot_streams: &ot_http::OtStreams,
+    url: &str,
+    prefix: &str,
+) -> Result<(), String> {
+    let (delivering, ot_delivering) = (streams.clone(), ot_streams.clone());
     let deliver: syncmux_redis::Deliver = Arc::new(move |session, text| {
-        let streams = delivering.clone();
-        Box::pin(async move { streams.deliver_forwarded(&session, text).await })
+        let (streams, ot_streams) = (delivering.clone(), ot_delivering.clone());
+        Box::pin(async move {
+            if ot_streams.holds(&session) {
+                return ot_streams.hand_forwarded(&session, text).await;
+            }
+            let delivered = streams.deliver_forwarded(&session, text).await;
+            delivered.then(|| -> syncmux_redis::Answering { Box::pin(async { String::new() }) })
+        })
     });
     let relay = syncmux_redis::Relay::connect(url, prefix, deliver)
         .await
         .map_err(|e| e.to_string())?;
     let node = relay.node().to_owned();
-    streams.relay_through(
-        node,
-        Arc::new(move |node, session, text| {
-            let relay = relay.clone();
-            Box::pin(async move {
-                let forwarded = relay.forward(&node, &session, &text).await;
-                forwarded.map_err(|e| e.to_string())
-            })
-        }),
-    );
+    let forward: sse::Forward = Arc::new(move |node, session, text| {
+        let relay = relay.clone();
+        Box::pin(async move {
+            let forwarded = relay.forward(&node, &session, &text).await;
+            forwarded.map_err(|e| e.to_string())
+        })
+    });
+    streams.relay_through(node.clone(), forward.clone());
+    ot_streams.relay_through(node, forward);
     Ok(())
 }
 
 #[cfg(not(feature = "redis"))]
-async fn relay_on_redis(_: &sse::Streams, _: &str, _: &str) -> Result<(), String> {
+async fn relay_on_redis(
+    _: &sse::Streams,
+    _: &ot_http::OtStreams,
+    _: &str,
+    _: &str,
+) -> Result<(), String> {
     Ok(())
 }
 
@@ -1016,6 +1032,7 @@ mod static_files {
     use std::sync::Arc;
 
     use super::http::Routes;
+    use super::ot_http;
     use hyper::header::{HeaderValue, CACHE_CONTROL};
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
@@ -1157,6 +1174,15 @@ mod static_files {
             .strip_prefix(super::OT_PATH.as_bytes())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
         if complete(&buf) {
+            if path == ot_http::EVENTS_PATH.as_bytes() && !is_upgrade(&buf) {
+                let routes = routes.clone();
+                return on_ot_thread(&ot_runtime, tcp, move |tcp| async move {
+                    let tcp = super::sse::Connection::<tokio::net::TcpStream>::Tcp(tcp);
+                    if let Err(e) = ot_http::serve_events(&routes, &buf, tcp).await {
+                        tracing::debug!(error = %e, "OT stream ended");
+                    }
+                });
+            }
             let sse = super::sse::dialect(path, routes);
             if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
                 let tcp = super::sse::Connection::<tokio::net::TcpStream>::Tcp(tcp);
@@ -1179,19 +1205,10 @@ mod static_files {
             }
             buf.shrink_to_fit();
             if to_ot {
-                // Taken off this runtime's reactor, onto the OT thread's.
-                let tcp = match tcp.into_std() {
-                    Ok(tcp) => tcp,
-                    Err(e) => return tracing::debug!(error = %e, "OT connection lost"),
-                };
                 let ot = routes.ot.clone();
-                ot_runtime.spawn(async move {
-                    match tokio::net::TcpStream::from_std(tcp) {
-                        Ok(tcp) => adapters::Tokio::accept_tcp(&ot, tcp, buf).await,
-                        Err(e) => tracing::debug!(error = %e, "OT connection lost"),
-                    }
+                return on_ot_thread(&ot_runtime, tcp, move |tcp| async move {
+                    adapters::Tokio::accept_tcp(&ot, tcp, buf).await
                 });
-                return;
             }
             return adapters::Tokio::accept_tcp(server, tcp, buf).await;
         }
@@ -1207,6 +1224,25 @@ mod static_files {
         if let Err(e) = routed {
             tracing::debug!(error = %e, "HTTP connection ended");
         }
+    }
+
+    /// Runs `serve` on `tcp` on the OT endpoint's thread (taken off this runtime's reactor,
+    /// onto that thread's): its hub writes the connection there.
+    fn on_ot_thread<F, S>(ot_runtime: &tokio::runtime::Handle, tcp: tokio::net::TcpStream, serve: S)
+    where
+        S: FnOnce(tokio::net::TcpStream) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => return tracing::debug!(error = %e, "OT connection lost"),
+        };
+        ot_runtime.spawn(async move {
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => serve(tcp).await,
+                Err(e) => tracing::debug!(error = %e, "OT connection lost"),
+            }
+        });
     }
 
     /// `future`, or `None` once the server's handshake deadline passed (zero: no deadline).
@@ -1337,6 +1373,10 @@ mod static_files {
         let to_ot = path
             .strip_prefix(ot_path)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"));
+        if path == ot_http::EVENTS_PATH.as_bytes() && !is_upgrade(&buf) {
+            let io = super::sse::Connection::Io(tokio::io::join(reader, writer));
+            return ot_http::serve_events(routes, &buf, io).await;
+        }
         let sse = super::sse::dialect(path, routes);
         if let Some(dialect) = sse.filter(|_| !is_upgrade(&buf)) {
             let io = super::sse::Connection::Io(tokio::io::join(reader, writer));

@@ -44,18 +44,18 @@ pub(crate) const SESSION_COOKIE: &str = "syncmux_session";
 
 /// How a stream keeps its connection alive.
 #[derive(Clone, Copy, Debug)]
-struct Timing {
+pub(crate) struct Timing {
     /// How often a quiet stream gets a `: keep-alive` comment (15 s, Grove's server's
     /// interval). A proxy that drops idle connections keeps it; a consumer that went away is
     /// found by the write.
-    keep_alive: Duration,
+    pub(crate) keep_alive: Duration,
     /// How long one write may wait for the consumer to read (30 s). A consumer that reads
     /// nothing for this long is dropped (the frames waiting meanwhile are bounded by the
     /// session's outbound bound, past which the server closes it as a slow consumer).
-    write_timeout: Duration,
+    pub(crate) write_timeout: Duration,
 }
 
-const TIMING: Timing = Timing {
+pub(crate) const TIMING: Timing = Timing {
     keep_alive: Duration::from_secs(15),
     write_timeout: Duration::from_secs(30),
 };
@@ -101,18 +101,47 @@ struct StreamsInner {
     relay: std::sync::OnceLock<Relay>,
 }
 
-/// Forwards a request's frames (one per line) to session `.1`, held by server `.0`: whether
-/// it took them, or why the relay failed.
+/// Forwards a request's body to session `.1`, held by server `.0`: its answer (`None`: no
+/// such session there), or why the relay failed.
 pub(crate) type Forward = Arc<
-    dyn Fn(String, String, String) -> futures_util::future::BoxFuture<'static, Result<bool, String>>
+    dyn Fn(
+            String,
+            String,
+            String,
+        ) -> futures_util::future::BoxFuture<'static, Result<Option<String>, String>>
         + Send
         + Sync,
 >;
 
-/// This server's node id among the servers sharing a relay, and how to reach the others.
-struct Relay {
-    node: String,
-    forward: Forward,
+/// A relay's node id among the servers sharing it, and how to reach the others.
+pub(crate) struct Relay {
+    pub(crate) node: String,
+    pub(crate) forward: Forward,
+}
+
+impl Relay {
+    /// The node holding session `id` when it is another server (ids start with their node).
+    pub(crate) fn elsewhere<'a>(&self, id: &'a str) -> Option<&'a str> {
+        id.split_once('.')
+            .map(|(node, _)| node)
+            .filter(|node| *node != self.node)
+    }
+}
+
+/// A fresh stream id: 128 random bits in hex, after `node` and a dot when streams are
+/// relayed (so that any server knows where the stream is).
+pub(crate) fn new_id(relay: Option<&Relay>) -> Result<String, Failure> {
+    let mut id = [0u8; 16];
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    random.fill(&mut id).map_err(|_| {
+        let message = "no randomness for a session id";
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    })?;
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(match relay {
+        Some(relay) => format!("{}.{id}", relay.node),
+        None => id,
+    })
 }
 
 impl Streams {
@@ -144,11 +173,12 @@ impl Streams {
         let Some(relay) = self.0.relay.get() else {
             return Ok(false);
         };
-        match id.split_once('.') {
-            Some((node, _)) if node != relay.node => {
-                (relay.forward)(node.to_owned(), id.to_owned(), text.to_owned()).await
+        match relay.elsewhere(id) {
+            Some(node) => {
+                let forwarded = (relay.forward)(node.to_owned(), id.to_owned(), text.to_owned());
+                Ok(forwarded.await?.is_some())
             }
-            _ => Ok(false),
+            None => Ok(false),
         }
     }
 
@@ -169,17 +199,7 @@ impl Streams {
 
     /// A fresh session id, for [`register`](Self::register).
     fn new_id(&self) -> Result<String, Failure> {
-        let mut id = [0u8; 16];
-        let random = rustls::crypto::ring::default_provider().secure_random;
-        random.fill(&mut id).map_err(|_| {
-            let message = "no randomness for a session id";
-            Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
-        })?;
-        let mut id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        if let Some(relay) = self.0.relay.get() {
-            id = format!("{}.{id}", relay.node);
-        }
-        Ok(id)
+        new_id(self.0.relay.get())
     }
 
     /// Registers `inbox` under `id`, until the registration is dropped.
@@ -245,12 +265,7 @@ where
 {
     let (opened, head) = match start(server, origins, dialect, head).await {
         Ok(started) => started,
-        Err(answer) => {
-            return match connection {
-                Connection::Tcp(mut tcp) => tcp.write_all(&answer).await,
-                Connection::Io(mut io) => io.write_all(&answer).await,
-            }
-        }
+        Err(answer) => return connection.refuse(&answer).await,
     };
     let Opened {
         session,
@@ -264,18 +279,55 @@ where
     if let Some(frame) = first {
         grove_event(&frame, &mut head);
     }
-    let mut io = match connection {
+    let (frames, running) = match connection {
         Connection::Tcp(tcp) => {
-            let (frames, stream) = adapters::Tokio::events_tcp(session, tcp, head.into(), events);
-            // Registered before the session event can leave (with `stream`'s first poll).
-            let _registration = register(dialect, id, &frames);
+            let (frames, stream) =
+                adapters::Tokio::events_tcp(session, tcp, head.into(), events.clone());
+            (frames, Running::Direct(stream))
+        }
+        Connection::Io(io) => (adapters::Tokio::frames(session), Running::Io(io, head)),
+    };
+    // Registered before the first event can leave (with the stream's first poll).
+    let _registration = register(dialect, id, &frames);
+    pump(frames, running, &*events, timing).await
+}
+
+impl<S: AsyncWrite + Unpin> Connection<S> {
+    /// Writes a refused request's whole answer.
+    pub(crate) async fn refuse(self, answer: &[u8]) -> std::io::Result<()> {
+        match self {
+            Connection::Tcp(mut tcp) => tcp.write_all(answer).await,
+            Connection::Io(mut io) => io.write_all(answer).await,
+        }
+    }
+}
+
+/// A stream's session running: on a TCP socket the hub writes (the future runs it), or
+/// on a connection whose task writes the head, then the frames.
+pub(crate) enum Running<S, F> {
+    Direct(F),
+    Io(S, Vec<u8>),
+}
+
+/// Runs a stream until its session or its consumer ends it: `frames` is its session (kept
+/// while it runs), `events` how its frames are written.
+pub(crate) async fn pump<S, F>(
+    mut frames: Frames,
+    running: Running<S, F>,
+    events: &dyn Events,
+    timing: Timing,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: std::future::Future<Output = ()>,
+{
+    let (mut io, head) = match running {
+        Running::Direct(stream) => {
             stream.await;
             return Ok(());
         }
-        Connection::Io(io) => io,
+        Running::Io(io, head) => (io, head),
     };
-    let mut frames = adapters::Tokio::frames(session);
-    let _registration = register(dialect, id, &frames);
     let inbox = frames.inbox();
     write(&mut io, &head, timing.write_timeout).await?;
     let (every, keep_alive) = events.keep_alive();
@@ -308,6 +360,67 @@ where
     }
 }
 
+/// A stream request's head, parsed, and its CORS header lines; or the whole answer of a
+/// request refused for its origin or its head, or of a preflight.
+pub(crate) fn admit(origins: &Origins, head: &[u8]) -> Result<(RequestHead, String), Vec<u8>> {
+    let request = RequestHead::parse(head);
+    let origin = request.as_ref().and_then(|r| r.header("origin"));
+    let origin = origin.map(str::to_owned);
+    let origin = origin.as_deref();
+    let cors = lines(origins.cors(origin));
+    if let Err(failure) = origins.check(origin) {
+        return Err(refused(failure, &cors));
+    }
+    match request {
+        None => Err(refused(
+            bad_request("the request head does not parse"),
+            &cors,
+        )),
+        Some(request) if request.method == "OPTIONS" => Err(match origins.preflight(origin) {
+            Ok(headers) => format!(
+                "HTTP/1.1 204 No Content\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
+                lines(headers)
+            )
+            .into_bytes(),
+            Err(failure) => refused(failure, &cors),
+        }),
+        Some(request) => Ok((request, cors)),
+    }
+}
+
+fn lines(headers: Vec<(hyper::header::HeaderName, String)>) -> String {
+    headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect()
+}
+
+/// The whole answer of a stream request that failed before its first event: its status and
+/// `{"error","code"}`.
+pub(crate) fn refused(failure: Failure, cors: &str) -> Vec<u8> {
+    let header = failure.header("GET");
+    let extra = header.map_or(String::new(), |(name, value)| {
+        format!("{name}: {value}\r\n")
+    });
+    let body = failure.body();
+    let answer = format!(
+        "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         {extra}{cors}Connection: close\r\n\r\n{body}",
+        failure.status,
+        body.len()
+    );
+    answer.into_bytes()
+}
+
+/// The head of a stream's answer, up to its first event: `extra` (header lines) after the
+/// headers every stream has.
+pub(crate) fn stream_head(cors: &str, extra: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         X-Accel-Buffering: no\r\n{cors}{extra}Connection: close\r\n\r\n"
+    )
+}
+
 /// The answer to a stream's request up to its first event: the session (subscribed, for
 /// Grove's) and the response's head; or the whole answer of a refused request or a
 /// preflight.
@@ -317,58 +430,23 @@ async fn start(
     dialect: Dialect<'_>,
     head: &[u8],
 ) -> Result<(Opened, String), Vec<u8>> {
-    let request = RequestHead::parse(head);
-    let origin = request.as_ref().and_then(|r| r.header("origin"));
-    let lines = |headers: Vec<(hyper::header::HeaderName, String)>| -> String {
-        headers
-            .iter()
-            .map(|(name, value)| format!("{name}: {value}\r\n"))
-            .collect()
-    };
-    let cors = lines(origins.cors(origin));
-    let refused = |failure: Failure| {
-        let header = failure.header("GET");
-        let extra = header.map_or(String::new(), |(name, value)| {
-            format!("{name}: {value}\r\n")
-        });
-        let body = failure.body();
-        let answer = format!(
-            "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             {extra}{cors}Connection: close\r\n\r\n{body}",
-            failure.status,
-            body.len()
-        );
-        answer.into_bytes()
-    };
-    let opened = match origins.check(origin) {
-        Err(failure) => Err(failure),
-        Ok(()) if request.as_ref().is_some_and(|r| r.method == "OPTIONS") => {
-            return Err(match origins.preflight(origin) {
-                Ok(headers) => format!(
-                    "HTTP/1.1 204 No Content\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
-                    lines(headers)
-                )
-                .into_bytes(),
-                Err(failure) => refused(failure),
-            });
+    let (request, cors) = admit(origins, head)?;
+    let opened = open(server, dialect, &request)
+        .await
+        .map_err(|failure| refused(failure, &cors))?;
+    let head = match &opened.id {
+        Some(id) => {
+            let cookie = format!(
+                "Set-Cookie: {SESSION_COOKIE}={id}; Path=/sync; HttpOnly; SameSite=Lax\r\n"
+            );
+            let mut head = stream_head(&cors, &cookie);
+            head.push_str(&format!(
+                "event: session\ndata: {{\"session\":\"{id}\"}}\n\n"
+            ));
+            head
         }
-        Ok(()) => match &request {
-            Some(request) => open(server, dialect, request).await,
-            None => Err(bad_request("the request head does not parse")),
-        },
+        None => stream_head(&cors, ""),
     };
-    let opened = opened.map_err(refused)?;
-    let mut head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         X-Accel-Buffering: no\r\n{cors}Connection: close\r\n"
-    );
-    match &opened.id {
-        Some(id) => head.push_str(&format!(
-            "Set-Cookie: {SESSION_COOKIE}={id}; Path=/sync; HttpOnly; SameSite=Lax\r\n\r\n\
-             event: session\ndata: {{\"session\":\"{id}\"}}\n\n"
-        )),
-        None => head.push_str("\r\n"),
-    }
     Ok((opened, head))
 }
 
@@ -401,7 +479,7 @@ struct StreamEvents {
 impl Events for StreamEvents {
     fn frame(&self, bytes: &Bytes, inbox: &async_channel::Sender<Bytes>) -> Option<Bytes> {
         let own = self.own;
-        if let Some(event) = Encoded::get(own, bytes) {
+        if let Some(event) = Encoded::get(Encoded::slot(own), bytes) {
             return (!event.is_empty()).then_some(event);
         }
         let mut out = Vec::new();
@@ -422,7 +500,7 @@ impl Events for StreamEvents {
         }
         // A ping was answered above: only what every stream gets alike is kept.
         let event = Bytes::from(out);
-        Encoded::put(own, bytes.clone(), event.clone());
+        Encoded::put(Encoded::slot(own), bytes.clone(), event.clone());
         (!event.is_empty()).then_some(event)
     }
 
@@ -437,29 +515,48 @@ impl Events for StreamEvents {
     }
 }
 
-/// The last frame made into an event on this thread, for each dialect. A broadcast reaches
-/// every stream with the same bytes (one buffer, shared): its event is made once per thread
-/// rather than once per stream, as the WebSocket path frames a broadcast once. The frame is
-/// held, so its buffer cannot be freed and reused for another frame while it is the key.
-struct Encoded;
+/// The last frame made into an event on this thread, for each kind of stream (Grove's, the
+/// own protocol's, the OT profile's). A broadcast reaches every stream with the same bytes
+/// (one buffer, shared): its event is made once per thread rather than once per stream, as
+/// the WebSocket path frames a broadcast once. The frame is held, so its buffer cannot be
+/// freed and reused for another frame while it is the key.
+pub(crate) struct Encoded;
 
 thread_local! {
-    static ENCODED: std::cell::RefCell<[Option<(Bytes, Bytes)>; 2]> =
-        const { std::cell::RefCell::new([None, None]) };
+    static ENCODED: std::cell::RefCell<[Option<(Bytes, Bytes)>; 3]> =
+        const { std::cell::RefCell::new([None, None, None]) };
 }
 
 impl Encoded {
-    fn get(own: bool, frame: &Bytes) -> Option<Bytes> {
+    /// The slot of the OT profile's streams.
+    pub(crate) const OT: usize = 2;
+
+    fn slot(own: bool) -> usize {
+        usize::from(own)
+    }
+
+    fn get(slot: usize, frame: &Bytes) -> Option<Bytes> {
         ENCODED.with(|cache| {
             let cache = cache.borrow();
-            let (key, event) = cache[usize::from(own)].as_ref()?;
+            let (key, event) = cache[slot].as_ref()?;
             let same = key.as_ptr() == frame.as_ptr() && key.len() == frame.len();
             same.then(|| event.clone())
         })
     }
 
-    fn put(own: bool, frame: Bytes, event: Bytes) {
-        ENCODED.with(|cache| cache.borrow_mut()[usize::from(own)] = Some((frame, event)));
+    fn put(slot: usize, frame: Bytes, event: Bytes) {
+        ENCODED.with(|cache| cache.borrow_mut()[slot] = Some((frame, event)));
+    }
+
+    /// The event of `frame` in `slot`: the one made last if it is the same frame, else
+    /// `make`'s.
+    pub(crate) fn get_or_make(slot: usize, frame: &Bytes, make: impl FnOnce() -> Bytes) -> Bytes {
+        if let Some(event) = Encoded::get(slot, frame) {
+            return event;
+        }
+        let event = make();
+        Encoded::put(slot, frame.clone(), event.clone());
+        event
     }
 }
 
@@ -475,16 +572,16 @@ fn own_event(bytes: Bytes, out: &mut Vec<u8>) {
 }
 
 /// A stream's request head, parsed once.
-struct RequestHead {
-    method: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
+pub(crate) struct RequestHead {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl RequestHead {
     /// `head` parsed (`None` if it is not a whole request head).
-    fn parse(head: &[u8]) -> Option<RequestHead> {
+    pub(crate) fn parse(head: &[u8]) -> Option<RequestHead> {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -505,7 +602,7 @@ impl RequestHead {
     }
 
     /// The first header named `name` (in any case).
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         let found = self
             .headers
             .iter()
@@ -665,7 +762,7 @@ fn grove_event(frame: &Frame, out: &mut Vec<u8>) {
 
 /// `bytes` as an event's data: a `data:` line per line of it (JSON may hold line breaks
 /// between its tokens, never inside a string; SSE would end a line at each).
-fn data(bytes: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn data(bytes: &[u8], out: &mut Vec<u8>) {
     for line in bytes.split(|&b| b == b'\n' || b == b'\r') {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(line);
@@ -673,7 +770,7 @@ fn data(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn bad_request(message: &str) -> Failure {
+pub(crate) fn bad_request(message: &str) -> Failure {
     Failure::new(
         StatusCode::BAD_REQUEST,
         ErrorCode::InvalidPayload.as_str(),
@@ -926,13 +1023,16 @@ mod tests {
     #[test]
     fn an_event_is_reused_for_the_same_broadcast_only() {
         let frame = Bytes::from_static(b"{\"type\":\"ping\"}");
-        Encoded::put(false, frame.clone(), Bytes::from_static(b"event"));
+        Encoded::put(0, frame.clone(), Bytes::from_static(b"event"));
         assert_eq!(
-            Encoded::get(false, &frame.clone()).as_deref(),
+            Encoded::get(0, &frame.clone()).as_deref(),
             Some(&b"event"[..])
         );
-        assert_eq!(Encoded::get(true, &frame), None, "the other dialect's");
+        assert_eq!(Encoded::get(1, &frame), None, "the other dialect's");
+        assert_eq!(Encoded::get(Encoded::OT, &frame), None, "the OT profile's");
         let equal = Bytes::from(frame.to_vec());
-        assert_eq!(Encoded::get(false, &equal), None, "another buffer");
+        assert_eq!(Encoded::get(0, &equal), None, "another buffer");
+        let made = Encoded::get_or_make(0, &equal, || Bytes::from_static(b"again"));
+        assert_eq!(&made[..], b"again");
     }
 }

@@ -18,6 +18,7 @@ mod example_redis;
 mod example_server;
 mod fallback;
 mod interop_node;
+mod ot_http;
 mod ot_interop_node;
 mod readme_tour;
 mod redis_ot;

@@ -733,3 +733,51 @@ where
         other => panic!("{other:?}"),
     }
 }
+
+/// No sticky sessions for the OT profile over HTTP + SSE either: a POST that reaches
+/// another server than its stream's is handed to the stream's session through the relay,
+/// acked on that stream and answered with its revision; the op reaches the SSE and
+/// WebSocket clients of both servers, and a poll on either reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_the_server_without_its_stream_is_acked_on_the_stream() {
+    use crate::ot_http::{next, open, poll, post, websocket, ws_next};
+    use serde_json::json;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let args = ["--redis", &url, "--redis-prefix", "relayed"];
+    let address = |url: String| url.strip_prefix("ws://").unwrap().replace("/ot", "");
+    let (_a_process, a) = start_example(&args);
+    let (_b_process, b) = start_example(&args);
+    let (a, b) = (address(a), address(b));
+    let (mut on_a, cookie) = open(&a, Some("r1"), &[]).await;
+    assert_eq!(next(&mut on_a).await["type"], "init");
+    let (mut on_b, _) = open(&b, Some("r1"), &[]).await;
+    assert_eq!(next(&mut on_b).await["type"], "init");
+    let mut ws_on_a = websocket(&a, "r1").await;
+
+    let op = json!({"type": "op", "op": [{"i": "relayed"}], "revision": 0, "docId": "r1"});
+    let (status, answer) = post(&b, &op, &[&format!("Cookie: {cookie}")]).await;
+    assert_eq!(
+        (status, answer),
+        (202, json!({"success": true, "revision": 1}))
+    );
+    let ack = json!({"type": "ack", "revision": 1, "docId": "r1"});
+    assert_eq!(next(&mut on_a).await, ack);
+    let broadcast = json!({"type": "op", "op": [{"i": "relayed"}], "revision": 1, "docId": "r1"});
+    assert_eq!(next(&mut on_b).await, broadcast);
+    assert_eq!(ws_next(&mut ws_on_a).await, broadcast);
+    for server in [&a, &b] {
+        let (status, answer) = poll(server, "r1", 0).await;
+        assert_eq!((status, &answer["revision"]), (200, &json!(1)), "{answer}");
+    }
+
+    // A stream id of A's that A does not hold: not found, wherever it is asked for.
+    let (node, _) = cookie
+        .split_once('.')
+        .expect("relayed ids name their server");
+    let unknown = format!("Cookie: {node}.00000000000000000000000000000000");
+    assert_eq!(post(&b, &op, &[&unknown]).await.0, 404);
+    assert_eq!(post(&a, &op, &[&unknown]).await.0, 404);
+}

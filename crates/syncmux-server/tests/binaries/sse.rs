@@ -18,9 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Long enough never to be reached on a loaded machine; only a hang reaches it.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
-fn start(args: &[&str]) -> (Killed, String) {
+pub(crate) fn start(args: &[&str]) -> (Killed, String) {
     let (process, url) = example_util::start_server(args).unwrap();
     let addr = url.strip_prefix("ws://").unwrap();
     let addr = addr.strip_suffix("/sync/ws").unwrap().to_owned();
@@ -29,27 +29,31 @@ fn start(args: &[&str]) -> (Killed, String) {
 
 /// One SSE event: its `id:`, its `event:` name and its data (empty for a bare id).
 #[derive(Debug, PartialEq)]
-struct Event {
-    id: Option<String>,
-    name: Option<String>,
-    data: String,
+pub(crate) struct Event {
+    pub(crate) id: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) data: String,
 }
 
 /// An open stream, read event by event.
-struct Stream {
+pub(crate) struct Stream {
     reader: BufReader<TcpStream>,
 }
 
 impl Stream {
     /// Opens `target` with `headers`: the stream, or the status and body of a refusal.
-    async fn open(addr: &str, target: &str, headers: &[&str]) -> Result<Stream, (u16, String)> {
+    pub(crate) async fn open(
+        addr: &str,
+        target: &str,
+        headers: &[&str],
+    ) -> Result<Stream, (u16, String)> {
         Stream::open_with_head(addr, target, headers)
             .await
             .map(|(stream, _)| stream)
     }
 
     /// [`open`](Self::open), with the answer's head (lower-cased).
-    async fn open_with_head(
+    pub(crate) async fn open_with_head(
         addr: &str,
         target: &str,
         headers: &[&str],
@@ -85,7 +89,7 @@ impl Stream {
     }
 
     /// The next event (comments skipped); `None` once the stream ended.
-    async fn event(&mut self) -> Option<Event> {
+    pub(crate) async fn event(&mut self) -> Option<Event> {
         let mut event = Event {
             id: None,
             name: None,
