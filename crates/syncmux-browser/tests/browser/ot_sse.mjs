@@ -71,7 +71,9 @@ function lineOf(child, re, what) {
 async function startServer(bin, site, extra = []) {
   // No rate limit: dozens of POSTs from one address in a few seconds are this test's normal.
   const args = ["--listen", "127.0.0.1:0", "--static", site, "--token", TOKEN, "--rate-limit", "0"];
-  const child = spawn(bin, [...args, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
+  // Its logs only when asked for (RUST_LOG=info): the test's own lines say what happened.
+  const env = { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "error" };
+  const child = spawn(bin, [...args, ...extra], { stdio: ["ignore", "pipe", "inherit"], env });
   children.push(child);
   const [, addr] = await lineOf(child, /ot on ws:\/\/(\S+)\/ot\b/, "syncmux-server's `ot on` line");
   return { http: `http://${addr}`, ws: `ws://${addr}/ot` };
