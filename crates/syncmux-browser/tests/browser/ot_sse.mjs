@@ -202,8 +202,17 @@ class Editor {
   }
 
   /** `count` edits, `burst` of them at once, each acked. */
-  run(count, burst = 1) {
-    return this.browser.js(`await editor.run(args[0], args[1]); return editor.state();`, count, burst);
+  async edit(count, burst = 1) {
+    await this.arm(count);
+    return this.run(burst);
+  }
+
+  arm(count) {
+    return this.browser.js(`editor.arm(args[0]);`, count);
+  }
+
+  run(burst) {
+    return this.browser.js(`await editor.run(args[0]); return editor.state();`, burst);
   }
 
   /** The state once the editor is at `revision`. */
@@ -223,6 +232,16 @@ class Editor {
 
 let seeds = 0x9e3779b9;
 const seed = () => (seeds = (seeds * 31 + 7) >>> 0);
+
+/** `count` edits by each editor at once, the states once each has its own acked. Every
+ *  editor is armed before any starts, and an armed editor answers each remote op with an edit
+ *  on the revision it has: the answers to one op race to the server, which has to transform
+ *  all but the first. So ops cross by construction, not by timing. */
+async function editTogether(editors, count) {
+  await Promise.all(editors.map((e) => e.arm(count)));
+  // Editors that start with a burst have ops buffered behind the one in flight from the start.
+  return Promise.all(editors.map((e, i) => e.run(1 + (i % 3))));
+}
 
 /** Every edit made, acked, nothing pending and no error. */
 function checkAcked(s, count) {
@@ -267,8 +286,7 @@ async function converge(driver, server) {
   assert.equal(editors[3].init.text, "");
   assert.equal(editors[3].init.revision, 0);
 
-  // Editors that start with a burst have ops buffered behind the one in flight from the start.
-  const done = await Promise.all(editors.map((e, i) => e.run(EDITS, 1 + (i % 3))));
+  const done = await editTogether(editors, EDITS);
   let head = editors.length * EDITS;
   const states = await Promise.all(editors.map((e) => e.at(head)));
   states.forEach((s) => checkAcked(s, EDITS));
@@ -279,8 +297,7 @@ async function converge(driver, server) {
   checkConverged(states, init);
   const stale = sum(done, "stale");
   const rebased = sum(done, "rebased");
-  // Not a timing assertion: four editors reacting to each other's ops keep ops in flight, so
-  // some cross; none crossing would mean the editors took turns and nothing was concurrent.
+  // None stale would mean the server never transformed an op: see editTogether.
   assert.ok(stale > 0 && rebased > 0, `nothing concurrent: ${stale} stale, ${rebased} rebased`);
   step(
     `1. 3 HttpSseTransport editors and a WebSocket editor: ${head} concurrent ops (${stale} stale ` +
@@ -291,7 +308,7 @@ async function converge(driver, server) {
 
   const late = await Editor.open(driver, server.http, { kind: "sse", name: "late", seed: seed() });
   assert.deepEqual(late.init, { type: "init", snapshot: init.snapshot, revision: head });
-  const lateDone = await late.run(3, 3);
+  const lateDone = await late.edit(3, 3);
   checkAcked(lateDone, 3);
   checkPosts(lateDone);
   head += 3;
@@ -316,7 +333,7 @@ async function hybrid(driver, server, doc1) {
   assert.equal(polling.mode, "polling");
   assert.equal(polling.streamOpen, false, "the reader's stream is still open");
 
-  const wrote = await writer.run(HYBRID_EDITS, 3);
+  const wrote = await writer.edit(HYBRID_EDITS, 3);
   checkAcked(wrote, HYBRID_EDITS);
   checkPosts(wrote);
   assert.ok(wrote.posts.every((p) => p.body.docId === docId), "a POST without the docId");
@@ -394,7 +411,7 @@ async function refusals(driver, server, doc1) {
     revision: doc1.head,
   });
   // Nor does anything land later: the next edit is exactly one revision on, everywhere.
-  const next = await late.run(1);
+  const next = await late.edit(1);
   assert.deepEqual(next.acks.slice(-1), [doc1.head + 1]);
   const states = await Promise.all(doc1.editors.map((e) => e.at(doc1.head + 1)));
   checkConverged(states, (await lateInit(server.http)).init);
@@ -416,7 +433,7 @@ async function scaledOut(driver, bin, site) {
   ];
   for (const e of editors) assert.equal(e.init.revision, 0, `${e.name}: ${JSON.stringify(e.init)}`);
 
-  const done = await Promise.all(editors.map((e, i) => e.run(EDITS, 1 + (i % 3))));
+  const done = await editTogether(editors, EDITS);
   const head = editors.length * EDITS;
   const states = await Promise.all(editors.map((e) => e.at(head)));
   states.forEach((s) => checkAcked(s, EDITS));

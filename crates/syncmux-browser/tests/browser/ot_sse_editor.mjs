@@ -97,6 +97,7 @@ class Editor {
     this.failure = null;
     this.applied = new Map(); // revision -> op, to recognise a poll's repeat
     this.repeats = 0;
+    this.recent = []; // the last messages, for a failure's report
     this.waiters = [];
   }
 
@@ -108,10 +109,12 @@ class Editor {
   }
 
   receive(msg) {
+    this.recent = [...this.recent.slice(-7), JSON.stringify(msg)];
     try {
       this.handle(msg);
     } catch (e) {
-      this.failure ??= `${this.name}: ${e.message} (on ${JSON.stringify(msg)})`;
+      const sent = JSON.stringify(this.inflight);
+      this.failure ??= `${this.name}: ${e.message}; in flight ${sent} (made on ${this.sentAt}); last received: ${this.recent.join(" ")}`;
     }
     this.wake();
   }
@@ -220,12 +223,16 @@ class Editor {
     return (this.rng >>> 0) % n;
   }
 
-  /** `count` more edits, `burst` of them at once (buffered behind the first); resolves once
-   *  every one is acked. */
-  async run(count, burst = 1) {
+  /** `count` more edits, made as events come (a remote op or an ack brings one). */
+  arm(count) {
     this.budget += count;
-    for (let i = 0; i < Math.min(burst, count); i += 1) this.edit();
-    await this.until(`acks for ${count} edits`, () => this.made === this.budget && this.settled());
+  }
+
+  /** Starts the armed edits with `burst` at once (buffered behind the first); resolves once
+   *  every one is acked. */
+  async run(burst = 1) {
+    for (let i = 0; i < burst; i += 1) this.step();
+    await this.until(`acks for ${this.budget} edits`, () => this.made === this.budget && this.settled());
   }
 
   settled() {
