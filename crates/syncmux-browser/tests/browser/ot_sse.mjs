@@ -157,8 +157,13 @@ async function poll(base, docId, since) {
 
 /** A WebDriver session with the test page open. */
 class Browser {
+  // Those not closed yet: a failure closes them before it stops chromedriver, which would
+  // leave their browsers running.
+  static sessions = new Set();
+
   static async open(driver, origin) {
     const page = await Page.open(driver.base, `${origin}/ot_sse.html`);
+    Browser.sessions.add(page);
     // Above the page's own guards, so that theirs are the errors reported.
     await page.cmd("POST", "/timeouts", { script: GUARD_MS + 30000 });
     await page.until(`document.body.dataset.ready === "true"`, `${origin}/ot_sse.html to load`);
@@ -179,6 +184,7 @@ class Browser {
   }
 
   close() {
+    Browser.sessions.delete(this.page);
     return this.page.close();
   }
 }
@@ -488,6 +494,8 @@ export async function checkOtSse(serverBin) {
     await Promise.all(doc1.editors.map((e) => e.close()));
     if (have("redis-server", redis, "apt-get install redis-server")) await scaledOut(driver, serverBin, site);
   } finally {
+    // A session still running a script closes once the page's guard ends it.
+    await Promise.allSettled([...Browser.sessions].map((page) => guard(page.close(), "session close")));
     driver.child.kill();
   }
   step("ok");
