@@ -136,7 +136,8 @@ async function lateInit(base, docId) {
         buffered = buffered.slice(end + 2);
         const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).replace(/^ /, ""));
         // Comments (`: keepalive`) carry no data.
-        if (data.length > 0) return { init: JSON.parse(data.join("\n")), cookie: res.headers.get("set-cookie") };
+        if (data.length === 0) continue;
+        return { init: JSON.parse(data.join("\n")), cookie: res.headers.get("set-cookie") };
       }
     }
     throw new Error(`GET /ot/events${query}: the stream ended before an event`);
@@ -201,10 +202,6 @@ class Editor {
     this.browser = browser;
     this.name = state.name;
     this.init = state.init;
-  }
-
-  state() {
-    return this.browser.js(`return editor.state();`);
   }
 
   /** `count` edits, `burst` of them at once, each acked. */
@@ -322,7 +319,10 @@ async function converge(driver, server) {
   const now = (await lateInit(server.http)).init;
   assert.notEqual(now.snapshot, init.snapshot);
   checkConverged(after, now);
-  step(`2. a late joiner starts from init (revision ${init.revision}, the others' text); its 3 edits, 2 buffered behind the first, reach all 5 (revision ${head})`);
+  step(
+    `2. a late joiner starts from init (revision ${init.revision}, the others' text); its 3 ` +
+      `edits, 2 buffered behind the first, reach all 5 (revision ${head})`,
+  );
   return { editors: [...editors, late], late, head };
 }
 
@@ -344,7 +344,10 @@ async function hybrid(driver, server, doc1) {
   checkPosts(wrote);
   assert.ok(wrote.posts.every((p) => p.body.docId === docId), "a POST without the docId");
   assert.equal(wrote.mode, "sse");
-  step(`3. a HybridTransport editor on ${docId} (init revision 0 there, doc-1 at ${doc1.head}): ${HYBRID_EDITS} ops, each acked and each POST answered 202 with its ack's revision`);
+  step(
+    `3. a HybridTransport editor on ${docId} (init revision 0 there, doc-1 at ${doc1.head}): ` +
+      `${HYBRID_EDITS} ops, each acked and each POST answered 202 with its ack's revision`,
+  );
 
   const read = await reader.at(HYBRID_EDITS);
   assert.equal(read.text, wrote.text);
@@ -356,7 +359,8 @@ async function hybrid(driver, server, doc1) {
   assert.equal(all.type, "poll");
   assert.equal(all.hasUpdates, true);
   assert.equal(all.revision, HYBRID_EDITS);
-  assert.deepEqual(all.operations.map((o) => o.revision), Array.from({ length: HYBRID_EDITS }, (_, i) => i + 1));
+  const revisions = Array.from({ length: HYBRID_EDITS }, (_, i) => i + 1);
+  assert.deepEqual(all.operations.map((o) => o.revision), revisions);
   assert.equal(all.operations.reduce((text, o) => apply(o.op, text), ""), wrote.text);
   assert.deepEqual(await poll(server.http, docId, HYBRID_EDITS), {
     type: "poll",
@@ -365,7 +369,11 @@ async function hybrid(driver, server, doc1) {
     revision: HYBRID_EDITS,
   });
   assert.equal((await lateInit(server.http)).init.revision, doc1.head, "doc-1 moved");
-  step(`4. a HybridTransport reader in polling mode (forcePolling(), ${read.polls} polls, ${read.repeats} repeats) reaches the same text and revision; /ot/poll since 0 replays all ${HYBRID_EDITS} ops to it`);
+  step(
+    `4. a HybridTransport reader in polling mode (forcePolling(), ${read.polls} polls, ` +
+      `${read.repeats} repeats) reaches the same text and revision; /ot/poll since 0 replays ` +
+      `all ${HYBRID_EDITS} ops to it`,
+  );
   await writer.close();
   await reader.close();
 }
@@ -421,7 +429,11 @@ async function refusals(driver, server, doc1) {
   assert.deepEqual(next.acks.slice(-1), [doc1.head + 1]);
   const states = await Promise.all(doc1.editors.map((e) => e.at(doc1.head + 1)));
   checkConverged(states, (await lateInit(server.http)).init);
-  step(`5. ${invalid.length} invalid ops (400, the npm client's send rejects) and 2 POSTs without a stream of their own (404: no cookie, a forged one) change nothing: revision ${doc1.head} and text as before, and the next op is ${doc1.head + 1} everywhere`);
+  step(
+    `5. ${invalid.length} invalid ops (400, the npm client's send rejects) and 2 POSTs without ` +
+      `a stream of their own (404: no cookie, a forged one) change nothing: revision ` +
+      `${doc1.head} and text as before, and the next op is ${doc1.head + 1} everywhere`,
+  );
 }
 
 /** Step 6: two servers on one Redis; X streams from A and POSTs to B, Y the other way round. */
@@ -452,7 +464,12 @@ async function scaledOut(driver, bin, site) {
     assert.deepEqual(init, { type: "init", snapshot: states[0].text, revision: head }, server.http);
     checkConverged(states, init);
   }
-  step(`6. two servers on one Redis: 2 HttpSseTransport editors, each streaming from one server and POSTing to the other (${states[0].posts.length} and ${states[1].posts.length} POSTs), and a WebSocket editor on each: ${head} ops (${sum(done, "stale")} stale), each acked; both servers' late inits and every editor at revision ${head} with one text`);
+  step(
+    `6. two servers on one Redis: 2 HttpSseTransport editors, each streaming from one server ` +
+      `and POSTing to the other (${states[0].posts.length} and ${states[1].posts.length} ` +
+      `POSTs), and a WebSocket editor on each: ${head} ops (${sum(done, "stale")} stale), each ` +
+      `acked; both servers' late inits and every editor at revision ${head} with one text`,
+  );
   await Promise.all(editors.map((e) => e.close()));
   viaA.proxy.close();
   viaB.proxy.close();

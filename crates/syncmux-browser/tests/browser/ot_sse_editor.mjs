@@ -114,7 +114,9 @@ class Editor {
       this.handle(msg);
     } catch (e) {
       const sent = JSON.stringify(this.inflight);
-      this.failure ??= `${this.name}: ${e.message}; in flight ${sent} (made on ${this.sentAt}); last received: ${this.recent.join(" ")}`;
+      this.failure ??=
+        `${this.name}: ${e.message}; in flight ${sent} (made on ${this.sentAt}); ` +
+        `last received: ${this.recent.join(" ")}`;
     }
     this.wake();
   }
