@@ -3,7 +3,9 @@
 //! (median and 99th percentile), with 5 concurrent clients, one op in flight each, every op
 //! sent on to the 4 others. The server is `syncmux-server` (`/ot`, built with this bench's
 //! profile; as deployed, then with `TOKIO_WORKER_THREADS=1`, then with
-//! `--ot-broadcast-delay 0`, every op sent on at once, against the default 1 ms) and, when
+//! `--ot-broadcast-delay 0`, every op sent on at once, against the default 1 ms; and as
+//! deployed with its 5 clients on the HTTP + SSE transport instead, `GET /ot/events` and a
+//! `POST /ot/messages` per op, against the 5 WebSocket clients) and, when
 //! `node` and the server crate's `tests/node/node_modules/ws` are there, in the same run, the baseline: a
 //! minimal Node server built the seed's way (`tests/node/ot_seed_server.mjs`).
 //!
@@ -43,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use syncmux::ot::{Side, TextOp};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -92,16 +95,7 @@ fn clock_ticks() -> f64 {
 /// One client: an edit at its revision, its ack awaited while the others' ops are applied,
 /// until `stop`.
 async fn client(url: String, seed: u64, shared: Arc<Shared>) {
-    let addr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .expect("host");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
-        .await
-        .expect("handshake");
+    let mut link = Link::open(&url, shared.sse).await;
     // Every client is a member before anyone edits: none misses an op.
     shared.connected.wait().await;
     let (mut doc, mut revision, mut rng) = (String::new(), 0u64, seed);
@@ -124,13 +118,11 @@ async fn client(url: String, seed: u64, shared: Arc<Shared>) {
             r#"{{"type":"op","op":{},"revision":{revision}}}"#,
             mine.to_json()
         );
-        ws.send(Message::text(frame)).await.expect("send");
         let sent_at = Instant::now();
+        link.send(frame).await;
         let measured = shared.measuring.load(Ordering::Relaxed);
         loop {
-            let Message::Text(text) = ws.next().await.expect("open").expect("read") else {
-                continue;
-            };
+            let text = link.next().await;
             let mut frame: serde_json::Value = serde_json::from_str(&text).expect("JSON");
             let at = frame["revision"]
                 .as_u64()
@@ -166,8 +158,105 @@ async fn client(url: String, seed: u64, shared: Arc<Shared>) {
     times.1.extend(received);
 }
 
+/// A client's connection to `/ot`: a WebSocket, or (`sse`) the OT profile's HTTP + SSE
+/// transport, `GET /ot/events` and a `POST /ot/messages` per op (a connection each, as the
+/// server keeps none alive), its ack read from the stream.
+enum Link {
+    Ws(tokio_tungstenite::WebSocketStream<TcpStream>),
+    Sse {
+        events: tokio::io::BufReader<TcpStream>,
+        addr: String,
+        cookie: String,
+    },
+}
+
+impl Link {
+    async fn open(url: &str, sse: bool) -> Link {
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .expect("host");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        if !sse {
+            let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+                .await
+                .expect("handshake");
+            return Link::Ws(ws);
+        }
+        let mut events = tokio::io::BufReader::new(tcp);
+        let request = format!("GET /ot/events HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        events.write_all(request.as_bytes()).await.expect("request");
+        let mut cookie = None;
+        loop {
+            let mut line = String::new();
+            events.read_line(&mut line).await.expect("head");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(value) = line.strip_prefix("Set-Cookie: ") {
+                cookie = value.split(';').next().map(str::to_owned);
+            }
+        }
+        let mut link = Link::Sse {
+            events,
+            addr: addr.to_owned(),
+            cookie: cookie.expect("the stream's cookie"),
+        };
+        let init = link.next().await;
+        assert!(init.starts_with(r#"{"type":"init""#), "{init}");
+        link
+    }
+
+    async fn send(&mut self, frame: String) {
+        match self {
+            Link::Ws(ws) => ws.send(Message::text(frame)).await.expect("send"),
+            Link::Sse { addr, cookie, .. } => {
+                let mut tcp = TcpStream::connect(&*addr).await.expect("connect");
+                tcp.set_nodelay(true).expect("nodelay");
+                let request = format!(
+                    "POST /ot/messages HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{frame}",
+                    frame.len()
+                );
+                tcp.write_all(request.as_bytes()).await.expect("post");
+                let mut answer = Vec::new();
+                tcp.read_to_end(&mut answer).await.expect("answer");
+                assert!(
+                    answer.starts_with(b"HTTP/1.1 202"),
+                    "{}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+        }
+    }
+
+    /// The next frame from the server.
+    async fn next(&mut self) -> String {
+        match self {
+            Link::Ws(ws) => loop {
+                if let Message::Text(text) = ws.next().await.expect("open").expect("read") {
+                    return text.to_string();
+                }
+            },
+            Link::Sse { events, .. } => loop {
+                let mut line = String::new();
+                let n = events.read_line(&mut line).await.expect("event");
+                assert!(n > 0, "the stream ended");
+                if let Some(data) = line.strip_prefix("data: ") {
+                    return data.trim_end().to_owned();
+                }
+            },
+        }
+    }
+}
+
 /// What the clients of one run share.
 struct Shared {
+    /// The clients use the HTTP + SSE transport.
+    sse: bool,
     connected: tokio::sync::Barrier,
     acked: AtomicU64,
     stop: AtomicBool,
@@ -211,15 +300,22 @@ struct Figures {
 }
 
 fn measure(name: &str, server: &Server, window: Duration) -> Figures {
-    measure_with(name, server, None, window)
+    measure_with(name, server, None, false, window)
 }
 
-fn measure_with(name: &str, server: &Server, other: Option<u32>, window: Duration) -> Figures {
+fn measure_with(
+    name: &str,
+    server: &Server,
+    other: Option<u32>,
+    sse: bool,
+    window: Duration,
+) -> Figures {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let shared = Arc::new(Shared {
+        sse,
         connected: tokio::sync::Barrier::new(CLIENTS),
         acked: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -348,7 +444,7 @@ fn on_redis(binary: &Path, memory: &Figures, window: Duration) {
         .env("RUST_LOG", "warn")
         .env_remove("TOKIO_WORKER_THREADS");
     let server = start(command, "ot on ");
-    let figures = measure_with("syncmux on redis", &server, Some(redis.pid), window);
+    let figures = measure_with("syncmux on redis", &server, Some(redis.pid), false, window);
     println!(
         "ot e2e redis / memory: {:.2}x server CPU per acked op, {:.2}x acked ops/s",
         figures.cpu_micros_per_op / memory.cpu_micros_per_op,
@@ -373,7 +469,8 @@ fn main() {
         return;
     }
     let binary = example_server();
-    let syncmux = |workers: Option<&str>, flags: &[&str]| {
+    // `sse`: the clients on the HTTP + SSE transport.
+    let syncmux = |workers: Option<&str>, flags: &[&str], sse: bool| {
         let mut command = Command::new(&binary);
         command
             .args(["--listen", "127.0.0.1:0", "--rate-limit", "0"])
@@ -390,19 +487,27 @@ fn main() {
                 "syncmux".to_owned()
             }
         };
-        let name = match flags {
-            [] => name,
-            _ => format!("{name} {}", flags.join(" ")),
+        let name = match (flags, sse) {
+            (_, true) => format!("{name} sse clients"),
+            ([], false) => name,
+            (flags, false) => format!("{name} {}", flags.join(" ")),
         };
         let server = start(command, "ot on ");
-        measure(&name, &server, window)
+        measure_with(&name, &server, None, sse, window)
     };
     // As deployed (a worker per core; `/ot` on a thread of its own), then with the whole
     // server on one worker: the two should agree. Then without the broadcast delay (every
     // op sent on at once, each socket written every round), the baseline of what it saves.
-    let default = syncmux(None, &[]);
-    let one = syncmux(Some("1"), &[]);
-    let at_once = syncmux(None, &["--ot-broadcast-delay", "0"]);
+    let default = syncmux(None, &[], false);
+    // The same server, its 5 clients on HTTP + SSE (`GET /ot/events`, a POST per op).
+    let sse = syncmux(None, &[], true);
+    println!(
+        "ot e2e SSE / WebSocket clients, CPU per acked op: {:.2}x; acked ops/s: {:.2}x",
+        sse.cpu_micros_per_op / default.cpu_micros_per_op,
+        sse.ops_per_second / default.ops_per_second,
+    );
+    let one = syncmux(Some("1"), &[], false);
+    let at_once = syncmux(None, &["--ot-broadcast-delay", "0"], false);
     println!(
         "ot e2e no broadcast delay / default, CPU per acked op: {:.2}x; acked ops/s: {:.2}x",
         at_once.cpu_micros_per_op / default.cpu_micros_per_op,

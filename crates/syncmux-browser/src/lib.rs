@@ -41,6 +41,7 @@ mod callbacks;
 mod host;
 #[cfg(feature = "ot")]
 mod ot;
+mod sse;
 #[cfg(feature = "sync")]
 mod sync;
 

@@ -408,3 +408,49 @@ fn next_ot(client: &syncmux_browser::BrowserOtClient, name: &str) -> Promise {
     client.on(name.to_owned(), once.unchecked_into());
     promise
 }
+
+/// Behind the proxy that refuses WebSocket upgrades, an `OtClient` falls back to open-ot's
+/// HTTP transport (`GET /ot/events`, `POST /ot/messages`) and edits a document with a client
+/// on the WebSocket: its op is acked and reaches the other, and the other's reaches it.
+#[wasm_bindgen_test]
+async fn ot_client_falls_back_to_sse_when_the_websocket_is_blocked() {
+    use syncmux_browser::BrowserOtClient as OtClient;
+    let proxied = PROXY_URL.expect("SYNCMUX_TEST_PROXY_URL: run tests/browser/run.mjs");
+    let options = |id: &str| {
+        json(&format!(
+            r#"{{"clientId":"{id}","docId":"wasm-ot-sse","reconnectDelay":100}}"#
+        ))
+    };
+    let sse = OtClient::new(proxied.replace("/sync/ws", "/ot"), options("wasm-ot-sse"))
+        .expect("valid options");
+    let ws = OtClient::new(url().replace("/sync/ws", "/ot"), options("wasm-ot-ws"))
+        .expect("valid options");
+    for _ in 0..250 {
+        if sse.state() == "synchronized" && ws.state() == "synchronized" {
+            break;
+        }
+        pause(20).await;
+    }
+    assert_eq!(sse.state(), "synchronized", "the fallback did not connect");
+    assert_eq!(sse.transport().as_deref(), Some("sse"));
+    assert_eq!(ws.transport().as_deref(), Some("websocket"));
+
+    let (acked, seen) = (next_ot(&sse, "ack"), next_ot(&ws, "change"));
+    sse.edit(json(r#"[{"i":"over SSE"}]"#)).expect("fits");
+    let revision = JsFuture::from(acked).await.expect("acked");
+    assert_eq!(revision.as_f64(), Some(1.0));
+    JsFuture::from(seen).await.expect("a change");
+    assert_eq!(ws.text(), "over SSE");
+
+    let seen = next_ot(&sse, "change");
+    ws.edit(json(r#"[{"r":8},{"i":", and WS"}]"#))
+        .expect("fits");
+    JsFuture::from(seen).await.expect("a change");
+    assert_eq!(sse.text(), "over SSE, and WS");
+    assert_eq!(sse.revision(), 2.0);
+    assert!(!sse.pending());
+    assert_eq!(sse.transport().as_deref(), Some("sse"));
+    sse.close();
+    ws.close();
+    assert_eq!(sse.transport(), None);
+}

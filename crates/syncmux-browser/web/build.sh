@@ -45,7 +45,8 @@ OT_GOAL=$((40 * 1024))
 # little room. Lower them with each change that shrinks a package, so that nothing makes one
 # bigger unnoticed on the way to the goals.
 SYNC_LIMIT=$((108 * 1024))
-OT_LIMIT=$((61 * 1024))
+# syncmux-ot: 60.0 KiB, 62.6 with its fallback to the HTTP transport (EventSource and POSTs).
+OT_LIMIT=$((63 * 1024))
 
 # Pinned, so that the flags below (unstable) and the sizes do not move under us.
 NIGHTLY=nightly-2026-05-20

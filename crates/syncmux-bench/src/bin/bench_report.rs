@@ -184,6 +184,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         "same run; what holding ops for their member's next write saves",
     );
     t.row(
+        "OT server CPU per acked op, 5 HTTP + SSE clients",
+        ot("ot e2e syncmux sse clients:"),
+        "GET /ot/events, a POST (and a connection) per op",
+    );
+    t.row(
+        "OT CPU per op, HTTP + SSE / WebSocket clients",
+        printed(&log, "ot e2e SSE / WebSocket clients, CPU per acked op:")
+            .map(|r| format!("{r:.2}x")),
+        "same run",
+    );
+    t.row(
         "OT Node seed-style server / syncmux, CPU per op",
         printed(&log, "ot e2e node / syncmux CPU per acked op:").map(|r| format!("{r:.1}x")),
         "tests/node/ot_seed_server.mjs in the same run",

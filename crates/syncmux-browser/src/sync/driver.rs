@@ -20,9 +20,9 @@ use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
 use super::convert;
-use super::sse::{SseCallbacks, SseInputs, SseLink};
 use crate::callbacks::{detach, Callbacks, Inputs};
 use crate::host::{self, Timer};
+use crate::sse::{self, SseCallbacks, SseInputs, SseLink, Tie};
 use syncmux::wire::CloseCode;
 use syncmux::ClientTransmit;
 use syncmux::Instant;
@@ -437,7 +437,8 @@ impl BrowserDriver {
         let Some(dial) = state.fallback.take() else {
             return;
         };
-        match SseLink::open(&dial.url_with_token(), &self.sse_callbacks) {
+        let (stream, send) = DialRequest::fallback_urls(&dial.url_with_token());
+        match SseLink::open(&stream, send, Tie::Session, &self.sse_callbacks) {
             Ok(link) => state.sse = Some(link),
             Err(_) => {
                 let reason = "cannot open EventSource";
@@ -656,17 +657,24 @@ impl SseInputs for BrowserDriver {
         self.pump();
     }
 
-    fn on_sse_end(self: &Rc<Self>, target: &JsValue, end: Option<(u16, String)>) {
+    fn on_sse_end(self: &Rc<Self>, event: &Event) {
         {
             let mut state = self.state.borrow_mut();
-            if !state.sse.as_ref().is_some_and(|link| link.is(target)) {
+            if !state
+                .sse
+                .as_ref()
+                .is_some_and(|link| link.is(&sse::target(event)))
+            {
                 return;
             }
             if let Some(link) = state.sse.take() {
                 link.close();
             }
-            let (code, reason) = match end {
-                Some((code, reason)) => (Some(CloseCode(code)), reason),
+            let (code, reason) = match event.dyn_ref::<MessageEvent>() {
+                Some(close) => {
+                    let (code, reason) = sse::close_of(close);
+                    (Some(CloseCode(code)), reason)
+                }
                 None => (None, "the event stream failed".to_owned()),
             };
             state.client.handle_disconnected(host::now(), code, &reason);
@@ -674,22 +682,17 @@ impl SseInputs for BrowserDriver {
         self.pump();
     }
 
-    fn on_posted(self: &Rc<Self>, answer: Option<(String, bool)>) {
+    fn on_posted(self: &Rc<Self>, target: &JsValue, accepted: bool) {
         {
             let mut state = self.state.borrow_mut();
-            let Some(link) = state.sse.as_mut() else {
-                return;
+            let Some(link) = state.sse.as_mut().filter(|link| link.is(target)) else {
+                return; // an earlier link's
             };
-            match answer {
-                Some((url, _)) if !link.posted_to(&url) => return, // an earlier link's
-                Some((_, true)) => {
-                    link.posted(&self.sse_callbacks);
-                    return;
-                }
-                // Not taken (the session is gone), or the request failed.
-                Some((_, false)) | None if link.posting() => {}
-                _ => return,
+            if accepted {
+                link.posted(&self.sse_callbacks);
+                return;
             }
+            // Not taken (the session is gone), or the request failed.
             if let Some(link) = state.sse.take() {
                 link.close();
             }

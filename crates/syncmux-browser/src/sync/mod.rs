@@ -1,9 +1,8 @@
 //! The sync client: the JavaScript `SyncClient` class (feature `sync`), over the browser's
-//! `WebSocket` and, when it cannot open, an `EventSource` and `fetch` POSTs (`sse`).
+//! `WebSocket` and, when it cannot open, an `EventSource` and `fetch` POSTs (`crate::sse`).
 
 mod convert;
 mod driver;
-mod sse;
 
 use std::rc::Rc;
 
