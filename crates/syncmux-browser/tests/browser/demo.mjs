@@ -12,7 +12,7 @@ const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
   "--no-first-run", "--window-size=1000,640"];
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve) => {
     const s = createServer().listen(0, "127.0.0.1", () => {
       const { port } = s.address();

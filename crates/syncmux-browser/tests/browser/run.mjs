@@ -11,9 +11,12 @@
 //    server URL baked in at compile time as SYNCMUX_TEST_URL;
 // 3. builds the two packages and the demo (web/build.sh) and checks the demo end to end with two headless
 //    Chromium sessions driven over WebDriver (tests/browser/demo.mjs), which writes
-//    target/browser-demo-*.png.
+//    target/browser-demo-*.png;
+// 4. checks the OT profile over HTTP + SSE with the npm `@open-ot/transport-http-sse` in
+//    headless Chromium, on servers of its own, two of them on one Redis (tests/browser/ot_sse.mjs).
 //
-// No dependencies beyond Node 18+, cargo, chromium, chromedriver and wasm-bindgen-cli.
+// No dependencies beyond Node 18+, cargo, chromium, chromedriver, wasm-bindgen-cli, redis-server
+// and the npm packages of crates/syncmux-server/tests/node (`npm install --prefix` there).
 import { spawn } from "node:child_process";
 import http from "node:http";
 import { createInterface } from "node:readline";
@@ -21,6 +24,7 @@ import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { existsSync, readFileSync } from "node:fs";
 import { checkDemo } from "./demo.mjs";
+import { checkOtSse } from "./ot_sse.mjs";
 
 // The workspace (where cargo runs and target/ is) and this crate.
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
@@ -151,5 +155,6 @@ await run(path.join(crate, "web/build.sh"), []);
 checkPackage();
 const page = url.replace(/^ws/, "http").replace(/\/sync\/ws$/, "/");
 await checkDemo(page, path.join(root, "target"));
+await checkOtSse(bin("syncmux-server"));
 console.log("browser tests passed");
 process.exit(0);
