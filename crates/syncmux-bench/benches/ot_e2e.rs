@@ -241,14 +241,26 @@ impl Link {
                     return text.to_string();
                 }
             },
-            Link::Sse { events, .. } => loop {
-                let mut line = String::new();
-                let n = events.read_line(&mut line).await.expect("event");
-                assert!(n > 0, "the stream ended");
-                if let Some(data) = line.strip_prefix("data: ") {
-                    return data.trim_end().to_owned();
+            // The next unnamed event's data (the stream's `event: session` is skipped).
+            Link::Sse { events, .. } => {
+                let (mut data, mut named) = (None, false);
+                loop {
+                    let mut line = String::new();
+                    let n = events.read_line(&mut line).await.expect("event");
+                    assert!(n > 0, "the stream ended");
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        match data.take() {
+                            Some(data) if !named => return data,
+                            _ => named = false,
+                        }
+                    } else if let Some(value) = line.strip_prefix("data: ") {
+                        data = Some(value.to_owned());
+                    } else if line.starts_with("event:") {
+                        named = true;
+                    }
                 }
-            },
+            }
         }
     }
 }
