@@ -119,8 +119,16 @@ impl OtStreams {
         let stream = self.0.get(id)?;
         let inbox = stream.inbox.lock().await;
         let (answer, answered) = oneshot::channel();
+        // Queued before the frame goes in: the session may answer it at once, on another
+        // thread. Taken out again if the POST is given up before the frame is in (its
+        // client went away while the inbox was full), so that answers keep matching frames.
         stream.events.lock().push_back(answer);
+        let mut queued = Queued {
+            events: &stream.events,
+            handed: false,
+        };
         inbox.send(frame).await.ok()?;
+        queued.handed = true;
         Some(answered)
     }
 
@@ -133,6 +141,21 @@ impl OtStreams {
     ) -> Registration<Arc<Stream>> {
         let inbox = tokio::sync::Mutex::new(inbox);
         self.0.register(id, Arc::new(Stream { inbox, events }))
+    }
+}
+
+/// A POST's waiter at the back of its stream's queue while its frame is handed over
+/// (the inbox's lock is held: nobody queues behind it).
+struct Queued<'a> {
+    events: &'a OtEvents,
+    handed: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.handed {
+            self.events.lock().pop_back();
+        }
     }
 }
 
@@ -435,6 +458,30 @@ mod tests {
     use syncmux::ot::{OtServer, OtServerConfig};
     use syncmux_runtime::ServerOptions;
     use tokio::io::AsyncReadExt;
+
+    /// A POST given up while its frame waits for room in the stream's inbox takes its
+    /// waiter back: the next answer still goes to the POST of the frame it answers.
+    #[tokio::test]
+    async fn a_post_given_up_before_its_frame_is_in_leaves_no_waiter() {
+        let streams = OtStreams::default();
+        let (inbox, _session) = async_channel::bounded(1);
+        let events = Arc::new(OtEvents {
+            waiting: Mutex::default(),
+            keep_alive: Duration::from_secs(15),
+        });
+        let _registration = streams.register("s".to_owned(), inbox.clone(), events.clone());
+        let first = streams.hand("s", Bytes::from_static(b"1")).await.unwrap();
+        let second = streams.hand("s", Bytes::from_static(b"2"));
+        let given_up = tokio::time::timeout(Duration::from_millis(50), second).await;
+        assert!(
+            given_up.is_err(),
+            "the inbox is full: the second POST waits"
+        );
+        assert_eq!(events.lock().len(), 1, "the first POST's waiter alone");
+        let ack = Bytes::from_static(br#"{"type":"ack","revision":1}"#);
+        events.frame(&ack, &inbox);
+        assert_eq!(first.await.unwrap(), ack);
+    }
 
     /// A quiet stream gets `: keepalive` comments (a proxy that drops idle connections
     /// keeps it), after its `init`.
