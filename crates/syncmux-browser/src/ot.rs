@@ -1,6 +1,6 @@
 //! The browser's OT client: a JavaScript `OtClient` class over the browser's `WebSocket` and,
-//! when it cannot open, open-ot's HTTP transport (an `EventSource` and `fetch` POSTs, DESIGN
-//! §8, `crate::sse`), driving an [`OtClient`](syncmux::ot::OtClient) (README, "The OT profile").
+//! when it cannot open, open-ot's HTTP transport (an `EventSource` and `fetch` POSTs,
+//! docs/protocol.md section 2.4, `crate::sse`), driving an [`OtClient`](syncmux::ot::OtClient) (README, "The OT profile").
 //!
 //! ```js
 //! import init, { OtClient } from "syncmux-ot";   // the package of feature `ot`
@@ -484,7 +484,7 @@ fn add_query(url: &mut String, key: &str, value: &str) {
     url.push_str(&String::from(js_sys::encode_uri_component(value)));
 }
 
-/// The HTTP transport's URLs for the OT endpoint's WebSocket URL `url` (DESIGN §8): `ws`/`wss`
+/// The HTTP transport's URLs for the OT endpoint's WebSocket URL `url` (docs/protocol.md 2.4): `ws`/`wss`
 /// as `http`/`https`, the path followed by `/events` (the stream, `docId` added to its query)
 /// and `/messages` (the POSTs), each keeping the query (the token).
 fn fallback_urls(url: &str, doc: Option<&str>) -> (String, String) {

@@ -1,6 +1,6 @@
 //! The fallback when the page's WebSocket cannot open (a proxy or network that blocks it): the
 //! same frames over an `EventSource` for the server's and `fetch` POSTs for the client's, as
-//! `syncmux-server` serves them (DESIGN §8). Both clients use it: the sync client's link
+//! `syncmux-server` serves them. Both clients use it: the sync client's link
 //! (`GET /sync/sse`, `POST /sync/send`, docs/protocol.md section 2.3) and the OT client's
 //! (`GET /ot/events`, `POST /ot/messages`, open-ot's wire). A driver hands it frames and gets
 //! its events through [`SseInputs`]; every protocol decision stays the core's.

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Interop of the OT profile over HTTP + SSE (DESIGN §7, §8) with the real npm client
+// Interop of the OT profile over HTTP + SSE (README, "The OT profile"; docs/protocol.md section 2.4) with the real npm client
 // `@open-ot/transport-http-sse` 0.3.0, in headless Chromium, each client in a WebDriver session
 // of its own (so a cookie jar of its own: the `syncmux_ot` cookie is what ties a client's
 // POSTs to its stream). Run by run.mjs; alone:

@@ -1,6 +1,6 @@
 // The browser side of ot_sse.mjs: one OT text editor per page, on one of three transports:
 // the npm `@open-ot/transport-http-sse` 0.3.0's `HttpSseTransport` or `HybridTransport`
-// (served beside this file as index.js), or a browser WebSocket on `/ot` (DESIGN §7 and §8).
+// (served beside this file as index.js), or a browser WebSocket on `/ot`.
 // ot_sse.mjs drives it over WebDriver through `window.openEditor` and `window.editor`.
 //
 // The editor is a full OT client, as open-ot's own is: one op in flight, the edits made
@@ -103,7 +103,7 @@ class Editor {
 
   async connect(kind) {
     await this.transport.connect((msg) => this.receive(msg));
-    // The WebSocket wire has no init: the snapshot request is its extension (DESIGN §7).
+    // The WebSocket wire has no init: the snapshot request is its extension (README, "The OT profile").
     if (kind === "ws") await this.transport.send({ type: "snapshot" });
     await this.until("init", () => this.init);
   }
