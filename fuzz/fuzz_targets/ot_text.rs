@@ -94,7 +94,10 @@ fuzz_target!(|input: Input| {
     let diff = TextOp::diff(doc, &input.other);
     assert_eq!(diff.apply(doc).as_deref(), Ok(input.other.as_str()));
     if let Ok(value) = serde_json::from_str(&input.other) {
-        if let Ok(op) = TextOp::from_json(value) {
+        // Read from the text itself (no `Value`), an op is what `from_json` makes of it.
+        let from_value = TextOp::from_json(value);
+        assert_eq!(TextOp::from_json_str(&input.other), from_value);
+        if let Ok(op) = from_value {
             assert!(normalized(&op));
             let back: TextOp = serde_json::from_str(&op.to_json()).expect("our JSON reads back");
             assert_eq!(back, op);

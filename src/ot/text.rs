@@ -17,7 +17,7 @@
 
 use core::fmt;
 
-use serde::de::{Deserialize, Deserializer, Error as _};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, Error as _};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 use thiserror::Error;
@@ -433,29 +433,21 @@ impl TextOp {
     /// The op from its JSON form (open-ot's `checkOp`, and counts must be non-negative
     /// integers), normalized.
     pub fn from_json(value: Value) -> Result<TextOp, OpError> {
-        let Value::Array(items) = value else {
-            return Err(OpError::NotAnArray);
-        };
-        let mut op = TextOp {
-            components: Vec::with_capacity(items.len()),
-        };
-        for item in items {
-            let mut map = match item {
-                Value::Object(map) => map,
-                // `typeof` is "object" for these in JavaScript: open-ot fails them later.
-                Value::Null | Value::Array(_) => return Err(OpError::InvalidComponent),
-                _ => return Err(OpError::ComponentNotAnObject),
-            };
-            let count = |v: &Value| v.as_u64().ok_or(OpError::InvalidComponent);
-            let component = match (map.remove("i"), map.get("r"), map.get("d")) {
-                (Some(Value::String(s)), None, None) => Component::Insert(s),
-                (None, Some(n), None) => Component::Retain(count(n)?),
-                (None, None, Some(n)) => Component::Delete(count(n)?),
-                _ => return Err(OpError::InvalidComponent),
-            };
-            op.push(component);
+        // A `Value` cannot fail to deserialize: every shape is an op or an `OpError`.
+        checked::Checked
+            .deserialize(value)
+            .unwrap_or(Err(OpError::NotAnArray))
+    }
+
+    /// [`from_json`](Self::from_json) of JSON text, read straight into the op (no `Value`
+    /// tree): text that is not JSON is [`OpError::NotAnArray`].
+    pub fn from_json_str(json: &str) -> Result<TextOp, OpError> {
+        // From bytes, as frames are read: one reader's code, not two.
+        let mut de = serde_json::Deserializer::from_slice(json.as_bytes());
+        match checked::Checked.deserialize(&mut de) {
+            Ok(op) if de.end().is_ok() => op,
+            _ => Err(OpError::NotAnArray),
         }
-        Ok(op)
     }
 
     /// The op's JSON text, as open-ot writes it.
@@ -488,7 +480,211 @@ impl Serialize for TextOp {
 
 impl<'de> Deserialize<'de> for TextOp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        TextOp::from_json(Value::deserialize(deserializer)?).map_err(D::Error::custom)
+        checked::Checked
+            .deserialize(deserializer)?
+            .map_err(D::Error::custom)
+    }
+}
+
+/// The rules of [`TextOp::from_json`] as a serde visitor, so that an op is read from JSON
+/// text without a `Value` tree (which also keeps `Value`'s code out of the browser's OT
+/// client) and from a `Value` alike. An op that breaks them is an `OpError`, a value of the
+/// visitor's, not a deserializer error: the rest of the op is skipped, not failed.
+mod checked {
+    use core::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
+
+    use super::{Component, OpError, TextOp};
+
+    /// The op, or why it is not one.
+    pub(super) struct Checked;
+
+    impl<'de> DeserializeSeed<'de> for Checked {
+        type Value = Result<TextOp, OpError>;
+
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    /// Anything but an array is not an op.
+    macro_rules! not {
+        ($outcome:expr; $($name:ident: $ty:ty),*) => {
+            $(fn $name<E: de::Error>(self, _: $ty) -> Result<Self::Value, E> {
+                Ok(Err($outcome))
+            })*
+        };
+    }
+
+    impl<'de> de::Visitor<'de> for Checked {
+        type Value = Result<TextOp, OpError>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an op")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut op = TextOp::new();
+            while let Some(component) = seq.next_element_seed(OneComponent)? {
+                match component {
+                    Ok(component) => op.push(component),
+                    Err(e) => {
+                        while seq.next_element::<IgnoredAny>()?.is_some() {}
+                        return Ok(Err(e));
+                    }
+                }
+            }
+            Ok(Ok(op))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            IgnoredAny.visit_map(map)?;
+            Ok(Err(OpError::NotAnArray))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Err(OpError::NotAnArray))
+        }
+
+        not!(OpError::NotAnArray; visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    }
+
+    /// One component, or why it is not one.
+    struct OneComponent;
+
+    impl<'de> DeserializeSeed<'de> for OneComponent {
+        type Value = Result<Component, OpError>;
+
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> de::Visitor<'de> for OneComponent {
+        type Value = Result<Component, OpError>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a component")
+        }
+
+        /// Exactly one of `i` (a string), `r` and `d` (non-negative integers); other keys
+        /// are ignored, and the last of a repeated key counts.
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut i, mut r, mut d) = (None, None, None);
+            while let Some(key) = map.next_key::<Key>()? {
+                match key {
+                    Key::Insert => i = Some(map.next_value::<Scalar>()?),
+                    Key::Retain => r = Some(map.next_value::<Scalar>()?),
+                    Key::Delete => d = Some(map.next_value::<Scalar>()?),
+                    Key::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(match (i, r, d) {
+                (Some(Scalar::Text(s)), None, None) => Ok(Component::Insert(s)),
+                (None, Some(Scalar::Count(n)), None) => Ok(Component::Retain(n)),
+                (None, None, Some(Scalar::Count(n))) => Ok(Component::Delete(n)),
+                _ => Err(OpError::InvalidComponent),
+            })
+        }
+
+        /// `typeof` is "object" for these in JavaScript: open-ot fails them later.
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            IgnoredAny.visit_seq(seq)?;
+            Ok(Err(OpError::InvalidComponent))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Err(OpError::InvalidComponent))
+        }
+
+        not!(OpError::ComponentNotAnObject; visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    }
+
+    /// A component's key.
+    enum Key {
+        Insert,
+        Retain,
+        Delete,
+        Other,
+    }
+
+    impl<'de> de::Deserialize<'de> for Key {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+            struct Name;
+            impl de::Visitor<'_> for Name {
+                type Value = Key;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                    Ok(match key {
+                        "i" => Key::Insert,
+                        "r" => Key::Retain,
+                        "d" => Key::Delete,
+                        _ => Key::Other,
+                    })
+                }
+            }
+            deserializer.deserialize_str(Name)
+        }
+    }
+
+    /// A component's value: a string, a non-negative integer, or anything else.
+    enum Scalar {
+        Text(String),
+        Count(u64),
+        Other,
+    }
+
+    impl<'de> de::Deserialize<'de> for Scalar {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Scalar, D::Error> {
+            struct Any;
+            impl<'de> de::Visitor<'de> for Any {
+                type Value = Scalar;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a value")
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Scalar, E> {
+                    Ok(Scalar::Text(s.to_owned()))
+                }
+                fn visit_string<E: de::Error>(self, s: String) -> Result<Scalar, E> {
+                    Ok(Scalar::Text(s))
+                }
+                fn visit_u64<E: de::Error>(self, n: u64) -> Result<Scalar, E> {
+                    Ok(Scalar::Count(n))
+                }
+                fn visit_i64<E: de::Error>(self, n: i64) -> Result<Scalar, E> {
+                    Ok(u64::try_from(n).map_or(Scalar::Other, Scalar::Count))
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+                    IgnoredAny.visit_seq(seq)?;
+                    Ok(Scalar::Other)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+                    IgnoredAny.visit_map(map)?;
+                    Ok(Scalar::Other)
+                }
+            }
+            deserializer.deserialize_any(Any)
+        }
     }
 }
 
@@ -677,6 +873,38 @@ mod tests {
             op(r#"[{"r":0},{"r":2},{"r":3},{"i":""},{"d":1},{"d":1}]"#),
             TextOp::new().retain(5).delete(2)
         );
+    }
+
+    /// Read from JSON text (no `Value` tree), an op is what `from_json` makes of it, and so
+    /// is its error; text that is not JSON is not an op.
+    #[test]
+    fn json_text_reads_like_a_value() {
+        let texts = [
+            r#"{"i":"x"}"#,
+            "[3]",
+            r#"["x"]"#,
+            "[null]",
+            "[[1]]",
+            r#"[{"x":1}]"#,
+            r#"[{"r":-1}]"#,
+            r#"[{"r":1.5}]"#,
+            r#"[{"i":1}]"#,
+            r#"[{"i":"a","r":1}]"#,
+            r#"[{"i":"a"},3,{"i":"b"}]"#,
+            r#"[{"r":0},{"r":2},{"r":3},{"i":""},{"d":1},{"d":1}]"#,
+            r#"[{"i":"é\u00e9😀","extra":[1,{"a":2}]},{"d":2}]"#,
+            r#"[{"i":"a","i":"b"}]"#,
+            "[]",
+            "null",
+            "true",
+            "\"op\"",
+        ];
+        for text in texts {
+            let value = TextOp::from_json(serde_json::from_str(text).unwrap());
+            assert_eq!(TextOp::from_json_str(text), value, "{text}");
+        }
+        assert_eq!(TextOp::from_json_str("[{"), Err(OpError::NotAnArray));
+        assert_eq!(TextOp::from_json_str("[] []"), Err(OpError::NotAnArray));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The frames of the OT endpoint, and the two extensions (see the `ot` module docs, "Wire").
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -160,59 +162,64 @@ impl ClientMessage {
 }
 
 impl ServerMessage {
-    /// Reads a server's frame.
+    /// Reads a server's frame (straight into its fields: a client never builds a `Value`
+    /// tree, which also keeps `Value`'s code out of the browser's OT client).
     pub fn decode(bytes: &[u8]) -> Result<ServerMessage, WireError> {
-        let (kind, mut map) = object(bytes)?;
-        let doc_id = doc_id(&map)?;
-        let revision = |map: &Map<String, Value>| {
-            map.get("revision")
-                .and_then(Value::as_u64)
-                .ok_or(WireError::Field {
-                    field: "revision",
-                    expected: "must be a non-negative integer",
-                })
-        };
-        match kind.as_str() {
+        /// Every field any server frame has; which ones it must have depends on its type.
+        #[derive(serde::Deserialize)]
+        struct Fields<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: Option<Cow<'a, str>>,
+            revision: Option<u64>,
+            op: Option<TextOp>,
+            message: Option<String>,
+            text: Option<String>,
+            #[serde(rename = "docId")]
+            doc_id: Option<String>,
+            #[serde(rename = "opStatus", borrow)]
+            op_status: Option<Cow<'a, str>>,
+            #[serde(rename = "opRevision")]
+            op_revision: Option<u64>,
+        }
+        let fields: Fields<'_> =
+            serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))?;
+        let missing = |field, expected| WireError::Field { field, expected };
+        let revision = fields
+            .revision
+            .ok_or(missing("revision", "must be a non-negative integer"));
+        // `docId`: null and "" mean `doc-1`.
+        let doc_id = fields.doc_id.filter(|d| !d.is_empty());
+        match fields.kind.as_deref().ok_or(WireError::NotAMessage)? {
             "ack" => Ok(ServerMessage::Ack {
-                revision: revision(&map)?,
+                revision: revision?,
                 doc_id,
             }),
             "op" => Ok(ServerMessage::Op {
-                revision: revision(&map)?,
-                op: TextOp::from_json(map.remove("op").unwrap_or(Value::Null))?,
+                revision: revision?,
+                op: fields.op.ok_or(OpError::NotAnArray)?,
                 doc_id,
             }),
-            "error" => match map.remove("message") {
-                Some(Value::String(message)) => Ok(ServerMessage::Error { message, doc_id }),
-                _ => Err(WireError::Field {
-                    field: "message",
-                    expected: "must be a string",
-                }),
-            },
+            "error" => Ok(ServerMessage::Error {
+                message: fields
+                    .message
+                    .ok_or(missing("message", "must be a string"))?,
+                doc_id,
+            }),
             "snapshot" => {
-                let revision = revision(&map)?;
-                let op = match map.get("opStatus").and_then(Value::as_str) {
+                let revision = revision?;
+                let op = match fields.op_status.as_deref() {
                     None => None,
                     Some("applied") => Some(OpStatus::Applied {
-                        revision: map.get("opRevision").and_then(Value::as_u64).ok_or(
-                            WireError::Field {
-                                field: "opRevision",
-                                expected: "must be a non-negative integer",
-                            },
-                        )?,
+                        revision: fields
+                            .op_revision
+                            .ok_or(missing("opRevision", "must be a non-negative integer"))?,
                     }),
                     Some("absent") => Some(OpStatus::Absent),
                     Some(_) => Some(OpStatus::Unknown),
                 };
-                let Some(Value::String(text)) = map.remove("text") else {
-                    return Err(WireError::Field {
-                        field: "text",
-                        expected: "must be a string",
-                    });
-                };
                 Ok(ServerMessage::Snapshot {
                     revision,
-                    text,
+                    text: fields.text.ok_or(missing("text", "must be a string"))?,
                     doc_id,
                     op,
                 })

@@ -1,6 +1,7 @@
 //! The browser's OT client: a JavaScript `OtClient` class over the browser's `WebSocket` and,
 //! when it cannot open, open-ot's HTTP transport (an `EventSource` and `fetch` POSTs,
-//! docs/protocol.md section 2.4, `crate::sse`), driving an [`OtClient`](syncmux::ot::OtClient) (README, "The OT profile").
+//! docs/protocol.md section 2.4, `crate::sse`), driving an
+//! [`OtClient`](syncmux::ot::OtClient) (README, "The OT profile").
 //!
 //! ```js
 //! import init, { OtClient } from "syncmux-ot";   // the package of feature `ot`
@@ -132,9 +133,8 @@ impl BrowserOtClient {
         let json = js_sys::JSON::stringify(&op)
             .map(String::from)
             .map_err(|_| js_sys::TypeError::new("the op is not JSON"))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&json).map_err(|e| js_sys::TypeError::new(&e.to_string()))?;
-        let op = TextOp::from_json(value).map_err(|e| js_sys::TypeError::new(&e.to_string()))?;
+        let op =
+            TextOp::from_json_str(&json).map_err(|e| js_sys::TypeError::new(&e.to_string()))?;
         let result = {
             let mut state = self.driver.state.borrow_mut();
             state.client.edit(host::now(), op)
