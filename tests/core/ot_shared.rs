@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use syncmux::ot::{
-    OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent, OtTransmit, TextOp,
+    OtCommitId, OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent, OtTransmit, TextOp,
 };
 use syncmux::{Handshake, Instant};
 
@@ -46,6 +46,15 @@ fn frames(server: &mut OtServer) -> Vec<(syncmux::ot::OtSessionId, String)> {
 
 fn events(server: &mut OtServer) -> Vec<OtServerEvent> {
     core::iter::from_fn(|| server.poll_event()).collect()
+}
+
+/// The commit the last op asked for.
+fn next_commit(server: &mut OtServer) -> OtCommitId {
+    let commit = events(server).into_iter().find_map(|e| match e {
+        OtServerEvent::Commit { commit, .. } => Some(commit),
+        _ => None,
+    });
+    commit.expect("a commit")
 }
 
 /// An op is not applied nor acked until its commit is answered; the ack and the others' op
@@ -122,13 +131,7 @@ fn an_op_read_back_before_its_commit_is_answered_is_acked_to_its_sender() {
         alice,
         Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
     );
-    let commit = events(&mut server)
-        .into_iter()
-        .find_map(|e| match e {
-            OtServerEvent::Commit { commit, .. } => Some(commit),
-            _ => None,
-        })
-        .unwrap();
+    let commit = next_commit(&mut server);
     // Another server's revision 2 comes first, then the fetch reads revision 1: ours.
     server.handle_remote_op(now, "doc-1", 2, TextOp::new().retain(1).insert("b"));
     server.handle_remote_op(now, "doc-1", 1, TextOp::new().insert("a"));
@@ -163,13 +166,7 @@ fn an_op_read_back_before_its_commit_is_answered_is_acked_to_its_sender() {
         bob,
         Bytes::from(r#"{"type":"op","op":[{"i":"x"}],"revision":2}"#),
     );
-    let commit = events(&mut server)
-        .into_iter()
-        .find_map(|e| match e {
-            OtServerEvent::Commit { commit, .. } => Some(commit),
-            _ => None,
-        })
-        .unwrap();
+    let commit = next_commit(&mut server);
     server.handle_remote_op(now, "doc-1", 3, TextOp::new().retain(2).insert("c"));
     assert!(
         frames(&mut server).is_empty(),
@@ -192,13 +189,7 @@ fn a_refused_commit_is_an_error_frame() {
         alice,
         Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
     );
-    let commit = events(&mut server)
-        .into_iter()
-        .find_map(|e| match e {
-            OtServerEvent::Commit { commit, .. } => Some(commit),
-            _ => None,
-        })
-        .unwrap();
+    let commit = next_commit(&mut server);
     server.handle_committed(now, commit, Err("store down".to_owned()));
     assert_eq!(
         frames(&mut server),
