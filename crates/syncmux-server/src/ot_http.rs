@@ -289,7 +289,7 @@ async fn open(
     let headers = request.headers.iter();
     let headers = headers.map(|(name, value)| (name.as_str(), value.as_str()));
     let handshake = http::handshake_of(&request.query, headers, "sse");
-    let doc = query_param(&request.query, "docId");
+    let doc = handshake.query_param("docId");
     let (session, init) = opened_on(&routes.ot, &handshake, doc.as_deref())
         .await
         .map_err(refused)?;
@@ -380,14 +380,13 @@ pub(crate) async fn poll(
     routes: &Routes,
     req: Request<Incoming>,
 ) -> Result<(StatusCode, Bytes), Failure> {
-    let query = req.uri().query().unwrap_or("");
-    let since = query_param(query, "since").unwrap_or_default();
+    let handshake = http::handshake(&req);
+    let since = handshake.query_param("since").unwrap_or_default();
     let since: u64 = since.parse().map_err(|_| {
         let message = format!("since must be a revision (a whole number), not {since:?}");
         sse::bad_request(&message)
     })?;
-    let doc = query_param(query, "docId").filter(|d| !d.is_empty());
-    let handshake = http::handshake(&req);
+    let doc = handshake.query_param("docId").filter(|d| !d.is_empty());
     // Read on a session of the poll's own, dropped (closed) when answered.
     let (_session, _) = opened_on(&routes.ot, &handshake, doc.as_deref()).await?;
     let name = doc
@@ -443,13 +442,6 @@ fn error_of(frame: &[u8]) -> Failure {
         (StatusCode::BAD_REQUEST, "INVALID")
     };
     Failure::new(status, code, message)
-}
-
-/// The first value of query parameter `name`, decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
 }
 
 #[cfg(test)]
