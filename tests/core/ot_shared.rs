@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use syncmux::ot::{
-    OtCommitId, OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent, OtTransmit, TextOp,
+    OtCommitId, OtHandshakeOutcome, OtServer, OtServerConfig, OtServerEvent, OtSessionId,
+    OtTransmit, TextOp,
 };
 use syncmux::{Handshake, Instant};
 
@@ -26,7 +27,7 @@ fn shared() -> OtServer {
     OtServer::new(config).unwrap()
 }
 
-fn open(server: &mut OtServer) -> syncmux::ot::OtSessionId {
+fn open(server: &mut OtServer) -> OtSessionId {
     match server.handle_handshake(Instant::ZERO, &Handshake::new("/ot", "")) {
         OtHandshakeOutcome::Accept { session } => session,
         other => panic!("{other:?}"),
@@ -57,10 +58,9 @@ fn next_commit(server: &mut OtServer) -> OtCommitId {
     commit.expect("a commit")
 }
 
-/// An op is not applied nor acked until its commit is answered; the ack and the others' op
-/// then go out in revision order, after a remote op that came first.
-#[test]
-fn an_op_waits_for_its_commit_and_goes_out_in_revision_order() {
+/// A loaded, empty `doc-1` with two members, the first of whom sent `{"i":"a"}` made on
+/// revision 0 (its commit asked for, not answered): the server and the two sessions.
+fn alice_sends_an_op() -> (OtServer, OtSessionId, OtSessionId) {
     let now = Instant::ZERO;
     let mut server = shared();
     server.handle_remote_snapshot(now, "doc-1", 0, String::new());
@@ -70,6 +70,15 @@ fn an_op_waits_for_its_commit_and_goes_out_in_revision_order() {
         alice,
         Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
     );
+    (server, alice, bob)
+}
+
+/// An op is not applied nor acked until its commit is answered; the ack and the others' op
+/// then go out in revision order, after a remote op that came first.
+#[test]
+fn an_op_waits_for_its_commit_and_goes_out_in_revision_order() {
+    let now = Instant::ZERO;
+    let (mut server, alice, bob) = alice_sends_an_op();
     assert!(frames(&mut server).is_empty(), "nothing before the commit");
     let commit = events(&mut server)
         .into_iter()
@@ -123,14 +132,7 @@ fn an_op_waits_for_its_commit_and_goes_out_in_revision_order() {
 #[test]
 fn an_op_read_back_before_its_commit_is_answered_is_acked_to_its_sender() {
     let now = Instant::ZERO;
-    let mut server = shared();
-    server.handle_remote_snapshot(now, "doc-1", 0, String::new());
-    let (alice, bob) = (open(&mut server), open(&mut server));
-    server.handle_message(
-        now,
-        alice,
-        Bytes::from(r#"{"type":"op","op":[{"i":"a"}],"revision":0}"#),
-    );
+    let (mut server, alice, bob) = alice_sends_an_op();
     let commit = next_commit(&mut server);
     // Another server's revision 2 comes first, then the fetch reads revision 1: ours.
     server.handle_remote_op(now, "doc-1", 2, TextOp::new().retain(1).insert("b"));
