@@ -22,7 +22,29 @@
 //! The log's epoch comes from Redis' `TIME` when its metadata is missing: a Redis that lost
 //! its data (restarted without persistence, flushed) starts a new epoch, so old cursors get
 //! `recovered: false` and no sequence is ever reused. Followers notice a new epoch (an entry of
-//! another epoch, or the metadata when a read times out) and follow it from its start.
+//! another epoch, or the metadata when a read times out), close this server's subscribers
+//! (they resume from their cursors, which the new epoch answers `recovered: false`), and
+//! follow it from its start.
+//!
+//! # Failover
+//!
+//! [`RedisConfig::url`] may name a Sentinel deployment or a Redis Cluster (see there); the
+//! connections follow a failover (a request that finds its server gone or demoted reconnects
+//! to the primary the Sentinels name then; requests meanwhile fail with `UNAVAILABLE`, and
+//! sessions stay open). Redis replicates asynchronously, so a primary may die holding entries
+//! no replica has, and a promoted replica would give their positions to other changes:
+//!
+//! - With [`RedisConfig::min_replicas`], nothing is handed out before that many replicas
+//!   hold it: a push is acknowledged after `WAIT`, and a read's answer and the follower's
+//!   entries wait for the replicas to hold what was read (a write of the server's own, then
+//!   `WAIT`). A failover to one of those replicas loses nothing anyone was told of: followers
+//!   resume from their positions, cursors resume with `recovered: true`.
+//! - Without, the scripts start a new epoch (keeping the entries) when the primary's
+//!   replication id changes, before anything is written on the new primary: positions of the
+//!   old epoch are never given again, their cursors resume with `recovered: false`, and the
+//!   subscribers are closed to resume so. What the old primary alone held is lost.
+//!
+//! All servers sharing a log use the same `min_replicas`.
 //!
 //! # Keys
 //!
@@ -62,15 +84,15 @@ use core::fmt;
 use core::time::Duration;
 use std::sync::Arc;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, RedisError, Script, Value};
+use redis::{RedisError, Script, Value};
 
 use syncmux::payload::{ChangeRecord, Cursor, Hlc};
 use syncmux::{AppError, PullAnswer, PushAnswer, ServerEvent, SessionId};
 use syncmux_runtime::Clock;
 use syncmux_runtime::{Admit, Backend, BackendFuture, LogSink, Push, Read};
 
+mod conn;
 mod keys;
 mod ot;
 mod presence;
@@ -79,6 +101,7 @@ mod relay;
 pub use ot::{RedisOt, RedisOtConfig};
 pub use relay::{Answering, Deliver, Relay, RelayError};
 
+use conn::{Conn, Target};
 use keys::{hlc_key, merge_key};
 
 /// The scripts' shared prelude (keys, the epoch, byte-order comparison).
@@ -89,7 +112,11 @@ const COMMON: &str = include_str!("common.lua");
 #[non_exhaustive]
 pub struct RedisConfig {
     /// The server: `redis://HOST:PORT[/DB]`, or `rediss://` for TLS (rustls, trusting the
-    /// system's roots, or those of the PEM file `SSL_CERT_FILE` names).
+    /// system's roots, or those of the PEM file `SSL_CERT_FILE` names). A Sentinel
+    /// deployment: `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[?db=N]` (the Sentinels,
+    /// then the monitored primary's name; a user and password before the hosts are the data
+    /// nodes'; `rediss+sentinel://` for TLS to them). A Redis Cluster:
+    /// `redis+cluster://HOST:PORT[,HOST:PORT...]` (seed nodes; `rediss+cluster://` for TLS).
     pub url: String,
     /// The keys' prefix, inside the hash tag: keys are `{PREFIX}:...`. Servers sharing a log
     /// use the same prefix; different prefixes are separate logs on one Redis. Default
@@ -198,14 +225,19 @@ pub struct RedisBackend {
 
 struct Inner {
     config: RedisConfig,
-    client: redis::Client,
+    target: Arc<Target>,
     /// Requests: one multiplexed connection that reconnects on its own.
-    conn: ConnectionManager,
+    conn: Conn,
     /// Pushes: `conn`, or with [`RedisConfig::min_replicas`] a connection of their own, as
     /// `WAIT` follows the writes of its connection and holds that connection while it waits.
-    pushes: ConnectionManager,
+    pushes: Conn,
     /// `{prefix}:`, the first argument of every script.
     prefix: String,
+    /// The metadata's key: the key every script names, so that a cluster sends it to the
+    /// node of the prefix's slot.
+    meta: String,
+    /// The key [`Inner::fence`] writes.
+    fence: String,
     /// The stream's key.
     log: String,
     /// This server's name in the log's entries (who pushed them), random per start.
@@ -227,36 +259,12 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-/// A client for `url` and a reconnecting connection whose requests fail after `timeout`.
-async fn open(
-    url: &str,
-    timeout: Duration,
-) -> Result<(redis::Client, ConnectionManager), RedisBackendError> {
-    let client = redis::Client::open(url).map_err(|source| RedisBackendError::Url {
-        url: url.to_owned(),
-        source,
-    })?;
-    let manager = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout))
-        // Reconnection is retried on the next request anyway; a short first round keeps
-        // requests failing fast while Redis is down.
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    let conn = ConnectionManager::new_with_config(client.clone(), manager)
-        .await
-        .map_err(|source| RedisBackendError::Connect {
-            url: url.to_owned(),
-            source,
-        })?;
-    Ok((client, conn))
-}
-
-/// Waits until `wanted` replicas hold every write `conn` made so far (`WAIT`, at most
-/// `timeout`); why not, when they do not confirm in time or Redis fails. Nothing to wait for
-/// when `wanted` is 0.
+/// Waits until `wanted` replicas hold every write `conn` (pinned: [`Conn::pin`]) made so far
+/// to the node of `key` (`WAIT`, at most `timeout`); why not, when they do not confirm in time
+/// or Redis fails. Nothing to wait for when `wanted` is 0.
 pub(crate) async fn replicated(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
+    key: &str,
     wanted: usize,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -264,15 +272,10 @@ pub(crate) async fn replicated(
         return Ok(());
     }
     let millis = u64::try_from(timeout.as_millis().max(1)).unwrap_or(u64::MAX);
-    let confirmed: usize = redis::cmd("WAIT")
-        .arg(wanted)
-        .arg(millis)
-        .query_async(conn)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "WAIT failed");
-            "the shared store is unavailable; retry later".to_owned()
-        })?;
+    let confirmed: usize = conn.wait(key, wanted, millis).await.map_err(|e| {
+        tracing::warn!(error = %e, "WAIT failed");
+        "the shared store is unavailable; retry later".to_owned()
+    })?;
     if confirmed < wanted {
         tracing::warn!(confirmed, wanted, "a write was not replicated in time");
         return Err(format!(
@@ -282,26 +285,41 @@ pub(crate) async fn replicated(
     Ok(())
 }
 
-/// A log position as the scripts return it: `(epoch, head, first)`.
-type Head = (String, u64, u64);
+/// A log position as the scripts return it: `(epoch, head, first, base)`.
+type Head = (String, u64, u64, u64);
+
+/// Where the log stands: its head, the oldest sequence it retains, and the head its epoch
+/// started at (0, or where the epoch changed after a failover).
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    head: Cursor,
+    first: u64,
+    base: u64,
+}
 
 impl RedisBackend {
     /// Connects to Redis and reads (or starts) the log's epoch. Fails when Redis cannot be
     /// reached: a server should not start without its store.
     pub async fn connect(config: RedisConfig) -> Result<RedisBackend, RedisBackendError> {
         let url = config.url.clone();
-        let (client, conn) = open(&url, config.request_timeout).await?;
+        let (target, conn) = conn::open(&url, config.request_timeout).await?;
         let pushes = match config.min_replicas {
             0 => conn.clone(),
-            _ => open(&url, config.request_timeout).await?.1,
+            _ => conn::open(&url, config.request_timeout).await?.1,
         };
         let prefix = format!("{{{}}}:", config.prefix);
-        let script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        // Without replicas to wait for, a failover may lose acknowledged entries: the
+        // scripts start a new epoch when the primary changes (`common.lua`).
+        let rotate = config.min_replicas == 0;
+        let script =
+            |body: &str| Script::new(&format!("local ROTATE = {rotate}\n{COMMON}\n{body}"));
         let backend = RedisBackend {
             inner: Arc::new(Inner {
                 log: format!("{prefix}log"),
+                meta: format!("{prefix}meta"),
+                fence: format!("{prefix}fence"),
                 prefix,
-                client,
+                target,
                 conn,
                 pushes,
                 instance: format!("{:016x}", Clock::new().seed()),
@@ -335,7 +353,7 @@ impl RedisBackend {
     pub async fn head(&self) -> Result<Cursor, AppError> {
         let mut conn = self.inner.conn.clone();
         match self.inner.head(&mut conn).await {
-            Ok(Some((head, _))) => Ok(head),
+            Ok(Some(at)) => Ok(at.head),
             Ok(None) => Err(AppError::new("the shared store's metadata is invalid")),
             Err(e) => Err(failed(&e)),
         }
@@ -399,12 +417,7 @@ impl Backend for RedisBackend {
 /// not answer in time, `HANDLER_ERROR` otherwise. The details go to the log, not the client.
 fn failed(e: &RedisError) -> AppError {
     tracing::warn!(error = %e, "Redis request failed");
-    if e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-    {
+    if conn::unavailable(e) {
         AppError::unavailable("the shared store is unavailable; retry later")
     } else {
         AppError::new("the shared store failed")
@@ -422,18 +435,54 @@ fn epoch_of(epoch: &str) -> Result<u64, AppError> {
 }
 
 impl Inner {
-    /// The head and the oldest retained sequence; `None` if the metadata does not parse.
+    /// Where the log stands; `None` if the metadata does not parse.
     async fn head(
         &self,
         conn: &mut (impl redis::aio::ConnectionLike + Send),
-    ) -> Result<Option<(Cursor, u64)>, RedisError> {
-        let (epoch, head, first): Head = self
+    ) -> Result<Option<Position>, RedisError> {
+        let (epoch, head, first, base): Head = self
             .head
-            .prepare_invoke()
+            .key(&self.meta)
             .arg(&self.prefix)
             .invoke_async(conn)
             .await?;
-        Ok(epoch.parse().ok().map(|e| (Cursor::new(e, head), first)))
+        Ok(epoch.parse().ok().map(|e| Position {
+            head: Cursor::new(e, head),
+            first,
+            base,
+        }))
+    }
+
+    /// With [`RedisConfig::min_replicas`]: whether the replicas hold everything the primary
+    /// held when this began (a write of its own on `conn`, then `WAIT`), so that what was
+    /// read before may be handed out: a failover keeps it. Reads and the follower hand out
+    /// nothing a replica lacks, or a position it names could be lost, and given again to
+    /// another change on the new primary.
+    async fn fence(&self, conn: &mut Conn) -> Result<bool, RedisError> {
+        let wanted = self.config.min_replicas;
+        if wanted == 0 {
+            return Ok(true);
+        }
+        let () = redis::cmd("SET")
+            .arg(&self.fence)
+            .arg(&self.instance)
+            .query_async(conn)
+            .await?;
+        let timeout = self.config.replica_timeout.as_millis().max(1);
+        let millis = u64::try_from(timeout).unwrap_or(u64::MAX);
+        Ok(conn.wait(&self.meta, wanted, millis).await? >= wanted)
+    }
+
+    /// [`fence`](Self::fence) on the pushes' connection, as a request's error.
+    async fn fenced(&self) -> Result<(), AppError> {
+        let mut conn = self.pushes.pin().await.map_err(|e| failed(&e))?;
+        match self.fence(&mut conn).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AppError::unavailable(
+                "the shared store's replicas are behind; retry later",
+            )),
+            Err(e) => Err(failed(&e)),
+        }
     }
 
     async fn push(
@@ -451,7 +500,7 @@ impl Inner {
             ),
             None => String::new(),
         };
-        let mut call = self.push.prepare_invoke();
+        let mut call = self.push.key(&self.meta);
         call.arg(&self.prefix)
             .arg(self.config.retention)
             .arg(origin)
@@ -467,11 +516,11 @@ impl Inner {
                 .arg(record.hlc.to_string())
                 .arg(json);
         }
-        let mut conn = self.pushes.clone();
+        let mut conn = self.pushes.pin().await.map_err(|e| failed(&e))?;
         let (epoch, head, newest, accepted): (String, u64, String, Vec<u64>) =
             call.invoke_async(&mut conn).await.map_err(|e| failed(&e))?;
         let (wanted, timeout) = (self.config.min_replicas, self.config.replica_timeout);
-        replicated(&mut conn, wanted, timeout)
+        replicated(&mut conn, &self.meta, wanted, timeout)
             .await
             .map_err(AppError::unavailable)?;
         let epoch = epoch_of(&epoch)?;
@@ -497,11 +546,14 @@ impl Inner {
         let mut conn = self.conn.clone();
         if read.head_only {
             return match self.head(&mut conn).await {
-                Ok(Some((head, _))) => Ok(PullAnswer {
-                    head,
-                    complete: true,
-                    ..PullAnswer::default()
-                }),
+                Ok(Some(at)) => {
+                    self.fenced().await?;
+                    Ok(PullAnswer {
+                        head: at.head,
+                        complete: true,
+                        ..PullAnswer::default()
+                    })
+                }
                 Ok(None) => Err(invalid("head")),
                 Err(e) => Err(failed(&e)),
             };
@@ -510,7 +562,7 @@ impl Inner {
         tables.sort_unstable();
         tables.dedup();
         let since_key = read.since.as_ref().map(hlc_key);
-        let mut call = self.read.prepare_invoke();
+        let mut call = self.read.key(&self.meta);
         call.arg(&self.prefix);
         match read.cursor {
             Some(c) => call.arg(c.epoch.to_string()).arg(c.seq.to_string()),
@@ -523,6 +575,7 @@ impl Inner {
         type Reply = (String, u64, u8, Vec<String>, Vec<String>, Vec<String>);
         let (epoch, head, served, entries, latest, evicted): Reply =
             call.invoke_async(&mut conn).await.map_err(|e| failed(&e))?;
+        self.fenced().await?;
         let epoch = epoch_of(&epoch)?;
         let served = served == 1;
         let mut changes = Vec::with_capacity(entries.len() / 3);
@@ -560,7 +613,7 @@ impl Inner {
     /// Follows the log until the server is gone (module docs), reconnecting with backoff.
     async fn follow(&self, log: LogSink) {
         let mut at: Option<Cursor> = None;
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<Conn> = None;
         let mut check = true;
         let mut backoff = Duration::from_millis(50);
         let mut down = false;
@@ -569,16 +622,8 @@ impl Inner {
                 Some(c) => c,
                 None => {
                     // Its own connection: a blocking read would hold up the requests'.
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.config.request_timeout))
-                        .set_response_timeout(Some(
-                            self.config.block + self.config.request_timeout,
-                        ));
-                    match self
-                        .client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                    {
+                    let response = self.config.block + self.config.request_timeout;
+                    match self.target.dedicated(response).await {
                         Ok(c) => {
                             check = true;
                             conn.insert(c)
@@ -626,14 +671,14 @@ impl Inner {
     /// One read of the log; `Ok(false)` once the server is gone.
     async fn follow_once(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         log: &LogSink,
         at: &mut Option<Cursor>,
         check: &mut bool,
     ) -> Result<bool, RedisError> {
         if *check {
             *check = false;
-            let Some((head, first)) = self.head(conn).await? else {
+            let Some(Position { head, first, base }) = self.head(conn).await? else {
                 tracing::error!("the log's metadata is not a syncmux log's");
                 return Ok(true);
             };
@@ -644,9 +689,15 @@ impl Inner {
                     tracing::warn!(
                         old = pos.epoch,
                         new = head.epoch,
-                        "the shared log lost its data: following its new epoch"
+                        "the shared log lost its data or its primary: following its new epoch"
                     );
-                    Cursor::new(head.epoch, 0)
+                    // What the subscribers have may be gone (a primary that died before its
+                    // replicas copied it, or a Redis that lost its data): they resume from
+                    // their cursors, which the new epoch answers `recovered: false`.
+                    if !log.gap() {
+                        return Ok(false);
+                    }
+                    Cursor::new(head.epoch, base)
                 }
                 Some(pos) => {
                     if pos.seq + 1 < first && !log.gap() {
@@ -682,6 +733,10 @@ impl Inner {
             // Timed out: a log that lost its data while this connection stayed up blocks
             // here for ever unless its epoch is checked.
             *check = true;
+            return Ok(true);
+        }
+        if !self.fence(conn).await? {
+            // Not on the replicas yet: routed once they are (read again next time).
             return Ok(true);
         }
         let epoch = from.epoch.to_string();

@@ -41,9 +41,9 @@ use core::time::Duration;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use crate::conn::{Conn, Target};
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::{RedisError, Script, Value};
+use redis::{AsyncCommands, RedisError, Script, Value};
 use serde::Deserialize;
 
 use crate::{Clock, RedisBackendError};
@@ -126,11 +126,11 @@ impl core::fmt::Debug for RedisOt {
 
 struct Inner {
     config: RedisOtConfig,
-    client: redis::Client,
-    conn: ConnectionManager,
+    target: Arc<Target>,
+    conn: Conn,
     /// Commits: `conn`, or with [`RedisOtConfig::min_replicas`] a connection of their own
     /// (`WAIT` follows its connection's writes, and holds it while it waits).
-    commits: ConnectionManager,
+    commits: Conn,
     commit: Script,
     /// This server's name in the frames it publishes, random per start.
     instance: String,
@@ -185,7 +185,7 @@ impl RedisOt {
     /// Connects to Redis. Fails when Redis cannot be reached.
     pub async fn connect(config: RedisOtConfig) -> Result<RedisOt, RedisBackendError> {
         let url = config.url.clone();
-        let (client, mut conn) = crate::open(&url, config.request_timeout).await?;
+        let (target, mut conn) = crate::conn::open(&url, config.request_timeout).await?;
         let pong: Result<String, RedisError> = redis::cmd("PING").query_async(&mut conn).await;
         pong.map_err(|source| RedisBackendError::Connect {
             url: url.clone(),
@@ -193,11 +193,11 @@ impl RedisOt {
         })?;
         let commits = match config.min_replicas {
             0 => conn.clone(),
-            _ => crate::open(&url, config.request_timeout).await?.1,
+            _ => crate::conn::open(&url, config.request_timeout).await?.1,
         };
         Ok(RedisOt {
             inner: Arc::new(Inner {
-                client,
+                target,
                 conn,
                 commits,
                 commit: Script::new(include_str!("ot_commit.lua")),
@@ -213,9 +213,17 @@ impl RedisOt {
         &self.inner.config
     }
 
-    /// The key of a document's `part` (`metadata`, `data` or `history`).
+    /// The key of a document's `part` (`metadata`, `data` or `history`). On a Redis Cluster
+    /// the document's id is its keys' hash tag (`doc:{ID}:metadata`: a document's keys share
+    /// a slot, the documents spread over the nodes), and the prefix loses any braces of its
+    /// own, which would put every document in one slot.
     pub fn key(&self, doc: &str, part: &str) -> String {
-        format!("{}doc:{doc}:{part}", self.inner.config.prefix)
+        let prefix = &self.inner.config.prefix;
+        if self.inner.target.is_cluster() {
+            let prefix = prefix.replace(['{', '}'], "");
+            return format!("{prefix}doc:{{{doc}}}:{part}");
+        }
+        format!("{prefix}doc:{doc}:{part}")
     }
 
     /// The channel a document's ops are published on.
@@ -331,16 +339,30 @@ impl RedisOt {
         op: Arc<TextOp>,
         text: String,
     ) {
-        let outcome = self.append(&doc, base, (*op).clone(), text).await;
-        let unconfirmed = match &outcome {
-            Ok(_) => {
-                let mut conn = self.inner.commits.clone();
-                let config = &self.inner.config;
-                crate::replicated(&mut conn, config.min_replicas, config.replica_timeout)
-                    .await
-                    .err()
+        // One connection for the commit and its `WAIT` (`Conn::pin`).
+        let (outcome, unconfirmed) = match self.inner.commits.pin().await {
+            Ok(mut conn) => {
+                let outcome = self
+                    .append(&mut conn, &doc, base, (*op).clone(), text)
+                    .await;
+                let unconfirmed = match &outcome {
+                    Ok(_) => {
+                        let config = &self.inner.config;
+                        let meta = self.key(&doc, "metadata");
+                        crate::replicated(
+                            &mut conn,
+                            &meta,
+                            config.min_replicas,
+                            config.replica_timeout,
+                        )
+                        .await
+                        .err()
+                    }
+                    Err(_) => None,
+                };
+                (outcome, unconfirmed)
             }
-            Err(_) => None,
+            Err(e) => (Err(unavailable(&e)), None),
         };
         server.with_server(|s, now| match (outcome, unconfirmed) {
             (Ok((revision, op)), Some(why)) => {
@@ -358,6 +380,7 @@ impl RedisOt {
     /// The Lua step, retried at the new head while others append first.
     async fn append(
         &self,
+        conn: &mut Conn,
         doc: &str,
         mut base: u64,
         mut op: TextOp,
@@ -389,7 +412,6 @@ impl RedisOt {
             text = op.apply(&known.text).map_err(|e| e.to_string())?;
             base = known.head;
         }
-        let mut conn = self.inner.commits.clone();
         for _ in 0..self.inner.config.max_attempts.max(1) {
             let reply: Value = self
                 .inner
@@ -402,7 +424,7 @@ impl RedisOt {
                 .arg(json_string(&text))
                 .arg(&channel)
                 .arg(&tail)
-                .invoke_async(&mut conn)
+                .invoke_async(conn)
                 .await
                 .map_err(|e| unavailable(&e))?;
             let Value::Array(items) = reply else {
@@ -529,12 +551,17 @@ impl RedisOt {
         if docs.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        for doc in &docs {
-            pipe.hget(self.key(doc, "metadata"), "v");
-        }
-        let mut conn = self.inner.conn.clone();
-        let heads: Result<Vec<Option<u64>>, RedisError> = pipe.query_async(&mut conn).await;
+        // One request per document, all at once (the multiplexed connection pipelines them):
+        // a pipeline of keys in different slots is refused by a cluster.
+        let reads = docs.iter().map(|doc| {
+            let mut conn = self.inner.conn.clone();
+            let key = self.key(doc, "metadata");
+            async move { conn.hget::<_, _, Option<u64>>(key, "v").await }
+        });
+        let heads: Result<Vec<Option<u64>>, RedisError> = futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect();
         match heads {
             Ok(heads) => server.with_server(|s, now| {
                 for (doc, head) in docs.iter().zip(heads) {
@@ -575,7 +602,8 @@ impl RedisOt {
         let mut backoff = Duration::from_millis(50);
         loop {
             let follow = async {
-                let (mut sink, mut stream) = self.inner.client.get_async_pubsub().await?.split();
+                let client = self.inner.target.primary().await?;
+                let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
                 // Documents asked for (or dropped) while there was no subscription are in
                 // `docs` (or not) already: subscribing to all of them answers them too.
                 let asked: Vec<Follow> = core::iter::from_fn(|| follows.try_recv().ok()).collect();

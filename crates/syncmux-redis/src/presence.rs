@@ -164,7 +164,7 @@ impl Inner {
         let mut conn = self.conn.clone();
         let done: Result<i64, RedisError> = self
             .share
-            .prepare_invoke()
+            .key(&self.meta)
             .arg(&self.prefix)
             .arg(me)
             .arg(field)
@@ -184,7 +184,7 @@ impl Inner {
         let me = &self.instance;
         let admitted: i64 = self
             .admit
-            .prepare_invoke()
+            .key(&self.meta)
             .arg(&self.prefix)
             .arg(me)
             .arg(field(me, join.session.as_u64(), "r", &join.room))
@@ -220,7 +220,7 @@ impl Inner {
     /// until the connection fails (`Err`) or the server is gone (`Ok`).
     async fn presence_session(&self, log: &LogSink, mirror: &mut Mirror) -> Result<(), RedisError> {
         let events = format!("{}events", self.prefix);
-        let mut pubsub = self.client.get_async_pubsub().await?;
+        let mut pubsub = self.target.primary().await?.get_async_pubsub().await?;
         pubsub.subscribe(&events).await?;
         self.beat(log).await?;
         let mut conn = self.conn.clone();
@@ -310,7 +310,7 @@ impl Inner {
         let ttl = u64::try_from(self.config.server_ttl.as_millis()).unwrap_or(u64::MAX);
         let new: i64 = self
             .beat
-            .prepare_invoke()
+            .key(&self.meta)
             .arg(&self.prefix)
             .arg(&self.instance)
             .arg(ttl)

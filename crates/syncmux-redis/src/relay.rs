@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::conn::Conn;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use syncmux_runtime::Clock;
 
@@ -46,7 +46,7 @@ pub struct Relay {
 struct Inner {
     node: String,
     prefix: String,
-    conn: ConnectionManager,
+    conn: Conn,
     /// This server's requests waiting for their answer, by id.
     waiting: Mutex<HashMap<u64, futures_channel::oneshot::Sender<Option<String>>>>,
     next: AtomicU64,
@@ -99,7 +99,7 @@ impl Relay {
         prefix: &str,
         deliver: Deliver,
     ) -> Result<Relay, RedisBackendError> {
-        let (client, conn) = crate::open(url, Duration::from_secs(5)).await?;
+        let (target, conn) = crate::conn::open(url, Duration::from_secs(5)).await?;
         let relay = Relay {
             inner: Arc::new(Inner {
                 node: format!("{:016x}", Clock::new().seed()),
@@ -109,14 +109,14 @@ impl Relay {
                 next: AtomicU64::new(0),
             }),
         };
-        let mut pubsub =
-            client
-                .get_async_pubsub()
-                .await
-                .map_err(|source| RedisBackendError::Connect {
-                    url: url.to_owned(),
-                    source,
-                })?;
+        let pubsub = match target.primary().await {
+            Ok(client) => client.get_async_pubsub().await,
+            Err(e) => Err(e),
+        };
+        let mut pubsub = pubsub.map_err(|source| RedisBackendError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
         let (requests, answers) = (
             relay.channel("relay", relay.node()),
             relay.channel("reply", relay.node()),

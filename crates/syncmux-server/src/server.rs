@@ -170,7 +170,9 @@ struct Cli {
     )]
     shutdown_timeout: Duration,
     /// Keep the change log in the Redis at URL (`redis://HOST:PORT`, `rediss://` for TLS, which
-    /// trusts the system's roots or those of `SSL_CERT_FILE`), shared with every
+    /// trusts the system's roots or those of `SSL_CERT_FILE`; a Sentinel deployment as
+    /// `redis+sentinel://HOST:PORT,HOST:PORT/MASTER`, followed through failovers; a Redis
+    /// Cluster as `redis+cluster://HOST:PORT,HOST:PORT`, its seed nodes), shared with every
     /// server started with the same URL and prefix, instead of in memory. Needs a build with
     /// `--features redis`.
     #[arg(long, value_name = "URL")]

@@ -155,12 +155,12 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
-/// doc-1's head revision and text in Redis (prefix `prefix`).
-async fn stored(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> (u64, String) {
+/// doc-1's head revision and text in Redis, its keys `{doc}:metadata` and so on.
+async fn stored(conn: &mut redis::aio::MultiplexedConnection, doc: &str) -> (u64, String) {
     let (v, data): (Option<u64>, Option<String>) = redis::pipe()
         .atomic()
-        .hget(format!("{prefix}doc:doc-1:metadata"), "v")
-        .get(format!("{prefix}doc:doc-1:data"))
+        .hget(format!("{doc}:metadata"), "v")
+        .get(format!("{doc}:data"))
         .query_async(conn)
         .await
         .unwrap();
@@ -170,20 +170,16 @@ async fn stored(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> (
 
 /// Appends an op to doc-1's history the way a server does, but publishes nothing: the
 /// channel's message for it is lost.
-async fn append_unpublished(
-    conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-    insert: &str,
-) {
-    let (v, text) = stored(conn, prefix).await;
+async fn append_unpublished(conn: &mut redis::aio::MultiplexedConnection, doc: &str, insert: &str) {
+    let (v, text) = stored(conn, doc).await;
     let op = TextOp::new().insert(insert);
     let after = op.apply(&text).unwrap();
     let _: () = redis::pipe()
         .atomic()
-        .rpush(format!("{prefix}doc:doc-1:history"), op.to_json())
-        .hset(format!("{prefix}doc:doc-1:metadata"), "v", v + 1)
+        .rpush(format!("{doc}:history"), op.to_json())
+        .hset(format!("{doc}:metadata"), "v", v + 1)
         .set(
-            format!("{prefix}doc:doc-1:data"),
+            format!("{doc}:data"),
             serde_json::to_string(&after).unwrap(),
         )
         .query_async(conn)
@@ -209,14 +205,14 @@ impl Rng {
 async fn converge(
     peers: &mut [Peer],
     conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
+    doc: &str,
 ) -> String {
     for peer in peers.iter_mut() {
         peer.acked().await;
     }
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
-        let (v, text) = stored(conn, prefix).await;
+        let (v, text) = stored(conn, doc).await;
         let all = peers.iter().all(|p| {
             let s = p.seen.borrow();
             !s.unacked && s.revision == v && s.text == text
@@ -245,10 +241,35 @@ async fn clients_on_two_servers_converge() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let url = redis.url();
+    let mut conn = redis_conn(&redis.url()).await;
     // No poll: the channel alone carries the ops between the servers.
-    let (_a, a) = server(&url, Duration::ZERO).await;
-    let (_b, b) = server(&url, Duration::ZERO).await;
+    edit_on_two_servers(&redis.url(), &mut conn, "{t}:doc:doc-1", Duration::ZERO).await;
+}
+
+/// The same on a three-primary Redis Cluster, where a document's id is its keys' hash tag
+/// (`t:doc:{doc-1}:metadata`): its keys share a slot, so the commit script runs there. The
+/// poll is on: its pipeline reads the heads of documents in different slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_servers_converge_on_a_redis_cluster() {
+    let Some(cluster) = redis_util::Cluster::start() else {
+        return;
+    };
+    let doc = "t:doc:{doc-1}";
+    let owner = cluster.slot_owner(&format!("{doc}:history"));
+    let mut conn = redis_conn(&format!("redis://127.0.0.1:{owner}")).await;
+    edit_on_two_servers(&cluster.url(), &mut conn, doc, Duration::from_millis(100)).await;
+}
+
+/// Three clients on each of two servers on `url` (polling every `poll`) edit doc-1 (its keys
+/// `{doc}:...`, read through `conn`) at once, until they converge on what Redis holds.
+async fn edit_on_two_servers(
+    url: &str,
+    conn: &mut redis::aio::MultiplexedConnection,
+    doc: &str,
+    poll: Duration,
+) {
+    let (_a, a) = server(url, poll).await;
+    let (_b, b) = server(url, poll).await;
     let mut peers = Vec::new();
     for i in 0..6 {
         let at = if i % 2 == 0 { &a } else { &b };
@@ -271,24 +292,23 @@ async fn clients_on_two_servers_converge() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let mut conn = redis_conn(&url).await;
-    let text = converge(&mut peers, &mut conn, "{t}:").await;
+    let text = converge(&mut peers, conn, doc).await;
     // Edits made while one is in flight are composed into one op: fewer revisions than
     // edits, one history item each.
-    let (v, _) = stored(&mut conn, "{t}:").await;
+    let (v, _) = stored(conn, doc).await;
     let history: u64 = redis::cmd("LLEN")
-        .arg("{t}:doc:doc-1:history")
-        .query_async(&mut conn)
+        .arg(format!("{doc}:history"))
+        .query_async(conn)
         .await
         .unwrap();
     assert_eq!(history, v);
     assert!(v > 6, "{v} revisions");
     // The history replays to the snapshot.
     let ops: Vec<String> = redis::cmd("LRANGE")
-        .arg("{t}:doc:doc-1:history")
+        .arg(format!("{doc}:history"))
         .arg(0)
         .arg(-1)
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap();
     let mut replay = String::new();
@@ -319,13 +339,16 @@ async fn a_lost_publish_is_read_back_from_the_history() {
         text: "hello".into(),
         at: 0,
     });
-    assert_eq!(converge(&mut peers, &mut conn, "{t}:").await, "hello");
-    append_unpublished(&mut conn, "{t}:", "lost ").await;
+    assert_eq!(
+        converge(&mut peers, &mut conn, "{t}:doc:doc-1").await,
+        "hello"
+    );
+    append_unpublished(&mut conn, "{t}:doc:doc-1", "lost ").await;
     peers[0].edit(Edit::Insert {
         text: "!".into(),
         at: 5,
     });
-    let text = converge(&mut peers, &mut conn, "{t}:").await;
+    let text = converge(&mut peers, &mut conn, "{t}:doc:doc-1").await;
     assert_eq!(text, "lost hello!");
     assert_eq!(peers[1].seen.borrow().revision, 3);
 }
@@ -346,9 +369,12 @@ async fn a_message_lost_at_the_tail_is_found_by_the_poll() {
         text: "x".into(),
         at: 0,
     });
-    converge(&mut peers, &mut conn, "{t}:").await;
-    append_unpublished(&mut conn, "{t}:", "tail ").await;
-    assert_eq!(converge(&mut peers, &mut conn, "{t}:").await, "tail x");
+    converge(&mut peers, &mut conn, "{t}:doc:doc-1").await;
+    append_unpublished(&mut conn, "{t}:doc:doc-1", "tail ").await;
+    assert_eq!(
+        converge(&mut peers, &mut conn, "{t}:doc:doc-1").await,
+        "tail x"
+    );
 }
 
 /// Starts `syncmux-server` with `args`; its `/ot` URL.
@@ -403,7 +429,7 @@ async fn a_killed_server_loses_nothing_it_acked() {
         "A is dead"
     );
     let mut conn = redis_conn(&url).await;
-    let text = converge(&mut peers[2..], &mut conn, "{kill}:").await;
+    let text = converge(&mut peers[2..], &mut conn, "{kill}:doc:doc-1").await;
     assert!(acked.len() > 60, "{} acked", acked.len());
     for token in &acked {
         assert_eq!(
@@ -708,7 +734,10 @@ async fn with_min_replicas_an_op_is_acked_once_a_replica_holds_it() {
         );
     }
     let mut conn = redis_conn(&primary.url()).await;
-    assert_eq!(stored(&mut conn, "{t}:").await, (2, "ab".to_owned()));
+    assert_eq!(
+        stored(&mut conn, "{t}:doc:doc-1").await,
+        (2, "ab".to_owned())
+    );
 
     editor.send(op(2, "c")).await.unwrap();
     let answer = next_json(&mut editor).await;
