@@ -5,7 +5,9 @@
 //! multiplexed connection pipelines. And end to end over WebSockets: a push reaching a
 //! subscriber on another server through Redis versus on the same server with `MemoryStore`,
 //! and deliveries per second per server with 50 subscribers on each of two servers versus one
-//! `MemoryStore` server with 50. Skipped, loudly, without `redis-server`. Run with
+//! `MemoryStore` server with 50. And a push through Sentinel, with `min_replicas` 1 and on a
+//! Cluster beside one Redis. Skipped, loudly, without `redis-server` (and `redis-sentinel`).
+//! Run with
 //! `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`.
 
 // Wall-clock time is what a benchmark measures.
@@ -284,5 +286,47 @@ fn end_to_end(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(redis, benches, end_to_end);
+/// A push of one change through each high-availability setup, beside one Redis (the primary
+/// of the same Sentinel deployment, reached directly) in the same run: through the Sentinels,
+/// acknowledged once a replica holds it (`min_replicas` 1), and on a three-primary Cluster.
+fn high_availability(c: &mut Criterion) {
+    let (Some(sentinels), Some(cluster)) =
+        (redis_util::Sentinels::start(), redis_util::Cluster::start())
+    else {
+        return;
+    };
+    let rt = runtime();
+    let connect = |url: String, prefix: &str, min_replicas: usize| {
+        let mut config = RedisConfig::new(url);
+        config.prefix = prefix.to_owned();
+        config.min_replicas = min_replicas;
+        rt.block_on(RedisBackend::connect(config)).expect("redis")
+    };
+    let setups = [
+        ("one_redis", connect(sentinels.primary().url(), "one", 0)),
+        ("sentinel", connect(sentinels.url(), "sentinel", 0)),
+        (
+            "min_replicas_1",
+            connect(sentinels.primary().url(), "min", 1),
+        ),
+        ("cluster", connect(cluster.url(), "cluster", 0)),
+    ];
+    let mut next = 0u64;
+    let mut group = c.benchmark_group("redis_ha_push");
+    group.throughput(Throughput::Elements(1));
+    for (name, backend) in &setups {
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                next += 1;
+                black_box(
+                    rt.block_on(backend.push(vec![record(next)], None))
+                        .expect("push"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(redis, benches, end_to_end, high_availability);
 criterion_main!(redis);

@@ -288,6 +288,21 @@ fn main() -> Result<(), Box<dyn Error>> {
             "redis_deliveries_per_server/one_server_memory_store",
         ),
         (
+            "push 1 change: through Sentinel / to one Redis",
+            "redis_ha_push/sentinel",
+            "redis_ha_push/one_redis",
+        ),
+        (
+            "push 1 change: acked once a replica holds it / to one Redis",
+            "redis_ha_push/min_replicas_1",
+            "redis_ha_push/one_redis",
+        ),
+        (
+            "push 1 change: on a 3-primary Cluster / to one Redis",
+            "redis_ha_push/cluster",
+            "redis_ha_push/one_redis",
+        ),
+        (
             "push 1 change, durable: SQLite / MemoryStore",
             "durable_push/sqlite_1",
             "durable_push/memory_store_1",
