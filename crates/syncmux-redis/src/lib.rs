@@ -238,6 +238,10 @@ struct Inner {
     meta: String,
     /// The key [`Inner::fence`] writes.
     fence: String,
+    /// The log's head when the backend connected: where the follower starts, so that what
+    /// is pushed before its own connection is up (a cluster's takes a while) still reaches
+    /// the sessions that subscribed since.
+    origin: std::sync::OnceLock<Cursor>,
     /// The stream's key.
     log: String,
     /// This server's name in the log's entries (who pushed them), random per start.
@@ -318,6 +322,7 @@ impl RedisBackend {
                 log: format!("{prefix}log"),
                 meta: format!("{prefix}meta"),
                 fence: format!("{prefix}fence"),
+                origin: std::sync::OnceLock::new(),
                 prefix,
                 target,
                 conn,
@@ -335,7 +340,10 @@ impl RedisBackend {
         let mut conn = backend.inner.conn.clone();
         let head = backend.inner.head(&mut conn).await;
         match head {
-            Ok(Some(_)) => Ok(backend),
+            Ok(Some(at)) => {
+                let _ = backend.inner.origin.set(at.head);
+                Ok(backend)
+            }
             Ok(None) => Err(RedisBackendError::Unexpected {
                 url,
                 message: "the log's metadata is not a syncmux log's".to_owned(),
@@ -682,10 +690,14 @@ impl Inner {
                 tracing::error!("the log's metadata is not a syncmux log's");
                 return Ok(true);
             };
-            let from = match *at {
-                // Started: from the head (no session had anything to miss).
-                None => head,
-                Some(pos) if pos.epoch != head.epoch => {
+            let from = match (*at, self.origin.get()) {
+                // Started: from the head when the backend connected (no session had anything
+                // to miss before), unless the log lost its data since.
+                (None, Some(&origin)) if origin.epoch == head.epoch && origin.seq <= head.seq => {
+                    origin
+                }
+                (None, _) => head,
+                (Some(pos), _) if pos.epoch != head.epoch => {
                     tracing::warn!(
                         old = pos.epoch,
                         new = head.epoch,
@@ -699,7 +711,7 @@ impl Inner {
                     }
                     Cursor::new(head.epoch, base)
                 }
-                Some(pos) => {
+                (Some(pos), _) => {
                     if pos.seq + 1 < first && !log.gap() {
                         return Ok(false);
                     }

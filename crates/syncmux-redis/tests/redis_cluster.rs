@@ -1,5 +1,6 @@
 //! Several servers on one Redis (see `redis_util`), with real WebSocket clients: to their
-//! clients they are one server (README, "Scaling out over Redis").
+//! clients they are one server (README, "Scaling out over Redis"). The checks that do not
+//! stop or pause Redis run on one `redis-server` and again on a three-primary Redis Cluster.
 #![allow(clippy::unwrap_used)]
 
 mod redis_util;
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_util::RedisServer;
+use redis_util::{Cluster, RedisServer};
 use syncmux::payload::{
     ChangeRecord, Cursor, Hlc, PresenceEvent, PresenceEventKind, PullRequest, RawJson, RoomEvent,
     RoomEventKind, Subscribe,
@@ -26,8 +27,8 @@ struct Node {
     url: String,
 }
 
-async fn node(redis: &RedisServer, prefix: &str) -> Node {
-    let mut config = RedisConfig::new(redis.url());
+async fn node(url: &str, prefix: &str) -> Node {
+    let mut config = RedisConfig::new(url);
     config.prefix = prefix.to_owned();
     config.heartbeat = Duration::from_millis(100);
     config.server_ttl = Duration::from_millis(1500);
@@ -52,15 +53,71 @@ async fn node(redis: &RedisServer, prefix: &str) -> Node {
 /// skipped) when there is no `redis-server` to run.
 async fn cluster<const N: usize>(prefix: &str) -> Option<(RedisServer, [Node; N])> {
     let redis = RedisServer::start()?;
-    let mut nodes = Vec::new();
-    for _ in 0..N {
-        nodes.push(node(&redis, prefix).await);
-    }
-    let nodes = nodes
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("{N} nodes"));
+    let nodes = nodes(&redis.url(), prefix).await;
     Some((redis, nodes))
 }
+
+/// `N` servers on the Redis at `url`, sharing the keys under `prefix`.
+async fn nodes<const N: usize>(url: &str, prefix: &str) -> [Node; N] {
+    let mut nodes = Vec::new();
+    for _ in 0..N {
+        nodes.push(node(url, prefix).await);
+    }
+    nodes
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("{N} nodes"))
+}
+
+/// What the servers of a test share: one `redis-server`, or a three-primary Redis Cluster.
+enum Shared {
+    One(RedisServer),
+    Cluster(Cluster),
+}
+
+impl Shared {
+    /// `N` servers on `shared` (`None`: the test is skipped), sharing the keys under `prefix`.
+    async fn nodes<const N: usize>(
+        shared: Option<Shared>,
+        prefix: &str,
+    ) -> Option<(Shared, [Node; N])> {
+        let shared = shared?;
+        let url = match &shared {
+            Shared::One(redis) => redis.url(),
+            Shared::Cluster(cluster) => cluster.url(),
+        };
+        let nodes = nodes(&url, prefix).await;
+        Some((shared, nodes))
+    }
+}
+
+/// Runs each of these tests (an async fn taking an `Option<Shared>`) as two: `one_redis`
+/// and `cluster`, in a module of the test's name.
+macro_rules! on_one_redis_and_a_cluster {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn one_redis() {
+                let redis = super::RedisServer::start().map(super::Shared::One);
+                super::$test(redis).await;
+            }
+
+            #[tokio::test]
+            async fn cluster() {
+                let cluster = super::Cluster::start().map(super::Shared::Cluster);
+                super::$test(cluster).await;
+            }
+        }
+    )*};
+}
+
+on_one_redis_and_a_cluster!(
+    a_change_pushed_on_one_server_reaches_subscribers_on_the_others_not_its_pusher,
+    concurrent_pushers_on_every_server_give_every_subscriber_the_same_order_once,
+    a_client_resumes_on_another_server_from_its_cursor,
+    concurrent_conflicting_writes_end_with_the_same_winner_everywhere,
+    presence_and_rooms_span_the_servers,
+    concurrent_joins_on_two_servers_never_overfill_a_room,
+);
 
 fn client(node: &Node, id: &str) -> (SyncClient, ClientEvents) {
     let mut config = ClientConfig::new(&node.url, id);
@@ -142,9 +199,10 @@ async fn nothing_more(client: &SyncClient, events: &mut ClientEvents) {
     }
 }
 
-#[tokio::test]
-async fn a_change_pushed_on_one_server_reaches_subscribers_on_the_others_not_its_pusher() {
-    let Some((_redis, nodes)) = cluster::<3>("x").await else {
+async fn a_change_pushed_on_one_server_reaches_subscribers_on_the_others_not_its_pusher(
+    shared: Option<Shared>,
+) {
+    let Some((_redis, nodes)) = Shared::nodes::<3>(shared, "x").await else {
         return;
     };
     let (alice, mut alice_events) = client(&nodes[0], "alice");
@@ -176,9 +234,10 @@ async fn a_change_pushed_on_one_server_reaches_subscribers_on_the_others_not_its
     }
 }
 
-#[tokio::test]
-async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order_once() {
-    let Some((_redis, nodes)) = cluster::<3>("c").await else {
+async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order_once(
+    shared: Option<Shared>,
+) {
+    let Some((_redis, nodes)) = Shared::nodes::<3>(shared, "c").await else {
         return;
     };
     let mut subs = Vec::new();
@@ -224,9 +283,8 @@ async fn concurrent_pushers_on_every_server_give_every_subscriber_the_same_order
     assert!(orders.windows(2).all(|w| w[0] == w[1]), "orders differ");
 }
 
-#[tokio::test]
-async fn a_client_resumes_on_another_server_from_its_cursor() {
-    let Some((_redis, [a, b])) = cluster("r").await else {
+async fn a_client_resumes_on_another_server_from_its_cursor(shared: Option<Shared>) {
+    let Some((_redis, [a, b])) = Shared::nodes(shared, "r").await else {
         return;
     };
     let (writer, _w) = client(&a, "writer");
@@ -268,9 +326,8 @@ async fn a_client_resumes_on_another_server_from_its_cursor() {
     assert_eq!(pulled.changes.len(), 3);
 }
 
-#[tokio::test]
-async fn concurrent_conflicting_writes_end_with_the_same_winner_everywhere() {
-    let Some((_redis, nodes)) = cluster::<2>("w").await else {
+async fn concurrent_conflicting_writes_end_with_the_same_winner_everywhere(shared: Option<Shared>) {
+    let Some((_redis, nodes)) = Shared::nodes::<2>(shared, "w").await else {
         return;
     };
     let mut tasks = Vec::new();
@@ -450,9 +507,8 @@ async fn room_event(events: &mut ClientEvents) -> RoomEvent {
     .await
 }
 
-#[tokio::test]
-async fn presence_and_rooms_span_the_servers() {
-    let Some((_redis, [a, b])) = cluster("p").await else {
+async fn presence_and_rooms_span_the_servers(shared: Option<Shared>) {
+    let Some((_redis, [a, b])) = Shared::nodes(shared, "p").await else {
         return;
     };
     let (alice, mut alice_events) = client(&a, "alice");
@@ -640,10 +696,9 @@ async fn a_push_is_one_redis_round_trip_and_a_delivery_none() {
 /// Joins at the same moment on two servers never overfill a room: Redis admits each join
 /// that would take a place in one step. Places come free again when members leave or their
 /// sessions end, and a server that dies gives its places back.
-#[tokio::test]
-async fn concurrent_joins_on_two_servers_never_overfill_a_room() {
+async fn concurrent_joins_on_two_servers_never_overfill_a_room(shared: Option<Shared>) {
     const PER_NODE: usize = 4;
-    let Some((_redis, nodes)) = cluster::<2>("full").await else {
+    let Some((_redis, nodes)) = Shared::nodes::<2>(shared, "full").await else {
         return;
     };
     let mut clients = Vec::new();
@@ -815,4 +870,62 @@ async fn redis_paused_and_resumed_loses_nothing() {
     );
     let cursors: Vec<u64> = got.iter().filter_map(|(c, _)| c.map(|c| c.seq)).collect();
     assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+}
+
+/// A backend whose follower starts late, as a cluster's does (it opens a connection to every
+/// node and reads the slots first).
+struct LateFollower(RedisBackend);
+
+impl adapters::Backend for LateFollower {
+    fn read(
+        &self,
+        read: adapters::Read,
+    ) -> adapters::BackendFuture<Result<syncmux::PullAnswer, syncmux::AppError>> {
+        adapters::Backend::read(&self.0, read)
+    }
+
+    fn push(
+        &self,
+        push: adapters::Push,
+    ) -> adapters::BackendFuture<Result<syncmux::PushAnswer, syncmux::AppError>> {
+        adapters::Backend::push(&self.0, push)
+    }
+
+    fn follow(&self, log: adapters::LogSink) -> Option<adapters::BackendFuture<()>> {
+        let follow = self.0.follow(log)?;
+        Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            follow.await;
+        }))
+    }
+}
+
+/// A change pushed while a server's follower is not yet reading the log still reaches that
+/// server's subscribers: the follower starts where the log stood when the backend
+/// connected, not where it stands when the follower gets going.
+#[tokio::test]
+async fn a_change_pushed_before_a_follower_starts_reaches_its_subscribers() {
+    let Some((redis, [a])) = cluster("late").await else {
+        return;
+    };
+    let mut config = RedisConfig::new(redis.url());
+    config.prefix = "late".to_owned();
+    let backend = LateFollower(RedisBackend::connect(config).await.unwrap());
+    let mut server = ServerConfig::default();
+    server.path = Some("/sync/ws".to_owned());
+    let server = Server::new(server).unwrap();
+    let server =
+        adapters::Tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/sync/ws", listener.local_addr().unwrap());
+    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
+    let b = Node { server, url };
+    let (_sub, mut events) = subscriber(&b, "sub").await;
+    let (writer, _w) = client(&a, "writer");
+    let pushed = writer
+        .push(vec![record("1", "t", 1, "writer")])
+        .await
+        .unwrap();
+    let got = receive(&mut events, 1).await;
+    assert_eq!(got, vec![(pushed.cursor, record("1", "t", 1, "writer"))]);
 }
