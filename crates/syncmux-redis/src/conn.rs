@@ -284,10 +284,15 @@ impl Link {
 
 static NEXT_GENERATION: AtomicUsize = AtomicUsize::new(1);
 
-/// Whether `error` means Redis is not there for now: down, slow, failing over, or a cluster
-/// moving slots. A request that failed so may succeed later.
+/// Whether `error` means Redis is not there for now: down, slow, failing over (the Sentinels
+/// name no primary that is one), or a cluster moving slots. A request that failed so may
+/// succeed later.
 pub(crate) fn unavailable(error: &RedisError) -> bool {
     lost(error)
+        || matches!(
+            error.kind(),
+            ErrorKind::MasterNameNotFoundBySentinel | ErrorKind::ClusterConnectionNotFound
+        )
         || matches!(
             error.kind(),
             ErrorKind::Server(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis_util::{Cluster, Sentinels};
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
-use syncmux::{ClientConfig, ClientEvent, Server, ServerConfig};
+use syncmux::{ClientConfig, ClientEvent, ErrorCode, RequestError, Server, ServerConfig};
 use syncmux_redis::{RedisBackend, RedisConfig};
 use syncmux_runtime::{self as adapters, ClientEvents, ServerOptions, SyncClient, SyncServer};
 
@@ -98,6 +98,8 @@ async fn watch(url: &str, id: &str) -> (SyncClient, Arc<Mutex<Seen>>) {
 struct Acked {
     records: Vec<String>,
     positions: Vec<(Cursor, String)>,
+    /// The refusals that were not `UNAVAILABLE` (the failover must answer nothing else).
+    other_errors: Vec<String>,
 }
 
 /// Pushes `prefix0`, `prefix1`, ... one at a time until `stop`, each tried once: a refused
@@ -122,7 +124,22 @@ async fn write(
                     acked.positions.push((cursor, pk));
                 }
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => {
+                if !matches!(
+                    e,
+                    RequestError::Server {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    }
+                ) {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .other_errors
+                        .push(format!("{pk}: {e:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
@@ -272,6 +289,8 @@ async fn fail_over_mid_stream(
         writer.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
+    // While it failed over, requests answered UNAVAILABLE, and nothing else.
+    assert_eq!(acked.other_errors, Vec::<String>::new());
     Run {
         urls: [a, b],
         seen: [seen_a, seen_b],
