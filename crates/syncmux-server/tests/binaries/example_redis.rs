@@ -24,8 +24,31 @@ mod with_redis {
         let Some(redis) = RedisServer::start() else {
             return;
         };
-        let url = redis.url();
-        let args = ["--redis", &url, "--redis-prefix", "example"];
+        two_servers_serve_one_log(&redis.url()).await;
+    }
+
+    /// `--redis redis+sentinel://...`: the servers find the primary through the Sentinels.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_on_a_sentinel_deployment_serve_one_log() {
+        let Some(sentinels) = crate::redis_util::Sentinels::start() else {
+            return;
+        };
+        two_servers_serve_one_log(&sentinels.url()).await;
+    }
+
+    /// `--redis redis+cluster://...`: the servers share a log on a three-primary Cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_on_a_redis_cluster_serve_one_log() {
+        let Some(cluster) = crate::redis_util::Cluster::start() else {
+            return;
+        };
+        two_servers_serve_one_log(&cluster.url()).await;
+    }
+
+    /// Two `syncmux-server`s with `--redis url`: a change pushed to one reaches a subscriber
+    /// of the other.
+    async fn two_servers_serve_one_log(url: &str) {
+        let args = ["--redis", url, "--redis-prefix", "example"];
         let (_a, a) = start(&args).unwrap();
         let (_b, b) = start(&args).unwrap();
         let (reader, mut events) =
