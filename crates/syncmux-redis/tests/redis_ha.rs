@@ -7,7 +7,6 @@
 mod redis_util;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -211,38 +210,6 @@ struct Run {
     _alive: (SyncServer, SyncServer, SyncClient, SyncClient),
 }
 
-/// Cuts the primary at `port` off from its replicas: connections from now on must
-/// authenticate, which its replica cannot, and the replicas' links are closed. (Stopping the
-/// replica instead would not do: what the primary sent waits in the replica's socket.)
-fn cut_replication(port: u16) {
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    // One connection for both: it stays authenticated once the password is set.
-    let commands = [
-        ["CONFIG", "SET", "requirepass", "cut"],
-        ["CLIENT", "KILL", "TYPE", "replica"],
-    ];
-    let mut out = String::new();
-    for command in commands {
-        out.push_str(&format!("*{}\r\n", command.len()));
-        for arg in command {
-            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-    }
-    tcp.write_all(out.as_bytes()).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut replies = String::new();
-    let mut buf = [0; 256];
-    while replies.lines().count() < 2 {
-        let n = tcp.read(&mut buf).unwrap();
-        assert!(n > 0, "the primary closed the connection: {replies:?}");
-        replies.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    assert!(
-        replies.starts_with("+OK\r\n:"),
-        "cutting the replica off: {replies:?}"
-    );
-}
-
 /// Two servers on `ha`, a subscriber on each and a writer on each pushing records one after
 /// the other; once 30 were acknowledged the replica is cut off for 300 ms, the primary is killed
 /// (SIGKILL), and `after_failover` runs once the sentinels named the replica primary. Returns
@@ -277,7 +244,7 @@ async fn fail_over_mid_stream(
     let before = acked.lock().unwrap().positions[10].0;
     // The replica is cut off while the writers go on, so that the primary holds changes no
     // replica has when it dies; then the replica is promoted.
-    cut_replication(ha.primary().port);
+    ha.cut_replica_off();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let old = ha.kill_primary();
     let new = tokio::task::block_in_place(|| ha.wait_failover(old));

@@ -632,6 +632,40 @@ impl Sentinels {
         self.primary().replicas()
     }
 
+    /// Cuts the primary off from its replica: connections from now on must authenticate,
+    /// which the replica cannot, and the replicas' links are closed, so that what the primary
+    /// takes from now on no replica gets. (Stopping the replica instead would not do: what the
+    /// primary sent waits in the replica's socket.)
+    pub fn cut_replica_off(&self) {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.primary_port())).unwrap();
+        // One connection for both: it stays authenticated once the password is set.
+        let commands = [
+            ["CONFIG", "SET", "requirepass", "cut"],
+            ["CLIENT", "KILL", "TYPE", "replica"],
+        ];
+        let mut out = String::new();
+        for command in commands {
+            out.push_str(&format!("*{}\r\n", command.len()));
+            for arg in command {
+                out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+            }
+        }
+        tcp.write_all(out.as_bytes()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut replies = String::new();
+        let mut buf = [0; 256];
+        while replies.lines().count() < 2 {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0, "the primary closed the connection: {replies:?}");
+            replies.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(
+            replies.starts_with("+OK\r\n:"),
+            "cutting the replica off: {replies:?}"
+        );
+    }
+
     /// Kills (SIGKILL) the server the sentinels name the primary; returns its port.
     pub fn kill_primary(&mut self) -> u16 {
         let port = self.primary_port();

@@ -321,6 +321,48 @@ async fn edit_on_two_servers(
     assert_eq!(replay, text);
 }
 
+/// Two servers on a Sentinel deployment whose primary dies (SIGKILL) while two clients on
+/// each edit doc-1: the servers' connections and channels move to the new primary, and every
+/// client ends on what it holds. (Nothing is lost here: the replica has every op.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_converge_after_a_sentinel_failover() {
+    let Some(mut ha) = redis_util::Sentinels::start() else {
+        return;
+    };
+    let url = ha.url();
+    let (_a, a) = server(&url, Duration::from_millis(100)).await;
+    let (_b, b) = server(&url, Duration::from_millis(100)).await;
+    let mut peers = Vec::new();
+    for i in 0..4 {
+        let at = if i % 2 == 0 { &a } else { &b };
+        peers.push(Peer::open(at, &format!("p{i}")).await);
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut edit = |peers: &mut [Peer], round: u32| {
+        for (i, peer) in peers.iter_mut().enumerate() {
+            peer.edit(Edit::Insert {
+                text: format!("<{i}.{round}>"),
+                at: rng.next(),
+            });
+        }
+    };
+    for round in 0..10 {
+        edit(&mut peers, round);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let old = ha.kill_primary();
+    let new = tokio::task::block_in_place(|| ha.wait_failover(old));
+    for round in 10..20 {
+        edit(&mut peers, round);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut conn = redis_conn(&format!("redis://127.0.0.1:{new}")).await;
+    let text = converge(&mut peers, &mut conn, "{t}:doc:doc-1").await;
+    for i in 0..4 {
+        assert!(text.contains(&format!("<{i}.19>")), "{text}");
+    }
+}
+
 /// An op appended without its Pub/Sub message: the next op on the channel shows both
 /// servers a gap, and they read the missing op from the history list (the poll is off, so
 /// nothing else could bring it). Without the read, server B's copy stops at the gap and its
