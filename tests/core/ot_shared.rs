@@ -382,3 +382,39 @@ fn an_init_while_loading_waits_for_the_shared_text() {
         ]
     );
 }
+
+/// The shared history lost revisions the copy holds (a failover to a replica without
+/// them): the members are closed with 4503 to load the document again, and the copy is
+/// dropped, so that the next member loads it from the shared history rather than from a
+/// copy ahead of it.
+#[test]
+fn a_history_that_lost_revisions_drops_the_copy_and_closes_its_members() {
+    let now = Instant::ZERO;
+    let (mut server, alice, bob) = alice_sends_an_op();
+    let commit = next_commit(&mut server);
+    server.handle_committed(now, commit, Ok((1, TextOp::new().insert("a"))));
+    let _ = frames(&mut server);
+    assert_eq!(server.document("doc-1").unwrap().revision(), 1);
+    assert_eq!(server.handle_history_lost(now, "doc-1"), 2);
+    let mut closed = Vec::new();
+    while let Some(t) = server.poll_transmit() {
+        if let OtTransmit::Close { session, code, .. } = t {
+            closed.push((session, code));
+        }
+    }
+    closed.sort();
+    let slow = syncmux::CloseCode::SLOW_CONSUMER;
+    assert_eq!(closed, [(alice, slow), (bob, slow)]);
+    assert!(server.document("doc-1").is_none());
+    assert!(events(&mut server)
+        .iter()
+        .any(|e| matches!(e, OtServerEvent::DocumentDropped { doc } if &**doc == "doc-1")));
+    // A new member loads the document afresh.
+    let carol = open(&mut server);
+    server.handle_message(now, carol, Bytes::from(r#"{"type":"snapshot"}"#));
+    assert!(events(&mut server)
+        .iter()
+        .any(|e| matches!(e, OtServerEvent::DocumentCreated { doc } if &**doc == "doc-1")));
+    // Nothing to do for a document this server does not hold.
+    assert_eq!(server.handle_history_lost(now, "other"), 0);
+}

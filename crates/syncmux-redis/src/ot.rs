@@ -340,11 +340,20 @@ impl RedisOt {
         text: String,
     ) {
         // One connection for the commit and its `WAIT` (`Conn::pin`).
+        let mut lost = false;
         let (outcome, unconfirmed) = match self.inner.commits.pin().await {
             Ok(mut conn) => {
-                let outcome = self
+                let outcome = match self
                     .append(&mut conn, &doc, base, (*op).clone(), text)
-                    .await;
+                    .await
+                {
+                    Ok(appended) => Ok(appended),
+                    Err(Failed::Refused(why)) => Err(why),
+                    Err(Failed::Lost) => {
+                        lost = true;
+                        Err("The shared history lost revisions: load the document again".to_owned())
+                    }
+                };
                 let unconfirmed = match &outcome {
                     Ok(_) => {
                         let config = &self.inner.config;
@@ -373,7 +382,15 @@ impl RedisOt {
                 s.handle_committed(now, commit, refused);
                 s.handle_remote_op(now, &doc, revision, op);
             }
-            (outcome, _) => s.handle_committed(now, commit, outcome),
+            (outcome, _) => {
+                s.handle_committed(now, commit, outcome);
+                if lost {
+                    // The copy is ahead of the history (a failover lost the newest
+                    // revisions): its clients load the document again.
+                    let closed = s.handle_history_lost(now, &doc);
+                    tracing::warn!(doc = %doc, closed, "the shared history lost revisions this server had");
+                }
+            }
         });
     }
 
@@ -385,7 +402,7 @@ impl RedisOt {
         mut base: u64,
         mut op: TextOp,
         mut text: String,
-    ) -> Result<(u64, TextOp), String> {
+    ) -> Result<(u64, TextOp), Failed> {
         let mut tail = String::new();
         if doc != OtServer::DEFAULT_DOC_ID {
             tail.push_str(",\"docId\":");
@@ -428,7 +445,7 @@ impl RedisOt {
                 .await
                 .map_err(|e| unavailable(&e))?;
             let Value::Array(items) = reply else {
-                return Err(invalid("commit"));
+                return Err(invalid("commit").into());
             };
             let mut items = items.into_iter();
             match (items.next().and_then(int), items.next().and_then(int)) {
@@ -465,13 +482,13 @@ impl RedisOt {
                     known.text = snapshot;
                     base = head;
                 }
-                (Some(-1), _) => {
-                    return Err("The shared history lost revisions: fetch a snapshot".to_owned());
-                }
-                _ => return Err(invalid("commit")),
+                (Some(-1), _) => return Err(Failed::Lost),
+                _ => return Err(invalid("commit").into()),
             }
         }
-        Err("Too many concurrent operations on this document: retry".to_owned())
+        Err(Failed::Refused(
+            "Too many concurrent operations on this document: retry".to_owned(),
+        ))
     }
 
     /// Reads revisions `from..=to` of the history into the state machine (a snapshot if the
@@ -551,6 +568,12 @@ impl RedisOt {
         if docs.is_empty() {
             return;
         }
+        // The copies' revisions before the heads are read: every one of them was in the
+        // history before the read, so a head read below one means the history lost it.
+        let copies: Vec<Option<u64>> = server.with_server(|s, _| {
+            let revision = |doc: &Arc<str>| s.document(doc).map(|d| d.revision());
+            docs.iter().map(revision).collect()
+        });
         // One request per document, all at once (the multiplexed connection pipelines them):
         // a pipeline of keys in different slots is refused by a cluster.
         let reads = docs.iter().map(|doc| {
@@ -564,8 +587,15 @@ impl RedisOt {
             .collect();
         match heads {
             Ok(heads) => server.with_server(|s, now| {
-                for (doc, head) in docs.iter().zip(heads) {
-                    s.handle_remote_head(now, doc, head.unwrap_or(0));
+                for ((doc, head), copy) in docs.iter().zip(heads).zip(copies) {
+                    let head = head.unwrap_or(0);
+                    if copy.is_some_and(|copy| head < copy) {
+                        // A failover lost revisions this copy has (module docs).
+                        let closed = s.handle_history_lost(now, doc);
+                        tracing::warn!(doc = %doc, head, closed, "the shared history lost revisions this server had");
+                        continue;
+                    }
+                    s.handle_remote_head(now, doc, head);
                 }
             }),
             Err(e) => tracing::warn!(error = %e, "polling the shared documents failed"),
@@ -722,6 +752,21 @@ fn strings(value: Value) -> Vec<String> {
             })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// Why an op was not appended.
+enum Failed {
+    /// Refused (the error frame's message): the store failed, or the op does not fit.
+    Refused(String),
+    /// The history is shorter than the op's base, which this server had: the store lost
+    /// revisions (a failover to a replica that lacked them).
+    Lost,
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Failed {
+        Failed::Refused(why)
     }
 }
 

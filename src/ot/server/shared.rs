@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::{OtServer, OtServerEvent};
+use super::{OtCloseReason, OtServer, OtServerEvent};
 use crate::ot::document::{Awaiting, Rebased, Refused};
 use crate::ot::session::OtSessionId;
 use crate::ot::text::TextOp;
@@ -22,6 +22,7 @@ use crate::ot::wire::{
     encode_ack, encode_error, encode_init, encode_op, encode_snapshot, DEFAULT_DOC_ID,
 };
 use crate::time::Instant;
+use crate::wire::CloseCode;
 
 /// A commit the server asked for ([`OtServerEvent::Commit`]), to answer with
 /// [`OtServer::handle_committed`].
@@ -136,6 +137,41 @@ impl OtServer {
                 to: revision,
             });
         }
+    }
+
+    /// Shared history: the shared history of `doc` no longer holds every revision this
+    /// server's copy has (its store failed over to a replica that lacked the newest): the
+    /// copy is ahead of the truth, and every client of it too. The copy is dropped
+    /// ([`OtServerEvent::DocumentDropped`]) and each member session closed with 4503, as a
+    /// sync subscriber is after a gap in the log: its client reconnects and loads the
+    /// document from the shared history. Returns how many sessions were closed. Ignored
+    /// without a shared history, or for a copy still loading (its snapshot is the truth).
+    pub fn handle_history_lost(&mut self, now: Instant, doc: &str) -> usize {
+        self.clamp(now);
+        if !self.config.shared_history {
+            return 0;
+        }
+        let Some(d) = self.docs.get(doc) else {
+            return 0;
+        };
+        if d.loading {
+            return 0;
+        }
+        let members: Vec<OtSessionId> = d.members.iter().copied().collect();
+        for &session in &members {
+            if self.is_open(session) {
+                let close = (
+                    CloseCode::SLOW_CONSUMER,
+                    "the shared history lost revisions: load the document again",
+                    true,
+                );
+                self.begin_close(session, Some(close), OtCloseReason::Closed);
+            }
+        }
+        let key = self.doc_key(doc);
+        self.docs.remove(doc);
+        self.event(OtServerEvent::DocumentDropped { doc: key });
+        members.len()
     }
 
     /// Shared history: `doc`'s text at `revision` (read when the document got its copy

@@ -49,49 +49,78 @@ struct Peer {
 }
 
 impl Peer {
+    /// A client of `url`, connected and synchronized; gone once its connection ends.
     async fn open(url: &str, name: &str) -> Peer {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let (mut sink, mut stream) = ws.split();
+        Peer::open_with(url, name, false).await
+    }
+
+    /// [`open`](Self::open); with `reconnect`, a connection that ends is opened again (as an
+    /// application would), and the client loads the document anew.
+    async fn open_with(url: &str, name: &str, reconnect: bool) -> Peer {
         let (edits, mut rx) = mpsc::unbounded_channel::<Edit>();
         let (tx, seen) = watch::channel(Seen::default());
         let clock = Clock::new();
         let mut client = OtClient::new(OtClientConfig::new(name)).unwrap();
-        client.handle_connected(clock.now());
+        let url = url.to_owned();
+        let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
         tokio::spawn(async move {
             let mut made = 0;
-            loop {
-                while let Some(frame) = client.poll_transmit() {
-                    let text = String::from_utf8(frame.to_vec()).unwrap();
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
+            let mut ws = Some(ws);
+            'connections: loop {
+                let ws = match ws.take() {
+                    Some(ws) => ws,
+                    None => match tokio_tungstenite::connect_async(&url).await {
+                        Ok((ws, _)) => ws,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let (mut sink, mut stream) = ws.split();
+                client.handle_connected(clock.now());
+                loop {
+                    while let Some(frame) = client.poll_transmit() {
+                        let text = String::from_utf8(frame.to_vec()).unwrap();
+                        if sink.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    while client.poll_event().is_some() {}
+                    tx.send_replace(Seen {
+                        text: client.text().to_owned(),
+                        revision: client.revision(),
+                        unacked: client.has_unacked(),
+                        synced: client.state() != OtClientState::Fetching,
+                        gone: false,
+                        edits: made,
+                    });
+                    // The client's timers (the delay before fetching again after a
+                    // refusal), checked often enough for a test.
+                    let tick = tokio::time::sleep(Duration::from_millis(20));
+                    tokio::select! {
+                        () = tick => client.handle_timeout(clock.now()),
+                        m = stream.next() => match m {
+                            Some(Ok(Message::Text(t))) => client.handle_message(clock.now(), Bytes::from(t)),
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                        e = rx.recv() => {
+                            let Some(e) = e else { break 'connections };
+                            let len = TextOp::utf16_len(client.text());
+                            let op = match e {
+                                Edit::Insert { text, at } => TextOp::new().retain(at % (len + 1)).insert(text),
+                                Edit::Delete { at } if len > 0 => TextOp::new().retain(at % len).delete(1),
+                                Edit::Delete { .. } => TextOp::new(),
+                            };
+                            client.edit(clock.now(), op).unwrap();
+                            made += 1;
+                        }
                     }
                 }
-                while client.poll_event().is_some() {}
-                tx.send_replace(Seen {
-                    text: client.text().to_owned(),
-                    revision: client.revision(),
-                    unacked: client.has_unacked(),
-                    synced: client.state() != OtClientState::Fetching,
-                    gone: false,
-                    edits: made,
-                });
-                tokio::select! {
-                    m = stream.next() => match m {
-                        Some(Ok(Message::Text(t))) => client.handle_message(clock.now(), Bytes::from(t)),
-                        Some(Ok(_)) => {}
-                        _ => break,
-                    },
-                    e = rx.recv() => {
-                        let Some(e) = e else { break };
-                        let len = TextOp::utf16_len(client.text());
-                        let op = match e {
-                            Edit::Insert { text, at } => TextOp::new().retain(at % (len + 1)).insert(text),
-                            Edit::Delete { at } if len > 0 => TextOp::new().retain(at % len).delete(1),
-                            Edit::Delete { .. } => TextOp::new(),
-                        };
-                        client.edit(clock.now(), op).unwrap();
-                        made += 1;
-                    }
+                client.handle_disconnected(clock.now());
+                if !reconnect {
+                    break;
                 }
             }
             tx.send_modify(|s| s.gone = true);
@@ -118,9 +147,10 @@ impl Peer {
     }
 
     async fn wait(&mut self, f: impl Fn(&Seen) -> bool) -> Seen {
+        let probe = self.seen.clone();
         tokio::time::timeout(GUARD, self.seen.wait_for(|s| f(s)))
             .await
-            .expect("hung")
+            .unwrap_or_else(|_| panic!("hung: {:?}", probe.borrow().clone()))
             .unwrap()
             .clone()
     }
@@ -322,20 +352,22 @@ async fn edit_on_two_servers(
 }
 
 /// Two servers on a Sentinel deployment whose primary dies (SIGKILL) while two clients on
-/// each edit doc-1: the servers' connections and channels move to the new primary, and every
-/// client ends on what it holds. (Nothing is lost here: the replica has every op.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_converge_after_a_sentinel_failover() {
+/// each edit doc-1; with `cut`, its replica was cut off first, so that the primary took ops
+/// no replica has, which the failover loses. With `min_replicas` the new primary gets a
+/// replica of its own. The servers' connections and channels move to the new primary; a
+/// copy ahead of it (ops lost) is dropped and its clients closed, and they load the document
+/// again. Every client ends on what the new primary holds, its edits after the failover in.
+async fn edit_through_a_failover(min_replicas: usize, cut: bool) {
     let Some(mut ha) = redis_util::Sentinels::start() else {
         return;
     };
     let url = ha.url();
-    let (_a, a) = server(&url, Duration::from_millis(100)).await;
-    let (_b, b) = server(&url, Duration::from_millis(100)).await;
+    let (_a, a) = server_with(&url, Duration::from_millis(100), min_replicas).await;
+    let (_b, b) = server_with(&url, Duration::from_millis(100), min_replicas).await;
     let mut peers = Vec::new();
     for i in 0..4 {
         let at = if i % 2 == 0 { &a } else { &b };
-        peers.push(Peer::open(at, &format!("p{i}")).await);
+        peers.push(Peer::open_with(at, &format!("p{i}"), true).await);
     }
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut edit = |peers: &mut [Peer], round: u32| {
@@ -350,17 +382,46 @@ async fn clients_converge_after_a_sentinel_failover() {
         edit(&mut peers, round);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if cut {
+        ha.cut_replica_off();
+        for round in 10..20 {
+            edit(&mut peers, round);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let old = ha.kill_primary();
     let new = tokio::task::block_in_place(|| ha.wait_failover(old));
-    for round in 10..20 {
+    if min_replicas > 0 {
+        tokio::task::block_in_place(|| ha.add_replica());
+    }
+    for round in 20..30 {
         edit(&mut peers, round);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut conn = redis_conn(&format!("redis://127.0.0.1:{new}")).await;
     let text = converge(&mut peers, &mut conn, "{t}:doc:doc-1").await;
     for i in 0..4 {
-        assert!(text.contains(&format!("<{i}.19>")), "{text}");
+        assert!(text.contains(&format!("<{i}.29>")), "{text}");
     }
+}
+
+/// Nothing lost: the replica had every op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_converge_after_a_sentinel_failover() {
+    edit_through_a_failover(0, false).await;
+}
+
+/// The ops only the dead primary had are lost; the copies that had them start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_converge_after_a_failover_that_lost_ops() {
+    edit_through_a_failover(0, true).await;
+}
+
+/// With `--redis-min-replicas 1`: ops the replica lacked were not acked (their senders
+/// fetched the document), and are lost; the copies that had them start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_converge_after_a_failover_that_lost_ops_with_min_replicas() {
+    edit_through_a_failover(1, true).await;
 }
 
 /// An op appended without its Pub/Sub message: the next op on the channel shows both
