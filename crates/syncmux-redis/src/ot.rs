@@ -36,6 +36,17 @@
 //! document's channel is subscribed to before its snapshot is read, so every op appended
 //! after the snapshot's revision comes on the channel (one appended in between comes both
 //! ways, and is applied once).
+//!
+//! # Failover
+//!
+//! Through a Sentinel failover (`redis+sentinel://`) the connections and the channels move to
+//! the new primary. If it lacks revisions a copy has (replication is asynchronous; with
+//! [`RedisOtConfig::min_replicas`] none of them was acknowledged), the copy is ahead of the
+//! history for good: a commit whose base is past the head, or a poll that reads a head below
+//! the copy's revision (taken before the read: every revision of a copy was in the history
+//! before), makes the state machine drop the copy and close its members with 4503
+//! ([`OtServer::handle_history_lost`](syncmux::ot::OtServer::handle_history_lost)); their
+//! clients load the document again.
 
 use core::time::Duration;
 use std::collections::{BTreeSet, HashMap, VecDeque};
