@@ -2,20 +2,17 @@
 //! a Sentinel deployment (a primary, a replica, three sentinels) whose primary is killed with
 //! SIGKILL while clients push and subscribe, and two servers on a three-primary Redis
 //! Cluster.
-#![allow(clippy::unwrap_used)]
-
-mod redis_util;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis_util::{Cluster, Sentinels};
+use crate::redis_util::{Cluster, Sentinels};
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, PullRequest, RawJson, Subscribe};
-use syncmux::{ClientConfig, ClientEvent, ErrorCode, RequestError, Server, ServerConfig};
+use syncmux::{ClientConfig, ClientEvent, ErrorCode, RequestError, ServerConfig};
 use syncmux_redis::{RedisBackend, RedisConfig};
-use syncmux_runtime::{self as adapters, ClientEvents, ServerOptions, SyncClient, SyncServer};
+use syncmux_runtime::{self as adapters, ClientEvents, SyncClient, SyncServer};
 
 /// Every wait in these tests ends by then, or the test fails.
 const GUARD: Duration = Duration::from_secs(60);
@@ -33,15 +30,8 @@ async fn node(url: &str, min_replicas: usize) -> (SyncServer, String) {
     config.replica_timeout = Duration::from_millis(500);
     let backend = RedisBackend::connect(config).await.unwrap();
     let mut server = ServerConfig::default();
-    server.path = Some("/sync/ws".to_owned());
     server.rate_limit_burst = 0;
-    let server = Server::new(server).unwrap();
-    let server =
-        adapters::Tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/sync/ws", listener.local_addr().unwrap());
-    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
-    (server, url)
+    crate::serve(backend, server).await
 }
 
 fn client(url: &str, id: &str) -> (SyncClient, ClientEvents) {
@@ -268,6 +258,18 @@ async fn fail_over_mid_stream(
     }
 }
 
+/// Whether a client of the second server, resuming from the run's cursor from before the
+/// failover, is told `recovered: true`.
+async fn resumed(run: &Run) -> bool {
+    let (late, _e) = client(&run.urls[1], "late");
+    let ack = late
+        .subscribe(Subscribe::new(["docs"]).after(run.before))
+        .await
+        .unwrap()
+        .unwrap();
+    ack.recovered
+}
+
 /// With `--redis-min-replicas 1`, a change is acknowledged once a replica holds it, and no
 /// change is handed out before: the failover loses nothing acknowledged, every subscriber
 /// gets every change once, in one order, with its session open, and a cursor from before the
@@ -323,14 +325,8 @@ async fn a_sentinel_failover_loses_no_change_acknowledged_with_min_replicas() {
         .collect();
     assert_eq!(in_order, positioned);
     // A cursor from before the failover resumes with nothing missed.
-    let (late, _e) = client(&run.urls[1], "late");
-    let ack = late
-        .subscribe(Subscribe::new(["docs"]).after(run.before))
-        .await
-        .unwrap()
-        .unwrap();
     assert!(
-        ack.recovered,
+        resumed(&run).await,
         "resumed from {} without recovery",
         run.before
     );
@@ -394,13 +390,7 @@ async fn without_min_replicas_a_failover_starts_a_new_epoch_and_the_servers_reco
     for seen in &run.seen {
         until_seen(seen, &later).await;
     }
-    let (late, _e) = client(&run.urls[1], "late");
-    let ack = late
-        .subscribe(Subscribe::new(["docs"]).after(run.before))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!ack.recovered, "a cursor of the old epoch was served");
+    assert!(!resumed(&run).await, "a cursor of the old epoch was served");
 }
 
 /// Two servers on a three-primary Redis Cluster behave as one: a change pushed to one

@@ -1,11 +1,8 @@
 //! The Redis backend against a real `redis-server` (see `redis_util`): its merge, positions,
 //! pulls and retention are exactly the `MemoryStore`'s, its epochs survive nothing but the
 //! data, and its start-up fails clearly without Redis.
-#![allow(clippy::unwrap_used)]
 
-mod redis_util;
-
-use redis_util::RedisServer;
+use crate::redis_util::RedisServer;
 use syncmux::payload::{ChangeRecord, Cursor, Hlc, RawJson};
 use syncmux::{MemoryStore, StoreConfig};
 use syncmux_redis::{RedisBackend, RedisBackendError, RedisConfig};

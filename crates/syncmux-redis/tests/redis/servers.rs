@@ -1,22 +1,18 @@
 //! Several servers on one Redis (see `redis_util`), with real WebSocket clients: to their
 //! clients they are one server (README, "Scaling out over Redis"). The checks that do not
 //! stop or pause Redis run on one `redis-server` and again on a three-primary Redis Cluster.
-#![allow(clippy::unwrap_used)]
-
-mod redis_util;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use redis_util::{Cluster, RedisServer};
+use crate::redis_util::{Cluster, RedisServer};
 use syncmux::payload::{
     ChangeRecord, Cursor, Hlc, PresenceEvent, PresenceEventKind, PullRequest, RawJson, RoomEvent,
     RoomEventKind, Subscribe,
 };
-use syncmux::{ClientConfig, ClientEvent, ErrorCode, RequestError, Server, ServerConfig};
+use syncmux::{ClientConfig, ClientEvent, ErrorCode, RequestError, ServerConfig};
 use syncmux_redis::{RedisBackend, RedisConfig};
-use syncmux_runtime::{self as adapters, ClientEvents, ServerOptions, SyncClient, SyncServer};
+use syncmux_runtime::{self as adapters, ClientEvents, SyncClient, SyncServer};
 
 /// Every wait in these tests ends by then, or the test fails.
 const GUARD: Duration = Duration::from_secs(30);
@@ -37,15 +33,9 @@ async fn node(url: &str, prefix: &str) -> Node {
     config.request_timeout = Duration::from_secs(2);
     let backend = RedisBackend::connect(config).await.unwrap();
     let mut server = ServerConfig::default();
-    server.path = Some("/sync/ws".to_owned());
     server.rate_limit_burst = 0;
     server.max_room_size = 2;
-    let server = Server::new(server).unwrap();
-    let server =
-        adapters::Tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/sync/ws", listener.local_addr().unwrap());
-    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
+    let (server, url) = crate::serve(backend, server).await;
     Node { server, url }
 }
 
@@ -911,14 +901,7 @@ async fn a_change_pushed_before_a_follower_starts_reaches_its_subscribers() {
     let mut config = RedisConfig::new(redis.url());
     config.prefix = "late".to_owned();
     let backend = LateFollower(RedisBackend::connect(config).await.unwrap());
-    let mut server = ServerConfig::default();
-    server.path = Some("/sync/ws".to_owned());
-    let server = Server::new(server).unwrap();
-    let server =
-        adapters::Tokio::start_with_backend(server, Arc::new(backend), ServerOptions::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/sync/ws", listener.local_addr().unwrap());
-    tokio::spawn(adapters::Tokio::serve(server.clone(), listener, None));
+    let (server, url) = crate::serve(backend, ServerConfig::default()).await;
     let b = Node { server, url };
     let (_sub, mut events) = subscriber(&b, "sub").await;
     let (writer, _w) = client(&a, "writer");
