@@ -15,7 +15,7 @@
 //! the server no longer primary (`READONLY`), and the next request asks the Sentinels again.
 
 use core::time::Duration;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -265,7 +265,7 @@ impl Link {
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed) as u64;
+        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         *current = Some((generation, conn.clone()));
         Ok((generation, conn))
     }
@@ -282,7 +282,7 @@ impl Link {
     }
 }
 
-static NEXT_GENERATION: AtomicUsize = AtomicUsize::new(1);
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Whether `error` means Redis is not there for now: down, slow, failing over (the Sentinels
 /// name no primary that is one), or a cluster moving slots. A request that failed so may
@@ -342,14 +342,15 @@ impl Conn {
         }
     }
 
-    /// `WAIT wanted millis` on the node that holds `key` (on a cluster, `WAIT` would ask
+    /// `WAIT wanted timeout` on the node that holds `key` (on a cluster, `WAIT` would ask
     /// every primary; the writes it follows went to one): the replicas that confirmed.
     pub(crate) async fn wait(
         &mut self,
         key: &str,
         wanted: usize,
-        millis: u64,
+        timeout: Duration,
     ) -> RedisResult<usize> {
+        let millis = u64::try_from(timeout.as_millis().max(1)).unwrap_or(u64::MAX);
         let mut wait = redis::cmd("WAIT");
         wait.arg(wanted).arg(millis);
         match self {

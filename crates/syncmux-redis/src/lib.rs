@@ -241,7 +241,7 @@ struct Inner {
     /// The log's head when the backend connected: where the follower starts, so that what
     /// is pushed before its own connection is up (a cluster's takes a while) still reaches
     /// the sessions that subscribed since.
-    origin: std::sync::OnceLock<Cursor>,
+    origin: Cursor,
     /// The stream's key.
     log: String,
     /// This server's name in the log's entries (who pushed them), random per start.
@@ -275,8 +275,7 @@ pub(crate) async fn replicated(
     if wanted == 0 {
         return Ok(());
     }
-    let millis = u64::try_from(timeout.as_millis().max(1)).unwrap_or(u64::MAX);
-    let confirmed: usize = conn.wait(key, wanted, millis).await.map_err(|e| {
+    let confirmed = conn.wait(key, wanted, timeout).await.map_err(|e| {
         tracing::warn!(error = %e, "WAIT failed");
         "the shared store is unavailable; retry later".to_owned()
     })?;
@@ -317,32 +316,31 @@ impl RedisBackend {
         let rotate = config.min_replicas == 0;
         let script =
             |body: &str| Script::new(&format!("local ROTATE = {rotate}\n{COMMON}\n{body}"));
-        let backend = RedisBackend {
-            inner: Arc::new(Inner {
-                log: format!("{prefix}log"),
-                meta: format!("{prefix}meta"),
-                fence: format!("{prefix}fence"),
-                origin: std::sync::OnceLock::new(),
-                prefix,
-                target,
-                conn,
-                pushes,
-                instance: format!("{:016x}", Clock::new().seed()),
-                push: script(include_str!("push.lua")),
-                read: script(include_str!("read.lua")),
-                head: script(include_str!("head.lua")),
-                share: Script::new(include_str!("share.lua")),
-                admit: Script::new(include_str!("admit.lua")),
-                beat: Script::new(include_str!("beat.lua")),
-                config,
-            }),
+        let mut inner = Inner {
+            log: format!("{prefix}log"),
+            meta: format!("{prefix}meta"),
+            fence: format!("{prefix}fence"),
+            origin: Cursor::default(),
+            prefix,
+            target,
+            conn,
+            pushes,
+            instance: format!("{:016x}", Clock::new().seed()),
+            push: script(include_str!("push.lua")),
+            read: script(include_str!("read.lua")),
+            head: script(include_str!("head.lua")),
+            share: Script::new(include_str!("share.lua")),
+            admit: Script::new(include_str!("admit.lua")),
+            beat: Script::new(include_str!("beat.lua")),
+            config,
         };
-        let mut conn = backend.inner.conn.clone();
-        let head = backend.inner.head(&mut conn).await;
-        match head {
+        let mut conn = inner.conn.clone();
+        match inner.head(&mut conn).await {
             Ok(Some(at)) => {
-                let _ = backend.inner.origin.set(at.head);
-                Ok(backend)
+                inner.origin = at.head;
+                Ok(RedisBackend {
+                    inner: Arc::new(inner),
+                })
             }
             Ok(None) => Err(RedisBackendError::Unexpected {
                 url,
@@ -476,9 +474,8 @@ impl Inner {
             .arg(&self.instance)
             .query_async(conn)
             .await?;
-        let timeout = self.config.replica_timeout.as_millis().max(1);
-        let millis = u64::try_from(timeout).unwrap_or(u64::MAX);
-        Ok(conn.wait(&self.meta, wanted, millis).await? >= wanted)
+        let timeout = self.config.replica_timeout;
+        Ok(conn.wait(&self.meta, wanted, timeout).await? >= wanted)
     }
 
     /// [`fence`](Self::fence) on the pushes' connection, as a request's error.
@@ -690,14 +687,13 @@ impl Inner {
                 tracing::error!("the log's metadata is not a syncmux log's");
                 return Ok(true);
             };
-            let from = match (*at, self.origin.get()) {
+            let origin = self.origin;
+            let from = match *at {
                 // Started: from the head when the backend connected (no session had anything
                 // to miss before), unless the log lost its data since.
-                (None, Some(&origin)) if origin.epoch == head.epoch && origin.seq <= head.seq => {
-                    origin
-                }
-                (None, _) => head,
-                (Some(pos), _) if pos.epoch != head.epoch => {
+                None if origin.epoch == head.epoch && origin.seq <= head.seq => origin,
+                None => head,
+                Some(pos) if pos.epoch != head.epoch => {
                     tracing::warn!(
                         old = pos.epoch,
                         new = head.epoch,
@@ -711,7 +707,7 @@ impl Inner {
                     }
                     Cursor::new(head.epoch, base)
                 }
-                (Some(pos), _) => {
+                Some(pos) => {
                     if pos.seq + 1 < first && !log.gap() {
                         return Ok(false);
                     }
