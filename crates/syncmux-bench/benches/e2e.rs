@@ -40,6 +40,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+#[path = "support/dial.rs"]
+mod dial;
+
 type Ws = WebSocketStream<TcpStream>;
 
 /// Changes in the pulled table: a response of about 1.6 KB.
@@ -76,13 +79,7 @@ async fn serve(server: &SyncServer) -> String {
 
 /// A bare tokio-tungstenite client (Nagle off, as the adapters do).
 async fn dial(url: &str) -> Ws {
-    let addr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .expect("host");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
+    let tcp = dial::tcp(dial::host(url)).await;
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
         .await
         .expect("handshake");

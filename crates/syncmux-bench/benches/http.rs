@@ -20,6 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 // `syncmux-server` built and started as a user starts it (shared with the OT bench, which
 // also reads its process id).
+#[path = "support/dial.rs"]
+#[allow(dead_code)]
+mod dial;
 #[path = "support/server.rs"]
 #[allow(dead_code)]
 mod server;
@@ -29,8 +32,7 @@ const PULL: &str = r#"{"tables":["docs"],"node_id":"bench"}"#;
 
 /// One HTTP pull: a connection, the request, the whole answer.
 async fn http_pull(addr: &str) -> usize {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    let _ = tcp.set_nodelay(true);
+    let mut tcp = dial::tcp(addr).await;
     let request = format!(
         "POST /sync/pull HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{PULL}",

@@ -50,6 +50,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 // `syncmux-server` built and started as a user starts it (shared with the HTTP bench).
+#[path = "support/dial.rs"]
+mod dial;
 #[path = "support/server.rs"]
 mod server;
 use server::{example_server, start, Server};
@@ -172,13 +174,8 @@ enum Link {
 
 impl Link {
     async fn open(url: &str, sse: bool) -> Link {
-        let addr = url
-            .trim_start_matches("ws://")
-            .split('/')
-            .next()
-            .expect("host");
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.set_nodelay(true).expect("nodelay");
+        let addr = dial::host(url);
+        let tcp = dial::tcp(addr).await;
         if !sse {
             let (ws, _) = tokio_tungstenite::client_async(url, tcp)
                 .await
@@ -214,8 +211,7 @@ impl Link {
         match self {
             Link::Ws(ws) => ws.send(Message::text(frame)).await.expect("send"),
             Link::Sse { addr, cookie, .. } => {
-                let mut tcp = TcpStream::connect(&*addr).await.expect("connect");
-                tcp.set_nodelay(true).expect("nodelay");
+                let mut tcp = dial::tcp(addr).await;
                 let request = format!(
                     "POST /ot/messages HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\
                      Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{frame}",
