@@ -371,17 +371,11 @@ impl ConnectionLike for Conn {
             Conn::Link(link) => Box::pin(async move {
                 let (generation, mut conn) = link.get().await?;
                 let answer = conn.req_packed_command(cmd).await;
-                if let Err(e) = &answer {
-                    link.failed(generation, e).await;
-                }
-                answer
+                told(Some(link), generation, answer).await
             }),
             Conn::Pinned(link, generation, conn) => Box::pin(async move {
                 let answer = conn.req_packed_command(cmd).await;
-                if let (Err(e), Some(link)) = (&answer, link) {
-                    link.failed(*generation, e).await;
-                }
-                answer
+                told(link.as_ref(), *generation, answer).await
             }),
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
@@ -397,17 +391,11 @@ impl ConnectionLike for Conn {
             Conn::Link(link) => Box::pin(async move {
                 let (generation, mut conn) = link.get().await?;
                 let answer = conn.req_packed_commands(pipeline, offset, count).await;
-                if let Err(e) = &answer {
-                    link.failed(generation, e).await;
-                }
-                answer
+                told(Some(link), generation, answer).await
             }),
             Conn::Pinned(link, generation, conn) => Box::pin(async move {
                 let answer = conn.req_packed_commands(pipeline, offset, count).await;
-                if let (Err(e), Some(link)) = (&answer, link) {
-                    link.failed(*generation, e).await;
-                }
-                answer
+                told(link.as_ref(), *generation, answer).await
             }),
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
@@ -420,6 +408,18 @@ impl ConnectionLike for Conn {
             Conn::Cluster(conn) => conn.get_db(),
         }
     }
+}
+
+/// `answer` of connection `generation`, its failure told to its `link` first.
+async fn told<T>(
+    link: Option<&Arc<Link>>,
+    generation: u64,
+    answer: RedisResult<T>,
+) -> RedisResult<T> {
+    if let (Err(e), Some(link)) = (&answer, link) {
+        link.failed(generation, e).await;
+    }
+    answer
 }
 
 /// Opens `url`'s target and a first connection to it; the errors are the backend's.
